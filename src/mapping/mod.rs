@@ -1,0 +1,1 @@
+//! Mapping files: source records to FHIR resources.

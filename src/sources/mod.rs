@@ -1,0 +1,1 @@
+//! Decoders from each source kind to `SourceChange`s.

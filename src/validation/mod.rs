@@ -1,0 +1,1 @@
+//! Validation of FHIR resources, answered as an OperationOutcome.
