@@ -1,1 +1,95 @@
-//! Handler environment.
+//! The environment handlers run in: trait objects for every port, built once per process
+//! (per Lambda cold start, or once for a local run), so a handler never knows which runtime
+//! called it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::config::{DataDir, EventsConfig, PipelineConfig, StoreConfig};
+use crate::events::EventBus;
+use crate::events::local::NdjsonBus;
+use crate::mapping::MappingSet;
+use crate::model::ChangeBatch;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{FhirStore, Outbox};
+use crate::validation::SchemaValidator;
+
+/// What the pipeline-step handlers (transform, validate, publish, emit) need.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub mappings: Arc<MappingSet>,
+    pub validator: Arc<SchemaValidator>,
+    pub store: Arc<dyn FhirStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+/// Errors building an environment.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("event bus: {0}")]
+    Bus(#[from] crate::events::BusError),
+    #[error("validator: {0}")]
+    Validator(String),
+}
+
+impl Env {
+    /// Builds the environment a pipeline file describes, with local data under `data`.
+    pub fn from_config(config: &PipelineConfig, data: &DataDir) -> Result<Env, EnvError> {
+        let mappings = Arc::new(config.load_mappings()?);
+        let validator = Arc::new(SchemaValidator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
+        let store = match &config.store {
+            StoreConfig::Sqlite { path } => Arc::new(SqliteStore::open(&data.join(path))?),
+        };
+        let bus: Arc<dyn EventBus> = match &config.events {
+            EventsConfig::Local { ndjson } => Arc::new(NdjsonBus::open(&data.join(ndjson))?),
+        };
+        Ok(Env {
+            mappings,
+            validator,
+            store: store.clone(),
+            outbox: store,
+            bus,
+        })
+    }
+}
+
+/// The result of one run of the `unify` state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRun {
+    /// The execution's name.
+    pub execution: String,
+    pub succeeded: bool,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+}
+
+/// A workflow that could not be run at all.
+#[derive(Debug, thiserror::Error)]
+#[error("workflow {workflow}: {message}")]
+pub struct WorkflowError {
+    pub workflow: String,
+    pub message: String,
+}
+
+/// Starts the `unify` state machine (Step Functions on AWS, the ASL engine locally).
+#[async_trait]
+pub trait Workflow: Send + Sync + std::fmt::Debug {
+    /// Runs `unify` on a batch and waits for its end.
+    async fn run_unify(&self, batch: &ChangeBatch) -> Result<WorkflowRun, WorkflowError>;
+}
+
+/// What the ingress handlers need: the pipeline file (to bind events to sources) and the
+/// workflow they hand batches to.
+#[derive(Debug, Clone)]
+pub struct IngestEnv {
+    pub config: Arc<PipelineConfig>,
+    pub workflow: Arc<dyn Workflow>,
+}

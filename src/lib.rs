@@ -14,6 +14,7 @@ pub mod config;
 pub mod env;
 pub mod events;
 pub mod handlers;
+pub mod lambda;
 pub mod local;
 pub mod mapping;
 pub mod model;

@@ -1,1 +1,12 @@
-//! Lambda handlers.
+//! The Lambda functions, one module each: plain async functions over typed events and an
+//! environment of ports ([`crate::env`]). `functions/<name>/src/main.rs` wraps them for
+//! Lambda; the local runtime registers the very same functions with the ASL engine.
+
+pub mod emit;
+pub mod errors;
+pub mod ingest_dynamodb;
+pub mod publish;
+pub mod transform;
+pub mod validate;
+
+pub use errors::HandlerError;

@@ -1,0 +1,222 @@
+//! The local event bus: EventBridge's `PutEvents` contract on one machine, delivering each
+//! event, in the envelope a subscriber receives from EventBridge, to an NDJSON file.
+//!
+//! Delivery to the file is exactly-once across crashes: a write interrupted half-way is cut
+//! back to the last complete line when the file is opened again, and an event whose id is
+//! already among the file's last lines (written, but the outbox was not marked before the
+//! crash) is acknowledged without being written twice.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{BusError, EventBus, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult, entry_size};
+use crate::model::ChangeEvent;
+
+/// The account and region written in local event envelopes.
+pub const LOCAL_ACCOUNT: &str = "000000000000";
+pub const LOCAL_REGION: &str = "local";
+
+/// How much of the file's end is read at open to find recently written event ids. An
+/// interrupted relay wrote at most one `PutEvents` call (10 events of a few hundred bytes).
+const TAIL_BYTES: u64 = 256 * 1024;
+
+/// A local bus writing every event to one NDJSON file.
+#[derive(Debug)]
+pub struct NdjsonBus {
+    path: PathBuf,
+    state: Mutex<NdjsonState>,
+}
+
+#[derive(Debug)]
+struct NdjsonState {
+    file: File,
+    /// Ids of the events in the file's last lines at open time, plus those written since.
+    recent: HashSet<String>,
+}
+
+impl NdjsonBus {
+    /// Opens (or creates) the file, repairing an interrupted last line.
+    pub fn open(path: &Path) -> Result<NdjsonBus, BusError> {
+        let unavailable = |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(unavailable)?;
+        let recent = repair_and_read_tail(&mut file).map_err(unavailable)?;
+        Ok(NdjsonBus {
+            path: path.to_owned(),
+            state: Mutex::new(NdjsonState { file, recent }),
+        })
+    }
+
+    /// The file events are written to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Cuts a partial last line and returns the event ids of the complete lines near the end.
+fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if start == 0 => 0,
+        // No newline in the last 256 KB: nothing to learn from the tail, keep the file as is.
+        None => return Ok(HashSet::new()),
+    };
+    if complete < tail.len() {
+        tracing::warn!(bytes = tail.len() - complete, "cutting an interrupted event line");
+        file.set_len(start + complete as u64)?;
+        tail.truncate(complete);
+    }
+    let mut ids = HashSet::new();
+    // The first line may be cut by the window's start; it simply fails to parse.
+    for line in tail.split(|&b| b == b'\n') {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+            && let Some(id) = v.get("id").and_then(|i| i.as_str())
+        {
+            ids.insert(id.to_owned());
+        }
+    }
+    Ok(ids)
+}
+
+#[async_trait]
+impl EventBus for NdjsonBus {
+    async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        if events.len() > MAX_ENTRIES_PER_PUT {
+            return Err(BusError::Invalid(format!(
+                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
+                events.len()
+            )));
+        }
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| BusError::Unavailable("local bus lock poisoned".into()))?;
+        let mut results = Vec::with_capacity(events.len());
+        let mut lines = Vec::new();
+        for event in events {
+            let id = event.detail.event_id.clone();
+            if entry_size(event) > MAX_ENTRY_BYTES {
+                results.push(PutEntryResult::Failed {
+                    code: "ValidationException".into(),
+                    message: format!("entry for event {id} is larger than 256 KB"),
+                });
+                continue;
+            }
+            if !state.recent.contains(&id) {
+                let envelope = event.delivered(LOCAL_ACCOUNT, LOCAL_REGION);
+                serde_json::to_writer(&mut lines, &envelope)
+                    .map_err(|e| BusError::Invalid(format!("event {id}: {e}")))?;
+                lines.push(b'\n');
+            }
+            results.push(PutEntryResult::Accepted(id));
+        }
+        let io = |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", self.path.display()));
+        state.file.write_all(&lines).map_err(io)?;
+        state.file.sync_data().map_err(io)?;
+        for r in &results {
+            if let PutEntryResult::Accepted(id) = r {
+                state.recent.insert(id.clone());
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChangeEventDetail, ChangeKind, RecordKey, Sequence};
+
+    fn event(id: &str, version: &str) -> ChangeEvent {
+        ChangeEvent::new(
+            ChangeKind::Created,
+            ChangeEventDetail {
+                event_id: ChangeEventDetail::stable_event_id("Patient", id, version),
+                resource_type: "Patient".into(),
+                id: id.into(),
+                version_id: version.into(),
+                last_updated: "2024-01-01T00:00:00Z".parse().unwrap(),
+                source: "app".into(),
+                entity: "patients".into(),
+                key: RecordKey::from_pairs([("pk", serde_json::json!(id))]),
+                sequence: Sequence::from(1),
+            },
+        )
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn writes_eventbridge_envelopes_and_refuses_more_than_ten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let bus = NdjsonBus::open(&path).unwrap();
+        let r = bus.put_events(&[event("a", "1"), event("b", "1")]).await.unwrap();
+        assert!(matches!(r[0], PutEntryResult::Accepted(_)));
+        let written = lines(&path);
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0]["source"], "fhir-unify");
+        assert_eq!(written[0]["detail-type"], "FhirResourceCreated");
+        assert_eq!(written[1]["detail"]["id"], "b");
+        let eleven: Vec<_> = (0..11).map(|i| event(&i.to_string(), "1")).collect();
+        assert!(matches!(bus.put_events(&eleven).await, Err(BusError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn reopening_neither_repeats_nor_keeps_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        {
+            let bus = NdjsonBus::open(&path).unwrap();
+            bus.put_events(&[event("a", "1")]).await.unwrap();
+        }
+        // A crash half-way through writing the next line.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"version\":\"0\",\"id\":\"tor")
+            .unwrap();
+        let bus = NdjsonBus::open(&path).unwrap();
+        // "a" was written but (say) not marked delivered: it is acknowledged, not repeated.
+        let r = bus.put_events(&[event("a", "1"), event("c", "1")]).await.unwrap();
+        assert_eq!(r.len(), 2);
+        let written = lines(&path);
+        let ids: Vec<_> = written.iter().map(|v| v["detail"]["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(ids, vec!["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_entry_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = NdjsonBus::open(&dir.path().join("e.ndjson")).unwrap();
+        let mut big = event("big", "1");
+        big.resources = vec!["x".repeat(MAX_ENTRY_BYTES)];
+        let r = bus.put_events(&[event("a", "1"), big]).await.unwrap();
+        assert!(matches!(r[0], PutEntryResult::Accepted(_)));
+        assert!(matches!(&r[1], PutEntryResult::Failed { code, .. } if code == "ValidationException"));
+    }
+}
