@@ -2,14 +2,17 @@
 //! [`FhirStore::apply`], which also records one outbox entry per committed change so events
 //! follow the store exactly.
 //!
-//! Adapters: [`sqlite`] (the embedded default). DynamoDB and FHIR REST servers come later.
+//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]). DynamoDB and FHIR
+//! REST servers come later.
 //!
 //! Semantics every adapter keeps:
 //! - an upsert assigns the next `versionId` (1, 2, 3…) and `lastUpdated`, and keeps history;
 //! - content equal to the current version (ignoring `meta.versionId`/`meta.lastUpdated`)
 //!   makes no new version: [`PublishAction::Unchanged`];
-//! - each resource remembers the highest source sequence applied to it; a change with an
-//!   older (or equal) sequence is skipped: [`PublishAction::Stale`];
+//! - each resource remembers the highest source sequence applied to it, per source entity
+//!   (sequences of different sources are not comparable); a change with a strictly older
+//!   sequence is skipped: [`PublishAction::Stale`]. An equal sequence is applied (a replay
+//!   after a mapping fix may bring new content; an exact replay is `Unchanged`);
 //! - a delete is a version too (history shows it); deleting what is absent or already
 //!   deleted is `Unchanged`; an upsert after a delete re-creates it (`Created`, next version).
 

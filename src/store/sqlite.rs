@@ -1,1 +1,829 @@
-//! SQLite FHIR store.
+//! SQLite FHIR store: the embedded default, one file in WAL mode.
+//!
+//! Tables:
+//! - `resources`: the current version of each resource (possibly a delete), for reads and,
+//!   later, search;
+//! - `history`: every version, deletes included, with the lineage of the change that made it;
+//! - `sequences`: the highest source sequence applied per resource *and* source entity
+//!   (sequences of different sources are not comparable), as canonical decimal text compared
+//!   in Rust with [`Sequence`]'s numeric order;
+//! - `outbox`: one change event per committed version, written in the same transaction.
+//!
+//! The schema version is `PRAGMA user_version`; [`SqliteStore::open`] applies the missing
+//! migrations and refuses a file written by a newer build.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{FhirStore, Outbox, OutboxEntry, StoreError, StoredVersion};
+use crate::model::{
+    ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, PublishAction, PublishOutcome,
+    ResourceChange, ResourceOp, ResourceRef, Sequence,
+};
+
+/// How long a statement waits for another connection (another process on the same file)
+/// to release its lock before the call fails with [`StoreError::Unavailable`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest FHIR id (FHIR R4 `id` datatype: `[A-Za-z0-9\-\.]{1,64}`).
+const MAX_ID_LEN: usize = 64;
+
+/// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+const MIGRATION_1: &str = "
+CREATE TABLE resources (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    version_id    INTEGER NOT NULL,
+    last_updated  TEXT NOT NULL,
+    deleted       INTEGER NOT NULL,
+    content       TEXT,
+    PRIMARY KEY (resource_type, id)
+) WITHOUT ROWID;
+
+CREATE TABLE history (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    version_id    INTEGER NOT NULL,
+    last_updated  TEXT NOT NULL,
+    deleted       INTEGER NOT NULL,
+    content       TEXT,
+    lineage       TEXT NOT NULL,
+    PRIMARY KEY (resource_type, id, version_id)
+) WITHOUT ROWID;
+
+CREATE TABLE sequences (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    entity        TEXT NOT NULL,
+    sequence      TEXT NOT NULL,
+    PRIMARY KEY (resource_type, id, source, entity)
+) WITHOUT ROWID;
+
+CREATE TABLE outbox (
+    position     INTEGER PRIMARY KEY AUTOINCREMENT,
+    event        TEXT NOT NULL,
+    delivered_at TEXT
+);
+
+CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+";
+
+/// The source of `lastUpdated` times; the store truncates them to milliseconds.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Sizes of a store, for the CLI and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCounts {
+    /// Resources whose current version is not a delete.
+    pub resources_live: u64,
+    /// All versions of all resources, deletes included.
+    pub versions: u64,
+    /// Outbox events not yet delivered.
+    pub outbox_pending: u64,
+}
+
+/// The embedded FHIR store. One connection behind a mutex: every call is a few statements.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    clock: Clock,
+    location: String,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates, with its parent directories) the store file at `path`, in WAL mode,
+    /// and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let location = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot create directory {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {location}: {e}")))?;
+        // WAL lets readers (the gateway, the outbox relay) run beside the writer; NORMAL is
+        // durable across application crashes, which is what WAL needs.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| with_context(&location, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(location = %location, journal_mode = %mode, "store file is not in WAL mode");
+        }
+        Self::setup(conn, location)
+    }
+
+    /// A private in-memory store (for tests and dry runs).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_in_memory().map_err(sql_err)?;
+        Self::setup(conn, ":memory:".to_owned())
+    }
+
+    fn setup(mut conn: Connection, location: String) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| with_context(&location, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| with_context(&location, e))?;
+        migrate(&mut conn, &location)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            clock: Arc::new(Utc::now),
+            location,
+        })
+    }
+
+    /// Replaces the clock that stamps `lastUpdated` (tests; a shared runtime clock).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Live resources, versions and undelivered events.
+    pub fn counts(&self) -> Result<StoreCounts, StoreError> {
+        let conn = self.lock()?;
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            let n: i64 = conn.query_row(sql, [], |r| r.get(0)).map_err(sql_err)?;
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
+        };
+        Ok(StoreCounts {
+            resources_live: count("SELECT count(*) FROM resources WHERE deleted = 0")?,
+            versions: count("SELECT count(*) FROM history")?,
+            outbox_pending: count("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")?,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        // A poisoned lock means a panic mid-call; SQLite rolled back the open transaction when
+        // it was dropped, but refuse further work rather than guess.
+        self.conn.lock().map_err(|_| {
+            StoreError::Unavailable(format!("store {} is unusable after a panic", self.location))
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        // Stored and returned times must be equal, and the text form keeps milliseconds.
+        (self.clock)().trunc_subsecs(3)
+    }
+
+    fn apply_sync(&self, changes: &[ResourceChange]) -> Result<Vec<PublishOutcome>, StoreError> {
+        let now = self.now();
+        let mut conn = self.lock()?;
+        // IMMEDIATE takes the write lock up front, so a concurrent writer makes us wait
+        // (busy timeout) instead of failing later on a lock upgrade.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            outcomes.push(apply_one(&tx, change, now)?);
+        }
+        tx.commit().map_err(sql_err)?;
+        tracing::debug!(
+            changes = changes.len(),
+            committed = outcomes
+                .iter()
+                .filter(|o| ChangeKind::for_action(o.action).is_some())
+                .count(),
+            "applied resource changes"
+        );
+        Ok(outcomes)
+    }
+
+    fn read_sync(&self, target: &ResourceRef) -> Result<Option<StoredVersion>, StoreError> {
+        if check_ref(target).is_err() {
+            return Ok(None);
+        }
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT h.version_id, h.last_updated, h.deleted, h.content, h.lineage
+             FROM resources r JOIN history h
+               ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
+             WHERE r.resource_type = ?1 AND r.id = ?2",
+            params![target.resource_type, target.id],
+            raw_version,
+        )
+        .optional()
+        .map_err(sql_err)?
+        .map(|raw| raw.into_stored(target))
+        .transpose()
+    }
+
+    fn vread_sync(
+        &self,
+        target: &ResourceRef,
+        version_id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let Some(version) = parse_version_id(version_id) else {
+            return Ok(None);
+        };
+        if check_ref(target).is_err() {
+            return Ok(None);
+        }
+        let conn = self.lock()?;
+        conn.query_row(
+            "SELECT version_id, last_updated, deleted, content, lineage FROM history
+             WHERE resource_type = ?1 AND id = ?2 AND version_id = ?3",
+            params![target.resource_type, target.id, version],
+            raw_version,
+        )
+        .optional()
+        .map_err(sql_err)?
+        .map(|raw| raw.into_stored(target))
+        .transpose()
+    }
+
+    fn history_sync(&self, target: &ResourceRef) -> Result<Vec<StoredVersion>, StoreError> {
+        if check_ref(target).is_err() {
+            return Ok(Vec::new());
+        }
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT version_id, last_updated, deleted, content, lineage FROM history
+                 WHERE resource_type = ?1 AND id = ?2 ORDER BY version_id DESC",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map(params![target.resource_type, target.id], raw_version)
+            .map_err(sql_err)?;
+        rows.map(|raw| raw.map_err(sql_err)?.into_stored(target))
+            .collect()
+    }
+
+    fn pending_sync(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT position, event FROM outbox WHERE delivered_at IS NULL
+                 ORDER BY position LIMIT ?1",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(sql_err)?;
+        rows.map(|row| {
+            let (position, text) = row.map_err(sql_err)?;
+            let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "outbox entry {position} is not a change event: {e}"
+                ))
+            })?;
+            Ok(OutboxEntry { position, event })
+        })
+        .collect()
+    }
+
+    fn mark_delivered_sync(&self, positions: &[i64]) -> Result<(), StoreError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let delivered_at = format_time(self.now());
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE outbox SET delivered_at = ?1
+                     WHERE position = ?2 AND delivered_at IS NULL",
+                )
+                .map_err(sql_err)?;
+            for position in positions {
+                stmt.execute(params![delivered_at, position])
+                    .map_err(sql_err)?;
+            }
+        }
+        tx.commit().map_err(sql_err)
+    }
+}
+
+#[async_trait]
+impl FhirStore for SqliteStore {
+    async fn apply(&self, changes: &[ResourceChange]) -> Result<Vec<PublishOutcome>, StoreError> {
+        self.apply_sync(changes)
+    }
+
+    async fn read(&self, target: &ResourceRef) -> Result<Option<StoredVersion>, StoreError> {
+        self.read_sync(target)
+    }
+
+    async fn vread(
+        &self,
+        target: &ResourceRef,
+        version_id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        self.vread_sync(target, version_id)
+    }
+
+    async fn history(&self, target: &ResourceRef) -> Result<Vec<StoredVersion>, StoreError> {
+        self.history_sync(target)
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.pending_sync(limit)
+    }
+
+    async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.mark_delivered_sync(positions)
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`]; several processes may open the file at once, so
+/// the version is read and moved inside one write transaction.
+fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| with_context(location, e))?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| with_context(location, e))?;
+    let Ok(from) = usize::try_from(version) else {
+        return Err(StoreError::Corrupt(format!(
+            "{location}: schema version {version} is invalid"
+        )));
+    };
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "{location}: schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for sql in MIGRATIONS.iter().skip(from) {
+        tx.execute_batch(sql)
+            .map_err(|e| with_context(location, e))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| with_context(location, e))?;
+    tx.commit().map_err(|e| with_context(location, e))?;
+    tracing::info!(location = %location, from = version, to = SCHEMA_VERSION, "store schema migrated");
+    Ok(())
+}
+
+/// The current row of a resource.
+struct Current {
+    version: i64,
+    last_updated: DateTime<Utc>,
+    deleted: bool,
+    content: Option<String>,
+}
+
+fn apply_one(
+    tx: &Connection,
+    change: &ResourceChange,
+    now: DateTime<Utc>,
+) -> Result<PublishOutcome, StoreError> {
+    let target = &change.target;
+    check_ref(target)?;
+    // Bad content is an error even when the change turns out to be stale.
+    let content = match &change.op {
+        ResourceOp::Upsert { resource } => Some(canonical_content(target, resource)?),
+        ResourceOp::Delete => None,
+    };
+    let lineage = &change.lineage;
+    let current = read_current(tx, target)?;
+
+    let mark = read_mark(tx, target, lineage)?;
+    if mark.as_ref().is_some_and(|mark| lineage.sequence < *mark) {
+        return Ok(outcome(target, PublishAction::Stale, current.as_ref()));
+    }
+    write_mark(tx, target, lineage)?;
+
+    let live = current.as_ref().filter(|c| !c.deleted);
+    let next_version = current.as_ref().map_or(1, |c| c.version + 1);
+    let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated));
+
+    let (action, stored) = match content {
+        Some(content) => {
+            if let Some(live) = live {
+                if stored_canonical(target, live)? == content {
+                    return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
+                }
+            }
+            let action = if live.is_some() {
+                PublishAction::Updated
+            } else {
+                PublishAction::Created
+            };
+            (action, Some(with_meta(content, next_version, last_updated)))
+        }
+        None => {
+            if live.is_none() {
+                return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
+            }
+            (PublishAction::Deleted, None)
+        }
+    };
+
+    let content_text = stored.as_ref().map(Value::to_string);
+    let lineage_text = serde_json::to_string(lineage)
+        .map_err(|e| invalid(target, format!("lineage cannot be stored: {e}")))?;
+    let time_text = format_time(last_updated);
+    let deleted = stored.is_none();
+    tx.prepare_cached(
+        "INSERT INTO history (resource_type, id, version_id, last_updated, deleted, content, lineage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            target.resource_type,
+            target.id,
+            next_version,
+            time_text,
+            deleted,
+            content_text,
+            lineage_text
+        ])
+    })
+    .map_err(sql_err)?;
+    tx.prepare_cached(
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (resource_type, id) DO UPDATE SET
+           version_id = excluded.version_id, last_updated = excluded.last_updated,
+           deleted = excluded.deleted, content = excluded.content",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            target.resource_type,
+            target.id,
+            next_version,
+            time_text,
+            deleted,
+            content_text
+        ])
+    })
+    .map_err(sql_err)?;
+
+    let version_id = next_version.to_string();
+    if let Some(kind) = ChangeKind::for_action(action) {
+        let event = ChangeEvent::new(
+            kind,
+            ChangeEventDetail {
+                event_id: ChangeEventDetail::stable_event_id(
+                    &target.resource_type,
+                    &target.id,
+                    &version_id,
+                ),
+                resource_type: target.resource_type.clone(),
+                id: target.id.clone(),
+                version_id: version_id.clone(),
+                last_updated,
+                source: lineage.source.clone(),
+                entity: lineage.entity.clone(),
+                key: lineage.key.clone(),
+                sequence: lineage.sequence.clone(),
+            },
+        );
+        let event_text = serde_json::to_string(&event)
+            .map_err(|e| invalid(target, format!("change event cannot be stored: {e}")))?;
+        tx.prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
+            .and_then(|mut s| s.execute([event_text]))
+            .map_err(sql_err)?;
+    }
+
+    Ok(PublishOutcome {
+        target: target.clone(),
+        action,
+        version_id: Some(version_id),
+        last_updated: Some(last_updated),
+    })
+}
+
+fn outcome(
+    target: &ResourceRef,
+    action: PublishAction,
+    current: Option<&Current>,
+) -> PublishOutcome {
+    PublishOutcome {
+        target: target.clone(),
+        action,
+        version_id: current.map(|c| c.version.to_string()),
+        last_updated: current.map(|c| c.last_updated),
+    }
+}
+
+fn read_current(tx: &Connection, target: &ResourceRef) -> Result<Option<Current>, StoreError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT version_id, last_updated, deleted, content FROM resources
+             WHERE resource_type = ?1 AND id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![target.resource_type, target.id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql_err)?;
+    row.map(|(version, last_updated, deleted, content)| {
+        Ok(Current {
+            version,
+            last_updated: parse_time(target, &last_updated)?,
+            deleted,
+            content,
+        })
+    })
+    .transpose()
+}
+
+fn read_mark(
+    tx: &Connection,
+    target: &ResourceRef,
+    lineage: &Lineage,
+) -> Result<Option<Sequence>, StoreError> {
+    let text = tx
+        .prepare_cached(
+            "SELECT sequence FROM sequences
+             WHERE resource_type = ?1 AND id = ?2 AND source = ?3 AND entity = ?4",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    target.resource_type,
+                    target.id,
+                    lineage.source,
+                    lineage.entity
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .map_err(sql_err)?;
+    text.map(|t| {
+        Sequence::parse(&t)
+            .map_err(|e| StoreError::Corrupt(format!("{target}: stored sequence: {e}")))
+    })
+    .transpose()
+}
+
+fn write_mark(tx: &Connection, target: &ResourceRef, lineage: &Lineage) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO sequences (resource_type, id, source, entity, sequence)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (resource_type, id, source, entity) DO UPDATE SET sequence = excluded.sequence",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            target.resource_type,
+            target.id,
+            lineage.source,
+            lineage.entity,
+            lineage.sequence.as_str()
+        ])
+    })
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// A history row as stored, before decoding.
+struct RawVersion {
+    version: i64,
+    last_updated: String,
+    deleted: bool,
+    content: Option<String>,
+    lineage: String,
+}
+
+fn raw_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
+    Ok(RawVersion {
+        version: r.get(0)?,
+        last_updated: r.get(1)?,
+        deleted: r.get(2)?,
+        content: r.get(3)?,
+        lineage: r.get(4)?,
+    })
+}
+
+impl RawVersion {
+    fn into_stored(self, target: &ResourceRef) -> Result<StoredVersion, StoreError> {
+        let corrupt = |what: &str, e: serde_json::Error| {
+            StoreError::Corrupt(format!("{target} version {}: {what}: {e}", self.version))
+        };
+        let resource = match &self.content {
+            Some(text) if !self.deleted => {
+                Some(serde_json::from_str(text).map_err(|e| corrupt("content", e))?)
+            }
+            _ => None,
+        };
+        let lineage = serde_json::from_str(&self.lineage).map_err(|e| corrupt("lineage", e))?;
+        Ok(StoredVersion {
+            target: target.clone(),
+            version_id: self.version.to_string(),
+            last_updated: parse_time(target, &self.last_updated)?,
+            deleted: self.deleted,
+            resource,
+            lineage: Some(lineage),
+        })
+    }
+}
+
+/// The content compared for "unchanged": the resource without `meta.versionId` and
+/// `meta.lastUpdated` (and without `meta` when nothing else is in it), with `id` set.
+fn canonical_content(target: &ResourceRef, resource: &Value) -> Result<Value, StoreError> {
+    let Value::Object(map) = resource else {
+        return Err(invalid(target, "the resource is not a JSON object"));
+    };
+    match map.get("resourceType") {
+        Some(Value::String(t)) if *t == target.resource_type => {}
+        Some(Value::String(t)) => {
+            return Err(invalid(
+                target,
+                format!("resourceType {t:?} differs from the target's"),
+            ));
+        }
+        Some(_) => return Err(invalid(target, "resourceType is not a string")),
+        None => return Err(invalid(target, "resourceType is missing")),
+    }
+    match map.get("id") {
+        None => {}
+        Some(Value::String(id)) if *id == target.id => {}
+        Some(Value::String(id)) => {
+            return Err(invalid(
+                target,
+                format!("id {id:?} differs from the target's"),
+            ));
+        }
+        Some(_) => return Err(invalid(target, "id is not a string")),
+    }
+    let mut map = map.clone();
+    map.insert("id".to_owned(), Value::String(target.id.clone()));
+    strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
+    Ok(Value::Object(map))
+}
+
+fn strip_meta(map: &mut Map<String, Value>) -> Result<(), &'static str> {
+    let now_empty = match map.get_mut("meta") {
+        None => return Ok(()),
+        Some(Value::Object(meta)) => {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            meta.is_empty()
+        }
+        Some(_) => return Err("meta is not an object"),
+    };
+    if now_empty {
+        map.remove("meta");
+    }
+    Ok(())
+}
+
+/// The canonical form of a stored live version.
+fn stored_canonical(target: &ResourceRef, current: &Current) -> Result<Value, StoreError> {
+    let corrupt = |reason: String| {
+        StoreError::Corrupt(format!("{target} version {}: {reason}", current.version))
+    };
+    let text = current
+        .content
+        .as_deref()
+        .ok_or_else(|| corrupt("a live version without content".to_owned()))?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(mut map)) => {
+            strip_meta(&mut map).map_err(|r| corrupt(r.to_owned()))?;
+            Ok(Value::Object(map))
+        }
+        Ok(_) => Err(corrupt("content is not a JSON object".to_owned())),
+        Err(e) => Err(corrupt(format!("content: {e}"))),
+    }
+}
+
+/// The canonical content with this version's `meta.versionId` and `meta.lastUpdated`.
+fn with_meta(content: Value, version: i64, last_updated: DateTime<Utc>) -> Value {
+    let Value::Object(mut map) = content else {
+        // canonical_content only returns objects.
+        return content;
+    };
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert("versionId".to_owned(), Value::String(version.to_string()));
+        meta.insert(
+            "lastUpdated".to_owned(),
+            Value::String(format_time(last_updated)),
+        );
+    }
+    Value::Object(map)
+}
+
+/// Checks the target's type and id; the error names `Type/id`.
+fn check_ref(target: &ResourceRef) -> Result<(), StoreError> {
+    let t = &target.resource_type;
+    if t.is_empty()
+        || t.len() > MAX_ID_LEN
+        || !t.starts_with(|c: char| c.is_ascii_uppercase())
+        || !t.bytes().all(|b| b.is_ascii_alphabetic())
+    {
+        return Err(invalid(target, "not a FHIR resource type name"));
+    }
+    if !is_fhir_id(&target.id) {
+        return Err(invalid(
+            target,
+            "not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters)",
+        ));
+    }
+    Ok(())
+}
+
+fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A `versionId` as this store writes it (1, 2, 3… without sign or leading zeros).
+fn parse_version_id(version_id: &str) -> Option<i64> {
+    if version_id.is_empty()
+        || version_id.starts_with('0')
+        || !version_id.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    version_id.parse().ok()
+}
+
+fn invalid(target: &ResourceRef, reason: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        target: target.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(target: &ResourceRef, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("{target}: stored time {text:?}: {e}")))
+}
+
+fn with_context(location: &str, e: rusqlite::Error) -> StoreError {
+    match sql_err(e) {
+        StoreError::Unavailable(m) => StoreError::Unavailable(format!("{location}: {m}")),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{location}: {m}")),
+        other => other,
+    }
+}
+
+/// Busy, locked and I/O conditions may pass, so they are `Unavailable` (retryable); anything
+/// else means the file or the data is not what this build expects.
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::OutOfMemory
+            | ErrorCode::OperationInterrupted
+            | ErrorCode::FileLockingProtocolFailed,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Corrupt(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,725 @@
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde_json::json;
+
+use super::*;
+use crate::model::RecordKey;
+
+fn target(id: &str) -> ResourceRef {
+    ResourceRef {
+        resource_type: "Patient".into(),
+        id: id.into(),
+    }
+}
+
+fn lineage(source: &str, seq: &str) -> Lineage {
+    Lineage {
+        source: source.into(),
+        entity: "patients".into(),
+        key: RecordKey::from_pairs([("pk", json!("p-1"))]),
+        sequence: Sequence::parse(seq).unwrap(),
+        observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
+    }
+}
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
+}
+
+fn upsert(id: &str, resource: Value, seq: &str) -> ResourceChange {
+    ResourceChange {
+        target: target(id),
+        op: ResourceOp::Upsert { resource },
+        lineage: lineage("app", seq),
+    }
+}
+
+fn delete(id: &str, seq: &str) -> ResourceChange {
+    ResourceChange {
+        target: target(id),
+        op: ResourceOp::Delete,
+        lineage: lineage("app", seq),
+    }
+}
+
+fn store() -> SqliteStore {
+    SqliteStore::open_in_memory().unwrap()
+}
+
+async fn one(store: &SqliteStore, change: ResourceChange) -> PublishOutcome {
+    let mut out = store.apply(&[change]).await.unwrap();
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+/// A clock that starts at a fixed time and moves by `step_ms` each call (possibly backwards).
+fn stepping_clock(start: &str, step_ms: i64) -> Clock {
+    let start: DateTime<Utc> = start.parse().unwrap();
+    let calls = Arc::new(AtomicI64::new(0));
+    Arc::new(move || {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        start + chrono::Duration::milliseconds(n * step_ms)
+    })
+}
+
+#[tokio::test]
+async fn create_gives_version_1_with_meta_and_an_event() {
+    let store = store().with_clock(stepping_clock("2025-03-04T05:06:07.123456Z", 0));
+    let out = one(&store, upsert("p1", patient("p1", "Lovelace"), "10")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    assert_eq!(out.version_id.as_deref(), Some("1"));
+    let when: DateTime<Utc> = "2025-03-04T05:06:07.123Z".parse().unwrap();
+    assert_eq!(out.last_updated, Some(when));
+
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert_eq!(read.version_id, "1");
+    assert!(!read.deleted);
+    assert_eq!(read.last_updated, when);
+    let resource = read.resource.unwrap();
+    assert_eq!(resource["meta"]["versionId"], "1");
+    assert_eq!(resource["meta"]["lastUpdated"], "2025-03-04T05:06:07.123Z");
+    assert_eq!(resource["name"][0]["family"], "Lovelace");
+    assert_eq!(read.lineage.unwrap(), lineage("app", "10"));
+
+    let pending = store.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let event = &pending[0].event;
+    assert_eq!(event.detail_type, ChangeKind::Created);
+    assert_eq!(event.detail.version_id, "1");
+    assert_eq!(event.detail.last_updated, when);
+    assert_eq!(event.detail.sequence.as_str(), "10");
+    assert_eq!(
+        event.detail.event_id,
+        ChangeEventDetail::stable_event_id("Patient", "p1", "1")
+    );
+    assert_eq!(event.resources, vec!["Patient/p1".to_owned()]);
+}
+
+#[tokio::test]
+async fn id_is_set_when_absent_and_other_meta_is_kept() {
+    let store = store();
+    let resource = json!({
+        "resourceType": "Patient",
+        "meta": {"versionId": "99", "lastUpdated": "2000-01-01T00:00:00Z", "source": "app"},
+        "active": true
+    });
+    let out = one(&store, upsert("p1", resource, "1")).await;
+    assert_eq!(out.version_id.as_deref(), Some("1"));
+    let stored = store
+        .read(&target("p1"))
+        .await
+        .unwrap()
+        .unwrap()
+        .resource
+        .unwrap();
+    assert_eq!(stored["id"], "p1");
+    assert_eq!(stored["meta"]["source"], "app");
+    assert_eq!(stored["meta"]["versionId"], "1");
+    assert_ne!(stored["meta"]["lastUpdated"], "2000-01-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn update_gives_version_2_and_history_is_newest_first() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    let out = one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+    assert_eq!(out.action, PublishAction::Updated);
+    assert_eq!(out.version_id.as_deref(), Some("2"));
+
+    let history = store.history(&target("p1")).await.unwrap();
+    let versions: Vec<&str> = history.iter().map(|v| v.version_id.as_str()).collect();
+    assert_eq!(versions, ["2", "1"]);
+    assert_eq!(
+        history[0].resource.as_ref().unwrap()["name"][0]["family"],
+        "B"
+    );
+    assert_eq!(
+        history[1].resource.as_ref().unwrap()["name"][0]["family"],
+        "A"
+    );
+    assert_eq!(history[1].lineage.as_ref().unwrap().sequence.as_str(), "1");
+
+    let kinds: Vec<ChangeKind> = store
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.detail_type)
+        .collect();
+    assert_eq!(kinds, [ChangeKind::Created, ChangeKind::Updated]);
+}
+
+#[tokio::test]
+async fn same_content_is_unchanged_without_version_or_event() {
+    let store = store();
+    let first = one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    let out = one(&store, upsert("p1", patient("p1", "A"), "2")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    assert_eq!(out.version_id.as_deref(), Some("1"));
+    assert_eq!(out.last_updated, first.last_updated);
+    assert_eq!(store.history(&target("p1")).await.unwrap().len(), 1);
+    assert_eq!(store.pending(10).await.unwrap().len(), 1);
+    // The mark moved up to 2, so sequence 1 with other content is now stale.
+    let stale = one(&store, upsert("p1", patient("p1", "Z"), "1")).await;
+    assert_eq!(stale.action, PublishAction::Stale);
+}
+
+#[tokio::test]
+async fn content_equal_except_meta_is_unchanged() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    // What a client would send back after reading it, with other meta times and no id.
+    let mut resource = patient("p1", "A");
+    resource["meta"] = json!({"versionId": "7", "lastUpdated": "1999-01-01T00:00:00Z"});
+    let out = one(&store, upsert("p1", resource, "2")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    let mut no_id = patient("p1", "A");
+    no_id.as_object_mut().unwrap().remove("id");
+    let out = one(&store, upsert("p1", no_id, "3")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    // A meta element that is content (a profile) is a change.
+    let mut profiled = patient("p1", "A");
+    profiled["meta"] = json!({"profile": ["http://example.org/p"]});
+    let out = one(&store, upsert("p1", profiled, "4")).await;
+    assert_eq!(out.action, PublishAction::Updated);
+    assert_eq!(store.pending(10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn stale_sequence_is_skipped_including_25_digit_sequences() {
+    let store = store();
+    let newer = "1405400000000002063282833";
+    let older = "1405400000000002063282832";
+    one(&store, upsert("p1", patient("p1", "A"), newer)).await;
+    let out = one(&store, upsert("p1", patient("p1", "B"), older)).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    assert_eq!(out.version_id.as_deref(), Some("1"));
+    // Shorter is smaller even though "999" > "1405…" as text.
+    let out = one(&store, upsert("p1", patient("p1", "C"), "999")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    let out = one(&store, delete("p1", older)).await;
+    assert_eq!(out.action, PublishAction::Stale);
+
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert_eq!(read.resource.unwrap()["name"][0]["family"], "A");
+    assert_eq!(store.pending(10).await.unwrap().len(), 1);
+    let bigger = "10000000000000000000000000";
+    let out = one(&store, upsert("p1", patient("p1", "D"), bigger)).await;
+    assert_eq!(out.action, PublishAction::Updated);
+}
+
+#[tokio::test]
+async fn sequences_of_other_sources_are_not_compared() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "500")).await;
+    let other = ResourceChange {
+        lineage: lineage("eligibility", "3"),
+        ..upsert("p1", patient("p1", "B"), "3")
+    };
+    let out = one(&store, other).await;
+    assert_eq!(out.action, PublishAction::Updated);
+}
+
+#[tokio::test]
+async fn equal_sequence_with_new_content_is_applied() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "5")).await;
+    let out = one(&store, upsert("p1", patient("p1", "B"), "5")).await;
+    assert_eq!(out.action, PublishAction::Updated);
+    assert_eq!(out.version_id.as_deref(), Some("2"));
+    // Replaying the same change again is a no-op.
+    let out = one(&store, upsert("p1", patient("p1", "B"), "5")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+}
+
+#[tokio::test]
+async fn delete_makes_a_deleted_version_and_an_event() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    let out = one(&store, delete("p1", "2")).await;
+    assert_eq!(out.action, PublishAction::Deleted);
+    assert_eq!(out.version_id.as_deref(), Some("2"));
+
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert!(read.deleted);
+    assert_eq!(read.version_id, "2");
+    assert!(read.resource.is_none());
+    let history = store.history(&target("p1")).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history[0].deleted && !history[1].deleted);
+
+    let pending = store.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[1].event.detail_type, ChangeKind::Deleted);
+    assert_eq!(pending[1].event.detail.version_id, "2");
+    // Deleting again changes nothing.
+    let again = one(&store, delete("p1", "3")).await;
+    assert_eq!(again.action, PublishAction::Unchanged);
+    assert_eq!(again.version_id.as_deref(), Some("2"));
+    assert_eq!(store.pending(10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn delete_of_absent_is_unchanged_and_an_older_upsert_then_stale() {
+    let store = store();
+    let out = one(&store, delete("p1", "20")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    assert_eq!(out.version_id, None);
+    assert_eq!(out.last_updated, None);
+    assert!(store.read(&target("p1")).await.unwrap().is_none());
+
+    let out = one(&store, upsert("p1", patient("p1", "A"), "19")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    assert_eq!(out.version_id, None);
+    assert!(store.read(&target("p1")).await.unwrap().is_none());
+    assert!(store.history(&target("p1")).await.unwrap().is_empty());
+    assert!(store.pending(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn upsert_after_delete_is_created_with_the_next_version() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+    one(&store, delete("p1", "3")).await;
+    // Same content as before the delete: still a re-creation.
+    let out = one(&store, upsert("p1", patient("p1", "B"), "4")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    assert_eq!(out.version_id.as_deref(), Some("4"));
+    let last = store.pending(10).await.unwrap().pop().unwrap();
+    assert_eq!(last.event.detail_type, ChangeKind::Created);
+    assert_eq!(last.event.detail.version_id, "4");
+}
+
+#[tokio::test]
+async fn vread_returns_each_version() {
+    let store = store();
+    one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+    one(&store, delete("p1", "3")).await;
+    let t = target("p1");
+    let v1 = store.vread(&t, "1").await.unwrap().unwrap();
+    assert_eq!(v1.resource.unwrap()["name"][0]["family"], "A");
+    let v2 = store.vread(&t, "2").await.unwrap().unwrap();
+    assert_eq!(v2.resource.as_ref().unwrap()["meta"]["versionId"], "2");
+    assert_eq!(v2.lineage.unwrap().sequence.as_str(), "2");
+    let v3 = store.vread(&t, "3").await.unwrap().unwrap();
+    assert!(v3.deleted && v3.resource.is_none());
+    for missing in [
+        "4",
+        "0",
+        "01",
+        "-1",
+        "+1",
+        "",
+        "x",
+        "99999999999999999999999",
+    ] {
+        assert!(
+            store.vread(&t, missing).await.unwrap().is_none(),
+            "{missing:?}"
+        );
+    }
+    assert!(store.vread(&target("other"), "1").await.unwrap().is_none());
+    assert!(store.read(&target("other")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn multi_resource_apply_is_atomic() {
+    let store = store();
+    let good = upsert("p1", patient("p1", "A"), "1");
+    let mut bad = upsert("p2", patient("p2", "B"), "1");
+    bad.op = ResourceOp::Upsert {
+        resource: json!({"resourceType": "Observation", "id": "p2"}),
+    };
+    let err = store.apply(&[good.clone(), bad]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid { target, .. } if target == "Patient/p2"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert!(store.read(&target("p1")).await.unwrap().is_none());
+    assert!(store.pending(10).await.unwrap().is_empty());
+    assert_eq!(store.counts().unwrap(), StoreCounts::default());
+
+    // Nothing of the failed call remains, not even the sequence mark.
+    let out = store
+        .apply(&[good, upsert("p2", patient("p2", "B"), "1")])
+        .await
+        .unwrap();
+    let actions: Vec<PublishAction> = out.iter().map(|o| o.action).collect();
+    assert_eq!(actions, [PublishAction::Created, PublishAction::Created]);
+    assert_eq!(store.pending(10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_resource_twice_in_one_call_is_applied_in_order() {
+    let store = store();
+    let out = store
+        .apply(&[
+            upsert("p1", patient("p1", "A"), "1"),
+            upsert("p1", patient("p1", "B"), "1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out[0].action, PublishAction::Created);
+    assert_eq!(out[1].action, PublishAction::Updated);
+    assert_eq!(out[1].version_id.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn outbox_pending_and_mark_delivered() {
+    let store = store();
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+    }
+    let all = store.pending(10).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|e| e.event.detail.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(store.pending(2).await.unwrap().len(), 2);
+    assert!(store.pending(0).await.unwrap().is_empty());
+
+    store
+        .mark_delivered(&[all[0].position, all[2].position, 12345])
+        .await
+        .unwrap();
+    store.mark_delivered(&[]).await.unwrap();
+    let left = store.pending(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0], all[1]);
+    // Delivering twice is harmless.
+    store.mark_delivered(&[all[0].position]).await.unwrap();
+    assert_eq!(store.counts().unwrap().outbox_pending, 1);
+}
+
+#[tokio::test]
+async fn file_store_is_wal_and_reopens_with_data_and_undelivered_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/store.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        {
+            let conn = store.lock().unwrap();
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 1, "synchronous=NORMAL");
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+        }
+        one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+        one(&store, upsert("p2", patient("p2", "B"), "1")).await;
+        one(&store, delete("p2", "2")).await;
+        let first = store.pending(1).await.unwrap();
+        store.mark_delivered(&[first[0].position]).await.unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.counts().unwrap(),
+        StoreCounts {
+            resources_live: 1,
+            versions: 3,
+            outbox_pending: 2
+        }
+    );
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert_eq!(read.resource.unwrap()["name"][0]["family"], "A");
+    let pending = store.pending(10).await.unwrap();
+    let kinds: Vec<ChangeKind> = pending.iter().map(|e| e.event.detail_type).collect();
+    assert_eq!(kinds, [ChangeKind::Created, ChangeKind::Deleted]);
+    // Marks survive too.
+    let out = one(&store, upsert("p2", patient("p2", "C"), "1")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt(ref m) if m.contains("newer")),
+        "{err}"
+    );
+}
+
+#[test]
+fn migrations_match_the_schema_version() {
+    assert_eq!(i64::try_from(MIGRATIONS.len()).unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test]
+async fn busy_database_is_unavailable_and_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let waiter = SqliteStore::open(&path).unwrap();
+    waiter
+        .lock()
+        .unwrap()
+        .busy_timeout(Duration::from_millis(20))
+        .unwrap();
+    // Another process holding the write lock.
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = waiter
+        .apply(&[upsert("p1", patient("p1", "A"), "1")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.is_retryable());
+    holder.execute_batch("ROLLBACK").unwrap();
+    let out = waiter
+        .apply(&[upsert("p1", patient("p1", "A"), "1")])
+        .await
+        .unwrap();
+    assert_eq!(out[0].action, PublishAction::Created);
+}
+
+#[tokio::test]
+async fn a_poisoned_lock_is_unavailable() {
+    let store = Arc::new(store());
+    let poisoner = Arc::clone(&store);
+    let joined = std::thread::spawn(move || {
+        let _guard = poisoner.conn.lock().unwrap();
+        panic!("poison the lock");
+    })
+    .join();
+    assert!(joined.is_err());
+    let err = store.read(&target("p1")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn last_updated_never_goes_backwards() {
+    // Each call to the clock is one second earlier than the previous one.
+    let store = store().with_clock(stepping_clock("2025-01-01T00:00:10Z", -1000));
+    let first = one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+    let second = one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+    let third = one(&store, delete("p1", "3")).await;
+    assert_eq!(second.last_updated, first.last_updated);
+    assert_eq!(third.last_updated, first.last_updated);
+    let history = store.history(&target("p1")).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|v| Some(v.last_updated) == first.last_updated)
+    );
+}
+
+/// Every permutation of `items` (Heap's algorithm).
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    fn heap<T: Clone>(k: usize, items: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
+        if k <= 1 {
+            out.push(items.clone());
+            return;
+        }
+        heap(k - 1, items, out);
+        for i in 0..k - 1 {
+            if k % 2 == 0 {
+                items.swap(i, k - 1);
+            } else {
+                items.swap(0, k - 1);
+            }
+            heap(k - 1, items, out);
+        }
+    }
+    let mut items = items.to_vec();
+    let mut out = Vec::new();
+    heap(items.len(), &mut items, &mut out);
+    out
+}
+
+/// The live state of a resource: its content without meta, or `None` if deleted or absent.
+async fn live_state(store: &SqliteStore, id: &str) -> Option<Value> {
+    let current = store.read(&target(id)).await.unwrap()?;
+    let mut resource = current.resource?;
+    resource.as_object_mut().unwrap().remove("meta");
+    Some(resource)
+}
+
+#[tokio::test]
+async fn out_of_order_application_ends_in_the_in_order_state() {
+    let histories: Vec<Vec<ResourceChange>> = vec![
+        vec![
+            upsert("p1", patient("p1", "A"), "1"),
+            upsert("p1", patient("p1", "B"), "2"),
+            delete("p1", "3"),
+            upsert("p1", patient("p1", "C"), "4"),
+            upsert("p1", patient("p1", "D"), "10000000000000000000005"),
+        ],
+        vec![
+            upsert("p1", patient("p1", "A"), "1"),
+            delete("p1", "2"),
+            upsert("p1", patient("p1", "B"), "3"),
+            upsert("p1", patient("p1", "A"), "4"),
+            delete("p1", "5"),
+        ],
+        vec![
+            delete("p1", "1"),
+            upsert("p1", patient("p1", "A"), "2"),
+            upsert("p1", patient("p1", "A"), "3"),
+            delete("p1", "4"),
+            delete("p1", "5"),
+        ],
+    ];
+    for changes in histories {
+        let in_order = store();
+        for c in &changes {
+            one(&in_order, c.clone()).await;
+        }
+        let expected = live_state(&in_order, "p1").await;
+        for order in permutations(&changes) {
+            let store = store();
+            for c in &order {
+                one(&store, c.clone()).await;
+            }
+            let seqs: Vec<&str> = order.iter().map(|c| c.lineage.sequence.as_str()).collect();
+            assert_eq!(live_state(&store, "p1").await, expected, "order {seqs:?}");
+            // Every committed version has exactly one event.
+            let counts = store.counts().unwrap();
+            assert_eq!(counts.outbox_pending, counts.versions, "order {seqs:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_ids_and_types_are_invalid_and_name_the_target() {
+    let store = store();
+    let long = "a".repeat(65);
+    for id in ["", "a/b", "a b", "é", "a_b", long.as_str()] {
+        let err = store.apply(&[delete(id, "1")]).await.unwrap_err();
+        match err {
+            StoreError::Invalid { target, reason } => {
+                assert_eq!(target, format!("Patient/{id}"));
+                assert!(reason.contains("FHIR id"), "{reason}");
+            }
+            other => panic!("{id:?}: {other}"),
+        }
+        assert!(store.read(&target(id)).await.unwrap().is_none());
+        assert!(store.history(&target(id)).await.unwrap().is_empty());
+    }
+    let ok = "a".repeat(64);
+    let out = one(&store, upsert(&ok, patient(&ok, "A"), "1")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    let out = one(&store, upsert("A-1.b", patient("A-1.b", "A"), "1")).await;
+    assert_eq!(out.action, PublishAction::Created);
+
+    for bad_type in ["", "patient", "Pa tient", "Patient1"] {
+        let change = ResourceChange {
+            target: ResourceRef {
+                resource_type: bad_type.into(),
+                id: "p1".into(),
+            },
+            op: ResourceOp::Delete,
+            lineage: lineage("app", "1"),
+        };
+        let err = store.apply(&[change]).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Invalid { .. }),
+            "{bad_type:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mismatched_resources_are_invalid() {
+    let store = store();
+    let cases = [
+        (
+            json!({"resourceType": "Observation", "id": "p1"}),
+            "resourceType",
+        ),
+        (json!({"id": "p1"}), "resourceType is missing"),
+        (
+            json!({"resourceType": 5, "id": "p1"}),
+            "resourceType is not a string",
+        ),
+        (
+            json!({"resourceType": "Patient", "id": "p2"}),
+            "id \"p2\" differs",
+        ),
+        (
+            json!({"resourceType": "Patient", "id": 1}),
+            "id is not a string",
+        ),
+        (
+            json!({"resourceType": "Patient", "meta": []}),
+            "meta is not an object",
+        ),
+        (json!(["Patient"]), "not a JSON object"),
+        (Value::Null, "not a JSON object"),
+    ];
+    for (resource, expected) in cases {
+        let err = store
+            .apply(&[upsert("p1", resource.clone(), "1")])
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::Invalid { target, reason } => {
+                assert_eq!(target, "Patient/p1");
+                assert!(reason.contains(expected), "{resource}: {reason}");
+            }
+            other => panic!("{resource}: {other}"),
+        }
+    }
+    // Invalid even when it would be stale: bad input is never silently skipped.
+    one(&store, upsert("p1", patient("p1", "A"), "9")).await;
+    let err = store
+        .apply(&[upsert("p1", json!({"resourceType": "Observation"}), "1")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
+    assert_eq!(store.counts().unwrap().versions, 1);
+}
+
+#[test]
+fn sql_errors_map_to_retryable_or_not() {
+    let busy =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+    assert!(sql_err(busy).is_retryable());
+    let locked = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
+        None,
+    );
+    assert!(sql_err(locked).is_retryable());
+    let corrupt = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+        None,
+    );
+    assert!(matches!(sql_err(corrupt), StoreError::Corrupt(_)));
+    assert!(matches!(
+        sql_err(rusqlite::Error::InvalidColumnType(
+            0,
+            "x".into(),
+            rusqlite::types::Type::Null
+        )),
+        StoreError::Corrupt(_)
+    ));
+}
+
+#[test]
+fn debug_shows_the_location_only() {
+    let text = format!("{:?}", store());
+    assert!(text.contains(":memory:"), "{text}");
+}
