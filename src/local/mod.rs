@@ -1,1 +1,287 @@
-//! Local runtime.
+//! The embedded runtime: everything on one machine, no AWS account.
+//!
+//! The project's ASL engine runs `statemachines/unify.asl.json` (embedded in the binary) with
+//! the same handler functions registered under their function names; `sqs:sendMessage` tasks
+//! go to the SQLite queue; a DynamoDB table's stream is a folder of stream events delivered the
+//! way Lambda's event source mapping does it (partial-batch failures re-delivered, then sent
+//! to the on-failure destination, here the quarantine queue).
+
+pub mod queue;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::config::{DataDir, PipelineConfig};
+use crate::env::{Env, EnvError, IngestEnv, Workflow, WorkflowError, WorkflowRun};
+use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
+use crate::handlers::{self, HandlerError};
+use crate::model::ChangeBatch;
+use queue::LocalQueue;
+
+pub use stream::{DeliveryReport, RunSummary};
+
+/// The `unify` definition, with `${Placeholders}` for functions and queues.
+pub const UNIFY_DEFINITION: &str = include_str!("../../statemachines/unify.asl.json");
+
+/// The local ARN of a function.
+pub fn function_arn(name: &str) -> String {
+    format!("arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{name}")
+}
+
+/// The local URL of a queue (SQS's URL shape; the queue name is its last segment).
+pub fn queue_url(queue: &str) -> String {
+    format!("https://sqs.{LOCAL_REGION}.amazonaws.com/{LOCAL_ACCOUNT}/{queue}")
+}
+
+/// The pipeline steps, with their function names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Transform,
+    Validate,
+    Publish,
+    Emit,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::Transform, Step::Validate, Step::Publish, Step::Emit];
+
+    /// The function's name (as deployed: `fhir-unify-<step>`).
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Step::Transform => "fhir-unify-transform",
+            Step::Validate => "fhir-unify-validate",
+            Step::Publish => "fhir-unify-publish",
+            Step::Emit => "fhir-unify-emit",
+        }
+    }
+
+    /// The `${Placeholder}` naming the function's ARN in state machine definitions.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Step::Transform => "TransformFunctionArn",
+            Step::Validate => "ValidateFunctionArn",
+            Step::Publish => "PublishFunctionArn",
+            Step::Emit => "EmitFunctionArn",
+        }
+    }
+}
+
+/// The definition substitutions of a local run.
+pub fn substitutions(config: &PipelineConfig) -> HashMap<String, String> {
+    let mut s: HashMap<String, String> = Step::ALL
+        .iter()
+        .map(|step| (step.placeholder().to_owned(), function_arn(step.function_name())))
+        .collect();
+    s.insert("QuarantineQueueUrl".into(), queue_url(&config.quarantine.queue));
+    s
+}
+
+/// Errors of the local runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("state machine unify: {0}")]
+    Definition(String),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error("{file}: {message}")]
+    Input { file: String, message: String },
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+}
+
+/// A step handler seen by the ASL engine as a Lambda function.
+#[derive(Debug)]
+struct StepFunction {
+    step: Step,
+    env: Arc<Env>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(payload: Value) -> Result<T, HandlerError> {
+    serde_json::from_value(payload).map_err(|e| HandlerError::InvalidInput(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> Result<Value, HandlerError> {
+    serde_json::to_value(v).map_err(|e| HandlerError::InvalidInput(e.to_string()))
+}
+
+impl StepFunction {
+    async fn call(&self, payload: Value) -> Result<Value, HandlerError> {
+        let env = &self.env;
+        match self.step {
+            Step::Transform => to_json(handlers::transform::handle(parse(payload)?, env).await?),
+            Step::Validate => to_json(handlers::validate::handle(parse(payload)?, env).await?),
+            Step::Publish => to_json(handlers::publish::handle(parse(payload)?, env).await?),
+            Step::Emit => to_json(handlers::emit::handle(payload, env).await?),
+        }
+    }
+}
+
+#[async_trait]
+impl asl::LambdaFunction for StepFunction {
+    async fn invoke(&self, payload: Value) -> Result<Value, asl::LambdaError> {
+        self.call(payload).await.map_err(|e| asl::LambdaError {
+            error_type: e.error_type().to_owned(),
+            error_message: e.to_string(),
+        })
+    }
+}
+
+/// `arn:aws:states:::sqs:sendMessage` on the local queue.
+#[derive(Debug)]
+struct SqsSendMessage {
+    queue: Arc<LocalQueue>,
+    /// Queue URLs this run knows, by URL.
+    known: HashMap<String, String>,
+}
+
+#[async_trait]
+impl asl::ServiceIntegration for SqsSendMessage {
+    async fn call(&self, _resource: &str, parameters: Value) -> Result<Value, asl::TaskError> {
+        let fail = |error: &str, cause: String| asl::TaskError {
+            error: error.to_owned(),
+            cause,
+        };
+        let url = parameters
+            .get("QueueUrl")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("SQS.MissingParameterException", "The request must contain the parameter QueueUrl.".into()))?;
+        let name = self.known.get(url).ok_or_else(|| {
+            fail(
+                "SQS.QueueDoesNotExistException",
+                format!("The specified queue does not exist for this wsdl version. (QueueUrl {url})"),
+            )
+        })?;
+        let body = match parameters.get("MessageBody") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) if !v.is_null() => v.to_string(),
+            _ => {
+                return Err(fail(
+                    "SQS.MissingParameterException",
+                    "The request must contain the parameter MessageBody.".into(),
+                ));
+            }
+        };
+        let id = self
+            .queue
+            .send(name, &body)
+            .map_err(|e| fail("States.TaskFailed", e.to_string()))?;
+        Ok(json!({ "MessageId": id }))
+    }
+}
+
+/// `unify` on the project's ASL engine, in-process.
+#[derive(Debug)]
+pub struct LocalWorkflow {
+    engine: asl::Engine,
+    machine: asl::StateMachine,
+    /// Every run, for the summary of a local run.
+    log: Mutex<Vec<WorkflowRun>>,
+}
+
+impl LocalWorkflow {
+    /// Registers the step handlers and the local queue, and loads `unify`.
+    pub fn new(env: Arc<Env>, config: &PipelineConfig, queue: Arc<LocalQueue>) -> Result<Self, LocalError> {
+        let mut registry = asl::TaskRegistry::new();
+        for step in Step::ALL {
+            registry.register_lambda(
+                &function_arn(step.function_name()),
+                Arc::new(StepFunction { step, env: env.clone() }),
+            );
+        }
+        let url = queue_url(&config.quarantine.queue);
+        registry.register_service(
+            "arn:aws:states:::sqs:sendMessage",
+            Arc::new(SqsSendMessage {
+                queue,
+                known: HashMap::from([(url, config.quarantine.queue.clone())]),
+            }),
+        );
+        let text = asl::substitute(UNIFY_DEFINITION, &substitutions(config))
+            .map_err(|e| LocalError::Definition(e.to_string()))?;
+        let machine = asl::StateMachine::parse(&text).map_err(|e| LocalError::Definition(e.to_string()))?;
+        Ok(LocalWorkflow {
+            engine: asl::Engine::new(registry, Arc::new(asl::SystemClock)),
+            machine,
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Takes the runs recorded since the last call.
+    pub fn take_runs(&self) -> Vec<WorkflowRun> {
+        self.log.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+}
+
+/// A Step Functions execution name: at most 80 characters of `[A-Za-z0-9-_]`.
+fn execution_name(batch_id: &str) -> String {
+    batch_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(80)
+        .collect()
+}
+
+#[async_trait]
+impl Workflow for LocalWorkflow {
+    async fn run_unify(&self, batch: &ChangeBatch) -> Result<WorkflowRun, WorkflowError> {
+        let input = serde_json::to_value(batch).map_err(|e| WorkflowError {
+            workflow: "unify".into(),
+            message: e.to_string(),
+        })?;
+        let name = execution_name(&batch.batch_id);
+        let result = self.engine.start_execution(&self.machine, Some(&name), input).await;
+        let run = WorkflowRun {
+            execution: name,
+            succeeded: result.status == asl::ExecutionStatus::Succeeded,
+            output: result.output,
+            error: result.error,
+            cause: result.cause,
+        };
+        if !run.succeeded {
+            tracing::error!(execution = %run.execution, error = ?run.error, "unify execution failed");
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.push(run.clone());
+        }
+        Ok(run)
+    }
+}
+
+/// Everything a local run needs, built from a pipeline file and a data folder.
+#[derive(Debug)]
+pub struct LocalRuntime {
+    pub config: Arc<PipelineConfig>,
+    pub data: DataDir,
+    pub env: Arc<Env>,
+    pub queue: Arc<LocalQueue>,
+    pub workflow: Arc<LocalWorkflow>,
+    pub ingest: IngestEnv,
+}
+
+impl LocalRuntime {
+    /// Opens the store, queue and bus under `data` and loads the mappings and `unify`.
+    pub fn open(config: PipelineConfig, data: DataDir) -> Result<LocalRuntime, LocalError> {
+        let config = Arc::new(config);
+        let env = Arc::new(Env::from_config(&config, &data)?);
+        let queue = Arc::new(LocalQueue::open(&data.join("queue.db".as_ref()))?);
+        let workflow = Arc::new(LocalWorkflow::new(env.clone(), &config, queue.clone())?);
+        let ingest = IngestEnv {
+            config: config.clone(),
+            workflow: workflow.clone(),
+        };
+        Ok(LocalRuntime {
+            config,
+            data,
+            env,
+            queue,
+            workflow,
+            ingest,
+        })
+    }
+}
