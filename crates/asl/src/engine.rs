@@ -830,9 +830,38 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
     let semaphore = Arc::new(tokio::sync::Semaphore::new(permits));
     let mut set = tokio::task::JoinSet::new();
     let total = inputs.len();
+    let mut results: Vec<Value> = vec![Value::Null; total];
+    let mut failures = 0u64;
+    // Records one finished iteration; `Some(failure)` when it must fail the whole Map.
+    let mut record = |joined: Result<(usize, Result<Value, Failure>), tokio::task::JoinError>| -> Option<Failure> {
+        let Ok((i, r)) = joined else { return None };
+        match r {
+            Ok(v) => {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = v;
+                }
+                None
+            }
+            Err(f) if !tolerant => Some(f),
+            Err(f) => {
+                failures += 1;
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = f.as_value();
+                }
+                None
+            }
+        }
+    };
     for (i, input) in inputs.into_iter().enumerate() {
         // Acquired in index order, so MaxConcurrency 1 runs the items one after the other.
         let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+        tokio::task::yield_now().await;
+        while let Some(joined) = set.try_join_next() {
+            if let Some(f) = record(joined) {
+                set.abort_all();
+                return Err(map_failed(exec, name, f));
+            }
+        }
         let exec2 = exec.clone();
         let program = map.processor.clone();
         let state_name = state.name.clone();
@@ -846,36 +875,21 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
             drop(permit);
             (i, r)
         });
-        // Stop launching once an intolerant failure happened.
-        if !tolerant {
-            while let Some(Ok((_, Err(f)))) = set.try_join_next() {
+        // A failed item stops the Map before more items start.
+        while let Some(joined) = set.try_join_next() {
+            if let Some(f) = record(joined) {
                 set.abort_all();
                 return Err(map_failed(exec, name, f));
             }
         }
     }
-    let mut results: Vec<Value> = vec![Value::Null; total];
-    let mut failures = 0u64;
     while let Some(joined) = set.join_next().await {
-        let Ok((i, r)) = joined else { continue };
-        match r {
-            Ok(v) => {
-                if let Some(slot) = results.get_mut(i) {
-                    *slot = v;
-                }
-            }
-            Err(f) if !tolerant => {
-                set.abort_all();
-                return Err(map_failed(exec, name, f));
-            }
-            Err(f) => {
-                failures += 1;
-                if let Some(slot) = results.get_mut(i) {
-                    *slot = f.as_value();
-                }
-            }
+        if let Some(f) = record(joined) {
+            set.abort_all();
+            return Err(map_failed(exec, name, f));
         }
     }
+    drop(record);
     if tolerant && failures > 0 {
         let over_count = tol_count.is_some_and(|c| failures > c);
         let pct = failures as f64 * 100.0 / total.max(1) as f64;
