@@ -15,7 +15,10 @@ pub(crate) fn parse_timestamp(s: &str) -> Option<DateTime<FixedOffset>> {
 }
 
 fn invalid_path(p: &JsonPath) -> String {
-    format!("Invalid path '{}': The choice state's condition path references an invalid value.", p.text())
+    format!(
+        "Invalid path '{}': The choice state's condition path references an invalid value.",
+        p.text()
+    )
 }
 
 fn lookup(p: &JsonPath, input: &Value, context: &Value) -> Option<Value> {
@@ -42,7 +45,11 @@ pub(crate) fn evaluate(rule: &Rule, input: &Value, context: &Value) -> Result<bo
             Ok(false)
         }
         Rule::Not(r) => Ok(!evaluate(r, input, context)?),
-        Rule::Cmp { variable, op, operand } => {
+        Rule::Cmp {
+            variable,
+            op,
+            operand,
+        } => {
             let var = lookup(variable, input, context);
             if *op == Op::IsPresent {
                 return Ok(var.is_some() == (operand_value(operand) == Some(&Value::Bool(true))));
@@ -92,16 +99,21 @@ fn compare(var: &Value, op: Op, expected: &Value) -> bool {
             (Some(a), Some(b)) => ordering_ok(a.cmp(b), cmp),
             _ => false,
         },
-        Op::Compare(Family::Numeric, cmp) => match (var.as_f64().filter(|_| var.is_number()), expected.as_f64()) {
-            (Some(a), Some(b)) => a.partial_cmp(&b).is_some_and(|o| ordering_ok(o, cmp)),
-            _ => false,
-        },
+        Op::Compare(Family::Numeric, cmp) => {
+            match (var.as_f64().filter(|_| var.is_number()), expected.as_f64()) {
+                (Some(a), Some(b)) => a.partial_cmp(&b).is_some_and(|o| ordering_ok(o, cmp)),
+                _ => false,
+            }
+        }
         Op::Compare(Family::Boolean, _) => match (var.as_bool(), expected.as_bool()) {
             (Some(a), Some(b)) => a == b,
             _ => false,
         },
         Op::Compare(Family::Timestamp, cmp) => {
-            match (var.as_str().and_then(parse_timestamp), expected.as_str().and_then(parse_timestamp)) {
+            match (
+                var.as_str().and_then(parse_timestamp),
+                expected.as_str().and_then(parse_timestamp),
+            ) {
                 (Some(a), Some(b)) => ordering_ok(a.cmp(&b), cmp),
                 _ => false,
             }

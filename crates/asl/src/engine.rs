@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::choice;
-use crate::definition::{Catcher, Kind, MapState, NumOrPath, Program, Retrier, State, StateMachine, StrOrPath, TaskState, Template};
+use crate::definition::{
+    Catcher, Kind, MapState, NumOrPath, Program, Retrier, State, StateMachine, StrOrPath,
+    TaskState, Template,
+};
 use crate::jsonpath::{JsonPath, RefStep};
 use crate::task::{Clock, TaskRegistry};
 
@@ -93,7 +96,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("registry", &self.registry).field("config", &self.config).finish()
+        f.debug_struct("Engine")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -117,13 +123,19 @@ pub(crate) struct Failure {
 
 impl Failure {
     fn new(error: &str, cause: impl Into<String>) -> Self {
-        Self { error: Some(error.to_string()), cause: Some(cause.into()), catchable: Catchable::Yes }
+        Self {
+            error: Some(error.to_string()),
+            cause: Some(cause.into()),
+            catchable: Catchable::Yes,
+        }
     }
 
     fn runtime(state: &str, entered: u64, detail: &str) -> Self {
         Self {
             error: Some("States.Runtime".into()),
-            cause: Some(format!("An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}")),
+            cause: Some(format!(
+                "An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}"
+            )),
             catchable: Catchable::No,
         }
     }
@@ -134,7 +146,9 @@ impl Failure {
             Catchable::No => false,
             Catchable::ByNameOnly => names.iter().any(|n| n == err),
             Catchable::Yes => names.iter().any(|n| {
-                n == err || n == "States.ALL" || (n == "States.TaskFailed" && err != "States.Timeout")
+                n == err
+                    || n == "States.ALL"
+                    || (n == "States.TaskFailed" && err != "States.Timeout")
             }),
         }
     }
@@ -168,8 +182,16 @@ struct Exec {
 }
 
 impl Exec {
-    fn event(&self, event_type: &str, previous: u64, state_name: Option<&str>, details: Value) -> u64 {
-        let Ok(mut h) = self.history.lock() else { return 0 };
+    fn event(
+        &self,
+        event_type: &str,
+        previous: u64,
+        state_name: Option<&str>,
+        details: Value,
+    ) -> u64 {
+        let Ok(mut h) = self.history.lock() else {
+            return 0;
+        };
         let id = h.len() as u64 + 1;
         h.push(HistoryEvent {
             id,
@@ -183,10 +205,19 @@ impl Exec {
     }
 
     fn timestamp(&self) -> String {
-        self.clock.now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+        self.clock
+            .now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
     }
 
-    fn context(&self, state: &str, entered: &str, retry_count: Option<u32>, item: Option<(usize, &Value)>) -> Value {
+    fn context(
+        &self,
+        state: &str,
+        entered: &str,
+        retry_count: Option<u32>,
+        item: Option<(usize, &Value)>,
+    ) -> Value {
         let mut ctx = self.context_base.clone();
         let mut st = Map::new();
         st.insert("Name".into(), Value::String(state.into()));
@@ -205,7 +236,10 @@ impl Exec {
 
     fn lambda_arn(&self, name: &str, qualifier: Option<&str>) -> String {
         let c = &self.config;
-        let mut arn = format!("arn:{}:lambda:{}:{}:function:{name}", c.partition, c.region, c.account_id);
+        let mut arn = format!(
+            "arn:{}:lambda:{}:{}:function:{name}",
+            c.partition, c.region, c.account_id
+        );
         if let Some(q) = qualifier {
             arn.push(':');
             arn.push_str(q);
@@ -223,17 +257,40 @@ impl Engine {
     }
 
     /// An engine with an explicit partition, region, account and role.
-    pub fn with_config(registry: TaskRegistry, clock: Arc<dyn Clock>, config: EngineConfig) -> Self {
-        Self { registry: Arc::new(registry), clock, config }
+    pub fn with_config(
+        registry: TaskRegistry,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            clock,
+            config,
+        }
     }
 
     /// Runs one execution to its end. `name` defaults to a random UUID, as on AWS.
-    pub async fn start_execution(&self, machine: &StateMachine, name: Option<&str>, input: Value) -> ExecutionResult {
+    pub async fn start_execution(
+        &self,
+        machine: &StateMachine,
+        name: Option<&str>,
+        input: Value,
+    ) -> ExecutionResult {
         let exec_name = name.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
         let c = &self.config;
-        let sm_arn = format!("arn:{}:states:{}:{}:stateMachine:{}", c.partition, c.region, c.account_id, machine.name);
-        let exec_arn = format!("arn:{}:states:{}:{}:execution:{}:{exec_name}", c.partition, c.region, c.account_id, machine.name);
-        let start = self.clock.now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let sm_arn = format!(
+            "arn:{}:states:{}:{}:stateMachine:{}",
+            c.partition, c.region, c.account_id, machine.name
+        );
+        let exec_arn = format!(
+            "arn:{}:states:{}:{}:execution:{}:{exec_name}",
+            c.partition, c.region, c.account_id, machine.name
+        );
+        let start = self
+            .clock
+            .now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
             clock: self.clock.clone(),
@@ -245,9 +302,17 @@ impl Engine {
             history: Mutex::new(Vec::new()),
         });
         tracing::debug!(execution = %exec_name, state_machine = %machine.name, "execution started");
-        exec.event("ExecutionStarted", 0, None, json!({"input": input, "roleArn": c.role_arn}));
+        exec.event(
+            "ExecutionStarted",
+            0,
+            None,
+            json!({"input": input, "roleArn": c.role_arn}),
+        );
         let outcome = if size_of(&input) > MAX_PAYLOAD_BYTES {
-            Err(Some(Failure::new("States.DataLimitExceeded", "The execution input exceeds the maximum number of bytes service limit.")))
+            Err(Some(Failure::new(
+                "States.DataLimitExceeded",
+                "The execution input exceeds the maximum number of bytes service limit.",
+            )))
         } else {
             let run = run_program(exec.clone(), machine.program.clone(), input);
             match machine.timeout_seconds {
@@ -268,7 +333,12 @@ impl Engine {
                 (ExecutionStatus::Succeeded, Some(out), None, None)
             }
             Err(Some(f)) => {
-                exec.event("ExecutionFailed", last, None, json!({"error": f.error, "cause": f.cause}));
+                exec.event(
+                    "ExecutionFailed",
+                    last,
+                    None,
+                    json!({"error": f.error, "cause": f.cause}),
+                );
                 (ExecutionStatus::Failed, None, f.error, f.cause)
             }
             Err(None) => {
@@ -278,17 +348,30 @@ impl Engine {
         };
         tracing::debug!(execution = %exec_name, status = ?status, "execution ended");
         let history = exec.history.lock().map(|h| h.clone()).unwrap_or_default();
-        ExecutionResult { status, output, error, cause, history }
+        ExecutionResult {
+            status,
+            output,
+            error,
+            cause,
+            history,
+        }
     }
 }
 
-fn run_program(exec: Arc<Exec>, program: Arc<Program>, input: Value) -> BoxFut<Result<Value, Failure>> {
+fn run_program(
+    exec: Arc<Exec>,
+    program: Arc<Program>,
+    input: Value,
+) -> BoxFut<Result<Value, Failure>> {
     Box::pin(async move {
         let mut name = program.start_at.clone();
         let mut input = input;
         loop {
             let Some(state) = program.states.get(&name).cloned() else {
-                return Err(Failure::new("States.Runtime", format!("state '{name}' does not exist")));
+                return Err(Failure::new(
+                    "States.Runtime",
+                    format!("state '{name}' does not exist"),
+                ));
             };
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let entered = exec.event(
@@ -317,18 +400,42 @@ fn run_program(exec: Arc<Exec>, program: Arc<Program>, input: Value) -> BoxFut<R
     })
 }
 
-fn apply_path(state: &State, entered: u64, path: Option<&JsonPath>, value: &Value, ctx: &Value) -> Result<Value, Failure> {
+fn apply_path(
+    state: &State,
+    entered: u64,
+    path: Option<&JsonPath>,
+    value: &Value,
+    ctx: &Value,
+) -> Result<Value, Failure> {
     let Some(p) = path else { return Ok(json!({})) };
     let root = if p.is_context() { ctx } else { value };
     p.evaluate(root).ok_or_else(|| {
-        Failure::runtime(&state.name, entered, &format!("Invalid path '{}' : No results for path: {}", p.text(), p.jayway_form()))
+        Failure::runtime(
+            &state.name,
+            entered,
+            &format!(
+                "Invalid path '{}' : No results for path: {}",
+                p.text(),
+                p.jayway_form()
+            ),
+        )
     })
 }
 
-fn eval_template(state: &str, entered: u64, t: &Template, input: &Value, ctx: &Value) -> Result<Value, Failure> {
+fn eval_template(
+    state: &str,
+    entered: u64,
+    t: &Template,
+    input: &Value,
+    ctx: &Value,
+) -> Result<Value, Failure> {
     match t {
         Template::Literal(v) => Ok(v.clone()),
-        Template::Array(a) => a.iter().map(|x| eval_template(state, entered, x, input, ctx)).collect::<Result<Vec<_>, _>>().map(Value::Array),
+        Template::Array(a) => a
+            .iter()
+            .map(|x| eval_template(state, entered, x, input, ctx))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         Template::Object(fields) => {
             let mut m = Map::new();
             for (k, v) in fields {
@@ -351,7 +458,11 @@ fn eval_template(state: &str, entered: u64, t: &Template, input: &Value, ctx: &V
             })
         }
         Template::Intrinsic { field, text, call } => call.evaluate(input, ctx).map_err(|e| {
-            Failure::runtime(state, entered, &format!("The function '{text}' specified for the field '{field}' failed: {e}"))
+            Failure::runtime(
+                state,
+                entered,
+                &format!("The function '{text}' specified for the field '{field}' failed: {e}"),
+            )
         }),
     }
 }
@@ -362,14 +473,25 @@ fn apply_result_path(raw: &Value, rp: Option<&JsonPath>, result: Value) -> Resul
     if steps.is_empty() {
         return Ok(result);
     }
-    let fail = || Failure::new("States.ResultPathMatchFailure", format!("Unable to apply ReferencePath {} to input {}", p.text(), compact(raw)));
+    let fail = || {
+        Failure::new(
+            "States.ResultPathMatchFailure",
+            format!(
+                "Unable to apply ReferencePath {} to input {}",
+                p.text(),
+                compact(raw)
+            ),
+        )
+    };
     let mut out = raw.clone();
     let mut cur = &mut out;
     for (i, step) in steps.iter().enumerate() {
         let last = i + 1 == steps.len();
         cur = match step {
             RefStep::Name(n) => {
-                let Value::Object(m) = cur else { return Err(fail()) };
+                let Value::Object(m) = cur else {
+                    return Err(fail());
+                };
                 let slot = m.entry(n.clone()).or_insert_with(|| json!({}));
                 if !last && !slot.is_object() && !slot.is_array() {
                     *slot = json!({});
@@ -377,7 +499,9 @@ fn apply_result_path(raw: &Value, rp: Option<&JsonPath>, result: Value) -> Resul
                 slot
             }
             RefStep::Index(k) => {
-                let Value::Array(a) = cur else { return Err(fail()) };
+                let Value::Array(a) = cur else {
+                    return Err(fail());
+                };
                 a.get_mut(*k).ok_or_else(fail)?
             }
         };
@@ -401,19 +525,32 @@ fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
 }
 
 /// Runs one state; `Ok((output, next))`, `next == None` at the end of the program.
-async fn run_state(exec: &Arc<Exec>, state: &Arc<State>, raw: Value, entered: u64) -> Result<(Value, Option<String>), Failure> {
+async fn run_state(
+    exec: &Arc<Exec>,
+    state: &Arc<State>,
+    raw: Value,
+    entered: u64,
+) -> Result<(Value, Option<String>), Failure> {
     let entered_time = exec.timestamp();
     let ctx = exec.context(&state.name, &entered_time, None, None);
     let name = state.name.as_str();
     match &state.kind {
-        Kind::Pass { result, parameters, result_path } => {
+        Kind::Pass {
+            result,
+            parameters,
+            result_path,
+        } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
             let effective = match parameters {
                 Some(t) => eval_template(name, entered, t, &effective, &ctx)?,
                 None => effective,
             };
             let res = result.clone().unwrap_or(effective);
-            let merged = apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure { catchable: Catchable::No, ..f })?;
+            let merged =
+                apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
+                    catchable: Catchable::No,
+                    ..f
+                })?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
             check_output_size(state, &out)?;
             Ok((out, state.next.clone()))
@@ -424,7 +561,9 @@ async fn run_state(exec: &Arc<Exec>, state: &Arc<State>, raw: Value, entered: u6
             Ok((out, None))
         }
         Kind::Fail { error, cause } => {
-            let resolve = |sp: &Option<StrOrPath>, field: &str| -> Result<Option<String>, Failure> {
+            let resolve = |sp: &Option<StrOrPath>,
+                           field: &str|
+             -> Result<Option<String>, Failure> {
                 match sp {
                     None => Ok(None),
                     Some(StrOrPath::Str(s)) => Ok(Some(s.clone())),
@@ -450,13 +589,19 @@ async fn run_state(exec: &Arc<Exec>, state: &Arc<State>, raw: Value, entered: u6
             };
             let error = resolve(error, "ErrorPath")?;
             let cause = resolve(cause, "CausePath")?;
-            Err(Failure { error, cause, catchable: Catchable::Yes })
+            Err(Failure {
+                error,
+                cause,
+                catchable: Catchable::Yes,
+            })
         }
         Kind::Choice { choices, default } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
             let mut next = None;
             for (rule, target) in choices {
-                if choice::evaluate(rule, &effective, &ctx).map_err(|d| Failure::runtime(name, entered, &d))? {
+                if choice::evaluate(rule, &effective, &ctx)
+                    .map_err(|d| Failure::runtime(name, entered, &d))?
+                {
                     next = Some(target.clone());
                     break;
                 }
@@ -480,7 +625,16 @@ async fn run_state(exec: &Arc<Exec>, state: &Arc<State>, raw: Value, entered: u6
                     run_task_once(&exec, &state, task, &raw, &ctx, entered).await
                 }
             };
-            with_retry_catch(exec, state, &task.retry, &task.catch, task.result_path.as_ref(), &raw, attempt).await
+            with_retry_catch(
+                exec,
+                state,
+                &task.retry,
+                &task.catch,
+                task.result_path.as_ref(),
+                &raw,
+                attempt,
+            )
+            .await
         }
         Kind::Map(map) => {
             let attempt = |_retry: u32| {
@@ -493,7 +647,16 @@ async fn run_state(exec: &Arc<Exec>, state: &Arc<State>, raw: Value, entered: u6
                     run_map_once(&exec, &state, map, &raw, &ctx, entered).await
                 }
             };
-            with_retry_catch(exec, state, &map.retry, &map.catch, map.result_path.as_ref(), &raw, attempt).await
+            with_retry_catch(
+                exec,
+                state,
+                &map.retry,
+                &map.catch,
+                map.result_path.as_ref(),
+                &raw,
+                attempt,
+            )
+            .await
         }
     }
 }
@@ -520,18 +683,23 @@ where
                 if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
                     let r = &retry[i];
                     if counts[i] < r.max_attempts {
-                        let mut delay = r.interval_seconds * r.backoff_rate.powi(i32::try_from(counts[i]).unwrap_or(i32::MAX));
+                        let mut delay = r.interval_seconds
+                            * r.backoff_rate
+                                .powi(i32::try_from(counts[i]).unwrap_or(i32::MAX));
                         if let Some(max) = r.max_delay_seconds {
                             delay = delay.min(max);
                         }
                         if r.jitter_full {
-                            let frac = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+                            let frac =
+                                (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
                             delay *= frac;
                         }
                         counts[i] += 1;
                         retry_count += 1;
                         tracing::debug!(state = %state.name, attempt = retry_count, delay_seconds = delay, "retrying");
-                        exec.clock.sleep(Duration::from_secs_f64(delay.max(0.0))).await;
+                        exec.clock
+                            .sleep(Duration::from_secs_f64(delay.max(0.0)))
+                            .await;
                         continue;
                     }
                 }
@@ -546,7 +714,14 @@ where
 }
 
 /// Resolves a number field that may come from a path in the effective input.
-fn resolve_num(state: &State, entered: u64, np: &NumOrPath, field: &str, input: &Value, ctx: &Value) -> Result<u64, Failure> {
+fn resolve_num(
+    state: &State,
+    entered: u64,
+    np: &NumOrPath,
+    field: &str,
+    input: &Value,
+    ctx: &Value,
+) -> Result<u64, Failure> {
     match np {
         NumOrPath::Num(n) => Ok(*n),
         NumOrPath::Path(p) => {
@@ -570,7 +745,10 @@ fn resolve_num(state: &State, entered: u64, np: &NumOrPath, field: &str, input: 
 /// What a Task resource resolves to.
 enum Target {
     /// `arn:...:lambda:...:function:name` — the result is the function's output.
-    LambdaArn { name: String, qualifier: Option<String> },
+    LambdaArn {
+        name: String,
+        qualifier: Option<String>,
+    },
     /// `arn:aws:states:::lambda:invoke` — the result is wrapped.
     LambdaInvoke,
     /// Any other `arn:aws:states:::service:action`.
@@ -580,13 +758,18 @@ enum Target {
 fn resolve_target(resource: &str) -> Option<Target> {
     let parts: Vec<&str> = resource.split(':').collect();
     if parts.len() >= 7 && parts[2] == "lambda" && parts[5] == "function" {
-        return Some(Target::LambdaArn { name: parts[6].to_string(), qualifier: parts.get(7).map(|q| q.to_string()) });
+        return Some(Target::LambdaArn {
+            name: parts[6].to_string(),
+            qualifier: parts.get(7).map(|q| q.to_string()),
+        });
     }
     if parts.len() >= 7 && parts[2] == "states" && parts[3].is_empty() && parts[4].is_empty() {
         if parts[5] == "lambda" && parts[6] == "invoke" {
             return Some(Target::LambdaInvoke);
         }
-        return Some(Target::Service { service: parts[5].to_string() });
+        return Some(Target::Service {
+            service: parts[5].to_string(),
+        });
     }
     None
 }
@@ -595,7 +778,10 @@ fn resolve_target(resource: &str) -> Option<Target> {
 fn split_function_name(f: &str) -> (String, Option<String>) {
     let parts: Vec<&str> = f.split(':').collect();
     if let Some(i) = parts.iter().position(|p| *p == "function") {
-        return (parts.get(i + 1).unwrap_or(&"").to_string(), parts.get(i + 2).map(|q| q.to_string()));
+        return (
+            parts.get(i + 1).unwrap_or(&"").to_string(),
+            parts.get(i + 2).map(|q| q.to_string()),
+        );
     }
     match parts.as_slice() {
         [n, q] => (n.to_string(), Some(q.to_string())),
@@ -639,7 +825,11 @@ fn compact_json_text(text: &str) -> String {
     out
 }
 
-async fn with_timeout<T>(exec: &Exec, timeout: Option<u64>, fut: impl Future<Output = T>) -> Option<T> {
+async fn with_timeout<T>(
+    exec: &Exec,
+    timeout: Option<u64>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
     match timeout {
         None => Some(fut.await),
         Some(t) => {
@@ -652,7 +842,14 @@ async fn with_timeout<T>(exec: &Exec, timeout: Option<u64>, fut: impl Future<Out
     }
 }
 
-async fn run_task_once(exec: &Arc<Exec>, state: &State, task: &TaskState, raw: &Value, ctx: &Value, entered: u64) -> Result<Value, Failure> {
+async fn run_task_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    task: &TaskState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+) -> Result<Value, Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let params = match &task.parameters {
@@ -662,63 +859,145 @@ async fn run_task_once(exec: &Arc<Exec>, state: &State, task: &TaskState, raw: &
     if size_of(&params) > MAX_PAYLOAD_BYTES {
         return Err(Failure {
             error: Some("States.DataLimitExceeded".into()),
-            cause: Some(format!("The state/task '{name}' input exceeds the maximum number of bytes service limit.")),
+            cause: Some(format!(
+                "The state/task '{name}' input exceeds the maximum number of bytes service limit."
+            )),
             catchable: Catchable::ByNameOnly,
         });
     }
-    let timeout = task.timeout.as_ref().map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx)).transpose()?;
-    let target = resolve_target(&task.resource)
-        .ok_or_else(|| Failure::runtime(name, entered, &format!("The resource '{}' is not supported by this engine", task.resource)))?;
+    let timeout = task
+        .timeout
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx))
+        .transpose()?;
+    let target = resolve_target(&task.resource).ok_or_else(|| {
+        Failure::runtime(
+            name,
+            entered,
+            &format!(
+                "The resource '{}' is not supported by this engine",
+                task.resource
+            ),
+        )
+    })?;
     let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
     let (result, label) = match target {
-        Target::LambdaArn { name: fname, qualifier } => {
-            let id = exec.event("LambdaFunctionScheduled", last(exec), Some(name), json!({"resource": task.resource, "input": params}));
-            let f = exec.registry.lambda(&fname).ok_or_else(|| not_found(exec, &fname, qualifier.as_deref()))?;
+        Target::LambdaArn {
+            name: fname,
+            qualifier,
+        } => {
+            let id = exec.event(
+                "LambdaFunctionScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": task.resource, "input": params}),
+            );
+            let f = exec
+                .registry
+                .lambda(&fname)
+                .ok_or_else(|| not_found(exec, &fname, qualifier.as_deref()))?;
             let id = exec.event("LambdaFunctionStarted", id, Some(name), json!({}));
             match with_timeout(exec, timeout, f.invoke(params)).await {
                 None => {
-                    exec.event("LambdaFunctionTimedOut", id, Some(name), json!({"error": "States.Timeout"}));
-                    return Err(Failure { error: Some("States.Timeout".into()), cause: None, catchable: Catchable::Yes });
+                    exec.event(
+                        "LambdaFunctionTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
                 }
                 Some(Err(e)) => {
                     let f = Failure::new(&e.error_type, e.payload_text());
-                    exec.event("LambdaFunctionFailed", id, Some(name), json!({"error": f.error, "cause": f.cause}));
+                    exec.event(
+                        "LambdaFunctionFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
                     return Err(f);
                 }
                 Some(Ok(v)) => {
-                    exec.event("LambdaFunctionSucceeded", id, Some(name), json!({"output": v}));
+                    exec.event(
+                        "LambdaFunctionSucceeded",
+                        id,
+                        Some(name),
+                        json!({"output": v}),
+                    );
                     (v, task.resource.clone())
                 }
             }
         }
         Target::LambdaInvoke => {
-            let id = exec.event("TaskScheduled", last(exec), Some(name), json!({"resource": "invoke", "resourceType": "lambda", "parameters": params}));
-            let fname = params.get("FunctionName").and_then(Value::as_str).ok_or_else(|| {
-                Failure::runtime(name, entered, "The field 'FunctionName' is required by the lambda:invoke integration")
-            })?;
+            let id = exec.event(
+                "TaskScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": "invoke", "resourceType": "lambda", "parameters": params}),
+            );
+            let fname = params
+                .get("FunctionName")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    Failure::runtime(
+                        name,
+                        entered,
+                        "The field 'FunctionName' is required by the lambda:invoke integration",
+                    )
+                })?;
             let (fname, qualifier) = split_function_name(fname);
             let payload = match params.get("Payload") {
                 None => json!({}),
-                Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                }
                 Some(v) => v.clone(),
             };
-            let id = exec.event("TaskStarted", id, Some(name), json!({"resource": "invoke", "resourceType": "lambda"}));
+            let id = exec.event(
+                "TaskStarted",
+                id,
+                Some(name),
+                json!({"resource": "invoke", "resourceType": "lambda"}),
+            );
             let f = match exec.registry.lambda(&fname) {
                 Some(f) => f,
                 None => {
                     let f = not_found(exec, &fname, qualifier.as_deref());
-                    exec.event("TaskFailed", id, Some(name), json!({"error": f.error, "cause": f.cause}));
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
                     return Err(f);
                 }
             };
             match with_timeout(exec, timeout, f.invoke(payload)).await {
                 None => {
-                    exec.event("TaskTimedOut", id, Some(name), json!({"error": "States.Timeout"}));
-                    return Err(Failure { error: Some("States.Timeout".into()), cause: None, catchable: Catchable::Yes });
+                    exec.event(
+                        "TaskTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
                 }
                 Some(Err(e)) => {
                     let f = Failure::new(&e.error_type, compact_json_text(&e.payload_text()));
-                    exec.event("TaskFailed", id, Some(name), json!({"error": f.error, "cause": f.cause}));
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
                     return Err(f);
                 }
                 Some(Ok(v)) => {
@@ -752,30 +1031,76 @@ async fn run_task_once(exec: &Arc<Exec>, state: &State, task: &TaskState, raw: &
                         "SdkResponseMetadata": {"RequestId": uuid::Uuid::new_v4().to_string()},
                         "StatusCode": 200
                     });
-                    exec.event("TaskSucceeded", id, Some(name), json!({"resource": "invoke", "resourceType": "lambda", "output": wrapped}));
+                    exec.event(
+                        "TaskSucceeded",
+                        id,
+                        Some(name),
+                        json!({"resource": "invoke", "resourceType": "lambda", "output": wrapped}),
+                    );
                     (wrapped, "lambda".to_string())
                 }
             }
         }
         Target::Service { service } => {
             let integration = exec.registry.service(&task.resource).ok_or_else(|| {
-                Failure::runtime(name, entered, &format!("The resource '{}' is not registered with this engine", task.resource))
+                Failure::runtime(
+                    name,
+                    entered,
+                    &format!(
+                        "The resource '{}' is not registered with this engine",
+                        task.resource
+                    ),
+                )
             })?;
-            let action = task.resource.rsplit(':').next().unwrap_or_default().to_string();
-            let id = exec.event("TaskScheduled", last(exec), Some(name), json!({"resource": action, "resourceType": service, "parameters": params}));
-            let id = exec.event("TaskStarted", id, Some(name), json!({"resource": action, "resourceType": service}));
+            let action = task
+                .resource
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let id = exec.event(
+                "TaskScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": action, "resourceType": service, "parameters": params}),
+            );
+            let id = exec.event(
+                "TaskStarted",
+                id,
+                Some(name),
+                json!({"resource": action, "resourceType": service}),
+            );
             match with_timeout(exec, timeout, integration.call(&task.resource, params)).await {
                 None => {
-                    exec.event("TaskTimedOut", id, Some(name), json!({"error": "States.Timeout"}));
-                    return Err(Failure { error: Some("States.Timeout".into()), cause: None, catchable: Catchable::Yes });
+                    exec.event(
+                        "TaskTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
                 }
                 Some(Err(e)) => {
                     let f = Failure::new(&e.error, e.cause);
-                    exec.event("TaskFailed", id, Some(name), json!({"error": f.error, "cause": f.cause}));
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
                     return Err(f);
                 }
                 Some(Ok(v)) => {
-                    exec.event("TaskSucceeded", id, Some(name), json!({"resource": action, "resourceType": service, "output": v}));
+                    exec.event(
+                        "TaskSucceeded",
+                        id,
+                        Some(name),
+                        json!({"resource": action, "resourceType": service, "output": v}),
+                    );
                     (v, service)
                 }
             }
@@ -784,7 +1109,9 @@ async fn run_task_once(exec: &Arc<Exec>, state: &State, task: &TaskState, raw: &
     if size_of(&result) > MAX_PAYLOAD_BYTES {
         return Err(Failure::new(
             "States.DataLimitExceeded",
-            format!("The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."),
+            format!(
+                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
         ));
     }
     let result = match &task.result_selector {
@@ -797,36 +1124,84 @@ async fn run_task_once(exec: &Arc<Exec>, state: &State, task: &TaskState, raw: &
     Ok(out)
 }
 
-async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Value, ctx: &Value, entered: u64) -> Result<Value, Failure> {
+async fn run_map_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    map: &MapState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+) -> Result<Value, Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
     let Value::Array(items) = items_v else {
-        return Err(Failure::runtime(name, entered, &format!("Map state input must be an array but was: {}", compact(&items_v))));
+        return Err(Failure::runtime(
+            name,
+            entered,
+            &format!(
+                "Map state input must be an array but was: {}",
+                compact(&items_v)
+            ),
+        ));
     };
-    let max = resolve_num(state, entered, &map.max_concurrency, "MaxConcurrency", &effective, ctx)?;
-    let tol_count = map.tolerated_count.as_ref().map(|t| resolve_num(state, entered, t, "ToleratedFailureCount", &effective, ctx)).transpose()?;
+    let max = resolve_num(
+        state,
+        entered,
+        &map.max_concurrency,
+        "MaxConcurrency",
+        &effective,
+        ctx,
+    )?;
+    let tol_count = map
+        .tolerated_count
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "ToleratedFailureCount", &effective, ctx))
+        .transpose()?;
     let tol_pct = map
         .tolerated_percentage
         .as_ref()
-        .map(|t| resolve_num(state, entered, t, "ToleratedFailurePercentage", &effective, ctx))
+        .map(|t| {
+            resolve_num(
+                state,
+                entered,
+                t,
+                "ToleratedFailurePercentage",
+                &effective,
+                ctx,
+            )
+        })
         .transpose()?;
     let tolerant = tol_count.is_some() || tol_pct.is_some();
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event("MapStateStarted", prev, Some(name), json!({"length": items.len()}));
+    exec.event(
+        "MapStateStarted",
+        prev,
+        Some(name),
+        json!({"length": items.len()}),
+    );
 
     // Item inputs are computed up front: a bad ItemSelector fails the state before any iteration.
     let mut inputs = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         inputs.push(match &map.item_selector {
             Some(t) => {
-                let ictx = exec.context(name, ctx["State"]["EnteredTime"].as_str().unwrap_or_default(), None, Some((i, item)));
+                let ictx = exec.context(
+                    name,
+                    ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
+                    None,
+                    Some((i, item)),
+                );
                 eval_template(name, entered, t, &effective, &ictx)?
             }
             None => item.clone(),
         });
     }
-    let permits = if max == 0 { inputs.len().max(1) } else { usize::try_from(max).unwrap_or(usize::MAX) };
+    let permits = if max == 0 {
+        inputs.len().max(1)
+    } else {
+        usize::try_from(max).unwrap_or(usize::MAX)
+    };
     let semaphore = Arc::new(tokio::sync::Semaphore::new(permits));
     let mut set = tokio::task::JoinSet::new();
     let total = inputs.len();
@@ -854,7 +1229,9 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
     };
     for (i, input) in inputs.into_iter().enumerate() {
         // Acquired in index order, so MaxConcurrency 1 runs the items one after the other.
-        let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
         tokio::task::yield_now().await;
         while let Some(joined) = set.try_join_next() {
             if let Some(f) = record(joined) {
@@ -867,11 +1244,25 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
         let state_name = state.name.clone();
         set.spawn(async move {
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-            exec2.event("MapIterationStarted", prev, Some(&state_name), json!({"name": state_name, "index": i}));
+            exec2.event(
+                "MapIterationStarted",
+                prev,
+                Some(&state_name),
+                json!({"name": state_name, "index": i}),
+            );
             let r = run_program(exec2.clone(), program, input).await;
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-            let ty = if r.is_ok() { "MapIterationSucceeded" } else { "MapIterationFailed" };
-            exec2.event(ty, prev, Some(&state_name), json!({"name": state_name, "index": i}));
+            let ty = if r.is_ok() {
+                "MapIterationSucceeded"
+            } else {
+                "MapIterationFailed"
+            };
+            exec2.event(
+                ty,
+                prev,
+                Some(&state_name),
+                json!({"name": state_name, "index": i}),
+            );
             drop(permit);
             (i, r)
         });
@@ -889,7 +1280,6 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
             return Err(map_failed(exec, name, f));
         }
     }
-    drop(record);
     if tolerant && failures > 0 {
         let over_count = tol_count.is_some_and(|c| failures > c);
         let pct = failures as f64 * 100.0 / total.max(1) as f64;
@@ -902,7 +1292,10 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
             return Err(map_failed(
                 exec,
                 name,
-                Failure::new("States.ExceedToleratedFailureThreshold", "The specified tolerated failure threshold was exceeded"),
+                Failure::new(
+                    "States.ExceedToleratedFailureThreshold",
+                    "The specified tolerated failure threshold was exceeded",
+                ),
             ));
         }
     }
@@ -912,7 +1305,9 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
     if size_of(&result) > MAX_PAYLOAD_BYTES {
         return Err(Failure::new(
             "States.DataLimitExceeded",
-            format!("The state/task '{name}' returned a result with a size exceeding the maximum number of bytes service limit."),
+            format!(
+                "The state/task '{name}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
         ));
     }
     let result = match &map.result_selector {
@@ -927,6 +1322,11 @@ async fn run_map_once(exec: &Arc<Exec>, state: &State, map: &MapState, raw: &Val
 
 fn map_failed(exec: &Exec, name: &str, f: Failure) -> Failure {
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event("MapStateFailed", prev, Some(name), json!({"error": f.error, "cause": f.cause}));
+    exec.event(
+        "MapStateFailed",
+        prev,
+        Some(name),
+        json!({"error": f.error, "cause": f.cause}),
+    );
     f
 }

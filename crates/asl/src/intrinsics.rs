@@ -19,7 +19,10 @@ pub struct Intrinsic {
 #[derive(Debug, Clone, PartialEq)]
 enum Arg {
     /// A string literal: its value and, for `States.Format`, which `{` / `}` were escaped.
-    Str { value: String, raw_braces: Vec<bool> },
+    Str {
+        value: String,
+        raw_braces: Vec<bool>,
+    },
     Literal(Value),
     Path(JsonPath),
     Call(Intrinsic),
@@ -53,11 +56,17 @@ pub fn looks_like_intrinsic(text: &str) -> bool {
 impl Intrinsic {
     /// Parses `States.Name(args...)`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut p = P { s: text.as_bytes(), pos: 0 };
+        let mut p = P {
+            s: text.as_bytes(),
+            pos: 0,
+        };
         let call = p.call()?;
         p.ws();
         if p.pos != p.s.len() {
-            return Err(format!("unexpected text after the call at offset {}", p.pos));
+            return Err(format!(
+                "unexpected text after the call at offset {}",
+                p.pos
+            ));
         }
         Ok(call)
     }
@@ -71,8 +80,12 @@ impl Intrinsic {
                 Arg::Literal(v) => v.clone(),
                 Arg::Path(p) => {
                     let root = if p.is_context() { context } else { input };
-                    p.evaluate(root)
-                        .ok_or_else(|| format!("The JsonPath '{}' could not be found in the input", p.text()))?
+                    p.evaluate(root).ok_or_else(|| {
+                        format!(
+                            "The JsonPath '{}' could not be found in the input",
+                            p.text()
+                        )
+                    })?
                 }
                 Arg::Call(c) => c.evaluate(input, context)?,
             });
@@ -84,17 +97,25 @@ impl Intrinsic {
         if args.len() == n {
             Ok(())
         } else {
-            Err(format!("{} takes {n} arguments but got {}", self.name, args.len()))
+            Err(format!(
+                "{} takes {n} arguments but got {}",
+                self.name,
+                args.len()
+            ))
         }
     }
 
     fn apply(&self, args: &[Value]) -> Result<Value, String> {
         let name = self.name.as_str();
         let want_str = |v: &Value, what: &str| -> Result<String, String> {
-            v.as_str().map(str::to_string).ok_or_else(|| format!("{name}: {what} must be a string"))
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("{name}: {what} must be a string"))
         };
         let want_arr = |v: &Value| -> Result<Vec<Value>, String> {
-            v.as_array().cloned().ok_or_else(|| format!("{name}: argument must be an array"))
+            v.as_array()
+                .cloned()
+                .ok_or_else(|| format!("{name}: argument must be an array"))
         };
         let want_int = |v: &Value| -> Result<i64, String> {
             v.as_i64()
@@ -115,23 +136,36 @@ impl Intrinsic {
             }
             "States.JsonToString" => {
                 self.arity(args, 1)?;
-                serde_json::to_string(&args[0]).map(Value::String).map_err(|e| e.to_string())
+                serde_json::to_string(&args[0])
+                    .map(Value::String)
+                    .map_err(|e| e.to_string())
             }
             "States.Array" => Ok(Value::Array(args.to_vec())),
             "States.ArrayPartition" => {
                 self.arity(args, 2)?;
                 let arr = want_arr(&args[0])?;
                 let size = want_int(&args[1])?;
-                let size = usize::try_from(size).ok().filter(|s| *s > 0).ok_or("States.ArrayPartition: chunk size must be positive")?;
-                Ok(Value::Array(arr.chunks(size).map(|c| Value::Array(c.to_vec())).collect()))
+                let size = usize::try_from(size)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or("States.ArrayPartition: chunk size must be positive")?;
+                Ok(Value::Array(
+                    arr.chunks(size).map(|c| Value::Array(c.to_vec())).collect(),
+                ))
             }
             "States.ArrayContains" => {
                 self.arity(args, 2)?;
-                Ok(Value::Bool(want_arr(&args[0])?.iter().any(|v| json_eq(v, &args[1]))))
+                Ok(Value::Bool(
+                    want_arr(&args[0])?.iter().any(|v| json_eq(v, &args[1])),
+                ))
             }
             "States.ArrayRange" => {
                 self.arity(args, 3)?;
-                let (start, end, step) = (want_int(&args[0])?, want_int(&args[1])?, want_int(&args[2])?);
+                let (start, end, step) = (
+                    want_int(&args[0])?,
+                    want_int(&args[1])?,
+                    want_int(&args[2])?,
+                );
                 if step == 0 {
                     return Err("States.ArrayRange: step must not be 0".into());
                 }
@@ -149,8 +183,11 @@ impl Intrinsic {
             "States.ArrayGetItem" => {
                 self.arity(args, 2)?;
                 let arr = want_arr(&args[0])?;
-                let i = usize::try_from(want_int(&args[1])?).map_err(|_| "States.ArrayGetItem: negative index")?;
-                arr.get(i).cloned().ok_or_else(|| "States.ArrayGetItem: index out of bounds".into())
+                let i = usize::try_from(want_int(&args[1])?)
+                    .map_err(|_| "States.ArrayGetItem: negative index")?;
+                arr.get(i)
+                    .cloned()
+                    .ok_or_else(|| "States.ArrayGetItem: index out of bounds".into())
             }
             "States.ArrayLength" => {
                 self.arity(args, 1)?;
@@ -168,14 +205,19 @@ impl Intrinsic {
             }
             "States.Base64Encode" => {
                 self.arity(args, 1)?;
-                Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(want_str(&args[0], "argument")?)))
+                Ok(Value::String(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(want_str(&args[0], "argument")?),
+                ))
             }
             "States.Base64Decode" => {
                 self.arity(args, 1)?;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(want_str(&args[0], "argument")?)
                     .map_err(|e| format!("States.Base64Decode: {e}"))?;
-                String::from_utf8(bytes).map(Value::String).map_err(|e| format!("States.Base64Decode: {e}"))
+                String::from_utf8(bytes)
+                    .map(Value::String)
+                    .map_err(|e| format!("States.Base64Decode: {e}"))
             }
             "States.JsonMerge" => {
                 self.arity(args, 3)?;
@@ -199,7 +241,9 @@ impl Intrinsic {
                 }
                 let span = u128::try_from(end - start).map_err(|e| e.to_string())?;
                 let r = uuid::Uuid::new_v4().as_u128() % span;
-                Ok(Value::from(start + i64::try_from(r).map_err(|e| e.to_string())?))
+                Ok(Value::from(
+                    start + i64::try_from(r).map_err(|e| e.to_string())?,
+                ))
             }
             "States.MathAdd" => {
                 self.arity(args, 2)?;
@@ -215,7 +259,10 @@ impl Intrinsic {
                 let s = want_str(&args[0], "first argument")?;
                 let d = want_str(&args[1], "delimiter")?;
                 Ok(Value::Array(
-                    s.split(|c| d.contains(c)).filter(|p| !p.is_empty()).map(|p| Value::String(p.to_string())).collect(),
+                    s.split(|c| d.contains(c))
+                        .filter(|p| !p.is_empty())
+                        .map(|p| Value::String(p.to_string()))
+                        .collect(),
                 ))
             }
             "States.UUID" => {
@@ -243,7 +290,9 @@ fn format(template: &str, raw_braces: &[bool], args: &[Value]) -> Result<Value, 
     while i < chars.len() {
         let escaped = raw_braces.get(i).copied().unwrap_or(false);
         if chars[i] == '{' && !escaped && chars.get(i + 1) == Some(&'}') {
-            let arg = args.get(next).ok_or("States.Format: fewer arguments than placeholders")?;
+            let arg = args
+                .get(next)
+                .ok_or("States.Format: fewer arguments than placeholders")?;
             out.push_str(&java_string(arg));
             next += 1;
             i += 2;
@@ -265,10 +314,16 @@ fn java_string(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::Array(a) => format!("[{}]", a.iter().map(java_string).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(java_string).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(m) => format!(
             "{{{}}}",
-            m.iter().map(|(k, v)| format!("{k}={}", java_string(v))).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", java_string(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -315,7 +370,12 @@ impl P<'_> {
                     self.pos += 1;
                     return Ok(Intrinsic { name, args });
                 }
-                _ => return Err(format!("expected ',' or ')' in {name} at offset {}", self.pos)),
+                _ => {
+                    return Err(format!(
+                        "expected ',' or ')' in {name} at offset {}",
+                        self.pos
+                    ));
+                }
             }
         }
     }
@@ -342,7 +402,9 @@ impl P<'_> {
                     }
                     self.pos += 1;
                 }
-                let text = String::from_utf8_lossy(&self.s[start..self.pos]).trim().to_string();
+                let text = String::from_utf8_lossy(&self.s[start..self.pos])
+                    .trim()
+                    .to_string();
                 JsonPath::parse(&text).map(Arg::Path).map_err(|e| e.0)
             }
             Some(b'S') => Ok(Arg::Call(self.call()?)),
@@ -352,7 +414,8 @@ impl P<'_> {
                     self.pos += 1;
                 }
                 let text = String::from_utf8_lossy(&self.s[start..self.pos]).to_string();
-                let v: Value = serde_json::from_str(&text).map_err(|_| format!("invalid argument '{text}'"))?;
+                let v: Value = serde_json::from_str(&text)
+                    .map_err(|_| format!("invalid argument '{text}'"))?;
                 match v {
                     Value::Number(_) | Value::Bool(_) | Value::Null => Ok(Arg::Literal(v)),
                     _ => Err(format!("invalid argument '{text}'")),
@@ -409,13 +472,38 @@ mod tests {
 
     #[test]
     fn format_and_friends() {
-        assert_eq!(run("States.Format('a={} b={}', $.a, $$.Execution.Name)", json!({"a": {"x": 1, "y": []}})).unwrap(), json!("a={x=1, y=[]} b=n"));
-        assert_eq!(run("States.Format('\\{\\}{}', 1)", json!({})).unwrap(), json!("{}1"));
-        assert_eq!(run("States.MathAdd(-1.5, -1.51)", json!({})).unwrap(), json!(-3));
-        assert_eq!(run("States.StringSplit('a,,b', ',')", json!({})).unwrap(), json!(["a", "b"]));
-        assert_eq!(run("States.ArrayGetItem(States.Array(1, 2), 1)", json!({})).unwrap(), json!(2));
-        assert_eq!(run("States.ArrayRange(1, 9, 2)", json!({})).unwrap(), json!([1, 3, 5, 7, 9]));
-        assert_eq!(run("States.JsonToString($.a)", json!({"a": [1, "x"]})).unwrap(), json!("[1,\"x\"]"));
+        assert_eq!(
+            run(
+                "States.Format('a={} b={}', $.a, $$.Execution.Name)",
+                json!({"a": {"x": 1, "y": []}})
+            )
+            .unwrap(),
+            json!("a={x=1, y=[]} b=n")
+        );
+        assert_eq!(
+            run("States.Format('\\{\\}{}', 1)", json!({})).unwrap(),
+            json!("{}1")
+        );
+        assert_eq!(
+            run("States.MathAdd(-1.5, -1.51)", json!({})).unwrap(),
+            json!(-3)
+        );
+        assert_eq!(
+            run("States.StringSplit('a,,b', ',')", json!({})).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            run("States.ArrayGetItem(States.Array(1, 2), 1)", json!({})).unwrap(),
+            json!(2)
+        );
+        assert_eq!(
+            run("States.ArrayRange(1, 9, 2)", json!({})).unwrap(),
+            json!([1, 3, 5, 7, 9])
+        );
+        assert_eq!(
+            run("States.JsonToString($.a)", json!({"a": [1, "x"]})).unwrap(),
+            json!("[1,\"x\"]")
+        );
     }
 
     #[test]

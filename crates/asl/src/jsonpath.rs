@@ -70,14 +70,24 @@ impl JsonPath {
         } else if let Some(r) = text.strip_prefix('$') {
             (false, r)
         } else {
-            return Err(PathSyntaxError(format!("path '{text}' must start with '$'")));
+            return Err(PathSyntaxError(format!(
+                "path '{text}' must start with '$'"
+            )));
         };
-        let mut p = Parser { s: rest.as_bytes(), pos: 0, text };
+        let mut p = Parser {
+            s: rest.as_bytes(),
+            pos: 0,
+            text,
+        };
         let segments = p.segments(false)?;
         if p.pos != p.s.len() {
             return Err(p.err("unexpected character"));
         }
-        Ok(Self { text: text.to_string(), context, segments })
+        Ok(Self {
+            text: text.to_string(),
+            context,
+            segments,
+        })
     }
 
     /// The path as written.
@@ -92,7 +102,9 @@ impl JsonPath {
 
     /// A definite path names at most one value (no wildcard, slice, union, filter or deep scan).
     pub fn is_definite(&self) -> bool {
-        self.segments.iter().all(|s| matches!(s, Segment::Name(_) | Segment::Index(_)))
+        self.segments
+            .iter()
+            .all(|s| matches!(s, Segment::Name(_) | Segment::Index(_)))
     }
 
     /// A reference path: names and non-negative indexes only (ResultPath and friends).
@@ -152,7 +164,11 @@ pub(crate) enum RefStep {
 fn index_of(len: usize, i: i64) -> Option<usize> {
     let len_i = i64::try_from(len).ok()?;
     let idx = if i < 0 { len_i + i } else { i };
-    if (0..len_i).contains(&idx) { usize::try_from(idx).ok() } else { None }
+    if (0..len_i).contains(&idx) {
+        usize::try_from(idx).ok()
+    } else {
+        None
+    }
 }
 
 fn definite<'a>(segments: &[Segment], root: &'a Value) -> Option<&'a Value> {
@@ -203,7 +219,9 @@ fn collect<'a>(segments: &[Segment], cur: &'a Value, out: &mut Vec<&'a Value>) {
             for it in items {
                 let v = match (it, cur) {
                     (UnionItem::Name(n), Value::Object(m)) => m.get(n),
-                    (UnionItem::Index(i), Value::Array(a)) => index_of(a.len(), *i).and_then(|k| a.get(k)),
+                    (UnionItem::Index(i), Value::Array(a)) => {
+                        index_of(a.len(), *i).and_then(|k| a.get(k))
+                    }
                     _ => None,
                 };
                 if let Some(v) = v {
@@ -223,7 +241,10 @@ fn collect<'a>(segments: &[Segment], cur: &'a Value, out: &mut Vec<&'a Value>) {
             }
         }
         Segment::Filter(f) => match cur {
-            Value::Array(a) => a.iter().filter(|v| filter_matches(f, v)).for_each(|v| collect(rest, v, out)),
+            Value::Array(a) => a
+                .iter()
+                .filter(|v| filter_matches(f, v))
+                .for_each(|v| collect(rest, v, out)),
             Value::Object(_) if filter_matches(f, cur) => collect(rest, cur, out),
             _ => {}
         },
@@ -239,8 +260,15 @@ fn descendants<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn slice_indexes(len: usize, start: Option<i64>, end: Option<i64>, step: Option<i64>) -> Vec<usize> {
-    let Ok(len) = i64::try_from(len) else { return Vec::new() };
+fn slice_indexes(
+    len: usize,
+    start: Option<i64>,
+    end: Option<i64>,
+    step: Option<i64>,
+) -> Vec<usize> {
+    let Ok(len) = i64::try_from(len) else {
+        return Vec::new();
+    };
     let step = step.unwrap_or(1);
     if step <= 0 {
         return Vec::new();
@@ -284,7 +312,10 @@ fn operand(o: &Operand, item: &Value) -> Option<Value> {
 fn compare(l: &Value, op: CmpOp, r: &Value) -> bool {
     use std::cmp::Ordering;
     let ord = match (l, r) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64().zip(b.as_f64()).and_then(|(a, b)| a.partial_cmp(&b)),
+        (Value::Number(a), Value::Number(b)) => a
+            .as_f64()
+            .zip(b.as_f64())
+            .and_then(|(a, b)| a.partial_cmp(&b)),
         (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
         _ => {
             if l == r {
@@ -312,7 +343,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, what: &str) -> PathSyntaxError {
-        PathSyntaxError(format!("invalid JsonPath '{}': {what} at offset {}", self.text, self.pos))
+        PathSyntaxError(format!(
+            "invalid JsonPath '{}': {what} at offset {}",
+            self.text, self.pos
+        ))
     }
 
     fn peek(&self) -> Option<u8> {
@@ -362,7 +396,10 @@ impl Parser<'_> {
     fn name(&mut self) -> Result<String, PathSyntaxError> {
         let start = self.pos;
         while let Some(c) = self.peek() {
-            if matches!(c, b'.' | b'[' | b']' | b' ' | b')' | b'=' | b'!' | b'<' | b'>' | b'&' | b'|' | b',') {
+            if matches!(
+                c,
+                b'.' | b'[' | b']' | b' ' | b')' | b'=' | b'!' | b'<' | b'>' | b'&' | b'|' | b','
+            ) {
                 break;
             }
             self.pos += 1;
@@ -376,7 +413,9 @@ impl Parser<'_> {
     }
 
     fn quoted(&mut self) -> Result<String, PathSyntaxError> {
-        let Some(q) = self.peek() else { return Err(self.err("expected quote")) };
+        let Some(q) = self.peek() else {
+            return Err(self.err("expected quote"));
+        };
         self.pos += 1;
         let mut out = Vec::new();
         while let Some(c) = self.peek() {
@@ -408,7 +447,8 @@ impl Parser<'_> {
         if self.pos == start {
             return Ok(None);
         }
-        let t = std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("bad number"))?;
+        let t =
+            std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("bad number"))?;
         let n = t.parse::<i64>().map_err(|_| self.err("bad number"))?;
         self.skip_ws();
         Ok(Some(n))
@@ -467,10 +507,14 @@ impl Parser<'_> {
                     };
                     Segment::Slice(first, end, step)
                 } else if self.peek() == Some(b',') {
-                    let mut items = vec![UnionItem::Index(first.ok_or_else(|| self.err("expected index"))?)];
+                    let mut items = vec![UnionItem::Index(
+                        first.ok_or_else(|| self.err("expected index"))?,
+                    )];
                     while self.peek() == Some(b',') {
                         self.pos += 1;
-                        items.push(UnionItem::Index(self.int()?.ok_or_else(|| self.err("expected index"))?));
+                        items.push(UnionItem::Index(
+                            self.int()?.ok_or_else(|| self.err("expected index"))?,
+                        ));
                     }
                     Segment::Union(items)
                 } else {
@@ -526,9 +570,16 @@ impl Parser<'_> {
         let left = self.operand()?;
         self.skip_ws();
         let rest = &self.s[self.pos..];
-        let op = [("==", CmpOp::Eq), ("!=", CmpOp::Ne), ("<=", CmpOp::Le), (">=", CmpOp::Ge), ("<", CmpOp::Lt), (">", CmpOp::Gt)]
-            .into_iter()
-            .find(|(t, _)| rest.starts_with(t.as_bytes()));
+        let op = [
+            ("==", CmpOp::Eq),
+            ("!=", CmpOp::Ne),
+            ("<=", CmpOp::Le),
+            (">=", CmpOp::Ge),
+            ("<", CmpOp::Lt),
+            (">", CmpOp::Gt),
+        ]
+        .into_iter()
+        .find(|(t, _)| rest.starts_with(t.as_bytes()));
         match op {
             Some((t, op)) => {
                 self.pos += t.len();
@@ -558,7 +609,8 @@ impl Parser<'_> {
                     }
                     self.pos += 1;
                 }
-                let t = std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("invalid UTF-8"))?;
+                let t = std::str::from_utf8(&self.s[start..self.pos])
+                    .map_err(|_| self.err("invalid UTF-8"))?;
                 serde_json::from_str::<Value>(t)
                     .ok()
                     .filter(|v| !v.is_object() && !v.is_array())
@@ -605,6 +657,9 @@ mod tests {
         assert!(JsonPath::parse("$.a['b'][0]").unwrap().is_reference());
         assert!(!JsonPath::parse("$.a[*]").unwrap().is_reference());
         assert!(!JsonPath::parse("$$.Execution").unwrap().is_reference());
-        assert_eq!(JsonPath::parse("$.a[0]").unwrap().jayway_form(), "$['a'][0]");
+        assert_eq!(
+            JsonPath::parse("$.a[0]").unwrap().jayway_form(),
+            "$['a'][0]"
+        );
     }
 }

@@ -15,7 +15,12 @@ mod substitute;
 mod task;
 
 pub use definition::{DefinitionError, StateMachine};
-pub use engine::{Engine, EngineConfig, ExecutionResult, ExecutionStatus, HistoryEvent, MAX_PAYLOAD_BYTES};
+pub use engine::{
+    Engine, EngineConfig, ExecutionResult, ExecutionStatus, HistoryEvent, MAX_PAYLOAD_BYTES,
+};
 pub use jsonpath::{JsonPath, PathSyntaxError};
 pub use substitute::substitute;
-pub use task::{Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry, TestClock};
+pub use task::{
+    Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
+    TestClock,
+};

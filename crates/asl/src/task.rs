@@ -26,7 +26,11 @@ pub struct LambdaError {
 impl LambdaError {
     /// An error with just a type and a message.
     pub fn new(error_type: impl Into<String>, error_message: impl Into<String>) -> Self {
-        Self { error_type: error_type.into(), error_message: error_message.into(), raw_payload: None }
+        Self {
+            error_type: error_type.into(),
+            error_message: error_message.into(),
+            raw_payload: None,
+        }
     }
 
     /// The error document the function returned.
@@ -91,7 +95,11 @@ impl TaskRegistry {
 
     /// Registers a service integration under its full resource ARN,
     /// e.g. `arn:aws:states:::sqs:sendMessage`.
-    pub fn register_service(&mut self, resource_arn: &str, integration: Arc<dyn ServiceIntegration>) {
+    pub fn register_service(
+        &mut self,
+        resource_arn: &str,
+        integration: Arc<dyn ServiceIntegration>,
+    ) {
         self.services.insert(resource_arn.to_string(), integration);
     }
 
@@ -145,7 +153,10 @@ impl Default for TestClock {
 impl TestClock {
     /// A clock starting now.
     pub fn new() -> Self {
-        Self { start: Utc::now(), sleeps: Mutex::new(Vec::new()) }
+        Self {
+            start: Utc::now(),
+            sleeps: Mutex::new(Vec::new()),
+        }
     }
 
     /// The durations passed to `sleep`, in order.

@@ -1,40 +1,116 @@
 //! Runs the Step Functions executions recorded on real AWS (shared/conformance/asl/cases) whose
 //! features this engine supports, with mock Lambdas standing in for the recorded ones.
 
+// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use asl::{Engine, EngineConfig, ExecutionStatus, LambdaError, LambdaFunction, StateMachine, TaskRegistry, TestClock};
+use asl::{
+    Engine, EngineConfig, ExecutionStatus, LambdaError, LambdaFunction, StateMachine, TaskRegistry,
+    TestClock,
+};
 use async_trait::async_trait;
 use serde_json::Value;
 
 /// Features (as named in each case's `features`) that the engine implements.
 const SUPPORTED: &[&str] = &[
-    "state:Pass", "state:Task", "state:Choice", "state:Succeed", "state:Fail", "state:Map", "map:inline",
-    "field:Result", "field:Parameters", "field:ResultPath", "field:InputPath", "field:OutputPath", "field:ResultSelector",
-    "field:Catch", "field:Retry", "field:ErrorPath", "field:CausePath", "field:ItemsPath", "field:ItemSelector",
-    "field:MaxConcurrency", "field:MaxConcurrencyPath", "field:ToleratedFailureCount", "field:ToleratedFailureCountPath",
-    "field:ToleratedFailurePercentage", "field:TimeoutSeconds", "field:TimeoutSecondsPath", "context_object",
-    "retry:MaxAttempts", "retry:IntervalSeconds", "retry:BackoffRate", "retry:MaxDelaySeconds", "retry:JitterStrategy",
-    "lambda:invoke_integration", "lambda:function_arn", "lambda:complex_handler",
-    "intrinsic:States.ALL", "intrinsic:States.TaskFailed", "intrinsic:States.DataLimitExceeded",
-    "intrinsic:States.Format", "intrinsic:States.StringToJson", "intrinsic:States.JsonToString", "intrinsic:States.Array",
-    "intrinsic:States.ArrayPartition", "intrinsic:States.ArrayContains", "intrinsic:States.ArrayRange",
-    "intrinsic:States.ArrayGetItem", "intrinsic:States.ArrayLength", "intrinsic:States.ArrayUnique",
-    "intrinsic:States.Base64Encode", "intrinsic:States.Base64Decode", "intrinsic:States.JsonMerge",
-    "intrinsic:States.MathAdd", "intrinsic:States.StringSplit", "intrinsic:States.UUID",
-    "choice:StringEquals", "choice:StringEqualsPath", "choice:StringLessThan", "choice:StringLessThanPath",
-    "choice:StringGreaterThan", "choice:StringGreaterThanPath", "choice:StringLessThanEquals", "choice:StringLessThanEqualsPath",
-    "choice:StringGreaterThanEquals", "choice:StringGreaterThanEqualsPath", "choice:StringMatches",
-    "choice:NumericEquals", "choice:NumericEqualsPath", "choice:NumericLessThan", "choice:NumericLessThanPath",
-    "choice:NumericGreaterThan", "choice:NumericGreaterThanPath", "choice:NumericLessThanEquals", "choice:NumericLessThanEqualsPath",
-    "choice:NumericGreaterThanEquals", "choice:NumericGreaterThanEqualsPath", "choice:BooleanEquals", "choice:BooleanEqualsPath",
-    "choice:TimestampEquals", "choice:TimestampEqualsPath", "choice:TimestampLessThan", "choice:TimestampLessThanPath",
-    "choice:TimestampGreaterThan", "choice:TimestampGreaterThanPath", "choice:TimestampLessThanEquals",
-    "choice:TimestampLessThanEqualsPath", "choice:TimestampGreaterThanEquals", "choice:TimestampGreaterThanEqualsPath",
-    "choice:IsNull", "choice:IsPresent", "choice:IsNumeric", "choice:IsString", "choice:IsBoolean", "choice:IsTimestamp",
+    "state:Pass",
+    "state:Task",
+    "state:Choice",
+    "state:Succeed",
+    "state:Fail",
+    "state:Map",
+    "map:inline",
+    "field:Result",
+    "field:Parameters",
+    "field:ResultPath",
+    "field:InputPath",
+    "field:OutputPath",
+    "field:ResultSelector",
+    "field:Catch",
+    "field:Retry",
+    "field:ErrorPath",
+    "field:CausePath",
+    "field:ItemsPath",
+    "field:ItemSelector",
+    "field:MaxConcurrency",
+    "field:MaxConcurrencyPath",
+    "field:ToleratedFailureCount",
+    "field:ToleratedFailureCountPath",
+    "field:ToleratedFailurePercentage",
+    "field:TimeoutSeconds",
+    "field:TimeoutSecondsPath",
+    "context_object",
+    "retry:MaxAttempts",
+    "retry:IntervalSeconds",
+    "retry:BackoffRate",
+    "retry:MaxDelaySeconds",
+    "retry:JitterStrategy",
+    "lambda:invoke_integration",
+    "lambda:function_arn",
+    "lambda:complex_handler",
+    "intrinsic:States.ALL",
+    "intrinsic:States.TaskFailed",
+    "intrinsic:States.DataLimitExceeded",
+    "intrinsic:States.Format",
+    "intrinsic:States.StringToJson",
+    "intrinsic:States.JsonToString",
+    "intrinsic:States.Array",
+    "intrinsic:States.ArrayPartition",
+    "intrinsic:States.ArrayContains",
+    "intrinsic:States.ArrayRange",
+    "intrinsic:States.ArrayGetItem",
+    "intrinsic:States.ArrayLength",
+    "intrinsic:States.ArrayUnique",
+    "intrinsic:States.Base64Encode",
+    "intrinsic:States.Base64Decode",
+    "intrinsic:States.JsonMerge",
+    "intrinsic:States.MathAdd",
+    "intrinsic:States.StringSplit",
+    "intrinsic:States.UUID",
+    "choice:StringEquals",
+    "choice:StringEqualsPath",
+    "choice:StringLessThan",
+    "choice:StringLessThanPath",
+    "choice:StringGreaterThan",
+    "choice:StringGreaterThanPath",
+    "choice:StringLessThanEquals",
+    "choice:StringLessThanEqualsPath",
+    "choice:StringGreaterThanEquals",
+    "choice:StringGreaterThanEqualsPath",
+    "choice:StringMatches",
+    "choice:NumericEquals",
+    "choice:NumericEqualsPath",
+    "choice:NumericLessThan",
+    "choice:NumericLessThanPath",
+    "choice:NumericGreaterThan",
+    "choice:NumericGreaterThanPath",
+    "choice:NumericLessThanEquals",
+    "choice:NumericLessThanEqualsPath",
+    "choice:NumericGreaterThanEquals",
+    "choice:NumericGreaterThanEqualsPath",
+    "choice:BooleanEquals",
+    "choice:BooleanEqualsPath",
+    "choice:TimestampEquals",
+    "choice:TimestampEqualsPath",
+    "choice:TimestampLessThan",
+    "choice:TimestampLessThanPath",
+    "choice:TimestampGreaterThan",
+    "choice:TimestampGreaterThanPath",
+    "choice:TimestampLessThanEquals",
+    "choice:TimestampLessThanEqualsPath",
+    "choice:TimestampGreaterThanEquals",
+    "choice:TimestampGreaterThanEqualsPath",
+    "choice:IsNull",
+    "choice:IsPresent",
+    "choice:IsNumeric",
+    "choice:IsString",
+    "choice:IsBoolean",
+    "choice:IsTimestamp",
 ];
 
 fn cases_dir() -> PathBuf {
@@ -59,7 +135,11 @@ fn python_error(error_type: &str, message: &str, trace: &str) -> LambdaError {
         uuid::Uuid::new_v4(),
         serde_json::to_string(trace).unwrap()
     );
-    LambdaError { error_type: error_type.into(), error_message: message.into(), raw_payload: Some(raw) }
+    LambdaError {
+        error_type: error_type.into(),
+        error_message: message.into(),
+        raw_payload: Some(raw),
+    }
 }
 
 #[async_trait]
@@ -83,7 +163,10 @@ impl LambdaFunction for MockLambda {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 Ok(payload)
             }
-            other => Err(LambdaError::new("MockError", format!("no mock for handler {other}"))),
+            other => Err(LambdaError::new(
+                "MockError",
+                format!("no mock for handler {other}"),
+            )),
         }
     }
 }
@@ -100,7 +183,13 @@ fn pattern(expected: &str) -> Vec<Tok> {
     let mut rest = expected;
     'outer: while let Some(c) = rest.chars().next() {
         if c == '<' {
-            for prefix in ["<uuid:", "<json-input:", "<request_id>", "<request-id>", "<timestamp>"] {
+            for prefix in [
+                "<uuid:",
+                "<json-input:",
+                "<request_id>",
+                "<request-id>",
+                "<timestamp>",
+            ] {
                 if rest.starts_with(prefix) {
                     if let Some(end) = rest.find('>') {
                         out.push(Tok::Any);
@@ -146,9 +235,14 @@ fn glob(actual: &str, pat: &[Tok]) -> bool {
 /// Applies the snapshot's normalisation of partition and region to what the engine produced.
 fn normalise(v: &Value) -> Value {
     match v {
-        Value::String(s) => Value::String(s.replace("arn:aws:", "arn:<partition>:").replace(":us-east-1:", ":<region>:")),
+        Value::String(s) => Value::String(
+            s.replace("arn:aws:", "arn:<partition>:")
+                .replace(":us-east-1:", ":<region>:"),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), normalise(v))).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -158,9 +252,13 @@ fn matches(expected: &Value, actual: &Value, bare_tokens: &HashSet<String>) -> b
         (Value::String(e), _) if bare_tokens.contains(e) => true,
         (Value::String(e), Value::String(a)) => e == a || glob(a, &pattern(e)),
         (Value::Number(e), Value::Number(a)) => e.as_f64() == a.as_f64(),
-        (Value::Array(e), Value::Array(a)) => e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y, bare_tokens)),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(x, y)| matches(x, y, bare_tokens))
+        }
         (Value::Object(e), Value::Object(a)) => {
-            e.len() == a.len() && e.iter().all(|(k, x)| a.get(k).is_some_and(|y| matches(x, y, bare_tokens)))
+            e.len() == a.len()
+                && e.iter()
+                    .all(|(k, x)| a.get(k).is_some_and(|y| matches(x, y, bare_tokens)))
         }
         _ => expected == actual,
     }
@@ -168,7 +266,9 @@ fn matches(expected: &Value, actual: &Value, bare_tokens: &HashSet<String>) -> b
 
 async fn run_case(case: &Value) -> Result<(), String> {
     let definition = serde_json::to_string(&case["definition"]).unwrap();
-    let machine = StateMachine::parse(&definition).map_err(|e| format!("definition rejected: {e}"))?.with_name("<ArnPart_0idx>");
+    let machine = StateMachine::parse(&definition)
+        .map_err(|e| format!("definition rejected: {e}"))?
+        .with_name("<ArnPart_0idx>");
     let mut registry = TaskRegistry::new();
     if let Some(lambdas) = case["lambdas"].as_object() {
         for (name, l) in lambdas {
@@ -189,7 +289,9 @@ async fn run_case(case: &Value) -> Result<(), String> {
         role_arn: "snf_role_arn".into(),
     };
     let engine = Engine::with_config(registry, Arc::new(TestClock::new()), config);
-    let result = engine.start_execution(&machine, Some("<ExecArnPart_0idx>"), case["input"].clone()).await;
+    let result = engine
+        .start_execution(&machine, Some("<ExecArnPart_0idx>"), case["input"].clone())
+        .await;
     let expected = &case["expected"];
     let bare: HashSet<String> = case["notes"]["normalised_tokens_in_expected"]
         .as_array()
@@ -213,7 +315,11 @@ async fn run_case(case: &Value) -> Result<(), String> {
     if status == "SUCCEEDED" {
         let actual = normalise(result.output.as_ref().unwrap_or(&Value::Null));
         if !matches(&expected["output"], &actual, &bare) {
-            return Err(format!("output\n  actual:   {}\n  expected: {}", cut(&actual), cut(&expected["output"])));
+            return Err(format!(
+                "output\n  actual:   {}\n  expected: {}",
+                cut(&actual),
+                cut(&expected["output"])
+            ));
         }
     } else {
         let err = result.error.clone().map_or(Value::Null, Value::String);
@@ -221,13 +327,19 @@ async fn run_case(case: &Value) -> Result<(), String> {
             return Err(format!("error {err}, expected {}", expected["error"]));
         }
         let cause = match (&result.cause, expected.get("cause_is_parsed_json")) {
-            (Some(c), Some(Value::Bool(true))) => serde_json::from_str(c).unwrap_or(Value::String(c.clone())),
+            (Some(c), Some(Value::Bool(true))) => {
+                serde_json::from_str(c).unwrap_or(Value::String(c.clone()))
+            }
             (Some(c), _) => Value::String(c.clone()),
             (None, _) => Value::Null,
         };
         let cause = normalise(&cause);
         if !matches(expected.get("cause").unwrap_or(&Value::Null), &cause, &bare) {
-            return Err(format!("cause\n  actual:   {}\n  expected: {}", cut(&cause), cut(&expected["cause"])));
+            return Err(format!(
+                "cause\n  actual:   {}\n  expected: {}",
+                cut(&cause),
+                cut(&expected["cause"])
+            ));
         }
     }
     Ok(())
@@ -235,7 +347,14 @@ async fn run_case(case: &Value) -> Result<(), String> {
 
 fn cut(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 600 { format!("{}…", &s[..s.char_indices().nth(600).map_or(s.len(), |(i, _)| i)]) } else { s }
+    if s.len() > 600 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(600).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +366,11 @@ async fn recorded_aws_executions() {
         dir.display()
     );
     let supported: HashSet<&str> = SUPPORTED.iter().copied().collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
     files.sort();
     let (mut ran, mut passed) = (0, 0);
     let mut skipped_by: BTreeMap<String, usize> = BTreeMap::new();
@@ -276,11 +399,18 @@ async fn recorded_aws_executions() {
             Err(e) => failures.push(format!("{}: {e}", case["name"].as_str().unwrap_or("?"))),
         }
     }
-    println!("conformance: {} cases, ran {ran}, passed {passed}, skipped {skipped} as unsupported", files.len());
+    println!(
+        "conformance: {} cases, ran {ran}, passed {passed}, skipped {skipped} as unsupported",
+        files.len()
+    );
     println!("skipped cases per unsupported feature: {skipped_by:?}");
     for f in &failures {
         println!("FAIL {f}");
     }
     assert!(ran > 0, "no case selected");
-    assert!(failures.is_empty(), "{} of {ran} selected cases failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} selected cases failed",
+        failures.len()
+    );
 }

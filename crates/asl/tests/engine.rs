@@ -1,11 +1,15 @@
 //! Behaviour tests of the engine: Retry back-off, Catch, payload quota, Map concurrency, services.
 
+// Test helpers outside #[test] functions may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use asl::{
-    Engine, ExecutionStatus, LambdaError, LambdaFunction, ServiceIntegration, StateMachine, TaskError, TaskRegistry, TestClock,
+    Engine, ExecutionStatus, LambdaError, LambdaFunction, ServiceIntegration, StateMachine,
+    TaskError, TaskRegistry, TestClock,
 };
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -27,7 +31,11 @@ impl LambdaFunction for Flaky {
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        if n < self.failures { Err(LambdaError::new("Transient", "try again")) } else { Ok(payload) }
+        if n < self.failures {
+            Err(LambdaError::new("Transient", "try again"))
+        } else {
+            Ok(payload)
+        }
     }
 }
 
@@ -44,7 +52,10 @@ fn machine(def: Value) -> StateMachine {
 
 #[tokio::test]
 async fn retry_backs_off_exponentially_with_cap() {
-    let f = Arc::new(Flaky { failures: 4, ..Default::default() });
+    let f = Arc::new(Flaky {
+        failures: 4,
+        ..Default::default()
+    });
     let (engine, clock) = engine_with("fn", f.clone());
     let sm = machine(json!({"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:fn", "End": true,
@@ -60,7 +71,10 @@ async fn retry_backs_off_exponentially_with_cap() {
 
 #[tokio::test]
 async fn retry_defaults_and_exhaustion() {
-    let f = Arc::new(Flaky { failures: 100, ..Default::default() });
+    let f = Arc::new(Flaky {
+        failures: 100,
+        ..Default::default()
+    });
     let (engine, clock) = engine_with("fn", f.clone());
     let sm = machine(json!({"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:fn", "End": true,
@@ -69,20 +83,36 @@ async fn retry_defaults_and_exhaustion() {
     let r = engine.start_execution(&sm, None, json!({})).await;
     assert_eq!(r.status, ExecutionStatus::Failed);
     assert_eq!(r.error.as_deref(), Some("Transient"));
-    assert_eq!(r.cause.as_deref(), Some(r#"{"errorMessage":"try again","errorType":"Transient"}"#));
+    assert_eq!(
+        r.cause.as_deref(),
+        Some(r#"{"errorMessage":"try again","errorType":"Transient"}"#)
+    );
     assert_eq!(f.calls.load(Ordering::SeqCst), 4);
-    assert_eq!(clock.sleeps(), vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(4)]);
+    assert_eq!(
+        clock.sleeps(),
+        vec![
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(4)
+        ]
+    );
 }
 
 #[tokio::test]
 async fn jitter_full_never_exceeds_the_plain_delay() {
-    let f = Arc::new(Flaky { failures: 3, ..Default::default() });
+    let f = Arc::new(Flaky {
+        failures: 3,
+        ..Default::default()
+    });
     let (engine, clock) = engine_with("fn", f);
     let sm = machine(json!({"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:fn", "End": true,
         "Retry": [{"ErrorEquals": ["Transient"], "IntervalSeconds": 4, "JitterStrategy": "FULL"}]
     }}}));
-    assert_eq!(engine.start_execution(&sm, None, json!({})).await.status, ExecutionStatus::Succeeded);
+    assert_eq!(
+        engine.start_execution(&sm, None, json!({})).await.status,
+        ExecutionStatus::Succeeded
+    );
     let sleeps = clock.sleeps();
     assert_eq!(sleeps.len(), 3);
     for (s, max) in sleeps.iter().zip([4.0, 8.0, 16.0]) {
@@ -92,18 +122,25 @@ async fn jitter_full_never_exceeds_the_plain_delay() {
 
 #[tokio::test]
 async fn catch_merges_error_into_input_with_result_path() {
-    let f = Arc::new(Flaky { failures: 100, ..Default::default() });
+    let f = Arc::new(Flaky {
+        failures: 100,
+        ..Default::default()
+    });
     let (engine, _) = engine_with("fn", f);
     let sm = machine(json!({"StartAt": "T", "States": {
         "T": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke", "Parameters": {"FunctionName": "fn", "Payload.$": "$"},
               "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "Done"}], "End": true},
         "Done": {"Type": "Pass", "End": true}
     }}));
-    let r = engine.start_execution(&sm, None, json!({"keep": true})).await;
+    let r = engine
+        .start_execution(&sm, None, json!({"keep": true}))
+        .await;
     assert_eq!(r.status, ExecutionStatus::Succeeded);
     assert_eq!(
         r.output,
-        Some(json!({"keep": true, "error": {"Error": "Transient", "Cause": "{\"errorMessage\":\"try again\",\"errorType\":\"Transient\"}"}}))
+        Some(
+            json!({"keep": true, "error": {"Error": "Transient", "Cause": "{\"errorMessage\":\"try again\",\"errorType\":\"Transient\"}"}})
+        )
     );
     assert!(r.history.iter().any(|e| e.event_type == "TaskFailed"));
 }
@@ -121,7 +158,9 @@ async fn runtime_errors_are_not_caught_by_states_all() {
     assert_eq!(r.error.as_deref(), Some("States.Runtime"));
     assert_eq!(
         r.cause.as_deref(),
-        Some("An error occurred while executing the state 'T' (entered at the event id #2). Invalid path '$.missing' : No results for path: $['missing']")
+        Some(
+            "An error occurred while executing the state 'T' (entered at the event id #2). Invalid path '$.missing' : No results for path: $['missing']"
+        )
     );
 }
 
@@ -173,7 +212,9 @@ async fn run_map(max_concurrency: u64) -> (Arc<Flaky>, asl::ExecutionResult) {
         "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:fn", "End": true}}},
         "ResultPath": "$.out", "End": true
     }}}));
-    let r = engine.start_execution(&sm, None, json!({"items": ["a", "b", "c", "d", "e", "f"]})).await;
+    let r = engine
+        .start_execution(&sm, None, json!({"items": ["a", "b", "c", "d", "e", "f"]}))
+        .await;
     (f, r)
 }
 
@@ -203,8 +244,15 @@ async fn failing_item_fails_the_map_with_its_error() {
         }}, "End": true
     }}}));
     let r = engine.start_execution(&sm, None, json!([1, 2, 3])).await;
-    assert_eq!((r.error.as_deref(), r.cause.as_deref()), (Some("Bad"), Some("item 2")));
-    assert!(!r.history.iter().any(|e| e.event_type == "MapIterationStarted" && e.details["index"] == 2));
+    assert_eq!(
+        (r.error.as_deref(), r.cause.as_deref()),
+        (Some("Bad"), Some("item 2"))
+    );
+    assert!(
+        !r.history
+            .iter()
+            .any(|e| e.event_type == "MapIterationStarted" && e.details["index"] == 2)
+    );
 }
 
 #[tokio::test]
@@ -222,7 +270,10 @@ async fn task_timeout_and_services() {
     impl ServiceIntegration for Sqs {
         async fn call(&self, resource: &str, params: Value) -> Result<Value, TaskError> {
             if params["QueueUrl"] == "bad" {
-                return Err(TaskError { error: "SQS.QueueDoesNotExistException".into(), cause: "no queue".into() });
+                return Err(TaskError {
+                    error: "SQS.QueueDoesNotExistException".into(),
+                    cause: "no queue".into(),
+                });
             }
             Ok(json!({"resource": resource, "MessageId": "m-1", "body": params["MessageBody"]}))
         }
@@ -235,17 +286,30 @@ async fn task_timeout_and_services() {
     let sm = machine(json!({"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:slow", "TimeoutSeconds": 5, "End": true}}}));
     let r = engine.start_execution(&sm, None, json!({})).await;
-    assert_eq!((r.status, r.error.as_deref(), r.cause.as_deref()), (ExecutionStatus::Failed, Some("States.Timeout"), None));
+    assert_eq!(
+        (r.status, r.error.as_deref(), r.cause.as_deref()),
+        (ExecutionStatus::Failed, Some("States.Timeout"), None)
+    );
     assert_eq!(clock.sleeps(), vec![Duration::from_secs(5)]);
 
     let sm = machine(json!({"StartAt": "S", "States": {"S": {
         "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage",
         "Parameters": {"QueueUrl.$": "$.q", "MessageBody.$": "States.JsonToString($.msg)"},
         "ResultSelector": {"id.$": "$.MessageId", "body.$": "$.body"}, "ResultPath": "$.sent", "End": true}}}));
-    let r = engine.start_execution(&sm, None, json!({"q": "good", "msg": {"a": 1}})).await;
-    assert_eq!(r.output, Some(json!({"q": "good", "msg": {"a": 1}, "sent": {"id": "m-1", "body": "{\"a\":1}"}})));
-    let r = engine.start_execution(&sm, None, json!({"q": "bad", "msg": 1})).await;
-    assert_eq!((r.error.as_deref(), r.cause.as_deref()), (Some("SQS.QueueDoesNotExistException"), Some("no queue")));
+    let r = engine
+        .start_execution(&sm, None, json!({"q": "good", "msg": {"a": 1}}))
+        .await;
+    assert_eq!(
+        r.output,
+        Some(json!({"q": "good", "msg": {"a": 1}, "sent": {"id": "m-1", "body": "{\"a\":1}"}}))
+    );
+    let r = engine
+        .start_execution(&sm, None, json!({"q": "bad", "msg": 1}))
+        .await;
+    assert_eq!(
+        (r.error.as_deref(), r.cause.as_deref()),
+        (Some("SQS.QueueDoesNotExistException"), Some("no queue"))
+    );
 }
 
 #[tokio::test]
@@ -272,6 +336,8 @@ async fn result_path_match_failure_is_reported() {
     let (engine, _) = engine_with("fn", Arc::new(Flaky::default()));
     let sm = machine(json!({"StartAt": "T", "States": {"T": {
         "Type": "Task", "Resource": "arn:aws:lambda:us-east-1:123456789012:function:fn", "ResultPath": "$.a.b", "End": true}}}));
-    let r = engine.start_execution(&sm, None, json!("not an object")).await;
+    let r = engine
+        .start_execution(&sm, None, json!("not an object"))
+        .await;
     assert_eq!(r.error.as_deref(), Some("States.ResultPathMatchFailure"));
 }
