@@ -1,0 +1,1214 @@
+//! Parsing and static checks of a state machine definition (JSONPath query language).
+//!
+//! Everything that AWS rejects at `CreateStateMachine` time is rejected here, so that a
+//! definition that loads locally also deploys: unknown fields, missing or dangling transitions,
+//! unreachable states, malformed paths, and misplaced `States.ALL`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::intrinsics::{Intrinsic, looks_like_intrinsic};
+use crate::jsonpath::JsonPath;
+
+/// A definition that AWS would refuse, naming where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// The text is not JSON, or not a JSON object.
+    #[error("definition is not a JSON object: {0}")]
+    NotJson(String),
+    /// A field is missing, unknown, or has a bad value.
+    #[error("{}field '{field}': {message}", state.as_ref().map(|s| format!("state '{s}', ")).unwrap_or_default())]
+    Invalid {
+        /// The state, or `None` for a top-level field.
+        state: Option<String>,
+        /// The field (for nested fields, a `/`-separated path such as `Retry/0/ErrorEquals`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `${Name}` DefinitionSubstitution placeholder without a value.
+    #[error("definition substitution '${{{0}}}' has no value")]
+    UnresolvedSubstitution(String),
+}
+
+fn invalid(
+    state: Option<&str>,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> DefinitionError {
+    DefinitionError::Invalid {
+        state: state.map(str::to_string),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A parsed, checked state machine.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    pub(crate) name: String,
+    pub(crate) program: Arc<Program>,
+    pub(crate) timeout_seconds: Option<u64>,
+}
+
+impl StateMachine {
+    /// Parses a definition (Amazon States Language, JSONPath) and runs the static checks.
+    pub fn parse(json: &str) -> Result<Self, DefinitionError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| DefinitionError::NotJson(e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(DefinitionError::NotJson("expected an object".into()));
+        };
+        if let Some(ql) = obj.get("QueryLanguage") {
+            if ql != "JSONPath" {
+                return Err(invalid(
+                    None,
+                    "QueryLanguage",
+                    "only JSONPath is supported by this engine",
+                ));
+            }
+        }
+        let program = parse_program(
+            &obj,
+            None,
+            &[
+                "StartAt",
+                "States",
+                "Comment",
+                "Version",
+                "TimeoutSeconds",
+                "QueryLanguage",
+            ],
+        )?;
+        let timeout_seconds =
+            match obj.get("TimeoutSeconds") {
+                None => None,
+                Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(None, "TimeoutSeconds", "must be a positive integer")
+                })?),
+            };
+        Ok(Self {
+            name: "StateMachine".into(),
+            program: Arc::new(program),
+            timeout_seconds,
+        })
+    }
+
+    /// Names the machine (used in `$$.StateMachine.Name` and the ARNs).
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The machine's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A set of states with a start: the machine itself or a Map's item processor.
+#[derive(Debug)]
+pub(crate) struct Program {
+    pub start_at: String,
+    pub states: HashMap<String, Arc<State>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub name: String,
+    pub input_path: Option<JsonPath>,
+    pub output_path: Option<JsonPath>,
+    pub next: Option<String>,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    Pass {
+        result: Option<Value>,
+        parameters: Option<Template>,
+        result_path: Option<JsonPath>,
+    },
+    Task(Box<TaskState>),
+    Choice {
+        choices: Vec<(Rule, String)>,
+        default: Option<String>,
+    },
+    Succeed,
+    Fail {
+        error: Option<StrOrPath>,
+        cause: Option<StrOrPath>,
+    },
+    Map(Box<MapState>),
+}
+
+impl Kind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::Pass { .. } => "Pass",
+            Kind::Task(_) => "Task",
+            Kind::Choice { .. } => "Choice",
+            Kind::Succeed => "Succeed",
+            Kind::Fail { .. } => "Fail",
+            Kind::Map(_) => "Map",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum StrOrPath {
+    Str(String),
+    Path(JsonPath),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum NumOrPath {
+    Num(u64),
+    Path(JsonPath),
+}
+
+#[derive(Debug)]
+pub(crate) struct TaskState {
+    pub resource: String,
+    pub parameters: Option<Template>,
+    pub result_selector: Option<Template>,
+    pub result_path: Option<JsonPath>,
+    pub timeout: Option<NumOrPath>,
+    pub retry: Vec<Retrier>,
+    pub catch: Vec<Catcher>,
+}
+
+#[derive(Debug)]
+pub(crate) struct MapState {
+    pub items_path: JsonPath,
+    pub item_selector: Option<Template>,
+    pub processor: Arc<Program>,
+    pub max_concurrency: NumOrPath,
+    pub tolerated_count: Option<NumOrPath>,
+    pub tolerated_percentage: Option<NumOrPath>,
+    pub result_selector: Option<Template>,
+    pub result_path: Option<JsonPath>,
+    pub retry: Vec<Retrier>,
+    pub catch: Vec<Catcher>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Retrier {
+    pub error_equals: Vec<String>,
+    pub interval_seconds: f64,
+    pub max_attempts: u32,
+    pub backoff_rate: f64,
+    pub max_delay_seconds: Option<f64>,
+    pub jitter_full: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Catcher {
+    pub error_equals: Vec<String>,
+    pub result_path: Option<JsonPath>,
+    pub next: String,
+}
+
+/// A payload template (Parameters, ResultSelector, ItemSelector).
+#[derive(Debug, Clone)]
+pub(crate) enum Template {
+    Literal(Value),
+    Object(Vec<(String, Template)>),
+    Array(Vec<Template>),
+    Path {
+        field: String,
+        path: JsonPath,
+    },
+    Intrinsic {
+        field: String,
+        text: String,
+        call: Intrinsic,
+    },
+}
+
+/// A Choice rule.
+#[derive(Debug, Clone)]
+pub(crate) enum Rule {
+    And(Vec<Rule>),
+    Or(Vec<Rule>),
+    Not(Box<Rule>),
+    Cmp {
+        variable: JsonPath,
+        op: Op,
+        operand: Operand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    String,
+    Numeric,
+    Boolean,
+    Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Eq,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Compare(Family, Cmp),
+    StringMatches,
+    IsNull,
+    IsPresent,
+    IsNumeric,
+    IsString,
+    IsBoolean,
+    IsTimestamp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Operand {
+    Value(Value),
+    Path(JsonPath),
+}
+
+const COMMON: &[&str] = &["Type", "Comment", "InputPath", "OutputPath", "Next", "End"];
+
+fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
+    let extra: &[&str] = match ty {
+        "Pass" => &["Result", "ResultPath", "Parameters"],
+        "Task" => &[
+            "Resource",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Retry",
+            "Catch",
+            "TimeoutSeconds",
+            "TimeoutSecondsPath",
+            "HeartbeatSeconds",
+            "HeartbeatSecondsPath",
+            "Credentials",
+        ],
+        "Choice" => &["Choices", "Default"],
+        "Succeed" => &[],
+        "Fail" => &["Error", "ErrorPath", "Cause", "CausePath"],
+        "Map" => &[
+            "ItemsPath",
+            "ItemSelector",
+            "Parameters",
+            "ItemProcessor",
+            "Iterator",
+            "MaxConcurrency",
+            "MaxConcurrencyPath",
+            "ToleratedFailureCount",
+            "ToleratedFailureCountPath",
+            "ToleratedFailurePercentage",
+            "ToleratedFailurePercentagePath",
+            "ResultSelector",
+            "ResultPath",
+            "Retry",
+            "Catch",
+        ],
+        _ => return None,
+    };
+    let mut all: Vec<&'static str> = match ty {
+        "Choice" => vec!["Type", "Comment", "InputPath", "OutputPath"],
+        "Succeed" => vec!["Type", "Comment", "InputPath", "OutputPath"],
+        "Fail" => vec!["Type", "Comment"],
+        _ => COMMON.to_vec(),
+    };
+    all.extend_from_slice(extra);
+    Some(all)
+}
+
+fn parse_program(
+    obj: &Map<String, Value>,
+    parent: Option<&str>,
+    allowed: &[&str],
+) -> Result<Program, DefinitionError> {
+    let field = |f: &str| match parent {
+        Some(_) => format!("ItemProcessor/{f}"),
+        None => f.to_string(),
+    };
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(invalid(parent, field(k), "unknown field"));
+        }
+    }
+    let start_at = obj
+        .get("StartAt")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(parent, field("StartAt"), "required string field is missing"))?
+        .to_string();
+    let states_obj = obj
+        .get("States")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid(parent, field("States"), "required object field is missing"))?;
+    if states_obj.is_empty() {
+        return Err(invalid(
+            parent,
+            field("States"),
+            "must contain at least one state",
+        ));
+    }
+    let mut states = HashMap::new();
+    for (name, v) in states_obj {
+        if name.is_empty() || name.chars().count() > 80 {
+            return Err(invalid(
+                Some(name),
+                "Type",
+                "state names must be 1 to 80 characters long",
+            ));
+        }
+        let st = parse_state(name, v)?;
+        states.insert(name.clone(), Arc::new(st));
+    }
+    if !states.contains_key(&start_at) {
+        return Err(invalid(
+            parent,
+            field("StartAt"),
+            format!("names the unknown state '{start_at}'"),
+        ));
+    }
+    // Every transition must name a state of this program.
+    for st in states.values() {
+        for (f, target) in transitions(st) {
+            if !states.contains_key(&target) {
+                return Err(invalid(
+                    Some(&st.name),
+                    f,
+                    format!("names the unknown state '{target}'"),
+                ));
+            }
+        }
+    }
+    // Unreachable states are refused by AWS.
+    let mut seen = HashSet::new();
+    let mut queue = VecDeque::from([start_at.clone()]);
+    while let Some(n) = queue.pop_front() {
+        if !seen.insert(n.clone()) {
+            continue;
+        }
+        if let Some(st) = states.get(&n) {
+            queue.extend(transitions(st).into_iter().map(|(_, t)| t));
+        }
+    }
+    let mut unreachable: Vec<&String> = states.keys().filter(|k| !seen.contains(*k)).collect();
+    unreachable.sort();
+    if let Some(u) = unreachable.first() {
+        return Err(invalid(
+            Some(u),
+            "Type",
+            "state is not reachable from StartAt",
+        ));
+    }
+    Ok(Program { start_at, states })
+}
+
+fn transitions(st: &State) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(n) = &st.next {
+        out.push(("Next".to_string(), n.clone()));
+    }
+    match &st.kind {
+        Kind::Choice { choices, default } => {
+            for (i, (_, n)) in choices.iter().enumerate() {
+                out.push((format!("Choices/{i}/Next"), n.clone()));
+            }
+            if let Some(d) = default {
+                out.push(("Default".to_string(), d.clone()));
+            }
+        }
+        Kind::Task(t) => {
+            for (i, c) in t.catch.iter().enumerate() {
+                out.push((format!("Catch/{i}/Next"), c.next.clone()));
+            }
+        }
+        Kind::Map(m) => {
+            for (i, c) in m.catch.iter().enumerate() {
+                out.push((format!("Catch/{i}/Next"), c.next.clone()));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn path_field(
+    state: &str,
+    obj: &Map<String, Value>,
+    f: &str,
+) -> Result<Option<Option<JsonPath>>, DefinitionError> {
+    match obj.get(f) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => JsonPath::parse(s)
+            .map(|p| Some(Some(p)))
+            .map_err(|e| invalid(Some(state), f, e.0)),
+        Some(_) => Err(invalid(Some(state), f, "must be a string or null")),
+    }
+}
+
+fn result_path_field(
+    state: &str,
+    obj: &Map<String, Value>,
+    f: &str,
+) -> Result<Option<JsonPath>, DefinitionError> {
+    let p = path_field(state, obj, f)?;
+    match p {
+        None => JsonPath::parse("$")
+            .map(Some)
+            .map_err(|e| invalid(Some(state), f, e.0)),
+        Some(None) => Ok(None),
+        Some(Some(p)) if p.is_reference() => Ok(Some(p)),
+        Some(Some(p)) => Err(invalid(
+            Some(state),
+            f,
+            format!("'{}' is not a valid reference path", p.text()),
+        )),
+    }
+}
+
+fn string_field(
+    state: &str,
+    obj: &Map<String, Value>,
+    f: &str,
+) -> Result<Option<String>, DefinitionError> {
+    match obj.get(f) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(Some(state), f, "must be a string")),
+    }
+}
+
+fn uint_or_path(
+    state: &str,
+    obj: &Map<String, Value>,
+    f: &str,
+    min: u64,
+) -> Result<Option<NumOrPath>, DefinitionError> {
+    let path_name = format!("{f}Path");
+    match (obj.get(f), obj.get(&path_name)) {
+        (Some(_), Some(_)) => Err(invalid(
+            Some(state),
+            f,
+            format!("cannot be combined with {path_name}"),
+        )),
+        (Some(v), None) => v
+            .as_u64()
+            .filter(|n| *n >= min)
+            .map(|n| Some(NumOrPath::Num(n)))
+            .ok_or_else(|| invalid(Some(state), f, format!("must be an integer >= {min}"))),
+        (None, Some(Value::String(s))) => JsonPath::parse(s)
+            .map(|p| Some(NumOrPath::Path(p)))
+            .map_err(|e| invalid(Some(state), path_name.clone(), e.0)),
+        (None, Some(_)) => Err(invalid(
+            Some(state),
+            path_name.clone(),
+            "must be a path string",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
+    let s = Some(name);
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid(s, "Type", "a state must be a JSON object"))?;
+    let ty = obj
+        .get("Type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(s, "Type", "required string field is missing"))?;
+    if matches!(ty, "Wait" | "Parallel") {
+        return Err(invalid(
+            s,
+            "Type",
+            format!("state type '{ty}' is not supported by this engine yet"),
+        ));
+    }
+    let allowed = allowed_fields(ty)
+        .ok_or_else(|| invalid(s, "Type", format!("unknown state type '{ty}'")))?;
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(invalid(
+                s,
+                k.clone(),
+                format!("unknown field for a {ty} state"),
+            ));
+        }
+    }
+    let next = string_field(name, obj, "Next")?;
+    let end = match obj.get("End") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid(s, "End", "must be a boolean")),
+    };
+    let terminal_by_type = matches!(ty, "Choice" | "Succeed" | "Fail");
+    if !terminal_by_type {
+        match (&next, end) {
+            (Some(_), true) => {
+                return Err(invalid(s, "Next", "a state cannot have both Next and End"));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    s,
+                    "Next",
+                    "a non-terminal state needs Next or End: true",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let input_path = match path_field(name, obj, "InputPath")? {
+        None => Some(JsonPath::parse("$").map_err(|e| invalid(s, "InputPath", e.0))?),
+        Some(p) => p,
+    };
+    let output_path = match path_field(name, obj, "OutputPath")? {
+        None => Some(JsonPath::parse("$").map_err(|e| invalid(s, "OutputPath", e.0))?),
+        Some(p) => p,
+    };
+    let template = |f: &str| -> Result<Option<Template>, DefinitionError> {
+        obj.get(f).map(|v| compile_template(name, f, v)).transpose()
+    };
+    let kind = match ty {
+        "Pass" => Kind::Pass {
+            result: obj.get("Result").cloned(),
+            parameters: template("Parameters")?,
+            result_path: result_path_field(name, obj, "ResultPath")?,
+        },
+        "Task" => {
+            let resource = string_field(name, obj, "Resource")?
+                .ok_or_else(|| invalid(s, "Resource", "required string field is missing"))?;
+            if !resource.starts_with("arn:") {
+                return Err(invalid(
+                    s,
+                    "Resource",
+                    format!("'{resource}' is not an ARN"),
+                ));
+            }
+            Kind::Task(Box::new(TaskState {
+                resource,
+                parameters: template("Parameters")?,
+                result_selector: template("ResultSelector")?,
+                result_path: result_path_field(name, obj, "ResultPath")?,
+                timeout: uint_or_path(name, obj, "TimeoutSeconds", 1)?,
+                retry: parse_retry(name, obj.get("Retry"))?,
+                catch: parse_catch(name, obj.get("Catch"))?,
+            }))
+        }
+        "Choice" => {
+            if next.is_some() || obj.contains_key("End") {
+                return Err(invalid(s, "Next", "a Choice state cannot have Next or End"));
+            }
+            let arr = obj
+                .get("Choices")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty());
+            let arr = arr.ok_or_else(|| invalid(s, "Choices", "must be a non-empty array"))?;
+            let mut choices = Vec::new();
+            for (i, c) in arr.iter().enumerate() {
+                let field = format!("Choices/{i}");
+                let cobj = c
+                    .as_object()
+                    .ok_or_else(|| invalid(s, field.clone(), "must be an object"))?;
+                let n = cobj.get("Next").and_then(Value::as_str).ok_or_else(|| {
+                    invalid(
+                        s,
+                        format!("{field}/Next"),
+                        "a top-level choice rule needs Next",
+                    )
+                })?;
+                choices.push((parse_rule(name, &field, cobj, true)?, n.to_string()));
+            }
+            Kind::Choice {
+                choices,
+                default: string_field(name, obj, "Default")?,
+            }
+        }
+        "Succeed" => Kind::Succeed,
+        "Fail" => {
+            let sp = |f: &str| -> Result<Option<StrOrPath>, DefinitionError> {
+                let path_f = format!("{f}Path");
+                match (
+                    string_field(name, obj, f)?,
+                    string_field(name, obj, &path_f)?,
+                ) {
+                    (Some(_), Some(_)) => {
+                        Err(invalid(s, f, format!("cannot be combined with {path_f}")))
+                    }
+                    (Some(v), None) => Ok(Some(StrOrPath::Str(v))),
+                    (None, Some(p)) => JsonPath::parse(&p)
+                        .map(|p| Some(StrOrPath::Path(p)))
+                        .map_err(|e| invalid(s, path_f.clone(), e.0)),
+                    (None, None) => Ok(None),
+                }
+            };
+            Kind::Fail {
+                error: sp("Error")?,
+                cause: sp("Cause")?,
+            }
+        }
+        "Map" => Kind::Map(Box::new(parse_map(name, obj, template)?)),
+        _ => return Err(invalid(s, "Type", format!("unknown state type '{ty}'"))),
+    };
+    Ok(State {
+        name: name.to_string(),
+        input_path,
+        output_path,
+        next,
+        kind,
+    })
+}
+
+fn parse_map(
+    name: &str,
+    obj: &Map<String, Value>,
+    template: impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
+) -> Result<MapState, DefinitionError> {
+    let s = Some(name);
+    let (pf, proc_v) = match (obj.get("ItemProcessor"), obj.get("Iterator")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                s,
+                "ItemProcessor",
+                "cannot be combined with Iterator",
+            ));
+        }
+        (Some(v), None) => ("ItemProcessor", v),
+        (None, Some(v)) => ("Iterator", v),
+        (None, None) => return Err(invalid(s, "ItemProcessor", "required field is missing")),
+    };
+    let pobj = proc_v
+        .as_object()
+        .ok_or_else(|| invalid(s, pf, "must be an object"))?;
+    if let Some(cfg) = pobj.get("ProcessorConfig") {
+        let mode = cfg.get("Mode").and_then(Value::as_str).unwrap_or("INLINE");
+        if mode != "INLINE" && mode != "DISTRIBUTED" {
+            return Err(invalid(
+                s,
+                format!("{pf}/ProcessorConfig/Mode"),
+                format!("unknown mode '{mode}'"),
+            ));
+        }
+    }
+    let processor = parse_program(
+        pobj,
+        s,
+        &["StartAt", "States", "Comment", "ProcessorConfig"],
+    )?;
+    if obj.contains_key("ItemSelector") && obj.contains_key("Parameters") {
+        return Err(invalid(
+            s,
+            "ItemSelector",
+            "cannot be combined with Parameters",
+        ));
+    }
+    let item_selector = match template("ItemSelector")? {
+        Some(t) => Some(t),
+        None => template("Parameters")?,
+    };
+    let items_path = match path_field(name, obj, "ItemsPath")? {
+        Some(Some(p)) => p,
+        Some(None) => return Err(invalid(s, "ItemsPath", "cannot be null")),
+        None => JsonPath::parse("$").map_err(|e| invalid(s, "ItemsPath", e.0))?,
+    };
+    if let Some(Value::Number(n)) = obj.get("ToleratedFailurePercentage") {
+        if !n.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)) {
+            return Err(invalid(
+                s,
+                "ToleratedFailurePercentage",
+                "must be between 0 and 100",
+            ));
+        }
+    }
+    let tolerated_percentage = match (
+        obj.get("ToleratedFailurePercentage"),
+        obj.get("ToleratedFailurePercentagePath"),
+    ) {
+        (Some(v), None) => Some(NumOrPath::Num(
+            v.as_f64()
+                .map(|f| f.ceil() as u64)
+                .ok_or_else(|| invalid(s, "ToleratedFailurePercentage", "must be a number"))?,
+        )),
+        _ => uint_or_path(name, obj, "ToleratedFailurePercentage", 0)?,
+    };
+    Ok(MapState {
+        items_path,
+        item_selector,
+        processor: Arc::new(processor),
+        max_concurrency: uint_or_path(name, obj, "MaxConcurrency", 0)?.unwrap_or(NumOrPath::Num(0)),
+        tolerated_count: uint_or_path(name, obj, "ToleratedFailureCount", 0)?,
+        tolerated_percentage,
+        result_selector: template("ResultSelector")?,
+        result_path: result_path_field(name, obj, "ResultPath")?,
+        retry: parse_retry(name, obj.get("Retry"))?,
+        catch: parse_catch(name, obj.get("Catch"))?,
+    })
+}
+
+fn error_equals(
+    state: &str,
+    field: &str,
+    v: Option<&Value>,
+    last: bool,
+) -> Result<Vec<String>, DefinitionError> {
+    let f = format!("{field}/ErrorEquals");
+    let arr = v
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                Some(state),
+                f.clone(),
+                "must be a non-empty array of strings",
+            )
+        })?;
+    let names: Vec<String> = arr
+        .iter()
+        .map(|e| e.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            invalid(
+                Some(state),
+                f.clone(),
+                "must be a non-empty array of strings",
+            )
+        })?;
+    if names.iter().any(|n| n == "States.ALL") {
+        if names.len() != 1 {
+            return Err(invalid(
+                Some(state),
+                f,
+                "States.ALL must appear alone in ErrorEquals",
+            ));
+        }
+        if !last {
+            return Err(invalid(
+                Some(state),
+                f,
+                "States.ALL must be in the last retrier or catcher",
+            ));
+        }
+    }
+    Ok(names)
+}
+
+fn parse_retry(state: &str, v: Option<&Value>) -> Result<Vec<Retrier>, DefinitionError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| invalid(Some(state), "Retry", "must be an array"))?;
+    let mut out = Vec::new();
+    for (i, r) in arr.iter().enumerate() {
+        let f = format!("Retry/{i}");
+        let o = r
+            .as_object()
+            .ok_or_else(|| invalid(Some(state), f.clone(), "must be an object"))?;
+        for k in o.keys() {
+            if ![
+                "ErrorEquals",
+                "IntervalSeconds",
+                "MaxAttempts",
+                "BackoffRate",
+                "MaxDelaySeconds",
+                "JitterStrategy",
+                "Comment",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(invalid(Some(state), format!("{f}/{k}"), "unknown field"));
+            }
+        }
+        let num = |k: &str, min: f64| -> Result<Option<f64>, DefinitionError> {
+            o.get(k)
+                .map(|v| {
+                    v.as_f64().filter(|n| *n >= min).ok_or_else(|| {
+                        invalid(
+                            Some(state),
+                            format!("{f}/{k}"),
+                            format!("must be a number >= {min}"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let interval = o
+            .get("IntervalSeconds")
+            .map(|v| v.as_u64().filter(|n| *n >= 1));
+        if let Some(None) = interval {
+            return Err(invalid(
+                Some(state),
+                format!("{f}/IntervalSeconds"),
+                "must be a positive integer",
+            ));
+        }
+        let max_attempts = match o.get("MaxAttempts") {
+            None => 3,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        Some(state),
+                        format!("{f}/MaxAttempts"),
+                        "must be a non-negative integer",
+                    )
+                })?,
+        };
+        let jitter_full = match o.get("JitterStrategy").map(|v| v.as_str()) {
+            None | Some(Some("NONE")) => false,
+            Some(Some("FULL")) => true,
+            Some(_) => {
+                return Err(invalid(
+                    Some(state),
+                    format!("{f}/JitterStrategy"),
+                    "must be FULL or NONE",
+                ));
+            }
+        };
+        out.push(Retrier {
+            error_equals: error_equals(state, &f, o.get("ErrorEquals"), i + 1 == arr.len())?,
+            interval_seconds: interval.flatten().map_or(1.0, |n| n as f64),
+            max_attempts,
+            backoff_rate: num("BackoffRate", 1.0)?.unwrap_or(2.0),
+            max_delay_seconds: num("MaxDelaySeconds", 1.0)?,
+            jitter_full,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, DefinitionError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| invalid(Some(state), "Catch", "must be an array"))?;
+    let mut out = Vec::new();
+    for (i, c) in arr.iter().enumerate() {
+        let f = format!("Catch/{i}");
+        let o = c
+            .as_object()
+            .ok_or_else(|| invalid(Some(state), f.clone(), "must be an object"))?;
+        for k in o.keys() {
+            if !["ErrorEquals", "ResultPath", "Next", "Comment"].contains(&k.as_str()) {
+                return Err(invalid(Some(state), format!("{f}/{k}"), "unknown field"));
+            }
+        }
+        let next = o.get("Next").and_then(Value::as_str).ok_or_else(|| {
+            invalid(
+                Some(state),
+                format!("{f}/Next"),
+                "required string field is missing",
+            )
+        })?;
+        out.push(Catcher {
+            error_equals: error_equals(state, &f, o.get("ErrorEquals"), i + 1 == arr.len())?,
+            result_path: result_path_field(state, o, "ResultPath").map_err(|e| match e {
+                DefinitionError::Invalid { state, message, .. } => DefinitionError::Invalid {
+                    state,
+                    field: format!("{f}/ResultPath"),
+                    message,
+                },
+                other => other,
+            })?,
+            next: next.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn compile_template(
+    state: &str,
+    field: &str,
+    v: &Value,
+) -> Result<Template, DefinitionError> {
+    match v {
+        Value::Object(m) => {
+            let mut out = Vec::new();
+            for (k, val) in m {
+                let here = format!("{field}/{k}");
+                if let Some(stripped) = k.strip_suffix(".$") {
+                    let Value::String(text) = val else {
+                        return Err(invalid(
+                            Some(state),
+                            here,
+                            "the value of a field ending in '.$' must be a path or an intrinsic function call",
+                        ));
+                    };
+                    let t = if looks_like_intrinsic(text) {
+                        let call = Intrinsic::parse(text)
+                            .map_err(|e| invalid(Some(state), here.clone(), e))?;
+                        Template::Intrinsic {
+                            field: k.clone(),
+                            text: text.clone(),
+                            call,
+                        }
+                    } else {
+                        let path = JsonPath::parse(text)
+                            .map_err(|e| invalid(Some(state), here.clone(), e.0))?;
+                        Template::Path {
+                            field: k.clone(),
+                            path,
+                        }
+                    };
+                    out.push((stripped.to_string(), t));
+                } else {
+                    out.push((k.clone(), compile_template(state, &here, val)?));
+                }
+            }
+            Ok(Template::Object(out))
+        }
+        Value::Array(a) => Ok(Template::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| compile_template(state, &format!("{field}/{i}"), x))
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Ok(Template::Literal(other.clone())),
+    }
+}
+
+fn parse_rule(
+    state: &str,
+    field: &str,
+    o: &Map<String, Value>,
+    top: bool,
+) -> Result<Rule, DefinitionError> {
+    let s = Some(state);
+    if !top && o.contains_key("Next") {
+        return Err(invalid(
+            s,
+            format!("{field}/Next"),
+            "a nested choice rule cannot have Next",
+        ));
+    }
+    let nested = |v: &Value, f: &str| -> Result<Rule, DefinitionError> {
+        let no = v
+            .as_object()
+            .ok_or_else(|| invalid(s, f, "must be an object"))?;
+        parse_rule(state, f, no, false)
+    };
+    let allowed_meta = |k: &str| k == "Next" || k == "Comment";
+    if let Some(v) = o.get("And").or_else(|| o.get("Or")) {
+        let is_and = o.contains_key("And");
+        let key = if is_and { "And" } else { "Or" };
+        if let Some(k) = o.keys().find(|k| k.as_str() != key && !allowed_meta(k)) {
+            return Err(invalid(
+                s,
+                format!("{field}/{k}"),
+                format!("unexpected field next to {key}"),
+            ));
+        }
+        let arr = v
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| invalid(s, format!("{field}/{key}"), "must be a non-empty array"))?;
+        let rules = arr
+            .iter()
+            .enumerate()
+            .map(|(i, r)| nested(r, &format!("{field}/{key}/{i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(if is_and {
+            Rule::And(rules)
+        } else {
+            Rule::Or(rules)
+        });
+    }
+    if let Some(v) = o.get("Not") {
+        if let Some(k) = o.keys().find(|k| k.as_str() != "Not" && !allowed_meta(k)) {
+            return Err(invalid(
+                s,
+                format!("{field}/{k}"),
+                "unexpected field next to Not",
+            ));
+        }
+        return Ok(Rule::Not(Box::new(nested(v, &format!("{field}/Not"))?)));
+    }
+    let variable = o.get("Variable").and_then(Value::as_str).ok_or_else(|| {
+        invalid(
+            s,
+            format!("{field}/Variable"),
+            "required string field is missing",
+        )
+    })?;
+    let variable =
+        JsonPath::parse(variable).map_err(|e| invalid(s, format!("{field}/Variable"), e.0))?;
+    let ops: Vec<&String> = o
+        .keys()
+        .filter(|k| !allowed_meta(k) && k.as_str() != "Variable")
+        .collect();
+    let [op_name] = ops.as_slice() else {
+        return Err(invalid(s, field, "a comparison needs exactly one operator"));
+    };
+    let f = format!("{field}/{op_name}");
+    let v = &o[op_name.as_str()];
+    let (base, is_path) = match op_name.strip_suffix("Path") {
+        Some(b) if b != "Is" && !b.is_empty() && b != "StringMatches" => (b, true),
+        _ => (op_name.as_str(), false),
+    };
+    let op = match base {
+        "StringMatches" => Op::StringMatches,
+        "IsNull" => Op::IsNull,
+        "IsPresent" => Op::IsPresent,
+        "IsNumeric" => Op::IsNumeric,
+        "IsString" => Op::IsString,
+        "IsBoolean" => Op::IsBoolean,
+        "IsTimestamp" => Op::IsTimestamp,
+        other => {
+            let fams = [
+                ("String", Family::String),
+                ("Numeric", Family::Numeric),
+                ("Boolean", Family::Boolean),
+                ("Timestamp", Family::Timestamp),
+            ];
+            let (fam, rest) = fams
+                .iter()
+                .find_map(|(p, fam)| other.strip_prefix(p).map(|r| (*fam, r)))
+                .ok_or_else(|| invalid(s, f.clone(), "unknown comparison operator"))?;
+            let cmp = match rest {
+                "Equals" => Cmp::Eq,
+                "LessThan" => Cmp::Lt,
+                "GreaterThan" => Cmp::Gt,
+                "LessThanEquals" => Cmp::Le,
+                "GreaterThanEquals" => Cmp::Ge,
+                _ => return Err(invalid(s, f.clone(), "unknown comparison operator")),
+            };
+            if fam == Family::Boolean && cmp != Cmp::Eq {
+                return Err(invalid(s, f.clone(), "unknown comparison operator"));
+            }
+            Op::Compare(fam, cmp)
+        }
+    };
+    let operand = if is_path {
+        let p = v
+            .as_str()
+            .ok_or_else(|| invalid(s, f.clone(), "must be a path string"))?;
+        Operand::Path(JsonPath::parse(p).map_err(|e| invalid(s, f.clone(), e.0))?)
+    } else {
+        let ok = match op {
+            Op::Compare(Family::String, _) | Op::StringMatches => v.is_string(),
+            Op::Compare(Family::Numeric, _) => v.is_number(),
+            Op::Compare(Family::Boolean, _) => v.is_boolean(),
+            Op::Compare(Family::Timestamp, _) => v
+                .as_str()
+                .is_some_and(|t| crate::choice::parse_timestamp(t).is_some()),
+            _ => v.is_boolean(),
+        };
+        if !ok {
+            return Err(invalid(
+                s,
+                f.clone(),
+                "operand has the wrong type for this operator",
+            ));
+        }
+        Operand::Value(v.clone())
+    };
+    Ok(Rule::Cmp {
+        variable,
+        op,
+        operand,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(def: &str) -> DefinitionError {
+        StateMachine::parse(def).unwrap_err()
+    }
+
+    fn field_of(e: &DefinitionError) -> (Option<String>, String) {
+        match e {
+            DefinitionError::Invalid { state, field, .. } => (state.clone(), field.clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_definition() {
+        let sm = StateMachine::parse(
+            r#"{"StartAt":"A","States":{"A":{"Type":"Pass","Next":"B"},"B":{"Type":"Choice","Choices":[{"Variable":"$.x","NumericEquals":1,"Next":"C"}],"Default":"D"},"C":{"Type":"Succeed"},"D":{"Type":"Fail","Error":"E"}}}"#,
+        );
+        assert!(sm.is_ok(), "{sm:?}");
+    }
+
+    #[test]
+    fn names_state_and_field() {
+        let cases = [
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","End":true,"Bogus":1}}}"#,
+                (Some("A"), "Bogus"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass"}}}"#,
+                (Some("A"), "Next"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","Next":"Z"}}}"#,
+                (Some("A"), "Next"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","End":true},"B":{"Type":"Pass","End":true}}}"#,
+                (Some("B"), "Type"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","End":true,"InputPath":"$.a["}}}"#,
+                (Some("A"), "InputPath"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","End":true,"ResultPath":"$.a[*]"}}}"#,
+                (Some("A"), "ResultPath"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","End":true,"Parameters":{"x.$":"nope"}}}}"#,
+                (Some("A"), "Parameters/x.$"),
+            ),
+            (
+                r#"{"StartAt":"Z","States":{"A":{"Type":"Pass","End":true}}}"#,
+                (None, "StartAt"),
+            ),
+            (
+                r#"{"StartAt":"A","Bogus":1,"States":{"A":{"Type":"Pass","End":true}}}"#,
+                (None, "Bogus"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"arn:aws:states:::x:y","End":true,"Retry":[{"ErrorEquals":["States.ALL"]},{"ErrorEquals":["X"]}]}}}"#,
+                (Some("A"), "Retry/0/ErrorEquals"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"arn:aws:states:::x:y","End":true,"Catch":[{"ErrorEquals":["States.ALL","X"],"Next":"A"}]}}}"#,
+                (Some("A"), "Catch/0/ErrorEquals"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Choice","Choices":[{"Variable":"$.x","NumericEquals":"1","Next":"A"}]}}}"#,
+                (Some("A"), "Choices/0/NumericEquals"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Choice","Choices":[{"Not":{"Variable":"$.x","IsNull":true,"Next":"A"},"Next":"A"}]}}}"#,
+                (Some("A"), "Choices/0/Not/Next"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","Seconds":1,"End":true}}}"#,
+                (Some("A"), "Type"),
+            ),
+        ];
+        for (def, (state, field)) in cases {
+            let e = err(def);
+            assert_eq!(
+                field_of(&e),
+                (state.map(str::to_string), field.to_string()),
+                "{def}: {e}"
+            );
+        }
+        assert!(matches!(err("[1]"), DefinitionError::NotJson(_)));
+        assert!(matches!(err("{"), DefinitionError::NotJson(_)));
+    }
+}

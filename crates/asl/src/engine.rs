@@ -1,0 +1,1332 @@
+//! Runs a parsed state machine: data flow, Retry/Catch, Map iterations, history.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use crate::choice;
+use crate::definition::{
+    Catcher, Kind, MapState, NumOrPath, Program, Retrier, State, StateMachine, StrOrPath,
+    TaskState, Template,
+};
+use crate::jsonpath::{JsonPath, RefStep};
+use crate::task::{Clock, TaskRegistry};
+
+/// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
+pub const MAX_PAYLOAD_BYTES: usize = 262_144;
+
+/// Where the engine pretends to run: used in ARNs and error causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// ARN partition, `aws` by default.
+    pub partition: String,
+    /// Region, `us-east-1` by default.
+    pub region: String,
+    /// Account id, `123456789012` by default.
+    pub account_id: String,
+    /// The execution role, shown as `$$.Execution.RoleArn`.
+    pub role_arn: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+            role_arn: "arn:aws:iam::123456789012:role/StepFunctionsLocal".into(),
+        }
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// Reached a Succeed state or an `End`.
+    Succeeded,
+    /// An error was not caught, or a Fail state ran.
+    Failed,
+    /// The machine's `TimeoutSeconds` elapsed.
+    TimedOut,
+}
+
+/// One history event (AWS event types; `details` mirrors the AWS `...EventDetails`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    /// 1-based event id.
+    pub id: u64,
+    /// The id of the event this one follows (0 for none).
+    pub previous_event_id: u64,
+    /// When it happened.
+    pub timestamp: DateTime<Utc>,
+    /// AWS event type, e.g. `TaskStateEntered`.
+    pub event_type: String,
+    /// The state it concerns, if any.
+    pub state_name: Option<String>,
+    /// Event details (input, output, error, cause, index...).
+    pub details: Value,
+}
+
+/// The outcome of an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionResult {
+    /// Final status.
+    pub status: ExecutionStatus,
+    /// The output, when it succeeded.
+    pub output: Option<Value>,
+    /// The error name, when it failed (a Fail state may leave it out).
+    pub error: Option<String>,
+    /// The cause, when it failed.
+    pub cause: Option<String>,
+    /// The execution history.
+    pub history: Vec<HistoryEvent>,
+}
+
+/// Runs state machines against a task registry.
+#[derive(Clone)]
+pub struct Engine {
+    registry: Arc<TaskRegistry>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// How far an error can be caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Catchable {
+    /// Ordinary error: exact name, `States.ALL`, `States.TaskFailed` (unless a timeout).
+    Yes,
+    /// Only by its exact name (e.g. a state output over the payload quota).
+    ByNameOnly,
+    /// `States.Runtime`: never retried or caught.
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    error: Option<String>,
+    cause: Option<String>,
+    catchable: Catchable,
+}
+
+impl Failure {
+    fn new(error: &str, cause: impl Into<String>) -> Self {
+        Self {
+            error: Some(error.to_string()),
+            cause: Some(cause.into()),
+            catchable: Catchable::Yes,
+        }
+    }
+
+    fn runtime(state: &str, entered: u64, detail: &str) -> Self {
+        Self {
+            error: Some("States.Runtime".into()),
+            cause: Some(format!(
+                "An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}"
+            )),
+            catchable: Catchable::No,
+        }
+    }
+
+    fn matches(&self, names: &[String]) -> bool {
+        let err = self.error.as_deref().unwrap_or("");
+        match self.catchable {
+            Catchable::No => false,
+            Catchable::ByNameOnly => names.iter().any(|n| n == err),
+            Catchable::Yes => names.iter().any(|n| {
+                n == err
+                    || n == "States.ALL"
+                    || (n == "States.TaskFailed" && err != "States.Timeout")
+            }),
+        }
+    }
+
+    fn as_value(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(e) = &self.error {
+            m.insert("Error".into(), Value::String(e.clone()));
+        }
+        if let Some(c) = &self.cause {
+            m.insert("Cause".into(), Value::String(c.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+fn size_of(v: &Value) -> usize {
+    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+struct Exec {
+    registry: Arc<TaskRegistry>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    context_base: Value,
+    history: Mutex<Vec<HistoryEvent>>,
+}
+
+impl Exec {
+    fn event(
+        &self,
+        event_type: &str,
+        previous: u64,
+        state_name: Option<&str>,
+        details: Value,
+    ) -> u64 {
+        let Ok(mut h) = self.history.lock() else {
+            return 0;
+        };
+        let id = h.len() as u64 + 1;
+        h.push(HistoryEvent {
+            id,
+            previous_event_id: previous,
+            timestamp: self.clock.now(),
+            event_type: event_type.to_string(),
+            state_name: state_name.map(str::to_string),
+            details,
+        });
+        id
+    }
+
+    fn timestamp(&self) -> String {
+        self.clock
+            .now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    }
+
+    fn context(
+        &self,
+        state: &str,
+        entered: &str,
+        retry_count: Option<u32>,
+        item: Option<(usize, &Value)>,
+    ) -> Value {
+        let mut ctx = self.context_base.clone();
+        let mut st = Map::new();
+        st.insert("Name".into(), Value::String(state.into()));
+        st.insert("EnteredTime".into(), Value::String(entered.into()));
+        if let Some(r) = retry_count {
+            st.insert("RetryCount".into(), Value::from(r));
+        }
+        if let Value::Object(m) = &mut ctx {
+            m.insert("State".into(), Value::Object(st));
+            if let Some((i, v)) = item {
+                m.insert("Map".into(), json!({"Item": {"Index": i, "Value": v}}));
+            }
+        }
+        ctx
+    }
+
+    fn lambda_arn(&self, name: &str, qualifier: Option<&str>) -> String {
+        let c = &self.config;
+        let mut arn = format!(
+            "arn:{}:lambda:{}:{}:function:{name}",
+            c.partition, c.region, c.account_id
+        );
+        if let Some(q) = qualifier {
+            arn.push(':');
+            arn.push_str(q);
+        }
+        arn
+    }
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Engine {
+    /// An engine with the default [`EngineConfig`].
+    pub fn new(registry: TaskRegistry, clock: Arc<dyn Clock>) -> Self {
+        Self::with_config(registry, clock, EngineConfig::default())
+    }
+
+    /// An engine with an explicit partition, region, account and role.
+    pub fn with_config(
+        registry: TaskRegistry,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            clock,
+            config,
+        }
+    }
+
+    /// Runs one execution to its end. `name` defaults to a random UUID, as on AWS.
+    pub async fn start_execution(
+        &self,
+        machine: &StateMachine,
+        name: Option<&str>,
+        input: Value,
+    ) -> ExecutionResult {
+        let exec_name = name.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        let c = &self.config;
+        let sm_arn = format!(
+            "arn:{}:states:{}:{}:stateMachine:{}",
+            c.partition, c.region, c.account_id, machine.name
+        );
+        let exec_arn = format!(
+            "arn:{}:states:{}:{}:execution:{}:{exec_name}",
+            c.partition, c.region, c.account_id, machine.name
+        );
+        let start = self
+            .clock
+            .now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let exec = Arc::new(Exec {
+            registry: self.registry.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            context_base: json!({
+                "Execution": {"Id": exec_arn, "Input": input, "StartTime": start, "Name": exec_name, "RoleArn": c.role_arn, "RedriveCount": 0},
+                "StateMachine": {"Id": sm_arn, "Name": machine.name},
+            }),
+            history: Mutex::new(Vec::new()),
+        });
+        tracing::debug!(execution = %exec_name, state_machine = %machine.name, "execution started");
+        exec.event(
+            "ExecutionStarted",
+            0,
+            None,
+            json!({"input": input, "roleArn": c.role_arn}),
+        );
+        let outcome = if size_of(&input) > MAX_PAYLOAD_BYTES {
+            Err(Some(Failure::new(
+                "States.DataLimitExceeded",
+                "The execution input exceeds the maximum number of bytes service limit.",
+            )))
+        } else {
+            let run = run_program(exec.clone(), machine.program.clone(), input);
+            match machine.timeout_seconds {
+                None => run.await.map_err(Some),
+                Some(t) => {
+                    tokio::select! {
+                        biased;
+                        r = run => r.map_err(Some),
+                        () = self.clock.sleep(Duration::from_secs(t)) => Err(None),
+                    }
+                }
+            }
+        };
+        let last = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+        let (status, output, error, cause) = match outcome {
+            Ok(out) => {
+                exec.event("ExecutionSucceeded", last, None, json!({"output": out}));
+                (ExecutionStatus::Succeeded, Some(out), None, None)
+            }
+            Err(Some(f)) => {
+                exec.event(
+                    "ExecutionFailed",
+                    last,
+                    None,
+                    json!({"error": f.error, "cause": f.cause}),
+                );
+                (ExecutionStatus::Failed, None, f.error, f.cause)
+            }
+            Err(None) => {
+                exec.event("ExecutionTimedOut", last, None, json!({}));
+                (ExecutionStatus::TimedOut, None, None, None)
+            }
+        };
+        tracing::debug!(execution = %exec_name, status = ?status, "execution ended");
+        let history = exec.history.lock().map(|h| h.clone()).unwrap_or_default();
+        ExecutionResult {
+            status,
+            output,
+            error,
+            cause,
+            history,
+        }
+    }
+}
+
+fn run_program(
+    exec: Arc<Exec>,
+    program: Arc<Program>,
+    input: Value,
+) -> BoxFut<Result<Value, Failure>> {
+    Box::pin(async move {
+        let mut name = program.start_at.clone();
+        let mut input = input;
+        loop {
+            let Some(state) = program.states.get(&name).cloned() else {
+                return Err(Failure::new(
+                    "States.Runtime",
+                    format!("state '{name}' does not exist"),
+                ));
+            };
+            let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            let entered = exec.event(
+                &format!("{}StateEntered", state.kind.type_name()),
+                prev,
+                Some(&state.name),
+                json!({"name": state.name, "input": input}),
+            );
+            let step = run_state(&exec, &state, input, entered).await?;
+            let (output, next) = step;
+            let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            exec.event(
+                &format!("{}StateExited", state.kind.type_name()),
+                prev,
+                Some(&state.name),
+                json!({"name": state.name, "output": output}),
+            );
+            match next {
+                Some(n) => {
+                    name = n;
+                    input = output;
+                }
+                None => return Ok(output),
+            }
+        }
+    })
+}
+
+fn apply_path(
+    state: &State,
+    entered: u64,
+    path: Option<&JsonPath>,
+    value: &Value,
+    ctx: &Value,
+) -> Result<Value, Failure> {
+    let Some(p) = path else { return Ok(json!({})) };
+    let root = if p.is_context() { ctx } else { value };
+    p.evaluate(root).ok_or_else(|| {
+        Failure::runtime(
+            &state.name,
+            entered,
+            &format!(
+                "Invalid path '{}' : No results for path: {}",
+                p.text(),
+                p.jayway_form()
+            ),
+        )
+    })
+}
+
+fn eval_template(
+    state: &str,
+    entered: u64,
+    t: &Template,
+    input: &Value,
+    ctx: &Value,
+) -> Result<Value, Failure> {
+    match t {
+        Template::Literal(v) => Ok(v.clone()),
+        Template::Array(a) => a
+            .iter()
+            .map(|x| eval_template(state, entered, x, input, ctx))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Template::Object(fields) => {
+            let mut m = Map::new();
+            for (k, v) in fields {
+                m.insert(k.clone(), eval_template(state, entered, v, input, ctx)?);
+            }
+            Ok(Value::Object(m))
+        }
+        Template::Path { field, path } => {
+            let root = if path.is_context() { ctx } else { input };
+            path.evaluate(root).ok_or_else(|| {
+                Failure::runtime(
+                    state,
+                    entered,
+                    &format!(
+                        "The JSONPath '{}' specified for the field '{field}' could not be found in the input '{}'",
+                        path.text(),
+                        compact(input)
+                    ),
+                )
+            })
+        }
+        Template::Intrinsic { field, text, call } => call.evaluate(input, ctx).map_err(|e| {
+            Failure::runtime(
+                state,
+                entered,
+                &format!("The function '{text}' specified for the field '{field}' failed: {e}"),
+            )
+        }),
+    }
+}
+
+fn apply_result_path(raw: &Value, rp: Option<&JsonPath>, result: Value) -> Result<Value, Failure> {
+    let Some(p) = rp else { return Ok(raw.clone()) };
+    let steps = p.reference_steps();
+    if steps.is_empty() {
+        return Ok(result);
+    }
+    let fail = || {
+        Failure::new(
+            "States.ResultPathMatchFailure",
+            format!(
+                "Unable to apply ReferencePath {} to input {}",
+                p.text(),
+                compact(raw)
+            ),
+        )
+    };
+    let mut out = raw.clone();
+    let mut cur = &mut out;
+    for (i, step) in steps.iter().enumerate() {
+        let last = i + 1 == steps.len();
+        cur = match step {
+            RefStep::Name(n) => {
+                let Value::Object(m) = cur else {
+                    return Err(fail());
+                };
+                let slot = m.entry(n.clone()).or_insert_with(|| json!({}));
+                if !last && !slot.is_object() && !slot.is_array() {
+                    *slot = json!({});
+                }
+                slot
+            }
+            RefStep::Index(k) => {
+                let Value::Array(a) = cur else {
+                    return Err(fail());
+                };
+                a.get_mut(*k).ok_or_else(fail)?
+            }
+        };
+    }
+    *cur = result;
+    Ok(out)
+}
+
+fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
+    if size_of(v) > MAX_PAYLOAD_BYTES {
+        return Err(Failure {
+            error: Some("States.DataLimitExceeded".into()),
+            cause: Some(format!(
+                "The state/task '{}' returned a result with a size exceeding the maximum number of bytes service limit.",
+                state.name
+            )),
+            catchable: Catchable::ByNameOnly,
+        });
+    }
+    Ok(())
+}
+
+/// Runs one state; `Ok((output, next))`, `next == None` at the end of the program.
+async fn run_state(
+    exec: &Arc<Exec>,
+    state: &Arc<State>,
+    raw: Value,
+    entered: u64,
+) -> Result<(Value, Option<String>), Failure> {
+    let entered_time = exec.timestamp();
+    let ctx = exec.context(&state.name, &entered_time, None, None);
+    let name = state.name.as_str();
+    match &state.kind {
+        Kind::Pass {
+            result,
+            parameters,
+            result_path,
+        } => {
+            let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
+            let effective = match parameters {
+                Some(t) => eval_template(name, entered, t, &effective, &ctx)?,
+                None => effective,
+            };
+            let res = result.clone().unwrap_or(effective);
+            let merged =
+                apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
+                    catchable: Catchable::No,
+                    ..f
+                })?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
+            check_output_size(state, &out)?;
+            Ok((out, state.next.clone()))
+        }
+        Kind::Succeed => {
+            let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            Ok((out, None))
+        }
+        Kind::Fail { error, cause } => {
+            let resolve = |sp: &Option<StrOrPath>,
+                           field: &str|
+             -> Result<Option<String>, Failure> {
+                match sp {
+                    None => Ok(None),
+                    Some(StrOrPath::Str(s)) => Ok(Some(s.clone())),
+                    Some(StrOrPath::Path(p)) => {
+                        let root = if p.is_context() { &ctx } else { &raw };
+                        let v = p.evaluate(root).ok_or_else(|| {
+                            Failure::runtime(
+                                name,
+                                entered,
+                                &format!(
+                                    "The JSONPath '{}' specified for the field '{field}' could not be found in the input '{}'",
+                                    p.text(),
+                                    compact(&raw)
+                                ),
+                            )
+                        })?;
+                        Ok(Some(match v {
+                            Value::String(s) => s,
+                            other => compact(&other),
+                        }))
+                    }
+                }
+            };
+            let error = resolve(error, "ErrorPath")?;
+            let cause = resolve(cause, "CausePath")?;
+            Err(Failure {
+                error,
+                cause,
+                catchable: Catchable::Yes,
+            })
+        }
+        Kind::Choice { choices, default } => {
+            let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
+            let mut next = None;
+            for (rule, target) in choices {
+                if choice::evaluate(rule, &effective, &ctx)
+                    .map_err(|d| Failure::runtime(name, entered, &d))?
+                {
+                    next = Some(target.clone());
+                    break;
+                }
+            }
+            let next = next.or_else(|| default.clone()).ok_or_else(|| Failure {
+                error: Some("States.NoChoiceMatched".into()),
+                cause: Some(format!("No Matches! (state '{name}')")),
+                catchable: Catchable::Yes,
+            })?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            Ok((out, Some(next)))
+        }
+        Kind::Task(task) => {
+            let attempt = |retry_count: u32| {
+                let exec = exec.clone();
+                let state = state.clone();
+                let raw = raw.clone();
+                let entered_time = entered_time.clone();
+                async move {
+                    let ctx = exec.context(&state.name, &entered_time, Some(retry_count), None);
+                    run_task_once(&exec, &state, task, &raw, &ctx, entered).await
+                }
+            };
+            with_retry_catch(
+                exec,
+                state,
+                &task.retry,
+                &task.catch,
+                task.result_path.as_ref(),
+                &raw,
+                attempt,
+            )
+            .await
+        }
+        Kind::Map(map) => {
+            let attempt = |_retry: u32| {
+                let exec = exec.clone();
+                let state = state.clone();
+                let raw = raw.clone();
+                let entered_time = entered_time.clone();
+                async move {
+                    let ctx = exec.context(&state.name, &entered_time, None, None);
+                    run_map_once(&exec, &state, map, &raw, &ctx, entered).await
+                }
+            };
+            with_retry_catch(
+                exec,
+                state,
+                &map.retry,
+                &map.catch,
+                map.result_path.as_ref(),
+                &raw,
+                attempt,
+            )
+            .await
+        }
+    }
+}
+
+async fn with_retry_catch<F, Fut>(
+    exec: &Arc<Exec>,
+    state: &Arc<State>,
+    retry: &[Retrier],
+    catch: &[Catcher],
+    _result_path: Option<&JsonPath>,
+    raw: &Value,
+    attempt: F,
+) -> Result<(Value, Option<String>), Failure>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<Value, Failure>>,
+{
+    let mut counts = vec![0u32; retry.len()];
+    let mut retry_count = 0u32;
+    loop {
+        match attempt(retry_count).await {
+            Ok(out) => return Ok((out, state.next.clone())),
+            Err(f) => {
+                if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
+                    let r = &retry[i];
+                    if counts[i] < r.max_attempts {
+                        let mut delay = r.interval_seconds
+                            * r.backoff_rate
+                                .powi(i32::try_from(counts[i]).unwrap_or(i32::MAX));
+                        if let Some(max) = r.max_delay_seconds {
+                            delay = delay.min(max);
+                        }
+                        if r.jitter_full {
+                            let frac =
+                                (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+                            delay *= frac;
+                        }
+                        counts[i] += 1;
+                        retry_count += 1;
+                        tracing::debug!(state = %state.name, attempt = retry_count, delay_seconds = delay, "retrying");
+                        exec.clock
+                            .sleep(Duration::from_secs_f64(delay.max(0.0)))
+                            .await;
+                        continue;
+                    }
+                }
+                if let Some(c) = catch.iter().find(|c| f.matches(&c.error_equals)) {
+                    let out = apply_result_path(raw, c.result_path.as_ref(), f.as_value())?;
+                    return Ok((out, Some(c.next.clone())));
+                }
+                return Err(f);
+            }
+        }
+    }
+}
+
+/// Resolves a number field that may come from a path in the effective input.
+fn resolve_num(
+    state: &State,
+    entered: u64,
+    np: &NumOrPath,
+    field: &str,
+    input: &Value,
+    ctx: &Value,
+) -> Result<u64, Failure> {
+    match np {
+        NumOrPath::Num(n) => Ok(*n),
+        NumOrPath::Path(p) => {
+            let root = if p.is_context() { ctx } else { input };
+            let v = p.evaluate(root);
+            v.as_ref().and_then(Value::as_u64).ok_or_else(|| {
+                Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The {field}Path field refers to value \"{}\" which is not a valid integer: {}",
+                        v.as_ref().map(compact).unwrap_or_else(|| "null".into()),
+                        p.text()
+                    ),
+                )
+            })
+        }
+    }
+}
+
+/// What a Task resource resolves to.
+enum Target {
+    /// `arn:...:lambda:...:function:name` — the result is the function's output.
+    LambdaArn {
+        name: String,
+        qualifier: Option<String>,
+    },
+    /// `arn:aws:states:::lambda:invoke` — the result is wrapped.
+    LambdaInvoke,
+    /// Any other `arn:aws:states:::service:action`.
+    Service { service: String },
+}
+
+fn resolve_target(resource: &str) -> Option<Target> {
+    let parts: Vec<&str> = resource.split(':').collect();
+    if parts.len() >= 7 && parts[2] == "lambda" && parts[5] == "function" {
+        return Some(Target::LambdaArn {
+            name: parts[6].to_string(),
+            qualifier: parts.get(7).map(|q| q.to_string()),
+        });
+    }
+    if parts.len() >= 7 && parts[2] == "states" && parts[3].is_empty() && parts[4].is_empty() {
+        if parts[5] == "lambda" && parts[6] == "invoke" {
+            return Some(Target::LambdaInvoke);
+        }
+        return Some(Target::Service {
+            service: parts[5].to_string(),
+        });
+    }
+    None
+}
+
+/// Splits a `FunctionName` (name, `name:qualifier`, full or partial ARN).
+fn split_function_name(f: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = f.split(':').collect();
+    if let Some(i) = parts.iter().position(|p| *p == "function") {
+        return (
+            parts.get(i + 1).unwrap_or(&"").to_string(),
+            parts.get(i + 2).map(|q| q.to_string()),
+        );
+    }
+    match parts.as_slice() {
+        [n, q] => (n.to_string(), Some(q.to_string())),
+        _ => (f.to_string(), None),
+    }
+}
+
+fn not_found(exec: &Exec, name: &str, qualifier: Option<&str>) -> Failure {
+    Failure::new(
+        "Lambda.ResourceNotFoundException",
+        format!(
+            "Function not found: {} (Service: AWSLambda; Status Code: 404; Error Code: ResourceNotFoundException; Request ID: {}; Proxy: null)",
+            exec.lambda_arn(name, Some(qualifier.unwrap_or("$LATEST"))),
+            uuid::Uuid::new_v4()
+        ),
+    )
+}
+
+/// Removes insignificant whitespace from JSON text, keeping key order (as Jackson re-serialises).
+fn compact_json_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_str = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn with_timeout<T>(
+    exec: &Exec,
+    timeout: Option<u64>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    match timeout {
+        None => Some(fut.await),
+        Some(t) => {
+            tokio::select! {
+                biased;
+                r = fut => Some(r),
+                () = exec.clock.sleep(Duration::from_secs(t)) => None,
+            }
+        }
+    }
+}
+
+async fn run_task_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    task: &TaskState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+) -> Result<Value, Failure> {
+    let name = state.name.as_str();
+    let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
+    let params = match &task.parameters {
+        Some(t) => eval_template(name, entered, t, &effective, ctx)?,
+        None => effective.clone(),
+    };
+    if size_of(&params) > MAX_PAYLOAD_BYTES {
+        return Err(Failure {
+            error: Some("States.DataLimitExceeded".into()),
+            cause: Some(format!(
+                "The state/task '{name}' input exceeds the maximum number of bytes service limit."
+            )),
+            catchable: Catchable::ByNameOnly,
+        });
+    }
+    let timeout = task
+        .timeout
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx))
+        .transpose()?;
+    let target = resolve_target(&task.resource).ok_or_else(|| {
+        Failure::runtime(
+            name,
+            entered,
+            &format!(
+                "The resource '{}' is not supported by this engine",
+                task.resource
+            ),
+        )
+    })?;
+    let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    let (result, label) = match target {
+        Target::LambdaArn {
+            name: fname,
+            qualifier,
+        } => {
+            let id = exec.event(
+                "LambdaFunctionScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": task.resource, "input": params}),
+            );
+            let f = exec
+                .registry
+                .lambda(&fname)
+                .ok_or_else(|| not_found(exec, &fname, qualifier.as_deref()))?;
+            let id = exec.event("LambdaFunctionStarted", id, Some(name), json!({}));
+            match with_timeout(exec, timeout, f.invoke(params)).await {
+                None => {
+                    exec.event(
+                        "LambdaFunctionTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
+                }
+                Some(Err(e)) => {
+                    let f = Failure::new(&e.error_type, e.payload_text());
+                    exec.event(
+                        "LambdaFunctionFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
+                    return Err(f);
+                }
+                Some(Ok(v)) => {
+                    exec.event(
+                        "LambdaFunctionSucceeded",
+                        id,
+                        Some(name),
+                        json!({"output": v}),
+                    );
+                    (v, task.resource.clone())
+                }
+            }
+        }
+        Target::LambdaInvoke => {
+            let id = exec.event(
+                "TaskScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": "invoke", "resourceType": "lambda", "parameters": params}),
+            );
+            let fname = params
+                .get("FunctionName")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    Failure::runtime(
+                        name,
+                        entered,
+                        "The field 'FunctionName' is required by the lambda:invoke integration",
+                    )
+                })?;
+            let (fname, qualifier) = split_function_name(fname);
+            let payload = match params.get("Payload") {
+                None => json!({}),
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                }
+                Some(v) => v.clone(),
+            };
+            let id = exec.event(
+                "TaskStarted",
+                id,
+                Some(name),
+                json!({"resource": "invoke", "resourceType": "lambda"}),
+            );
+            let f = match exec.registry.lambda(&fname) {
+                Some(f) => f,
+                None => {
+                    let f = not_found(exec, &fname, qualifier.as_deref());
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
+                    return Err(f);
+                }
+            };
+            match with_timeout(exec, timeout, f.invoke(payload)).await {
+                None => {
+                    exec.event(
+                        "TaskTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
+                }
+                Some(Err(e)) => {
+                    let f = Failure::new(&e.error_type, compact_json_text(&e.payload_text()));
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
+                    return Err(f);
+                }
+                Some(Ok(v)) => {
+                    let len = compact(&v).len().to_string();
+                    let wrapped = json!({
+                        "ExecutedVersion": "$LATEST",
+                        "Payload": v,
+                        "SdkHttpMetadata": {
+                            "AllHttpHeaders": {
+                                "X-Amz-Executed-Version": ["$LATEST"],
+                                "x-amzn-Remapped-Content-Length": ["0"],
+                                "Connection": ["keep-alive"],
+                                "x-amzn-RequestId": [uuid::Uuid::new_v4().to_string()],
+                                "Content-Length": [len],
+                                "Date": [exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string()],
+                                "X-Amzn-Trace-Id": [format!("Root=1-{}", uuid::Uuid::new_v4().simple())],
+                                "Content-Type": ["application/json"]
+                            },
+                            "HttpHeaders": {
+                                "Connection": "keep-alive",
+                                "Content-Length": len,
+                                "Content-Type": "application/json",
+                                "Date": exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+                                "X-Amz-Executed-Version": "$LATEST",
+                                "x-amzn-Remapped-Content-Length": "0",
+                                "x-amzn-RequestId": uuid::Uuid::new_v4().to_string(),
+                                "X-Amzn-Trace-Id": format!("Root=1-{}", uuid::Uuid::new_v4().simple())
+                            },
+                            "HttpStatusCode": 200
+                        },
+                        "SdkResponseMetadata": {"RequestId": uuid::Uuid::new_v4().to_string()},
+                        "StatusCode": 200
+                    });
+                    exec.event(
+                        "TaskSucceeded",
+                        id,
+                        Some(name),
+                        json!({"resource": "invoke", "resourceType": "lambda", "output": wrapped}),
+                    );
+                    (wrapped, "lambda".to_string())
+                }
+            }
+        }
+        Target::Service { service } => {
+            let integration = exec.registry.service(&task.resource).ok_or_else(|| {
+                Failure::runtime(
+                    name,
+                    entered,
+                    &format!(
+                        "The resource '{}' is not registered with this engine",
+                        task.resource
+                    ),
+                )
+            })?;
+            let action = task
+                .resource
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let id = exec.event(
+                "TaskScheduled",
+                last(exec),
+                Some(name),
+                json!({"resource": action, "resourceType": service, "parameters": params}),
+            );
+            let id = exec.event(
+                "TaskStarted",
+                id,
+                Some(name),
+                json!({"resource": action, "resourceType": service}),
+            );
+            match with_timeout(exec, timeout, integration.call(&task.resource, params)).await {
+                None => {
+                    exec.event(
+                        "TaskTimedOut",
+                        id,
+                        Some(name),
+                        json!({"error": "States.Timeout"}),
+                    );
+                    return Err(Failure {
+                        error: Some("States.Timeout".into()),
+                        cause: None,
+                        catchable: Catchable::Yes,
+                    });
+                }
+                Some(Err(e)) => {
+                    let f = Failure::new(&e.error, e.cause);
+                    exec.event(
+                        "TaskFailed",
+                        id,
+                        Some(name),
+                        json!({"error": f.error, "cause": f.cause}),
+                    );
+                    return Err(f);
+                }
+                Some(Ok(v)) => {
+                    exec.event(
+                        "TaskSucceeded",
+                        id,
+                        Some(name),
+                        json!({"resource": action, "resourceType": service, "output": v}),
+                    );
+                    (v, service)
+                }
+            }
+        }
+    };
+    if size_of(&result) > MAX_PAYLOAD_BYTES {
+        return Err(Failure::new(
+            "States.DataLimitExceeded",
+            format!(
+                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
+        ));
+    }
+    let result = match &task.result_selector {
+        Some(t) => eval_template(name, entered, t, &result, ctx)?,
+        None => result,
+    };
+    let merged = apply_result_path(raw, task.result_path.as_ref(), result)?;
+    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    check_output_size(state, &out)?;
+    Ok(out)
+}
+
+async fn run_map_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    map: &MapState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+) -> Result<Value, Failure> {
+    let name = state.name.as_str();
+    let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
+    let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
+    let Value::Array(items) = items_v else {
+        return Err(Failure::runtime(
+            name,
+            entered,
+            &format!(
+                "Map state input must be an array but was: {}",
+                compact(&items_v)
+            ),
+        ));
+    };
+    let max = resolve_num(
+        state,
+        entered,
+        &map.max_concurrency,
+        "MaxConcurrency",
+        &effective,
+        ctx,
+    )?;
+    let tol_count = map
+        .tolerated_count
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "ToleratedFailureCount", &effective, ctx))
+        .transpose()?;
+    let tol_pct = map
+        .tolerated_percentage
+        .as_ref()
+        .map(|t| {
+            resolve_num(
+                state,
+                entered,
+                t,
+                "ToleratedFailurePercentage",
+                &effective,
+                ctx,
+            )
+        })
+        .transpose()?;
+    let tolerant = tol_count.is_some() || tol_pct.is_some();
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event(
+        "MapStateStarted",
+        prev,
+        Some(name),
+        json!({"length": items.len()}),
+    );
+
+    // Item inputs are computed up front: a bad ItemSelector fails the state before any iteration.
+    let mut inputs = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        inputs.push(match &map.item_selector {
+            Some(t) => {
+                let ictx = exec.context(
+                    name,
+                    ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
+                    None,
+                    Some((i, item)),
+                );
+                eval_template(name, entered, t, &effective, &ictx)?
+            }
+            None => item.clone(),
+        });
+    }
+    let permits = if max == 0 {
+        inputs.len().max(1)
+    } else {
+        usize::try_from(max).unwrap_or(usize::MAX)
+    };
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(permits));
+    let mut set = tokio::task::JoinSet::new();
+    let total = inputs.len();
+    let mut results: Vec<Value> = vec![Value::Null; total];
+    let mut failures = 0u64;
+    // Records one finished iteration; `Some(failure)` when it must fail the whole Map.
+    let mut record = |joined: Result<(usize, Result<Value, Failure>), tokio::task::JoinError>| -> Option<Failure> {
+        let Ok((i, r)) = joined else { return None };
+        match r {
+            Ok(v) => {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = v;
+                }
+                None
+            }
+            Err(f) if !tolerant => Some(f),
+            Err(f) => {
+                failures += 1;
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = f.as_value();
+                }
+                None
+            }
+        }
+    };
+    for (i, input) in inputs.into_iter().enumerate() {
+        // Acquired in index order, so MaxConcurrency 1 runs the items one after the other.
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
+        tokio::task::yield_now().await;
+        while let Some(joined) = set.try_join_next() {
+            if let Some(f) = record(joined) {
+                set.abort_all();
+                return Err(map_failed(exec, name, f));
+            }
+        }
+        let exec2 = exec.clone();
+        let program = map.processor.clone();
+        let state_name = state.name.clone();
+        set.spawn(async move {
+            let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            exec2.event(
+                "MapIterationStarted",
+                prev,
+                Some(&state_name),
+                json!({"name": state_name, "index": i}),
+            );
+            let r = run_program(exec2.clone(), program, input).await;
+            let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            let ty = if r.is_ok() {
+                "MapIterationSucceeded"
+            } else {
+                "MapIterationFailed"
+            };
+            exec2.event(
+                ty,
+                prev,
+                Some(&state_name),
+                json!({"name": state_name, "index": i}),
+            );
+            drop(permit);
+            (i, r)
+        });
+        // A failed item stops the Map before more items start.
+        while let Some(joined) = set.try_join_next() {
+            if let Some(f) = record(joined) {
+                set.abort_all();
+                return Err(map_failed(exec, name, f));
+            }
+        }
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Some(f) = record(joined) {
+            set.abort_all();
+            return Err(map_failed(exec, name, f));
+        }
+    }
+    if tolerant && failures > 0 {
+        let over_count = tol_count.is_some_and(|c| failures > c);
+        let pct = failures as f64 * 100.0 / total.max(1) as f64;
+        let over_pct = tol_pct.is_some_and(|p| pct > p as f64);
+        let within = match (tol_count, tol_pct) {
+            (Some(_), Some(_)) => !(over_count && over_pct),
+            _ => !(over_count || over_pct),
+        };
+        if !within {
+            return Err(map_failed(
+                exec,
+                name,
+                Failure::new(
+                    "States.ExceedToleratedFailureThreshold",
+                    "The specified tolerated failure threshold was exceeded",
+                ),
+            ));
+        }
+    }
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event("MapStateSucceeded", prev, Some(name), json!({}));
+    let result = Value::Array(results);
+    if size_of(&result) > MAX_PAYLOAD_BYTES {
+        return Err(Failure::new(
+            "States.DataLimitExceeded",
+            format!(
+                "The state/task '{name}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
+        ));
+    }
+    let result = match &map.result_selector {
+        Some(t) => eval_template(name, entered, t, &result, ctx)?,
+        None => result,
+    };
+    let merged = apply_result_path(raw, map.result_path.as_ref(), result)?;
+    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    check_output_size(state, &out)?;
+    Ok(out)
+}
+
+fn map_failed(exec: &Exec, name: &str, f: Failure) -> Failure {
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event(
+        "MapStateFailed",
+        prev,
+        Some(name),
+        json!({"error": f.error, "cause": f.cause}),
+    );
+    f
+}

@@ -1,0 +1,181 @@
+//! Task resources: the registry of Lambda functions and service integrations, and the clock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// A failed Lambda invocation, as the Lambda runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error_type}: {error_message}")]
+pub struct LambdaError {
+    /// `errorType`: what Retry and Catch match.
+    pub error_type: String,
+    /// `errorMessage`.
+    pub error_message: String,
+    /// The runtime's raw error document, when it is not just
+    /// `{"errorMessage":..,"errorType":..}` (the Python runtime adds `requestId` and
+    /// `stackTrace`). A function-ARN Task passes it through verbatim as the Cause;
+    /// `lambda:invoke` re-serialises it compactly.
+    pub raw_payload: Option<String>,
+}
+
+impl LambdaError {
+    /// An error with just a type and a message.
+    pub fn new(error_type: impl Into<String>, error_message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.into(),
+            error_message: error_message.into(),
+            raw_payload: None,
+        }
+    }
+
+    /// The error document the function returned.
+    pub(crate) fn payload_text(&self) -> String {
+        match &self.raw_payload {
+            Some(p) => p.clone(),
+            None => serde_json::json!({"errorMessage": self.error_message, "errorType": self.error_type}).to_string(),
+        }
+    }
+}
+
+/// A Lambda function the engine can invoke.
+#[async_trait]
+pub trait LambdaFunction: Send + Sync {
+    /// Runs the function on `payload`.
+    async fn invoke(&self, payload: Value) -> Result<Value, LambdaError>;
+}
+
+/// A failed service integration call: the Error and Cause Step Functions reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {cause}")]
+pub struct TaskError {
+    /// Error name (what Retry and Catch match), e.g. `SQS.QueueDoesNotExistException`.
+    pub error: String,
+    /// Human-readable cause.
+    pub cause: String,
+}
+
+/// An `arn:aws:states:::<service>:<action>` integration.
+#[async_trait]
+pub trait ServiceIntegration: Send + Sync {
+    /// Calls the service with the Task's effective Parameters.
+    async fn call(&self, resource: &str, parameters: Value) -> Result<Value, TaskError>;
+}
+
+/// Where Task resources are found.
+#[derive(Default, Clone)]
+pub struct TaskRegistry {
+    lambdas: HashMap<String, Arc<dyn LambdaFunction>>,
+    services: HashMap<String, Arc<dyn ServiceIntegration>>,
+}
+
+impl std::fmt::Debug for TaskRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRegistry")
+            .field("lambdas", &self.lambdas.keys().collect::<Vec<_>>())
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TaskRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a Lambda function under its name (not its ARN).
+    pub fn register_lambda(&mut self, name: &str, function: Arc<dyn LambdaFunction>) {
+        self.lambdas.insert(name.to_string(), function);
+    }
+
+    /// Registers a service integration under its full resource ARN,
+    /// e.g. `arn:aws:states:::sqs:sendMessage`.
+    pub fn register_service(
+        &mut self,
+        resource_arn: &str,
+        integration: Arc<dyn ServiceIntegration>,
+    ) {
+        self.services.insert(resource_arn.to_string(), integration);
+    }
+
+    pub(crate) fn lambda(&self, name: &str) -> Option<Arc<dyn LambdaFunction>> {
+        self.lambdas.get(name).cloned()
+    }
+
+    pub(crate) fn service(&self, arn: &str) -> Option<Arc<dyn ServiceIntegration>> {
+        self.services.get(arn).cloned()
+    }
+}
+
+/// Time as the engine sees it: wall-clock for real runs, a recording clock for tests.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+    /// Waits for `duration`.
+    async fn sleep(&self, duration: Duration);
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+#[async_trait]
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// A clock whose `sleep` returns at once and records what was asked, so Retry back-off and
+/// timeouts are testable without waiting. `now()` advances by the recorded sleeps.
+#[derive(Debug)]
+pub struct TestClock {
+    start: DateTime<Utc>,
+    sleeps: Mutex<Vec<Duration>>,
+}
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestClock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Self {
+            start: Utc::now(),
+            sleeps: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The durations passed to `sleep`, in order.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.sleeps.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        let slept: Duration = self.sleeps().iter().sum();
+        self.start + chrono::Duration::from_std(slept).unwrap_or_default()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        if let Ok(mut s) = self.sleeps.lock() {
+            s.push(duration);
+        }
+        tokio::task::yield_now().await;
+    }
+}
