@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{DataDir, PipelineConfig};
 use crate::env::{Env, EnvError, IngestEnv};
-use crate::local::LocalWorkflow;
+use crate::local::{LocalError, LocalRuntime};
 
 /// Structured JSON logs on stdout, level from `RUST_LOG` (default `info`), without ANSI colours
 /// or timestamps (CloudWatch adds its own).
@@ -51,13 +51,9 @@ pub fn step_env() -> Result<Arc<Env>, EnvError> {
 
 /// The environment of an ingress function. Until the Step Functions adapter arrives with the
 /// deploy work, the `unify` state machine runs in-process on the project's ASL engine, with
-/// the same step handlers.
-pub fn ingest_env() -> Result<IngestEnv, EnvError> {
+/// the same step handlers (the embedded runtime, with its data under `FHIR_UNIFY_DATA_DIR`).
+pub fn ingest_env() -> Result<IngestEnv, LocalError> {
     let (config, data) = load_config()?;
-    let env = Arc::new(Env::from_config(&config, &data)?);
-    let workflow = LocalWorkflow::new(env, &config).map_err(|e| EnvError::Validator(e.to_string()))?;
-    Ok(IngestEnv {
-        config,
-        workflow: Arc::new(workflow),
-    })
+    let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
+    Ok(runtime.ingest)
 }

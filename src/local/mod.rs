@@ -125,10 +125,9 @@ impl StepFunction {
 #[async_trait]
 impl asl::LambdaFunction for StepFunction {
     async fn invoke(&self, payload: Value) -> Result<Value, asl::LambdaError> {
-        self.call(payload).await.map_err(|e| asl::LambdaError {
-            error_type: e.error_type().to_owned(),
-            error_message: e.to_string(),
-        })
+        self.call(payload)
+            .await
+            .map_err(|e| asl::LambdaError::new(e.error_type(), e.to_string()))
     }
 }
 
@@ -187,6 +186,16 @@ pub struct LocalWorkflow {
 impl LocalWorkflow {
     /// Registers the step handlers and the local queue, and loads `unify`.
     pub fn new(env: Arc<Env>, config: &PipelineConfig, queue: Arc<LocalQueue>) -> Result<Self, LocalError> {
+        Self::with_clock(env, config, queue, Arc::new(asl::SystemClock))
+    }
+
+    /// As [`Self::new`], with a clock of the caller's (tests use one that does not sleep).
+    pub fn with_clock(
+        env: Arc<Env>,
+        config: &PipelineConfig,
+        queue: Arc<LocalQueue>,
+        clock: Arc<dyn asl::Clock>,
+    ) -> Result<Self, LocalError> {
         let mut registry = asl::TaskRegistry::new();
         for step in Step::ALL {
             registry.register_lambda(
@@ -204,9 +213,19 @@ impl LocalWorkflow {
         );
         let text = asl::substitute(UNIFY_DEFINITION, &substitutions(config))
             .map_err(|e| LocalError::Definition(e.to_string()))?;
-        let machine = asl::StateMachine::parse(&text).map_err(|e| LocalError::Definition(e.to_string()))?;
+        let machine = asl::StateMachine::parse(&text)
+            .map_err(|e| LocalError::Definition(e.to_string()))?
+            .with_name("unify");
         Ok(LocalWorkflow {
-            engine: asl::Engine::new(registry, Arc::new(asl::SystemClock)),
+            engine: asl::Engine::with_config(
+                registry,
+                clock,
+                asl::EngineConfig {
+                    region: LOCAL_REGION.into(),
+                    account_id: LOCAL_ACCOUNT.into(),
+                    ..asl::EngineConfig::default()
+                },
+            ),
             machine,
             log: Mutex::new(Vec::new()),
         })
