@@ -731,6 +731,26 @@ fn sorted(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
     v
 }
 
+/// Checks that `v` is an array whose members all pass `check`.
+fn check_members(
+    v: &Value,
+    at: &str,
+    check: &dyn Fn(&Value) -> bool,
+    what: &str,
+    issues: &mut Vec<Issue>,
+) {
+    match v.as_array() {
+        None => bad(issues, "structure", at.to_owned(), "must be an array"),
+        Some(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if !check(item) {
+                    bad(issues, "structure", format!("{at}[{i}]"), what);
+                }
+            }
+        }
+    }
+}
+
 /// Checks one raw attribute value against the AttributeValue JSON shape.
 fn diagnose_attribute(v: &Value, place: &str, issues: &mut Vec<Issue>) {
     let single = v
@@ -751,19 +771,6 @@ fn diagnose_attribute(v: &Value, place: &str, issues: &mut Vec<Issue>) {
         v.as_str()
             .is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok())
     };
-    let strings =
-        |v: &Value, check: &dyn Fn(&Value) -> bool, what: &str, issues: &mut Vec<Issue>| match v
-            .as_array()
-        {
-            None => bad(issues, "structure", at.clone(), "must be an array"),
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if !check(item) {
-                        bad(issues, "structure", format!("{at}[{i}]"), what);
-                    }
-                }
-            }
-        };
     match kind.as_str() {
         "S" if !inner.is_string() => bad(issues, "structure", at, "must be a string"),
         "N" => match inner.as_str() {
@@ -773,14 +780,15 @@ fn diagnose_attribute(v: &Value, place: &str, issues: &mut Vec<Issue>) {
         },
         "BOOL" | "NULL" if !inner.is_boolean() => bad(issues, "structure", at, "must be a boolean"),
         "B" if !is_b64(inner) => bad(issues, "structure", at, "must be a base64 string"),
-        "SS" => strings(inner, &Value::is_string, "must be a string", issues),
-        "NS" => strings(
+        "SS" => check_members(inner, &at, &Value::is_string, "must be a string", issues),
+        "NS" => check_members(
             inner,
+            &at,
             &|v| v.as_str().is_some_and(|n| Decimal::parse(n).is_some()),
             "must be a string holding a number",
             issues,
         ),
-        "BS" => strings(inner, &is_b64, "must be a base64 string", issues),
+        "BS" => check_members(inner, &at, &is_b64, "must be a base64 string", issues),
         "L" => match inner.as_array() {
             None => bad(issues, "structure", at, "must be an array"),
             Some(items) => {
@@ -1104,6 +1112,41 @@ mod tests {
         assert_eq!(rejection.stage, Stage::Ingest);
         assert_eq!(rejection.raw.as_ref(), Some(&event.records[1]));
         assert_eq!(rejection.outcome["resourceType"], "OperationOutcome");
+    }
+
+    #[test]
+    fn nested_and_set_problems_are_located() {
+        let mut event = fixture("ttl-remove");
+        let record = &mut event.records[0];
+        record["eventName"] = json!("INSERT");
+        record["dynamodb"]["NewImage"] = json!({
+            "pk": {"S": "p-1"},
+            "tags": {"NS": ["1", "x"]},
+            "nested": {"M": {"a": {"L": [{"N": "1"}, {"N": "1..2"}]}}}
+        });
+        let d = decode(&event, &resolve);
+        let f = &d.failures[0];
+        assert_eq!(
+            places(f),
+            [
+                "dynamodb.NewImage.nested.M.a.L[1].N",
+                "dynamodb.NewImage.tags.NS[1]"
+            ]
+        );
+        // The same problems plus one the typed parser refuses (bad base64, unknown type key)
+        // are found by walking the raw record.
+        event.records[0]["dynamodb"]["NewImage"]["blobs"] = json!({"BS": ["@@"]});
+        event.records[0]["dynamodb"]["NewImage"]["odd"] = json!({"M": {"q": {"Q": 1}}});
+        let d = decode(&event, &resolve);
+        assert_eq!(
+            places(&d.failures[0]),
+            [
+                "dynamodb.NewImage.blobs.BS[0]",
+                "dynamodb.NewImage.nested.M.a.L[1].N",
+                "dynamodb.NewImage.odd.M.q",
+                "dynamodb.NewImage.tags.NS[1]"
+            ]
+        );
     }
 
     #[test]
