@@ -1205,6 +1205,25 @@ resources:
     }
 
     #[test]
+    fn a_failing_when_is_reported_at_its_place() {
+        let yaml = "source: s\nentity: e\nresources:\n  - resourceType: Basic\n    when: \"record.a | nope\"\n    template: {a: 1}\n";
+        let m = Mapping::from_yaml(yaml, "x.yaml").unwrap();
+        let mut c = change(Op::Upsert, json!({"a": 1}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        let o = m.apply(&c).unwrap_err();
+        assert_eq!(o.issues[0].expression, ["resources[0].when"]);
+        assert!(o.issues[0].diagnostics.contains("unknown filter"), "{o:#?}");
+    }
+
+    #[test]
+    fn mappings_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Mapping>();
+        shared::<MappingSet>();
+    }
+
+    #[test]
     fn yaml_errors_give_file_and_line() {
         match load_err("mapping-bad-yaml.yaml") {
             MappingError::Yaml {
