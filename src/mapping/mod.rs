@@ -1,1 +1,1349 @@
-//! Mapping files: source records to FHIR resources.
+//! Mapping files: how one source entity's records become FHIR resources.
+//!
+//! A mapping file is YAML (unknown keys are refused; a bad file is refused at load with the
+//! file, line and reason):
+//!
+//! ```yaml
+//! version: 1                  # optional; only 1 exists
+//! source: app                 # the configured source name
+//! entity: patients            # the entity within it
+//! resources:
+//!   - resourceType: Patient
+//!     when: "record.active != false"   # optional expression; the resource is made only if true
+//!     idSuffix: null                   # optional; needed when one record makes two resources
+//!                                      # of one type ([A-Za-z0-9.-]+, unique per type)
+//!     template:                        # the resource, without resourceType and id
+//!       identifier:
+//!         - system: "urn:fhir-unify:app:patients"
+//!           value: "{{ record.pk }}"
+//!       name:
+//!         - family: "{{ record.last_name | required }}"
+//!           given: ["{{ record.first_name }}"]
+//!       gender: "{{ record.sex | translate('gender') }}"
+//!       managingOrganization:
+//!         reference: "{{ reference('Organization', entity='clinics', key={'clinic_id': record.clinic_id}) }}"
+//! translations:               # optional code tables for `translate`
+//!   gender: { M: male, F: female, O: other, U: unknown }
+//! ```
+//!
+//! Evaluation uses [minijinja](https://docs.rs/minijinja) (Jinja, as data engineers know it
+//! from dbt):
+//! - a string that is exactly one `{{ expr }}` is an expression and keeps its type (string,
+//!   number, bool, list, map); other strings holding `{{`, `{%` or `{#` are templates, rendered
+//!   to a string and trimmed; any other value is a literal. Object keys are literal.
+//! - after evaluation, nulls, undefined values, blank strings, empty arrays and empty objects
+//!   are removed at every depth (FHIR forbids empty values).
+//! - undefined values chain (`record.address.city` is undefined, not an error, when `address`
+//!   is missing); use `| required` where a value must be present.
+//! - context: `record` (the source data), `key` (the record key as a map), `source`, `entity`,
+//!   `op` (`"upsert"`).
+//! - besides minijinja's builtin filters and functions: `value | required` (error "required
+//!   value missing" if undefined, none, blank or empty); `code | translate('table')` (the
+//!   table's entry, which may be any YAML value, e.g. a Coding; an entry of `null` drops the
+//!   value; a missing code stays missing; a code not in the table is an error, never passed
+//!   through); `reference('Type', entity=?, key=?, suffix=?)` → `"Type/<id>"` with the id the
+//!   mapping of that entity in the same source gives (defaults: this entity, this record's
+//!   key; key values must have the same JSON type as in that entity's records; a missing key
+//!   value leaves the reference out).
+//! - the template root may also be one expression that yields a map (e.g. `"{{ record }}"` for
+//!   sources that already send FHIR JSON); `resourceType`, if the map has one, must match.
+//! - `resourceType` and `id` are set by the mapping: `id` is [`resource_id`].
+//!
+//! Every expression and template is compiled at load, so a syntax error is reported with the
+//! file and the place (`resources[0].template.name[0].family`). At apply time, errors are an
+//! OperationOutcome naming the record ([`SourceChange::label`]), the mapping file and the
+//! template path (`Patient.name[0].family`), never a value.
+//!
+//! A delete maps to a delete of every resource the file can produce for the record, without
+//! evaluating anything. A `when` that turns false on a later upsert does not delete a resource
+//! made earlier.
+
+mod functions;
+mod json;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use minijinja::value::{Serde, Value};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::model::{Op, RecordKey, ResourceChange, ResourceOp, ResourceRef, SourceChange};
+use crate::outcome::{Issue, Outcome};
+use functions::{FnError, Tables};
+
+/// Namespace of the v5 UUIDs used as resource ids: `9b1c4a6e-2f0d-4e8b-a3c7-5d1e8f2a6b40`.
+pub const RESOURCE_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x9b1c_4a6e_2f0d_4e8b_a3c7_5d1e_8f2a_6b40);
+
+/// The id of the resource of `resource_type` that a source record maps to.
+///
+/// It is the v5 UUID (lower-case, hyphenated: 36 characters, a valid FHIR id) in
+/// [`RESOURCE_ID_NAMESPACE`] of the canonical string
+/// `[<source>,<entity>,<key>,<resource_type>,<suffix>]`, where source, entity, resource type
+/// and suffix are JSON strings (suffix `null` when absent) and key is
+/// [`RecordKey::canonical`], e.g. `["app","patients",{"pk":"p-1"},"Patient",null]`. It never
+/// changes for the same inputs, so replays and redeliveries address the same resource.
+pub fn resource_id(
+    source: &str,
+    entity: &str,
+    key: &RecordKey,
+    resource_type: &str,
+    suffix: Option<&str>,
+) -> String {
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let canonical = format!(
+        "[{},{},{},{},{}]",
+        text(source),
+        text(entity),
+        key.canonical(),
+        text(resource_type),
+        suffix.map_or_else(|| "null".to_owned(), text)
+    );
+    uuid::Uuid::new_v5(&RESOURCE_ID_NAMESPACE, canonical.as_bytes()).to_string()
+}
+
+/// True for names shaped like FHIR resource types (`Patient`, `MedicationRequest`).
+pub(crate) fn is_resource_type(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+/// A mapping file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("{}: cannot read mapping file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not valid YAML, or not the mapping format (unknown key, wrong type, missing field).
+    #[error("{origin}{}: {reason}", location(*line, *column))]
+    Yaml {
+        origin: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        reason: String,
+    },
+    /// Well-formed, but wrong: a syntax error in an expression, a bad name, a duplicate.
+    #[error("{origin}: {path}: {reason}")]
+    Invalid {
+        origin: String,
+        path: String,
+        reason: String,
+    },
+    /// Two mapping files for the same source entity.
+    #[error("{second}: maps {source_name}/{entity}, already mapped by {first}")]
+    Duplicate {
+        source_name: String,
+        entity: String,
+        first: String,
+        second: String,
+    },
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+/// The mapping file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MappingFile {
+    #[serde(default)]
+    version: Option<u32>,
+    source: String,
+    entity: String,
+    resources: Vec<ResourceFile>,
+    #[serde(default)]
+    translations: BTreeMap<String, serde_yaml_ng::Mapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ResourceFile {
+    resource_type: String,
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    id_suffix: Option<String>,
+    template: Json,
+}
+
+/// A template value, compiled.
+#[derive(Debug)]
+enum Node {
+    Literal(Json),
+    /// One `{{ expr }}`, kept typed; `name` is its template in the environment.
+    Expr {
+        name: String,
+        path: String,
+    },
+    /// A string template, rendered to a string.
+    Text {
+        name: String,
+        path: String,
+    },
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+#[derive(Debug)]
+struct CompiledResource {
+    resource_type: String,
+    id_suffix: Option<String>,
+    /// The `when` expression's template name.
+    when: Option<String>,
+    root: Node,
+}
+
+/// The variable a compiled expression leaves its value in.
+const RESULT_VAR: &str = "__fhir_unify_value";
+
+/// A loaded, compiled mapping file.
+#[derive(Debug)]
+pub struct Mapping {
+    origin: String,
+    source: String,
+    entity: String,
+    env: Environment<'static>,
+    resources: Vec<CompiledResource>,
+}
+
+impl Mapping {
+    /// Parses and compiles a mapping. `origin` names it in errors (usually the file path).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Mapping, MappingError> {
+        let file: MappingFile = serde_yaml_ng::from_str(text).map_err(|e| {
+            let loc = e.location();
+            let reason = e.to_string();
+            // The location is reported separately; drop serde_yaml's copy of it.
+            let reason = match &loc {
+                Some(l) => reason
+                    .strip_suffix(&format!(" at line {} column {}", l.line(), l.column()))
+                    .map(str::to_owned)
+                    .unwrap_or(reason),
+                None => reason,
+            };
+            MappingError::Yaml {
+                origin: origin.to_owned(),
+                line: loc.as_ref().map(|l| l.line()),
+                column: loc.as_ref().map(|l| l.column()),
+                reason,
+            }
+        })?;
+        Compiler::new(origin).compile(file)
+    }
+
+    /// Reads, parses and compiles a mapping file.
+    pub fn load(path: &Path) -> Result<Mapping, MappingError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Mapping::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// The source this mapping is for.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The entity this mapping is for.
+    pub fn entity(&self) -> &str {
+        &self.entity
+    }
+
+    /// Where the mapping came from (its file path, or the origin given to [`Mapping::from_yaml`]).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The (type, id) of every resource this mapping can produce for a record key.
+    pub fn targets(&self, key: &RecordKey) -> Vec<ResourceRef> {
+        self.resources
+            .iter()
+            .map(|r| ResourceRef {
+                resource_type: r.resource_type.clone(),
+                id: resource_id(
+                    &self.source,
+                    &self.entity,
+                    key,
+                    &r.resource_type,
+                    r.id_suffix.as_deref(),
+                ),
+            })
+            .collect()
+    }
+
+    /// Maps one source change to its resource changes.
+    ///
+    /// An upsert gives one [`ResourceOp::Upsert`] per resource whose `when` holds; a delete
+    /// gives a [`ResourceOp::Delete`] for every resource of the file, evaluating nothing.
+    /// Every error found (not only the first) is in the outcome.
+    pub fn apply(&self, change: &SourceChange) -> Result<Vec<ResourceChange>, Outcome> {
+        if change.source != self.source || change.entity != self.entity {
+            return Err(Outcome::from(Issue::error(
+                "processing",
+                format!(
+                    "{}: mapping {} is for {}/{}, not {}/{}",
+                    change.label(),
+                    self.origin,
+                    self.source,
+                    self.entity,
+                    change.source,
+                    change.entity
+                ),
+            )));
+        }
+        let lineage = change.lineage();
+        let targets = self.targets(&change.key);
+        if change.op == Op::Delete {
+            return Ok(targets
+                .into_iter()
+                .map(|target| ResourceChange {
+                    target,
+                    op: ResourceOp::Delete,
+                    lineage: lineage.clone(),
+                })
+                .collect());
+        }
+
+        let ctx = minijinja::context! {
+            record => Value::from(Serde(&change.data)),
+            key => Value::from(Serde(&change.key)),
+            source => self.source.clone(),
+            entity => self.entity.clone(),
+            op => "upsert",
+        };
+        let mut issues = Vec::new();
+        let mut out = Vec::new();
+        for (index, (resource, target)) in self.resources.iter().zip(targets).enumerate() {
+            let mut errors = Errors {
+                change,
+                origin: &self.origin,
+                index,
+                issues: &mut issues,
+            };
+            if let Some(when) = &resource.when {
+                match self.eval_expr(when, &ctx) {
+                    Ok(v) if v.is_true() => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        errors.push(&format!("resources[{index}].when"), &e);
+                        continue;
+                    }
+                }
+            }
+            let before = errors.issues.len();
+            let value = self.eval_node(&resource.root, &ctx, &mut errors);
+            if errors.issues.len() > before {
+                continue;
+            }
+            match self.finish(resource, &target, value) {
+                Ok(resource) => out.push(ResourceChange {
+                    target,
+                    op: ResourceOp::Upsert { resource },
+                    lineage: lineage.clone(),
+                }),
+                Err(reason) => errors.push_text("structure", &resource.resource_type, &reason),
+            }
+        }
+        if issues.is_empty() {
+            Ok(out)
+        } else {
+            Err(Outcome { issues })
+        }
+    }
+
+    /// Sets `resourceType` and `id` on an evaluated template root.
+    fn finish(
+        &self,
+        r: &CompiledResource,
+        target: &ResourceRef,
+        value: Json,
+    ) -> Result<Json, String> {
+        let mut map = match json::prune(value) {
+            None => serde_json::Map::new(),
+            Some(Json::Object(map)) => map,
+            Some(_) => return Err("the template must produce an object".to_owned()),
+        };
+        if let Some(t) = map.get("resourceType")
+            && t.as_str() != Some(r.resource_type.as_str())
+        {
+            return Err(format!(
+                "the template produced a resourceType other than {}",
+                r.resource_type
+            ));
+        }
+        map.insert("resourceType".into(), Json::String(r.resource_type.clone()));
+        map.insert("id".into(), Json::String(target.id.clone()));
+        Ok(Json::Object(map))
+    }
+
+    fn eval_expr(&self, name: &str, ctx: &Value) -> Result<Value, minijinja::Error> {
+        let template = self.env.get_template(name)?;
+        let captured = template.render_captured(ctx.clone())?;
+        Ok(captured
+            .state()
+            .lookup(RESULT_VAR)
+            .unwrap_or(Value::UNDEFINED))
+    }
+
+    fn eval_node(&self, node: &Node, ctx: &Value, errors: &mut Errors<'_>) -> Json {
+        match node {
+            Node::Literal(v) => v.clone(),
+            Node::Expr { name, path } => match self.eval_expr(name, ctx) {
+                Ok(v) => match json::to_json(&v) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        errors.push_text("processing", path, &e.to_string());
+                        Json::Null
+                    }
+                },
+                Err(e) => {
+                    errors.push(path, &e);
+                    Json::Null
+                }
+            },
+            Node::Text { name, path } => {
+                match self
+                    .env
+                    .get_template(name)
+                    .and_then(|t| t.render(ctx.clone()))
+                {
+                    Ok(s) => Json::String(s.trim().to_owned()),
+                    Err(e) => {
+                        errors.push(path, &e);
+                        Json::Null
+                    }
+                }
+            }
+            Node::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|n| self.eval_node(n, ctx, errors))
+                    .collect(),
+            ),
+            Node::Object(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, n)| (k.clone(), self.eval_node(n, ctx, errors)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Collects apply-time issues for one resource of one record.
+struct Errors<'a> {
+    change: &'a SourceChange,
+    origin: &'a str,
+    index: usize,
+    issues: &'a mut Vec<Issue>,
+}
+
+impl Errors<'_> {
+    fn push_text(&mut self, code: &str, path: &str, reason: &str) {
+        self.issues.push(
+            Issue::error(
+                code,
+                format!(
+                    "{}: mapping {} resources[{}] {path}: {reason}",
+                    self.change.label(),
+                    self.origin,
+                    self.index
+                ),
+            )
+            .at(path),
+        );
+    }
+
+    /// Reports a minijinja error. Our own filters' errors are reported word for word; for
+    /// minijinja's, only the kind (their details may quote values), except for kinds whose
+    /// details name mapping-file things (unknown filters, wrong arguments).
+    fn push(&mut self, path: &str, err: &minijinja::Error) {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = source {
+            if let Some(ours) = e.downcast_ref::<FnError>() {
+                let code = match ours {
+                    FnError::Required => "required",
+                    FnError::NotInTable(_) | FnError::BadCode(_) => "code-invalid",
+                    _ => "processing",
+                };
+                return self.push_text(code, path, &ours.to_string());
+            }
+            source = e.source();
+        }
+        use minijinja::ErrorKind as K;
+        let reason = match err.kind() {
+            K::UnknownFilter
+            | K::UnknownTest
+            | K::UnknownFunction
+            | K::UnknownMethod
+            | K::TooManyArguments
+            | K::MissingArgument
+            | K::SyntaxError => match err.detail() {
+                Some(d) => format!("{}: {d}", err.kind()),
+                None => err.kind().to_string(),
+            },
+            kind => format!("expression failed: {kind}"),
+        };
+        self.push_text("processing", path, &reason);
+    }
+}
+
+/// Turns a parsed mapping file into a [`Mapping`], reporting the first problem.
+struct Compiler<'a> {
+    origin: &'a str,
+    env: Environment<'static>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(origin: &'a str) -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        Compiler { origin, env }
+    }
+
+    fn invalid(&self, path: impl Into<String>, reason: impl Into<String>) -> MappingError {
+        MappingError::Invalid {
+            origin: self.origin.to_owned(),
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn compile(mut self, file: MappingFile) -> Result<Mapping, MappingError> {
+        if let Some(v) = file.version
+            && v != 1
+        {
+            return Err(self.invalid(
+                "version",
+                format!("unsupported mapping version {v} (only 1)"),
+            ));
+        }
+        if file.source.trim().is_empty() {
+            return Err(self.invalid("source", "must not be empty"));
+        }
+        if file.entity.trim().is_empty() {
+            return Err(self.invalid("entity", "must not be empty"));
+        }
+        if file.resources.is_empty() {
+            return Err(self.invalid("resources", "a mapping must produce at least one resource"));
+        }
+        let tables = self.tables(file.translations)?;
+        self.env.add_filter("required", functions::required);
+        self.env
+            .add_filter("translate", functions::translate(Arc::new(tables)));
+        self.env.add_function("reference", functions::reference);
+
+        let mut seen = BTreeSet::new();
+        let mut resources = Vec::with_capacity(file.resources.len());
+        for (i, r) in file.resources.into_iter().enumerate() {
+            let at = format!("resources[{i}]");
+            if !is_resource_type(&r.resource_type) {
+                return Err(self.invalid(
+                    format!("{at}.resourceType"),
+                    "must be a FHIR resource type name (e.g. Patient)",
+                ));
+            }
+            if let Some(s) = &r.id_suffix
+                && (s.is_empty()
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+            {
+                return Err(self.invalid(format!("{at}.idSuffix"), "must match [A-Za-z0-9.-]+"));
+            }
+            if !seen.insert((r.resource_type.clone(), r.id_suffix.clone())) {
+                return Err(self.invalid(
+                    format!("{at}.idSuffix"),
+                    format!(
+                        "another {} of this mapping has the same idSuffix; give each a distinct one",
+                        r.resource_type
+                    ),
+                ));
+            }
+            if let Json::Object(m) = &r.template {
+                for reserved in ["resourceType", "id"] {
+                    if m.contains_key(reserved) {
+                        return Err(self.invalid(
+                            format!("{at}.template.{reserved}"),
+                            "is set by the mapping; remove it from the template",
+                        ));
+                    }
+                }
+            }
+            let when = match &r.when {
+                None => None,
+                Some(expr) => Some(self.expression(i, &format!("{at}.when"), expr)?),
+            };
+            let root = self.node(i, &format!("{at}.template"), &r.resource_type, r.template)?;
+            if matches!(root, Node::Literal(_) | Node::Array(_) | Node::Text { .. }) {
+                return Err(self.invalid(
+                    format!("{at}.template"),
+                    "must be a map (or one expression yielding a map)",
+                ));
+            }
+            resources.push(CompiledResource {
+                resource_type: r.resource_type,
+                id_suffix: r.id_suffix,
+                when,
+                root,
+            });
+        }
+        Ok(Mapping {
+            origin: self.origin.to_owned(),
+            source: file.source,
+            entity: file.entity,
+            env: self.env,
+            resources,
+        })
+    }
+
+    fn tables(
+        &self,
+        raw: BTreeMap<String, serde_yaml_ng::Mapping>,
+    ) -> Result<Tables, MappingError> {
+        let mut tables = Tables::new();
+        for (name, entries) in raw {
+            let mut table = BTreeMap::new();
+            for (code, value) in entries {
+                let code = match code {
+                    serde_yaml_ng::Value::String(s) => s,
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                    _ => {
+                        return Err(self.invalid(
+                            format!("translations.{name}"),
+                            "codes must be strings, numbers or booleans",
+                        ));
+                    }
+                };
+                let value = serde_json::to_value(&value).map_err(|e| {
+                    self.invalid(format!("translations.{name}.{code}"), e.to_string())
+                })?;
+                table.insert(code, value);
+            }
+            tables.insert(name, table);
+        }
+        Ok(tables)
+    }
+
+    /// Compiles an expression (no braces) into a template that leaves its value in
+    /// [`RESULT_VAR`]; returns the template's name.
+    fn expression(&mut self, index: usize, at: &str, expr: &str) -> Result<String, MappingError> {
+        // Checked alone first, so the error speaks of the expression as written and so the
+        // wrapper below cannot be escaped.
+        self.env
+            .compile_expression(expr)
+            .map_err(|e| self.invalid(at, syntax_reason(&e)))?;
+        let name = format!("{index}:{at}");
+        self.env
+            .add_template_owned(name.clone(), format!("{{% set {RESULT_VAR} = ({expr}) %}}"))
+            .map_err(|e| self.invalid(at, syntax_reason(&e)))?;
+        Ok(name)
+    }
+
+    /// Compiles a template value. `at` is its place in the file, `path` its FHIR path.
+    fn node(&mut self, index: usize, at: &str, path: &str, v: Json) -> Result<Node, MappingError> {
+        Ok(match v {
+            Json::String(s) => {
+                if let Some(inner) = single_expression(&s)
+                    && self.env.compile_expression(inner).is_ok()
+                {
+                    Node::Expr {
+                        name: self.expression(index, at, inner)?,
+                        path: path.to_owned(),
+                    }
+                } else if s.contains("{{") || s.contains("{%") || s.contains("{#") {
+                    let name = format!("{index}:{at}");
+                    self.env
+                        .add_template_owned(name.clone(), s)
+                        .map_err(|e| self.invalid(at, syntax_reason(&e)))?;
+                    Node::Text {
+                        name,
+                        path: path.to_owned(),
+                    }
+                } else {
+                    Node::Literal(Json::String(s))
+                }
+            }
+            Json::Array(items) => Node::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        self.node(index, &format!("{at}[{i}]"), &format!("{path}[{i}]"), item)
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(map) => Node::Object(
+                map.into_iter()
+                    .map(|(k, item)| {
+                        let node =
+                            self.node(index, &format!("{at}.{k}"), &format!("{path}.{k}"), item)?;
+                        Ok((k, node))
+                    })
+                    .collect::<Result<_, MappingError>>()?,
+            ),
+            other => Node::Literal(other),
+        })
+    }
+}
+
+/// The inside of a string that starts with `{{` and ends with `}}`. It is one expression only
+/// if it also compiles as one (`{{ a }} {{ b }}` does not: ` a }} {{ b ` is no expression).
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.trim().is_empty()).then_some(inner)
+}
+
+fn syntax_reason(e: &minijinja::Error) -> String {
+    let detail = e.detail().unwrap_or("invalid");
+    match e.line() {
+        Some(line) if line > 1 => format!("{}: {detail} (line {line} of the expression)", e.kind()),
+        _ => format!("{}: {detail}", e.kind()),
+    }
+}
+
+/// Many mappings, one per (source, entity).
+#[derive(Debug, Default)]
+pub struct MappingSet {
+    by_entity: HashMap<(String, String), Mapping>,
+}
+
+impl MappingSet {
+    pub fn new() -> Self {
+        MappingSet::default()
+    }
+
+    /// Adds a mapping; a second one for the same source entity is refused.
+    pub fn insert(&mut self, mapping: Mapping) -> Result<(), MappingError> {
+        let k = (mapping.source.clone(), mapping.entity.clone());
+        if let Some(first) = self.by_entity.get(&k) {
+            return Err(MappingError::Duplicate {
+                source_name: k.0,
+                entity: k.1,
+                first: first.origin.clone(),
+                second: mapping.origin,
+            });
+        }
+        self.by_entity.insert(k, mapping);
+        Ok(())
+    }
+
+    /// Loads every file; the first bad one is the error.
+    pub fn load_all<P: AsRef<Path>>(
+        paths: impl IntoIterator<Item = P>,
+    ) -> Result<Self, MappingError> {
+        let mut set = MappingSet::new();
+        for p in paths {
+            set.insert(Mapping::load(p.as_ref())?)?;
+        }
+        Ok(set)
+    }
+
+    /// The mapping of a source entity.
+    pub fn get(&self, source: &str, entity: &str) -> Option<&Mapping> {
+        self.by_entity.get(&(source.to_owned(), entity.to_owned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_entity.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_entity.is_empty()
+    }
+
+    /// Maps a change with the mapping of its source entity; none is an error outcome.
+    pub fn apply(&self, change: &SourceChange) -> Result<Vec<ResourceChange>, Outcome> {
+        match self.get(&change.source, &change.entity) {
+            Some(m) => m.apply(change),
+            None => Err(Outcome::from(Issue::error(
+                "not-found",
+                format!(
+                    "{}: no mapping for {}/{}",
+                    change.label(),
+                    change.source,
+                    change.entity
+                ),
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}/{})", self.origin, self.source, self.entity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Sequence;
+    use serde_json::json;
+
+    fn fixture_path(name: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
+    }
+
+    fn load(name: &str) -> Mapping {
+        Mapping::load(&fixture_path(name)).unwrap()
+    }
+
+    fn load_err(name: &str) -> MappingError {
+        Mapping::load(&fixture_path(name)).unwrap_err()
+    }
+
+    fn change(op: Op, data: Json) -> SourceChange {
+        SourceChange {
+            source: "app".into(),
+            entity: "patients".into(),
+            key: RecordKey::from_pairs([("pk", json!("p-1"))]),
+            op,
+            sequence: Sequence::parse("1405400000000002063282832").unwrap(),
+            observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
+            data,
+        }
+    }
+
+    fn ada() -> Json {
+        json!({
+            "pk": "p-1", "active": true, "last_name": "Lovelace", "first_name": "Ada",
+            "sex": "F", "dob": "1815-12-10", "birth_order": 2, "clinic_id": 7,
+            "weight_kg": 54.5, "marital": "M"
+        })
+    }
+
+    fn with(mut data: Json, field: &str, value: Json) -> Json {
+        data[field] = value;
+        data
+    }
+
+    fn without(mut data: Json, field: &str) -> Json {
+        data.as_object_mut().unwrap().remove(field);
+        data
+    }
+
+    fn upserted(changes: &[ResourceChange]) -> Vec<&Json> {
+        changes
+            .iter()
+            .map(|c| match &c.op {
+                ResourceOp::Upsert { resource } => resource,
+                ResourceOp::Delete => panic!("unexpected delete"),
+            })
+            .collect()
+    }
+
+    /// The ids of the fixture records, computed independently (Python `uuid.uuid5` over the
+    /// canonical strings documented on [`resource_id`]).
+    const PATIENT_ID: &str = "ab3afa18-1a47-55e5-a242-c53afd4856bf";
+    const WEIGHT_ID: &str = "4be209d6-e2e6-5615-a938-e9508862f9c3";
+    const CLINIC_7_ID: &str = "76d99fea-3289-5563-837a-3fd2002e97e2";
+
+    #[test]
+    fn resource_ids_follow_the_documented_rule() {
+        let key = RecordKey::from_pairs([("pk", json!("p-1"))]);
+        assert_eq!(
+            resource_id("app", "patients", &key, "Patient", None),
+            PATIENT_ID
+        );
+        let canonical = r#"["app","patients",{"pk":"p-1"},"Patient",null]"#;
+        assert_eq!(
+            uuid::Uuid::new_v5(&RESOURCE_ID_NAMESPACE, canonical.as_bytes()).to_string(),
+            PATIENT_ID
+        );
+        assert_eq!(
+            resource_id("app", "patients", &key, "Observation", Some("weight")),
+            WEIGHT_ID
+        );
+        let clinic = RecordKey::from_pairs([("clinic_id", json!(7))]);
+        assert_eq!(
+            resource_id("app", "clinics", &clinic, "Organization", None),
+            CLINIC_7_ID
+        );
+        // Every part matters, and the key's type too (7 is not "7").
+        let other = [
+            resource_id("app2", "patients", &key, "Patient", None),
+            resource_id("app", "patients2", &key, "Patient", None),
+            resource_id("app", "patients", &key, "Person", None),
+            resource_id("app", "patients", &key, "Patient", Some("x")),
+            resource_id(
+                "app",
+                "clinics",
+                &RecordKey::from_pairs([("clinic_id", json!("7"))]),
+                "Organization",
+                None,
+            ),
+        ];
+        for id in &other {
+            assert_ne!(id, PATIENT_ID);
+            assert_ne!(id, CLINIC_7_ID);
+            assert_eq!(id.len(), 36);
+            assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        }
+    }
+
+    #[test]
+    fn maps_a_record_with_types_kept_and_empties_removed() {
+        let m = load("mapping-patients.yaml");
+        assert_eq!((m.source(), m.entity()), ("app", "patients"));
+        let c = change(Op::Upsert, ada());
+        let out = m.apply(&c).unwrap();
+        assert_eq!(out.len(), 2);
+        for rc in &out {
+            assert_eq!(rc.lineage, c.lineage());
+        }
+        assert_eq!(
+            out[0].target,
+            ResourceRef {
+                resource_type: "Patient".into(),
+                id: PATIENT_ID.into()
+            }
+        );
+        let r = upserted(&out);
+        assert_eq!(
+            r[0],
+            &json!({
+                "resourceType": "Patient",
+                "id": PATIENT_ID,
+                "identifier": [{"system": "urn:fhir-unify:app:patients", "value": "p-1"}],
+                "active": true,
+                "name": [{"use": "official", "family": "Lovelace", "given": ["Ada"], "text": "Ada Lovelace"}],
+                "gender": "female",
+                "birthDate": "1815-12-10",
+                "multipleBirthInteger": 2,
+                "maritalStatus": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"
+                }]},
+                "managingOrganization": {"reference": format!("Organization/{CLINIC_7_ID}")}
+            })
+        );
+        assert!(r[0]["multipleBirthInteger"].is_i64());
+        assert_eq!(
+            r[1],
+            &json!({
+                "resourceType": "Observation",
+                "id": WEIGHT_ID,
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+                "subject": {"reference": format!("Patient/{PATIENT_ID}")},
+                "valueQuantity": {"value": 54.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+            })
+        );
+    }
+
+    #[test]
+    fn references_match_the_ids_of_the_referenced_mapping() {
+        let patients = load("mapping-patients.yaml");
+        let clinics = load("mapping-clinics.yaml");
+        let out = patients.apply(&change(Op::Upsert, ada())).unwrap();
+        let clinic_key = RecordKey::from_pairs([("clinic_id", json!(7))]);
+        let target = &clinics.targets(&clinic_key)[0];
+        assert_eq!(
+            upserted(&out)[0]["managingOrganization"]["reference"],
+            json!(target.to_string())
+        );
+        // Stable across loads and applications.
+        let again = load("mapping-patients.yaml")
+            .apply(&change(Op::Upsert, ada()))
+            .unwrap();
+        assert_eq!(again, out);
+        // A missing key value leaves the reference (and the then-empty object) out.
+        let out = patients
+            .apply(&change(Op::Upsert, without(ada(), "clinic_id")))
+            .unwrap();
+        assert!(upserted(&out)[0].get("managingOrganization").is_none());
+    }
+
+    #[test]
+    fn when_selects_resources() {
+        let m = load("mapping-patients.yaml");
+        let inactive = m
+            .apply(&change(Op::Upsert, with(ada(), "active", json!(false))))
+            .unwrap();
+        assert_eq!(inactive.len(), 1);
+        assert_eq!(inactive[0].target.resource_type, "Observation");
+        // `active` absent is not `false`: the Patient is made.
+        let out = m
+            .apply(&change(Op::Upsert, without(ada(), "active")))
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(upserted(&out)[0].get("active").is_none());
+        for data in [
+            without(ada(), "weight_kg"),
+            with(ada(), "weight_kg", Json::Null),
+        ] {
+            let out = m.apply(&change(Op::Upsert, data)).unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].target.resource_type, "Patient");
+        }
+    }
+
+    #[test]
+    fn required_missing_names_record_file_and_path_not_values() {
+        let m = load("mapping-patients.yaml");
+        for data in [
+            without(ada(), "last_name"),
+            with(ada(), "last_name", json!("  ")),
+            with(ada(), "last_name", Json::Null),
+        ] {
+            let c = change(Op::Upsert, data);
+            let outcome = m.apply(&c).unwrap_err();
+            assert_eq!(outcome.issues.len(), 1, "{outcome:#?}");
+            let issue = &outcome.issues[0];
+            assert_eq!(issue.code, "required");
+            assert_eq!(issue.expression, ["Patient.name[0].family"]);
+            assert!(
+                issue.diagnostics.contains(&c.label()),
+                "{}",
+                issue.diagnostics
+            );
+            assert!(issue.diagnostics.contains("mapping-patients.yaml"));
+            assert!(issue.diagnostics.contains("required value missing"));
+            assert!(!issue.diagnostics.contains("Ada"));
+        }
+    }
+
+    #[test]
+    fn translate_known_unknown_null_and_missing_codes() {
+        let m = load("mapping-patients.yaml");
+        let g = |data: Json| m.apply(&change(Op::Upsert, data));
+        assert_eq!(
+            upserted(&g(with(ada(), "sex", json!("M"))).unwrap())[0]["gender"],
+            "male"
+        );
+        // A missing code stays missing; a code mapped to null is dropped.
+        assert!(
+            upserted(&g(without(ada(), "sex")).unwrap())[0]
+                .get("gender")
+                .is_none()
+        );
+        let out = g(with(ada(), "marital", json!("?"))).unwrap();
+        assert!(upserted(&out)[0].get("maritalStatus").is_none());
+        // A code not in the table is an error naming the table, not the code.
+        let outcome = g(with(ada(), "sex", json!("Zq"))).unwrap_err();
+        assert_eq!(outcome.issues.len(), 1);
+        let issue = &outcome.issues[0];
+        assert_eq!(issue.code, "code-invalid");
+        assert_eq!(issue.expression, ["Patient.gender"]);
+        assert!(issue.diagnostics.contains("translation table `gender`"));
+        assert!(!issue.diagnostics.contains("Zq"));
+        // Several errors in one record are all reported.
+        let both = g(with(with(ada(), "sex", json!("Zq")), "marital", json!("W"))).unwrap_err();
+        let places: Vec<_> = both
+            .issues
+            .iter()
+            .map(|i| i.expression[0].as_str())
+            .collect();
+        assert_eq!(places, ["Patient.gender", "Patient.maritalStatus"]);
+    }
+
+    #[test]
+    fn translate_numeric_and_boolean_codes_and_unknown_tables() {
+        let yaml = r#"
+source: s
+entity: e
+resources:
+  - resourceType: Basic
+    template:
+      a: "{{ record.n | translate('t') }}"
+      b: "{{ record.b | translate('t') }}"
+      c: "{{ record.other | translate('nope') }}"
+translations:
+  t: { 1: one, true: yes-code }
+"#;
+        let m = Mapping::from_yaml(yaml, "inline.yaml").unwrap();
+        let mut c = change(Op::Upsert, json!({"n": 1, "b": true, "other": "x"}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        let outcome = m.apply(&c).unwrap_err();
+        assert_eq!(outcome.issues.len(), 1, "{outcome:#?}");
+        assert_eq!(outcome.issues[0].expression, ["Basic.c"], "{outcome:#?}");
+        assert!(
+            outcome.issues[0]
+                .diagnostics
+                .contains("unknown translation table `nope`")
+        );
+        c.data = json!({"n": 1, "b": true});
+        // An unknown table is a bug in the mapping: reported even when the value is missing.
+        assert!(m.apply(&c).is_err());
+        let m = Mapping::from_yaml(&yaml.replace("'nope'", "'t'"), "inline.yaml").unwrap();
+        let out = m.apply(&c).unwrap();
+        assert_eq!(upserted(&out)[0]["a"], "one");
+        assert_eq!(upserted(&out)[0]["b"], "yes-code");
+    }
+
+    #[test]
+    fn delete_deletes_every_resource_without_evaluating() {
+        let m = load("mapping-patients.yaml");
+        // No data at all: nothing is evaluated, so nothing can fail.
+        let c = change(Op::Delete, Json::Null);
+        let out = m.apply(&c).unwrap();
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.target.to_string(), r.op.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (format!("Patient/{PATIENT_ID}"), ResourceOp::Delete),
+                (format!("Observation/{WEIGHT_ID}"), ResourceOp::Delete)
+            ]
+        );
+        assert!(out.iter().all(|r| r.lineage == c.lineage()));
+    }
+
+    #[test]
+    fn expressions_keep_types_templates_make_strings() {
+        let yaml = r#"
+source: s
+entity: e
+resources:
+  - resourceType: Basic
+    template:
+      int: "{{ record.n }}"
+      float: "{{ record.f }}"
+      whole_float: "{{ record.w }}"
+      bool: "{{ record.flag }}"
+      list: "{{ record.items }}"
+      map: "{{ record.obj }}"
+      sum: "{{ record.n + 1 }}"
+      text: "n={{ record.n }}"
+      padded: "  {{ record.s }}  "
+      literal_number: 5
+      literal_null: null
+      dict_literal: "{{ {'a': {'b': record.n}} }}"
+      gone: "{{ record.nothing }}"
+      gone_too: "{{ none }}"
+      builtin: "{{ record.s | upper }}"
+"#;
+        let m = Mapping::from_yaml(yaml, "inline.yaml").unwrap();
+        let mut c = change(
+            Op::Upsert,
+            json!({"n": 41, "f": 1.25, "w": 2.0, "flag": false, "items": ["a", "", null],
+                   "obj": {"k": "v", "e": []}, "s": "x"}),
+        );
+        c.source = "s".into();
+        c.entity = "e".into();
+        let out = m.apply(&c).unwrap();
+        let r = upserted(&out)[0];
+        let id = resource_id("s", "e", &c.key, "Basic", None);
+        assert_eq!(
+            r,
+            &json!({
+                "resourceType": "Basic", "id": id,
+                "int": 41, "float": 1.25, "whole_float": 2.0, "bool": false, "list": ["a"],
+                "map": {"k": "v"}, "sum": 42, "text": "n=41", "padded": "x",
+                "literal_number": 5, "dict_literal": {"a": {"b": 41}}, "builtin": "X"
+            })
+        );
+        assert!(r["whole_float"].is_f64());
+        assert!(r["int"].is_i64());
+    }
+
+    #[test]
+    fn template_root_may_be_one_expression() {
+        let yaml = "source: s\nentity: e\nresources:\n  - resourceType: Patient\n    template: \"{{ record }}\"\n";
+        let m = Mapping::from_yaml(yaml, "passthrough.yaml").unwrap();
+        let mut c = change(
+            Op::Upsert,
+            json!({"resourceType": "Patient", "id": "theirs", "gender": "male", "name": []}),
+        );
+        c.source = "s".into();
+        c.entity = "e".into();
+        let out = m.apply(&c).unwrap();
+        let id = resource_id("s", "e", &c.key, "Patient", None);
+        assert_eq!(
+            upserted(&out)[0],
+            &json!({"resourceType": "Patient", "id": id, "gender": "male"})
+        );
+        c.data = json!({"resourceType": "Practitioner"});
+        let o = m.apply(&c).unwrap_err();
+        assert_eq!(o.issues[0].code, "structure");
+        assert_eq!(o.issues[0].expression, ["Patient"]);
+        c.data = json!("just a string");
+        let o = m.apply(&c).unwrap_err();
+        assert!(o.issues[0].diagnostics.contains("must produce an object"));
+        assert!(!o.issues[0].diagnostics.contains("just a string"));
+    }
+
+    #[test]
+    fn runtime_errors_never_quote_values() {
+        let yaml = r#"
+source: s
+entity: e
+resources:
+  - resourceType: Basic
+    template:
+      a: "{{ record.big * record.big * record.big }}"
+      b: "{{ record.s | no_such_filter }}"
+      c: "{{ reference('not a type') }}"
+"#;
+        let m = Mapping::from_yaml(yaml, "inline.yaml").unwrap();
+        let mut c = change(Op::Upsert, json!({"big": i64::MAX, "s": "secret-value"}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        let o = m.apply(&c).unwrap_err();
+        let places: Vec<_> = o.issues.iter().map(|i| i.expression[0].as_str()).collect();
+        assert_eq!(places, ["Basic.a", "Basic.b", "Basic.c"]);
+        let text = serde_json::to_string(&o.to_fhir()).unwrap();
+        assert!(!text.contains(&i64::MAX.to_string()), "{text}");
+        assert!(!text.contains("secret-value"), "{text}");
+        assert!(o.issues[1].diagnostics.contains("no_such_filter"), "{text}");
+    }
+
+    #[test]
+    fn a_failing_when_is_reported_at_its_place() {
+        let yaml = "source: s\nentity: e\nresources:\n  - resourceType: Basic\n    when: \"record.a | nope\"\n    template: {a: 1}\n";
+        let m = Mapping::from_yaml(yaml, "x.yaml").unwrap();
+        let mut c = change(Op::Upsert, json!({"a": 1}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        let o = m.apply(&c).unwrap_err();
+        assert_eq!(o.issues[0].expression, ["resources[0].when"]);
+        assert!(o.issues[0].diagnostics.contains("unknown filter"), "{o:#?}");
+    }
+
+    #[test]
+    fn mappings_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Mapping>();
+        shared::<MappingSet>();
+    }
+
+    #[test]
+    fn yaml_errors_give_file_and_line() {
+        match load_err("mapping-bad-yaml.yaml") {
+            MappingError::Yaml {
+                origin,
+                line,
+                reason,
+                ..
+            } => {
+                assert!(origin.ends_with("mapping-bad-yaml.yaml"));
+                assert_eq!(line, Some(7), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = load_err("mapping-unknown-key.yaml");
+        let text = e.to_string();
+        match e {
+            MappingError::Yaml { line, reason, .. } => {
+                assert_eq!(line, Some(7), "{reason}");
+                assert!(reason.contains("unknown field `tempalte`"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(text.contains("mapping-unknown-key.yaml:7:"), "{text}");
+        // Unknown keys are refused at the top level too.
+        let e = Mapping::from_yaml("source: a\nentity: b\nresources: []\nextra: 1\n", "x.yaml");
+        assert!(
+            matches!(e, Err(MappingError::Yaml { line: Some(4), .. })),
+            "{e:?}"
+        );
+        let e = Mapping::load(&fixture_path("mapping-does-not-exist.yaml")).unwrap_err();
+        assert!(matches!(e, MappingError::Read { .. }));
+    }
+
+    #[test]
+    fn expression_syntax_errors_are_found_at_load() {
+        match load_err("mapping-bad-expression.yaml") {
+            MappingError::Invalid {
+                origin,
+                path,
+                reason,
+            } => {
+                assert!(origin.ends_with("mapping-bad-expression.yaml"));
+                assert_eq!(path, "resources[0].template.name[0].family");
+                assert!(reason.contains("syntax error"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let base = "source: s\nentity: e\nresources:\n  - resourceType: Basic\n";
+        let cases = [
+            (
+                "    when: \"record.a ==\"\n    template: {a: 1}\n",
+                "resources[0].when",
+            ),
+            (
+                "    template: {a: \"x {{ record.a \"}\n",
+                "resources[0].template.a",
+            ),
+            (
+                "    template: {a: \"{% if %}\"}\n",
+                "resources[0].template.a",
+            ),
+            ("    template: {id: x}\n", "resources[0].template.id"),
+            (
+                "    template: {resourceType: Basic}\n",
+                "resources[0].template.resourceType",
+            ),
+            ("    template: [1]\n", "resources[0].template"),
+            ("    template: \"plain\"\n", "resources[0].template"),
+            (
+                "    idSuffix: \"a b\"\n    template: {a: 1}\n",
+                "resources[0].idSuffix",
+            ),
+        ];
+        for (rest, expected) in cases {
+            match Mapping::from_yaml(&format!("{base}{rest}"), "x.yaml") {
+                Err(MappingError::Invalid { path, .. }) => assert_eq!(path, expected, "{rest}"),
+                other => panic!("{rest}: {other:?}"),
+            }
+        }
+        let twice = format!(
+            "{base}    template: {{a: 1}}\n  - resourceType: Basic\n    template: {{a: 2}}\n"
+        );
+        assert!(matches!(
+            Mapping::from_yaml(&twice, "x.yaml"),
+            Err(MappingError::Invalid { path, .. }) if path == "resources[1].idSuffix"
+        ));
+        let lower =
+            "source: s\nentity: e\nresources:\n  - resourceType: patient\n    template: {a: 1}\n";
+        assert!(matches!(
+            Mapping::from_yaml(lower, "x.yaml"),
+            Err(MappingError::Invalid { .. })
+        ));
+        let v2 = format!("version: 2\n{base}    template: {{a: 1}}\n");
+        assert!(
+            matches!(Mapping::from_yaml(&v2, "x.yaml"), Err(MappingError::Invalid { path, .. }) if path == "version")
+        );
+    }
+
+    #[test]
+    fn mapping_set_routes_by_source_and_entity() {
+        let mut set = MappingSet::load_all([
+            fixture_path("mapping-patients.yaml"),
+            fixture_path("mapping-clinics.yaml"),
+        ])
+        .unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.get("app", "clinics").unwrap().entity(), "clinics");
+        assert!(set.get("app", "nope").is_none());
+        assert_eq!(set.apply(&change(Op::Upsert, ada())).unwrap().len(), 2);
+        let mut c = change(Op::Upsert, ada());
+        c.entity = "visits".into();
+        let o = set.apply(&c).unwrap_err();
+        assert_eq!(o.issues[0].code, "not-found");
+        assert!(o.issues[0].diagnostics.contains(&c.label()));
+        let dup = set.insert(load("mapping-clinics.yaml")).unwrap_err();
+        assert!(matches!(dup, MappingError::Duplicate { .. }));
+        // A mapping applied to another entity's change refuses it.
+        let o = load("mapping-clinics.yaml")
+            .apply(&change(Op::Upsert, ada()))
+            .unwrap_err();
+        assert_eq!(o.issues[0].code, "processing");
+    }
+}

@@ -1,0 +1,100 @@
+//! Between minijinja values and JSON, and the FHIR rule that nothing empty is kept.
+
+use minijinja::value::{Value, ValueKind};
+use serde_json::{Map, Value as Json};
+
+/// A value an expression produced that JSON cannot hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ToJsonError {
+    #[error("an expression produced a value of kind {0}, which JSON cannot hold")]
+    NotRepresentable(String),
+}
+
+/// Converts a minijinja value to JSON. Undefined and none become null (and are then removed);
+/// bytes, functions, plain objects and invalid values are errors rather than silently null.
+pub(crate) fn to_json(v: &Value) -> Result<Json, ToJsonError> {
+    let not = |v: &Value| ToJsonError::NotRepresentable(v.kind().to_string());
+    Ok(match v.kind() {
+        ValueKind::Undefined | ValueKind::None => Json::Null,
+        ValueKind::Bool => Json::Bool(v.is_true()),
+        ValueKind::String => Json::String(v.as_str().unwrap_or_default().to_owned()),
+        // Through serde, so a float stays a float (`2.0`) and an integer an integer; serde_json
+        // turns non-finite floats into null, which is refused here rather than dropped.
+        ValueKind::Number => match serde_json::to_value(v) {
+            Ok(n @ Json::Number(_)) => n,
+            _ => return Err(not(v)),
+        },
+        ValueKind::Seq | ValueKind::Iterable => {
+            let iter = v.try_iter().map_err(|_| not(v))?;
+            Json::Array(iter.map(|item| to_json(&item)).collect::<Result<_, _>>()?)
+        }
+        ValueKind::Map => {
+            let mut map = Map::new();
+            for k in v.try_iter().map_err(|_| not(v))? {
+                let name = match k.as_str() {
+                    Some(s) => s.to_owned(),
+                    None if k.kind() == ValueKind::Number => k.to_string(),
+                    None if k.kind() == ValueKind::Bool => k.is_true().to_string(),
+                    None => return Err(not(&k)),
+                };
+                let item = v.get_item(&k).map_err(|_| not(v))?;
+                map.insert(name, to_json(&item)?);
+            }
+            Json::Object(map)
+        }
+        _ => return Err(not(v)),
+    })
+}
+
+/// Removes what FHIR forbids: nulls, blank strings, empty arrays and empty objects, at every
+/// depth (an object or array that only held such things goes too). `None` if nothing is left.
+pub(crate) fn prune(v: Json) -> Option<Json> {
+    match v {
+        Json::Null => None,
+        Json::String(s) if s.trim().is_empty() => None,
+        Json::Array(items) => {
+            let kept: Vec<Json> = items.into_iter().filter_map(prune).collect();
+            (!kept.is_empty()).then_some(Json::Array(kept))
+        }
+        Json::Object(map) => {
+            let kept: Map<String, Json> = map
+                .into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect();
+            (!kept.is_empty()).then_some(Json::Object(kept))
+        }
+        other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prune_removes_empties_at_every_depth() {
+        let v = json!({
+            "a": "", "b": "  ", "c": null, "d": [], "e": {}, "f": [null, "", {}, [[]]],
+            "g": {"h": {"i": null}}, "keep": [0, false, "x", {"y": 1, "z": ""}]
+        });
+        assert_eq!(prune(v), Some(json!({"keep": [0, false, "x", {"y": 1}]})));
+        assert_eq!(prune(json!({"a": [{}]})), None);
+    }
+
+    #[test]
+    fn to_json_keeps_types_and_refuses_the_unrepresentable() {
+        let v = Value::from(minijinja::value::Serde(
+            json!({"n": 1, "f": 1.5, "s": "x", "b": true, "l": [1, null]}),
+        ));
+        assert_eq!(
+            to_json(&v).unwrap(),
+            json!({"n": 1, "f": 1.5, "s": "x", "b": true, "l": [1, null]})
+        );
+        assert_eq!(to_json(&Value::UNDEFINED).unwrap(), Json::Null);
+        assert!(to_json(&Value::from(2.0)).unwrap().is_f64());
+        assert_eq!(to_json(&Value::from(u64::MAX)).unwrap(), json!(u64::MAX));
+        assert!(to_json(&Value::from_bytes(vec![1, 2])).is_err());
+        assert!(to_json(&Value::from(f64::NAN)).is_err());
+    }
+}
