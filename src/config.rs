@@ -249,7 +249,8 @@ impl PipelineConfig {
                         ),
                     ));
                 }
-                set.insert(mapping);
+                set.insert(mapping)
+                    .map_err(|err| ConfigError::new(&path, err.to_string()))?;
             }
         }
         Ok(set)

@@ -14,9 +14,9 @@ use serde_json::Value;
 use super::{LocalError, LocalRuntime};
 use crate::env::WorkflowRun;
 use crate::handlers::ingest_dynamodb;
-use crate::model::{PublishAction, PublishedBatch, Rejection, Sequence, Stage};
+use crate::model::{PublishAction, PublishedBatch, Rejection, Sequence};
 use crate::outcome::Outcome;
-use crate::sources::dynamodb::DynamoDbStreamEvent;
+use crate::sources::dynamodb::{DynamoDbStreamEvent, RecordFailure};
 
 /// What delivering one stream batch did.
 #[derive(Debug, Default, Clone)]
@@ -123,9 +123,21 @@ impl LocalRuntime {
                 Err(e) => {
                     tracing::warn!(error_type = e.error_type(), "ingest invocation failed; the whole batch is re-delivered");
                     if last_attempt {
-                        let outcome = Outcome::error("exception", format!("ingest failed after {} attempts: {e}", report.invocations));
-                        for r in &records {
-                            self.quarantine_raw(r, &outcome)?;
+                        let outcome = Outcome::error(
+                            "exception",
+                            format!("ingest failed after {} attempts: {e}", report.invocations),
+                        );
+                        for raw in &records {
+                            let failure = RecordFailure {
+                                sequence_number: raw
+                                    .pointer("/dynamodb/SequenceNumber")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned),
+                                event_id: raw.get("eventID").and_then(Value::as_str).map(str::to_owned),
+                                raw: raw.clone(),
+                                outcome: outcome.clone(),
+                            };
+                            self.quarantine(&failure.rejection())?;
                         }
                         report.quarantined += records.len();
                         return Ok(report);
@@ -138,7 +150,7 @@ impl LocalRuntime {
             }
             if last_attempt {
                 for f in &failures {
-                    self.quarantine_raw(&f.raw, &f.outcome)?;
+                    self.quarantine(&f.rejection())?;
                 }
                 report.quarantined += failures.len();
                 return Ok(report);
@@ -158,24 +170,8 @@ impl LocalRuntime {
         }
     }
 
-    fn quarantine_raw(&self, raw: &Value, outcome: &Outcome) -> Result<(), LocalError> {
-        let record = match (
-            raw.get("eventID").and_then(Value::as_str),
-            raw.pointer("/dynamodb/SequenceNumber").and_then(Value::as_str),
-        ) {
-            (Some(id), Some(seq)) => format!("dynamodb eventID {id} @{seq}"),
-            (Some(id), None) => format!("dynamodb eventID {id}"),
-            (None, Some(seq)) => format!("dynamodb record @{seq}"),
-            (None, None) => "dynamodb record without eventID or SequenceNumber".to_owned(),
-        };
-        let rejection = Rejection {
-            stage: Stage::Ingest,
-            record,
-            change: None,
-            raw: Some(raw.clone()),
-            outcome: outcome.to_fhir(),
-        };
-        let body = serde_json::to_string(&rejection).map_err(|e| LocalError::Input {
+    fn quarantine(&self, rejection: &Rejection) -> Result<(), LocalError> {
+        let body = serde_json::to_string(rejection).map_err(|e| LocalError::Input {
             file: "quarantine".into(),
             message: e.to_string(),
         })?;
