@@ -96,7 +96,11 @@ mod tests {
 
     #[test]
     fn steps_render_without_ambiguity() {
-        let steps = [Step::Element("contained"), Step::Index(0), Step::Element("id")];
+        let steps = [
+            Step::Element("contained"),
+            Step::Index(0),
+            Step::Element("id"),
+        ];
         assert_eq!(expression("Patient", steps), "Patient.contained[0].id");
         assert!(is_plain_name("_birthDate"));
         assert!(!is_plain_name("0name"));

@@ -34,6 +34,9 @@ pub const MAX_ISSUES: usize = 100;
 /// depth; deeper ones are reported rather than followed.
 const MAX_NESTING: usize = 8;
 
+/// The keyword that stands in for `ResourceList` (see [`SchemaValidator::r4`]).
+const NESTED_RESOURCE_KEYWORD: &str = "x-fhir-unify-nested-resource";
+
 /// Enum codes listed in a diagnostic at most.
 const MAX_LISTED_CODES: usize = 12;
 
@@ -60,6 +63,14 @@ impl std::fmt::Debug for SchemaValidator {
 impl SchemaValidator {
     /// The FHIR R4 (4.0.1) validator, from the embedded schema. Parses and indexes the schema
     /// (tens of milliseconds); compiles nothing yet.
+    ///
+    /// One change is made to the schema as loaded: `ResourceList`, the type of a resource held
+    /// in another (`contained`, `Bundle.entry.resource`, `Parameters.parameter.resource`…), is
+    /// a `oneOf` over every resource type. Compiled as is, every resource type's validator
+    /// would include all 146 of them, and a bad inner resource would only say "matches none".
+    /// It is replaced by a keyword that hands the inner resource back to this validator, which
+    /// checks it against its own `resourceType`: the same rule, since the alternatives are told
+    /// apart by their fixed `resourceType`.
     pub fn r4() -> Result<Self, ValidationError> {
         let schema: Value = serde_json::from_str(R4_SCHEMA)
             .map_err(|e| ValidationError::SchemaParse(e.to_string()))?;
@@ -78,11 +89,15 @@ impl SchemaValidator {
 
     /// A validator over any schema shaped like HL7's: resource definitions under
     /// `definitions`, resource type names as the keys of `discriminator.mapping`.
-    fn from_schema(schema: Value, base_uri: &str) -> Result<Self, ValidationError> {
+    fn from_schema(mut schema: Value, base_uri: &str) -> Result<Self, ValidationError> {
         let definitions = schema
-            .get("definitions")
-            .and_then(Value::as_object)
+            .get_mut("definitions")
+            .and_then(Value::as_object_mut)
             .ok_or_else(|| ValidationError::SchemaShape("no `definitions` object".into()))?;
+        if let Some(list) = definitions.get_mut("ResourceList") {
+            *list = serde_json::json!({ NESTED_RESOURCE_KEYWORD: true });
+        }
+        let definitions = &schema["definitions"];
         let mapping = schema
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
@@ -91,7 +106,7 @@ impl SchemaValidator {
             })?;
         let mut validators = HashMap::with_capacity(mapping.len());
         for name in mapping.keys() {
-            if !definitions.contains_key(name) {
+            if definitions.get(name).is_none() {
                 return Err(ValidationError::SchemaShape(format!(
                     "resource type {name} has no definition"
                 )));
@@ -215,6 +230,9 @@ impl SchemaValidator {
             // FHIR's patterns need no look-around; the linear-time engine is faster and cannot
             // be made to backtrack by a hostile value.
             .with_pattern_options(PatternOptions::regex())
+            .with_keyword(NESTED_RESOURCE_KEYWORD, |_, _, _| {
+                Ok(Box::new(NestedResource))
+            })
             .offline()
             .build(&schema)
             .map_err(|e| e.to_string());
@@ -305,41 +323,28 @@ impl SchemaValidator {
             }
             let expression = pointer_to_expression(&root, error.instance_path().as_str());
             let kind = error.kind();
-            if let ValidationErrorKind::OneOfNotValid { .. }
-            | ValidationErrorKind::OneOfMultipleValid { .. } = kind
+            if let ValidationErrorKind::Custom { keyword, .. } = kind
+                && keyword == NESTED_RESOURCE_KEYWORD
             {
-                // FHIR's only `oneOf` is ResourceList, the type of a resource held in another
-                // (contained, Bundle.entry.resource, Parameters.parameter.resource): its
-                // "matches none of 146" says nothing, so check the inner resource by its type.
-                let inner = resource.pointer(error.instance_path().as_str());
-                if let Some(inner) = inner.filter(|v| v.is_object()) {
-                    if depth + 1 >= MAX_NESTING {
-                        budget.push(
-                            outcome,
-                            Issue::error(
-                                "structure",
-                                format!("resources nested more than {MAX_NESTING} deep"),
-                            )
-                            .at(expression),
-                        );
-                    } else {
-                        let before = outcome.issues.len();
-                        self.check(inner, Some(&expression), depth + 1, outcome, budget);
-                        if outcome.issues.len() == before && !budget.full() {
-                            // Valid by its own type yet matching no alternative (or several):
-                            // still wrong, say so rather than pass it silently.
-                            budget.push(
-                                outcome,
-                                Issue::error(
-                                    "invalid",
-                                    "not exactly one of the FHIR resource types allowed here",
-                                )
-                                .at(expression),
-                            );
-                        }
-                    }
-                    continue;
+                if depth + 1 >= MAX_NESTING {
+                    budget.push(
+                        outcome,
+                        Issue::error(
+                            "structure",
+                            format!("resources nested more than {MAX_NESTING} deep"),
+                        )
+                        .at(expression),
+                    );
+                } else {
+                    self.check(
+                        error.instance(),
+                        Some(&expression),
+                        depth + 1,
+                        outcome,
+                        budget,
+                    );
                 }
+                continue;
             }
             if let ValidationErrorKind::Type { .. } = kind {
                 wrong_type_at.push(expression.clone());
@@ -359,6 +364,22 @@ impl SchemaValidator {
                 budget.push(outcome, issue);
             }
         }
+    }
+}
+
+/// Marks a resource nested in another. It always fails, so that every nested resource comes
+/// out of the outer validation as one error at its place, to be checked by its own type.
+struct NestedResource;
+
+impl<'i> jsonschema::Keyword<'i> for NestedResource {
+    fn validate(&self, _instance: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        Err(jsonschema::ValidationError::custom(
+            "nested resource, checked by its own type",
+        ))
+    }
+
+    fn is_valid(&self, _instance: &'i Value) -> bool {
+        false
     }
 }
 
@@ -427,7 +448,8 @@ fn issues_for(
     let of_type = fhir_type
         .map(|t| format!(" for FHIR type {t}"))
         .unwrap_or_default();
-    let one = |code: &str, diagnostics: String| vec![Issue::error(code, diagnostics).at(&expression)];
+    let one =
+        |code: &str, diagnostics: String| vec![Issue::error(code, diagnostics).at(&expression)];
     match kind {
         ValidationErrorKind::AdditionalProperties { unexpected } => unexpected
             .iter()
@@ -504,10 +526,12 @@ fn issues_for(
         ValidationErrorKind::MaxLength { limit } => {
             one("value", format!("longer than {limit} characters{of_type}"))
         }
-        ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
+        ValidationErrorKind::Minimum { limit }
+        | ValidationErrorKind::ExclusiveMinimum { limit } => {
             one("value", format!("below the minimum {limit}{of_type}"))
         }
-        ValidationErrorKind::Maximum { limit } | ValidationErrorKind::ExclusiveMaximum { limit } => {
+        ValidationErrorKind::Maximum { limit }
+        | ValidationErrorKind::ExclusiveMaximum { limit } => {
             one("value", format!("above the maximum {limit}{of_type}"))
         }
         ValidationErrorKind::MultipleOf { .. } | ValidationErrorKind::Format { .. } => one(
@@ -628,7 +652,11 @@ mod tests {
             .find(|i| i.expression == ["Patient.name"])
             .expect("an issue at Patient.name");
         assert_eq!(name.code, "structure");
-        assert!(name.diagnostics.contains("expected array"), "{}", name.diagnostics);
+        assert!(
+            name.diagnostics.contains("expected array"),
+            "{}",
+            name.diagnostics
+        );
     }
 
     #[test]
@@ -674,7 +702,11 @@ mod tests {
         let outcome = validator().validate(&p);
         assert_eq!(outcome.issues.len(), 2, "{:?}", outcome.issues);
         assert!(outcome.issues.iter().all(|i| i.code == "structure"));
-        let at: Vec<&str> = outcome.issues.iter().map(|i| i.expression[0].as_str()).collect();
+        let at: Vec<&str> = outcome
+            .issues
+            .iter()
+            .map(|i| i.expression[0].as_str())
+            .collect();
         assert!(at.contains(&"Patient.favouriteColour"), "{at:?}");
         assert!(at.contains(&"Patient.name[0].nickname"), "{at:?}");
         let text = all_text(&outcome);
@@ -700,7 +732,11 @@ mod tests {
         let issue = &outcome.issues[0];
         assert_eq!(issue.code, "code-invalid");
         assert_eq!(issue.expression, ["Patient.gender"]);
-        assert!(issue.diagnostics.contains("male | female | other | unknown"));
+        assert!(
+            issue
+                .diagnostics
+                .contains("male | female | other | unknown")
+        );
     }
 
     #[test]
@@ -757,7 +793,11 @@ mod tests {
         p["contained"][0]["name"] = json!(7);
         p["contained"][0]["bogus"] = json!("x");
         let outcome = validator().validate(&p);
-        let at: Vec<&str> = outcome.issues.iter().map(|i| i.expression[0].as_str()).collect();
+        let at: Vec<&str> = outcome
+            .issues
+            .iter()
+            .map(|i| i.expression[0].as_str())
+            .collect();
         assert!(at.contains(&"Patient.contained[0].name"), "{at:?}");
         assert!(at.contains(&"Patient.contained[0].bogus"), "{at:?}");
         assert_eq!(outcome.issues.len(), 2, "{:?}", outcome.issues);
@@ -784,7 +824,11 @@ mod tests {
             ]
         });
         let outcome = validator().validate(&bundle);
-        let at: Vec<&str> = outcome.issues.iter().map(|i| i.expression[0].as_str()).collect();
+        let at: Vec<&str> = outcome
+            .issues
+            .iter()
+            .map(|i| i.expression[0].as_str())
+            .collect();
         assert_eq!(
             at,
             [
@@ -797,15 +841,36 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_bounded() {
+        let mut inner = json!({"resourceType": "Basic", "code": {"text": "leaf"}});
+        for _ in 0..(MAX_NESTING + 2) {
+            inner = json!({"resourceType": "Basic", "code": {"text": "x"}, "contained": [inner]});
+        }
+        let outcome = validator().validate(&inner);
+        assert_eq!(outcome.issues.len(), 1, "{:?}", outcome.issues);
+        assert_eq!(outcome.issues[0].code, "structure");
+        let depth = outcome.issues[0].expression[0]
+            .matches("contained[0]")
+            .count();
+        assert_eq!(depth, MAX_NESTING);
+    }
+
+    #[test]
     fn issues_are_capped() {
         let mut p = patient();
-        let names: Vec<Value> = (0..(MAX_ISSUES + 20)).map(|_| json!({"given": [1]})).collect();
+        let names: Vec<Value> = (0..(MAX_ISSUES + 20))
+            .map(|_| json!({"given": [1]}))
+            .collect();
         p["name"] = Value::Array(names);
         let outcome = validator().validate(&p);
         assert_eq!(outcome.issues.len(), MAX_ISSUES + 1);
         let last = outcome.issues.last().unwrap();
         assert_eq!(last.code, "too-costly");
-        assert!(last.diagnostics.starts_with("20 further"), "{}", last.diagnostics);
+        assert!(
+            last.diagnostics.starts_with("20 further"),
+            "{}",
+            last.diagnostics
+        );
     }
 
     #[test]
@@ -815,7 +880,11 @@ mod tests {
         let bad = v.validate_str("{\"resourceType\": \"Patient\",\n \"name\": [}");
         assert_eq!(bad.issues.len(), 1);
         assert_eq!(bad.issues[0].code, "structure");
-        assert!(bad.issues[0].diagnostics.contains("line 2"), "{:?}", bad.issues);
+        assert!(
+            bad.issues[0].diagnostics.contains("line 2"),
+            "{:?}",
+            bad.issues
+        );
 
         #[derive(Serialize)]
         struct Minimal<'a> {
