@@ -56,35 +56,73 @@ pub struct PipelineConfig {
     pub file: PathBuf,
 }
 
-/// Which FHIR store to use.
+/// Which FHIR store to use (one key: the kind of store).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum StoreConfig {
-    /// The embedded SQLite store; `path` is relative to the data folder.
-    Sqlite { path: PathBuf },
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The embedded SQLite store.
+    pub sqlite: Option<SqliteStoreConfig>,
+}
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteStoreConfig {
+    /// The database file, relative to the data folder.
+    pub path: PathBuf,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Sqlite {
-            path: PathBuf::from("store.db"),
+        StoreConfig {
+            sqlite: Some(SqliteStoreConfig {
+                path: PathBuf::from("store.db"),
+            }),
         }
     }
 }
 
-/// Where change events go.
+impl StoreConfig {
+    /// The SQLite database file, relative to the data folder.
+    pub fn sqlite_path(&self) -> &Path {
+        self.sqlite
+            .as_ref()
+            .map_or(Path::new("store.db"), |s| s.path.as_path())
+    }
+}
+
+/// Where change events go (one key: the kind of bus).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum EventsConfig {
-    /// The local bus, delivering every event to an NDJSON file (relative to the data folder).
-    Local { ndjson: PathBuf },
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The local bus.
+    pub local: Option<LocalBusConfig>,
+}
+
+/// The local bus: every event delivered to an NDJSON file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBusConfig {
+    /// The event file, relative to the data folder.
+    pub ndjson: PathBuf,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig::Local {
-            ndjson: PathBuf::from("events.ndjson"),
+        EventsConfig {
+            local: Some(LocalBusConfig {
+                ndjson: PathBuf::from("events.ndjson"),
+            }),
         }
+    }
+}
+
+impl EventsConfig {
+    /// The local bus's event file, relative to the data folder.
+    pub fn ndjson_path(&self) -> &Path {
+        self.local
+            .as_ref()
+            .map_or(Path::new("events.ndjson"), |l| l.ndjson.as_path())
     }
 }
 
@@ -188,8 +226,23 @@ impl PipelineConfig {
     }
 
     fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+        if self.store.sqlite.is_none() {
+            return Err(ConfigError::new(
+                origin,
+                "store: name one store kind (`sqlite`)",
+            ));
+        }
+        if self.events.local.is_none() {
+            return Err(ConfigError::new(
+                origin,
+                "events: name one bus kind (`local`)",
+            ));
+        }
         if self.sources.is_empty() {
-            return Err(ConfigError::new(origin, "sources: at least one source is needed"));
+            return Err(ConfigError::new(
+                origin,
+                "sources: at least one source is needed",
+            ));
         }
         let mut names = HashSet::new();
         let mut tables = HashSet::new();
@@ -203,7 +256,9 @@ impl PipelineConfig {
             }
             for (name, e) in &s.entities {
                 if e.key.is_empty() || e.key.iter().any(String::is_empty) {
-                    return Err(at(format!("entity {name:?}: key must name at least one attribute")));
+                    return Err(at(format!(
+                        "entity {name:?}: key must name at least one attribute"
+                    )));
                 }
             }
             match &s.dynamodb {
@@ -216,7 +271,10 @@ impl PipelineConfig {
                         )));
                     }
                     if !tables.insert(d.table.as_str()) {
-                        return Err(at(format!("table {:?} is already used by another source", d.table)));
+                        return Err(at(format!(
+                            "table {:?} is already used by another source",
+                            d.table
+                        )));
                     }
                 }
             }
@@ -226,7 +284,11 @@ impl PipelineConfig {
 
     /// Resolves a path relative to the pipeline file.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// Loads every mapping file named by the sources, checking each says the source and entity
@@ -236,7 +298,8 @@ impl PipelineConfig {
         for s in &self.sources {
             for (entity, e) in &s.entities {
                 let path = self.resolve(&e.mapping);
-                let mapping = Mapping::load(&path).map_err(|err| ConfigError::new(&path, err.to_string()))?;
+                let mapping =
+                    Mapping::load(&path).map_err(|err| ConfigError::new(&path, err.to_string()))?;
                 if mapping.source() != s.name || mapping.entity() != entity {
                     return Err(ConfigError::new(
                         &path,
@@ -280,7 +343,11 @@ pub struct DataDir(pub PathBuf);
 impl DataDir {
     /// A path relative to the data folder (absolute paths stay as they are).
     pub fn join(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.0.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.0.join(p)
+        }
     }
 }
 
@@ -299,7 +366,7 @@ sources:
     #[test]
     fn defaults_and_binding() {
         let c = PipelineConfig::from_yaml(GOOD, Path::new("p.yaml")).unwrap();
-        assert!(matches!(c.store, StoreConfig::Sqlite { .. }));
+        assert_eq!(c.store.sqlite_path(), Path::new("store.db"));
         assert_eq!(c.quarantine.queue, "fhir-unify-quarantine");
         let b = c.dynamodb_binding("Patients").unwrap();
         assert_eq!((b.source.as_str(), b.entity.as_str()), ("app", "patients"));
@@ -320,8 +387,13 @@ sources:
     fn semantic_errors_name_the_source() {
         let no_kind = "sources:\n  - name: x\n    entities: { e: { key: [k], mapping: m.yaml } }\n";
         let e = PipelineConfig::from_yaml(no_kind, Path::new("p.yaml")).unwrap_err();
-        assert!(e.message.contains("\"x\"") && e.message.contains("dynamodb"), "{e}");
-        let dup = format!("{GOOD}  - name: app\n    dynamodb: {{ table: T2 }}\n    entities: {{ e: {{ key: [k], mapping: m.yaml }} }}\n");
+        assert!(
+            e.message.contains("\"x\"") && e.message.contains("dynamodb"),
+            "{e}"
+        );
+        let dup = format!(
+            "{GOOD}  - name: app\n    dynamodb: {{ table: T2 }}\n    entities: {{ e: {{ key: [k], mapping: m.yaml }} }}\n"
+        );
         assert!(PipelineConfig::from_yaml(&dup, Path::new("p.yaml")).is_err());
         let empty_key = GOOD.replace("key: [pk]", "key: []");
         assert!(PipelineConfig::from_yaml(&empty_key, Path::new("p.yaml")).is_err());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::{DataDir, EventsConfig, PipelineConfig, StoreConfig};
+use crate::config::{DataDir, PipelineConfig};
 use crate::events::EventBus;
 use crate::events::local::NdjsonBus;
 use crate::mapping::MappingSet;
@@ -43,13 +43,11 @@ impl Env {
     /// Builds the environment a pipeline file describes, with local data under `data`.
     pub fn from_config(config: &PipelineConfig, data: &DataDir) -> Result<Env, EnvError> {
         let mappings = Arc::new(config.load_mappings()?);
-        let validator = Arc::new(SchemaValidator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
-        let store = match &config.store {
-            StoreConfig::Sqlite { path } => Arc::new(SqliteStore::open(&data.join(path))?),
-        };
-        let bus: Arc<dyn EventBus> = match &config.events {
-            EventsConfig::Local { ndjson } => Arc::new(NdjsonBus::open(&data.join(ndjson))?),
-        };
+        let validator =
+            Arc::new(SchemaValidator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
+        let store = Arc::new(SqliteStore::open(&data.join(config.store.sqlite_path()))?);
+        let bus: Arc<dyn EventBus> =
+            Arc::new(NdjsonBus::open(&data.join(config.events.ndjson_path()))?);
         Ok(Env {
             mappings,
             validator,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use fhir_unify::config::{DataDir, PipelineConfig, StoreConfig};
+use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::local::LocalRuntime;
 use fhir_unify::local::queue::LocalQueue;
 use fhir_unify::model::{Rejection, ResourceRef};
@@ -15,13 +15,22 @@ use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, StoredVersion};
 
 #[derive(Debug, Parser)]
-#[command(name = "fhir-unify", version, about = "Source changes in, validated FHIR R4 out, change events emitted")]
+#[command(
+    name = "fhir-unify",
+    version,
+    about = "Source changes in, validated FHIR R4 out, change events emitted"
+)]
 struct Cli {
     /// The pipeline file. Default: ./fhir-unify.yaml, else ./examples/fhir-unify.yaml.
     #[arg(long, global = true, env = "FHIR_UNIFY_CONFIG")]
     config: Option<PathBuf>,
     /// Where the store, queue and event file live.
-    #[arg(long, global = true, env = "FHIR_UNIFY_DATA_DIR", default_value = ".fhir-unify")]
+    #[arg(
+        long,
+        global = true,
+        env = "FHIR_UNIFY_DATA_DIR",
+        default_value = ".fhir-unify"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -90,7 +99,9 @@ fn find_config(explicit: Option<&Path>) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("no pipeline file: pass --config FILE (or set FHIR_UNIFY_CONFIG); looked for ./fhir-unify.yaml and ./examples/fhir-unify.yaml")
+    bail!(
+        "no pipeline file: pass --config FILE (or set FHIR_UNIFY_CONFIG); looked for ./fhir-unify.yaml and ./examples/fhir-unify.yaml"
+    )
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -99,13 +110,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;
-            let events_file = match &config.events {
-                fhir_unify::config::EventsConfig::Local { ndjson } => data.join(ndjson),
-            };
+            let events_file = data.join(config.events.ndjson_path());
             let queue_name = config.quarantine.queue.clone();
             let runtime = LocalRuntime::open(config, data.clone())?;
             let s = runtime.run().await?;
-            println!("fhir-unify run: {} (data in {})", path.display(), data.0.display());
+            println!(
+                "fhir-unify run: {} (data in {})",
+                path.display(),
+                data.0.display()
+            );
             println!("  records in    {}", s.records_in);
             println!("  executions    {}", s.executions);
             println!(
@@ -129,7 +142,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(v) => {
-                    eprintln!("{target} was deleted (version {}, {})", v.version_id, v.last_updated.to_rfc3339());
+                    eprintln!(
+                        "{target} was deleted (version {}, {})",
+                        v.version_id,
+                        v.last_updated.to_rfc3339()
+                    );
                     Ok(ExitCode::from(2))
                 }
                 None => {
@@ -146,7 +163,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{target} not found");
                 return Ok(ExitCode::from(2));
             }
-            println!("{}", serde_json::to_string_pretty(&history_bundle(&target, &versions))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&history_bundle(&target, &versions))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine {
@@ -155,7 +175,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = find_config(cli.config.as_deref())
                 .ok()
                 .and_then(|p| PipelineConfig::load(&p).ok());
-            let name = config.map_or_else(|| "fhir-unify-quarantine".to_owned(), |c| c.quarantine.queue);
+            let name = config.map_or_else(
+                || "fhir-unify-quarantine".to_owned(),
+                |c| c.quarantine.queue,
+            );
             let queue = LocalQueue::open(&data.join("queue.db".as_ref()))?;
             for m in queue.list(&name)? {
                 if json {
@@ -170,14 +193,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn open_store(config: Option<&Path>, data: &DataDir) -> Result<SqliteStore> {
-    let path = match find_config(config).ok().map(|p| PipelineConfig::load(&p)).transpose()? {
-        Some(c) => match c.store {
-            StoreConfig::Sqlite { path } => data.join(&path),
-        },
+    let path = match find_config(config)
+        .ok()
+        .map(|p| PipelineConfig::load(&p))
+        .transpose()?
+    {
+        Some(c) => data.join(c.store.sqlite_path()),
         None => data.join("store.db".as_ref()),
     };
     if !path.is_file() {
-        bail!("no store at {} (run `fhir-unify run` first, or pass --data-dir)", path.display());
+        bail!(
+            "no store at {} (run `fhir-unify run` first, or pass --data-dir)",
+            path.display()
+        );
     }
     Ok(SqliteStore::open(&path)?)
 }
@@ -231,6 +259,10 @@ fn describe_quarantined(body: &str) -> String {
                     .iter()
                     .map(|i| {
                         let d = i.get("diagnostics").and_then(Value::as_str).unwrap_or("");
+                        // Decoders often start the diagnostics with the record label, said already.
+                        let d = d
+                            .strip_prefix(r.record.as_str())
+                            .map_or(d, |rest| rest.trim_start_matches(": "));
                         match i.pointer("/expression/0").and_then(Value::as_str) {
                             Some(at) => format!("{d} (at {at})"),
                             None => d.to_owned(),
@@ -246,8 +278,12 @@ fn describe_quarantined(body: &str) -> String {
         Ok(v) if v.get("error").is_some() => format!(
             "[batch {}] {}: {}",
             v.get("batchId").and_then(Value::as_str).unwrap_or("?"),
-            v.pointer("/error/Error").and_then(Value::as_str).unwrap_or("?"),
-            v.pointer("/error/Cause").and_then(Value::as_str).unwrap_or("")
+            v.pointer("/error/Error")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            v.pointer("/error/Cause")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         ),
         _ => format!("[unrecognised message] {} bytes", body.len()),
     }

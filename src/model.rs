@@ -373,7 +373,8 @@ impl ChangeEventDetail {
 }
 
 /// Namespace of the v5 UUIDs used as event ids.
-const EVENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1d_2c1e_8a7b_4c3d_9e2f_0a1b_2c3d_4e5f);
+const EVENT_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1d_2c1e_8a7b_4c3d_9e2f_0a1b_2c3d_4e5f);
 
 /// A change event as an EventBridge `PutEvents` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -473,7 +474,14 @@ mod tests {
         assert_eq!(text["observedAt"], "2024-01-02T03:04:05Z");
         round_trip(&ChangeBatch {
             batch_id: "b1".into(),
-            changes: vec![c.clone(), SourceChange { op: Op::Delete, data: Value::Null, ..c }],
+            changes: vec![
+                c.clone(),
+                SourceChange {
+                    op: Op::Delete,
+                    data: Value::Null,
+                    ..c
+                },
+            ],
         });
     }
 
@@ -481,19 +489,30 @@ mod tests {
     fn resource_change_and_outcomes_round_trip() {
         let c = change();
         let upsert = ResourceChange {
-            target: ResourceRef { resource_type: "Patient".into(), id: "x".into() },
-            op: ResourceOp::Upsert { resource: json!({"resourceType": "Patient", "id": "x"}) },
+            target: ResourceRef {
+                resource_type: "Patient".into(),
+                id: "x".into(),
+            },
+            op: ResourceOp::Upsert {
+                resource: json!({"resourceType": "Patient", "id": "x"}),
+            },
             lineage: c.lineage(),
         };
         let v = serde_json::to_value(&upsert).unwrap();
         assert_eq!(v["op"], "upsert");
         assert_eq!(v["resourceType"], "Patient");
         round_trip(&upsert);
-        let delete = ResourceChange { op: ResourceOp::Delete, ..upsert.clone() };
+        let delete = ResourceChange {
+            op: ResourceOp::Delete,
+            ..upsert.clone()
+        };
         round_trip(&delete);
         round_trip(&MappedBatch {
             batch_id: "b".into(),
-            items: vec![MappedChange { change: c.clone(), resources: vec![upsert, delete] }],
+            items: vec![MappedChange {
+                change: c.clone(),
+                resources: vec![upsert, delete],
+            }],
             rejected: vec![Rejection {
                 stage: Stage::Validate,
                 record: c.label(),
@@ -505,7 +524,10 @@ mod tests {
         round_trip(&PublishedBatch {
             batch_id: "b".into(),
             published: vec![PublishOutcome {
-                target: ResourceRef { resource_type: "Patient".into(), id: "x".into() },
+                target: ResourceRef {
+                    resource_type: "Patient".into(),
+                    id: "x".into(),
+                },
                 action: PublishAction::Created,
                 version_id: Some("1".into()),
                 last_updated: Some("2024-01-02T03:04:05Z".parse().unwrap()),
@@ -528,8 +550,14 @@ mod tests {
             key: c.key,
             sequence: c.sequence,
         };
-        assert_eq!(detail.event_id, ChangeEventDetail::stable_event_id("Patient", "x", "1"));
-        assert_ne!(detail.event_id, ChangeEventDetail::stable_event_id("Patient", "x", "2"));
+        assert_eq!(
+            detail.event_id,
+            ChangeEventDetail::stable_event_id("Patient", "x", "1")
+        );
+        assert_ne!(
+            detail.event_id,
+            ChangeEventDetail::stable_event_id("Patient", "x", "2")
+        );
         let event = ChangeEvent::new(ChangeKind::Created, detail);
         round_trip(&event);
         let v = serde_json::to_value(&event).unwrap();

@@ -81,7 +81,9 @@ impl Outcome {
     pub fn to_fhir(&self) -> Value {
         let issues: Vec<Value> = if self.issues.is_empty() {
             // An OperationOutcome needs at least one issue; "all OK" is said as information.
-            vec![json!({"severity": "information", "code": "informational", "diagnostics": "no issues"})]
+            vec![
+                json!({"severity": "information", "code": "informational", "diagnostics": "no issues"}),
+            ]
         } else {
             self.issues
                 .iter()

@@ -1,12 +1,14 @@
 //! End to end on the bundled example: DynamoDB stream batches → ingest → `unify` on the ASL
 //! engine → SQLite store → events, with the bad records in quarantine.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::local::LocalRuntime;
-use fhir_unify::model::{Rejection, RecordKey, ResourceRef, Stage};
-use fhir_unify::store::FhirStore;
+use fhir_unify::model::{RecordKey, Rejection, ResourceRef, Stage};
 use serde_json::{Value, json};
 
 fn example_config() -> PipelineConfig {
@@ -58,29 +60,56 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     assert_eq!(s.records_in, 10);
     // p-1001, p-1002, p-1003 created; p-1001 updated (new phone); p-1002 unchanged (only an
     // unmapped attribute changed); p-1003 deleted; the late p-1001 change is stale.
-    assert_eq!((s.created, s.updated, s.unchanged, s.deleted, s.stale), (3, 1, 1, 1, 1), "{s:?}");
+    assert_eq!(
+        (s.created, s.updated, s.unchanged, s.deleted, s.stale),
+        (3, 1, 1, 1, 1),
+        "{s:?}"
+    );
     assert_eq!(s.quarantined, 3, "{s:?}");
     assert_eq!(s.events, 5, "{s:?}");
 
-    let p1 = rt.env.store.read(&patient("p-1001")).await.unwrap().unwrap();
+    let p1 = rt
+        .env
+        .store
+        .read(&patient("p-1001"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(p1.version_id, "2");
     let r = p1.resource.unwrap();
     assert_eq!(r["telecom"][0]["value"], "+1-617-555-0199");
     assert_eq!(r["gender"], "female");
     assert_eq!(r["birthDate"], "1985-12-10");
     assert_eq!(r["meta"]["versionId"], "2");
-    let p3 = rt.env.store.read(&patient("p-1003")).await.unwrap().unwrap();
+    let p3 = rt
+        .env
+        .store
+        .read(&patient("p-1003"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(p3.deleted);
     for bad in ["p-1004", "p-1005", "p-1006"] {
-        assert!(rt.env.store.read(&patient(bad)).await.unwrap().is_none(), "{bad} must not be published");
+        assert!(
+            rt.env.store.read(&patient(bad)).await.unwrap().is_none(),
+            "{bad} must not be published"
+        );
     }
 
     // Each bad record is in quarantine once, with a reason that names it.
     let q = quarantined(&rt);
     assert_eq!(q.len(), 3, "{q:#?}");
-    let find = |stage: Stage| q.iter().find(|r| r.stage == stage).unwrap_or_else(|| panic!("no {stage} rejection: {q:#?}"));
+    let find = |stage: Stage| {
+        q.iter()
+            .find(|r| r.stage == stage)
+            .unwrap_or_else(|| panic!("no {stage} rejection: {q:#?}"))
+    };
     let decode = find(Stage::Ingest);
-    assert!(decode.record.contains("400000000000000000006"), "{}", decode.record);
+    assert!(
+        decode.record.contains("400000000000000000006"),
+        "{}",
+        decode.record
+    );
     assert!(decode.raw.is_some());
     let mapping = find(Stage::Transform);
     assert!(mapping.record.contains("p-1005"), "{}", mapping.record);
@@ -91,15 +120,24 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     assert!(diagnostics.contains("birthDate"), "{diagnostics}");
     for r in &q {
         assert_eq!(r.outcome["resourceType"], "OperationOutcome");
-        assert!(!r.outcome.to_string().contains("1985-13-45"), "no patient data in reasons");
+        assert!(
+            !r.outcome.to_string().contains("1985-13-45"),
+            "no patient data in reasons"
+        );
     }
 
     // Events: EventBridge envelopes with the lineage, one per committed change.
     let events = event_lines(dir.path());
     assert_eq!(events.len(), 5);
-    let kinds: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["detail-type"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        kinds.iter().filter(|k| **k == "FhirResourceCreated").count(),
+        kinds
+            .iter()
+            .filter(|k| **k == "FhirResourceCreated")
+            .count(),
         3,
         "{kinds:?}"
     );
@@ -123,20 +161,40 @@ async fn running_the_example_twice_creates_no_versions_and_emits_no_events() {
     let events_before = event_lines(dir.path()).len();
     let history_before = {
         let rt = runtime(dir.path());
-        rt.env.store.history(&patient("p-1001")).await.unwrap().len()
+        rt.env
+            .store
+            .history(&patient("p-1001"))
+            .await
+            .unwrap()
+            .len()
     };
     // A new process: everything reopened from the data folder.
     let rt = runtime(dir.path());
     let s = rt.run().await.unwrap();
-    assert_eq!((s.created, s.updated, s.deleted, s.events), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.created, s.updated, s.deleted, s.events),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
     assert_eq!(event_lines(dir.path()).len(), events_before);
-    assert_eq!(rt.env.store.history(&patient("p-1001")).await.unwrap().len(), history_before);
+    assert_eq!(
+        rt.env
+            .store
+            .history(&patient("p-1001"))
+            .await
+            .unwrap()
+            .len(),
+        history_before
+    );
 }
 
 /// Every record of the example's stream, sorted by sequence number.
 fn all_records_in_order() -> Vec<Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/streams/patients");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     let mut records: Vec<Value> = files
         .iter()
@@ -146,7 +204,8 @@ fn all_records_in_order() -> Vec<Value> {
         })
         .collect();
     records.sort_by_key(|r| {
-        fhir_unify::model::Sequence::parse(r["dynamodb"]["SequenceNumber"].as_str().unwrap()).unwrap()
+        fhir_unify::model::Sequence::parse(r["dynamodb"]["SequenceNumber"].as_str().unwrap())
+            .unwrap()
     });
     records
 }
@@ -154,7 +213,13 @@ fn all_records_in_order() -> Vec<Value> {
 async fn live_state(rt: &LocalRuntime) -> Vec<Option<Value>> {
     let mut state = Vec::new();
     for pk in ["p-1001", "p-1002", "p-1003", "p-1004", "p-1005", "p-1006"] {
-        let live = rt.env.store.read(&patient(pk)).await.unwrap().filter(|v| !v.deleted);
+        let live = rt
+            .env
+            .store
+            .read(&patient(pk))
+            .await
+            .unwrap()
+            .filter(|v| !v.deleted);
         state.push(live.and_then(|v| v.resource).map(|mut r| {
             r.as_object_mut().unwrap().remove("meta");
             r
@@ -180,7 +245,9 @@ async fn a_batch_delivered_out_of_order_ends_in_the_same_state_as_in_order() {
     for records in [in_order, reversed, shuffled] {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path());
-        rt.deliver_dynamodb(DynamoDbStreamEvent { records }).await.unwrap();
+        rt.deliver_dynamodb(DynamoDbStreamEvent { records })
+            .await
+            .unwrap();
         states.push(live_state(&rt).await);
     }
     let expected = &states[0];

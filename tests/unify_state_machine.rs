@@ -1,6 +1,9 @@
 //! `statemachines/unify.asl.json` on the project's ASL engine: the definition itself, and the
 //! paths a batch can take besides the happy one (the example test covers that).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +23,8 @@ use fhir_unify::validation::SchemaValidator;
 use serde_json::{Value, json};
 
 fn example_config() -> PipelineConfig {
-    PipelineConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fhir-unify.yaml")).unwrap()
+    PipelineConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fhir-unify.yaml"))
+        .unwrap()
 }
 
 fn collect_error_names(v: &Value, out: &mut Vec<String>) {
@@ -28,7 +32,13 @@ fn collect_error_names(v: &Value, out: &mut Vec<String>) {
         Value::Object(o) => {
             for (k, child) in o {
                 if k == "ErrorEquals" {
-                    out.extend(child.as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_owned()));
+                    out.extend(
+                        child
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| e.as_str().unwrap().to_owned()),
+                    );
                 } else {
                     collect_error_names(child, out);
                 }
@@ -46,8 +56,13 @@ fn the_definition_names_only_errors_that_exist() {
     collect_error_names(&def, &mut names);
     assert!(!names.is_empty());
     for name in names {
-        let aws = ["States.", "Lambda.", "SQS."].iter().any(|p| name.starts_with(p));
-        assert!(aws || errors::ALL.contains(&name.as_str()), "unknown error name {name:?} in unify.asl.json");
+        let aws = ["States.", "Lambda.", "SQS."]
+            .iter()
+            .any(|p| name.starts_with(p));
+        assert!(
+            aws || errors::ALL.contains(&name.as_str()),
+            "unknown error name {name:?} in unify.asl.json"
+        );
     }
 }
 
@@ -56,7 +71,10 @@ fn the_definition_is_valid_once_substituted_and_refused_before() {
     let text = asl::substitute(UNIFY_DEFINITION, &substitutions(&example_config())).unwrap();
     asl::StateMachine::parse(&text).unwrap();
     let unresolved = asl::substitute(UNIFY_DEFINITION, &Default::default()).unwrap_err();
-    assert!(unresolved.to_string().contains("TransformFunctionArn"), "{unresolved}");
+    assert!(
+        unresolved.to_string().contains("TransformFunctionArn"),
+        "{unresolved}"
+    );
 }
 
 /// A store that is always busy.
@@ -117,12 +135,20 @@ async fn a_step_that_keeps_failing_is_retried_then_its_batch_goes_to_quarantine(
     // Publish's Retry on FhirUnify.StoreUnavailable: 5 attempts after the first, backing off.
     let sleeps = clock.sleeps();
     assert_eq!(sleeps.len(), 5, "{sleeps:?}");
-    assert!(sleeps.iter().all(|d| d.as_secs_f64() <= 20.0), "MaxDelaySeconds caps each wait: {sleeps:?}");
+    assert!(
+        sleeps.iter().all(|d| d.as_secs_f64() <= 20.0),
+        "MaxDelaySeconds caps each wait: {sleeps:?}"
+    );
     let messages = queue.list(&config.quarantine.queue).unwrap();
     assert_eq!(messages.len(), 1);
     let body: Value = serde_json::from_str(&messages[0].body).unwrap();
     assert_eq!(body["error"]["Error"], errors::STORE_UNAVAILABLE);
-    assert!(body["error"]["Cause"].as_str().unwrap().contains("database is locked"));
+    assert!(
+        body["error"]["Cause"]
+            .as_str()
+            .unwrap()
+            .contains("database is locked")
+    );
     // The message holds the batch as Publish got it, so it can be replayed.
     assert_eq!(body["batchId"], "test-batch");
     assert_eq!(body["items"][0]["change"]["key"]["pk"], "p-1");
@@ -141,8 +167,13 @@ async fn a_batch_whose_records_all_pass_ends_with_events_delivered() {
         bus: Arc::new(NdjsonBus::open(&dir.path().join("events.ndjson")).unwrap()),
     });
     let queue = Arc::new(LocalQueue::open(&dir.path().join("queue.db")).unwrap());
-    let workflow =
-        LocalWorkflow::with_clock(env, &config, queue.clone(), Arc::new(asl::TestClock::default())).unwrap();
+    let workflow = LocalWorkflow::with_clock(
+        env,
+        &config,
+        queue.clone(),
+        Arc::new(asl::TestClock::default()),
+    )
+    .unwrap();
     let run = workflow.run_unify(&batch()).await.unwrap();
     assert!(run.succeeded, "{run:?}");
     let out = run.output.unwrap();

@@ -42,7 +42,8 @@ struct NdjsonState {
 impl NdjsonBus {
     /// Opens (or creates) the file, repairing an interrupted last line.
     pub fn open(path: &Path) -> Result<NdjsonBus, BusError> {
-        let unavailable = |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", path.display()));
+        let unavailable =
+            |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(unavailable)?;
         }
@@ -79,7 +80,10 @@ fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
         None => return Ok(HashSet::new()),
     };
     if complete < tail.len() {
-        tracing::warn!(bytes = tail.len() - complete, "cutting an interrupted event line");
+        tracing::warn!(
+            bytes = tail.len() - complete,
+            "cutting an interrupted event line"
+        );
         file.set_len(start + complete as u64)?;
         tail.truncate(complete);
     }
@@ -174,7 +178,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.ndjson");
         let bus = NdjsonBus::open(&path).unwrap();
-        let r = bus.put_events(&[event("a", "1"), event("b", "1")]).await.unwrap();
+        let r = bus
+            .put_events(&[event("a", "1"), event("b", "1")])
+            .await
+            .unwrap();
         assert!(matches!(r[0], PutEntryResult::Accepted(_)));
         let written = lines(&path);
         assert_eq!(written.len(), 2);
@@ -182,7 +189,10 @@ mod tests {
         assert_eq!(written[0]["detail-type"], "FhirResourceCreated");
         assert_eq!(written[1]["detail"]["id"], "b");
         let eleven: Vec<_> = (0..11).map(|i| event(&i.to_string(), "1")).collect();
-        assert!(matches!(bus.put_events(&eleven).await, Err(BusError::Invalid(_))));
+        assert!(matches!(
+            bus.put_events(&eleven).await,
+            Err(BusError::Invalid(_))
+        ));
     }
 
     #[tokio::test]
@@ -202,10 +212,16 @@ mod tests {
             .unwrap();
         let bus = NdjsonBus::open(&path).unwrap();
         // "a" was written but (say) not marked delivered: it is acknowledged, not repeated.
-        let r = bus.put_events(&[event("a", "1"), event("c", "1")]).await.unwrap();
+        let r = bus
+            .put_events(&[event("a", "1"), event("c", "1")])
+            .await
+            .unwrap();
         assert_eq!(r.len(), 2);
         let written = lines(&path);
-        let ids: Vec<_> = written.iter().map(|v| v["detail"]["id"].as_str().unwrap().to_owned()).collect();
+        let ids: Vec<_> = written
+            .iter()
+            .map(|v| v["detail"]["id"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(ids, vec!["a", "c"]);
     }
 
@@ -217,6 +233,8 @@ mod tests {
         big.resources = vec!["x".repeat(MAX_ENTRY_BYTES)];
         let r = bus.put_events(&[event("a", "1"), big]).await.unwrap();
         assert!(matches!(r[0], PutEntryResult::Accepted(_)));
-        assert!(matches!(&r[1], PutEntryResult::Failed { code, .. } if code == "ValidationException"));
+        assert!(
+            matches!(&r[1], PutEntryResult::Failed { code, .. } if code == "ValidationException")
+        );
     }
 }

@@ -94,7 +94,10 @@ pub struct RelayReport {
 ///
 /// Entries the bus refuses stay pending, and the run stops at the first refused entry so that
 /// later changes to the same resource are not delivered before earlier ones.
-pub async fn relay_outbox(outbox: &dyn Outbox, bus: &dyn EventBus) -> Result<RelayReport, RelayError> {
+pub async fn relay_outbox(
+    outbox: &dyn Outbox,
+    bus: &dyn EventBus,
+) -> Result<RelayReport, RelayError> {
     let mut report = RelayReport::default();
     loop {
         let pending = outbox.pending(MAX_ENTRIES_PER_PUT).await?;

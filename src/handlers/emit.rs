@@ -11,6 +11,10 @@ use super::HandlerError;
 
 pub async fn handle(_trigger: Value, env: &Env) -> Result<RelayReport, HandlerError> {
     let report = relay_outbox(env.outbox.as_ref(), env.bus.as_ref()).await?;
-    tracing::info!(delivered = report.delivered, failed = report.failed, "emit done");
+    tracing::info!(
+        delivered = report.delivered,
+        failed = report.failed,
+        "emit done"
+    );
     Ok(report)
 }

@@ -58,7 +58,10 @@ impl HandlerError {
 
     /// Whether the same invocation may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.error_type(), STORE_UNAVAILABLE | BUS_UNAVAILABLE | WORKFLOW_FAILED)
+        matches!(
+            self.error_type(),
+            STORE_UNAVAILABLE | BUS_UNAVAILABLE | WORKFLOW_FAILED
+        )
     }
 }
 

@@ -30,7 +30,10 @@ pub struct IngestOutcome {
     pub records_in: usize,
 }
 
-pub async fn handle(event: DynamoDbStreamEvent, env: &IngestEnv) -> Result<IngestOutcome, HandlerError> {
+pub async fn handle(
+    event: DynamoDbStreamEvent,
+    env: &IngestEnv,
+) -> Result<IngestOutcome, HandlerError> {
     let config = env.config.clone();
     let decoded = dynamodb::decode(&event, &|table| config.dynamodb_binding(table));
     let records_in = decoded.batch.changes.len();
@@ -145,9 +148,18 @@ mod tests {
 
     #[test]
     fn a_small_batch_keeps_its_id_and_an_empty_one_makes_no_run() {
-        let one = chunk_batch(ChangeBatch { batch_id: "b".into(), changes: vec![change(1, 10)] });
+        let one = chunk_batch(ChangeBatch {
+            batch_id: "b".into(),
+            changes: vec![change(1, 10)],
+        });
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].batch_id, "b");
-        assert!(chunk_batch(ChangeBatch { batch_id: "b".into(), changes: vec![] }).is_empty());
+        assert!(
+            chunk_batch(ChangeBatch {
+                batch_id: "b".into(),
+                changes: vec![]
+            })
+            .is_empty()
+        );
     }
 }

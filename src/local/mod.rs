@@ -74,9 +74,17 @@ impl Step {
 pub fn substitutions(config: &PipelineConfig) -> HashMap<String, String> {
     let mut s: HashMap<String, String> = Step::ALL
         .iter()
-        .map(|step| (step.placeholder().to_owned(), function_arn(step.function_name())))
+        .map(|step| {
+            (
+                step.placeholder().to_owned(),
+                function_arn(step.function_name()),
+            )
+        })
         .collect();
-    s.insert("QuarantineQueueUrl".into(), queue_url(&config.quarantine.queue));
+    s.insert(
+        "QuarantineQueueUrl".into(),
+        queue_url(&config.quarantine.queue),
+    );
     s
 }
 
@@ -149,11 +157,18 @@ impl asl::ServiceIntegration for SqsSendMessage {
         let url = parameters
             .get("QueueUrl")
             .and_then(Value::as_str)
-            .ok_or_else(|| fail("SQS.MissingParameterException", "The request must contain the parameter QueueUrl.".into()))?;
+            .ok_or_else(|| {
+                fail(
+                    "SQS.MissingParameterException",
+                    "The request must contain the parameter QueueUrl.".into(),
+                )
+            })?;
         let name = self.known.get(url).ok_or_else(|| {
             fail(
                 "SQS.QueueDoesNotExistException",
-                format!("The specified queue does not exist for this wsdl version. (QueueUrl {url})"),
+                format!(
+                    "The specified queue does not exist for this wsdl version. (QueueUrl {url})"
+                ),
             )
         })?;
         let body = match parameters.get("MessageBody") {
@@ -185,7 +200,11 @@ pub struct LocalWorkflow {
 
 impl LocalWorkflow {
     /// Registers the step handlers and the local queue, and loads `unify`.
-    pub fn new(env: Arc<Env>, config: &PipelineConfig, queue: Arc<LocalQueue>) -> Result<Self, LocalError> {
+    pub fn new(
+        env: Arc<Env>,
+        config: &PipelineConfig,
+        queue: Arc<LocalQueue>,
+    ) -> Result<Self, LocalError> {
         Self::with_clock(env, config, queue, Arc::new(asl::SystemClock))
     }
 
@@ -198,9 +217,14 @@ impl LocalWorkflow {
     ) -> Result<Self, LocalError> {
         let mut registry = asl::TaskRegistry::new();
         for step in Step::ALL {
+            // The registry resolves a function by name, whatever ARN (region, account,
+            // qualifier) a definition names it with.
             registry.register_lambda(
-                &function_arn(step.function_name()),
-                Arc::new(StepFunction { step, env: env.clone() }),
+                step.function_name(),
+                Arc::new(StepFunction {
+                    step,
+                    env: env.clone(),
+                }),
             );
         }
         let url = queue_url(&config.quarantine.queue);
@@ -233,7 +257,10 @@ impl LocalWorkflow {
 
     /// Takes the runs recorded since the last call.
     pub fn take_runs(&self) -> Vec<WorkflowRun> {
-        self.log.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 }
 
@@ -241,7 +268,13 @@ impl LocalWorkflow {
 fn execution_name(batch_id: &str) -> String {
     batch_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(80)
         .collect()
 }
@@ -254,7 +287,10 @@ impl Workflow for LocalWorkflow {
             message: e.to_string(),
         })?;
         let name = execution_name(&batch.batch_id);
-        let result = self.engine.start_execution(&self.machine, Some(&name), input).await;
+        let result = self
+            .engine
+            .start_execution(&self.machine, Some(&name), input)
+            .await;
         let run = WorkflowRun {
             execution: name,
             succeeded: result.status == asl::ExecutionStatus::Succeeded,

@@ -44,14 +44,19 @@ impl LocalQueue {
     /// Opens or creates the queue database.
     pub fn open(path: &Path) -> Result<LocalQueue, QueueError> {
         let label = path.display().to_string();
-        let err = |source| QueueError::Sqlite { path: label.clone(), source };
+        let err = |source| QueueError::Sqlite {
+            path: label.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             // A failure here resurfaces as the open error below, with the path.
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS messages (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,9 +119,11 @@ impl LocalQueue {
     /// How many messages a queue holds.
     pub fn count(&self, queue: &str) -> Result<usize, QueueError> {
         self.with(|c| {
-            c.query_row("SELECT COUNT(*) FROM messages WHERE queue = ?1", params![queue], |r| {
-                r.get::<_, i64>(0)
-            })
+            c.query_row(
+                "SELECT COUNT(*) FROM messages WHERE queue = ?1",
+                params![queue],
+                |r| r.get::<_, i64>(0),
+            )
         })
         .map(|n| usize::try_from(n).unwrap_or(0))
     }

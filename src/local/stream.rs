@@ -57,10 +57,15 @@ impl RunSummary {
                 .iter()
                 .find_map(|k| output.get(*k).and_then(Value::as_array).map(Vec::len))
                 .unwrap_or(0);
-            self.quarantined += n + output.get("rejected").and_then(Value::as_array).map_or(0, Vec::len);
+            self.quarantined += n + output
+                .get("rejected")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             return;
         }
-        if let Ok(batch) = serde_json::from_value::<PublishedBatch>(strip(output, &["emitted", "emitError"])) {
+        if let Ok(batch) =
+            serde_json::from_value::<PublishedBatch>(strip(output, &["emitted", "emitError"]))
+        {
             for p in &batch.published {
                 match p.action {
                     PublishAction::Created => self.created += 1,
@@ -98,7 +103,10 @@ fn sequence_of(record: &Value) -> Option<Sequence> {
 
 impl LocalRuntime {
     /// Delivers one stream batch with the event source mapping's retry rules.
-    pub async fn deliver_dynamodb(&self, event: DynamoDbStreamEvent) -> Result<DeliveryReport, LocalError> {
+    pub async fn deliver_dynamodb(
+        &self,
+        event: DynamoDbStreamEvent,
+    ) -> Result<DeliveryReport, LocalError> {
         let max_retries = self.config.local.stream_max_retry_attempts as usize;
         let mut report = DeliveryReport {
             records: event.records.len(),
@@ -108,7 +116,13 @@ impl LocalRuntime {
         loop {
             report.invocations += 1;
             let last_attempt = report.invocations > max_retries;
-            let result = ingest_dynamodb::handle(DynamoDbStreamEvent { records: records.clone() }, &self.ingest).await;
+            let result = ingest_dynamodb::handle(
+                DynamoDbStreamEvent {
+                    records: records.clone(),
+                },
+                &self.ingest,
+            )
+            .await;
             let (identifiers, failures) = match result {
                 Ok(outcome) => {
                     report.runs.extend(outcome.runs);
@@ -121,7 +135,10 @@ impl LocalRuntime {
                     (ids, outcome.failures)
                 }
                 Err(e) => {
-                    tracing::warn!(error_type = e.error_type(), "ingest invocation failed; the whole batch is re-delivered");
+                    tracing::warn!(
+                        error_type = e.error_type(),
+                        "ingest invocation failed; the whole batch is re-delivered"
+                    );
                     if last_attempt {
                         let outcome = Outcome::error(
                             "exception",
@@ -133,7 +150,10 @@ impl LocalRuntime {
                                     .pointer("/dynamodb/SequenceNumber")
                                     .and_then(Value::as_str)
                                     .map(str::to_owned),
-                                event_id: raw.get("eventID").and_then(Value::as_str).map(str::to_owned),
+                                event_id: raw
+                                    .get("eventID")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned),
                                 raw: raw.clone(),
                                 outcome: outcome.clone(),
                             };
@@ -163,7 +183,9 @@ impl LocalRuntime {
                 .collect::<Option<Vec<_>>>()
                 .and_then(|seqs| seqs.into_iter().min());
             if let Some(lowest) = lowest
-                && records.iter().any(|r| sequence_of(r).as_ref() == Some(&lowest))
+                && records
+                    .iter()
+                    .any(|r| sequence_of(r).as_ref() == Some(&lowest))
             {
                 records.retain(|r| sequence_of(r).is_none_or(|s| s >= lowest));
             }
@@ -184,7 +206,11 @@ impl LocalRuntime {
     pub async fn run(&self) -> Result<RunSummary, LocalError> {
         let mut summary = RunSummary::default();
         for source in &self.config.sources {
-            let Some(stream) = source.dynamodb.as_ref().and_then(|d| d.local_stream.as_ref()) else {
+            let Some(stream) = source
+                .dynamodb
+                .as_ref()
+                .and_then(|d| d.local_stream.as_ref())
+            else {
                 continue;
             };
             for file in stream_files(&self.config.resolve(stream))? {

@@ -9,9 +9,15 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
     let env = std::sync::Arc::new(fhir_unify::lambda::ingest_env()?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<DynamoDbStreamEvent>| {
-        let env = env.clone();
-        async move { ingest_dynamodb::handle(event.payload, &env).await.map(|o| o.response) }
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<DynamoDbStreamEvent>| {
+            let env = env.clone();
+            async move {
+                ingest_dynamodb::handle(event.payload, &env)
+                    .await
+                    .map(|o| o.response)
+            }
+        },
+    ))
     .await
 }
