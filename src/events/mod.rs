@@ -129,3 +129,183 @@ pub async fn relay_outbox(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::local::NdjsonBus;
+    use crate::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
+    use crate::store::FhirStore;
+    use crate::store::sqlite::SqliteStore;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    async fn commit(store: &SqliteStore, n: usize) {
+        for i in 0..n {
+            let id = format!("p{i}");
+            store
+                .apply(&[ResourceChange {
+                    target: ResourceRef {
+                        resource_type: "Patient".into(),
+                        id: id.clone(),
+                    },
+                    op: ResourceOp::Upsert {
+                        resource: json!({"resourceType": "Patient", "id": id}),
+                    },
+                    lineage: Lineage {
+                        source: "app".into(),
+                        entity: "patients".into(),
+                        key: RecordKey::from_pairs([("pk", json!(i))]),
+                        sequence: Sequence::from(1),
+                        observed_at: "2024-01-01T00:00:00Z".parse().unwrap(),
+                    },
+                }])
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A bus that refuses the entry with a given event position, or fails whole calls.
+    #[derive(Debug, Default)]
+    struct FlakyBus {
+        refuse_id: Option<String>,
+        down: bool,
+        seen: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl EventBus for FlakyBus {
+        async fn put_events(
+            &self,
+            events: &[ChangeEvent],
+        ) -> Result<Vec<PutEntryResult>, BusError> {
+            if self.down {
+                return Err(BusError::Unavailable("connection refused".into()));
+            }
+            assert!(events.len() <= MAX_ENTRIES_PER_PUT);
+            Ok(events
+                .iter()
+                .map(|e| {
+                    self.seen.lock().unwrap().push(e.detail.id.clone());
+                    if Some(&e.detail.id) == self.refuse_id.as_ref() {
+                        PutEntryResult::Failed {
+                            code: "ThrottlingException".into(),
+                            message: "slow down".into(),
+                        }
+                    } else {
+                        PutEntryResult::Accepted(e.detail.event_id.clone())
+                    }
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_everything_in_commit_order_ten_at_a_time() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        commit(&store, 23).await;
+        let bus = FlakyBus::default();
+        let report = relay_outbox(&store, &bus).await.unwrap();
+        assert_eq!(
+            report,
+            RelayReport {
+                delivered: 23,
+                failed: 0
+            }
+        );
+        let seen = bus.seen.lock().unwrap().clone();
+        assert_eq!(seen, (0..23).map(|i| format!("p{i}")).collect::<Vec<_>>());
+        assert!(store.pending(10).await.unwrap().is_empty());
+        // Nothing left: a second run delivers nothing.
+        assert_eq!(relay_outbox(&store, &bus).await.unwrap().delivered, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_entry_and_everything_after_it_stay_in_the_outbox() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        commit(&store, 5).await;
+        let bus = FlakyBus {
+            refuse_id: Some("p2".into()),
+            ..FlakyBus::default()
+        };
+        let report = relay_outbox(&store, &bus).await.unwrap();
+        assert_eq!(
+            report,
+            RelayReport {
+                delivered: 2,
+                failed: 3
+            }
+        );
+        let pending: Vec<String> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.detail.id)
+            .collect();
+        assert_eq!(pending, vec!["p2", "p3", "p4"]);
+        // The bus recovers: the rest goes, in order.
+        let report = relay_outbox(&store, &FlakyBus::default()).await.unwrap();
+        assert_eq!(report.delivered, 3);
+    }
+
+    #[tokio::test]
+    async fn a_bus_that_is_down_is_a_retryable_error_and_loses_nothing() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        commit(&store, 3).await;
+        let err = relay_outbox(
+            &store,
+            &FlakyBus {
+                down: true,
+                ..FlakyBus::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(store.pending(10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_delivery_and_marking_neither_loses_nor_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("store.db");
+        let file = dir.path().join("events.ndjson");
+        {
+            let store = SqliteStore::open(&db).unwrap();
+            commit(&store, 4).await;
+            // The bus takes the first batch, then the process dies before marking it.
+            let pending: Vec<ChangeEvent> = store
+                .pending(10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect();
+            NdjsonBus::open(&file)
+                .unwrap()
+                .put_events(&pending[..3])
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&db).unwrap();
+        let bus = NdjsonBus::open(&file).unwrap();
+        let report = relay_outbox(&store, &bus).await.unwrap();
+        assert_eq!(report.delivered, 4, "all four are marked now");
+        let ids: Vec<String> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["detail"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["p0", "p1", "p2", "p3"],
+            "each event exactly once, in order"
+        );
+    }
+}
