@@ -7,6 +7,7 @@
 //! is stable, so targets de-duplicate (the local NDJSON target does it itself).
 
 pub mod local;
+pub mod pattern;
 
 use async_trait::async_trait;
 
