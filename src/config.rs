@@ -99,30 +99,188 @@ pub struct EventsConfig {
     pub local: Option<LocalBusConfig>,
 }
 
-/// The local bus: every event delivered to an NDJSON file.
+/// The local bus: an archive of every event, rules with EventBridge event patterns, and their
+/// targets.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBusConfig {
-    /// The event file, relative to the data folder.
-    pub ndjson: PathBuf,
+    /// Every event goes to this NDJSON file (relative to the data folder), as if by a rule
+    /// matching everything.
+    #[serde(default)]
+    pub ndjson: Option<PathBuf>,
+    /// The archive (SQLite, relative to the data folder): every event, for `events list` and
+    /// `events replay`, and the ledger of deliveries per target.
+    #[serde(default = "default_archive")]
+    pub archive: PathBuf,
+    /// Rules, each sending the events its pattern matches to its targets.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_archive() -> PathBuf {
+    PathBuf::from("events.db")
+}
+
+/// A rule of the local bus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// An EventBridge event pattern, as YAML/JSON, or as a string of JSON.
+    pub pattern: serde_json::Value,
+    pub targets: Vec<TargetConfig>,
+}
+
+impl RuleConfig {
+    /// The pattern as a JSON value (a string holding JSON is parsed; it stays a string if it
+    /// is not JSON, which the pattern check then refuses).
+    pub fn pattern_value(&self) -> serde_json::Value {
+        match &self.pattern {
+            serde_json::Value::String(s) => {
+                serde_json::from_str(s).unwrap_or_else(|_| self.pattern.clone())
+            }
+            v => v.clone(),
+        }
+    }
+}
+
+/// One target of a rule (one key: the kind of target).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// An NDJSON file, relative to the data folder.
+    #[serde(default)]
+    pub ndjson: Option<PathBuf>,
+    /// An HTTP endpoint receiving each event as a JSON POST.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// A Server-Sent Events stream of the local server (`fhir-unify serve`).
+    #[serde(default)]
+    pub sse: Option<SseConfig>,
+}
+
+/// A webhook target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Extra request headers (e.g. an authorization header).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Attempts per event before the bus reports it failed (it then stays in the outbox).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled each time, up to `max_backoff_ms`.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// Time limit of one request.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_initial_backoff() -> u64 {
+    200
+}
+fn default_max_backoff() -> u64 {
+    10_000
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+
+/// An SSE target: a named stream served by the local server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    pub stream: String,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             local: Some(LocalBusConfig {
-                ndjson: PathBuf::from("events.ndjson"),
+                ndjson: Some(PathBuf::from("events.ndjson")),
+                archive: default_archive(),
+                rules: Vec::new(),
             }),
         }
     }
 }
 
 impl EventsConfig {
-    /// The local bus's event file, relative to the data folder.
-    pub fn ndjson_path(&self) -> &Path {
-        self.local
-            .as_ref()
-            .map_or(Path::new("events.ndjson"), |l| l.ndjson.as_path())
+    /// The local bus's all-events file, relative to the data folder, if there is one.
+    pub fn ndjson_path(&self) -> Option<&Path> {
+        self.local.as_ref().and_then(|l| l.ndjson.as_deref())
+    }
+
+    /// Checks the local bus: rule names, targets, and every pattern (an invalid pattern names
+    /// the rule and the place in the pattern).
+    fn check(&self) -> Result<(), String> {
+        let Some(local) = &self.local else {
+            return Err("events: name one bus kind (`local`)".into());
+        };
+        let mut names = HashSet::new();
+        let mut files: HashSet<&Path> = local.ndjson.iter().map(PathBuf::as_path).collect();
+        for rule in &local.rules {
+            let at = |msg: String| format!("events.local.rules {:?}: {msg}", rule.name);
+            if rule.name.is_empty() || rule.name == crate::events::bus::ALL_EVENTS_RULE {
+                return Err(at(format!(
+                    "a rule needs a name other than {:?} (that one is the top-level ndjson file's)",
+                    crate::events::bus::ALL_EVENTS_RULE
+                )));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(at("rule names must be unique".into()));
+            }
+            crate::events::pattern::EventPattern::from_value(&rule.pattern_value())
+                .map_err(|e| at(format!("pattern: {e}")))?;
+            if rule.targets.is_empty() {
+                return Err(at("targets: at least one target is needed".into()));
+            }
+            for (i, t) in rule.targets.iter().enumerate() {
+                let kinds = usize::from(t.ndjson.is_some())
+                    + usize::from(t.webhook.is_some())
+                    + usize::from(t.sse.is_some());
+                if kinds != 1 {
+                    return Err(at(format!(
+                        "targets[{i}]: name exactly one kind (ndjson, webhook or sse); {kinds} given"
+                    )));
+                }
+                if let Some(p) = &t.ndjson
+                    && !files.insert(p.as_path())
+                {
+                    return Err(at(format!(
+                        "targets[{i}]: {} is already written by another target; give each NDJSON target its own file",
+                        p.display()
+                    )));
+                }
+                if let Some(w) = &t.webhook {
+                    if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                        return Err(at(format!(
+                            "targets[{i}].webhook.url: {:?} is not an http:// or https:// URL",
+                            w.url
+                        )));
+                    }
+                    if w.max_attempts == 0 || w.timeout_ms == 0 {
+                        return Err(at(format!(
+                            "targets[{i}].webhook: max_attempts and timeout_ms must be at least 1"
+                        )));
+                    }
+                }
+                if let Some(s) = &t.sse
+                    && s.stream.is_empty()
+                {
+                    return Err(at(format!("targets[{i}].sse.stream: a name is needed")));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -232,12 +390,9 @@ impl PipelineConfig {
                 "store: name one store kind (`sqlite`)",
             ));
         }
-        if self.events.local.is_none() {
-            return Err(ConfigError::new(
-                origin,
-                "events: name one bus kind (`local`)",
-            ));
-        }
+        self.events
+            .check()
+            .map_err(|m| ConfigError::new(origin, m))?;
         if self.sources.is_empty() {
             return Err(ConfigError::new(
                 origin,

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::config::{DataDir, PipelineConfig};
 use crate::events::EventBus;
-use crate::events::local::NdjsonBus;
+use crate::events::bus::LocalBus;
 use crate::mapping::MappingSet;
 use crate::model::ChangeBatch;
 use crate::store::sqlite::SqliteStore;
@@ -46,8 +46,10 @@ impl Env {
         let validator =
             Arc::new(SchemaValidator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
         let store = Arc::new(SqliteStore::open(&data.join(config.store.sqlite_path()))?);
-        let bus: Arc<dyn EventBus> =
-            Arc::new(NdjsonBus::open(&data.join(config.events.ndjson_path()))?);
+        let local = config.events.local.as_ref().ok_or_else(|| {
+            crate::events::BusError::Invalid("events: name one bus kind (`local`)".into())
+        })?;
+        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::open(local, data)?);
         Ok(Env {
             mappings,
             validator,

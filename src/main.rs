@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;
-            let events_file = data.join(config.events.ndjson_path());
+            let events_file = config.events.ndjson_path().map(|p| data.join(p));
             let queue_name = config.quarantine.queue.clone();
             let runtime = LocalRuntime::open(config, data.clone())?;
             let s = runtime.run().await?;
@@ -131,7 +131,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 s.quarantined,
                 runtime.queue.count(&queue_name)?
             );
-            println!("  events        {}  ({})", s.events, events_file.display());
+            match events_file {
+                Some(f) => println!("  events        {}  ({})", s.events, f.display()),
+                None => println!("  events        {}  (`fhir-unify events list`)", s.events),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { reference } => {

@@ -25,9 +25,33 @@ pub const LOCAL_REGION: &str = "local";
 /// interrupted relay wrote at most one `PutEvents` call (10 events of a few hundred bytes).
 const TAIL_BYTES: u64 = 256 * 1024;
 
-/// A local bus writing every event to one NDJSON file.
+/// A local bus writing every event to one NDJSON file (the bus of a pipeline without rules,
+/// and the building block of the rules bus's NDJSON targets).
 #[derive(Debug)]
 pub struct NdjsonBus {
+    writer: NdjsonWriter,
+}
+
+impl NdjsonBus {
+    /// Opens (or creates) the file, repairing an interrupted last line.
+    pub fn open(path: &Path) -> Result<NdjsonBus, BusError> {
+        Ok(NdjsonBus {
+            writer: NdjsonWriter::open(path).map_err(|e| BusError::Unavailable(e.to_string()))?,
+        })
+    }
+
+    /// The file events are written to.
+    pub fn path(&self) -> &Path {
+        self.writer.path()
+    }
+}
+
+/// An NDJSON file of delivered envelopes that writes each delivery once, even across crashes.
+///
+/// A delivery is known by its key: the event id, or for a replayed event the id and the replay
+/// name (`id#replay-name`), so a replay is written again while a redelivery is not.
+#[derive(Debug)]
+pub struct NdjsonWriter {
     path: PathBuf,
     state: Mutex<NdjsonState>,
 }
@@ -35,38 +59,91 @@ pub struct NdjsonBus {
 #[derive(Debug)]
 struct NdjsonState {
     file: File,
-    /// Ids of the events in the file's last lines at open time, plus those written since.
+    /// Keys of the deliveries in the file's last lines at open time, plus those written since.
     recent: HashSet<String>,
 }
 
-impl NdjsonBus {
+/// An NDJSON file that cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct NdjsonError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The delivery key of an envelope: `id`, or `id#replay-name` for a replayed event.
+pub fn delivery_key(envelope: &serde_json::Value) -> Option<String> {
+    let id = envelope.get("id")?.as_str()?;
+    Some(match envelope.get("replay-name").and_then(|r| r.as_str()) {
+        Some(replay) => format!("{id}#{replay}"),
+        None => id.to_owned(),
+    })
+}
+
+impl NdjsonWriter {
     /// Opens (or creates) the file, repairing an interrupted last line.
-    pub fn open(path: &Path) -> Result<NdjsonBus, BusError> {
-        let unavailable =
-            |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", path.display()));
+    pub fn open(path: &Path) -> Result<NdjsonWriter, NdjsonError> {
+        let io = |source: std::io::Error| NdjsonError {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
+            std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
-            .map_err(unavailable)?;
-        let recent = repair_and_read_tail(&mut file).map_err(unavailable)?;
-        Ok(NdjsonBus {
+            .map_err(io)?;
+        let recent = repair_and_read_tail(&mut file).map_err(io)?;
+        Ok(NdjsonWriter {
             path: path.to_owned(),
             state: Mutex::new(NdjsonState { file, recent }),
         })
     }
 
-    /// The file events are written to.
+    /// The file written to.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Appends the envelopes not written yet (by delivery key), in order, in one write followed
+    /// by one `fsync`; returns how many lines were written.
+    pub fn append(&self, envelopes: &[&serde_json::Value]) -> Result<usize, NdjsonError> {
+        let io = |source: std::io::Error| NdjsonError {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| io(std::io::Error::other("writer lock poisoned")))?;
+        let mut lines = Vec::new();
+        let mut keys = Vec::new();
+        for envelope in envelopes {
+            let key = delivery_key(envelope).unwrap_or_default();
+            if state.recent.contains(&key) || keys.contains(&key) {
+                continue;
+            }
+            serde_json::to_writer(&mut lines, envelope)
+                .map_err(|e| io(std::io::Error::other(e)))?;
+            lines.push(b'\n');
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        state.file.write_all(&lines).map_err(io)?;
+        state.file.sync_data().map_err(io)?;
+        let written = keys.len();
+        state.recent.extend(keys);
+        Ok(written)
+    }
 }
 
-/// Cuts a partial last line and returns the event ids of the complete lines near the end.
+/// Cuts a partial last line and returns the delivery keys of the complete lines near the end.
 fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
     let len = file.metadata()?.len();
     let start = len.saturating_sub(TAIL_BYTES);
@@ -87,16 +164,16 @@ fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
         file.set_len(start + complete as u64)?;
         tail.truncate(complete);
     }
-    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
     // The first line may be cut by the window's start; it simply fails to parse.
     for line in tail.split(|&b| b == b'\n') {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-            && let Some(id) = v.get("id").and_then(|i| i.as_str())
+            && let Some(key) = delivery_key(&v)
         {
-            ids.insert(id.to_owned());
+            keys.insert(key);
         }
     }
-    Ok(ids)
+    Ok(keys)
 }
 
 #[async_trait]
@@ -108,12 +185,8 @@ impl EventBus for NdjsonBus {
                 events.len()
             )));
         }
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| BusError::Unavailable("local bus lock poisoned".into()))?;
         let mut results = Vec::with_capacity(events.len());
-        let mut lines = Vec::new();
+        let mut envelopes = Vec::new();
         for event in events {
             let id = event.detail.event_id.clone();
             if entry_size(event) > MAX_ENTRY_BYTES {
@@ -123,22 +196,13 @@ impl EventBus for NdjsonBus {
                 });
                 continue;
             }
-            if !state.recent.contains(&id) {
-                let envelope = event.delivered(LOCAL_ACCOUNT, LOCAL_REGION);
-                serde_json::to_writer(&mut lines, &envelope)
-                    .map_err(|e| BusError::Invalid(format!("event {id}: {e}")))?;
-                lines.push(b'\n');
-            }
+            envelopes.push(event.delivered(LOCAL_ACCOUNT, LOCAL_REGION));
             results.push(PutEntryResult::Accepted(id));
         }
-        let io = |e: std::io::Error| BusError::Unavailable(format!("{}: {e}", self.path.display()));
-        state.file.write_all(&lines).map_err(io)?;
-        state.file.sync_data().map_err(io)?;
-        for r in &results {
-            if let PutEntryResult::Accepted(id) = r {
-                state.recent.insert(id.clone());
-            }
-        }
+        let refs: Vec<&serde_json::Value> = envelopes.iter().collect();
+        self.writer
+            .append(&refs)
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
         Ok(results)
     }
 }

@@ -1,13 +1,18 @@
-//! Change events: the bus port, the local bus, and the relay that moves committed changes from
-//! the store's outbox to the bus.
+//! Change events: the bus port, the local bus (rules with EventBridge event patterns, targets,
+//! archive), and the relay that moves committed changes from the store's outbox to the bus.
 //!
 //! Events follow the store: the store writes an outbox entry in the same transaction as each
 //! committed change, and [`relay_outbox`] delivers outbox entries in commit order, marking each
 //! delivered only after the bus accepted it. A crash in between re-delivers, and the event id
 //! is stable, so targets de-duplicate (the local NDJSON target does it itself).
 
+pub mod archive;
+pub mod bus;
 pub mod local;
 pub mod pattern;
+pub mod targets;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 use async_trait::async_trait;
 
@@ -52,6 +57,12 @@ impl BusError {
 pub trait EventBus: Send + Sync + std::fmt::Debug {
     /// Puts up to [`MAX_ENTRIES_PER_PUT`] events; one result per entry, in order.
     async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError>;
+
+    /// The local bus with rules, when this is one: how the local HTTP server reaches its SSE
+    /// streams and archive.
+    fn as_local(&self) -> Option<&bus::LocalBus> {
+        None
+    }
 }
 
 /// The size EventBridge counts for an entry.

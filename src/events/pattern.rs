@@ -124,11 +124,10 @@ const OPERATORS: &[&str] = &[
 impl EventPattern {
     /// Parses and checks a pattern given as JSON text.
     pub fn parse(text: &str) -> Result<EventPattern, PatternError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| PatternError {
-                path: "$".into(),
-                message: format!("not JSON: {e}"),
-            })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| PatternError {
+            path: "$".into(),
+            message: format!("not JSON: {e}"),
+        })?;
         EventPattern::from_value(&value)
     }
 
@@ -167,7 +166,10 @@ fn join(path: &str, key: &str) -> String {
 
 fn parse_object(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, PatternError> {
     if map.is_empty() {
-        return err(path, "an empty object matches nothing; name at least one field");
+        return err(
+            path,
+            "an empty object matches nothing; name at least one field",
+        );
     }
     let mut pattern = ObjectPattern {
         fields: Vec::new(),
@@ -189,7 +191,10 @@ fn parse_object(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, P
             Value::Object(inner) => FieldPattern::Nested(parse_object(inner, &at)?),
             Value::Array(items) => {
                 if items.is_empty() {
-                    return err(&at, "an empty array matches nothing; give at least one value");
+                    return err(
+                        &at,
+                        "an empty array matches nothing; give at least one value",
+                    );
                 }
                 let mut conditions = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
@@ -315,9 +320,7 @@ fn parse_anything_but(arg: &Value, at: &str) -> Result<AnythingBut, PatternError
         }
         Value::Array(items) => {
             let all_strings = items.iter().all(Value::is_string);
-            let all_numbers = items
-                .iter()
-                .all(|v| v.as_f64().is_some_and(f64::is_finite));
+            let all_numbers = items.iter().all(|v| v.as_f64().is_some_and(f64::is_finite));
             if items.is_empty() || !(all_strings || all_numbers) {
                 return err(
                     at,
@@ -497,10 +500,7 @@ impl Glob {
                 '\\' => match chars.next() {
                     Some(e @ ('*' | '\\')) => push_last(&mut parts, e),
                     _ => {
-                        return err(
-                            at,
-                            format!("{text:?}: a backslash may only escape * or \\"),
-                        );
+                        return err(at, format!("{text:?}: a backslash may only escape * or \\"));
                     }
                 },
                 c => push_last(&mut parts, c),
@@ -527,7 +527,10 @@ impl Glob {
         let mut pos = first.len();
         // Leftmost placement of each middle part is optimal for `*`-only globs.
         for part in &self.parts[1..self.parts.len() - 1] {
-            match s.get(pos..end).and_then(|window| window.find(part.as_str())) {
+            match s
+                .get(pos..end)
+                .and_then(|window| window.find(part.as_str()))
+            {
                 Some(i) => pos += i + part.len(),
                 None => return false,
             }
@@ -552,7 +555,9 @@ fn match_object(pattern: &ObjectPattern, value: Option<&Value>) -> bool {
             if objects.is_empty() {
                 match_object_at(pattern, None)
             } else {
-                objects.into_iter().any(|o| match_object_at(pattern, Some(o)))
+                objects
+                    .into_iter()
+                    .any(|o| match_object_at(pattern, Some(o)))
             }
         }
         Some(Value::Object(map)) => match_object_at(pattern, Some(map)),
@@ -620,14 +625,20 @@ impl Condition {
         let text = leaf.as_str();
         match self {
             Condition::Exact(v) => same_value(v, leaf),
-            Condition::Prefix { text: p, ignore_case } => text.is_some_and(|s| {
+            Condition::Prefix {
+                text: p,
+                ignore_case,
+            } => text.is_some_and(|s| {
                 if *ignore_case {
                     s.to_lowercase().starts_with(&p.to_lowercase())
                 } else {
                     s.starts_with(p.as_str())
                 }
             }),
-            Condition::Suffix { text: p, ignore_case } => text.is_some_and(|s| {
+            Condition::Suffix {
+                text: p,
+                ignore_case,
+            } => text.is_some_and(|s| {
                 if *ignore_case {
                     s.to_lowercase().ends_with(&p.to_lowercase())
                 } else {

@@ -8,7 +8,10 @@ fn the_documented_examples_match_as_documented() {
     let fixture: Value = serde_json::from_str(CASES).unwrap();
     let events = fixture["events"].as_object().unwrap();
     let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() > 60, "the table is the documentation's examples");
+    assert!(
+        cases.len() > 60,
+        "the table is the documentation's examples"
+    );
     let mut failures = Vec::new();
     for case in cases {
         let name = case["name"].as_str().unwrap();
@@ -75,7 +78,9 @@ impl Rng {
     }
     fn text(&mut self, alphabet: &[char], max: usize) -> String {
         let len = self.below(max + 1);
-        (0..len).map(|_| alphabet[self.below(alphabet.len())]).collect()
+        (0..len)
+            .map(|_| alphabet[self.below(alphabet.len())])
+            .collect()
     }
 }
 
@@ -133,8 +138,14 @@ fn string_and_numeric_operators_agree_with_simple_oracles() {
         check(json!(p), s == p);
         check(json!({"prefix": p}), s.starts_with(&p));
         check(json!({"suffix": p}), s.ends_with(&p));
-        check(json!({"prefix": {"equals-ignore-case": p}}), ls.starts_with(&lp));
-        check(json!({"suffix": {"equals-ignore-case": p}}), ls.ends_with(&lp));
+        check(
+            json!({"prefix": {"equals-ignore-case": p}}),
+            ls.starts_with(&lp),
+        );
+        check(
+            json!({"suffix": {"equals-ignore-case": p}}),
+            ls.ends_with(&lp),
+        );
         check(json!({"equals-ignore-case": p}), ls == lp);
         check(json!({"anything-but": p}), s != p);
         check(json!({"anything-but": {"prefix": p}}), !s.starts_with(&p));

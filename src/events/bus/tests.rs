@@ -1,0 +1,408 @@
+use super::*;
+use crate::config::PipelineConfig;
+use crate::events::relay_outbox;
+use crate::events::test_server::TestServer;
+use crate::model::{
+    ChangeEventDetail, ChangeKind, Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef,
+    Sequence,
+};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{FhirStore, Outbox};
+use serde_json::json;
+use std::path::Path;
+
+fn event(kind: ChangeKind, rtype: &str, id: &str, version: &str) -> ChangeEvent {
+    ChangeEvent::new(
+        kind,
+        ChangeEventDetail {
+            event_id: ChangeEventDetail::stable_event_id(rtype, id, version),
+            resource_type: rtype.into(),
+            id: id.into(),
+            version_id: version.into(),
+            last_updated: "2024-01-01T00:00:00Z".parse().unwrap(),
+            source: "app".into(),
+            entity: "patients".into(),
+            key: RecordKey::from_pairs([("pk", json!(id))]),
+            sequence: Sequence::from(1),
+        },
+    )
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["detail"]["id"].as_str().unwrap(),
+                v["detail"]["versionId"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn bus_from_yaml(events_yaml: &str, data: &Path) -> LocalBus {
+    let yaml = format!(
+        "{events_yaml}\nsources:\n  - name: app\n    dynamodb: {{ table: T }}\n    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}\n"
+    );
+    let config = PipelineConfig::from_yaml(&yaml, Path::new("p.yaml")).unwrap();
+    LocalBus::open(
+        config.events.local.as_ref().unwrap(),
+        &DataDir(data.to_path_buf()),
+    )
+    .unwrap()
+}
+
+fn accepted(results: &[PutEntryResult]) -> usize {
+    results
+        .iter()
+        .filter(|r| matches!(r, PutEntryResult::Accepted(_)))
+        .count()
+}
+
+#[tokio::test]
+async fn rules_route_by_pattern_and_everything_is_archived() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml(
+        r#"
+events:
+  local:
+    ndjson: all.ndjson
+    rules:
+      - name: patients-changed
+        pattern: { detail-type: [FhirResourceCreated, FhirResourceUpdated], detail: { resourceType: [Patient] } }
+        targets: [ { ndjson: patients.ndjson } ]
+      - name: deletions
+        pattern: '{"detail-type": [{"suffix": "Deleted"}]}'
+        targets: [ { ndjson: deleted.ndjson } ]
+"#,
+        dir.path(),
+    );
+    assert_eq!(
+        bus.rule_names(),
+        vec![ALL_EVENTS_RULE, "patients-changed", "deletions"]
+    );
+    let events = [
+        event(ChangeKind::Created, "Patient", "a", "1"),
+        event(ChangeKind::Created, "Observation", "o", "1"),
+        event(ChangeKind::Updated, "Patient", "a", "2"),
+        event(ChangeKind::Deleted, "Patient", "a", "3"),
+    ];
+    let r = bus.put_events(&events).await.unwrap();
+    assert_eq!(accepted(&r), 4);
+    assert_eq!(
+        r[0],
+        PutEntryResult::Accepted(events[0].detail.event_id.clone())
+    );
+    assert_eq!(
+        ids(&lines(&dir.path().join("all.ndjson"))),
+        ["a/1", "o/1", "a/2", "a/3"]
+    );
+    assert_eq!(
+        ids(&lines(&dir.path().join("patients.ndjson"))),
+        ["a/1", "a/2"]
+    );
+    assert_eq!(ids(&lines(&dir.path().join("deleted.ndjson"))), ["a/3"]);
+    let archived = bus.archive().list(None, 0, 100).unwrap();
+    assert_eq!(archived.len(), 4);
+
+    // Putting the same events again (a relay crash before marking) repeats nothing.
+    bus.put_events(&events).await.unwrap();
+    assert_eq!(lines(&dir.path().join("all.ndjson")).len(), 4);
+    assert_eq!(lines(&dir.path().join("patients.ndjson")).len(), 2);
+    assert_eq!(bus.archive().list(None, 0, 100).unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_failing_target_keeps_the_event_and_each_target_gets_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The webhook takes the first event, then fails the second (one attempt per delivery).
+    let server = TestServer::start(vec![200, 503]);
+    let bus = bus_from_yaml(
+        &format!(
+            r#"
+events:
+  local:
+    rules:
+      - name: file
+        pattern: {{ source: [fhir-unify] }}
+        targets: [ {{ ndjson: file.ndjson }} ]
+      - name: hook
+        pattern: {{ source: [fhir-unify] }}
+        targets: [ {{ webhook: {{ url: "{}", max_attempts: 1, initial_backoff_ms: 1 }} }} ]
+"#,
+            server.url
+        ),
+        dir.path(),
+    );
+    let events: Vec<ChangeEvent> = (0..4)
+        .map(|i| event(ChangeKind::Created, "Patient", &format!("p{i}"), "1"))
+        .collect();
+    let r = bus.put_events(&events).await.unwrap();
+    assert!(matches!(r[0], PutEntryResult::Accepted(_)));
+    assert!(
+        matches!(&r[1], PutEntryResult::Failed { code, message } if code == TARGET_FAILED && message.contains("hook")),
+        "{r:?}"
+    );
+    assert!(matches!(&r[2], PutEntryResult::Failed { code, .. } if code == PRECEDING_ENTRY_FAILED));
+    assert!(matches!(&r[3], PutEntryResult::Failed { .. }));
+    // The file rule was not held up by the webhook.
+    assert_eq!(lines(&dir.path().join("file.ndjson")).len(), 4);
+
+    // The relay puts the failed entries again; the webhook is back.
+    let r = bus.put_events(&events[1..]).await.unwrap();
+    assert_eq!(accepted(&r), 3, "{r:?}");
+    assert_eq!(ids(&server.bodies()), ["p0/1", "p1/1", "p2/1", "p3/1"]);
+    assert_eq!(
+        lines(&dir.path().join("file.ndjson")).len(),
+        4,
+        "file not repeated"
+    );
+}
+
+async fn commit(store: &SqliteStore, ids: &[&str]) {
+    for id in ids {
+        store
+            .apply(&[ResourceChange {
+                target: ResourceRef {
+                    resource_type: "Patient".into(),
+                    id: (*id).into(),
+                },
+                op: ResourceOp::Upsert {
+                    resource: json!({"resourceType": "Patient", "id": id}),
+                },
+                lineage: Lineage {
+                    source: "app".into(),
+                    entity: "patients".into(),
+                    key: RecordKey::from_pairs([("pk", json!(id))]),
+                    sequence: Sequence::from(1),
+                    observed_at: "2024-01-01T00:00:00Z".parse().unwrap(),
+                },
+            }])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn through_the_outbox_a_webhook_outage_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(vec![200, 503, 503]);
+    let bus = bus_from_yaml(
+        &format!(
+            r#"
+events:
+  local:
+    rules:
+      - name: hook
+        pattern: {{ detail: {{ resourceType: [Patient] }} }}
+        targets: [ {{ webhook: {{ url: "{}", max_attempts: 2, initial_backoff_ms: 1 }} }} ]
+"#,
+            server.url
+        ),
+        dir.path(),
+    );
+    let store = SqliteStore::open_in_memory().unwrap();
+    commit(&store, &["p0", "p1", "p2"]).await;
+    let report = relay_outbox(&store, &bus).await.unwrap();
+    assert_eq!((report.delivered, report.failed), (1, 2));
+    assert_eq!(store.pending(10).await.unwrap().len(), 2);
+    let report = relay_outbox(&store, &bus).await.unwrap();
+    assert_eq!((report.delivered, report.failed), (2, 0));
+    assert!(store.pending(10).await.unwrap().is_empty());
+    assert_eq!(ids(&server.bodies()), ["p0/1", "p1/1", "p2/1"]);
+}
+
+#[tokio::test]
+async fn a_crash_after_the_file_write_but_before_the_ledger_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "events:\n  local:\n    ndjson: all.ndjson\n";
+    let events = [event(ChangeKind::Created, "Patient", "a", "1")];
+    {
+        // The file was written, then the process died before the ledger and the outbox.
+        let writer = NdjsonWriter::open(&dir.path().join("all.ndjson")).unwrap();
+        writer
+            .append(&[&events[0].delivered(LOCAL_ACCOUNT, LOCAL_REGION)])
+            .unwrap();
+    }
+    let bus = bus_from_yaml(yaml, dir.path());
+    let r = bus.put_events(&events).await.unwrap();
+    assert_eq!(accepted(&r), 1);
+    assert_eq!(lines(&dir.path().join("all.ndjson")).len(), 1);
+}
+
+#[tokio::test]
+async fn limits_are_enforced_as_by_eventbridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml("events:\n  local:\n    ndjson: all.ndjson\n", dir.path());
+    let eleven: Vec<_> = (0..11)
+        .map(|i| event(ChangeKind::Created, "Patient", &i.to_string(), "1"))
+        .collect();
+    assert!(matches!(
+        bus.put_events(&eleven).await,
+        Err(BusError::Invalid(_))
+    ));
+    let mut big = event(ChangeKind::Created, "Patient", "big", "1");
+    big.resources = vec!["x".repeat(MAX_ENTRY_BYTES)];
+    let r = bus
+        .put_events(&[event(ChangeKind::Created, "Patient", "a", "1"), big])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], PutEntryResult::Accepted(_)));
+    assert!(matches!(&r[1], PutEntryResult::Failed { code, .. } if code == "ValidationException"));
+    assert_eq!(bus.archive().list(None, 0, 10).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn replay_redelivers_archived_events_through_one_rule_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml(
+        r#"
+events:
+  local:
+    ndjson: all.ndjson
+    rules:
+      - name: patients
+        pattern: { detail: { resourceType: [Patient] } }
+        targets: [ { ndjson: patients.ndjson } ]
+"#,
+        dir.path(),
+    );
+    let mut early = event(ChangeKind::Created, "Patient", "a", "1");
+    early.time = "2024-01-01T00:00:00Z".parse().unwrap();
+    let mut late = event(ChangeKind::Updated, "Patient", "a", "2");
+    late.time = "2024-03-01T00:00:00Z".parse().unwrap();
+    let mut obs = event(ChangeKind::Created, "Observation", "o", "1");
+    obs.time = "2024-03-02T00:00:00Z".parse().unwrap();
+    bus.put_events(&[early, late, obs]).await.unwrap();
+
+    let since = "2024-02-01T00:00:00Z".parse().unwrap();
+    let report = bus.replay(&since, Some("patients"), "r1").await.unwrap();
+    assert_eq!(
+        report,
+        ReplayReport {
+            events: 2,
+            deliveries: 1
+        }
+    );
+    let patients = lines(&dir.path().join("patients.ndjson"));
+    assert_eq!(ids(&patients), ["a/1", "a/2", "a/2"]);
+    assert_eq!(patients[2]["replay-name"], "r1");
+    assert!(patients[1].get("replay-name").is_none());
+    assert_eq!(
+        lines(&dir.path().join("all.ndjson")).len(),
+        3,
+        "other rules untouched"
+    );
+
+    // All rules; replaying under the same name again writes nothing new to NDJSON files.
+    let report = bus.replay(&since, None, "r2").await.unwrap();
+    assert_eq!(
+        report,
+        ReplayReport {
+            events: 2,
+            deliveries: 3
+        }
+    );
+    bus.replay(&since, None, "r2").await.unwrap();
+    assert_eq!(lines(&dir.path().join("all.ndjson")).len(), 5);
+
+    let e = bus.replay(&since, Some("nope"), "r3").await.unwrap_err();
+    assert!(e.to_string().contains("patients"), "{e}");
+}
+
+#[tokio::test]
+async fn sse_streams_are_reachable_through_the_bus_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml(
+        r#"
+events:
+  local:
+    rules:
+      - name: live
+        pattern: { source: [fhir-unify] }
+        targets: [ { sse: { stream: changes } } ]
+"#,
+        dir.path(),
+    );
+    let port: &dyn EventBus = &bus;
+    let local = port.as_local().unwrap();
+    assert_eq!(local.stream_names(), vec!["changes"]);
+    assert!(local.subscribe("other").is_none());
+    let mut rx = local.subscribe("changes").unwrap();
+    let e = event(ChangeKind::Created, "Patient", "a", "1");
+    bus.put_events(std::slice::from_ref(&e)).await.unwrap();
+    let m = rx.recv().await.unwrap();
+    assert_eq!(m.id, e.detail.event_id);
+    let data: Value = serde_json::from_str(&m.data).unwrap();
+    assert_eq!(data["detail"]["id"], "a");
+}
+
+#[test]
+fn bad_rules_are_refused_at_load_naming_the_rule_and_the_place() {
+    let load = |events: &str| {
+        let yaml = format!(
+            "{events}\nsources:\n  - name: app\n    dynamodb: {{ table: T }}\n    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}\n"
+        );
+        PipelineConfig::from_yaml(&yaml, Path::new("p.yaml"))
+            .err()
+            .map(|e| e.message)
+    };
+    let rule = |pattern: &str, targets: &str| {
+        format!(
+            "events:\n  local:\n    rules:\n      - name: r1\n        pattern: {pattern}\n        targets: {targets}\n"
+        )
+    };
+    let ok_target = "[ { ndjson: x.ndjson } ]";
+    let e = load(&rule(
+        "{ detail: { n: [ { numeric: ['>', 5, '<', 1] } ] } }",
+        ok_target,
+    ))
+    .unwrap();
+    assert!(
+        e.contains("\"r1\"") && e.contains("detail.n[0].numeric"),
+        "{e}"
+    );
+    let e = load(&rule("'{not json'", ok_target)).unwrap();
+    assert!(e.contains("\"r1\"") && e.contains("pattern"), "{e}");
+    let e = load(&rule("{ source: [x] }", "[]")).unwrap();
+    assert!(e.contains("at least one target"), "{e}");
+    let e = load(&rule(
+        "{ source: [x] }",
+        "[ { ndjson: a.ndjson, webhook: { url: 'http://x' } } ]",
+    ))
+    .unwrap();
+    assert!(e.contains("exactly one kind"), "{e}");
+    let e = load(&rule(
+        "{ source: [x] }",
+        "[ { webhook: { url: 'ftp://x' } } ]",
+    ))
+    .unwrap();
+    assert!(e.contains("webhook.url"), "{e}");
+    let e = load(&rule(
+        "{ source: [x] }",
+        "[ { webhook: { url: 'http://x', retries: 3 } } ]",
+    ))
+    .unwrap();
+    assert!(e.contains("retries"), "unknown keys are errors: {e}");
+    let e = load(
+        &rule("{ source: [x] }", "[ { ndjson: events.ndjson } ]")
+            .replace("    rules:", "    ndjson: events.ndjson\n    rules:"),
+    )
+    .unwrap();
+    assert!(e.contains("already written"), "{e}");
+    let two = format!(
+        "{}      - name: r1\n        pattern: {{ source: [x] }}\n        targets: [ {{ ndjson: y.ndjson }} ]\n",
+        rule("{ source: [x] }", ok_target)
+    );
+    assert!(load(&two).unwrap().contains("unique"));
+    assert!(load(&rule("{ source: [x] }", ok_target)).is_none());
+}
