@@ -7,6 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+#[path = "cli/events.rs"]
+mod events_cli;
+
 use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::local::LocalRuntime;
 use fhir_unify::local::queue::LocalQueue;
@@ -48,6 +51,11 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// List and replay archived change events.
+    Events {
+        #[command(subcommand)]
+        command: events_cli::EventsCommand,
     },
 }
 
@@ -172,6 +180,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::to_string_pretty(&history_bundle(&target, &versions))?
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Events { command } => {
+            events_cli::run(command, &find_config(cli.config.as_deref())?, &data).await
         }
         Command::Quarantine {
             command: QuarantineCommand::List { json },

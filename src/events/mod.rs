@@ -10,6 +10,7 @@ pub mod archive;
 pub mod bus;
 pub mod local;
 pub mod pattern;
+pub mod schema;
 pub mod targets;
 #[cfg(test)]
 pub(crate) mod test_server;

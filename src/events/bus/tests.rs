@@ -28,12 +28,20 @@ fn event(kind: ChangeKind, rtype: &str, id: &str, version: &str) -> ChangeEvent 
     )
 }
 
+/// The events in an NDJSON target, each checked against the published change-event schema.
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| checked(serde_json::from_str(l).unwrap()))
         .collect()
+}
+
+fn checked(envelope: Value) -> Value {
+    if let Err(problems) = crate::events::schema::check_change_event(&envelope) {
+        panic!("{envelope}: {problems:?}");
+    }
+    envelope
 }
 
 fn ids(values: &[Value]) -> Vec<String> {
@@ -113,6 +121,9 @@ events:
     assert_eq!(ids(&lines(&dir.path().join("deleted.ndjson"))), ["a/3"]);
     let archived = bus.archive().list(None, 0, 100).unwrap();
     assert_eq!(archived.len(), 4);
+    for a in archived {
+        checked(a.envelope);
+    }
 
     // Putting the same events again (a relay crash before marking) repeats nothing.
     bus.put_events(&events).await.unwrap();
@@ -160,7 +171,8 @@ events:
     // The relay puts the failed entries again; the webhook is back.
     let r = bus.put_events(&events[1..]).await.unwrap();
     assert_eq!(accepted(&r), 3, "{r:?}");
-    assert_eq!(ids(&server.bodies()), ["p0/1", "p1/1", "p2/1", "p3/1"]);
+    let bodies: Vec<Value> = server.bodies().into_iter().map(checked).collect();
+    assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1", "p3/1"]);
     assert_eq!(
         lines(&dir.path().join("file.ndjson")).len(),
         4,
@@ -218,7 +230,8 @@ events:
     let report = relay_outbox(&store, &bus).await.unwrap();
     assert_eq!((report.delivered, report.failed), (2, 0));
     assert!(store.pending(10).await.unwrap().is_empty());
-    assert_eq!(ids(&server.bodies()), ["p0/1", "p1/1", "p2/1"]);
+    let bodies: Vec<Value> = server.bodies().into_iter().map(checked).collect();
+    assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1"]);
 }
 
 #[tokio::test]
@@ -342,7 +355,7 @@ events:
     bus.put_events(std::slice::from_ref(&e)).await.unwrap();
     let m = rx.recv().await.unwrap();
     assert_eq!(m.id, e.detail.event_id);
-    let data: Value = serde_json::from_str(&m.data).unwrap();
+    let data = checked(serde_json::from_str(&m.data).unwrap());
     assert_eq!(data["detail"]["id"], "a");
 }
 
