@@ -182,7 +182,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Events { command } => {
-            events_cli::run(command, &find_config(cli.config.as_deref())?, &data).await
+            let config = match command {
+                events_cli::EventsCommand::Bench { .. } => PathBuf::new(),
+                _ => find_config(cli.config.as_deref())?,
+            };
+            events_cli::run(command, &config, &data).await
         }
         Command::Quarantine {
             command: QuarantineCommand::List { json },

@@ -37,6 +37,13 @@ pub enum EventsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Measure events per second through the local bus with rules, in a temporary folder
+    /// (archive, an all-events file, and four pattern rules with NDJSON targets).
+    Bench {
+        /// Events to put, in PutEvents calls of 10.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+    },
 }
 
 /// Parses `--since`: RFC 3339, or a date meaning its midnight UTC.
@@ -55,6 +62,9 @@ pub fn parse_since(text: &str) -> Result<DateTime<Utc>> {
 }
 
 pub async fn run(command: EventsCommand, config: &Path, data: &DataDir) -> Result<ExitCode> {
+    if let EventsCommand::Bench { events } = command {
+        return bench(events).await;
+    }
     let config = PipelineConfig::load(config)?;
     let local = config
         .events
@@ -88,7 +98,129 @@ pub async fn run(command: EventsCommand, config: &Path, data: &DataDir) -> Resul
             );
             Ok(ExitCode::SUCCESS)
         }
+        EventsCommand::Bench { .. } => Ok(ExitCode::SUCCESS),
     }
+}
+
+const BENCH_BUS: &str = r#"
+events:
+  local:
+    ndjson: all.ndjson
+    rules:
+      - name: patients-changed
+        pattern: { detail-type: [FhirResourceCreated, FhirResourceUpdated], detail: { resourceType: [Patient] } }
+        targets: [ { ndjson: patients.ndjson } ]
+      - name: deletions
+        pattern: { detail-type: [{ suffix: Deleted }] }
+        targets: [ { ndjson: deletions.ndjson } ]
+      - name: clinic-lineage
+        pattern: { detail: { source: [{ prefix: clinic }], key: { pk: [{ wildcard: "p-*7" }] } } }
+        targets: [ { ndjson: clinic.ndjson } ]
+      - name: not-observations
+        pattern: { $or: [ { detail: { resourceType: [{ anything-but: [Observation, Condition] }] } }, { detail: { versionId: [{ exists: false }] } } ] }
+        targets: [ { ndjson: other.ndjson } ]
+sources:
+  - name: bench
+    dynamodb: { table: Bench }
+    entities: { e: { key: [pk], mapping: unused.yaml } }
+"#;
+
+/// Puts `n` events through a bus like a pipeline's and reports events per second; then the
+/// pattern matcher alone.
+async fn bench(n: usize) -> Result<ExitCode> {
+    use fhir_unify::events::EventBus;
+    use fhir_unify::model::{ChangeEvent, ChangeEventDetail, ChangeKind, RecordKey, Sequence};
+
+    let dir = tempfile_dir()?;
+    let config = PipelineConfig::from_yaml(BENCH_BUS, Path::new("bench.yaml"))?;
+    let local = config.events.local.as_ref().context("bench bus")?;
+    let kinds = [
+        ChangeKind::Created,
+        ChangeKind::Updated,
+        ChangeKind::Deleted,
+    ];
+    let types = ["Patient", "Observation", "Coverage"];
+    let events: Vec<ChangeEvent> = (0..n)
+        .map(|i| {
+            let id = format!("r{i}");
+            ChangeEvent::new(
+                kinds[i % 3],
+                ChangeEventDetail {
+                    event_id: ChangeEventDetail::stable_event_id(types[i % 3], &id, "1"),
+                    resource_type: types[(i / 3) % 3].into(),
+                    id,
+                    version_id: "1".into(),
+                    last_updated: Utc::now(),
+                    source: if i % 2 == 0 { "clinic-db" } else { "app" }.into(),
+                    entity: "patients".into(),
+                    key: RecordKey::from_pairs([("pk", serde_json::json!(format!("p-{i}")))]),
+                    sequence: Sequence::from(i as u64),
+                },
+            )
+        })
+        .collect();
+    let default_bus = fhir_unify::config::LocalBusConfig {
+        rules: Vec::new(),
+        ..local.clone()
+    };
+    for (label, config, folder) in [
+        (
+            "default bus: archive + all-events file",
+            &default_bus,
+            "default",
+        ),
+        (
+            "rules bus: archive + all-events file + 4 rules",
+            local,
+            "rules",
+        ),
+    ] {
+        let bus = LocalBus::open(config, &DataDir(dir.join(folder)))?;
+        let started = std::time::Instant::now();
+        let mut failed = 0;
+        for chunk in events.chunks(10) {
+            failed += bus
+                .put_events(chunk)
+                .await?
+                .iter()
+                .filter(|r| !matches!(r, fhir_unify::events::PutEntryResult::Accepted(_)))
+                .count();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: {n} events in {elapsed:.2} s = {:.0} events/s ({failed} failed)",
+            n as f64 / elapsed
+        );
+    }
+
+    let envelopes: Vec<Value> = events
+        .iter()
+        .map(|e| e.delivered("000000000000", "local"))
+        .collect();
+    let patterns: Vec<fhir_unify::events::pattern::EventPattern> = local
+        .rules
+        .iter()
+        .map(|r| fhir_unify::events::pattern::EventPattern::from_value(&r.pattern_value()))
+        .collect::<Result<_, _>>()?;
+    let started = std::time::Instant::now();
+    let mut matched = 0usize;
+    for e in &envelopes {
+        matched += patterns.iter().filter(|p| p.matches(e)).count();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let checks = envelopes.len() * patterns.len();
+    println!(
+        "patterns: {checks} pattern checks in {elapsed:.3} s = {:.0} checks/s ({matched} matched)",
+        checks as f64 / elapsed
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("fhir-unify-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// `time  kind  Type/id  v<version>  (source/entity)`: ids and lineage names, no resource content.

@@ -185,7 +185,12 @@ impl Archive {
 
     /// Records that the target received these deliveries.
     pub fn record_delivered(&self, target: &str, keys: &[String]) -> Result<(), ArchiveError> {
-        if keys.is_empty() {
+        self.record_deliveries(&[(target, keys)])
+    }
+
+    /// Records deliveries to several targets in one transaction.
+    pub fn record_deliveries(&self, batches: &[(&str, &[String])]) -> Result<(), ArchiveError> {
+        if batches.iter().all(|(_, keys)| keys.is_empty()) {
             return Ok(());
         }
         let mut conn = self.lock()?;
@@ -198,9 +203,11 @@ impl Archive {
                 )
                 .map_err(|e| self.error(e))?;
             let now = time_key(&Utc::now());
-            for k in keys {
-                stmt.execute(params![target, k, now])
-                    .map_err(|e| self.error(e))?;
+            for (target, keys) in batches {
+                for k in *keys {
+                    stmt.execute(params![target, k, now])
+                        .map_err(|e| self.error(e))?;
+                }
             }
         }
         tx.commit().map_err(|e| self.error(e))

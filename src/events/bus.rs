@@ -193,13 +193,15 @@ impl LocalBus {
     }
 
     /// Delivers envelopes through the rules; returns the index of the first envelope a target
-    /// failed, with the reason.
+    /// failed, with the reason. Targets are delivered to concurrently (their `fsync`s overlap),
+    /// each in event order.
     async fn route(
         &self,
         envelopes: &[(usize, Value, String)],
     ) -> Result<Option<(usize, String)>, BusError> {
         let unavailable = |e: ArchiveError| BusError::Unavailable(e.to_string());
-        let mut first_failed: Option<(usize, String)> = None;
+        // (rule, target, ledger name, entries to deliver)
+        let mut jobs = Vec::new();
         for rule in &self.rules {
             let matching: Vec<usize> = (0..envelopes.len())
                 .filter(|&i| rule.matches(&envelopes[i].1))
@@ -207,9 +209,9 @@ impl LocalBus {
             if matching.is_empty() {
                 continue;
             }
+            let keys: Vec<String> = matching.iter().map(|&i| envelopes[i].2.clone()).collect();
             for target in &rule.targets {
                 let ledger = format!("{}/{}", rule.name, target.id());
-                let keys: Vec<String> = matching.iter().map(|&i| envelopes[i].2.clone()).collect();
                 let done = self
                     .archive
                     .delivered(&ledger, &keys)
@@ -220,44 +222,60 @@ impl LocalBus {
                     .filter(|(_, d)| !**d)
                     .map(|(i, _)| *i)
                     .collect();
-                if todo.is_empty() {
-                    continue;
-                }
-                let batch: Vec<&Value> = todo.iter().map(|&i| &envelopes[i].1).collect();
-                let todo_keys: Vec<String> = todo.iter().map(|&i| envelopes[i].2.clone()).collect();
-                match target.deliver(&batch).await {
-                    Ok(()) => self
-                        .archive
-                        .record_delivered(&ledger, &todo_keys)
-                        .map_err(unavailable)?,
-                    Err(failure) => {
-                        let delivered = failure.delivered.min(todo.len());
-                        self.archive
-                            .record_delivered(&ledger, &todo_keys[..delivered])
-                            .map_err(unavailable)?;
-                        if let Some(&failed) = todo.get(delivered) {
-                            tracing::warn!(
-                                rule = %rule.name,
-                                target = %target.id(),
-                                event_id = %envelopes[failed].2,
-                                "target failed an event; it stays in the outbox"
-                            );
-                            if first_failed.as_ref().is_none_or(|(f, _)| failed < *f) {
-                                first_failed = Some((
-                                    failed,
-                                    format!(
-                                        "rule {:?}, target {}: {}",
-                                        rule.name,
-                                        target.id(),
-                                        failure.error
-                                    ),
-                                ));
-                            }
-                        }
-                    }
+                if !todo.is_empty() {
+                    jobs.push((rule, target, ledger, todo));
                 }
             }
         }
+        let batches: Vec<Vec<&Value>> = jobs
+            .iter()
+            .map(|(_, _, _, todo)| todo.iter().map(|&i| &envelopes[i].1).collect())
+            .collect();
+        let outcomes = futures_util::future::join_all(
+            jobs.iter()
+                .zip(&batches)
+                .map(|((_, target, _, _), batch)| target.deliver(batch)),
+        )
+        .await;
+        let mut first_failed: Option<(usize, String)> = None;
+        let mut records: Vec<(&str, Vec<String>)> = Vec::with_capacity(jobs.len());
+        for ((rule, target, ledger, todo), outcome) in jobs.iter().zip(outcomes) {
+            let delivered = match &outcome {
+                Ok(()) => todo.len(),
+                Err(f) => f.delivered.min(todo.len()),
+            };
+            records.push((
+                ledger.as_str(),
+                todo[..delivered]
+                    .iter()
+                    .map(|&i| envelopes[i].2.clone())
+                    .collect(),
+            ));
+            if let (Err(failure), Some(&failed)) = (outcome, todo.get(delivered)) {
+                tracing::warn!(
+                    rule = %rule.name,
+                    target = %target.id(),
+                    event_id = %envelopes[failed].2,
+                    "target failed an event; it stays in the outbox"
+                );
+                if first_failed.as_ref().is_none_or(|(f, _)| failed < *f) {
+                    first_failed = Some((
+                        failed,
+                        format!(
+                            "rule {:?}, target {}: {}",
+                            rule.name,
+                            target.id(),
+                            failure.error
+                        ),
+                    ));
+                }
+            }
+        }
+        let records: Vec<(&str, &[String])> =
+            records.iter().map(|(l, k)| (*l, k.as_slice())).collect();
+        self.archive
+            .record_deliveries(&records)
+            .map_err(unavailable)?;
         Ok(first_failed)
     }
 

@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn violations_are_refused_with_their_place() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "/detail",
                 Box::new(|e| {

@@ -53,7 +53,7 @@ pub trait Target: Send + Sync + fmt::Debug {
 #[derive(Debug)]
 pub struct NdjsonTarget {
     id: String,
-    writer: NdjsonWriter,
+    writer: Arc<NdjsonWriter>,
 }
 
 impl NdjsonTarget {
@@ -62,7 +62,7 @@ impl NdjsonTarget {
     pub fn new(label: &str, writer: NdjsonWriter) -> NdjsonTarget {
         NdjsonTarget {
             id: format!("ndjson:{label}"),
-            writer,
+            writer: Arc::new(writer),
         }
     }
 }
@@ -75,16 +75,20 @@ impl Target for NdjsonTarget {
 
     async fn deliver(&self, envelopes: &[&Value]) -> Result<(), TargetFailure> {
         // One write and one fsync for the batch: all of it is written, or (after a repair at
-        // the next open) none of it.
-        self.writer
-            .append(envelopes)
-            .map(|_| ())
-            .map_err(|e| TargetFailure {
-                delivered: 0,
-                error: TargetError {
-                    message: e.to_string(),
-                },
-            })
+        // the next open) none of it. Off the async threads, so targets' fsyncs overlap.
+        let writer = Arc::clone(&self.writer);
+        let owned: Vec<Value> = envelopes.iter().map(|e| (*e).clone()).collect();
+        let fail = |message: String| TargetFailure {
+            delivered: 0,
+            error: TargetError { message },
+        };
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&Value> = owned.iter().collect();
+            writer.append(&refs).map(|_| ())
+        })
+        .await
+        .map_err(|e| fail(format!("write task failed: {e}")))?
+        .map_err(|e| fail(e.to_string()))
     }
 }
 

@@ -61,7 +61,7 @@ fn wildcard_escapes() {
     let star = Glob::parse("*", "w").unwrap();
     assert!(star.matches("") && star.matches("anything"));
     let overlap = Glob::parse("ab*ba", "w").unwrap();
-    assert!(overlap.matches("aba") == false && overlap.matches("abba"));
+    assert!(!overlap.matches("aba") && overlap.matches("abba"));
 }
 
 /// A tiny deterministic generator (xorshift), so the property tests need no dependency.
