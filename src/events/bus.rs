@@ -177,6 +177,43 @@ impl LocalBus {
         self.streams.get(stream).map(broadcast::Sender::subscribe)
     }
 
+    /// What a stream's subscriber missed: archived events after the one with id
+    /// `last_event_id` (an SSE client's `Last-Event-ID`; `None`: from the start) that a rule
+    /// targeting `stream` matches, oldest first, at most `limit`. Subscribe first, then read
+    /// the backlog, then skip live messages already seen, so nothing falls in between.
+    pub fn stream_backlog(
+        &self,
+        stream: &str,
+        last_event_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SseMessage>, ArchiveError> {
+        let target_id = format!("sse:{stream}");
+        let rules: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.targets.iter().any(|t| t.id() == target_id))
+            .collect();
+        let mut after = match last_event_id {
+            Some(id) => self.archive.position_of(id)?.unwrap_or(0),
+            None => 0,
+        };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let page = self.archive.list(None, after, 256)?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for a in page {
+                if out.len() < limit && rules.iter().any(|r| r.matches(&a.envelope)) {
+                    out.push(SseMessage {
+                        id: delivery_key(&a.envelope).unwrap_or_default(),
+                        data: a.envelope.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The names of the SSE streams rules target.
     pub fn stream_names(&self) -> Vec<&str> {
         self.streams.keys().map(String::as_str).collect()

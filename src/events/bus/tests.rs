@@ -357,6 +357,26 @@ events:
     assert_eq!(m.id, e.detail.event_id);
     let data = checked(serde_json::from_str(&m.data).unwrap());
     assert_eq!(data["detail"]["id"], "a");
+
+    // A client reconnecting with Last-Event-ID reads what it missed from the archive.
+    let later = [
+        event(ChangeKind::Created, "Patient", "b", "1"),
+        event(ChangeKind::Created, "Patient", "c", "1"),
+    ];
+    bus.put_events(&later).await.unwrap();
+    let missed = local
+        .stream_backlog("changes", Some(&e.detail.event_id), 10)
+        .unwrap();
+    let missed: Vec<&str> = missed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        missed,
+        [
+            later[0].detail.event_id.as_str(),
+            later[1].detail.event_id.as_str()
+        ]
+    );
+    assert_eq!(local.stream_backlog("changes", None, 2).unwrap().len(), 2);
+    assert!(local.stream_backlog("other", None, 10).unwrap().is_empty());
 }
 
 #[test]
