@@ -10,10 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::choice;
 use crate::definition::{
-    Catcher, Kind, MapState, NumOrPath, Program, Retrier, State, StateMachine, StrOrPath,
-    TaskState, Template,
+    Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
+    StrOrPath, TaskState, Template, Wait,
 };
-use crate::jsonpath::{JsonPath, RefStep};
+use crate::jsonpath::{JsonPath, RefStep, VARS_KEY};
 use crate::task::{Clock, TaskRegistry};
 
 /// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
@@ -148,7 +148,10 @@ impl Failure {
             Catchable::Yes => names.iter().any(|n| {
                 n == err
                     || n == "States.ALL"
-                    || (n == "States.TaskFailed" && err != "States.Timeout")
+                    || (n == "States.Timeout" && err == "States.HeartbeatTimeout")
+                    || (n == "States.TaskFailed"
+                        && err != "States.Timeout"
+                        && err != "States.HeartbeatTimeout")
             }),
         }
     }
@@ -217,8 +220,14 @@ impl Exec {
         entered: &str,
         retry_count: Option<u32>,
         item: Option<(usize, &Value)>,
+        vars: &Vars,
     ) -> Value {
         let mut ctx = self.context_base.clone();
+        if !vars.is_empty() {
+            if let Value::Object(m) = &mut ctx {
+                m.insert(VARS_KEY.into(), Value::Object(vars.clone()));
+            }
+        }
         let mut st = Map::new();
         st.insert("Name".into(), Value::String(state.into()));
         st.insert("EnteredTime".into(), Value::String(entered.into()));
@@ -249,6 +258,17 @@ impl Exec {
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The variables in scope (`Assign`): one per program run, copied into Map iterations and
+/// Parallel branches, whose own assignments stay inside them.
+type Vars = Map<String, Value>;
+
+/// What one state did: its output, where to go next (`None` at the end), what it assigned.
+struct Step {
+    output: Value,
+    next: Option<String>,
+    assigned: Option<Vars>,
+}
 
 impl Engine {
     /// An engine with the default [`EngineConfig`].
@@ -314,7 +334,7 @@ impl Engine {
                 "The execution input exceeds the maximum number of bytes service limit.",
             )))
         } else {
-            let run = run_program(exec.clone(), machine.program.clone(), input);
+            let run = run_program(exec.clone(), machine.program.clone(), input, Vars::new());
             match machine.timeout_seconds {
                 None => run.await.map_err(Some),
                 Some(t) => {
@@ -362,10 +382,12 @@ fn run_program(
     exec: Arc<Exec>,
     program: Arc<Program>,
     input: Value,
+    vars: Vars,
 ) -> BoxFut<Result<Value, Failure>> {
     Box::pin(async move {
         let mut name = program.start_at.clone();
         let mut input = input;
+        let mut vars = vars;
         loop {
             let Some(state) = program.states.get(&name).cloned() else {
                 return Err(Failure::new(
@@ -380,14 +402,27 @@ fn run_program(
                 Some(&state.name),
                 json!({"name": state.name, "input": input}),
             );
-            let step = run_state(&exec, &state, input, entered).await?;
-            let (output, next) = step;
+            let Step {
+                output,
+                next,
+                assigned,
+            } = run_state(&exec, &state, input, entered, &vars).await?;
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            let mut details = json!({"name": state.name, "output": output});
+            if let Some(a) = assigned {
+                // History shows each assigned value as JSON text, as AWS does.
+                details["assignedVariables"] = Value::Object(
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), Value::String(compact(v))))
+                        .collect(),
+                );
+                vars.extend(a);
+            }
             exec.event(
                 &format!("{}StateExited", state.kind.type_name()),
                 prev,
                 Some(&state.name),
-                json!({"name": state.name, "output": output}),
+                details,
             );
             match next {
                 Some(n) => {
@@ -408,8 +443,7 @@ fn apply_path(
     ctx: &Value,
 ) -> Result<Value, Failure> {
     let Some(p) = path else { return Ok(json!({})) };
-    let root = if p.is_context() { ctx } else { value };
-    p.evaluate(root).ok_or_else(|| {
+    p.lookup(value, ctx).ok_or_else(|| {
         Failure::runtime(
             &state.name,
             entered,
@@ -444,8 +478,7 @@ fn eval_template(
             Ok(Value::Object(m))
         }
         Template::Path { field, path } => {
-            let root = if path.is_context() { ctx } else { input };
-            path.evaluate(root).ok_or_else(|| {
+            path.lookup(input, ctx).ok_or_else(|| {
                 Failure::runtime(
                     state,
                     entered,
@@ -524,16 +557,80 @@ fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs one state; `Ok((output, next))`, `next == None` at the end of the program.
+/// Evaluates an `Assign` block; `$` is what the state type says it is (its result, its input
+/// or the error output of a Catch).
+fn eval_assign(
+    state: &str,
+    entered: u64,
+    assign: Option<&Template>,
+    dollar: &Value,
+    ctx: &Value,
+) -> Result<Option<Vars>, Failure> {
+    let Some(t) = assign else { return Ok(None) };
+    match eval_template(state, entered, t, dollar, ctx)? {
+        Value::Object(m) => Ok(Some(m)),
+        other => Err(Failure::runtime(
+            state,
+            entered,
+            &format!(
+                "The Assign field must be an object, not {}",
+                compact(&other)
+            ),
+        )),
+    }
+}
+
+/// The end of every state that produces a result (Task, Map, Parallel): the payload quota on
+/// the result, ResultSelector, Assign (on the selected result), ResultPath, OutputPath.
+struct ResultFields<'a> {
+    selector: Option<&'a Template>,
+    result_path: Option<&'a JsonPath>,
+}
+
+fn finish_result(
+    state: &State,
+    entered: u64,
+    label: &str,
+    fields: &ResultFields<'_>,
+    raw: &Value,
+    result: Value,
+    ctx: &Value,
+) -> Result<(Value, Option<Vars>), Failure> {
+    if size_of(&result) > MAX_PAYLOAD_BYTES {
+        return Err(Failure::new(
+            "States.DataLimitExceeded",
+            format!(
+                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
+        ));
+    }
+    let result = match fields.selector {
+        Some(t) => eval_template(&state.name, entered, t, &result, ctx)?,
+        None => result,
+    };
+    let assigned = eval_assign(&state.name, entered, state.assign.as_ref(), &result, ctx)?;
+    let merged = apply_result_path(raw, fields.result_path, result)?;
+    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    check_output_size(state, &out)?;
+    Ok((out, assigned))
+}
+
+/// Runs one state.
 async fn run_state(
     exec: &Arc<Exec>,
     state: &Arc<State>,
     raw: Value,
     entered: u64,
-) -> Result<(Value, Option<String>), Failure> {
+    vars: &Vars,
+) -> Result<Step, Failure> {
     let entered_time = exec.timestamp();
-    let ctx = exec.context(&state.name, &entered_time, None, None);
+    let ctx = exec.context(&state.name, &entered_time, None, None, vars);
     let name = state.name.as_str();
+    let step = |output: Value, next: Option<String>, assigned: Option<Vars>| Step {
+        output,
+        next,
+        assigned,
+    };
     match &state.kind {
         Kind::Pass {
             result,
@@ -546,6 +643,7 @@ async fn run_state(
                 None => effective,
             };
             let res = result.clone().unwrap_or(effective);
+            let assigned = eval_assign(name, entered, state.assign.as_ref(), &res, &ctx)?;
             let merged =
                 apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
                     catchable: Catchable::No,
@@ -553,12 +651,12 @@ async fn run_state(
                 })?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
             check_output_size(state, &out)?;
-            Ok((out, state.next.clone()))
+            Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Succeed => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
-            Ok((out, None))
+            Ok(step(out, None, None))
         }
         Kind::Fail { error, cause } => {
             let resolve = |sp: &Option<StrOrPath>,
@@ -568,8 +666,7 @@ async fn run_state(
                     None => Ok(None),
                     Some(StrOrPath::Str(s)) => Ok(Some(s.clone())),
                     Some(StrOrPath::Path(p)) => {
-                        let root = if p.is_context() { &ctx } else { &raw };
-                        let v = p.evaluate(root).ok_or_else(|| {
+                        let v = p.lookup(&raw, &ctx).ok_or_else(|| {
                             Failure::runtime(
                                 name,
                                 entered,
@@ -597,22 +694,37 @@ async fn run_state(
         }
         Kind::Choice { choices, default } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let mut next = None;
-            for (rule, target) in choices {
+            let mut chosen = None;
+            for (rule, target, assign) in choices {
                 if choice::evaluate(rule, &effective, &ctx)
                     .map_err(|d| Failure::runtime(name, entered, &d))?
                 {
-                    next = Some(target.clone());
+                    chosen = Some((target.clone(), assign.as_ref()));
                     break;
                 }
             }
-            let next = next.or_else(|| default.clone()).ok_or_else(|| Failure {
-                error: Some("States.NoChoiceMatched".into()),
-                cause: Some(format!("No Matches! (state '{name}')")),
-                catchable: Catchable::Yes,
-            })?;
+            let (next, assign) = match chosen {
+                Some(c) => c,
+                None => {
+                    let d = default.clone().ok_or_else(|| Failure {
+                        error: Some("States.NoChoiceMatched".into()),
+                        cause: Some(format!("No Matches! (state '{name}')")),
+                        catchable: Catchable::Yes,
+                    })?;
+                    (d, state.assign.as_ref())
+                }
+            };
+            let assigned = eval_assign(name, entered, assign, &effective, &ctx)?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
-            Ok((out, Some(next)))
+            Ok(step(out, Some(next), assigned))
+        }
+        Kind::Wait(wait) => {
+            let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
+            let delay = wait_duration(exec, state, entered, wait, &effective, &ctx)?;
+            exec.clock.sleep(delay).await;
+            let assigned = eval_assign(name, entered, state.assign.as_ref(), &effective, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Task(task) => {
             let attempt = |retry_count: u32| {
@@ -621,7 +733,8 @@ async fn run_state(
                 let raw = raw.clone();
                 let entered_time = entered_time.clone();
                 async move {
-                    let ctx = exec.context(&state.name, &entered_time, Some(retry_count), None);
+                    let ctx =
+                        exec.context(&state.name, &entered_time, Some(retry_count), None, vars);
                     run_task_once(&exec, &state, task, &raw, &ctx, entered).await
                 }
             };
@@ -630,8 +743,9 @@ async fn run_state(
                 state,
                 &task.retry,
                 &task.catch,
-                task.result_path.as_ref(),
                 &raw,
+                &ctx,
+                entered,
                 attempt,
             )
             .await
@@ -641,22 +755,87 @@ async fn run_state(
                 let exec = exec.clone();
                 let state = state.clone();
                 let raw = raw.clone();
-                let entered_time = entered_time.clone();
-                async move {
-                    let ctx = exec.context(&state.name, &entered_time, None, None);
-                    run_map_once(&exec, &state, map, &raw, &ctx, entered).await
-                }
+                let ctx = ctx.clone();
+                async move { run_map_once(&exec, &state, map, &raw, &ctx, entered, vars).await }
             };
             with_retry_catch(
-                exec,
-                state,
-                &map.retry,
-                &map.catch,
-                map.result_path.as_ref(),
-                &raw,
-                attempt,
+                exec, state, &map.retry, &map.catch, &raw, &ctx, entered, attempt,
             )
             .await
+        }
+        Kind::Parallel(par) => {
+            let attempt = |_retry: u32| {
+                let exec = exec.clone();
+                let state = state.clone();
+                let raw = raw.clone();
+                let ctx = ctx.clone();
+                async move { run_parallel_once(&exec, &state, par, &raw, &ctx, entered, vars).await }
+            };
+            with_retry_catch(
+                exec, state, &par.retry, &par.catch, &raw, &ctx, entered, attempt,
+            )
+            .await
+        }
+    }
+}
+
+/// How long a Wait state sleeps; the `...Path` forms fail as AWS words it.
+fn wait_duration(
+    exec: &Exec,
+    state: &State,
+    entered: u64,
+    wait: &Wait,
+    input: &Value,
+    ctx: &Value,
+) -> Result<Duration, Failure> {
+    let until = |t: DateTime<chrono::FixedOffset>| {
+        (t.with_timezone(&Utc) - exec.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    match wait {
+        Wait::Seconds(n) => Ok(Duration::from_secs(*n)),
+        Wait::Timestamp(t) => Ok(until(*t)),
+        Wait::SecondsPath(p) => {
+            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let shown = match &v {
+                Value::String(s) => s.clone(),
+                other => compact(other),
+            };
+            match (v.as_i64(), v.as_u64()) {
+                (_, Some(n)) => Ok(Duration::from_secs(n)),
+                (Some(_), None) => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The SecondsPath parameter references a negative value: {} == {shown}",
+                        p.text()
+                    ),
+                )),
+                _ => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The SecondsPath parameter cannot be parsed as a long value: {} == {shown}",
+                        p.text()
+                    ),
+                )),
+            }
+        }
+        Wait::TimestampPath(p) => {
+            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            match v.as_str().and_then(choice::parse_timestamp) {
+                Some(t) => Ok(until(t)),
+                None => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The TimestampPath parameter does not reference a valid ISO-8601 extended offset date-time format string: {} == {}",
+                        p.text(),
+                        v.as_str().map_or_else(|| compact(&v), str::to_string)
+                    ),
+                )),
+            }
         }
     }
 }
@@ -666,19 +845,26 @@ async fn with_retry_catch<F, Fut>(
     state: &Arc<State>,
     retry: &[Retrier],
     catch: &[Catcher],
-    _result_path: Option<&JsonPath>,
     raw: &Value,
+    ctx: &Value,
+    entered: u64,
     attempt: F,
-) -> Result<(Value, Option<String>), Failure>
+) -> Result<Step, Failure>
 where
     F: Fn(u32) -> Fut,
-    Fut: Future<Output = Result<Value, Failure>>,
+    Fut: Future<Output = Result<(Value, Option<Vars>), Failure>>,
 {
     let mut counts = vec![0u32; retry.len()];
     let mut retry_count = 0u32;
     loop {
         match attempt(retry_count).await {
-            Ok(out) => return Ok((out, state.next.clone())),
+            Ok((output, assigned)) => {
+                return Ok(Step {
+                    output,
+                    next: state.next.clone(),
+                    assigned,
+                });
+            }
             Err(f) => {
                 if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
                     let r = &retry[i];
@@ -704,8 +890,15 @@ where
                     }
                 }
                 if let Some(c) = catch.iter().find(|c| f.matches(&c.error_equals)) {
-                    let out = apply_result_path(raw, c.result_path.as_ref(), f.as_value())?;
-                    return Ok((out, Some(c.next.clone())));
+                    let error_output = f.as_value();
+                    let assigned =
+                        eval_assign(&state.name, entered, c.assign.as_ref(), &error_output, ctx)?;
+                    let output = apply_result_path(raw, c.result_path.as_ref(), error_output)?;
+                    return Ok(Step {
+                        output,
+                        next: Some(c.next.clone()),
+                        assigned,
+                    });
                 }
                 return Err(f);
             }
@@ -725,9 +918,14 @@ fn resolve_num(
     match np {
         NumOrPath::Num(n) => Ok(*n),
         NumOrPath::Path(p) => {
-            let root = if p.is_context() { ctx } else { input };
-            let v = p.evaluate(root);
-            v.as_ref().and_then(Value::as_u64).ok_or_else(|| {
+            let v = p.lookup(input, ctx);
+            // A variable may hold the number as text (AWS accepts `"1"` from `$var`).
+            let parsed = match (&v, p.variable()) {
+                (Some(Value::String(s)), Some(_)) => s.parse::<u64>().ok(),
+                (Some(n), _) => n.as_u64(),
+                (None, _) => None,
+            };
+            parsed.ok_or_else(|| {
                 Failure::runtime(
                     &state.name,
                     entered,
@@ -849,7 +1047,7 @@ async fn run_task_once(
     raw: &Value,
     ctx: &Value,
     entered: u64,
-) -> Result<Value, Failure> {
+) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let params = match &task.parameters {
@@ -870,6 +1068,18 @@ async fn run_task_once(
         .as_ref()
         .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx))
         .transpose()?;
+    let heartbeat = task
+        .heartbeat
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "HeartbeatSeconds", &effective, ctx))
+        .transpose()?;
+    // No local task sends heartbeats, so HeartbeatSeconds bounds the whole call; whichever
+    // limit is shorter decides the error.
+    let (timeout, timeout_error) = match (timeout, heartbeat) {
+        (Some(t), Some(h)) if h < t => (Some(h), "States.HeartbeatTimeout"),
+        (None, Some(h)) => (Some(h), "States.HeartbeatTimeout"),
+        (t, _) => (t, "States.Timeout"),
+    };
     let target = resolve_target(&task.resource).ok_or_else(|| {
         Failure::runtime(
             name,
@@ -903,10 +1113,10 @@ async fn run_task_once(
                         "LambdaFunctionTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
                     });
@@ -982,10 +1192,10 @@ async fn run_task_once(
                         "TaskTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
                     });
@@ -1076,10 +1286,10 @@ async fn run_task_once(
                         "TaskTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
                     });
@@ -1106,22 +1316,11 @@ async fn run_task_once(
             }
         }
     };
-    if size_of(&result) > MAX_PAYLOAD_BYTES {
-        return Err(Failure::new(
-            "States.DataLimitExceeded",
-            format!(
-                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
-            ),
-        ));
-    }
-    let result = match &task.result_selector {
-        Some(t) => eval_template(name, entered, t, &result, ctx)?,
-        None => result,
+    let fields = ResultFields {
+        selector: task.result_selector.as_ref(),
+        result_path: task.result_path.as_ref(),
     };
-    let merged = apply_result_path(raw, task.result_path.as_ref(), result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
-    check_output_size(state, &out)?;
-    Ok(out)
+    finish_result(state, entered, &label, &fields, raw, result, ctx)
 }
 
 async fn run_map_once(
@@ -1131,7 +1330,8 @@ async fn run_map_once(
     raw: &Value,
     ctx: &Value,
     entered: u64,
-) -> Result<Value, Failure> {
+    vars: &Vars,
+) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
@@ -1191,6 +1391,7 @@ async fn run_map_once(
                     ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
                     None,
                     Some((i, item)),
+                    vars,
                 );
                 eval_template(name, entered, t, &effective, &ictx)?
             }
@@ -1242,6 +1443,7 @@ async fn run_map_once(
         let exec2 = exec.clone();
         let program = map.processor.clone();
         let state_name = state.name.clone();
+        let vars = vars.clone();
         set.spawn(async move {
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             exec2.event(
@@ -1250,7 +1452,7 @@ async fn run_map_once(
                 Some(&state_name),
                 json!({"name": state_name, "index": i}),
             );
-            let r = run_program(exec2.clone(), program, input).await;
+            let r = run_program(exec2.clone(), program, input, vars).await;
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let ty = if r.is_ok() {
                 "MapIterationSucceeded"
@@ -1301,23 +1503,79 @@ async fn run_map_once(
     }
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
     exec.event("MapStateSucceeded", prev, Some(name), json!({}));
-    let result = Value::Array(results);
-    if size_of(&result) > MAX_PAYLOAD_BYTES {
-        return Err(Failure::new(
-            "States.DataLimitExceeded",
-            format!(
-                "The state/task '{name}' returned a result with a size exceeding the maximum number of bytes service limit."
-            ),
-        ));
-    }
-    let result = match &map.result_selector {
-        Some(t) => eval_template(name, entered, t, &result, ctx)?,
-        None => result,
+    let fields = ResultFields {
+        selector: map.result_selector.as_ref(),
+        result_path: map.result_path.as_ref(),
     };
-    let merged = apply_result_path(raw, map.result_path.as_ref(), result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
-    check_output_size(state, &out)?;
-    Ok(out)
+    finish_result(
+        state,
+        entered,
+        name,
+        &fields,
+        raw,
+        Value::Array(results),
+        ctx,
+    )
+}
+
+async fn run_parallel_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    par: &ParallelState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+    vars: &Vars,
+) -> Result<(Value, Option<Vars>), Failure> {
+    let name = state.name.as_str();
+    let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
+    let input = match &par.parameters {
+        Some(t) => eval_template(name, entered, t, &effective, ctx)?,
+        None => effective,
+    };
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event("ParallelStateStarted", prev, Some(name), json!({}));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, branch) in par.branches.iter().enumerate() {
+        let run = run_program(exec.clone(), branch.clone(), input.clone(), vars.clone());
+        set.spawn(async move { (i, run.await) });
+    }
+    let mut results = vec![Value::Null; par.branches.len()];
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, r)) = joined else { continue };
+        match r {
+            Ok(v) => {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = v;
+                }
+            }
+            Err(f) => {
+                // The first failed branch fails the state with its own error; the others stop.
+                set.abort_all();
+                let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+                exec.event(
+                    "ParallelStateFailed",
+                    prev,
+                    Some(name),
+                    json!({"error": f.error, "cause": f.cause}),
+                );
+                return Err(f);
+            }
+        }
+    }
+    let fields = ResultFields {
+        selector: par.result_selector.as_ref(),
+        result_path: par.result_path.as_ref(),
+    };
+    finish_result(
+        state,
+        entered,
+        name,
+        &fields,
+        raw,
+        Value::Array(results),
+        ctx,
+    )
 }
 
 fn map_failed(exec: &Exec, name: &str, f: Failure) -> Failure {

@@ -22,5 +22,5 @@ pub use jsonpath::{JsonPath, PathSyntaxError};
 pub use substitute::substitute;
 pub use task::{
     Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
-    TestClock,
+    TestClock, VirtualClock, virtual_time_runtime,
 };

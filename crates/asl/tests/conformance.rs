@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use asl::{
     Engine, EngineConfig, ExecutionStatus, LambdaError, LambdaFunction, StateMachine, TaskRegistry,
-    TestClock,
+    VirtualClock,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -24,7 +24,16 @@ const SUPPORTED: &[&str] = &[
     "state:Succeed",
     "state:Fail",
     "state:Map",
+    "state:Wait",
+    "state:Parallel",
     "map:inline",
+    "long_wait",
+    "field:Assign",
+    "field:Seconds",
+    "field:SecondsPath",
+    "field:Timestamp",
+    "field:TimestampPath",
+    "field:HeartbeatSeconds",
     "field:Result",
     "field:Parameters",
     "field:ResultPath",
@@ -288,7 +297,7 @@ async fn run_case(case: &Value) -> Result<(), String> {
         account_id: "111111111111".into(),
         role_arn: "snf_role_arn".into(),
     };
-    let engine = Engine::with_config(registry, Arc::new(TestClock::new()), config);
+    let engine = Engine::with_config(registry, Arc::new(VirtualClock::new()), config);
     let result = engine
         .start_execution(&machine, Some("<ExecArnPart_0idx>"), case["input"].clone())
         .await;
@@ -357,7 +366,8 @@ fn cut(v: &Value) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: Waits, retries, slow functions and timeouts run on simulated time.
+#[tokio::test(start_paused = true)]
 async fn recorded_aws_executions() {
     let dir = cases_dir();
     assert!(
