@@ -14,6 +14,10 @@ use fhir_unify::model::{Rejection, ResourceRef};
 use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, StoredVersion};
 
+mod cli {
+    pub mod sfn;
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fhir-unify",
@@ -48,6 +52,11 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// Check or run an Amazon States Language definition on the local engine.
+    Sfn {
+        #[command(subcommand)]
+        command: cli::sfn::SfnCommand,
     },
 }
 
@@ -108,6 +117,7 @@ fn find_config(explicit: Option<&Path>) -> Result<PathBuf> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let data = DataDir(cli.data_dir.clone());
     match cli.command {
+        Command::Sfn { command } => cli::sfn::run(command).await,
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;

@@ -107,6 +107,23 @@ impl StateMachine {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// How many states the machine has, counting those inside Map and Parallel states.
+    pub fn state_count(&self) -> usize {
+        fn count(p: &Program) -> usize {
+            p.states
+                .values()
+                .map(|s| {
+                    1 + match &s.kind {
+                        Kind::Map(m) => count(&m.processor),
+                        Kind::Parallel(par) => par.branches.iter().map(|b| count(b)).sum(),
+                        _ => 0,
+                    }
+                })
+                .sum()
+        }
+        count(&self.program)
+    }
 }
 
 /// A set of states with a start: the machine itself or a Map's item processor.

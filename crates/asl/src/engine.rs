@@ -14,6 +14,7 @@ use crate::definition::{
     StrOrPath, TaskState, Template, Wait,
 };
 use crate::jsonpath::{JsonPath, RefStep, VARS_KEY};
+use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
 
 /// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
@@ -54,6 +55,17 @@ pub enum ExecutionStatus {
     TimedOut,
 }
 
+impl ExecutionStatus {
+    /// The status as `DescribeExecution` names it: `SUCCEEDED`, `FAILED`, `TIMED_OUT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+        }
+    }
+}
+
 /// One history event (AWS event types; `details` mirrors the AWS `...EventDetails`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEvent {
@@ -69,6 +81,55 @@ pub struct HistoryEvent {
     pub state_name: Option<String>,
     /// Event details (input, output, error, cause, index...).
     pub details: Value,
+}
+
+impl HistoryEvent {
+    /// The event as `GetExecutionHistory` returns it: `id`, `previousEventId`, `timestamp`,
+    /// `type` and a `<type>EventDetails` object whose payloads (`input`, `output`,
+    /// `parameters`) are JSON text with their `...Details` siblings.
+    pub fn to_aws_json(&self) -> Value {
+        let mut out = json!({
+            "id": self.id,
+            "previousEventId": self.previous_event_id,
+            "timestamp": self.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "type": self.event_type,
+        });
+        let Value::Object(details) = &self.details else {
+            return out;
+        };
+        if details.is_empty() {
+            return out;
+        }
+        let mut d = Map::new();
+        for (k, v) in details {
+            match k.as_str() {
+                "input" | "output" => {
+                    d.insert(k.clone(), Value::String(compact(v)));
+                    d.insert(format!("{k}Details"), json!({"truncated": false}));
+                }
+                "parameters" => {
+                    d.insert(k.clone(), Value::String(compact(v)));
+                }
+                _ if v.is_null() => {}
+                _ => {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let key = if self.event_type.ends_with("StateEntered") {
+            "stateEnteredEventDetails".to_string()
+        } else if self.event_type.ends_with("StateExited") {
+            "stateExitedEventDetails".to_string()
+        } else {
+            let mut c = self.event_type.chars();
+            match c.next() {
+                Some(f) => format!("{}{}EventDetails", f.to_ascii_lowercase(), c.as_str()),
+                None => "eventDetails".to_string(),
+            }
+        };
+        out[key] = Value::Object(d);
+        out
+    }
 }
 
 /// The outcome of an execution.
@@ -182,9 +243,20 @@ struct Exec {
     config: EngineConfig,
     context_base: Value,
     history: Mutex<Vec<HistoryEvent>>,
+    /// Calls so far of each mocked state, to pick its next mocked answer.
+    mock_calls: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Exec {
+    fn next_mock_call(&self, state: &str) -> usize {
+        let Ok(mut calls) = self.mock_calls.lock() else {
+            return 0;
+        };
+        let n = calls.entry(state.to_string()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
     fn event(
         &self,
         event_type: &str,
@@ -320,6 +392,7 @@ impl Engine {
                 "StateMachine": {"Id": sm_arn, "Name": machine.name},
             }),
             history: Mutex::new(Vec::new()),
+            mock_calls: Mutex::new(std::collections::HashMap::new()),
         });
         tracing::debug!(execution = %exec_name, state_machine = %machine.name, "execution started");
         exec.event(
@@ -1091,6 +1164,47 @@ async fn run_task_once(
         )
     })?;
     let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    if let Some(mock) = exec.registry.state_mock(name) {
+        let n = exec.next_mock_call(name);
+        let (resource_type, action) = match &target {
+            Target::LambdaArn { .. } | Target::LambdaInvoke => ("lambda", "invoke".to_string()),
+            Target::Service { service } => (
+                service.as_str(),
+                task.resource
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        };
+        let d = json!({"resource": action, "resourceType": resource_type});
+        let mut scheduled = d.clone();
+        scheduled["parameters"] = params.clone();
+        let id = exec.event("TaskScheduled", last(exec), Some(name), scheduled);
+        let id = exec.event("TaskStarted", id, Some(name), d.clone());
+        let result = match mock.answer(n) {
+            Some(MockedResult::Return(v)) => v.clone(),
+            Some(MockedResult::Throw { error, cause }) => {
+                let f = Failure::new(error, cause.clone());
+                exec.event(
+                    "TaskFailed",
+                    id,
+                    Some(name),
+                    json!({"error": f.error, "cause": f.cause}),
+                );
+                return Err(f);
+            }
+            None => Value::Null,
+        };
+        let mut succeeded = d;
+        succeeded["output"] = result.clone();
+        exec.event("TaskSucceeded", id, Some(name), succeeded);
+        let fields = ResultFields {
+            selector: task.result_selector.as_ref(),
+            result_path: task.result_path.as_ref(),
+        };
+        return finish_result(state, entered, name, &fields, raw, result, ctx);
+    }
     let (result, label) = match target {
         Target::LambdaArn {
             name: fname,

@@ -11,6 +11,7 @@ mod definition;
 mod engine;
 mod intrinsics;
 mod jsonpath;
+pub mod mock;
 mod substitute;
 mod task;
 

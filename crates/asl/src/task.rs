@@ -71,6 +71,7 @@ pub trait ServiceIntegration: Send + Sync {
 pub struct TaskRegistry {
     lambdas: HashMap<String, Arc<dyn LambdaFunction>>,
     services: HashMap<String, Arc<dyn ServiceIntegration>>,
+    state_mocks: Arc<crate::mock::TestCaseMocks>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -78,6 +79,7 @@ impl std::fmt::Debug for TaskRegistry {
         f.debug_struct("TaskRegistry")
             .field("lambdas", &self.lambdas.keys().collect::<Vec<_>>())
             .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("state_mocks", &self.state_mocks.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -101,6 +103,16 @@ impl TaskRegistry {
         integration: Arc<dyn ServiceIntegration>,
     ) {
         self.services.insert(resource_arn.to_string(), integration);
+    }
+
+    /// Replaces the result of the named Task states with mocked answers (a test case of a
+    /// Step Functions Local mock configuration): such a state calls nothing.
+    pub fn mock_states(&mut self, mocks: crate::mock::TestCaseMocks) {
+        self.state_mocks = Arc::new(mocks);
+    }
+
+    pub(crate) fn state_mock(&self, state: &str) -> Option<&crate::mock::MockedResponses> {
+        self.state_mocks.get(state)
     }
 
     pub(crate) fn lambda(&self, name: &str) -> Option<Arc<dyn LambdaFunction>> {

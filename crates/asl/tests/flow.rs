@@ -229,3 +229,31 @@ async fn variables_are_scoped_and_assigned_after_the_state() {
         assert_eq!(r.output, Some(json!({"how": how})));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn mocked_states_answer_by_invocation_and_call_nothing() {
+    let config = r#"{
+      "StateMachines": {"Sm": {"TestCases": {"Retry": {"Call": "FailOnce"}}}},
+      "MockedResponses": {"FailOnce": {
+        "0": {"Throw": {"Error": "Lambda.TooManyRequestsException", "Cause": "slow down"}},
+        "1": {"Return": {"StatusCode": 200, "Payload": {"ok": true}}}}}}"#;
+    let mut reg = TaskRegistry::new();
+    reg.mock_states(asl::mock::load_test_case(config, Some("Sm"), "Retry").unwrap());
+    let eng = Engine::new(reg, Arc::new(VirtualClock::new()));
+    // The function does not exist: a mocked state never calls it.
+    let sm = machine(json!({"StartAt": "Call", "States": {"Call": {
+        "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": "missing", "Payload.$": "$"},
+        "ResultSelector": {"ok.$": "$.Payload.ok"},
+        "Retry": [{"ErrorEquals": ["Lambda.TooManyRequestsException"], "IntervalSeconds": 5}],
+        "End": true
+    }}}));
+    let r = eng.start_execution(&sm, None, json!({})).await;
+    assert_eq!(r.output, Some(json!({"ok": true})), "{r:?}");
+    let types: Vec<&str> = r.history.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "TaskFailed").count(),
+        1,
+        "{types:?}"
+    );
+}
