@@ -230,6 +230,8 @@ pub(crate) struct MapState {
     pub items_path: JsonPath,
     pub item_selector: Option<Template>,
     pub processor: Arc<Program>,
+    /// `ProcessorConfig.Mode: DISTRIBUTED`: iterations run as child executions.
+    pub distributed: bool,
     pub max_concurrency: NumOrPath,
     pub tolerated_count: Option<NumOrPath>,
     pub tolerated_percentage: Option<NumOrPath>,
@@ -843,6 +845,10 @@ fn parse_map(
     let pobj = proc_v
         .as_object()
         .ok_or_else(|| invalid(s, pf, "must be an object"))?;
+    let distributed = pobj
+        .get("ProcessorConfig")
+        .and_then(|c| c.get("Mode"))
+        .is_some_and(|m| m == "DISTRIBUTED");
     if let Some(cfg) = pobj.get("ProcessorConfig") {
         let mode = cfg.get("Mode").and_then(Value::as_str).unwrap_or("INLINE");
         if mode != "INLINE" && mode != "DISTRIBUTED" {
@@ -898,6 +904,7 @@ fn parse_map(
         items_path,
         item_selector,
         processor: Arc::new(processor),
+        distributed,
         max_concurrency: uint_or_path(name, obj, "MaxConcurrency", 0)?.unwrap_or(NumOrPath::Num(0)),
         tolerated_count: uint_or_path(name, obj, "ToleratedFailureCount", 0)?,
         tolerated_percentage,

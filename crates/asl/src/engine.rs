@@ -180,6 +180,9 @@ pub(crate) struct Failure {
     error: Option<String>,
     cause: Option<String>,
     catchable: Catchable,
+    /// The `<Type>StateFailed` event still to record for the failed Map or Parallel state:
+    /// written once retries are over, as AWS records it once.
+    state_failed: Option<&'static str>,
 }
 
 impl Failure {
@@ -188,6 +191,7 @@ impl Failure {
             error: Some(error.to_string()),
             cause: Some(cause.into()),
             catchable: Catchable::Yes,
+            state_failed: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl Failure {
                 "An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}"
             )),
             catchable: Catchable::No,
+            state_failed: None,
         }
     }
 
@@ -248,6 +253,19 @@ struct Exec {
 }
 
 impl Exec {
+    /// The execution a distributed Map's iterations run in: same machine and services, own
+    /// history (AWS runs them as child executions, out of the parent's history).
+    fn child(&self) -> Exec {
+        Exec {
+            registry: self.registry.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            context_base: self.context_base.clone(),
+            history: Mutex::new(Vec::new()),
+            mock_calls: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
     fn next_mock_call(&self, state: &str) -> usize {
         let Ok(mut calls) = self.mock_calls.lock() else {
             return 0;
@@ -407,7 +425,13 @@ impl Engine {
                 "The execution input exceeds the maximum number of bytes service limit.",
             )))
         } else {
-            let run = run_program(exec.clone(), machine.program.clone(), input, Vars::new());
+            let run = run_program(
+                exec.clone(),
+                machine.program.clone(),
+                input,
+                Vars::new(),
+                false,
+            );
             match machine.timeout_seconds {
                 None => run.await.map_err(Some),
                 Some(t) => {
@@ -456,6 +480,7 @@ fn run_program(
     program: Arc<Program>,
     input: Value,
     vars: Vars,
+    interleave: bool,
 ) -> BoxFut<Result<Value, Failure>> {
     Box::pin(async move {
         let mut name = program.start_at.clone();
@@ -475,6 +500,10 @@ fn run_program(
                 Some(&state.name),
                 json!({"name": state.name, "input": input}),
             );
+            if interleave {
+                // Parallel branches take turns state by state, as AWS's history shows.
+                tokio::task::yield_now().await;
+            }
             let Step {
                 output,
                 next,
@@ -625,6 +654,7 @@ fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
                 state.name
             )),
             catchable: Catchable::ByNameOnly,
+            state_failed: None,
         });
     }
     Ok(())
@@ -763,6 +793,7 @@ async fn run_state(
                 error,
                 cause,
                 catchable: Catchable::Yes,
+                state_failed: None,
             })
         }
         Kind::Choice { choices, default } => {
@@ -783,6 +814,7 @@ async fn run_state(
                         error: Some("States.NoChoiceMatched".into()),
                         cause: Some(format!("No Matches! (state '{name}')")),
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     })?;
                     (d, state.assign.as_ref())
                 }
@@ -938,7 +970,7 @@ where
                     assigned,
                 });
             }
-            Err(f) => {
+            Err(mut f) => {
                 if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
                     let r = &retry[i];
                     if counts[i] < r.max_attempts {
@@ -962,6 +994,7 @@ where
                         continue;
                     }
                 }
+                record_state_failed(exec, &state.name, &mut f);
                 if let Some(c) = catch.iter().find(|c| f.matches(&c.error_equals)) {
                     let error_output = f.as_value();
                     let assigned =
@@ -1134,6 +1167,7 @@ async fn run_task_once(
                 "The state/task '{name}' input exceeds the maximum number of bytes service limit."
             )),
             catchable: Catchable::ByNameOnly,
+            state_failed: None,
         });
     }
     let timeout = task
@@ -1233,6 +1267,7 @@ async fn run_task_once(
                         error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1244,6 +1279,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "LambdaFunctionFailed",
+                        id,
+                        name,
+                        &task.resource,
+                        json!({}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     exec.event(
@@ -1312,6 +1357,7 @@ async fn run_task_once(
                         error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1323,6 +1369,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "TaskFailed",
+                        id,
+                        name,
+                        "lambda",
+                        json!({"resource": "invoke", "resourceType": "lambda"}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     let len = compact(&v).len().to_string();
@@ -1406,6 +1462,7 @@ async fn run_task_once(
                         error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1417,6 +1474,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "TaskFailed",
+                        id,
+                        name,
+                        &service,
+                        json!({"resource": action, "resourceType": service}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     exec.event(
@@ -1467,6 +1534,14 @@ async fn run_map_once(
         &effective,
         ctx,
     )?;
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event(
+        "MapStateStarted",
+        prev,
+        Some(name),
+        json!({"length": items.len()}),
+    );
+    // A distributed Map resolves its tolerances in the map run, after MapStateStarted.
     let tol_count = map
         .tolerated_count
         .as_ref()
@@ -1487,13 +1562,22 @@ async fn run_map_once(
         })
         .transpose()?;
     let tolerant = tol_count.is_some() || tol_pct.is_some();
-    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event(
-        "MapStateStarted",
-        prev,
-        Some(name),
-        json!({"length": items.len()}),
-    );
+    let children = if map.distributed {
+        exec.event("MapRunStarted", prev + 1, Some(name), json!({}));
+        Arc::new(exec.child())
+    } else {
+        exec.clone()
+    };
+    let map_failed = |f: Failure| {
+        if map.distributed {
+            let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            exec.event("MapRunFailed", prev, Some(name), json!({}));
+        }
+        Failure {
+            state_failed: Some("MapStateFailed"),
+            ..f
+        }
+    };
 
     // Item inputs are computed up front: a bad ItemSelector fails the state before any iteration.
     let mut inputs = Vec::with_capacity(items.len());
@@ -1551,10 +1635,10 @@ async fn run_map_once(
         while let Some(joined) = set.try_join_next() {
             if let Some(f) = record(joined) {
                 set.abort_all();
-                return Err(map_failed(exec, name, f));
+                return Err(map_failed(f));
             }
         }
-        let exec2 = exec.clone();
+        let exec2 = children.clone();
         let program = map.processor.clone();
         let state_name = state.name.clone();
         let vars = vars.clone();
@@ -1566,7 +1650,7 @@ async fn run_map_once(
                 Some(&state_name),
                 json!({"name": state_name, "index": i}),
             );
-            let r = run_program(exec2.clone(), program, input, vars).await;
+            let r = run_program(exec2.clone(), program, input, vars, false).await;
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let ty = if r.is_ok() {
                 "MapIterationSucceeded"
@@ -1586,14 +1670,14 @@ async fn run_map_once(
         while let Some(joined) = set.try_join_next() {
             if let Some(f) = record(joined) {
                 set.abort_all();
-                return Err(map_failed(exec, name, f));
+                return Err(map_failed(f));
             }
         }
     }
     while let Some(joined) = set.join_next().await {
         if let Some(f) = record(joined) {
             set.abort_all();
-            return Err(map_failed(exec, name, f));
+            return Err(map_failed(f));
         }
     }
     if tolerant && failures > 0 {
@@ -1605,17 +1689,18 @@ async fn run_map_once(
             _ => !(over_count || over_pct),
         };
         if !within {
-            return Err(map_failed(
-                exec,
-                name,
-                Failure::new(
-                    "States.ExceedToleratedFailureThreshold",
-                    "The specified tolerated failure threshold was exceeded",
-                ),
-            ));
+            return Err(map_failed(Failure::new(
+                "States.ExceedToleratedFailureThreshold",
+                "The specified tolerated failure threshold was exceeded",
+            )));
         }
     }
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    let prev = if map.distributed {
+        exec.event("MapRunSucceeded", prev, Some(name), json!({}))
+    } else {
+        prev
+    };
     exec.event("MapStateSucceeded", prev, Some(name), json!({}));
     let fields = ResultFields {
         selector: map.result_selector.as_ref(),
@@ -1651,7 +1736,13 @@ async fn run_parallel_once(
     exec.event("ParallelStateStarted", prev, Some(name), json!({}));
     let mut set = tokio::task::JoinSet::new();
     for (i, branch) in par.branches.iter().enumerate() {
-        let run = run_program(exec.clone(), branch.clone(), input.clone(), vars.clone());
+        let run = run_program(
+            exec.clone(),
+            branch.clone(),
+            input.clone(),
+            vars.clone(),
+            true,
+        );
         set.spawn(async move { (i, run.await) });
     }
     let mut results = vec![Value::Null; par.branches.len()];
@@ -1666,14 +1757,10 @@ async fn run_parallel_once(
             Err(f) => {
                 // The first failed branch fails the state with its own error; the others stop.
                 set.abort_all();
-                let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-                exec.event(
-                    "ParallelStateFailed",
-                    prev,
-                    Some(name),
-                    json!({"error": f.error, "cause": f.cause}),
-                );
-                return Err(f);
+                return Err(Failure {
+                    state_failed: Some("ParallelStateFailed"),
+                    ..f
+                });
             }
         }
     }
@@ -1692,13 +1779,31 @@ async fn run_parallel_once(
     )
 }
 
-fn map_failed(exec: &Exec, name: &str, f: Failure) -> Failure {
-    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event(
-        "MapStateFailed",
-        prev,
-        Some(name),
-        json!({"error": f.error, "cause": f.cause}),
+/// A task result over the payload quota: the task's failed event, then the error AWS gives.
+fn result_too_large(
+    exec: &Exec,
+    event_type: &str,
+    previous: u64,
+    state: &str,
+    label: &str,
+    mut details: Value,
+) -> Failure {
+    let f = Failure::new(
+        "States.DataLimitExceeded",
+        format!(
+            "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+        ),
     );
+    details["error"] = json!(f.error);
+    details["cause"] = json!(f.cause);
+    exec.event(event_type, previous, Some(state), details);
     f
+}
+
+/// Records the pending `<Type>StateFailed` event of a failure that will not be retried.
+fn record_state_failed(exec: &Exec, state: &str, f: &mut Failure) {
+    if let Some(ty) = f.state_failed.take() {
+        let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+        exec.event(ty, prev, Some(state), json!({}));
+    }
 }

@@ -27,6 +27,7 @@ const SUPPORTED: &[&str] = &[
     "state:Wait",
     "state:Parallel",
     "map:inline",
+    "map:distributed",
     "long_wait",
     "field:Assign",
     "field:Seconds",
@@ -350,6 +351,22 @@ async fn run_case(case: &Value) -> Result<(), String> {
                 cut(&expected["cause"])
             ));
         }
+    }
+    let expected_types: Vec<&str> = expected["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    let actual_types: Vec<&str> = result
+        .history
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    if !expected_types.is_empty() && expected_types != actual_types {
+        return Err(format!(
+            "history types\n  actual:   {actual_types:?}\n  expected: {expected_types:?}"
+        ));
     }
     Ok(())
 }
