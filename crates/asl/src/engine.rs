@@ -846,8 +846,10 @@ async fn run_state(
             with_retry_catch(
                 exec,
                 state,
-                &task.retry,
-                &task.catch,
+                Recovery {
+                    retry: &task.retry,
+                    catch: &task.catch,
+                },
                 &raw,
                 &ctx,
                 entered,
@@ -864,7 +866,16 @@ async fn run_state(
                 async move { run_map_once(&exec, &state, map, &raw, &ctx, entered, vars).await }
             };
             with_retry_catch(
-                exec, state, &map.retry, &map.catch, &raw, &ctx, entered, attempt,
+                exec,
+                state,
+                Recovery {
+                    retry: &map.retry,
+                    catch: &map.catch,
+                },
+                &raw,
+                &ctx,
+                entered,
+                attempt,
             )
             .await
         }
@@ -877,7 +888,16 @@ async fn run_state(
                 async move { run_parallel_once(&exec, &state, par, &raw, &ctx, entered, vars).await }
             };
             with_retry_catch(
-                exec, state, &par.retry, &par.catch, &raw, &ctx, entered, attempt,
+                exec,
+                state,
+                Recovery {
+                    retry: &par.retry,
+                    catch: &par.catch,
+                },
+                &raw,
+                &ctx,
+                entered,
+                attempt,
             )
             .await
         }
@@ -945,11 +965,16 @@ fn wait_duration(
     }
 }
 
+/// A state's `Retry` and `Catch` lists.
+struct Recovery<'a> {
+    retry: &'a [Retrier],
+    catch: &'a [Catcher],
+}
+
 async fn with_retry_catch<F, Fut>(
     exec: &Arc<Exec>,
     state: &Arc<State>,
-    retry: &[Retrier],
-    catch: &[Catcher],
+    Recovery { retry, catch }: Recovery<'_>,
     raw: &Value,
     ctx: &Value,
     entered: u64,

@@ -403,8 +403,14 @@ async fn recorded_aws_executions() {
     let mut skipped_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut skipped = 0;
     let mut failures = Vec::new();
+    // category → (cases, selected, passed)
+    let mut per_category: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for f in &files {
         let case: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let cat = per_category
+            .entry(case["category"].as_str().unwrap_or("?").to_string())
+            .or_default();
+        cat.0 += 1;
         let missing: Vec<String> = case["features"]
             .as_array()
             .into_iter()
@@ -421,8 +427,12 @@ async fn recorded_aws_executions() {
             continue;
         }
         ran += 1;
+        cat.1 += 1;
         match run_case(&case).await {
-            Ok(()) => passed += 1,
+            Ok(()) => {
+                passed += 1;
+                cat.2 += 1;
+            }
             Err(e) => failures.push(format!("{}: {e}", case["name"].as_str().unwrap_or("?"))),
         }
     }
@@ -431,6 +441,14 @@ async fn recorded_aws_executions() {
         files.len()
     );
     println!("skipped cases per unsupported feature: {skipped_by:?}");
+    println!("| category | cases | selected | passed | passed of all |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (n, sel, ok)) in &per_category {
+        println!(
+            "| {name} | {n} | {sel} | {ok} | {:.0}% |",
+            *ok as f64 * 100.0 / (*n).max(1) as f64
+        );
+    }
     for f in &failures {
         println!("FAIL {f}");
     }
