@@ -7,15 +7,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-#[path = "cli/events.rs"]
-mod events_cli;
-
 use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::local::LocalRuntime;
 use fhir_unify::local::queue::LocalQueue;
 use fhir_unify::model::{Rejection, ResourceRef};
 use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, StoredVersion};
+
+mod cli {
+    pub mod events;
+    pub mod sfn;
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,7 +57,12 @@ enum Command {
     /// List and replay archived change events.
     Events {
         #[command(subcommand)]
-        command: events_cli::EventsCommand,
+        command: cli::events::EventsCommand,
+    },
+    /// Check or run an Amazon States Language definition on the local engine.
+    Sfn {
+        #[command(subcommand)]
+        command: cli::sfn::SfnCommand,
     },
 }
 
@@ -116,6 +123,7 @@ fn find_config(explicit: Option<&Path>) -> Result<PathBuf> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let data = DataDir(cli.data_dir.clone());
     match cli.command {
+        Command::Sfn { command } => cli::sfn::run(command).await,
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;
@@ -183,10 +191,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Events { command } => {
             let config = match command {
-                events_cli::EventsCommand::Bench { .. } => PathBuf::new(),
+                cli::events::EventsCommand::Bench { .. } => PathBuf::new(),
                 _ => find_config(cli.config.as_deref())?,
             };
-            events_cli::run(command, &config, &data).await
+            cli::events::run(command, &config, &data).await
         }
         Command::Quarantine {
             command: QuarantineCommand::List { json },

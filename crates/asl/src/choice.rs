@@ -22,7 +22,7 @@ fn invalid_path(p: &JsonPath) -> String {
 }
 
 fn lookup(p: &JsonPath, input: &Value, context: &Value) -> Option<Value> {
-    p.evaluate(if p.is_context() { context } else { input })
+    p.lookup(input, context)
 }
 
 /// Evaluates a rule; `Err` carries the cause detail of a `States.Runtime` error.

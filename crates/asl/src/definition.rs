@@ -107,6 +107,23 @@ impl StateMachine {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// How many states the machine has, counting those inside Map and Parallel states.
+    pub fn state_count(&self) -> usize {
+        fn count(p: &Program) -> usize {
+            p.states
+                .values()
+                .map(|s| {
+                    1 + match &s.kind {
+                        Kind::Map(m) => count(&m.processor),
+                        Kind::Parallel(par) => par.branches.iter().map(|b| count(b)).sum(),
+                        _ => 0,
+                    }
+                })
+                .sum()
+        }
+        count(&self.program)
+    }
 }
 
 /// A set of states with a start: the machine itself or a Map's item processor.
@@ -122,6 +139,8 @@ pub(crate) struct State {
     pub input_path: Option<JsonPath>,
     pub output_path: Option<JsonPath>,
     pub next: Option<String>,
+    /// Variables the state sets when it completes (`Assign`).
+    pub assign: Option<Template>,
     pub kind: Kind,
 }
 
@@ -134,9 +153,12 @@ pub(crate) enum Kind {
     },
     Task(Box<TaskState>),
     Choice {
-        choices: Vec<(Rule, String)>,
+        /// Each rule, its `Next`, and its own `Assign`.
+        choices: Vec<(Rule, String, Option<Template>)>,
         default: Option<String>,
     },
+    Wait(Wait),
+    Parallel(Box<ParallelState>),
     Succeed,
     Fail {
         error: Option<StrOrPath>,
@@ -154,8 +176,29 @@ impl Kind {
             Kind::Succeed => "Succeed",
             Kind::Fail { .. } => "Fail",
             Kind::Map(_) => "Map",
+            Kind::Wait(_) => "Wait",
+            Kind::Parallel(_) => "Parallel",
         }
     }
+}
+
+/// How long a Wait state waits: exactly one of the four fields.
+#[derive(Debug)]
+pub(crate) enum Wait {
+    Seconds(u64),
+    Timestamp(chrono::DateTime<chrono::FixedOffset>),
+    SecondsPath(JsonPath),
+    TimestampPath(JsonPath),
+}
+
+#[derive(Debug)]
+pub(crate) struct ParallelState {
+    pub branches: Vec<Arc<Program>>,
+    pub parameters: Option<Template>,
+    pub result_selector: Option<Template>,
+    pub result_path: Option<JsonPath>,
+    pub retry: Vec<Retrier>,
+    pub catch: Vec<Catcher>,
 }
 
 #[derive(Debug)]
@@ -177,6 +220,7 @@ pub(crate) struct TaskState {
     pub result_selector: Option<Template>,
     pub result_path: Option<JsonPath>,
     pub timeout: Option<NumOrPath>,
+    pub heartbeat: Option<NumOrPath>,
     pub retry: Vec<Retrier>,
     pub catch: Vec<Catcher>,
 }
@@ -186,6 +230,8 @@ pub(crate) struct MapState {
     pub items_path: JsonPath,
     pub item_selector: Option<Template>,
     pub processor: Arc<Program>,
+    /// `ProcessorConfig.Mode: DISTRIBUTED`: iterations run as child executions.
+    pub distributed: bool,
     pub max_concurrency: NumOrPath,
     pub tolerated_count: Option<NumOrPath>,
     pub tolerated_percentage: Option<NumOrPath>,
@@ -209,6 +255,7 @@ pub(crate) struct Retrier {
 pub(crate) struct Catcher {
     pub error_equals: Vec<String>,
     pub result_path: Option<JsonPath>,
+    pub assign: Option<Template>,
     pub next: String,
 }
 
@@ -277,7 +324,15 @@ pub(crate) enum Operand {
     Path(JsonPath),
 }
 
-const COMMON: &[&str] = &["Type", "Comment", "InputPath", "OutputPath", "Next", "End"];
+const COMMON: &[&str] = &[
+    "Type",
+    "Comment",
+    "InputPath",
+    "OutputPath",
+    "Next",
+    "End",
+    "Assign",
+];
 
 fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
     let extra: &[&str] = match ty {
@@ -295,7 +350,16 @@ fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
             "HeartbeatSecondsPath",
             "Credentials",
         ],
-        "Choice" => &["Choices", "Default"],
+        "Choice" => &["Choices", "Default", "Assign"],
+        "Wait" => &["Seconds", "Timestamp", "SecondsPath", "TimestampPath"],
+        "Parallel" => &[
+            "Branches",
+            "Parameters",
+            "ResultSelector",
+            "ResultPath",
+            "Retry",
+            "Catch",
+        ],
         "Succeed" => &[],
         "Fail" => &["Error", "ErrorPath", "Cause", "CausePath"],
         "Map" => &[
@@ -418,7 +482,7 @@ fn transitions(st: &State) -> Vec<(String, String)> {
     }
     match &st.kind {
         Kind::Choice { choices, default } => {
-            for (i, (_, n)) in choices.iter().enumerate() {
+            for (i, (_, n, _)) in choices.iter().enumerate() {
                 out.push((format!("Choices/{i}/Next"), n.clone()));
             }
             if let Some(d) = default {
@@ -432,6 +496,11 @@ fn transitions(st: &State) -> Vec<(String, String)> {
         }
         Kind::Map(m) => {
             for (i, c) in m.catch.iter().enumerate() {
+                out.push((format!("Catch/{i}/Next"), c.next.clone()));
+            }
+        }
+        Kind::Parallel(p) => {
+            for (i, c) in p.catch.iter().enumerate() {
                 out.push((format!("Catch/{i}/Next"), c.next.clone()));
             }
         }
@@ -526,13 +595,6 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         .get("Type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(s, "Type", "required string field is missing"))?;
-    if matches!(ty, "Wait" | "Parallel") {
-        return Err(invalid(
-            s,
-            "Type",
-            format!("state type '{ty}' is not supported by this engine yet"),
-        ));
-    }
     let allowed = allowed_fields(ty)
         .ok_or_else(|| invalid(s, "Type", format!("unknown state type '{ty}'")))?;
     for k in obj.keys() {
@@ -593,12 +655,24 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
                     format!("'{resource}' is not an ARN"),
                 ));
             }
+            let timeout = uint_or_path(name, obj, "TimeoutSeconds", 1)?;
+            let heartbeat = uint_or_path(name, obj, "HeartbeatSeconds", 1)?;
+            if let (Some(NumOrPath::Num(t)), Some(NumOrPath::Num(h))) = (&timeout, &heartbeat) {
+                if h >= t {
+                    return Err(invalid(
+                        s,
+                        "HeartbeatSeconds",
+                        "must be smaller than TimeoutSeconds",
+                    ));
+                }
+            }
             Kind::Task(Box::new(TaskState {
                 resource,
                 parameters: template("Parameters")?,
                 result_selector: template("ResultSelector")?,
                 result_path: result_path_field(name, obj, "ResultPath")?,
-                timeout: uint_or_path(name, obj, "TimeoutSeconds", 1)?,
+                timeout,
+                heartbeat,
                 retry: parse_retry(name, obj.get("Retry"))?,
                 catch: parse_catch(name, obj.get("Catch"))?,
             }))
@@ -625,7 +699,11 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
                         "a top-level choice rule needs Next",
                     )
                 })?;
-                choices.push((parse_rule(name, &field, cobj, true)?, n.to_string()));
+                let assign = cobj
+                    .get("Assign")
+                    .map(|v| compile_template(name, &format!("{field}/Assign"), v))
+                    .transpose()?;
+                choices.push((parse_rule(name, &field, cobj, true)?, n.to_string(), assign));
             }
             Kind::Choice {
                 choices,
@@ -655,7 +733,9 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
                 cause: sp("Cause")?,
             }
         }
-        "Map" => Kind::Map(Box::new(parse_map(name, obj, template)?)),
+        "Map" => Kind::Map(Box::new(parse_map(name, obj, &template)?)),
+        "Wait" => Kind::Wait(parse_wait(name, obj)?),
+        "Parallel" => Kind::Parallel(Box::new(parse_parallel(name, obj, &template)?)),
         _ => return Err(invalid(s, "Type", format!("unknown state type '{ty}'"))),
     };
     Ok(State {
@@ -663,14 +743,91 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         input_path,
         output_path,
         next,
+        assign: template("Assign")?,
         kind,
+    })
+}
+
+fn parse_wait(name: &str, obj: &Map<String, Value>) -> Result<Wait, DefinitionError> {
+    let s = Some(name);
+    let present: Vec<&str> = ["Seconds", "Timestamp", "SecondsPath", "TimestampPath"]
+        .into_iter()
+        .filter(|f| obj.contains_key(*f))
+        .collect();
+    let [field] = present.as_slice() else {
+        return Err(invalid(
+            s,
+            "Seconds",
+            "a Wait state needs exactly one of Seconds, Timestamp, SecondsPath, TimestampPath",
+        ));
+    };
+    let v = &obj[*field];
+    match *field {
+        "Seconds" => v
+            .as_u64()
+            .map(Wait::Seconds)
+            .ok_or_else(|| invalid(s, "Seconds", "must be a non-negative integer")),
+        "Timestamp" => v
+            .as_str()
+            .and_then(crate::choice::parse_timestamp)
+            .map(Wait::Timestamp)
+            .ok_or_else(|| {
+                invalid(
+                    s,
+                    "Timestamp",
+                    "must be an ISO-8601 extended offset date-time string",
+                )
+            }),
+        f => {
+            let text = v
+                .as_str()
+                .ok_or_else(|| invalid(s, f, "must be a path string"))?;
+            let p = JsonPath::parse(text).map_err(|e| invalid(s, f, e.0))?;
+            Ok(if f == "SecondsPath" {
+                Wait::SecondsPath(p)
+            } else {
+                Wait::TimestampPath(p)
+            })
+        }
+    }
+}
+
+fn parse_parallel(
+    name: &str,
+    obj: &Map<String, Value>,
+    template: &impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
+) -> Result<ParallelState, DefinitionError> {
+    let s = Some(name);
+    let arr = obj
+        .get("Branches")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| invalid(s, "Branches", "must be a non-empty array"))?;
+    let mut branches = Vec::with_capacity(arr.len());
+    for (i, b) in arr.iter().enumerate() {
+        let bobj = b
+            .as_object()
+            .ok_or_else(|| invalid(s, format!("Branches/{i}"), "must be an object"))?;
+        branches.push(Arc::new(parse_program(
+            bobj,
+            s,
+            &["StartAt", "States", "Comment"],
+        )?));
+    }
+    Ok(ParallelState {
+        branches,
+        parameters: template("Parameters")?,
+        result_selector: template("ResultSelector")?,
+        result_path: result_path_field(name, obj, "ResultPath")?,
+        retry: parse_retry(name, obj.get("Retry"))?,
+        catch: parse_catch(name, obj.get("Catch"))?,
     })
 }
 
 fn parse_map(
     name: &str,
     obj: &Map<String, Value>,
-    template: impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
+    template: &impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
 ) -> Result<MapState, DefinitionError> {
     let s = Some(name);
     let (pf, proc_v) = match (obj.get("ItemProcessor"), obj.get("Iterator")) {
@@ -688,6 +845,10 @@ fn parse_map(
     let pobj = proc_v
         .as_object()
         .ok_or_else(|| invalid(s, pf, "must be an object"))?;
+    let distributed = pobj
+        .get("ProcessorConfig")
+        .and_then(|c| c.get("Mode"))
+        .is_some_and(|m| m == "DISTRIBUTED");
     if let Some(cfg) = pobj.get("ProcessorConfig") {
         let mode = cfg.get("Mode").and_then(Value::as_str).unwrap_or("INLINE");
         if mode != "INLINE" && mode != "DISTRIBUTED" {
@@ -743,6 +904,7 @@ fn parse_map(
         items_path,
         item_selector,
         processor: Arc::new(processor),
+        distributed,
         max_concurrency: uint_or_path(name, obj, "MaxConcurrency", 0)?.unwrap_or(NumOrPath::Num(0)),
         tolerated_count: uint_or_path(name, obj, "ToleratedFailureCount", 0)?,
         tolerated_percentage,
@@ -897,7 +1059,7 @@ fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, Definitio
             .as_object()
             .ok_or_else(|| invalid(Some(state), f.clone(), "must be an object"))?;
         for k in o.keys() {
-            if !["ErrorEquals", "ResultPath", "Next", "Comment"].contains(&k.as_str()) {
+            if !["ErrorEquals", "ResultPath", "Next", "Comment", "Assign"].contains(&k.as_str()) {
                 return Err(invalid(Some(state), format!("{f}/{k}"), "unknown field"));
             }
         }
@@ -918,6 +1080,10 @@ fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, Definitio
                 },
                 other => other,
             })?,
+            assign: o
+                .get("Assign")
+                .map(|v| compile_template(state, &format!("{f}/Assign"), v))
+                .transpose()?,
             next: next.to_string(),
         });
     }
@@ -995,7 +1161,7 @@ fn parse_rule(
             .ok_or_else(|| invalid(s, f, "must be an object"))?;
         parse_rule(state, f, no, false)
     };
-    let allowed_meta = |k: &str| k == "Next" || k == "Comment";
+    let allowed_meta = |k: &str| k == "Next" || k == "Comment" || (top && k == "Assign");
     if let Some(v) = o.get("And").or_else(|| o.get("Or")) {
         let is_and = o.contains_key("And");
         let key = if is_and { "And" } else { "Or" };
@@ -1196,8 +1362,44 @@ mod tests {
                 (Some("A"), "Choices/0/Not/Next"),
             ),
             (
-                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","Seconds":1,"End":true}}}"#,
-                (Some("A"), "Type"),
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","Seconds":1,"SecondsPath":"$.s","End":true}}}"#,
+                (Some("A"), "Seconds"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","End":true}}}"#,
+                (Some("A"), "Seconds"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","Seconds":-1,"End":true}}}"#,
+                (Some("A"), "Seconds"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","Timestamp":"2016-03-14 01:59:00Z","End":true}}}"#,
+                (Some("A"), "Timestamp"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Wait","TimestampPath":"x","End":true}}}"#,
+                (Some("A"), "TimestampPath"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Parallel","Branches":[],"End":true}}}"#,
+                (Some("A"), "Branches"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Parallel","Branches":[{"StartAt":"B","States":{"B":{"Type":"Pass","Next":"C"}}}],"End":true}}}"#,
+                (Some("B"), "Next"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"arn:aws:lambda:us-east-1:1:function:f","TimeoutSeconds":5,"HeartbeatSeconds":5,"End":true}}}"#,
+                (Some("A"), "HeartbeatSeconds"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Pass","Assign":{"x.$":"States.Nope("},"End":true}}}"#,
+                (Some("A"), "Assign/x.$"),
+            ),
+            (
+                r#"{"StartAt":"A","States":{"A":{"Type":"Fail","Assign":{"x":1}}}}"#,
+                (Some("A"), "Assign"),
             ),
         ];
         for (def, (state, field)) in cases {

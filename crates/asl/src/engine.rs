@@ -10,10 +10,11 @@ use serde_json::{Map, Value, json};
 
 use crate::choice;
 use crate::definition::{
-    Catcher, Kind, MapState, NumOrPath, Program, Retrier, State, StateMachine, StrOrPath,
-    TaskState, Template,
+    Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
+    StrOrPath, TaskState, Template, Wait,
 };
-use crate::jsonpath::{JsonPath, RefStep};
+use crate::jsonpath::{JsonPath, RefStep, VARS_KEY};
+use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
 
 /// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
@@ -54,6 +55,17 @@ pub enum ExecutionStatus {
     TimedOut,
 }
 
+impl ExecutionStatus {
+    /// The status as `DescribeExecution` names it: `SUCCEEDED`, `FAILED`, `TIMED_OUT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::TimedOut => "TIMED_OUT",
+        }
+    }
+}
+
 /// One history event (AWS event types; `details` mirrors the AWS `...EventDetails`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEvent {
@@ -69,6 +81,55 @@ pub struct HistoryEvent {
     pub state_name: Option<String>,
     /// Event details (input, output, error, cause, index...).
     pub details: Value,
+}
+
+impl HistoryEvent {
+    /// The event as `GetExecutionHistory` returns it: `id`, `previousEventId`, `timestamp`,
+    /// `type` and a `<type>EventDetails` object whose payloads (`input`, `output`,
+    /// `parameters`) are JSON text with their `...Details` siblings.
+    pub fn to_aws_json(&self) -> Value {
+        let mut out = json!({
+            "id": self.id,
+            "previousEventId": self.previous_event_id,
+            "timestamp": self.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "type": self.event_type,
+        });
+        let Value::Object(details) = &self.details else {
+            return out;
+        };
+        if details.is_empty() {
+            return out;
+        }
+        let mut d = Map::new();
+        for (k, v) in details {
+            match k.as_str() {
+                "input" | "output" => {
+                    d.insert(k.clone(), Value::String(compact(v)));
+                    d.insert(format!("{k}Details"), json!({"truncated": false}));
+                }
+                "parameters" => {
+                    d.insert(k.clone(), Value::String(compact(v)));
+                }
+                _ if v.is_null() => {}
+                _ => {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let key = if self.event_type.ends_with("StateEntered") {
+            "stateEnteredEventDetails".to_string()
+        } else if self.event_type.ends_with("StateExited") {
+            "stateExitedEventDetails".to_string()
+        } else {
+            let mut c = self.event_type.chars();
+            match c.next() {
+                Some(f) => format!("{}{}EventDetails", f.to_ascii_lowercase(), c.as_str()),
+                None => "eventDetails".to_string(),
+            }
+        };
+        out[key] = Value::Object(d);
+        out
+    }
 }
 
 /// The outcome of an execution.
@@ -119,6 +180,9 @@ pub(crate) struct Failure {
     error: Option<String>,
     cause: Option<String>,
     catchable: Catchable,
+    /// The `<Type>StateFailed` event still to record for the failed Map or Parallel state:
+    /// written once retries are over, as AWS records it once.
+    state_failed: Option<&'static str>,
 }
 
 impl Failure {
@@ -127,6 +191,7 @@ impl Failure {
             error: Some(error.to_string()),
             cause: Some(cause.into()),
             catchable: Catchable::Yes,
+            state_failed: None,
         }
     }
 
@@ -137,6 +202,7 @@ impl Failure {
                 "An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}"
             )),
             catchable: Catchable::No,
+            state_failed: None,
         }
     }
 
@@ -148,7 +214,10 @@ impl Failure {
             Catchable::Yes => names.iter().any(|n| {
                 n == err
                     || n == "States.ALL"
-                    || (n == "States.TaskFailed" && err != "States.Timeout")
+                    || (n == "States.Timeout" && err == "States.HeartbeatTimeout")
+                    || (n == "States.TaskFailed"
+                        && err != "States.Timeout"
+                        && err != "States.HeartbeatTimeout")
             }),
         }
     }
@@ -179,9 +248,33 @@ struct Exec {
     config: EngineConfig,
     context_base: Value,
     history: Mutex<Vec<HistoryEvent>>,
+    /// Calls so far of each mocked state, to pick its next mocked answer.
+    mock_calls: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Exec {
+    /// The execution a distributed Map's iterations run in: same machine and services, own
+    /// history (AWS runs them as child executions, out of the parent's history).
+    fn child(&self) -> Exec {
+        Exec {
+            registry: self.registry.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            context_base: self.context_base.clone(),
+            history: Mutex::new(Vec::new()),
+            mock_calls: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn next_mock_call(&self, state: &str) -> usize {
+        let Ok(mut calls) = self.mock_calls.lock() else {
+            return 0;
+        };
+        let n = calls.entry(state.to_string()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
     fn event(
         &self,
         event_type: &str,
@@ -217,8 +310,14 @@ impl Exec {
         entered: &str,
         retry_count: Option<u32>,
         item: Option<(usize, &Value)>,
+        vars: &Vars,
     ) -> Value {
         let mut ctx = self.context_base.clone();
+        if !vars.is_empty() {
+            if let Value::Object(m) = &mut ctx {
+                m.insert(VARS_KEY.into(), Value::Object(vars.clone()));
+            }
+        }
         let mut st = Map::new();
         st.insert("Name".into(), Value::String(state.into()));
         st.insert("EnteredTime".into(), Value::String(entered.into()));
@@ -249,6 +348,17 @@ impl Exec {
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The variables in scope (`Assign`): one per program run, copied into Map iterations and
+/// Parallel branches, whose own assignments stay inside them.
+type Vars = Map<String, Value>;
+
+/// What one state did: its output, where to go next (`None` at the end), what it assigned.
+struct Step {
+    output: Value,
+    next: Option<String>,
+    assigned: Option<Vars>,
+}
 
 impl Engine {
     /// An engine with the default [`EngineConfig`].
@@ -300,6 +410,7 @@ impl Engine {
                 "StateMachine": {"Id": sm_arn, "Name": machine.name},
             }),
             history: Mutex::new(Vec::new()),
+            mock_calls: Mutex::new(std::collections::HashMap::new()),
         });
         tracing::debug!(execution = %exec_name, state_machine = %machine.name, "execution started");
         exec.event(
@@ -314,7 +425,13 @@ impl Engine {
                 "The execution input exceeds the maximum number of bytes service limit.",
             )))
         } else {
-            let run = run_program(exec.clone(), machine.program.clone(), input);
+            let run = run_program(
+                exec.clone(),
+                machine.program.clone(),
+                input,
+                Vars::new(),
+                false,
+            );
             match machine.timeout_seconds {
                 None => run.await.map_err(Some),
                 Some(t) => {
@@ -362,10 +479,13 @@ fn run_program(
     exec: Arc<Exec>,
     program: Arc<Program>,
     input: Value,
+    vars: Vars,
+    interleave: bool,
 ) -> BoxFut<Result<Value, Failure>> {
     Box::pin(async move {
         let mut name = program.start_at.clone();
         let mut input = input;
+        let mut vars = vars;
         loop {
             let Some(state) = program.states.get(&name).cloned() else {
                 return Err(Failure::new(
@@ -380,14 +500,31 @@ fn run_program(
                 Some(&state.name),
                 json!({"name": state.name, "input": input}),
             );
-            let step = run_state(&exec, &state, input, entered).await?;
-            let (output, next) = step;
+            if interleave {
+                // Parallel branches take turns state by state, as AWS's history shows.
+                tokio::task::yield_now().await;
+            }
+            let Step {
+                output,
+                next,
+                assigned,
+            } = run_state(&exec, &state, input, entered, &vars).await?;
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            let mut details = json!({"name": state.name, "output": output});
+            if let Some(a) = assigned {
+                // History shows each assigned value as JSON text, as AWS does.
+                details["assignedVariables"] = Value::Object(
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), Value::String(compact(v))))
+                        .collect(),
+                );
+                vars.extend(a);
+            }
             exec.event(
                 &format!("{}StateExited", state.kind.type_name()),
                 prev,
                 Some(&state.name),
-                json!({"name": state.name, "output": output}),
+                details,
             );
             match next {
                 Some(n) => {
@@ -408,8 +545,7 @@ fn apply_path(
     ctx: &Value,
 ) -> Result<Value, Failure> {
     let Some(p) = path else { return Ok(json!({})) };
-    let root = if p.is_context() { ctx } else { value };
-    p.evaluate(root).ok_or_else(|| {
+    p.lookup(value, ctx).ok_or_else(|| {
         Failure::runtime(
             &state.name,
             entered,
@@ -444,8 +580,7 @@ fn eval_template(
             Ok(Value::Object(m))
         }
         Template::Path { field, path } => {
-            let root = if path.is_context() { ctx } else { input };
-            path.evaluate(root).ok_or_else(|| {
+            path.lookup(input, ctx).ok_or_else(|| {
                 Failure::runtime(
                     state,
                     entered,
@@ -519,21 +654,86 @@ fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
                 state.name
             )),
             catchable: Catchable::ByNameOnly,
+            state_failed: None,
         });
     }
     Ok(())
 }
 
-/// Runs one state; `Ok((output, next))`, `next == None` at the end of the program.
+/// Evaluates an `Assign` block; `$` is what the state type says it is (its result, its input
+/// or the error output of a Catch).
+fn eval_assign(
+    state: &str,
+    entered: u64,
+    assign: Option<&Template>,
+    dollar: &Value,
+    ctx: &Value,
+) -> Result<Option<Vars>, Failure> {
+    let Some(t) = assign else { return Ok(None) };
+    match eval_template(state, entered, t, dollar, ctx)? {
+        Value::Object(m) => Ok(Some(m)),
+        other => Err(Failure::runtime(
+            state,
+            entered,
+            &format!(
+                "The Assign field must be an object, not {}",
+                compact(&other)
+            ),
+        )),
+    }
+}
+
+/// The end of every state that produces a result (Task, Map, Parallel): the payload quota on
+/// the result, ResultSelector, Assign (on the selected result), ResultPath, OutputPath.
+struct ResultFields<'a> {
+    selector: Option<&'a Template>,
+    result_path: Option<&'a JsonPath>,
+}
+
+fn finish_result(
+    state: &State,
+    entered: u64,
+    label: &str,
+    fields: &ResultFields<'_>,
+    raw: &Value,
+    result: Value,
+    ctx: &Value,
+) -> Result<(Value, Option<Vars>), Failure> {
+    if size_of(&result) > MAX_PAYLOAD_BYTES {
+        return Err(Failure::new(
+            "States.DataLimitExceeded",
+            format!(
+                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+            ),
+        ));
+    }
+    let result = match fields.selector {
+        Some(t) => eval_template(&state.name, entered, t, &result, ctx)?,
+        None => result,
+    };
+    let assigned = eval_assign(&state.name, entered, state.assign.as_ref(), &result, ctx)?;
+    let merged = apply_result_path(raw, fields.result_path, result)?;
+    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    check_output_size(state, &out)?;
+    Ok((out, assigned))
+}
+
+/// Runs one state.
 async fn run_state(
     exec: &Arc<Exec>,
     state: &Arc<State>,
     raw: Value,
     entered: u64,
-) -> Result<(Value, Option<String>), Failure> {
+    vars: &Vars,
+) -> Result<Step, Failure> {
     let entered_time = exec.timestamp();
-    let ctx = exec.context(&state.name, &entered_time, None, None);
+    let ctx = exec.context(&state.name, &entered_time, None, None, vars);
     let name = state.name.as_str();
+    let step = |output: Value, next: Option<String>, assigned: Option<Vars>| Step {
+        output,
+        next,
+        assigned,
+    };
     match &state.kind {
         Kind::Pass {
             result,
@@ -546,6 +746,7 @@ async fn run_state(
                 None => effective,
             };
             let res = result.clone().unwrap_or(effective);
+            let assigned = eval_assign(name, entered, state.assign.as_ref(), &res, &ctx)?;
             let merged =
                 apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
                     catchable: Catchable::No,
@@ -553,12 +754,12 @@ async fn run_state(
                 })?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
             check_output_size(state, &out)?;
-            Ok((out, state.next.clone()))
+            Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Succeed => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
-            Ok((out, None))
+            Ok(step(out, None, None))
         }
         Kind::Fail { error, cause } => {
             let resolve = |sp: &Option<StrOrPath>,
@@ -568,8 +769,7 @@ async fn run_state(
                     None => Ok(None),
                     Some(StrOrPath::Str(s)) => Ok(Some(s.clone())),
                     Some(StrOrPath::Path(p)) => {
-                        let root = if p.is_context() { &ctx } else { &raw };
-                        let v = p.evaluate(root).ok_or_else(|| {
+                        let v = p.lookup(&raw, &ctx).ok_or_else(|| {
                             Failure::runtime(
                                 name,
                                 entered,
@@ -593,26 +793,43 @@ async fn run_state(
                 error,
                 cause,
                 catchable: Catchable::Yes,
+                state_failed: None,
             })
         }
         Kind::Choice { choices, default } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let mut next = None;
-            for (rule, target) in choices {
+            let mut chosen = None;
+            for (rule, target, assign) in choices {
                 if choice::evaluate(rule, &effective, &ctx)
                     .map_err(|d| Failure::runtime(name, entered, &d))?
                 {
-                    next = Some(target.clone());
+                    chosen = Some((target.clone(), assign.as_ref()));
                     break;
                 }
             }
-            let next = next.or_else(|| default.clone()).ok_or_else(|| Failure {
-                error: Some("States.NoChoiceMatched".into()),
-                cause: Some(format!("No Matches! (state '{name}')")),
-                catchable: Catchable::Yes,
-            })?;
+            let (next, assign) = match chosen {
+                Some(c) => c,
+                None => {
+                    let d = default.clone().ok_or_else(|| Failure {
+                        error: Some("States.NoChoiceMatched".into()),
+                        cause: Some(format!("No Matches! (state '{name}')")),
+                        catchable: Catchable::Yes,
+                        state_failed: None,
+                    })?;
+                    (d, state.assign.as_ref())
+                }
+            };
+            let assigned = eval_assign(name, entered, assign, &effective, &ctx)?;
             let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
-            Ok((out, Some(next)))
+            Ok(step(out, Some(next), assigned))
+        }
+        Kind::Wait(wait) => {
+            let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
+            let delay = wait_duration(exec, state, entered, wait, &effective, &ctx)?;
+            exec.clock.sleep(delay).await;
+            let assigned = eval_assign(name, entered, state.assign.as_ref(), &effective, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Task(task) => {
             let attempt = |retry_count: u32| {
@@ -621,17 +838,21 @@ async fn run_state(
                 let raw = raw.clone();
                 let entered_time = entered_time.clone();
                 async move {
-                    let ctx = exec.context(&state.name, &entered_time, Some(retry_count), None);
+                    let ctx =
+                        exec.context(&state.name, &entered_time, Some(retry_count), None, vars);
                     run_task_once(&exec, &state, task, &raw, &ctx, entered).await
                 }
             };
             with_retry_catch(
                 exec,
                 state,
-                &task.retry,
-                &task.catch,
-                task.result_path.as_ref(),
+                Recovery {
+                    retry: &task.retry,
+                    catch: &task.catch,
+                },
                 &raw,
+                &ctx,
+                entered,
                 attempt,
             )
             .await
@@ -641,19 +862,41 @@ async fn run_state(
                 let exec = exec.clone();
                 let state = state.clone();
                 let raw = raw.clone();
-                let entered_time = entered_time.clone();
-                async move {
-                    let ctx = exec.context(&state.name, &entered_time, None, None);
-                    run_map_once(&exec, &state, map, &raw, &ctx, entered).await
-                }
+                let ctx = ctx.clone();
+                async move { run_map_once(&exec, &state, map, &raw, &ctx, entered, vars).await }
             };
             with_retry_catch(
                 exec,
                 state,
-                &map.retry,
-                &map.catch,
-                map.result_path.as_ref(),
+                Recovery {
+                    retry: &map.retry,
+                    catch: &map.catch,
+                },
                 &raw,
+                &ctx,
+                entered,
+                attempt,
+            )
+            .await
+        }
+        Kind::Parallel(par) => {
+            let attempt = |_retry: u32| {
+                let exec = exec.clone();
+                let state = state.clone();
+                let raw = raw.clone();
+                let ctx = ctx.clone();
+                async move { run_parallel_once(&exec, &state, par, &raw, &ctx, entered, vars).await }
+            };
+            with_retry_catch(
+                exec,
+                state,
+                Recovery {
+                    retry: &par.retry,
+                    catch: &par.catch,
+                },
+                &raw,
+                &ctx,
+                entered,
                 attempt,
             )
             .await
@@ -661,25 +904,98 @@ async fn run_state(
     }
 }
 
+/// How long a Wait state sleeps; the `...Path` forms fail as AWS words it.
+fn wait_duration(
+    exec: &Exec,
+    state: &State,
+    entered: u64,
+    wait: &Wait,
+    input: &Value,
+    ctx: &Value,
+) -> Result<Duration, Failure> {
+    let until = |t: DateTime<chrono::FixedOffset>| {
+        (t.with_timezone(&Utc) - exec.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    match wait {
+        Wait::Seconds(n) => Ok(Duration::from_secs(*n)),
+        Wait::Timestamp(t) => Ok(until(*t)),
+        Wait::SecondsPath(p) => {
+            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let shown = match &v {
+                Value::String(s) => s.clone(),
+                other => compact(other),
+            };
+            match (v.as_i64(), v.as_u64()) {
+                (_, Some(n)) => Ok(Duration::from_secs(n)),
+                (Some(_), None) => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The SecondsPath parameter references a negative value: {} == {shown}",
+                        p.text()
+                    ),
+                )),
+                _ => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The SecondsPath parameter cannot be parsed as a long value: {} == {shown}",
+                        p.text()
+                    ),
+                )),
+            }
+        }
+        Wait::TimestampPath(p) => {
+            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            match v.as_str().and_then(choice::parse_timestamp) {
+                Some(t) => Ok(until(t)),
+                None => Err(Failure::runtime(
+                    &state.name,
+                    entered,
+                    &format!(
+                        "The TimestampPath parameter does not reference a valid ISO-8601 extended offset date-time format string: {} == {}",
+                        p.text(),
+                        v.as_str().map_or_else(|| compact(&v), str::to_string)
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// A state's `Retry` and `Catch` lists.
+struct Recovery<'a> {
+    retry: &'a [Retrier],
+    catch: &'a [Catcher],
+}
+
 async fn with_retry_catch<F, Fut>(
     exec: &Arc<Exec>,
     state: &Arc<State>,
-    retry: &[Retrier],
-    catch: &[Catcher],
-    _result_path: Option<&JsonPath>,
+    Recovery { retry, catch }: Recovery<'_>,
     raw: &Value,
+    ctx: &Value,
+    entered: u64,
     attempt: F,
-) -> Result<(Value, Option<String>), Failure>
+) -> Result<Step, Failure>
 where
     F: Fn(u32) -> Fut,
-    Fut: Future<Output = Result<Value, Failure>>,
+    Fut: Future<Output = Result<(Value, Option<Vars>), Failure>>,
 {
     let mut counts = vec![0u32; retry.len()];
     let mut retry_count = 0u32;
     loop {
         match attempt(retry_count).await {
-            Ok(out) => return Ok((out, state.next.clone())),
-            Err(f) => {
+            Ok((output, assigned)) => {
+                return Ok(Step {
+                    output,
+                    next: state.next.clone(),
+                    assigned,
+                });
+            }
+            Err(mut f) => {
                 if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
                     let r = &retry[i];
                     if counts[i] < r.max_attempts {
@@ -703,9 +1019,17 @@ where
                         continue;
                     }
                 }
+                record_state_failed(exec, &state.name, &mut f);
                 if let Some(c) = catch.iter().find(|c| f.matches(&c.error_equals)) {
-                    let out = apply_result_path(raw, c.result_path.as_ref(), f.as_value())?;
-                    return Ok((out, Some(c.next.clone())));
+                    let error_output = f.as_value();
+                    let assigned =
+                        eval_assign(&state.name, entered, c.assign.as_ref(), &error_output, ctx)?;
+                    let output = apply_result_path(raw, c.result_path.as_ref(), error_output)?;
+                    return Ok(Step {
+                        output,
+                        next: Some(c.next.clone()),
+                        assigned,
+                    });
                 }
                 return Err(f);
             }
@@ -725,9 +1049,14 @@ fn resolve_num(
     match np {
         NumOrPath::Num(n) => Ok(*n),
         NumOrPath::Path(p) => {
-            let root = if p.is_context() { ctx } else { input };
-            let v = p.evaluate(root);
-            v.as_ref().and_then(Value::as_u64).ok_or_else(|| {
+            let v = p.lookup(input, ctx);
+            // A variable may hold the number as text (AWS accepts `"1"` from `$var`).
+            let parsed = match (&v, p.variable()) {
+                (Some(Value::String(s)), Some(_)) => s.parse::<u64>().ok(),
+                (Some(n), _) => n.as_u64(),
+                (None, _) => None,
+            };
+            parsed.ok_or_else(|| {
                 Failure::runtime(
                     &state.name,
                     entered,
@@ -849,7 +1178,7 @@ async fn run_task_once(
     raw: &Value,
     ctx: &Value,
     entered: u64,
-) -> Result<Value, Failure> {
+) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let params = match &task.parameters {
@@ -863,6 +1192,7 @@ async fn run_task_once(
                 "The state/task '{name}' input exceeds the maximum number of bytes service limit."
             )),
             catchable: Catchable::ByNameOnly,
+            state_failed: None,
         });
     }
     let timeout = task
@@ -870,6 +1200,18 @@ async fn run_task_once(
         .as_ref()
         .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx))
         .transpose()?;
+    let heartbeat = task
+        .heartbeat
+        .as_ref()
+        .map(|t| resolve_num(state, entered, t, "HeartbeatSeconds", &effective, ctx))
+        .transpose()?;
+    // No local task sends heartbeats, so HeartbeatSeconds bounds the whole call; whichever
+    // limit is shorter decides the error.
+    let (timeout, timeout_error) = match (timeout, heartbeat) {
+        (Some(t), Some(h)) if h < t => (Some(h), "States.HeartbeatTimeout"),
+        (None, Some(h)) => (Some(h), "States.HeartbeatTimeout"),
+        (t, _) => (t, "States.Timeout"),
+    };
     let target = resolve_target(&task.resource).ok_or_else(|| {
         Failure::runtime(
             name,
@@ -881,6 +1223,47 @@ async fn run_task_once(
         )
     })?;
     let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    if let Some(mock) = exec.registry.state_mock(name) {
+        let n = exec.next_mock_call(name);
+        let (resource_type, action) = match &target {
+            Target::LambdaArn { .. } | Target::LambdaInvoke => ("lambda", "invoke".to_string()),
+            Target::Service { service } => (
+                service.as_str(),
+                task.resource
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        };
+        let d = json!({"resource": action, "resourceType": resource_type});
+        let mut scheduled = d.clone();
+        scheduled["parameters"] = params.clone();
+        let id = exec.event("TaskScheduled", last(exec), Some(name), scheduled);
+        let id = exec.event("TaskStarted", id, Some(name), d.clone());
+        let result = match mock.answer(n) {
+            Some(MockedResult::Return(v)) => v.clone(),
+            Some(MockedResult::Throw { error, cause }) => {
+                let f = Failure::new(error, cause.clone());
+                exec.event(
+                    "TaskFailed",
+                    id,
+                    Some(name),
+                    json!({"error": f.error, "cause": f.cause}),
+                );
+                return Err(f);
+            }
+            None => Value::Null,
+        };
+        let mut succeeded = d;
+        succeeded["output"] = result.clone();
+        exec.event("TaskSucceeded", id, Some(name), succeeded);
+        let fields = ResultFields {
+            selector: task.result_selector.as_ref(),
+            result_path: task.result_path.as_ref(),
+        };
+        return finish_result(state, entered, name, &fields, raw, result, ctx);
+    }
     let (result, label) = match target {
         Target::LambdaArn {
             name: fname,
@@ -903,12 +1286,13 @@ async fn run_task_once(
                         "LambdaFunctionTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -920,6 +1304,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "LambdaFunctionFailed",
+                        id,
+                        name,
+                        &task.resource,
+                        json!({}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     exec.event(
@@ -982,12 +1376,13 @@ async fn run_task_once(
                         "TaskTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -999,6 +1394,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "TaskFailed",
+                        id,
+                        name,
+                        "lambda",
+                        json!({"resource": "invoke", "resourceType": "lambda"}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     let len = compact(&v).len().to_string();
@@ -1076,12 +1481,13 @@ async fn run_task_once(
                         "TaskTimedOut",
                         id,
                         Some(name),
-                        json!({"error": "States.Timeout"}),
+                        json!({"error": timeout_error}),
                     );
                     return Err(Failure {
-                        error: Some("States.Timeout".into()),
+                        error: Some(timeout_error.into()),
                         cause: None,
                         catchable: Catchable::Yes,
+                        state_failed: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1093,6 +1499,16 @@ async fn run_task_once(
                         json!({"error": f.error, "cause": f.cause}),
                     );
                     return Err(f);
+                }
+                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                    return Err(result_too_large(
+                        exec,
+                        "TaskFailed",
+                        id,
+                        name,
+                        &service,
+                        json!({"resource": action, "resourceType": service}),
+                    ));
                 }
                 Some(Ok(v)) => {
                     exec.event(
@@ -1106,22 +1522,11 @@ async fn run_task_once(
             }
         }
     };
-    if size_of(&result) > MAX_PAYLOAD_BYTES {
-        return Err(Failure::new(
-            "States.DataLimitExceeded",
-            format!(
-                "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
-            ),
-        ));
-    }
-    let result = match &task.result_selector {
-        Some(t) => eval_template(name, entered, t, &result, ctx)?,
-        None => result,
+    let fields = ResultFields {
+        selector: task.result_selector.as_ref(),
+        result_path: task.result_path.as_ref(),
     };
-    let merged = apply_result_path(raw, task.result_path.as_ref(), result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
-    check_output_size(state, &out)?;
-    Ok(out)
+    finish_result(state, entered, &label, &fields, raw, result, ctx)
 }
 
 async fn run_map_once(
@@ -1131,7 +1536,8 @@ async fn run_map_once(
     raw: &Value,
     ctx: &Value,
     entered: u64,
-) -> Result<Value, Failure> {
+    vars: &Vars,
+) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
@@ -1153,6 +1559,14 @@ async fn run_map_once(
         &effective,
         ctx,
     )?;
+    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    exec.event(
+        "MapStateStarted",
+        prev,
+        Some(name),
+        json!({"length": items.len()}),
+    );
+    // A distributed Map resolves its tolerances in the map run, after MapStateStarted.
     let tol_count = map
         .tolerated_count
         .as_ref()
@@ -1173,13 +1587,22 @@ async fn run_map_once(
         })
         .transpose()?;
     let tolerant = tol_count.is_some() || tol_pct.is_some();
-    let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event(
-        "MapStateStarted",
-        prev,
-        Some(name),
-        json!({"length": items.len()}),
-    );
+    let children = if map.distributed {
+        exec.event("MapRunStarted", prev + 1, Some(name), json!({}));
+        Arc::new(exec.child())
+    } else {
+        exec.clone()
+    };
+    let map_failed = |f: Failure| {
+        if map.distributed {
+            let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+            exec.event("MapRunFailed", prev, Some(name), json!({}));
+        }
+        Failure {
+            state_failed: Some("MapStateFailed"),
+            ..f
+        }
+    };
 
     // Item inputs are computed up front: a bad ItemSelector fails the state before any iteration.
     let mut inputs = Vec::with_capacity(items.len());
@@ -1191,6 +1614,7 @@ async fn run_map_once(
                     ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
                     None,
                     Some((i, item)),
+                    vars,
                 );
                 eval_template(name, entered, t, &effective, &ictx)?
             }
@@ -1236,12 +1660,13 @@ async fn run_map_once(
         while let Some(joined) = set.try_join_next() {
             if let Some(f) = record(joined) {
                 set.abort_all();
-                return Err(map_failed(exec, name, f));
+                return Err(map_failed(f));
             }
         }
-        let exec2 = exec.clone();
+        let exec2 = children.clone();
         let program = map.processor.clone();
         let state_name = state.name.clone();
+        let vars = vars.clone();
         set.spawn(async move {
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             exec2.event(
@@ -1250,7 +1675,7 @@ async fn run_map_once(
                 Some(&state_name),
                 json!({"name": state_name, "index": i}),
             );
-            let r = run_program(exec2.clone(), program, input).await;
+            let r = run_program(exec2.clone(), program, input, vars, false).await;
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let ty = if r.is_ok() {
                 "MapIterationSucceeded"
@@ -1270,14 +1695,14 @@ async fn run_map_once(
         while let Some(joined) = set.try_join_next() {
             if let Some(f) = record(joined) {
                 set.abort_all();
-                return Err(map_failed(exec, name, f));
+                return Err(map_failed(f));
             }
         }
     }
     while let Some(joined) = set.join_next().await {
         if let Some(f) = record(joined) {
             set.abort_all();
-            return Err(map_failed(exec, name, f));
+            return Err(map_failed(f));
         }
     }
     if tolerant && failures > 0 {
@@ -1289,44 +1714,121 @@ async fn run_map_once(
             _ => !(over_count || over_pct),
         };
         if !within {
-            return Err(map_failed(
-                exec,
-                name,
-                Failure::new(
-                    "States.ExceedToleratedFailureThreshold",
-                    "The specified tolerated failure threshold was exceeded",
-                ),
-            ));
+            return Err(map_failed(Failure::new(
+                "States.ExceedToleratedFailureThreshold",
+                "The specified tolerated failure threshold was exceeded",
+            )));
         }
     }
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event("MapStateSucceeded", prev, Some(name), json!({}));
-    let result = Value::Array(results);
-    if size_of(&result) > MAX_PAYLOAD_BYTES {
-        return Err(Failure::new(
-            "States.DataLimitExceeded",
-            format!(
-                "The state/task '{name}' returned a result with a size exceeding the maximum number of bytes service limit."
-            ),
-        ));
-    }
-    let result = match &map.result_selector {
-        Some(t) => eval_template(name, entered, t, &result, ctx)?,
-        None => result,
+    let prev = if map.distributed {
+        exec.event("MapRunSucceeded", prev, Some(name), json!({}))
+    } else {
+        prev
     };
-    let merged = apply_result_path(raw, map.result_path.as_ref(), result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
-    check_output_size(state, &out)?;
-    Ok(out)
+    exec.event("MapStateSucceeded", prev, Some(name), json!({}));
+    let fields = ResultFields {
+        selector: map.result_selector.as_ref(),
+        result_path: map.result_path.as_ref(),
+    };
+    finish_result(
+        state,
+        entered,
+        name,
+        &fields,
+        raw,
+        Value::Array(results),
+        ctx,
+    )
 }
 
-fn map_failed(exec: &Exec, name: &str, f: Failure) -> Failure {
+async fn run_parallel_once(
+    exec: &Arc<Exec>,
+    state: &State,
+    par: &ParallelState,
+    raw: &Value,
+    ctx: &Value,
+    entered: u64,
+    vars: &Vars,
+) -> Result<(Value, Option<Vars>), Failure> {
+    let name = state.name.as_str();
+    let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
+    let input = match &par.parameters {
+        Some(t) => eval_template(name, entered, t, &effective, ctx)?,
+        None => effective,
+    };
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
-    exec.event(
-        "MapStateFailed",
-        prev,
-        Some(name),
-        json!({"error": f.error, "cause": f.cause}),
+    exec.event("ParallelStateStarted", prev, Some(name), json!({}));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, branch) in par.branches.iter().enumerate() {
+        let run = run_program(
+            exec.clone(),
+            branch.clone(),
+            input.clone(),
+            vars.clone(),
+            true,
+        );
+        set.spawn(async move { (i, run.await) });
+    }
+    let mut results = vec![Value::Null; par.branches.len()];
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, r)) = joined else { continue };
+        match r {
+            Ok(v) => {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = v;
+                }
+            }
+            Err(f) => {
+                // The first failed branch fails the state with its own error; the others stop.
+                set.abort_all();
+                return Err(Failure {
+                    state_failed: Some("ParallelStateFailed"),
+                    ..f
+                });
+            }
+        }
+    }
+    let fields = ResultFields {
+        selector: par.result_selector.as_ref(),
+        result_path: par.result_path.as_ref(),
+    };
+    finish_result(
+        state,
+        entered,
+        name,
+        &fields,
+        raw,
+        Value::Array(results),
+        ctx,
+    )
+}
+
+/// A task result over the payload quota: the task's failed event, then the error AWS gives.
+fn result_too_large(
+    exec: &Exec,
+    event_type: &str,
+    previous: u64,
+    state: &str,
+    label: &str,
+    mut details: Value,
+) -> Failure {
+    let f = Failure::new(
+        "States.DataLimitExceeded",
+        format!(
+            "The state/task '{label}' returned a result with a size exceeding the maximum number of bytes service limit."
+        ),
     );
+    details["error"] = json!(f.error);
+    details["cause"] = json!(f.cause);
+    exec.event(event_type, previous, Some(state), details);
     f
+}
+
+/// Records the pending `<Type>StateFailed` event of a failure that will not be retried.
+fn record_state_failed(exec: &Exec, state: &str, f: &mut Failure) {
+    if let Some(ty) = f.state_failed.take() {
+        let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+        exec.event(ty, prev, Some(state), json!({}));
+    }
 }

@@ -78,15 +78,12 @@ impl Intrinsic {
             args.push(match a {
                 Arg::Str { value, .. } => Value::String(value.clone()),
                 Arg::Literal(v) => v.clone(),
-                Arg::Path(p) => {
-                    let root = if p.is_context() { context } else { input };
-                    p.evaluate(root).ok_or_else(|| {
-                        format!(
-                            "The JsonPath '{}' could not be found in the input",
-                            p.text()
-                        )
-                    })?
-                }
+                Arg::Path(p) => p.lookup(input, context).ok_or_else(|| {
+                    format!(
+                        "The JsonPath '{}' could not be found in the input",
+                        p.text()
+                    )
+                })?,
                 Arg::Call(c) => c.evaluate(input, context)?,
             });
         }
@@ -124,10 +121,16 @@ impl Intrinsic {
         };
         match name {
             "States.Format" => {
-                let Some(Arg::Str { value, raw_braces }) = self.args.first() else {
-                    return Err("States.Format: the first argument must be a string literal".into());
-                };
-                format(value, raw_braces, args.get(1..).unwrap_or_default())
+                match (self.args.first(), args.first()) {
+                    (Some(Arg::Str { value, raw_braces }), _) => {
+                        format(value, raw_braces, args.get(1..).unwrap_or_default())
+                    }
+                    // A template from a path or a variable: every `{}` is a placeholder.
+                    (Some(Arg::Path(_)), Some(Value::String(t))) => {
+                        format(t, &[], args.get(1..).unwrap_or_default())
+                    }
+                    _ => Err("States.Format: the first argument must be a string".into()),
+                }
             }
             "States.StringToJson" => {
                 self.arity(args, 1)?;

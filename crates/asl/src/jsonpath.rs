@@ -50,13 +50,19 @@ enum CmpOp {
     Ge,
 }
 
-/// A parsed JsonPath (`$...` against the input, `$$...` against the context object).
+/// A parsed JsonPath (`$...` against the input, `$$...` against the context object,
+/// `$name...` against the variable `name`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonPath {
     text: String,
     context: bool,
+    variable: Option<String>,
     segments: Vec<Segment>,
 }
+
+/// Where the engine keeps the variables in scope inside the context object it passes around.
+/// No AWS context field starts with a control character, so it cannot clash; `$$` drops it.
+pub(crate) const VARS_KEY: &str = "\u{1}variables";
 
 /// Why a path text was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +71,19 @@ pub struct PathSyntaxError(pub String);
 impl JsonPath {
     /// Parses a path; it must start with `$` (or `$$` for the context object).
     pub fn parse(text: &str) -> Result<Self, PathSyntaxError> {
+        let mut variable = None;
         let (context, rest) = if let Some(r) = text.strip_prefix("$$") {
             (true, r)
         } else if let Some(r) = text.strip_prefix('$') {
-            (false, r)
+            let name_len = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(r.len());
+            if name_len > 0 && r.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                variable = Some(r[..name_len].to_string());
+                (false, &r[name_len..])
+            } else {
+                (false, r)
+            }
         } else {
             return Err(PathSyntaxError(format!(
                 "path '{text}' must start with '$'"
@@ -86,6 +101,7 @@ impl JsonPath {
         Ok(Self {
             text: text.to_string(),
             context,
+            variable,
             segments,
         })
     }
@@ -100,6 +116,29 @@ impl JsonPath {
         self.context
     }
 
+    /// The variable the path reads (`$name...`), if any.
+    pub fn variable(&self) -> Option<&str> {
+        self.variable.as_deref()
+    }
+
+    /// Evaluates against the right root: the effective input, the context object, or a variable
+    /// (kept in the context object under [`VARS_KEY`]).
+    pub(crate) fn lookup(&self, input: &Value, context: &Value) -> Option<Value> {
+        if let Some(name) = &self.variable {
+            return self.evaluate(context.get(VARS_KEY)?.get(name)?);
+        }
+        if !self.context {
+            return self.evaluate(input);
+        }
+        let mut v = self.evaluate(context)?;
+        if self.segments.is_empty() {
+            if let Value::Object(m) = &mut v {
+                m.remove(VARS_KEY);
+            }
+        }
+        Some(v)
+    }
+
     /// A definite path names at most one value (no wildcard, slice, union, filter or deep scan).
     pub fn is_definite(&self) -> bool {
         self.segments
@@ -110,6 +149,7 @@ impl JsonPath {
     /// A reference path: names and non-negative indexes only (ResultPath and friends).
     pub fn is_reference(&self) -> bool {
         !self.context
+            && self.variable.is_none()
             && self
                 .segments
                 .iter()
@@ -119,6 +159,9 @@ impl JsonPath {
     /// Jayway's rendering of the path, used in AWS error causes: `$['a'][0]`.
     pub fn jayway_form(&self) -> String {
         let mut out = String::from(if self.context { "$$" } else { "$" });
+        if let Some(v) = &self.variable {
+            out.push_str(v);
+        }
         for s in &self.segments {
             match s {
                 Segment::Name(n) => out.push_str(&format!("['{n}']")),

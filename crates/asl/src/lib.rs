@@ -1,16 +1,22 @@
 //! Amazon States Language engine: runs Step Functions definitions (JSONPath query language) on
 //! one machine, behaving as AWS Step Functions does for the features it supports: Pass, Task,
-//! Choice, Succeed, Fail and inline Map states, the JSONPath data flow, Retry and Catch, the
-//! context object, the 256 KiB payload quota and the common intrinsic functions.
+//! Choice, Wait, Succeed, Fail, Parallel and Map states (a DISTRIBUTED Map runs its items as
+//! child runs, recorded as a map run), the JSONPath data flow, variables (`Assign`, `$name`),
+//! Retry and Catch, TimeoutSeconds and HeartbeatSeconds, the context object, the 256 KiB
+//! payload quota and the common intrinsic functions. History events follow AWS's types and
+//! order ([`HistoryEvent::to_aws_json`] gives GetExecutionHistory's shape). [`VirtualClock`]
+//! in a paused runtime runs every wait on simulated time. [`mock`] runs a machine without its
+//! tasks: stand-in functions, or Step Functions Local's mock configuration.
 //!
-//! Not yet: Wait, Parallel, distributed Map (a DISTRIBUTED processor runs inline), JSONata,
-//! `States.Hash`, heartbeats, `.sync` / `.waitForTaskToken` integrations.
+//! Not yet: JSONata, ItemReader / ItemBatcher / ResultWriter, `States.Hash`,
+//! `.sync` / `.waitForTaskToken` integrations, Express-workflow execution ARNs.
 
 mod choice;
 mod definition;
 mod engine;
 mod intrinsics;
 mod jsonpath;
+pub mod mock;
 mod substitute;
 mod task;
 
@@ -22,5 +28,5 @@ pub use jsonpath::{JsonPath, PathSyntaxError};
 pub use substitute::substitute;
 pub use task::{
     Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
-    TestClock,
+    TestClock, VirtualClock, virtual_time_runtime,
 };

@@ -71,6 +71,7 @@ pub trait ServiceIntegration: Send + Sync {
 pub struct TaskRegistry {
     lambdas: HashMap<String, Arc<dyn LambdaFunction>>,
     services: HashMap<String, Arc<dyn ServiceIntegration>>,
+    state_mocks: Arc<crate::mock::TestCaseMocks>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -78,6 +79,7 @@ impl std::fmt::Debug for TaskRegistry {
         f.debug_struct("TaskRegistry")
             .field("lambdas", &self.lambdas.keys().collect::<Vec<_>>())
             .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("state_mocks", &self.state_mocks.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -101,6 +103,16 @@ impl TaskRegistry {
         integration: Arc<dyn ServiceIntegration>,
     ) {
         self.services.insert(resource_arn.to_string(), integration);
+    }
+
+    /// Replaces the result of the named Task states with mocked answers (a test case of a
+    /// Step Functions Local mock configuration): such a state calls nothing.
+    pub fn mock_states(&mut self, mocks: crate::mock::TestCaseMocks) {
+        self.state_mocks = Arc::new(mocks);
+    }
+
+    pub(crate) fn state_mock(&self, state: &str) -> Option<&crate::mock::MockedResponses> {
+        self.state_mocks.get(state)
     }
 
     pub(crate) fn lambda(&self, name: &str) -> Option<Arc<dyn LambdaFunction>> {
@@ -178,4 +190,58 @@ impl Clock for TestClock {
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Time read from tokio's clock. In an ordinary runtime it is real time. In a runtime whose
+/// time is paused ([`virtual_time_runtime`], or `#[tokio::test(start_paused = true)]`) it is
+/// simulated: when every task is waiting, tokio jumps to the next timer, so Wait states, Retry
+/// intervals, slow functions and timeouts end at once, in the order and with the result real
+/// time would give (a timeout fires only when simulated time has really passed it).
+#[derive(Debug, Clone, Copy)]
+pub struct VirtualClock {
+    start: DateTime<Utc>,
+    base: tokio::time::Instant,
+}
+
+impl VirtualClock {
+    /// A clock whose `now()` starts at the wall-clock time of the call.
+    pub fn new() -> Self {
+        Self::starting_at(Utc::now())
+    }
+
+    /// A clock whose `now()` starts at `start`.
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
+        Self {
+            start,
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for VirtualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Clock for VirtualClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.base);
+        self.start + chrono::Duration::from_std(elapsed).unwrap_or_default()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// A single-threaded runtime with paused time, for [`VirtualClock`] runs. Real I/O inside such
+/// a runtime still works, but while it is pending tokio may advance time to the next timer,
+/// so use it with in-process tasks (local functions, mocks), not network calls.
+pub fn virtual_time_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
 }

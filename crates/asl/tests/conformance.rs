@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use asl::{
     Engine, EngineConfig, ExecutionStatus, LambdaError, LambdaFunction, StateMachine, TaskRegistry,
-    TestClock,
+    VirtualClock,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -24,7 +24,17 @@ const SUPPORTED: &[&str] = &[
     "state:Succeed",
     "state:Fail",
     "state:Map",
+    "state:Wait",
+    "state:Parallel",
     "map:inline",
+    "map:distributed",
+    "long_wait",
+    "field:Assign",
+    "field:Seconds",
+    "field:SecondsPath",
+    "field:Timestamp",
+    "field:TimestampPath",
+    "field:HeartbeatSeconds",
     "field:Result",
     "field:Parameters",
     "field:ResultPath",
@@ -288,7 +298,7 @@ async fn run_case(case: &Value) -> Result<(), String> {
         account_id: "111111111111".into(),
         role_arn: "snf_role_arn".into(),
     };
-    let engine = Engine::with_config(registry, Arc::new(TestClock::new()), config);
+    let engine = Engine::with_config(registry, Arc::new(VirtualClock::new()), config);
     let result = engine
         .start_execution(&machine, Some("<ExecArnPart_0idx>"), case["input"].clone())
         .await;
@@ -342,6 +352,22 @@ async fn run_case(case: &Value) -> Result<(), String> {
             ));
         }
     }
+    let expected_types: Vec<&str> = expected["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    let actual_types: Vec<&str> = result
+        .history
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    if !expected_types.is_empty() && expected_types != actual_types {
+        return Err(format!(
+            "history types\n  actual:   {actual_types:?}\n  expected: {expected_types:?}"
+        ));
+    }
     Ok(())
 }
 
@@ -357,7 +383,8 @@ fn cut(v: &Value) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused time: Waits, retries, slow functions and timeouts run on simulated time.
+#[tokio::test(start_paused = true)]
 async fn recorded_aws_executions() {
     let dir = cases_dir();
     assert!(
@@ -376,8 +403,14 @@ async fn recorded_aws_executions() {
     let mut skipped_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut skipped = 0;
     let mut failures = Vec::new();
+    // category → (cases, selected, passed)
+    let mut per_category: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for f in &files {
         let case: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let cat = per_category
+            .entry(case["category"].as_str().unwrap_or("?").to_string())
+            .or_default();
+        cat.0 += 1;
         let missing: Vec<String> = case["features"]
             .as_array()
             .into_iter()
@@ -394,8 +427,12 @@ async fn recorded_aws_executions() {
             continue;
         }
         ran += 1;
+        cat.1 += 1;
         match run_case(&case).await {
-            Ok(()) => passed += 1,
+            Ok(()) => {
+                passed += 1;
+                cat.2 += 1;
+            }
             Err(e) => failures.push(format!("{}: {e}", case["name"].as_str().unwrap_or("?"))),
         }
     }
@@ -404,6 +441,14 @@ async fn recorded_aws_executions() {
         files.len()
     );
     println!("skipped cases per unsupported feature: {skipped_by:?}");
+    println!("| category | cases | selected | passed | passed of all |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (n, sel, ok)) in &per_category {
+        println!(
+            "| {name} | {n} | {sel} | {ok} | {:.0}% |",
+            *ok as f64 * 100.0 / (*n).max(1) as f64
+        );
+    }
     for f in &failures {
         println!("FAIL {f}");
     }
