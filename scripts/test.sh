@@ -16,3 +16,28 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets --locked
+
+# ---- infra (issue 8): the SAM template and the state machine definitions -------------------
+# cfn-lint (PyPI, into .venv/) and asl-validator (npm, into infra/node_modules/) are installed
+# here at the versions infra/ pins; both are git-ignored. Any error or warning fails the run.
+echo "== infra: lint tools"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r infra/requirements-lint.txt
+(cd infra && npm ci --no-audit --no-fund --loglevel=error)
+echo "== cfn-lint infra/template.yaml"
+.venv/bin/cfn-lint infra/template.yaml
+echo "== asl-validator statemachines/"
+asl_tmp=$(mktemp -d)
+trap 'rm -rf "$asl_tmp"' EXIT
+for definition in statemachines/*.asl.json; do
+  # The ${Placeholders} as the template's DefinitionSubstitutions fill them (dummy values of
+  # the same kind), so the ARN checks see what Step Functions will.
+  sed -E \
+    -e 's/\$\{[A-Za-z0-9]+FunctionArn\}/arn:aws:lambda:us-east-1:123456789012:function:placeholder/g' \
+    -e 's/\$\{[A-Za-z0-9]+StateMachineArn\}/arn:aws:states:us-east-1:123456789012:stateMachine:placeholder/g' \
+    -e 's#\$\{[A-Za-z0-9]+QueueUrl\}#https://sqs.us-east-1.amazonaws.com/123456789012/placeholder#g' \
+    -e 's/\$\{[A-Za-z0-9]+Arn\}/arn:aws:iam::123456789012:placeholder/g' \
+    -e 's/\$\{[A-Za-z0-9]+\}/placeholder/g' \
+    "$definition" > "$asl_tmp/$(basename "$definition")"
+  infra/node_modules/.bin/asl-validator --json-path "$asl_tmp/$(basename "$definition")"
+done

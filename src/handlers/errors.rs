@@ -17,6 +17,10 @@ pub const BUS_FAILED: &str = "FhirUnify.BusFailed";
 /// The workflow a batch was handed to could not run it.
 pub const WORKFLOW_FAILED: &str = "FhirUnify.WorkflowFailed";
 
+/// The function could not start (bad pipeline file, store not openable): reported to the
+/// Lambda Runtime API's `/runtime/init/error` by [`crate::lambda`].
+pub const INIT_FAILED: &str = "FhirUnify.InitFailed";
+
 /// Every error-type name, for checks that state machines only name errors that exist.
 pub const ALL: &[&str] = &[
     INVALID_INPUT,
@@ -25,6 +29,7 @@ pub const ALL: &[&str] = &[
     BUS_UNAVAILABLE,
     BUS_FAILED,
     WORKFLOW_FAILED,
+    INIT_FAILED,
 ];
 
 /// A handler failure: the whole invocation failed (per-record problems are not errors; they

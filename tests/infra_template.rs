@@ -1,0 +1,247 @@
+//! The SAM template (`infra/template.yaml`) against the code it deploys: every environment
+//! variable a function reads is set, none is set that nothing reads, every function crate is
+//! deployed and every deployed function is a crate, and every state machine placeholder is
+//! substituted (and nothing else). cfn-lint and asl-validator (scripts/test.sh) check the
+//! template and definitions against AWS's rules; this checks them against the code.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn template() -> Value {
+    let path = root().join("infra/template.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Environment variable names read by a Rust source, outside its `#[cfg(test)]` part:
+/// `var("X")`, `var_os("X")`, and `RUST_LOG` through tracing-subscriber's default filter.
+fn env_reads(source: &str) -> BTreeSet<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut names = BTreeSet::new();
+    for call in ["var(\"", "var_os(\""] {
+        let mut rest = code;
+        while let Some(at) = rest.find(call) {
+            rest = &rest[at + call.len()..];
+            let end = rest.find('"').unwrap();
+            names.insert(rest[..end].to_owned());
+        }
+    }
+    if code.contains("EnvFilter::try_from_default_env")
+        || code.contains("EnvFilter::from_default_env")
+    {
+        names.insert("RUST_LOG".to_owned());
+    }
+    names
+}
+
+/// Variables the Lambda service sets itself in every execution environment (reserved: a
+/// template may not set them).
+const SET_BY_LAMBDA: &[&str] = &[
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_REGION",
+    "_X_AMZN_TRACE_ID",
+];
+
+/// What the code deployed as a Lambda reads: `src/lambda.rs`, every `functions/*` crate, and
+/// every library module they reach (all of `src/` except the CLI and test-only files).
+fn variables_read_by_functions() -> BTreeSet<String> {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    rust_files(&root().join("functions"), &mut files);
+    let mut names = BTreeSet::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let cli_or_test = rel == "src/main.rs"
+            || rel.starts_with("src/cli/")
+            || rel.contains("/tests/")
+            || rel.ends_with("_tests.rs")
+            || rel.ends_with("/tests.rs");
+        if cli_or_test {
+            continue;
+        }
+        names.extend(env_reads(&std::fs::read_to_string(&file).unwrap()));
+    }
+    names.retain(|n| !SET_BY_LAMBDA.contains(&n.as_str()));
+    names
+}
+
+fn variables(properties: &Value) -> BTreeSet<String> {
+    properties["Environment"]["Variables"]
+        .as_mapping()
+        .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Each `AWS::Serverless::Function` by logical id, with its properties.
+fn functions(template: &Value) -> BTreeMap<String, Value> {
+    template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(id, r)| (id.as_str().unwrap().to_owned(), r["Properties"].clone()))
+        .collect()
+}
+
+#[test]
+fn every_variable_a_function_reads_is_set_and_none_other() {
+    let read = variables_read_by_functions();
+    assert!(
+        read.contains("FHIR_UNIFY_CONFIG") && read.contains("FHIR_UNIFY_DATA_DIR"),
+        "the scan found {read:?}: it no longer sees src/lambda.rs"
+    );
+    let template = template();
+    let global = variables(&template["Globals"]["Function"]);
+    let functions = functions(&template);
+    assert!(!functions.is_empty());
+    for (id, properties) in &functions {
+        let set: BTreeSet<String> = global.union(&variables(properties)).cloned().collect();
+        let missing: Vec<_> = read.difference(&set).collect();
+        let unused: Vec<_> = set.difference(&read).collect();
+        assert!(
+            missing.is_empty(),
+            "{id}: the code reads {missing:?}, the template does not set them"
+        );
+        assert!(
+            unused.is_empty(),
+            "{id}: the template sets {unused:?}, nothing reads them"
+        );
+    }
+}
+
+#[test]
+fn the_scan_finds_reads_and_skips_tests() {
+    let source = r#"
+        fn a() { std::env::var_os("ONE"); std::env::var("TWO").ok(); }
+        fn b() { tracing_subscriber::EnvFilter::try_from_default_env(); }
+        #[cfg(test)]
+        mod tests { fn c() { std::env::var("ONLY_IN_TESTS"); } }
+    "#;
+    let names: Vec<_> = env_reads(source).into_iter().collect();
+    assert_eq!(names, ["ONE", "RUST_LOG", "TWO"]);
+}
+
+#[test]
+fn every_function_crate_is_deployed_from_its_package() {
+    let crates: BTreeSet<String> = std::fs::read_dir(root().join("functions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let template = template();
+    let deployed: BTreeSet<String> = functions(&template)
+        .values()
+        .map(|p| {
+            let uri = p["CodeUri"].as_str().unwrap();
+            let name = uri
+                .strip_prefix("../target/lambda/")
+                .and_then(|r| r.strip_suffix("/bootstrap.zip"))
+                .unwrap_or_else(|| panic!("CodeUri {uri} is not a scripts/package.sh artifact"));
+            name.to_owned()
+        })
+        .collect();
+    assert_eq!(crates, deployed);
+    // Binaries keep their package's name: five `bootstrap` bins would overwrite each other in
+    // target/ (cargo's output filename collision) and each test would run whichever came
+    // last. scripts/package.sh names the file `bootstrap` in the zip.
+    for name in &crates {
+        let manifest =
+            std::fs::read_to_string(root().join("functions").join(name).join("Cargo.toml"))
+                .unwrap();
+        assert!(
+            !manifest.contains("name = \"bootstrap\""),
+            "functions/{name}: leave the binary its package's name"
+        );
+    }
+    for (id, p) in functions(&template) {
+        for key in ["MemorySize", "Timeout", "Role", "LoggingConfig"] {
+            assert!(!p[key].is_null(), "{id} has no {key}");
+        }
+    }
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(globals["Handler"].as_str(), Some("bootstrap"));
+}
+
+/// `${Name}` placeholders in an ASL file.
+fn placeholders(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        rest = &rest[at + 2..];
+        let end = rest.find('}').unwrap();
+        names.insert(rest[..end].to_owned());
+    }
+    names
+}
+
+#[test]
+fn every_state_machine_is_deployed_with_each_placeholder_substituted() {
+    let template = template();
+    let machines: BTreeMap<String, BTreeSet<String>> = template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .filter(|r| r["Type"].as_str() == Some("AWS::Serverless::StateMachine"))
+        .map(|r| {
+            let uri = r["Properties"]["DefinitionUri"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let subs = r["Properties"]["DefinitionSubstitutions"]
+                .as_mapping()
+                .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            (uri, subs)
+        })
+        .collect();
+    let mut files = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("statemachines")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".asl.json") {
+            continue;
+        }
+        let uri = format!("../statemachines/{name}");
+        let subs = machines
+            .get(&uri)
+            .unwrap_or_else(|| panic!("{uri} is not deployed by infra/template.yaml"));
+        let wanted = placeholders(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(
+            &wanted, subs,
+            "{uri}: placeholders vs DefinitionSubstitutions"
+        );
+        files.insert(uri);
+    }
+    assert_eq!(files, machines.keys().cloned().collect());
+}
