@@ -78,3 +78,69 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
         }
     }
 }
+
+/// Reads a function's payload as `T`. A payload of another shape is [`INVALID_INPUT`], with a
+/// message that says what did not fit and where, but never quotes the payload's values (serde
+/// quotes the offending string, which may be patient data).
+pub fn parse_payload<T: serde::de::DeserializeOwned>(
+    payload: serde_json::Value,
+) -> Result<T, HandlerError> {
+    serde_json::from_value(payload).map_err(|e| {
+        let what = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("payload");
+        HandlerError::InvalidInput(format!(
+            "payload is not a {what}: {}",
+            redact_quoted(&e.to_string())
+        ))
+    })
+}
+
+/// Replaces every double-quoted run in a serde message with `"…"`; field names are quoted with
+/// backticks by serde and stay.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ChangeBatch;
+
+    #[test]
+    fn a_payload_of_the_wrong_shape_is_invalid_input_without_its_values() {
+        let e = parse_payload::<ChangeBatch>(
+            serde_json::json!({"batchId": "b", "changes": [{"source": "Ada Lovelace"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.error_type(), INVALID_INPUT);
+        let text = e.to_string();
+        assert!(text.contains("ChangeBatch"), "{text}");
+        assert!(!text.contains("Ada"), "{text}");
+        let e = parse_payload::<ChangeBatch>(serde_json::json!({"batchId": 7, "changes": []}))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("batchId") || e.to_string().contains("invalid type"),
+            "{e}"
+        );
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "secret", expected u64"#),
+            r#"invalid type: string "…", expected u64"#
+        );
+    }
+}

@@ -111,7 +111,7 @@ struct StepFunction {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(payload: Value) -> Result<T, HandlerError> {
-    serde_json::from_value(payload).map_err(|e| HandlerError::InvalidInput(e.to_string()))
+    handlers::errors::parse_payload(payload)
 }
 
 fn to_json<T: serde::Serialize>(v: T) -> Result<Value, HandlerError> {

@@ -9,15 +9,15 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
     let env = std::sync::Arc::new(fhir_unify::lambda::ingest_env()?);
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<DynamoDbStreamEvent>| {
-            let env = env.clone();
-            async move {
-                ingest_dynamodb::handle(event.payload, &env)
-                    .await
-                    .map(|o| o.response)
-            }
-        },
-    ))
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let env = env.clone();
+        async move {
+            let input: DynamoDbStreamEvent =
+                fhir_unify::handlers::errors::parse_payload(event.payload)?;
+            ingest_dynamodb::handle(input, &env)
+                .await
+                .map(|o| o.response)
+        }
+    }))
     .await
 }

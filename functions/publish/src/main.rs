@@ -1,16 +1,18 @@
 //! Lambda `publish`: see `fhir_unify::handlers::publish`.
 
 use fhir_unify::handlers::publish;
-use fhir_unify::model::MappedBatch;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
     let env = fhir_unify::lambda::step_env()?;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<MappedBatch>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let env = env.clone();
-        async move { publish::handle(event.payload, &env).await }
+        async move {
+            let input = fhir_unify::handlers::errors::parse_payload(event.payload)?;
+            publish::handle(input, &env).await
+        }
     }))
     .await
 }
