@@ -4,7 +4,7 @@
 //! - The footer is read first (two ranged reads); then each row group's column chunks as
 //!   the rows are iterated: a file is never held whole in memory.
 //! - `Op` (`I`/`U` upsert, `D` delete; absent on a full load without `IncludeOpForFullLoad`:
-//!   every row an insert) and the timestamp column (`DMS_TIMESTAMP` by default, a STRING
+//!   every row an insert; null in a full-load file: an insert; null in a CDC file: refused) and the timestamp column (`DMS_TIMESTAMP` by default, a STRING
 //!   `yyyy-MM-dd HH:mm:ss.SSSSSS`) are read and left out of the record's data.
 //! - The sequence of a change is `micros(20 digits) ‖ file ordinal(20) ‖ row(12)`: the
 //!   timestamp column's microseconds since the epoch (else the CDC file name's time; else 0
@@ -547,6 +547,8 @@ impl DmsFile {
         }
         let op = match (self.op_index, op_text.as_deref()) {
             (None, _) => Some(Op::Upsert),
+            // A full load writes only inserts; a null `Op` there says nothing else.
+            (Some(_), None) if self.path.is_full_load() => Some(Op::Upsert),
             (Some(_), Some("I" | "U")) => Some(Op::Upsert),
             (Some(_), Some("D")) => Some(Op::Delete),
             (Some(_), other) => {

@@ -14,6 +14,7 @@ pub mod event;
 pub mod file;
 pub mod path;
 pub mod value;
+pub mod write;
 
 use std::sync::Arc;
 
