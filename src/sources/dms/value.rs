@@ -274,7 +274,7 @@ mod tests {
         let d = |bytes: Vec<u8>, scale| {
             decimal_text(&Decimal::from_bytes(ByteArray::from(bytes), 38, scale)).unwrap()
         };
-        assert_eq!(d(vec![0x00, 0x1e, 0x61, 0x45], 2), "19273.65"); // 1927365
+        assert_eq!(d(vec![0x00, 0x1d, 0x68, 0xc5], 2), "19273.65"); // 1927365
         assert_eq!(d(vec![0xff, 0xff, 0xff, 0x85], 2), "-1.23");
         assert_eq!(d(vec![0x05], 3), "0.005");
         assert_eq!(d(vec![0xfb], 3), "-0.005");
