@@ -351,7 +351,7 @@ impl DmsFile {
             .root_schema()
             .get_fields()
             .iter()
-            .map(|f| ColumnInfo::of(f))
+            .map(|f| ColumnInfo::of(f.as_ref()))
             .collect();
         for k in &binding.key {
             if !columns.iter().any(|c| &c.name == k) {
@@ -441,7 +441,7 @@ impl DmsFile {
                                     row_no += 1;
                                     read_in_group += 1;
                                     sink(self.decode_row(
-                                        &row,
+                                        row,
                                         row_no,
                                         fallback_time,
                                         schema_problem.as_deref(),
@@ -505,7 +505,7 @@ impl DmsFile {
     /// A row to a change, or to a rejection naming file, row and column.
     fn decode_row(
         &self,
-        row: &Row,
+        row: Row,
         row_no: u64,
         fallback_time: DateTime<Utc>,
         schema_problem: Option<&str>,
@@ -515,10 +515,12 @@ impl DmsFile {
         let mut data = Map::with_capacity(self.columns.len());
         let mut op_text: Option<String> = None;
         let mut ts_text: Option<Option<String>> = None;
-        for (i, (name, field)) in row.get_column_iter().enumerate() {
+        let default_info = ColumnInfo::default();
+        // The row is consumed: names and strings move into the record without a copy.
+        for (i, (name, field)) in row.into_columns().into_iter().enumerate() {
             if Some(i) == self.op_index {
                 op_text = match field {
-                    Field::Str(s) => Some(s.clone()),
+                    Field::Str(s) => Some(s),
                     Field::Null => None,
                     _ => Some(String::from("<not a string>")),
                 };
@@ -526,22 +528,25 @@ impl DmsFile {
             }
             if Some(i) == self.ts_index {
                 ts_text = Some(match field {
-                    Field::Str(s) => Some(s.clone()),
+                    Field::Str(s) => Some(s),
                     _ => None,
                 });
                 continue;
             }
-            let info = self.columns.get(i).cloned().unwrap_or_default();
-            match to_json(field, &info) {
+            let converted = match field {
+                Field::Str(s) => Ok(Value::String(s)),
+                other => to_json(&other, self.columns.get(i).unwrap_or(&default_info)),
+            };
+            match converted {
                 Ok(v) => {
-                    data.insert(name.clone(), v);
+                    data.insert(name, v);
                 }
                 Err(m) => {
                     issues.push(
                         Issue::error("value", format!("column {name:?}: {m}"))
                             .at(format!("{place} column {name}")),
                     );
-                    data.insert(name.clone(), Value::Null);
+                    data.insert(name, Value::Null);
                 }
             }
         }
@@ -669,9 +674,36 @@ impl DmsFile {
 
 /// Parses DMS's timestamp column text `yyyy-MM-dd HH:mm:ss[.f…]` (UTC).
 pub fn parse_dms_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
+    fast_dms_timestamp(text).or_else(|| {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+            .ok()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// The exact form DMS writes, `yyyy-MM-dd HH:mm:ss.SSSSSS`, without a format interpreter (it
+/// is parsed once per row).
+fn fast_dms_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    if b.len() != 26 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || b[19] != b'.' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    let time = chrono::NaiveTime::from_hms_micro_opt(
+        num(11, 13)?,
+        num(14, 16)?,
+        num(17, 19)?,
+        num(20, 26)?,
+    )?;
+    Some(date.and_time(time).and_utc())
 }
 
 #[cfg(test)]
@@ -685,6 +717,26 @@ mod tests {
         assert!(parse_dms_timestamp("2022-07-26 06:46:18").is_some());
         assert!(parse_dms_timestamp("2022-07-26T06:46:18.616807").is_none());
         assert!(parse_dms_timestamp("yesterday").is_none());
+        assert!(parse_dms_timestamp("2022-13-26 06:46:18.616807").is_none());
+        assert!(parse_dms_timestamp("2022-07-26 06:46:18.61680x").is_none());
+        assert_eq!(
+            parse_dms_timestamp("2022-07-26 06:46:18.6").unwrap().timestamp_micros(),
+            1_658_817_978_600_000
+        );
+    }
+
+    #[test]
+    fn only_conversions_the_row_reader_knows_are_allowed() {
+        use ConvertedType as C;
+        assert!(convertible(PhysicalType::INT32, C::DATE));
+        assert!(convertible(PhysicalType::INT64, C::TIMESTAMP_MICROS));
+        assert!(convertible(PhysicalType::FIXED_LEN_BYTE_ARRAY, C::DECIMAL));
+        assert!(convertible(PhysicalType::BYTE_ARRAY, C::JSON));
+        // The row reader would panic on these: the file is refused instead.
+        assert!(!convertible(PhysicalType::INT64, C::UINT_8));
+        assert!(!convertible(PhysicalType::INT32, C::TIMESTAMP_MILLIS));
+        assert!(!convertible(PhysicalType::BYTE_ARRAY, C::INTERVAL));
+        assert!(!convertible(PhysicalType::FIXED_LEN_BYTE_ARRAY, C::UTF8));
     }
 
     #[test]

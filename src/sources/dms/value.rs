@@ -16,7 +16,7 @@
 //! | groups, lists, maps (DMS writes none) | object, array, object (array of `[key, value]` pairs when keys are not strings) |
 
 use base64::Engine;
-use chrono::{DateTime, NaiveTime, TimeDelta};
+use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, Timelike};
 use parquet::basic::{LogicalType, TimeUnit};
 use parquet::data_type::Decimal;
 use parquet::record::Field;
@@ -93,7 +93,7 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
         Field::Date(days) => {
             let d = DateTime::from_timestamp(i64::from(*days) * 86_400, 0)
                 .ok_or_else(|| format!("date {days} days from 1970-01-01 is out of range"))?;
-            Value::String(d.format("%Y-%m-%d").to_string())
+            Value::String(ymd(&d.date_naive()))
         }
         Field::TimeMillis(ms) => time(i64::from(*ms) * 1_000, 3)?,
         Field::TimeMicros(us) => time(*us, 6)?,
@@ -153,12 +153,19 @@ fn timestamp(n: i64, per_second: i64, utc: bool) -> Result<Value, String> {
     let nanos = frac * (1_000_000_000 / per_second);
     let t = DateTime::from_timestamp(secs, nanos as u32)
         .ok_or_else(|| "timestamp out of range".to_owned())?;
-    let fmt = match per_second {
-        1_000 => "%Y-%m-%dT%H:%M:%S%.3f",
-        1_000_000 => "%Y-%m-%dT%H:%M:%S%.6f",
-        _ => "%Y-%m-%dT%H:%M:%S%.9f",
+    let n = t.naive_utc();
+    let (digits, frac) = match per_second {
+        1_000 => (3, n.nanosecond() / 1_000_000),
+        1_000_000 => (6, n.nanosecond() / 1_000),
+        _ => (9, n.nanosecond()),
     };
-    let text = t.naive_utc().format(fmt).to_string();
+    let text = format!(
+        "{}T{:02}:{:02}:{:02}.{frac:0digits$}",
+        ymd(&n.date()),
+        n.hour(),
+        n.minute(),
+        n.second()
+    );
     Ok(Value::String(if utc { format!("{text}Z") } else { text }))
 }
 
@@ -170,6 +177,15 @@ fn time(us: i64, digits: usize) -> Result<Value, String> {
     let t = NaiveTime::MIN + TimeDelta::microseconds(us);
     let fmt = if digits == 3 { "%H:%M:%S%.3f" } else { "%H:%M:%S%.6f" };
     Ok(Value::String(t.format(fmt).to_string()))
+}
+
+/// `YYYY-MM-DD` (four-digit years; chrono's `%Y` formatting is an interpreter per call).
+fn ymd(d: &chrono::NaiveDate) -> String {
+    if (0..=9999).contains(&d.year()) {
+        format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    } else {
+        d.format("%Y-%m-%d").to_string()
+    }
 }
 
 fn uuid_text(b: &[u8]) -> String {
