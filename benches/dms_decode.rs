@@ -3,6 +3,9 @@
 //! snappy, DMS's default row groups of 10,024 rows), read through the local object store into
 //! `SourceChange`s. Run: `cargo bench --bench dms_decode`.
 
+// Benchmark setup: a failure is a failed benchmark.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hint::black_box;
 
 use chrono::Utc;
@@ -18,8 +21,13 @@ fn decode(c: &mut Criterion) {
     let key = "synthea/patients/LOAD00000001.parquet";
     let t0 = 1_714_182_814_000_000_i64;
     let rows: Vec<_> = (0..ROWS).map(|i| patient_row(i, t0 + i as i64)).collect();
-    write_file(&dir.path().join(key), PATIENTS_SCHEMA, &rows, WriteOptions::default())
-        .unwrap_or_else(|e| panic!("write: {e}"));
+    write_file(
+        &dir.path().join(key),
+        PATIENTS_SCHEMA,
+        &rows,
+        WriteOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
     drop(rows);
     let store = LocalBuckets::new().with_bucket("b", dir.path()).shared();
     let binding = DmsBinding {

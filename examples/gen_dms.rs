@@ -57,7 +57,11 @@ fn row(
         last.into(),
         sex.into(),
         born,
-        if phone.is_empty() { Cell::Null } else { phone.into() },
+        if phone.is_empty() {
+            Cell::Null
+        } else {
+            phone.into()
+        },
         city.into(),
         zip.into(),
         Cell::Decimal(balance_cents),
@@ -76,15 +80,90 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dms/clinic/public/patients");
     let t0 = 1_714_182_814_000_000_i64; // 2024-04-27 01:53:34 UTC
     let load = vec![
-        row("2024-04-27 01:53:34.000117", "I", 1, "CL-0001", "Maria", "Lopez", "F", day(1979, 3, 14), "+1-617-555-0101", "Boston", "02108", 12_050, t0),
-        row("2024-04-27 01:53:34.000245", "I", 2, "CL-0002", "James", "Okafor", "M", day(1990, 11, 2), "+1-617-555-0102", "Cambridge", "02139", 0, t0),
-        row("2024-04-27 01:53:34.000371", "I", 3, "CL-0003", "Wei", "Chen", "F", day(2001, 6, 30), "", "Somerville", "02143", 98_765_432, t0),
+        row(
+            "2024-04-27 01:53:34.000117",
+            "I",
+            1,
+            "CL-0001",
+            "Maria",
+            "Lopez",
+            "F",
+            day(1979, 3, 14),
+            "+1-617-555-0101",
+            "Boston",
+            "02108",
+            12_050,
+            t0,
+        ),
+        row(
+            "2024-04-27 01:53:34.000245",
+            "I",
+            2,
+            "CL-0002",
+            "James",
+            "Okafor",
+            "M",
+            day(1990, 11, 2),
+            "+1-617-555-0102",
+            "Cambridge",
+            "02139",
+            0,
+            t0,
+        ),
+        row(
+            "2024-04-27 01:53:34.000371",
+            "I",
+            3,
+            "CL-0003",
+            "Wei",
+            "Chen",
+            "F",
+            day(2001, 6, 30),
+            "",
+            "Somerville",
+            "02143",
+            98_765_432,
+            t0,
+        ),
     ];
-    write_file(&root.join("LOAD00000001.parquet"), SCHEMA, &load, WriteOptions::default())?;
+    write_file(
+        &root.join("LOAD00000001.parquet"),
+        SCHEMA,
+        &load,
+        WriteOptions::default(),
+    )?;
     let cdc1 = vec![
         // Maria's new phone; a new patient; Wei's record deleted (key only).
-        row("2024-04-27 01:54:34.010012", "U", 1, "CL-0001", "Maria", "Lopez", "F", day(1979, 3, 14), "+1-617-555-0199", "Boston", "02108", 12_050, t0 + 60_010_012),
-        row("2024-04-27 01:54:34.020518", "I", 4, "CL-0004", "Samir", "Haddad", "M", day(1968, 1, 21), "+1-508-555-0104", "Worcester", "01608", -4_200, t0 + 60_020_518),
+        row(
+            "2024-04-27 01:54:34.010012",
+            "U",
+            1,
+            "CL-0001",
+            "Maria",
+            "Lopez",
+            "F",
+            day(1979, 3, 14),
+            "+1-617-555-0199",
+            "Boston",
+            "02108",
+            12_050,
+            t0 + 60_010_012,
+        ),
+        row(
+            "2024-04-27 01:54:34.020518",
+            "I",
+            4,
+            "CL-0004",
+            "Samir",
+            "Haddad",
+            "M",
+            day(1968, 1, 21),
+            "+1-508-555-0104",
+            "Worcester",
+            "01608",
+            -4_200,
+            t0 + 60_020_518,
+        ),
         key_only_delete("2024-04-27 01:54:34.031007", 3),
     ];
     write_file(
@@ -95,8 +174,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let cdc2 = vec![
         // An operation DMS never writes: quarantined with the file and row named.
-        row("2024-04-27 01:55:34.004400", "X", 2, "CL-0002", "James", "Okafor", "M", day(1990, 11, 2), "+1-617-555-0102", "Cambridge", "02139", 0, t0 + 120_004_400),
-        row("2024-04-27 01:55:34.009900", "U", 2, "CL-0002", "James", "Okafor", "M", day(1990, 11, 2), "+1-617-555-0102", "Medford", "02155", 2_500, t0 + 120_009_900),
+        row(
+            "2024-04-27 01:55:34.004400",
+            "X",
+            2,
+            "CL-0002",
+            "James",
+            "Okafor",
+            "M",
+            day(1990, 11, 2),
+            "+1-617-555-0102",
+            "Cambridge",
+            "02139",
+            0,
+            t0 + 120_004_400,
+        ),
+        row(
+            "2024-04-27 01:55:34.009900",
+            "U",
+            2,
+            "CL-0002",
+            "James",
+            "Okafor",
+            "M",
+            day(1990, 11, 2),
+            "+1-617-555-0102",
+            "Medford",
+            "02155",
+            2_500,
+            t0 + 120_009_900,
+        ),
     ];
     write_file(
         &root.join("2024/04/27/20240427-015534228.parquet"),

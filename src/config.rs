@@ -210,10 +210,15 @@ pub struct DmsSource {
 /// Where a DMS source's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DmsLocation {
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
     /// A local folder (resolved against the pipeline file), served as a bucket named after
     /// the source, with no prefix.
-    Local { dir: PathBuf },
+    Local {
+        dir: PathBuf,
+    },
 }
 
 impl DmsSource {
@@ -342,7 +347,7 @@ impl PipelineConfig {
             match &s.dynamodb {
                 None => {
                     return Err(at(
-                        "says no source kind (expected `dynamodb` or `dms`)".into(),
+                        "says no source kind (expected `dynamodb` or `dms`)".into()
                     ));
                 }
                 Some(d) => {
@@ -455,12 +460,15 @@ impl PipelineConfig {
     /// Whether a DMS source's location holds the bucket (and key prefix) of an object.
     pub fn dms_source_for(&self, bucket: &str, key: &str) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| {
-            s.dms.as_ref().and_then(|d| d.location().ok()).is_some_and(|l| match l {
-                DmsLocation::S3 { bucket: b, prefix } => {
-                    b == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
-                }
-                DmsLocation::Local { .. } => s.name == bucket,
-            })
+            s.dms
+                .as_ref()
+                .and_then(|d| d.location().ok())
+                .is_some_and(|l| match l {
+                    DmsLocation::S3 { bucket: b, prefix } => {
+                        b == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
+                    }
+                    DmsLocation::Local { .. } => s.name == bucket,
+                })
         })
     }
 }
@@ -560,17 +568,40 @@ sources:
         assert_eq!(p.table, "patients");
         // By table name alone, whatever the schema; with a date partition.
         let (t, _) = c
-            .dms_target("landing", "dms/clinic/any/encounters/2024/04/27/20240427-015434214.parquet")
+            .dms_target(
+                "landing",
+                "dms/clinic/any/encounters/2024/04/27/20240427-015434214.parquet",
+            )
             .unwrap();
         assert_eq!(t.binding.entity, "encounters");
         // Another schema's patients table is not bound; nor another bucket or folder.
-        assert!(c.dms_target("landing", "dms/clinic/other/patients/LOAD00000001.parquet").is_none());
-        assert!(c.dms_target("other", "dms/clinic/public/patients/LOAD00000001.parquet").is_none());
-        assert!(c.dms_target("landing", "dms/clinicx/public/patients/LOAD00000001.parquet").is_none());
-        assert!(c.dms_source_for("landing", "dms/clinic/x/y/z.parquet").is_some());
+        assert!(
+            c.dms_target("landing", "dms/clinic/other/patients/LOAD00000001.parquet")
+                .is_none()
+        );
+        assert!(
+            c.dms_target("other", "dms/clinic/public/patients/LOAD00000001.parquet")
+                .is_none()
+        );
+        assert!(
+            c.dms_target(
+                "landing",
+                "dms/clinicx/public/patients/LOAD00000001.parquet"
+            )
+            .is_none()
+        );
+        assert!(
+            c.dms_source_for("landing", "dms/clinic/x/y/z.parquet")
+                .is_some()
+        );
         // A local folder is served as the bucket named after the source.
-        let (t, _) = c.dms_target("lab", "lims/results/LOAD00000001.parquet").unwrap();
-        assert_eq!((t.prefix.as_str(), t.binding.timestamp_column.as_str()), ("", "DMS_TIMESTAMP"));
+        let (t, _) = c
+            .dms_target("lab", "lims/results/LOAD00000001.parquet")
+            .unwrap();
+        assert_eq!(
+            (t.prefix.as_str(), t.binding.timestamp_column.as_str()),
+            ("", "DMS_TIMESTAMP")
+        );
     }
 
     #[test]
@@ -581,7 +612,10 @@ sources:
             ("public.patients:", "a.b.c:"),
         ] {
             let bad = DMS.replace(from, to);
-            assert!(PipelineConfig::from_yaml(&bad, Path::new("p.yaml")).is_err(), "{to}");
+            assert!(
+                PipelineConfig::from_yaml(&bad, Path::new("p.yaml")).is_err(),
+                "{to}"
+            );
         }
         let unknown = DMS.replace("timestamp_column", "timestamp_col");
         assert!(PipelineConfig::from_yaml(&unknown, Path::new("p.yaml")).is_err());

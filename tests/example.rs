@@ -115,7 +115,15 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     let r = maria.resource.unwrap();
     assert_eq!(r["telecom"][0]["value"], "+1-617-555-0199");
     assert_eq!(r["birthDate"], "1979-03-14");
-    assert!(rt.env.store.read(&clinic(3)).await.unwrap().unwrap().deleted);
+    assert!(
+        rt.env
+            .store
+            .read(&clinic(3))
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
     let james = rt.env.store.read(&clinic(2)).await.unwrap().unwrap();
     assert_eq!(james.resource.unwrap()["address"][0]["city"], "Medford");
     let samir = rt.env.store.read(&clinic(4)).await.unwrap().unwrap();

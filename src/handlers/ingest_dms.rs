@@ -115,7 +115,8 @@ pub async fn handle(
             Ok(job) => jobs.push(job),
             Err(Unbound::Skip(reason)) => {
                 tracing::warn!(bucket = %o.bucket, key = %o.key, reason = %reason, "object skipped");
-                out.skipped.push((format!("s3://{}/{}", o.bucket, o.key), reason));
+                out.skipped
+                    .push((format!("s3://{}/{}", o.bucket, o.key), reason));
             }
             Err(Unbound::Reject(r)) => out.rejected.push(*r),
         }
@@ -128,7 +129,12 @@ pub async fn handle(
     let reader_objects = objects.clone();
     let job_keys: Vec<(String, Option<String>)> = jobs
         .iter()
-        .map(|j| (format!("s3://{}/{}", j.bucket, j.path.key), j.version.clone()))
+        .map(|j| {
+            (
+                format!("s3://{}/{}", j.bucket, j.path.key),
+                j.version.clone(),
+            )
+        })
         .collect();
     let reader = tokio::task::spawn_blocking(move || {
         for job in jobs {
@@ -203,9 +209,9 @@ pub async fn handle(
             Msg::Retry(message) => return Err(HandlerError::ObjectStore(message)),
         }
     }
-    reader.await.map_err(|e| {
-        HandlerError::ObjectStore(format!("the reading thread stopped: {e}"))
-    })?;
+    reader
+        .await
+        .map_err(|e| HandlerError::ObjectStore(format!("the reading thread stopped: {e}")))?;
     tracing::info!(
         objects = out.objects,
         files = out.files.len(),
@@ -278,7 +284,11 @@ enum Unbound {
 /// Binds an announced object to its source and entity. EventBridge keys may or may not be
 /// URL-encoded: when the decoded key is not a bound DMS object (or names no object) and the
 /// key as received differs, the key as received is tried.
-fn bind(config: &PipelineConfig, store: &dyn ObjectStore, o: &ObjectCreated) -> Result<Job, Unbound> {
+fn bind(
+    config: &PipelineConfig,
+    store: &dyn ObjectStore,
+    o: &ObjectCreated,
+) -> Result<Job, Unbound> {
     let mut candidates = vec![o.key.as_str()];
     if o.raw_key != o.key {
         candidates.push(o.raw_key.as_str());
@@ -299,7 +309,10 @@ fn bind(config: &PipelineConfig, store: &dyn ObjectStore, o: &ObjectCreated) -> 
                         version: o.version_id.clone(),
                     });
                 }
-                first_miss.get_or_insert(Unbound::Skip(format!("s3://{}/{key}: no such object", o.bucket)));
+                first_miss.get_or_insert(Unbound::Skip(format!(
+                    "s3://{}/{key}: no such object",
+                    o.bucket
+                )));
             }
             Err(e) => {
                 first_miss.get_or_insert(e);

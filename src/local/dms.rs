@@ -78,7 +78,7 @@ impl LocalRuntime {
                 }
             }
         }
-        found.sort_by(|a, b| delivery_order(a).cmp(&delivery_order(b)));
+        found.sort_by_key(delivery_order);
         for f in found {
             let event = notification(&f.source, &[(f.path.key.clone(), f.size)], Utc::now());
             let outcome = self.deliver_dms(event, objects.clone()).await?;

@@ -51,7 +51,13 @@ pub enum ObjectError {
 impl ObjectError {
     /// Whether retrying the same call may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ObjectError::Io { retryable: true, .. })
+        matches!(
+            self,
+            ObjectError::Io {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -121,11 +127,10 @@ impl LocalBuckets {
             return Err(invalid("empty key"));
         }
         let rel = Path::new(key);
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
-            return Err(invalid("a local object key may not be absolute or contain `..`"));
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(invalid(
+                "a local object key may not be absolute or contain `..`",
+            ));
         }
         Ok(root.join(rel))
     }
@@ -194,7 +199,9 @@ impl ObjectStore for LocalBuckets {
             for entry in entries {
                 let entry = entry.map_err(|e| Self::io(bucket, prefix, &e))?;
                 let path = entry.path();
-                let kind = entry.file_type().map_err(|e| Self::io(bucket, prefix, &e))?;
+                let kind = entry
+                    .file_type()
+                    .map_err(|e| Self::io(bucket, prefix, &e))?;
                 if kind.is_dir() {
                     stack.push(path);
                     continue;

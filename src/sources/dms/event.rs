@@ -51,7 +51,8 @@ pub fn objects_created(event: &Value) -> Result<Vec<ObjectCreated>, EventError> 
     if obj.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Vec::new());
     }
-    if obj.contains_key("detail-type") || obj.get("source").and_then(Value::as_str) == Some("aws.s3")
+    if obj.contains_key("detail-type")
+        || obj.get("source").and_then(Value::as_str) == Some("aws.s3")
     {
         return eventbridge(event).map(|o| o.into_iter().collect());
     }
@@ -79,7 +80,8 @@ pub fn objects_created(event: &Value) -> Result<Vec<ObjectCreated>, EventError> 
                 _ => inner,
             };
             out.extend(
-                objects_created(&inner).map_err(|e| err(format!("{}.{}", at(""), e.place), e.message))?,
+                objects_created(&inner)
+                    .map_err(|e| err(format!("{}.{}", at(""), e.place), e.message))?,
             );
             continue;
         }
@@ -89,7 +91,10 @@ pub fn objects_created(event: &Value) -> Result<Vec<ObjectCreated>, EventError> 
             if name.is_empty() {
                 return Err(err(at(".eventName"), "missing"));
             }
-            tracing::debug!(event_name = name, "S3 record is not an object creation; skipped");
+            tracing::debug!(
+                event_name = name,
+                "S3 record is not an object creation; skipped"
+            );
             continue;
         }
         let bucket = r
@@ -100,8 +105,7 @@ pub fn objects_created(event: &Value) -> Result<Vec<ObjectCreated>, EventError> 
             .pointer("/s3/object/key")
             .and_then(Value::as_str)
             .ok_or_else(|| err(at(".s3.object.key"), "missing or not a string"))?;
-        let key = form_url_decode(raw_key)
-            .map_err(|m| err(at(".s3.object.key"), m))?;
+        let key = form_url_decode(raw_key).map_err(|m| err(at(".s3.object.key"), m))?;
         out.push(ObjectCreated {
             bucket: bucket.to_owned(),
             key,
@@ -128,10 +132,16 @@ fn eventbridge(event: &Value) -> Result<Option<ObjectCreated>, EventError> {
         .and_then(Value::as_str)
         .ok_or_else(|| err("detail-type", "missing or not a string"))?;
     if event.get("source").and_then(Value::as_str) != Some("aws.s3") {
-        return Err(err("source", "an EventBridge event for objects must come from aws.s3"));
+        return Err(err(
+            "source",
+            "an EventBridge event for objects must come from aws.s3",
+        ));
     }
     if detail_type != "Object Created" {
-        tracing::debug!(detail_type, "EventBridge S3 event is not an object creation; skipped");
+        tracing::debug!(
+            detail_type,
+            "EventBridge S3 event is not an object creation; skipped"
+        );
         return Ok(None);
     }
     let bucket = event
@@ -271,6 +281,9 @@ mod tests {
         let test = json!({"Records": [{"body": json!({"Event": "s3:TestEvent", "Bucket": "b"}).to_string()}]});
         assert!(objects_created(&test).unwrap().is_empty());
         let broken = json!({"Records": [{"body": "{not json"}]});
-        assert_eq!(objects_created(&broken).unwrap_err().place, "Records[0].body");
+        assert_eq!(
+            objects_created(&broken).unwrap_err().place,
+            "Records[0].body"
+        );
     }
 }

@@ -425,8 +425,8 @@ impl DmsFile {
         });
         let mut row_no: u64 = 0;
         for g in 0..self.reader.num_row_groups() {
-            let group_rows = u64::try_from(self.reader.metadata().row_group(g).num_rows())
-                .unwrap_or(0);
+            let group_rows =
+                u64::try_from(self.reader.metadata().row_group(g).num_rows()).unwrap_or(0);
             let first = row_no + 1;
             let mut read_in_group: u64 = 0;
             let failure = match self.reader.get_row_group(g) {
@@ -461,7 +461,9 @@ impl DmsFile {
                 let from = first + read_in_group;
                 let to = first + group_rows.max(read_in_group + 1) - 1;
                 tracing::warn!(file = %self.path.key, row_group = g, from, to, "row group cannot be read");
-                sink(Decoded::Rejected(self.rows_rejection(from, to, g, &message)));
+                sink(Decoded::Rejected(
+                    self.rows_rejection(from, to, g, &message),
+                ));
                 row_no = first + group_rows.max(read_in_group) - 1;
             } else if read_in_group < group_rows {
                 // The footer promised more rows than the pages held.
@@ -620,11 +622,8 @@ impl DmsFile {
             (Some(_), Some(t)) | (None, Some(t)) => t.timestamp_micros().max(0) as u64,
             _ => 0,
         };
-        let sequence = Sequence::parse(&format!(
-            "{micros:020}{}{row_no:012}",
-            self.path.ordinal()
-        ))
-        .unwrap_or_else(|_| Sequence::from(row_no));
+        let sequence = Sequence::parse(&format!("{micros:020}{}{row_no:012}", self.path.ordinal()))
+            .unwrap_or_else(|_| Sequence::from(row_no));
         let data = Value::Object(data);
         if issues.is_empty()
             && let Some(op) = op
@@ -642,10 +641,8 @@ impl DmsFile {
                 return Decoded::Rejected(Rejection {
                     stage: Stage::Ingest,
                     record: change.label(),
-                    outcome: Outcome::from(
-                        Issue::error("structure", problem.to_owned()).at(place),
-                    )
-                    .to_fhir(),
+                    outcome: Outcome::from(Issue::error("structure", problem.to_owned()).at(place))
+                        .to_fhir(),
                     change: Some(change),
                     raw: None,
                 });
@@ -720,7 +717,9 @@ mod tests {
         assert!(parse_dms_timestamp("2022-13-26 06:46:18.616807").is_none());
         assert!(parse_dms_timestamp("2022-07-26 06:46:18.61680x").is_none());
         assert_eq!(
-            parse_dms_timestamp("2022-07-26 06:46:18.6").unwrap().timestamp_micros(),
+            parse_dms_timestamp("2022-07-26 06:46:18.6")
+                .unwrap()
+                .timestamp_micros(),
             1_658_817_978_600_000
         );
     }
@@ -749,9 +748,19 @@ mod tests {
                     .collect(),
             )
         };
-        let prev = s(&[("id", "INT64 NONE REQUIRED"), ("name", "BYTE_ARRAY UTF8 OPTIONAL")]);
-        let same_but_optional = s(&[("id", "INT64 NONE OPTIONAL"), ("name", "BYTE_ARRAY UTF8 OPTIONAL")]);
-        assert!(same_but_optional.incompatible_changes(&prev, &[]).is_empty());
+        let prev = s(&[
+            ("id", "INT64 NONE REQUIRED"),
+            ("name", "BYTE_ARRAY UTF8 OPTIONAL"),
+        ]);
+        let same_but_optional = s(&[
+            ("id", "INT64 NONE OPTIONAL"),
+            ("name", "BYTE_ARRAY UTF8 OPTIONAL"),
+        ]);
+        assert!(
+            same_but_optional
+                .incompatible_changes(&prev, &[])
+                .is_empty()
+        );
         let added = s(&[
             ("id", "INT64 NONE REQUIRED"),
             ("name", "BYTE_ARRAY UTF8 OPTIONAL"),
@@ -764,6 +773,10 @@ mod tests {
         assert_eq!(c.len(), 2, "{c:?}");
         assert!(c[0].contains("\"id\" changed"), "{c:?}");
         assert!(c[1].contains("\"name\" was removed"), "{c:?}");
-        assert!(changed.incompatible_changes(&prev, &["name", "id"]).is_empty());
+        assert!(
+            changed
+                .incompatible_changes(&prev, &["name", "id"])
+                .is_empty()
+        );
     }
 }

@@ -103,7 +103,11 @@ pub fn read_object(
         Err(e) if e.is_retryable() => return Err(e),
         Err(e) => {
             report.rejected = 1;
-            sink(Decoded::Rejected(file_rejection(&binding, &uri, &e.to_string())));
+            sink(Decoded::Rejected(file_rejection(
+                &binding,
+                &uri,
+                &e.to_string(),
+            )));
             return Ok(report);
         }
     };

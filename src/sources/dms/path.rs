@@ -88,7 +88,8 @@ impl DmsPath {
         } else {
             let joined = middle.join("/");
             let is_load = matches!(kind, DmsFileKind::Load { .. });
-            if !is_date_partition(&joined) && !(is_load && middle.len() == 1) {
+            let load_partition = is_load && middle.len() == 1;
+            if !(is_date_partition(&joined) || load_partition) {
                 return Err(invalid(format!(
                     "folders {joined:?} between table and file are neither a date partition nor a load partition"
                 )));
@@ -137,13 +138,20 @@ impl Ord for DmsPath {
     /// DMS order: by table, then full-load files (segment, counter, partition), then CDC files
     /// by name time. The key breaks remaining ties so the order is total.
     fn cmp(&self, other: &Self) -> Ordering {
-        (&self.schema, &self.table, self.ordinal(), &self.partition, &self.key).cmp(&(
-            &other.schema,
-            &other.table,
-            other.ordinal(),
-            &other.partition,
-            &other.key,
-        ))
+        (
+            &self.schema,
+            &self.table,
+            self.ordinal(),
+            &self.partition,
+            &self.key,
+        )
+            .cmp(&(
+                &other.schema,
+                &other.table,
+                other.ordinal(),
+                &other.partition,
+                &other.key,
+            ))
     }
 }
 
@@ -164,22 +172,24 @@ fn parse_file_name(file: &str) -> Result<DmsFileKind, NameError> {
     // Full load: [SEGMENT<n>_]LOAD<hex>.
     let (segment, load) = match stem.strip_prefix("SEGMENT") {
         Some(rest) => {
-            let (n, load) = rest.split_once('_').ok_or_else(|| {
-                NameError::Invalid(format!("{file}: SEGMENT without `_LOAD…`"))
-            })?;
+            let (n, load) = rest
+                .split_once('_')
+                .ok_or_else(|| NameError::Invalid(format!("{file}: SEGMENT without `_LOAD…`")))?;
             let n: u32 = n
                 .parse()
                 .ok()
                 .filter(|_| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| NameError::Invalid(format!("{file}: segment {n:?} is not a number")))?;
+                .ok_or_else(|| {
+                    NameError::Invalid(format!("{file}: segment {n:?} is not a number"))
+                })?;
             (n, Some(load))
         }
         None => (0, stem.starts_with("LOAD").then_some(stem)),
     };
     if let Some(load) = load {
-        let hex = load
-            .strip_prefix("LOAD")
-            .ok_or_else(|| NameError::Invalid(format!("{file}: expected LOAD after the segment")))?;
+        let hex = load.strip_prefix("LOAD").ok_or_else(|| {
+            NameError::Invalid(format!("{file}: expected LOAD after the segment"))
+        })?;
         if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(NameError::Invalid(format!(
                 "{file}: the LOAD counter {hex:?} is not hexadecimal"
@@ -196,8 +206,7 @@ fn parse_file_name(file: &str) -> Result<DmsFileKind, NameError> {
         ));
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if date.len() != 8 || !digits(date) || !(time.len() == 9 || time.len() == 10) || !digits(time)
-    {
+    if date.len() != 8 || !digits(date) || !(time.len() == 9 || time.len() == 10) || !digits(time) {
         return Err(NameError::NotDms(
             "neither LOAD<counter> nor yyyyMMdd-HHmmssSSS".into(),
         ));
@@ -237,10 +246,16 @@ fn is_date_partition(folders: &str) -> bool {
         return false;
     }
     let groups: Vec<&str> = folders.split(['/', '-', '_']).collect();
-    if groups.iter().any(|g| g.is_empty() || !(g.len() == 2 || g.len() == 4 || groups.len() == 1)) {
+    if groups
+        .iter()
+        .any(|g| g.is_empty() || !(g.len() == 2 || g.len() == 4 || groups.len() == 1))
+    {
         return false;
     }
-    matches!(folders.chars().filter(char::is_ascii_digit).count(), 6 | 8 | 10)
+    matches!(
+        folders.chars().filter(char::is_ascii_digit).count(),
+        6 | 8 | 10
+    )
 }
 
 #[cfg(test)]
@@ -288,7 +303,10 @@ mod tests {
     #[test]
     fn cdc_names_with_9_or_10_digits() {
         let p = DmsPath::parse("dms/public/patients/20221023-013830913.parquet", "dms").unwrap();
-        assert_eq!((p.schema.as_str(), p.table.as_str()), ("public", "patients"));
+        assert_eq!(
+            (p.schema.as_str(), p.table.as_str()),
+            ("public", "patients")
+        );
         let DmsFileKind::Cdc { stamp, at } = p.kind else {
             panic!()
         };
@@ -355,7 +373,10 @@ mod tests {
         ] {
             let prefix = if key.starts_with("other") { "dms" } else { "" };
             assert!(
-                matches!(DmsPath::parse(key, prefix), Err(PathError::NotADmsFile { .. })),
+                matches!(
+                    DmsPath::parse(key, prefix),
+                    Err(PathError::NotADmsFile { .. })
+                ),
                 "{key}"
             );
         }

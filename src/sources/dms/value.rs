@@ -114,7 +114,11 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
         ),
         Field::MapInternal(map) => {
             let inner = ColumnInfo::default();
-            if map.entries().iter().all(|(k, _)| matches!(k, Field::Str(_))) {
+            if map
+                .entries()
+                .iter()
+                .all(|(k, _)| matches!(k, Field::Str(_)))
+            {
                 let mut m = Map::new();
                 for (k, v) in map.entries() {
                     if let Field::Str(k) = k {
@@ -126,7 +130,9 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
                 Value::Array(
                     map.entries()
                         .iter()
-                        .map(|(k, v)| Ok(Value::Array(vec![to_json(k, &inner)?, to_json(v, &inner)?])))
+                        .map(|(k, v)| {
+                            Ok(Value::Array(vec![to_json(k, &inner)?, to_json(v, &inner)?]))
+                        })
                         .collect::<Result<_, String>>()?,
                 )
             }
@@ -175,7 +181,11 @@ fn time(us: i64, digits: usize) -> Result<Value, String> {
         return Err("time of day out of range".to_owned());
     }
     let t = NaiveTime::MIN + TimeDelta::microseconds(us);
-    let fmt = if digits == 3 { "%H:%M:%S%.3f" } else { "%H:%M:%S%.6f" };
+    let fmt = if digits == 3 {
+        "%H:%M:%S%.3f"
+    } else {
+        "%H:%M:%S%.6f"
+    };
     Ok(Value::String(t.format(fmt).to_string()))
 }
 
@@ -329,8 +339,14 @@ mod tests {
     #[test]
     fn times_dates_and_timestamps() {
         let col = ColumnInfo::default();
-        assert_eq!(to_json(&Field::Date(19_840), &col).unwrap(), json!("2024-04-27"));
-        assert_eq!(to_json(&Field::Date(-1), &col).unwrap(), json!("1969-12-31"));
+        assert_eq!(
+            to_json(&Field::Date(19_840), &col).unwrap(),
+            json!("2024-04-27")
+        );
+        assert_eq!(
+            to_json(&Field::Date(-1), &col).unwrap(),
+            json!("1969-12-31")
+        );
         assert_eq!(
             to_json(&Field::TimeMillis(3_723_004), &col).unwrap(),
             json!("01:02:03.004")
@@ -368,12 +384,18 @@ mod tests {
     fn numbers_strings_and_bytes() {
         let col = ColumnInfo::default();
         assert_eq!(to_json(&Field::Float(0.1), &col).unwrap(), json!(0.1));
-        assert_eq!(to_json(&Field::Double(f64::NAN), &col).unwrap(), json!("NaN"));
+        assert_eq!(
+            to_json(&Field::Double(f64::NAN), &col).unwrap(),
+            json!("NaN")
+        );
         assert_eq!(
             to_json(&Field::Double(f64::NEG_INFINITY), &col).unwrap(),
             json!("-Infinity")
         );
-        assert_eq!(to_json(&Field::ULong(u64::MAX), &col).unwrap(), json!(u64::MAX));
+        assert_eq!(
+            to_json(&Field::ULong(u64::MAX), &col).unwrap(),
+            json!(u64::MAX)
+        );
         assert_eq!(to_json(&Field::Byte(-8), &col).unwrap(), json!(-8));
         assert_eq!(
             to_json(&Field::Bytes(ByteArray::from(vec![0xde, 0xad])), &col).unwrap(),
@@ -384,8 +406,11 @@ mod tests {
             ..ColumnInfo::default()
         };
         assert_eq!(
-            to_json(&Field::Bytes(ByteArray::from((0u8..16).collect::<Vec<_>>())), &uuid)
-                .unwrap(),
+            to_json(
+                &Field::Bytes(ByteArray::from((0u8..16).collect::<Vec<_>>())),
+                &uuid
+            )
+            .unwrap(),
             json!("00010203-0405-0607-0809-0a0b0c0d0e0f")
         );
         assert_eq!(to_json(&Field::Null, &col).unwrap(), Value::Null);

@@ -258,11 +258,22 @@ message patients {
 /// written by DMS at `micros` since the epoch.
 pub fn patient_row(i: u64, micros: i64) -> Vec<Cell> {
     const FIRST: [&str; 8] = [
-        "Temika453", "Margorie48", "Chasidy481", "Barney639", "Rodrigo242", "Leonie332",
-        "Jennie425", "Cameron381",
+        "Temika453",
+        "Margorie48",
+        "Chasidy481",
+        "Barney639",
+        "Rodrigo242",
+        "Leonie332",
+        "Jennie425",
+        "Cameron381",
     ];
     const LAST: [&str; 6] = [
-        "Wuckert783", "Cormier289", "Lakin515", "Grady603", "Jacobs452", "Heaney114",
+        "Wuckert783",
+        "Cormier289",
+        "Lakin515",
+        "Grady603",
+        "Jacobs452",
+        "Heaney114",
     ];
     const CITY: [&str; 5] = ["Walpole", "Andover", "Rockport", "Boston", "Westwood"];
     let n = i as usize;
