@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::mapping::{Mapping, MappingSet};
+use crate::sources::dms::{DEFAULT_TIMESTAMP_COLUMN, DmsBinding, DmsPath};
 use crate::sources::dynamodb::StreamBinding;
 
 /// A pipeline file that cannot be used.
@@ -335,7 +336,10 @@ pub struct SourceConfig {
     /// A DynamoDB table whose stream feeds the pipeline.
     #[serde(default)]
     pub dynamodb: Option<DynamoDbSource>,
-    /// The entities of the source, by name.
+    /// AWS DMS Parquet files (full load and CDC) in S3 or a local folder.
+    #[serde(default)]
+    pub dms: Option<DmsSource>,
+    /// The entities of the source, by name (for `dms`: `schema.table` or the table name).
     pub entities: BTreeMap<String, EntityConfig>,
 }
 
@@ -348,6 +352,71 @@ pub struct DynamoDbSource {
     /// in file-name order as the table's stream.
     #[serde(default)]
     pub local_stream: Option<PathBuf>,
+}
+
+/// A DMS target: `s3://bucket[/folder]` (the endpoint's bucket and `BucketFolder`), or a local
+/// folder laid out like the bucket folder (`schema/table/LOAD00000001.parquet`, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmsSource {
+    pub location: String,
+    /// The endpoint's `TimestampColumnName` (default `DMS_TIMESTAMP`; used when a file has it).
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+}
+
+/// Where a DMS source's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DmsLocation {
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    /// A local folder (resolved against the pipeline file), served as a bucket named after
+    /// the source, with no prefix.
+    Local {
+        dir: PathBuf,
+    },
+}
+
+impl DmsSource {
+    /// The location, parsed (a relative local folder is resolved by the caller).
+    pub fn location(&self) -> Result<DmsLocation, String> {
+        if let Some(rest) = self.location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("location {:?} names no bucket", self.location));
+            }
+            return Ok(DmsLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        if self.location.is_empty() || self.location.contains("://") {
+            return Err(format!(
+                "location {:?} is neither s3://bucket[/folder] nor a local folder",
+                self.location
+            ));
+        }
+        Ok(DmsLocation::Local {
+            dir: PathBuf::from(&self.location),
+        })
+    }
+
+    /// The timestamp column's name.
+    pub fn timestamp_column(&self) -> &str {
+        self.timestamp_column
+            .as_deref()
+            .unwrap_or(DEFAULT_TIMESTAMP_COLUMN)
+    }
+}
+
+/// A DMS object bound to its source: the source's folder in the bucket and the entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmsTarget {
+    /// The DMS bucket folder the key is below (empty: none).
+    pub prefix: String,
+    pub binding: DmsBinding,
 }
 
 /// One entity of a source: how its records are keyed and mapped.
@@ -416,8 +485,26 @@ impl PipelineConfig {
                     )));
                 }
             }
+            if let Some(d) = &s.dms {
+                if s.dynamodb.is_some() {
+                    return Err(at("names two source kinds; one of `dynamodb`, `dms`".into()));
+                }
+                d.location().map_err(at)?;
+                for name in s.entities.keys() {
+                    if name.split('.').count() > 2 || name.split('.').any(str::is_empty) {
+                        return Err(at(format!(
+                            "entity {name:?}: a dms entity is named `schema.table` or `table`"
+                        )));
+                    }
+                }
+                continue;
+            }
             match &s.dynamodb {
-                None => return Err(at("says no source kind (expected `dynamodb`)".into())),
+                None => {
+                    return Err(at(
+                        "says no source kind (expected `dynamodb` or `dms`)".into()
+                    ));
+                }
                 Some(d) => {
                     if s.entities.len() != 1 {
                         return Err(at(format!(
@@ -491,6 +578,56 @@ impl PipelineConfig {
     }
 }
 
+impl PipelineConfig {
+    /// The DMS source an object belongs to, and the entity its table maps to. `None` when no
+    /// source's location holds the object or the table is not one of its entities.
+    pub fn dms_target(&self, bucket: &str, key: &str) -> Option<(DmsTarget, DmsPath)> {
+        self.sources.iter().find_map(|s| {
+            let d = s.dms.as_ref()?;
+            let prefix = match d.location().ok()? {
+                DmsLocation::S3 { bucket: b, prefix } if b == bucket => prefix,
+                DmsLocation::Local { .. } if s.name == bucket => String::new(),
+                _ => return None,
+            };
+            if !prefix.is_empty() && !key.starts_with(&format!("{prefix}/")) {
+                return None;
+            }
+            let path = DmsPath::parse(key, &prefix).ok()?;
+            let (entity, e) = s
+                .entities
+                .get_key_value(&path.qualified_table())
+                .or_else(|| s.entities.get_key_value(&path.table))?;
+            Some((
+                DmsTarget {
+                    prefix,
+                    binding: DmsBinding {
+                        source: s.name.clone(),
+                        entity: entity.clone(),
+                        key: e.key.clone(),
+                        timestamp_column: d.timestamp_column().to_owned(),
+                    },
+                },
+                path,
+            ))
+        })
+    }
+
+    /// Whether a DMS source's location holds the bucket (and key prefix) of an object.
+    pub fn dms_source_for(&self, bucket: &str, key: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| {
+            s.dms
+                .as_ref()
+                .and_then(|d| d.location().ok())
+                .is_some_and(|l| match l {
+                    DmsLocation::S3 { bucket: b, prefix } => {
+                        b == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
+                    }
+                    DmsLocation::Local { .. } => s.name == bucket,
+                })
+        })
+    }
+}
+
 /// Where the data of a local run lives: the store, the queue, the event file.
 #[derive(Debug, Clone)]
 pub struct DataDir(pub PathBuf);
@@ -546,6 +683,12 @@ sources:
             e.message.contains("\"x\"") && e.message.contains("dynamodb"),
             "{e}"
         );
+        let both = GOOD.replace(
+            "dynamodb: { table: Patients }",
+            "dynamodb: { table: Patients }\n    dms: { location: s3://b }",
+        );
+        let e = PipelineConfig::from_yaml(&both, Path::new("p.yaml")).unwrap_err();
+        assert!(e.message.contains("two source kinds"), "{e}");
         let dup = format!(
             "{GOOD}  - name: app\n    dynamodb: {{ table: T2 }}\n    entities: {{ e: {{ key: [k], mapping: m.yaml }} }}\n"
         );
@@ -553,6 +696,84 @@ sources:
         let empty_key = GOOD.replace("key: [pk]", "key: []");
         assert!(PipelineConfig::from_yaml(&empty_key, Path::new("p.yaml")).is_err());
         assert!(PipelineConfig::from_yaml("sources: []", Path::new("p.yaml")).is_err());
+    }
+
+    const DMS: &str = "
+sources:
+  - name: clinic
+    dms: { location: s3://landing/dms/clinic, timestamp_column: TS }
+    entities:
+      public.patients: { key: [id], mapping: m/patients.yaml }
+      encounters: { key: [id], mapping: m/encounters.yaml }
+  - name: lab
+    dms: { location: lab-files }
+    entities:
+      results: { key: [id], mapping: m/results.yaml }
+";
+
+    #[test]
+    fn dms_objects_bind_to_their_source_and_entity() {
+        let c = PipelineConfig::from_yaml(DMS, Path::new("p.yaml")).unwrap();
+        let (t, p) = c
+            .dms_target("landing", "dms/clinic/public/patients/LOAD00000001.parquet")
+            .unwrap();
+        assert_eq!(t.prefix, "dms/clinic");
+        assert_eq!(t.binding.entity, "public.patients");
+        assert_eq!(t.binding.timestamp_column, "TS");
+        assert_eq!(p.table, "patients");
+        // By table name alone, whatever the schema; with a date partition.
+        let (t, _) = c
+            .dms_target(
+                "landing",
+                "dms/clinic/any/encounters/2024/04/27/20240427-015434214.parquet",
+            )
+            .unwrap();
+        assert_eq!(t.binding.entity, "encounters");
+        // Another schema's patients table is not bound; nor another bucket or folder.
+        assert!(
+            c.dms_target("landing", "dms/clinic/other/patients/LOAD00000001.parquet")
+                .is_none()
+        );
+        assert!(
+            c.dms_target("other", "dms/clinic/public/patients/LOAD00000001.parquet")
+                .is_none()
+        );
+        assert!(
+            c.dms_target(
+                "landing",
+                "dms/clinicx/public/patients/LOAD00000001.parquet"
+            )
+            .is_none()
+        );
+        assert!(
+            c.dms_source_for("landing", "dms/clinic/x/y/z.parquet")
+                .is_some()
+        );
+        // A local folder is served as the bucket named after the source.
+        let (t, _) = c
+            .dms_target("lab", "lims/results/LOAD00000001.parquet")
+            .unwrap();
+        assert_eq!(
+            (t.prefix.as_str(), t.binding.timestamp_column.as_str()),
+            ("", "DMS_TIMESTAMP")
+        );
+    }
+
+    #[test]
+    fn bad_dms_sources_are_refused() {
+        for (from, to) in [
+            ("s3://landing/dms/clinic", "s3://"),
+            ("s3://landing/dms/clinic", "http://x/y"),
+            ("public.patients:", "a.b.c:"),
+        ] {
+            let bad = DMS.replace(from, to);
+            assert!(
+                PipelineConfig::from_yaml(&bad, Path::new("p.yaml")).is_err(),
+                "{to}"
+            );
+        }
+        let unknown = DMS.replace("timestamp_column", "timestamp_col");
+        assert!(PipelineConfig::from_yaml(&unknown, Path::new("p.yaml")).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod lambda;
 pub mod local;
 pub mod mapping;
 pub mod model;
+pub mod objects;
 pub mod outcome;
 pub mod sources;
 pub mod store;

@@ -52,18 +52,20 @@ async fn every_event_of_the_example_matches_the_schema_and_rules_route_them() {
     let config = PipelineConfig::load(&example()).unwrap();
     let rt = LocalRuntime::open(config, DataDir(dir.path().to_path_buf())).unwrap();
     let summary = rt.run().await.unwrap();
-    assert_eq!(summary.events, 5);
+    assert_eq!(summary.events, 12);
 
     let all = checked_lines(&dir.path().join("events.ndjson"));
-    assert_eq!(all.len(), 5);
+    assert_eq!(all.len(), 12);
     let deletions = checked_lines(&dir.path().join("deletions.ndjson"));
-    assert_eq!(deletions.len(), 1, "the rule takes only the deletion");
-    assert_eq!(deletions[0]["detail-type"], "FhirResourceDeleted");
-    assert!(all.contains(&deletions[0]));
+    assert_eq!(deletions.len(), 2, "the rule takes only the deletions");
+    for d in &deletions {
+        assert_eq!(d["detail-type"], "FhirResourceDeleted");
+        assert!(all.contains(d));
+    }
 
     let bus = rt.env.bus.as_local().expect("the local bus with rules");
     let archived = bus.archive().list(None, 0, 100).unwrap();
-    assert_eq!(archived.len(), 5);
+    assert_eq!(archived.len(), 12);
     for a in &archived {
         check_change_event(&a.envelope).unwrap();
     }
@@ -80,7 +82,7 @@ fn events_list_and_replay_from_the_command_line() {
 
     let (ok, out, err) = fhir_unify(data, &["events", "list"]);
     assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 5, "{out}");
+    assert_eq!(out.lines().count(), 12, "{out}");
     assert!(out.contains("FhirResourceDeleted"), "{out}");
     let (ok, out, _) = fhir_unify(data, &["events", "list", "--json", "--limit", "2"]);
     assert!(ok);
@@ -106,16 +108,18 @@ fn events_list_and_replay_from_the_command_line() {
     );
     assert!(ok, "{err}");
     assert!(
-        out.contains("5 archived events") && out.contains("1 deliveries"),
+        out.contains("12 archived events") && out.contains("2 deliveries"),
         "{out}"
     );
     let deletions = checked_lines(&data.join("deletions.ndjson"));
-    assert_eq!(deletions.len(), 2);
-    assert_eq!(deletions[1]["replay-name"], "fix-1");
-    assert_eq!(deletions[0]["id"], deletions[1]["id"]);
+    assert_eq!(deletions.len(), 4, "two deletions, each replayed once");
+    assert_eq!(deletions[2]["replay-name"], "fix-1");
+    assert_eq!(deletions[3]["replay-name"], "fix-1");
+    assert_eq!(deletions[0]["id"], deletions[2]["id"]);
+    assert_eq!(deletions[1]["id"], deletions[3]["id"]);
     assert_eq!(
         checked_lines(&data.join("events.ndjson")).len(),
-        5,
+        12,
         "other rules untouched"
     );
 

@@ -57,16 +57,19 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     let rt = runtime(dir.path());
     let s = rt.run().await.unwrap();
 
-    assert_eq!(s.records_in, 10);
-    // p-1001, p-1002, p-1003 created; p-1001 updated (new phone); p-1002 unchanged (only an
-    // unmapped attribute changed); p-1003 deleted; the late p-1001 change is stale.
+    // 10 stream records, then 8 DMS rows (3 full load, 3 + 2 CDC).
+    assert_eq!(s.records_in, 18);
+    // Stream: p-1001, p-1002, p-1003 created; p-1001 updated (new phone); p-1002 unchanged
+    // (only an unmapped attribute changed); p-1003 deleted; the late p-1001 change is stale.
+    // DMS: patients 1, 2, 3 created by the full load, 4 by CDC; 1 and 2 updated; 3 deleted
+    // (a key-only delete); the row with an unknown Op is quarantined.
     assert_eq!(
         (s.created, s.updated, s.unchanged, s.deleted, s.stale),
-        (3, 1, 1, 1, 1),
+        (3 + 4, 1 + 2, 1, 1 + 1, 1),
         "{s:?}"
     );
-    assert_eq!(s.quarantined, 3, "{s:?}");
-    assert_eq!(s.events, 5, "{s:?}");
+    assert_eq!(s.quarantined, 3 + 1, "{s:?}");
+    assert_eq!(s.events, 5 + 7, "{s:?}");
 
     let p1 = rt
         .env
@@ -96,15 +99,59 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
         );
     }
 
+    // The DMS patients: Maria's phone from the first CDC file, Wei deleted, Samir inserted.
+    let clinic = |id: i64| ResourceRef {
+        resource_type: "Patient".into(),
+        id: fhir_unify::mapping::resource_id(
+            "clinic",
+            "public.patients",
+            &RecordKey::from_pairs([("patient_id", json!(id))]),
+            "Patient",
+            None,
+        ),
+    };
+    let maria = rt.env.store.read(&clinic(1)).await.unwrap().unwrap();
+    assert_eq!(maria.version_id, "2");
+    let r = maria.resource.unwrap();
+    assert_eq!(r["telecom"][0]["value"], "+1-617-555-0199");
+    assert_eq!(r["birthDate"], "1979-03-14");
+    assert!(
+        rt.env
+            .store
+            .read(&clinic(3))
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+    let james = rt.env.store.read(&clinic(2)).await.unwrap().unwrap();
+    assert_eq!(james.resource.unwrap()["address"][0]["city"], "Medford");
+    let samir = rt.env.store.read(&clinic(4)).await.unwrap().unwrap();
+    assert_eq!(samir.version_id, "1");
+
     // Each bad record is in quarantine once, with a reason that names it.
     let q = quarantined(&rt);
-    assert_eq!(q.len(), 3, "{q:#?}");
+    assert_eq!(q.len(), 4, "{q:#?}");
+    let dms = q
+        .iter()
+        .find(|r| r.record.starts_with("clinic/"))
+        .unwrap_or_else(|| panic!("no DMS rejection: {q:#?}"));
+    assert_eq!(dms.stage, Stage::Ingest);
+    assert!(
+        dms.record.contains("20240427-015534228.parquet row 1"),
+        "{}",
+        dms.record
+    );
+    assert!(dms.outcome.to_string().contains("unknown Op"));
     let find = |stage: Stage| {
         q.iter()
             .find(|r| r.stage == stage)
             .unwrap_or_else(|| panic!("no {stage} rejection: {q:#?}"))
     };
-    let decode = find(Stage::Ingest);
+    let decode = q
+        .iter()
+        .find(|r| r.stage == Stage::Ingest && r.record.starts_with("dynamodb"))
+        .unwrap_or_else(|| panic!("no stream rejection: {q:#?}"));
     assert!(
         decode.record.contains("400000000000000000006"),
         "{}",
@@ -128,7 +175,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
 
     // Events: EventBridge envelopes with the lineage, one per committed change.
     let events = event_lines(dir.path());
-    assert_eq!(events.len(), 5);
+    assert_eq!(events.len(), 12);
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["detail-type"].as_str().unwrap())
@@ -138,7 +185,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
             .iter()
             .filter(|k| **k == "FhirResourceCreated")
             .count(),
-        3,
+        7,
         "{kinds:?}"
     );
     assert!(kinds.contains(&"FhirResourceUpdated") && kinds.contains(&"FhirResourceDeleted"));

@@ -152,11 +152,29 @@ fn the_scan_finds_reads_and_skips_tests() {
     assert_eq!(names, ["ONE", "RUST_LOG", "TWO"]);
 }
 
+/// Function crates the template does not deploy yet, each with what it waits for. A function
+/// leaves this list in the commit that adds it to the template.
+const NOT_DEPLOYED_YET: &[(&str, &str)] = &[(
+    "ingest-dms",
+    "reads DMS files only from a local folder until the S3 object-store adapter exists (issue 5)",
+)];
+
 #[test]
 fn every_function_crate_is_deployed_from_its_package() {
-    let crates: BTreeSet<String> = std::fs::read_dir(root().join("functions"))
+    let all: BTreeSet<String> = std::fs::read_dir(root().join("functions"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for (name, why) in NOT_DEPLOYED_YET {
+        assert!(
+            all.contains(*name),
+            "{name} is listed as not deployed ({why}) but has no crate"
+        );
+    }
+    let crates: BTreeSet<String> = all
+        .iter()
+        .filter(|c| NOT_DEPLOYED_YET.iter().all(|(n, _)| n != c))
+        .cloned()
         .collect();
     let template = template();
     let deployed: BTreeSet<String> = functions(&template)
@@ -174,7 +192,7 @@ fn every_function_crate_is_deployed_from_its_package() {
     // Binaries keep their package's name: five `bootstrap` bins would overwrite each other in
     // target/ (cargo's output filename collision) and each test would run whichever came
     // last. scripts/package.sh names the file `bootstrap` in the zip.
-    for name in &crates {
+    for name in &all {
         let manifest =
             std::fs::read_to_string(root().join("functions").join(name).join("Cargo.toml"))
                 .unwrap();

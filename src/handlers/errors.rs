@@ -16,6 +16,8 @@ pub const BUS_UNAVAILABLE: &str = "FhirUnify.BusUnavailable";
 pub const BUS_FAILED: &str = "FhirUnify.BusFailed";
 /// The workflow a batch was handed to could not run it.
 pub const WORKFLOW_FAILED: &str = "FhirUnify.WorkflowFailed";
+/// The object store (S3) could not be read for now: retry with back-off.
+pub const OBJECT_STORE_UNAVAILABLE: &str = "FhirUnify.ObjectStoreUnavailable";
 
 /// The function could not start (bad pipeline file, store not openable): reported to the
 /// Lambda Runtime API's `/runtime/init/error` by [`crate::lambda`].
@@ -30,6 +32,7 @@ pub const ALL: &[&str] = &[
     BUS_FAILED,
     WORKFLOW_FAILED,
     INIT_FAILED,
+    OBJECT_STORE_UNAVAILABLE,
 ];
 
 /// A handler failure: the whole invocation failed (per-record problems are not errors; they
@@ -44,6 +47,9 @@ pub enum HandlerError {
     Relay(#[from] RelayError),
     #[error(transparent)]
     Workflow(#[from] crate::env::WorkflowError),
+    /// A source file could not be read for a reason that may pass (a throttle, a timeout).
+    #[error("object store: {0}")]
+    ObjectStore(String),
 }
 
 impl HandlerError {
@@ -58,6 +64,7 @@ impl HandlerError {
             HandlerError::Relay(RelayError::Bus(e)) if e.is_retryable() => BUS_UNAVAILABLE,
             HandlerError::Relay(RelayError::Bus(_)) => BUS_FAILED,
             HandlerError::Workflow(_) => WORKFLOW_FAILED,
+            HandlerError::ObjectStore(_) => OBJECT_STORE_UNAVAILABLE,
         }
     }
 
@@ -65,7 +72,7 @@ impl HandlerError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.error_type(),
-            STORE_UNAVAILABLE | BUS_UNAVAILABLE | WORKFLOW_FAILED
+            STORE_UNAVAILABLE | BUS_UNAVAILABLE | WORKFLOW_FAILED | OBJECT_STORE_UNAVAILABLE
         )
     }
 }

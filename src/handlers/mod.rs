@@ -4,6 +4,7 @@
 
 pub mod emit;
 pub mod errors;
+pub mod ingest_dms;
 pub mod ingest_dynamodb;
 pub mod publish;
 pub mod transform;

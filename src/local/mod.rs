@@ -4,8 +4,10 @@
 //! the same handler functions registered under their function names; `sqs:sendMessage` tasks
 //! go to the SQLite queue; a DynamoDB table's stream is a folder of stream events delivered the
 //! way Lambda's event source mapping does it (partial-batch failures re-delivered, then sent
-//! to the on-failure destination, here the quarantine queue).
+//! to the on-failure destination, here the quarantine queue). A DMS source's local folder is
+//! delivered file by file as S3 events to `ingest-dms` ([`dms`]).
 
+pub mod dms;
 pub mod queue;
 pub mod stream;
 

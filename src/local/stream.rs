@@ -48,7 +48,7 @@ pub struct RunSummary {
 
 impl RunSummary {
     /// Adds what a `unify` run reports in its output.
-    fn add_run(&mut self, run: &WorkflowRun) {
+    pub(crate) fn add_run(&mut self, run: &WorkflowRun) {
         self.executions += 1;
         let Some(output) = &run.output else { return };
         if output.get("error").is_some() {
@@ -192,7 +192,7 @@ impl LocalRuntime {
         }
     }
 
-    fn quarantine(&self, rejection: &Rejection) -> Result<(), LocalError> {
+    pub(crate) fn quarantine(&self, rejection: &Rejection) -> Result<(), LocalError> {
         let body = serde_json::to_string(rejection).map_err(|e| LocalError::Input {
             file: "quarantine".into(),
             message: e.to_string(),
@@ -201,8 +201,8 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Delivers every configured local stream (each folder's `*.json` files, in name order)
-    /// and sums up what happened.
+    /// Delivers every configured local stream (each folder's `*.json` files, in name order),
+    /// then every local DMS folder (see [`super::dms`]), and sums up what happened.
     pub async fn run(&self) -> Result<RunSummary, LocalError> {
         let mut summary = RunSummary::default();
         for source in &self.config.sources {
@@ -223,6 +223,7 @@ impl LocalRuntime {
                 }
             }
         }
+        self.run_dms(&mut summary).await?;
         Ok(summary)
     }
 }

@@ -5,5 +5,7 @@
 //! OperationOutcome naming the record and the place, so one bad record never sinks the rest.
 //!
 //! - [`dynamodb`]: DynamoDB Streams records delivered to Lambda.
+//! - [`dms`]: AWS DMS Parquet files (full load and CDC) announced by S3 events.
 
+pub mod dms;
 pub mod dynamodb;

@@ -1,0 +1,362 @@
+//! `ingest-dms`: an S3 event (a notification's `Records[]`, or EventBridge "Object Created")
+//! announcing DMS Parquet files in, `unify` runs out.
+//!
+//! Each announced object is bound to a DMS source and entity by the pipeline file (bucket and
+//! folder, then `schema.table` or table), read through the object store on a blocking thread,
+//! and streamed back row by row: changes are handed to `unify` in batches of at most
+//! [`FLUSH_CHANGES`] changes, each split by [`chunk_batch`] to the state size limit, so a large
+//! file is never held whole. Batches never span two files; batch ids are derived from the
+//! object (bucket, key, version), so a redelivered event makes the same ids.
+//!
+//! Rows that cannot become changes (and files that cannot be read) come back as
+//! [`Rejection`]s in [`DmsIngestOutcome::rejected`]; the caller sends them to quarantine (the
+//! local runtime's queue). Objects outside every DMS location, of tables no entity maps, or
+//! that are not DMS data files (`_SUCCESS` markers, CSV) are listed in `skipped` and logged.
+//!
+//! A full-load file (`LOAD…`) is, for now, upserts like any other: the atomic bulk load
+//! (a dataset version switched in one step) is separate work.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::PipelineConfig;
+use crate::env::{IngestEnv, WorkflowError, WorkflowRun};
+use crate::model::{ChangeBatch, Rejection, SourceChange};
+use crate::objects::{ObjectError, ObjectStore};
+use crate::sources::dms::{self, Decoded, ObjectCreated, ObjectReport, PathError};
+
+use super::HandlerError;
+use super::ingest_dynamodb::chunk_batch;
+
+/// The most changes gathered before a batch is handed to `unify` (bounded memory).
+pub const FLUSH_CHANGES: usize = 2_000;
+
+/// How many decoded rows may wait between the reading thread and the handler.
+const CHANNEL_ROWS: usize = 1_024;
+
+/// What one file of the event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    /// `s3://bucket/key`.
+    pub uri: String,
+    pub report: ObjectReport,
+}
+
+/// What one invocation did.
+#[derive(Debug, Default)]
+pub struct DmsIngestOutcome {
+    /// Objects the event announced.
+    pub objects: usize,
+    pub files: Vec<FileSummary>,
+    /// Objects not read, with why.
+    pub skipped: Vec<(String, String)>,
+    /// Rows and files refused at ingest: for quarantine.
+    pub rejected: Vec<Rejection>,
+    pub runs: Vec<WorkflowRun>,
+    /// Changes handed to `unify`.
+    pub records_in: usize,
+}
+
+/// What the reading thread sends back.
+enum Msg {
+    Row(Box<Decoded>),
+    FileDone { uri: String, report: ObjectReport },
+    Skipped { uri: String, reason: String },
+    Retry(String),
+}
+
+/// A file to read, bound to its source.
+struct Job {
+    bucket: String,
+    target: crate::config::DmsTarget,
+    path: dms::DmsPath,
+    version: Option<String>,
+}
+
+/// Builds the object store for the DMS sources of a pipeline file: local folders are served
+/// as buckets named after their source. S3 locations need the S3 adapter, which is not built
+/// yet: they are refused here, at start, rather than on the first event.
+pub fn local_objects(config: &PipelineConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    let mut buckets = crate::objects::LocalBuckets::new();
+    for s in &config.sources {
+        let Some(d) = &s.dms else { continue };
+        match d.location()? {
+            crate::config::DmsLocation::Local { dir } => {
+                buckets.insert(s.name.clone(), config.resolve(&dir));
+            }
+            crate::config::DmsLocation::S3 { .. } => {
+                return Err(format!(
+                    "source {:?}: location {} needs the S3 object store, which is not built yet",
+                    s.name, d.location
+                ));
+            }
+        }
+    }
+    Ok(buckets.shared())
+}
+
+pub async fn handle(
+    event: Value,
+    env: &IngestEnv,
+    objects: Arc<dyn ObjectStore>,
+) -> Result<DmsIngestOutcome, HandlerError> {
+    let announced = dms::objects_created(&event)
+        .map_err(|e| HandlerError::InvalidInput(format!("not an S3 event: {e}")))?;
+    let mut out = DmsIngestOutcome {
+        objects: announced.len(),
+        ..DmsIngestOutcome::default()
+    };
+    let mut jobs = Vec::new();
+    for o in announced {
+        match bind(&env.config, objects.as_ref(), &o) {
+            Ok(job) => jobs.push(job),
+            Err(Unbound::Skip(reason)) => {
+                tracing::warn!(bucket = %o.bucket, key = %o.key, reason = %reason, "object skipped");
+                out.skipped
+                    .push((format!("s3://{}/{}", o.bucket, o.key), reason));
+            }
+            Err(Unbound::Reject(r)) => out.rejected.push(*r),
+        }
+    }
+    // DMS order: by table, full-load files before CDC files, each in its own order.
+    jobs.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_ROWS);
+    let fallback_time = Utc::now();
+    let reader_objects = objects.clone();
+    let job_keys: Vec<(String, Option<String>)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                format!("s3://{}/{}", j.bucket, j.path.key),
+                j.version.clone(),
+            )
+        })
+        .collect();
+    let reader = tokio::task::spawn_blocking(move || {
+        for job in jobs {
+            let uri = format!("s3://{}/{}", job.bucket, job.path.key);
+            let mut send_row = |d: Decoded| {
+                // A closed channel means the handler gave up; reading on is pointless.
+                let _ = tx.blocking_send(Msg::Row(Box::new(d)));
+            };
+            let result = dms::read_object(
+                reader_objects.clone(),
+                &job.bucket,
+                &job.target.prefix,
+                job.path,
+                job.target.binding,
+                fallback_time,
+                &mut send_row,
+            );
+            let msg = match result {
+                Ok(report) => Msg::FileDone { uri, report },
+                Err(e) if e.is_retryable() => {
+                    let _ = tx.blocking_send(Msg::Retry(e.to_string()));
+                    return;
+                }
+                Err(e) => Msg::Skipped {
+                    uri,
+                    reason: e.to_string(),
+                },
+            };
+            if tx.blocking_send(msg).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut pending: Vec<SourceChange> = Vec::new();
+    let mut file_index = 0usize;
+    let mut part = 0usize;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Row(d) => match *d {
+                Decoded::Change(c) => {
+                    pending.push(c);
+                    if pending.len() >= FLUSH_CHANGES {
+                        part += 1;
+                        let id = batch_id(&job_keys, file_index, part);
+                        flush(env, id, &mut pending, &mut out).await?;
+                    }
+                }
+                Decoded::Rejected(r) => out.rejected.push(r),
+            },
+            Msg::FileDone { uri, report } => {
+                part += 1;
+                let id = batch_id(&job_keys, file_index, part);
+                flush(env, id, &mut pending, &mut out).await?;
+                tracing::info!(
+                    file = %uri,
+                    rows = report.rows,
+                    changes = report.changes,
+                    rejected = report.rejected,
+                    full_load = report.full_load,
+                    "dms file read"
+                );
+                out.files.push(FileSummary { uri, report });
+                file_index += 1;
+                part = 0;
+            }
+            Msg::Skipped { uri, reason } => {
+                out.skipped.push((uri, reason));
+                file_index += 1;
+                part = 0;
+            }
+            Msg::Retry(message) => return Err(HandlerError::ObjectStore(message)),
+        }
+    }
+    reader
+        .await
+        .map_err(|e| HandlerError::ObjectStore(format!("the reading thread stopped: {e}")))?;
+    tracing::info!(
+        objects = out.objects,
+        files = out.files.len(),
+        skipped = out.skipped.len(),
+        changes = out.records_in,
+        rejected = out.rejected.len(),
+        executions = out.runs.len(),
+        "ingest-dms done"
+    );
+    Ok(out)
+}
+
+/// `dms-<v5 uuid of the object>-<part>`: the same object makes the same ids.
+fn batch_id(keys: &[(String, Option<String>)], file: usize, part: usize) -> String {
+    let (uri, version) = keys
+        .get(file)
+        .cloned()
+        .unwrap_or_else(|| (String::new(), None));
+    let name = match version {
+        Some(v) => format!("{uri}?versionId={v}"),
+        None => uri,
+    };
+    let id = uuid::Uuid::new_v5(&BATCH_ID_NAMESPACE, name.as_bytes());
+    format!("dms-{id}-{part}")
+}
+
+/// Namespace of the v5 UUIDs naming DMS batches.
+const BATCH_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x9b2e_4d71_0c3a_4e8f_a6d5_37c1_e08b_5f24);
+
+async fn flush(
+    env: &IngestEnv,
+    batch_id: String,
+    pending: &mut Vec<SourceChange>,
+    out: &mut DmsIngestOutcome,
+) -> Result<(), HandlerError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let batch = ChangeBatch {
+        batch_id,
+        changes: std::mem::take(pending),
+    };
+    out.records_in += batch.changes.len();
+    for chunk in chunk_batch(batch) {
+        let run = env.workflow.run_unify(&chunk).await?;
+        if !run.succeeded {
+            return Err(WorkflowError {
+                workflow: "unify".into(),
+                message: format!(
+                    "execution {} of batch {} failed: {} {}",
+                    run.execution,
+                    chunk.batch_id,
+                    run.error.as_deref().unwrap_or(""),
+                    run.cause.as_deref().unwrap_or("")
+                ),
+            }
+            .into());
+        }
+        out.runs.push(run);
+    }
+    Ok(())
+}
+
+enum Unbound {
+    Skip(String),
+    Reject(Box<Rejection>),
+}
+
+/// Binds an announced object to its source and entity. EventBridge keys may or may not be
+/// URL-encoded: when the decoded key is not a bound DMS object (or names no object) and the
+/// key as received differs, the key as received is tried.
+fn bind(
+    config: &PipelineConfig,
+    store: &dyn ObjectStore,
+    o: &ObjectCreated,
+) -> Result<Job, Unbound> {
+    let mut candidates = vec![o.key.as_str()];
+    if o.raw_key != o.key {
+        candidates.push(o.raw_key.as_str());
+    }
+    let mut first_miss: Option<Unbound> = None;
+    for key in candidates {
+        match bind_key(config, &o.bucket, key) {
+            Ok((target, path)) => {
+                let exists = !matches!(
+                    store.size(&o.bucket, key),
+                    Err(ObjectError::NotFound { .. })
+                );
+                if exists || o.raw_key == o.key || key == o.raw_key {
+                    return Ok(Job {
+                        bucket: o.bucket.clone(),
+                        target,
+                        path,
+                        version: o.version_id.clone(),
+                    });
+                }
+                first_miss.get_or_insert(Unbound::Skip(format!(
+                    "s3://{}/{key}: no such object",
+                    o.bucket
+                )));
+            }
+            Err(e) => {
+                first_miss.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_miss.unwrap_or_else(|| Unbound::Skip("not bound".into())))
+}
+
+fn bind_key(
+    config: &PipelineConfig,
+    bucket: &str,
+    key: &str,
+) -> Result<(crate::config::DmsTarget, dms::DmsPath), Unbound> {
+    if let Some(found) = config.dms_target(bucket, key) {
+        return Ok(found);
+    }
+    let Some(source) = config.dms_source_for(bucket, key) else {
+        return Err(Unbound::Skip("no dms source's location holds it".into()));
+    };
+    let prefix = match source.dms.as_ref().and_then(|d| d.location().ok()) {
+        Some(crate::config::DmsLocation::S3 { prefix, .. }) => prefix,
+        _ => String::new(),
+    };
+    match dms::DmsPath::parse(key, &prefix) {
+        Err(PathError::NotADmsFile { reason, .. }) => Err(Unbound::Skip(reason)),
+        Err(e @ PathError::Invalid { .. }) => {
+            // Looks like a DMS file of this source but cannot be one: quarantined, named.
+            let binding = dms::DmsBinding {
+                source: source.name.clone(),
+                entity: "?".into(),
+                key: Vec::new(),
+                timestamp_column: String::new(),
+            };
+            Err(Unbound::Reject(Box::new(dms::file_rejection(
+                &binding,
+                &format!("s3://{bucket}/{key}"),
+                &e.to_string(),
+            ))))
+        }
+        Ok(p) => Err(Unbound::Skip(format!(
+            "table {} is not an entity of source {:?}",
+            p.qualified_table(),
+            source.name
+        ))),
+    }
+}
