@@ -189,17 +189,23 @@ fn date_condition(
     low: &str,
     high: &str,
 ) -> String {
-    let low = sql.bind(low.to_owned());
-    let high = sql.bind(high.to_owned());
+    // Bind only what the condition uses: SQLite counts parameters up to the highest used.
+    let mut b = |v: &str| sql.bind(v.to_owned());
     match prefix {
-        Prefix::Eq => format!("({lo} >= {low} AND {hi} <= {high})"),
-        Prefix::Ne => format!("NOT ({lo} >= {low} AND {hi} <= {high})"),
-        Prefix::Gt => format!("{hi} > {high}"),
-        Prefix::Lt => format!("{lo} < {low}"),
-        Prefix::Ge => format!("{hi} >= {low}"),
-        Prefix::Le => format!("{lo} <= {high}"),
-        Prefix::Sa => format!("{lo} > {high}"),
-        Prefix::Eb => format!("{hi} < {low}"),
+        Prefix::Eq => {
+            let (l, h) = (b(low), b(high));
+            format!("({lo} >= {l} AND {hi} <= {h})")
+        }
+        Prefix::Ne => {
+            let (l, h) = (b(low), b(high));
+            format!("NOT ({lo} >= {l} AND {hi} <= {h})")
+        }
+        Prefix::Gt => format!("{hi} > {}", b(high)),
+        Prefix::Lt => format!("{lo} < {}", b(low)),
+        Prefix::Ge => format!("{hi} >= {}", b(low)),
+        Prefix::Le => format!("{lo} <= {}", b(high)),
+        Prefix::Sa => format!("{lo} > {}", b(high)),
+        Prefix::Eb => format!("{hi} < {}", b(low)),
     }
 }
 
