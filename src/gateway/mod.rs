@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod capability;
+pub mod server;
 mod params;
 
 use std::sync::Arc;
