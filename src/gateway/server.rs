@@ -187,14 +187,21 @@ pub async fn serve_cli(
     };
     let (listener, addr) = bind(listen).await?;
     let partners = api.authorizer.partner_names();
-    println!("fhir-unify serve: FHIR base http://{addr}");
-    if partners.is_empty() {
-        println!("  no partners in {}: only /metadata answers", config.file.display());
-    } else {
-        println!("  partners: {}", partners.join(", "));
-    }
+    // Whoever started us may stop reading stdout; the server must go on regardless.
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "fhir-unify serve: FHIR base http://{addr}");
+    if partners.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no partners in {}: only /metadata answers",
+            config.file.display()
+        );
+    } else {
+        let _ = writeln!(out, "  partners: {}", partners.join(", "));
+    }
+    let _ = out.flush();
+    drop(out);
     tracing::info!(%addr, partners = partners.len(), "serving the FHIR API");
     serve(listener, api).await?;
     Ok(())

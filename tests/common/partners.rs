@@ -1,5 +1,8 @@
 //! Test partners, their keys (fixed test keys under tests/fixtures/auth) and token minting.
 
+// Each test binary uses a part of this.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
