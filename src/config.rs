@@ -310,7 +310,9 @@ impl PipelineConfig {
                 return Err(at("partner names must be unique and not empty".into()));
             }
             if p.issuer.is_empty() || !issuers.insert(p.issuer.as_str()) {
-                return Err(at("issuer must be set and not shared with another partner".into()));
+                return Err(at(
+                    "issuer must be set and not shared with another partner".into()
+                ));
             }
             if p.audience.is_empty() {
                 return Err(at("audience must be set".into()));
@@ -455,7 +457,12 @@ sources:
         )
         .unwrap();
         assert_eq!(c.partners[0].read, vec!["Patient".to_owned()]);
-        assert!(PipelineConfig::from_yaml(GOOD, Path::new("p.yaml")).unwrap().partners.is_empty());
+        assert!(
+            PipelineConfig::from_yaml(GOOD, Path::new("p.yaml"))
+                .unwrap()
+                .partners
+                .is_empty()
+        );
         for bad in [
             "  - { name: acme, issuer: i, audience: a, jwks: k, read: [] }\n",
             "  - { name: acme, issuer: i, audience: a, jwks: k, read: [patient] }\n",
@@ -463,7 +470,10 @@ sources:
             "  - { name: a, issuer: i, audience: a, jwks: k, read: [Patient] }\n  - { name: b, issuer: i, audience: a, jwks: k, read: [Patient] }\n",
             "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient] }\n",
         ] {
-            assert!(PipelineConfig::from_yaml(&with(bad), Path::new("p.yaml")).is_err(), "{bad}");
+            assert!(
+                PipelineConfig::from_yaml(&with(bad), Path::new("p.yaml")).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -116,7 +116,10 @@ async fn rest_v1_search_with_repeated_parameters_and_custom_domain() {
         self_link.starts_with("https://fhir.partner-api.example/fhir/Patient?"),
         "{self_link}"
     );
-    assert!(self_link.contains("birthdate=ge1960&birthdate=lt2000-01-01"), "{self_link}");
+    assert!(
+        self_link.contains("birthdate=ge1960&birthdate=lt2000-01-01"),
+        "{self_link}"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +141,11 @@ async fn http_v2_search_pages_and_no_authorizer_context_is_refused() {
                 .iter()
                 .map(|e| e["resource"]["id"].as_str().unwrap().to_owned()),
         );
-        let Some(next) = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next")
+        let Some(next) = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
         else {
             break;
         };
@@ -167,7 +174,11 @@ const SCOPES: &[(&str, &[&str], bool)] = &[
     ("system/Patient.rs", &["Patient"], true),
     ("system/Patient.read", &["Patient"], true),
     ("system/*.read", &["*"], true),
-    ("system/Observation.r system/Coverage.r", &["Observation", "Coverage"], false),
+    (
+        "system/Observation.r system/Coverage.r",
+        &["Observation", "Coverage"],
+        false,
+    ),
     ("patient/*.read user/*.rs", &[], false),
 ];
 const TYPES: &[&str] = &["Patient", "Coverage", "Observation"];
@@ -215,18 +226,21 @@ async fn matrix_partners_types_scopes_faults_interactions() {
                         .insert("authorization", HeaderValue::from_str(h).unwrap());
                 }
                 let d1 = authorizer::authorize_rest(&a1, &authz);
-                let rest_allows =
-                    d1.policy_document.statement[0].effect == IamPolicyEffect::Allow;
+                let rest_allows = d1.policy_document.statement[0].effect == IamPolicyEffect::Allow;
                 assert_eq!(rest_allows, d2.is_authorized, "{partner} {scope} {fault:?}");
                 if *fault != Fault::None {
-                    assert!(!d2.is_authorized, "{partner} {scope} {fault:?} must be denied");
+                    assert!(
+                        !d2.is_authorized,
+                        "{partner} {scope} {fault:?} must be denied"
+                    );
                 }
                 for t in TYPES {
                     for search in [false, true] {
                         cells += 1;
                         let scope_ok = (scope_types.contains(&"*") || scope_types.contains(t))
                             && (!search || *scope_search);
-                        let expected = *fault == Fault::None && partner_reads(partner, t) && scope_ok;
+                        let expected =
+                            *fault == Fault::None && partner_reads(partner, t) && scope_ok;
                         let (path, query) = if search {
                             (t.to_string(), "_id=x1".to_owned())
                         } else {
@@ -237,7 +251,8 @@ async fn matrix_partners_types_scopes_faults_interactions() {
                             let mut e = v2_req.clone();
                             e.path_parameters.insert("proxy".into(), path.clone());
                             e.raw_query_string = Some(query.clone());
-                            let mut auth = aws_lambda_events::apigw::ApiGatewayRequestAuthorizer::default();
+                            let mut auth =
+                                aws_lambda_events::apigw::ApiGatewayRequestAuthorizer::default();
                             auth.fields = d2
                                 .context
                                 .as_object()
@@ -278,7 +293,10 @@ async fn matrix_partners_types_scopes_faults_interactions() {
                             };
                             let r = gateway::handle_v1(&e, &api).await;
                             if r.status_code == 200 && search {
-                                assert_eq!(text(&r.body)["entry"][0]["resource"]["resourceType"], *t);
+                                assert_eq!(
+                                    text(&r.body)["entry"][0]["resource"]["resourceType"],
+                                    *t
+                                );
                             }
                             r.status_code == 200
                         } else {
@@ -327,7 +345,11 @@ async fn lambda_entry_points_answer_both_authorizer_versions() {
         .await
         .unwrap();
     assert_eq!(out["policyDocument"]["Statement"][0]["Effect"], "Deny");
-    assert!(authorizer::handle(json!({"version": "2.0"}), &authz).await.is_err());
+    assert!(
+        authorizer::handle(json!({"version": "2.0"}), &authz)
+            .await
+            .is_err()
+    );
 }
 
 #[test]
@@ -338,11 +360,21 @@ fn bad_partner_registries_fail_at_start() {
     assert!(e.to_string().contains("acme"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}"#,
+    )
+    .unwrap();
     let yaml = common::partners::pipeline_yaml().replace(
-        &common::partners::auth_dir().join("acme-jwks.json").display().to_string(),
+        &common::partners::auth_dir()
+            .join("acme-jwks.json")
+            .display()
+            .to_string(),
         &bad.display().to_string(),
     );
     let c = fhir_unify::config::PipelineConfig::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
-    assert!(Authorizer::from_config(&c).is_err(), "symmetric keys are refused");
+    assert!(
+        Authorizer::from_config(&c).is_err(),
+        "symmetric keys are refused"
+    );
 }

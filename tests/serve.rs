@@ -99,7 +99,10 @@ async fn serve_answers_a_real_http_client() {
     assert_eq!(status, 401);
     assert_eq!(body.unwrap()["resourceType"], "OperationOutcome");
     let expired = authorization("acme", "system/*.rs", Fault::Expired).unwrap();
-    let (status, _, _) = get(&format!("{base}/Patient/x1"), &[("Authorization", &expired)]);
+    let (status, _, _) = get(
+        &format!("{base}/Patient/x1"),
+        &[("Authorization", &expired)],
+    );
     assert_eq!(status, 403);
 
     let token = authorization("acme", "system/*.rs", Fault::None).unwrap();

@@ -53,9 +53,13 @@ impl AccessGrant {
 
     /// The authorizer response context.
     pub fn to_context(&self) -> Map<String, Value> {
-        let join = |s: &BTreeSet<String>| Value::String(s.iter().cloned().collect::<Vec<_>>().join(" "));
+        let join =
+            |s: &BTreeSet<String>| Value::String(s.iter().cloned().collect::<Vec<_>>().join(" "));
         let mut m = Map::new();
-        m.insert(CONTEXT_PARTNER.to_owned(), Value::String(self.partner.clone()));
+        m.insert(
+            CONTEXT_PARTNER.to_owned(),
+            Value::String(self.partner.clone()),
+        );
         m.insert(CONTEXT_READ.to_owned(), join(&self.read));
         m.insert(CONTEXT_SEARCH.to_owned(), join(&self.search));
         m
@@ -174,7 +178,10 @@ impl Authorizer {
 
     /// Verifies the `Authorization` header's bearer token and returns what it allows.
     pub fn authorize(&self, authorization: Option<&str>) -> Result<AccessGrant, Denial> {
-        let header = authorization.map(str::trim).filter(|h| !h.is_empty()).ok_or(Denial::NoToken)?;
+        let header = authorization
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .ok_or(Denial::NoToken)?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err(Denial::Malformed("not a Bearer authorization".into())),
@@ -191,14 +198,15 @@ impl Authorizer {
             .find(|p| p.issuer == issuer)
             .ok_or(Denial::UnknownIssuer)?;
         let kid = head.kid.unwrap_or_default();
-        let (_, key_alg, key) = partner
-            .keys
-            .iter()
-            .find(|(k, _, _)| *k == kid)
-            .ok_or_else(|| Denial::UnknownKey {
-                partner: partner.name.clone(),
-                kid: kid.clone(),
-            })?;
+        let (_, key_alg, key) =
+            partner
+                .keys
+                .iter()
+                .find(|(k, _, _)| *k == kid)
+                .ok_or_else(|| Denial::UnknownKey {
+                    partner: partner.name.clone(),
+                    kid: kid.clone(),
+                })?;
         if *key_alg != head.alg {
             return Err(Denial::BadSignature(partner.name.clone()));
         }
@@ -242,8 +250,7 @@ fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
         reason,
     };
     let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
-    let set: JwkSet =
-        serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS: {e}")))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let Some(kid) = jwk.common.key_id.clone() else {
@@ -256,12 +263,18 @@ fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
             P::EllipticCurve(ec) if matches!(ec.curve, jsonwebtoken::jwk::EllipticCurve::P256) => {
                 Algorithm::ES256
             }
-            _ => return Err(err(format!("key {kid:?}: only RSA and P-256 EC keys are accepted"))),
-        };
-        if let Some(declared) = jwk.common.key_algorithm {
-            if format!("{declared:?}") != format!("{alg:?}") {
-                return Err(err(format!("key {kid:?}: alg {declared:?} does not fit the key type")));
+            _ => {
+                return Err(err(format!(
+                    "key {kid:?}: only RSA and P-256 EC keys are accepted"
+                )));
             }
+        };
+        if let Some(declared) = jwk.common.key_algorithm
+            && format!("{declared:?}") != format!("{alg:?}")
+        {
+            return Err(err(format!(
+                "key {kid:?}: alg {declared:?} does not fit the key type"
+            )));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid:?}: {e}")))?;
         keys.push((kid, alg, key));
@@ -284,8 +297,8 @@ fn unverified_issuer(token: &str) -> Result<String, Denial> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| Denial::Malformed("payload is not base64url".into()))?;
-    let claims: Value =
-        serde_json::from_slice(&bytes).map_err(|_| Denial::Malformed("payload is not JSON".into()))?;
+    let claims: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Denial::Malformed("payload is not JSON".into()))?;
     claims
         .get("iss")
         .and_then(Value::as_str)
@@ -343,11 +356,23 @@ mod tests {
 
     #[test]
     fn smart_scopes_v1_and_v2() {
-        assert_eq!(parse_scope("system/Patient.rs"), Some(("Patient", true, true)));
-        assert_eq!(parse_scope("system/Patient.r"), Some(("Patient", true, false)));
+        assert_eq!(
+            parse_scope("system/Patient.rs"),
+            Some(("Patient", true, true))
+        );
+        assert_eq!(
+            parse_scope("system/Patient.r"),
+            Some(("Patient", true, false))
+        );
         assert_eq!(parse_scope("system/*.s"), Some(("*", false, true)));
-        assert_eq!(parse_scope("system/Patient.cruds"), Some(("Patient", true, true)));
-        assert_eq!(parse_scope("system/Patient.read"), Some(("Patient", true, true)));
+        assert_eq!(
+            parse_scope("system/Patient.cruds"),
+            Some(("Patient", true, true))
+        );
+        assert_eq!(
+            parse_scope("system/Patient.read"),
+            Some(("Patient", true, true))
+        );
         assert_eq!(parse_scope("system/*.*"), Some(("*", true, true)));
         for none in [
             "system/Patient.write",
@@ -371,7 +396,11 @@ mod tests {
         let g = grant_for(
             "acme",
             &registered,
-            &["system/*.r".into(), "system/Patient.s".into(), "system/Observation.rs".into()],
+            &[
+                "system/*.r".into(),
+                "system/Patient.s".into(),
+                "system/Observation.rs".into(),
+            ],
         );
         assert_eq!(g.read, registered);
         assert_eq!(g.search, ["Patient".to_owned()].into());

@@ -14,8 +14,8 @@
 
 pub mod auth;
 mod capability;
-pub mod server;
 mod params;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -419,11 +419,7 @@ enum Interaction {
     Search,
 }
 
-fn check_grant(
-    grant: &AccessGrant,
-    resource_type: &str,
-    what: Interaction,
-) -> Result<(), Refusal> {
+fn check_grant(grant: &AccessGrant, resource_type: &str, what: Interaction) -> Result<(), Refusal> {
     let allowed = match what {
         Interaction::Read => grant.may_read(resource_type),
         Interaction::Search => grant.may_search(resource_type),

@@ -331,8 +331,11 @@ mod tests {
             }]
         );
         assert_eq!(p.echo.len(), 2);
-        let p = parse_search("Observation", &q(&[("patient", "p1"), ("subject", "Patient/p1")]))
-            .unwrap();
+        let p = parse_search(
+            "Observation",
+            &q(&[("patient", "p1"), ("subject", "Patient/p1")]),
+        )
+        .unwrap();
         for f in &p.query.filters {
             assert_eq!(
                 f.any_of,

@@ -63,7 +63,10 @@ async fn gateway() -> Gateway {
 fn grant(read: &[&str], search: &[&str]) -> AccessGrant {
     AccessGrant {
         partner: "acme".into(),
-        read: read.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>(),
+        read: read
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<_>>(),
         search: search.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
@@ -78,7 +81,10 @@ fn get(path: &str, query: &[(&str, &str)]) -> FhirRequest {
             .collect(),
         if_none_match: None,
         base_url: "https://fhir.example/r4".into(),
-        grant: Some(grant(&["Patient", "Observation"], &["Patient", "Observation"])),
+        grant: Some(grant(
+            &["Patient", "Observation"],
+            &["Patient", "Observation"],
+        )),
     }
 }
 
@@ -128,21 +134,64 @@ async fn read_vread_etag_and_conditional_read() {
 #[tokio::test]
 async fn unknown_deleted_and_bad_requests_are_operation_outcomes() {
     let gw = gateway().await;
-    assert_outcome(&gw.handle(&get("Patient/nope", &[])).await, 404, "not-found");
-    assert_outcome(&gw.handle(&get("Patient/p1/_history/9", &[])).await, 404, "not-found");
-    assert_outcome(&gw.handle(&get("Patient/p1/_history/x", &[])).await, 404, "not-found");
-    assert_outcome(&gw.handle(&get("Patient/nope/_history", &[])).await, 404, "not-found");
+    assert_outcome(
+        &gw.handle(&get("Patient/nope", &[])).await,
+        404,
+        "not-found",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient/p1/_history/9", &[])).await,
+        404,
+        "not-found",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient/p1/_history/x", &[])).await,
+        404,
+        "not-found",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient/nope/_history", &[])).await,
+        404,
+        "not-found",
+    );
     assert_outcome(&gw.handle(&get("patient/p1", &[])).await, 404, "not-found");
     let r = gw.handle(&get("Patient/p5", &[])).await;
     assert_outcome(&r, 410, "deleted");
     assert_eq!(r.header("etag"), Some("W/\"2\""));
-    assert_outcome(&gw.handle(&get("Patient/p5/_history/2", &[])).await, 410, "deleted");
-    assert_eq!(gw.handle(&get("Patient/p5/_history/1", &[])).await.status, 200);
-    assert_outcome(&gw.handle(&get("Patient", &[("nope", "1")])).await, 400, "invalid");
-    assert_outcome(&gw.handle(&get("Patient", &[("birthdate", "soon")])).await, 400, "invalid");
-    assert_outcome(&gw.handle(&get("Patient", &[("_cursor", "aGk")])).await, 400, "invalid");
-    assert_outcome(&gw.handle(&get("Patient/p1", &[("x", "1")])).await, 400, "invalid");
-    assert_outcome(&gw.handle(&get("Patient/p1/a/b/c", &[])).await, 400, "invalid");
+    assert_outcome(
+        &gw.handle(&get("Patient/p5/_history/2", &[])).await,
+        410,
+        "deleted",
+    );
+    assert_eq!(
+        gw.handle(&get("Patient/p5/_history/1", &[])).await.status,
+        200
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient", &[("nope", "1")])).await,
+        400,
+        "invalid",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient", &[("birthdate", "soon")])).await,
+        400,
+        "invalid",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient", &[("_cursor", "aGk")])).await,
+        400,
+        "invalid",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient/p1", &[("x", "1")])).await,
+        400,
+        "invalid",
+    );
+    assert_outcome(
+        &gw.handle(&get("Patient/p1/a/b/c", &[])).await,
+        400,
+        "invalid",
+    );
     assert_outcome(&gw.handle(&get("", &[])).await, 400, "invalid");
     let mut post = get("Patient", &[]);
     post.method = "POST".into();
@@ -159,10 +208,18 @@ async fn search_pages_with_next_links_until_the_end() {
         let r = gw.handle(&req).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let b = body(&r);
-        assert_eq!((b["type"].as_str(), b["total"].as_u64()), (Some("searchset"), Some(4)));
+        assert_eq!(
+            (b["type"].as_str(), b["total"].as_u64()),
+            (Some("searchset"), Some(4))
+        );
         for e in b["entry"].as_array().unwrap() {
             assert_eq!(e["search"]["mode"], "match");
-            assert!(e["fullUrl"].as_str().unwrap().starts_with("https://fhir.example/r4/Patient/"));
+            assert!(
+                e["fullUrl"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("https://fhir.example/r4/Patient/")
+            );
             ids.push(e["resource"]["id"].as_str().unwrap().to_owned());
         }
         pages += 1;
@@ -174,7 +231,10 @@ async fn search_pages_with_next_links_until_the_end() {
         let url = next["url"].as_str().unwrap();
         let (path, q) = url.split_once('?').unwrap();
         assert_eq!(path, "https://fhir.example/r4/Patient");
-        assert!(q.contains("gender=female%2Cmale") && q.contains("_count=2"), "{q}");
+        assert!(
+            q.contains("gender=female%2Cmale") && q.contains("_count=2"),
+            "{q}"
+        );
         req.query = crate::handlers::gateway::parse_query(q);
     }
     assert_eq!(ids, ["p1", "p2", "p3", "p4"], "deleted p5 is not found");
@@ -182,10 +242,20 @@ async fn search_pages_with_next_links_until_the_end() {
 
     let r = gw.handle(&get("Patient", &[("_count", "0")])).await;
     let b = body(&r);
-    assert_eq!((b["total"].as_u64(), b["entry"].as_array().map(Vec::len)), (Some(4), Some(0)));
-    let r = gw.handle(&get("Observation", &[("patient", "p1"), ("status", "final")])).await;
+    assert_eq!(
+        (b["total"].as_u64(), b["entry"].as_array().map(Vec::len)),
+        (Some(4), Some(0))
+    );
+    let r = gw
+        .handle(&get(
+            "Observation",
+            &[("patient", "p1"), ("status", "final")],
+        ))
+        .await;
     assert_eq!(body(&r)["total"], 1);
-    let r = gw.handle(&get("Patient", &[("family", "fam1b"), ("_format", "json")])).await;
+    let r = gw
+        .handle(&get("Patient", &[("family", "fam1b"), ("_format", "json")]))
+        .await;
     assert_eq!(body(&r)["entry"][0]["resource"]["id"], "p1");
 }
 
@@ -194,21 +264,42 @@ async fn history_instance_type_and_since() {
     let gw = gateway().await;
     let r = gw.handle(&get("Patient/p1/_history", &[])).await;
     let b = body(&r);
-    assert_eq!((b["type"].as_str(), b["total"].as_u64()), (Some("history"), Some(2)));
+    assert_eq!(
+        (b["type"].as_str(), b["total"].as_u64()),
+        (Some("history"), Some(2))
+    );
     assert_eq!(b["entry"][0]["response"]["etag"], "W/\"2\"");
     assert_eq!(b["entry"][1]["response"]["status"], "201");
 
-    let r = gw.handle(&get("Patient/_history", &[("_count", "3")])).await;
+    let r = gw
+        .handle(&get("Patient/_history", &[("_count", "3")]))
+        .await;
     let b = body(&r);
     assert_eq!(b["total"], 7, "5 creates, 1 update, 1 delete");
     assert_eq!(b["entry"].as_array().unwrap().len(), 3);
     assert_eq!(b["entry"][0]["request"]["method"], "DELETE");
     assert!(b["entry"][0].get("resource").is_none());
-    assert!(b["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    assert!(
+        b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
 
-    let r = gw.handle(&get("Patient/_history", &[("_since", "2999-01-01T00:00:00Z")])).await;
+    let r = gw
+        .handle(&get(
+            "Patient/_history",
+            &[("_since", "2999-01-01T00:00:00Z")],
+        ))
+        .await;
     assert_eq!(body(&r)["total"], 0);
-    assert_outcome(&gw.handle(&get("Patient/_history", &[("_since", "x")])).await, 400, "invalid");
+    assert_outcome(
+        &gw.handle(&get("Patient/_history", &[("_since", "x")]))
+            .await,
+        400,
+        "invalid",
+    );
 }
 
 #[tokio::test]
@@ -233,11 +324,25 @@ async fn grants_decide_every_interaction_and_metadata_is_open() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for p in ["_id", "_lastUpdated", "identifier", "name", "family", "given", "birthdate", "gender"] {
+    for p in [
+        "_id",
+        "_lastUpdated",
+        "identifier",
+        "name",
+        "family",
+        "given",
+        "birthdate",
+        "gender",
+    ] {
         assert!(names.contains(&p), "{p}");
     }
 
-    for path in ["Patient/p1", "Patient", "Patient/_history", "Patient/p1/_history/1"] {
+    for path in [
+        "Patient/p1",
+        "Patient",
+        "Patient/_history",
+        "Patient/p1/_history/1",
+    ] {
         let mut req = get(path, &[]);
         req.grant = None;
         assert_outcome(&gw.handle(&req).await, 401, "login");

@@ -138,7 +138,9 @@ mod tests {
     #[test]
     fn read_routes_cover_the_stage() {
         assert_eq!(
-            read_routes(Some("arn:aws:execute-api:us-east-1:123:abc/prod/GET/Patient/1")),
+            read_routes(Some(
+                "arn:aws:execute-api:us-east-1:123:abc/prod/GET/Patient/1"
+            )),
             [
                 "arn:aws:execute-api:us-east-1:123:abc/prod/GET/*",
                 "arn:aws:execute-api:us-east-1:123:abc/prod/HEAD/*"

@@ -25,7 +25,10 @@ use crate::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway, Refusal};
 use super::HandlerError;
 
 /// Answers a REST API (payload v1) proxy event.
-pub async fn handle_v1(event: &ApiGatewayProxyRequest, gateway: &Gateway) -> ApiGatewayProxyResponse {
+pub async fn handle_v1(
+    event: &ApiGatewayProxyRequest,
+    gateway: &Gateway,
+) -> ApiGatewayProxyResponse {
     let response = gateway.handle(&request_v1(event)).await;
     let mut out = ApiGatewayProxyResponse::default();
     out.status_code = i64::from(response.status);
@@ -98,13 +101,12 @@ pub fn request_v1(event: &ApiGatewayProxyRequest) -> FhirRequest {
         .or_else(|| event.request_context.domain_name.clone())
         .unwrap_or_else(|| "localhost".to_owned());
     // On the default execute-api endpoint the stage is part of the URL but not of `path`.
-    if host.ends_with(".amazonaws.com") {
-        if let Some(stage) = &event.request_context.stage {
-            prefix = format!("/{stage}{prefix}");
-        }
-    }
-    let mut query: Vec<(String, String)> = if event.multi_value_query_string_parameters.is_empty()
+    if host.ends_with(".amazonaws.com")
+        && let Some(stage) = &event.request_context.stage
     {
+        prefix = format!("/{stage}{prefix}");
+    }
+    let mut query: Vec<(String, String)> = if event.multi_value_query_string_parameters.is_empty() {
         event
             .query_string_parameters
             .iter()

@@ -209,7 +209,9 @@ fn clinical_entries(resource: &Value, out: &mut Vec<IndexEntry>) {
     if let Some(patient) = PATIENT_ELEMENTS
         .iter()
         .filter_map(|e| resource.get(*e).and_then(parse_reference))
-        .find(|r| matches!(r, IndexValue::Reference { resource_type: Some(t), .. } if t == "Patient"))
+        .find(
+            |r| matches!(r, IndexValue::Reference { resource_type: Some(t), .. } if t == "Patient"),
+        )
     {
         out.push(IndexEntry {
             param: "patient",
@@ -578,9 +580,20 @@ mod tests {
                 "2020-03-04T08:00:00.999Z".into()
             )
         );
-        assert_eq!(range("2020-03-04T10:00:00.250Z").1, "2020-03-04T10:00:00.250Z");
+        assert_eq!(
+            range("2020-03-04T10:00:00.250Z").1,
+            "2020-03-04T10:00:00.250Z"
+        );
         assert_eq!(range("2020-03-04T10:00").1, "2020-03-04T10:00:59.999Z");
-        for bad in ["", "20", "2020-13", "2020-02-30", "abc", "2020-1-1", "2020-01-01Tx"] {
+        for bad in [
+            "",
+            "20",
+            "2020-13",
+            "2020-02-30",
+            "abc",
+            "2020-1-1",
+            "2020-01-01Tx",
+        ] {
             assert!(date_range(bad).is_none(), "{bad}");
         }
     }
@@ -669,7 +682,10 @@ mod tests {
         });
         let e = index_entries(&cond);
         assert!(e.iter().any(|e| e.param == "status"));
-        assert!(!e.iter().any(|e| e.param == "patient"), "a Group is not a patient");
+        assert!(
+            !e.iter().any(|e| e.param == "patient"),
+            "a Group is not a patient"
+        );
         assert!(e.contains(&IndexEntry {
             param: "subject",
             value: IndexValue::Reference {
@@ -683,7 +699,10 @@ mod tests {
         let e = index_entries(&imm);
         assert!(e.iter().any(|e| e.param == "patient"));
         assert!(e.iter().any(|e| e.param == "code"));
-        assert!(!e.iter().any(|e| e.param == "date"), "a bad date is not indexed");
+        assert!(
+            !e.iter().any(|e| e.param == "date"),
+            "a bad date is not indexed"
+        );
     }
 
     #[test]
@@ -696,9 +715,14 @@ mod tests {
         ] {
             let _ = index_entries(&v);
         }
-        assert!(index_entries(&json!({"resourceType": "Patient", "name": [{"given": [1]}]})).is_empty());
+        assert!(
+            index_entries(&json!({"resourceType": "Patient", "name": [{"given": [1]}]})).is_empty()
+        );
         assert_eq!(param_kind("Patient", "family"), Some(ParamKind::String));
         assert_eq!(param_kind("Observation", "family"), None);
-        assert_eq!(param_kind("Observation", "_lastUpdated"), Some(ParamKind::Date));
+        assert_eq!(
+            param_kind("Observation", "_lastUpdated"),
+            Some(ParamKind::Date)
+        );
     }
 }

@@ -465,10 +465,10 @@ fn apply_one(
 
     let (action, stored) = match content {
         Some(content) => {
-            if let Some(live) = live {
-                if stored_canonical(target, live)? == content {
-                    return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
-                }
+            if let Some(live) = live
+                && stored_canonical(target, live)? == content
+            {
+                return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             let action = if live.is_some() {
                 PublishAction::Updated

@@ -92,8 +92,20 @@ pub const FAULTS: &[Fault] = &[
 /// The `Authorization` header a partner's client would send, with `fault` built in.
 pub fn authorization(partner: &str, scope: &str, fault: Fault) -> Option<String> {
     let (iss, aud, alg, kid, pem) = match partner {
-        "acme" => (ACME_ISS, ACME_AUD, Algorithm::RS256, "acme-1", "acme-rs256.pem"),
-        "beta" => (BETA_ISS, BETA_AUD, Algorithm::ES256, "beta-1", "beta-es256.pem"),
+        "acme" => (
+            ACME_ISS,
+            ACME_AUD,
+            Algorithm::RS256,
+            "acme-1",
+            "acme-rs256.pem",
+        ),
+        "beta" => (
+            BETA_ISS,
+            BETA_AUD,
+            Algorithm::ES256,
+            "beta-1",
+            "beta-es256.pem",
+        ),
         other => panic!("no test partner {other}"),
     };
     let t = now();
@@ -162,9 +174,18 @@ pub fn upsert(resource: Value) -> ResourceChange {
 /// A store with one resource of each type (id `x1`) and `patients` Patients `p001…`.
 pub async fn fill(store: &Arc<SqliteStore>, patients: usize) {
     for (t, extra) in [
-        ("Patient", json!({"gender": "female", "name": [{"family": "Smith"}]})),
-        ("Coverage", json!({"status": "active", "beneficiary": {"reference": "Patient/x1"}})),
-        ("Observation", json!({"status": "final", "subject": {"reference": "Patient/x1"}})),
+        (
+            "Patient",
+            json!({"gender": "female", "name": [{"family": "Smith"}]}),
+        ),
+        (
+            "Coverage",
+            json!({"status": "active", "beneficiary": {"reference": "Patient/x1"}}),
+        ),
+        (
+            "Observation",
+            json!({"status": "final", "subject": {"reference": "Patient/x1"}}),
+        ),
     ] {
         let mut r = extra;
         r["resourceType"] = json!(t);

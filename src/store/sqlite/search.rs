@@ -111,7 +111,11 @@ impl Sql {
     }
 
     fn filter(&mut self, f: &Filter) -> String {
-        let ors: Vec<String> = f.any_of.iter().map(|c| self.criterion(&f.param, c)).collect();
+        let ors: Vec<String> = f
+            .any_of
+            .iter()
+            .map(|c| self.criterion(&f.param, c))
+            .collect();
         if ors.is_empty() {
             "0".to_owned()
         } else {
@@ -299,10 +303,7 @@ pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, S
     })
 }
 
-pub(super) fn history_page(
-    conn: &Connection,
-    q: &HistoryQuery,
-) -> Result<HistoryPage, StoreError> {
+pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
     let mut sql = Sql::default();
     let t = sql.bind(q.resource_type.clone());
     sql.clauses.push(format!("h.resource_type = {t}"));
@@ -435,7 +436,9 @@ mod tests {
         let n = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         std::sync::Arc::new(move || {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            "2024-01-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap()
+            "2024-01-01T00:00:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
                 + chrono::Duration::seconds(i)
         })
     }
@@ -513,67 +516,154 @@ mod tests {
             let st = &st;
             async move { st.search(&query).await.unwrap() }
         };
-        let p = run(q("Patient", vec![("family", vec![s("smith", StringMode::Prefix)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("smith", StringMode::Prefix)])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p2"]);
         assert_eq!(p.total, 2);
-        let p = run(q("Patient", vec![("family", vec![s("Smith", StringMode::Exact)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("Smith", StringMode::Exact)])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1"]);
-        let p = run(q("Patient", vec![("name", vec![s("ann", StringMode::Prefix)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("name", vec![s("ann", StringMode::Prefix)])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p3"]);
-        let p = run(q("Patient", vec![("name", vec![s("MITH", StringMode::Contains)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("name", vec![s("MITH", StringMode::Contains)])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p2"]);
         // LIKE wildcards in the value are literal.
-        let p = run(q("Patient", vec![("family", vec![s("50%_", StringMode::Prefix)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("50%_", StringMode::Prefix)])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p4"]);
-        let p = run(q("Patient", vec![("family", vec![s("5_", StringMode::Prefix)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("5_", StringMode::Prefix)])],
+        ))
+        .await;
         assert!(ids(&p).is_empty());
 
         let tok = |system: Option<Option<&str>>, code: Option<&str>| Criterion::Token {
             system: system.map(|s| s.map(str::to_owned)),
             code: code.map(str::to_owned),
         };
-        let p = run(q("Patient", vec![("gender", vec![tok(None, Some("female"))])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("gender", vec![tok(None, Some("female"))])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p3"]);
-        let p = run(q("Patient", vec![("identifier", vec![tok(Some(Some("urn:mrn")), Some("M2"))])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(Some("urn:mrn")), Some("M2"))])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p2"]);
-        let p = run(q("Patient", vec![("identifier", vec![tok(Some(None), Some("M2"))])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(None), Some("M2"))])],
+        ))
+        .await;
         assert!(ids(&p).is_empty(), "M2 has a system");
-        let p = run(q("Patient", vec![("identifier", vec![tok(Some(Some("urn:mrn")), None)])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(Some("urn:mrn")), None)])],
+        ))
+        .await;
         assert_eq!(p.total, 4);
         // OR within a parameter, AND across parameters.
         let p = run(q(
             "Patient",
             vec![
-                ("gender", vec![tok(None, Some("male")), tok(None, Some("other"))]),
+                (
+                    "gender",
+                    vec![tok(None, Some("male")), tok(None, Some("other"))],
+                ),
                 ("family", vec![s("s", StringMode::Prefix)]),
             ],
         ))
         .await;
         assert_eq!(ids(&p), ["p2"]);
 
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Eq, "1970-03-01")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eq, "1970-03-01")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Eq, "1970")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eq, "1970")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Lt, "1985")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Lt, "1985")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p2"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Ge, "1990-06-01")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Ge, "1990-06-01")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p3", "p4"], "1990 overlaps >= 1990-06-01");
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Gt, "1990")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Gt, "1990")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p4"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Le, "1980-07-15")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Le, "1980-07-15")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1", "p2"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Ne, "1970-03-01")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Ne, "1970-03-01")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p2", "p3", "p4"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Sa, "1990-06")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Sa, "1990-06")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p4"]);
-        let p = run(q("Patient", vec![("birthdate", vec![d(Prefix::Eb, "1980")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eb, "1980")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p1"]);
 
-        let p = run(q("Patient", vec![("_id", vec![Criterion::Id("p3".into())])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("_id", vec![Criterion::Id("p3".into())])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p3"]);
         // lastUpdated: p1..p4 at seconds 0..3.
-        let p = run(q("Patient", vec![("_lastUpdated", vec![d(Prefix::Ge, "2024-01-01T00:00:02Z")])])).await;
+        let p = run(q(
+            "Patient",
+            vec![("_lastUpdated", vec![d(Prefix::Ge, "2024-01-01T00:00:02Z")])],
+        ))
+        .await;
         assert_eq!(ids(&p), ["p3", "p4"]);
 
         let r = |t: Option<&str>, id: &str| Criterion::Reference {
@@ -587,9 +677,23 @@ mod tests {
             let p = run(q("Observation", vec![(param, vec![c])])).await;
             assert_eq!(ids(&p), ["o1"]);
         }
-        let p = run(q("Observation", vec![("subject", vec![r(Some("Group"), "p1")])])).await;
+        let p = run(q(
+            "Observation",
+            vec![("subject", vec![r(Some("Group"), "p1")])],
+        ))
+        .await;
         assert!(ids(&p).is_empty());
-        let p = run(q("Observation", vec![("code", vec![tok(Some(Some("http://loinc.org")), Some("8867-4"))]), ("date", vec![d(Prefix::Eq, "2021-05")])])).await;
+        let p = run(q(
+            "Observation",
+            vec![
+                (
+                    "code",
+                    vec![tok(Some(Some("http://loinc.org")), Some("8867-4"))],
+                ),
+                ("date", vec![d(Prefix::Eq, "2021-05")]),
+            ],
+        ))
+        .await;
         assert_eq!(ids(&p), ["o1"]);
     }
 
@@ -613,7 +717,9 @@ mod tests {
         let only_total = st.search(&query).await.unwrap();
         assert_eq!((only_total.total, only_total.matches.len()), (5, 0));
 
-        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")]).await.unwrap();
+        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")])
+            .await
+            .unwrap();
         st.apply(&[put(
             "Patient",
             "p2",
@@ -622,12 +728,21 @@ mod tests {
         .await
         .unwrap();
         let p = st
-            .search(&q("Patient", vec![("family", vec![s("smith", StringMode::Prefix)])]))
+            .search(&q(
+                "Patient",
+                vec![("family", vec![s("smith", StringMode::Prefix)])],
+            ))
             .await
             .unwrap();
-        assert!(ids(&p).is_empty(), "deleted and renamed resources leave the index");
+        assert!(
+            ids(&p).is_empty(),
+            "deleted and renamed resources leave the index"
+        );
         let p = st
-            .search(&q("Patient", vec![("family", vec![s("brown", StringMode::Prefix)])]))
+            .search(&q(
+                "Patient",
+                vec![("family", vec![s("brown", StringMode::Prefix)])],
+            ))
             .await
             .unwrap();
         assert_eq!(ids(&p), ["p2"]);
@@ -635,14 +750,19 @@ mod tests {
         for bad in ["x", "i:", "h:2024|1|p1"] {
             let mut query = q("Patient", vec![]);
             query.cursor = Some(bad.into());
-            assert!(matches!(st.search(&query).await, Err(StoreError::Invalid { .. })), "{bad}");
+            assert!(
+                matches!(st.search(&query).await, Err(StoreError::Invalid { .. })),
+                "{bad}"
+            );
         }
     }
 
     #[tokio::test]
     async fn type_and_instance_history_page_newest_first_with_since() {
         let st = sample().await;
-        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")]).await.unwrap();
+        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")])
+            .await
+            .unwrap();
         let mut query = HistoryQuery {
             resource_type: "Patient".into(),
             id: None,
@@ -654,7 +774,11 @@ mod tests {
         loop {
             let page = st.history_page(&query).await.unwrap();
             assert_eq!(page.total, 5);
-            seen.extend(page.versions.iter().map(|v| format!("{}/{}", v.target.id, v.version_id)));
+            seen.extend(
+                page.versions
+                    .iter()
+                    .map(|v| format!("{}/{}", v.target.id, v.version_id)),
+            );
             match page.next {
                 Some(c) => query.cursor = Some(c),
                 None => break,
@@ -670,10 +794,19 @@ mod tests {
         query.since = None;
         query.id = Some("p1".into());
         let page = st.history_page(&query).await.unwrap();
-        assert_eq!(page.versions.iter().map(|v| v.version_id.as_str()).collect::<Vec<_>>(), ["2", "1"]);
+        assert_eq!(
+            page.versions
+                .iter()
+                .map(|v| v.version_id.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "1"]
+        );
         query.cursor = Some("i:p1".into());
         assert!(st.history_page(&query).await.is_err());
-        assert_eq!(format_instant("2024-01-01T00:00:00Z".parse().unwrap()), "2024-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_instant("2024-01-01T00:00:00Z".parse().unwrap()),
+            "2024-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -682,7 +815,8 @@ mod tests {
         let path = dir.path().join("old.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(crate::store::sqlite::MIGRATION_1).unwrap();
+            conn.execute_batch(crate::store::sqlite::MIGRATION_1)
+                .unwrap();
             conn.execute_batch(
                 r#"INSERT INTO resources VALUES ('Patient', 'a', 1, '2024-01-01T00:00:00.000Z', 0,
                      '{"resourceType":"Patient","id":"a","gender":"male"}');
@@ -693,7 +827,11 @@ mod tests {
         let st = SqliteStore::open(&path).unwrap();
         let conn = st.lock().unwrap();
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM search_index WHERE id = 'a' AND param = 'gender'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM search_index WHERE id = 'a' AND param = 'gender'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(n, 1);
     }
