@@ -14,5 +14,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# --- partner gateway: the Python FHIR client that tests/fhir_client.rs drives -------------
+# fhirclient (PyPI, SMART on FHIR) in a project-local virtualenv, ignored by git.
+echo "== tools: fhirclient into .tools/py"
+if ! .tools/py/bin/python -c "import fhirclient" 2>/dev/null; then
+  python3 -m venv .tools/py
+  .tools/py/bin/pip install --quiet --disable-pip-version-check "fhirclient==4.4.0"
+fi
+# --- end partner gateway --------------------------------------------------------------------
+
 echo "== cargo test"
 cargo test --workspace --all-targets --locked

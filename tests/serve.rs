@@ -7,59 +7,13 @@
 
 mod common {
     pub mod partners;
+    pub mod server;
 }
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
 use serde_json::Value;
 
-use common::partners::{Fault, authorization, fill, pipeline_yaml};
-use fhir_unify::store::sqlite::SqliteStore;
-
-/// The server process; killed when the test ends, pass or fail.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(dir: &std::path::Path) -> Server {
-    let data = dir.join("data");
-    let store = Arc::new(SqliteStore::open(&data.join("store.db")).unwrap());
-    fill(&store, 7).await;
-    drop(store);
-    let config = dir.join("fhir-unify.yaml");
-    std::fs::write(&config, pipeline_yaml()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-unify"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let base = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://127.0.0.1:"))
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .to_owned();
-    Server { child, base }
-}
+use common::partners::{Fault, authorization};
+use common::server::start;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
