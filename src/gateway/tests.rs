@@ -32,7 +32,7 @@ async fn gateway() -> Gateway {
             .apply(&[put(
                 "Patient",
                 &format!("p{i}"),
-                json!({"name": [{"family": format!("Fam{i}")}], "gender": if i % 2 == 0 { "male" } else { "female" }}),
+                json!({"name": [{"family": format!("Fam{i}")}], "gender": if i.is_multiple_of(2) { "male" } else { "female" }}),
             )])
             .await
             .unwrap();

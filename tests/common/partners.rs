@@ -194,7 +194,7 @@ pub async fn fill(store: &Arc<SqliteStore>, patients: usize) {
     }
     for i in 1..=patients {
         let r = json!({"resourceType": "Patient", "id": format!("p{i:03}"),
-            "gender": if i % 2 == 0 { "male" } else { "female" },
+            "gender": if i.is_multiple_of(2) { "male" } else { "female" },
             "name": [{"family": format!("Family{i}"), "given": ["Test"]}]});
         store.apply(&[upsert(r)]).await.unwrap();
     }
