@@ -27,7 +27,7 @@ fn put(t: &str, id: &str, body: Value) -> ResourceChange {
 
 async fn gateway() -> Gateway {
     let store = Arc::new(SqliteStore::open_in_memory().unwrap());
-    for i in 1..=5 {
+    for i in 1..=5u32 {
         store
             .apply(&[put(
                 "Patient",
