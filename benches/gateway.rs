@@ -6,7 +6,8 @@
 //!    every request, then the gateway), loaded by `wrk` when it is installed, else by a Rust
 //!    loop of keep-alive clients. Prints requests per second and latency percentiles.
 //!
-//! Figures only; nothing here asserts a time.
+//! Figures only; nothing here asserts a time. Under `cargo test --all-targets` (no `--bench`
+//! argument) it runs as a quick smoke test: a small store, a few requests, no load.
 
 // A benchmark program: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,8 +27,26 @@ use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, Resource
 use fhir_unify::store::FhirStore;
 use fhir_unify::store::sqlite::SqliteStore;
 
-const PATIENTS: usize = 10_000;
-const SECONDS: u64 = 10;
+/// Sizes of a full run and of the smoke run.
+struct Sizes {
+    patients: usize,
+    reads: usize,
+    searches: usize,
+    load_seconds: u64,
+}
+
+const FULL: Sizes = Sizes {
+    patients: 10_000,
+    reads: 100_000,
+    searches: 5_000,
+    load_seconds: 10,
+};
+const SMOKE: Sizes = Sizes {
+    patients: 50,
+    reads: 100,
+    searches: 10,
+    load_seconds: 0,
+};
 
 fn change(i: usize) -> ResourceChange {
     let id = format!("p{i:05}");
@@ -74,19 +93,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
+    // `cargo bench` passes `--bench`; `cargo test` does not.
+    let sizes = if std::env::args().any(|a| a == "--bench") {
+        FULL
+    } else {
+        SMOKE
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
     let started = Instant::now();
     rt.block_on(async {
-        let changes: Vec<ResourceChange> = (0..PATIENTS).map(change).collect();
+        let changes: Vec<ResourceChange> = (0..sizes.patients).map(change).collect();
         for chunk in changes.chunks(500) {
             store.apply(chunk).await.unwrap();
         }
     });
     println!(
-        "store: {PATIENTS} Patients written in {:.2} s",
+        "store: {} Patients written in {:.2} s",
+        sizes.patients,
         started.elapsed().as_secs_f64()
     );
     let gateway = Gateway::sqlite(store);
@@ -103,11 +128,11 @@ fn main() {
         grant: Some(grant),
         ..FhirRequest::default()
     };
-    let n = 100_000usize;
+    let n = sizes.reads;
     let t = Instant::now();
     rt.block_on(async {
         for i in 0..n {
-            req.path = format!("Patient/p{:05}", (i * 7919) % PATIENTS);
+            req.path = format!("Patient/p{:05}", (i * 7919) % sizes.patients);
             let r = gateway.handle(&req).await;
             assert_eq!(r.status, 200);
         }
@@ -122,7 +147,7 @@ fn main() {
         ("family".into(), "family12".into()),
         ("_count".into(), "20".into()),
     ];
-    let n = 5_000usize;
+    let n = sizes.searches;
     let t = Instant::now();
     rt.block_on(async {
         for _ in 0..n {
@@ -150,24 +175,36 @@ fn main() {
     let (listener, addr) = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
     rt.spawn(serve(listener, api));
     let token = token();
-    let url = format!("http://{addr}/Patient/p01234");
+    let url = format!("http://{addr}/Patient/p{:05}", sizes.patients / 2);
+    if sizes.load_seconds == 0 {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let r = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        println!("smoke run done (cargo bench --bench gateway for figures)");
+        return;
+    }
+    let seconds = sizes.load_seconds;
     let wrk = std::process::Command::new("wrk")
         .arg("--version")
         .output()
         .is_ok();
     if wrk {
         let out = std::process::Command::new("wrk")
-            .args(["-t2", "-c32", &format!("-d{SECONDS}s"), "--latency", "-H"])
+            .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
             .arg(format!("Authorization: Bearer {token}"))
             .arg(&url)
             .output()
             .unwrap();
-        println!("HTTP reads with wrk -t2 -c32 -d{SECONDS}s --latency:");
+        println!("HTTP reads with wrk -t2 -c32 -d{seconds}s --latency:");
         println!("{}", String::from_utf8_lossy(&out.stdout));
         return;
     }
-    println!("wrk not found: Rust load loop, 8 keep-alive clients, {SECONDS} s");
-    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    println!("wrk not found: Rust load loop, 8 keep-alive clients, {seconds} s");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let url = url.clone();
@@ -196,7 +233,7 @@ fn main() {
     all.sort();
     println!(
         "HTTP reads: {:.0} req/s, p50 {:?}, p99 {:?}",
-        all.len() as f64 / SECONDS as f64,
+        all.len() as f64 / seconds as f64,
         percentile(&all, 0.5),
         percentile(&all, 0.99)
     );
