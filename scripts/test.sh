@@ -14,15 +14,20 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# ---- Python tools, one project-local virtualenv (.venv/, ignored by git), pinned in
+# tools/requirements.txt: cfn-lint for infra/, and fhirclient, the real FHIR client that
+# tests/fhir_client.rs drives against `fhir-unify serve`.
+echo "== tools: Python (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
+
 echo "== cargo test"
 cargo test --workspace --all-targets --locked
 
 # ---- infra (issue 8): the SAM template and the state machine definitions -------------------
-# cfn-lint (PyPI, into .venv/) and asl-validator (npm, into infra/node_modules/) are installed
-# here at the versions infra/ pins; both are git-ignored. Any error or warning fails the run.
+# cfn-lint (PyPI, in .venv/, installed above) and asl-validator (npm, into infra/node_modules/)
+# at the versions the project pins; both are git-ignored. Any error or warning fails the run.
 echo "== infra: lint tools"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r infra/requirements-lint.txt
 (cd infra && npm ci --no-audit --no-fund --loglevel=error)
 echo "== cfn-lint infra/template.yaml"
 .venv/bin/cfn-lint infra/template.yaml

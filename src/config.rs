@@ -49,6 +49,9 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub local: LocalConfig,
     pub sources: Vec<SourceConfig>,
+    /// Partners that may read through the FHIR API, and which resource types each may read.
+    #[serde(default)]
+    pub partners: Vec<PartnerConfig>,
     /// The folder of the pipeline file (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -328,6 +331,22 @@ impl Default for LocalConfig {
     }
 }
 
+/// A partner of the FHIR API: who issues its tokens, for which audience, with which keys,
+/// and the resource types it may read (its tokens' scopes can only narrow this).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    pub name: String,
+    /// The `iss` of its tokens (one partner per issuer).
+    pub issuer: String,
+    /// The `aud` its tokens must carry.
+    pub audience: String,
+    /// A JWKS file with its signing keys (relative to the pipeline file).
+    pub jwks: PathBuf,
+    /// Resource types it may read, e.g. `[Patient, Coverage]`.
+    pub read: Vec<String>,
+}
+
 /// One source system.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -519,6 +538,35 @@ impl PipelineConfig {
                         )));
                     }
                 }
+            }
+        }
+        self.check_partners(origin)
+    }
+
+    fn check_partners(&self, origin: &Path) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut issuers = HashSet::new();
+        for p in &self.partners {
+            let at = |msg: String| ConfigError::new(origin, format!("partner {:?}: {msg}", p.name));
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return Err(at("partner names must be unique and not empty".into()));
+            }
+            if p.issuer.is_empty() || !issuers.insert(p.issuer.as_str()) {
+                return Err(at(
+                    "issuer must be set and not shared with another partner".into()
+                ));
+            }
+            if p.audience.is_empty() {
+                return Err(at("audience must be set".into()));
+            }
+            if p.read.is_empty() {
+                return Err(at("read: name at least one resource type".into()));
+            }
+            if let Some(t) = p.read.iter().find(|t| {
+                !t.starts_with(|c: char| c.is_ascii_uppercase())
+                    || !t.bytes().all(|b| b.is_ascii_alphabetic())
+            }) {
+                return Err(at(format!("read: {t:?} is not a resource type name")));
             }
         }
         Ok(())
@@ -774,6 +822,35 @@ sources:
         }
         let unknown = DMS.replace("timestamp_column", "timestamp_col");
         assert!(PipelineConfig::from_yaml(&unknown, Path::new("p.yaml")).is_err());
+    }
+
+    #[test]
+    fn partners_are_read_and_checked() {
+        let with = |p: &str| format!("{GOOD}partners:\n{p}");
+        let c = PipelineConfig::from_yaml(
+            &with("  - { name: acme, issuer: https://idp, audience: fhir, jwks: k.json, read: [Patient] }\n"),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.partners[0].read, vec!["Patient".to_owned()]);
+        assert!(
+            PipelineConfig::from_yaml(GOOD, Path::new("p.yaml"))
+                .unwrap()
+                .partners
+                .is_empty()
+        );
+        for bad in [
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [] }\n",
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [patient] }\n",
+            "  - { name: acme, issuer: i, audience: '', jwks: k, read: [Patient] }\n",
+            "  - { name: a, issuer: i, audience: a, jwks: k, read: [Patient] }\n  - { name: b, issuer: i, audience: a, jwks: k, read: [Patient] }\n",
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient] }\n",
+        ] {
+            assert!(
+                PipelineConfig::from_yaml(&with(bad), Path::new("p.yaml")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - [`store`] keeps FHIR resources with versions, history and an outbox;
 //! - [`events`] turns committed changes into change events and delivers them;
 //! - [`handlers`] are the Lambda functions, plain async functions over typed events;
+//! - [`gateway`] is the partner FHIR API (read, vread, history, search) and its authorizer;
 //! - [`local`] runs it all on one machine: the ASL engine, SQLite, the local bus and queue.
 
 pub mod config;
 pub mod env;
 pub mod events;
+pub mod gateway;
 pub mod handlers;
 pub mod lambda;
 pub mod local;

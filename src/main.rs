@@ -49,6 +49,12 @@ enum Command {
     Get { reference: String },
     /// Print the history of a resource as a FHIR history Bundle.
     History { reference: String },
+    /// Serve the partner FHIR API on HTTP (authorizer, then gateway, as on API Gateway).
+    Serve {
+        /// Address and port to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Work with the quarantine queue.
     Quarantine {
         #[command(subcommand)]
@@ -195,6 +201,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 _ => find_config(cli.config.as_deref())?,
             };
             cli::events::run(command, &config, &data).await
+        }
+        Command::Serve { listen } => {
+            let path = find_config(cli.config.as_deref())?;
+            fhir_unify::gateway::server::serve_cli(&PipelineConfig::load(&path)?, &data, listen)
+                .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine {
             command: QuarantineCommand::List { json },

@@ -285,7 +285,7 @@ async fn a_batch_delivered_out_of_order_ends_in_the_same_state_as_in_order() {
     // A fixed interleaving: odd positions first, then even ones.
     shuffled.sort_by_key(|r| {
         let i = in_order.iter().position(|x| x == r).unwrap();
-        (i % 2 == 0, i)
+        (i.is_multiple_of(2), i)
     });
 
     let mut states = Vec::new();

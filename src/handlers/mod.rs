@@ -2,8 +2,10 @@
 //! environment of ports ([`crate::env`]). `functions/<name>/src/main.rs` wraps them for
 //! Lambda; the local runtime registers the very same functions with the ASL engine.
 
+pub mod authorizer;
 pub mod emit;
 pub mod errors;
+pub mod gateway;
 pub mod ingest_dms;
 pub mod ingest_dynamodb;
 pub mod publish;

@@ -3,7 +3,8 @@
 //! follow the store exactly.
 //!
 //! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]). DynamoDB and FHIR
-//! REST servers come later.
+//! REST servers come later. The partner gateway reads through [`SearchStore`] as well
+//! ([`search`]: type-level search, paged history).
 //!
 //! Semantics every adapter keeps:
 //! - an upsert assigns the next `versionId` (1, 2, 3…) and `lastUpdated`, and keeps history;
@@ -16,7 +17,10 @@
 //! - a delete is a version too (history shows it); deleting what is absent or already
 //!   deleted is `Unchanged`; an upsert after a delete re-creates it (`Created`, next version).
 
+pub mod search;
 pub mod sqlite;
+
+pub use search::SearchStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -7,7 +7,9 @@
 //! - `sequences`: the highest source sequence applied per resource *and* source entity
 //!   (sequences of different sources are not comparable), as canonical decimal text compared
 //!   in Rust with [`Sequence`]'s numeric order;
-//! - `outbox`: one change event per committed version, written in the same transaction.
+//! - `outbox`: one change event per committed version, written in the same transaction;
+//! - `search_index`: the search parameter values of each live resource, rewritten in the same
+//!   transaction as the resource (see [`search`]).
 //!
 //! The schema version is `PRAGMA user_version`; [`SqliteStore::open`] applies the missing
 //! migrations and refuses a file written by a newer build.
@@ -22,7 +24,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{FhirStore, Outbox, OutboxEntry, StoreError, StoredVersion};
+use super::search::{HistoryPage, HistoryQuery, SearchPage, SearchQuery};
+use super::{FhirStore, Outbox, OutboxEntry, SearchStore, StoreError, StoredVersion};
 use crate::model::{
     ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, PublishAction, PublishOutcome,
     ResourceChange, ResourceOp, ResourceRef, Sequence,
@@ -36,9 +39,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ID_LEN: usize = 64;
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 const MIGRATION_1: &str = "
 CREATE TABLE resources (
@@ -78,6 +81,26 @@ CREATE TABLE outbox (
 );
 
 CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+";
+
+/// Search indexes for the partner gateway. Existing resources are indexed by [`migrate`].
+const MIGRATION_2: &str = "
+CREATE TABLE search_index (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    param         TEXT NOT NULL,
+    system        TEXT,
+    value         TEXT,
+    raw           TEXT,
+    low           TEXT,
+    high          TEXT
+);
+
+CREATE INDEX search_index_value ON search_index (resource_type, param, value, id);
+CREATE INDEX search_index_date ON search_index (resource_type, param, low, high);
+CREATE INDEX search_index_resource ON search_index (resource_type, id);
+CREATE INDEX resources_updated ON resources (resource_type, last_updated);
+CREATE INDEX history_updated ON history (resource_type, last_updated, id, version_id);
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
@@ -348,6 +371,19 @@ impl FhirStore for SqliteStore {
 }
 
 #[async_trait]
+impl SearchStore for SqliteStore {
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let conn = self.lock()?;
+        search::search(&conn, query)
+    }
+
+    async fn history_page(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let conn = self.lock()?;
+        search::history_page(&conn, query)
+    }
+}
+
+#[async_trait]
 impl Outbox for SqliteStore {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         self.pending_sync(limit)
@@ -383,6 +419,9 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
     for sql in MIGRATIONS.iter().skip(from) {
         tx.execute_batch(sql)
             .map_err(|e| with_context(location, e))?;
+    }
+    if from < 2 {
+        search::reindex_all(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| with_context(location, e))?;
@@ -426,10 +465,10 @@ fn apply_one(
 
     let (action, stored) = match content {
         Some(content) => {
-            if let Some(live) = live {
-                if stored_canonical(target, live)? == content {
-                    return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
-                }
+            if let Some(live) = live
+                && stored_canonical(target, live)? == content
+            {
+                return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             let action = if live.is_some() {
                 PublishAction::Updated
@@ -485,6 +524,7 @@ fn apply_one(
         ])
     })
     .map_err(sql_err)?;
+    search::reindex(tx, target, stored.as_ref())?;
 
     let version_id = next_version.to_string();
     if let Some(kind) = ChangeKind::for_action(action) {
@@ -824,6 +864,8 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
         _ => StoreError::Corrupt(e.to_string()),
     }
 }
+
+mod search;
 
 #[cfg(test)]
 mod tests;

@@ -280,12 +280,12 @@ pub fn patient_row(i: u64, micros: i64) -> Vec<Cell> {
     let ts = chrono::DateTime::from_timestamp_micros(micros)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
         .unwrap_or_default();
-    let female = i % 2 == 0;
+    let female = i.is_multiple_of(2);
     vec![
         Cell::Str(ts),
         Cell::Str(format!("{:08x}-7e9e-4f3f-8f91-{:012x}", i, i * 7919)),
         Cell::Int(-3_650 + (i as i64 * 37) % 25_000),
-        if i % 17 == 0 {
+        if i.is_multiple_of(17) {
             Cell::Int(18_000 + (i as i64 % 1_000))
         } else {
             Cell::Null
@@ -294,7 +294,7 @@ pub fn patient_row(i: u64, micros: i64) -> Vec<Cell> {
         Cell::Str(if female { "Mrs." } else { "Mr." }.into()),
         Cell::Str(FIRST[n % FIRST.len()].into()),
         Cell::Str(LAST[n % LAST.len()].into()),
-        Cell::Str(if i % 3 == 0 { "S" } else { "M" }.into()),
+        Cell::Str(if i.is_multiple_of(3) { "S" } else { "M" }.into()),
         Cell::Str("white".into()),
         Cell::Str("nonhispanic".into()),
         Cell::Str(if female { "F" } else { "M" }.into()),

@@ -1,0 +1,412 @@
+//! The authorizer's logic: verify a partner's bearer JWT and turn its SMART scopes and the
+//! partner registry into an [`AccessGrant`] — the resource types the caller may read and
+//! search. Deny by default: anything not positively allowed is a [`Denial`].
+//!
+//! A token is checked against the partner registered for its issuer (`partners:` in the
+//! pipeline file): the key named by its `kid` in that partner's JWKS file, algorithm RS256
+//! or ES256 only (the JWK's own key type must agree), `iss`, `aud`, `exp` (required) and
+//! `nbf`, with [`LEEWAY_SECS`] of clock skew. Verification is `jsonwebtoken`'s.
+//!
+//! Scopes (claim `scope`, space-separated, or `scp`, a list): SMART v2 `system/<Type|*>.<cruds>`
+//! (`r` reads and reads history, `s` searches) and v1 `system/<Type|*>.read` / `.*` (both).
+//! `patient/` and `user/` scopes, write-only scopes and scopes with query parameters grant
+//! nothing here. The grant is the partner's `read` list intersected with what the scopes give.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{PartnerConfig, PipelineConfig};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Context keys the authorizer sets and the gateway reads back (values must be scalars for
+/// API Gateway, so type lists are space-separated strings).
+pub const CONTEXT_PARTNER: &str = "partner";
+pub const CONTEXT_READ: &str = "readTypes";
+pub const CONTEXT_SEARCH: &str = "searchTypes";
+
+/// What a verified caller may do: the types it may read (read, vread, history) and search.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessGrant {
+    pub partner: String,
+    pub read: BTreeSet<String>,
+    pub search: BTreeSet<String>,
+}
+
+impl AccessGrant {
+    pub fn may_read(&self, resource_type: &str) -> bool {
+        self.read.contains(resource_type)
+    }
+
+    pub fn may_search(&self, resource_type: &str) -> bool {
+        self.search.contains(resource_type)
+    }
+
+    /// The authorizer response context.
+    pub fn to_context(&self) -> Map<String, Value> {
+        let join =
+            |s: &BTreeSet<String>| Value::String(s.iter().cloned().collect::<Vec<_>>().join(" "));
+        let mut m = Map::new();
+        m.insert(
+            CONTEXT_PARTNER.to_owned(),
+            Value::String(self.partner.clone()),
+        );
+        m.insert(CONTEXT_READ.to_owned(), join(&self.read));
+        m.insert(CONTEXT_SEARCH.to_owned(), join(&self.search));
+        m
+    }
+
+    /// The grant in an authorizer context as API Gateway passes it on (`None` if there is
+    /// none: the gateway then allows nothing).
+    pub fn from_context(context: &HashMap<String, Value>) -> Option<AccessGrant> {
+        let partner = context.get(CONTEXT_PARTNER)?.as_str()?.to_owned();
+        let list = |key: &str| -> BTreeSet<String> {
+            context
+                .get(key)
+                .and_then(Value::as_str)
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        Some(AccessGrant {
+            partner,
+            read: list(CONTEXT_READ),
+            search: list(CONTEXT_SEARCH),
+        })
+    }
+}
+
+/// Why a request is denied. Logged (never with the token); the caller only sees "denied".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("no bearer token")]
+    NoToken,
+    #[error("malformed token or authorization header: {0}")]
+    Malformed(String),
+    #[error("algorithm {0} is not accepted (RS256, ES256)")]
+    Algorithm(String),
+    #[error("no partner is registered for this issuer")]
+    UnknownIssuer,
+    #[error("partner {partner:?}: no key {kid:?} in its JWKS")]
+    UnknownKey { partner: String, kid: String },
+    #[error("partner {0:?}: bad signature")]
+    BadSignature(String),
+    #[error("partner {0:?}: token expired")]
+    Expired(String),
+    #[error("partner {0:?}: token not yet valid")]
+    NotYetValid(String),
+    #[error("partner {0:?}: wrong audience")]
+    WrongAudience(String),
+    #[error("partner {0:?}: wrong issuer")]
+    WrongIssuer(String),
+    #[error("partner {0:?}: the token's scopes grant no readable type")]
+    NoScope(String),
+}
+
+/// A partner registry that cannot be used (fails the cold start).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("partner {partner:?}: JWKS file {file}: {reason}")]
+    Jwks {
+        partner: String,
+        file: PathBuf,
+        reason: String,
+    },
+}
+
+/// One registered partner with its keys loaded.
+#[derive(Clone)]
+struct Partner {
+    name: String,
+    issuer: String,
+    audience: String,
+    keys: Vec<(String, Algorithm, DecodingKey)>,
+    read: BTreeSet<String>,
+}
+
+/// Verifies tokens of registered partners.
+#[derive(Clone, Default)]
+pub struct Authorizer {
+    partners: Vec<Partner>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field(
+                "partners",
+                &self.partners.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    // Typed, so a claim of the wrong JSON type fails decoding instead of being skipped.
+    #[allow(dead_code)]
+    exp: i64,
+    #[allow(dead_code)]
+    nbf: Option<i64>,
+    scope: Option<String>,
+    scp: Option<Vec<String>>,
+}
+
+impl Authorizer {
+    /// The partners of a pipeline file, JWKS files read relative to it.
+    pub fn from_config(config: &PipelineConfig) -> Result<Authorizer, AuthError> {
+        let partners = config
+            .partners
+            .iter()
+            .map(|p| load_partner(p, &config.resolve(&p.jwks)))
+            .collect::<Result<_, _>>()?;
+        Ok(Authorizer { partners })
+    }
+
+    /// The names of the registered partners.
+    pub fn partner_names(&self) -> Vec<&str> {
+        self.partners.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// Verifies the `Authorization` header's bearer token and returns what it allows.
+    pub fn authorize(&self, authorization: Option<&str>) -> Result<AccessGrant, Denial> {
+        let header = authorization
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .ok_or(Denial::NoToken)?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(Denial::Malformed("not a Bearer authorization".into())),
+        };
+        let head = jsonwebtoken::decode_header(token)
+            .map_err(|e| Denial::Malformed(format!("header: {e}")))?;
+        if !matches!(head.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(Denial::Algorithm(format!("{:?}", head.alg)));
+        }
+        let issuer = unverified_issuer(token)?;
+        let partner = self
+            .partners
+            .iter()
+            .find(|p| p.issuer == issuer)
+            .ok_or(Denial::UnknownIssuer)?;
+        let kid = head.kid.unwrap_or_default();
+        let (_, key_alg, key) =
+            partner
+                .keys
+                .iter()
+                .find(|(k, _, _)| *k == kid)
+                .ok_or_else(|| Denial::UnknownKey {
+                    partner: partner.name.clone(),
+                    kid: kid.clone(),
+                })?;
+        if *key_alg != head.alg {
+            return Err(Denial::BadSignature(partner.name.clone()));
+        }
+        let mut validation = Validation::new(head.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&partner.issuer]);
+        validation.set_audience(&[&partner.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            let p = partner.name.clone();
+            match e.kind() {
+                ErrorKind::ExpiredSignature => Denial::Expired(p),
+                ErrorKind::ImmatureSignature => Denial::NotYetValid(p),
+                ErrorKind::InvalidAudience => Denial::WrongAudience(p),
+                ErrorKind::InvalidIssuer => Denial::WrongIssuer(p),
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_) => Denial::BadSignature(p),
+                other => Denial::Malformed(format!("partner {p:?}: {other:?}")),
+            }
+        })?;
+        let scopes: Vec<String> = match (data.claims.scope, data.claims.scp) {
+            (Some(s), _) => s.split_whitespace().map(str::to_owned).collect(),
+            (None, Some(list)) => list,
+            (None, None) => Vec::new(),
+        };
+        let grant = grant_for(&partner.name, &partner.read, &scopes);
+        if grant.read.is_empty() && grant.search.is_empty() {
+            return Err(Denial::NoScope(partner.name.clone()));
+        }
+        Ok(grant)
+    }
+}
+
+fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
+    let err = |reason: String| AuthError::Jwks {
+        partner: p.name.clone(),
+        file: file.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS: {e}")))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            return Err(err("every key needs a kid".into()));
+        };
+        // The algorithm follows the key type; a JWK `alg` that disagrees is refused.
+        use jsonwebtoken::jwk::AlgorithmParameters as P;
+        let alg = match &jwk.algorithm {
+            P::RSA(_) => Algorithm::RS256,
+            P::EllipticCurve(ec) if matches!(ec.curve, jsonwebtoken::jwk::EllipticCurve::P256) => {
+                Algorithm::ES256
+            }
+            _ => {
+                return Err(err(format!(
+                    "key {kid:?}: only RSA and P-256 EC keys are accepted"
+                )));
+            }
+        };
+        if let Some(declared) = jwk.common.key_algorithm
+            && format!("{declared:?}") != format!("{alg:?}")
+        {
+            return Err(err(format!(
+                "key {kid:?}: alg {declared:?} does not fit the key type"
+            )));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid:?}: {e}")))?;
+        keys.push((kid, alg, key));
+    }
+    Ok(Partner {
+        name: p.name.clone(),
+        issuer: p.issuer.clone(),
+        audience: p.audience.clone(),
+        keys,
+        read: p.read.iter().cloned().collect(),
+    })
+}
+
+/// The `iss` claim before verification, only to pick the partner whose keys then verify it.
+fn unverified_issuer(token: &str) -> Result<String, Denial> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| Denial::Malformed("not a JWT".into()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| Denial::Malformed("payload is not base64url".into()))?;
+    let claims: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| Denial::Malformed("payload is not JSON".into()))?;
+    claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or(Denial::UnknownIssuer)
+}
+
+/// What one SMART scope allows: `(type or "*", read, search)`.
+pub fn parse_scope(scope: &str) -> Option<(&str, bool, bool)> {
+    let rest = scope.strip_prefix("system/")?;
+    let (resource_type, perms) = rest.split_once('.')?;
+    if resource_type != "*" && !super::is_type_name(resource_type) {
+        return None;
+    }
+    let (read, search) = match perms {
+        "read" | "*" => (true, true),
+        "write" => return None,
+        v2 => {
+            // SMART v2: a non-empty subsequence of "cruds", in order.
+            let mut order = "cruds".chars();
+            if v2.is_empty() || !v2.chars().all(|c| order.any(|o| o == c)) {
+                return None;
+            }
+            (v2.contains('r'), v2.contains('s'))
+        }
+    };
+    Some((resource_type, read, search))
+}
+
+/// The grant a partner's registered types and a token's scopes give.
+pub fn grant_for(partner: &str, registered: &BTreeSet<String>, scopes: &[String]) -> AccessGrant {
+    let mut grant = AccessGrant {
+        partner: partner.to_owned(),
+        ..AccessGrant::default()
+    };
+    for (resource_type, read, search) in scopes.iter().filter_map(|s| parse_scope(s)) {
+        for t in registered
+            .iter()
+            .filter(|t| resource_type == "*" || resource_type == t.as_str())
+        {
+            if read {
+                grant.read.insert(t.clone());
+            }
+            if search {
+                grant.search.insert(t.clone());
+            }
+        }
+    }
+    grant
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_scopes_v1_and_v2() {
+        assert_eq!(
+            parse_scope("system/Patient.rs"),
+            Some(("Patient", true, true))
+        );
+        assert_eq!(
+            parse_scope("system/Patient.r"),
+            Some(("Patient", true, false))
+        );
+        assert_eq!(parse_scope("system/*.s"), Some(("*", false, true)));
+        assert_eq!(
+            parse_scope("system/Patient.cruds"),
+            Some(("Patient", true, true))
+        );
+        assert_eq!(
+            parse_scope("system/Patient.read"),
+            Some(("Patient", true, true))
+        );
+        assert_eq!(parse_scope("system/*.*"), Some(("*", true, true)));
+        for none in [
+            "system/Patient.write",
+            "system/Patient.sr",
+            "system/Patient.rr",
+            "system/Patient.",
+            "system/Patient.rs?category=x",
+            "patient/Patient.rs",
+            "user/*.read",
+            "system/patient.rs",
+            "openid",
+            "system/Patient",
+        ] {
+            assert_eq!(parse_scope(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn grants_intersect_registry_and_scopes_and_round_trip_the_context() {
+        let registered: BTreeSet<String> = ["Patient", "Coverage"].map(String::from).into();
+        let g = grant_for(
+            "acme",
+            &registered,
+            &[
+                "system/*.r".into(),
+                "system/Patient.s".into(),
+                "system/Observation.rs".into(),
+            ],
+        );
+        assert_eq!(g.read, registered);
+        assert_eq!(g.search, ["Patient".to_owned()].into());
+        let ctx: HashMap<String, Value> = g.to_context().into_iter().collect();
+        assert_eq!(ctx[CONTEXT_READ], "Coverage Patient");
+        assert_eq!(AccessGrant::from_context(&ctx), Some(g));
+        assert_eq!(AccessGrant::from_context(&HashMap::new()), None);
+    }
+}

@@ -1,0 +1,838 @@
+//! Search and paged history for the SQLite store.
+//!
+//! `search_index` holds one row per indexed value of each live resource
+//! ([`crate::store::search::index_entries`]), rewritten by `apply` in the same transaction as
+//! the resource, so a search never sees an index that disagrees with the resources. `_id` and
+//! `_lastUpdated` read the `resources` row itself.
+//!
+//! Cursors: a search page continues after the last id (`i:<id>`); a history page after the
+//! last `(lastUpdated, id, version)` (`h:<lastUpdated>|<version>|<id>`).
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params, params_from_iter};
+use serde_json::Value;
+
+use super::{RawVersion, format_time, sql_err};
+use crate::model::ResourceRef;
+use crate::store::StoreError;
+use crate::store::search::{
+    Criterion, Filter, HistoryPage, HistoryQuery, IndexValue, Prefix, SearchPage, SearchQuery,
+    StringMode, index_entries,
+};
+
+/// Rewrites the index rows of one resource: none for a delete, the entries of `content`
+/// otherwise.
+pub(super) fn reindex(
+    tx: &Connection,
+    target: &ResourceRef,
+    content: Option<&Value>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM search_index WHERE resource_type = ?1 AND id = ?2")
+        .and_then(|mut s| s.execute(params![target.resource_type, target.id]))
+        .map_err(sql_err)?;
+    let Some(content) = content else {
+        return Ok(());
+    };
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql_err)?;
+    for entry in index_entries(content) {
+        let (system, value, raw, low, high) = match entry.value {
+            IndexValue::Token { system, code } => (system, Some(code), None, None, None),
+            IndexValue::String { normalized, exact } => {
+                (None, Some(normalized), Some(exact), None, None)
+            }
+            IndexValue::Date { low, high } => (None, None, None, Some(low), Some(high)),
+            IndexValue::Reference { resource_type, id } => {
+                (resource_type, Some(id), None, None, None)
+            }
+        };
+        stmt.execute(params![
+            target.resource_type,
+            target.id,
+            entry.param,
+            system,
+            value,
+            raw,
+            low,
+            high
+        ])
+        .map_err(sql_err)?;
+    }
+    Ok(())
+}
+
+/// Indexes every live resource (a store written before the index existed).
+pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql_err)?;
+        rows.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    for (resource_type, id, content) in rows {
+        let target = ResourceRef { resource_type, id };
+        let value: Value = serde_json::from_str(&content)
+            .map_err(|e| StoreError::Corrupt(format!("{target}: content: {e}")))?;
+        reindex(tx, &target, Some(&value))?;
+    }
+    Ok(())
+}
+
+fn bad_cursor(cursor: &str) -> StoreError {
+    StoreError::Invalid {
+        target: "page cursor".to_owned(),
+        reason: format!("{} characters that this store did not make", cursor.len()),
+    }
+}
+
+fn limit_of(count: usize) -> i64 {
+    // One more than the page, to know whether a next page exists.
+    i64::try_from(count).unwrap_or(i64::MAX - 1) + 1
+}
+
+/// A WHERE clause under construction, with its bound values.
+#[derive(Default)]
+struct Sql {
+    clauses: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Sql {
+    fn bind(&mut self, v: impl Into<SqlValue>) -> String {
+        self.values.push(v.into());
+        format!("?{}", self.values.len())
+    }
+
+    fn filter(&mut self, f: &Filter) -> String {
+        let ors: Vec<String> = f
+            .any_of
+            .iter()
+            .map(|c| self.criterion(&f.param, c))
+            .collect();
+        if ors.is_empty() {
+            "0".to_owned()
+        } else {
+            format!("({})", ors.join(" OR "))
+        }
+    }
+
+    fn criterion(&mut self, param: &str, c: &Criterion) -> String {
+        match c {
+            Criterion::Id(id) => format!("r.id = {}", self.bind(id.clone())),
+            Criterion::Date { prefix, low, high } if param == "_lastUpdated" => {
+                date_condition(self, *prefix, "r.last_updated", "r.last_updated", low, high)
+            }
+            _ => {
+                let p = self.bind(param.to_owned());
+                let cond = match c {
+                    Criterion::Token { system, code } => {
+                        let mut parts = Vec::new();
+                        if let Some(code) = code {
+                            parts.push(format!("s.value = {}", self.bind(code.clone())));
+                        }
+                        match system {
+                            None => {}
+                            Some(None) => parts.push("s.system IS NULL".to_owned()),
+                            Some(Some(sys)) => {
+                                parts.push(format!("s.system = {}", self.bind(sys.clone())));
+                            }
+                        }
+                        if parts.is_empty() {
+                            "1".to_owned()
+                        } else {
+                            parts.join(" AND ")
+                        }
+                    }
+                    Criterion::String { value, mode } => match mode {
+                        StringMode::Exact => format!("s.raw = {}", self.bind(value.clone())),
+                        StringMode::Prefix => format!(
+                            "s.value LIKE {} ESCAPE '\\'",
+                            self.bind(format!("{}%", like_escape(&value.to_lowercase())))
+                        ),
+                        StringMode::Contains => format!(
+                            "s.value LIKE {} ESCAPE '\\'",
+                            self.bind(format!("%{}%", like_escape(&value.to_lowercase())))
+                        ),
+                    },
+                    Criterion::Date { prefix, low, high } => {
+                        date_condition(self, *prefix, "s.low", "s.high", low, high)
+                    }
+                    Criterion::Reference { resource_type, id } => {
+                        let mut cond = format!("s.value = {}", self.bind(id.clone()));
+                        if let Some(t) = resource_type {
+                            cond.push_str(&format!(" AND s.system = {}", self.bind(t.clone())));
+                        }
+                        cond
+                    }
+                    // Handled above.
+                    Criterion::Id(_) => "0".to_owned(),
+                };
+                format!(
+                    "EXISTS (SELECT 1 FROM search_index s WHERE s.resource_type = r.resource_type \
+                     AND s.id = r.id AND s.param = {p} AND {cond})"
+                )
+            }
+        }
+    }
+}
+
+/// FHIR R4 prefix semantics over ranges: the resource's `[lo, hi]` against the value's
+/// `[low, high]`.
+fn date_condition(
+    sql: &mut Sql,
+    prefix: Prefix,
+    lo: &str,
+    hi: &str,
+    low: &str,
+    high: &str,
+) -> String {
+    // Bind only what the condition uses: SQLite counts parameters up to the highest used.
+    let mut b = |v: &str| sql.bind(v.to_owned());
+    match prefix {
+        Prefix::Eq => {
+            let (l, h) = (b(low), b(high));
+            format!("({lo} >= {l} AND {hi} <= {h})")
+        }
+        Prefix::Ne => {
+            let (l, h) = (b(low), b(high));
+            format!("NOT ({lo} >= {l} AND {hi} <= {h})")
+        }
+        Prefix::Gt => format!("{hi} > {}", b(high)),
+        Prefix::Lt => format!("{lo} < {}", b(low)),
+        Prefix::Ge => format!("{hi} >= {}", b(low)),
+        Prefix::Le => format!("{lo} <= {}", b(high)),
+        Prefix::Sa => format!("{lo} > {}", b(high)),
+        Prefix::Eb => format!("{hi} < {}", b(low)),
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, StoreError> {
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.strip_prefix("i:")
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| bad_cursor(c))?
+                .to_owned(),
+        ),
+    };
+    let mut sql = Sql::default();
+    let t = sql.bind(q.resource_type.clone());
+    sql.clauses.push(format!("r.resource_type = {t}"));
+    sql.clauses.push("r.deleted = 0".to_owned());
+    for f in &q.filters {
+        let c = sql.filter(f);
+        sql.clauses.push(c);
+    }
+    let where_all = sql.clauses.join(" AND ");
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM resources r WHERE {where_all}"),
+            params_from_iter(sql.values.iter()),
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    let total = u64::try_from(total).map_err(|_| StoreError::Corrupt("negative count".into()))?;
+    if q.count == 0 {
+        return Ok(SearchPage {
+            total,
+            matches: Vec::new(),
+            next: None,
+        });
+    }
+    let mut page_where = where_all;
+    if let Some(after) = after {
+        let a = sql.bind(after);
+        page_where.push_str(&format!(" AND r.id > {a}"));
+    }
+    let limit = sql.bind(limit_of(q.count));
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT r.id, h.version_id, h.last_updated, h.deleted, h.content, h.lineage
+             FROM resources r JOIN history h
+               ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
+             WHERE {page_where} ORDER BY r.id LIMIT {limit}"
+        ))
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params_from_iter(sql.values.iter()), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                RawVersion {
+                    version: r.get(1)?,
+                    last_updated: r.get(2)?,
+                    deleted: r.get(3)?,
+                    content: r.get(4)?,
+                    lineage: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut matches = Vec::new();
+    for row in rows {
+        let (id, raw) = row.map_err(sql_err)?;
+        let target = ResourceRef {
+            resource_type: q.resource_type.clone(),
+            id,
+        };
+        matches.push(raw.into_stored(&target)?);
+    }
+    let next = if matches.len() > q.count {
+        matches.truncate(q.count);
+        matches.last().map(|v| format!("i:{}", v.target.id))
+    } else {
+        None
+    };
+    Ok(SearchPage {
+        total,
+        matches,
+        next,
+    })
+}
+
+pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+    let mut sql = Sql::default();
+    let t = sql.bind(q.resource_type.clone());
+    sql.clauses.push(format!("h.resource_type = {t}"));
+    if let Some(id) = &q.id {
+        let i = sql.bind(id.clone());
+        sql.clauses.push(format!("h.id = {i}"));
+    }
+    if let Some(since) = q.since {
+        let s = sql.bind(format_time(since));
+        sql.clauses.push(format!("h.last_updated >= {s}"));
+    }
+    let where_all = sql.clauses.join(" AND ");
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM history h WHERE {where_all}"),
+            params_from_iter(sql.values.iter()),
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    let total = u64::try_from(total).map_err(|_| StoreError::Corrupt("negative count".into()))?;
+    if q.count == 0 {
+        return Ok(HistoryPage {
+            total,
+            versions: Vec::new(),
+            next: None,
+        });
+    }
+    let mut page_where = where_all;
+    if let Some(c) = &q.cursor {
+        let (time, version, id) = c
+            .strip_prefix("h:")
+            .and_then(|rest| {
+                let (time, rest) = rest.split_once('|')?;
+                let (version, id) = rest.split_once('|')?;
+                Some((time, version.parse::<i64>().ok()?, id))
+            })
+            .ok_or_else(|| bad_cursor(c))?;
+        let (t, i, v) = (
+            sql.bind(time.to_owned()),
+            sql.bind(id.to_owned()),
+            sql.bind(version),
+        );
+        page_where.push_str(&format!(
+            " AND (h.last_updated, h.id, h.version_id) < ({t}, {i}, {v})"
+        ));
+    }
+    let limit = sql.bind(limit_of(q.count));
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT h.id, h.version_id, h.last_updated, h.deleted, h.content, h.lineage
+             FROM history h WHERE {page_where}
+             ORDER BY h.last_updated DESC, h.id DESC, h.version_id DESC LIMIT {limit}"
+        ))
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map(params_from_iter(sql.values.iter()), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                RawVersion {
+                    version: r.get(1)?,
+                    last_updated: r.get(2)?,
+                    deleted: r.get(3)?,
+                    content: r.get(4)?,
+                    lineage: r.get(5)?,
+                },
+            ))
+        })
+        .map_err(sql_err)?;
+    let mut versions = Vec::new();
+    let mut last_key = None;
+    for row in rows {
+        let (id, raw) = row.map_err(sql_err)?;
+        let key = (raw.last_updated.clone(), raw.version, id.clone());
+        let target = ResourceRef {
+            resource_type: q.resource_type.clone(),
+            id,
+        };
+        versions.push(raw.into_stored(&target)?);
+        if versions.len() == q.count {
+            last_key = Some(key);
+        }
+    }
+    let next = if versions.len() > q.count {
+        versions.truncate(q.count);
+        last_key.map(|(time, version, id)| format!("h:{time}|{version}|{id}"))
+    } else {
+        None
+    };
+    Ok(HistoryPage {
+        total,
+        versions,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::model::{Lineage, RecordKey, ResourceChange, ResourceOp, Sequence};
+    use crate::store::search::{date_range, format_instant};
+    use crate::store::sqlite::{Clock, SqliteStore};
+    use crate::store::{FhirStore, SearchStore};
+
+    use super::*;
+
+    fn change(t: &str, id: &str, op: ResourceOp, seq: &str) -> ResourceChange {
+        ResourceChange {
+            target: ResourceRef {
+                resource_type: t.into(),
+                id: id.into(),
+            },
+            op,
+            lineage: Lineage {
+                source: "app".into(),
+                entity: "e".into(),
+                key: RecordKey::from_pairs([("pk", json!(id))]),
+                sequence: Sequence::parse(seq).unwrap(),
+                observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
+            },
+        }
+    }
+
+    fn put(t: &str, id: &str, resource: Value) -> ResourceChange {
+        change(t, id, ResourceOp::Upsert { resource }, "1")
+    }
+
+    /// A clock one second further on each call, from 2024-01-01.
+    fn clock() -> Clock {
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        std::sync::Arc::new(move || {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "2024-01-01T00:00:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+                + chrono::Duration::seconds(i)
+        })
+    }
+
+    async fn sample() -> SqliteStore {
+        let s = SqliteStore::open_in_memory().unwrap().with_clock(clock());
+        let people = [
+            ("p1", "Smith", "Anna", "1970-03-01", "female", "M1"),
+            ("p2", "Smithers", "Bob", "1980-07-15", "male", "M2"),
+            ("p3", "Jones", "Ann", "1990", "female", "M3"),
+            ("p4", "50%_off", "Zed", "2000-01-01", "other", "M4"),
+        ];
+        for (id, family, given, birth, gender, mrn) in people {
+            s.apply(&[put(
+                "Patient",
+                id,
+                json!({"resourceType": "Patient", "name": [{"family": family, "given": [given]}],
+                       "birthDate": birth, "gender": gender,
+                       "identifier": [{"system": "urn:mrn", "value": mrn}]}),
+            )])
+            .await
+            .unwrap();
+        }
+        s.apply(&[put(
+            "Observation",
+            "o1",
+            json!({"resourceType": "Observation", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                   "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2021-05-01T10:00:00Z"}),
+        )])
+        .await
+        .unwrap();
+        s
+    }
+
+    fn q(t: &str, filters: Vec<(&str, Vec<Criterion>)>) -> SearchQuery {
+        SearchQuery {
+            resource_type: t.into(),
+            filters: filters
+                .into_iter()
+                .map(|(p, any_of)| Filter {
+                    param: p.into(),
+                    any_of,
+                })
+                .collect(),
+            count: 10,
+            cursor: None,
+        }
+    }
+
+    fn ids(page: &SearchPage) -> Vec<&str> {
+        page.matches.iter().map(|m| m.target.id.as_str()).collect()
+    }
+
+    fn s(v: &str, mode: StringMode) -> Criterion {
+        Criterion::String {
+            value: v.into(),
+            mode,
+        }
+    }
+
+    fn d(p: Prefix, v: &str) -> Criterion {
+        let (low, high) = date_range(v).unwrap();
+        Criterion::Date {
+            prefix: p,
+            low,
+            high,
+        }
+    }
+
+    #[tokio::test]
+    async fn string_token_date_reference_and_id_filters() {
+        let st = sample().await;
+        let run = |query: SearchQuery| {
+            let st = &st;
+            async move { st.search(&query).await.unwrap() }
+        };
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("smith", StringMode::Prefix)])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p2"]);
+        assert_eq!(p.total, 2);
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("Smith", StringMode::Exact)])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1"]);
+        let p = run(q(
+            "Patient",
+            vec![("name", vec![s("ann", StringMode::Prefix)])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p3"]);
+        let p = run(q(
+            "Patient",
+            vec![("name", vec![s("MITH", StringMode::Contains)])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p2"]);
+        // LIKE wildcards in the value are literal.
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("50%_", StringMode::Prefix)])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p4"]);
+        let p = run(q(
+            "Patient",
+            vec![("family", vec![s("5_", StringMode::Prefix)])],
+        ))
+        .await;
+        assert!(ids(&p).is_empty());
+
+        let tok = |system: Option<Option<&str>>, code: Option<&str>| Criterion::Token {
+            system: system.map(|s| s.map(str::to_owned)),
+            code: code.map(str::to_owned),
+        };
+        let p = run(q(
+            "Patient",
+            vec![("gender", vec![tok(None, Some("female"))])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p3"]);
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(Some("urn:mrn")), Some("M2"))])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p2"]);
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(None), Some("M2"))])],
+        ))
+        .await;
+        assert!(ids(&p).is_empty(), "M2 has a system");
+        let p = run(q(
+            "Patient",
+            vec![("identifier", vec![tok(Some(Some("urn:mrn")), None)])],
+        ))
+        .await;
+        assert_eq!(p.total, 4);
+        // OR within a parameter, AND across parameters.
+        let p = run(q(
+            "Patient",
+            vec![
+                (
+                    "gender",
+                    vec![tok(None, Some("male")), tok(None, Some("other"))],
+                ),
+                ("family", vec![s("s", StringMode::Prefix)]),
+            ],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p2"]);
+
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eq, "1970-03-01")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eq, "1970")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Lt, "1985")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p2"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Ge, "1990-06-01")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p3", "p4"], "1990 overlaps >= 1990-06-01");
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Gt, "1990")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p4"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Le, "1980-07-15")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1", "p2"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Ne, "1970-03-01")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p2", "p3", "p4"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Sa, "1990-06")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p4"]);
+        let p = run(q(
+            "Patient",
+            vec![("birthdate", vec![d(Prefix::Eb, "1980")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p1"]);
+
+        let p = run(q(
+            "Patient",
+            vec![("_id", vec![Criterion::Id("p3".into())])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p3"]);
+        // lastUpdated: p1..p4 at seconds 0..3.
+        let p = run(q(
+            "Patient",
+            vec![("_lastUpdated", vec![d(Prefix::Ge, "2024-01-01T00:00:02Z")])],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["p3", "p4"]);
+
+        let r = |t: Option<&str>, id: &str| Criterion::Reference {
+            resource_type: t.map(str::to_owned),
+            id: id.into(),
+        };
+        for (param, c) in [
+            ("patient", r(Some("Patient"), "p1")),
+            ("subject", r(None, "p1")),
+        ] {
+            let p = run(q("Observation", vec![(param, vec![c])])).await;
+            assert_eq!(ids(&p), ["o1"]);
+        }
+        let p = run(q(
+            "Observation",
+            vec![("subject", vec![r(Some("Group"), "p1")])],
+        ))
+        .await;
+        assert!(ids(&p).is_empty());
+        let p = run(q(
+            "Observation",
+            vec![
+                (
+                    "code",
+                    vec![tok(Some(Some("http://loinc.org")), Some("8867-4"))],
+                ),
+                ("date", vec![d(Prefix::Eq, "2021-05")]),
+            ],
+        ))
+        .await;
+        assert_eq!(ids(&p), ["o1"]);
+    }
+
+    #[tokio::test]
+    async fn pages_are_stable_and_deletes_and_updates_reindex() {
+        let st = sample().await;
+        let mut query = q("Patient", vec![]);
+        query.count = 3;
+        let first = st.search(&query).await.unwrap();
+        assert_eq!((ids(&first), first.total), (vec!["p1", "p2", "p3"], 4));
+        let cursor = first.next.clone().unwrap();
+        // A new resource sorting before the cursor does not shift the next page.
+        st.apply(&[put("Patient", "p0", json!({"resourceType": "Patient"}))])
+            .await
+            .unwrap();
+        query.cursor = Some(cursor);
+        let second = st.search(&query).await.unwrap();
+        assert_eq!(ids(&second), ["p4"]);
+        assert!(second.next.is_none());
+        query.count = 0;
+        let only_total = st.search(&query).await.unwrap();
+        assert_eq!((only_total.total, only_total.matches.len()), (5, 0));
+
+        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")])
+            .await
+            .unwrap();
+        st.apply(&[put(
+            "Patient",
+            "p2",
+            json!({"resourceType": "Patient", "name": [{"family": "Brown"}]}),
+        )])
+        .await
+        .unwrap();
+        let p = st
+            .search(&q(
+                "Patient",
+                vec![("family", vec![s("smith", StringMode::Prefix)])],
+            ))
+            .await
+            .unwrap();
+        assert!(
+            ids(&p).is_empty(),
+            "deleted and renamed resources leave the index"
+        );
+        let p = st
+            .search(&q(
+                "Patient",
+                vec![("family", vec![s("brown", StringMode::Prefix)])],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(ids(&p), ["p2"]);
+
+        for bad in ["x", "i:", "h:2024|1|p1"] {
+            let mut query = q("Patient", vec![]);
+            query.cursor = Some(bad.into());
+            assert!(
+                matches!(st.search(&query).await, Err(StoreError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn type_and_instance_history_page_newest_first_with_since() {
+        let st = sample().await;
+        st.apply(&[change("Patient", "p1", ResourceOp::Delete, "2")])
+            .await
+            .unwrap();
+        let mut query = HistoryQuery {
+            resource_type: "Patient".into(),
+            id: None,
+            since: None,
+            count: 2,
+            cursor: None,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = st.history_page(&query).await.unwrap();
+            assert_eq!(page.total, 5);
+            seen.extend(
+                page.versions
+                    .iter()
+                    .map(|v| format!("{}/{}", v.target.id, v.version_id)),
+            );
+            match page.next {
+                Some(c) => query.cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["p1/2", "p4/1", "p3/1", "p2/1", "p1/1"]);
+        query.cursor = None;
+        query.since = Some("2024-01-01T00:00:03Z".parse().unwrap());
+        query.count = 10;
+        let page = st.history_page(&query).await.unwrap();
+        assert_eq!(page.versions.len(), 2);
+        assert!(page.versions[0].deleted);
+        query.since = None;
+        query.id = Some("p1".into());
+        let page = st.history_page(&query).await.unwrap();
+        assert_eq!(
+            page.versions
+                .iter()
+                .map(|v| v.version_id.as_str())
+                .collect::<Vec<_>>(),
+            ["2", "1"]
+        );
+        query.cursor = Some("i:p1".into());
+        assert!(st.history_page(&query).await.is_err());
+        assert_eq!(
+            format_instant("2024-01-01T00:00:00Z".parse().unwrap()),
+            "2024-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(crate::store::sqlite::MIGRATION_1)
+                .unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO resources VALUES ('Patient', 'a', 1, '2024-01-01T00:00:00.000Z', 0,
+                     '{"resourceType":"Patient","id":"a","gender":"male"}');
+                   PRAGMA user_version = 1;"#,
+            )
+            .unwrap();
+        }
+        let st = SqliteStore::open(&path).unwrap();
+        let conn = st.lock().unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM search_index WHERE id = 'a' AND param = 'gender'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
