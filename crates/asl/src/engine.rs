@@ -13,7 +13,8 @@ use crate::definition::{
     Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
     StrOrPath, TaskState, Template, Wait,
 };
-use crate::jsonpath::{JsonPath, RefStep, VARS_KEY};
+use crate::context::{Ctx, Vars};
+use crate::jsonpath::{JsonPath, RefStep};
 use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
 
@@ -234,8 +235,27 @@ impl Failure {
     }
 }
 
+/// Counts serialised bytes without building the text.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `v` as compact JSON text, what the payload quota is measured on.
 fn size_of(v: &Value) -> usize {
-    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, v) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 fn compact(v: &Value) -> String {
@@ -246,7 +266,8 @@ struct Exec {
     registry: Arc<TaskRegistry>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    context_base: Value,
+    /// `$$.Execution` and `$$.StateMachine`, shared by every state (it holds the input).
+    context_base: Arc<Value>,
     history: Mutex<Vec<HistoryEvent>>,
     /// Calls so far of each mocked state, to pick its next mocked answer.
     mock_calls: Mutex<std::collections::HashMap<String, usize>>,
@@ -304,35 +325,6 @@ impl Exec {
             .to_string()
     }
 
-    fn context(
-        &self,
-        state: &str,
-        entered: &str,
-        retry_count: Option<u32>,
-        item: Option<(usize, &Value)>,
-        vars: &Vars,
-    ) -> Value {
-        let mut ctx = self.context_base.clone();
-        if !vars.is_empty() {
-            if let Value::Object(m) = &mut ctx {
-                m.insert(VARS_KEY.into(), Value::Object(vars.clone()));
-            }
-        }
-        let mut st = Map::new();
-        st.insert("Name".into(), Value::String(state.into()));
-        st.insert("EnteredTime".into(), Value::String(entered.into()));
-        if let Some(r) = retry_count {
-            st.insert("RetryCount".into(), Value::from(r));
-        }
-        if let Value::Object(m) = &mut ctx {
-            m.insert("State".into(), Value::Object(st));
-            if let Some((i, v)) = item {
-                m.insert("Map".into(), json!({"Item": {"Index": i, "Value": v}}));
-            }
-        }
-        ctx
-    }
-
     fn lambda_arn(&self, name: &str, qualifier: Option<&str>) -> String {
         let c = &self.config;
         let mut arn = format!(
@@ -348,10 +340,6 @@ impl Exec {
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// The variables in scope (`Assign`): one per program run, copied into Map iterations and
-/// Parallel branches, whose own assignments stay inside them.
-type Vars = Map<String, Value>;
 
 /// What one state did: its output, where to go next (`None` at the end), what it assigned.
 struct Step {
@@ -405,10 +393,10 @@ impl Engine {
             registry: self.registry.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
-            context_base: json!({
+            context_base: Arc::new(json!({
                 "Execution": {"Id": exec_arn, "Input": input, "StartTime": start, "Name": exec_name, "RoleArn": c.role_arn, "RedriveCount": 0},
                 "StateMachine": {"Id": sm_arn, "Name": machine.name},
-            }),
+            })),
             history: Mutex::new(Vec::new()),
             mock_calls: Mutex::new(std::collections::HashMap::new()),
         });
@@ -542,7 +530,7 @@ fn apply_path(
     entered: u64,
     path: Option<&JsonPath>,
     value: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Value, Failure> {
     let Some(p) = path else { return Ok(json!({})) };
     p.lookup(value, ctx).ok_or_else(|| {
@@ -563,7 +551,7 @@ fn eval_template(
     entered: u64,
     t: &Template,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Value, Failure> {
     match t {
         Template::Literal(v) => Ok(v.clone()),
@@ -667,7 +655,7 @@ fn eval_assign(
     entered: u64,
     assign: Option<&Template>,
     dollar: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Option<Vars>, Failure> {
     let Some(t) = assign else { return Ok(None) };
     match eval_template(state, entered, t, dollar, ctx)? {
@@ -697,7 +685,7 @@ fn finish_result(
     fields: &ResultFields<'_>,
     raw: &Value,
     result: Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<(Value, Option<Vars>), Failure> {
     if size_of(&result) > MAX_PAYLOAD_BYTES {
         return Err(Failure::new(
@@ -727,7 +715,15 @@ async fn run_state(
     vars: &Vars,
 ) -> Result<Step, Failure> {
     let entered_time = exec.timestamp();
-    let ctx = exec.context(&state.name, &entered_time, None, None, vars);
+    let ctx = Ctx {
+        base: &exec.context_base,
+        state: &state.name,
+        entered: &entered_time,
+        retry_count: None,
+        item: None,
+        task_token: None,
+        vars,
+    };
     let name = state.name.as_str();
     let step = |output: Value, next: Option<String>, assigned: Option<Vars>| Step {
         output,
@@ -833,15 +829,9 @@ async fn run_state(
         }
         Kind::Task(task) => {
             let attempt = |retry_count: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let entered_time = entered_time.clone();
-                async move {
-                    let ctx =
-                        exec.context(&state.name, &entered_time, Some(retry_count), None, vars);
-                    run_task_once(&exec, &state, task, &raw, &ctx, entered).await
-                }
+                let ctx = ctx.with_retry(retry_count);
+                let raw = &raw;
+                async move { run_task_once(exec, state, task, raw, &ctx, entered).await }
             };
             with_retry_catch(
                 exec,
@@ -859,11 +849,9 @@ async fn run_state(
         }
         Kind::Map(map) => {
             let attempt = |_retry: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let ctx = ctx.clone();
-                async move { run_map_once(&exec, &state, map, &raw, &ctx, entered, vars).await }
+                let raw = &raw;
+                let ctx = &ctx;
+                async move { run_map_once(exec, state, map, raw, ctx, entered, vars).await }
             };
             with_retry_catch(
                 exec,
@@ -881,11 +869,9 @@ async fn run_state(
         }
         Kind::Parallel(par) => {
             let attempt = |_retry: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let ctx = ctx.clone();
-                async move { run_parallel_once(&exec, &state, par, &raw, &ctx, entered, vars).await }
+                let raw = &raw;
+                let ctx = &ctx;
+                async move { run_parallel_once(exec, state, par, raw, ctx, entered, vars).await }
             };
             with_retry_catch(
                 exec,
@@ -911,7 +897,7 @@ fn wait_duration(
     entered: u64,
     wait: &Wait,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Duration, Failure> {
     let until = |t: DateTime<chrono::FixedOffset>| {
         (t.with_timezone(&Utc) - exec.clock.now())
@@ -976,7 +962,7 @@ async fn with_retry_catch<F, Fut>(
     state: &Arc<State>,
     Recovery { retry, catch }: Recovery<'_>,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     attempt: F,
 ) -> Result<Step, Failure>
@@ -1044,7 +1030,7 @@ fn resolve_num(
     np: &NumOrPath,
     field: &str,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<u64, Failure> {
     match np {
         NumOrPath::Num(n) => Ok(*n),
@@ -1176,7 +1162,7 @@ async fn run_task_once(
     state: &State,
     task: &TaskState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
 ) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
@@ -1534,7 +1520,7 @@ async fn run_map_once(
     state: &State,
     map: &MapState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     vars: &Vars,
 ) -> Result<(Value, Option<Vars>), Failure> {
@@ -1608,16 +1594,7 @@ async fn run_map_once(
     let mut inputs = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         inputs.push(match &map.item_selector {
-            Some(t) => {
-                let ictx = exec.context(
-                    name,
-                    ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
-                    None,
-                    Some((i, item)),
-                    vars,
-                );
-                eval_template(name, entered, t, &effective, &ictx)?
-            }
+            Some(t) => eval_template(name, entered, t, &effective, &ctx.with_item(i, item))?,
             None => item.clone(),
         });
     }
@@ -1747,7 +1724,7 @@ async fn run_parallel_once(
     state: &State,
     par: &ParallelState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     vars: &Vars,
 ) -> Result<(Value, Option<Vars>), Failure> {

@@ -7,6 +7,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::context::Ctx;
 use crate::jsonpath::JsonPath;
 
 /// A parsed intrinsic call.
@@ -72,7 +73,7 @@ impl Intrinsic {
     }
 
     /// Evaluates against the effective input and the context object.
-    pub fn evaluate(&self, input: &Value, context: &Value) -> Result<Value, String> {
+    pub(crate) fn evaluate(&self, input: &Value, context: &Ctx<'_>) -> Result<Value, String> {
         let mut args = Vec::with_capacity(self.args.len());
         for a in &self.args {
             args.push(match a {
@@ -470,7 +471,18 @@ mod tests {
     use serde_json::json;
 
     fn run(expr: &str, input: Value) -> Result<Value, String> {
-        Intrinsic::parse(expr)?.evaluate(&input, &json!({"Execution": {"Name": "n"}}))
+        let base = json!({"Execution": {"Name": "n"}});
+        let vars = crate::context::Vars::new();
+        let ctx = Ctx {
+            base: &base,
+            state: "S",
+            entered: "",
+            retry_count: None,
+            item: None,
+            task_token: None,
+            vars: &vars,
+        };
+        Intrinsic::parse(expr)?.evaluate(&input, &ctx)
     }
 
     #[test]

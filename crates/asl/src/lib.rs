@@ -12,6 +12,7 @@
 //! `.sync` / `.waitForTaskToken` integrations, Express-workflow execution ARNs.
 
 mod choice;
+mod context;
 mod definition;
 mod engine;
 mod intrinsics;
