@@ -1,5 +1,6 @@
 //! Runs a parsed state machine: data flow, Retry/Catch, Map iterations, history.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -452,7 +453,7 @@ impl Engine {
             }
         };
         tracing::debug!(execution = %exec_name, status = ?status, "execution ended");
-        let history = exec.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let history = exec.history.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
         ExecutionResult {
             status,
             output,
@@ -525,15 +526,22 @@ fn run_program(
     })
 }
 
-fn apply_path(
+/// InputPath, OutputPath, ItemsPath: `$` (the usual case) borrows, so a state does not copy
+/// its input just to pass it on.
+fn apply_path<'v>(
     state: &State,
     entered: u64,
     path: Option<&JsonPath>,
-    value: &Value,
+    value: &'v Value,
     ctx: &Ctx<'_>,
-) -> Result<Value, Failure> {
-    let Some(p) = path else { return Ok(json!({})) };
-    p.lookup(value, ctx).ok_or_else(|| {
+) -> Result<Cow<'v, Value>, Failure> {
+    let Some(p) = path else {
+        return Ok(Cow::Owned(json!({})));
+    };
+    if p.is_root() {
+        return Ok(Cow::Borrowed(value));
+    }
+    p.lookup(value, ctx).map(Cow::Owned).ok_or_else(|| {
         Failure::runtime(
             &state.name,
             entered,
@@ -587,6 +595,20 @@ fn eval_template(
                 &format!("The function '{text}' specified for the field '{field}' failed: {e}"),
             )
         }),
+    }
+}
+
+/// OutputPath on a value the state owns: `$` passes it on without a copy.
+fn apply_output_path(
+    state: &State,
+    entered: u64,
+    path: Option<&JsonPath>,
+    value: Value,
+    ctx: &Ctx<'_>,
+) -> Result<Value, Failure> {
+    match path {
+        Some(p) if p.is_root() => Ok(value),
+        _ => apply_path(state, entered, path, &value, ctx).map(Cow::into_owned),
     }
 }
 
@@ -701,7 +723,7 @@ fn finish_result(
     };
     let assigned = eval_assign(&state.name, entered, state.assign.as_ref(), &result, ctx)?;
     let merged = apply_result_path(raw, fields.result_path, result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    let out = apply_output_path(state, entered, state.output_path.as_ref(), merged, ctx)?;
     check_output_size(state, &out)?;
     Ok((out, assigned))
 }
@@ -737,24 +759,29 @@ async fn run_state(
             result_path,
         } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let effective = match parameters {
-                Some(t) => eval_template(name, entered, t, &effective, &ctx)?,
-                None => effective,
+            let params = match parameters {
+                Some(t) => Some(eval_template(name, entered, t, &effective, &ctx)?),
+                None => None,
             };
-            let res = result.clone().unwrap_or(effective);
+            let res = match (result, params) {
+                (Some(r), _) => r.clone(),
+                (None, Some(p)) => p,
+                (None, None) => effective.into_owned(),
+            };
             let assigned = eval_assign(name, entered, state.assign.as_ref(), &res, &ctx)?;
             let merged =
                 apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
                     catchable: Catchable::No,
                     ..f
                 })?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
+            let out = apply_output_path(state, entered, state.output_path.as_ref(), merged, &ctx)?;
             check_output_size(state, &out)?;
             Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Succeed => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out =
+                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
             Ok(step(out, None, None))
         }
         Kind::Fail { error, cause } => {
@@ -816,7 +843,8 @@ async fn run_state(
                 }
             };
             let assigned = eval_assign(name, entered, assign, &effective, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out =
+                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
             Ok(step(out, Some(next), assigned))
         }
         Kind::Wait(wait) => {
@@ -824,7 +852,8 @@ async fn run_state(
             let delay = wait_duration(exec, state, entered, wait, &effective, &ctx)?;
             exec.clock.sleep(delay).await;
             let assigned = eval_assign(name, entered, state.assign.as_ref(), &effective, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out =
+                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
             Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Task(task) => {
@@ -908,7 +937,7 @@ fn wait_duration(
         Wait::Seconds(n) => Ok(Duration::from_secs(*n)),
         Wait::Timestamp(t) => Ok(until(*t)),
         Wait::SecondsPath(p) => {
-            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let v = apply_path(state, entered, Some(p), input, ctx)?.into_owned();
             let shown = match &v {
                 Value::String(s) => s.clone(),
                 other => compact(other),
@@ -934,7 +963,7 @@ fn wait_duration(
             }
         }
         Wait::TimestampPath(p) => {
-            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let v = apply_path(state, entered, Some(p), input, ctx)?.into_owned();
             match v.as_str().and_then(choice::parse_timestamp) {
                 Some(t) => Ok(until(t)),
                 None => Err(Failure::runtime(
@@ -1169,7 +1198,7 @@ async fn run_task_once(
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let params = match &task.parameters {
         Some(t) => eval_template(name, entered, t, &effective, ctx)?,
-        None => effective.clone(),
+        None => effective.clone().into_owned(),
     };
     if size_of(&params) > MAX_PAYLOAD_BYTES {
         return Err(Failure {
@@ -1527,7 +1556,7 @@ async fn run_map_once(
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
-    let Value::Array(items) = items_v else {
+    let Value::Array(items) = &*items_v else {
         return Err(Failure::runtime(
             name,
             entered,
@@ -1732,7 +1761,7 @@ async fn run_parallel_once(
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let input = match &par.parameters {
         Some(t) => eval_template(name, entered, t, &effective, ctx)?,
-        None => effective,
+        None => effective.into_owned(),
     };
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
     exec.event("ParallelStateStarted", prev, Some(name), json!({}));

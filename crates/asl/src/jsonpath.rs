@@ -148,6 +148,11 @@ impl JsonPath {
         Some(Value::Array(out.into_iter().cloned().collect()))
     }
 
+    /// Whether the path is `$` itself: the whole effective input.
+    pub(crate) fn is_root(&self) -> bool {
+        !self.context && self.variable.is_none() && self.segments.is_empty()
+    }
+
     /// A definite path names at most one value (no wildcard, slice, union, filter or deep scan).
     pub fn is_definite(&self) -> bool {
         self.segments

@@ -153,7 +153,9 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct TestClock {
     start: DateTime<Utc>,
-    sleeps: Mutex<Vec<Duration>>,
+    /// The recorded sleeps and their running total (kept so `now()` costs the same however
+    /// long the clock has been used).
+    sleeps: Mutex<(Vec<Duration>, Duration)>,
 }
 
 impl Default for TestClock {
@@ -167,26 +169,27 @@ impl TestClock {
     pub fn new() -> Self {
         Self {
             start: Utc::now(),
-            sleeps: Mutex::new(Vec::new()),
+            sleeps: Mutex::new((Vec::new(), Duration::ZERO)),
         }
     }
 
     /// The durations passed to `sleep`, in order.
     pub fn sleeps(&self) -> Vec<Duration> {
-        self.sleeps.lock().map(|s| s.clone()).unwrap_or_default()
+        self.sleeps.lock().map(|s| s.0.clone()).unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
-        let slept: Duration = self.sleeps().iter().sum();
+        let slept = self.sleeps.lock().map(|s| s.1).unwrap_or_default();
         self.start + chrono::Duration::from_std(slept).unwrap_or_default()
     }
 
     async fn sleep(&self, duration: Duration) {
         if let Ok(mut s) = self.sleeps.lock() {
-            s.push(duration);
+            s.0.push(duration);
+            s.1 += duration;
         }
         tokio::task::yield_now().await;
     }
