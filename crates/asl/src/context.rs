@@ -3,6 +3,7 @@
 //! (`State`, `Map.Item`, `Task.Token`) are built only when a path reads them. So a state's
 //! cost does not grow with the execution input, however large it is.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 /// The variables in scope (`Assign`).
@@ -15,8 +16,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) base: &'a Value,
     /// `$$.State.Name`.
     pub(crate) state: &'a str,
-    /// `$$.State.EnteredTime`.
-    pub(crate) entered: &'a str,
+    /// `$$.State.EnteredTime` (formatted only when read).
+    pub(crate) entered: DateTime<Utc>,
     /// `$$.State.RetryCount` (Task states only).
     pub(crate) retry_count: Option<u32>,
     /// `$$.Map.Item.Index` and `.Value` (a Map's ItemSelector only).
@@ -63,7 +64,10 @@ impl<'a> Ctx<'a> {
             "State" => {
                 let mut st = Map::new();
                 st.insert("Name".into(), Value::String(self.state.into()));
-                st.insert("EnteredTime".into(), Value::String(self.entered.into()));
+                st.insert(
+                    "EnteredTime".into(),
+                    Value::String(self.entered.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                );
                 if let Some(r) = self.retry_count {
                     st.insert("RetryCount".into(), Value::from(r));
                 }
@@ -112,7 +116,7 @@ mod tests {
         let ctx = Ctx {
             base: &base,
             state: "S",
-            entered: "2026-01-01T00:00:00.000Z",
+            entered: Utc::now(),
             retry_count: None,
             item: None,
             task_token: None,

@@ -180,6 +180,20 @@ impl Kind {
             Kind::Parallel(_) => "Parallel",
         }
     }
+
+    /// The history event types for entering and leaving a state of this type.
+    pub fn event_types(&self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Pass { .. } => ("PassStateEntered", "PassStateExited"),
+            Kind::Task(_) => ("TaskStateEntered", "TaskStateExited"),
+            Kind::Choice { .. } => ("ChoiceStateEntered", "ChoiceStateExited"),
+            Kind::Succeed => ("SucceedStateEntered", "SucceedStateExited"),
+            Kind::Fail { .. } => ("FailStateEntered", "FailStateExited"),
+            Kind::Map(_) => ("MapStateEntered", "MapStateExited"),
+            Kind::Wait(_) => ("WaitStateEntered", "WaitStateExited"),
+            Kind::Parallel(_) => ("ParallelStateEntered", "ParallelStateExited"),
+        }
+    }
 }
 
 /// How long a Wait state waits: exactly one of the four fields.

@@ -319,13 +319,6 @@ impl Exec {
         id
     }
 
-    fn timestamp(&self) -> String {
-        self.clock
-            .now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string()
-    }
-
     fn lambda_arn(&self, name: &str, qualifier: Option<&str>) -> String {
         let c = &self.config;
         let mut arn = format!(
@@ -388,8 +381,7 @@ impl Engine {
         let start = self
             .clock
             .now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string();
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
             clock: self.clock.clone(),
@@ -484,7 +476,7 @@ fn run_program(
             };
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let entered = exec.event(
-                &format!("{}StateEntered", state.kind.type_name()),
+                state.kind.event_types().0,
                 prev,
                 Some(&state.name),
                 json!({"name": state.name, "input": input}),
@@ -510,7 +502,7 @@ fn run_program(
                 vars.extend(a);
             }
             exec.event(
-                &format!("{}StateExited", state.kind.type_name()),
+                state.kind.event_types().1,
                 prev,
                 Some(&state.name),
                 details,
@@ -736,11 +728,10 @@ async fn run_state(
     entered: u64,
     vars: &Vars,
 ) -> Result<Step, Failure> {
-    let entered_time = exec.timestamp();
     let ctx = Ctx {
         base: &exec.context_base,
         state: &state.name,
-        entered: &entered_time,
+        entered: exec.clock.now(),
         retry_count: None,
         item: None,
         task_token: None,

@@ -476,7 +476,7 @@ mod tests {
         let ctx = Ctx {
             base: &base,
             state: "S",
-            entered: "",
+            entered: chrono::Utc::now(),
             retry_count: None,
             item: None,
             task_token: None,
