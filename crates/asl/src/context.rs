@@ -45,14 +45,6 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A copy carrying a task token.
-    pub(crate) fn with_token(self, token: &'a str) -> Self {
-        Self {
-            task_token: Some(token),
-            ..self
-        }
-    }
-
     /// The value of variable `name`, if assigned.
     pub(crate) fn variable(&self, name: &str) -> Option<&'a Value> {
         self.vars.get(name)
@@ -129,7 +121,11 @@ mod tests {
             json!(2)
         );
         let item = json!("x");
-        let all = ctx.with_item(3, &item).with_token("tok").materialize();
+        let all = Ctx {
+            task_token: Some("tok"),
+            ..ctx.with_item(3, &item)
+        }
+        .materialize();
         assert_eq!(all["Map"]["Item"], json!({"Index": 3, "Value": "x"}));
         assert_eq!(all["Task"]["Token"], json!("tok"));
         assert_eq!(all["Execution"]["Input"]["big"], json!([1, 2, 3]));

@@ -10,11 +10,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::choice;
+use crate::context::{Ctx, Vars};
 use crate::definition::{
     Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
     StrOrPath, TaskState, Template, Wait,
 };
-use crate::context::{Ctx, Vars};
+use crate::distributed;
 use crate::jsonpath::{JsonPath, RefStep};
 use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
@@ -445,7 +446,11 @@ impl Engine {
             }
         };
         tracing::debug!(execution = %exec_name, status = ?status, "execution ended");
-        let history = exec.history.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        let history = exec
+            .history
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
         ExecutionResult {
             status,
             output,
@@ -501,12 +506,7 @@ fn run_program(
                 );
                 vars.extend(a);
             }
-            exec.event(
-                state.kind.event_types().1,
-                prev,
-                Some(&state.name),
-                details,
-            );
+            exec.event(state.kind.event_types().1, prev, Some(&state.name), details);
             match next {
                 Some(n) => {
                     name = n;
@@ -771,8 +771,8 @@ async fn run_state(
         }
         Kind::Succeed => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let out =
-                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, None, None))
         }
         Kind::Fail { error, cause } => {
@@ -834,8 +834,8 @@ async fn run_state(
                 }
             };
             let assigned = eval_assign(name, entered, assign, &effective, &ctx)?;
-            let out =
-                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, Some(next), assigned))
         }
         Kind::Wait(wait) => {
@@ -843,8 +843,8 @@ async fn run_state(
             let delay = wait_duration(exec, state, entered, wait, &effective, &ctx)?;
             exec.clock.sleep(delay).await;
             let assigned = eval_assign(name, entered, state.assign.as_ref(), &effective, &ctx)?;
-            let out =
-                apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?.into_owned();
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Task(task) => {
@@ -1546,16 +1546,38 @@ async fn run_map_once(
 ) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
-    let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
-    let Value::Array(items) = &*items_v else {
-        return Err(Failure::runtime(
-            name,
-            entered,
-            &format!(
-                "Map state input must be an array but was: {}",
-                compact(&items_v)
-            ),
-        ));
+    let read;
+    let items_v;
+    let items: &Vec<Value> = if let Some(reader) = &map.item_reader {
+        let params = match &reader.parameters {
+            Some(t) => eval_template(name, entered, t, &effective, ctx)?,
+            None => json!({}),
+        };
+        let max_items = reader
+            .max_items
+            .as_ref()
+            .map(|m| resolve_num(state, entered, m, "MaxItems", &effective, ctx))
+            .transpose()?;
+        read = distributed::read_items(exec.registry.object_store(), reader, &params, max_items)
+            .await
+            .map_err(|cause| Failure {
+                state_failed: Some("MapStateFailed"),
+                ..Failure::new("States.ItemReaderFailed", cause)
+            })?;
+        &read
+    } else {
+        items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
+        let Value::Array(items) = &*items_v else {
+            return Err(Failure::runtime(
+                name,
+                entered,
+                &format!(
+                    "Map state input must be an array but was: {}",
+                    compact(&items_v)
+                ),
+            ));
+        };
+        items
     };
     let max = resolve_num(
         state,
@@ -1618,6 +1640,38 @@ async fn run_map_once(
             None => item.clone(),
         });
     }
+    let inputs = match &map.item_batcher {
+        Some(b) => {
+            let num = |n: &Option<NumOrPath>, field: &str| {
+                n.as_ref()
+                    .map(|n| resolve_num(state, entered, n, field, &effective, ctx))
+                    .transpose()
+            };
+            let max_items = num(&b.max_items, "MaxItemsPerBatch")?;
+            let max_bytes = num(&b.max_bytes, "MaxInputBytesPerBatch")?;
+            let batch_input = b
+                .batch_input
+                .as_ref()
+                .map(|t| eval_template(name, entered, t, &effective, ctx))
+                .transpose()?;
+            distributed::batches(inputs, max_items, max_bytes, batch_input.as_ref())
+        }
+        None => inputs,
+    };
+    let c = &exec.config;
+    let sm_name = exec.context_base["StateMachine"]["Name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let map_run_arn = format!(
+        "arn:{}:states:{}:{}:mapRun:{sm_name}/{name}:{}",
+        c.partition,
+        c.region,
+        c.account_id,
+        uuid::Uuid::new_v4()
+    );
+    let kept_inputs = map.result_writer.as_ref().map(|_| inputs.clone());
+    let mut records: Vec<distributed::ChildRecord> = Vec::new();
     let permits = if max == 0 {
         inputs.len().max(1)
     } else {
@@ -1629,8 +1683,32 @@ async fn run_map_once(
     let mut results: Vec<Value> = vec![Value::Null; total];
     let mut failures = 0u64;
     // Records one finished iteration; `Some(failure)` when it must fail the whole Map.
-    let mut record = |joined: Result<(usize, Result<Value, Failure>), tokio::task::JoinError>| -> Option<Failure> {
-        let Ok((i, r)) = joined else { return None };
+    type Joined = (usize, Result<Value, Failure>, DateTime<Utc>, DateTime<Utc>);
+    let mut record = |joined: Result<Joined, tokio::task::JoinError>| -> Option<Failure> {
+        let Ok((i, r, start, stop)) = joined else {
+            return None;
+        };
+        if let Some(inputs) = &kept_inputs {
+            let id = uuid::Uuid::new_v4();
+            records.push(distributed::ChildRecord {
+                execution_arn: format!(
+                    "arn:{}:states:{}:{}:execution:{sm_name}/{name}:{id}",
+                    c.partition, c.region, c.account_id
+                ),
+                name: id.to_string(),
+                state_machine_arn: format!(
+                    "arn:{}:states:{}:{}:stateMachine:{sm_name}/{name}",
+                    c.partition, c.region, c.account_id
+                ),
+                input: inputs.get(i).cloned().unwrap_or_default(),
+                outcome: match &r {
+                    Ok(v) => Ok(v.clone()),
+                    Err(f) => Err((f.error.clone(), f.cause.clone())),
+                },
+                start,
+                stop,
+            });
+        }
         match r {
             Ok(v) => {
                 if let Some(slot) = results.get_mut(i) {
@@ -1665,6 +1743,7 @@ async fn run_map_once(
         let state_name = state.name.clone();
         let vars = vars.clone();
         set.spawn(async move {
+            let start = exec2.clock.now();
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             exec2.event(
                 "MapIterationStarted",
@@ -1686,7 +1765,7 @@ async fn run_map_once(
                 json!({"name": state_name, "index": i}),
             );
             drop(permit);
-            (i, r)
+            (i, r, start, exec2.clock.now())
         });
         // A failed item stops the Map before more items start.
         while let Some(joined) = set.try_join_next() {
@@ -1723,20 +1802,27 @@ async fn run_map_once(
     } else {
         prev
     };
+    let result = match &map.result_writer {
+        Some(t) => {
+            let params = eval_template(name, entered, t, &effective, ctx)?;
+            records.sort_by_key(|r| r.start);
+            distributed::write_results(
+                exec.registry.object_store(),
+                &params,
+                &map_run_arn,
+                &records,
+            )
+            .await
+            .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+        }
+        None => Value::Array(results),
+    };
     exec.event("MapStateSucceeded", prev, Some(name), json!({}));
     let fields = ResultFields {
         selector: map.result_selector.as_ref(),
         result_path: map.result_path.as_ref(),
     };
-    finish_result(
-        state,
-        entered,
-        name,
-        &fields,
-        raw,
-        Value::Array(results),
-        ctx,
-    )
+    finish_result(state, entered, name, &fields, raw, result, ctx)
 }
 
 async fn run_parallel_once(

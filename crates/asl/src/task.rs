@@ -72,6 +72,7 @@ pub struct TaskRegistry {
     lambdas: HashMap<String, Arc<dyn LambdaFunction>>,
     services: HashMap<String, Arc<dyn ServiceIntegration>>,
     state_mocks: Arc<crate::mock::TestCaseMocks>,
+    object_store: Option<Arc<dyn crate::objects::ObjectStore>>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -109,6 +110,15 @@ impl TaskRegistry {
     /// Step Functions Local mock configuration): such a state calls nothing.
     pub fn mock_states(&mut self, mocks: crate::mock::TestCaseMocks) {
         self.state_mocks = Arc::new(mocks);
+    }
+
+    /// The object store distributed Maps read items from and write results to.
+    pub fn set_object_store(&mut self, store: Arc<dyn crate::objects::ObjectStore>) {
+        self.object_store = Some(store);
+    }
+
+    pub(crate) fn object_store(&self) -> Option<&dyn crate::objects::ObjectStore> {
+        self.object_store.as_deref()
     }
 
     pub(crate) fn state_mock(&self, state: &str) -> Option<&crate::mock::MockedResponses> {
