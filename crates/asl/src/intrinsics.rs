@@ -563,13 +563,22 @@ mod tests {
     fn hash_algorithms() {
         let h = |alg: &str| run(&format!("States.Hash('abc', '{alg}')"), json!({}));
         assert_eq!(h("MD5").unwrap(), json!("900150983cd24fb0d6963f7d28e17f72"));
-        assert_eq!(h("SHA-1").unwrap(), json!("a9993e364706816aba3e25717850c26c9cd0d89d"));
+        assert_eq!(
+            h("SHA-1").unwrap(),
+            json!("a9993e364706816aba3e25717850c26c9cd0d89d")
+        );
         assert_eq!(
             h("SHA-256").unwrap(),
             json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
         assert_eq!(h("SHA-384").unwrap().as_str().unwrap().len(), 96);
-        assert!(h("SHA-512").unwrap().as_str().unwrap().starts_with("ddaf35a193617aba"));
+        assert!(
+            h("SHA-512")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .starts_with("ddaf35a193617aba")
+        );
         assert!(h("CRC32").unwrap_err().contains("not supported"));
         assert!(run("States.Hash(1, 'MD5')", json!({})).is_err());
         assert!(run("States.Hash('a')", json!({})).is_err());
