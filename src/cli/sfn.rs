@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Value of a `${Name}` placeholder, as `Name=value` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// A directory laid out like S3 buckets (`DIR/<bucket>/<key>`) that distributed Maps read
+    /// items from (ItemReader) and write results to (ResultWriter).
+    #[arg(long, value_name = "DIR")]
+    objects: Option<PathBuf>,
 }
 
 /// Runs an `sfn` subcommand. An execution that fails still exits 0: only a run that could not
@@ -127,6 +131,9 @@ async fn execute(args: RunArgs) -> Result<Value> {
         .with_context(|| format!("invalid definition {}", args.definition.display()))?;
     let input = read_input(args.input.as_deref())?;
     let mut registry = TaskRegistry::new();
+    if let Some(dir) = &args.objects {
+        registry.set_object_store(std::sync::Arc::new(asl::objects::DirObjectStore::new(dir)));
+    }
     if let Some(f) = &args.functions {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -182,4 +189,57 @@ fn report(r: &ExecutionResult, history: bool) -> Value {
         out["history"] = Value::Array(r.history.iter().map(|e| e.to_aws_json()).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn run_reads_distributed_map_items_from_the_objects_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("objects/landing")).unwrap();
+        std::fs::write(
+            dir.path().join("objects/landing/rows.csv"),
+            "id,name\n1,Ann\n2,Bo\n",
+        )
+        .unwrap();
+        let def = dir.path().join("load.asl.json");
+        std::fs::write(
+            &def,
+            serde_json::json!({"StartAt": "M", "States": {"M": {"Type": "Map", "End": true,
+                "ItemReader": {"Resource": "arn:aws:states:::s3:getObject",
+                    "ReaderConfig": {"InputType": "CSV"},
+                    "Parameters": {"Bucket": "landing", "Key": "rows.csv"}},
+                "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED"}, "StartAt": "P",
+                    "States": {"P": {"Type": "Pass", "Parameters": {"n.$": "$.name"}, "End": true}}}}}})
+            .to_string(),
+        )
+        .unwrap();
+        let args = |objects: Option<PathBuf>| RunArgs {
+            definition: def.clone(),
+            input: None,
+            functions: None,
+            mock_config: None,
+            test_case: None,
+            state_machine: None,
+            virtual_time: false,
+            history: false,
+            set: Vec::new(),
+            objects,
+        };
+        let out = execute(args(Some(dir.path().join("objects"))))
+            .await
+            .unwrap();
+        assert_eq!(out["status"], "SUCCEEDED");
+        assert_eq!(
+            out["output"],
+            serde_json::json!([{"n": "Ann"}, {"n": "Bo"}])
+        );
+        // Without --objects the run still happens and fails as AWS names it.
+        let out = execute(args(None)).await.unwrap();
+        assert_eq!(out["status"], "FAILED");
+        assert_eq!(out["error"], "States.ItemReaderFailed");
+    }
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, FixedOffset};
 use serde_json::Value;
 
+use crate::context::Ctx;
 use crate::definition::{Cmp, Family, Op, Operand, Rule};
 use crate::jsonpath::JsonPath;
 
@@ -21,12 +22,12 @@ fn invalid_path(p: &JsonPath) -> String {
     )
 }
 
-fn lookup(p: &JsonPath, input: &Value, context: &Value) -> Option<Value> {
+fn lookup(p: &JsonPath, input: &Value, context: &Ctx<'_>) -> Option<Value> {
     p.lookup(input, context)
 }
 
 /// Evaluates a rule; `Err` carries the cause detail of a `States.Runtime` error.
-pub(crate) fn evaluate(rule: &Rule, input: &Value, context: &Value) -> Result<bool, String> {
+pub(crate) fn evaluate(rule: &Rule, input: &Value, context: &Ctx<'_>) -> Result<bool, String> {
     match rule {
         Rule::And(rs) => {
             for r in rs {

@@ -168,16 +168,17 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub fn type_name(&self) -> &'static str {
+    /// The history event types for entering and leaving a state of this type.
+    pub fn event_types(&self) -> (&'static str, &'static str) {
         match self {
-            Kind::Pass { .. } => "Pass",
-            Kind::Task(_) => "Task",
-            Kind::Choice { .. } => "Choice",
-            Kind::Succeed => "Succeed",
-            Kind::Fail { .. } => "Fail",
-            Kind::Map(_) => "Map",
-            Kind::Wait(_) => "Wait",
-            Kind::Parallel(_) => "Parallel",
+            Kind::Pass { .. } => ("PassStateEntered", "PassStateExited"),
+            Kind::Task(_) => ("TaskStateEntered", "TaskStateExited"),
+            Kind::Choice { .. } => ("ChoiceStateEntered", "ChoiceStateExited"),
+            Kind::Succeed => ("SucceedStateEntered", "SucceedStateExited"),
+            Kind::Fail { .. } => ("FailStateEntered", "FailStateExited"),
+            Kind::Map(_) => ("MapStateEntered", "MapStateExited"),
+            Kind::Wait(_) => ("WaitStateEntered", "WaitStateExited"),
+            Kind::Parallel(_) => ("ParallelStateEntered", "ParallelStateExited"),
         }
     }
 }
@@ -239,6 +240,43 @@ pub(crate) struct MapState {
     pub result_path: Option<JsonPath>,
     pub retry: Vec<Retrier>,
     pub catch: Vec<Catcher>,
+    /// Where a distributed Map reads its items from, instead of its input.
+    pub item_reader: Option<ItemReader>,
+    /// How a distributed Map groups items into one child execution's input.
+    pub item_batcher: Option<ItemBatcher>,
+    /// Where a distributed Map writes its results, instead of returning them.
+    pub result_writer: Option<Template>,
+}
+
+/// What an ItemReader reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReaderSource {
+    /// `s3:getObject` with `ReaderConfig.InputType` JSON (an array).
+    Json,
+    /// `s3:getObject`, JSONL: one JSON value a line.
+    JsonLines,
+    /// `s3:getObject`, CSV: one object per row, values as text.
+    Csv,
+    /// `s3:listObjectsV2`: one item per object.
+    Listing,
+}
+
+#[derive(Debug)]
+pub(crate) struct ItemReader {
+    pub source: ReaderSource,
+    /// Bucket and Key (or Prefix).
+    pub parameters: Option<Template>,
+    /// `CSVHeaders` when `CSVHeaderLocation` is `GIVEN`; `None` reads the first row.
+    pub csv_headers: Option<Vec<String>>,
+    pub csv_delimiter: u8,
+    pub max_items: Option<NumOrPath>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ItemBatcher {
+    pub max_items: Option<NumOrPath>,
+    pub max_bytes: Option<NumOrPath>,
+    pub batch_input: Option<Template>,
 }
 
 #[derive(Debug, Clone)]
@@ -378,6 +416,10 @@ fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
             "ResultPath",
             "Retry",
             "Catch",
+            "ItemReader",
+            "ItemBatcher",
+            "ResultWriter",
+            "Label",
         ],
         _ => return None,
     };
@@ -900,6 +942,15 @@ fn parse_map(
         )),
         _ => uint_or_path(name, obj, "ToleratedFailurePercentage", 0)?,
     };
+    for f in ["ItemReader", "ItemBatcher", "ResultWriter"] {
+        if !distributed && obj.contains_key(f) {
+            return Err(invalid(
+                s,
+                f,
+                "is only allowed when ProcessorConfig.Mode is DISTRIBUTED",
+            ));
+        }
+    }
     Ok(MapState {
         items_path,
         item_selector,
@@ -912,7 +963,205 @@ fn parse_map(
         result_path: result_path_field(name, obj, "ResultPath")?,
         retry: parse_retry(name, obj.get("Retry"))?,
         catch: parse_catch(name, obj.get("Catch"))?,
+        item_reader: parse_item_reader(name, obj.get("ItemReader"))?,
+        item_batcher: parse_item_batcher(name, obj.get("ItemBatcher"))?,
+        result_writer: parse_result_writer(name, obj.get("ResultWriter"))?,
     })
+}
+
+fn sub_object<'a>(
+    state: &str,
+    field: &str,
+    v: &'a Value,
+    allowed: &[&str],
+) -> Result<&'a Map<String, Value>, DefinitionError> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| invalid(Some(state), field, "must be an object"))?;
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(invalid(
+                Some(state),
+                format!("{field}/{k}"),
+                "unknown field",
+            ));
+        }
+    }
+    Ok(m)
+}
+
+fn parse_item_reader(
+    state: &str,
+    v: Option<&Value>,
+) -> Result<Option<ItemReader>, DefinitionError> {
+    let Some(v) = v else { return Ok(None) };
+    let s = Some(state);
+    let m = sub_object(
+        state,
+        "ItemReader",
+        v,
+        &["Resource", "ReaderConfig", "Parameters", "Arguments"],
+    )?;
+    let resource = m
+        .get("Resource")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(s, "ItemReader/Resource", "required string field is missing"))?;
+    let empty = Map::new();
+    let cfg = match m.get("ReaderConfig") {
+        Some(c) => sub_object(
+            state,
+            "ItemReader/ReaderConfig",
+            c,
+            &[
+                "InputType",
+                "CSVHeaderLocation",
+                "CSVHeaders",
+                "CSVDelimiter",
+                "MaxItems",
+                "MaxItemsPath",
+            ],
+        )?,
+        None => &empty,
+    };
+    let input_type = cfg.get("InputType").and_then(Value::as_str);
+    let action = resource.rsplit(':').next().unwrap_or_default();
+    let source = match (action, input_type) {
+        ("listObjectsV2", None) => ReaderSource::Listing,
+        ("getObject", Some("JSON")) => ReaderSource::Json,
+        ("getObject", Some("JSONL")) => ReaderSource::JsonLines,
+        ("getObject", Some("CSV")) => ReaderSource::Csv,
+        ("getObject", other) => {
+            return Err(invalid(
+                s,
+                "ItemReader/ReaderConfig/InputType",
+                format!("unsupported input type {other:?} (JSON, JSONL or CSV)"),
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                s,
+                "ItemReader/Resource",
+                format!("unsupported resource '{resource}' (s3:getObject or s3:listObjectsV2)"),
+            ));
+        }
+    };
+    let csv_headers = match cfg.get("CSVHeaderLocation").and_then(Value::as_str) {
+        None | Some("FIRST_ROW") => None,
+        Some("GIVEN") => Some(
+            cfg.get("CSVHeaders")
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .map(|h| h.as_str().map(str::to_string))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    invalid(
+                        s,
+                        "ItemReader/ReaderConfig/CSVHeaders",
+                        "must be an array of strings when CSVHeaderLocation is GIVEN",
+                    )
+                })?,
+        ),
+        Some(other) => {
+            return Err(invalid(
+                s,
+                "ItemReader/ReaderConfig/CSVHeaderLocation",
+                format!("unknown value '{other}' (FIRST_ROW or GIVEN)"),
+            ));
+        }
+    };
+    let csv_delimiter = match cfg.get("CSVDelimiter").and_then(Value::as_str) {
+        None | Some("COMMA") => b',',
+        Some("PIPE") => b'|',
+        Some("SEMICOLON") => b';',
+        Some("SPACE") => b' ',
+        Some("TAB") => b'\t',
+        Some(other) => {
+            return Err(invalid(
+                s,
+                "ItemReader/ReaderConfig/CSVDelimiter",
+                format!("unknown delimiter '{other}'"),
+            ));
+        }
+    };
+    let parameters = match m.get("Parameters") {
+        Some(p) => Some(compile_template(state, "ItemReader/Parameters", p)?),
+        None => None,
+    };
+    Ok(Some(ItemReader {
+        source,
+        parameters,
+        csv_headers,
+        csv_delimiter,
+        max_items: uint_or_path(state, cfg, "MaxItems", 0)?,
+    }))
+}
+
+fn parse_item_batcher(
+    state: &str,
+    v: Option<&Value>,
+) -> Result<Option<ItemBatcher>, DefinitionError> {
+    let Some(v) = v else { return Ok(None) };
+    let m = sub_object(
+        state,
+        "ItemBatcher",
+        v,
+        &[
+            "MaxItemsPerBatch",
+            "MaxItemsPerBatchPath",
+            "MaxInputBytesPerBatch",
+            "MaxInputBytesPerBatchPath",
+            "BatchInput",
+        ],
+    )?;
+    let batcher = ItemBatcher {
+        max_items: uint_or_path(state, m, "MaxItemsPerBatch", 1)?,
+        max_bytes: uint_or_path(state, m, "MaxInputBytesPerBatch", 1)?,
+        batch_input: match m.get("BatchInput") {
+            Some(b) => Some(compile_template(state, "ItemBatcher/BatchInput", b)?),
+            None => None,
+        },
+    };
+    if batcher.max_items.is_none() && batcher.max_bytes.is_none() {
+        return Err(invalid(
+            Some(state),
+            "ItemBatcher",
+            "needs MaxItemsPerBatch or MaxInputBytesPerBatch",
+        ));
+    }
+    Ok(Some(batcher))
+}
+
+fn parse_result_writer(
+    state: &str,
+    v: Option<&Value>,
+) -> Result<Option<Template>, DefinitionError> {
+    let Some(v) = v else { return Ok(None) };
+    let m = sub_object(
+        state,
+        "ResultWriter",
+        v,
+        &["Resource", "Parameters", "Arguments", "WriterConfig"],
+    )?;
+    if m.get("Resource")
+        .and_then(Value::as_str)
+        .is_none_or(|r| !r.ends_with(":s3:putObject"))
+    {
+        return Err(invalid(
+            Some(state),
+            "ResultWriter/Resource",
+            "must be arn:aws:states:::s3:putObject",
+        ));
+    }
+    let p = m.get("Parameters").ok_or_else(|| {
+        invalid(
+            Some(state),
+            "ResultWriter/Parameters",
+            "required field is missing",
+        )
+    })?;
+    compile_template(state, "ResultWriter/Parameters", p).map(Some)
 }
 
 fn error_equals(

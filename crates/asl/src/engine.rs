@@ -1,5 +1,6 @@
 //! Runs a parsed state machine: data flow, Retry/Catch, Map iterations, history.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -9,11 +10,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::choice;
+use crate::context::{Ctx, Vars};
 use crate::definition::{
     Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
     StrOrPath, TaskState, Template, Wait,
 };
-use crate::jsonpath::{JsonPath, RefStep, VARS_KEY};
+use crate::distributed;
+use crate::jsonpath::{JsonPath, RefStep};
 use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
 
@@ -234,8 +237,27 @@ impl Failure {
     }
 }
 
+/// Counts serialised bytes without building the text.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `v` as compact JSON text, what the payload quota is measured on.
 fn size_of(v: &Value) -> usize {
-    serde_json::to_string(v).map_or(usize::MAX, |s| s.len())
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, v) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 fn compact(v: &Value) -> String {
@@ -246,7 +268,8 @@ struct Exec {
     registry: Arc<TaskRegistry>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    context_base: Value,
+    /// `$$.Execution` and `$$.StateMachine`, shared by every state (it holds the input).
+    context_base: Arc<Value>,
     history: Mutex<Vec<HistoryEvent>>,
     /// Calls so far of each mocked state, to pick its next mocked answer.
     mock_calls: Mutex<std::collections::HashMap<String, usize>>,
@@ -297,42 +320,6 @@ impl Exec {
         id
     }
 
-    fn timestamp(&self) -> String {
-        self.clock
-            .now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string()
-    }
-
-    fn context(
-        &self,
-        state: &str,
-        entered: &str,
-        retry_count: Option<u32>,
-        item: Option<(usize, &Value)>,
-        vars: &Vars,
-    ) -> Value {
-        let mut ctx = self.context_base.clone();
-        if !vars.is_empty() {
-            if let Value::Object(m) = &mut ctx {
-                m.insert(VARS_KEY.into(), Value::Object(vars.clone()));
-            }
-        }
-        let mut st = Map::new();
-        st.insert("Name".into(), Value::String(state.into()));
-        st.insert("EnteredTime".into(), Value::String(entered.into()));
-        if let Some(r) = retry_count {
-            st.insert("RetryCount".into(), Value::from(r));
-        }
-        if let Value::Object(m) = &mut ctx {
-            m.insert("State".into(), Value::Object(st));
-            if let Some((i, v)) = item {
-                m.insert("Map".into(), json!({"Item": {"Index": i, "Value": v}}));
-            }
-        }
-        ctx
-    }
-
     fn lambda_arn(&self, name: &str, qualifier: Option<&str>) -> String {
         let c = &self.config;
         let mut arn = format!(
@@ -348,10 +335,6 @@ impl Exec {
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// The variables in scope (`Assign`): one per program run, copied into Map iterations and
-/// Parallel branches, whose own assignments stay inside them.
-type Vars = Map<String, Value>;
 
 /// What one state did: its output, where to go next (`None` at the end), what it assigned.
 struct Step {
@@ -399,16 +382,15 @@ impl Engine {
         let start = self
             .clock
             .now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string();
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
-            context_base: json!({
+            context_base: Arc::new(json!({
                 "Execution": {"Id": exec_arn, "Input": input, "StartTime": start, "Name": exec_name, "RoleArn": c.role_arn, "RedriveCount": 0},
                 "StateMachine": {"Id": sm_arn, "Name": machine.name},
-            }),
+            })),
             history: Mutex::new(Vec::new()),
             mock_calls: Mutex::new(std::collections::HashMap::new()),
         });
@@ -464,7 +446,11 @@ impl Engine {
             }
         };
         tracing::debug!(execution = %exec_name, status = ?status, "execution ended");
-        let history = exec.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let history = exec
+            .history
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
         ExecutionResult {
             status,
             output,
@@ -495,7 +481,7 @@ fn run_program(
             };
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let entered = exec.event(
-                &format!("{}StateEntered", state.kind.type_name()),
+                state.kind.event_types().0,
                 prev,
                 Some(&state.name),
                 json!({"name": state.name, "input": input}),
@@ -520,12 +506,7 @@ fn run_program(
                 );
                 vars.extend(a);
             }
-            exec.event(
-                &format!("{}StateExited", state.kind.type_name()),
-                prev,
-                Some(&state.name),
-                details,
-            );
+            exec.event(state.kind.event_types().1, prev, Some(&state.name), details);
             match next {
                 Some(n) => {
                     name = n;
@@ -537,15 +518,22 @@ fn run_program(
     })
 }
 
-fn apply_path(
+/// InputPath, OutputPath, ItemsPath: `$` (the usual case) borrows, so a state does not copy
+/// its input just to pass it on.
+fn apply_path<'v>(
     state: &State,
     entered: u64,
     path: Option<&JsonPath>,
-    value: &Value,
-    ctx: &Value,
-) -> Result<Value, Failure> {
-    let Some(p) = path else { return Ok(json!({})) };
-    p.lookup(value, ctx).ok_or_else(|| {
+    value: &'v Value,
+    ctx: &Ctx<'_>,
+) -> Result<Cow<'v, Value>, Failure> {
+    let Some(p) = path else {
+        return Ok(Cow::Owned(json!({})));
+    };
+    if p.is_root() {
+        return Ok(Cow::Borrowed(value));
+    }
+    p.lookup(value, ctx).map(Cow::Owned).ok_or_else(|| {
         Failure::runtime(
             &state.name,
             entered,
@@ -563,7 +551,7 @@ fn eval_template(
     entered: u64,
     t: &Template,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Value, Failure> {
     match t {
         Template::Literal(v) => Ok(v.clone()),
@@ -599,6 +587,20 @@ fn eval_template(
                 &format!("The function '{text}' specified for the field '{field}' failed: {e}"),
             )
         }),
+    }
+}
+
+/// OutputPath on a value the state owns: `$` passes it on without a copy.
+fn apply_output_path(
+    state: &State,
+    entered: u64,
+    path: Option<&JsonPath>,
+    value: Value,
+    ctx: &Ctx<'_>,
+) -> Result<Value, Failure> {
+    match path {
+        Some(p) if p.is_root() => Ok(value),
+        _ => apply_path(state, entered, path, &value, ctx).map(Cow::into_owned),
     }
 }
 
@@ -667,7 +669,7 @@ fn eval_assign(
     entered: u64,
     assign: Option<&Template>,
     dollar: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Option<Vars>, Failure> {
     let Some(t) = assign else { return Ok(None) };
     match eval_template(state, entered, t, dollar, ctx)? {
@@ -697,7 +699,7 @@ fn finish_result(
     fields: &ResultFields<'_>,
     raw: &Value,
     result: Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<(Value, Option<Vars>), Failure> {
     if size_of(&result) > MAX_PAYLOAD_BYTES {
         return Err(Failure::new(
@@ -713,7 +715,7 @@ fn finish_result(
     };
     let assigned = eval_assign(&state.name, entered, state.assign.as_ref(), &result, ctx)?;
     let merged = apply_result_path(raw, fields.result_path, result)?;
-    let out = apply_path(state, entered, state.output_path.as_ref(), &merged, ctx)?;
+    let out = apply_output_path(state, entered, state.output_path.as_ref(), merged, ctx)?;
     check_output_size(state, &out)?;
     Ok((out, assigned))
 }
@@ -726,8 +728,15 @@ async fn run_state(
     entered: u64,
     vars: &Vars,
 ) -> Result<Step, Failure> {
-    let entered_time = exec.timestamp();
-    let ctx = exec.context(&state.name, &entered_time, None, None, vars);
+    let ctx = Ctx {
+        base: &exec.context_base,
+        state: &state.name,
+        entered: exec.clock.now(),
+        retry_count: None,
+        item: None,
+        task_token: None,
+        vars,
+    };
     let name = state.name.as_str();
     let step = |output: Value, next: Option<String>, assigned: Option<Vars>| Step {
         output,
@@ -741,24 +750,29 @@ async fn run_state(
             result_path,
         } => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let effective = match parameters {
-                Some(t) => eval_template(name, entered, t, &effective, &ctx)?,
-                None => effective,
+            let params = match parameters {
+                Some(t) => Some(eval_template(name, entered, t, &effective, &ctx)?),
+                None => None,
             };
-            let res = result.clone().unwrap_or(effective);
+            let res = match (result, params) {
+                (Some(r), _) => r.clone(),
+                (None, Some(p)) => p,
+                (None, None) => effective.into_owned(),
+            };
             let assigned = eval_assign(name, entered, state.assign.as_ref(), &res, &ctx)?;
             let merged =
                 apply_result_path(&raw, result_path.as_ref(), res).map_err(|f| Failure {
                     catchable: Catchable::No,
                     ..f
                 })?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &merged, &ctx)?;
+            let out = apply_output_path(state, entered, state.output_path.as_ref(), merged, &ctx)?;
             check_output_size(state, &out)?;
             Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Succeed => {
             let effective = apply_path(state, entered, state.input_path.as_ref(), &raw, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, None, None))
         }
         Kind::Fail { error, cause } => {
@@ -820,7 +834,8 @@ async fn run_state(
                 }
             };
             let assigned = eval_assign(name, entered, assign, &effective, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, Some(next), assigned))
         }
         Kind::Wait(wait) => {
@@ -828,20 +843,15 @@ async fn run_state(
             let delay = wait_duration(exec, state, entered, wait, &effective, &ctx)?;
             exec.clock.sleep(delay).await;
             let assigned = eval_assign(name, entered, state.assign.as_ref(), &effective, &ctx)?;
-            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?;
+            let out = apply_path(state, entered, state.output_path.as_ref(), &effective, &ctx)?
+                .into_owned();
             Ok(step(out, state.next.clone(), assigned))
         }
         Kind::Task(task) => {
             let attempt = |retry_count: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let entered_time = entered_time.clone();
-                async move {
-                    let ctx =
-                        exec.context(&state.name, &entered_time, Some(retry_count), None, vars);
-                    run_task_once(&exec, &state, task, &raw, &ctx, entered).await
-                }
+                let ctx = ctx.with_retry(retry_count);
+                let raw = &raw;
+                async move { run_task_once(exec, state, task, raw, &ctx, entered).await }
             };
             with_retry_catch(
                 exec,
@@ -859,11 +869,9 @@ async fn run_state(
         }
         Kind::Map(map) => {
             let attempt = |_retry: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let ctx = ctx.clone();
-                async move { run_map_once(&exec, &state, map, &raw, &ctx, entered, vars).await }
+                let raw = &raw;
+                let ctx = &ctx;
+                async move { run_map_once(exec, state, map, raw, ctx, entered, vars).await }
             };
             with_retry_catch(
                 exec,
@@ -881,11 +889,9 @@ async fn run_state(
         }
         Kind::Parallel(par) => {
             let attempt = |_retry: u32| {
-                let exec = exec.clone();
-                let state = state.clone();
-                let raw = raw.clone();
-                let ctx = ctx.clone();
-                async move { run_parallel_once(&exec, &state, par, &raw, &ctx, entered, vars).await }
+                let raw = &raw;
+                let ctx = &ctx;
+                async move { run_parallel_once(exec, state, par, raw, ctx, entered, vars).await }
             };
             with_retry_catch(
                 exec,
@@ -911,7 +917,7 @@ fn wait_duration(
     entered: u64,
     wait: &Wait,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<Duration, Failure> {
     let until = |t: DateTime<chrono::FixedOffset>| {
         (t.with_timezone(&Utc) - exec.clock.now())
@@ -922,7 +928,7 @@ fn wait_duration(
         Wait::Seconds(n) => Ok(Duration::from_secs(*n)),
         Wait::Timestamp(t) => Ok(until(*t)),
         Wait::SecondsPath(p) => {
-            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let v = apply_path(state, entered, Some(p), input, ctx)?.into_owned();
             let shown = match &v {
                 Value::String(s) => s.clone(),
                 other => compact(other),
@@ -948,7 +954,7 @@ fn wait_duration(
             }
         }
         Wait::TimestampPath(p) => {
-            let v = apply_path(state, entered, Some(p), input, ctx)?;
+            let v = apply_path(state, entered, Some(p), input, ctx)?.into_owned();
             match v.as_str().and_then(choice::parse_timestamp) {
                 Some(t) => Ok(until(t)),
                 None => Err(Failure::runtime(
@@ -976,7 +982,7 @@ async fn with_retry_catch<F, Fut>(
     state: &Arc<State>,
     Recovery { retry, catch }: Recovery<'_>,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     attempt: F,
 ) -> Result<Step, Failure>
@@ -1044,7 +1050,7 @@ fn resolve_num(
     np: &NumOrPath,
     field: &str,
     input: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
 ) -> Result<u64, Failure> {
     match np {
         NumOrPath::Num(n) => Ok(*n),
@@ -1176,14 +1182,14 @@ async fn run_task_once(
     state: &State,
     task: &TaskState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
 ) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let params = match &task.parameters {
         Some(t) => eval_template(name, entered, t, &effective, ctx)?,
-        None => effective.clone(),
+        None => effective.clone().into_owned(),
     };
     if size_of(&params) > MAX_PAYLOAD_BYTES {
         return Err(Failure {
@@ -1534,22 +1540,44 @@ async fn run_map_once(
     state: &State,
     map: &MapState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     vars: &Vars,
 ) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
-    let items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
-    let Value::Array(items) = items_v else {
-        return Err(Failure::runtime(
-            name,
-            entered,
-            &format!(
-                "Map state input must be an array but was: {}",
-                compact(&items_v)
-            ),
-        ));
+    let read;
+    let items_v;
+    let items: &Vec<Value> = if let Some(reader) = &map.item_reader {
+        let params = match &reader.parameters {
+            Some(t) => eval_template(name, entered, t, &effective, ctx)?,
+            None => json!({}),
+        };
+        let max_items = reader
+            .max_items
+            .as_ref()
+            .map(|m| resolve_num(state, entered, m, "MaxItems", &effective, ctx))
+            .transpose()?;
+        read = distributed::read_items(exec.registry.object_store(), reader, &params, max_items)
+            .await
+            .map_err(|cause| Failure {
+                state_failed: Some("MapStateFailed"),
+                ..Failure::new("States.ItemReaderFailed", cause)
+            })?;
+        &read
+    } else {
+        items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
+        let Value::Array(items) = &*items_v else {
+            return Err(Failure::runtime(
+                name,
+                entered,
+                &format!(
+                    "Map state input must be an array but was: {}",
+                    compact(&items_v)
+                ),
+            ));
+        };
+        items
     };
     let max = resolve_num(
         state,
@@ -1608,19 +1636,42 @@ async fn run_map_once(
     let mut inputs = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         inputs.push(match &map.item_selector {
-            Some(t) => {
-                let ictx = exec.context(
-                    name,
-                    ctx["State"]["EnteredTime"].as_str().unwrap_or_default(),
-                    None,
-                    Some((i, item)),
-                    vars,
-                );
-                eval_template(name, entered, t, &effective, &ictx)?
-            }
+            Some(t) => eval_template(name, entered, t, &effective, &ctx.with_item(i, item))?,
             None => item.clone(),
         });
     }
+    let inputs = match &map.item_batcher {
+        Some(b) => {
+            let num = |n: &Option<NumOrPath>, field: &str| {
+                n.as_ref()
+                    .map(|n| resolve_num(state, entered, n, field, &effective, ctx))
+                    .transpose()
+            };
+            let max_items = num(&b.max_items, "MaxItemsPerBatch")?;
+            let max_bytes = num(&b.max_bytes, "MaxInputBytesPerBatch")?;
+            let batch_input = b
+                .batch_input
+                .as_ref()
+                .map(|t| eval_template(name, entered, t, &effective, ctx))
+                .transpose()?;
+            distributed::batches(inputs, max_items, max_bytes, batch_input.as_ref())
+        }
+        None => inputs,
+    };
+    let c = &exec.config;
+    let sm_name = exec.context_base["StateMachine"]["Name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let map_run_arn = format!(
+        "arn:{}:states:{}:{}:mapRun:{sm_name}/{name}:{}",
+        c.partition,
+        c.region,
+        c.account_id,
+        uuid::Uuid::new_v4()
+    );
+    let kept_inputs = map.result_writer.as_ref().map(|_| inputs.clone());
+    let mut records: Vec<distributed::ChildRecord> = Vec::new();
     let permits = if max == 0 {
         inputs.len().max(1)
     } else {
@@ -1632,8 +1683,32 @@ async fn run_map_once(
     let mut results: Vec<Value> = vec![Value::Null; total];
     let mut failures = 0u64;
     // Records one finished iteration; `Some(failure)` when it must fail the whole Map.
-    let mut record = |joined: Result<(usize, Result<Value, Failure>), tokio::task::JoinError>| -> Option<Failure> {
-        let Ok((i, r)) = joined else { return None };
+    type Joined = (usize, Result<Value, Failure>, DateTime<Utc>, DateTime<Utc>);
+    let mut record = |joined: Result<Joined, tokio::task::JoinError>| -> Option<Failure> {
+        let Ok((i, r, start, stop)) = joined else {
+            return None;
+        };
+        if let Some(inputs) = &kept_inputs {
+            let id = uuid::Uuid::new_v4();
+            records.push(distributed::ChildRecord {
+                execution_arn: format!(
+                    "arn:{}:states:{}:{}:execution:{sm_name}/{name}:{id}",
+                    c.partition, c.region, c.account_id
+                ),
+                name: id.to_string(),
+                state_machine_arn: format!(
+                    "arn:{}:states:{}:{}:stateMachine:{sm_name}/{name}",
+                    c.partition, c.region, c.account_id
+                ),
+                input: inputs.get(i).cloned().unwrap_or_default(),
+                outcome: match &r {
+                    Ok(v) => Ok(v.clone()),
+                    Err(f) => Err((f.error.clone(), f.cause.clone())),
+                },
+                start,
+                stop,
+            });
+        }
         match r {
             Ok(v) => {
                 if let Some(slot) = results.get_mut(i) {
@@ -1668,6 +1743,7 @@ async fn run_map_once(
         let state_name = state.name.clone();
         let vars = vars.clone();
         set.spawn(async move {
+            let start = exec2.clock.now();
             let prev = exec2.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             exec2.event(
                 "MapIterationStarted",
@@ -1689,7 +1765,7 @@ async fn run_map_once(
                 json!({"name": state_name, "index": i}),
             );
             drop(permit);
-            (i, r)
+            (i, r, start, exec2.clock.now())
         });
         // A failed item stops the Map before more items start.
         while let Some(joined) = set.try_join_next() {
@@ -1726,20 +1802,27 @@ async fn run_map_once(
     } else {
         prev
     };
+    let result = match &map.result_writer {
+        Some(t) => {
+            let params = eval_template(name, entered, t, &effective, ctx)?;
+            records.sort_by_key(|r| r.start);
+            distributed::write_results(
+                exec.registry.object_store(),
+                &params,
+                &map_run_arn,
+                &records,
+            )
+            .await
+            .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+        }
+        None => Value::Array(results),
+    };
     exec.event("MapStateSucceeded", prev, Some(name), json!({}));
     let fields = ResultFields {
         selector: map.result_selector.as_ref(),
         result_path: map.result_path.as_ref(),
     };
-    finish_result(
-        state,
-        entered,
-        name,
-        &fields,
-        raw,
-        Value::Array(results),
-        ctx,
-    )
+    finish_result(state, entered, name, &fields, raw, result, ctx)
 }
 
 async fn run_parallel_once(
@@ -1747,7 +1830,7 @@ async fn run_parallel_once(
     state: &State,
     par: &ParallelState,
     raw: &Value,
-    ctx: &Value,
+    ctx: &Ctx<'_>,
     entered: u64,
     vars: &Vars,
 ) -> Result<(Value, Option<Vars>), Failure> {
@@ -1755,7 +1838,7 @@ async fn run_parallel_once(
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
     let input = match &par.parameters {
         Some(t) => eval_template(name, entered, t, &effective, ctx)?,
-        None => effective,
+        None => effective.into_owned(),
     };
     let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
     exec.event("ParallelStateStarted", prev, Some(name), json!({}));

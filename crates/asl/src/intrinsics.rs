@@ -7,6 +7,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::context::Ctx;
 use crate::jsonpath::JsonPath;
 
 /// A parsed intrinsic call.
@@ -46,6 +47,7 @@ const FUNCTIONS: &[&str] = &[
     "States.MathAdd",
     "States.StringSplit",
     "States.UUID",
+    "States.Hash",
 ];
 
 /// Whether a `.$` value is written as an intrinsic call rather than a path.
@@ -72,7 +74,7 @@ impl Intrinsic {
     }
 
     /// Evaluates against the effective input and the context object.
-    pub fn evaluate(&self, input: &Value, context: &Value) -> Result<Value, String> {
+    pub(crate) fn evaluate(&self, input: &Value, context: &Ctx<'_>) -> Result<Value, String> {
         let mut args = Vec::with_capacity(self.args.len());
         for a in &self.args {
             args.push(match a {
@@ -221,6 +223,17 @@ impl Intrinsic {
                 String::from_utf8(bytes)
                     .map(Value::String)
                     .map_err(|e| format!("States.Base64Decode: {e}"))
+            }
+            "States.Hash" => {
+                self.arity(args, 2)?;
+                let data = want_str(&args[0], "data")?;
+                if data.chars().count() > 10_000 {
+                    return Err(
+                        "States.Hash: the data to hash must be at most 10,000 characters".into(),
+                    );
+                }
+                let algorithm = want_str(&args[1], "algorithm")?;
+                hash_hex(&algorithm, data.as_bytes()).map(Value::String)
             }
             "States.JsonMerge" => {
                 self.arity(args, 3)?;
@@ -464,13 +477,42 @@ impl P<'_> {
     }
 }
 
+/// Lower-case hex digest, as `States.Hash` gives it.
+fn hash_hex(algorithm: &str, data: &[u8]) -> Result<String, String> {
+    use sha2::Digest as _;
+    let digest: Vec<u8> = match algorithm {
+        "MD5" => md5::Md5::digest(data).to_vec(),
+        "SHA-1" => sha1::Sha1::digest(data).to_vec(),
+        "SHA-256" => sha2::Sha256::digest(data).to_vec(),
+        "SHA-384" => sha2::Sha384::digest(data).to_vec(),
+        "SHA-512" => sha2::Sha512::digest(data).to_vec(),
+        other => {
+            return Err(format!(
+                "States.Hash: the hashing algorithm '{other}' is not supported (MD5, SHA-1, SHA-256, SHA-384, SHA-512)"
+            ));
+        }
+    };
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn run(expr: &str, input: Value) -> Result<Value, String> {
-        Intrinsic::parse(expr)?.evaluate(&input, &json!({"Execution": {"Name": "n"}}))
+        let base = json!({"Execution": {"Name": "n"}});
+        let vars = crate::context::Vars::new();
+        let ctx = Ctx {
+            base: &base,
+            state: "S",
+            entered: chrono::Utc::now(),
+            retry_count: None,
+            item: None,
+            task_token: None,
+            vars: &vars,
+        };
+        Intrinsic::parse(expr)?.evaluate(&input, &ctx)
     }
 
     #[test]
@@ -515,5 +557,30 @@ mod tests {
         assert!(Intrinsic::parse("States.Format('x'").is_err());
         assert!(run("States.Format('{}')", json!({})).is_err());
         assert!(run("States.ArrayLength($.a)", json!({"a": 1})).is_err());
+    }
+
+    #[test]
+    fn hash_algorithms() {
+        let h = |alg: &str| run(&format!("States.Hash('abc', '{alg}')"), json!({}));
+        assert_eq!(h("MD5").unwrap(), json!("900150983cd24fb0d6963f7d28e17f72"));
+        assert_eq!(
+            h("SHA-1").unwrap(),
+            json!("a9993e364706816aba3e25717850c26c9cd0d89d")
+        );
+        assert_eq!(
+            h("SHA-256").unwrap(),
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(h("SHA-384").unwrap().as_str().unwrap().len(), 96);
+        assert!(
+            h("SHA-512")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .starts_with("ddaf35a193617aba")
+        );
+        assert!(h("CRC32").unwrap_err().contains("not supported"));
+        assert!(run("States.Hash(1, 'MD5')", json!({})).is_err());
+        assert!(run("States.Hash('a')", json!({})).is_err());
     }
 }

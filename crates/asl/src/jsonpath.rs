@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::context::Ctx;
+
 /// One step of a path.
 #[derive(Debug, Clone, PartialEq)]
 enum Segment {
@@ -59,10 +61,6 @@ pub struct JsonPath {
     variable: Option<String>,
     segments: Vec<Segment>,
 }
-
-/// Where the engine keeps the variables in scope inside the context object it passes around.
-/// No AWS context field starts with a control character, so it cannot clash; `$$` drops it.
-pub(crate) const VARS_KEY: &str = "\u{1}variables";
 
 /// Why a path text was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,22 +119,38 @@ impl JsonPath {
         self.variable.as_deref()
     }
 
-    /// Evaluates against the right root: the effective input, the context object, or a variable
-    /// (kept in the context object under [`VARS_KEY`]).
-    pub(crate) fn lookup(&self, input: &Value, context: &Value) -> Option<Value> {
+    /// Evaluates against the right root: the effective input, the context object, or a
+    /// variable. A context path reads only the part of the context it names, so the shared
+    /// execution input is not copied unless the path asks for it.
+    pub(crate) fn lookup(&self, input: &Value, context: &Ctx<'_>) -> Option<Value> {
         if let Some(name) = &self.variable {
-            return self.evaluate(context.get(VARS_KEY)?.get(name)?);
+            return self.evaluate(context.variable(name)?);
         }
         if !self.context {
             return self.evaluate(input);
         }
-        let mut v = self.evaluate(context)?;
-        if self.segments.is_empty() {
-            if let Value::Object(m) = &mut v {
-                m.remove(VARS_KEY);
-            }
+        match self.segments.split_first() {
+            Some((Segment::Name(first), rest)) => match context.field(first) {
+                Some(v) => self.evaluate_segments(rest, &v),
+                None if self.is_definite() => None,
+                None => Some(Value::Array(Vec::new())),
+            },
+            _ => self.evaluate(&context.materialize()),
         }
-        Some(v)
+    }
+
+    fn evaluate_segments(&self, segments: &[Segment], root: &Value) -> Option<Value> {
+        if self.is_definite() {
+            return definite(segments, root).cloned();
+        }
+        let mut out = Vec::new();
+        collect(segments, root, &mut out);
+        Some(Value::Array(out.into_iter().cloned().collect()))
+    }
+
+    /// Whether the path is `$` itself: the whole effective input.
+    pub(crate) fn is_root(&self) -> bool {
+        !self.context && self.variable.is_none() && self.segments.is_empty()
     }
 
     /// A definite path names at most one value (no wildcard, slice, union, filter or deep scan).
@@ -176,12 +190,7 @@ impl JsonPath {
     /// Evaluates against `root`; `None` when a definite path finds nothing. Indefinite paths
     /// always give an array.
     pub fn evaluate(&self, root: &Value) -> Option<Value> {
-        if self.is_definite() {
-            return definite(&self.segments, root).cloned();
-        }
-        let mut out = Vec::new();
-        collect(&self.segments, root, &mut out);
-        Some(Value::Array(out.into_iter().cloned().collect()))
+        self.evaluate_segments(&self.segments, root)
     }
 
     /// The names and indexes of a reference path, for writing (ResultPath).

@@ -8,15 +8,22 @@
 //! in a paused runtime runs every wait on simulated time. [`mock`] runs a machine without its
 //! tasks: stand-in functions, or Step Functions Local's mock configuration.
 //!
-//! Not yet: JSONata, ItemReader / ItemBatcher / ResultWriter, `States.Hash`,
-//! `.sync` / `.waitForTaskToken` integrations, Express-workflow execution ARNs.
+//! A distributed Map reads items through an [`objects::ObjectStore`] (ItemReader: JSON, JSON
+//! Lines, CSV, object listing), batches them (ItemBatcher) and writes results back
+//! (ResultWriter).
+//!
+//! Not yet: JSONata, `.sync` / `.waitForTaskToken` integrations, Express-workflow execution
+//! ARNs.
 
 mod choice;
+mod context;
 mod definition;
+mod distributed;
 mod engine;
 mod intrinsics;
 mod jsonpath;
 pub mod mock;
+pub mod objects;
 mod substitute;
 mod task;
 

@@ -72,6 +72,7 @@ pub struct TaskRegistry {
     lambdas: HashMap<String, Arc<dyn LambdaFunction>>,
     services: HashMap<String, Arc<dyn ServiceIntegration>>,
     state_mocks: Arc<crate::mock::TestCaseMocks>,
+    object_store: Option<Arc<dyn crate::objects::ObjectStore>>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -109,6 +110,15 @@ impl TaskRegistry {
     /// Step Functions Local mock configuration): such a state calls nothing.
     pub fn mock_states(&mut self, mocks: crate::mock::TestCaseMocks) {
         self.state_mocks = Arc::new(mocks);
+    }
+
+    /// The object store distributed Maps read items from and write results to.
+    pub fn set_object_store(&mut self, store: Arc<dyn crate::objects::ObjectStore>) {
+        self.object_store = Some(store);
+    }
+
+    pub(crate) fn object_store(&self) -> Option<&dyn crate::objects::ObjectStore> {
+        self.object_store.as_deref()
     }
 
     pub(crate) fn state_mock(&self, state: &str) -> Option<&crate::mock::MockedResponses> {
@@ -153,7 +163,9 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct TestClock {
     start: DateTime<Utc>,
-    sleeps: Mutex<Vec<Duration>>,
+    /// The recorded sleeps and their running total (kept so `now()` costs the same however
+    /// long the clock has been used).
+    sleeps: Mutex<(Vec<Duration>, Duration)>,
 }
 
 impl Default for TestClock {
@@ -167,26 +179,27 @@ impl TestClock {
     pub fn new() -> Self {
         Self {
             start: Utc::now(),
-            sleeps: Mutex::new(Vec::new()),
+            sleeps: Mutex::new((Vec::new(), Duration::ZERO)),
         }
     }
 
     /// The durations passed to `sleep`, in order.
     pub fn sleeps(&self) -> Vec<Duration> {
-        self.sleeps.lock().map(|s| s.clone()).unwrap_or_default()
+        self.sleeps.lock().map(|s| s.0.clone()).unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
-        let slept: Duration = self.sleeps().iter().sum();
+        let slept = self.sleeps.lock().map(|s| s.1).unwrap_or_default();
         self.start + chrono::Duration::from_std(slept).unwrap_or_default()
     }
 
     async fn sleep(&self, duration: Duration) {
         if let Ok(mut s) = self.sleeps.lock() {
-            s.push(duration);
+            s.0.push(duration);
+            s.1 += duration;
         }
         tokio::task::yield_now().await;
     }

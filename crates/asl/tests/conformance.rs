@@ -82,6 +82,7 @@ const SUPPORTED: &[&str] = &[
     "intrinsic:States.MathAdd",
     "intrinsic:States.StringSplit",
     "intrinsic:States.UUID",
+    "intrinsic:States.Hash",
     "choice:StringEquals",
     "choice:StringEqualsPath",
     "choice:StringLessThan",
