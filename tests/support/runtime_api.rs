@@ -533,6 +533,20 @@ pub fn assert_init_error(binary: &Path, dir: &Path) {
 /// The error type lambda_runtime reports for a payload it cannot deserialize.
 pub const DESERIALIZE_ERROR: &str = "&lambda_runtime::deserializer::DeserializeError";
 
+/// Checks the answers to [`WRONG_SHAPE`] and [`NOT_JSON`]: a payload of the wrong shape reaches
+/// the function, which names it `FhirUnify.InvalidInput`; one that is not JSON at all is
+/// refused by lambda_runtime before that, with its own type.
+pub fn assert_bad_shape_then_not_json(answers: &[Answer]) {
+    let errors: Vec<&str> = answers
+        .iter()
+        .map(|answer| match answer {
+            Answer::Error { error_type, .. } => error_type.as_str(),
+            other => panic!("expected an error answer, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(errors, ["FhirUnify.InvalidInput", DESERIALIZE_ERROR]);
+}
+
 /// Payloads that are not JSON, or JSON of another shape than the function takes.
 pub const NOT_JSON: &[u8] = b"not json";
 pub const WRONG_SHAPE: &[u8] = b"{\"unexpected\": true}";

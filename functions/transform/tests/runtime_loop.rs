@@ -48,24 +48,7 @@ fn a_change_batch_becomes_fhir_resources() {
         mapped,
         "the same batch maps the same way"
     );
-    // A payload of the wrong shape reaches the function, which names it FhirUnify.InvalidInput;
-    // one that is not JSON at all is refused by lambda_runtime before that, with its own type.
-    let errors: Vec<&str> = bad[..2]
-        .iter()
-        .map(|answer| {
-            let Answer::Error { error_type, .. } = answer else {
-                unreachable!()
-            };
-            error_type.as_str()
-        })
-        .collect();
-    assert_eq!(
-        errors,
-        [
-            fhir_unify::handlers::errors::INVALID_INPUT,
-            DESERIALIZE_ERROR
-        ]
-    );
+    assert_bad_shape_then_not_json(&bad[..2]);
     assert!(
         api.unknown_requests().is_empty(),
         "{:?}",
