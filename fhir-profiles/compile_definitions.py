@@ -45,7 +45,7 @@ def strip_version(url):
     return url.split("|", 1)[0] if url else url
 
 
-def type_code(t, path):
+def type_code(t, path, is_resource_id):
     code = t["code"]
     if code.startswith("http://hl7.org/fhirpath/System."):
         for ext in t.get("extension", []):
@@ -53,22 +53,20 @@ def type_code(t, path):
                 code = ext.get("valueUrl") or ext.get("valueUri") or code
                 break
         # Resource.id is declared `string` in 4.0.1 but its rules are those of `id`.
-        if path.endswith(".id") and path.count(".") == 1 and path.split(".")[0] in (
-            "Resource",
-        ):
+        if is_resource_id:
             code = "id"
         # Element.id and Extension.url carry no `_name` sibling in JSON.
         return "System." + code
     return code
 
 
-def compile_element(e, root):
+def compile_element(e, root, is_resource):
     path = e["path"]
     rel = path[len(root) + 1 :] if path != root else ""
     out = {"p": rel, "min": e.get("min", 0), "max": e.get("max", "*")}
     types = []
     for t in e.get("type", []):
-        entry = {"c": type_code(t, path)}
+        entry = {"c": type_code(t, path, is_resource and path == root + ".id")}
         targets = [
             strip_version(p)[len(SD_PREFIX) :]
             for p in t.get("targetProfile", [])
@@ -103,7 +101,7 @@ def compile_types(sds):
     types = {}
     primitives = {}
     for sd in sds:
-        if sd.get("derivation") != "specialization" or sd.get("kind") == "logical":
+        if sd.get("derivation") not in (None, "specialization") or sd.get("kind") == "logical":
             continue
         if not sd.get("url", "").startswith(SD_PREFIX):
             continue
@@ -114,7 +112,9 @@ def compile_types(sds):
             "kind": sd["kind"],
             "base": (sd.get("baseDefinition") or "")[len(SD_PREFIX) :] or None,
             "abstract": sd.get("abstract", False),
-            "elements": [compile_element(e, root) for e in elements],
+            "elements": [
+                compile_element(e, root, sd["kind"] == "resource") for e in elements
+            ],
         }
         if sd["kind"] == "primitive-type":
             for e in elements:
