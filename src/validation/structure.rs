@@ -730,7 +730,7 @@ impl<'d> Walker<'d> {
                 Some((_, rest)) => rest.split_once('/').map(|(_, p)| p).unwrap_or(""),
                 None => reference.as_str(),
             };
-            let absolute = reference.contains("://");
+            let absolute = reference.contains("://") || is_absolute_uri(reference);
             let segments: Vec<&str> = rel.split('/').collect();
             // Type/id, or Type/id/_history/vid, possibly after a base URL's path.
             let found = segments
