@@ -122,8 +122,9 @@ fn hl7_validator_cases_agreement() {
     assert!(core.valid_agree > 0 && core.cases > 100);
 }
 
-/// Every resource of every Synthea bundle has no error (information issues, such as "SNOMED
-/// CT not loaded: membership not checked", are expected), and whole bundles pass too.
+/// Every resource of every Synthea bundle has no error and no warning but the documented
+/// modality one (information issues, such as "SNOMED CT not loaded: membership not checked",
+/// are expected), and whole bundles pass too.
 #[test]
 fn synthea_resources_have_no_errors() {
     let validator = Validator::shared().unwrap();
@@ -131,6 +132,7 @@ fn synthea_resources_have_no_errors() {
     let mut resources = 0usize;
     let mut failures = Vec::new();
     let mut by_severity: BTreeMap<String, usize> = BTreeMap::new();
+    let mut modality_warnings = 0usize;
     for path in &files {
         let bundle = read_json(path);
         for (i, entry) in bundle["entry"].as_array().unwrap().iter().enumerate() {
@@ -141,16 +143,29 @@ fn synthea_resources_have_no_errors() {
                     .entry(format!("{:?}", issue.severity))
                     .or_default() += 1;
             }
-            if outcome
+            for issue in outcome
                 .issues
                 .iter()
-                .any(|i| i.severity >= Severity::Warning)
+                .filter(|i| i.severity >= Severity::Warning)
             {
-                failures.push(format!(
-                    "{} entry[{i}]: {}",
-                    path.file_name().unwrap().to_string_lossy(),
-                    summary(&outcome)
-                ));
+                // A real finding, not a validator fault: Synthea codes ImagingStudy modality
+                // with the DICOM value set's URL as the Coding.system instead of the DICOM
+                // code system (http://dicom.nema.org/resources/ontology/DCM), so the code is
+                // outside the extensible binding: a warning, as FHIR says.
+                let known = issue.severity == Severity::Warning
+                    && issue.diagnostics.contains("extensible value set")
+                    && issue.expression.iter().all(|e| {
+                        e.starts_with("ImagingStudy.series[") && e.ends_with("].modality")
+                    });
+                if known {
+                    modality_warnings += 1;
+                } else {
+                    failures.push(format!(
+                        "{} entry[{i}]: {}",
+                        path.file_name().unwrap().to_string_lossy(),
+                        summary(&outcome)
+                    ));
+                }
             }
         }
         let whole = validator.validate(&bundle);
@@ -165,6 +180,7 @@ fn synthea_resources_have_no_errors() {
         "synthea: {} bundles, {resources} resources, issues by severity {by_severity:?}",
         files.len()
     );
+    println!("synthea: {modality_warnings} ImagingStudy modality warnings (Synthea's coding)");
     assert!(resources > 1000);
     assert!(
         failures.is_empty(),

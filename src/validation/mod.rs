@@ -10,6 +10,7 @@
 pub mod definitions;
 pub mod location;
 pub mod profile;
+pub mod questionnaire;
 pub mod schema;
 pub mod structure;
 pub mod terminology;

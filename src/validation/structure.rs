@@ -582,6 +582,7 @@ impl<'d> Walker<'d> {
                     self.binding(e, BindingTarget::Concept(obj), loc);
                 }
                 "Identifier" => terminology::check_identifier(obj, loc, &mut self.sink),
+                "Attachment" => self.attachment(obj, loc),
                 _ => {}
             }
         }
@@ -685,6 +686,25 @@ impl<'d> Walker<'d> {
                             format!("not a valid {base}")
                         };
                         self.sink.error("value", loc, msg);
+                    }
+                }
+                if matches!(base, "uri" | "url" | "canonical") {
+                    if let Some(uuid) = s.strip_prefix("urn:uuid:") {
+                        let ok = uuid.len() == 36
+                            && uuid.bytes().enumerate().all(|(i, b)| {
+                                if matches!(i, 8 | 13 | 18 | 23) {
+                                    b == b'-'
+                                } else {
+                                    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+                                }
+                            });
+                        if !ok {
+                            self.sink.error(
+                                "value",
+                                loc,
+                                "a urn:uuid must be a valid lowercase UUID".into(),
+                            );
+                        }
                     }
                 }
                 if base == "string" || base == "markdown" {
@@ -791,6 +811,23 @@ impl<'d> Walker<'d> {
         }
     }
 
+    /// An attachment's stated size matches its data.
+    fn attachment(&mut self, obj: &Map<String, Value>, loc: &str) {
+        if let (Some(stated), Some(Value::String(_))) =
+            (obj.get("size").and_then(Value::as_u64), obj.get("data"))
+        {
+            if let Some(actual) = attachment_size(obj) {
+                if actual as u64 != stated {
+                    self.sink.error(
+                        "value",
+                        loc,
+                        "the stated attachment size does not match the size of its data".into(),
+                    );
+                }
+            }
+        }
+    }
+
     /// ext-1: an extension has nested extensions or a value, not both and not neither.
     fn extension(&mut self, obj: &Map<String, Value>, loc: &str) {
         let has_value = obj.keys().any(|k| {
@@ -816,6 +853,18 @@ impl<'d> Walker<'d> {
             }
         }
     }
+}
+
+/// The size in bytes of an attachment's decoded data (`None` without data, or data that is
+/// not base64, which the primitive check reports).
+pub(crate) fn attachment_size(att: &Map<String, Value>) -> Option<usize> {
+    use base64::Engine as _;
+    let data = att.get("data")?.as_str()?;
+    let compact: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+        .map(|d| d.len())
 }
 
 /// The JSON name of a choice element for one type: `value` + `Quantity`.

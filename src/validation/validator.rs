@@ -23,6 +23,7 @@ pub enum Loaded {
     Profile(String),
     CodeSystem(String),
     ValueSet(String),
+    Questionnaire(String),
     /// A Bundle: how many of its entries were loaded.
     Bundle(usize),
     /// A resource the validator does not use (Questionnaire, ImplementationGuide…).
@@ -35,6 +36,7 @@ pub enum Loaded {
 pub struct Validator {
     defs: Definitions,
     profiles: HashMap<String, Profile>,
+    questionnaires: HashMap<String, Value>,
 }
 
 impl Validator {
@@ -43,6 +45,7 @@ impl Validator {
         Ok(Validator {
             defs: Definitions::r4()?,
             profiles: HashMap::new(),
+            questionnaires: HashMap::new(),
         })
     }
 
@@ -89,6 +92,20 @@ impl Validator {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
             .unwrap_or_default();
+        if root == "QuestionnaireResponse" {
+            if let Some(url) = resource.get("questionnaire").and_then(Value::as_str) {
+                let key = url.split('|').next().unwrap_or(url);
+                match self.questionnaires.get(key) {
+                    Some(q) => super::questionnaire::check_response(&self.defs, resource, q, root, walker.sink_mut()),
+                    None => walker.sink_mut().push(
+                        Severity::Information,
+                        "informational",
+                        root,
+                        format!("the questionnaire {key} is not loaded: answers were not checked against it"),
+                    ),
+                }
+            }
+        }
         let mut seen = HashSet::new();
         for url in profiles.iter().copied().chain(claimed) {
             let key = url.split('|').next().unwrap_or(url);
@@ -145,6 +162,10 @@ impl Validator {
                 let vs = self.expand(resource);
                 self.defs.add_value_set(url, vs);
                 Ok(Loaded::ValueSet(url.to_owned()))
+            }
+            "Questionnaire" if !url.is_empty() => {
+                self.questionnaires.insert(url.to_owned(), resource.clone());
+                Ok(Loaded::Questionnaire(url.to_owned()))
             }
             "Bundle" => {
                 let mut n = 0;
