@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! Validation speed over the Synthea corpus (`<shared>/conformance/synthea/fhir`, or
 //! `$FHIR_UNIFY_SHARED_DIR`): resources per second through the structural [`Validator`]
 //! (contract + coding) and, side by side, the HL7 JSON Schema validator it replaced; plus the

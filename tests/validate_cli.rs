@@ -2,6 +2,8 @@
 //! exit statuses (0 valid, 1 an error, 2 an input that cannot be opened), `--load` and
 //! `--profile`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -119,7 +119,13 @@ fn hl7_validator_cases_agreement() {
     }
     println!("  {not_checked_cases:4}  cases with a 'not checked' information issue");
     assert!(all.cases > 200, "expected the whole case set");
-    assert!(core.valid_agree > 0 && core.cases > 100);
+    assert!(core.cases > 100);
+    // A floor against regressions (measured: 104 of 116, see BENCHMARKS.md), not a target.
+    assert!(
+        Tally::pct(core.valid_agree, core.cases) >= 85.0,
+        "{}",
+        core.line("needs empty")
+    );
 }
 
 /// Every resource of every Synthea bundle has no error and no warning but the documented

@@ -161,8 +161,11 @@ impl<'d> Walker<'d> {
         if has_contained {
             self.contained_rules(obj, loc, nesting);
         }
-        if rt == "Bundle" {
-            self.bundle_rules(obj, loc);
+        match rt {
+            "Bundle" => self.bundle_rules(obj, loc),
+            "Questionnaire" => self.questionnaire_rules(obj.get("item"), loc, 0),
+            "RiskAssessment" => self.risk_assessment_rules(obj, loc),
+            _ => {}
         }
         self.frames.pop();
         loc.truncate(mark);
@@ -219,8 +222,69 @@ impl<'d> Walker<'d> {
         }
     }
 
-    /// Bundle rules the snapshot cannot say: fullUrl is absolute.
+    /// que-12: an item with more than one enableWhen says how they combine (enableBehavior).
+    fn questionnaire_rules(&mut self, items: Option<&Value>, loc: &str, depth: usize) {
+        let Some(Value::Array(items)) = items else {
+            return;
+        };
+        if depth > MAX_DEPTH {
+            return;
+        }
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{loc}.item[{i}]");
+            let conditions = item
+                .get("enableWhen")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if conditions > 1 && item.get("enableBehavior").is_none() {
+                self.sink.error(
+                    "invariant",
+                    &at,
+                    "que-12: if there is more than one enableWhen, enableBehavior must be specified"
+                        .into(),
+                );
+            }
+            self.questionnaire_rules(item.get("item"), &at, depth + 1);
+        }
+    }
+
+    /// ras-2: a prediction's probability, as a decimal, is at most 100.
+    fn risk_assessment_rules(&mut self, obj: &Map<String, Value>, loc: &str) {
+        let Some(Value::Array(predictions)) = obj.get("prediction") else {
+            return;
+        };
+        for (i, p) in predictions.iter().enumerate() {
+            if p.get("probabilityDecimal")
+                .and_then(Value::as_f64)
+                .is_some_and(|x| x > 100.0)
+            {
+                let at = format!("{loc}.prediction[{i}]");
+                self.sink.error(
+                    "invariant",
+                    &at,
+                    "ras-2: the probability must be <= 100".into(),
+                );
+            }
+        }
+    }
+
+    /// Bundle rules the snapshot cannot say: fullUrl is absolute; each link relation once.
     fn bundle_rules(&mut self, obj: &Map<String, Value>, loc: &mut String) {
+        if let Some(Value::Array(links)) = obj.get("link") {
+            let mut seen = HashSet::new();
+            for (i, link) in links.iter().enumerate() {
+                if let Some(Value::String(relation)) = link.get("relation") {
+                    if !seen.insert(relation.as_str()) {
+                        let at = format!("{loc}.link[{i}]");
+                        self.sink.error(
+                            "invariant",
+                            &at,
+                            "a link relation type can only occur once in a Bundle".into(),
+                        );
+                    }
+                }
+            }
+        }
         let Some(Value::Array(entries)) = obj.get("entry") else {
             return;
         };
