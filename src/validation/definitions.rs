@@ -113,6 +113,10 @@ pub struct ElementDef {
     pub binding: Option<(Strength, String)>,
     /// FHIRPath invariants: key, severity, expression.
     pub invariants: Vec<(String, String, String)>,
+    /// Per type (in `types` order): the JSON member name (`valueQuantity`, or `name` for a
+    /// non-choice element), its `_` sibling, and whether the type is a FHIR primitive that
+    /// may have one. Computed once at load so the walker allocates nothing to look them up.
+    pub json_names: Vec<(String, String, bool)>,
 }
 
 impl ElementDef {
@@ -217,7 +221,27 @@ impl Definitions {
                     )));
                 }
             };
-            let elements: Vec<ElementDef> = t.elements.into_iter().map(element).collect();
+            let mut elements: Vec<ElementDef> = t.elements.into_iter().map(element).collect();
+            for e in &mut elements {
+                e.json_names = e
+                    .types
+                    .iter()
+                    .map(|t| {
+                        let key = if e.choice {
+                            choice_key(&e.name, &t.code)
+                        } else {
+                            e.name.clone()
+                        };
+                        let primitive =
+                            primitives.contains_key(&t.code) && !t.code.starts_with("System.");
+                        (key.clone(), format!("_{key}"), primitive)
+                    })
+                    .collect();
+                if e.json_names.is_empty() {
+                    e.json_names
+                        .push((e.name.clone(), format!("_{}", e.name), false));
+                }
+            }
             let mut children: HashMap<String, Vec<usize>> = HashMap::new();
             for (i, e) in elements.iter().enumerate().skip(1) {
                 let parent = e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
@@ -382,7 +406,20 @@ fn element(raw: RawElement) -> ElementDef {
         pattern: raw.pattern,
         binding,
         invariants: raw.inv,
+        json_names: Vec::new(),
     }
+}
+
+/// The JSON name of a choice element for one type: `value` + `Quantity`.
+pub fn choice_key(stem: &str, code: &str) -> String {
+    let mut key = String::with_capacity(stem.len() + code.len());
+    key.push_str(stem);
+    let mut chars = code.chars();
+    if let Some(first) = chars.next() {
+        key.extend(first.to_uppercase());
+        key.push_str(chars.as_str());
+    }
+    key
 }
 
 #[cfg(test)]

@@ -13,10 +13,11 @@
 //! [`terminology`](super::terminology)).
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDef, TypeDef};
+use super::definitions::{Definitions, ElementDef, TypeDef, choice_key};
 use super::terminology::{self, BindingTarget};
 use crate::outcome::{Issue, Outcome, Severity};
 
@@ -184,7 +185,7 @@ impl<'d> Walker<'d> {
         let refers_to_container = local_refs.contains("");
         for (i, c) in contained.iter().enumerate() {
             let mark = loc.len();
-            loc.push_str(&format!(".contained[{i}]"));
+            let _ = write!(loc, ".contained[{i}]");
             if c.get("contained").is_some() {
                 self.sink.error(
                     "invariant",
@@ -335,22 +336,20 @@ impl<'d> Walker<'d> {
         for &i in children {
             let e = &ty.elements[i];
             if e.choice {
-                let mut present: Option<(&str, &Value, Option<&Value>, String)> = None;
+                let mut present: Option<(&str, Option<&Value>, Option<&Value>, &str)> = None;
                 let mut count_present = 0;
-                for t in &e.types {
-                    let key = choice_key(&e.name, &t.code);
-                    let v = obj.get(&key);
-                    let u = obj.get(&format!("_{key}"));
-                    if v.is_some() {
-                        used += 1;
-                    }
-                    if u.is_some() {
-                        used += 1;
-                    }
+                for (t, (key, ukey, primitive)) in e.types.iter().zip(&e.json_names) {
+                    let v = obj.get(key.as_str());
+                    let u = if *primitive {
+                        obj.get(ukey.as_str())
+                    } else {
+                        None
+                    };
+                    used += usize::from(v.is_some()) + usize::from(u.is_some());
                     if v.is_some() || u.is_some() {
                         count_present += 1;
                         if present.is_none() {
-                            present = Some((t.code.as_str(), v.unwrap_or(&Value::Null), u, key));
+                            present = Some((t.code.as_str(), v, u, key.as_str()));
                         }
                     }
                 }
@@ -363,8 +362,8 @@ impl<'d> Walker<'d> {
                 }
                 match present {
                     Some((code, v, u, key)) => {
-                        let v = if v.is_null() { None } else { Some(v) };
-                        self.property(ty, e, code, &key, v, u, loc, depth, nesting);
+                        let v = v.filter(|x| !x.is_null());
+                        self.property(ty, e, code, key, v, u, loc, depth, nesting);
                     }
                     None if e.min > 0 => self.sink.error(
                         "required",
@@ -377,20 +376,17 @@ impl<'d> Walker<'d> {
                     None => {}
                 }
             } else {
-                let v = obj.get(&e.name);
-                let code = e.types.first().map(|t| t.code.as_str()).unwrap_or("");
-                let primitive = self.defs.is_primitive(code) && !code.starts_with("System.");
-                let u = if primitive {
-                    obj.get(&format!("_{}", e.name))
+                let Some((key, ukey, primitive)) = e.json_names.first() else {
+                    continue;
+                };
+                let v = obj.get(key.as_str());
+                let u = if *primitive {
+                    obj.get(ukey.as_str())
                 } else {
                     None
                 };
-                if v.is_some() {
-                    used += 1;
-                }
-                if u.is_some() {
-                    used += 1;
-                }
+                let code = e.types.first().map(|t| t.code.as_str()).unwrap_or("");
+                used += usize::from(v.is_some()) + usize::from(u.is_some());
                 if v.is_none() && u.is_none() {
                     if e.min > 0 {
                         self.sink.error(
@@ -519,7 +515,7 @@ impl<'d> Walker<'d> {
                 let item = va.and_then(|a| a.get(i)).filter(|x| !x.is_null());
                 let ext = ua.and_then(|a| a.get(i)).filter(|x| !x.is_null());
                 let item_mark = loc.len();
-                loc.push_str(&format!("[{i}]"));
+                let _ = write!(loc, "[{i}]");
                 if item.is_none() && ext.is_none() {
                     self.sink.error(
                         "structure",
@@ -740,7 +736,12 @@ impl<'d> Walker<'d> {
                     terminology::check_xhtml(s, loc, &mut self.sink);
                     return;
                 }
-                if let Some(re) = self.defs.primitive_regex(base) {
+                // Printable ASCII (plus tab, CR, LF) is always a valid string or markdown:
+                // skip the regex for the common case.
+                let plain_text = matches!(base, "string" | "markdown")
+                    && s.bytes()
+                        .all(|b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\r' | b'\n'));
+                if let Some(re) = self.defs.primitive_regex(base).filter(|_| !plain_text) {
                     if !re.is_match(s) {
                         let msg = if base == "dateTime" || base == "instant" {
                             format!(
@@ -929,18 +930,6 @@ pub(crate) fn attachment_size(att: &Map<String, Value>) -> Option<usize> {
         .decode(compact.as_bytes())
         .ok()
         .map(|d| d.len())
-}
-
-/// The JSON name of a choice element for one type: `value` + `Quantity`.
-fn choice_key(stem: &str, code: &str) -> String {
-    let mut key = String::with_capacity(stem.len() + code.len());
-    key.push_str(stem);
-    let mut chars = code.chars();
-    if let Some(first) = chars.next() {
-        key.extend(first.to_uppercase());
-        key.push_str(chars.as_str());
-    }
-    key
 }
 
 fn primitive_binding_target<'a>(code: &str, v: &'a Value) -> Option<BindingTarget<'a>> {
