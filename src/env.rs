@@ -14,13 +14,13 @@ use crate::mapping::MappingSet;
 use crate::model::ChangeBatch;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{FhirStore, Outbox};
-use crate::validation::SchemaValidator;
+use crate::validation::Validator;
 
 /// What the pipeline-step handlers (transform, validate, publish, emit) need.
 #[derive(Debug, Clone)]
 pub struct Env {
     pub mappings: Arc<MappingSet>,
-    pub validator: Arc<SchemaValidator>,
+    pub validator: Arc<Validator>,
     pub store: Arc<dyn FhirStore>,
     pub outbox: Arc<dyn Outbox>,
     pub bus: Arc<dyn EventBus>,
@@ -43,8 +43,7 @@ impl Env {
     /// Builds the environment a pipeline file describes, with local data under `data`.
     pub fn from_config(config: &PipelineConfig, data: &DataDir) -> Result<Env, EnvError> {
         let mappings = Arc::new(config.load_mappings()?);
-        let validator =
-            Arc::new(SchemaValidator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
+        let validator = Arc::new(Validator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
         let store = Arc::new(SqliteStore::open(&data.join(config.store.sqlite_path()))?);
         let local = config.events.local.as_ref().ok_or_else(|| {
             crate::events::BusError::Invalid("events: name one bus kind (`local`)".into())

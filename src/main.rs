@@ -17,6 +17,7 @@ use fhir_unify::store::{FhirStore, StoredVersion};
 mod cli {
     pub mod events;
     pub mod sfn;
+    pub mod validate;
 }
 
 #[derive(Debug, Parser)]
@@ -70,6 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::sfn::SfnCommand,
     },
+    /// Validate FHIR R4 JSON files; print the OperationOutcome of each.
+    Validate(cli::validate::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +133,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let data = DataDir(cli.data_dir.clone());
     match cli.command {
         Command::Sfn { command } => cli::sfn::run(command).await,
+        Command::Validate(args) => Ok(cli::validate::run(args)),
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::SchemaValidator;
 use crate::outcome::Outcome;
 
-fn shared_dir() -> PathBuf {
+pub(super) fn shared_dir() -> PathBuf {
     match std::env::var_os("FHIR_UNIFY_SHARED_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
@@ -18,7 +18,7 @@ fn shared_dir() -> PathBuf {
 }
 
 /// The corpus directory, or a failure that says where it was looked for.
-fn corpus(relative: &str) -> PathBuf {
+pub(super) fn corpus(relative: &str) -> PathBuf {
     let dir = shared_dir().join(relative);
     assert!(
         dir.is_dir(),
@@ -28,7 +28,7 @@ fn corpus(relative: &str) -> PathBuf {
     dir
 }
 
-fn json_files(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn json_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -39,13 +39,13 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn read_json(path: &Path) -> Value {
+pub(super) fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-fn summary(outcome: &Outcome) -> String {
+pub(super) fn summary(outcome: &Outcome) -> String {
     outcome
         .issues
         .iter()

@@ -1,18 +1,31 @@
 //! Validation of FHIR resources, answered as an OperationOutcome.
 //!
-//! v1 is the contract check: every resource the pipeline produces is checked against HL7's
-//! FHIR R4 JSON Schema ([`SchemaValidator`]). Issues name the rule and the place
-//! (`Patient.name[0].given[1]`), never the value. Profile and terminology (coding) checks are
-//! later stages that add to the same [`Outcome`](crate::outcome::Outcome).
+//! [`Validator`] walks each resource against HL7's own R4 core StructureDefinitions, compiled
+//! into `fhir-profiles/r4/definitions.json` ([`definitions`]): the contract ([`structure`]:
+//! FHIR JSON rules, cardinality, choice types, references, fixed/pattern values, core
+//! invariants) and the coding ([`terminology`]: bindings by strength, code system membership,
+//! offline check digits). Issues name the rule and the place (`Patient.name[0].given[1]`),
+//! never the value. [`SchemaValidator`] (HL7's R4 JSON Schema) is kept for comparison.
 
+pub mod definitions;
 pub mod location;
+pub mod profile;
+pub mod questionnaire;
 pub mod schema;
+pub mod structure;
+pub mod terminology;
+pub mod validator;
 
+#[cfg(test)]
+mod conformance_tests;
 #[cfg(test)]
 mod corpus_tests;
 
+pub use definitions::Definitions;
 pub use location::pointer_to_expression;
-pub use schema::{MAX_ISSUES, SchemaValidator};
+pub use schema::SchemaValidator;
+pub use structure::MAX_ISSUES;
+pub use validator::Validator;
 
 /// Why a validator could not be built. Problems with a *resource* are never errors: they are
 /// issues in the returned [`Outcome`](crate::outcome::Outcome).
@@ -33,6 +46,15 @@ pub enum ValidationError {
         resource_type: String,
         reason: String,
     },
+    /// The compiled definitions are not JSON of the expected shape (a broken generated file).
+    #[error("compiled FHIR definitions are not valid: {0}")]
+    DefinitionsParse(String),
+    /// The compiled definitions lack what the validator relies on.
+    #[error("compiled FHIR definitions have an unexpected shape: {0}")]
+    DefinitionsShape(String),
+    /// A conformance resource given to load is not usable (no url, no elements…).
+    #[error("cannot load conformance resource: {0}")]
+    Profile(String),
     /// Asked to prepare a resource type the schema does not define.
     #[error("{0} is not a resource type of the FHIR JSON Schema")]
     UnknownResourceType(String),

@@ -1,0 +1,74 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Validation speed over the Synthea corpus (`<shared>/conformance/synthea/fhir`, or
+//! `$FHIR_UNIFY_SHARED_DIR`): resources per second through the structural [`Validator`]
+//! (contract + coding) and, side by side, the HL7 JSON Schema validator it replaced; plus the
+//! time to load the compiled definitions (a Lambda cold start pays it once).
+
+use std::path::{Path, PathBuf};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::Value;
+
+use fhir_unify::validation::{Definitions, SchemaValidator, Validator};
+
+fn synthea_resources() -> Vec<Value> {
+    let shared = std::env::var_os("FHIR_UNIFY_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = shared.join("conformance/synthea/fhir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let bundle: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        for entry in bundle["entry"].as_array().unwrap() {
+            out.push(entry["resource"].clone());
+        }
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let resources = synthea_resources();
+    let mut load = c.benchmark_group("load");
+    load.sample_size(20);
+    load.bench_function("definitions_r4", |b| b.iter(|| Definitions::r4().unwrap()));
+    load.finish();
+
+    let validator = Validator::r4().unwrap();
+    let schema = SchemaValidator::r4().unwrap();
+    for r in &resources {
+        // Compile every resource type's schema before timing.
+        let _ = schema.validate(r);
+    }
+    let mut group = c.benchmark_group("synthea");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(resources.len() as u64));
+    group.bench_function("structure_validator", |b| {
+        b.iter(|| {
+            let mut errors = 0usize;
+            for r in &resources {
+                errors += usize::from(validator.validate(r).has_errors());
+            }
+            errors
+        })
+    });
+    group.bench_function("json_schema_validator", |b| {
+        b.iter(|| {
+            let mut errors = 0usize;
+            for r in &resources {
+                errors += usize::from(schema.validate(r).has_errors());
+            }
+            errors
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,482 @@
+//! The compiled FHIR R4 core definitions (`fhir-profiles/r4/definitions.json`, written by
+//! `fhir-profiles/generate.sh` from HL7's own StructureDefinitions, ValueSets and CodeSystems),
+//! loaded into lookup tables the structural validator walks.
+//!
+//! Everything is indexed once at load: per type, the children of every element path, and for
+//! each child the JSON property names it may appear under (`valueQuantity` for `value[x]`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ValidationError;
+
+/// The generated definitions (see `fhir-profiles/README.md`).
+const R4_DEFINITIONS: &str = include_str!("../../fhir-profiles/r4/definitions.json");
+
+#[derive(Debug, Deserialize)]
+struct RawDefinitions {
+    #[serde(rename = "fhirVersion")]
+    fhir_version: String,
+    primitives: HashMap<String, Option<String>>,
+    types: HashMap<String, RawType>,
+    #[serde(rename = "valueSets")]
+    value_sets: HashMap<String, RawValueSet>,
+    #[serde(rename = "codeSystems")]
+    code_systems: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawType {
+    kind: String,
+    base: Option<String>,
+    #[serde(rename = "abstract")]
+    is_abstract: bool,
+    elements: Vec<RawElement>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawElement {
+    p: String,
+    min: u32,
+    max: String,
+    #[serde(default)]
+    t: Vec<RawTypeRef>,
+    cr: Option<String>,
+    fixed: Option<Value>,
+    pattern: Option<Value>,
+    b: Option<(String, String)>,
+    #[serde(default)]
+    inv: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTypeRef {
+    c: String,
+    #[serde(default)]
+    r: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawValueSet {
+    codes: HashMap<String, Vec<String>>,
+    open: Vec<String>,
+}
+
+/// What kind of type a StructureDefinition defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Primitive,
+    Complex,
+    Resource,
+}
+
+/// Binding strength (FHIR `BindingStrength`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strength {
+    Required,
+    Extensible,
+    Preferred,
+    Example,
+}
+
+/// One allowed type of an element.
+#[derive(Debug, Clone)]
+pub struct TypeRef {
+    /// FHIR type code (`HumanName`, `string`), or `System.<fhir type>` for the few elements
+    /// whose JSON has no `_name` sibling (`Element.id`, `Extension.url`).
+    pub code: String,
+    /// For `Reference`/`canonical`: the resource types it may point at (empty: any).
+    pub targets: Vec<String>,
+}
+
+/// One element of a type's snapshot.
+#[derive(Debug, Clone)]
+pub struct ElementDef {
+    /// Path below the type's root (`name`, `contact.name`); empty for the root.
+    pub path: String,
+    /// The last path segment, without `[x]`.
+    pub name: String,
+    pub choice: bool,
+    pub min: u32,
+    /// `None` for `*`.
+    pub max: Option<u32>,
+    pub types: Vec<TypeRef>,
+    /// For elements defined as another element of the same type (`Questionnaire.item.item`),
+    /// that element's path below the root.
+    pub content_reference: Option<String>,
+    pub fixed: Option<Value>,
+    pub pattern: Option<Value>,
+    pub binding: Option<(Strength, String)>,
+    /// FHIRPath invariants: key, severity, expression.
+    pub invariants: Vec<(String, String, String)>,
+    /// Per type (in `types` order): the JSON member name (`valueQuantity`, or `name` for a
+    /// non-choice element), its `_` sibling, and whether the type is a FHIR primitive that
+    /// may have one. Computed once at load so the walker allocates nothing to look them up.
+    pub json_names: Vec<(String, String, bool)>,
+}
+
+impl ElementDef {
+    /// True if the element repeats (`max` above 1): FHIR JSON then requires an array.
+    pub fn is_array(&self) -> bool {
+        self.max.is_none_or(|m| m > 1)
+    }
+}
+
+/// One type (resource, data type or primitive).
+#[derive(Debug)]
+pub struct TypeDef {
+    pub name: String,
+    pub kind: Kind,
+    pub base: Option<String>,
+    pub is_abstract: bool,
+    pub elements: Vec<ElementDef>,
+    /// Element path → indexes of its direct children in `elements`.
+    children: HashMap<String, Vec<usize>>,
+}
+
+impl TypeDef {
+    /// The direct children of the element at `path` (empty for a leaf).
+    pub fn children(&self, path: &str) -> &[usize] {
+        self.children.get(path).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// True if the element at `path` has children defined inline (a backbone element).
+    pub fn has_children(&self, path: &str) -> bool {
+        self.children.contains_key(path)
+    }
+}
+
+/// An expanded value set: the codes it holds per system, and the systems (or value sets) it
+/// draws on that are not held, so membership there cannot be decided.
+#[derive(Debug, Default)]
+pub struct ValueSetDef {
+    pub codes: HashMap<String, HashSet<String>>,
+    pub open: Vec<String>,
+}
+
+impl ValueSetDef {
+    /// True if every code of the value set is known here.
+    pub fn is_complete(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// True if the value set holds `code` in any system (for a bare `code` element).
+    pub fn has_code(&self, code: &str) -> bool {
+        self.codes.values().any(|c| c.contains(code))
+    }
+}
+
+/// The compiled FHIR R4 definitions.
+#[derive(Debug)]
+pub struct Definitions {
+    pub fhir_version: String,
+    types: HashMap<String, TypeDef>,
+    primitives: HashMap<String, Option<Regex>>,
+    value_sets: HashMap<String, ValueSetDef>,
+    code_systems: HashMap<String, HashSet<String>>,
+}
+
+impl Definitions {
+    /// The FHIR R4 (4.0.1) core definitions, from the embedded compiled file.
+    pub fn r4() -> Result<Self, ValidationError> {
+        Self::from_json(R4_DEFINITIONS)
+    }
+
+    /// The process-wide R4 definitions, loaded on first call.
+    pub fn shared() -> Result<&'static Definitions, ValidationError> {
+        static SHARED: OnceLock<Result<Definitions, ValidationError>> = OnceLock::new();
+        SHARED
+            .get_or_init(Definitions::r4)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Definitions from compiled JSON text (the shape `compile_definitions.py` writes).
+    pub fn from_json(text: &str) -> Result<Self, ValidationError> {
+        let raw: RawDefinitions = serde_json::from_str(text)
+            .map_err(|e| ValidationError::DefinitionsParse(e.to_string()))?;
+        let mut primitives = HashMap::with_capacity(raw.primitives.len());
+        for (name, pattern) in raw.primitives {
+            let regex = match pattern {
+                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    ValidationError::DefinitionsShape(format!("regex of {name}: {e}"))
+                })?),
+                None => None,
+            };
+            primitives.insert(name, regex);
+        }
+        let mut types = HashMap::with_capacity(raw.types.len());
+        for (name, t) in raw.types {
+            let kind = match t.kind.as_str() {
+                "primitive-type" => Kind::Primitive,
+                "complex-type" => Kind::Complex,
+                "resource" => Kind::Resource,
+                other => {
+                    return Err(ValidationError::DefinitionsShape(format!(
+                        "type {name} has kind {other}"
+                    )));
+                }
+            };
+            let mut elements: Vec<ElementDef> = t.elements.into_iter().map(element).collect();
+            for e in &mut elements {
+                e.json_names = e
+                    .types
+                    .iter()
+                    .map(|t| {
+                        let key = if e.choice {
+                            choice_key(&e.name, &t.code)
+                        } else {
+                            e.name.clone()
+                        };
+                        let primitive =
+                            primitives.contains_key(&t.code) && !t.code.starts_with("System.");
+                        (key.clone(), format!("_{key}"), primitive)
+                    })
+                    .collect();
+                if e.json_names.is_empty() {
+                    e.json_names
+                        .push((e.name.clone(), format!("_{}", e.name), false));
+                }
+            }
+            let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, e) in elements.iter().enumerate().skip(1) {
+                let parent = e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+                children.entry(parent.to_owned()).or_default().push(i);
+            }
+            types.insert(
+                name.clone(),
+                TypeDef {
+                    name,
+                    kind,
+                    base: t.base,
+                    is_abstract: t.is_abstract,
+                    elements,
+                    children,
+                },
+            );
+        }
+        if !types.contains_key("Resource") || !types.contains_key("Extension") {
+            return Err(ValidationError::DefinitionsShape(
+                "no Resource or Extension definition".into(),
+            ));
+        }
+        let value_sets = raw
+            .value_sets
+            .into_iter()
+            .map(|(url, vs)| {
+                (
+                    url,
+                    ValueSetDef {
+                        codes: vs
+                            .codes
+                            .into_iter()
+                            .map(|(s, c)| (s, c.into_iter().collect()))
+                            .collect(),
+                        open: vs.open,
+                    },
+                )
+            })
+            .collect();
+        let code_systems = raw
+            .code_systems
+            .into_iter()
+            .map(|(url, codes)| (url, codes.into_iter().collect()))
+            .collect();
+        Ok(Definitions {
+            fhir_version: raw.fhir_version,
+            types,
+            primitives,
+            value_sets,
+            code_systems,
+        })
+    }
+
+    /// Adds (or replaces) a code system's codes (a CodeSystem loaded at run time).
+    pub fn add_code_system(&mut self, url: &str, codes: HashSet<String>) {
+        self.code_systems.insert(url.to_owned(), codes);
+    }
+
+    /// Adds (or replaces) an expanded value set (a ValueSet loaded at run time).
+    pub fn add_value_set(&mut self, url: &str, vs: ValueSetDef) {
+        self.value_sets.insert(url.to_owned(), vs);
+    }
+
+    pub fn type_def(&self, name: &str) -> Option<&TypeDef> {
+        self.types.get(name)
+    }
+
+    /// True if `name` is a concrete resource type (`Patient`, not `DomainResource`).
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.types
+            .get(name)
+            .is_some_and(|t| t.kind == Kind::Resource && !t.is_abstract)
+    }
+
+    /// The concrete resource types, sorted.
+    pub fn resource_types(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .types
+            .values()
+            .filter(|t| t.kind == Kind::Resource && !t.is_abstract)
+            .map(|t| t.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// True if `name` is a primitive type (`System.x` codes are primitives too).
+    pub fn is_primitive(&self, name: &str) -> bool {
+        self.primitives
+            .contains_key(name.strip_prefix("System.").unwrap_or(name))
+    }
+
+    /// The value regex of a primitive type (`None`: no lexical rule, e.g. `xhtml`).
+    pub fn primitive_regex(&self, name: &str) -> Option<&Regex> {
+        self.primitives
+            .get(name.strip_prefix("System.").unwrap_or(name))
+            .and_then(Option::as_ref)
+    }
+
+    pub fn value_set(&self, url: &str) -> Option<&ValueSetDef> {
+        self.value_sets.get(url.split('|').next().unwrap_or(url))
+    }
+
+    /// The codes of a FHIR-defined code system held whole (`None`: not held).
+    pub fn code_system(&self, url: &str) -> Option<&HashSet<String>> {
+        self.code_systems.get(url)
+    }
+
+    /// True if `sub` is `ancestor` or derives from it (`Age` from `Quantity`).
+    pub fn derives_from(&self, sub: &str, ancestor: &str) -> bool {
+        let mut current = Some(sub);
+        let mut hops = 0;
+        while let Some(name) = current {
+            if name == ancestor {
+                return true;
+            }
+            hops += 1;
+            if hops > 16 {
+                return false;
+            }
+            current = self.types.get(name).and_then(|t| t.base.as_deref());
+        }
+        false
+    }
+}
+
+fn element(raw: RawElement) -> ElementDef {
+    let last = raw.p.rsplit('.').next().unwrap_or("").to_owned();
+    let (name, choice) = match last.strip_suffix("[x]") {
+        Some(stem) => (stem.to_owned(), true),
+        None => (last, false),
+    };
+    let max = raw.max.parse::<u32>().ok();
+    let binding = raw.b.map(|(strength, url)| {
+        let strength = match strength.as_str() {
+            "required" => Strength::Required,
+            "extensible" => Strength::Extensible,
+            "preferred" => Strength::Preferred,
+            _ => Strength::Example,
+        };
+        (strength, url)
+    });
+    ElementDef {
+        path: raw.p,
+        name,
+        choice,
+        min: raw.min,
+        max,
+        types: raw
+            .t
+            .into_iter()
+            .map(|t| TypeRef {
+                code: t.c,
+                targets: t.r,
+            })
+            .collect(),
+        content_reference: raw.cr.map(|cr| match cr.split_once('.') {
+            Some((_, rest)) => rest.to_owned(),
+            None => String::new(),
+        }),
+        fixed: raw.fixed,
+        pattern: raw.pattern,
+        binding,
+        invariants: raw.inv,
+        json_names: Vec::new(),
+    }
+}
+
+/// The JSON name of a choice element for one type: `value` + `Quantity`.
+pub fn choice_key(stem: &str, code: &str) -> String {
+    let mut key = String::with_capacity(stem.len() + code.len());
+    key.push_str(stem);
+    let mut chars = code.chars();
+    if let Some(first) = chars.next() {
+        key.extend(first.to_uppercase());
+        key.push_str(chars.as_str());
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_core_types_value_sets_and_code_systems() {
+        let defs = Definitions::r4().unwrap();
+        assert_eq!(defs.fhir_version, "4.0.1");
+        assert!(defs.is_resource_type("Patient"));
+        assert!(!defs.is_resource_type("DomainResource"));
+        assert!(!defs.is_resource_type("HumanName"));
+        assert!(defs.resource_types().len() >= 140);
+        let patient = defs.type_def("Patient").unwrap();
+        let names: Vec<&str> = patient
+            .children("")
+            .iter()
+            .map(|i| patient.elements[*i].name.as_str())
+            .collect();
+        assert!(names.contains(&"birthDate") && names.contains(&"deceased"));
+        let contact_children = patient.children("contact");
+        assert!(!contact_children.is_empty());
+        assert!(defs.primitive_regex("date").unwrap().is_match("2020-01-31"));
+        assert!(!defs.primitive_regex("date").unwrap().is_match("2020-13-01"));
+        let gender = defs
+            .value_set("http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1")
+            .unwrap();
+        assert!(gender.is_complete() && gender.has_code("female") && !gender.has_code("f"));
+        assert!(
+            defs.code_system("http://hl7.org/fhir/administrative-gender")
+                .unwrap()
+                .contains("other")
+        );
+        assert!(defs.derives_from("Age", "Quantity"));
+        assert!(!defs.derives_from("HumanName", "Quantity"));
+    }
+
+    #[test]
+    fn questionnaire_item_item_is_a_content_reference() {
+        let defs = Definitions::r4().unwrap();
+        let q = defs.type_def("Questionnaire").unwrap();
+        let item_item = q.elements.iter().find(|e| e.path == "item.item").unwrap();
+        assert_eq!(item_item.content_reference.as_deref(), Some("item"));
+    }
+
+    #[test]
+    fn broken_definitions_are_typed_errors() {
+        assert!(matches!(
+            Definitions::from_json("{"),
+            Err(ValidationError::DefinitionsParse(_))
+        ));
+        let empty =
+            r#"{"fhirVersion":"4.0.1","primitives":{},"types":{},"valueSets":{},"codeSystems":{}}"#;
+        assert!(matches!(
+            Definitions::from_json(empty),
+            Err(ValidationError::DefinitionsShape(_))
+        ));
+    }
+}

@@ -1,0 +1,994 @@
+//! The contract validator: walks a FHIR R4 JSON resource against the compiled core
+//! StructureDefinitions ([`Definitions`]) and reports every departure as an OperationOutcome
+//! issue located by a FHIRPath expression (`Patient.name[0].given[0]`), never quoting a value.
+//!
+//! Checked: FHIR JSON rules (JSON type and lexical form of every primitive, no empty strings,
+//! arrays or objects, `_element` siblings and their array alignment, `resourceType`, unknown
+//! elements, arrays exactly where the element repeats), cardinality at every level including
+//! backbone elements, choice types (`value[x]`: one of the allowed types, at most one),
+//! references (format and target type, `#id` resolving to a contained resource), fixed and
+//! pattern values, contained resources and Bundle entries (each by its own type), extensions
+//! (`url`, value or nested extensions, not both), the core invariants that need no FHIRPath
+//! engine (ele-1, ext-1, ref-1, dom-2…dom-5) and terminology bindings (see
+//! [`terminology`](super::terminology)).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use super::definitions::{Definitions, ElementDef, TypeDef, choice_key};
+use super::terminology::{self, BindingTarget};
+use crate::outcome::{Issue, Outcome, Severity};
+
+/// Issues listed per resource at most; one more issue says how many were left out.
+pub const MAX_ISSUES: usize = 100;
+
+/// Resources nested in resources (contained, Bundle entries, Parameters) are checked to this
+/// depth; deeper ones are reported rather than followed.
+const MAX_NESTING: usize = 8;
+
+/// Elements nested deeper than this (a pathological `extension.extension…`) are not followed.
+const MAX_DEPTH: usize = 64;
+
+/// Collects issues, capped at [`MAX_ISSUES`].
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    pub outcome: Outcome,
+    dropped: usize,
+}
+
+impl Sink {
+    pub(crate) fn push(&mut self, severity: Severity, code: &str, loc: &str, msg: String) {
+        if self.outcome.issues.len() >= MAX_ISSUES {
+            self.dropped += 1;
+            return;
+        }
+        self.outcome
+            .push(Issue::new(severity, code, msg).at(loc.to_owned()));
+    }
+
+    pub(crate) fn error(&mut self, code: &str, loc: &str, msg: String) {
+        self.push(Severity::Error, code, loc, msg);
+    }
+
+    fn finish(mut self) -> Outcome {
+        if self.dropped > 0 {
+            self.outcome.push(Issue::new(
+                Severity::Information,
+                "too-costly",
+                format!("{} more issues were not listed", self.dropped),
+            ));
+        }
+        self.outcome
+    }
+}
+
+/// One resource being walked: its location root and contained ids (for `#id` references).
+#[derive(Debug, Default)]
+struct Frame {
+    contained: HashSet<String>,
+}
+
+/// Walks resources against the definitions.
+pub(crate) struct Walker<'d> {
+    defs: &'d Definitions,
+    sink: Sink,
+    frames: Vec<Frame>,
+}
+
+impl<'d> Walker<'d> {
+    pub(crate) fn new(defs: &'d Definitions) -> Self {
+        Walker {
+            defs,
+            sink: Sink::default(),
+            frames: Vec::new(),
+        }
+    }
+
+    pub(crate) fn sink_mut(&mut self) -> &mut Sink {
+        &mut self.sink
+    }
+
+    pub(crate) fn finish(self) -> Outcome {
+        self.sink.finish()
+    }
+
+    /// Validates a resource at `loc` (empty for a top-level resource: the location then
+    /// starts with its type).
+    pub(crate) fn resource(&mut self, value: &Value, loc: &mut String, nesting: usize) {
+        let Some(obj) = value.as_object() else {
+            let at = if loc.is_empty() { "$" } else { loc.as_str() };
+            self.sink
+                .error("structure", at, "a resource must be a JSON object".into());
+            return;
+        };
+        let rt = match obj.get("resourceType") {
+            Some(Value::String(rt)) => rt.as_str(),
+            Some(_) => {
+                let at = if loc.is_empty() { "$" } else { loc.as_str() };
+                self.sink
+                    .error("structure", at, "resourceType must be a string".into());
+                return;
+            }
+            None => {
+                let at = if loc.is_empty() { "$" } else { loc.as_str() };
+                self.sink.error(
+                    "structure",
+                    at,
+                    "no resourceType: cannot tell what resource this is".into(),
+                );
+                return;
+            }
+        };
+        let Some(ty) = self
+            .defs
+            .type_def(rt)
+            .filter(|_| self.defs.is_resource_type(rt))
+        else {
+            let at = if loc.is_empty() { "$" } else { loc.as_str() };
+            self.sink.error(
+                "structure",
+                at,
+                "resourceType is not a FHIR R4 resource type".into(),
+            );
+            return;
+        };
+        if nesting > MAX_NESTING {
+            self.sink.push(
+                Severity::Warning,
+                "too-costly",
+                loc,
+                format!("resources nested deeper than {MAX_NESTING} levels were not checked"),
+            );
+            return;
+        }
+        let top = loc.is_empty();
+        let mark = loc.len();
+        if top {
+            loc.push_str(rt);
+        }
+        let mut frame = Frame::default();
+        if let Some(Value::Array(contained)) = obj.get("contained") {
+            for c in contained {
+                if let Some(Value::String(id)) = c.get("id") {
+                    frame.contained.insert(id.clone());
+                }
+            }
+        }
+        let has_contained = !frame.contained.is_empty();
+        self.frames.push(frame);
+        self.object(ty, ty, "", obj, loc, true, 0, nesting);
+        if has_contained {
+            self.contained_rules(obj, loc, nesting);
+        }
+        match rt {
+            "Bundle" => self.bundle_rules(obj, loc),
+            "Questionnaire" => self.questionnaire_rules(obj.get("item"), loc, 0),
+            "RiskAssessment" => self.risk_assessment_rules(obj, loc),
+            _ => {}
+        }
+        self.frames.pop();
+        loc.truncate(mark);
+    }
+
+    /// dom-2…dom-5: contained resources hold no contained resources, no versionId,
+    /// lastUpdated or security labels, and each is referenced from the container.
+    fn contained_rules(&mut self, obj: &Map<String, Value>, loc: &mut String, _nesting: usize) {
+        let Some(Value::Array(contained)) = obj.get("contained") else {
+            return;
+        };
+        let mut local_refs = HashSet::new();
+        for v in obj.values() {
+            collect_local_refs(v, &mut local_refs, 0);
+        }
+        let refers_to_container = local_refs.contains("");
+        for (i, c) in contained.iter().enumerate() {
+            let mark = loc.len();
+            let _ = write!(loc, ".contained[{i}]");
+            if c.get("contained").is_some() {
+                self.sink.error(
+                    "invariant",
+                    loc,
+                    "dom-2: a contained resource SHALL NOT contain additional contained resources"
+                        .into(),
+                );
+            }
+            if let Some(meta) = c.get("meta") {
+                if meta.get("versionId").is_some() || meta.get("lastUpdated").is_some() {
+                    self.sink.error(
+                        "invariant",
+                        loc,
+                        "dom-4: a contained resource SHALL NOT have a meta.versionId or a meta.lastUpdated".into(),
+                    );
+                }
+                if meta.get("security").is_some() {
+                    self.sink.error(
+                        "invariant",
+                        loc,
+                        "dom-5: a contained resource SHALL NOT have a security label".into(),
+                    );
+                }
+            }
+            if let Some(Value::String(id)) = c.get("id")
+                && !local_refs.contains(id.as_str())
+                && !refers_to_container
+            {
+                self.sink.error(
+                        "invariant",
+                        loc,
+                        "dom-3: the contained resource is not referenced from elsewhere in the containing resource".into(),
+                    );
+            }
+            loc.truncate(mark);
+        }
+    }
+
+    /// que-12: an item with more than one enableWhen says how they combine (enableBehavior).
+    fn questionnaire_rules(&mut self, items: Option<&Value>, loc: &str, depth: usize) {
+        let Some(Value::Array(items)) = items else {
+            return;
+        };
+        if depth > MAX_DEPTH {
+            return;
+        }
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{loc}.item[{i}]");
+            let conditions = item
+                .get("enableWhen")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if conditions > 1 && item.get("enableBehavior").is_none() {
+                self.sink.error(
+                    "invariant",
+                    &at,
+                    "que-12: if there is more than one enableWhen, enableBehavior must be specified"
+                        .into(),
+                );
+            }
+            self.questionnaire_rules(item.get("item"), &at, depth + 1);
+        }
+    }
+
+    /// ras-2: a prediction's probability, as a decimal, is at most 100.
+    fn risk_assessment_rules(&mut self, obj: &Map<String, Value>, loc: &str) {
+        let Some(Value::Array(predictions)) = obj.get("prediction") else {
+            return;
+        };
+        for (i, p) in predictions.iter().enumerate() {
+            if p.get("probabilityDecimal")
+                .and_then(Value::as_f64)
+                .is_some_and(|x| x > 100.0)
+            {
+                let at = format!("{loc}.prediction[{i}]");
+                self.sink.error(
+                    "invariant",
+                    &at,
+                    "ras-2: the probability must be <= 100".into(),
+                );
+            }
+        }
+    }
+
+    /// Bundle rules the snapshot cannot say: fullUrl is absolute; each link relation once.
+    fn bundle_rules(&mut self, obj: &Map<String, Value>, loc: &mut String) {
+        if let Some(Value::Array(links)) = obj.get("link") {
+            let mut seen = HashSet::new();
+            for (i, link) in links.iter().enumerate() {
+                if let Some(Value::String(relation)) = link.get("relation")
+                    && !seen.insert(relation.as_str())
+                {
+                    let at = format!("{loc}.link[{i}]");
+                    self.sink.error(
+                        "invariant",
+                        &at,
+                        "a link relation type can only occur once in a Bundle".into(),
+                    );
+                }
+            }
+        }
+        let Some(Value::Array(entries)) = obj.get("entry") else {
+            return;
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(Value::String(full_url)) = entry.get("fullUrl")
+                && !is_absolute_uri(full_url)
+            {
+                let at = format!("{loc}.entry[{i}].fullUrl");
+                self.sink
+                    .error("invalid", &at, "fullUrl must be an absolute URL".into());
+            }
+        }
+    }
+
+    /// Validates the members of `obj` against the children of the element at `path` in `ty`
+    /// (`root` is the resource or data type whose snapshot holds `path`).
+    #[allow(clippy::too_many_arguments)]
+    fn object(
+        &mut self,
+        _root: &TypeDef,
+        ty: &'d TypeDef,
+        path: &str,
+        obj: &Map<String, Value>,
+        loc: &mut String,
+        is_resource: bool,
+        depth: usize,
+        nesting: usize,
+    ) {
+        if depth > MAX_DEPTH {
+            self.sink.push(
+                Severity::Warning,
+                "too-costly",
+                loc,
+                format!("elements nested deeper than {MAX_DEPTH} levels were not checked"),
+            );
+            return;
+        }
+        if obj.is_empty() {
+            self.sink.error(
+                "structure",
+                loc,
+                "ele-1: an element must have a value or children (empty object)".into(),
+            );
+            return;
+        }
+        let mut used = 0usize;
+        let children = ty.children(path);
+        for &i in children {
+            let e = &ty.elements[i];
+            if e.choice {
+                let mut present: Option<(&str, Option<&Value>, Option<&Value>, &str)> = None;
+                let mut count_present = 0;
+                for (t, (key, ukey, primitive)) in e.types.iter().zip(&e.json_names) {
+                    let v = obj.get(key.as_str());
+                    let u = if *primitive {
+                        obj.get(ukey.as_str())
+                    } else {
+                        None
+                    };
+                    used += usize::from(v.is_some()) + usize::from(u.is_some());
+                    if v.is_some() || u.is_some() {
+                        count_present += 1;
+                        if present.is_none() {
+                            present = Some((t.code.as_str(), v, u, key.as_str()));
+                        }
+                    }
+                }
+                if count_present > 1 {
+                    self.sink.error(
+                        "structure",
+                        loc,
+                        format!("{}[x]: only one type of value may be present", e.name),
+                    );
+                }
+                match present {
+                    Some((code, v, u, key)) => {
+                        let v = v.filter(|x| !x.is_null());
+                        self.property(ty, e, code, key, v, u, loc, depth, nesting);
+                    }
+                    None if e.min > 0 => self.sink.error(
+                        "required",
+                        loc,
+                        format!(
+                            "{}[x]: minimum required = {}, but only found 0",
+                            e.name, e.min
+                        ),
+                    ),
+                    None => {}
+                }
+            } else {
+                let Some((key, ukey, primitive)) = e.json_names.first() else {
+                    continue;
+                };
+                let v = obj.get(key.as_str());
+                let u = if *primitive {
+                    obj.get(ukey.as_str())
+                } else {
+                    None
+                };
+                let code = e.types.first().map(|t| t.code.as_str()).unwrap_or("");
+                used += usize::from(v.is_some()) + usize::from(u.is_some());
+                if v.is_none() && u.is_none() {
+                    if e.min > 0 {
+                        self.sink.error(
+                            "required",
+                            loc,
+                            format!("{}: minimum required = {}, but only found 0", e.name, e.min),
+                        );
+                    }
+                    continue;
+                }
+                self.property(ty, e, code, &e.name, v, u, loc, depth, nesting);
+            }
+        }
+        let expected = obj.len() - usize::from(is_resource && obj.contains_key("resourceType"));
+        if used < expected {
+            self.unknown_members(ty, path, obj, loc, is_resource);
+        }
+    }
+
+    /// Reports the members of `obj` that no child element of `path` accounts for.
+    fn unknown_members(
+        &mut self,
+        ty: &TypeDef,
+        path: &str,
+        obj: &Map<String, Value>,
+        loc: &str,
+        is_resource: bool,
+    ) {
+        let children = ty.children(path);
+        for key in obj.keys() {
+            if is_resource && key == "resourceType" {
+                continue;
+            }
+            let name = key.strip_prefix('_').unwrap_or(key);
+            let known = children.iter().any(|&i| {
+                let e = &ty.elements[i];
+                if e.choice {
+                    e.types.iter().any(|t| choice_key(&e.name, &t.code) == name)
+                } else {
+                    e.name == name
+                        && (!key.starts_with('_')
+                            || e.types.first().is_some_and(|t| {
+                                self.defs.is_primitive(&t.code) && !t.code.starts_with("System.")
+                            }))
+                }
+            });
+            if known {
+                continue;
+            }
+            let choice_stem = children.iter().find_map(|&i| {
+                let e = &ty.elements[i];
+                (e.choice
+                    && name.len() > e.name.len()
+                    && name.starts_with(e.name.as_str())
+                    && name[e.name.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
+                .then_some(e.name.as_str())
+            });
+            let msg = match choice_stem {
+                Some(stem) => format!("{key}: this type is not allowed for {stem}[x]"),
+                None => format!("unrecognized element `{key}`"),
+            };
+            self.sink.error("structure", loc, msg);
+        }
+    }
+
+    /// One element's value(s) `v` and primitive siblings `u` (under JSON name `key`).
+    #[allow(clippy::too_many_arguments)]
+    fn property(
+        &mut self,
+        ty: &'d TypeDef,
+        e: &'d ElementDef,
+        code: &str,
+        key: &str,
+        v: Option<&Value>,
+        u: Option<&Value>,
+        loc: &mut String,
+        depth: usize,
+        nesting: usize,
+    ) {
+        let mark = loc.len();
+        loc.push('.');
+        loc.push_str(key);
+        let count;
+        if e.is_array() {
+            let va = match v {
+                None => None,
+                Some(Value::Array(a)) => Some(a.as_slice()),
+                Some(_) => {
+                    self.sink.error(
+                        "structure",
+                        loc,
+                        format!("{key} repeats: it must be a JSON array"),
+                    );
+                    loc.truncate(mark);
+                    return;
+                }
+            };
+            let ua = match u {
+                None => None,
+                Some(Value::Array(a)) => Some(a.as_slice()),
+                Some(_) => {
+                    self.sink.error(
+                        "structure",
+                        loc,
+                        format!("_{key} must be a JSON array, like {key}"),
+                    );
+                    loc.truncate(mark);
+                    return;
+                }
+            };
+            if va.is_some_and(<[Value]>::is_empty) || ua.is_some_and(<[Value]>::is_empty) {
+                self.sink.error(
+                    "structure",
+                    loc,
+                    "array cannot be empty: the property should be absent if it has no values"
+                        .into(),
+                );
+                loc.truncate(mark);
+                return;
+            }
+            let n = va
+                .map_or(0, <[Value]>::len)
+                .max(ua.map_or(0, <[Value]>::len));
+            count = n;
+            for i in 0..n {
+                let item = va.and_then(|a| a.get(i)).filter(|x| !x.is_null());
+                let ext = ua.and_then(|a| a.get(i)).filter(|x| !x.is_null());
+                let item_mark = loc.len();
+                let _ = write!(loc, "[{i}]");
+                if item.is_none() && ext.is_none() {
+                    self.sink.error(
+                        "structure",
+                        loc,
+                        "array item must have a value or an extension (null on both sides)".into(),
+                    );
+                } else {
+                    if va.is_some_and(|a| a.get(i).is_some_and(Value::is_null)) && ext.is_none() {
+                        self.sink.error(
+                            "structure",
+                            loc,
+                            "null in an array is only allowed with an extension in the matching _ array".into(),
+                        );
+                    }
+                    self.item(ty, e, code, item, ext, loc, depth, nesting);
+                }
+                loc.truncate(item_mark);
+            }
+        } else {
+            if matches!(v, Some(Value::Array(_))) || matches!(u, Some(Value::Array(_))) {
+                self.sink.error(
+                    "structure",
+                    loc,
+                    format!("{key} does not repeat: it must not be a JSON array"),
+                );
+                loc.truncate(mark);
+                return;
+            }
+            count = 1;
+            let v = v.filter(|x| !x.is_null());
+            if v.is_none() && u.is_none() {
+                self.sink
+                    .error("structure", loc, "null is not a FHIR value".into());
+            } else {
+                self.item(ty, e, code, v, u, loc, depth, nesting);
+            }
+        }
+        loc.truncate(mark);
+        if (count as u64) < u64::from(e.min) {
+            self.sink.error(
+                "required",
+                loc,
+                format!(
+                    "{}: minimum required = {}, but only found {count}",
+                    e.name, e.min
+                ),
+            );
+        }
+        if let Some(max) = e.max
+            && count as u64 > u64::from(max)
+        {
+            self.sink.error(
+                "structure",
+                loc,
+                format!("{}: max allowed = {max}, but found {count}", e.name),
+            );
+        }
+    }
+
+    /// One value of an element (`v`), with its primitive extension object (`u`).
+    #[allow(clippy::too_many_arguments)]
+    fn item(
+        &mut self,
+        ty: &'d TypeDef,
+        e: &'d ElementDef,
+        code: &str,
+        v: Option<&Value>,
+        u: Option<&Value>,
+        loc: &mut String,
+        depth: usize,
+        nesting: usize,
+    ) {
+        if let Some(u) = u {
+            match u.as_object() {
+                Some(ext) => {
+                    if let Some(element) = self.defs.type_def("Element") {
+                        self.object(element, element, "", ext, loc, false, depth + 1, nesting);
+                    }
+                }
+                None => self.sink.error(
+                    "structure",
+                    loc,
+                    "the _ sibling of a primitive must be an object (id, extension)".into(),
+                ),
+            }
+        }
+        let Some(v) = v else {
+            return;
+        };
+        if self.defs.is_primitive(code) {
+            self.primitive(code, v, loc);
+            if let Some(target) = primitive_binding_target(code, v) {
+                self.binding(e, target, loc);
+            }
+        } else if let Some(cr) = &e.content_reference {
+            match v.as_object() {
+                Some(obj) => self.object(ty, ty, cr, obj, loc, false, depth + 1, nesting),
+                None => self.not_object(loc),
+            }
+        } else if ty.has_children(&e.path) {
+            match v.as_object() {
+                Some(obj) => self.object(ty, ty, &e.path, obj, loc, false, depth + 1, nesting),
+                None => self.not_object(loc),
+            }
+        } else if code == "Resource" {
+            self.resource(v, loc, nesting + 1);
+        } else {
+            let Some(dt) = self.defs.type_def(code) else {
+                return;
+            };
+            let Some(obj) = v.as_object() else {
+                self.not_object(loc);
+                return;
+            };
+            self.object(dt, dt, "", obj, loc, false, depth + 1, nesting);
+            match code {
+                "Reference" => self.reference(e, obj, loc),
+                "Extension" => self.extension(obj, loc),
+                "Coding" => {
+                    terminology::check_coding(self.defs, obj, loc, &mut self.sink);
+                    self.binding(e, BindingTarget::Coding(obj), loc);
+                }
+                "CodeableConcept" => {
+                    self.binding(e, BindingTarget::Concept(obj), loc);
+                }
+                "Identifier" => terminology::check_identifier(obj, loc, &mut self.sink),
+                "Attachment" => self.attachment(obj, loc),
+                _ => {}
+            }
+        }
+        if let Some(fixed) = &e.fixed
+            && v != fixed
+        {
+            self.sink.error(
+                "value",
+                loc,
+                "the value differs from the fixed value the definition requires".into(),
+            );
+        }
+        if let Some(pattern) = &e.pattern
+            && !matches_pattern(v, pattern)
+        {
+            self.sink.error(
+                "value",
+                loc,
+                "the value does not match the pattern the definition requires".into(),
+            );
+        }
+    }
+
+    fn binding(&mut self, e: &ElementDef, target: BindingTarget<'_>, loc: &str) {
+        if let Some((strength, url)) = &e.binding {
+            terminology::check_binding(self.defs, *strength, url, target, loc, &mut self.sink);
+        }
+    }
+
+    fn not_object(&mut self, loc: &str) {
+        self.sink.error(
+            "structure",
+            loc,
+            "this element is a complex type: it must be a JSON object".into(),
+        );
+    }
+
+    /// A primitive's JSON type and lexical form.
+    fn primitive(&mut self, code: &str, v: &Value, loc: &str) {
+        let base = code.strip_prefix("System.").unwrap_or(code);
+        let ok_type = match base {
+            "boolean" => v.is_boolean(),
+            "integer" | "positiveInt" | "unsignedInt" => v.is_i64() || v.is_u64(),
+            "decimal" => v.is_number(),
+            _ => v.is_string(),
+        };
+        if !ok_type {
+            let want = match base {
+                "boolean" => "a JSON boolean",
+                "integer" | "positiveInt" | "unsignedInt" => "a JSON integer number",
+                "decimal" => "a JSON number",
+                _ => "a JSON string",
+            };
+            self.sink.error(
+                "structure",
+                loc,
+                format!("a value of type {base} must be {want}"),
+            );
+            return;
+        }
+        match v {
+            Value::Number(n) => {
+                let bad = match base {
+                    "integer" => n.as_i64().is_none_or(|i| i32::try_from(i).is_err()),
+                    "positiveInt" => n
+                        .as_i64()
+                        .is_none_or(|i| !(1..=i64::from(i32::MAX)).contains(&i)),
+                    "unsignedInt" => n
+                        .as_i64()
+                        .is_none_or(|i| !(0..=i64::from(i32::MAX)).contains(&i)),
+                    _ => false,
+                };
+                if bad {
+                    self.sink.error(
+                        "value",
+                        loc,
+                        format!("the number is out of range for {base}"),
+                    );
+                }
+            }
+            Value::String(s) => {
+                if s.is_empty() {
+                    self.sink.error(
+                        "value",
+                        loc,
+                        "ele-1: a primitive value must not be an empty string".into(),
+                    );
+                    return;
+                }
+                if base == "xhtml" {
+                    terminology::check_xhtml(s, loc, &mut self.sink);
+                    return;
+                }
+                // Printable ASCII (plus tab, CR, LF) is always a valid string or markdown:
+                // skip the regex for the common case.
+                let plain_text = matches!(base, "string" | "markdown")
+                    && s.bytes()
+                        .all(|b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\r' | b'\n'));
+                if let Some(re) = self.defs.primitive_regex(base).filter(|_| !plain_text)
+                    && !re.is_match(s)
+                {
+                    let msg = if base == "dateTime" || base == "instant" {
+                        format!(
+                            "not a valid {base} (a time needs a timezone; dates are YYYY, YYYY-MM or YYYY-MM-DD)"
+                        )
+                    } else {
+                        format!("not a valid {base}")
+                    };
+                    self.sink.error("value", loc, msg);
+                }
+                if matches!(base, "uri" | "url" | "canonical")
+                    && let Some(uuid) = s.strip_prefix("urn:uuid:")
+                {
+                    let ok = uuid.len() == 36
+                        && uuid.bytes().enumerate().all(|(i, b)| {
+                            if matches!(i, 8 | 13 | 18 | 23) {
+                                b == b'-'
+                            } else {
+                                b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+                            }
+                        });
+                    if !ok {
+                        self.sink.error(
+                            "value",
+                            loc,
+                            "a urn:uuid must be a valid lowercase UUID".into(),
+                        );
+                    }
+                }
+                if base == "string" || base == "markdown" {
+                    terminology::check_string_security(s, loc, &mut self.sink);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reference format and target type; `#id` must resolve to a contained resource (ref-1).
+    fn reference(&mut self, e: &ElementDef, obj: &Map<String, Value>, loc: &mut String) {
+        let Some(Value::String(reference)) = obj.get("reference") else {
+            return;
+        };
+        let targets: &[String] = e
+            .types
+            .iter()
+            .find(|t| t.code == "Reference")
+            .map(|t| t.targets.as_slice())
+            .unwrap_or(&[]);
+        let mark = loc.len();
+        loc.push_str(".reference");
+        if let Some(id) = reference.strip_prefix('#') {
+            let resolved = id.is_empty()
+                || self
+                    .frames
+                    .iter()
+                    .rev()
+                    .take(2)
+                    .any(|f| f.contained.contains(id));
+            if !resolved {
+                self.sink.error(
+                    "invariant",
+                    loc,
+                    "ref-1: a local reference (#id) must point at a contained resource".into(),
+                );
+            }
+        } else if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+            // Resolved inside a Bundle or a transaction; nothing more to say here.
+        } else {
+            let rel = match reference.split_once("://") {
+                Some((_, rest)) => rest.split_once('/').map(|(_, p)| p).unwrap_or(""),
+                None => reference.as_str(),
+            };
+            let absolute = reference.contains("://") || is_absolute_uri(reference);
+            let segments: Vec<&str> = rel.split('/').collect();
+            // Type/id, or Type/id/_history/vid, possibly after a base URL's path.
+            let found = segments
+                .windows(2)
+                .rposition(|w| self.defs.is_resource_type(w[0]))
+                .map(|p| (segments[p], segments[p + 1]));
+            match found {
+                Some((rt, id)) => {
+                    let id_ok = self
+                        .defs
+                        .primitive_regex("id")
+                        .is_none_or(|r| r.is_match(id));
+                    if !id_ok && !absolute {
+                        self.sink.error(
+                            "value",
+                            loc,
+                            "the reference's id part is not a valid id".into(),
+                        );
+                    }
+                    if !targets.is_empty()
+                        && !targets
+                            .iter()
+                            .any(|t| t == "Resource" || self.defs.derives_from(rt, t))
+                    {
+                        self.sink.error(
+                            "structure",
+                            loc,
+                            format!(
+                                "invalid reference target type {rt}: expected one of {}",
+                                targets.join(", ")
+                            ),
+                        );
+                    }
+                }
+                None if absolute => {}
+                None => self.sink.error(
+                    "value",
+                    loc,
+                    "a relative reference must be Type/id with a FHIR resource type".into(),
+                ),
+            }
+        }
+        loc.truncate(mark);
+        if let Some(Value::String(t)) = obj.get("type")
+            && !targets.is_empty()
+            && self.defs.is_resource_type(t)
+            && !targets
+                .iter()
+                .any(|x| x == "Resource" || self.defs.derives_from(t, x))
+        {
+            let at = format!("{loc}.type");
+            self.sink.error(
+                "structure",
+                &at,
+                format!("reference type {t} is not one of {}", targets.join(", ")),
+            );
+        }
+    }
+
+    /// An attachment's stated size matches its data.
+    fn attachment(&mut self, obj: &Map<String, Value>, loc: &str) {
+        if let (Some(stated), Some(Value::String(_))) =
+            (obj.get("size").and_then(Value::as_u64), obj.get("data"))
+            && let Some(actual) = attachment_size(obj)
+            && actual as u64 != stated
+        {
+            self.sink.error(
+                "value",
+                loc,
+                "the stated attachment size does not match the size of its data".into(),
+            );
+        }
+    }
+
+    /// ext-1: an extension has nested extensions or a value, not both and not neither.
+    fn extension(&mut self, obj: &Map<String, Value>, loc: &str) {
+        let has_value = obj.keys().any(|k| {
+            k.len() > 5
+                && k.starts_with("value")
+                && k[5..].starts_with(|c: char| c.is_ascii_uppercase())
+        });
+        let has_ext = obj.contains_key("extension");
+        if has_value == has_ext {
+            self.sink.error(
+                "invariant",
+                loc,
+                "ext-1: an extension must have either extensions or value[x], not both".into(),
+            );
+        }
+        if let Some(Value::String(url)) = obj.get("url")
+            && url.contains('|')
+        {
+            self.sink.error(
+                "value",
+                loc,
+                "an extension url must not contain a version".into(),
+            );
+        }
+    }
+}
+
+/// The size in bytes of an attachment's decoded data (`None` without data, or data that is
+/// not base64, which the primitive check reports).
+pub(crate) fn attachment_size(att: &Map<String, Value>) -> Option<usize> {
+    use base64::Engine as _;
+    let data = att.get("data")?.as_str()?;
+    let compact: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .ok()
+        .map(|d| d.len())
+}
+
+fn primitive_binding_target<'a>(code: &str, v: &'a Value) -> Option<BindingTarget<'a>> {
+    match (code, v) {
+        ("code", Value::String(s)) => Some(BindingTarget::Code(s)),
+        _ => None,
+    }
+}
+
+/// FHIR pattern matching: objects match when every member of the pattern matches, arrays
+/// when each pattern item matches some item of the value, primitives by equality.
+pub(crate) fn matches_pattern(v: &Value, pattern: &Value) -> bool {
+    match (v, pattern) {
+        (Value::Object(vo), Value::Object(po)) => po
+            .iter()
+            .all(|(k, pv)| vo.get(k).is_some_and(|x| matches_pattern(x, pv))),
+        (Value::Array(va), Value::Array(pa)) => {
+            pa.iter().all(|p| va.iter().any(|x| matches_pattern(x, p)))
+        }
+        (Value::Array(va), p) => va.iter().any(|x| matches_pattern(x, p)),
+        _ => v == pattern,
+    }
+}
+
+fn is_absolute_uri(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, rest)) => {
+            !rest.is_empty()
+                && scheme
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        }
+        None => false,
+    }
+}
+
+/// Every `#id` a resource points at (references, canonicals, narrative links), for dom-3.
+fn collect_local_refs(v: &Value, out: &mut HashSet<String>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    match v {
+        Value::String(s) => {
+            if let Some(id) = s.strip_prefix('#') {
+                out.insert(id.to_owned());
+            } else if s.contains("href=\"#") || s.contains("src=\"#") {
+                for part in s.split("\"#").skip(1) {
+                    if let Some(id) = part.split('"').next() {
+                        out.insert(id.to_owned());
+                    }
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_local_refs(x, out, depth + 1)),
+        Value::Object(o) => o
+            .values()
+            .for_each(|x| collect_local_refs(x, out, depth + 1)),
+        _ => {}
+    }
+}

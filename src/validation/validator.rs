@@ -1,0 +1,301 @@
+//! [`Validator`]: the pipeline's validator. One call checks a resource's contract (structure,
+//! cardinality, types, references, core invariants) and its coding (bindings, code systems),
+//! walking the compiled HL7 R4 core definitions, and answers an [`Outcome`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ValidationError;
+use super::definitions::{Definitions, ValueSetDef};
+use super::profile::Profile;
+use super::structure::Walker;
+use crate::outcome::{Issue, Outcome, Severity};
+
+/// The canonical URL prefix of HL7's core StructureDefinitions.
+const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+/// What [`Validator::load`] did with a conformance resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    Profile(String),
+    CodeSystem(String),
+    ValueSet(String),
+    Questionnaire(String),
+    /// A Bundle: how many of its entries were loaded.
+    Bundle(usize),
+    /// A resource the validator does not use (Questionnaire, ImplementationGuide…).
+    Ignored(String),
+}
+
+/// Validates FHIR R4 resources. Build it once ([`Validator::r4`] or [`Validator::shared`])
+/// and share it: it is `Send + Sync` and holds no per-call state.
+#[derive(Debug)]
+pub struct Validator {
+    defs: Definitions,
+    profiles: HashMap<String, Profile>,
+    questionnaires: HashMap<String, Value>,
+}
+
+impl Validator {
+    /// The FHIR R4 (4.0.1) validator over the embedded core definitions.
+    pub fn r4() -> Result<Self, ValidationError> {
+        Ok(Validator {
+            defs: Definitions::r4()?,
+            profiles: HashMap::new(),
+            questionnaires: HashMap::new(),
+        })
+    }
+
+    /// A process-wide R4 validator, built on first call (a Lambda's cold start).
+    pub fn shared() -> Result<&'static Validator, ValidationError> {
+        static SHARED: OnceLock<Result<Validator, ValidationError>> = OnceLock::new();
+        SHARED
+            .get_or_init(Validator::r4)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The definitions this validator walks.
+    pub fn definitions(&self) -> &Definitions {
+        &self.defs
+    }
+
+    /// True if `name` is a concrete FHIR R4 resource type.
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.defs.is_resource_type(name)
+    }
+
+    /// Validates one resource: its `resourceType` picks the definition. Resources nested in
+    /// it (contained, Bundle entries, Parameters) are checked by their own types, with
+    /// locations under the outer resource. No error issue means valid; information issues
+    /// say what could not be checked (codes of systems not held).
+    pub fn validate(&self, resource: &Value) -> Outcome {
+        self.validate_with(resource, &[])
+    }
+
+    /// Validates one resource against the core definitions, the profiles it names in
+    /// `meta.profile` that are loaded, and `profiles` (canonical URLs of loaded profiles).
+    /// A profile named in `meta.profile` that is not loaded gives an information issue.
+    pub fn validate_with(&self, resource: &Value, profiles: &[&str]) -> Outcome {
+        let mut walker = Walker::new(&self.defs);
+        let mut loc = String::with_capacity(64);
+        walker.resource(resource, &mut loc, 0);
+        let root = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("Resource");
+        let claimed = resource
+            .pointer("/meta/profile")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if root == "QuestionnaireResponse"
+            && let Some(url) = resource.get("questionnaire").and_then(Value::as_str)
+        {
+            let key = url.split('|').next().unwrap_or(url);
+            match self.questionnaires.get(key) {
+                Some(q) => super::questionnaire::check_response(
+                    &self.defs,
+                    resource,
+                    q,
+                    root,
+                    walker.sink_mut(),
+                ),
+                None => walker.sink_mut().push(
+                    Severity::Information,
+                    "informational",
+                    root,
+                    format!(
+                        "the questionnaire {key} is not loaded: answers were not checked against it"
+                    ),
+                ),
+            }
+        }
+        let mut seen = HashSet::new();
+        for url in profiles.iter().copied().chain(claimed) {
+            let key = url.split('|').next().unwrap_or(url);
+            if !seen.insert(key) {
+                continue;
+            }
+            match self.profiles.get(key) {
+                Some(profile) => profile.check(resource, root, walker.sink_mut()),
+                None if key.strip_prefix(CORE_SD).is_some_and(|t| t == root) => {}
+                None => walker.sink_mut().push(
+                    Severity::Information,
+                    "informational",
+                    root,
+                    format!(
+                        "the profile {key} is not loaded: the resource was not checked against it"
+                    ),
+                ),
+            }
+        }
+        walker.finish()
+    }
+
+    /// True if a profile with this canonical URL is loaded.
+    pub fn has_profile(&self, url: &str) -> bool {
+        self.profiles
+            .contains_key(url.split('|').next().unwrap_or(url))
+    }
+
+    /// Adds a conformance resource to what the validator knows: a constraint
+    /// StructureDefinition (a profile), a CodeSystem (its codes), a ValueSet (its expansion,
+    /// or its compose over code systems held), or a Bundle of them.
+    pub fn load(&mut self, resource: &Value) -> Result<Loaded, ValidationError> {
+        let rt = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = resource.get("url").and_then(Value::as_str).unwrap_or("");
+        match rt {
+            "StructureDefinition"
+                if resource.get("derivation").and_then(Value::as_str) == Some("constraint") =>
+            {
+                let profile = Profile::from_structure_definition(resource)?;
+                let url = profile.url.clone();
+                self.profiles.insert(url.clone(), profile);
+                Ok(Loaded::Profile(url))
+            }
+            "CodeSystem" if !url.is_empty() => {
+                let mut codes = HashSet::new();
+                collect_concepts(resource.get("concept"), &mut codes, 0);
+                self.defs.add_code_system(url, codes);
+                Ok(Loaded::CodeSystem(url.to_owned()))
+            }
+            "ValueSet" if !url.is_empty() => {
+                let vs = self.expand(resource);
+                self.defs.add_value_set(url, vs);
+                Ok(Loaded::ValueSet(url.to_owned()))
+            }
+            "Questionnaire" if !url.is_empty() => {
+                self.questionnaires.insert(url.to_owned(), resource.clone());
+                Ok(Loaded::Questionnaire(url.to_owned()))
+            }
+            "Bundle" => {
+                let mut n = 0;
+                for entry in resource
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                {
+                    if let Some(r) = entry.get("resource")
+                        && !matches!(self.load(r)?, Loaded::Ignored(_))
+                    {
+                        n += 1;
+                    }
+                }
+                Ok(Loaded::Bundle(n))
+            }
+            other => Ok(Loaded::Ignored(other.to_owned())),
+        }
+    }
+
+    /// A loaded ValueSet's codes: its expansion if it has one, else its compose (concept
+    /// lists, and whole code systems held); anything else makes it open.
+    fn expand(&self, vs: &Value) -> ValueSetDef {
+        let mut out = ValueSetDef::default();
+        if let Some(contains) = vs.pointer("/expansion/contains").and_then(Value::as_array) {
+            let mut stack: Vec<&Value> = contains.iter().collect();
+            while let Some(c) = stack.pop() {
+                if let (Some(s), Some(code)) = (
+                    c.get("system").and_then(Value::as_str),
+                    c.get("code").and_then(Value::as_str),
+                ) {
+                    out.codes
+                        .entry(s.to_owned())
+                        .or_default()
+                        .insert(code.to_owned());
+                }
+                if let Some(more) = c.get("contains").and_then(Value::as_array) {
+                    stack.extend(more);
+                }
+            }
+            return out;
+        }
+        let includes = vs
+            .pointer("/compose/include")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for inc in includes {
+            let Some(system) = inc.get("system").and_then(Value::as_str) else {
+                out.open.push("valueset-include".to_owned());
+                continue;
+            };
+            if let Some(concepts) = inc.get("concept").and_then(Value::as_array) {
+                let set = out.codes.entry(system.to_owned()).or_default();
+                set.extend(
+                    concepts
+                        .iter()
+                        .filter_map(|c| c.get("code").and_then(Value::as_str))
+                        .map(str::to_owned),
+                );
+            } else if inc.get("filter").is_none()
+                && let Some(all) = self.defs.code_system(system)
+            {
+                out.codes
+                    .entry(system.to_owned())
+                    .or_default()
+                    .extend(all.iter().cloned());
+            } else {
+                out.open.push(system.to_owned());
+            }
+        }
+        out
+    }
+
+    /// Validates a resource given as JSON text. Text that is not JSON gives a `structure`
+    /// error naming the line and column.
+    pub fn validate_str(&self, json: &str) -> Outcome {
+        match serde_json::from_str::<Value>(json) {
+            Ok(resource) => self.validate(&resource),
+            Err(e) => Outcome::from(parse_error(&e)),
+        }
+    }
+
+    /// Validates any serializable resource (a typed model, a map).
+    pub fn validate_typed<T: Serialize + ?Sized>(&self, resource: &T) -> Outcome {
+        match serde_json::to_value(resource) {
+            Ok(value) => self.validate(&value),
+            Err(e) => Outcome::from(Issue::error(
+                "processing",
+                format!("the resource could not be serialized to JSON: {e}"),
+            )),
+        }
+    }
+}
+
+fn collect_concepts(concepts: Option<&Value>, out: &mut HashSet<String>, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    for c in concepts
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        if let Some(code) = c.get("code").and_then(Value::as_str) {
+            out.insert(code.to_owned());
+        }
+        collect_concepts(c.get("concept"), out, depth + 1);
+    }
+}
+
+/// The issue for text that is not JSON: the kind of error, its line and column.
+pub fn parse_error(e: &serde_json::Error) -> Issue {
+    Issue::error(
+        "structure",
+        format!(
+            "not valid JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    )
+    .at(format!("line {}, column {}", e.line(), e.column()))
+}

@@ -1,0 +1,171 @@
+//! `fhir-unify validate`: output shape (one OperationOutcome, or an array in input order),
+//! exit statuses (0 valid, 1 an error, 2 an input that cannot be opened), `--load` and
+//! `--profile`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn validate(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fhir-unify"))
+        .current_dir(cwd)
+        .arg("validate")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, value: &Value) {
+    std::fs::write(dir.join(name), serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn good_patient() -> Value {
+    json!({"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-31",
+           "name": [{"family": "Doe", "given": ["Jane"]}]})
+}
+
+#[test]
+fn one_valid_file_prints_one_outcome_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.json", &good_patient());
+    let out = validate(dir.path(), &["good.json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let oo = stdout_json(&out);
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["severity"] != "error")
+    );
+}
+
+#[test]
+fn several_files_give_an_array_in_order_and_exit_1_on_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.json", &good_patient());
+    let mut bad = good_patient();
+    bad["birthDate"] = json!("31/01/1970");
+    bad["gender"] = json!("f");
+    write(dir.path(), "bad.json", &bad);
+    std::fs::write(
+        dir.path().join("broken.json"),
+        "{\n  \"resourceType\": \"Patient\",\n  oops\n}",
+    )
+    .unwrap();
+    let out = validate(dir.path(), &["good.json", "bad.json", "broken.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let all = stdout_json(&out);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 3);
+    let errors = |oo: &Value| -> Vec<Value> {
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["severity"] == "error")
+            .cloned()
+            .collect()
+    };
+    assert!(errors(&all[0]).is_empty());
+    let bad_errors = errors(&all[1]);
+    let places: Vec<&str> = bad_errors
+        .iter()
+        .map(|i| i["expression"][0].as_str().unwrap())
+        .collect();
+    assert!(places.contains(&"Patient.birthDate"), "{places:?}");
+    assert!(places.contains(&"Patient.gender"), "{places:?}");
+    // Diagnostics never echo the values.
+    let text = serde_json::to_string(&all[1]).unwrap();
+    assert!(!text.contains("31/01/1970"));
+    let broken = errors(&all[2]);
+    assert_eq!(broken.len(), 1);
+    assert!(
+        broken[0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("line 3 column 3"),
+        "{broken:?}"
+    );
+}
+
+#[test]
+fn a_missing_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "good.json", &good_patient());
+    let out = validate(dir.path(), &["good.json", "missing.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
+}
+
+#[test]
+fn profiles_from_load_and_profile_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = json!({
+        "resourceType": "StructureDefinition", "url": "http://example.org/needs-identifier",
+        "type": "Patient", "derivation": "constraint", "kind": "resource",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+        "differential": {"element": [
+            {"id": "Patient.identifier", "path": "Patient.identifier", "min": 1}
+        ]}
+    });
+    std::fs::create_dir(dir.path().join("defs")).unwrap();
+    write(&dir.path().join("defs"), "profile.json", &profile);
+    write(dir.path(), "good.json", &good_patient());
+    // By canonical URL after --load.
+    let out = validate(
+        dir.path(),
+        &[
+            "good.json",
+            "--load",
+            "defs",
+            "--profile",
+            "http://example.org/needs-identifier",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Patient.identifier: minimum required = 1"));
+    // As a file.
+    let out = validate(dir.path(), &["good.json", "--profile", "defs/profile.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    // meta.profile names it, and --load makes it known.
+    let mut claimed = good_patient();
+    claimed["meta"] = json!({"profile": ["http://example.org/needs-identifier"]});
+    write(dir.path(), "claimed.json", &claimed);
+    assert_eq!(
+        validate(dir.path(), &["claimed.json", "--load", "defs"])
+            .status
+            .code(),
+        Some(1)
+    );
+    // Without --load it is reported as not checked, not an error.
+    let out = validate(dir.path(), &["claimed.json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is not loaded"));
+    // An unknown profile URL stops the command.
+    let out = validate(
+        dir.path(),
+        &["good.json", "--profile", "http://example.org/nope"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
