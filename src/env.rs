@@ -20,7 +20,7 @@ use crate::validation::Validator;
 #[derive(Debug, Clone)]
 pub struct Env {
     pub mappings: Arc<MappingSet>,
-    pub validator: Arc<Validator>,
+    pub validator: LazyValidator,
     pub store: Arc<dyn FhirStore>,
     pub outbox: Arc<dyn Outbox>,
     pub bus: Arc<dyn EventBus>,
@@ -43,7 +43,9 @@ impl Env {
     /// Builds the environment a pipeline file describes, with local data under `data`.
     pub fn from_config(config: &PipelineConfig, data: &DataDir) -> Result<Env, EnvError> {
         let mappings = Arc::new(config.load_mappings()?);
-        let validator = Arc::new(Validator::r4().map_err(|e| EnvError::Validator(e.to_string()))?);
+        // Only `validate` uses the validator: the others should not pay for loading the FHIR
+        // definitions at their cold start.
+        let validator = LazyValidator::default();
         let store = Arc::new(SqliteStore::open(&data.join(config.store.sqlite_path()))?);
         let local = config.events.local.as_ref().ok_or_else(|| {
             crate::events::BusError::Invalid("events: name one bus kind (`local`)".into())
@@ -56,6 +58,31 @@ impl Env {
             outbox: store,
             bus,
         })
+    }
+}
+
+/// The FHIR validator, loaded on first use (loading the compiled R4 definitions takes ~15 ms,
+/// which only the functions that validate should pay at cold start).
+#[derive(Debug, Clone, Default)]
+pub struct LazyValidator(Arc<std::sync::OnceLock<Result<Arc<Validator>, String>>>);
+
+impl LazyValidator {
+    /// A validator that is already loaded.
+    pub fn ready(validator: Arc<Validator>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(Ok(validator));
+        LazyValidator(Arc::new(cell))
+    }
+
+    /// The validator, loading it the first time; the error says why it cannot be loaded.
+    pub fn get(&self) -> Result<&Validator, String> {
+        match self
+            .0
+            .get_or_init(|| Validator::r4().map(Arc::new).map_err(|e| e.to_string()))
+        {
+            Ok(v) => Ok(v),
+            Err(e) => Err(e.clone()),
+        }
     }
 }
 

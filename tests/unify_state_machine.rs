@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fhir_unify::config::PipelineConfig;
-use fhir_unify::env::{Env, Workflow};
+use fhir_unify::env::{Env, LazyValidator, Workflow};
 use fhir_unify::events::local::NdjsonBus;
 use fhir_unify::handlers::errors;
 use fhir_unify::local::queue::LocalQueue;
@@ -119,7 +119,7 @@ async fn a_step_that_keeps_failing_is_retried_then_its_batch_goes_to_quarantine(
     let outbox = Arc::new(SqliteStore::open_in_memory().unwrap());
     let env = Arc::new(Env {
         mappings: Arc::new(config.load_mappings().unwrap()),
-        validator: Arc::new(Validator::r4().unwrap()),
+        validator: LazyValidator::ready(Arc::new(Validator::r4().unwrap())),
         store: Arc::new(BusyStore),
         outbox,
         bus: Arc::new(NdjsonBus::open(&dir.path().join("events.ndjson")).unwrap()),
@@ -161,7 +161,7 @@ async fn a_batch_whose_records_all_pass_ends_with_events_delivered() {
     let store = Arc::new(SqliteStore::open_in_memory().unwrap());
     let env = Arc::new(Env {
         mappings: Arc::new(config.load_mappings().unwrap()),
-        validator: Arc::new(Validator::r4().unwrap()),
+        validator: LazyValidator::ready(Arc::new(Validator::r4().unwrap())),
         store: store.clone(),
         outbox: store,
         bus: Arc::new(NdjsonBus::open(&dir.path().join("events.ndjson")).unwrap()),

@@ -47,6 +47,9 @@ pub enum HandlerError {
     Relay(#[from] RelayError),
     #[error(transparent)]
     Workflow(#[from] crate::env::WorkflowError),
+    /// Something the function needs could not be set up (its definitions, its config).
+    #[error("setup: {0}")]
+    Setup(String),
     /// A source file could not be read for a reason that may pass (a throttle, a timeout).
     #[error("object store: {0}")]
     ObjectStore(String),
@@ -65,6 +68,7 @@ impl HandlerError {
             HandlerError::Relay(RelayError::Bus(_)) => BUS_FAILED,
             HandlerError::Workflow(_) => WORKFLOW_FAILED,
             HandlerError::ObjectStore(_) => OBJECT_STORE_UNAVAILABLE,
+            HandlerError::Setup(_) => INIT_FAILED,
         }
     }
 

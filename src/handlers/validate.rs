@@ -19,11 +19,12 @@ pub async fn handle(batch: MappedBatch, env: &Env) -> Result<MappedBatch, Handle
         rejected: batch.rejected,
     };
     let mut warnings = 0usize;
+    let validator = env.validator.get().map_err(HandlerError::Setup)?;
     for item in batch.items {
         let mut outcome = Outcome::new();
         for rc in &item.resources {
             if let ResourceOp::Upsert { resource } = &rc.op {
-                for mut issue in env.validator.validate(resource).issues {
+                for mut issue in validator.validate(resource).issues {
                     issue.diagnostics = format!("{}: {}", rc.target, issue.diagnostics);
                     outcome.push(issue);
                 }
