@@ -238,14 +238,7 @@ pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, S
         sql.clauses.push(c);
     }
     let where_all = sql.clauses.join(" AND ");
-    let total: i64 = conn
-        .query_row(
-            &format!("SELECT count(*) FROM resources r WHERE {where_all}"),
-            params_from_iter(sql.values.iter()),
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    let total = u64::try_from(total).map_err(|_| StoreError::Corrupt("negative count".into()))?;
+    let total = count(conn, "resources r", &where_all, &sql)?;
     if q.count == 0 {
         return Ok(SearchPage {
             total,
@@ -303,6 +296,18 @@ pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, S
     })
 }
 
+/// How many rows of `from` (a table with its alias) match `where_all`, bound with `sql`'s values.
+fn count(conn: &Connection, from: &str, where_all: &str, sql: &Sql) -> Result<u64, StoreError> {
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM {from} WHERE {where_all}"),
+            params_from_iter(sql.values.iter()),
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    u64::try_from(total).map_err(|_| StoreError::Corrupt("negative count".into()))
+}
+
 pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
     let mut sql = Sql::default();
     let t = sql.bind(q.resource_type.clone());
@@ -316,14 +321,7 @@ pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<Histor
         sql.clauses.push(format!("h.last_updated >= {s}"));
     }
     let where_all = sql.clauses.join(" AND ");
-    let total: i64 = conn
-        .query_row(
-            &format!("SELECT count(*) FROM history h WHERE {where_all}"),
-            params_from_iter(sql.values.iter()),
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    let total = u64::try_from(total).map_err(|_| StoreError::Corrupt("negative count".into()))?;
+    let total = count(conn, "history h", &where_all, &sql)?;
     if q.count == 0 {
         return Ok(HistoryPage {
             total,
