@@ -18,6 +18,7 @@ use crate::config::{DataDir, PipelineConfig};
 use crate::env::{Env, EnvError, IngestEnv};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
+use crate::objects::ObjectStore;
 
 /// Structured JSON logs on stdout, level from `RUST_LOG` (default `info`), without ANSI colours
 /// or timestamps (CloudWatch adds its own).
@@ -64,6 +65,25 @@ pub fn ingest_env() -> Result<IngestEnv, LocalError> {
         .map_err(LocalError::from)
         .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data));
     Ok(reported(built)?.ingest)
+}
+
+/// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
+/// name (local folders until the S3 adapter exists; an `s3://` location fails the cold start).
+pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    let built = load_config()
+        .map_err(LocalError::from)
+        .and_then(|(config, data)| {
+            let objects =
+                crate::handlers::ingest_dms::local_objects(&config).map_err(|message| {
+                    LocalError::Input {
+                        file: config.file.display().to_string(),
+                        message,
+                    }
+                })?;
+            let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
+            Ok((Arc::new(runtime), objects))
+        });
+    reported(built)
 }
 
 /// `result`, with its error reported to the Runtime API first when running under Lambda.

@@ -6,18 +6,13 @@
 //! whose location is a local folder; a pipeline file naming an `s3://` location fails the cold
 //! start with that reason.
 
-use fhir_unify::config::DataDir;
-use fhir_unify::handlers::ingest_dms;
-use fhir_unify::local::LocalRuntime;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
-    let (config, data): (_, DataDir) = fhir_unify::lambda::load_config()?;
-    let objects = ingest_dms::local_objects(&config)?;
-    let runtime = std::sync::Arc::new(LocalRuntime::open(config.as_ref().clone(), data)?);
+    let (runtime, objects) = fhir_unify::lambda::dms_env()?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let runtime = runtime.clone();
         let objects = objects.clone();
