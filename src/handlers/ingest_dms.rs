@@ -4,7 +4,7 @@
 //! Each announced object is bound to a DMS source and entity by the pipeline file (bucket and
 //! folder, then `schema.table` or table), read through the object store on a blocking thread,
 //! and streamed back row by row: changes are handed to `unify` in batches of at most
-//! [`FLUSH_CHANGES`] changes, each split by [`chunk_batch`] to the state size limit, so a large
+//! [`FLUSH_CHANGES`] changes, each split by [`chunk_batch`](super::ingest_dynamodb::chunk_batch) to the state size limit, so a large
 //! file is never held whole. Batches never span two files; batch ids are derived from the
 //! object (bucket, key, version), so a redelivered event makes the same ids.
 //!
@@ -23,13 +23,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::PipelineConfig;
-use crate::env::{IngestEnv, WorkflowError, WorkflowRun};
+use crate::env::{IngestEnv, WorkflowRun};
 use crate::model::{ChangeBatch, Rejection, SourceChange};
 use crate::objects::{ObjectError, ObjectStore};
 use crate::sources::dms::{self, Decoded, ObjectCreated, ObjectReport, PathError};
 
 use super::HandlerError;
-use super::ingest_dynamodb::chunk_batch;
+use super::ingest_dynamodb::run_unify_chunked;
 
 /// The most changes gathered before a batch is handed to `unify` (bounded memory).
 pub const FLUSH_CHANGES: usize = 2_000;
@@ -256,23 +256,7 @@ async fn flush(
         changes: std::mem::take(pending),
     };
     out.records_in += batch.changes.len();
-    for chunk in chunk_batch(batch) {
-        let run = env.workflow.run_unify(&chunk).await?;
-        if !run.succeeded {
-            return Err(WorkflowError {
-                workflow: "unify".into(),
-                message: format!(
-                    "execution {} of batch {} failed: {} {}",
-                    run.execution,
-                    chunk.batch_id,
-                    run.error.as_deref().unwrap_or(""),
-                    run.cause.as_deref().unwrap_or("")
-                ),
-            }
-            .into());
-        }
-        out.runs.push(run);
-    }
+    out.runs.extend(run_unify_chunked(env, batch).await?);
     Ok(())
 }
 

@@ -37,24 +37,7 @@ pub async fn handle(
     let config = env.config.clone();
     let decoded = dynamodb::decode(&event, &|table| config.dynamodb_binding(table));
     let records_in = decoded.batch.changes.len();
-    let mut runs = Vec::new();
-    for chunk in chunk_batch(decoded.batch) {
-        let run = env.workflow.run_unify(&chunk).await?;
-        if !run.succeeded {
-            return Err(WorkflowError {
-                workflow: "unify".into(),
-                message: format!(
-                    "execution {} of batch {} failed: {} {}",
-                    run.execution,
-                    chunk.batch_id,
-                    run.error.as_deref().unwrap_or(""),
-                    run.cause.as_deref().unwrap_or("")
-                ),
-            }
-            .into());
-        }
-        runs.push(run);
-    }
+    let runs = run_unify_chunked(env, decoded.batch).await?;
     for f in &decoded.failures {
         tracing::warn!(record = %f.label(), "stream record cannot be decoded");
     }
@@ -71,6 +54,33 @@ pub async fn handle(
         runs,
         records_in,
     })
+}
+
+/// Hands a batch to `unify` in chunks ([`chunk_batch`]), in order, and returns the runs. A run
+/// that fails (it could not even quarantine) fails the call, so the ingress is retried whole.
+pub async fn run_unify_chunked(
+    env: &IngestEnv,
+    batch: ChangeBatch,
+) -> Result<Vec<WorkflowRun>, HandlerError> {
+    let mut runs = Vec::new();
+    for chunk in chunk_batch(batch) {
+        let run = env.workflow.run_unify(&chunk).await?;
+        if !run.succeeded {
+            return Err(WorkflowError {
+                workflow: "unify".into(),
+                message: format!(
+                    "execution {} of batch {} failed: {} {}",
+                    run.execution,
+                    chunk.batch_id,
+                    run.error.as_deref().unwrap_or(""),
+                    run.cause.as_deref().unwrap_or("")
+                ),
+            }
+            .into());
+        }
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 /// Splits a batch into batches whose JSON stays under [`MAX_EXECUTION_INPUT_BYTES`], keeping
