@@ -56,7 +56,10 @@ impl Moto {
             if let Ok(Some(status)) = moto.child.try_wait() {
                 panic!("moto_server exited before it listened: {status}");
             }
-            assert!(Instant::now() < deadline, "moto_server did not listen within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         moto
