@@ -21,6 +21,7 @@ mod definition;
 mod distributed;
 mod engine;
 mod intrinsics;
+pub mod jsonata;
 mod jsonpath;
 pub mod mock;
 pub mod objects;

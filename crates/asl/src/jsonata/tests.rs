@@ -1,0 +1,211 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{Value, json};
+
+use super::{Bindings, Expr, Outcome};
+
+fn ev(expr: &str, input: Value) -> Outcome {
+    Expr::parse(expr)
+        .unwrap_or_else(|e| panic!("{expr}: {e}"))
+        .evaluate(Some(&input), &Bindings::new())
+        .unwrap_or_else(|e| panic!("{expr}: {e}"))
+}
+
+fn val(expr: &str, input: Value) -> Value {
+    match ev(expr, input) {
+        Outcome::Value(v) => v,
+        other => panic!("{expr}: {other:?}"),
+    }
+}
+
+fn err(expr: &str, input: Value) -> String {
+    match Expr::parse(expr) {
+        Err(e) => e.code.to_string(),
+        Ok(x) => x
+            .evaluate(Some(&input), &Bindings::new())
+            .map(|o| panic!("{expr} gave {o:?}"))
+            .unwrap_err()
+            .code
+            .to_string(),
+    }
+}
+
+#[test]
+fn paths_sequences_and_flattening() {
+    let doc = json!({"a": [{"b": [1, 2]}, {"b": [3]}, {"c": 0}], "x": {"y": [[1, 2]]}, "s": "t"});
+    assert_eq!(val("a.b", doc.clone()), json!([1, 2, 3]));
+    assert_eq!(val("a[0].b", doc.clone()), json!([1, 2]));
+    assert_eq!(val("a.b[0]", doc.clone()), json!([1, 3]));
+    assert_eq!(val("a[-1].c", doc.clone()), json!(0));
+    assert_eq!(val("x.y", doc.clone()), json!([[1, 2]]));
+    assert_eq!(val("a[$exists(b)]", doc.clone()).as_array().unwrap().len(), 2);
+    assert_eq!(val("a[c = 0].c", doc.clone()), json!(0));
+    assert_eq!(val("s", doc.clone()), json!("t"));
+    assert_eq!(ev("nothing.here", doc.clone()), Outcome::Undefined);
+    assert_eq!(val("$count(a.*)", doc.clone()), json!(4));
+    assert_eq!(val("$sum(**.b)", doc.clone()), json!(6));
+    assert_eq!(val("a.b[]", json!({"a": {"b": 1}})), json!([1]));
+}
+
+#[test]
+fn operators() {
+    let doc = json!({"n": 7, "s": "ab", "l": [1, 2, 3]});
+    assert_eq!(val("n * 2 + 1", doc.clone()), json!(15));
+    assert_eq!(val("n / 2", doc.clone()), json!(3.5));
+    assert_eq!(val("n % 4", doc.clone()), json!(3));
+    assert_eq!(val("-n", doc.clone()), json!(-7));
+    assert_eq!(val("s & '-' & n", doc.clone()), json!("ab-7"));
+    assert_eq!(val("n > 5 and s = 'ab'", doc.clone()), json!(true));
+    assert_eq!(val("n < 5 or false", doc.clone()), json!(false));
+    assert_eq!(val("2 in l", doc.clone()), json!(true));
+    assert_eq!(val("n != 7", doc.clone()), json!(false));
+    assert_eq!(val("n > 5 ? 'big' : 'small'", doc.clone()), json!("big"));
+    assert_eq!(ev("n < 5 ? 'big'", doc.clone()), Outcome::Undefined);
+    assert_eq!(val("[1..4]", doc.clone()), json!([1, 2, 3, 4]));
+    assert_eq!(val("[0, [1, 2], l]", doc.clone()), json!([0, [1, 2], 1, 2, 3]));
+    assert_eq!(val("{'k': n, 'm': nothing}", doc.clone()), json!({"k": 7}));
+    assert_eq!(val("l ~> $sum()", doc.clone()), json!(6));
+    assert_eq!(val("l^(>$)", doc.clone()), json!([3, 2, 1]));
+    assert_eq!(val("\"a\\\"b\" = 'a\"b'", doc.clone()), json!(true));
+    assert_eq!(val("{'a': 1} = {'a': 1}", doc), json!(true));
+}
+
+#[test]
+fn bindings_blocks_and_lambdas() {
+    assert_eq!(val("($x := 2; $y := $x * 3; $y)", json!(null)), json!(6));
+    assert_eq!(
+        val("($f := function($a, $b){ $a + $b }; $f(2, 3))", json!(null)),
+        json!(5)
+    );
+    assert_eq!(
+        val(
+            "($fact := function($n){ $n <= 1 ? 1 : $n * $fact($n - 1) }; $fact(5))",
+            json!(null)
+        ),
+        json!(120)
+    );
+    assert_eq!(ev("$fn := function($x){$x}", json!(null)), Outcome::Function);
+    assert_eq!(
+        val("$map([1, 2, 3], function($v){ $v * 10 })", json!(null)),
+        json!([10, 20, 30])
+    );
+    assert_eq!(
+        val("$filter([1, 2, 3, 4], function($v){ $v % 2 = 0 })", json!(null)),
+        json!([2, 4])
+    );
+    assert_eq!(
+        val("$reduce([1, 2, 3], function($a, $b){ $a + $b })", json!(null)),
+        json!(6)
+    );
+    assert_eq!(
+        val("$sort([3, 1, 2], function($a, $b){ $a > $b })", json!(null)),
+        json!([1, 2, 3])
+    );
+}
+
+#[test]
+fn standard_functions() {
+    let n = json!(null);
+    for (e, want) in [
+        ("$string(1.5)", json!("1.5")),
+        ("$string({'a': [1]})", json!("{\"a\":[1]}")),
+        ("$string(0.1 + 0.2)", json!("0.3")),
+        ("$number('12.5')", json!(12.5)),
+        ("$boolean('')", json!(false)),
+        ("$not(true)", json!(false)),
+        ("$exists(nothing)", json!(false)),
+        ("$type([])", json!("array")),
+        ("$count([1, 2])", json!(2)),
+        ("$max([1, 5, 2])", json!(5)),
+        ("$min([4, 2])", json!(2)),
+        ("$average([1, 2, 3])", json!(2)),
+        ("$length('héllo')", json!(5)),
+        ("$substring('hello', 1, 3)", json!("ell")),
+        ("$substring('hello', -3)", json!("llo")),
+        ("$substringBefore('a-b', '-')", json!("a")),
+        ("$substringAfter('a-b', '-')", json!("b")),
+        ("$uppercase('a')", json!("A")),
+        ("$lowercase('A')", json!("a")),
+        ("$trim('  a   b ')", json!("a b")),
+        ("$pad('a', 3, '*')", json!("a**")),
+        ("$contains('hello', 'ell')", json!(true)),
+        ("$contains('hello', /^h.l/)", json!(true)),
+        ("$split('a,b,c', ',')", json!(["a", "b", "c"])),
+        ("$join(['a', 'b'], '-')", json!("a-b")),
+        ("$replace('aXbX', 'X', '_')", json!("a_b_")),
+        ("$replace('abc', /(b)/, '[$1]')", json!("a[b]c")),
+        ("$match('a1b22', /[0-9]+/).match", json!(["1", "22"])),
+        ("$keys({'a': 1, 'b': 2})", json!(["a", "b"])),
+        ("$lookup({'a': 1}, 'a')", json!(1)),
+        ("$merge([{'a': 1}, {'b': 2}, {'a': 3}])", json!({"a": 3, "b": 2})),
+        ("$spread({'a': 1, 'b': 2})", json!([{"a": 1}, {"b": 2}])),
+        ("$each({'a': 1}, function($v, $k){ $k & $v })", json!("a1")),
+        ("$single([1, 2, 3], function($v){ $v = 2 })", json!(2)),
+        ("$append([1], 2)", json!([1, 2])),
+        ("$distinct([1, 1, 2])", json!([1, 2])),
+        ("$reverse([1, 2])", json!([2, 1])),
+        ("$zip([1, 2], [3, 4])", json!([[1, 3], [2, 4]])),
+        ("$round(2.5)", json!(2)),
+        ("$round(3.14159, 2)", json!(3.14)),
+        ("$floor(2.7)", json!(2)),
+        ("$ceil(2.1)", json!(3)),
+        ("$abs(-2)", json!(2)),
+        ("$power(2, 10)", json!(1024)),
+        ("$sqrt(16)", json!(4)),
+        ("$fromMillis(0)", json!("1970-01-01T00:00:00.000Z")),
+        ("$toMillis('1970-01-01T00:00:01Z')", json!(1000)),
+        ("$base64encode('hi')", json!("aGk=")),
+        ("$base64decode('aGk=')", json!("hi")),
+        ("$partition([1, 2, 3], 2)", json!([[1, 2], [3]])),
+        ("$range(0, 10, 5)", json!([0, 5, 10])),
+        ("$range(1, 9, 9)", json!(1)),
+        ("$hash('abc', 'SHA-256')", json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")),
+        ("$parse('[1, {\"a\": true}]')", json!([1, {"a": true}])),
+    ] {
+        assert_eq!(val(e, n.clone()), want, "{e}");
+    }
+    assert_eq!(val("$length($uuid())", n.clone()), json!(36));
+    let r = val("$random()", n.clone()).as_f64().unwrap();
+    assert!((0.0..1.0).contains(&r));
+    assert_eq!(val("$random(7) = $random(7)", n), json!(true));
+}
+
+#[test]
+fn errors_have_codes() {
+    assert_eq!(err("1 +", json!(null)), "S0207");
+    assert_eq!(err("'abc", json!(null)), "S0101");
+    assert_eq!(err("(1", json!(null)), "S0202");
+    assert_eq!(err("1 + 'a'", json!(null)), "T2002");
+    assert_eq!(err("'a' < 1", json!(null)), "T2009");
+    assert_eq!(err("$nothing()", json!(null)), "T1006");
+    assert_eq!(err("{1: 2}", json!(null)), "T1003");
+    assert_eq!(err("$number('x')", json!(null)), "D3030");
+    assert_eq!(err("$f := function($x){ $f($x) }; $f(1)", json!(null)), "S0201");
+    assert_eq!(
+        err("($f := function($x){ $f($x) }; $f(1))", json!(null)),
+        "U1001"
+    );
+    assert_eq!(err("[1..100000000]", json!(null)), "D2014");
+    assert_eq!(err("$partition([1], 0)", json!(null)), "States.QueryEvaluationError");
+    assert_eq!(err("$parse('{')", json!(null)), "States.QueryEvaluationError");
+    assert_eq!(err("/unclosed", json!(null)), "S0302");
+}
+
+#[test]
+fn bindings_and_states() {
+    let input = json!({"v": [1, 2]});
+    let result = json!({"ok": true});
+    let mut vars = serde_json::Map::new();
+    vars.insert("count".into(), json!(3));
+    let mut b = Bindings::new();
+    b.states_field("input", &input)
+        .states_field("result", &result)
+        .with_map(&vars);
+    let e = Expr::parse("$sum($states.input.v) + $count").unwrap();
+    assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Value(json!(6)));
+    let e = Expr::parse("$states.result.ok and $not($exists($states.errorOutput))").unwrap();
+    assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Value(json!(true)));
+    assert_eq!(e.text(), "$states.result.ok and $not($exists($states.errorOutput))");
+    let e = Expr::parse("states.input").unwrap();
+    assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Undefined);
+}
