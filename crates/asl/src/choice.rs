@@ -29,6 +29,10 @@ fn lookup(p: &JsonPath, input: &Value, context: &Ctx<'_>) -> Option<Value> {
 /// Evaluates a rule; `Err` carries the cause detail of a `States.Runtime` error.
 pub(crate) fn evaluate(rule: &Rule, input: &Value, context: &Ctx<'_>) -> Result<bool, String> {
     match rule {
+        // The engine evaluates JSONata conditions itself (they need `$states`).
+        Rule::Condition(_) => {
+            Err("a JSONata Condition cannot be evaluated as a JSONPath rule".into())
+        }
         Rule::And(rs) => {
             for r in rs {
                 if !evaluate(r, input, context)? {

@@ -26,6 +26,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) task_token: Option<&'a str>,
     /// The variables in scope.
     pub(crate) vars: &'a Vars,
+    /// JSONata `$states.result` (Output and Assign of Task, Map, Parallel).
+    pub(crate) states_result: Option<&'a Value>,
+    /// JSONata `$states.errorOutput` (a Catcher's Output and Assign).
+    pub(crate) states_error: Option<&'a Value>,
 }
 
 impl<'a> Ctx<'a> {
@@ -113,6 +117,8 @@ mod tests {
             item: None,
             task_token: None,
             vars: &vars,
+            states_result: None,
+            states_error: None,
         };
         assert_eq!(ctx.built_field("Map"), None);
         assert_eq!(ctx.built_field("Task"), None);

@@ -1,4 +1,5 @@
-//! Parsing and static checks of a state machine definition (JSONPath query language).
+//! Parsing and static checks of a state machine definition (JSONPath and JSONata query
+//! languages; `{% … %}` expressions are parsed here, so a syntax error names state and field).
 //!
 //! Everything that AWS rejects at `CreateStateMachine` time is rejected here, so that a
 //! definition that loads locally also deploys: unknown fields, missing or dangling transitions,
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::intrinsics::{Intrinsic, looks_like_intrinsic};
+use crate::jsonata::Expr;
 use crate::jsonpath::JsonPath;
 
 /// A definition that AWS would refuse, naming where the problem is.
@@ -61,15 +63,18 @@ impl StateMachine {
         let Value::Object(obj) = value else {
             return Err(DefinitionError::NotJson("expected an object".into()));
         };
-        if let Some(ql) = obj.get("QueryLanguage") {
-            if ql != "JSONPath" {
+        let jsonata = match obj.get("QueryLanguage") {
+            None => false,
+            Some(v) if v == "JSONPath" => false,
+            Some(v) if v == "JSONata" => true,
+            Some(_) => {
                 return Err(invalid(
                     None,
                     "QueryLanguage",
-                    "only JSONPath is supported by this engine",
+                    "must be JSONPath or JSONata",
                 ));
             }
-        }
+        };
         let program = parse_program(
             &obj,
             None,
@@ -81,6 +86,7 @@ impl StateMachine {
                 "TimeoutSeconds",
                 "QueryLanguage",
             ],
+            jsonata,
         )?;
         let timeout_seconds =
             match obj.get("TimeoutSeconds") {
@@ -142,6 +148,18 @@ pub(crate) struct State {
     /// Variables the state sets when it completes (`Assign`).
     pub assign: Option<Template>,
     pub kind: Kind,
+    /// Set for a state in the JSONata query language: its `Output` and per-choice outputs.
+    /// (Its `Arguments` live where `Parameters` would, its `Items` in [`MapState::items`].)
+    pub jsonata: Option<Box<JsonataFields>>,
+}
+
+/// The fields only a JSONata state has.
+#[derive(Debug, Default)]
+pub(crate) struct JsonataFields {
+    /// `Output` (for a Choice state: the output when the Default is taken).
+    pub output: Option<Template>,
+    /// `Choices[i].Output`.
+    pub choice_outputs: Vec<Option<Template>>,
 }
 
 #[derive(Debug)]
@@ -190,6 +208,11 @@ pub(crate) enum Wait {
     Timestamp(chrono::DateTime<chrono::FixedOffset>),
     SecondsPath(JsonPath),
     TimestampPath(JsonPath),
+    /// JSONata `Seconds` (`seconds: true`) or `Timestamp` given as an expression.
+    Expr {
+        seconds: bool,
+        template: Template,
+    },
 }
 
 #[derive(Debug)]
@@ -206,12 +229,16 @@ pub(crate) struct ParallelState {
 pub(crate) enum StrOrPath {
     Str(String),
     Path(JsonPath),
+    /// A JSONata `{% … %}` expression.
+    Expr(Template),
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum NumOrPath {
     Num(u64),
     Path(JsonPath),
+    /// A JSONata `{% … %}` expression.
+    Expr(Template),
 }
 
 #[derive(Debug)]
@@ -229,6 +256,8 @@ pub(crate) struct TaskState {
 #[derive(Debug)]
 pub(crate) struct MapState {
     pub items_path: JsonPath,
+    /// JSONata `Items` (an array, or an expression giving one).
+    pub items: Option<Template>,
     pub item_selector: Option<Template>,
     pub processor: Arc<Program>,
     /// `ProcessorConfig.Mode: DISTRIBUTED`: iterations run as child executions.
@@ -294,6 +323,8 @@ pub(crate) struct Catcher {
     pub error_equals: Vec<String>,
     pub result_path: Option<JsonPath>,
     pub assign: Option<Template>,
+    /// JSONata `Output` of the catcher (default: the error output).
+    pub output: Option<Template>,
     pub next: String,
 }
 
@@ -312,11 +343,18 @@ pub(crate) enum Template {
         text: String,
         call: Intrinsic,
     },
+    /// A JSONata `{% … %}` string; `field` is the whole field path (`Output/result`).
+    Jsonata {
+        field: String,
+        expr: Arc<Expr>,
+    },
 }
 
 /// A Choice rule.
 #[derive(Debug, Clone)]
 pub(crate) enum Rule {
+    /// JSONata `Condition`: a boolean literal or expression.
+    Condition(Template),
     And(Vec<Rule>),
     Or(Vec<Rule>),
     Not(Box<Rule>),
@@ -370,7 +408,97 @@ const COMMON: &[&str] = &[
     "Next",
     "End",
     "Assign",
+    "QueryLanguage",
 ];
+
+/// The fields of each state type in the JSONata query language.
+fn jsonata_fields(ty: &str) -> Option<&'static [&'static str]> {
+    Some(match ty {
+        "Pass" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Next",
+            "End",
+            "Assign",
+            "Output",
+        ],
+        "Task" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Next",
+            "End",
+            "Assign",
+            "Output",
+            "Resource",
+            "Arguments",
+            "Retry",
+            "Catch",
+            "TimeoutSeconds",
+            "HeartbeatSeconds",
+            "Credentials",
+        ],
+        "Choice" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Choices",
+            "Default",
+            "Assign",
+            "Output",
+        ],
+        "Wait" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Next",
+            "End",
+            "Assign",
+            "Output",
+            "Seconds",
+            "Timestamp",
+        ],
+        "Succeed" => &["Type", "Comment", "QueryLanguage", "Output"],
+        "Fail" => &["Type", "Comment", "QueryLanguage", "Error", "Cause"],
+        "Parallel" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Next",
+            "End",
+            "Assign",
+            "Output",
+            "Branches",
+            "Arguments",
+            "Retry",
+            "Catch",
+        ],
+        "Map" => &[
+            "Type",
+            "Comment",
+            "QueryLanguage",
+            "Next",
+            "End",
+            "Assign",
+            "Output",
+            "Items",
+            "ItemSelector",
+            "ItemProcessor",
+            "Iterator",
+            "MaxConcurrency",
+            "ToleratedFailureCount",
+            "ToleratedFailurePercentage",
+            "Retry",
+            "Catch",
+            "ItemReader",
+            "ItemBatcher",
+            "ResultWriter",
+            "Label",
+        ],
+        _ => return None,
+    })
+}
 
 fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
     let extra: &[&str] = match ty {
@@ -424,9 +552,21 @@ fn allowed_fields(ty: &str) -> Option<Vec<&'static str>> {
         _ => return None,
     };
     let mut all: Vec<&'static str> = match ty {
-        "Choice" => vec!["Type", "Comment", "InputPath", "OutputPath"],
-        "Succeed" => vec!["Type", "Comment", "InputPath", "OutputPath"],
-        "Fail" => vec!["Type", "Comment"],
+        "Choice" => vec![
+            "Type",
+            "Comment",
+            "InputPath",
+            "OutputPath",
+            "QueryLanguage",
+        ],
+        "Succeed" => vec![
+            "Type",
+            "Comment",
+            "InputPath",
+            "OutputPath",
+            "QueryLanguage",
+        ],
+        "Fail" => vec!["Type", "Comment", "QueryLanguage"],
         _ => COMMON.to_vec(),
     };
     all.extend_from_slice(extra);
@@ -437,6 +577,7 @@ fn parse_program(
     obj: &Map<String, Value>,
     parent: Option<&str>,
     allowed: &[&str],
+    top_jsonata: bool,
 ) -> Result<Program, DefinitionError> {
     let field = |f: &str| match parent {
         Some(_) => format!("ItemProcessor/{f}"),
@@ -472,7 +613,7 @@ fn parse_program(
                 "state names must be 1 to 80 characters long",
             ));
         }
-        let st = parse_state(name, v)?;
+        let st = parse_state(name, v, top_jsonata)?;
         states.insert(name.clone(), Arc::new(st));
     }
     if !states.contains_key(&start_at) {
@@ -611,6 +752,9 @@ fn uint_or_path(
             f,
             format!("cannot be combined with {path_name}"),
         )),
+        (Some(v @ Value::String(t)), None) if is_jsonata(t) => {
+            compile_jsonata(state, f, v).map(|t| Some(NumOrPath::Expr(t)))
+        }
         (Some(v), None) => v
             .as_u64()
             .filter(|n| *n >= min)
@@ -628,7 +772,7 @@ fn uint_or_path(
     }
 }
 
-fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
+fn parse_state(name: &str, v: &Value, top_jsonata: bool) -> Result<State, DefinitionError> {
     let s = Some(name);
     let obj = v
         .as_object()
@@ -637,14 +781,36 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         .get("Type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(s, "Type", "required string field is missing"))?;
-    let allowed = allowed_fields(ty)
-        .ok_or_else(|| invalid(s, "Type", format!("unknown state type '{ty}'")))?;
+    let jsonata = match obj.get("QueryLanguage") {
+        None => top_jsonata,
+        Some(v) if v == "JSONata" => true,
+        Some(v) if v == "JSONPath" => {
+            if top_jsonata {
+                return Err(invalid(
+                    s,
+                    "QueryLanguage",
+                    "a state cannot use JSONPath when the state machine uses JSONata",
+                ));
+            }
+            false
+        }
+        Some(_) => return Err(invalid(s, "QueryLanguage", "must be JSONPath or JSONata")),
+    };
+    let allowed = if jsonata {
+        jsonata_fields(ty).map(<[&str]>::to_vec)
+    } else {
+        allowed_fields(ty)
+    }
+    .ok_or_else(|| invalid(s, "Type", format!("unknown state type '{ty}'")))?;
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
             return Err(invalid(
                 s,
                 k.clone(),
-                format!("unknown field for a {ty} state"),
+                format!(
+                    "unknown field for a {ty} state in the {} query language",
+                    if jsonata { "JSONata" } else { "JSONPath" }
+                ),
             ));
         }
     }
@@ -679,8 +845,27 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         Some(p) => p,
     };
     let template = |f: &str| -> Result<Option<Template>, DefinitionError> {
-        obj.get(f).map(|v| compile_template(name, f, v)).transpose()
+        obj.get(f)
+            .map(|v| {
+                if jsonata {
+                    compile_jsonata(name, f, v)
+                } else {
+                    compile_template(name, f, v)
+                }
+            })
+            .transpose()
     };
+    // JSONata states take their input as it is: the path fields are `$`.
+    let (input_path, output_path) = if jsonata {
+        let root = JsonPath::parse("$").map_err(|e| invalid(s, "Type", e.0))?;
+        (Some(root.clone()), Some(root))
+    } else {
+        (input_path, output_path)
+    };
+    let mut jsonata_fields = JsonataFields::default();
+    if jsonata {
+        jsonata_fields.output = template("Output")?;
+    }
     let kind = match ty {
         "Pass" => Kind::Pass {
             result: obj.get("Result").cloned(),
@@ -699,6 +884,11 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
             }
             let timeout = uint_or_path(name, obj, "TimeoutSeconds", 1)?;
             let heartbeat = uint_or_path(name, obj, "HeartbeatSeconds", 1)?;
+            let parameters = if jsonata {
+                template("Arguments")?
+            } else {
+                template("Parameters")?
+            };
             if let (Some(NumOrPath::Num(t)), Some(NumOrPath::Num(h))) = (&timeout, &heartbeat) {
                 if h >= t {
                     return Err(invalid(
@@ -710,13 +900,13 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
             }
             Kind::Task(Box::new(TaskState {
                 resource,
-                parameters: template("Parameters")?,
+                parameters,
                 result_selector: template("ResultSelector")?,
                 result_path: result_path_field(name, obj, "ResultPath")?,
                 timeout,
                 heartbeat,
                 retry: parse_retry(name, obj.get("Retry"))?,
-                catch: parse_catch(name, obj.get("Catch"))?,
+                catch: parse_catch(name, obj.get("Catch"), jsonata)?,
             }))
         }
         "Choice" => {
@@ -741,6 +931,12 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
                         "a top-level choice rule needs Next",
                     )
                 })?;
+                if jsonata {
+                    let (rule, assign, output) = parse_jsonata_choice(name, &field, cobj)?;
+                    jsonata_fields.choice_outputs.push(output);
+                    choices.push((rule, n.to_string(), assign));
+                    continue;
+                }
                 let assign = cobj
                     .get("Assign")
                     .map(|v| compile_template(name, &format!("{field}/Assign"), v))
@@ -755,6 +951,11 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         "Succeed" => Kind::Succeed,
         "Fail" => {
             let sp = |f: &str| -> Result<Option<StrOrPath>, DefinitionError> {
+                if let Some(Value::String(t)) = obj.get(f) {
+                    if is_jsonata(t) {
+                        return compile_jsonata(name, f, &obj[f]).map(|t| Some(StrOrPath::Expr(t)));
+                    }
+                }
                 let path_f = format!("{f}Path");
                 match (
                     string_field(name, obj, f)?,
@@ -775,9 +976,21 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
                 cause: sp("Cause")?,
             }
         }
-        "Map" => Kind::Map(Box::new(parse_map(name, obj, &template)?)),
+        "Map" => Kind::Map(Box::new(parse_map(
+            name,
+            obj,
+            &template,
+            jsonata,
+            top_jsonata,
+        )?)),
         "Wait" => Kind::Wait(parse_wait(name, obj)?),
-        "Parallel" => Kind::Parallel(Box::new(parse_parallel(name, obj, &template)?)),
+        "Parallel" => Kind::Parallel(Box::new(parse_parallel(
+            name,
+            obj,
+            &template,
+            jsonata,
+            top_jsonata,
+        )?)),
         _ => return Err(invalid(s, "Type", format!("unknown state type '{ty}'"))),
     };
     Ok(State {
@@ -787,7 +1000,92 @@ fn parse_state(name: &str, v: &Value) -> Result<State, DefinitionError> {
         next,
         assign: template("Assign")?,
         kind,
+        jsonata: jsonata.then(|| Box::new(jsonata_fields)),
     })
+}
+
+/// A JSONata choice rule: `Condition` (with `Next`, `Assign`, `Output`, `Comment`).
+fn parse_jsonata_choice(
+    state: &str,
+    field: &str,
+    o: &Map<String, Value>,
+) -> Result<(Rule, Option<Template>, Option<Template>), DefinitionError> {
+    let s = Some(state);
+    for k in o.keys() {
+        if !["Condition", "Next", "Assign", "Output", "Comment"].contains(&k.as_str()) {
+            return Err(invalid(
+                s,
+                format!("{field}/{k}"),
+                "unknown field for a JSONata choice rule",
+            ));
+        }
+    }
+    let cond_field = format!("{field}/Condition");
+    let condition = match o.get("Condition") {
+        Some(Value::Bool(b)) => Template::Literal(Value::Bool(*b)),
+        Some(v @ Value::String(t)) if is_jsonata(t) => compile_jsonata(state, &cond_field, v)?,
+        Some(_) => {
+            return Err(invalid(
+                s,
+                cond_field,
+                "must be a boolean or a JSONata expression {% … %}",
+            ));
+        }
+        None => return Err(invalid(s, cond_field, "required field is missing")),
+    };
+    let sub = |f: &str| {
+        o.get(f)
+            .map(|v| compile_jsonata(state, &format!("{field}/{f}"), v))
+            .transpose()
+    };
+    Ok((Rule::Condition(condition), sub("Assign")?, sub("Output")?))
+}
+
+/// Whether a string is a whole JSONata expression `{% … %}`.
+pub(crate) fn is_jsonata(s: &str) -> bool {
+    s.len() >= 4 && s.starts_with("{%") && s.ends_with("%}")
+}
+
+/// A JSONata payload template: `{% … %}` strings anywhere become expressions (parsed now, so
+/// bad syntax is refused with the state and field), everything else is literal.
+pub(crate) fn compile_jsonata(
+    state: &str,
+    field: &str,
+    v: &Value,
+) -> Result<Template, DefinitionError> {
+    match v {
+        Value::String(t) if is_jsonata(t) => {
+            let text = t[2..t.len() - 2].trim();
+            let expr = Expr::parse(text).map_err(|e| {
+                invalid(
+                    Some(state),
+                    field,
+                    format!("the JSONata expression '{text}' is not valid: {e}"),
+                )
+            })?;
+            Ok(Template::Jsonata {
+                field: field.to_string(),
+                expr: Arc::new(expr),
+            })
+        }
+        Value::Object(m) => Ok(Template::Object(
+            m.iter()
+                .map(|(k, x)| {
+                    Ok((
+                        k.clone(),
+                        compile_jsonata(state, &format!("{field}/{k}"), x)?,
+                    ))
+                })
+                .collect::<Result<_, DefinitionError>>()?,
+        )),
+        Value::Array(a) => Ok(Template::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| compile_jsonata(state, &format!("{field}/{i}"), x))
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Ok(Template::Literal(other.clone())),
+    }
 }
 
 fn parse_wait(name: &str, obj: &Map<String, Value>) -> Result<Wait, DefinitionError> {
@@ -804,6 +1102,14 @@ fn parse_wait(name: &str, obj: &Map<String, Value>) -> Result<Wait, DefinitionEr
         ));
     };
     let v = &obj[*field];
+    if let Value::String(t) = v {
+        if is_jsonata(t) {
+            return Ok(Wait::Expr {
+                seconds: *field == "Seconds",
+                template: compile_jsonata(name, field, v)?,
+            });
+        }
+    }
     match *field {
         "Seconds" => v
             .as_u64()
@@ -838,6 +1144,8 @@ fn parse_parallel(
     name: &str,
     obj: &Map<String, Value>,
     template: &impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
+    jsonata: bool,
+    top_jsonata: bool,
 ) -> Result<ParallelState, DefinitionError> {
     let s = Some(name);
     let arr = obj
@@ -854,15 +1162,20 @@ fn parse_parallel(
             bobj,
             s,
             &["StartAt", "States", "Comment"],
+            top_jsonata,
         )?));
     }
     Ok(ParallelState {
         branches,
-        parameters: template("Parameters")?,
+        parameters: if jsonata {
+            template("Arguments")?
+        } else {
+            template("Parameters")?
+        },
         result_selector: template("ResultSelector")?,
         result_path: result_path_field(name, obj, "ResultPath")?,
         retry: parse_retry(name, obj.get("Retry"))?,
-        catch: parse_catch(name, obj.get("Catch"))?,
+        catch: parse_catch(name, obj.get("Catch"), jsonata)?,
     })
 }
 
@@ -870,6 +1183,8 @@ fn parse_map(
     name: &str,
     obj: &Map<String, Value>,
     template: &impl Fn(&str) -> Result<Option<Template>, DefinitionError>,
+    jsonata: bool,
+    top_jsonata: bool,
 ) -> Result<MapState, DefinitionError> {
     let s = Some(name);
     let (pf, proc_v) = match (obj.get("ItemProcessor"), obj.get("Iterator")) {
@@ -905,6 +1220,7 @@ fn parse_map(
         pobj,
         s,
         &["StartAt", "States", "Comment", "ProcessorConfig"],
+        top_jsonata,
     )?;
     if obj.contains_key("ItemSelector") && obj.contains_key("Parameters") {
         return Err(invalid(
@@ -935,6 +1251,9 @@ fn parse_map(
         obj.get("ToleratedFailurePercentage"),
         obj.get("ToleratedFailurePercentagePath"),
     ) {
+        (Some(v @ Value::String(t)), None) if is_jsonata(t) => Some(NumOrPath::Expr(
+            compile_jsonata(name, "ToleratedFailurePercentage", v)?,
+        )),
         (Some(v), None) => Some(NumOrPath::Num(
             v.as_f64()
                 .map(|f| f.ceil() as u64)
@@ -953,6 +1272,7 @@ fn parse_map(
     }
     Ok(MapState {
         items_path,
+        items: if jsonata { template("Items")? } else { None },
         item_selector,
         processor: Arc::new(processor),
         distributed,
@@ -962,7 +1282,7 @@ fn parse_map(
         result_selector: template("ResultSelector")?,
         result_path: result_path_field(name, obj, "ResultPath")?,
         retry: parse_retry(name, obj.get("Retry"))?,
-        catch: parse_catch(name, obj.get("Catch"))?,
+        catch: parse_catch(name, obj.get("Catch"), jsonata)?,
         item_reader: parse_item_reader(name, obj.get("ItemReader"))?,
         item_batcher: parse_item_batcher(name, obj.get("ItemBatcher"))?,
         result_writer: parse_result_writer(name, obj.get("ResultWriter"))?,
@@ -1296,7 +1616,11 @@ fn parse_retry(state: &str, v: Option<&Value>) -> Result<Vec<Retrier>, Definitio
     Ok(out)
 }
 
-fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, DefinitionError> {
+fn parse_catch(
+    state: &str,
+    v: Option<&Value>,
+    jsonata: bool,
+) -> Result<Vec<Catcher>, DefinitionError> {
     let Some(v) = v else { return Ok(Vec::new()) };
     let arr = v
         .as_array()
@@ -1308,7 +1632,12 @@ fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, Definitio
             .as_object()
             .ok_or_else(|| invalid(Some(state), f.clone(), "must be an object"))?;
         for k in o.keys() {
-            if !["ErrorEquals", "ResultPath", "Next", "Comment", "Assign"].contains(&k.as_str()) {
+            let allowed: &[&str] = if jsonata {
+                &["ErrorEquals", "Output", "Next", "Comment", "Assign"]
+            } else {
+                &["ErrorEquals", "ResultPath", "Next", "Comment", "Assign"]
+            };
+            if !allowed.contains(&k.as_str()) {
                 return Err(invalid(Some(state), format!("{f}/{k}"), "unknown field"));
             }
         }
@@ -1331,7 +1660,17 @@ fn parse_catch(state: &str, v: Option<&Value>) -> Result<Vec<Catcher>, Definitio
             })?,
             assign: o
                 .get("Assign")
-                .map(|v| compile_template(state, &format!("{f}/Assign"), v))
+                .map(|v| {
+                    if jsonata {
+                        compile_jsonata(state, &format!("{f}/Assign"), v)
+                    } else {
+                        compile_template(state, &format!("{f}/Assign"), v)
+                    }
+                })
+                .transpose()?,
+            output: o
+                .get("Output")
+                .map(|v| compile_jsonata(state, &format!("{f}/Output"), v))
                 .transpose()?,
             next: next.to_string(),
         });

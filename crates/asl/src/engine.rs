@@ -12,10 +12,11 @@ use serde_json::{Map, Value, json};
 use crate::choice;
 use crate::context::{Ctx, Vars};
 use crate::definition::{
-    Catcher, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, State, StateMachine,
-    StrOrPath, TaskState, Template, Wait,
+    Catcher, JsonataFields, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, Rule,
+    State, StateMachine, StrOrPath, TaskState, Template, Wait,
 };
 use crate::distributed;
+use crate::jsonata::{Bindings, Expr, Outcome};
 use crate::jsonpath::{JsonPath, RefStep};
 use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
@@ -186,6 +187,9 @@ pub(crate) struct Failure {
     /// The `<Type>StateFailed` event still to record for the failed Map or Parallel state:
     /// written once retries are over, as AWS records it once.
     state_failed: Option<&'static str>,
+    /// For a JSONata evaluation failure, the field (`Items`, `Output/result`): its
+    /// `EvaluationFailed` event is still to record.
+    location: Option<String>,
 }
 
 impl Failure {
@@ -195,6 +199,7 @@ impl Failure {
             cause: Some(cause.into()),
             catchable: Catchable::Yes,
             state_failed: None,
+            location: None,
         }
     }
 
@@ -206,6 +211,20 @@ impl Failure {
             )),
             catchable: Catchable::No,
             state_failed: None,
+            location: None,
+        }
+    }
+
+    /// `States.QueryEvaluationError`: a JSONata expression failed or gave the wrong type.
+    fn query(state: &str, entered: u64, location: &str, detail: &str) -> Self {
+        Self {
+            location: Some(location.to_string()),
+            ..Self::new(
+                "States.QueryEvaluationError",
+                format!(
+                    "An error occurred while executing the state '{state}' (entered at the event id #{entered}). {detail}"
+                ),
+            )
         }
     }
 
@@ -494,7 +513,13 @@ fn run_program(
                 output,
                 next,
                 assigned,
-            } = run_state(&exec, &state, input, entered, &vars).await?;
+            } = match run_state(&exec, &state, input, entered, &vars).await {
+                Ok(step) => step,
+                Err(mut f) => {
+                    record_evaluation_failed(&exec, &state.name, &mut f);
+                    return Err(f);
+                }
+            };
             let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
             let mut details = json!({"name": state.name, "output": output});
             if let Some(a) = assigned {
@@ -580,6 +605,7 @@ fn eval_template(
                 )
             })
         }
+        Template::Jsonata { field, expr } => eval_jsonata(state, entered, field, expr, input, ctx),
         Template::Intrinsic { field, text, call } => call.evaluate(input, ctx).map_err(|e| {
             Failure::runtime(
                 state,
@@ -588,6 +614,95 @@ fn eval_template(
             )
         }),
     }
+}
+
+/// Evaluates a JSONata expression with `$states.input` = `input` and the variables in scope.
+fn eval_jsonata(
+    state: &str,
+    entered: u64,
+    field: &str,
+    expr: &Expr,
+    input: &Value,
+    ctx: &Ctx<'_>,
+) -> Result<Value, Failure> {
+    // The context object holds the execution input: built only for expressions that read it.
+    let context = expr.text().contains("context").then(|| ctx.materialize());
+    let mut b = Bindings::new();
+    b.with_map(ctx.vars).states_field("input", input);
+    if let Some(r) = ctx.states_result {
+        b.states_field("result", r);
+    }
+    if let Some(e) = ctx.states_error {
+        b.states_field("errorOutput", e);
+    }
+    if let Some(c) = &context {
+        b.states_field("context", c);
+    }
+    let text = expr.text();
+    match expr.evaluate(None, &b) {
+        Ok(Outcome::Value(v)) => Ok(v),
+        Ok(Outcome::Undefined) => Err(Failure::query(
+            state,
+            entered,
+            field,
+            &format!(
+                "The JSONata expression '{text}' specified for the field '{field}' returned nothing (undefined)."
+            ),
+        )),
+        Ok(Outcome::Function) => Err(Failure::query(
+            state,
+            entered,
+            field,
+            &format!(
+                "The JSONata expression '{text}' specified for the field '{field}' returned an unsupported result type."
+            ),
+        )),
+        Err(e) => Err(Failure::query(
+            state,
+            entered,
+            field,
+            &format!(
+                "The JSONata expression '{text}' specified for the field '{field}' threw an error during evaluation: {e}"
+            ),
+        )),
+    }
+}
+
+/// The JSON type name AWS uses in JSONata result-type errors.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// An expression template's text, for messages (`None` for a literal).
+fn template_text(t: &Template) -> Option<&str> {
+    match t {
+        Template::Jsonata { expr, .. } => Some(expr.text()),
+        _ => None,
+    }
+}
+
+/// A JSONata state's `Output` (default: `default`).
+fn jsonata_output(
+    state: &State,
+    entered: u64,
+    output: Option<&Template>,
+    input: &Value,
+    default: Value,
+    ctx: &Ctx<'_>,
+) -> Result<Value, Failure> {
+    let out = match output {
+        Some(t) => eval_template(&state.name, entered, t, input, ctx)?,
+        None => default,
+    };
+    check_output_size(state, &out)?;
+    Ok(out)
 }
 
 /// OutputPath on a value the state owns: `$` passes it on without a copy.
@@ -657,6 +772,7 @@ fn check_output_size(state: &State, v: &Value) -> Result<(), Failure> {
             )),
             catchable: Catchable::ByNameOnly,
             state_failed: None,
+            location: None,
         });
     }
     Ok(())
@@ -709,6 +825,21 @@ fn finish_result(
             ),
         ));
     }
+    if let Some(j) = &state.jsonata {
+        // JSONata: Assign and Output see `$states.input` and `$states.result`; the output is
+        // the result unless Output says otherwise.
+        let rctx = Ctx {
+            states_result: Some(&result),
+            ..*ctx
+        };
+        let assigned = eval_assign(&state.name, entered, state.assign.as_ref(), raw, &rctx)?;
+        let out = match &j.output {
+            Some(t) => eval_template(&state.name, entered, t, raw, &rctx)?,
+            None => result,
+        };
+        check_output_size(state, &out)?;
+        return Ok((out, assigned));
+    }
     let result = match fields.selector {
         Some(t) => eval_template(&state.name, entered, t, &result, ctx)?,
         None => result,
@@ -736,8 +867,15 @@ async fn run_state(
         item: None,
         task_token: None,
         vars,
+        states_result: None,
+        states_error: None,
     };
     let name = state.name.as_str();
+    if let Some(j) = &state.jsonata {
+        if let Some(step) = run_jsonata_state(exec, state, j, &raw, entered, &ctx).await {
+            return step;
+        }
+    }
     let step = |output: Value, next: Option<String>, assigned: Option<Vars>| Step {
         output,
         next,
@@ -782,6 +920,12 @@ async fn run_state(
                 match sp {
                     None => Ok(None),
                     Some(StrOrPath::Str(s)) => Ok(Some(s.clone())),
+                    Some(StrOrPath::Expr(t)) => {
+                        Ok(Some(match eval_template(name, entered, t, &raw, &ctx)? {
+                            Value::String(s) => s,
+                            other => compact(&other),
+                        }))
+                    }
                     Some(StrOrPath::Path(p)) => {
                         let v = p.lookup(&raw, &ctx).ok_or_else(|| {
                             Failure::runtime(
@@ -808,6 +952,7 @@ async fn run_state(
                 cause,
                 catchable: Catchable::Yes,
                 state_failed: None,
+                location: None,
             })
         }
         Kind::Choice { choices, default } => {
@@ -829,6 +974,7 @@ async fn run_state(
                         cause: Some(format!("No Matches! (state '{name}')")),
                         catchable: Catchable::Yes,
                         state_failed: None,
+                        location: None,
                     })?;
                     (d, state.assign.as_ref())
                 }
@@ -910,6 +1056,93 @@ async fn run_state(
     }
 }
 
+/// The JSONata forms of Pass, Succeed, Fail, Choice and Wait (`None` for the state types whose
+/// JSONata fields are handled along their JSONPath path: Task, Map, Parallel).
+async fn run_jsonata_state(
+    exec: &Arc<Exec>,
+    state: &State,
+    j: &JsonataFields,
+    raw: &Value,
+    entered: u64,
+    ctx: &Ctx<'_>,
+) -> Option<Result<Step, Failure>> {
+    let name = state.name.as_str();
+    let simple = |next: Option<String>| -> Result<Step, Failure> {
+        let assigned = eval_assign(name, entered, state.assign.as_ref(), raw, ctx)?;
+        let output = jsonata_output(state, entered, j.output.as_ref(), raw, raw.clone(), ctx)?;
+        Ok(Step {
+            output,
+            next,
+            assigned,
+        })
+    };
+    Some(match &state.kind {
+        Kind::Pass { .. } => simple(state.next.clone()),
+        Kind::Succeed => simple(None),
+        Kind::Wait(wait) => {
+            let delay = match wait_duration(exec, state, entered, wait, raw, ctx) {
+                Ok(d) => d,
+                Err(f) => return Some(Err(f)),
+            };
+            exec.clock.sleep(delay).await;
+            simple(state.next.clone())
+        }
+        Kind::Choice { choices, default } => {
+            let mut chosen = None;
+            for (i, (rule, target, assign)) in choices.iter().enumerate() {
+                let Rule::Condition(t) = rule else { continue };
+                let v = match eval_template(name, entered, t, raw, ctx) {
+                    Ok(v) => v,
+                    Err(f) => return Some(Err(f)),
+                };
+                let Value::Bool(b) = v else {
+                    return Some(Err(Failure::query(
+                        name,
+                        entered,
+                        "Condition",
+                        &format!(
+                            "The JSONata expression '{}' specified for the field 'Condition' returned an unexpected result type. Expected 'boolean', but was '{}' for value: {}",
+                            template_text(t).unwrap_or_default(),
+                            json_type(&v),
+                            compact(&v)
+                        ),
+                    )));
+                };
+                if b {
+                    chosen = Some((
+                        target.clone(),
+                        assign.as_ref(),
+                        j.choice_outputs.get(i).and_then(Option::as_ref),
+                    ));
+                    break;
+                }
+            }
+            let (next, assign, output) = match chosen {
+                Some(c) => c,
+                None => match default {
+                    Some(d) => (d.clone(), state.assign.as_ref(), j.output.as_ref()),
+                    None => {
+                        return Some(Err(Failure::new(
+                            "States.NoChoiceMatched",
+                            format!("No Matches! (state '{name}')"),
+                        )));
+                    }
+                },
+            };
+            (|| {
+                let assigned = eval_assign(name, entered, assign, raw, ctx)?;
+                let output = jsonata_output(state, entered, output, raw, raw.clone(), ctx)?;
+                Ok(Step {
+                    output,
+                    next: Some(next),
+                    assigned,
+                })
+            })()
+        }
+        _ => return None,
+    })
+}
+
 /// How long a Wait state sleeps; the `...Path` forms fail as AWS words it.
 fn wait_duration(
     exec: &Exec,
@@ -925,6 +1158,39 @@ fn wait_duration(
             .unwrap_or(Duration::ZERO)
     };
     match wait {
+        Wait::Expr { seconds, template } => {
+            let v = eval_template(&state.name, entered, template, input, ctx)?;
+            if *seconds {
+                let n = v.as_u64().or_else(|| {
+                    v.as_f64()
+                        .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                        .map(|f| f as u64)
+                });
+                return n.map(Duration::from_secs).ok_or_else(|| {
+                    Failure::query(
+                        &state.name,
+                        entered,
+                        "Seconds",
+                        &format!(
+                            "The Seconds field must evaluate to a non-negative integer, but was: {}",
+                            compact(&v)
+                        ),
+                    )
+                });
+            }
+            match v.as_str().and_then(choice::parse_timestamp) {
+                Some(t) => Ok(until(t)),
+                None => Err(Failure::query(
+                    &state.name,
+                    entered,
+                    "Timestamp",
+                    &format!(
+                        "The Timestamp field cannot be parsed as an ISO-8601 extended offset date-time format string: {}",
+                        v.as_str().map_or_else(|| compact(&v), str::to_string)
+                    ),
+                )),
+            }
+        }
         Wait::Seconds(n) => Ok(Duration::from_secs(*n)),
         Wait::Timestamp(t) => Ok(until(*t)),
         Wait::SecondsPath(p) => {
@@ -1002,6 +1268,7 @@ where
                 });
             }
             Err(mut f) => {
+                record_evaluation_failed(exec, &state.name, &mut f);
                 if let Some(i) = retry.iter().position(|r| f.matches(&r.error_equals)) {
                     let r = &retry[i];
                     if counts[i] < r.max_attempts {
@@ -1028,6 +1295,23 @@ where
                 record_state_failed(exec, &state.name, &mut f);
                 if let Some(c) = catch.iter().find(|c| f.matches(&c.error_equals)) {
                     let error_output = f.as_value();
+                    if state.jsonata.is_some() {
+                        let cctx = Ctx {
+                            states_error: Some(&error_output),
+                            ..*ctx
+                        };
+                        let assigned =
+                            eval_assign(&state.name, entered, c.assign.as_ref(), raw, &cctx)?;
+                        let output = match &c.output {
+                            Some(t) => eval_template(&state.name, entered, t, raw, &cctx)?,
+                            None => error_output.clone(),
+                        };
+                        return Ok(Step {
+                            output,
+                            next: Some(c.next.clone()),
+                            assigned,
+                        });
+                    }
                     let assigned =
                         eval_assign(&state.name, entered, c.assign.as_ref(), &error_output, ctx)?;
                     let output = apply_result_path(raw, c.result_path.as_ref(), error_output)?;
@@ -1054,6 +1338,24 @@ fn resolve_num(
 ) -> Result<u64, Failure> {
     match np {
         NumOrPath::Num(n) => Ok(*n),
+        NumOrPath::Expr(t) => {
+            let v = eval_template(&state.name, entered, t, input, ctx)?;
+            v.as_u64()
+                .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
+                .ok_or_else(|| {
+                    Failure::query(
+                        &state.name,
+                        entered,
+                        field,
+                        &format!(
+                            "The JSONata expression '{}' specified for the field '{field}' returned an unexpected result type. Expected 'integer', but was '{}' for value: {}",
+                            template_text(t).unwrap_or_default(),
+                            json_type(&v),
+                            compact(&v)
+                        ),
+                    )
+                })
+        }
         NumOrPath::Path(p) => {
             let v = p.lookup(input, ctx);
             // A variable may hold the number as text (AWS accepts `"1"` from `$var`).
@@ -1135,6 +1437,21 @@ fn not_found(exec: &Exec, name: &str, qualifier: Option<&str>) -> Failure {
     )
 }
 
+/// The length of `v` as Python's `json.dumps` writes it (`", "` and `": "` separators): the
+/// Content-Length AWS reports for a Python function's response, as the recorded runs show.
+fn python_json_len(v: &Value) -> usize {
+    fn extra(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => a.len().saturating_sub(1) + a.iter().map(extra).sum::<usize>(),
+            Value::Object(m) => {
+                m.len() + m.len().saturating_sub(1) + m.values().map(extra).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+    size_of(v) + extra(v)
+}
+
 /// Removes insignificant whitespace from JSON text, keeping key order (as Jackson re-serialises).
 fn compact_json_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -1199,6 +1516,7 @@ async fn run_task_once(
             )),
             catchable: Catchable::ByNameOnly,
             state_failed: None,
+            location: None,
         });
     }
     let timeout = task
@@ -1299,6 +1617,7 @@ async fn run_task_once(
                         cause: None,
                         catchable: Catchable::Yes,
                         state_failed: None,
+                        location: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1389,6 +1708,7 @@ async fn run_task_once(
                         cause: None,
                         catchable: Catchable::Yes,
                         state_failed: None,
+                        location: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1412,7 +1732,7 @@ async fn run_task_once(
                     ));
                 }
                 Some(Ok(v)) => {
-                    let len = compact(&v).len().to_string();
+                    let len = python_json_len(&v).to_string();
                     let wrapped = json!({
                         "ExecutedVersion": "$LATEST",
                         "Payload": v,
@@ -1494,6 +1814,7 @@ async fn run_task_once(
                         cause: None,
                         catchable: Catchable::Yes,
                         state_failed: None,
+                        location: None,
                     });
                 }
                 Some(Err(e)) => {
@@ -1565,17 +1886,46 @@ async fn run_map_once(
                 ..Failure::new("States.ItemReaderFailed", cause)
             })?;
         &read
+    } else if let Some(t) = &map.items {
+        let evaluated = eval_template(name, entered, t, &effective, ctx).map_err(|f| Failure {
+            state_failed: Some("MapStateFailed"),
+            ..f
+        })?;
+        read = match evaluated {
+            Value::Array(a) => a,
+            other => {
+                return Err(Failure {
+                    state_failed: Some("MapStateFailed"),
+                    ..Failure::query(
+                        name,
+                        entered,
+                        "Items",
+                        &format!(
+                            "The JSONata expression '{}' specified for the field 'Items' returned an unexpected result type. Expected 'array', but was '{}' for value: {}",
+                            template_text(t).unwrap_or_default(),
+                            json_type(&other),
+                            compact(&other)
+                        ),
+                    )
+                });
+            }
+        };
+        &read
     } else {
         items_v = apply_path(state, entered, Some(&map.items_path), &effective, ctx)?;
         let Value::Array(items) = &*items_v else {
-            return Err(Failure::runtime(
-                name,
-                entered,
-                &format!(
-                    "Map state input must be an array but was: {}",
-                    compact(&items_v)
-                ),
-            ));
+            let detail = format!(
+                "Map state input must be an array but was: {}",
+                compact(&items_v)
+            );
+            return Err(if state.jsonata.is_some() {
+                Failure {
+                    state_failed: Some("MapStateFailed"),
+                    ..Failure::query(name, entered, "Items", &detail)
+                }
+            } else {
+                Failure::runtime(name, entered, &detail)
+            });
         };
         items
     };
@@ -1906,6 +2256,19 @@ fn result_too_large(
     details["cause"] = json!(f.cause);
     exec.event(event_type, previous, Some(state), details);
     f
+}
+
+/// Records the pending `EvaluationFailed` event of a JSONata evaluation failure.
+fn record_evaluation_failed(exec: &Exec, state: &str, f: &mut Failure) {
+    if let Some(location) = f.location.take() {
+        let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+        exec.event(
+            "EvaluationFailed",
+            prev,
+            Some(state),
+            json!({"error": f.error, "cause": f.cause, "location": location, "state": state}),
+        );
+    }
 }
 
 /// Records the pending `<Type>StateFailed` event of a failure that will not be retried.

@@ -511,6 +511,8 @@ mod tests {
             item: None,
             task_token: None,
             vars: &vars,
+            states_result: None,
+            states_error: None,
         };
         Intrinsic::parse(expr)?.evaluate(&input, &ctx)
     }

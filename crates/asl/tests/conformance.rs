@@ -122,6 +122,12 @@ const SUPPORTED: &[&str] = &[
     "choice:IsString",
     "choice:IsBoolean",
     "choice:IsTimestamp",
+    "jsonata",
+    "jsonata:$states",
+    "field:QueryLanguage",
+    "field:Arguments",
+    "field:Output",
+    "field:Items",
 ];
 
 fn cases_dir() -> PathBuf {

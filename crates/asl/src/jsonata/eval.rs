@@ -29,10 +29,7 @@ pub(crate) enum Val<'a> {
 }
 
 pub(crate) enum Func<'a> {
-    Lambda {
-        def: &'a Lambda,
-        env: Rc<Env<'a>>,
-    },
+    Lambda { def: &'a Lambda, env: Rc<Env<'a>> },
     Builtin(&'static str),
 }
 
@@ -649,7 +646,11 @@ fn eval_path<'a>(
                 results.push((r, matches!(step, Node::Array(_))));
             }
         }
-        if last && results.len() == 1 && results[0].0.is_array() && !matches!(results[0].0, Val::Seq(_)) {
+        if last
+            && results.len() == 1
+            && results[0].0.is_array()
+            && !matches!(results[0].0, Val::Seq(_))
+        {
             return Ok(results.remove(0).0);
         }
         let mut next = Vec::new();
@@ -682,7 +683,9 @@ fn filter<'a>(
     };
     if let Node::Num(f) = pred {
         return Ok(Val::Seq(Rc::new(
-            index(*f).map(|i| vec![items[i].clone()]).unwrap_or_default(),
+            index(*f)
+                .map(|i| vec![items[i].clone()])
+                .unwrap_or_default(),
         )));
     }
     let mut out = Vec::new();
@@ -690,8 +693,13 @@ fn filter<'a>(
         let r = eval(pred, item, env, ctx)?.collapse();
         let keep = if let Some(f) = r.as_num() {
             index(f) == Some(i)
-        } else if r.is_array() && r.items().iter().all(|x| x.as_num().is_some()) && !r.items().is_empty() {
-            r.items().iter().any(|x| x.as_num().and_then(index) == Some(i))
+        } else if r.is_array()
+            && r.items().iter().all(|x| x.as_num().is_some())
+            && !r.items().is_empty()
+        {
+            r.items()
+                .iter()
+                .any(|x| x.as_num().and_then(index) == Some(i))
         } else {
             truthy(&r)
         };
@@ -714,7 +722,9 @@ fn range(lo: &Val<'_>, hi: &Val<'_>) -> Result<std::ops::RangeInclusive<i64>, Js
             .ok_or_else(|| {
                 JsonataError::eval(
                     code,
-                    format!("The {side} side of the range operator (..) must evaluate to an integer"),
+                    format!(
+                        "The {side} side of the range operator (..) must evaluate to an integer"
+                    ),
                 )
             })
     };
@@ -763,7 +773,9 @@ fn binary<'a>(
                 v.as_num().map(Some).ok_or_else(|| {
                     JsonataError::eval(
                         code,
-                        format!("The {side} side of the \"{op}\" operator must evaluate to a number"),
+                        format!(
+                            "The {side} side of the \"{op}\" operator must evaluate to a number"
+                        ),
                     )
                 })
             };

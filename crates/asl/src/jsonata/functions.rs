@@ -8,14 +8,71 @@ use super::JsonataError;
 use super::eval::{Ctx, Val, apply, display, equal, num_to_json, truthy};
 
 const NAMES: &[&str] = &[
-    "string", "number", "boolean", "not", "exists", "type", "count", "sum", "max", "min",
-    "average", "length", "substring", "substringBefore", "substringAfter", "uppercase",
-    "lowercase", "trim", "pad", "contains", "split", "join", "replace", "match", "keys",
-    "values", "lookup", "merge", "spread", "each", "map", "filter", "reduce", "single", "sort",
-    "reverse", "append", "distinct", "zip", "shuffle", "now", "millis", "fromMillis",
-    "toMillis", "round", "floor", "ceil", "abs", "power", "sqrt", "error", "assert",
-    "base64encode", "base64decode", "encodeUrlComponent", "decodeUrlComponent", "encodeUrl",
-    "decodeUrl", "sift", "partition", "range", "hash", "random", "uuid", "parse",
+    "string",
+    "number",
+    "boolean",
+    "not",
+    "exists",
+    "type",
+    "count",
+    "sum",
+    "max",
+    "min",
+    "average",
+    "length",
+    "substring",
+    "substringBefore",
+    "substringAfter",
+    "uppercase",
+    "lowercase",
+    "trim",
+    "pad",
+    "contains",
+    "split",
+    "join",
+    "replace",
+    "match",
+    "keys",
+    "values",
+    "lookup",
+    "merge",
+    "spread",
+    "each",
+    "map",
+    "filter",
+    "reduce",
+    "single",
+    "sort",
+    "reverse",
+    "append",
+    "distinct",
+    "zip",
+    "shuffle",
+    "now",
+    "millis",
+    "fromMillis",
+    "toMillis",
+    "round",
+    "floor",
+    "ceil",
+    "abs",
+    "power",
+    "sqrt",
+    "error",
+    "assert",
+    "base64encode",
+    "base64decode",
+    "encodeUrlComponent",
+    "decodeUrlComponent",
+    "encodeUrl",
+    "decodeUrl",
+    "sift",
+    "partition",
+    "range",
+    "hash",
+    "random",
+    "uuid",
+    "parse",
 ];
 
 /// The builtin named `name`, if any.
@@ -72,7 +129,9 @@ fn round_numbers(v: Value) -> Value {
             num_to_json(r).map_or(Value::Null, Value::Number)
         }
         Value::Array(a) => Value::Array(a.into_iter().map(round_numbers).collect()),
-        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, round_numbers(v))).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, v)| (k, round_numbers(v))).collect())
+        }
         other => other,
     }
 }
@@ -279,7 +338,8 @@ pub(crate) fn call_builtin<'a>(
             None => Val::Undef,
         },
         "substringBefore" | "substringAfter" => {
-            let (Some(s), Some(chars)) = (str_arg(name, &args, 0)?, str_arg(name, &args, 1)?) else {
+            let (Some(s), Some(chars)) = (str_arg(name, &args, 0)?, str_arg(name, &args, 1)?)
+            else {
                 return Ok(if undef0 { Val::Undef } else { a0 });
             };
             match s.find(chars) {
@@ -494,7 +554,12 @@ pub(crate) fn call_builtin<'a>(
             let whole = Val::arr(items.clone());
             let mut out = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
-                let r = apply(&f, vec![item.clone(), Val::Num(i as f64), whole.clone()], input, ctx)?;
+                let r = apply(
+                    &f,
+                    vec![item.clone(), Val::Num(i as f64), whole.clone()],
+                    input,
+                    ctx,
+                )?;
                 if name == "map" {
                     if !r.is_undef() {
                         out.push(r);
@@ -510,7 +575,12 @@ pub(crate) fn call_builtin<'a>(
             let mut found = None;
             for (i, item) in a0.items().into_iter().enumerate() {
                 let keep = match &f {
-                    Some(f) => truthy(&apply(f, vec![item.clone(), Val::Num(i as f64)], input, ctx)?),
+                    Some(f) => truthy(&apply(
+                        f,
+                        vec![item.clone(), Val::Num(i as f64)],
+                        input,
+                        ctx,
+                    )?),
                     None => true,
                 };
                 if keep {
@@ -549,7 +619,12 @@ pub(crate) fn call_builtin<'a>(
             let f = args.get(1).cloned().unwrap_or(Val::Undef);
             let mut out = Vec::new();
             for (k, v) in a0.entries() {
-                if truthy(&apply(&f, vec![v.clone(), Val::str(&k), a0.clone()], input, ctx)?) {
+                if truthy(&apply(
+                    &f,
+                    vec![v.clone(), Val::str(&k), a0.clone()],
+                    input,
+                    ctx,
+                )?) {
                     out.push((k, v));
                 }
             }
@@ -571,7 +646,12 @@ pub(crate) fn call_builtin<'a>(
                     for item in items {
                         let mut pos = sorted.len();
                         while pos > 0 {
-                            let after = truthy(&apply(f, vec![sorted[pos - 1].clone(), item.clone()], input, ctx)?);
+                            let after = truthy(&apply(
+                                f,
+                                vec![sorted[pos - 1].clone(), item.clone()],
+                                input,
+                                ctx,
+                            )?);
                             if after {
                                 pos -= 1;
                             } else {
@@ -654,9 +734,7 @@ pub(crate) fn call_builtin<'a>(
                     .collect(),
             )
         }
-        "now" => Val::str(
-            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ),
+        "now" => Val::str(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         "millis" => Val::Num(now_millis()),
         "fromMillis" => match num_arg(name, &args, 0)? {
             None => Val::Undef,
@@ -706,7 +784,9 @@ pub(crate) fn call_builtin<'a>(
             if !r.is_finite() {
                 return Err(JsonataError::eval(
                     "D3061",
-                    format!("The power function has resulted in a value that cannot be represented as a JSON number: base={b}, exponent={e}"),
+                    format!(
+                        "The power function has resulted in a value that cannot be represented as a JSON number: base={b}, exponent={e}"
+                    ),
                 ));
             }
             Val::Num(r)
@@ -714,14 +794,18 @@ pub(crate) fn call_builtin<'a>(
         "error" => {
             return Err(JsonataError::eval(
                 "D3137",
-                str_arg(name, &args, 0)?.unwrap_or("$error() function evaluated").to_string(),
+                str_arg(name, &args, 0)?
+                    .unwrap_or("$error() function evaluated")
+                    .to_string(),
             ));
         }
         "assert" => {
             if !truthy(&a0) {
                 return Err(JsonataError::eval(
                     "D3141",
-                    str_arg(name, &args, 1)?.unwrap_or("$assert() statement failed").to_string(),
+                    str_arg(name, &args, 1)?
+                        .unwrap_or("$assert() statement failed")
+                        .to_string(),
                 ));
             }
             Val::Undef
@@ -766,7 +850,10 @@ pub(crate) fn call_builtin<'a>(
                     if bytes[i] == b'%' && i + 2 < bytes.len() {
                         let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
                         let b = u8::from_str_radix(hex, 16).map_err(|_| {
-                            JsonataError::eval("D3140", format!("Malformed URL passed to ${name}(): \"{s}\""))
+                            JsonataError::eval(
+                                "D3140",
+                                format!("Malformed URL passed to ${name}(): \"{s}\""),
+                            )
                         })?;
                         out.push(b);
                         i += 3;
@@ -824,7 +911,8 @@ pub(crate) fn call_builtin<'a>(
             Val::Seq(Rc::new(out))
         }
         "hash" => {
-            let (Some(data), Some(alg)) = (str_arg(name, &args, 0)?, str_arg(name, &args, 1)?) else {
+            let (Some(data), Some(alg)) = (str_arg(name, &args, 0)?, str_arg(name, &args, 1)?)
+            else {
                 return Err(arg_err(name, 0));
             };
             Val::str(&hash_hex(alg, data.as_bytes()).ok_or_else(|| {
@@ -876,10 +964,11 @@ fn json_val<'a>(v: Value) -> Val<'a> {
         Value::Number(n) => Val::Num(n.as_f64().unwrap_or(0.0)),
         Value::String(s) => Val::str(&s),
         Value::Array(a) => Val::arr(a.into_iter().map(json_val).collect()),
-        Value::Object(m) => Val::Obj(Rc::new(m.into_iter().map(|(k, v)| (k, json_val(v))).collect())),
+        Value::Object(m) => Val::Obj(Rc::new(
+            m.into_iter().map(|(k, v)| (k, json_val(v))).collect(),
+        )),
     }
 }
-
 
 /// JSONata's `$1` group references as Rust regex's `${1}`; `$$` is a literal dollar.
 fn js_replacement(rep: &str) -> String {

@@ -40,7 +40,11 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                 j += 1;
             }
             if j + 1 >= chars.len() {
-                return Err(JsonataError::syntax("S0106", "Comment has no closing tag", i));
+                return Err(JsonataError::syntax(
+                    "S0106",
+                    "Comment has no closing tag",
+                    i,
+                ));
             }
             i = j + 2;
             continue;
@@ -82,7 +86,11 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                 j += 1;
             }
             if pattern.is_empty() {
-                return Err(JsonataError::syntax("S0301", "Empty regular expressions are not allowed", i));
+                return Err(JsonataError::syntax(
+                    "S0301",
+                    "Empty regular expressions are not allowed",
+                    i,
+                ));
             }
             j += 1;
             let mut flags = String::new();
@@ -103,14 +111,22 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
             let mut j = i + 1;
             loop {
                 let Some(&d) = chars.get(j) else {
-                    return Err(JsonataError::syntax("S0101", "String literal must be terminated by a matching quote", i));
+                    return Err(JsonataError::syntax(
+                        "S0101",
+                        "String literal must be terminated by a matching quote",
+                        i,
+                    ));
                 };
                 if d == c {
                     break;
                 }
                 if d == '\\' {
                     let Some(&e) = chars.get(j + 1) else {
-                        return Err(JsonataError::syntax("S0101", "String literal must be terminated by a matching quote", i));
+                        return Err(JsonataError::syntax(
+                            "S0101",
+                            "String literal must be terminated by a matching quote",
+                            i,
+                        ));
                     };
                     j += 2;
                     match e {
@@ -123,7 +139,11 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                         'u' => {
                             let hex: String = chars.iter().skip(j).take(4).collect();
                             let code = u32::from_str_radix(&hex, 16).map_err(|_| {
-                                JsonataError::syntax("S0104", "The escape sequence \\u must be followed by 4 hex digits", j)
+                                JsonataError::syntax(
+                                    "S0104",
+                                    "The escape sequence \\u must be followed by 4 hex digits",
+                                    j,
+                                )
                             })?;
                             j += 4;
                             // A surrogate pair is two \u escapes.
@@ -133,7 +153,9 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                             {
                                 let hex2: String = chars.iter().skip(j + 2).take(4).collect();
                                 if let Ok(low) = u32::from_str_radix(&hex2, 16) {
-                                    let combined = 0x10000 + ((code - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                                    let combined = 0x10000
+                                        + ((code - 0xD800) << 10)
+                                        + (low.wrapping_sub(0xDC00) & 0x3FF);
                                     s.push(char::from_u32(combined).unwrap_or('\u{FFFD}'));
                                     j += 6;
                                     continue;
@@ -183,11 +205,15 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                 }
             }
             let text: String = chars[i..j].iter().collect();
-            let n: f64 = text
-                .parse()
-                .map_err(|_| JsonataError::syntax("S0102", format!("Number out of range: {text}"), i))?;
+            let n: f64 = text.parse().map_err(|_| {
+                JsonataError::syntax("S0102", format!("Number out of range: {text}"), i)
+            })?;
             if !n.is_finite() {
-                return Err(JsonataError::syntax("S0102", format!("Number out of range: {text}"), i));
+                return Err(JsonataError::syntax(
+                    "S0102",
+                    format!("Number out of range: {text}"),
+                    i,
+                ));
             }
             out.push((Tok::Num(n), start));
             i = j;
@@ -204,7 +230,11 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
                 j += 1;
             }
             if j >= chars.len() {
-                return Err(JsonataError::syntax("S0105", "Quoted property name must be terminated with a backquote (`)", i));
+                return Err(JsonataError::syntax(
+                    "S0105",
+                    "Quoted property name must be terminated with a backquote (`)",
+                    i,
+                ));
             }
             out.push((Tok::Name(s), start));
             i = j + 1;
@@ -231,7 +261,9 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
             continue;
         }
         if let Some(op) = OPS.iter().find(|op| {
-            op.chars().enumerate().all(|(k, oc)| chars.get(i + k) == Some(&oc))
+            op.chars()
+                .enumerate()
+                .all(|(k, oc)| chars.get(i + k) == Some(&oc))
         }) {
             out.push((Tok::Op(op), start));
             i += op.chars().count();
@@ -252,7 +284,11 @@ pub(crate) fn tokenize(text: &str) -> Result<Vec<(Tok, usize)>, JsonataError> {
             i = j;
             continue;
         }
-        return Err(JsonataError::syntax("S0204", format!("Unknown operator: \"{c}\""), i));
+        return Err(JsonataError::syntax(
+            "S0204",
+            format!("Unknown operator: \"{c}\""),
+            i,
+        ));
     }
     out.push((Tok::End, chars.len()));
     Ok(out)
@@ -327,7 +363,11 @@ pub(crate) struct Parser {
 
 impl Parser {
     pub(crate) fn new(toks: Vec<(Tok, usize)>) -> Self {
-        Self { toks, pos: 0, depth: 0 }
+        Self {
+            toks,
+            pos: 0,
+            depth: 0,
+        }
     }
 
     fn peek(&self) -> &Tok {
@@ -376,7 +416,11 @@ impl Parser {
     fn expression(&mut self, rbp: u8) -> Result<Node, JsonataError> {
         self.depth += 1;
         if self.depth > 300 {
-            return Err(JsonataError::syntax("S0200", "Expression is nested too deeply", self.at()));
+            return Err(JsonataError::syntax(
+                "S0200",
+                "Expression is nested too deeply",
+                self.at(),
+            ));
         }
         let t = self.next();
         let mut left = self.nud(t)?;
@@ -451,12 +495,19 @@ impl Parser {
             }
             Tok::Op("{") => Node::Object(self.object_body()?),
             Tok::End => {
-                return Err(JsonataError::syntax("S0207", "Unexpected end of expression", at));
+                return Err(JsonataError::syntax(
+                    "S0207",
+                    "Unexpected end of expression",
+                    at,
+                ));
             }
             other => {
                 return Err(JsonataError::syntax(
                     "S0211",
-                    format!("The symbol {} cannot be used as a unary operator", describe(&other)),
+                    format!(
+                        "The symbol {} cannot be used as a unary operator",
+                        describe(&other)
+                    ),
                     at,
                 ));
             }
@@ -490,7 +541,10 @@ impl Parser {
                 other => {
                     return Err(JsonataError::syntax(
                         "S0208",
-                        format!("Parameter {} of function definition must be a variable name (start with $)", describe(&other)),
+                        format!(
+                            "Parameter {} of function definition must be a variable name (start with $)",
+                            describe(&other)
+                        ),
                         self.at(),
                     ));
                 }
@@ -525,7 +579,11 @@ impl Parser {
             Tok::Name(n) if n == "or" => "or",
             Tok::Name(n) if n == "in" => "in",
             other => {
-                return Err(JsonataError::syntax("S0201", format!("Syntax error: {}", describe(other)), at));
+                return Err(JsonataError::syntax(
+                    "S0201",
+                    format!("Syntax error: {}", describe(other)),
+                    at,
+                ));
             }
         };
         Ok(match op {
@@ -580,7 +638,11 @@ impl Parser {
             }
             ":=" => {
                 let Node::Var(name) = left else {
-                    return Err(JsonataError::syntax("S0212", "The left side of := must be a variable name (start with $)", at));
+                    return Err(JsonataError::syntax(
+                        "S0212",
+                        "The left side of := must be a variable name (start with $)",
+                        at,
+                    ));
                 };
                 // Right-associative.
                 Node::Bind(name, Box::new(self.expression(9)?))
@@ -622,7 +684,11 @@ impl Parser {
                 Node::Binary(op, Box::new(left), Box::new(right))
             }
             other => {
-                return Err(JsonataError::syntax("S0201", format!("Syntax error: \"{other}\""), at));
+                return Err(JsonataError::syntax(
+                    "S0201",
+                    format!("Syntax error: \"{other}\""),
+                    at,
+                ));
             }
         })
     }

@@ -38,7 +38,10 @@ fn paths_sequences_and_flattening() {
     assert_eq!(val("a.b[0]", doc.clone()), json!([1, 3]));
     assert_eq!(val("a[-1].c", doc.clone()), json!(0));
     assert_eq!(val("x.y", doc.clone()), json!([[1, 2]]));
-    assert_eq!(val("a[$exists(b)]", doc.clone()).as_array().unwrap().len(), 2);
+    assert_eq!(
+        val("a[$exists(b)]", doc.clone()).as_array().unwrap().len(),
+        2
+    );
     assert_eq!(val("a[c = 0].c", doc.clone()), json!(0));
     assert_eq!(val("s", doc.clone()), json!("t"));
     assert_eq!(ev("nothing.here", doc.clone()), Outcome::Undefined);
@@ -62,7 +65,10 @@ fn operators() {
     assert_eq!(val("n > 5 ? 'big' : 'small'", doc.clone()), json!("big"));
     assert_eq!(ev("n < 5 ? 'big'", doc.clone()), Outcome::Undefined);
     assert_eq!(val("[1..4]", doc.clone()), json!([1, 2, 3, 4]));
-    assert_eq!(val("[0, [1, 2], l]", doc.clone()), json!([0, [1, 2], 1, 2, 3]));
+    assert_eq!(
+        val("[0, [1, 2], l]", doc.clone()),
+        json!([0, [1, 2], 1, 2, 3])
+    );
     assert_eq!(val("{'k': n, 'm': nothing}", doc.clone()), json!({"k": 7}));
     assert_eq!(val("l ~> $sum()", doc.clone()), json!(6));
     assert_eq!(val("l^(>$)", doc.clone()), json!([3, 2, 1]));
@@ -84,17 +90,26 @@ fn bindings_blocks_and_lambdas() {
         ),
         json!(120)
     );
-    assert_eq!(ev("$fn := function($x){$x}", json!(null)), Outcome::Function);
+    assert_eq!(
+        ev("$fn := function($x){$x}", json!(null)),
+        Outcome::Function
+    );
     assert_eq!(
         val("$map([1, 2, 3], function($v){ $v * 10 })", json!(null)),
         json!([10, 20, 30])
     );
     assert_eq!(
-        val("$filter([1, 2, 3, 4], function($v){ $v % 2 = 0 })", json!(null)),
+        val(
+            "$filter([1, 2, 3, 4], function($v){ $v % 2 = 0 })",
+            json!(null)
+        ),
         json!([2, 4])
     );
     assert_eq!(
-        val("$reduce([1, 2, 3], function($a, $b){ $a + $b })", json!(null)),
+        val(
+            "$reduce([1, 2, 3], function($a, $b){ $a + $b })",
+            json!(null)
+        ),
         json!(6)
     );
     assert_eq!(
@@ -137,7 +152,10 @@ fn standard_functions() {
         ("$match('a1b22', /[0-9]+/).match", json!(["1", "22"])),
         ("$keys({'a': 1, 'b': 2})", json!(["a", "b"])),
         ("$lookup({'a': 1}, 'a')", json!(1)),
-        ("$merge([{'a': 1}, {'b': 2}, {'a': 3}])", json!({"a": 3, "b": 2})),
+        (
+            "$merge([{'a': 1}, {'b': 2}, {'a': 3}])",
+            json!({"a": 3, "b": 2}),
+        ),
         ("$spread({'a': 1, 'b': 2})", json!([{"a": 1}, {"b": 2}])),
         ("$each({'a': 1}, function($v, $k){ $k & $v })", json!("a1")),
         ("$single([1, 2, 3], function($v){ $v = 2 })", json!(2)),
@@ -159,7 +177,10 @@ fn standard_functions() {
         ("$partition([1, 2, 3], 2)", json!([[1, 2], [3]])),
         ("$range(0, 10, 5)", json!([0, 5, 10])),
         ("$range(1, 9, 9)", json!(1)),
-        ("$hash('abc', 'SHA-256')", json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")),
+        (
+            "$hash('abc', 'SHA-256')",
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        ),
         ("$parse('[1, {\"a\": true}]')", json!([1, {"a": true}])),
     ] {
         assert_eq!(val(e, n.clone()), want, "{e}");
@@ -180,14 +201,23 @@ fn errors_have_codes() {
     assert_eq!(err("$nothing()", json!(null)), "T1006");
     assert_eq!(err("{1: 2}", json!(null)), "T1003");
     assert_eq!(err("$number('x')", json!(null)), "D3030");
-    assert_eq!(err("$f := function($x){ $f($x) }; $f(1)", json!(null)), "S0201");
+    assert_eq!(
+        err("$f := function($x){ $f($x) }; $f(1)", json!(null)),
+        "S0201"
+    );
     assert_eq!(
         err("($f := function($x){ $f($x) }; $f(1))", json!(null)),
         "U1001"
     );
     assert_eq!(err("[1..100000000]", json!(null)), "D2014");
-    assert_eq!(err("$partition([1], 0)", json!(null)), "States.QueryEvaluationError");
-    assert_eq!(err("$parse('{')", json!(null)), "States.QueryEvaluationError");
+    assert_eq!(
+        err("$partition([1], 0)", json!(null)),
+        "States.QueryEvaluationError"
+    );
+    assert_eq!(
+        err("$parse('{')", json!(null)),
+        "States.QueryEvaluationError"
+    );
     assert_eq!(err("/unclosed", json!(null)), "S0302");
 }
 
@@ -205,7 +235,10 @@ fn bindings_and_states() {
     assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Value(json!(6)));
     let e = Expr::parse("$states.result.ok and $not($exists($states.errorOutput))").unwrap();
     assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Value(json!(true)));
-    assert_eq!(e.text(), "$states.result.ok and $not($exists($states.errorOutput))");
+    assert_eq!(
+        e.text(),
+        "$states.result.ok and $not($exists($states.errorOutput))"
+    );
     let e = Expr::parse("states.input").unwrap();
     assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Undefined);
 }
