@@ -517,6 +517,12 @@ fn run_program(
                 Ok(step) => step,
                 Err(mut f) => {
                     record_evaluation_failed(&exec, &state.name, &mut f);
+                    if interleave && matches!(state.kind, Kind::Task(_)) {
+                        // A Task whose failure ends a Parallel branch is aborted, as AWS
+                        // records it.
+                        let prev = exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+                        exec.event("TaskStateAborted", prev, Some(&state.name), json!({}));
+                    }
                     return Err(f);
                 }
             };
