@@ -47,12 +47,24 @@ fn invalid(
     }
 }
 
+/// A state machine's type (CreateStateMachine `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkflowType {
+    /// Exactly-once, up to a year, with an execution history.
+    #[default]
+    Standard,
+    /// At most five minutes; execution ARNs of the form `…:express:machine:name:id`, no
+    /// `RedriveCount` in the context object, and no `.sync` / `.waitForTaskToken` tasks.
+    Express,
+}
+
 /// A parsed, checked state machine.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     pub(crate) name: String,
     pub(crate) program: Arc<Program>,
     pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) workflow_type: WorkflowType,
 }
 
 impl StateMachine {
@@ -99,7 +111,33 @@ impl StateMachine {
             name: "StateMachine".into(),
             program: Arc::new(program),
             timeout_seconds,
+            workflow_type: WorkflowType::Standard,
         })
+    }
+
+    /// Makes this an Express (or Standard) state machine. Express machines refuse the
+    /// `.sync` and `.waitForTaskToken` integration patterns, as AWS does.
+    pub fn with_type(mut self, workflow_type: WorkflowType) -> Result<Self, DefinitionError> {
+        if workflow_type == WorkflowType::Express {
+            if let Some((state, resource)) = find_resource(&self.program, |r| {
+                r.ends_with(".sync") || r.contains(".sync:") || r.ends_with(".waitForTaskToken")
+            }) {
+                return Err(invalid(
+                    Some(&state),
+                    "Resource",
+                    format!(
+                        "Express state machines do not support the integration pattern of '{resource}'"
+                    ),
+                ));
+            }
+        }
+        self.workflow_type = workflow_type;
+        Ok(self)
+    }
+
+    /// Standard or Express.
+    pub fn workflow_type(&self) -> WorkflowType {
+        self.workflow_type
     }
 
     /// Names the machine (used in `$$.StateMachine.Name` and the ARNs).
@@ -130,6 +168,25 @@ impl StateMachine {
         }
         count(&self.program)
     }
+}
+
+/// The first Task (state name, resource) whose resource satisfies `pred`, at any depth.
+fn find_resource(p: &Program, pred: impl Fn(&str) -> bool + Copy) -> Option<(String, String)> {
+    let mut names: Vec<&String> = p.states.keys().collect();
+    names.sort();
+    for n in names {
+        let st = &p.states[n];
+        let found = match &st.kind {
+            Kind::Task(t) if pred(&t.resource) => Some((st.name.clone(), t.resource.clone())),
+            Kind::Map(m) => find_resource(&m.processor, pred),
+            Kind::Parallel(par) => par.branches.iter().find_map(|b| find_resource(b, pred)),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
 
 /// A set of states with a start: the machine itself or a Map's item processor.

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::choice;
 use crate::context::{Ctx, Vars};
+use crate::definition::WorkflowType;
 use crate::definition::{
     Catcher, JsonataFields, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, Rule,
     State, StateMachine, StrOrPath, TaskState, Template, Wait,
@@ -23,6 +24,9 @@ use crate::task::{Clock, TaskRegistry};
 
 /// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
 pub const MAX_PAYLOAD_BYTES: usize = 262_144;
+
+/// The longest an Express execution runs.
+const EXPRESS_MAX_SECONDS: u64 = 300;
 
 /// Where the engine pretends to run: used in ARNs and error causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,20 +398,42 @@ impl Engine {
             "arn:{}:states:{}:{}:stateMachine:{}",
             c.partition, c.region, c.account_id, machine.name
         );
-        let exec_arn = format!(
-            "arn:{}:states:{}:{}:execution:{}:{exec_name}",
-            c.partition, c.region, c.account_id, machine.name
-        );
+        let express = machine.workflow_type == WorkflowType::Express;
+        let exec_arn = if express {
+            format!(
+                "arn:{}:states:{}:{}:express:{}:{exec_name}:{}",
+                c.partition,
+                c.region,
+                c.account_id,
+                machine.name,
+                uuid::Uuid::new_v4()
+            )
+        } else {
+            format!(
+                "arn:{}:states:{}:{}:execution:{}:{exec_name}",
+                c.partition, c.region, c.account_id, machine.name
+            )
+        };
         let start = self
             .clock
             .now()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut execution = json!({"Id": exec_arn, "Input": input, "StartTime": start, "Name": exec_name, "RoleArn": c.role_arn});
+        if !express {
+            execution["RedriveCount"] = json!(0);
+        }
+        // An Express execution runs at most five minutes.
+        let timeout_seconds = match (machine.timeout_seconds, express) {
+            (Some(t), true) => Some(t.min(EXPRESS_MAX_SECONDS)),
+            (None, true) => Some(EXPRESS_MAX_SECONDS),
+            (t, false) => t,
+        };
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
             context_base: Arc::new(json!({
-                "Execution": {"Id": exec_arn, "Input": input, "StartTime": start, "Name": exec_name, "RoleArn": c.role_arn, "RedriveCount": 0},
+                "Execution": execution,
                 "StateMachine": {"Id": sm_arn, "Name": machine.name},
             })),
             history: Mutex::new(Vec::new()),
@@ -433,7 +459,7 @@ impl Engine {
                 Vars::new(),
                 false,
             );
-            match machine.timeout_seconds {
+            match timeout_seconds {
                 None => run.await.map_err(Some),
                 Some(t) => {
                     tokio::select! {

@@ -28,7 +28,7 @@ pub mod objects;
 mod substitute;
 mod task;
 
-pub use definition::{DefinitionError, StateMachine};
+pub use definition::{DefinitionError, StateMachine, WorkflowType};
 pub use engine::{
     Engine, EngineConfig, ExecutionResult, ExecutionStatus, HistoryEvent, MAX_PAYLOAD_BYTES,
 };
