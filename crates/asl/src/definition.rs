@@ -2058,4 +2058,98 @@ mod tests {
         assert!(matches!(err("[1]"), DefinitionError::NotJson(_)));
         assert!(matches!(err("{"), DefinitionError::NotJson(_)));
     }
+
+    #[test]
+    fn accepts_jsonata_definitions() {
+        let def = r#"{"QueryLanguage":"JSONata","StartAt":"T","States":{
+            "T":{"Type":"Task","Resource":"arn:aws:states:::lambda:invoke",
+                 "Arguments":{"FunctionName":"f","Payload":"{% $states.input %}"},
+                 "Output":{"r":"{% $states.result.Payload %}"},
+                 "Assign":{"n":"{% $count($states.input.items) %}"},
+                 "TimeoutSeconds":"{% $states.input.t %}",
+                 "Catch":[{"ErrorEquals":["States.ALL"],"Output":"{% $states.errorOutput %}","Next":"F"}],
+                 "Next":"C"},
+            "C":{"Type":"Choice","Choices":[{"Condition":"{% $n > 1 %}","Next":"M","Output":{"many":true}}],"Default":"W"},
+            "M":{"Type":"Map","Items":"{% $states.input.items %}","ItemSelector":{"v":"{% $states.context.Map.Item.Value %}"},
+                 "ItemProcessor":{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}},"End":true},
+            "W":{"Type":"Wait","Seconds":"{% 1 + 1 %}","Next":"F"},
+            "F":{"Type":"Fail","Error":"{% 'E' %}","Cause":"literal"}}}"#;
+        let m = StateMachine::parse(def).unwrap();
+        assert_eq!(m.state_count(), 6);
+        // A JSONata state inside a JSONPath machine.
+        StateMachine::parse(
+            r#"{"StartAt":"A","States":{"A":{"QueryLanguage":"JSONata","Type":"Pass","Output":"{% 1 %}","End":true}}}"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_jsonata_naming_state_and_field() {
+        let cases = [
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Pass","Output":{"x":"{% $states.input. %}"},"End":true}}}"#,
+                (Some("A"), "Output/x"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Pass","Assign":{"v":["{% (1 %}"]},"End":true}}}"#,
+                (Some("A"), "Assign/v/0"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Choice","Choices":[{"Condition":"{% 'a %}","Next":"A"}]}}}"#,
+                (Some("A"), "Choices/0/Condition"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Choice","Choices":[{"Condition":"yes","Next":"A"}]}}}"#,
+                (Some("A"), "Choices/0/Condition"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Pass","Parameters":{},"End":true}}}"#,
+                (Some("A"), "Parameters"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Pass","QueryLanguage":"JSONPath","End":true}}}"#,
+                (Some("A"), "QueryLanguage"),
+            ),
+            (
+                r#"{"QueryLanguage":"XPath","StartAt":"A","States":{"A":{"Type":"Pass","End":true}}}"#,
+                (None, "QueryLanguage"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Wait","Seconds":"{% %}","End":true}}}"#,
+                (Some("A"), "Seconds"),
+            ),
+            (
+                r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Task","Resource":"arn:aws:states:::lambda:invoke","Catch":[{"ErrorEquals":["States.ALL"],"ResultPath":"$.e","Next":"A"}],"End":true}}}"#,
+                (Some("A"), "Catch/0/ResultPath"),
+            ),
+        ];
+        for (def, (state, field)) in cases {
+            let e = err(def);
+            let (s, f) = field_of(&e);
+            assert_eq!((s.as_deref(), f.as_str()), (state, field), "{def}: {e}");
+        }
+        let e = err(
+            r#"{"QueryLanguage":"JSONata","StartAt":"A","States":{"A":{"Type":"Pass","Output":"{% 1 + %}","End":true}}}"#,
+        );
+        assert!(
+            e.to_string()
+                .contains("the JSONata expression '1 +' is not valid: S0207"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn express_refuses_sync_and_callback_tasks() {
+        let def = r#"{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"arn:aws:states:::states:startExecution.sync:2","End":true}}}"#;
+        let m = StateMachine::parse(def).unwrap();
+        let e = m.clone().with_type(WorkflowType::Express).unwrap_err();
+        assert_eq!(
+            field_of(&e),
+            (Some("A".to_string()), "Resource".to_string())
+        );
+        assert_eq!(
+            m.with_type(WorkflowType::Standard).unwrap().workflow_type(),
+            WorkflowType::Standard
+        );
+    }
 }
