@@ -21,6 +21,7 @@ use crate::jsonata::{Bindings, Expr, Outcome};
 use crate::jsonpath::{JsonPath, RefStep};
 use crate::mock::MockedResult;
 use crate::task::{Clock, TaskRegistry};
+use crate::tokens::{TaskTokenError, TokenAnswer, Tokens};
 
 /// The Step Functions payload quota: 256 KiB for a state's input, output or task result.
 pub const MAX_PAYLOAD_BYTES: usize = 262_144;
@@ -161,6 +162,8 @@ pub struct Engine {
     registry: Arc<TaskRegistry>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
+    /// Tokens of `.waitForTaskToken` tasks, shared by every clone of the engine.
+    tokens: Arc<Tokens>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -296,6 +299,7 @@ struct Exec {
     history: Mutex<Vec<HistoryEvent>>,
     /// Calls so far of each mocked state, to pick its next mocked answer.
     mock_calls: Mutex<std::collections::HashMap<String, usize>>,
+    tokens: Arc<Tokens>,
 }
 
 impl Exec {
@@ -309,6 +313,7 @@ impl Exec {
             context_base: self.context_base.clone(),
             history: Mutex::new(Vec::new()),
             mock_calls: Mutex::new(std::collections::HashMap::new()),
+            tokens: self.tokens.clone(),
         }
     }
 
@@ -382,7 +387,34 @@ impl Engine {
             registry: Arc::new(registry),
             clock,
             config,
+            tokens: Arc::new(Tokens::default()),
         }
+    }
+
+    /// SendTaskSuccess: the `.waitForTaskToken` task holding `token` succeeds with `output`.
+    pub fn send_task_success(&self, token: &str, output: Value) -> Result<(), TaskTokenError> {
+        self.tokens.send(token, TokenAnswer::Success(output))
+    }
+
+    /// SendTaskFailure: the task holding `token` fails with `error` and `cause`.
+    pub fn send_task_failure(
+        &self,
+        token: &str,
+        error: Option<&str>,
+        cause: Option<&str>,
+    ) -> Result<(), TaskTokenError> {
+        self.tokens.send(
+            token,
+            TokenAnswer::Failure {
+                error: error.map(str::to_string),
+                cause: cause.map(str::to_string),
+            },
+        )
+    }
+
+    /// SendTaskHeartbeat: restarts the HeartbeatSeconds timer of the task holding `token`.
+    pub fn send_task_heartbeat(&self, token: &str) -> Result<(), TaskTokenError> {
+        self.tokens.send(token, TokenAnswer::Heartbeat)
     }
 
     /// Runs one execution to its end. `name` defaults to a random UUID, as on AWS.
@@ -438,6 +470,7 @@ impl Engine {
             })),
             history: Mutex::new(Vec::new()),
             mock_calls: Mutex::new(std::collections::HashMap::new()),
+            tokens: self.tokens.clone(),
         });
         tracing::debug!(execution = %exec_name, state_machine = %machine.name, "execution started");
         exec.event(
@@ -1536,9 +1569,57 @@ async fn run_task_once(
 ) -> Result<(Value, Option<Vars>), Failure> {
     let name = state.name.as_str();
     let effective = apply_path(state, entered, state.input_path.as_ref(), raw, ctx)?;
+    // `.waitForTaskToken`: a token for `$$.Task.Token`, answered through the engine handle.
+    let callback = task.resource.strip_suffix(".waitForTaskToken");
+    let mocked = exec.registry.state_mock(name).is_some();
+    let (token, rx) = match (callback.is_some() && !mocked).then(|| exec.tokens.issue()) {
+        Some((t, rx)) => (Some(t), Some(rx)),
+        None => (None, None),
+    };
+    let token_ctx;
+    let ctx = match &token {
+        Some(token) => {
+            token_ctx = Ctx {
+                task_token: Some(token.as_str()),
+                ..*ctx
+            };
+            &token_ctx
+        }
+        None => ctx,
+    };
+    let r = run_task_call(exec, state, task, raw, &effective, ctx, entered, rx).await;
+    if let Some(t) = token {
+        exec.tokens.retire(&t);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_task_call(
+    exec: &Arc<Exec>,
+    state: &State,
+    task: &TaskState,
+    raw: &Value,
+    effective: &Value,
+    ctx: &Ctx<'_>,
+    entered: u64,
+    issued: Option<tokio::sync::mpsc::UnboundedReceiver<TokenAnswer>>,
+) -> Result<(Value, Option<Vars>), Failure> {
+    let name = state.name.as_str();
+    let resource = task
+        .resource
+        .strip_suffix(".waitForTaskToken")
+        .unwrap_or(&task.resource);
+    let waiting = issued.is_some();
+    let success_event = if waiting {
+        "TaskSubmitted"
+    } else {
+        "TaskSucceeded"
+    };
+    let started_at = exec.clock.now();
     let params = match &task.parameters {
-        Some(t) => eval_template(name, entered, t, &effective, ctx)?,
-        None => effective.clone().into_owned(),
+        Some(t) => eval_template(name, entered, t, effective, ctx)?,
+        None => effective.clone(),
     };
     if size_of(&params) > MAX_PAYLOAD_BYTES {
         return Err(Failure {
@@ -1554,13 +1635,14 @@ async fn run_task_once(
     let timeout = task
         .timeout
         .as_ref()
-        .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", &effective, ctx))
+        .map(|t| resolve_num(state, entered, t, "TimeoutSeconds", effective, ctx))
         .transpose()?;
     let heartbeat = task
         .heartbeat
         .as_ref()
-        .map(|t| resolve_num(state, entered, t, "HeartbeatSeconds", &effective, ctx))
+        .map(|t| resolve_num(state, entered, t, "HeartbeatSeconds", effective, ctx))
         .transpose()?;
+    let (task_timeout, task_heartbeat) = (timeout, heartbeat);
     // No local task sends heartbeats, so HeartbeatSeconds bounds the whole call; whichever
     // limit is shorter decides the error.
     let (timeout, timeout_error) = match (timeout, heartbeat) {
@@ -1568,7 +1650,7 @@ async fn run_task_once(
         (None, Some(h)) => (Some(h), "States.HeartbeatTimeout"),
         (t, _) => (t, "States.Timeout"),
     };
-    let target = resolve_target(&task.resource).ok_or_else(|| {
+    let target = resolve_target(resource).ok_or_else(|| {
         Failure::runtime(
             name,
             entered,
@@ -1579,6 +1661,17 @@ async fn run_task_once(
         )
     })?;
     let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    let (resource_type, action) = match &target {
+        Target::Service { service } => (
+            service.clone(),
+            task.resource
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ => ("lambda".to_string(), "invoke.waitForTaskToken".to_string()),
+    };
     if let Some(mock) = exec.registry.state_mock(name) {
         let n = exec.next_mock_call(name);
         let (resource_type, action) = match &target {
@@ -1795,7 +1888,7 @@ async fn run_task_once(
                         "StatusCode": 200
                     });
                     exec.event(
-                        "TaskSucceeded",
+                        success_event,
                         id,
                         Some(name),
                         json!({"resource": "invoke", "resourceType": "lambda", "output": wrapped}),
@@ -1805,7 +1898,7 @@ async fn run_task_once(
             }
         }
         Target::Service { service } => {
-            let integration = exec.registry.service(&task.resource).ok_or_else(|| {
+            let integration = exec.registry.service(resource).ok_or_else(|| {
                 Failure::runtime(
                     name,
                     entered,
@@ -1833,7 +1926,7 @@ async fn run_task_once(
                 Some(name),
                 json!({"resource": action, "resourceType": service}),
             );
-            match with_timeout(exec, timeout, integration.call(&task.resource, params)).await {
+            match with_timeout(exec, timeout, integration.call(resource, params)).await {
                 None => {
                     exec.event(
                         "TaskTimedOut",
@@ -1871,7 +1964,7 @@ async fn run_task_once(
                 }
                 Some(Ok(v)) => {
                     exec.event(
-                        "TaskSucceeded",
+                        success_event,
                         id,
                         Some(name),
                         json!({"resource": action, "resourceType": service, "output": v}),
@@ -1881,11 +1974,95 @@ async fn run_task_once(
             }
         }
     };
+    let result = match issued {
+        Some(rx) => {
+            let d = json!({"resource": action, "resourceType": resource_type});
+            let elapsed = (exec.clock.now() - started_at).to_std().unwrap_or_default();
+            let remaining = task_timeout.map(|t| Duration::from_secs(t).saturating_sub(elapsed));
+            let last_id = last(exec);
+            match wait_for_token(exec, rx, remaining, task_heartbeat.map(Duration::from_secs)).await
+            {
+                Ok(v) => {
+                    let mut ok = d;
+                    ok["output"] = v.clone();
+                    exec.event("TaskSucceeded", last_id, Some(name), ok);
+                    v
+                }
+                Err(f) => {
+                    let mut details = d;
+                    details["error"] = json!(f.error);
+                    details["cause"] = json!(f.cause);
+                    let ty =
+                        if f.error.as_deref().is_some_and(|e| {
+                            e == "States.Timeout" || e == "States.HeartbeatTimeout"
+                        }) {
+                            "TaskTimedOut"
+                        } else {
+                            "TaskFailed"
+                        };
+                    exec.event(ty, last_id, Some(name), details);
+                    return Err(f);
+                }
+            }
+        }
+        None => result,
+    };
     let fields = ResultFields {
         selector: task.result_selector.as_ref(),
         result_path: task.result_path.as_ref(),
     };
     finish_result(state, entered, &label, &fields, raw, result, ctx)
+}
+
+/// Waits for the answer to a task token: success, failure, or the timeout / heartbeat
+/// timeout (each heartbeat restarts the heartbeat timer). Sleeps on the engine's clock.
+async fn wait_for_token(
+    exec: &Exec,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<TokenAnswer>,
+    timeout: Option<Duration>,
+    heartbeat: Option<Duration>,
+) -> Result<Value, Failure> {
+    let timed_out = |error: &str| Failure {
+        error: Some(error.to_string()),
+        cause: None,
+        catchable: Catchable::Yes,
+        state_failed: None,
+        location: None,
+    };
+    let deadline = async {
+        match timeout {
+            Some(t) => exec.clock.sleep(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        let beat = async {
+            match heartbeat {
+                Some(h) => exec.clock.sleep(h).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            answer = rx.recv() => match answer {
+                Some(TokenAnswer::Heartbeat) => {}
+                Some(TokenAnswer::Success(v)) => return Ok(v),
+                Some(TokenAnswer::Failure { error, cause }) => {
+                    return Err(Failure {
+                        error,
+                        cause,
+                        catchable: Catchable::Yes,
+                        state_failed: None,
+                        location: None,
+                    });
+                }
+                None => return Err(timed_out("States.Timeout")),
+            },
+            () = &mut deadline => return Err(timed_out("States.Timeout")),
+            () = beat => return Err(timed_out("States.HeartbeatTimeout")),
+        }
+    }
 }
 
 async fn run_map_once(

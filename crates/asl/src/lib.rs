@@ -27,6 +27,7 @@ pub mod mock;
 pub mod objects;
 mod substitute;
 mod task;
+mod tokens;
 
 pub use definition::{DefinitionError, StateMachine, WorkflowType};
 pub use engine::{
@@ -38,3 +39,4 @@ pub use task::{
     Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
     TestClock, VirtualClock, virtual_time_runtime,
 };
+pub use tokens::TaskTokenError;
