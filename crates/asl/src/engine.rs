@@ -425,13 +425,15 @@ impl Engine {
         input: Value,
     ) -> ExecutionResult {
         let exec_name = name.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        let exec_arn = self.execution_arn(machine, &exec_name);
+        self.run_execution(machine, exec_name, exec_arn, input)
+            .await
+    }
+
+    /// The ARN an execution of `machine` named `exec_name` gets.
+    fn execution_arn(&self, machine: &StateMachine, exec_name: &str) -> String {
         let c = &self.config;
-        let sm_arn = format!(
-            "arn:{}:states:{}:{}:stateMachine:{}",
-            c.partition, c.region, c.account_id, machine.name
-        );
-        let express = machine.workflow_type == WorkflowType::Express;
-        let exec_arn = if express {
+        if machine.workflow_type == WorkflowType::Express {
             format!(
                 "arn:{}:states:{}:{}:express:{}:{exec_name}:{}",
                 c.partition,
@@ -445,7 +447,22 @@ impl Engine {
                 "arn:{}:states:{}:{}:execution:{}:{exec_name}",
                 c.partition, c.region, c.account_id, machine.name
             )
-        };
+        }
+    }
+
+    async fn run_execution(
+        &self,
+        machine: &StateMachine,
+        exec_name: String,
+        exec_arn: String,
+        input: Value,
+    ) -> ExecutionResult {
+        let c = &self.config;
+        let sm_arn = format!(
+            "arn:{}:states:{}:{}:stateMachine:{}",
+            c.partition, c.region, c.account_id, machine.name
+        );
+        let express = machine.workflow_type == WorkflowType::Express;
         let start = self
             .clock
             .now()
@@ -1713,263 +1730,279 @@ async fn run_task_call(
         };
         return finish_result(state, entered, name, &fields, raw, result, ctx);
     }
-    let (result, label) = match target {
-        Target::LambdaArn {
-            name: fname,
-            qualifier,
-        } => {
-            let id = exec.event(
-                "LambdaFunctionScheduled",
-                last(exec),
-                Some(name),
-                json!({"resource": task.resource, "input": params}),
-            );
-            let f = exec
-                .registry
-                .lambda(&fname)
-                .ok_or_else(|| not_found(exec, &fname, qualifier.as_deref()))?;
-            let id = exec.event("LambdaFunctionStarted", id, Some(name), json!({}));
-            match with_timeout(exec, timeout, f.invoke(params)).await {
-                None => {
-                    exec.event(
-                        "LambdaFunctionTimedOut",
-                        id,
-                        Some(name),
-                        json!({"error": timeout_error}),
-                    );
-                    return Err(Failure {
-                        error: Some(timeout_error.into()),
-                        cause: None,
-                        catchable: Catchable::Yes,
-                        state_failed: None,
-                        location: None,
-                    });
-                }
-                Some(Err(e)) => {
-                    let f = Failure::new(&e.error_type, e.payload_text());
-                    exec.event(
-                        "LambdaFunctionFailed",
-                        id,
-                        Some(name),
-                        json!({"error": f.error, "cause": f.cause}),
-                    );
-                    return Err(f);
-                }
-                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
-                    return Err(result_too_large(
-                        exec,
-                        "LambdaFunctionFailed",
-                        id,
-                        name,
-                        &task.resource,
-                        json!({}),
-                    ));
-                }
-                Some(Ok(v)) => {
-                    exec.event(
-                        "LambdaFunctionSucceeded",
-                        id,
-                        Some(name),
-                        json!({"output": v}),
-                    );
-                    (v, task.resource.clone())
+    let child_mode = child_execution_mode(resource);
+    let (result, label) = if let Some(mode) = child_mode {
+        let v = start_child_execution(
+            exec,
+            name,
+            entered,
+            &task.resource,
+            mode,
+            &params,
+            timeout,
+            timeout_error,
+        )
+        .await?;
+        (v, "states".to_string())
+    } else {
+        match target {
+            Target::LambdaArn {
+                name: fname,
+                qualifier,
+            } => {
+                let id = exec.event(
+                    "LambdaFunctionScheduled",
+                    last(exec),
+                    Some(name),
+                    json!({"resource": task.resource, "input": params}),
+                );
+                let f = exec
+                    .registry
+                    .lambda(&fname)
+                    .ok_or_else(|| not_found(exec, &fname, qualifier.as_deref()))?;
+                let id = exec.event("LambdaFunctionStarted", id, Some(name), json!({}));
+                match with_timeout(exec, timeout, f.invoke(params)).await {
+                    None => {
+                        exec.event(
+                            "LambdaFunctionTimedOut",
+                            id,
+                            Some(name),
+                            json!({"error": timeout_error}),
+                        );
+                        return Err(Failure {
+                            error: Some(timeout_error.into()),
+                            cause: None,
+                            catchable: Catchable::Yes,
+                            state_failed: None,
+                            location: None,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        let f = Failure::new(&e.error_type, e.payload_text());
+                        exec.event(
+                            "LambdaFunctionFailed",
+                            id,
+                            Some(name),
+                            json!({"error": f.error, "cause": f.cause}),
+                        );
+                        return Err(f);
+                    }
+                    Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                        return Err(result_too_large(
+                            exec,
+                            "LambdaFunctionFailed",
+                            id,
+                            name,
+                            &task.resource,
+                            json!({}),
+                        ));
+                    }
+                    Some(Ok(v)) => {
+                        exec.event(
+                            "LambdaFunctionSucceeded",
+                            id,
+                            Some(name),
+                            json!({"output": v}),
+                        );
+                        (v, task.resource.clone())
+                    }
                 }
             }
-        }
-        Target::LambdaInvoke => {
-            let id = exec.event(
-                "TaskScheduled",
-                last(exec),
-                Some(name),
-                json!({"resource": "invoke", "resourceType": "lambda", "parameters": params}),
-            );
-            let fname = params
-                .get("FunctionName")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    Failure::runtime(
-                        name,
-                        entered,
-                        "The field 'FunctionName' is required by the lambda:invoke integration",
-                    )
-                })?;
-            let (fname, qualifier) = split_function_name(fname);
-            let payload = match params.get("Payload") {
-                None => json!({}),
-                Some(Value::String(s)) => {
-                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-                }
-                Some(v) => v.clone(),
-            };
-            let id = exec.event(
-                "TaskStarted",
-                id,
-                Some(name),
-                json!({"resource": "invoke", "resourceType": "lambda"}),
-            );
-            let f = match exec.registry.lambda(&fname) {
-                Some(f) => f,
-                None => {
-                    let f = not_found(exec, &fname, qualifier.as_deref());
-                    exec.event(
-                        "TaskFailed",
-                        id,
-                        Some(name),
-                        json!({"error": f.error, "cause": f.cause}),
-                    );
-                    return Err(f);
-                }
-            };
-            match with_timeout(exec, timeout, f.invoke(payload)).await {
-                None => {
-                    exec.event(
-                        "TaskTimedOut",
-                        id,
-                        Some(name),
-                        json!({"error": timeout_error}),
-                    );
-                    return Err(Failure {
-                        error: Some(timeout_error.into()),
-                        cause: None,
-                        catchable: Catchable::Yes,
-                        state_failed: None,
-                        location: None,
-                    });
-                }
-                Some(Err(e)) => {
-                    let f = Failure::new(&e.error_type, compact_json_text(&e.payload_text()));
-                    exec.event(
-                        "TaskFailed",
-                        id,
-                        Some(name),
-                        json!({"error": f.error, "cause": f.cause}),
-                    );
-                    return Err(f);
-                }
-                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
-                    return Err(result_too_large(
-                        exec,
-                        "TaskFailed",
-                        id,
-                        name,
-                        "lambda",
-                        json!({"resource": "invoke", "resourceType": "lambda"}),
-                    ));
-                }
-                Some(Ok(v)) => {
-                    let len = python_json_len(&v).to_string();
-                    let wrapped = json!({
-                        "ExecutedVersion": "$LATEST",
-                        "Payload": v,
-                        "SdkHttpMetadata": {
-                            "AllHttpHeaders": {
-                                "X-Amz-Executed-Version": ["$LATEST"],
-                                "x-amzn-Remapped-Content-Length": ["0"],
-                                "Connection": ["keep-alive"],
-                                "x-amzn-RequestId": [uuid::Uuid::new_v4().to_string()],
-                                "Content-Length": [len],
-                                "Date": [exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string()],
-                                "X-Amzn-Trace-Id": [format!("Root=1-{}", uuid::Uuid::new_v4().simple())],
-                                "Content-Type": ["application/json"]
+            Target::LambdaInvoke => {
+                let id = exec.event(
+                    "TaskScheduled",
+                    last(exec),
+                    Some(name),
+                    json!({"resource": "invoke", "resourceType": "lambda", "parameters": params}),
+                );
+                let fname = params
+                    .get("FunctionName")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        Failure::runtime(
+                            name,
+                            entered,
+                            "The field 'FunctionName' is required by the lambda:invoke integration",
+                        )
+                    })?;
+                let (fname, qualifier) = split_function_name(fname);
+                let payload = match params.get("Payload") {
+                    None => json!({}),
+                    Some(Value::String(s)) => {
+                        serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                    }
+                    Some(v) => v.clone(),
+                };
+                let id = exec.event(
+                    "TaskStarted",
+                    id,
+                    Some(name),
+                    json!({"resource": "invoke", "resourceType": "lambda"}),
+                );
+                let f = match exec.registry.lambda(&fname) {
+                    Some(f) => f,
+                    None => {
+                        let f = not_found(exec, &fname, qualifier.as_deref());
+                        exec.event(
+                            "TaskFailed",
+                            id,
+                            Some(name),
+                            json!({"error": f.error, "cause": f.cause}),
+                        );
+                        return Err(f);
+                    }
+                };
+                match with_timeout(exec, timeout, f.invoke(payload)).await {
+                    None => {
+                        exec.event(
+                            "TaskTimedOut",
+                            id,
+                            Some(name),
+                            json!({"error": timeout_error}),
+                        );
+                        return Err(Failure {
+                            error: Some(timeout_error.into()),
+                            cause: None,
+                            catchable: Catchable::Yes,
+                            state_failed: None,
+                            location: None,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        let f = Failure::new(&e.error_type, compact_json_text(&e.payload_text()));
+                        exec.event(
+                            "TaskFailed",
+                            id,
+                            Some(name),
+                            json!({"error": f.error, "cause": f.cause}),
+                        );
+                        return Err(f);
+                    }
+                    Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                        return Err(result_too_large(
+                            exec,
+                            "TaskFailed",
+                            id,
+                            name,
+                            "lambda",
+                            json!({"resource": "invoke", "resourceType": "lambda"}),
+                        ));
+                    }
+                    Some(Ok(v)) => {
+                        let len = python_json_len(&v).to_string();
+                        let wrapped = json!({
+                            "ExecutedVersion": "$LATEST",
+                            "Payload": v,
+                            "SdkHttpMetadata": {
+                                "AllHttpHeaders": {
+                                    "X-Amz-Executed-Version": ["$LATEST"],
+                                    "x-amzn-Remapped-Content-Length": ["0"],
+                                    "Connection": ["keep-alive"],
+                                    "x-amzn-RequestId": [uuid::Uuid::new_v4().to_string()],
+                                    "Content-Length": [len],
+                                    "Date": [exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string()],
+                                    "X-Amzn-Trace-Id": [format!("Root=1-{}", uuid::Uuid::new_v4().simple())],
+                                    "Content-Type": ["application/json"]
+                                },
+                                "HttpHeaders": {
+                                    "Connection": "keep-alive",
+                                    "Content-Length": len,
+                                    "Content-Type": "application/json",
+                                    "Date": exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+                                    "X-Amz-Executed-Version": "$LATEST",
+                                    "x-amzn-Remapped-Content-Length": "0",
+                                    "x-amzn-RequestId": uuid::Uuid::new_v4().to_string(),
+                                    "X-Amzn-Trace-Id": format!("Root=1-{}", uuid::Uuid::new_v4().simple())
+                                },
+                                "HttpStatusCode": 200
                             },
-                            "HttpHeaders": {
-                                "Connection": "keep-alive",
-                                "Content-Length": len,
-                                "Content-Type": "application/json",
-                                "Date": exec.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-                                "X-Amz-Executed-Version": "$LATEST",
-                                "x-amzn-Remapped-Content-Length": "0",
-                                "x-amzn-RequestId": uuid::Uuid::new_v4().to_string(),
-                                "X-Amzn-Trace-Id": format!("Root=1-{}", uuid::Uuid::new_v4().simple())
-                            },
-                            "HttpStatusCode": 200
-                        },
-                        "SdkResponseMetadata": {"RequestId": uuid::Uuid::new_v4().to_string()},
-                        "StatusCode": 200
-                    });
-                    exec.event(
+                            "SdkResponseMetadata": {"RequestId": uuid::Uuid::new_v4().to_string()},
+                            "StatusCode": 200
+                        });
+                        exec.event(
                         success_event,
                         id,
                         Some(name),
                         json!({"resource": "invoke", "resourceType": "lambda", "output": wrapped}),
                     );
-                    (wrapped, "lambda".to_string())
+                        (wrapped, "lambda".to_string())
+                    }
                 }
             }
-        }
-        Target::Service { service } => {
-            let integration = exec.registry.service(resource).ok_or_else(|| {
-                Failure::runtime(
-                    name,
-                    entered,
-                    &format!(
-                        "The resource '{}' is not registered with this engine",
-                        task.resource
-                    ),
-                )
-            })?;
-            let action = task
-                .resource
-                .rsplit(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let id = exec.event(
-                "TaskScheduled",
-                last(exec),
-                Some(name),
-                json!({"resource": action, "resourceType": service, "parameters": params}),
-            );
-            let id = exec.event(
-                "TaskStarted",
-                id,
-                Some(name),
-                json!({"resource": action, "resourceType": service}),
-            );
-            match with_timeout(exec, timeout, integration.call(resource, params)).await {
-                None => {
-                    exec.event(
-                        "TaskTimedOut",
-                        id,
-                        Some(name),
-                        json!({"error": timeout_error}),
-                    );
-                    return Err(Failure {
-                        error: Some(timeout_error.into()),
-                        cause: None,
-                        catchable: Catchable::Yes,
-                        state_failed: None,
-                        location: None,
-                    });
-                }
-                Some(Err(e)) => {
-                    let f = Failure::new(&e.error, e.cause);
-                    exec.event(
-                        "TaskFailed",
-                        id,
-                        Some(name),
-                        json!({"error": f.error, "cause": f.cause}),
-                    );
-                    return Err(f);
-                }
-                Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
-                    return Err(result_too_large(
-                        exec,
-                        "TaskFailed",
-                        id,
+            Target::Service { service } => {
+                let integration = exec.registry.service(resource).ok_or_else(|| {
+                    Failure::runtime(
                         name,
-                        &service,
-                        json!({"resource": action, "resourceType": service}),
-                    ));
-                }
-                Some(Ok(v)) => {
-                    exec.event(
-                        success_event,
-                        id,
-                        Some(name),
-                        json!({"resource": action, "resourceType": service, "output": v}),
-                    );
-                    (v, service)
+                        entered,
+                        &format!(
+                            "The resource '{}' is not registered with this engine",
+                            task.resource
+                        ),
+                    )
+                })?;
+                let action = task
+                    .resource
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let id = exec.event(
+                    "TaskScheduled",
+                    last(exec),
+                    Some(name),
+                    json!({"resource": action, "resourceType": service, "parameters": params}),
+                );
+                let id = exec.event(
+                    "TaskStarted",
+                    id,
+                    Some(name),
+                    json!({"resource": action, "resourceType": service}),
+                );
+                match with_timeout(exec, timeout, integration.call(resource, params)).await {
+                    None => {
+                        exec.event(
+                            "TaskTimedOut",
+                            id,
+                            Some(name),
+                            json!({"error": timeout_error}),
+                        );
+                        return Err(Failure {
+                            error: Some(timeout_error.into()),
+                            cause: None,
+                            catchable: Catchable::Yes,
+                            state_failed: None,
+                            location: None,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        let f = Failure::new(&e.error, e.cause);
+                        exec.event(
+                            "TaskFailed",
+                            id,
+                            Some(name),
+                            json!({"error": f.error, "cause": f.cause}),
+                        );
+                        return Err(f);
+                    }
+                    Some(Ok(v)) if size_of(&v) > MAX_PAYLOAD_BYTES => {
+                        return Err(result_too_large(
+                            exec,
+                            "TaskFailed",
+                            id,
+                            name,
+                            &service,
+                            json!({"resource": action, "resourceType": service}),
+                        ));
+                    }
+                    Some(Ok(v)) => {
+                        exec.event(
+                            success_event,
+                            id,
+                            Some(name),
+                            json!({"resource": action, "resourceType": service, "output": v}),
+                        );
+                        (v, service)
+                    }
                 }
             }
         }
@@ -2012,6 +2045,217 @@ async fn run_task_call(
         result_path: task.result_path.as_ref(),
     };
     finish_result(state, entered, &label, &fields, raw, result, ctx)
+}
+
+/// How a `states:startExecution` task waits for its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildMode {
+    /// Request-response: returns once the child has started.
+    Start,
+    /// `.sync`: waits; the child's input and output as JSON text.
+    Sync,
+    /// `.sync:2`: waits; the child's input and output as JSON.
+    Sync2,
+}
+
+fn child_execution_mode(resource: &str) -> Option<ChildMode> {
+    let action = resource.split_once(":states:::states:")?.1;
+    match action {
+        "startExecution" => Some(ChildMode::Start),
+        "startExecution.sync" => Some(ChildMode::Sync),
+        "startExecution.sync:2" => Some(ChildMode::Sync2),
+        _ => None,
+    }
+}
+
+fn epoch_millis(t: DateTime<Utc>) -> Value {
+    json!(t.timestamp_millis())
+}
+
+/// `states:startExecution`: starts a registered state machine as a child execution and, for
+/// the `.sync` forms, waits for it, giving the result in DescribeExecution's shape.
+#[allow(clippy::too_many_arguments)]
+async fn start_child_execution(
+    exec: &Arc<Exec>,
+    state: &str,
+    entered: u64,
+    resource: &str,
+    mode: ChildMode,
+    params: &Value,
+    timeout: Option<u64>,
+    timeout_error: &str,
+) -> Result<Value, Failure> {
+    let action = resource
+        .split_once(":states:::states:")
+        .map_or("startExecution", |(_, a)| a)
+        .to_string();
+    let d = json!({"resource": action, "resourceType": "states"});
+    let last = |exec: &Exec| exec.history.lock().map(|h| h.len() as u64).unwrap_or(0);
+    let mut scheduled = d.clone();
+    scheduled["parameters"] = params.clone();
+    let id = exec.event("TaskScheduled", last(exec), Some(state), scheduled);
+    let id = exec.event("TaskStarted", id, Some(state), d.clone());
+    let fail = |error: &str, cause: String| {
+        let f = Failure::new(error, cause);
+        let mut details = d.clone();
+        details["error"] = json!(f.error);
+        details["cause"] = json!(f.cause);
+        exec.event("TaskFailed", last(exec), Some(state), details);
+        f
+    };
+    let Some(sm_arn) = params.get("StateMachineArn").and_then(Value::as_str) else {
+        return Err(Failure::runtime(
+            state,
+            entered,
+            "The field 'StateMachineArn' is required by the states:startExecution integration",
+        ));
+    };
+    let child_name = match params.get("Name") {
+        None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        Some(other) => {
+            return Err(Failure::runtime(
+                state,
+                entered,
+                &format!(
+                    "The field 'Name' of the states:startExecution integration must be a non-empty string, not {}",
+                    compact(other)
+                ),
+            ));
+        }
+    };
+    let machine_name = sm_arn
+        .split_once(":stateMachine:")
+        .map(|(_, rest)| rest.split(':').next().unwrap_or(rest));
+    let Some(machine) = machine_name
+        .and_then(|n| exec.registry.state_machine(n))
+        .cloned()
+    else {
+        return Err(fail(
+            "StepFunctions.StateMachineDoesNotExistException",
+            format!(
+                "State Machine Does Not Exist: '{sm_arn}' (Service: AWSStepFunctions; Status Code: 400; Error Code: StateMachineDoesNotExist; Request ID: {}; Proxy: null)",
+                uuid::Uuid::new_v4()
+            ),
+        ));
+    };
+    // Input: JSON as given; text holding JSON is parsed (as States.JsonToString gives it).
+    let input = match params.get("Input") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::String(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+        }
+        Some(v) => v.clone(),
+    };
+    let engine = Engine {
+        registry: exec.registry.clone(),
+        clock: exec.clock.clone(),
+        config: exec.config.clone(),
+        tokens: exec.tokens.clone(),
+    };
+    let child_arn = engine.execution_arn(&machine, &child_name);
+    let start = exec.clock.now();
+    let started = json!({"ExecutionArn": child_arn, "StartDate": epoch_millis(start)});
+    if mode == ChildMode::Start {
+        let (name, arn, inp) = (child_name, child_arn, input);
+        tokio::spawn(async move {
+            engine.run_execution(&machine, name, arn, inp).await;
+        });
+        let body = json!({"executionArn": started["ExecutionArn"], "startDate": start.timestamp_millis() as f64 / 1000.0});
+        let len = compact(&body).len().to_string();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let date = start.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let mut out = started;
+        out["SdkHttpMetadata"] = json!({
+            "AllHttpHeaders": {
+                "x-amzn-RequestId": [request_id],
+                "connection": ["keep-alive"],
+                "Content-Length": [len],
+                "Date": [date],
+                "Content-Type": ["application/x-amz-json-1.0"]
+            },
+            "HttpHeaders": {
+                "connection": "keep-alive",
+                "Content-Length": len,
+                "Content-Type": "application/x-amz-json-1.0",
+                "Date": date,
+                "x-amzn-RequestId": request_id
+            },
+            "HttpStatusCode": 200
+        });
+        out["SdkResponseMetadata"] = json!({"RequestId": request_id});
+        let mut ok = d;
+        ok["output"] = out.clone();
+        exec.event("TaskSucceeded", id, Some(state), ok);
+        return Ok(out);
+    }
+    let mut submitted = d.clone();
+    submitted["output"] = started;
+    let id = exec.event("TaskSubmitted", id, Some(state), submitted);
+    let run: BoxFut<ExecutionResult> = Box::pin({
+        let (engine, machine, name, arn, inp) = (
+            engine.clone(),
+            machine.clone(),
+            child_name.clone(),
+            child_arn.clone(),
+            input.clone(),
+        );
+        async move { engine.run_execution(&machine, name, arn, inp).await }
+    });
+    let Some(r) = with_timeout(exec, timeout, run).await else {
+        let mut details = d;
+        details["error"] = json!(timeout_error);
+        exec.event("TaskTimedOut", id, Some(state), details);
+        return Err(Failure {
+            error: Some(timeout_error.to_string()),
+            cause: None,
+            catchable: Catchable::Yes,
+            state_failed: None,
+            location: None,
+        });
+    };
+    let payload = |v: &Value| match mode {
+        ChildMode::Sync2 => v.clone(),
+        _ => Value::String(compact(v)),
+    };
+    let mut envelope = json!({
+        "ExecutionArn": child_arn,
+        "Input": payload(&input),
+        "InputDetails": {"Included": true},
+        "Name": child_name,
+        "RedriveCount": 0,
+        "StartDate": epoch_millis(start),
+        "StateMachineArn": sm_arn,
+        "StopDate": epoch_millis(exec.clock.now()),
+    });
+    match r.status {
+        ExecutionStatus::Succeeded => {
+            envelope["Status"] = json!("SUCCEEDED");
+            envelope["Output"] = payload(r.output.as_ref().unwrap_or(&Value::Null));
+            envelope["OutputDetails"] = json!({"Included": true});
+            envelope["RedriveStatus"] = json!("NOT_REDRIVABLE");
+            envelope["RedriveStatusReason"] =
+                json!("Execution is SUCCEEDED and cannot be redriven");
+            let mut ok = d;
+            ok["output"] = envelope.clone();
+            exec.event("TaskSucceeded", id, Some(state), ok);
+            Ok(envelope)
+        }
+        status => {
+            envelope["Status"] = json!(match status {
+                ExecutionStatus::TimedOut => "TIMED_OUT",
+                _ => "FAILED",
+            });
+            if let Some(e) = &r.error {
+                envelope["Error"] = json!(e);
+            }
+            if let Some(c) = &r.cause {
+                envelope["Cause"] = json!(c);
+            }
+            envelope["RedriveStatus"] = json!("REDRIVABLE");
+            Err(fail("States.TaskFailed", compact(&envelope)))
+        }
+    }
 }
 
 /// Waits for the answer to a task token: success, failure, or the timeout / heartbeat

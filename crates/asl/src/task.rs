@@ -73,6 +73,7 @@ pub struct TaskRegistry {
     services: HashMap<String, Arc<dyn ServiceIntegration>>,
     state_mocks: Arc<crate::mock::TestCaseMocks>,
     object_store: Option<Arc<dyn crate::objects::ObjectStore>>,
+    state_machines: HashMap<String, crate::StateMachine>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -81,6 +82,10 @@ impl std::fmt::Debug for TaskRegistry {
             .field("lambdas", &self.lambdas.keys().collect::<Vec<_>>())
             .field("services", &self.services.keys().collect::<Vec<_>>())
             .field("state_mocks", &self.state_mocks.keys().collect::<Vec<_>>())
+            .field(
+                "state_machines",
+                &self.state_machines.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -110,6 +115,17 @@ impl TaskRegistry {
     /// Step Functions Local mock configuration): such a state calls nothing.
     pub fn mock_states(&mut self, mocks: crate::mock::TestCaseMocks) {
         self.state_mocks = Arc::new(mocks);
+    }
+
+    /// Registers a state machine that `arn:aws:states:::states:startExecution` tasks (and its
+    /// `.sync` / `.sync:2` forms) can start, found by the name in their `StateMachineArn`.
+    pub fn register_state_machine(&mut self, machine: crate::StateMachine) {
+        self.state_machines
+            .insert(machine.name().to_string(), machine);
+    }
+
+    pub(crate) fn state_machine(&self, name: &str) -> Option<&crate::StateMachine> {
+        self.state_machines.get(name)
     }
 
     /// The object store distributed Maps read items from and write results to.
