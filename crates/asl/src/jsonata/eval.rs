@@ -67,13 +67,13 @@ impl<'a> Val<'a> {
         Val::Arr(Rc::new(v), false)
     }
 
-    /// Scalars behind a reference become owned scalars; containers stay borrowed.
+    /// Null, booleans and numbers behind a reference become owned; strings and containers
+    /// stay borrowed (reading a string field copies nothing).
     pub(crate) fn norm(self) -> Self {
         match self {
             Val::Ref(Value::Null) => Val::Null,
             Val::Ref(Value::Bool(b)) => Val::Bool(*b),
             Val::Ref(Value::Number(n)) => Val::Num(n.as_f64().unwrap_or(f64::NAN)),
-            Val::Ref(Value::String(s)) => Val::Str(Rc::from(s.as_str())),
             other => other,
         }
     }
@@ -268,6 +268,8 @@ pub(crate) fn equal(a: &Val<'_>, b: &Val<'_>) -> bool {
 pub(crate) struct Ctx<'a, 'b> {
     pub bindings: &'b Bindings<'a>,
     pub depth: usize,
+    /// `$states`, built on first use.
+    pub states: Option<Val<'a>>,
 }
 
 const MAX_DEPTH: usize = 120;
@@ -281,7 +283,11 @@ pub(crate) fn run(
         vars: RefCell::new(HashMap::new()),
         parent: None,
     });
-    let mut ctx = Ctx { bindings, depth: 0 };
+    let mut ctx = Ctx {
+        bindings,
+        depth: 0,
+        states: None,
+    };
     let input = input.map_or(Val::Undef, |v| Val::Ref(v).norm());
     let result = eval(root, &input, &env, &mut ctx)?.collapse();
     // Break reference cycles (a lambda stored in the environment it captured).
@@ -327,7 +333,12 @@ pub(crate) fn eval<'a>(
     r
 }
 
-fn lookup_var<'a>(name: &str, input: &Val<'a>, env: &Rc<Env<'a>>, ctx: &Ctx<'a, '_>) -> Val<'a> {
+fn lookup_var<'a>(
+    name: &str,
+    input: &Val<'a>,
+    env: &Rc<Env<'a>>,
+    ctx: &mut Ctx<'a, '_>,
+) -> Val<'a> {
     if name.is_empty() {
         return input.clone();
     }
@@ -336,12 +347,17 @@ fn lookup_var<'a>(name: &str, input: &Val<'a>, env: &Rc<Env<'a>>, ctx: &Ctx<'a, 
     }
     let b = ctx.bindings;
     if name == "states" && !b.states.is_empty() {
-        return Val::Obj(Rc::new(
+        if let Some(v) = &ctx.states {
+            return v.clone();
+        }
+        let v = Val::Obj(Rc::new(
             b.states
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), Val::Ref(v).norm()))
                 .collect(),
         ));
+        ctx.states = Some(v.clone());
+        return v;
     }
     if let Some(v) = b.vars.get(name) {
         return Val::Ref(v).norm();
@@ -490,7 +506,10 @@ fn eval_inner<'a>(
         Node::Call(f, args) => {
             if let Node::Var(name) = f.as_ref() {
                 if name == "__keep_array" {
-                    let v = eval(&args[0], input, env, ctx)?.collapse();
+                    let Some(arg) = args.first() else {
+                        return Ok(Val::Undef);
+                    };
+                    let v = eval(arg, input, env, ctx)?.collapse();
                     return Ok(match v {
                         Val::Undef => Val::Undef,
                         v if v.is_array() => Val::Arr(Rc::new(v.items()), true),

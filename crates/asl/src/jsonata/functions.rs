@@ -75,6 +75,9 @@ const NAMES: &[&str] = &[
     "parse",
 ];
 
+/// The longest string `$pad` builds (a guard against a width that would exhaust memory).
+const MAX_STRING: usize = 10_000_000;
+
 /// The builtin named `name`, if any.
 pub(crate) fn builtin(name: &str) -> Option<&'static str> {
     NAMES.iter().copied().find(|n| *n == name)
@@ -168,7 +171,7 @@ fn chars_slice(s: &str, start: f64, len: Option<f64>) -> String {
     let end = match len {
         None => chars.len(),
         Some(l) if l <= 0.0 => st,
-        Some(l) => (st + l.round() as usize).min(chars.len()),
+        Some(l) => st.saturating_add(l.round() as usize).min(chars.len()),
     };
     chars[st..end].iter().collect()
 }
@@ -361,6 +364,12 @@ pub(crate) fn call_builtin<'a>(
             let pad = str_arg(name, &args, 2)?.unwrap_or(" ");
             let len = s.chars().count();
             let target = width.abs() as usize;
+            if target > MAX_STRING {
+                return Err(JsonataError::eval(
+                    "D3013",
+                    format!("The width argument of $pad must not exceed {MAX_STRING}"),
+                ));
+            }
             if len >= target || pad.is_empty() {
                 return Ok(Val::str(s));
             }

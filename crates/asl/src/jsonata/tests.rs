@@ -164,7 +164,7 @@ fn standard_functions() {
         ("$reverse([1, 2])", json!([2, 1])),
         ("$zip([1, 2], [3, 4])", json!([[1, 3], [2, 4]])),
         ("$round(2.5)", json!(2)),
-        ("$round(3.14159, 2)", json!(3.14)),
+        ("$round(2.71828, 2)", json!(2.72)),
         ("$floor(2.7)", json!(2)),
         ("$ceil(2.1)", json!(3)),
         ("$abs(-2)", json!(2)),
@@ -219,6 +219,9 @@ fn errors_have_codes() {
         "States.QueryEvaluationError"
     );
     assert_eq!(err("/unclosed", json!(null)), "S0302");
+    assert_eq!(err("$pad('a', 1e18)", json!(null)), "D3013");
+    assert_eq!(ev("$__keep_array()", json!(null)), Outcome::Undefined);
+    assert_eq!(val("$substring('abc', 1, 1e300)", json!(null)), json!("bc"));
 }
 
 #[test]
@@ -241,4 +244,34 @@ fn bindings_and_states() {
     );
     let e = Expr::parse("states.input").unwrap();
     assert_eq!(e.evaluate(None, &b).unwrap(), Outcome::Undefined);
+}
+
+#[test]
+fn truncated_and_mangled_expressions_never_panic() {
+    let sources = [
+        "($f := function($a, $b){ $a[$b > 1].x ~> $sum() }; $f(items, 2) & 'z')",
+        "{'a': [1..3], \"b\": $match('x1', /[0-9]/i).groups, `c d`: **.e[-1]}",
+        "items^(>price, name)[0].$string() ? $not(true) : -$abs(-1.5e3)",
+        "/* c */ $replace(\"a\\u00e9\", /(a)/, '$1$$') in ['x'] and $exists($$)",
+    ];
+    let input = json!({"items": [{"price": 2, "name": "n", "x": 1}], "e": [1, {"e": 2}]});
+    let mut checked = 0;
+    for src in sources {
+        let chars: Vec<char> = src.chars().collect();
+        for end in 0..=chars.len() {
+            let prefix: String = chars[..end].iter().collect();
+            // A prefix, and the same text with one character dropped.
+            let mut dropped = chars.clone();
+            if end < dropped.len() {
+                dropped.remove(end);
+            }
+            for text in [prefix, dropped.into_iter().collect()] {
+                if let Ok(e) = Expr::parse(&text) {
+                    let _ = e.evaluate(Some(&input), &Bindings::new());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300);
 }
