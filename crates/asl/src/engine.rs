@@ -707,8 +707,13 @@ fn eval_jsonata(
     input: &Value,
     ctx: &Ctx<'_>,
 ) -> Result<Value, Failure> {
-    // The context object holds the execution input: built only for expressions that read it.
-    let context = expr.text().contains("context").then(|| ctx.materialize());
+    // The context object holds the execution input: built only for expressions that read it
+    // (`$states.context…`, or `$states` as a whole).
+    let text = expr.text();
+    let whole_states = text
+        .match_indices("$states")
+        .any(|(i, m)| !text[i + m.len()..].starts_with('.'));
+    let context = (whole_states || text.contains("context")).then(|| ctx.materialize());
     let mut b = Bindings::new();
     b.with_map(ctx.vars).states_field("input", input);
     if let Some(r) = ctx.states_result {
@@ -720,7 +725,6 @@ fn eval_jsonata(
     if let Some(c) = &context {
         b.states_field("context", c);
     }
-    let text = expr.text();
     match expr.evaluate(None, &b) {
         Ok(Outcome::Value(v)) => Ok(v),
         Ok(Outcome::Undefined) => Err(Failure::query(

@@ -226,3 +226,15 @@ async fn express_execution_arn_and_context() {
     let id = ctx["Id"].as_str().unwrap();
     assert!(id.contains(":express:m:x:"), "{id}");
 }
+
+#[tokio::test]
+async fn whole_states_object_includes_the_context() {
+    let r = run(
+        json!({"QueryLanguage": "JSONata", "StartAt": "P", "States": {
+            "P": {"Type": "Pass", "Output": "{% $keys($states) %}", "End": true}
+        }}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.output, Some(json!(["input", "context"])));
+}
