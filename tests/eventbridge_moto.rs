@@ -22,7 +22,7 @@ use fhir_unify::model::{
     ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, RecordKey, ResourceChange, ResourceOp,
     ResourceRef, Sequence,
 };
-use fhir_unify::store::FhirStore;
+use fhir_unify::store::{FhirStore, Outbox};
 use fhir_unify::store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 
@@ -111,12 +111,17 @@ async fn receive(config: &SdkConfig, url: &str, n: usize) -> Vec<Value> {
     out
 }
 
-/// The envelope as EventBridge delivers it: moto adds its own `ingestion-time` (for its
-/// archive replays), which EventBridge does not deliver and the schema does not allow.
+/// The envelope as EventBridge delivers it. moto 5.2's default target input template leaves
+/// out `account` (EventBridge always delivers it): put back moto's account, and only when it
+/// is missing, so anything else moto delivers is checked as it came.
 fn as_delivered(mut envelope: Value) -> Value {
-    envelope.as_object_mut().unwrap().remove("ingestion-time");
+    let o = envelope.as_object_mut().unwrap();
+    o.entry("account").or_insert_with(|| json!(MOTO_ACCOUNT));
     envelope
 }
+
+/// The account moto runs as.
+const MOTO_ACCOUNT: &str = "123456789012";
 
 fn change(resource_type: &str, id: &str, n: i64) -> ResourceChange {
     ResourceChange {
