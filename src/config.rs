@@ -857,7 +857,10 @@ sources:
         ] {
             let e = PipelineConfig::from_yaml(&format!("{GOOD}{bad}"), Path::new("p.yaml"))
                 .unwrap_err();
-            assert!(e.message.contains("events") || e.message.contains("bus"), "{bad}: {e}");
+            assert!(
+                e.message.contains("events") || e.message.contains("bus"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -150,3 +150,42 @@ fn post_init_error(api: &str, message: &str) -> std::io::Result<()> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn the_stacks_bus_replaces_the_files_bus_and_the_step_env_puts_events_there() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            "source: app\nentity: patients\nresources:\n  - resourceType: Patient\n    template: { gender: \"{{ record.sex }}\" }\n",
+        )
+        .unwrap();
+        let yaml = "sources:\n  - name: app\n    dynamodb: { table: Patients }\n    entities:\n      patients: { key: [pk], mapping: m.yaml }\n";
+        let mut config = PipelineConfig::from_yaml(yaml, Path::new("p.yaml")).unwrap();
+        config.base_dir = dir.path().to_path_buf();
+        assert!(config.events.local.is_some());
+
+        use_event_bus(&mut config, "  ");
+        assert!(
+            config.events.local.is_some(),
+            "an empty value changes nothing"
+        );
+
+        use_event_bus(&mut config, "stack-changes");
+        assert!(config.events.local.is_none());
+        assert_eq!(
+            config.events.eventbridge.as_ref().unwrap().bus,
+            "stack-changes"
+        );
+        let env = Env::from_config(&config, &DataDir(dir.path().join("data"))).unwrap();
+        assert!(
+            env.bus.as_local().is_none(),
+            "events go to EventBridge, not a local bus"
+        );
+        assert!(!dir.path().join("data/events.db").exists());
+    }
+}

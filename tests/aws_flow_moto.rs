@@ -156,7 +156,10 @@ fn patient(pk: &str, mrn: &str, last: &str, first: &str) -> HashMap<String, Attr
         (
             "address".to_owned(),
             AttributeValue::M(HashMap::from([
-                ("line".to_owned(), AttributeValue::L(vec![s("12 Harbour St")])),
+                (
+                    "line".to_owned(),
+                    AttributeValue::L(vec![s("12 Harbour St")]),
+                ),
                 ("city".to_owned(), s("Boston")),
                 ("postal_code".to_owned(), s("02110")),
             ])),
@@ -209,7 +212,12 @@ async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subsc
     // The subscriber: a queue behind a rule for Patient changes on the bus.
     let events = aws_sdk_eventbridge::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
-    events.create_event_bus().name("fhir-changes").send().await.unwrap();
+    events
+        .create_event_bus()
+        .name("fhir-changes")
+        .send()
+        .await
+        .unwrap();
     let url = sqs
         .create_queue()
         .queue_name("subscriber")
@@ -309,12 +317,29 @@ async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subsc
         config: pipeline.clone(),
         workflow,
     };
-    let outcome = ingest_dynamodb::handle(lambda_event, &ingest).await.unwrap();
-    assert!(outcome.response.batch_item_failures.is_empty(), "{:?}", outcome.failures);
+    let outcome = ingest_dynamodb::handle(lambda_event, &ingest)
+        .await
+        .unwrap();
+    assert!(
+        outcome.response.batch_item_failures.is_empty(),
+        "{:?}",
+        outcome.failures
+    );
     assert_eq!(outcome.records_in, 5);
-    assert!(outcome.runs.iter().all(|r| r.succeeded), "{:?}", outcome.runs);
-    assert_eq!(queue.count(&pipeline.quarantine.queue).unwrap(), 0, "nothing quarantined");
-    assert!(store.pending(10).await.unwrap().is_empty(), "the outbox is delivered");
+    assert!(
+        outcome.runs.iter().all(|r| r.succeeded),
+        "{:?}",
+        outcome.runs
+    );
+    assert_eq!(
+        queue.count(&pipeline.quarantine.queue).unwrap(),
+        0,
+        "nothing quarantined"
+    );
+    assert!(
+        store.pending(10).await.unwrap().is_empty(),
+        "the outbox is delivered"
+    );
 
     // The subscriber receives one event per committed change, in a valid envelope.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -22,8 +22,8 @@ use fhir_unify::model::{
     ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, RecordKey, ResourceChange, ResourceOp,
     ResourceRef, Sequence,
 };
-use fhir_unify::store::{FhirStore, Outbox};
 use fhir_unify::store::sqlite::SqliteStore;
+use fhir_unify::store::{FhirStore, Outbox};
 use serde_json::{Value, json};
 
 async fn sdk(moto: &Moto) -> SdkConfig {
@@ -152,16 +152,15 @@ async fn committed_changes_reach_an_sqs_subscriber_through_a_rule_and_match_the_
         json!({"source": ["fhir-unify"], "detail": {"resourceType": ["Patient"]}}),
     )
     .await;
-    let bus = EventBridgeBus::with_client(
-        "fhir-changes",
-        aws_sdk_eventbridge::Client::new(&config),
-    );
+    let bus =
+        EventBridgeBus::with_client("fhir-changes", aws_sdk_eventbridge::Client::new(&config));
 
     // 13 Patients (more than one PutEvents call) and 2 Observations, committed to the store;
     // the outbox relay (what `emit` runs) puts them on the bus.
     let store = SqliteStore::open_in_memory().unwrap();
-    let mut changes: Vec<ResourceChange> =
-        (0..13).map(|i| change("Patient", &format!("p{i}"), i)).collect();
+    let mut changes: Vec<ResourceChange> = (0..13)
+        .map(|i| change("Patient", &format!("p{i}"), i))
+        .collect();
     changes.push(change("Observation", "o1", 100));
     changes.push(change("Observation", "o2", 101));
     store.apply(&changes).await.unwrap();
@@ -204,7 +203,10 @@ async fn committed_changes_reach_an_sqs_subscriber_through_a_rule_and_match_the_
         if let Err(problems) = check_eventbridge_event(&envelope) {
             panic!("{problems:?} in {envelope:#}");
         }
-        assert_eq!(envelope["detail"]["resourceType"], "Patient", "the rule's pattern");
+        assert_eq!(
+            envelope["detail"]["resourceType"], "Patient",
+            "the rule's pattern"
+        );
         assert_eq!(envelope["region"], REGION);
         seen.insert(envelope["detail"]["eventId"].as_str().unwrap().to_owned());
         if envelope["detail"]["id"] == "big" {

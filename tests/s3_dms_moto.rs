@@ -49,7 +49,11 @@ fn files(dir: &Path) -> Vec<(String, PathBuf)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.push((rel, p));
             }
         }
@@ -59,7 +63,12 @@ fn files(dir: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// Uploads every file under `dir` to `bucket` below `prefix`; the (key, size) of each.
-async fn upload(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str, dir: &Path) -> Vec<(String, u64)> {
+async fn upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    dir: &Path,
+) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for (rel, path) in files(dir) {
         let bytes = std::fs::read(&path).unwrap();
@@ -94,30 +103,71 @@ fn shared_dms() -> PathBuf {
 async fn ranged_reads_sizes_listings_and_errors() {
     let moto = Moto::start();
     let client = s3(&moto).await;
-    client.create_bucket().bucket("landing").send().await.unwrap();
+    client
+        .create_bucket()
+        .bucket("landing")
+        .send()
+        .await
+        .unwrap();
     let body: Vec<u8> = (0..=255u8).cycle().take(3 * 1024 * 1024 + 17).collect();
     for key in ["a/big.bin", "a/b/small.txt", "top.txt"] {
-        let bytes = if key == "a/big.bin" { body.clone() } else { key.as_bytes().to_vec() };
-        client.put_object().bucket("landing").key(key).body(bytes.into()).send().await.unwrap();
+        let bytes = if key == "a/big.bin" {
+            body.clone()
+        } else {
+            key.as_bytes().to_vec()
+        };
+        client
+            .put_object()
+            .bucket("landing")
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap();
     }
     let store = S3ObjectStore::new(client.clone(), tokio::runtime::Handle::current());
     // The port is synchronous: call it from a blocking thread, as the DMS handler does.
     tokio::task::spawn_blocking(move || {
-        assert_eq!(store.size("landing", "a/big.bin").unwrap(), body.len() as u64);
-        let mid = store.read_range("landing", "a/big.bin", 1_000_000, 4096).unwrap();
+        assert_eq!(
+            store.size("landing", "a/big.bin").unwrap(),
+            body.len() as u64
+        );
+        let mid = store
+            .read_range("landing", "a/big.bin", 1_000_000, 4096)
+            .unwrap();
         assert_eq!(&mid[..], &body[1_000_000..1_004_096]);
         // Past the end: what there is, then nothing.
-        let tail = store.read_range("landing", "a/big.bin", body.len() as u64 - 5, 100).unwrap();
+        let tail = store
+            .read_range("landing", "a/big.bin", body.len() as u64 - 5, 100)
+            .unwrap();
         assert_eq!(&tail[..], &body[body.len() - 5..]);
-        assert!(store.read_range("landing", "a/big.bin", body.len() as u64, 10).unwrap().is_empty());
-        assert!(store.read_range("landing", "a/big.bin", 0, 0).unwrap().is_empty());
+        assert!(
+            store
+                .read_range("landing", "a/big.bin", body.len() as u64, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .read_range("landing", "a/big.bin", 0, 0)
+                .unwrap()
+                .is_empty()
+        );
 
-        let keys: Vec<String> = store.list("landing", "a/").unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<String> = store
+            .list("landing", "a/")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, ["a/b/small.txt", "a/big.bin"]);
         assert_eq!(store.list("landing", "").unwrap().len(), 3);
         assert!(store.list("landing", "nothing/").unwrap().is_empty());
 
-        assert!(matches!(store.size("landing", "nope"), Err(ObjectError::NotFound { .. })));
+        assert!(matches!(
+            store.size("landing", "nope"),
+            Err(ObjectError::NotFound { .. })
+        ));
         assert!(matches!(
             store.read_range("landing", "nope", 0, 10),
             Err(ObjectError::NotFound { .. })
@@ -131,7 +181,14 @@ async fn ranged_reads_sizes_listings_and_errors() {
 
     // A listing longer than one page (1,000 keys) is followed to its end.
     for i in 0..1003 {
-        client.put_object().bucket("landing").key(format!("many/{i:05}")).body(Vec::new().into()).send().await.unwrap();
+        client
+            .put_object()
+            .bucket("landing")
+            .key(format!("many/{i:05}"))
+            .body(Vec::new().into())
+            .send()
+            .await
+            .unwrap();
     }
     let store = S3ObjectStore::new(client, tokio::runtime::Handle::current());
     let listed = tokio::task::spawn_blocking(move || store.list("landing", "many/").unwrap())
@@ -183,31 +240,63 @@ sources:
 async fn ingest_dms_reads_the_example_drop_from_s3_as_from_a_local_folder() {
     let moto = Moto::start();
     let client = s3(&moto).await;
-    client.create_bucket().bucket("landing").send().await.unwrap();
+    client
+        .create_bucket()
+        .bucket("landing")
+        .send()
+        .await
+        .unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let objects = upload(&client, "landing", "dms/clinic/", &examples.join("dms/clinic")).await;
+    let objects = upload(
+        &client,
+        "landing",
+        "dms/clinic/",
+        &examples.join("dms/clinic"),
+    )
+    .await;
     assert!(objects.len() >= 3, "{objects:?}");
     let event = event::notification("landing", &objects, Utc::now());
     let config = Arc::new(PipelineConfig::from_yaml(PIPELINE, Path::new("p.yaml")).unwrap());
 
     // The store the Lambda builds for this pipeline file: S3 for the s3:// location.
     let s3_store = dms_objects(&config, || {
-        Ok(Arc::new(S3ObjectStore::new(client.clone(), tokio::runtime::Handle::current())) as Arc<dyn ObjectStore>)
+        Ok(Arc::new(S3ObjectStore::new(
+            client.clone(),
+            tokio::runtime::Handle::current(),
+        )) as Arc<dyn ObjectStore>)
     })
     .unwrap();
-    let local_store = LocalBuckets::new().with_bucket("landing", &examples).shared();
+    let local_store = LocalBuckets::new()
+        .with_bucket("landing", &examples)
+        .shared();
 
     let mut results = Vec::new();
     for store in [s3_store, local_store] {
         let wf = Arc::new(Recording::default());
-        let env = IngestEnv { config: config.clone(), workflow: wf.clone() };
-        let out = ingest_dms::handle(event.clone(), &env, store).await.unwrap();
+        let env = IngestEnv {
+            config: config.clone(),
+            workflow: wf.clone(),
+        };
+        let out = ingest_dms::handle(event.clone(), &env, store)
+            .await
+            .unwrap();
         let batches = wf.batches.lock().unwrap().clone();
-        results.push((out.files, out.skipped, out.rejected, out.records_in, batches));
+        results.push((
+            out.files,
+            out.skipped,
+            out.rejected,
+            out.records_in,
+            batches,
+        ));
     }
     let (local, s3) = (results.pop().unwrap(), results.pop().unwrap());
     assert!(local.3 > 0, "the example drop has changes");
-    assert_eq!(local.0.len(), objects.len(), "every file read: {:?}", local.1);
+    assert_eq!(
+        local.0.len(),
+        objects.len(),
+        "every file read: {:?}",
+        local.1
+    );
     assert_eq!(s3.0, local.0, "file reports");
     assert_eq!(s3.1, local.1, "skipped");
     assert_eq!(s3.2, local.2, "rejections");
@@ -226,10 +315,18 @@ fn read_all(
     let mut changes = Vec::new();
     let mut rejected = Vec::new();
     let fallback = "2024-01-01T00:00:00Z".parse().unwrap();
-    let report = read_object(store, bucket, prefix, path, binding, fallback, &mut |d| match d {
-        Decoded::Change(c) => changes.push(c),
-        Decoded::Rejected(r) => rejected.push(r),
-    })
+    let report = read_object(
+        store,
+        bucket,
+        prefix,
+        path,
+        binding,
+        fallback,
+        &mut |d| match d {
+            Decoded::Change(c) => changes.push(c),
+            Decoded::Rejected(r) => rejected.push(r),
+        },
+    )
     .unwrap();
     (changes, rejected, report)
 }
@@ -238,7 +335,12 @@ fn read_all(
 async fn the_conformance_files_read_the_same_from_s3_and_from_disk() {
     let moto = Moto::start();
     let client = s3(&moto).await;
-    client.create_bucket().bucket("conformance").send().await.unwrap();
+    client
+        .create_bucket()
+        .bucket("conformance")
+        .send()
+        .await
+        .unwrap();
     let shared = shared_dms();
     // The file AWS DMS wrote sits at the top of its folder: give it a table folder in the bucket.
     let real = "public/dms_test_table/LOAD00000001.parquet";
@@ -246,12 +348,25 @@ async fn the_conformance_files_read_the_same_from_s3_and_from_disk() {
         .put_object()
         .bucket("conformance")
         .key(real)
-        .body(std::fs::read(shared.join("real_aws_dms_postgres_LOAD00000001.parquet")).unwrap().into())
+        .body(
+            std::fs::read(shared.join("real_aws_dms_postgres_LOAD00000001.parquet"))
+                .unwrap()
+                .into(),
+        )
         .send()
         .await
         .unwrap();
-    let generated = upload(&client, "conformance", "generated/", &shared.join("generated")).await;
-    let s3: Arc<dyn ObjectStore> = Arc::new(S3ObjectStore::new(client, tokio::runtime::Handle::current()));
+    let generated = upload(
+        &client,
+        "conformance",
+        "generated/",
+        &shared.join("generated"),
+    )
+    .await;
+    let s3: Arc<dyn ObjectStore> = Arc::new(S3ObjectStore::new(
+        client,
+        tokio::runtime::Handle::current(),
+    ));
 
     let shared2 = shared.clone();
     let compared = tokio::task::spawn_blocking(move || {
@@ -264,21 +379,35 @@ async fn the_conformance_files_read_the_same_from_s3_and_from_disk() {
         // The real file, served locally from a folder laid out the same way.
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("public/dms_test_table")).unwrap();
-        std::fs::copy(shared2.join("real_aws_dms_postgres_LOAD00000001.parquet"), tmp.path().join(real)).unwrap();
-        let local = LocalBuckets::new().with_bucket("conformance", tmp.path()).shared();
+        std::fs::copy(
+            shared2.join("real_aws_dms_postgres_LOAD00000001.parquet"),
+            tmp.path().join(real),
+        )
+        .unwrap();
+        let local = LocalBuckets::new()
+            .with_bucket("conformance", tmp.path())
+            .shared();
         let from_s3 = read_all(s3.clone(), "conformance", "", real, binding("id"));
         let from_disk = read_all(local, "conformance", "", real, binding("id"));
         assert_eq!(from_s3.2.rows, 10);
         assert_eq!(from_s3, from_disk);
 
-        let local = LocalBuckets::new().with_bucket("conformance", shared2.clone()).shared();
+        let local = LocalBuckets::new()
+            .with_bucket("conformance", shared2.clone())
+            .shared();
         let mut compared = 1;
         for (key, _) in generated.iter().filter(|(k, _)| k.ends_with(".parquet")) {
             let meta_key = format!(
                 "{}/_fixture.json",
-                Path::new(key.as_str()).ancestors().find(|a| shared2.join(a).join("_fixture.json").is_file()).unwrap().display()
+                Path::new(key.as_str())
+                    .ancestors()
+                    .find(|a| shared2.join(a).join("_fixture.json").is_file())
+                    .unwrap()
+                    .display()
             );
-            let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shared2.join(&meta_key)).unwrap()).unwrap();
+            let meta: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(shared2.join(&meta_key)).unwrap())
+                    .unwrap();
             let b = DmsBinding {
                 timestamp_column: meta["settings"]["ts_col"].as_str().unwrap().to_owned(),
                 ..binding(meta["pk"].as_str().unwrap())

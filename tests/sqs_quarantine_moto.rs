@@ -94,7 +94,10 @@ async fn rejections_arrive_whole_and_large_ones_by_reference_or_marked() {
     assert!(!id.is_empty());
     let body = receive_one(&sqs, &url).await;
     assert_eq!(body, small);
-    assert_eq!(serde_json::from_str::<Rejection>(&body).unwrap(), rejection(1000));
+    assert_eq!(
+        serde_json::from_str::<Rejection>(&body).unwrap(),
+        rejection(1000)
+    );
 
     // Exactly at the limit still goes whole.
     let base = serde_json::to_string(&rejection(0)).unwrap().len();
@@ -109,8 +112,14 @@ async fn rejections_arrive_whole_and_large_ones_by_reference_or_marked() {
     let body = receive_one(&sqs, &url).await;
     let marker = Oversized::parse(&body).expect("a marker");
     assert_eq!(marker.original_bytes, big.len());
-    assert_eq!(marker.record.as_deref(), Some("app/patients {\"pk\":\"p-1\"} @7"));
-    assert_eq!(marker.outcome.as_ref().unwrap()["issue"][0]["expression"][0], "Patient.birthDate");
+    assert_eq!(
+        marker.record.as_deref(),
+        Some("app/patients {\"pk\":\"p-1\"} @7")
+    );
+    assert_eq!(
+        marker.outcome.as_ref().unwrap()["issue"][0]["expression"][0],
+        "Patient.birthDate"
+    );
     assert_eq!(marker.omitted, ["raw"]);
     assert!(marker.stored_at.is_none());
 
@@ -140,7 +149,10 @@ async fn rejections_arrive_whole_and_large_ones_by_reference_or_marked() {
         .unwrap()
         .into_bytes();
     assert_eq!(std::str::from_utf8(&whole).unwrap(), big);
-    assert_eq!(serde_json::from_slice::<Rejection>(&whole).unwrap(), rejection(MAX_MESSAGE_BYTES));
+    assert_eq!(
+        serde_json::from_slice::<Rejection>(&whole).unwrap(),
+        rejection(MAX_MESSAGE_BYTES)
+    );
 
     // A queue that does not exist is an error naming it.
     let e = SqsQuarantine::new(sqs, format!("{}/000000000000/nope", moto.endpoint))
@@ -162,5 +174,8 @@ async fn the_local_queue_is_the_same_port() {
     let id = q.send(&body).await.unwrap();
     let msgs = queue.list("quarantine").unwrap();
     assert_eq!(msgs.len(), 1);
-    assert_eq!((msgs[0].message_id.as_str(), msgs[0].body.as_str()), (id.as_str(), body.as_str()));
+    assert_eq!(
+        (msgs[0].message_id.as_str(), msgs[0].body.as_str()),
+        (id.as_str(), body.as_str())
+    );
 }

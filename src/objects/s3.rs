@@ -89,7 +89,12 @@ impl S3ObjectStore {
 
 /// Maps an SDK error to the port's error; `not_found` says the service error is a missing
 /// object (each operation has its own error type).
-fn object_error<E>(bucket: &str, key: &str, e: &SdkError<E, HttpResponse>, not_found: bool) -> ObjectError
+fn object_error<E>(
+    bucket: &str,
+    key: &str,
+    e: &SdkError<E, HttpResponse>,
+    not_found: bool,
+) -> ObjectError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

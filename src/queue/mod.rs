@@ -193,7 +193,10 @@ mod tests {
         assert_eq!(m.original_bytes, body.len());
         assert_eq!(m.record.as_deref(), Some("app/patients {\"pk\":1} @7"));
         assert_eq!(m.stage, Some(json!("validate")));
-        assert_eq!(m.outcome.as_ref().unwrap()["issue"][0]["diagnostics"], "bad");
+        assert_eq!(
+            m.outcome.as_ref().unwrap()["issue"][0]["diagnostics"],
+            "bad"
+        );
         assert_eq!(m.omitted, ["raw"]);
         assert_eq!(m.sha256.len(), 64);
         let sent = m.body();

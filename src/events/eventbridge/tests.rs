@@ -117,9 +117,13 @@ fn entry_size_is_counted_as_aws_documents_it() {
     let entry = Entry::prepare(&e).unwrap();
     let detail = serde_json::to_string(&e.detail).unwrap();
     assert_eq!(entry.detail, detail);
-    let expected = 14 + "fhir-unify".len() + "FhirResourceUpdated".len() + detail.len() + "Patient/p1".len();
+    let expected =
+        14 + "fhir-unify".len() + "FhirResourceUpdated".len() + detail.len() + "Patient/p1".len();
     assert_eq!(entry.size(), expected);
-    assert!(detail.len() > detail.chars().count(), "the key has multi-byte characters");
+    assert!(
+        detail.len() > detail.chars().count(),
+        "the key has multi-byte characters"
+    );
     // The port's own rule (used by the local bus) agrees.
     assert_eq!(crate::events::entry_size(&e), expected);
 }
@@ -171,8 +175,21 @@ fn an_entry_at_the_limit_is_whole_and_one_byte_over_is_a_claim_check() {
         })
     );
     // Everything else is the event's own detail.
-    for field in ["eventId", "resourceType", "id", "versionId", "lastUpdated", "source", "entity", "sequence"] {
-        assert_eq!(detail[field], serde_json::to_value(&over.detail).unwrap()[field], "{field}");
+    for field in [
+        "eventId",
+        "resourceType",
+        "id",
+        "versionId",
+        "lastUpdated",
+        "source",
+        "entity",
+        "sequence",
+    ] {
+        assert_eq!(
+            detail[field],
+            serde_json::to_value(&over.detail).unwrap()[field],
+            "{field}"
+        );
     }
     check_change_event(&envelope(&checked)).unwrap();
     check_change_event(&envelope(&whole)).unwrap();
@@ -183,7 +200,10 @@ fn the_schema_refuses_a_detail_with_neither_key_nor_claim_check_and_a_bad_claim_
     let checked = Entry::prepare(&event("p1", &"k".repeat(MAX_ENTRY_BYTES))).unwrap();
     let good = envelope(&checked);
     let mut no_claim = good.clone();
-    no_claim["detail"].as_object_mut().unwrap().remove("claimCheck");
+    no_claim["detail"]
+        .as_object_mut()
+        .unwrap()
+        .remove("claimCheck");
     assert!(check_change_event(&no_claim).is_err());
     let mut bad_reference = good.clone();
     bad_reference["detail"]["claimCheck"]["reference"] = json!("Patient/p1");
@@ -231,7 +251,10 @@ async fn only_refused_entries_are_retried_and_then_accepted() {
     let events: Vec<ChangeEvent> = (0..7).map(|i| event(&format!("p{i}"), "k")).collect();
     let results = bus(api.clone()).put_events(&events).await.unwrap();
     for (e, r) in events.iter().zip(&results) {
-        assert_eq!(r, &PutEntryResult::Accepted(format!("bus-{}", e.detail.event_id)));
+        assert_eq!(
+            r,
+            &PutEntryResult::Accepted(format!("bus-{}", e.detail.event_id))
+        );
     }
     let calls = api.calls();
     assert_eq!(calls.len(), 2);
@@ -239,7 +262,10 @@ async fn only_refused_entries_are_retried_and_then_accepted() {
     let retried: Vec<&str> = calls[1].iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(
         retried,
-        [events[2].detail.event_id.as_str(), events[5].detail.event_id.as_str()]
+        [
+            events[2].detail.event_id.as_str(),
+            events[5].detail.event_id.as_str()
+        ]
     );
 }
 
@@ -258,7 +284,9 @@ async fn a_permanent_refusal_is_not_retried() {
         .put_events(&[event("p1", "k")])
         .await
         .unwrap();
-    assert!(matches!(&results[0], PutEntryResult::Failed { code, .. } if code == "AccessDeniedException"));
+    assert!(
+        matches!(&results[0], PutEntryResult::Failed { code, .. } if code == "AccessDeniedException")
+    );
     assert_eq!(api.calls().len(), 1);
 }
 
@@ -323,7 +351,10 @@ async fn a_bus_that_cannot_be_reached_is_a_retryable_error_after_the_retries() {
             Ok(accept(e))
         }
     });
-    let results = bus(api.clone()).put_events(&[event("p1", "k")]).await.unwrap();
+    let results = bus(api.clone())
+        .put_events(&[event("p1", "k")])
+        .await
+        .unwrap();
     assert!(matches!(results[0], PutEntryResult::Accepted(_)));
     assert_eq!(api.calls().len(), 2);
 }
@@ -335,7 +366,11 @@ async fn large_entries_are_spread_over_calls_within_the_limits() {
         .map(|i| event(&format!("p{i}"), &"v".repeat(100 * 1024)))
         .collect();
     let results = bus(api.clone()).put_events(&events).await.unwrap();
-    assert!(results.iter().all(|r| matches!(r, PutEntryResult::Accepted(_))));
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, PutEntryResult::Accepted(_)))
+    );
     let sizes: Vec<usize> = api.calls().iter().map(Vec::len).collect();
     assert_eq!(sizes, [2, 2, 1]);
 }
