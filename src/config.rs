@@ -101,6 +101,18 @@ impl StoreConfig {
 pub struct EventsConfig {
     /// The local bus.
     pub local: Option<LocalBusConfig>,
+    /// An EventBridge bus (on AWS).
+    #[serde(default)]
+    pub eventbridge: Option<EventBridgeConfig>,
+}
+
+/// The EventBridge bus change events are put on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBridgeConfig {
+    /// The bus name or ARN. On Lambda, `FHIR_UNIFY_EVENT_BUS` (set by `infra/template.yaml` to
+    /// the stack's bus) takes its place, so the packaged file need not know the stack.
+    pub bus: String,
 }
 
 /// The local bus: an archive of every event, rules with EventBridge event patterns, and their
@@ -213,6 +225,7 @@ impl Default for EventsConfig {
                 archive: default_archive(),
                 rules: Vec::new(),
             }),
+            eventbridge: None,
         }
     }
 }
@@ -226,8 +239,13 @@ impl EventsConfig {
     /// Checks the local bus: rule names, targets, and every pattern (an invalid pattern names
     /// the rule and the place in the pattern).
     fn check(&self) -> Result<(), String> {
-        let Some(local) = &self.local else {
-            return Err("events: name one bus kind (`local`)".into());
+        let local = match (&self.local, &self.eventbridge) {
+            (Some(local), None) => local,
+            (None, Some(eb)) if eb.bus.trim().is_empty() => {
+                return Err("events.eventbridge.bus: a bus name or ARN is needed".into());
+            }
+            (None, Some(_)) => return Ok(()),
+            _ => return Err("events: name one bus kind (`local` or `eventbridge`)".into()),
         };
         let mut names = HashSet::new();
         let mut files: HashSet<&Path> = local.ndjson.iter().map(PathBuf::as_path).collect();
@@ -822,6 +840,28 @@ sources:
         }
         let unknown = DMS.replace("timestamp_column", "timestamp_col");
         assert!(PipelineConfig::from_yaml(&unknown, Path::new("p.yaml")).is_err());
+    }
+
+    #[test]
+    fn the_bus_is_local_or_eventbridge_never_both_nor_none() {
+        let eb = format!("{GOOD}events:\n  eventbridge: {{ bus: fhir-changes }}\n");
+        let c = PipelineConfig::from_yaml(&eb, Path::new("p.yaml")).unwrap();
+        assert_eq!(c.events.eventbridge.unwrap().bus, "fhir-changes");
+        assert!(c.events.local.is_none());
+        for bad in [
+            "events:\n  eventbridge: { bus: '' }\n",
+            "events:\n  eventbridge: { bus: b, region: x }\n",
+            "events:\n  eventbridge: {}\n",
+            "events:\n  local: {}\n  eventbridge: { bus: b }\n",
+            "events: {}\n",
+        ] {
+            let e = PipelineConfig::from_yaml(&format!("{GOOD}{bad}"), Path::new("p.yaml"))
+                .unwrap_err();
+            assert!(
+                e.message.contains("events") || e.message.contains("bus"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

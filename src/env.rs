@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use crate::config::{DataDir, PipelineConfig};
 use crate::events::EventBus;
-use crate::events::bus::LocalBus;
 use crate::mapping::MappingSet;
 use crate::model::ChangeBatch;
 use crate::store::sqlite::SqliteStore;
@@ -47,10 +46,7 @@ impl Env {
         // definitions at their cold start.
         let validator = LazyValidator::default();
         let store = Arc::new(SqliteStore::open(&data.join(config.store.sqlite_path()))?);
-        let local = config.events.local.as_ref().ok_or_else(|| {
-            crate::events::BusError::Invalid("events: name one bus kind (`local`)".into())
-        })?;
-        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::open(local, data)?);
+        let bus = crate::events::bus_from_config(&config.events, data)?;
         Ok(Env {
             mappings,
             validator,

@@ -3,7 +3,8 @@
 //!
 //! `FHIR_UNIFY_CONFIG` names the pipeline file (default `fhir-unify.yaml` in the function's
 //! folder, `LAMBDA_TASK_ROOT`); `FHIR_UNIFY_DATA_DIR` the folder for local data (default
-//! `/tmp/fhir-unify`, the only writable place on Lambda).
+//! `/tmp/fhir-unify`, the only writable place on Lambda); `FHIR_UNIFY_EVENT_BUS` the
+//! EventBridge bus change events go to (see [`use_event_bus`]).
 //!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
 //! the Lambda Runtime API's `/runtime/init/error` before the process exits, so the caller sees
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DataDir, PipelineConfig};
+use crate::config::{DataDir, EventBridgeConfig, EventsConfig, PipelineConfig};
 use crate::env::{Env, EnvError, IngestEnv};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
@@ -48,7 +49,26 @@ pub fn load_config() -> Result<(Arc<PipelineConfig>, DataDir), EnvError> {
     let data = std::env::var_os("FHIR_UNIFY_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp/fhir-unify"));
-    Ok((Arc::new(PipelineConfig::load(&config)?), DataDir(data)))
+    let mut config = PipelineConfig::load(&config)?;
+    if let Ok(bus) = std::env::var("FHIR_UNIFY_EVENT_BUS") {
+        use_event_bus(&mut config, &bus);
+    }
+    Ok((Arc::new(config), DataDir(data)))
+}
+
+/// Sends change events to the EventBridge bus `bus` (a name or ARN), whatever bus the pipeline
+/// file names: on Lambda the stack's bus, set by `infra/template.yaml` as
+/// `FHIR_UNIFY_EVENT_BUS` (a local bus under /tmp would vanish with the execution
+/// environment). An empty value changes nothing.
+pub fn use_event_bus(config: &mut PipelineConfig, bus: &str) {
+    if !bus.trim().is_empty() {
+        config.events = EventsConfig {
+            local: None,
+            eventbridge: Some(EventBridgeConfig {
+                bus: bus.trim().to_owned(),
+            }),
+        };
+    }
 }
 
 /// The environment of the pipeline-step functions (transform, validate, publish, emit).
@@ -68,18 +88,20 @@ pub fn ingest_env() -> Result<IngestEnv, LocalError> {
 }
 
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
-/// name (local folders until the S3 adapter exists; an `s3://` location fails the cold start).
+/// name (S3 for `s3://` locations, through the SDK configured from the environment; local
+/// folders as buckets named after their source). Call it inside the Tokio runtime.
 pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
     let built = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
-            let objects =
-                crate::handlers::ingest_dms::local_objects(&config).map_err(|message| {
-                    LocalError::Input {
-                        file: config.file.display().to_string(),
-                        message,
-                    }
-                })?;
+            let objects = crate::objects::s3::dms_objects(&config, || {
+                crate::objects::s3::S3ObjectStore::from_env()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            })
+            .map_err(|message| LocalError::Input {
+                file: config.file.display().to_string(),
+                message,
+            })?;
             let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
             Ok((Arc::new(runtime), objects))
         });
@@ -126,5 +148,44 @@ fn post_init_error(api: &str, message: &str) -> std::io::Result<()> {
             "the Runtime API answered {}",
             String::from_utf8_lossy(&head)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn the_stacks_bus_replaces_the_files_bus_and_the_step_env_puts_events_there() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            "source: app\nentity: patients\nresources:\n  - resourceType: Patient\n    template: { gender: \"{{ record.sex }}\" }\n",
+        )
+        .unwrap();
+        let yaml = "sources:\n  - name: app\n    dynamodb: { table: Patients }\n    entities:\n      patients: { key: [pk], mapping: m.yaml }\n";
+        let mut config = PipelineConfig::from_yaml(yaml, Path::new("p.yaml")).unwrap();
+        config.base_dir = dir.path().to_path_buf();
+        assert!(config.events.local.is_some());
+
+        use_event_bus(&mut config, "  ");
+        assert!(
+            config.events.local.is_some(),
+            "an empty value changes nothing"
+        );
+
+        use_event_bus(&mut config, "stack-changes");
+        assert!(config.events.local.is_none());
+        assert_eq!(
+            config.events.eventbridge.as_ref().unwrap().bus,
+            "stack-changes"
+        );
+        let env = Env::from_config(&config, &DataDir(dir.path().join("data"))).unwrap();
+        assert!(
+            env.bus.as_local().is_none(),
+            "events go to EventBridge, not a local bus"
+        );
+        assert!(!dir.path().join("data/events.db").exists());
     }
 }

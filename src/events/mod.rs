@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod bus;
+pub mod eventbridge;
 pub mod local;
 pub mod pattern;
 pub mod schema;
@@ -24,7 +25,7 @@ use crate::store::{Outbox, StoreError};
 pub const MAX_ENTRIES_PER_PUT: usize = 10;
 
 /// EventBridge's limit on one entry (256 KB), counted as AWS does it: Source, DetailType,
-/// Detail and Resources bytes together.
+/// Detail and Resources bytes together, and 14 for Time.
 pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
 /// The result of one entry of a `put_events` call.
@@ -66,10 +67,28 @@ pub trait EventBus: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The size EventBridge counts for an entry.
+/// The bus a pipeline file names: the local bus (its files under `data`), or an EventBridge
+/// bus through the AWS SDK configured from the environment.
+pub fn bus_from_config(
+    config: &crate::config::EventsConfig,
+    data: &crate::config::DataDir,
+) -> Result<std::sync::Arc<dyn EventBus>, BusError> {
+    match (&config.local, &config.eventbridge) {
+        (Some(local), None) => Ok(std::sync::Arc::new(bus::LocalBus::open(local, data)?)),
+        (None, Some(eb)) => Ok(std::sync::Arc::new(eventbridge::EventBridgeBus::from_env(
+            eb.bus.clone(),
+        ))),
+        _ => Err(BusError::Invalid(
+            "events: name one bus kind (`local` or `eventbridge`)".into(),
+        )),
+    }
+}
+
+/// The size EventBridge counts for an entry (its `Time` counts 14 bytes).
 pub fn entry_size(event: &ChangeEvent) -> usize {
     let detail = serde_json::to_string(&event.detail).map_or(0, |d| d.len());
-    event.source.len()
+    eventbridge::TIME_BYTES
+        + event.source.len()
         + event.detail_type.detail_type().len()
         + detail
         + event.resources.iter().map(String::len).sum::<usize>()

@@ -5,9 +5,9 @@
 //! The port is ranged reads plus listing by prefix, which is what Parquet needs: the footer
 //! is read from the end, then each column chunk by its offset, so a file is never held whole.
 //!
-//! The trait is synchronous because its callers (Parquet decoding) are: an S3 adapter answers
-//! from a blocking context (the handler runs decoding on a blocking thread). The S3 adapter is
-//! not written yet (see the DMS section of README.md for why).
+//! The trait is synchronous because its callers (Parquet decoding) are: the S3 adapter
+//! ([`s3::S3ObjectStore`]) answers from a blocking context (the handler runs decoding on a
+//! blocking thread).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+pub mod s3;
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,9 @@
 //! Lambda `ingest-dms`: see `fhir_unify::handlers::ingest_dms`. Takes an S3 event
 //! notification or an EventBridge "Object Created" event; answers with what it read.
 //!
-//! Until the S3 and SQS adapters arrive with the deploy work, the function runs the embedded
-//! runtime (`unify` on the ASL engine, the local queue for quarantine) and reads DMS sources
-//! whose location is a local folder; a pipeline file naming an `s3://` location fails the cold
-//! start with that reason.
+//! DMS sources at an `s3://` location are read from S3 with ranged reads
+//! (`fhir_unify::objects::s3`); until the Step Functions adapter arrives, the function runs
+//! the embedded runtime (`unify` on the ASL engine, the local queue for quarantine).
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
