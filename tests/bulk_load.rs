@@ -3,6 +3,8 @@
 //! `FHIR_UNIFY_BULK_TEST_RECORDS=1000000`), failures
 //! (a corrupt file, a killed process) and rollback with its events.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
