@@ -12,6 +12,7 @@
 //! - [`local`] runs it all on one machine: the ASL engine, SQLite, the local bus and queue.
 
 pub mod aws;
+pub mod bulk;
 pub mod config;
 pub mod env;
 pub mod events;

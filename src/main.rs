@@ -15,6 +15,7 @@ use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, StoredVersion};
 
 mod cli {
+    pub mod bulk;
     pub mod events;
     pub mod sfn;
     pub mod validate;
@@ -73,6 +74,8 @@ enum Command {
     },
     /// Validate FHIR R4 JSON files; print the OperationOutcome of each.
     Validate(cli::validate::ValidateArgs),
+    #[command(flatten)]
+    Bulk(cli::bulk::BulkCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +137,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Sfn { command } => cli::sfn::run(command).await,
         Command::Validate(args) => Ok(cli::validate::run(args)),
+        Command::Bulk(command) => cli::bulk::run(command, cli.config.as_deref(), &data).await,
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;

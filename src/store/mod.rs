@@ -17,9 +17,11 @@
 //! - a delete is a version too (history shows it); deleting what is absent or already
 //!   deleted is `Unchanged`; an upsert after a delete re-creates it (`Created`, next version).
 
+pub mod dataset;
 pub mod search;
 pub mod sqlite;
 
+pub use dataset::DatasetStore;
 pub use search::SearchStore;
 
 use async_trait::async_trait;

@@ -9,7 +9,9 @@
 //!   in Rust with [`Sequence`]'s numeric order;
 //! - `outbox`: one change event per committed version, written in the same transaction;
 //! - `search_index`: the search parameter values of each live resource, rewritten in the same
-//!   transaction as the resource (see [`search`]).
+//!   transaction as the resource (see [`search`]);
+//! - `dataset_versions`, `dataset_chunks`, `dataset_resources`, `parameters`: versioned
+//!   dataset loads (see [`dataset`]).
 //!
 //! The schema version is `PRAGMA user_version`; [`SqliteStore::open`] applies the missing
 //! migrations and refuses a file written by a newer build.
@@ -39,9 +41,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ID_LEN: usize = 64;
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, dataset::MIGRATION_3];
 
 const MIGRATION_1: &str = "
 CREATE TABLE resources (
@@ -443,6 +445,17 @@ fn apply_one(
     change: &ResourceChange,
     now: DateTime<Utc>,
 ) -> Result<PublishOutcome, StoreError> {
+    apply_change(tx, change, now, true)
+}
+
+/// Applies one change; `check_order` false skips the source-sequence check and leaves the
+/// marks alone (a dataset pointer move is authoritative: see [`dataset`]).
+fn apply_change(
+    tx: &Connection,
+    change: &ResourceChange,
+    now: DateTime<Utc>,
+    check_order: bool,
+) -> Result<PublishOutcome, StoreError> {
     let target = &change.target;
     check_ref(target)?;
     // Bad content is an error even when the change turns out to be stale.
@@ -453,11 +466,13 @@ fn apply_one(
     let lineage = &change.lineage;
     let current = read_current(tx, target)?;
 
-    let mark = read_mark(tx, target, lineage)?;
-    if mark.as_ref().is_some_and(|mark| lineage.sequence < *mark) {
-        return Ok(outcome(target, PublishAction::Stale, current.as_ref()));
+    if check_order {
+        let mark = read_mark(tx, target, lineage)?;
+        if mark.as_ref().is_some_and(|mark| lineage.sequence < *mark) {
+            return Ok(outcome(target, PublishAction::Stale, current.as_ref()));
+        }
+        write_mark(tx, target, lineage)?;
     }
-    write_mark(tx, target, lineage)?;
 
     let live = current.as_ref().filter(|c| !c.deleted);
     let next_version = current.as_ref().map_or(1, |c| c.version + 1);
@@ -865,6 +880,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+mod dataset;
 mod search;
 
 #[cfg(test)]

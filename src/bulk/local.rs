@@ -1,0 +1,409 @@
+//! `bulk-load` on one machine: the project's ASL engine runs
+//! `statemachines/bulk-load.asl.json` (embedded in the binary) with the bulk functions
+//! registered under their function names, as `unify` runs in [`crate::local`]. The distributed
+//! Map's ItemReader lists the load's folder through the same object store the chunk function
+//! reads the files from.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    BulkEnv, BulkError, ChunkRequest, LoadRequest, QuarantineQueue, VersionRef, begin, fail,
+    finalize, load_chunk,
+};
+use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
+use crate::handlers;
+use crate::local::{LocalRuntime, function_arn};
+use crate::objects::{LocalBuckets, ObjectStore};
+use crate::sources::dms::DmsPath;
+use crate::store::dataset::{DatasetStore, DatasetVersion, VersionStatus};
+use crate::store::sqlite::SqliteStore;
+
+/// The `bulk-load` definition, with `${Placeholders}` for functions.
+pub const BULK_LOAD_DEFINITION: &str = include_str!("../../statemachines/bulk-load.asl.json");
+
+/// The functions of `bulk-load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkStep {
+    Begin,
+    LoadChunk,
+    Finalize,
+    Fail,
+    /// `unify`'s own emit function.
+    Emit,
+}
+
+impl BulkStep {
+    pub const ALL: [BulkStep; 5] = [
+        BulkStep::Begin,
+        BulkStep::LoadChunk,
+        BulkStep::Finalize,
+        BulkStep::Fail,
+        BulkStep::Emit,
+    ];
+
+    /// The function's name (as deployed).
+    pub fn function_name(self) -> &'static str {
+        match self {
+            BulkStep::Begin => "fhir-unify-bulk-begin",
+            BulkStep::LoadChunk => "fhir-unify-bulk-load-chunk",
+            BulkStep::Finalize => "fhir-unify-bulk-finalize",
+            BulkStep::Fail => "fhir-unify-bulk-fail",
+            BulkStep::Emit => crate::local::Step::Emit.function_name(),
+        }
+    }
+
+    /// The `${Placeholder}` naming the function's ARN in the definition.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            BulkStep::Begin => "BulkBeginFunctionArn",
+            BulkStep::LoadChunk => "BulkLoadChunkFunctionArn",
+            BulkStep::Finalize => "BulkFinalizeFunctionArn",
+            BulkStep::Fail => "BulkFailFunctionArn",
+            BulkStep::Emit => crate::local::Step::Emit.placeholder(),
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(payload: Value) -> Result<T, BulkError> {
+    serde_json::from_value(payload).map_err(|e| BulkError::Input(format!("invalid input: {e}")))
+}
+
+fn to_json<T: Serialize>(v: T) -> Result<Value, BulkError> {
+    serde_json::to_value(v).map_err(|e| BulkError::Input(e.to_string()))
+}
+
+#[derive(Debug)]
+struct BulkFunction {
+    step: BulkStep,
+    env: Arc<BulkEnv>,
+}
+
+impl BulkFunction {
+    async fn call(&self, payload: Value) -> Result<Value, BulkError> {
+        let env = &self.env;
+        match self.step {
+            BulkStep::Begin => to_json(begin(parse(payload)?, env).await?),
+            BulkStep::LoadChunk => {
+                let req: ChunkRequest = parse(payload)?;
+                match load_chunk(req.clone(), env).await {
+                    Ok(r) => to_json(r),
+                    Err(e) => {
+                        // A chunk that cannot succeed fails its version at once (with its own
+                        // error, naming file and row), which also stops the other chunks.
+                        if !e.is_retryable()
+                            && let Err(f) = env
+                                .datasets
+                                .fail(&req.dataset, req.version, &e.to_string())
+                                .await
+                        {
+                            tracing::warn!(dataset = %req.dataset, error = %f, "cannot mark the version FAILED");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            BulkStep::Finalize => to_json(finalize(parse::<VersionRef>(payload)?, env).await?),
+            BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
+            BulkStep::Emit => to_json(handlers::emit::handle(payload, &env.env).await?),
+        }
+    }
+}
+
+impl BulkError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BulkError::Dataset(e) => e.is_retryable(),
+            BulkError::Handler(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl asl::LambdaFunction for BulkFunction {
+    async fn invoke(&self, payload: Value) -> Result<Value, asl::LambdaError> {
+        self.call(payload)
+            .await
+            .map_err(|e| asl::LambdaError::new(e.error_type(), e.to_string()))
+    }
+}
+
+/// The project's object store seen by the ASL engine's ItemReader (read and list only).
+struct AslObjects(Arc<dyn ObjectStore>);
+
+#[async_trait]
+impl asl::objects::ObjectStore for AslObjects {
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, asl::objects::ObjectStoreError> {
+        let io = |message: String| asl::objects::ObjectStoreError::Io {
+            bucket: bucket.into(),
+            key: key.into(),
+            message,
+        };
+        let size = self.0.size(bucket, key).map_err(|e| io(e.to_string()))?;
+        let len = usize::try_from(size).map_err(|e| io(e.to_string()))?;
+        self.0
+            .read_range(bucket, key, 0, len)
+            .map(|b| b.to_vec())
+            .map_err(|e| io(e.to_string()))
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        _body: Vec<u8>,
+    ) -> Result<(), asl::objects::ObjectStoreError> {
+        Err(asl::objects::ObjectStoreError::Io {
+            bucket: bucket.into(),
+            key: key.into(),
+            message: "the load's files are read-only".into(),
+        })
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<asl::objects::ObjectInfo>, asl::objects::ObjectStoreError> {
+        let listed =
+            self.0
+                .list(bucket, prefix)
+                .map_err(|e| asl::objects::ObjectStoreError::Io {
+                    bucket: bucket.into(),
+                    key: prefix.into(),
+                    message: e.to_string(),
+                })?;
+        Ok(listed
+            .into_iter()
+            .map(|m| asl::objects::ObjectInfo {
+                // Local files have no stored ETag; the key and size stand in for it.
+                etag: format!("{:x}-{}", m.key.len(), m.size),
+                key: m.key,
+                size: m.size,
+                last_modified: Utc::now(),
+            })
+            .collect())
+    }
+}
+
+/// What one load did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadOutcome {
+    pub dataset: String,
+    pub succeeded: bool,
+    /// The version the load made (its row, as it ended).
+    pub version: Option<DatasetVersion>,
+    /// What the pointer move did (`Finalize`'s result).
+    pub published: Option<Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// `bulk-load` on the ASL engine, over a folder of DMS full-load files of one source.
+#[derive(Debug)]
+pub struct LocalBulk {
+    engine: asl::Engine,
+    machine: asl::StateMachine,
+    pub env: Arc<BulkEnv>,
+    pub datasets: Arc<SqliteStore>,
+}
+
+impl LocalBulk {
+    /// Registers the bulk functions, with the files of `source` read from `dir` (a folder laid
+    /// out like the DMS bucket folder: `schema/table/LOAD….parquet`).
+    pub fn open(
+        rt: &LocalRuntime,
+        source: &str,
+        dir: &Path,
+        lease: Duration,
+    ) -> Result<LocalBulk, BulkError> {
+        let src = rt
+            .config
+            .sources
+            .iter()
+            .find(|s| s.name == source)
+            .ok_or_else(|| {
+                BulkError::Input(format!("no source named {source:?} in the pipeline file"))
+            })?;
+        if src.dms.is_none() {
+            return Err(BulkError::Input(format!(
+                "source {source:?} is not a DMS source: only DMS full loads are loaded as datasets yet"
+            )));
+        }
+        if !dir.is_dir() {
+            return Err(BulkError::Input(format!("{}: not a folder", dir.display())));
+        }
+        let datasets = Arc::new(
+            SqliteStore::open(&rt.data.join(rt.config.store.sqlite_path()))
+                .map_err(crate::store::dataset::DatasetError::from)?,
+        );
+        let objects = LocalBuckets::new().with_bucket(source, dir).shared();
+        let env = Arc::new(BulkEnv {
+            env: rt.env.clone(),
+            config: rt.config.clone(),
+            datasets: datasets.clone(),
+            objects: objects.clone(),
+            quarantine: QuarantineQueue {
+                queue: rt.queue.clone(),
+                name: rt.config.quarantine.queue.clone(),
+            },
+            owner: format!(
+                "pid {} started {}",
+                std::process::id(),
+                Utc::now().to_rfc3339()
+            ),
+            lease,
+            records_read: Arc::new(AtomicU64::new(0)),
+        });
+        let mut registry = asl::TaskRegistry::new();
+        let mut subs = HashMap::new();
+        for step in BulkStep::ALL {
+            registry.register_lambda(
+                step.function_name(),
+                Arc::new(BulkFunction {
+                    step,
+                    env: env.clone(),
+                }),
+            );
+            subs.insert(
+                step.placeholder().to_owned(),
+                function_arn(step.function_name()),
+            );
+        }
+        registry.set_object_store(Arc::new(AslObjects(objects)));
+        let text = asl::substitute(BULK_LOAD_DEFINITION, &subs)
+            .map_err(|e| BulkError::Definition(e.to_string()))?;
+        let machine = asl::StateMachine::parse(&text)
+            .map_err(|e| BulkError::Definition(e.to_string()))?
+            .with_name("bulk-load");
+        let engine = asl::Engine::with_config(
+            registry,
+            Arc::new(asl::SystemClock),
+            asl::EngineConfig {
+                region: LOCAL_REGION.into(),
+                account_id: LOCAL_ACCOUNT.into(),
+                ..asl::EngineConfig::default()
+            },
+        );
+        Ok(LocalBulk {
+            engine,
+            machine,
+            env,
+            datasets,
+        })
+    }
+
+    /// The loads the folder holds: one per table with full-load files that an entity of the
+    /// source maps, in table order.
+    pub fn loads(&self, source: &str) -> Result<Vec<LoadRequest>, BulkError> {
+        let listed = self
+            .env
+            .objects
+            .list(source, "")
+            .map_err(|e| BulkError::Input(e.to_string()))?;
+        let mut out: Vec<LoadRequest> = Vec::new();
+        for m in listed {
+            let Ok(path) = DmsPath::parse(&m.key, "") else {
+                continue;
+            };
+            if !path.is_full_load() {
+                continue;
+            }
+            let Some((target, _)) = self.env.config.dms_target(source, &m.key) else {
+                tracing::info!(file = %m.key, "no entity maps this table: not loaded");
+                continue;
+            };
+            let dataset = format!("{}/{}", target.binding.source, target.binding.entity);
+            if out.iter().any(|r| r.dataset == dataset) {
+                continue;
+            }
+            out.push(LoadRequest {
+                dataset,
+                source: target.binding.source,
+                entity: target.binding.entity,
+                bucket: source.to_owned(),
+                prefix: format!("{}/{}/", path.schema, path.table),
+                version: None,
+            });
+        }
+        if out.is_empty() {
+            return Err(BulkError::Input(format!(
+                "no full-load file (schema/table/LOAD….parquet) of a table that source {source:?} maps"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Runs `bulk-load` for one dataset and waits for its end.
+    pub async fn load(&self, req: &LoadRequest) -> Result<LoadOutcome, BulkError> {
+        let started = Instant::now();
+        let input = serde_json::to_value(req).map_err(|e| BulkError::Input(e.to_string()))?;
+        let name: String = format!("{}-{}", req.dataset, Utc::now().timestamp_millis())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(80)
+            .collect();
+        let result = self
+            .engine
+            .start_execution(&self.machine, Some(&name), input)
+            .await;
+        let succeeded = result.status == asl::ExecutionStatus::Succeeded;
+        let versions = self.datasets.versions(&req.dataset).await?;
+        let version = versions.into_iter().find(|v| v.owner == self.env.owner);
+        if !succeeded
+            && let Some(v) = &version
+            && v.status == VersionStatus::InProgress
+        {
+            // The engine stopped before MarkFailed could run: fail it here, pointer untouched.
+            let reason = format!(
+                "{}: {}",
+                result.error.as_deref().unwrap_or("error"),
+                result.cause.as_deref().unwrap_or("")
+            );
+            self.datasets.fail(&req.dataset, v.version, &reason).await?;
+        }
+        let version = match version {
+            Some(v) => self
+                .datasets
+                .versions(&req.dataset)
+                .await?
+                .into_iter()
+                .find(|x| x.version == v.version),
+            None => None,
+        };
+        Ok(LoadOutcome {
+            dataset: req.dataset.clone(),
+            succeeded,
+            published: result
+                .output
+                .as_ref()
+                .and_then(|o| o.get("published").cloned()),
+            version,
+            error: result.error,
+            cause: result.cause,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}

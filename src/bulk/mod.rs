@@ -1,0 +1,386 @@
+//! Bulk loads: a whole dataset (a DMS full load) loaded as a new dataset version and made
+//! visible in one step, by `statemachines/bulk-load.asl.json`.
+//!
+//! The state machine's tasks are the handlers here, one per step:
+//! - `fhir-unify-bulk-begin` ([`begin`]): creates the version, IN_PROGRESS ([`DatasetStore::begin`],
+//!   which first marks loads whose owner died FAILED);
+//! - `fhir-unify-bulk-load-chunk` ([`load_chunk`]): one chunk (a full-load file) of the
+//!   distributed Map: its rows are decoded on a blocking thread and, in batches of
+//!   [`BATCH_RECORDS`], mapped and validated by the very `transform` and `validate` handlers of
+//!   `unify`, then staged into the version;
+//! - `fhir-unify-bulk-finalize` ([`finalize`]): SUCCEEDED and the pointer move, one step;
+//! - `fhir-unify-bulk-fail` ([`fail`]): FAILED, the pointer untouched.
+//!
+//! **Bad input.** A record the mapping or the validator refuses, or a row whose values cannot
+//! be decoded, is *quarantined* with its OperationOutcome (file, row, column) and the load goes
+//! on, as in `unify`: one bad record among millions should not hold back a monthly refresh,
+//! and quarantined records can be replayed. A file that cannot be read (not Parquet, a row
+//! group that cannot be decoded, a missing key column) *fails the load* with an error naming
+//! the file and the rows: in a full refresh every record absent from the new version is
+//! deleted, so publishing a version with an unknown part of a file missing would delete live
+//! resources.
+//!
+//! [`local::LocalBulk`] runs the state machine on the project's ASL engine; [`generator`] writes
+//! synthetic loads.
+
+pub mod generator;
+pub mod local;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::PipelineConfig;
+use crate::env::Env;
+use crate::handlers::{self, HandlerError};
+use crate::local::queue::LocalQueue;
+use crate::model::{ChangeBatch, Rejection, ResourceOp, SourceChange};
+use crate::objects::ObjectStore;
+use crate::sources::dms::{Decoded, DmsFile};
+use crate::store::dataset::{
+    DatasetError, DatasetStore, DatasetVersion, LoadCounts, PointerMove, StagedResource,
+};
+
+/// Records mapped, validated and staged together (one store transaction).
+pub const BATCH_RECORDS: usize = 2_000;
+
+/// How long a load may go without a heartbeat before another load declares it dead.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+
+/// Error type names of the bulk functions, matched by the state machine's Retry and Catch.
+pub mod error_types {
+    pub const INPUT_CORRUPT: &str = "FhirUnify.BulkInputCorrupt";
+    pub const DATASET_BUSY: &str = "FhirUnify.DatasetBusy";
+    pub const DATASET_STATE: &str = "FhirUnify.DatasetState";
+    pub const QUARANTINE_FAILED: &str = "FhirUnify.QuarantineFailed";
+}
+
+/// Errors of the bulk functions.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    /// A file of the load cannot be read: the load fails.
+    #[error("{file}: {message}")]
+    Corrupt { file: String, message: String },
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    #[error("quarantine: {0}")]
+    Quarantine(String),
+    #[error("state machine bulk-load: {0}")]
+    Definition(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl BulkError {
+    /// The stable error-type name reported to Lambda and matched by state machines.
+    pub fn error_type(&self) -> &'static str {
+        use crate::handlers::errors as h;
+        match self {
+            BulkError::Dataset(DatasetError::Busy { .. }) => error_types::DATASET_BUSY,
+            BulkError::Dataset(DatasetError::Store(e)) if e.is_retryable() => h::STORE_UNAVAILABLE,
+            BulkError::Dataset(DatasetError::Store(_)) => h::STORE_FAILED,
+            BulkError::Dataset(_) => error_types::DATASET_STATE,
+            BulkError::Corrupt { .. } => error_types::INPUT_CORRUPT,
+            BulkError::Handler(e) => e.error_type(),
+            BulkError::Quarantine(_) => error_types::QUARANTINE_FAILED,
+            BulkError::Definition(_) | BulkError::Input(_) => h::INVALID_INPUT,
+        }
+    }
+}
+
+/// Where rejected records go (the local SQLite queue; SQS on AWS, later).
+#[derive(Debug, Clone)]
+pub struct QuarantineQueue {
+    pub queue: Arc<LocalQueue>,
+    pub name: String,
+}
+
+impl QuarantineQueue {
+    fn send(&self, r: &Rejection) -> Result<(), BulkError> {
+        let body = serde_json::to_string(r).map_err(|e| BulkError::Quarantine(e.to_string()))?;
+        self.queue
+            .send(&self.name, &body)
+            .map(|_| ())
+            .map_err(|e| BulkError::Quarantine(e.to_string()))
+    }
+}
+
+/// What the bulk functions need.
+#[derive(Debug, Clone)]
+pub struct BulkEnv {
+    /// The `unify` environment: mappings, validator, outbox and bus.
+    pub env: Arc<Env>,
+    pub config: Arc<PipelineConfig>,
+    pub datasets: Arc<dyn DatasetStore>,
+    /// Where the load's files are (buckets named after DMS sources).
+    pub objects: Arc<dyn ObjectStore>,
+    pub quarantine: QuarantineQueue,
+    /// Who runs the loads (host and process), written into new versions.
+    pub owner: String,
+    pub lease: Duration,
+    /// Records read so far by every chunk (for progress displays).
+    pub records_read: Arc<AtomicU64>,
+}
+
+/// The input of a bulk-load execution, and of `begin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadRequest {
+    pub dataset: String,
+    pub source: String,
+    pub entity: String,
+    /// The bucket holding the files (locally: the source's name).
+    pub bucket: String,
+    /// The table's folder in the bucket (`schema/table/`).
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// One item of the distributed Map: a file of the load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChunkRequest {
+    pub dataset: String,
+    pub version: u64,
+    pub bucket: String,
+    pub key: String,
+}
+
+/// What one chunk did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkReport {
+    pub key: String,
+    /// Why the object was not loaded (not a full-load file of a mapped table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    #[serde(flatten)]
+    pub counts: LoadCounts,
+}
+
+/// The input of `finalize` and `fail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRef {
+    pub dataset: String,
+    pub version: u64,
+    /// The caught error (`fail`): `{"Error": ..., "Cause": ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+/// `fhir-unify-bulk-begin`: creates the version; answers the request with its number.
+pub async fn begin(mut req: LoadRequest, env: &BulkEnv) -> Result<LoadRequest, BulkError> {
+    let v: DatasetVersion = env
+        .datasets
+        .begin(&req.dataset, &env.owner, env.lease)
+        .await?;
+    req.version = Some(v.version);
+    Ok(req)
+}
+
+/// What the reading thread sends back.
+enum Msg {
+    Batch(Vec<SourceChange>),
+    Rejected(Box<Rejection>),
+    Corrupt(String),
+}
+
+/// `fhir-unify-bulk-load-chunk`: loads one file into the version.
+pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport, BulkError> {
+    let started = Instant::now();
+    let uri = format!("s3://{}/{}", req.bucket, req.key);
+    let mut report = ChunkReport {
+        key: req.key.clone(),
+        skipped: None,
+        counts: LoadCounts::default(),
+    };
+    let Some((target, path)) = env.config.dms_target(&req.bucket, &req.key) else {
+        report.skipped = Some("not a DMS data file of a mapped table".into());
+        return Ok(report);
+    };
+    if !path.is_full_load() {
+        report.skipped = Some("a CDC file: not part of a full load".into());
+        return Ok(report);
+    }
+    let expected = format!("{}/{}", target.binding.source, target.binding.entity);
+    if expected != req.dataset {
+        return Err(BulkError::Input(format!(
+            "{uri} belongs to dataset {expected}, not {}",
+            req.dataset
+        )));
+    }
+    let (tx, mut rx) = mpsc::channel::<Msg>(4);
+    let objects = env.objects.clone();
+    let bucket = req.bucket.clone();
+    let binding = target.binding.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), BulkError> {
+        let file = DmsFile::open(objects, &bucket, path, binding).map_err(|e| {
+            if e.is_retryable() {
+                BulkError::Handler(HandlerError::ObjectStore(e.to_string()))
+            } else {
+                BulkError::Corrupt {
+                    file: format!("s3://{bucket}"),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        let mut batch = Vec::with_capacity(BATCH_RECORDS);
+        let mut closed = false;
+        let mut send = |m: Msg| {
+            if !closed && tx.blocking_send(m).is_err() {
+                // The loader stopped (a failed batch): read on without sending.
+                closed = true;
+            }
+        };
+        file.read(None, Utc::now(), &mut |d| match d {
+            Decoded::Change(c) => {
+                batch.push(c);
+                if batch.len() >= BATCH_RECORDS {
+                    send(Msg::Batch(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH_RECORDS),
+                    )));
+                }
+            }
+            // A block of rows that cannot be read is a corrupt file; a row that cannot be
+            // decoded is a bad record.
+            Decoded::Rejected(r) if r.raw.as_ref().is_some_and(|v| v.get("firstRow").is_some()) => {
+                send(Msg::Corrupt(r.record.clone()));
+            }
+            Decoded::Rejected(r) => send(Msg::Rejected(Box::new(r))),
+        });
+        if !batch.is_empty() {
+            send(Msg::Batch(batch));
+        }
+        Ok(())
+    });
+
+    let mut part = 0usize;
+    let mut failure: Option<BulkError> = None;
+    while let Some(msg) = rx.recv().await {
+        let result = match msg {
+            Msg::Batch(changes) => {
+                part += 1;
+                load_batch(&req, changes, part, env).await
+            }
+            Msg::Rejected(r) => {
+                report.counts.records_read += 1;
+                report.counts.quarantined += 1;
+                env.records_read.fetch_add(1, Ordering::Relaxed);
+                env.quarantine.send(&r).map(|()| LoadCounts::default())
+            }
+            Msg::Corrupt(place) => Err(BulkError::Corrupt {
+                file: uri.clone(),
+                message: format!("cannot read {place}"),
+            }),
+        };
+        match result {
+            Ok(c) => report.counts += c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let read = reader
+        .await
+        .map_err(|e| BulkError::Input(format!("{uri}: the reading thread stopped: {e}")))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    read.map_err(|e| match e {
+        BulkError::Corrupt { message, .. } => BulkError::Corrupt {
+            file: uri.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    env.datasets
+        .chunk_done(&req.dataset, req.version, &req.key, report.counts)
+        .await?;
+    tracing::info!(
+        dataset = %req.dataset,
+        version = req.version,
+        file = %req.key,
+        records_in = report.counts.records_read,
+        resources_out = report.counts.resources_written,
+        quarantined = report.counts.quarantined,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "chunk loaded"
+    );
+    Ok(report)
+}
+
+/// Maps, validates and stages one batch of a chunk.
+async fn load_batch(
+    req: &ChunkRequest,
+    changes: Vec<SourceChange>,
+    part: usize,
+    env: &BulkEnv,
+) -> Result<LoadCounts, BulkError> {
+    let mut counts = LoadCounts {
+        records_read: changes.len() as u64,
+        ..LoadCounts::default()
+    };
+    let batch = ChangeBatch {
+        batch_id: format!("{}-v{}-{}-{part}", req.dataset, req.version, req.key),
+        changes,
+    };
+    let mapped = handlers::transform::handle(batch, &env.env).await?;
+    let valid = handlers::validate::handle(mapped, &env.env).await?;
+    for r in &valid.rejected {
+        env.quarantine.send(r)?;
+    }
+    counts.quarantined = valid.rejected.len() as u64;
+    let mut staged = Vec::new();
+    for item in valid.items {
+        for rc in item.resources {
+            // A full load has no deletes: what is absent from the version is deleted.
+            if let ResourceOp::Upsert { resource } = rc.op {
+                staged.push(StagedResource {
+                    target: rc.target,
+                    resource,
+                    lineage: rc.lineage,
+                });
+            }
+        }
+    }
+    env.datasets
+        .stage(&req.dataset, req.version, &staged)
+        .await?;
+    counts.resources_written = staged.len() as u64;
+    env.records_read
+        .fetch_add(counts.records_read, Ordering::Relaxed);
+    Ok(counts)
+}
+
+/// `fhir-unify-bulk-finalize`: SUCCEEDED and the pointer move, in one step.
+pub async fn finalize(req: VersionRef, env: &BulkEnv) -> Result<PointerMove, BulkError> {
+    Ok(env.datasets.finalize(&req.dataset, req.version).await?)
+}
+
+/// `fhir-unify-bulk-fail`: marks the version FAILED with the caught error.
+pub async fn fail(req: VersionRef, env: &BulkEnv) -> Result<VersionRef, BulkError> {
+    let reason = match &req.error {
+        Some(e) => format!(
+            "{}: {}",
+            e.get("Error").and_then(Value::as_str).unwrap_or("error"),
+            e.get("Cause").and_then(Value::as_str).unwrap_or("")
+        ),
+        None => "the load failed".to_owned(),
+    };
+    env.datasets
+        .fail(&req.dataset, req.version, &reason)
+        .await?;
+    Ok(req)
+}

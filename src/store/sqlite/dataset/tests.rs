@@ -1,0 +1,281 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde_json::json;
+
+use super::*;
+use crate::model::{ChangeKind, RecordKey, Sequence};
+use crate::store::{FhirStore, Outbox};
+
+const DS: &str = "clinic/patients";
+const LEASE: Duration = Duration::from_secs(60);
+
+/// A clock the test moves by hand (milliseconds after a fixed start).
+fn manual_clock() -> (SqliteStore, Arc<AtomicI64>) {
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let start: DateTime<Utc> = "2024-05-01T00:00:00Z".parse().unwrap();
+    let store = SqliteStore::open_in_memory()
+        .unwrap()
+        .with_clock(Arc::new(move || {
+            start + chrono::Duration::milliseconds(o.load(Ordering::SeqCst))
+        }));
+    (store, offset)
+}
+
+fn staged(id: &str, family: &str) -> StagedResource {
+    StagedResource {
+        target: ResourceRef {
+            resource_type: "Patient".into(),
+            id: id.into(),
+        },
+        resource: json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]}),
+        lineage: Lineage {
+            source: "clinic".into(),
+            entity: "patients".into(),
+            key: RecordKey::from_pairs([("patient_id", json!(id))]),
+            sequence: Sequence::parse("1").unwrap(),
+            observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
+        },
+    }
+}
+
+fn pref(id: &str) -> ResourceRef {
+    ResourceRef {
+        resource_type: "Patient".into(),
+        id: id.into(),
+    }
+}
+
+async fn family(store: &SqliteStore, id: &str) -> Option<String> {
+    let v = store.read(&pref(id)).await.unwrap()?;
+    v.resource
+        .and_then(|r| r["name"][0]["family"].as_str().map(str::to_owned))
+}
+
+/// Loads one full version (`rows` = (id, family)) and publishes it.
+async fn load(store: &SqliteStore, rows: &[(&str, &str)]) -> (u64, PointerMove) {
+    let v = store.begin(DS, "test", LEASE).await.unwrap();
+    let resources: Vec<_> = rows.iter().map(|(id, f)| staged(id, f)).collect();
+    store.stage(DS, v.version, &resources).await.unwrap();
+    store
+        .chunk_done(
+            DS,
+            v.version,
+            "LOAD00000001.parquet",
+            LoadCounts {
+                records_read: rows.len() as u64,
+                resources_written: rows.len() as u64,
+                quarantined: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let mv = store.finalize(DS, v.version).await.unwrap();
+    (v.version, mv)
+}
+
+async fn drain(store: &SqliteStore) -> Vec<(ChangeKind, String, String)> {
+    let pending = store.pending(1000).await.unwrap();
+    let positions: Vec<i64> = pending.iter().map(|e| e.position).collect();
+    store.mark_delivered(&positions).await.unwrap();
+    pending
+        .into_iter()
+        .map(|e| {
+            (
+                e.event.detail_type,
+                e.event.detail.id,
+                e.event.detail.version_id,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn load_publishes_the_difference_and_rollback_reverses_it() {
+    let (store, _) = manual_clock();
+    let (v1, mv) = load(&store, &[("a", "Alpha"), ("b", "Beta")]).await;
+    assert_eq!((mv.from, mv.to, mv.created), (None, Some(v1), 2));
+    assert_eq!(store.current(DS).await.unwrap(), Some(v1));
+    assert_eq!(drain(&store).await.len(), 2);
+
+    // v2: a unchanged, b updated, c created, (nothing deleted yet)
+    let (v2, mv) = load(&store, &[("a", "Alpha"), ("b", "Bravo"), ("c", "Gamma")]).await;
+    assert_eq!(
+        (mv.created, mv.updated, mv.deleted, mv.unchanged),
+        (1, 1, 0, 1)
+    );
+    let events = drain(&store).await;
+    assert_eq!(
+        events,
+        vec![
+            (ChangeKind::Updated, "b".into(), "2".into()),
+            (ChangeKind::Created, "c".into(), "1".into())
+        ]
+    );
+
+    // v3 drops a: a delete version and event.
+    let (v3, mv) = load(&store, &[("b", "Bravo"), ("c", "Gamma")]).await;
+    assert_eq!((mv.deleted, mv.unchanged), (1, 2));
+    assert_eq!(
+        drain(&store).await,
+        vec![(ChangeKind::Deleted, "a".into(), "2".into())]
+    );
+    assert_eq!(family(&store, "a").await, None);
+
+    // Rollback to v2 (the default: the newest SUCCEEDED older than v3) brings a back.
+    let mv = store.rollback(DS, None).await.unwrap();
+    assert_eq!((mv.from, mv.to, mv.created), (Some(v3), Some(v2), 1));
+    assert_eq!(family(&store, "a").await.as_deref(), Some("Alpha"));
+    assert_eq!(
+        drain(&store).await,
+        vec![(ChangeKind::Created, "a".into(), "3".into())]
+    );
+
+    // And to v1 explicitly: b back to Beta, c deleted.
+    let mv = store.rollback(DS, Some(v1)).await.unwrap();
+    assert_eq!((mv.updated, mv.deleted), (1, 1));
+    assert_eq!(family(&store, "b").await.as_deref(), Some("Beta"));
+    assert_eq!(family(&store, "c").await, None);
+    assert_eq!(store.current(DS).await.unwrap(), Some(v1));
+
+    let versions = store.versions(DS).await.unwrap();
+    let statuses: Vec<_> = versions
+        .iter()
+        .map(|v| (v.version, v.status, v.current))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (v3, VersionStatus::RolledBack, false),
+            (v2, VersionStatus::RolledBack, false),
+            (v1, VersionStatus::Succeeded, true)
+        ]
+    );
+    assert_eq!(versions[0].counts.records_read, 2);
+    assert_eq!(versions[0].source_files, vec!["LOAD00000001.parquet"]);
+
+    // Rolling forward to a ROLLED_BACK version is allowed; to the current one is not.
+    store.rollback(DS, Some(v3)).await.unwrap();
+    assert!(matches!(
+        store.rollback(DS, Some(v3)).await,
+        Err(DatasetError::Invalid { .. })
+    ));
+    assert!(matches!(
+        store.rollback(DS, Some(99)).await,
+        Err(DatasetError::NoSuchVersion { version: 99, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_version_changes_nothing_and_a_retry_succeeds() {
+    let (store, _) = manual_clock();
+    let (v1, _) = load(&store, &[("a", "Alpha")]).await;
+    drain(&store).await;
+    let v2 = store.begin(DS, "test", LEASE).await.unwrap().version;
+    store
+        .stage(DS, v2, &[staged("a", "Changed")])
+        .await
+        .unwrap();
+    store.fail(DS, v2, "chunk LOAD2 failed").await.unwrap();
+    assert_eq!(store.current(DS).await.unwrap(), Some(v1));
+    assert_eq!(family(&store, "a").await.as_deref(), Some("Alpha"));
+    assert!(drain(&store).await.is_empty());
+    // A failed version takes no more rows and cannot be published.
+    assert!(matches!(
+        store.stage(DS, v2, &[staged("b", "B")]).await,
+        Err(DatasetError::WrongStatus {
+            status: VersionStatus::Failed,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.finalize(DS, v2).await,
+        Err(DatasetError::WrongStatus { .. })
+    ));
+    let (v3, mv) = load(&store, &[("a", "Changed")]).await;
+    assert_eq!((v3, mv.updated), (3, 1));
+    let v = store.versions(DS).await.unwrap();
+    assert_eq!(v[1].status, VersionStatus::Failed);
+    assert_eq!(v[1].error.as_deref(), Some("chunk LOAD2 failed"));
+    // A finalize retried after it committed is harmless.
+    let again = store.finalize(DS, v3).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_dead_load_is_detected_and_a_live_one_blocks() {
+    let (store, clock) = manual_clock();
+    let v1 = store.begin(DS, "pid-1", LEASE).await.unwrap().version;
+    store.stage(DS, v1, &[staged("a", "A")]).await.unwrap();
+    // Fresh heartbeat: a second load must wait.
+    clock.store(30_000, Ordering::SeqCst);
+    assert!(matches!(
+        store.begin(DS, "pid-2", LEASE).await,
+        Err(DatasetError::Busy { version, .. }) if version == v1
+    ));
+    // 61 s after the last heartbeat the owner is presumed dead.
+    clock.store(91_000, Ordering::SeqCst);
+    let v2 = store.begin(DS, "pid-2", LEASE).await.unwrap().version;
+    assert_eq!(v2, 2);
+    let versions = store.versions(DS).await.unwrap();
+    assert_eq!(versions[1].status, VersionStatus::Failed);
+    assert!(
+        versions[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no heartbeat")
+    );
+    assert_eq!(store.current(DS).await.unwrap(), None);
+    assert_eq!(store.read(&pref("a")).await.unwrap(), None);
+    assert!(store.fail_dead(DS, LEASE).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn gc_keeps_the_newest_and_the_current() {
+    let (store, _) = manual_clock();
+    for f in ["One", "Two", "Three", "Four"] {
+        load(&store, &[("a", f), ("b", f)]).await;
+    }
+    let failed = store.begin(DS, "t", LEASE).await.unwrap().version;
+    store.stage(DS, failed, &[staged("x", "X")]).await.unwrap();
+    store.fail(DS, failed, "boom").await.unwrap();
+    store.rollback(DS, Some(1)).await.unwrap();
+    // keep 2: versions 4 and 3 (newest), 1 (current); 2 and the FAILED 5 go.
+    let report = store.gc(DS, 2).await.unwrap();
+    assert_eq!(report.purged_versions, vec![5, 2]);
+    assert_eq!(report.rows_deleted, 3);
+    assert!(matches!(
+        store.rollback(DS, Some(2)).await,
+        Err(DatasetError::Invalid { .. })
+    ));
+    // keep 0 never removes the current version.
+    store.gc(DS, 0).await.unwrap();
+    let v = store.versions(DS).await.unwrap();
+    assert!(v.iter().all(|v| v.purged != v.current));
+    assert_eq!(family(&store, "a").await.as_deref(), Some("One"));
+}
+
+#[tokio::test]
+async fn bad_names_and_resources_are_refused() {
+    let (store, _) = manual_clock();
+    assert!(matches!(
+        store.begin("/bad", "t", LEASE).await,
+        Err(DatasetError::Invalid { .. })
+    ));
+    let v = store.begin(DS, "t", LEASE).await.unwrap().version;
+    let mut bad = staged("a", "A");
+    bad.resource = json!({"resourceType": "Observation", "id": "a"});
+    assert!(matches!(
+        store.stage(DS, v, &[bad]).await,
+        Err(DatasetError::Store(StoreError::Invalid { .. }))
+    ));
+    let mut bad_id = staged("a", "A");
+    bad_id.target.id = "no spaces".into();
+    assert!(store.stage(DS, v, &[bad_id]).await.is_err());
+    assert!(matches!(
+        store.rollback(DS, None).await,
+        Err(DatasetError::Invalid { .. })
+    ));
+}
