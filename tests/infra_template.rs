@@ -233,6 +233,14 @@ fn placeholders(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// State machines that run locally but are not in the template yet, with the reason. The
+/// test below fails when one of them is deployed (remove it here) or its file is gone.
+const MACHINES_NOT_DEPLOYED_YET: &[(&str, &str)] = &[(
+    "bulk-load.asl.json",
+    "its tasks write dataset versions through the DatasetStore, which has only the SQLite \
+     adapter; on Lambda it needs the DynamoDB version table and the SSM pointer (issue 7)",
+)];
+
 #[test]
 fn every_state_machine_is_deployed_with_each_placeholder_substituted() {
     let template = template();
@@ -261,6 +269,13 @@ fn every_state_machine_is_deployed_with_each_placeholder_substituted() {
             continue;
         }
         let uri = format!("../statemachines/{name}");
+        if let Some((_, why)) = MACHINES_NOT_DEPLOYED_YET.iter().find(|(n, _)| *n == name) {
+            assert!(
+                !machines.contains_key(&uri),
+                "{uri} is deployed now: remove it from MACHINES_NOT_DEPLOYED_YET ({why})"
+            );
+            continue;
+        }
         let subs = machines
             .get(&uri)
             .unwrap_or_else(|| panic!("{uri} is not deployed by infra/template.yaml"));
@@ -272,4 +287,10 @@ fn every_state_machine_is_deployed_with_each_placeholder_substituted() {
         files.insert(uri);
     }
     assert_eq!(files, machines.keys().cloned().collect());
+    for (name, why) in MACHINES_NOT_DEPLOYED_YET {
+        assert!(
+            root().join("statemachines").join(name).is_file(),
+            "{name} is listed as not deployed ({why}) but has no file"
+        );
+    }
 }
