@@ -19,6 +19,10 @@ use serde_json::{Map, Value};
 
 use super::definitions::{Definitions, ElementDef, Invariant, TypeDef, choice_key};
 use super::terminology::{self, BindingTarget};
+use super::ucum;
+
+/// The UCUM code system.
+const UCUM: &str = "http://unitsofmeasure.org";
 use crate::outcome::{Issue, Outcome, Severity};
 
 /// Issues listed per resource at most; one more issue says how many were left out.
@@ -626,6 +630,8 @@ impl<'d, 'v> Walker<'d, 'v> {
                     self.binding(e, BindingTarget::Concept(obj), loc);
                 }
                 "Identifier" => terminology::check_identifier(obj, loc, &mut self.sink),
+                "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity"
+                | "MoneyQuantity" => self.quantity(code, obj, loc),
                 "Attachment" => self.attachment(obj, loc),
                 _ => {}
             }
@@ -840,6 +846,20 @@ impl<'d, 'v> Walker<'d, 'v> {
                 if base == "string" || base == "markdown" {
                     terminology::check_string_security(s, loc, &mut self.sink);
                 }
+                // Markdown is rendered with HTML escaped: a tag in it is likely a mistake (the
+                // reference validator's html-in-markdown rule, a warning by default).
+                if base == "markdown"
+                    && s.as_bytes()
+                        .windows(2)
+                        .any(|w| w[0] == b'<' && w[1].is_ascii_alphabetic())
+                {
+                    self.sink.push(
+                        Severity::Warning,
+                        "invalid",
+                        loc,
+                        "the markdown contains what appears to be an embedded HTML tag".into(),
+                    );
+                }
             }
             _ => {}
         }
@@ -937,6 +957,32 @@ impl<'d, 'v> Walker<'d, 'v> {
                 &at,
                 format!("reference type {t} is not one of {}", targets.join(", ")),
             );
+        }
+    }
+
+    /// A Quantity coded in UCUM has a well-formed UCUM code; an Age so coded is in a unit
+    /// of time.
+    fn quantity(&mut self, code: &str, obj: &Map<String, Value>, loc: &str) {
+        if obj.get("system").and_then(Value::as_str) != Some(UCUM) {
+            return;
+        }
+        let Some(Value::String(unit)) = obj.get("code") else {
+            return;
+        };
+        let at = format!("{loc}.code");
+        match ucum::parse(unit) {
+            Err(why) => {
+                self.sink
+                    .error("code-invalid", &at, format!("not a valid UCUM unit: {why}"))
+            }
+            Ok(()) if code == "Age" && !ucum::TIME_UNITS.contains(&unit.as_str()) => {
+                self.sink.error(
+                    "code-invalid",
+                    &at,
+                    "an Age must be given in a unit of time (a, mo, wk, d, h, min)".into(),
+                )
+            }
+            Ok(()) => {}
         }
     }
 

@@ -407,4 +407,39 @@ mod tests {
         let bad = json!({"resourceType": "Patient", "contact": [{"gender": "male"}]});
         assert!(!v.validate(&bad).has_errors());
     }
+
+    #[test]
+    fn ucum_units_and_ages_in_time_units() {
+        let obs = |code: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": code}})
+        };
+        assert!(
+            !Validator::shared()
+                .unwrap()
+                .validate(&obs("mg/dL"))
+                .has_errors()
+        );
+        let bad = issues(&obs("mg//dL"));
+        assert!(bad.iter().any(|(s, d, e)| *s == Severity::Error
+            && d.starts_with("not a valid UCUM unit")
+            && e == "Observation.valueQuantity.code"));
+        let age = |code: &str| {
+            json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"},
+                "onsetAge": {"value": 3, "system": "http://unitsofmeasure.org", "code": code}})
+        };
+        assert!(
+            !Validator::shared()
+                .unwrap()
+                .validate(&age("a"))
+                .has_errors()
+        );
+        assert!(
+            issues(&age("kg"))
+                .iter()
+                .any(|(s, d, e)| *s == Severity::Error
+                    && d.contains("unit of time")
+                    && e == "Condition.onsetAge.code")
+        );
+    }
 }
