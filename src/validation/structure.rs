@@ -8,9 +8,10 @@
 //! backbone elements, choice types (`value[x]`: one of the allowed types, at most one),
 //! references (format and target type, `#id` resolving to a contained resource), fixed and
 //! pattern values, contained resources and Bundle entries (each by its own type), extensions
-//! (`url`, value or nested extensions, not both), the core invariants that need no FHIRPath
-//! engine (ele-1, ext-1, ref-1, dom-2…dom-5) and terminology bindings (see
-//! [`terminology`](super::terminology)).
+//! (`url`, no version), every FHIRPath invariant of the element and of its data type's root
+//! (evaluated by the `fhirpath` crate, compiled once at load; ele-1, txt-1/2 and ref-1 are
+//! read off the JSON here instead), UCUM codes of Quantities ([`ucum`](super::ucum)) and
+//! terminology bindings (see [`terminology`](super::terminology)).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

@@ -826,8 +826,8 @@ impl<'a> Ctx<'_, 'a> {
             "toBoolean" | "convertsToBoolean" => {
                 let v = single(&base, name)?.and_then(|i| match i.prim() {
                     Prim::Bool(b) => Some(b),
-                    Prim::Num(n) if n == 1.0 => Some(true),
-                    Prim::Num(n) if n == 0.0 => Some(false),
+                    Prim::Num(1.0) => Some(true),
+                    Prim::Num(0.0) => Some(false),
                     Prim::Str(s) => match s.to_ascii_lowercase().as_str() {
                         "true" | "t" | "yes" | "y" | "1" | "1.0" => Some(true),
                         "false" | "f" | "no" | "n" | "0" | "0.0" => Some(false),

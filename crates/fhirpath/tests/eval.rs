@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! Behaviour of the engine on FHIR JSON: navigation, logic, functions, errors.
 
 use fhirpath::{Env, EvalError, Expression, Host, Item, ParseError};
