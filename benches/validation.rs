@@ -2,7 +2,7 @@
 
 //! Validation speed over the Synthea corpus (`<shared>/conformance/synthea/fhir`, or
 //! `$FHIR_UNIFY_SHARED_DIR`): resources per second through the structural [`Validator`]
-//! (contract + coding) and, side by side, the HL7 JSON Schema validator it replaced; plus the
+//! (contract + coding, with and without the FHIRPath invariants) and, side by side, the HL7 JSON Schema validator it replaced; plus the
 //! time to load the compiled definitions (a Lambda cold start pays it once).
 
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ fn bench(c: &mut Criterion) {
     load.finish();
 
     let validator = Validator::r4().unwrap();
+    // The same validator without FHIRPath invariants: their cost, before/after in one run.
+    let mut structural_only = Validator::r4().unwrap();
+    structural_only.set_invariants(false);
     let schema = SchemaValidator::r4().unwrap();
     for r in &resources {
         // Compile every resource type's schema before timing.
@@ -54,6 +57,15 @@ fn bench(c: &mut Criterion) {
             let mut errors = 0usize;
             for r in &resources {
                 errors += usize::from(validator.validate(r).has_errors());
+            }
+            errors
+        })
+    });
+    group.bench_function("structure_validator_without_invariants", |b| {
+        b.iter(|| {
+            let mut errors = 0usize;
+            for r in &resources {
+                errors += usize::from(structural_only.validate(r).has_errors());
             }
             errors
         })

@@ -15,7 +15,7 @@ Output shape (all keys short, the file is embedded in every binary):
                            "cr": "Questionnaire.item",              # contentReference
                            "fixed": <json>, "pattern": <json>,
                            "b": ["required", "http://hl7.org/fhir/ValueSet/x"],
-                           "inv": [["key", "error", "fhirpath"]]}, ...]}},
+                           "inv": [["key", "error", "fhirpath", "human text"]]}, ...]}},
    "valueSets": {"url": {"codes": {"system": ["code", ...]}, "open": ["system not held", ...]}},
    "codeSystems": {"url": ["code", ...]}}           # complete FHIR-defined code systems
 """
@@ -88,7 +88,7 @@ def compile_element(e, root, is_resource):
     if b and b.get("valueSet"):
         out["b"] = [b["strength"], strip_version(b["valueSet"])]
     inv = [
-        [c["key"], c.get("severity", "error"), c["expression"]]
+        [c["key"], c.get("severity", "error"), c["expression"], c.get("human", "")]
         for c in e.get("constraint", [])
         if c.get("expression")
     ]

@@ -6,7 +6,7 @@
 //! each child the JSON property names it may appear under (`valueQuantity` for `value[x]`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
 use serde::Deserialize;
@@ -49,8 +49,9 @@ struct RawElement {
     fixed: Option<Value>,
     pattern: Option<Value>,
     b: Option<(String, String)>,
+    /// key, severity, expression, human text (older files have no human text).
     #[serde(default)]
-    inv: Vec<(String, String, String)>,
+    inv: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,8 +112,8 @@ pub struct ElementDef {
     pub fixed: Option<Value>,
     pub pattern: Option<Value>,
     pub binding: Option<(Strength, String)>,
-    /// FHIRPath invariants: key, severity, expression.
-    pub invariants: Vec<(String, String, String)>,
+    /// FHIRPath invariants, compiled once per distinct expression at load.
+    pub invariants: Vec<Invariant>,
     /// Per type (in `types` order): the JSON member name (`valueQuantity`, or `name` for a
     /// non-choice element), its `_` sibling, and whether the type is a FHIR primitive that
     /// may have one. Computed once at load so the walker allocates nothing to look them up.
@@ -123,6 +124,59 @@ impl ElementDef {
     /// True if the element repeats (`max` above 1): FHIR JSON then requires an array.
     pub fn is_array(&self) -> bool {
         self.max.is_none_or(|m| m > 1)
+    }
+}
+
+/// One FHIRPath invariant of an element (`pat-1`), compiled once at load.
+#[derive(Debug, Clone)]
+pub struct Invariant {
+    pub key: String,
+    /// True for `severity: error`, false for warnings.
+    pub error: bool,
+    /// The constraint's human text (may be empty in old compiled files).
+    pub human: String,
+    /// The compiled expression, or why it did not compile (reported by a load test and, at
+    /// validation time, as an information issue: never silently skipped).
+    pub expression: Result<Arc<fhirpath::Expression>, String>,
+}
+
+/// Compiles each distinct expression once.
+#[derive(Debug, Default)]
+pub(crate) struct InvariantCache(HashMap<String, Result<Arc<fhirpath::Expression>, String>>);
+
+impl InvariantCache {
+    pub(crate) fn invariant(&mut self, raw: &[String]) -> Option<Invariant> {
+        let [key, severity, expression, rest @ ..] = raw else {
+            return None;
+        };
+        let expression = errata(key, expression);
+        let compiled = self
+            .0
+            .entry(expression.to_owned())
+            .or_insert_with(|| {
+                fhirpath::Expression::compile(expression)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone();
+        Some(Invariant {
+            key: key.clone(),
+            error: severity != "warning",
+            human: rest.first().cloned().unwrap_or_default(),
+            expression: compiled,
+        })
+    }
+}
+
+/// Published R4 invariants whose expression contradicts their own human text, corrected as
+/// the reference validator corrects them (and as R4B/R5 publish them).
+fn errata<'e>(key: &str, expression: &'e str) -> &'e str {
+    match (key, expression) {
+        // "If there are more than one enableWhen, enableBehavior must be specified".
+        ("que-12", "enableWhen.count() > 2 implies enableBehavior.exists()") => {
+            "enableWhen.count() > 1 implies enableBehavior.exists()"
+        }
+        _ => expression,
     }
 }
 
@@ -210,6 +264,7 @@ impl Definitions {
             primitives.insert(name, regex);
         }
         let mut types = HashMap::with_capacity(raw.types.len());
+        let mut cache = InvariantCache::default();
         for (name, t) in raw.types {
             let kind = match t.kind.as_str() {
                 "primitive-type" => Kind::Primitive,
@@ -221,7 +276,11 @@ impl Definitions {
                     )));
                 }
             };
-            let mut elements: Vec<ElementDef> = t.elements.into_iter().map(element).collect();
+            let mut elements: Vec<ElementDef> = t
+                .elements
+                .into_iter()
+                .map(|e| element(e, &mut cache))
+                .collect();
             for e in &mut elements {
                 e.json_names = e
                     .types
@@ -368,7 +427,7 @@ impl Definitions {
     }
 }
 
-fn element(raw: RawElement) -> ElementDef {
+fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
     let last = raw.p.rsplit('.').next().unwrap_or("").to_owned();
     let (name, choice) = match last.strip_suffix("[x]") {
         Some(stem) => (stem.to_owned(), true),
@@ -405,7 +464,7 @@ fn element(raw: RawElement) -> ElementDef {
         fixed: raw.fixed,
         pattern: raw.pattern,
         binding,
-        invariants: raw.inv,
+        invariants: raw.inv.iter().filter_map(|i| cache.invariant(i)).collect(),
         json_names: Vec::new(),
     }
 }
@@ -456,6 +515,28 @@ mod tests {
         );
         assert!(defs.derives_from("Age", "Quantity"));
         assert!(!defs.derives_from("HumanName", "Quantity"));
+    }
+
+    /// Every FHIRPath invariant of the R4 core compiles: the engine knows every function
+    /// they name. A failure lists each expression that does not, with the reason.
+    #[test]
+    fn every_core_invariant_compiles() {
+        let defs = Definitions::r4().unwrap();
+        let mut total = 0;
+        let mut failed = std::collections::BTreeSet::new();
+        for t in defs.types.values() {
+            for e in &t.elements {
+                for inv in &e.invariants {
+                    total += 1;
+                    if let Err(reason) = &inv.expression {
+                        failed.insert(format!("{} {}: {reason}", t.name, inv.key));
+                    }
+                }
+            }
+        }
+        println!("{total} core invariants, {} not compiled", failed.len());
+        assert!(total > 8000, "expected the core invariants, got {total}");
+        assert!(failed.is_empty(), "{failed:#?}");
     }
 
     #[test]

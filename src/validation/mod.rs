@@ -14,6 +14,7 @@ pub mod questionnaire;
 pub mod schema;
 pub mod structure;
 pub mod terminology;
+pub mod ucum;
 pub mod validator;
 
 #[cfg(test)]

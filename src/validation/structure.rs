@@ -8,17 +8,22 @@
 //! backbone elements, choice types (`value[x]`: one of the allowed types, at most one),
 //! references (format and target type, `#id` resolving to a contained resource), fixed and
 //! pattern values, contained resources and Bundle entries (each by its own type), extensions
-//! (`url`, value or nested extensions, not both), the core invariants that need no FHIRPath
-//! engine (ele-1, ext-1, ref-1, dom-2…dom-5) and terminology bindings (see
-//! [`terminology`](super::terminology)).
+//! (`url`, no version), every FHIRPath invariant of the element and of its data type's root
+//! (evaluated by the `fhirpath` crate, compiled once at load; ele-1, txt-1/2 and ref-1 are
+//! read off the JSON here instead), UCUM codes of Quantities ([`ucum`](super::ucum)) and
+//! terminology bindings (see [`terminology`](super::terminology)).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDef, TypeDef, choice_key};
+use super::definitions::{Definitions, ElementDef, Invariant, TypeDef, choice_key};
 use super::terminology::{self, BindingTarget};
+use super::ucum;
+
+/// The UCUM code system.
+const UCUM: &str = "http://unitsofmeasure.org";
 use crate::outcome::{Issue, Outcome, Severity};
 
 /// Issues listed per resource at most; one more issue says how many were left out.
@@ -30,6 +35,65 @@ const MAX_NESTING: usize = 8;
 
 /// Elements nested deeper than this (a pathological `extension.extension…`) are not followed.
 const MAX_DEPTH: usize = 64;
+
+/// Core invariants the walker checks itself, with finer messages, while reading the JSON:
+/// ele-1 (no empty values: objects, arrays, strings, nulls), txt-1/txt-2 (narrative XHTML,
+/// [`terminology::check_xhtml`]) and ref-1 (`#id` references resolve, [`Walker::reference`]).
+const WALKER_INVARIANTS: &[&str] = &["ele-1", "txt-1", "txt-2", "ref-1"];
+
+/// Best-practice invariants (HL7 marks them so): reported as information, as the reference
+/// validator does by default.
+const BEST_PRACTICE: &[&str] = &["dom-6"];
+
+/// What the FHIRPath engine asks of the validator: value set membership from the value sets
+/// held, and the narrative checks.
+#[derive(Debug, Clone, Copy)]
+struct DefsHost<'d>(&'d Definitions);
+
+impl fhirpath::Host for DefsHost<'_> {
+    fn member_of(&self, value: &Value, url: &str) -> Option<bool> {
+        let vs = self.0.value_set(url)?;
+        let codings: Vec<(Option<&str>, &str)> = match value {
+            Value::String(code) => vec![(None, code.as_str())],
+            Value::Object(o) if o.contains_key("coding") => o
+                .get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| {
+                    Some((
+                        c.get("system").and_then(Value::as_str),
+                        c.get("code")?.as_str()?,
+                    ))
+                })
+                .collect(),
+            Value::Object(o) => o
+                .get("code")
+                .and_then(Value::as_str)
+                .map(|code| (o.get("system").and_then(Value::as_str), code))
+                .into_iter()
+                .collect(),
+            _ => return None,
+        };
+        let found = codings.iter().any(|(system, code)| match system {
+            Some(s) => vs.codes.get(*s).is_some_and(|c| c.contains(*code)),
+            None => vs.has_code(code),
+        });
+        if found {
+            Some(true)
+        } else if vs.is_complete() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn html_checks(&self, div: &str) -> Option<bool> {
+        let mut sink = Sink::default();
+        terminology::check_xhtml(div, "", &mut sink);
+        Some(sink.outcome.issues.is_empty())
+    }
+}
 
 /// Collects issues, capped at [`MAX_ISSUES`].
 #[derive(Debug, Default)]
@@ -71,19 +135,33 @@ struct Frame {
 }
 
 /// Walks resources against the definitions.
-pub(crate) struct Walker<'d> {
+pub(crate) struct Walker<'d, 'v> {
     defs: &'d Definitions,
+    host: DefsHost<'d>,
     sink: Sink,
     frames: Vec<Frame>,
+    /// The resources being walked, innermost last: (`%resource`, `%rootResource`).
+    resources: Vec<(&'v Value, &'v Value)>,
+    /// False to skip FHIRPath invariants (a benchmark's baseline).
+    evaluate_invariants: bool,
 }
 
-impl<'d> Walker<'d> {
+impl<'d, 'v> Walker<'d, 'v> {
     pub(crate) fn new(defs: &'d Definitions) -> Self {
         Walker {
             defs,
+            host: DefsHost(defs),
             sink: Sink::default(),
             frames: Vec::new(),
+            resources: Vec::new(),
+            evaluate_invariants: true,
         }
+    }
+
+    /// Turns FHIRPath invariant evaluation on or off (on by default).
+    pub(crate) fn with_invariants(mut self, on: bool) -> Self {
+        self.evaluate_invariants = on;
+        self
     }
 
     pub(crate) fn sink_mut(&mut self) -> &mut Sink {
@@ -96,7 +174,7 @@ impl<'d> Walker<'d> {
 
     /// Validates a resource at `loc` (empty for a top-level resource: the location then
     /// starts with its type).
-    pub(crate) fn resource(&mut self, value: &Value, loc: &mut String, nesting: usize) {
+    pub(crate) fn resource(&mut self, value: &'v Value, loc: &mut String, nesting: usize) {
         let Some(obj) = value.as_object() else {
             let at = if loc.is_empty() { "$" } else { loc.as_str() };
             self.sink
@@ -156,118 +234,28 @@ impl<'d> Walker<'d> {
                 }
             }
         }
-        let has_contained = !frame.contained.is_empty();
         self.frames.push(frame);
+        // A contained resource's %rootResource is its container; any other resource
+        // (top level, Bundle entry, Parameters) is its own root.
+        let in_container = loc
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.starts_with("contained["));
+        let root = match self.resources.last() {
+            Some((_, root)) if in_container => *root,
+            _ => value,
+        };
+        self.resources.push((value, root));
         self.object(ty, ty, "", obj, loc, true, 0, nesting);
-        if has_contained {
-            self.contained_rules(obj, loc, nesting);
+        if let Some(root_element) = ty.elements.first() {
+            self.invariants(root_element.invariants.iter(), value, loc);
         }
-        match rt {
-            "Bundle" => self.bundle_rules(obj, loc),
-            "Questionnaire" => self.questionnaire_rules(obj.get("item"), loc, 0),
-            "RiskAssessment" => self.risk_assessment_rules(obj, loc),
-            _ => {}
+        if rt == "Bundle" {
+            self.bundle_rules(obj, loc);
         }
+        self.resources.pop();
         self.frames.pop();
         loc.truncate(mark);
-    }
-
-    /// dom-2…dom-5: contained resources hold no contained resources, no versionId,
-    /// lastUpdated or security labels, and each is referenced from the container.
-    fn contained_rules(&mut self, obj: &Map<String, Value>, loc: &mut String, _nesting: usize) {
-        let Some(Value::Array(contained)) = obj.get("contained") else {
-            return;
-        };
-        let mut local_refs = HashSet::new();
-        for v in obj.values() {
-            collect_local_refs(v, &mut local_refs, 0);
-        }
-        let refers_to_container = local_refs.contains("");
-        for (i, c) in contained.iter().enumerate() {
-            let mark = loc.len();
-            let _ = write!(loc, ".contained[{i}]");
-            if c.get("contained").is_some() {
-                self.sink.error(
-                    "invariant",
-                    loc,
-                    "dom-2: a contained resource SHALL NOT contain additional contained resources"
-                        .into(),
-                );
-            }
-            if let Some(meta) = c.get("meta") {
-                if meta.get("versionId").is_some() || meta.get("lastUpdated").is_some() {
-                    self.sink.error(
-                        "invariant",
-                        loc,
-                        "dom-4: a contained resource SHALL NOT have a meta.versionId or a meta.lastUpdated".into(),
-                    );
-                }
-                if meta.get("security").is_some() {
-                    self.sink.error(
-                        "invariant",
-                        loc,
-                        "dom-5: a contained resource SHALL NOT have a security label".into(),
-                    );
-                }
-            }
-            if let Some(Value::String(id)) = c.get("id")
-                && !local_refs.contains(id.as_str())
-                && !refers_to_container
-            {
-                self.sink.error(
-                        "invariant",
-                        loc,
-                        "dom-3: the contained resource is not referenced from elsewhere in the containing resource".into(),
-                    );
-            }
-            loc.truncate(mark);
-        }
-    }
-
-    /// que-12: an item with more than one enableWhen says how they combine (enableBehavior).
-    fn questionnaire_rules(&mut self, items: Option<&Value>, loc: &str, depth: usize) {
-        let Some(Value::Array(items)) = items else {
-            return;
-        };
-        if depth > MAX_DEPTH {
-            return;
-        }
-        for (i, item) in items.iter().enumerate() {
-            let at = format!("{loc}.item[{i}]");
-            let conditions = item
-                .get("enableWhen")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            if conditions > 1 && item.get("enableBehavior").is_none() {
-                self.sink.error(
-                    "invariant",
-                    &at,
-                    "que-12: if there is more than one enableWhen, enableBehavior must be specified"
-                        .into(),
-                );
-            }
-            self.questionnaire_rules(item.get("item"), &at, depth + 1);
-        }
-    }
-
-    /// ras-2: a prediction's probability, as a decimal, is at most 100.
-    fn risk_assessment_rules(&mut self, obj: &Map<String, Value>, loc: &str) {
-        let Some(Value::Array(predictions)) = obj.get("prediction") else {
-            return;
-        };
-        for (i, p) in predictions.iter().enumerate() {
-            if p.get("probabilityDecimal")
-                .and_then(Value::as_f64)
-                .is_some_and(|x| x > 100.0)
-            {
-                let at = format!("{loc}.prediction[{i}]");
-                self.sink.error(
-                    "invariant",
-                    &at,
-                    "ras-2: the probability must be <= 100".into(),
-                );
-            }
-        }
     }
 
     /// Bundle rules the snapshot cannot say: fullUrl is absolute; each link relation once.
@@ -309,7 +297,7 @@ impl<'d> Walker<'d> {
         _root: &TypeDef,
         ty: &'d TypeDef,
         path: &str,
-        obj: &Map<String, Value>,
+        obj: &'v Map<String, Value>,
         loc: &mut String,
         is_resource: bool,
         depth: usize,
@@ -461,8 +449,8 @@ impl<'d> Walker<'d> {
         e: &'d ElementDef,
         code: &str,
         key: &str,
-        v: Option<&Value>,
-        u: Option<&Value>,
+        v: Option<&'v Value>,
+        u: Option<&'v Value>,
         loc: &mut String,
         depth: usize,
         nesting: usize,
@@ -583,8 +571,8 @@ impl<'d> Walker<'d> {
         ty: &'d TypeDef,
         e: &'d ElementDef,
         code: &str,
-        v: Option<&Value>,
-        u: Option<&Value>,
+        v: Option<&'v Value>,
+        u: Option<&'v Value>,
         loc: &mut String,
         depth: usize,
         nesting: usize,
@@ -643,6 +631,8 @@ impl<'d> Walker<'d> {
                     self.binding(e, BindingTarget::Concept(obj), loc);
                 }
                 "Identifier" => terminology::check_identifier(obj, loc, &mut self.sink),
+                "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity"
+                | "MoneyQuantity" => self.quantity(code, obj, loc),
                 "Attachment" => self.attachment(obj, loc),
                 _ => {}
             }
@@ -664,6 +654,87 @@ impl<'d> Walker<'d> {
                 loc,
                 "the value does not match the pattern the definition requires".into(),
             );
+        }
+        // The element's invariants, and those of its data type's root (Period's per-1…),
+        // each key once.
+        let own = e.invariants.iter();
+        let of_type =
+            (code != "Resource" && !ty.has_children(&e.path) && e.content_reference.is_none())
+                .then(|| self.defs.type_def(code))
+                .flatten()
+                .and_then(|dt| dt.elements.first())
+                .map(|root| root.invariants.as_slice())
+                .unwrap_or(&[])
+                .iter()
+                .filter(|i| !e.invariants.iter().any(|o| o.key == i.key));
+        self.invariants(own.chain(of_type), v, loc);
+    }
+
+    /// Evaluates FHIRPath invariants on one value. An invariant that the engine cannot
+    /// evaluate is reported as an information issue ("not checked"), never passed silently.
+    fn invariants(
+        &mut self,
+        invs: impl Iterator<Item = &'d Invariant>,
+        focus: &'v Value,
+        loc: &str,
+    ) {
+        if !self.evaluate_invariants {
+            return;
+        }
+        let (resource, root) = match self.resources.last() {
+            Some(&(r, root)) => (Some(r), Some(root)),
+            None => (None, None),
+        };
+        for inv in invs {
+            if WALKER_INVARIANTS.contains(&inv.key.as_str()) {
+                continue;
+            }
+            let expr = match &inv.expression {
+                Ok(expr) => expr,
+                Err(reason) => {
+                    self.sink.push(
+                        Severity::Information,
+                        "informational",
+                        loc,
+                        format!(
+                            "{}: invariant not checked (does not compile: {reason})",
+                            inv.key
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let env = fhirpath::Env {
+                resource,
+                root_resource: root,
+                context: Some(focus),
+                host: Some(&self.host),
+            };
+            match expr.check(focus, &env) {
+                Ok(Some(false)) => {
+                    let severity = if BEST_PRACTICE.contains(&inv.key.as_str()) {
+                        Severity::Information
+                    } else if inv.error {
+                        Severity::Error
+                    } else {
+                        Severity::Warning
+                    };
+                    let human = if inv.human.is_empty() {
+                        expr.source()
+                    } else {
+                        inv.human.as_str()
+                    };
+                    self.sink
+                        .push(severity, "invariant", loc, format!("{}: {human}", inv.key));
+                }
+                Ok(_) => {}
+                Err(e) => self.sink.push(
+                    Severity::Information,
+                    "informational",
+                    loc,
+                    format!("{}: invariant not checked ({e})", inv.key),
+                ),
+            }
         }
     }
 
@@ -776,6 +847,20 @@ impl<'d> Walker<'d> {
                 if base == "string" || base == "markdown" {
                     terminology::check_string_security(s, loc, &mut self.sink);
                 }
+                // Markdown is rendered with HTML escaped: a tag in it is likely a mistake (the
+                // reference validator's html-in-markdown rule, a warning by default).
+                if base == "markdown"
+                    && s.as_bytes()
+                        .windows(2)
+                        .any(|w| w[0] == b'<' && w[1].is_ascii_alphabetic())
+                {
+                    self.sink.push(
+                        Severity::Warning,
+                        "invalid",
+                        loc,
+                        "the markdown contains what appears to be an embedded HTML tag".into(),
+                    );
+                }
             }
             _ => {}
         }
@@ -876,6 +961,32 @@ impl<'d> Walker<'d> {
         }
     }
 
+    /// A Quantity coded in UCUM has a well-formed UCUM code; an Age so coded is in a unit
+    /// of time.
+    fn quantity(&mut self, code: &str, obj: &Map<String, Value>, loc: &str) {
+        if obj.get("system").and_then(Value::as_str) != Some(UCUM) {
+            return;
+        }
+        let Some(Value::String(unit)) = obj.get("code") else {
+            return;
+        };
+        let at = format!("{loc}.code");
+        match ucum::parse(unit) {
+            Err(why) => {
+                self.sink
+                    .error("code-invalid", &at, format!("not a valid UCUM unit: {why}"))
+            }
+            Ok(()) if code == "Age" && !ucum::TIME_UNITS.contains(&unit.as_str()) => {
+                self.sink.error(
+                    "code-invalid",
+                    &at,
+                    "an Age must be given in a unit of time (a, mo, wk, d, h, min)".into(),
+                )
+            }
+            Ok(()) => {}
+        }
+    }
+
     /// An attachment's stated size matches its data.
     fn attachment(&mut self, obj: &Map<String, Value>, loc: &str) {
         if let (Some(stated), Some(Value::String(_))) =
@@ -891,21 +1002,8 @@ impl<'d> Walker<'d> {
         }
     }
 
-    /// ext-1: an extension has nested extensions or a value, not both and not neither.
+    /// An extension's url carries no version (ext-1 is an invariant the engine evaluates).
     fn extension(&mut self, obj: &Map<String, Value>, loc: &str) {
-        let has_value = obj.keys().any(|k| {
-            k.len() > 5
-                && k.starts_with("value")
-                && k[5..].starts_with(|c: char| c.is_ascii_uppercase())
-        });
-        let has_ext = obj.contains_key("extension");
-        if has_value == has_ext {
-            self.sink.error(
-                "invariant",
-                loc,
-                "ext-1: an extension must have either extensions or value[x], not both".into(),
-            );
-        }
         if let Some(Value::String(url)) = obj.get("url")
             && url.contains('|')
         {
@@ -965,30 +1063,5 @@ fn is_absolute_uri(s: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
-    }
-}
-
-/// Every `#id` a resource points at (references, canonicals, narrative links), for dom-3.
-fn collect_local_refs(v: &Value, out: &mut HashSet<String>, depth: usize) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    match v {
-        Value::String(s) => {
-            if let Some(id) = s.strip_prefix('#') {
-                out.insert(id.to_owned());
-            } else if s.contains("href=\"#") || s.contains("src=\"#") {
-                for part in s.split("\"#").skip(1) {
-                    if let Some(id) = part.split('"').next() {
-                        out.insert(id.to_owned());
-                    }
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_local_refs(x, out, depth + 1)),
-        Value::Object(o) => o
-            .values()
-            .for_each(|x| collect_local_refs(x, out, depth + 1)),
-        _ => {}
     }
 }

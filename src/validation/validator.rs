@@ -37,6 +37,7 @@ pub struct Validator {
     defs: Definitions,
     profiles: HashMap<String, Profile>,
     questionnaires: HashMap<String, Value>,
+    invariants: bool,
 }
 
 impl Validator {
@@ -46,6 +47,7 @@ impl Validator {
             defs: Definitions::r4()?,
             profiles: HashMap::new(),
             questionnaires: HashMap::new(),
+            invariants: true,
         })
     }
 
@@ -56,6 +58,12 @@ impl Validator {
             .get_or_init(Validator::r4)
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// Turns the evaluation of FHIRPath invariants on (the default) or off. Off is for
+    /// measuring their cost; a pipeline keeps them on.
+    pub fn set_invariants(&mut self, on: bool) {
+        self.invariants = on;
     }
 
     /// The definitions this validator walks.
@@ -80,7 +88,7 @@ impl Validator {
     /// `meta.profile` that are loaded, and `profiles` (canonical URLs of loaded profiles).
     /// A profile named in `meta.profile` that is not loaded gives an information issue.
     pub fn validate_with(&self, resource: &Value, profiles: &[&str]) -> Outcome {
-        let mut walker = Walker::new(&self.defs);
+        let mut walker = Walker::new(&self.defs).with_invariants(self.invariants);
         let mut loc = String::with_capacity(64);
         walker.resource(resource, &mut loc, 0);
         let root = resource
@@ -298,4 +306,140 @@ pub fn parse_error(e: &serde_json::Error) -> Issue {
         ),
     )
     .at(format!("line {}, column {}", e.line(), e.column()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn issues(v: &Value) -> Vec<(Severity, String, String)> {
+        Validator::shared()
+            .unwrap()
+            .validate(v)
+            .issues
+            .into_iter()
+            .map(|i| (i.severity, i.diagnostics, i.expression.join(",")))
+            .collect()
+    }
+
+    fn has(v: &Value, severity: Severity, key: &str, at: &str) -> bool {
+        issues(v)
+            .iter()
+            .any(|(s, d, e)| *s == severity && d.starts_with(&format!("{key}: ")) && e == at)
+    }
+
+    #[test]
+    fn invariants_report_key_human_text_and_location() {
+        let bad = json!({"resourceType": "Patient", "contact": [{"gender": "male"}]});
+        assert!(has(&bad, Severity::Error, "pat-1", "Patient.contact[0]"));
+        let text = issues(&bad);
+        assert!(
+            text.iter()
+                .any(|(_, d, _)| d.contains("SHALL at least contain a contact's details"))
+        );
+        let good = json!({"resourceType": "Patient", "contact": [{"name": {"family": "Lee"}}]});
+        assert!(
+            !issues(&good)
+                .iter()
+                .any(|(s, _, _)| *s >= Severity::Warning)
+        );
+    }
+
+    #[test]
+    fn data_type_invariants_apply_where_the_type_is_used() {
+        let bad = json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "period": {"start": "2020-02-01", "end": "2020-01-01"}});
+        assert!(has(&bad, Severity::Error, "per-1", "Encounter.period"));
+        let uncertain = json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "period": {"start": "2020-01", "end": "2020-01-15"}});
+        assert!(!has(
+            &uncertain,
+            Severity::Error,
+            "per-1",
+            "Encounter.period"
+        ));
+    }
+
+    #[test]
+    fn engine_replaces_hand_coded_core_invariants() {
+        let ext = json!({"resourceType": "Patient", "extension": [{"url": "http://x/e", "valueString": "a",
+            "extension": [{"url": "b", "valueString": "c"}]}]});
+        assert!(has(&ext, Severity::Error, "ext-1", "Patient.extension[0]"));
+        let q = json!({"resourceType": "Questionnaire", "status": "draft", "item": [
+            {"linkId": "1", "type": "boolean"},
+            {"linkId": "2", "type": "string", "enableWhen": [
+                {"question": "1", "operator": "=", "answerBoolean": true},
+                {"question": "1", "operator": "exists", "answerBoolean": true}]}]});
+        assert!(has(&q, Severity::Error, "que-12", "Questionnaire.item[1]"));
+        let mut fixed = q.clone();
+        fixed["item"][1]["enableBehavior"] = json!("any");
+        assert!(!has(
+            &fixed,
+            Severity::Error,
+            "que-12",
+            "Questionnaire.item[1]"
+        ));
+        let orphan = json!({"resourceType": "Patient", "contained": [
+            {"resourceType": "Organization", "id": "o", "meta": {"versionId": "1"}}]});
+        assert!(has(&orphan, Severity::Error, "dom-3", "Patient"));
+        assert!(has(&orphan, Severity::Error, "dom-4", "Patient"));
+        let referenced = json!({"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+            "contained": [{"resourceType": "Organization", "id": "o", "name": "x"}]});
+        assert!(!has(&referenced, Severity::Error, "dom-3", "Patient"));
+        let ras = json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/p"},
+            "prediction": [{"probabilityDecimal": 101}]});
+        assert!(has(
+            &ras,
+            Severity::Error,
+            "ras-2",
+            "RiskAssessment.prediction[0]"
+        ));
+    }
+
+    #[test]
+    fn best_practice_invariants_are_information_and_can_be_switched_off() {
+        let p = json!({"resourceType": "Patient"});
+        assert!(has(&p, Severity::Information, "dom-6", "Patient"));
+        let mut v = Validator::r4().unwrap();
+        v.set_invariants(false);
+        let bad = json!({"resourceType": "Patient", "contact": [{"gender": "male"}]});
+        assert!(!v.validate(&bad).has_errors());
+    }
+
+    #[test]
+    fn ucum_units_and_ages_in_time_units() {
+        let obs = |code: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": code}})
+        };
+        assert!(
+            !Validator::shared()
+                .unwrap()
+                .validate(&obs("mg/dL"))
+                .has_errors()
+        );
+        let bad = issues(&obs("mg//dL"));
+        assert!(bad.iter().any(|(s, d, e)| *s == Severity::Error
+            && d.starts_with("not a valid UCUM unit")
+            && e == "Observation.valueQuantity.code"));
+        let age = |code: &str| {
+            json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"},
+                "onsetAge": {"value": 3, "system": "http://unitsofmeasure.org", "code": code}})
+        };
+        assert!(
+            !Validator::shared()
+                .unwrap()
+                .validate(&age("a"))
+                .has_errors()
+        );
+        assert!(
+            issues(&age("kg"))
+                .iter()
+                .any(|(s, d, e)| *s == Severity::Error
+                    && d.contains("unit of time")
+                    && e == "Condition.onsetAge.code")
+        );
+    }
 }

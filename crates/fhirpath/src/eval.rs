@@ -1,0 +1,1386 @@
+//! The evaluator: collections of [`Item`]s, FHIR JSON navigation, three-valued logic,
+//! partial-precision date comparison, and the functions of [`FUNCTIONS`](crate::FUNCTIONS).
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::EvalError;
+use crate::parse::Node;
+
+static NULL: Value = Value::Null;
+
+/// How deep an evaluation may recurse (nested function arguments, `descendants()`).
+const MAX_DEPTH: usize = 128;
+
+/// One item of a FHIRPath collection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item<'a> {
+    /// A node of the JSON input: its value (`null` when only the `_name` sibling exists), its
+    /// `_name` sibling (a primitive's id and extensions), and its FHIR type when the JSON
+    /// says it (a choice element's suffix, a resource's `resourceType`).
+    Node {
+        value: &'a Value,
+        ext: Option<&'a Value>,
+        ty: Option<&'a str>,
+    },
+    Bool(bool),
+    Int(i64),
+    Dec(f64),
+    Str(String),
+    /// A date, dateTime or time literal (text after `@`, or converted from a string).
+    DateTime(String),
+    /// A value and its unit (UCUM code or calendar keyword).
+    Quantity(f64, String),
+}
+
+impl<'a> Item<'a> {
+    /// A JSON node of unknown FHIR type.
+    pub fn node(value: &'a Value) -> Self {
+        let ty = value.get("resourceType").and_then(Value::as_str);
+        Item::Node {
+            value,
+            ext: None,
+            ty,
+        }
+    }
+
+    /// The boolean this item holds, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Item::Bool(b) => Some(*b),
+            Item::Node {
+                value: Value::Bool(b),
+                ..
+            } => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn prim(&self) -> Prim<'_> {
+        match self {
+            Item::Bool(b) => Prim::Bool(*b),
+            Item::Int(i) => Prim::Num(*i as f64),
+            Item::Dec(d) => Prim::Num(*d),
+            Item::Str(s) => Prim::Str(s),
+            Item::DateTime(s) => Prim::Date(s),
+            Item::Quantity(v, u) => Prim::Qty(*v, u),
+            Item::Node { value, ty, .. } => match value {
+                Value::Bool(b) => Prim::Bool(*b),
+                Value::Number(n) => n.as_f64().map_or(Prim::Other, Prim::Num),
+                Value::String(s) => {
+                    if ty.is_some_and(|t| {
+                        matches!(
+                            t,
+                            "date"
+                                | "dateTime"
+                                | "instant"
+                                | "time"
+                                | "Date"
+                                | "DateTime"
+                                | "Instant"
+                                | "Time"
+                        )
+                    }) || looks_like_date(s)
+                    {
+                        Prim::Date(s)
+                    } else {
+                        Prim::Str(s)
+                    }
+                }
+                Value::Object(o) => {
+                    match (o.get("value").and_then(Value::as_f64), quantity_unit(o)) {
+                        (Some(v), Some(u)) => Prim::Qty(v, u),
+                        (Some(v), None) => Prim::Qty(v, ""),
+                        _ => Prim::Other,
+                    }
+                }
+                _ => Prim::Other,
+            },
+        }
+    }
+
+    fn string(&self) -> Option<&str> {
+        match self {
+            Item::Str(s) | Item::DateTime(s) => Some(s),
+            Item::Node {
+                value: Value::String(s),
+                ..
+            } => Some(s),
+            _ => None,
+        }
+    }
+
+    fn number(&self) -> Option<f64> {
+        match self.prim() {
+            Prim::Num(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn has_value(&self) -> bool {
+        match self {
+            Item::Node { value, .. } => {
+                !matches!(value, Value::Null | Value::Object(_) | Value::Array(_))
+            }
+            _ => true,
+        }
+    }
+
+    /// Renders a primitive as FHIRPath `toString()` does.
+    fn to_text(&self) -> Option<String> {
+        match self.prim() {
+            Prim::Bool(b) => Some(b.to_string()),
+            Prim::Num(n) => Some(match self {
+                Item::Node {
+                    value: Value::Number(n),
+                    ..
+                } => n.to_string(),
+                _ => fmt_num(n),
+            }),
+            Prim::Str(s) | Prim::Date(s) => Some(s.to_owned()),
+            Prim::Qty(v, u) => Some(format!("{} '{u}'", fmt_num(v))),
+            Prim::Other => None,
+        }
+    }
+}
+
+fn fmt_num(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
+}
+
+fn quantity_unit(o: &Map<String, Value>) -> Option<&str> {
+    o.get("code")
+        .or_else(|| o.get("unit"))
+        .and_then(Value::as_str)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Prim<'s> {
+    Bool(bool),
+    Num(f64),
+    Str(&'s str),
+    Date(&'s str),
+    Qty(f64, &'s str),
+    Other,
+}
+
+/// What the engine asks of its user: terminology, narrative and profile checks. Each answer
+/// is `None` when the host cannot decide (the evaluation then fails with
+/// [`EvalError::NotChecked`]).
+pub trait Host: Sync {
+    /// Is the code, Coding or CodeableConcept (`value`) in the value set `url`?
+    fn member_of(&self, value: &Value, url: &str) -> Option<bool>;
+    /// FHIR's `htmlChecks()`: is the narrative `div` acceptable XHTML?
+    fn html_checks(&self, div: &str) -> Option<bool>;
+    /// Does the resource conform to the profile `url`?
+    fn conforms_to(&self, resource: &Value, url: &str) -> Option<bool> {
+        let _ = (resource, url);
+        None
+    }
+}
+
+/// The environment of one evaluation: `%resource`, `%rootResource`, `%context` and a host.
+#[derive(Clone, Copy, Default)]
+pub struct Env<'a> {
+    pub resource: Option<&'a Value>,
+    pub root_resource: Option<&'a Value>,
+    pub context: Option<&'a Value>,
+    pub host: Option<&'a dyn Host>,
+}
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("host", &self.host.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Ctx<'e, 'a> {
+    env: &'e Env<'a>,
+    regexes: &'e HashMap<String, Regex>,
+    this: Option<Item<'a>>,
+    index: Option<usize>,
+    depth: usize,
+}
+
+type Coll<'a> = Vec<Item<'a>>;
+
+pub(crate) fn evaluate<'a>(
+    node: &Node,
+    focus: &'a Value,
+    env: &Env<'a>,
+    regexes: &HashMap<String, Regex>,
+) -> Result<Coll<'a>, EvalError> {
+    let input = vec![Item::node(focus)];
+    let mut ctx = Ctx {
+        env,
+        regexes,
+        this: None,
+        index: None,
+        depth: 0,
+    };
+    ctx.eval(node, &input)
+}
+
+fn single<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>, EvalError> {
+    match c {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(EvalError::Type(format!(
+            "{what} expects one item, got {}",
+            c.len()
+        ))),
+    }
+}
+
+/// FHIRPath singleton evaluation of a collection as a boolean.
+fn to_bool(c: &[Item<'_>]) -> Result<Option<bool>, EvalError> {
+    match c {
+        [] => Ok(None),
+        [one] => Ok(Some(one.as_bool().unwrap_or(true))),
+        _ => Err(EvalError::Type(format!(
+            "a boolean expects one item, got {}",
+            c.len()
+        ))),
+    }
+}
+
+fn bools<'a>(b: Option<bool>) -> Coll<'a> {
+    b.map(Item::Bool).into_iter().collect()
+}
+
+impl<'a> Ctx<'_, 'a> {
+    fn eval(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Coll<'a>, EvalError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            self.depth -= 1;
+            return Err(EvalError::TooDeep);
+        }
+        let out = self.eval_inner(node, input);
+        self.depth -= 1;
+        out
+    }
+
+    fn eval_inner(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Coll<'a>, EvalError> {
+        Ok(match node {
+            Node::Empty => Vec::new(),
+            Node::Bool(b) => vec![Item::Bool(*b)],
+            Node::Str(s) => vec![Item::Str(s.clone())],
+            Node::Int(i) => vec![Item::Int(*i)],
+            Node::Dec(d) => vec![Item::Dec(*d)],
+            Node::DateTime(s) => vec![Item::DateTime(s.trim_start_matches('T').to_owned())],
+            Node::Quantity(v, u) => vec![Item::Quantity(*v, u.clone())],
+            Node::Var(name) => match name.as_str() {
+                "ucum" => vec![Item::Str("http://unitsofmeasure.org".into())],
+                "sct" => vec![Item::Str("http://snomed.info/sct".into())],
+                "loinc" => vec![Item::Str("http://loinc.org".into())],
+                "resource" => self.env.resource.map(Item::node).into_iter().collect(),
+                "rootResource" => self
+                    .env
+                    .root_resource
+                    .or(self.env.resource)
+                    .map(Item::node)
+                    .into_iter()
+                    .collect(),
+                "context" => match self.env.context {
+                    Some(c) => vec![Item::node(c)],
+                    None => input.to_vec(),
+                },
+                other => {
+                    if let Some(vs) = other.strip_prefix("vs-") {
+                        vec![Item::Str(format!("http://hl7.org/fhir/ValueSet/{vs}"))]
+                    } else if let Some(ext) = other.strip_prefix("ext-") {
+                        vec![Item::Str(format!(
+                            "http://hl7.org/fhir/StructureDefinition/{ext}"
+                        ))]
+                    } else {
+                        return Err(EvalError::Type(format!("unknown variable %{other}")));
+                    }
+                }
+            },
+            Node::This => match &self.this {
+                Some(t) => vec![t.clone()],
+                None => input.to_vec(),
+            },
+            Node::Index => self
+                .index
+                .map(|i| Item::Int(i as i64))
+                .into_iter()
+                .collect(),
+            Node::Total => Vec::new(),
+            Node::Member(None, name) => {
+                // A leading type name (`Patient.name`) selects the focus of that type.
+                if name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && !input.is_empty()
+                    && input
+                        .iter()
+                        .all(|i| matches!(i, Item::Node { ty: Some(t), .. } if t == name))
+                {
+                    return Ok(input.to_vec());
+                }
+                navigate(input, name)
+            }
+            Node::Member(Some(base), name) => {
+                let b = self.eval(base, input)?;
+                navigate(&b, name)
+            }
+            Node::Indexer(base, index) => {
+                let b = self.eval(base, input)?;
+                let i = self.eval(index, input)?;
+                match single(&i, "an index")?.and_then(Item::number) {
+                    Some(n) if n >= 0.0 => b.into_iter().nth(n as usize).into_iter().collect(),
+                    _ => Vec::new(),
+                }
+            }
+            Node::Neg(inner) => {
+                let v = self.eval(inner, input)?;
+                match single(&v, "unary minus")? {
+                    None => Vec::new(),
+                    Some(Item::Int(i)) => vec![Item::Int(-i)],
+                    Some(Item::Quantity(v, u)) => vec![Item::Quantity(-v, u.clone())],
+                    Some(other) => match other.number() {
+                        Some(n) => vec![Item::Dec(-n)],
+                        None => return Err(EvalError::Type("unary minus on a non-number".into())),
+                    },
+                }
+            }
+            Node::TypeOp(op, operand, ty) => {
+                let v = self.eval(operand, input)?;
+                if op == "is" {
+                    match single(&v, "is")? {
+                        None => Vec::new(),
+                        Some(item) => vec![Item::Bool(is_type(item, ty))],
+                    }
+                } else {
+                    v.into_iter().filter(|i| is_type(i, ty)).collect()
+                }
+            }
+            Node::Binary(op, l, r) => self.binary(op, l, r, input)?,
+            Node::Call(base, name, args) => {
+                let b = match base {
+                    Some(b) => self.eval(b, input)?,
+                    None => input.to_vec(),
+                };
+                self.call(name, b, args, input)?
+            }
+        })
+    }
+
+    fn binary(
+        &mut self,
+        op: &str,
+        l: &Node,
+        r: &Node,
+        input: &[Item<'a>],
+    ) -> Result<Coll<'a>, EvalError> {
+        // Logical operators short-circuit where the three-valued tables allow.
+        match op {
+            "and" | "or" | "implies" | "xor" => {
+                let a = to_bool(&self.eval(l, input)?)?;
+                let short = match (op, a) {
+                    ("and", Some(false)) => Some(Some(false)),
+                    ("or", Some(true)) => Some(Some(true)),
+                    ("implies", Some(false)) => Some(Some(true)),
+                    _ => None,
+                };
+                if let Some(out) = short {
+                    return Ok(bools(out));
+                }
+                let b = to_bool(&self.eval(r, input)?)?;
+                let out = match op {
+                    "and" => match (a, b) {
+                        (_, Some(false)) => Some(false),
+                        (Some(true), Some(true)) => Some(true),
+                        _ => None,
+                    },
+                    "or" => match (a, b) {
+                        (_, Some(true)) => Some(true),
+                        (Some(false), Some(false)) => Some(false),
+                        _ => None,
+                    },
+                    "implies" => match (a, b) {
+                        (_, Some(true)) => Some(true),
+                        (Some(true), Some(false)) => Some(false),
+                        _ => None,
+                    },
+                    _ => match (a, b) {
+                        (Some(x), Some(y)) => Some(x != y),
+                        _ => None,
+                    },
+                };
+                return Ok(bools(out));
+            }
+            _ => {}
+        }
+        let a = self.eval(l, input)?;
+        let b = self.eval(r, input)?;
+        Ok(match op {
+            "|" => union(a, b),
+            "=" | "!=" | "~" | "!~" => {
+                let equiv = op.contains('~');
+                let res = if equiv {
+                    Some(coll_equiv(&a, &b))
+                } else if a.is_empty() || b.is_empty() {
+                    None
+                } else if a.len() != b.len() {
+                    Some(false)
+                } else {
+                    let mut all = Some(true);
+                    for (x, y) in a.iter().zip(&b) {
+                        match item_eq(x, y) {
+                            Some(true) => {}
+                            Some(false) => {
+                                all = Some(false);
+                                break;
+                            }
+                            None => all = None,
+                        }
+                    }
+                    all
+                };
+                bools(if op.starts_with('!') {
+                    res.map(|x| !x)
+                } else {
+                    res
+                })
+            }
+            "<" | ">" | "<=" | ">=" => {
+                let (Some(x), Some(y)) = (single(&a, op)?, single(&b, op)?) else {
+                    return Ok(Vec::new());
+                };
+                bools(compare(x, y).map(|o| match op {
+                    "<" => o == Ordering::Less,
+                    ">" => o == Ordering::Greater,
+                    "<=" => o != Ordering::Greater,
+                    _ => o != Ordering::Less,
+                }))
+            }
+            "in" | "contains" => {
+                let (needle, hay) = if op == "in" { (&a, &b) } else { (&b, &a) };
+                match single(needle, op)? {
+                    None => Vec::new(),
+                    Some(x) => vec![Item::Bool(hay.iter().any(|h| item_eq(x, h) == Some(true)))],
+                }
+            }
+            "&" => {
+                let x = single(&a, "&")?.and_then(Item::to_text).unwrap_or_default();
+                let y = single(&b, "&")?.and_then(Item::to_text).unwrap_or_default();
+                vec![Item::Str(x + &y)]
+            }
+            "+" | "-" | "*" | "/" | "div" | "mod" => {
+                let (Some(x), Some(y)) = (single(&a, op)?, single(&b, op)?) else {
+                    return Ok(Vec::new());
+                };
+                arith(op, x, y)?
+            }
+            other => return Err(EvalError::Type(format!("unknown operator {other}"))),
+        })
+    }
+
+    /// Evaluates `arg` once per item of `base`, with `$this` set to the item.
+    fn per_item(&mut self, base: &[Item<'a>], arg: &Node) -> Result<Vec<Coll<'a>>, EvalError> {
+        let saved = (self.this.take(), self.index);
+        let mut out = Vec::with_capacity(base.len());
+        for (i, item) in base.iter().enumerate() {
+            self.this = Some(item.clone());
+            self.index = Some(i);
+            let r = self.eval(arg, std::slice::from_ref(item));
+            match r {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    (self.this, self.index) = saved;
+                    return Err(e);
+                }
+            }
+        }
+        (self.this, self.index) = saved;
+        Ok(out)
+    }
+
+    fn arg_value(
+        &mut self,
+        args: &[Node],
+        i: usize,
+        input: &[Item<'a>],
+    ) -> Result<Coll<'a>, EvalError> {
+        match args.get(i) {
+            Some(a) => {
+                // Arguments are evaluated on the expression's input, with $this unchanged.
+                self.eval(a, input)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn arg_str(
+        &mut self,
+        args: &[Node],
+        i: usize,
+        input: &[Item<'a>],
+    ) -> Result<Option<String>, EvalError> {
+        let v = self.arg_value(args, i, input)?;
+        Ok(single(&v, "argument")?.and_then(Item::to_text))
+    }
+
+    fn arg_int(
+        &mut self,
+        args: &[Node],
+        i: usize,
+        input: &[Item<'a>],
+    ) -> Result<Option<i64>, EvalError> {
+        let v = self.arg_value(args, i, input)?;
+        Ok(single(&v, "argument")?
+            .and_then(Item::number)
+            .map(|n| n as i64))
+    }
+
+    fn regex(&self, pattern: &str, whole: bool) -> Result<Regex, EvalError> {
+        let key = if whole {
+            format!("^(?:{pattern})$")
+        } else {
+            pattern.to_owned()
+        };
+        if let Some(r) = self.regexes.get(&key) {
+            return Ok(r.clone());
+        }
+        Regex::new(&key).map_err(|e| EvalError::Regex(e.to_string()))
+    }
+
+    fn call(
+        &mut self,
+        name: &str,
+        base: Coll<'a>,
+        args: &[Node],
+        input: &[Item<'a>],
+    ) -> Result<Coll<'a>, EvalError> {
+        let one_str = |b: &Coll<'a>| -> Result<Option<String>, EvalError> {
+            Ok(single(b, name)?.and_then(|i| i.string().map(str::to_owned)))
+        };
+        Ok(match name {
+            "empty" => vec![Item::Bool(base.is_empty())],
+            "exists" => match args.first() {
+                None => vec![Item::Bool(!base.is_empty())],
+                Some(a) => {
+                    let r = self.per_item(&base, a)?;
+                    let mut any = false;
+                    for c in &r {
+                        any |= to_bool(c)? == Some(true);
+                    }
+                    vec![Item::Bool(any)]
+                }
+            },
+            "all" => {
+                let Some(a) = args.first() else {
+                    return Err(EvalError::Type("all() needs a criterion".into()));
+                };
+                let r = self.per_item(&base, a)?;
+                let mut all = true;
+                for c in &r {
+                    all &= to_bool(c)? == Some(true);
+                }
+                vec![Item::Bool(all)]
+            }
+            "allTrue" => vec![Item::Bool(base.iter().all(|i| i.as_bool() == Some(true)))],
+            "anyTrue" => vec![Item::Bool(base.iter().any(|i| i.as_bool() == Some(true)))],
+            "allFalse" => vec![Item::Bool(base.iter().all(|i| i.as_bool() == Some(false)))],
+            "anyFalse" => vec![Item::Bool(base.iter().any(|i| i.as_bool() == Some(false)))],
+            "subsetOf" | "supersetOf" => {
+                let other = self.arg_value(args, 0, input)?;
+                let (small, big) = if name == "subsetOf" {
+                    (&base, &other)
+                } else {
+                    (&other, &base)
+                };
+                vec![Item::Bool(
+                    small
+                        .iter()
+                        .all(|x| big.iter().any(|y| item_eq(x, y) == Some(true))),
+                )]
+            }
+            "count" => vec![Item::Int(base.len() as i64)],
+            "distinct" => distinct(base),
+            "isDistinct" => {
+                let n = base.len();
+                vec![Item::Bool(distinct(base).len() == n)]
+            }
+            "where" => {
+                let Some(a) = args.first() else {
+                    return Err(EvalError::Type("where() needs a criterion".into()));
+                };
+                let r = self.per_item(&base, a)?;
+                let mut out = Vec::new();
+                for (item, c) in base.into_iter().zip(&r) {
+                    if to_bool(c)? == Some(true) {
+                        out.push(item);
+                    }
+                }
+                out
+            }
+            "select" => {
+                let Some(a) = args.first() else {
+                    return Err(EvalError::Type("select() needs a projection".into()));
+                };
+                self.per_item(&base, a)?.into_iter().flatten().collect()
+            }
+            "repeat" => {
+                let Some(a) = args.first() else {
+                    return Err(EvalError::Type("repeat() needs a projection".into()));
+                };
+                let mut out: Coll<'a> = Vec::new();
+                let mut frontier = base;
+                let mut rounds = 0;
+                while !frontier.is_empty() && rounds < MAX_DEPTH {
+                    rounds += 1;
+                    let next: Coll<'a> =
+                        self.per_item(&frontier, a)?.into_iter().flatten().collect();
+                    frontier = Vec::new();
+                    for n in next {
+                        if !out.iter().any(|o| item_eq(o, &n) == Some(true)) {
+                            out.push(n.clone());
+                            frontier.push(n);
+                        }
+                    }
+                }
+                out
+            }
+            "ofType" | "is" | "as" => {
+                let ty = type_arg(args)?;
+                if name == "is" {
+                    match single(&base, "is")? {
+                        None => Vec::new(),
+                        Some(i) => vec![Item::Bool(is_type(i, &ty))],
+                    }
+                } else {
+                    base.into_iter().filter(|i| is_type(i, &ty)).collect()
+                }
+            }
+            "single" => match base.len() {
+                0 | 1 => base,
+                n => return Err(EvalError::Type(format!("single() on {n} items"))),
+            },
+            "first" => base.into_iter().take(1).collect(),
+            "last" => base.into_iter().last().into_iter().collect(),
+            "tail" => base.into_iter().skip(1).collect(),
+            "skip" => {
+                let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
+                base.into_iter().skip(n).collect()
+            }
+            "take" => {
+                let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
+                base.into_iter().take(n).collect()
+            }
+            "intersect" => {
+                let other = self.arg_value(args, 0, input)?;
+                distinct(
+                    base.into_iter()
+                        .filter(|x| other.iter().any(|y| item_eq(x, y) == Some(true)))
+                        .collect(),
+                )
+            }
+            "exclude" => {
+                let other = self.arg_value(args, 0, input)?;
+                base.into_iter()
+                    .filter(|x| !other.iter().any(|y| item_eq(x, y) == Some(true)))
+                    .collect()
+            }
+            "union" => {
+                let other = self.arg_value(args, 0, input)?;
+                union(base, other)
+            }
+            "combine" => {
+                // Evaluated with the base as `$this` context (`concept.code.combine($this…)`).
+                let other = self.arg_value(args, 0, input)?;
+                let mut out = base;
+                out.extend(other);
+                out
+            }
+            "iif" => {
+                let cond = match args.first() {
+                    Some(a) => {
+                        let saved = self.this.clone();
+                        if base.len() == 1 {
+                            self.this = base.first().cloned();
+                        }
+                        let r = self.eval(a, &base);
+                        self.this = saved;
+                        to_bool(&r?)?
+                    }
+                    None => return Err(EvalError::Type("iif() needs a criterion".into())),
+                };
+                let pick = if cond == Some(true) { 1 } else { 2 };
+                match args.get(pick) {
+                    Some(a) => self.eval(a, &base)?,
+                    None => Vec::new(),
+                }
+            }
+            "not" => match single(&base, "not")? {
+                None => Vec::new(),
+                Some(i) => vec![Item::Bool(!i.as_bool().unwrap_or(true))],
+            },
+            "hasValue" => vec![Item::Bool(
+                base.len() == 1 && base.iter().all(Item::has_value),
+            )],
+            "getValue" => base.into_iter().filter(Item::has_value).collect(),
+            "children" => base.iter().flat_map(children).collect(),
+            "descendants" => {
+                let mut out = Vec::new();
+                let mut frontier: Coll<'a> = base.iter().flat_map(children).collect();
+                let mut rounds = 0;
+                while !frontier.is_empty() && rounds < MAX_DEPTH {
+                    rounds += 1;
+                    let next: Coll<'a> = frontier.iter().flat_map(children).collect();
+                    out.append(&mut frontier);
+                    frontier = next;
+                }
+                out
+            }
+            "trace" => base,
+            "extension" => {
+                let url = self.arg_str(args, 0, input)?.unwrap_or_default();
+                navigate(&base, "extension")
+                    .into_iter()
+                    .filter(|e| matches!(e, Item::Node { value, .. } if value.get("url").and_then(Value::as_str) == Some(url.as_str())))
+                    .collect()
+            }
+            "resolve" => base.iter().flat_map(|i| self.resolve(i)).collect(),
+            "memberOf" => {
+                let url = self.arg_str(args, 0, input)?.unwrap_or_default();
+                let Some(item) = single(&base, "memberOf")? else {
+                    return Ok(Vec::new());
+                };
+                let owned;
+                let value = match item {
+                    Item::Node { value, .. } => *value,
+                    other => {
+                        owned = Value::String(other.to_text().unwrap_or_default());
+                        &owned
+                    }
+                };
+                match self.env.host.and_then(|h| h.member_of(value, &url)) {
+                    Some(b) => vec![Item::Bool(b)],
+                    None => return Err(EvalError::NotChecked(format!("membership in {url}"))),
+                }
+            }
+            "conformsTo" => {
+                let url = self.arg_str(args, 0, input)?.unwrap_or_default();
+                let Some(Item::Node { value, .. }) = single(&base, "conformsTo")? else {
+                    return Ok(Vec::new());
+                };
+                match self.env.host.and_then(|h| h.conforms_to(value, &url)) {
+                    Some(b) => vec![Item::Bool(b)],
+                    None => return Err(EvalError::NotChecked(format!("conformance to {url}"))),
+                }
+            }
+            "htmlChecks" => {
+                let Some(div) = single(&base, "htmlChecks")?.and_then(Item::string) else {
+                    return Ok(vec![Item::Bool(false)]);
+                };
+                match self.env.host.and_then(|h| h.html_checks(div)) {
+                    Some(b) => vec![Item::Bool(b)],
+                    None => return Err(EvalError::NotChecked("narrative XHTML".into())),
+                }
+            }
+            // Conversions.
+            "toString" => single(&base, name)?
+                .and_then(Item::to_text)
+                .map(Item::Str)
+                .into_iter()
+                .collect(),
+            "convertsToString" => vec![Item::Bool(
+                single(&base, name)?.and_then(Item::to_text).is_some(),
+            )],
+            "toInteger" | "convertsToInteger" => {
+                let v = single(&base, name)?.and_then(|i| match i.prim() {
+                    Prim::Num(n) if n.fract() == 0.0 => Some(n as i64),
+                    Prim::Str(s) => s.parse::<i64>().ok(),
+                    Prim::Bool(b) => Some(i64::from(b)),
+                    _ => None,
+                });
+                if name == "toInteger" {
+                    v.map(Item::Int).into_iter().collect()
+                } else {
+                    vec![Item::Bool(v.is_some())]
+                }
+            }
+            "toDecimal" | "convertsToDecimal" => {
+                let v = single(&base, name)?.and_then(|i| match i.prim() {
+                    Prim::Num(n) => Some(n),
+                    Prim::Str(s) => s.parse::<f64>().ok(),
+                    Prim::Bool(b) => Some(f64::from(u8::from(b))),
+                    _ => None,
+                });
+                if name == "toDecimal" {
+                    v.map(Item::Dec).into_iter().collect()
+                } else {
+                    vec![Item::Bool(v.is_some())]
+                }
+            }
+            "toBoolean" | "convertsToBoolean" => {
+                let v = single(&base, name)?.and_then(|i| match i.prim() {
+                    Prim::Bool(b) => Some(b),
+                    Prim::Num(1.0) => Some(true),
+                    Prim::Num(0.0) => Some(false),
+                    Prim::Str(s) => match s.to_ascii_lowercase().as_str() {
+                        "true" | "t" | "yes" | "y" | "1" | "1.0" => Some(true),
+                        "false" | "f" | "no" | "n" | "0" | "0.0" => Some(false),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                if name == "toBoolean" {
+                    bools(v)
+                } else {
+                    vec![Item::Bool(v.is_some())]
+                }
+            }
+            "toDate" | "toDateTime" => one_str(&base)?
+                .filter(|s| looks_like_date(s))
+                .map(Item::DateTime)
+                .into_iter()
+                .collect(),
+            // Strings.
+            "length" => one_str(&base)?
+                .map(|s| Item::Int(s.chars().count() as i64))
+                .into_iter()
+                .collect(),
+            "upper" => one_str(&base)?
+                .map(|s| Item::Str(s.to_uppercase()))
+                .into_iter()
+                .collect(),
+            "lower" => one_str(&base)?
+                .map(|s| Item::Str(s.to_lowercase()))
+                .into_iter()
+                .collect(),
+            "toChars" => one_str(&base)?
+                .map(|s| s.chars().map(|c| Item::Str(c.to_string())).collect())
+                .unwrap_or_default(),
+            "startsWith" | "endsWith" | "contains" | "indexOf" => {
+                let (Some(s), Some(arg)) = (one_str(&base)?, self.arg_str(args, 0, input)?) else {
+                    return Ok(Vec::new());
+                };
+                match name {
+                    "startsWith" => vec![Item::Bool(s.starts_with(&arg))],
+                    "endsWith" => vec![Item::Bool(s.ends_with(&arg))],
+                    "contains" => vec![Item::Bool(s.contains(&arg))],
+                    _ => vec![Item::Int(
+                        s.find(&arg).map_or(-1, |b| s[..b].chars().count() as i64),
+                    )],
+                }
+            }
+            "substring" => {
+                let Some(s) = one_str(&base)? else {
+                    return Ok(Vec::new());
+                };
+                let start = self.arg_int(args, 0, input)?.unwrap_or(0);
+                let len = self.arg_int(args, 1, input)?;
+                let n = s.chars().count() as i64;
+                if start < 0 || start >= n {
+                    return Ok(Vec::new());
+                }
+                let take = len.unwrap_or(n).max(0) as usize;
+                vec![Item::Str(
+                    s.chars().skip(start as usize).take(take).collect(),
+                )]
+            }
+            "replace" => {
+                let (Some(s), Some(a), Some(b)) = (
+                    one_str(&base)?,
+                    self.arg_str(args, 0, input)?,
+                    self.arg_str(args, 1, input)?,
+                ) else {
+                    return Ok(Vec::new());
+                };
+                vec![Item::Str(s.replace(&a, &b))]
+            }
+            "matches" => {
+                let (Some(s), Some(p)) = (one_str(&base)?, self.arg_str(args, 0, input)?) else {
+                    return Ok(Vec::new());
+                };
+                vec![Item::Bool(self.regex(&p, true)?.is_match(&s))]
+            }
+            "replaceMatches" => {
+                let (Some(s), Some(p), Some(sub)) = (
+                    one_str(&base)?,
+                    self.arg_str(args, 0, input)?,
+                    self.arg_str(args, 1, input)?,
+                ) else {
+                    return Ok(Vec::new());
+                };
+                vec![Item::Str(
+                    self.regex(&p, false)?
+                        .replace_all(&s, sub.as_str())
+                        .into_owned(),
+                )]
+            }
+            // Math.
+            "abs" | "ceiling" | "floor" | "round" | "truncate" => {
+                let Some(item) = single(&base, name)? else {
+                    return Ok(Vec::new());
+                };
+                let Some(n) = item.number() else {
+                    return Err(EvalError::Type(format!("{name}() on a non-number")));
+                };
+                let r = match name {
+                    "abs" => n.abs(),
+                    "ceiling" => n.ceil(),
+                    "floor" => n.floor(),
+                    "round" => n.round(),
+                    _ => n.trunc(),
+                };
+                if matches!(item, Item::Int(_)) || name != "abs" {
+                    vec![Item::Int(r as i64)]
+                } else {
+                    vec![Item::Dec(r)]
+                }
+            }
+            other => {
+                return Err(EvalError::Type(format!(
+                    "function {other}() is not implemented"
+                )));
+            }
+        })
+    }
+
+    /// `resolve()`: `#id` to a contained resource of the root resource, `#` to the root
+    /// itself, anything else to an entry of the root Bundle (by fullUrl or `Type/id`).
+    fn resolve(&self, item: &Item<'a>) -> Vec<Item<'a>> {
+        let reference = match item {
+            Item::Node {
+                value: Value::String(s),
+                ..
+            } => s.as_str(),
+            Item::Node {
+                value: Value::Object(o),
+                ..
+            } => match o.get("reference").and_then(Value::as_str) {
+                Some(r) => r,
+                None => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        };
+        let Some(root) = self.env.root_resource.or(self.env.resource) else {
+            return Vec::new();
+        };
+        if reference == "#" {
+            return vec![Item::node(root)];
+        }
+        if let Some(id) = reference.strip_prefix('#') {
+            return root
+                .get("contained")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("id").and_then(Value::as_str) == Some(id))
+                .map(Item::node)
+                .collect();
+        }
+        root.get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e.get("fullUrl").and_then(Value::as_str) == Some(reference)
+                    || e.get("resource").is_some_and(|r| {
+                        match (
+                            r.get("resourceType").and_then(Value::as_str),
+                            r.get("id").and_then(Value::as_str),
+                        ) {
+                            (Some(t), Some(id)) => {
+                                let key = format!("{t}/{id}");
+                                reference == key || reference.ends_with(&format!("/{key}"))
+                            }
+                            _ => false,
+                        }
+                    })
+            })
+            .filter_map(|e| e.get("resource"))
+            .map(Item::node)
+            .collect()
+    }
+}
+
+fn type_arg(args: &[Node]) -> Result<String, EvalError> {
+    match args.first() {
+        Some(Node::Member(None, t)) => Ok(t.clone()),
+        Some(Node::Member(Some(_), t)) => Ok(t.clone()),
+        Some(Node::Str(t)) => Ok(t.clone()),
+        _ => Err(EvalError::Type("expected a type name".into())),
+    }
+}
+
+/// The children named `name` of each item, with FHIR's JSON conventions.
+fn navigate<'a>(input: &[Item<'a>], name: &str) -> Coll<'a> {
+    let mut out = Vec::new();
+    for item in input {
+        let Item::Node { value, ext, .. } = item else {
+            continue;
+        };
+        let obj = match value {
+            Value::Object(o) => o,
+            // A primitive's id and extensions live in its `_name` sibling.
+            _ => match ext {
+                Some(Value::Object(o)) => o,
+                _ => continue,
+            },
+        };
+        member(obj, name, &mut out);
+    }
+    out
+}
+
+fn push_values<'a>(
+    v: Option<&'a Value>,
+    u: Option<&'a Value>,
+    ty: Option<&'a str>,
+    out: &mut Coll<'a>,
+) {
+    match (v, u) {
+        (Some(Value::Array(a)), u) => {
+            let ua = u.and_then(Value::as_array);
+            for (i, x) in a.iter().enumerate() {
+                let ext = ua.and_then(|ua| ua.get(i)).filter(|e| !e.is_null());
+                push_one(x, ext, ty, out);
+            }
+        }
+        (None, Some(Value::Array(ua))) => {
+            for e in ua.iter().filter(|e| !e.is_null()) {
+                push_one(&NULL, Some(e), ty, out);
+            }
+        }
+        (Some(x), u) => push_one(x, u, ty, out),
+        (None, Some(u)) => push_one(&NULL, Some(u), ty, out),
+        (None, None) => {}
+    }
+}
+
+fn push_one<'a>(value: &'a Value, ext: Option<&'a Value>, ty: Option<&'a str>, out: &mut Coll<'a>) {
+    if value.is_null() && ext.is_none() {
+        return;
+    }
+    let ty = ty.or_else(|| value.get("resourceType").and_then(Value::as_str));
+    out.push(Item::Node { value, ext, ty });
+}
+
+fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
+    let v = obj.get(name);
+    let u = obj.get_key_value(&format!("_{name}")).map(|(_, u)| u);
+    if v.is_some() || u.is_some() {
+        push_values(v, u, None, out);
+        return;
+    }
+    // A choice element: `value` finds `valueQuantity` (type Quantity).
+    for (key, v) in obj {
+        let k = key.strip_prefix('_').unwrap_or(key);
+        if k.len() > name.len()
+            && k.starts_with(name)
+            && k[name.len()..].starts_with(|c: char| c.is_ascii_uppercase())
+        {
+            let ty = &k[name.len()..];
+            if key.starts_with('_') {
+                if !obj.contains_key(k) {
+                    push_values(None, Some(v), Some(ty), out);
+                }
+            } else {
+                push_values(Some(v), obj.get(&format!("_{k}")), Some(ty), out);
+            }
+        }
+    }
+}
+
+/// All child nodes of an item (`children()`).
+fn children<'a>(item: &Item<'a>) -> Coll<'a> {
+    let mut out = Vec::new();
+    let Item::Node { value, ext, .. } = item else {
+        return out;
+    };
+    let obj = match value {
+        Value::Object(o) => o,
+        _ => match ext {
+            Some(Value::Object(o)) => o,
+            _ => return out,
+        },
+    };
+    for (key, v) in obj {
+        if key == "resourceType" {
+            continue;
+        }
+        if let Some(base) = key.strip_prefix('_') {
+            if !obj.contains_key(base) {
+                push_values(None, Some(v), None, &mut out);
+            }
+            continue;
+        }
+        let u = obj.get(&format!("_{key}"));
+        push_values(Some(v), u, None, &mut out);
+    }
+    out
+}
+
+fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
+    let mut out = a;
+    out.extend(b);
+    distinct(out)
+}
+
+fn distinct(c: Coll<'_>) -> Coll<'_> {
+    let mut out: Coll<'_> = Vec::with_capacity(c.len());
+    for i in c {
+        if !out.iter().any(|o| item_eq(o, &i) == Some(true)) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+const STRING_TYPES: &[&str] = &[
+    "string",
+    "uri",
+    "url",
+    "canonical",
+    "code",
+    "id",
+    "oid",
+    "uuid",
+    "markdown",
+    "base64binary",
+    "date",
+    "datetime",
+    "instant",
+    "time",
+    "xhtml",
+];
+
+/// Whether an item is of FHIR or System type `ty` (case-insensitive on the first letter, so
+/// `Boolean` and `boolean` both match a boolean).
+fn is_type(item: &Item<'_>, ty: &str) -> bool {
+    let want = ty.to_ascii_lowercase();
+    let want = want.as_str();
+    match item {
+        Item::Bool(_) => want == "boolean",
+        Item::Int(_) => want == "integer",
+        Item::Dec(_) => want == "decimal",
+        Item::Str(_) => want == "string",
+        Item::DateTime(_) => matches!(want, "date" | "datetime" | "time"),
+        Item::Quantity(..) => want == "quantity",
+        Item::Node {
+            value, ty: Some(t), ..
+        } => {
+            let t = t.to_ascii_lowercase();
+            t == want
+                || (matches!(want, "resource" | "domainresource")
+                    && value.get("resourceType").is_some())
+                || (want == "quantity"
+                    && matches!(
+                        t.as_str(),
+                        "age"
+                            | "duration"
+                            | "count"
+                            | "distance"
+                            | "simplequantity"
+                            | "moneyquantity"
+                    ))
+        }
+        Item::Node {
+            value, ty: None, ..
+        } => match value {
+            // No type in the JSON: judge by the JSON shape (lenient for the string family).
+            Value::String(_) => STRING_TYPES.contains(&want),
+            Value::Bool(_) => want == "boolean",
+            Value::Number(n) => {
+                want == "decimal"
+                    || (n.is_i64() && matches!(want, "integer" | "positiveint" | "unsignedint"))
+            }
+            _ => false,
+        },
+    }
+}
+
+fn item_eq(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
+    match (a.prim(), b.prim()) {
+        (Prim::Bool(x), Prim::Bool(y)) => Some(x == y),
+        (Prim::Num(x), Prim::Num(y)) => Some(x == y),
+        (Prim::Str(x) | Prim::Date(x), Prim::Str(y)) | (Prim::Str(x), Prim::Date(y)) => {
+            Some(x == y)
+        }
+        (Prim::Date(x), Prim::Date(y)) => cmp_dates(x, y).map(|o| o == Ordering::Equal),
+        (Prim::Qty(x, u), Prim::Qty(y, v)) => Some(x == y && u == v),
+        (Prim::Other, Prim::Other) => match (a, b) {
+            (Item::Node { value: x, .. }, Item::Node { value: y, .. }) => Some(x == y),
+            _ => Some(false),
+        },
+        _ => Some(false),
+    }
+}
+
+fn coll_equiv(a: &[Item<'_>], b: &[Item<'_>]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().all(|x| {
+        b.iter().any(|y| match (x.prim(), y.prim()) {
+            (Prim::Str(s), Prim::Str(t)) => {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+                    == t.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .to_lowercase()
+            }
+            _ => item_eq(x, y) == Some(true),
+        })
+    })
+}
+
+fn compare(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
+    match (a.prim(), b.prim()) {
+        (Prim::Num(x), Prim::Num(y)) => x.partial_cmp(&y),
+        (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
+        (Prim::Date(x), Prim::Date(y)) => cmp_dates(x, y),
+        (Prim::Qty(x, u), Prim::Qty(y, v)) if u == v || u.is_empty() || v.is_empty() => {
+            x.partial_cmp(&y)
+        }
+        (Prim::Qty(x, _), Prim::Num(y)) => x.partial_cmp(&y),
+        (Prim::Num(x), Prim::Qty(y, _)) => x.partial_cmp(&y),
+        _ => None,
+    }
+}
+
+fn arith<'a>(op: &str, a: &Item<'a>, b: &Item<'a>) -> Result<Coll<'a>, EvalError> {
+    if op == "+"
+        && let (Some(x), Some(y)) = (
+            a.string().filter(|_| a.number().is_none()),
+            b.string().filter(|_| b.number().is_none()),
+        )
+    {
+        return Ok(vec![Item::Str(format!("{x}{y}"))]);
+    }
+    let (Some(x), Some(y)) = (a.number(), b.number()) else {
+        return Err(EvalError::Type(format!("{op} needs two numbers")));
+    };
+    let ints = matches!(a.prim(), Prim::Num(n) if n.fract() == 0.0)
+        && matches!(b.prim(), Prim::Num(n) if n.fract() == 0.0)
+        && !matches!(a, Item::Dec(_))
+        && !matches!(b, Item::Dec(_));
+    Ok(match op {
+        "+" if ints => vec![Item::Int((x + y) as i64)],
+        "-" if ints => vec![Item::Int((x - y) as i64)],
+        "*" if ints => vec![Item::Int((x * y) as i64)],
+        "+" => vec![Item::Dec(x + y)],
+        "-" => vec![Item::Dec(x - y)],
+        "*" => vec![Item::Dec(x * y)],
+        _ if y == 0.0 => Vec::new(),
+        "/" => vec![Item::Dec(x / y)],
+        "div" => vec![Item::Int((x / y).trunc() as i64)],
+        _ => vec![if ints {
+            Item::Int((x % y) as i64)
+        } else {
+            Item::Dec(x % y)
+        }],
+    })
+}
+
+/// `YYYY`, `YYYY-MM`, `YYYY-MM-DD`, with an optional `Thh:mm:ss(.fff)(Z|±hh:mm)`, or a time.
+fn looks_like_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 4
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && (b.len() == 4 || b[4] == b'-')
+        && parse_date(s).is_some()
+}
+
+/// Components of a date/time: values from year down to seconds (as many as given), and the
+/// timezone offset in minutes when a time with a zone is given.
+struct DateParts {
+    fields: Vec<f64>,
+    tz: Option<i64>,
+}
+
+fn parse_date(s: &str) -> Option<DateParts> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None if s.contains(':') && s.len() <= 18 => ("", Some(s)),
+        None => (s, None),
+    };
+    let mut fields = Vec::with_capacity(6);
+    if !date.is_empty() {
+        for part in date.split('-') {
+            fields.push(part.parse::<f64>().ok()?);
+        }
+        if fields.len() > 3 {
+            return None;
+        }
+    }
+    let mut tz = None;
+    if let Some(t) = time.filter(|t| !t.is_empty()) {
+        let (clock, zone) = if let Some(c) = t.strip_suffix('Z') {
+            (c, Some(0))
+        } else if let Some(i) = t.rfind(['+', '-']) {
+            let z = &t[i + 1..];
+            let (h, m) = z.split_once(':')?;
+            let mins = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
+            (
+                &t[..i],
+                Some(if t.as_bytes()[i] == b'-' { -mins } else { mins }),
+            )
+        } else {
+            (t, None)
+        };
+        for part in clock.split(':') {
+            fields.push(part.parse::<f64>().ok()?);
+        }
+        tz = zone;
+    }
+    Some(DateParts { fields, tz })
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Compares two dates/times; `None` when their precisions differ and the common part is
+/// equal (FHIRPath's "uncertain" answer).
+fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
+    let (mut x, mut y) = (parse_date(a)?, parse_date(b)?);
+    // Both with a time and a zone: compare on UTC.
+    if x.fields.len() >= 5 && y.fields.len() >= 5 && x.fields.len() >= 3 && y.fields.len() >= 3 {
+        if let (Some(zx), Some(zy)) = (x.tz, y.tz) {
+            for (p, z) in [(&mut x, zx), (&mut y, zy)] {
+                let f = &p.fields;
+                let days = days_from_civil(f[0] as i64, f[1] as i64, f[2] as i64);
+                let mins = days * 1440 + (f[3] as i64) * 60 + f[4] as i64 - z;
+                let secs = f.get(5).copied();
+                let mut nf = vec![mins as f64];
+                nf.extend(secs);
+                p.fields = nf;
+            }
+        }
+    }
+    let n = x.fields.len().min(y.fields.len());
+    for i in 0..n {
+        match x.fields[i].partial_cmp(&y.fields[i])? {
+            Ordering::Equal => {}
+            other => return Some(other),
+        }
+    }
+    if x.fields.len() == y.fields.len() {
+        Some(Ordering::Equal)
+    } else {
+        None
+    }
+}
