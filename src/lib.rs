@@ -23,6 +23,7 @@ pub mod mapping;
 pub mod model;
 pub mod objects;
 pub mod outcome;
+pub mod profiling;
 pub mod sources;
 pub mod store;
 pub mod validation;

@@ -16,6 +16,8 @@ use fhir_unify::store::{FhirStore, StoredVersion};
 
 mod cli {
     pub mod events;
+    pub mod map;
+    pub mod profile;
     pub mod sfn;
     pub mod validate;
 }
@@ -73,6 +75,10 @@ enum Command {
     },
     /// Validate FHIR R4 JSON files; print the OperationOutcome of each.
     Validate(cli::validate::ValidateArgs),
+    /// Show what a mapping file makes of source records (JSON files, `-`, or inline JSON).
+    Map(cli::map::MapArgs),
+    /// Profile CSV, NDJSON or Parquet files: per column type, nulls, distinct values, patterns.
+    Profile(cli::profile::ProfileArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +140,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Sfn { command } => cli::sfn::run(command).await,
         Command::Validate(args) => Ok(cli::validate::run(args)),
+        Command::Map(args) => Ok(cli::map::run(args)),
+        Command::Profile(args) => Ok(cli::profile::run(args)),
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;

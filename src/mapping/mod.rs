@@ -58,6 +58,8 @@
 //! evaluating anything. A `when` that turns false on a later upsert does not delete a resource
 //! made earlier.
 
+pub mod conceptmap;
+pub mod csv_records;
 mod functions;
 mod json;
 
@@ -73,6 +75,7 @@ use serde_json::Value as Json;
 
 use crate::model::{Op, RecordKey, ResourceChange, ResourceOp, ResourceRef, SourceChange};
 use crate::outcome::{Issue, Outcome};
+use conceptmap::{ConceptMap, ConceptMaps};
 use functions::{FnError, Tables};
 
 /// Namespace of the v5 UUIDs used as resource ids: `9b1c4a6e-2f0d-4e8b-a3c7-5d1e8f2a6b40`.
@@ -164,6 +167,9 @@ struct MappingFile {
     resources: Vec<ResourceFile>,
     #[serde(default)]
     translations: BTreeMap<String, serde_yaml_ng::Mapping>,
+    /// ConceptMap JSON files, relative to the mapping file.
+    #[serde(default)]
+    concept_maps: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,7 +480,12 @@ impl Errors<'_> {
             if let Some(ours) = e.downcast_ref::<FnError>() {
                 let code = match ours {
                     FnError::Required => "required",
-                    FnError::NotInTable(_) | FnError::BadCode(_) => "code-invalid",
+                    FnError::NotInTable(_)
+                    | FnError::BadCode(_)
+                    | FnError::BadConceptMapCode(_)
+                    | FnError::ConceptMap(conceptmap::TranslateError::Unmapped(_)) => {
+                        "code-invalid"
+                    }
                     _ => "processing",
                 };
                 return self.push_text(code, path, &ours.to_string());
@@ -544,6 +555,10 @@ impl<'a> Compiler<'a> {
         self.env
             .add_filter("translate", functions::translate(Arc::new(tables)));
         self.env.add_function("reference", functions::reference);
+        self.env.add_function("coding", functions::coding);
+        let maps = self.concept_maps(&file.concept_maps)?;
+        self.env
+            .add_function("conceptmap", functions::conceptmap(Arc::new(maps)));
 
         let mut seen = BTreeSet::new();
         let mut resources = Vec::with_capacity(file.resources.len());
@@ -607,6 +622,22 @@ impl<'a> Compiler<'a> {
             env: self.env,
             resources,
         })
+    }
+
+    /// Loads the ConceptMaps a mapping file lists, relative to the file's folder.
+    fn concept_maps(&self, files: &[String]) -> Result<ConceptMaps, MappingError> {
+        let base = Path::new(self.origin).parent().unwrap_or(Path::new(""));
+        let mut maps = ConceptMaps::default();
+        for (i, file) in files.iter().enumerate() {
+            let at = format!("conceptMaps[{i}]");
+            let map = ConceptMap::load(&base.join(file))
+                .map_err(|e| self.invalid(at.clone(), e.to_string()))?;
+            let url = map.url().to_owned();
+            if !maps.insert(map) {
+                return Err(self.invalid(at, format!("a second ConceptMap with url {url}")));
+            }
+        }
+        Ok(maps)
     }
 
     fn tables(
