@@ -63,7 +63,12 @@ fn map_prints_resources_with_deterministic_ids() {
         "Id",
     ];
     let out = run(&args, None);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     let r = &v[0]["resources"][0];
     let id = fhir_unify::mapping::resource_id(
@@ -128,11 +133,19 @@ fn map_bad_inputs_give_1_and_unusable_ones_2() {
     // A record that is not JSON, one without its key, one that is not an object: 1.
     let out = run(&["map", m, "-", "--key", "Id"], Some("{\"Id\": "));
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stdout_json(&out)[0]["outcome"]["issue"][0]["code"], "structure");
+    assert_eq!(
+        stdout_json(&out)[0]["outcome"]["issue"][0]["code"],
+        "structure"
+    );
     let out = run(&["map", m, "{\"LAST\": \"x\"}", "--key", "Id"], None);
     assert_eq!(out.status.code(), Some(1));
     let issue = &stdout_json(&out)[0]["outcome"]["issue"][0];
-    assert!(issue["diagnostics"].as_str().unwrap().contains("key field `Id`"));
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("key field `Id`")
+    );
     let out = run(&["map", m, "[1]", "--key", "Id"], None);
     assert_eq!(out.status.code(), Some(1));
     // A required value missing: named by its place and the record.
@@ -159,7 +172,10 @@ fn map_bad_inputs_give_1_and_unusable_ones_2() {
         "source: s\nentity: e\nconceptMaps: [missing.json]\nresources:\n  - resourceType: Basic\n    template: {a: 1}\n",
     )
     .unwrap();
-    let out = run(&["map", broken.to_str().unwrap(), "{}", "--key", "Id"], None);
+    let out = run(
+        &["map", broken.to_str().unwrap(), "{}", "--key", "Id"],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.yaml: conceptMaps[0]"), "{err}");
@@ -189,12 +205,23 @@ fn profile_reports_columns_and_schema_drift() {
     ];
     let out = run(&args, None);
     // The NDJSON line that is not JSON is reported: exit 1.
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     let files = v[0]["files"].as_array().unwrap();
     let nd = &files[0];
     assert_eq!(nd["rows"], 2);
-    assert_eq!(nd["errors"][0], format!("{} line 3: not JSON (column 2)", data.join("more.ndjson").display()));
+    assert_eq!(
+        nd["errors"][0],
+        format!(
+            "{} line 3: not JSON (column 2)",
+            data.join("more.ndjson").display()
+        )
+    );
     assert_eq!(nd["columns"][0]["inferred_type"], "decimal");
     assert_eq!(nd["columns"][1]["null_rate"], 0.5);
     let csv = &files[1];
@@ -211,7 +238,10 @@ fn profile_reports_columns_and_schema_drift() {
     assert_eq!(col("zip")["inferred_type"], "string");
     assert_eq!(col("zip")["patterns"][0]["pattern"], "us-postal-code");
     assert_eq!(col("code")["patterns"][0]["pattern"], "loinc");
-    assert_eq!(col("code")["top"][0], json!({"value": "8302-2", "count": 2}));
+    assert_eq!(
+        col("code")["top"][0],
+        json!({"value": "8302-2", "count": 2})
+    );
     assert_eq!(col("when")["inferred_type"], "date");
     assert_eq!(col("n")["min"], "5");
     assert_eq!(col("n")["nulls"], 1);
@@ -253,7 +283,12 @@ fn profile_reads_the_dms_parquet_file() {
         file.display()
     );
     let out = run(&["profile", file.to_str().unwrap(), "--no-state"], None);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     let f = &v[0]["files"][0];
     assert_eq!(f["format"], "parquet");

@@ -74,8 +74,7 @@ fn read_inputs(args: &MapArgs) -> Result<Vec<Input>> {
                 text: r.clone(),
             });
         } else {
-            let text =
-                std::fs::read_to_string(r).with_context(|| format!("cannot open {r}"))?;
+            let text = std::fs::read_to_string(r).with_context(|| format!("cannot open {r}"))?;
             inputs.push(Input {
                 name: r.clone(),
                 text,
@@ -134,7 +133,8 @@ fn run_inner(args: &MapArgs) -> Result<ExitCode> {
 
 /// Maps one record; `Err` holds the entry with its OperationOutcome.
 fn map_one(mapping: &Mapping, key: &[String], name: &str, data: Value) -> Result<Value, Value> {
-    let fail = |label: &str, outcome: Outcome| json!({"record": label, "outcome": outcome.to_fhir()});
+    let fail =
+        |label: &str, outcome: Outcome| json!({"record": label, "outcome": outcome.to_fhir()});
     let Value::Object(fields) = &data else {
         return Err(fail(
             name,

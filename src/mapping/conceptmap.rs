@@ -376,13 +376,23 @@ mod tests {
         }
         let e = m.translate("urn:cm:none", "M", None).unwrap_err();
         assert_eq!(e, TranslateError::UnknownMap("urn:cm:none".into()));
-        assert!(!m.translate("urn:cm:sex", "Q", None).unwrap_err().to_string().contains("Q"));
+        assert!(
+            !m.translate("urn:cm:sex", "Q", None)
+                .unwrap_err()
+                .to_string()
+                .contains("Q")
+        );
     }
 
     #[test]
     fn unmapped_modes() {
-        let fixed = maps(vec![sex(Some(json!({"mode": "fixed", "code": "unknown", "display": "Unknown"})))]);
-        assert_eq!(fixed.translate("urn:cm:sex", "Q", None).unwrap()["code"], "unknown");
+        let fixed = maps(vec![sex(Some(
+            json!({"mode": "fixed", "code": "unknown", "display": "Unknown"}),
+        ))]);
+        assert_eq!(
+            fixed.translate("urn:cm:sex", "Q", None).unwrap()["code"],
+            "unknown"
+        );
         let provided = maps(vec![sex(Some(json!({"mode": "provided"})))]);
         assert_eq!(
             provided.translate("urn:cm:sex", "other", None).unwrap(),
@@ -405,7 +415,10 @@ mod tests {
     #[test]
     fn bad_conceptmaps_are_refused_with_the_place() {
         let cases = [
-            (json!({"resourceType": "ValueSet", "url": "u", "group": []}), "resourceType"),
+            (
+                json!({"resourceType": "ValueSet", "url": "u", "group": []}),
+                "resourceType",
+            ),
             (json!({"resourceType": "ConceptMap", "group": [{}]}), "url"),
             (json!({"resourceType": "ConceptMap", "url": "u"}), "group"),
             (

@@ -109,7 +109,11 @@ pub fn read_csv<R: Read>(
     for k in &options.key {
         match headers.iter().position(|h| h == k) {
             Some(i) => key_index.push((k.clone(), i)),
-            None => return Err(header_error(format!("key column `{k}` is not in the header"))),
+            None => {
+                return Err(header_error(format!(
+                    "key column `{k}` is not in the header"
+                )));
+            }
         }
     }
     Ok(CsvRecords {
@@ -224,7 +228,9 @@ mod tests {
     #[test]
     fn rows_become_upserts_with_key_and_without_empty_cells() {
         let text = "Id,NAME,STOP\np1,\"Ada, L\",\np2,Bob,2020\n";
-        let rows: Vec<_> = read_csv(text.as_bytes(), "p.csv", opts()).unwrap().collect();
+        let rows: Vec<_> = read_csv(text.as_bytes(), "p.csv", opts())
+            .unwrap()
+            .collect();
         assert_eq!(rows.len(), 2);
         let first = rows[0].as_ref().unwrap();
         assert_eq!(first.data, json!({"Id": "p1", "NAME": "Ada, L"}));

@@ -78,7 +78,8 @@ pub(crate) fn translate(tables: Arc<Tables>) -> impl Fn(Value, String) -> Result
         if value.is_undefined() || value.is_none() {
             return Ok(Value::UNDEFINED);
         }
-        let code = code_text(&value).ok_or_else(|| FnError::BadCode(value.kind().to_string()).into_error())?;
+        let code = code_text(&value)
+            .ok_or_else(|| FnError::BadCode(value.kind().to_string()).into_error())?;
         match entries.get(&code) {
             Some(serde_json::Value::Null) => Ok(Value::UNDEFINED),
             Some(found) => Ok(Value::from(Serde(found))),
@@ -104,8 +105,8 @@ pub(crate) fn coding(system: String, code: Value, display: Option<Value>) -> Res
     if is_missing(&code) {
         return Ok(Value::UNDEFINED);
     }
-    let code = code_text(&code)
-        .ok_or_else(|| FnError::BadCode(code.kind().to_string()).into_error())?;
+    let code =
+        code_text(&code).ok_or_else(|| FnError::BadCode(code.kind().to_string()).into_error())?;
     let mut m = serde_json::Map::new();
     m.insert("system".into(), serde_json::Value::String(system));
     m.insert("code".into(), serde_json::Value::String(code));

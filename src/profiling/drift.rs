@@ -95,9 +95,7 @@ pub fn drift(
                 match before.get(name) {
                     None => report.added.push(name.clone()),
                     Some(old) if old != ty && old != "empty" && ty != "empty" => {
-                        report
-                            .retyped
-                            .push((name.clone(), old.clone(), ty.clone()));
+                        report.retyped.push((name.clone(), old.clone(), ty.clone()));
                     }
                     _ => {}
                 }
@@ -164,17 +162,42 @@ mod tests {
     fn reports_added_removed_and_retyped_columns() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state/schemas.json");
-        let first = drift(&state, "s", &[profile(&[("a", "integer"), ("b", "string"), ("c", "date")])]).unwrap();
+        let first = drift(
+            &state,
+            "s",
+            &[profile(&[("a", "integer"), ("b", "string"), ("c", "date")])],
+        )
+        .unwrap();
         assert!(first.first_seen && !first.drifted());
-        let same = drift(&state, "s", &[profile(&[("a", "integer"), ("b", "empty"), ("c", "date")])]).unwrap();
+        let same = drift(
+            &state,
+            "s",
+            &[profile(&[("a", "integer"), ("b", "empty"), ("c", "date")])],
+        )
+        .unwrap();
         assert!(!same.first_seen && !same.drifted(), "{same:?}");
-        let changed = drift(&state, "s", &[profile(&[("a", "string"), ("b", "string"), ("d", "date")])]).unwrap();
+        let changed = drift(
+            &state,
+            "s",
+            &[profile(&[("a", "string"), ("b", "string"), ("d", "date")])],
+        )
+        .unwrap();
         assert_eq!(changed.added, ["d"]);
         assert_eq!(changed.removed, ["c"]);
-        assert_eq!(changed.retyped, [("a".to_owned(), "integer".to_owned(), "string".to_owned())]);
+        assert_eq!(
+            changed.retyped,
+            [("a".to_owned(), "integer".to_owned(), "string".to_owned())]
+        );
         // Another set is independent.
-        assert!(drift(&state, "t", &[profile(&[("x", "integer")])]).unwrap().first_seen);
+        assert!(
+            drift(&state, "t", &[profile(&[("x", "integer")])])
+                .unwrap()
+                .first_seen
+        );
         std::fs::write(&state, "{").unwrap();
-        assert!(matches!(drift(&state, "s", &[]), Err(ProfileError::Malformed { .. })));
+        assert!(matches!(
+            drift(&state, "s", &[]),
+            Err(ProfileError::Malformed { .. })
+        ));
     }
 }

@@ -169,8 +169,7 @@ impl Kind {
         }
         if b.len() > 10 && is_date(&b[..10]) && (b[10] == b'T' || b[10] == b' ') {
             let rest = &s[11..];
-            if chrono::NaiveTime::parse_from_str(rest.get(..8).unwrap_or(""), "%H:%M:%S").is_ok()
-            {
+            if chrono::NaiveTime::parse_from_str(rest.get(..8).unwrap_or(""), "%H:%M:%S").is_ok() {
                 return Kind::DateTime;
             }
         }
@@ -468,7 +467,10 @@ mod tests {
         assert_eq!(column(&["1", "-2", ""], &o).inferred_type, "integer");
         assert_eq!(column(&["1", "2.5"], &o).inferred_type, "decimal");
         assert_eq!(column(&["02081", "01810"], &o).inferred_type, "string");
-        assert_eq!(column(&["2020-01-01", "2021-02-03T04:05:06Z"], &o).inferred_type, "datetime");
+        assert_eq!(
+            column(&["2020-01-01", "2021-02-03T04:05:06Z"], &o).inferred_type,
+            "datetime"
+        );
         assert_eq!(column(&["true", "FALSE"], &o).inferred_type, "boolean");
         assert_eq!(column(&["2020-13-01"], &o).inferred_type, "string");
         assert_eq!(column(&["", ""], &o).inferred_type, "empty");
@@ -483,8 +485,17 @@ mod tests {
         assert_eq!(c.distinct, 3);
         assert!(c.distinct_exact);
         // Numeric order, not text order.
-        assert_eq!((c.min.as_deref(), c.max.as_deref()), (Some("2"), Some("10")));
-        assert_eq!(c.top[0], TopValue { value: "10".into(), count: 2 });
+        assert_eq!(
+            (c.min.as_deref(), c.max.as_deref()),
+            (Some("2"), Some("10"))
+        );
+        assert_eq!(
+            c.top[0],
+            TopValue {
+                value: "10".into(),
+                count: 2
+            }
+        );
     }
 
     #[test]
@@ -511,7 +522,10 @@ mod tests {
         assert_eq!(names(column(&["65363002", "38341003"], &o)), ["snomed-ct"]);
         assert_eq!(names(column(&["E11.9", "I10"], &o)), ["icd-10-cm"]);
         assert!(names(column(&["1234567893"], &o)).contains(&"npi".to_owned()));
-        assert_eq!(names(column(&["02081", "01810-1234"], &o)), ["us-postal-code"]);
+        assert_eq!(
+            names(column(&["02081", "01810-1234"], &o)),
+            ["us-postal-code"]
+        );
         assert_eq!(
             names(column(&["b37f7960-7e9e-f3f7-f891-79ae4f632406"], &o)),
             ["uuid"]

@@ -219,9 +219,10 @@ fn ndjson(
 fn convertible(physical: PhysicalType, converted: ConvertedType) -> bool {
     use ConvertedType as C;
     match physical {
-        PhysicalType::BOOLEAN | PhysicalType::INT96 | PhysicalType::FLOAT | PhysicalType::DOUBLE => {
-            true
-        }
+        PhysicalType::BOOLEAN
+        | PhysicalType::INT96
+        | PhysicalType::FLOAT
+        | PhysicalType::DOUBLE => true,
         PhysicalType::INT32 => matches!(
             converted,
             C::INT_8
