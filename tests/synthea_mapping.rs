@@ -18,6 +18,8 @@
 //!   Synthea's Observations are flattened into components and our rows without a category are
 //!   left out of the comparison.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -187,10 +189,10 @@ impl Refs {
             return t.clone();
         }
         if let Some((ty, query)) = r.split_once("?identifier=") {
-            if let Some(npi) = query.strip_prefix(&format!("{NPI}|")) {
-                if let Some(id) = self.npis.get(npi) {
-                    return format!("{ty}/{id}");
-                }
+            if let Some(npi) = query.strip_prefix(&format!("{NPI}|"))
+                && let Some(id) = self.npis.get(npi)
+            {
+                return format!("{ty}/{id}");
             }
             if let Some(id) = query.strip_prefix(&format!("{SYNTHEA}|")) {
                 return format!("{ty}/{id}");

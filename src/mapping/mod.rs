@@ -1248,6 +1248,102 @@ resources:
     }
 
     #[test]
+    fn conceptmap_and_coding_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cm.json"),
+            json!({"resourceType": "ConceptMap", "url": "urn:cm:sex", "group": [{
+                "source": "urn:src", "target": "http://hl7.org/fhir/administrative-gender",
+                "element": [{"code": "M", "target": [{"code": "male", "equivalence": "equivalent"}]}]
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        let origin = dir.path().join("m.yaml");
+        let yaml = r#"
+source: s
+entity: e
+conceptMaps: [cm.json]
+resources:
+  - resourceType: Basic
+    template:
+      a: "{{ conceptmap('urn:cm:sex', record.sex) }}"
+      b: "{{ coding('http://snomed.info/sct', record.code, record.text) }}"
+      c: "{{ conceptmap('urn:cm:other', record.sex) }}"
+"#;
+        let m = Mapping::from_yaml(yaml, &origin.display().to_string()).unwrap();
+        let mut c = change(Op::Upsert, json!({"sex": "M", "code": "123", "text": "T"}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        // An unknown ConceptMap url is a mapping bug: reported at its place.
+        let o = m.apply(&c).unwrap_err();
+        assert_eq!(o.issues.len(), 1, "{o:#?}");
+        assert_eq!(o.issues[0].expression, ["Basic.c"]);
+        assert!(
+            o.issues[0]
+                .diagnostics
+                .contains("unknown ConceptMap `urn:cm:other`")
+        );
+        let m = Mapping::from_yaml(
+            &yaml.replace(
+                "      c: \"{{ conceptmap('urn:cm:other', record.sex) }}\"\n",
+                "",
+            ),
+            &origin.display().to_string(),
+        )
+        .unwrap();
+        let out = m.apply(&c).unwrap();
+        let r = upserted(&out)[0];
+        assert_eq!(
+            r["a"],
+            json!({"system": "http://hl7.org/fhir/administrative-gender", "code": "male"})
+        );
+        assert_eq!(
+            r["b"],
+            json!({"system": "http://snomed.info/sct", "code": "123", "display": "T"})
+        );
+        // Missing codes leave both out (no lone `system`).
+        c.data = json!({});
+        let out = m.apply(&c).unwrap();
+        assert!(upserted(&out)[0].get("a").is_none() && upserted(&out)[0].get("b").is_none());
+        // An unmapped code: code-invalid, naming the map, the mapping file, the place and the
+        // record, never the code.
+        c.data = json!({"sex": "Secret-Q"});
+        let o = m.apply(&c).unwrap_err();
+        let issue = &o.issues[0];
+        assert_eq!(issue.code, "code-invalid");
+        assert_eq!(issue.expression, ["Basic.a"]);
+        for part in ["urn:cm:sex", "m.yaml", &c.label()] {
+            assert!(
+                issue.diagnostics.contains(part),
+                "{part}: {}",
+                issue.diagnostics
+            );
+        }
+        assert!(!issue.diagnostics.contains("Secret-Q"));
+        // A ConceptMap file that is missing or bad is refused at load, with its place.
+        for (file, text) in [
+            ("none.json", None),
+            ("bad.json", Some("{\"resourceType\": \"ConceptMap\"}")),
+        ] {
+            if let Some(t) = text {
+                std::fs::write(dir.path().join(file), t).unwrap();
+            }
+            let e = Mapping::from_yaml(
+                &yaml.replace("cm.json", file),
+                &origin.display().to_string(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&e, MappingError::Invalid { path, .. } if path == "conceptMaps[0]"),
+                "{e}"
+            );
+        }
+        let twice = yaml.replace("[cm.json]", "[cm.json, cm.json]");
+        assert!(Mapping::from_yaml(&twice, &origin.display().to_string()).is_err());
+    }
+
+    #[test]
     fn mappings_can_be_shared_across_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<Mapping>();

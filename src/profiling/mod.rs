@@ -197,8 +197,11 @@ fn is_date(b: &[u8]) -> bool {
             .is_ok()
 }
 
+/// A pattern test over one value.
+type PatternTest = fn(&str) -> bool;
+
 /// The recognised patterns, in report order.
-const PATTERNS: [(&str, fn(&str) -> bool); 8] = [
+const PATTERNS: [(&str, PatternTest); 8] = [
     ("date", |s| is_date(s.as_bytes())),
     ("datetime", |s| Kind::of_text(s) == Kind::DateTime),
     ("uuid", is_uuid),
@@ -218,7 +221,11 @@ fn icd10_shaped(s: &str) -> bool {
     if icd10cm_ok(s) {
         return true;
     }
-    s.len() > 3 && !s.contains('.') && icd10cm_ok(&format!("{}.{}", &s[..3], &s[3..]))
+    // ASCII only, so the split at byte 3 is a character boundary.
+    s.len() > 3
+        && s.is_ascii()
+        && !s.contains('.')
+        && icd10cm_ok(&format!("{}.{}", &s[..3], &s[3..]))
 }
 
 fn is_zip(s: &str) -> bool {
@@ -310,7 +317,7 @@ impl ColumnStats {
                 self.nulls += 1;
                 return;
             }
-            Cell::Text(s) if s.is_empty() => {
+            Cell::Text("") => {
                 self.nulls += 1;
                 return;
             }
@@ -532,5 +539,7 @@ mod tests {
         );
         assert_eq!(names(column(&["2014-05-06"], &o)), ["date"]);
         assert!(names(column(&["hello", "world"], &o)).is_empty());
+        // Non-ASCII text is never split inside a character.
+        assert!(names(column(&["Zé€ü", "ééé"], &o)).is_empty());
     }
 }
