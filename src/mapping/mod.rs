@@ -24,6 +24,8 @@
 //!         reference: "{{ reference('Organization', entity='clinics', key={'clinic_id': record.clinic_id}) }}"
 //! translations:               # optional code tables for `translate`
 //!   gender: { M: male, F: female, O: other, U: unknown }
+//! conceptMaps:                # optional FHIR R4 ConceptMap files, relative to this file
+//!   - ../../fhir-profiles/conceptmaps/synthea-gender.json
 //! ```
 //!
 //! Evaluation uses [minijinja](https://docs.rs/minijinja) (Jinja, as data engineers know it
@@ -44,7 +46,10 @@
 //!   through); `reference('Type', entity=?, key=?, suffix=?)` → `"Type/<id>"` with the id the
 //!   mapping of that entity in the same source gives (defaults: this entity, this record's
 //!   key; key values must have the same JSON type as in that entity's records; a missing key
-//!   value leaves the reference out).
+//!   value leaves the reference out); `coding('system', code, display)` → a Coding, or
+//!   nothing when the code is missing; `conceptmap('url', code, system=none)` → the Coding a
+//!   listed ConceptMap maps the code to ([`conceptmap`]: equivalence and `unmapped` honoured;
+//!   an unmapped code is a `code-invalid` error naming the map, never the code).
 //! - the template root may also be one expression that yields a map (e.g. `"{{ record }}"` for
 //!   sources that already send FHIR JSON); `resourceType`, if the map has one, must match.
 //! - `resourceType` and `id` are set by the mapping: `id` is [`resource_id`].
