@@ -25,6 +25,7 @@ pub mod model;
 pub mod objects;
 pub mod outcome;
 pub mod queue;
+pub mod profiling;
 pub mod sources;
 pub mod store;
 pub mod validation;

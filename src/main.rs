@@ -17,6 +17,8 @@ use fhir_unify::store::{FhirStore, StoredVersion};
 mod cli {
     pub mod bulk;
     pub mod events;
+    pub mod map;
+    pub mod profile;
     pub mod sfn;
     pub mod validate;
 }
@@ -76,6 +78,10 @@ enum Command {
     Validate(cli::validate::ValidateArgs),
     #[command(flatten)]
     Bulk(cli::bulk::BulkCommand),
+    /// Show what a mapping file makes of source records (JSON files, `-`, or inline JSON).
+    Map(cli::map::MapArgs),
+    /// Profile CSV, NDJSON or Parquet files: per column type, nulls, distinct values, patterns.
+    Profile(cli::profile::ProfileArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +144,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sfn { command } => cli::sfn::run(command).await,
         Command::Validate(args) => Ok(cli::validate::run(args)),
         Command::Bulk(command) => cli::bulk::run(command, cli.config.as_deref(), &data).await,
+        Command::Map(args) => Ok(cli::map::run(args)),
+        Command::Profile(args) => Ok(cli::profile::run(args)),
         Command::Run => {
             let path = find_config(cli.config.as_deref())?;
             let config = PipelineConfig::load(&path)?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Error, ErrorKind, State};
 
+use super::conceptmap::{ConceptMaps, TranslateError};
 use super::json::{ToJsonError, to_json};
 use super::resource_id;
 use crate::model::RecordKey;
@@ -35,6 +36,10 @@ pub(crate) enum FnError {
     BadKey,
     #[error("reference: {0} is not available in this context")]
     NoContext(&'static str),
+    #[error("{0}")]
+    ConceptMap(#[from] TranslateError),
+    #[error("conceptmap: a code must be a string, number or boolean, not {0}")]
+    BadConceptMapCode(String),
 }
 
 impl FnError {
@@ -73,17 +78,65 @@ pub(crate) fn translate(tables: Arc<Tables>) -> impl Fn(Value, String) -> Result
         if value.is_undefined() || value.is_none() {
             return Ok(Value::UNDEFINED);
         }
-        let code = match value.kind() {
-            ValueKind::String => value.as_str().unwrap_or_default().to_owned(),
-            ValueKind::Number => value.to_string(),
-            // minijinja prints booleans Python-style (`True`); YAML keys are `true`/`false`.
-            ValueKind::Bool => value.is_true().to_string(),
-            other => return Err(FnError::BadCode(other.to_string()).into_error()),
-        };
+        let code = code_text(&value)
+            .ok_or_else(|| FnError::BadCode(value.kind().to_string()).into_error())?;
         match entries.get(&code) {
             Some(serde_json::Value::Null) => Ok(Value::UNDEFINED),
             Some(found) => Ok(Value::from(Serde(found))),
             None => Err(FnError::NotInTable(table).into_error()),
+        }
+    }
+}
+
+/// A code as text: strings as they are, numbers in their shortest form, booleans as
+/// `true`/`false` (minijinja prints them Python-style, `True`; YAML and FHIR say `true`).
+fn code_text(value: &Value) -> Option<String> {
+    match value.kind() {
+        ValueKind::String => value.as_str().map(str::to_owned),
+        ValueKind::Number => Some(value.to_string()),
+        ValueKind::Bool => Some(value.is_true().to_string()),
+        _ => None,
+    }
+}
+
+/// `coding('system', code, display=none)`: the Coding `{system, code, display}`, or undefined
+/// (left out) when the code is missing, so an optional code never leaves a lone `system`.
+pub(crate) fn coding(system: String, code: Value, display: Option<Value>) -> Result<Value, Error> {
+    if is_missing(&code) {
+        return Ok(Value::UNDEFINED);
+    }
+    let code =
+        code_text(&code).ok_or_else(|| FnError::BadCode(code.kind().to_string()).into_error())?;
+    let mut m = serde_json::Map::new();
+    m.insert("system".into(), serde_json::Value::String(system));
+    m.insert("code".into(), serde_json::Value::String(code));
+    if let Some(d) = display.filter(|d| !is_missing(d))
+        && let Some(text) = code_text(&d)
+    {
+        m.insert("display".into(), serde_json::Value::String(text));
+    }
+    Ok(Value::from(Serde(serde_json::Value::Object(m))))
+}
+
+/// `conceptmap('url', code, system=none)`: the Coding the ConceptMap at `url` maps `code` to
+/// (see [`ConceptMaps::translate`]). A missing code stays missing; an unmapped code is an error
+/// naming the ConceptMap (unless the map's `unmapped` rule gives a code).
+pub(crate) fn conceptmap(
+    maps: std::sync::Arc<ConceptMaps>,
+) -> impl Fn(String, Value, Option<String>) -> Result<Value, Error> {
+    move |url: String, value: Value, system: Option<String>| {
+        if is_missing(&value) {
+            // The url is still checked: an unknown map is a bug in the mapping file.
+            return match maps.translate(&url, "", system.as_deref()) {
+                Err(e @ TranslateError::UnknownMap(_)) => Err(FnError::from(e).into_error()),
+                _ => Ok(Value::UNDEFINED),
+            };
+        }
+        let code = code_text(&value)
+            .ok_or_else(|| FnError::BadConceptMapCode(value.kind().to_string()).into_error())?;
+        match maps.translate(&url, &code, system.as_deref()) {
+            Ok(coding) => Ok(Value::from(Serde(&coding))),
+            Err(e) => Err(FnError::from(e).into_error()),
         }
     }
 }

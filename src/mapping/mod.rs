@@ -24,6 +24,8 @@
 //!         reference: "{{ reference('Organization', entity='clinics', key={'clinic_id': record.clinic_id}) }}"
 //! translations:               # optional code tables for `translate`
 //!   gender: { M: male, F: female, O: other, U: unknown }
+//! conceptMaps:                # optional FHIR R4 ConceptMap files, relative to this file
+//!   - ../../fhir-profiles/conceptmaps/synthea-gender.json
 //! ```
 //!
 //! Evaluation uses [minijinja](https://docs.rs/minijinja) (Jinja, as data engineers know it
@@ -44,7 +46,10 @@
 //!   through); `reference('Type', entity=?, key=?, suffix=?)` → `"Type/<id>"` with the id the
 //!   mapping of that entity in the same source gives (defaults: this entity, this record's
 //!   key; key values must have the same JSON type as in that entity's records; a missing key
-//!   value leaves the reference out).
+//!   value leaves the reference out); `coding('system', code, display)` → a Coding, or
+//!   nothing when the code is missing; `conceptmap('url', code, system=none)` → the Coding a
+//!   listed ConceptMap maps the code to ([`conceptmap`]: equivalence and `unmapped` honoured;
+//!   an unmapped code is a `code-invalid` error naming the map, never the code).
 //! - the template root may also be one expression that yields a map (e.g. `"{{ record }}"` for
 //!   sources that already send FHIR JSON); `resourceType`, if the map has one, must match.
 //! - `resourceType` and `id` are set by the mapping: `id` is [`resource_id`].
@@ -58,6 +63,8 @@
 //! evaluating anything. A `when` that turns false on a later upsert does not delete a resource
 //! made earlier.
 
+pub mod conceptmap;
+pub mod csv_records;
 mod functions;
 mod json;
 
@@ -73,6 +80,7 @@ use serde_json::Value as Json;
 
 use crate::model::{Op, RecordKey, ResourceChange, ResourceOp, ResourceRef, SourceChange};
 use crate::outcome::{Issue, Outcome};
+use conceptmap::{ConceptMap, ConceptMaps};
 use functions::{FnError, Tables};
 
 /// Namespace of the v5 UUIDs used as resource ids: `9b1c4a6e-2f0d-4e8b-a3c7-5d1e8f2a6b40`.
@@ -164,6 +172,9 @@ struct MappingFile {
     resources: Vec<ResourceFile>,
     #[serde(default)]
     translations: BTreeMap<String, serde_yaml_ng::Mapping>,
+    /// ConceptMap JSON files, relative to the mapping file.
+    #[serde(default)]
+    concept_maps: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,7 +485,12 @@ impl Errors<'_> {
             if let Some(ours) = e.downcast_ref::<FnError>() {
                 let code = match ours {
                     FnError::Required => "required",
-                    FnError::NotInTable(_) | FnError::BadCode(_) => "code-invalid",
+                    FnError::NotInTable(_)
+                    | FnError::BadCode(_)
+                    | FnError::BadConceptMapCode(_)
+                    | FnError::ConceptMap(conceptmap::TranslateError::Unmapped(_)) => {
+                        "code-invalid"
+                    }
                     _ => "processing",
                 };
                 return self.push_text(code, path, &ours.to_string());
@@ -544,6 +560,10 @@ impl<'a> Compiler<'a> {
         self.env
             .add_filter("translate", functions::translate(Arc::new(tables)));
         self.env.add_function("reference", functions::reference);
+        self.env.add_function("coding", functions::coding);
+        let maps = self.concept_maps(&file.concept_maps)?;
+        self.env
+            .add_function("conceptmap", functions::conceptmap(Arc::new(maps)));
 
         let mut seen = BTreeSet::new();
         let mut resources = Vec::with_capacity(file.resources.len());
@@ -607,6 +627,22 @@ impl<'a> Compiler<'a> {
             env: self.env,
             resources,
         })
+    }
+
+    /// Loads the ConceptMaps a mapping file lists, relative to the file's folder.
+    fn concept_maps(&self, files: &[String]) -> Result<ConceptMaps, MappingError> {
+        let base = Path::new(self.origin).parent().unwrap_or(Path::new(""));
+        let mut maps = ConceptMaps::default();
+        for (i, file) in files.iter().enumerate() {
+            let at = format!("conceptMaps[{i}]");
+            let map = ConceptMap::load(&base.join(file))
+                .map_err(|e| self.invalid(at.clone(), e.to_string()))?;
+            let url = map.url().to_owned();
+            if !maps.insert(map) {
+                return Err(self.invalid(at, format!("a second ConceptMap with url {url}")));
+            }
+        }
+        Ok(maps)
     }
 
     fn tables(
@@ -1214,6 +1250,102 @@ resources:
         let o = m.apply(&c).unwrap_err();
         assert_eq!(o.issues[0].expression, ["resources[0].when"]);
         assert!(o.issues[0].diagnostics.contains("unknown filter"), "{o:#?}");
+    }
+
+    #[test]
+    fn conceptmap_and_coding_functions() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cm.json"),
+            json!({"resourceType": "ConceptMap", "url": "urn:cm:sex", "group": [{
+                "source": "urn:src", "target": "http://hl7.org/fhir/administrative-gender",
+                "element": [{"code": "M", "target": [{"code": "male", "equivalence": "equivalent"}]}]
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        let origin = dir.path().join("m.yaml");
+        let yaml = r#"
+source: s
+entity: e
+conceptMaps: [cm.json]
+resources:
+  - resourceType: Basic
+    template:
+      a: "{{ conceptmap('urn:cm:sex', record.sex) }}"
+      b: "{{ coding('http://snomed.info/sct', record.code, record.text) }}"
+      c: "{{ conceptmap('urn:cm:other', record.sex) }}"
+"#;
+        let m = Mapping::from_yaml(yaml, &origin.display().to_string()).unwrap();
+        let mut c = change(Op::Upsert, json!({"sex": "M", "code": "123", "text": "T"}));
+        c.source = "s".into();
+        c.entity = "e".into();
+        // An unknown ConceptMap url is a mapping bug: reported at its place.
+        let o = m.apply(&c).unwrap_err();
+        assert_eq!(o.issues.len(), 1, "{o:#?}");
+        assert_eq!(o.issues[0].expression, ["Basic.c"]);
+        assert!(
+            o.issues[0]
+                .diagnostics
+                .contains("unknown ConceptMap `urn:cm:other`")
+        );
+        let m = Mapping::from_yaml(
+            &yaml.replace(
+                "      c: \"{{ conceptmap('urn:cm:other', record.sex) }}\"\n",
+                "",
+            ),
+            &origin.display().to_string(),
+        )
+        .unwrap();
+        let out = m.apply(&c).unwrap();
+        let r = upserted(&out)[0];
+        assert_eq!(
+            r["a"],
+            json!({"system": "http://hl7.org/fhir/administrative-gender", "code": "male"})
+        );
+        assert_eq!(
+            r["b"],
+            json!({"system": "http://snomed.info/sct", "code": "123", "display": "T"})
+        );
+        // Missing codes leave both out (no lone `system`).
+        c.data = json!({});
+        let out = m.apply(&c).unwrap();
+        assert!(upserted(&out)[0].get("a").is_none() && upserted(&out)[0].get("b").is_none());
+        // An unmapped code: code-invalid, naming the map, the mapping file, the place and the
+        // record, never the code.
+        c.data = json!({"sex": "Secret-Q"});
+        let o = m.apply(&c).unwrap_err();
+        let issue = &o.issues[0];
+        assert_eq!(issue.code, "code-invalid");
+        assert_eq!(issue.expression, ["Basic.a"]);
+        for part in ["urn:cm:sex", "m.yaml", &c.label()] {
+            assert!(
+                issue.diagnostics.contains(part),
+                "{part}: {}",
+                issue.diagnostics
+            );
+        }
+        assert!(!issue.diagnostics.contains("Secret-Q"));
+        // A ConceptMap file that is missing or bad is refused at load, with its place.
+        for (file, text) in [
+            ("none.json", None),
+            ("bad.json", Some("{\"resourceType\": \"ConceptMap\"}")),
+        ] {
+            if let Some(t) = text {
+                std::fs::write(dir.path().join(file), t).unwrap();
+            }
+            let e = Mapping::from_yaml(
+                &yaml.replace("cm.json", file),
+                &origin.display().to_string(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&e, MappingError::Invalid { path, .. } if path == "conceptMaps[0]"),
+                "{e}"
+            );
+        }
+        let twice = yaml.replace("[cm.json]", "[cm.json, cm.json]");
+        assert!(Mapping::from_yaml(&twice, &origin.display().to_string()).is_err());
     }
 
     #[test]
