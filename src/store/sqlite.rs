@@ -31,8 +31,8 @@ use super::{
     stored_canonical_text, with_meta,
 };
 use crate::model::{
-    ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, PublishAction, PublishOutcome,
-    ResourceChange, ResourceOp, ResourceRef, Sequence,
+    ChangeEvent, ChangeKind, Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp,
+    ResourceRef, Sequence,
 };
 
 /// How long a statement waits for another connection (another process on the same file)
