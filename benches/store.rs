@@ -29,7 +29,7 @@ fn patient(i: usize) -> Value {
         "id": format!("p{i}"),
         "identifier": [{"system": "urn:app", "value": format!("{i}")}],
         "name": [{"family": format!("Family{}", i % 97), "given": ["Ada", "B."]}],
-        "gender": if i % 2 == 0 { "female" } else { "male" },
+        "gender": if i.is_multiple_of(2) { "female" } else { "male" },
         "birthDate": format!("19{:02}-0{}-1{}", i % 100, 1 + i % 9, i % 10),
         "address": [{"line": [format!("{i} Main St")], "city": "Springfield", "postalCode": "12345"}]
     })

@@ -489,7 +489,7 @@ mod cases {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let name = if i % 2 == 0 {
+                let name = if i.is_multiple_of(2) {
                     format!("G{id}")
                 } else {
                     format!("F{id}")
@@ -499,7 +499,7 @@ mod cases {
             .collect();
         let out = s.apply(&updates).await.unwrap();
         for (i, o) in out.iter().enumerate() {
-            let expected = if i % 2 == 0 {
+            let expected = if i.is_multiple_of(2) {
                 (PublishAction::Updated, "2")
             } else {
                 (PublishAction::Unchanged, "1")
@@ -527,10 +527,10 @@ mod cases {
     /// Writers of different sources on one resource: none is stale to another, so every one
     /// makes a version, each version number once, and every writer's mark is kept.
     pub async fn concurrent_writers_lose_no_update(h: Harness) {
-        let writers = 8;
+        let writers = 8u32;
         let mut tasks = Vec::new();
         for w in 0..writers {
-            let store = if w % 2 == 0 {
+            let store = if w.is_multiple_of(2) {
                 h.store.clone()
             } else {
                 h.second.clone()
@@ -583,7 +583,7 @@ mod cases {
         let writers = 8u32;
         let mut tasks = Vec::new();
         for w in 1..=writers {
-            let store = if w % 2 == 0 {
+            let store = if w.is_multiple_of(2) {
                 h.store.clone()
             } else {
                 h.second.clone()
