@@ -66,6 +66,19 @@ pub struct PipelineConfig {
 pub struct StoreConfig {
     /// The embedded SQLite store.
     pub sqlite: Option<SqliteStoreConfig>,
+    /// The DynamoDB store (`store::dynamodb`): used by the `publish` Lambda; the table's
+    /// stream is the outbox on AWS.
+    pub dynamodb: Option<DynamoStoreConfig>,
+}
+
+/// The DynamoDB store: one table, laid out as `store::dynamodb` describes (the stack's
+/// `FhirStoreTable`; on Lambda the stack passes its name in `FHIR_UNIFY_STORE_TABLE`, which
+/// takes precedence).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoStoreConfig {
+    /// The table name (3 to 255 of `A-Z a-z 0-9 _ - .`).
+    pub table: String,
 }
 
 /// The embedded SQLite store.
@@ -82,12 +95,33 @@ impl Default for StoreConfig {
             sqlite: Some(SqliteStoreConfig {
                 path: PathBuf::from("store.db"),
             }),
+            dynamodb: None,
         }
     }
 }
 
 impl StoreConfig {
-    /// The SQLite database file, relative to the data folder.
+    /// The DynamoDB table, when the store is `dynamodb`.
+    pub fn dynamodb_table(&self) -> Option<&str> {
+        self.dynamodb.as_ref().map(|d| d.table.as_str())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match (&self.sqlite, &self.dynamodb) {
+            (Some(_), Some(_)) => {
+                Err("store: names two store kinds; one of `sqlite`, `dynamodb`".into())
+            }
+            (None, None) => Err("store: name one store kind (`sqlite` or `dynamodb`)".into()),
+            (_, Some(d)) if !is_table_name(&d.table) => Err(format!(
+                "store: dynamodb: table {:?} is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ - .)",
+                d.table
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The SQLite database file, relative to the data folder. The local runtime (`run`,
+    /// `serve`) keeps this embedded store even when `dynamodb` is named.
     pub fn sqlite_path(&self) -> &Path {
         self.sqlite
             .as_ref()
@@ -490,12 +524,9 @@ impl PipelineConfig {
     }
 
     fn check(&self, origin: &Path) -> Result<(), ConfigError> {
-        if self.store.sqlite.is_none() {
-            return Err(ConfigError::new(
-                origin,
-                "store: name one store kind (`sqlite`)",
-            ));
-        }
+        self.store
+            .check()
+            .map_err(|m| ConfigError::new(origin, m))?;
         self.events
             .check()
             .map_err(|m| ConfigError::new(origin, m))?;
@@ -694,6 +725,14 @@ impl PipelineConfig {
     }
 }
 
+/// A DynamoDB table name: 3 to 255 characters of `A-Z a-z 0-9 _ - .`.
+pub fn is_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// Where the data of a local run lives: the store, the queue, the event file.
 #[derive(Debug, Clone)]
 pub struct DataDir(pub PathBuf);
@@ -730,6 +769,37 @@ sources:
         assert_eq!((b.source.as_str(), b.entity.as_str()), ("app", "patients"));
         assert_eq!(b.key, vec!["pk".to_owned()]);
         assert!(c.dynamodb_binding("Other").is_none());
+    }
+
+    #[test]
+    fn store_kinds() {
+        let dynamo = format!("store: {{ dynamodb: {{ table: fhir-store.v1 }} }}\n{GOOD}");
+        let c = PipelineConfig::from_yaml(&dynamo, Path::new("p.yaml")).unwrap();
+        assert_eq!(c.store.dynamodb_table(), Some("fhir-store.v1"));
+        assert!(c.store.sqlite.is_none());
+        let d = PipelineConfig::from_yaml(GOOD, Path::new("p.yaml")).unwrap();
+        assert_eq!(d.store.dynamodb_table(), None);
+        for (store, expected) in [
+            ("{ dynamodb: { table: T1, region: x } }", "region"),
+            ("{ dynamodb: { tabel: T1 } }", "tabel"),
+            ("{ dynamodb: {} }", "table"),
+            ("{ dynamodb: { table: ab } }", "not a DynamoDB table name"),
+            (
+                "{ dynamodb: { table: \"a b c\" } }",
+                "not a DynamoDB table name",
+            ),
+            (
+                "{ sqlite: { path: s.db }, dynamodb: { table: T1 } }",
+                "two store kinds",
+            ),
+            ("{}", "name one store kind"),
+            ("{ mongo: { url: x } }", "mongo"),
+        ] {
+            let text = format!("store: {store}\n{GOOD}");
+            let e = PipelineConfig::from_yaml(&text, Path::new("p.yaml")).unwrap_err();
+            assert!(e.message.contains(expected), "{store}: {e}");
+        }
+        assert!(is_table_name(&"a".repeat(255)) && !is_table_name(&"a".repeat(256)));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `FHIR_UNIFY_CONFIG` names the pipeline file (default `fhir-unify.yaml` in the function's
 //! folder, `LAMBDA_TASK_ROOT`); `FHIR_UNIFY_DATA_DIR` the folder for local data (default
 //! `/tmp/fhir-unify`, the only writable place on Lambda); `FHIR_UNIFY_EVENT_BUS` the
-//! EventBridge bus change events go to (see [`use_event_bus`]).
+//! EventBridge bus change events go to (see [`use_event_bus`]). `FHIR_UNIFY_STORE_TABLE`,
+//! set on `publish` by the stack, names the DynamoDB store table (it overrides the
+//! pipeline file's `store`).
 //!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
 //! the Lambda Runtime API's `/runtime/init/error` before the process exits, so the caller sees
@@ -20,6 +22,7 @@ use crate::env::{Env, EnvError, IngestEnv};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
 use crate::objects::ObjectStore;
+use crate::store::dynamodb::DynamoStore;
 
 /// Structured JSON logs on stdout, level from `RUST_LOG` (default `info`), without ANSI colours
 /// or timestamps (CloudWatch adds its own).
@@ -75,6 +78,41 @@ pub fn use_event_bus(config: &mut PipelineConfig, bus: &str) {
 pub fn step_env() -> Result<Arc<Env>, EnvError> {
     let built = load_config().and_then(|(config, data)| Env::from_config(&config, &data));
     Ok(Arc::new(reported(built)?))
+}
+
+/// The environment of `publish`: [`step_env`], with the DynamoDB store when
+/// `FHIR_UNIFY_STORE_TABLE` or the pipeline file's `store.dynamodb` names a table. The SDK
+/// configuration (region, role credentials) comes from the Lambda environment.
+pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
+    let built = match load_config().and_then(|(config, data)| {
+        let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
+        Ok((Env::from_config(&config, &data)?, table))
+    }) {
+        Ok((mut env, Some(table))) => {
+            tracing::info!(table = %table, "publish writes to the DynamoDB store");
+            env.store = Arc::new(DynamoStore::from_environment(table).await);
+            Ok(env)
+        }
+        Ok((env, None)) => Ok(env),
+        Err(e) => Err(e),
+    };
+    Ok(Arc::new(reported(built)?))
+}
+
+/// The DynamoDB table of the store: the variable (set by the stack) first, then the pipeline
+/// file; `None` for the embedded store.
+fn store_table(
+    variable: Option<String>,
+    config: &PipelineConfig,
+) -> Result<Option<String>, EnvError> {
+    match variable.filter(|v| !v.is_empty()) {
+        Some(table) if crate::config::is_table_name(&table) => Ok(Some(table)),
+        Some(table) => Err(EnvError::Store(crate::store::StoreError::Invalid {
+            target: "FHIR_UNIFY_STORE_TABLE".into(),
+            reason: format!("{table:?} is not a DynamoDB table name"),
+        })),
+        None => Ok(config.store.dynamodb_table().map(str::to_owned)),
+    }
 }
 
 /// The environment of an ingress function. Until the Step Functions adapter arrives with the
@@ -153,8 +191,9 @@ fn post_init_error(api: &str, message: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::path::Path;
+
+    use super::*;
 
     #[tokio::test]
     async fn the_stacks_bus_replaces_the_files_bus_and_the_step_env_puts_events_there() {
@@ -187,5 +226,31 @@ mod tests {
             "events go to EventBridge, not a local bus"
         );
         assert!(!dir.path().join("data/events.db").exists());
+    }
+
+    const SOURCES: &str = "sources:\n  - name: app\n    dynamodb: { table: Patients }\n    entities: { p: { key: [pk], mapping: m.yaml } }\n";
+
+    fn config(store: &str) -> PipelineConfig {
+        PipelineConfig::from_yaml(&format!("{store}{SOURCES}"), Path::new("p.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_store_table_comes_from_the_stack_then_the_pipeline_file() {
+        let sqlite = config("");
+        let dynamo = config("store: { dynamodb: { table: from-file } }\n");
+        assert_eq!(store_table(None, &sqlite).unwrap(), None);
+        assert_eq!(store_table(Some(String::new()), &sqlite).unwrap(), None);
+        assert_eq!(
+            store_table(None, &dynamo).unwrap().as_deref(),
+            Some("from-file")
+        );
+        assert_eq!(
+            store_table(Some("stack-FhirStore-1".into()), &dynamo)
+                .unwrap()
+                .as_deref(),
+            Some("stack-FhirStore-1")
+        );
+        let err = store_table(Some("no way".into()), &sqlite).unwrap_err();
+        assert!(err.to_string().contains("FHIR_UNIFY_STORE_TABLE"), "{err}");
     }
 }

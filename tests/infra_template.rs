@@ -114,19 +114,41 @@ fn functions(template: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Variables only some functions read (each by a function-specific environment builder in
+/// `src/lambda.rs`), with the template's functions that must set them; every other function
+/// must not.
+const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
+    // lambda::publish_env: the DynamoDB store table.
+    ("FHIR_UNIFY_STORE_TABLE", &["PublishFunction"]),
+];
+
 #[test]
 fn every_variable_a_function_reads_is_set_and_none_other() {
-    let read = variables_read_by_functions();
+    let mut read = variables_read_by_functions();
+    let template = template();
+    for (name, setters) in FUNCTION_SPECIFIC {
+        assert!(
+            read.remove(*name),
+            "{name} is listed as function-specific but nothing reads it"
+        );
+        for (id, properties) in functions(&template) {
+            assert_eq!(
+                variables(&properties).contains(*name),
+                setters.contains(&id.as_str()),
+                "{id}: {name} must be set on {setters:?} only"
+            );
+        }
+    }
     assert!(
         read.contains("FHIR_UNIFY_CONFIG") && read.contains("FHIR_UNIFY_DATA_DIR"),
         "the scan found {read:?}: it no longer sees src/lambda.rs"
     );
-    let template = template();
     let global = variables(&template["Globals"]["Function"]);
     let functions = functions(&template);
     assert!(!functions.is_empty());
     for (id, properties) in &functions {
-        let set: BTreeSet<String> = global.union(&variables(properties)).cloned().collect();
+        let mut set: BTreeSet<String> = global.union(&variables(properties)).cloned().collect();
+        set.retain(|n| FUNCTION_SPECIFIC.iter().all(|(f, _)| f != n));
         let missing: Vec<_> = read.difference(&set).collect();
         let unused: Vec<_> = set.difference(&read).collect();
         assert!(

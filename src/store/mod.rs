@@ -2,8 +2,9 @@
 //! [`FhirStore::apply`], which also records one outbox entry per committed change so events
 //! follow the store exactly.
 //!
-//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]). DynamoDB and FHIR
-//! REST servers come later. The partner gateway reads through [`SearchStore`] as well
+//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]) and [`dynamodb`]
+//! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS). FHIR REST servers
+//! come later. `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway reads through [`SearchStore`] as well
 //! ([`search`]: type-level search, paged history).
 //!
 //! Semantics every adapter keeps:
@@ -18,6 +19,7 @@
 //!   deleted is `Unchanged`; an upsert after a delete re-creates it (`Created`, next version).
 
 pub mod dataset;
+pub mod dynamodb;
 pub mod search;
 pub mod sqlite;
 
@@ -25,11 +27,17 @@ pub use dataset::DatasetStore;
 pub use search::SearchStore;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::model::{ChangeEvent, Lineage, PublishOutcome, ResourceChange, ResourceRef};
+use crate::model::{
+    ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, PublishOutcome, ResourceChange,
+    ResourceRef,
+};
+
+/// Longest FHIR id (FHIR R4 `id` datatype: `[A-Za-z0-9\-\.]{1,64}`).
+pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// One version of a resource as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,4 +114,180 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
 
     /// Marks entries delivered; they are never returned by `pending` again.
     async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError>;
+}
+
+// ---- helpers every adapter shares, so they keep the same semantics ----
+
+/// The content compared for "unchanged": the resource without `meta.versionId` and
+/// `meta.lastUpdated` (and without `meta` when nothing else is in it), with `id` set.
+pub(crate) fn canonical_content(
+    target: &ResourceRef,
+    resource: &Value,
+) -> Result<Value, StoreError> {
+    let Value::Object(map) = resource else {
+        return Err(invalid(target, "the resource is not a JSON object"));
+    };
+    match map.get("resourceType") {
+        Some(Value::String(t)) if *t == target.resource_type => {}
+        Some(Value::String(t)) => {
+            return Err(invalid(
+                target,
+                format!("resourceType {t:?} differs from the target's"),
+            ));
+        }
+        Some(_) => return Err(invalid(target, "resourceType is not a string")),
+        None => return Err(invalid(target, "resourceType is missing")),
+    }
+    match map.get("id") {
+        None => {}
+        Some(Value::String(id)) if *id == target.id => {}
+        Some(Value::String(id)) => {
+            return Err(invalid(
+                target,
+                format!("id {id:?} differs from the target's"),
+            ));
+        }
+        Some(_) => return Err(invalid(target, "id is not a string")),
+    }
+    let mut map = map.clone();
+    map.insert("id".to_owned(), Value::String(target.id.clone()));
+    strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
+    Ok(Value::Object(map))
+}
+
+pub(crate) fn strip_meta(map: &mut Map<String, Value>) -> Result<(), &'static str> {
+    let now_empty = match map.get_mut("meta") {
+        None => return Ok(()),
+        Some(Value::Object(meta)) => {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            meta.is_empty()
+        }
+        Some(_) => return Err("meta is not an object"),
+    };
+    if now_empty {
+        map.remove("meta");
+    }
+    Ok(())
+}
+
+/// The canonical content with this version's `meta.versionId` and `meta.lastUpdated`.
+pub(crate) fn with_meta(content: Value, version: i64, last_updated: DateTime<Utc>) -> Value {
+    let Value::Object(mut map) = content else {
+        // canonical_content only returns objects.
+        return content;
+    };
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert("versionId".to_owned(), Value::String(version.to_string()));
+        meta.insert(
+            "lastUpdated".to_owned(),
+            Value::String(format_time(last_updated)),
+        );
+    }
+    Value::Object(map)
+}
+
+/// Checks the target's type and id; the error names `Type/id`.
+pub(crate) fn check_ref(target: &ResourceRef) -> Result<(), StoreError> {
+    let t = &target.resource_type;
+    if t.is_empty()
+        || t.len() > MAX_ID_LEN
+        || !t.starts_with(|c: char| c.is_ascii_uppercase())
+        || !t.bytes().all(|b| b.is_ascii_alphabetic())
+    {
+        return Err(invalid(target, "not a FHIR resource type name"));
+    }
+    if !is_fhir_id(&target.id) {
+        return Err(invalid(
+            target,
+            "not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters)",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A `versionId` as this store writes it (1, 2, 3… without sign or leading zeros).
+pub(crate) fn parse_version_id(version_id: &str) -> Option<i64> {
+    if version_id.is_empty()
+        || version_id.starts_with('0')
+        || !version_id.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    version_id.parse().ok()
+}
+
+pub(crate) fn invalid(target: &ResourceRef, reason: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        target: target.to_string(),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(crate) fn parse_time(target: &ResourceRef, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("{target}: stored time {text:?}: {e}")))
+}
+
+/// The canonical form of a stored live version's JSON text (`version` names it in errors):
+/// what [`canonical_content`] of a new upsert is compared with.
+pub(crate) fn stored_canonical_text(
+    target: &ResourceRef,
+    version: i64,
+    text: &str,
+) -> Result<Value, StoreError> {
+    let corrupt =
+        |reason: String| StoreError::Corrupt(format!("{target} version {version}: {reason}"));
+    match serde_json::from_str(text) {
+        Ok(Value::Object(mut map)) => {
+            strip_meta(&mut map).map_err(|r| corrupt(r.to_owned()))?;
+            Ok(Value::Object(map))
+        }
+        Ok(_) => Err(corrupt("content is not a JSON object".to_owned())),
+        Err(e) => Err(corrupt(format!("content: {e}"))),
+    }
+}
+
+/// The change event of a committed version (created, updated or deleted).
+pub(crate) fn change_event(
+    kind: ChangeKind,
+    target: &ResourceRef,
+    version_id: &str,
+    last_updated: DateTime<Utc>,
+    lineage: &Lineage,
+) -> ChangeEvent {
+    ChangeEvent::new(
+        kind,
+        ChangeEventDetail {
+            event_id: ChangeEventDetail::stable_event_id(
+                &target.resource_type,
+                &target.id,
+                version_id,
+            ),
+            resource_type: target.resource_type.clone(),
+            id: target.id.clone(),
+            version_id: version_id.to_owned(),
+            last_updated,
+            source: lineage.source.clone(),
+            entity: lineage.entity.clone(),
+            key: lineage.key.clone(),
+            sequence: lineage.sequence.clone(),
+        },
+    )
 }

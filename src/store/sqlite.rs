@@ -21,24 +21,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::search::{HistoryPage, HistoryQuery, SearchPage, SearchQuery};
-use super::{FhirStore, Outbox, OutboxEntry, SearchStore, StoreError, StoredVersion};
+use super::{
+    FhirStore, Outbox, OutboxEntry, SearchStore, StoreError, StoredVersion, canonical_content,
+    change_event, check_ref, format_time, invalid, parse_time, parse_version_id,
+    stored_canonical_text, with_meta,
+};
 use crate::model::{
-    ChangeEvent, ChangeEventDetail, ChangeKind, Lineage, PublishAction, PublishOutcome,
-    ResourceChange, ResourceOp, ResourceRef, Sequence,
+    ChangeEvent, ChangeKind, Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp,
+    ResourceRef, Sequence,
 };
 
 /// How long a statement waits for another connection (another process on the same file)
 /// to release its lock before the call fails with [`StoreError::Unavailable`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest FHIR id (FHIR R4 `id` datatype: `[A-Za-z0-9\-\.]{1,64}`).
-const MAX_ID_LEN: usize = 64;
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
 const SCHEMA_VERSION: i64 = 3;
@@ -543,24 +544,7 @@ fn apply_change(
 
     let version_id = next_version.to_string();
     if let Some(kind) = ChangeKind::for_action(action) {
-        let event = ChangeEvent::new(
-            kind,
-            ChangeEventDetail {
-                event_id: ChangeEventDetail::stable_event_id(
-                    &target.resource_type,
-                    &target.id,
-                    &version_id,
-                ),
-                resource_type: target.resource_type.clone(),
-                id: target.id.clone(),
-                version_id: version_id.clone(),
-                last_updated,
-                source: lineage.source.clone(),
-                entity: lineage.entity.clone(),
-                key: lineage.key.clone(),
-                sequence: lineage.sequence.clone(),
-            },
-        );
+        let event = change_event(kind, target, &version_id, last_updated, lineage);
         let event_text = serde_json::to_string(&event)
             .map_err(|e| invalid(target, format!("change event cannot be stored: {e}")))?;
         tx.prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
@@ -709,56 +693,6 @@ impl RawVersion {
     }
 }
 
-/// The content compared for "unchanged": the resource without `meta.versionId` and
-/// `meta.lastUpdated` (and without `meta` when nothing else is in it), with `id` set.
-fn canonical_content(target: &ResourceRef, resource: &Value) -> Result<Value, StoreError> {
-    let Value::Object(map) = resource else {
-        return Err(invalid(target, "the resource is not a JSON object"));
-    };
-    match map.get("resourceType") {
-        Some(Value::String(t)) if *t == target.resource_type => {}
-        Some(Value::String(t)) => {
-            return Err(invalid(
-                target,
-                format!("resourceType {t:?} differs from the target's"),
-            ));
-        }
-        Some(_) => return Err(invalid(target, "resourceType is not a string")),
-        None => return Err(invalid(target, "resourceType is missing")),
-    }
-    match map.get("id") {
-        None => {}
-        Some(Value::String(id)) if *id == target.id => {}
-        Some(Value::String(id)) => {
-            return Err(invalid(
-                target,
-                format!("id {id:?} differs from the target's"),
-            ));
-        }
-        Some(_) => return Err(invalid(target, "id is not a string")),
-    }
-    let mut map = map.clone();
-    map.insert("id".to_owned(), Value::String(target.id.clone()));
-    strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
-    Ok(Value::Object(map))
-}
-
-fn strip_meta(map: &mut Map<String, Value>) -> Result<(), &'static str> {
-    let now_empty = match map.get_mut("meta") {
-        None => return Ok(()),
-        Some(Value::Object(meta)) => {
-            meta.remove("versionId");
-            meta.remove("lastUpdated");
-            meta.is_empty()
-        }
-        Some(_) => return Err("meta is not an object"),
-    };
-    if now_empty {
-        map.remove("meta");
-    }
-    Ok(())
-}
-
 /// The canonical form of a stored live version.
 fn stored_canonical(target: &ResourceRef, current: &Current) -> Result<Value, StoreError> {
     let corrupt = |reason: String| {
@@ -768,88 +702,7 @@ fn stored_canonical(target: &ResourceRef, current: &Current) -> Result<Value, St
         .content
         .as_deref()
         .ok_or_else(|| corrupt("a live version without content".to_owned()))?;
-    match serde_json::from_str(text) {
-        Ok(Value::Object(mut map)) => {
-            strip_meta(&mut map).map_err(|r| corrupt(r.to_owned()))?;
-            Ok(Value::Object(map))
-        }
-        Ok(_) => Err(corrupt("content is not a JSON object".to_owned())),
-        Err(e) => Err(corrupt(format!("content: {e}"))),
-    }
-}
-
-/// The canonical content with this version's `meta.versionId` and `meta.lastUpdated`.
-fn with_meta(content: Value, version: i64, last_updated: DateTime<Utc>) -> Value {
-    let Value::Object(mut map) = content else {
-        // canonical_content only returns objects.
-        return content;
-    };
-    let meta = map
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(meta) = meta {
-        meta.insert("versionId".to_owned(), Value::String(version.to_string()));
-        meta.insert(
-            "lastUpdated".to_owned(),
-            Value::String(format_time(last_updated)),
-        );
-    }
-    Value::Object(map)
-}
-
-/// Checks the target's type and id; the error names `Type/id`.
-fn check_ref(target: &ResourceRef) -> Result<(), StoreError> {
-    let t = &target.resource_type;
-    if t.is_empty()
-        || t.len() > MAX_ID_LEN
-        || !t.starts_with(|c: char| c.is_ascii_uppercase())
-        || !t.bytes().all(|b| b.is_ascii_alphabetic())
-    {
-        return Err(invalid(target, "not a FHIR resource type name"));
-    }
-    if !is_fhir_id(&target.id) {
-        return Err(invalid(
-            target,
-            "not a FHIR id ([A-Za-z0-9-.], 1 to 64 characters)",
-        ));
-    }
-    Ok(())
-}
-
-fn is_fhir_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-/// A `versionId` as this store writes it (1, 2, 3… without sign or leading zeros).
-fn parse_version_id(version_id: &str) -> Option<i64> {
-    if version_id.is_empty()
-        || version_id.starts_with('0')
-        || !version_id.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    version_id.parse().ok()
-}
-
-fn invalid(target: &ResourceRef, reason: impl Into<String>) -> StoreError {
-    StoreError::Invalid {
-        target: target.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn parse_time(target: &ResourceRef, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt(format!("{target}: stored time {text:?}: {e}")))
+    stored_canonical_text(target, current.version, text)
 }
 
 fn with_context(location: &str, e: rusqlite::Error) -> StoreError {

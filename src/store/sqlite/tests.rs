@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use serde_json::json;
 
 use super::*;
-use crate::model::RecordKey;
+use crate::model::{ChangeEventDetail, RecordKey};
 
 fn target(id: &str) -> ResourceRef {
     ResourceRef {
