@@ -171,6 +171,8 @@ fn main() {
     let api = LocalApi {
         gateway,
         authorizer: Authorizer::from_config(&config).unwrap(),
+        ingest: None,
+        events: None,
     };
     let (listener, addr) = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
     rt.spawn(serve(listener, api));

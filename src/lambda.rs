@@ -67,6 +67,17 @@ pub fn ingest_env() -> Result<IngestEnv, LocalError> {
     Ok(reported(built)?.ingest)
 }
 
+/// The environment of `ingest-api`: the embedded runtime's ingress environment, mappings,
+/// validator and store (a transaction is checked whole before `unify` runs it).
+pub fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
+    let built = load_config()
+        .map_err(LocalError::from)
+        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data));
+    Ok(crate::handlers::ingest_api::ApiEnv::from_runtime(
+        &reported(built)?,
+    ))
+}
+
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
 /// name (local folders until the S3 adapter exists; an `s3://` location fails the cold start).
 pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {

@@ -9,8 +9,10 @@
 //!
 //! Scopes (claim `scope`, space-separated, or `scp`, a list): SMART v2 `system/<Type|*>.<cruds>`
 //! (`r` reads and reads history, `s` searches) and v1 `system/<Type|*>.read` / `.*` (both).
-//! `patient/` and `user/` scopes, write-only scopes and scopes with query parameters grant
-//! nothing here. The grant is the partner's `read` list intersected with what the scopes give.
+//! Writing through `ingest-api` needs `c` and `u` together (v2 `system/Patient.cu`, or v1
+//! `.write` / `.*`) and the type in the partner's `write` list. `patient/` and `user/` scopes and
+//! scopes with query parameters grant nothing here. The grant is the partner's `read` (and
+//! `write`) list intersected with what the scopes give.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,13 +35,16 @@ pub const LEEWAY_SECS: u64 = 30;
 pub const CONTEXT_PARTNER: &str = "partner";
 pub const CONTEXT_READ: &str = "readTypes";
 pub const CONTEXT_SEARCH: &str = "searchTypes";
+pub const CONTEXT_WRITE: &str = "writeTypes";
 
-/// What a verified caller may do: the types it may read (read, vread, history) and search.
+/// What a verified caller may do: the types it may read (read, vread, history), search, and
+/// write (create and update through `ingest-api`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AccessGrant {
     pub partner: String,
     pub read: BTreeSet<String>,
     pub search: BTreeSet<String>,
+    pub write: BTreeSet<String>,
 }
 
 impl AccessGrant {
@@ -49,6 +54,10 @@ impl AccessGrant {
 
     pub fn may_search(&self, resource_type: &str) -> bool {
         self.search.contains(resource_type)
+    }
+
+    pub fn may_write(&self, resource_type: &str) -> bool {
+        self.write.contains(resource_type)
     }
 
     /// The authorizer response context.
@@ -62,6 +71,7 @@ impl AccessGrant {
         );
         m.insert(CONTEXT_READ.to_owned(), join(&self.read));
         m.insert(CONTEXT_SEARCH.to_owned(), join(&self.search));
+        m.insert(CONTEXT_WRITE.to_owned(), join(&self.write));
         m
     }
 
@@ -80,6 +90,7 @@ impl AccessGrant {
             partner,
             read: list(CONTEXT_READ),
             search: list(CONTEXT_SEARCH),
+            write: list(CONTEXT_WRITE),
         })
     }
 }
@@ -107,7 +118,7 @@ pub enum Denial {
     WrongAudience(String),
     #[error("partner {0:?}: wrong issuer")]
     WrongIssuer(String),
-    #[error("partner {0:?}: the token's scopes grant no readable type")]
+    #[error("partner {0:?}: the token's scopes grant no readable or writable type")]
     NoScope(String),
 }
 
@@ -130,6 +141,7 @@ struct Partner {
     audience: String,
     keys: Vec<(String, Algorithm, DecodingKey)>,
     read: BTreeSet<String>,
+    write: BTreeSet<String>,
 }
 
 /// Verifies tokens of registered partners.
@@ -235,8 +247,8 @@ impl Authorizer {
             (None, Some(list)) => list,
             (None, None) => Vec::new(),
         };
-        let grant = grant_for(&partner.name, &partner.read, &scopes);
-        if grant.read.is_empty() && grant.search.is_empty() {
+        let grant = grant_for(&partner.name, &partner.read, &partner.write, &scopes);
+        if grant.read.is_empty() && grant.search.is_empty() && grant.write.is_empty() {
             return Err(Denial::NoScope(partner.name.clone()));
         }
         Ok(grant)
@@ -285,6 +297,7 @@ fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
         audience: p.audience.clone(),
         keys,
         read: p.read.iter().cloned().collect(),
+        write: p.write.iter().cloned().collect(),
     })
 }
 
@@ -306,44 +319,77 @@ fn unverified_issuer(token: &str) -> Result<String, Denial> {
         .ok_or(Denial::UnknownIssuer)
 }
 
-/// What one SMART scope allows: `(type or "*", read, search)`.
-pub fn parse_scope(scope: &str) -> Option<(&str, bool, bool)> {
+/// What one SMART scope allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScopePerms {
+    pub read: bool,
+    pub search: bool,
+    /// Create and update (both needed: an update may create).
+    pub write: bool,
+}
+
+/// What one SMART scope allows: `(type or "*", permissions)`.
+pub fn parse_scope(scope: &str) -> Option<(&str, ScopePerms)> {
     let rest = scope.strip_prefix("system/")?;
     let (resource_type, perms) = rest.split_once('.')?;
     if resource_type != "*" && !super::is_type_name(resource_type) {
         return None;
     }
-    let (read, search) = match perms {
-        "read" | "*" => (true, true),
-        "write" => return None,
+    let all = ScopePerms {
+        read: true,
+        search: true,
+        write: true,
+    };
+    let perms = match perms {
+        "*" => all,
+        "read" => ScopePerms {
+            write: false,
+            ..all
+        },
+        "write" => ScopePerms {
+            write: true,
+            ..ScopePerms::default()
+        },
         v2 => {
             // SMART v2: a non-empty subsequence of "cruds", in order.
             let mut order = "cruds".chars();
             if v2.is_empty() || !v2.chars().all(|c| order.any(|o| o == c)) {
                 return None;
             }
-            (v2.contains('r'), v2.contains('s'))
+            ScopePerms {
+                read: v2.contains('r'),
+                search: v2.contains('s'),
+                write: v2.contains('c') && v2.contains('u'),
+            }
         }
     };
-    Some((resource_type, read, search))
+    Some((resource_type, perms))
 }
 
 /// The grant a partner's registered types and a token's scopes give.
-pub fn grant_for(partner: &str, registered: &BTreeSet<String>, scopes: &[String]) -> AccessGrant {
+pub fn grant_for(
+    partner: &str,
+    readable: &BTreeSet<String>,
+    writable: &BTreeSet<String>,
+    scopes: &[String],
+) -> AccessGrant {
     let mut grant = AccessGrant {
         partner: partner.to_owned(),
         ..AccessGrant::default()
     };
-    for (resource_type, read, search) in scopes.iter().filter_map(|s| parse_scope(s)) {
-        for t in registered
-            .iter()
-            .filter(|t| resource_type == "*" || resource_type == t.as_str())
-        {
-            if read {
+    let fits = |scope_type: &str, t: &str| scope_type == "*" || scope_type == t;
+    for (resource_type, perms) in scopes.iter().filter_map(|s| parse_scope(s)) {
+        for t in readable.iter().filter(|t| fits(resource_type, t)) {
+            if perms.read {
                 grant.read.insert(t.clone());
             }
-            if search {
+            if perms.search {
                 grant.search.insert(t.clone());
+            }
+        }
+        if perms.write {
+            for t in writable.iter().filter(|t| fits(resource_type, t)) {
+                grant.write.insert(t.clone());
             }
         }
     }
@@ -354,34 +400,63 @@ pub fn grant_for(partner: &str, registered: &BTreeSet<String>, scopes: &[String]
 mod tests {
     use super::*;
 
+    fn p(read: bool, search: bool, write: bool) -> ScopePerms {
+        ScopePerms {
+            read,
+            search,
+            write,
+        }
+    }
+
     #[test]
     fn smart_scopes_v1_and_v2() {
         assert_eq!(
             parse_scope("system/Patient.rs"),
-            Some(("Patient", true, true))
+            Some(("Patient", p(true, true, false)))
         );
         assert_eq!(
             parse_scope("system/Patient.r"),
-            Some(("Patient", true, false))
+            Some(("Patient", p(true, false, false)))
         );
-        assert_eq!(parse_scope("system/*.s"), Some(("*", false, true)));
+        assert_eq!(
+            parse_scope("system/*.s"),
+            Some(("*", p(false, true, false)))
+        );
         assert_eq!(
             parse_scope("system/Patient.cruds"),
-            Some(("Patient", true, true))
+            Some(("Patient", p(true, true, true)))
         );
         assert_eq!(
             parse_scope("system/Patient.read"),
-            Some(("Patient", true, true))
+            Some(("Patient", p(true, true, false)))
         );
-        assert_eq!(parse_scope("system/*.*"), Some(("*", true, true)));
+        assert_eq!(parse_scope("system/*.*"), Some(("*", p(true, true, true))));
+        assert_eq!(
+            parse_scope("system/Patient.write"),
+            Some(("Patient", p(false, false, true)))
+        );
+        assert_eq!(
+            parse_scope("system/*.cu"),
+            Some(("*", p(false, false, true)))
+        );
+        // Create alone or update alone is not enough to write through the pipeline.
+        assert_eq!(
+            parse_scope("system/Patient.c"),
+            Some(("Patient", p(false, false, false)))
+        );
+        assert_eq!(
+            parse_scope("system/Patient.u"),
+            Some(("Patient", p(false, false, false)))
+        );
         for none in [
-            "system/Patient.write",
             "system/Patient.sr",
             "system/Patient.rr",
+            "system/Patient.uc",
             "system/Patient.",
             "system/Patient.rs?category=x",
             "patient/Patient.rs",
             "user/*.read",
+            "user/*.cu",
             "system/patient.rs",
             "openid",
             "system/Patient",
@@ -393,20 +468,47 @@ mod tests {
     #[test]
     fn grants_intersect_registry_and_scopes_and_round_trip_the_context() {
         let registered: BTreeSet<String> = ["Patient", "Coverage"].map(String::from).into();
+        let writable: BTreeSet<String> = ["Patient"].map(String::from).into();
         let g = grant_for(
             "acme",
             &registered,
+            &writable,
             &[
                 "system/*.r".into(),
                 "system/Patient.s".into(),
                 "system/Observation.rs".into(),
+                "system/*.cu".into(),
             ],
         );
         assert_eq!(g.read, registered);
         assert_eq!(g.search, ["Patient".to_owned()].into());
+        assert_eq!(g.write, writable);
         let ctx: HashMap<String, Value> = g.to_context().into_iter().collect();
         assert_eq!(ctx[CONTEXT_READ], "Coverage Patient");
+        assert_eq!(ctx[CONTEXT_WRITE], "Patient");
         assert_eq!(AccessGrant::from_context(&ctx), Some(g));
         assert_eq!(AccessGrant::from_context(&HashMap::new()), None);
+    }
+
+    #[test]
+    fn writing_is_denied_by_default() {
+        let registered: BTreeSet<String> = ["Patient"].map(String::from).into();
+        // A write scope without a `write` list in the registry grants no write.
+        let g = grant_for(
+            "acme",
+            &registered,
+            &BTreeSet::new(),
+            &["system/*.cruds".into()],
+        );
+        assert!(g.write.is_empty());
+        assert!(g.may_read("Patient"));
+        // A registry write list without a write scope grants none either.
+        let g = grant_for(
+            "acme",
+            &registered,
+            &registered,
+            &["system/Patient.rs".into()],
+        );
+        assert!(!g.may_write("Patient"));
     }
 }
