@@ -341,7 +341,8 @@ pub struct PartnerConfig {
     pub issuer: String,
     /// The `aud` its tokens must carry.
     pub audience: String,
-    /// A JWKS file with its signing keys (relative to the pipeline file).
+    /// Its signing keys: a JWKS file (relative to the pipeline file), or an `https://` URL
+    /// (fetched on first use, cached, fetched again on an unknown `kid`).
     pub jwks: PathBuf,
     /// Resource types it may read, e.g. `[Patient, Coverage]`.
     pub read: Vec<String>,

@@ -3,7 +3,10 @@
 //! search. Deny by default: anything not positively allowed is a [`Denial`].
 //!
 //! A token is checked against the partner registered for its issuer (`partners:` in the
-//! pipeline file): the key named by its `kid` in that partner's JWKS file, algorithm RS256
+//! pipeline file): the key named by its `kid` in that partner's JWKS (a file, or an `https://`
+//! / `http://` URL fetched with ureq and cached for [`JwksPolicy::ttl`], fetched again on an
+//! unknown `kid` at most once per [`JwksPolicy::min_refetch`], and denying every token of the
+//! partner while the keys are stale and the URL cannot be fetched), algorithm RS256
 //! or ES256 only (the JWK's own key type must agree), `iss`, `aud`, `exp` (required) and
 //! `nbf`, with [`LEEWAY_SECS`] of clock skew. Verification is `jsonwebtoken`'s.
 //!
@@ -15,7 +18,9 @@
 //! `write`) list intersected with what the scopes give.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -108,6 +113,8 @@ pub enum Denial {
     UnknownIssuer,
     #[error("partner {partner:?}: no key {kid:?} in its JWKS")]
     UnknownKey { partner: String, kid: String },
+    #[error("partner {0:?}: its JWKS cannot be fetched")]
+    KeysUnavailable(String),
     #[error("partner {0:?}: bad signature")]
     BadSignature(String),
     #[error("partner {0:?}: token expired")]
@@ -133,13 +140,113 @@ pub enum AuthError {
     },
 }
 
+type KeyList = Vec<(String, Algorithm, DecodingKey)>;
+
+/// How JWKS URLs are fetched and cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksPolicy {
+    /// How long fetched keys are used before they are fetched again.
+    pub ttl: Duration,
+    /// The least time between two fetches caused by unknown `kid`s (a token with a random
+    /// `kid` must not make the authorizer hammer the partner's server).
+    pub min_refetch: Duration,
+    /// Time limit of one fetch.
+    pub timeout: Duration,
+}
+
+impl Default for JwksPolicy {
+    fn default() -> Self {
+        JwksPolicy {
+            ttl: Duration::from_secs(300),
+            min_refetch: Duration::from_secs(30),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A partner's keys: read once from a file, or fetched from a URL and cached.
+#[derive(Clone)]
+enum Keys {
+    Static(KeyList),
+    Remote(Arc<RemoteJwks>),
+}
+
+struct RemoteJwks {
+    url: String,
+    policy: JwksPolicy,
+    agent: ureq::Agent,
+    cache: Mutex<JwksCache>,
+}
+
+#[derive(Default)]
+struct JwksCache {
+    keys: Arc<KeyList>,
+    fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+impl RemoteJwks {
+    /// The keys to check a token with `kid` against: the cached ones while fresh (fetched
+    /// again, rate-limited, when `kid` is not among them); `None` when they are stale and
+    /// cannot be fetched (fail closed).
+    fn keys_for(&self, partner: &str, kid: &str) -> Option<Arc<KeyList>> {
+        let mut cache = self.cache.lock().ok()?;
+        let now = Instant::now();
+        let fresh = cache
+            .fetched
+            .is_some_and(|t| now.duration_since(t) < self.policy.ttl);
+        let known = cache.keys.iter().any(|(k, _, _)| k == kid);
+        let may_refetch = cache
+            .attempted
+            .is_none_or(|t| now.duration_since(t) >= self.policy.min_refetch);
+        if !fresh || (!known && may_refetch) {
+            cache.attempted = Some(now);
+            match self.fetch() {
+                Ok(keys) => {
+                    cache.keys = Arc::new(keys);
+                    cache.fetched = Some(now);
+                }
+                Err(reason) => {
+                    tracing::warn!(partner, url = %self.url, %reason, "authorizer: JWKS cannot be fetched");
+                    if !fresh {
+                        // Stale keys are not trusted: deny until the URL answers again.
+                        cache.keys = Arc::new(Vec::new());
+                        cache.fetched = None;
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(cache.keys.clone())
+    }
+
+    fn fetch(&self) -> Result<KeyList, String> {
+        let mut response = self
+            .agent
+            .get(&self.url)
+            .header("accept", "application/json")
+            .call()
+            .map_err(|e| e.to_string())?;
+        if response.status().as_u16() != 200 {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        parse_jwks(&text)
+    }
+}
+
 /// One registered partner with its keys loaded.
 #[derive(Clone)]
 struct Partner {
     name: String,
     issuer: String,
     audience: String,
-    keys: Vec<(String, Algorithm, DecodingKey)>,
+    keys: Keys,
     read: BTreeSet<String>,
     write: BTreeSet<String>,
 }
@@ -173,12 +280,21 @@ struct Claims {
 }
 
 impl Authorizer {
-    /// The partners of a pipeline file, JWKS files read relative to it.
+    /// The partners of a pipeline file, JWKS files read relative to it (URLs are fetched on
+    /// first use, with the default [`JwksPolicy`]).
     pub fn from_config(config: &PipelineConfig) -> Result<Authorizer, AuthError> {
+        Self::with_policy(config, JwksPolicy::default())
+    }
+
+    /// As [`Self::from_config`], with a JWKS fetch policy of the caller's.
+    pub fn with_policy(
+        config: &PipelineConfig,
+        policy: JwksPolicy,
+    ) -> Result<Authorizer, AuthError> {
         let partners = config
             .partners
             .iter()
-            .map(|p| load_partner(p, &config.resolve(&p.jwks)))
+            .map(|p| load_partner(p, config, policy))
             .collect::<Result<_, _>>()?;
         Ok(Authorizer { partners })
     }
@@ -210,10 +326,14 @@ impl Authorizer {
             .find(|p| p.issuer == issuer)
             .ok_or(Denial::UnknownIssuer)?;
         let kid = head.kid.unwrap_or_default();
+        let keys: Arc<KeyList> = match &partner.keys {
+            Keys::Static(k) => Arc::new(k.clone()),
+            Keys::Remote(r) => r
+                .keys_for(&partner.name, &kid)
+                .ok_or_else(|| Denial::KeysUnavailable(partner.name.clone()))?,
+        };
         let (_, key_alg, key) =
-            partner
-                .keys
-                .iter()
+            keys.iter()
                 .find(|(k, _, _)| *k == kid)
                 .ok_or_else(|| Denial::UnknownKey {
                     partner: partner.name.clone(),
@@ -255,18 +375,51 @@ impl Authorizer {
     }
 }
 
-fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
-    let err = |reason: String| AuthError::Jwks {
-        partner: p.name.clone(),
-        file: file.to_path_buf(),
-        reason,
+fn load_partner(
+    p: &PartnerConfig,
+    config: &PipelineConfig,
+    policy: JwksPolicy,
+) -> Result<Partner, AuthError> {
+    let source = p.jwks.to_string_lossy();
+    let keys = if source.starts_with("https://") || source.starts_with("http://") {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(policy.timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Keys::Remote(Arc::new(RemoteJwks {
+            url: source.into_owned(),
+            policy,
+            agent,
+            cache: Mutex::new(JwksCache::default()),
+        }))
+    } else {
+        let file = config.resolve(&p.jwks);
+        let err = |reason: String| AuthError::Jwks {
+            partner: p.name.clone(),
+            file: file.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| err(format!("cannot read: {e}")))?;
+        Keys::Static(parse_jwks(&text).map_err(err)?)
     };
-    let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS: {e}")))?;
+    Ok(Partner {
+        name: p.name.clone(),
+        issuer: p.issuer.clone(),
+        audience: p.audience.clone(),
+        keys,
+        read: p.read.iter().cloned().collect(),
+        write: p.write.iter().cloned().collect(),
+    })
+}
+
+/// The RS256 / ES256 keys of a JWKS document, each with its `kid`.
+fn parse_jwks(text: &str) -> Result<KeyList, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let Some(kid) = jwk.common.key_id.clone() else {
-            return Err(err("every key needs a kid".into()));
+            return Err("every key needs a kid".into());
         };
         // The algorithm follows the key type; a JWK `alg` that disagrees is refused.
         use jsonwebtoken::jwk::AlgorithmParameters as P;
@@ -276,29 +429,22 @@ fn load_partner(p: &PartnerConfig, file: &Path) -> Result<Partner, AuthError> {
                 Algorithm::ES256
             }
             _ => {
-                return Err(err(format!(
+                return Err(format!(
                     "key {kid:?}: only RSA and P-256 EC keys are accepted"
-                )));
+                ));
             }
         };
         if let Some(declared) = jwk.common.key_algorithm
             && format!("{declared:?}") != format!("{alg:?}")
         {
-            return Err(err(format!(
+            return Err(format!(
                 "key {kid:?}: alg {declared:?} does not fit the key type"
-            )));
+            ));
         }
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid:?}: {e}")))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
         keys.push((kid, alg, key));
     }
-    Ok(Partner {
-        name: p.name.clone(),
-        issuer: p.issuer.clone(),
-        audience: p.audience.clone(),
-        keys,
-        read: p.read.iter().cloned().collect(),
-        write: p.write.iter().cloned().collect(),
-    })
+    Ok(keys)
 }
 
 /// The `iss` claim before verification, only to pick the partner whose keys then verify it.
@@ -488,6 +634,147 @@ mod tests {
         assert_eq!(ctx[CONTEXT_WRITE], "Patient");
         assert_eq!(AccessGrant::from_context(&ctx), Some(g));
         assert_eq!(AccessGrant::from_context(&HashMap::new()), None);
+    }
+
+    /// A JWKS server on loopback: answers every request with the current status and body,
+    /// and counts the requests.
+    struct JwksServer {
+        url: String,
+        reply: Arc<Mutex<(u16, String)>>,
+        hits: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn jwks_server(body: String) -> JwksServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let reply = Arc::new(Mutex::new((200u16, body)));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, h) = (reply.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = r.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer { url, reply, hits }
+    }
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/auth")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn token(kid: &str) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": "https://idp.acme.example", "aud": "https://fhir.example/r4",
+            "exp": now + 300, "nbf": now - 5, "scope": "system/Patient.rs",
+        });
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(fixture("acme-rs256.pem").as_bytes()).unwrap();
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        )
+    }
+
+    fn authorizer(url: &str, policy: JwksPolicy) -> Authorizer {
+        let yaml = format!(
+            "sources: [{{name: app, dynamodb: {{table: T}}, entities: {{e: {{key: [k], mapping: m.yaml}}}}}}]\npartners:\n  - {{ name: acme, issuer: 'https://idp.acme.example', audience: 'https://fhir.example/r4', jwks: '{url}', read: [Patient] }}\n"
+        );
+        let config = PipelineConfig::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        Authorizer::with_policy(&config, policy).unwrap()
+    }
+
+    fn hits(s: &JwksServer) -> usize {
+        s.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn jwks_by_url_is_cached_refetched_on_unknown_kid_and_fails_closed() {
+        let server = jwks_server(fixture("acme-jwks.json"));
+        let policy = JwksPolicy {
+            ttl: Duration::from_secs(600),
+            min_refetch: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+        };
+        let auth = authorizer(&server.url, policy);
+        assert_eq!(hits(&server), 0, "fetched on first use, not at start");
+        assert!(auth.authorize(Some(&token("acme-1"))).is_ok());
+        assert!(auth.authorize(Some(&token("acme-1"))).is_ok());
+        assert_eq!(hits(&server), 1, "cached");
+        // An unknown kid: fetched again, still unknown, denied.
+        assert!(matches!(
+            auth.authorize(Some(&token("next"))),
+            Err(Denial::UnknownKey { .. })
+        ));
+        assert_eq!(hits(&server), 2);
+        // The partner rotates its key id: the new kid is found by a fetch.
+        server.reply.lock().unwrap().1 = fixture("acme-jwks.json").replace("acme-1", "acme-2");
+        assert!(auth.authorize(Some(&token("acme-2"))).is_ok());
+        assert_eq!(hits(&server), 3);
+
+        // Rate limit: unknown kids do not cause a fetch within `min_refetch`.
+        let limited = authorizer(
+            &server.url,
+            JwksPolicy {
+                min_refetch: Duration::from_secs(3600),
+                ..policy
+            },
+        );
+        assert!(limited.authorize(Some(&token("acme-2"))).is_ok());
+        let before = hits(&server);
+        for kid in ["x1", "x2", "x3"] {
+            assert!(limited.authorize(Some(&token(kid))).is_err());
+        }
+        assert_eq!(hits(&server), before);
+
+        // Fail closed: stale keys and a URL that fails (500, then nothing listening) deny.
+        let stale = authorizer(
+            &server.url,
+            JwksPolicy {
+                ttl: Duration::ZERO,
+                ..policy
+            },
+        );
+        assert!(stale.authorize(Some(&token("acme-2"))).is_ok());
+        server.reply.lock().unwrap().0 = 500;
+        assert_eq!(
+            stale.authorize(Some(&token("acme-2"))),
+            Err(Denial::KeysUnavailable("acme".into()))
+        );
+        let gone = authorizer(
+            "http://127.0.0.1:9/jwks.json",
+            JwksPolicy {
+                timeout: Duration::from_millis(500),
+                ..policy
+            },
+        );
+        assert_eq!(
+            gone.authorize(Some(&token("acme-1"))),
+            Err(Denial::KeysUnavailable("acme".into()))
+        );
+        // A body that is not a JWKS is no better.
+        *server.reply.lock().unwrap() = (200, "<html>".into());
+        assert!(stale.authorize(Some(&token("acme-2"))).is_err());
     }
 
     #[test]
