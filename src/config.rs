@@ -932,6 +932,13 @@ sources:
         )
         .unwrap();
         assert_eq!(c.partners[0].read, vec!["Patient".to_owned()]);
+        assert!(c.partners[0].write.is_empty(), "no writes unless listed");
+        let c = PipelineConfig::from_yaml(
+            &with("  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient, Observation] }\n"),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.partners[0].write, ["Patient", "Observation"]);
         assert!(
             PipelineConfig::from_yaml(GOOD, Path::new("p.yaml"))
                 .unwrap()
@@ -943,12 +950,59 @@ sources:
             "  - { name: acme, issuer: i, audience: a, jwks: k, read: [patient] }\n",
             "  - { name: acme, issuer: i, audience: '', jwks: k, read: [Patient] }\n",
             "  - { name: a, issuer: i, audience: a, jwks: k, read: [Patient] }\n  - { name: b, issuer: i, audience: a, jwks: k, read: [Patient] }\n",
-            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient] }\n",
+            // `write` is a key now (ingest-api); a misspelt one is still refused.
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], writes: [Patient] }\n",
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [patient] }\n",
         ] {
             assert!(
                 PipelineConfig::from_yaml(&with(bad), Path::new("p.yaml")).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn api_sources_are_checked() {
+        let api = |rest: &str| {
+            format!("sources:\n  - name: partner\n    api: {{ path: /ingest/partner{rest} }}\n")
+        };
+        let c = PipelineConfig::from_yaml(&api(", fhir: [Patient]"), Path::new("p.yaml")).unwrap();
+        let (s, rest) = c.api_source_for("/ingest/partner/fhir/Patient").unwrap();
+        assert_eq!((s.name.as_str(), rest), ("partner", "/fhir/Patient"));
+        assert!(c.api_source_for("/ingest/partnerx").is_none());
+        assert!(c.api_source_for("/other").is_none());
+        for (bad, says) in [
+            (api(""), "at least one entity"),
+            (api(", fhir: [patient]"), "not a resource type name"),
+            (api("/, fhir: [Patient]"), "trailing"),
+            (
+                "sources:\n  - name: p\n    api: { path: ingest, fhir: [Patient] }\n".into(),
+                "must start with",
+            ),
+            (api(", fhir: [Patient], extra: 1"), "unknown field"),
+            (
+                format!("{}    dynamodb: {{ table: T }}\n", api(", fhir: [Patient]")),
+                "two source kinds",
+            ),
+            (
+                format!(
+                    "{}    entities: {{ fhir: {{ key: [k], mapping: m.yaml }} }}\n",
+                    api(", fhir: [Patient]")
+                ),
+                "reserved",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    api(", fhir: [Patient]"),
+                    api(", fhir: [Patient]")
+                        .replace("sources:\n  - name: partner", "  - name: other")
+                ),
+                "already used",
+            ),
+        ] {
+            let e = PipelineConfig::from_yaml(&bad, Path::new("p.yaml")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
         }
     }
 
