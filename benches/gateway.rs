@@ -121,6 +121,7 @@ fn main() {
         partner: "bench".into(),
         read: ["Patient".to_owned()].into(),
         search: ["Patient".to_owned()].into(),
+        write: Default::default(),
     };
     let mut req = FhirRequest {
         method: "GET".into(),

@@ -1251,7 +1251,7 @@ async fn bundle(
     };
     let grant = req.grant.clone().unwrap_or_default();
     // First pass: every entry's method, URL, type, grant and key.
-    let mut checked: Vec<Result<(FhirWrite, Option<String>), (u16, Outcome)>> = Vec::new();
+    let mut checked: Vec<CheckedEntry> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let place = format!("Bundle.entry[{i}]");
         checked.push(bundle_entry(req, source, &grant, i, entry, &place));
@@ -1339,6 +1339,9 @@ async fn bundle(
     Ok(ApiResponse::json(200, response_bundle(kind, entries)))
 }
 
+/// A Bundle entry checked: the write and its `fullUrl`, or the status and outcome refusing it.
+type CheckedEntry = Result<(FhirWrite, Option<String>), (u16, Outcome)>;
+
 /// One Bundle entry: its request (POST `Type` or PUT `Type/id`), the type accepted and granted,
 /// and its resource. Returns the write and the entry's `fullUrl`.
 fn bundle_entry(
@@ -1348,7 +1351,7 @@ fn bundle_entry(
     index: usize,
     entry: &Value,
     place: &str,
-) -> Result<(FhirWrite, Option<String>), (u16, Outcome)> {
+) -> CheckedEntry {
     let fail = |status: u16, code: &str, what: String, at: String| {
         (
             status,
@@ -1553,7 +1556,7 @@ pub async fn run_local_requests(
         let requests: Vec<LocalRequest> = serde_json::from_str(&text)
             .map_err(|e| err(format!("not a JSON array of requests: {e}")))?;
         let mut write: std::collections::BTreeSet<String> = api.fhir.iter().cloned().collect();
-        for (entity, _) in &source.entities {
+        for entity in source.entities.keys() {
             if let Some(m) = env.mappings.get(&source.name, entity) {
                 write.extend(
                     m.targets(&RecordKey::default())
