@@ -121,6 +121,7 @@ fn main() {
         partner: "bench".into(),
         read: ["Patient".to_owned()].into(),
         search: ["Patient".to_owned()].into(),
+        write: Default::default(),
     };
     let mut req = FhirRequest {
         method: "GET".into(),
@@ -171,6 +172,8 @@ fn main() {
     let api = LocalApi {
         gateway,
         authorizer: Authorizer::from_config(&config).unwrap(),
+        ingest: None,
+        events: None,
     };
     let (listener, addr) = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
     rt.spawn(serve(listener, api));

@@ -393,10 +393,15 @@ pub struct PartnerConfig {
     pub issuer: String,
     /// The `aud` its tokens must carry.
     pub audience: String,
-    /// A JWKS file with its signing keys (relative to the pipeline file).
+    /// Its signing keys: a JWKS file (relative to the pipeline file), or an `https://` URL
+    /// (fetched on first use, cached, fetched again on an unknown `kid`).
     pub jwks: PathBuf,
     /// Resource types it may read, e.g. `[Patient, Coverage]`.
     pub read: Vec<String>,
+    /// Resource types it may create or update through `ingest-api` (none by default: writes
+    /// are denied unless listed here and granted by a `system/<Type>.cu`-style scope).
+    #[serde(default)]
+    pub write: Vec<String>,
 }
 
 /// One source system.
@@ -410,8 +415,39 @@ pub struct SourceConfig {
     /// AWS DMS Parquet files (full load and CDC) in S3 or a local folder.
     #[serde(default)]
     pub dms: Option<DmsSource>,
+    /// Records and FHIR resources posted through API Gateway (`ingest-api`).
+    #[serde(default)]
+    pub api: Option<ApiSource>,
     /// The entities of the source, by name (for `dms`: `schema.table` or the table name).
+    #[serde(default)]
     pub entities: BTreeMap<String, EntityConfig>,
+}
+
+/// A source that posts through the API: its own JSON records to `<path>/<entity>`, and FHIR
+/// resources of the listed types to the FHIR base `<path>/fhir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSource {
+    /// The path the source posts to, e.g. `/ingest/partner`.
+    pub path: String,
+    /// FHIR resource types accepted at `<path>/fhir` (passed through a built-in mapping that
+    /// keeps the resource and gives it a deterministic id).
+    #[serde(default)]
+    pub fhir: Vec<String>,
+    /// Local runtime only: a JSON file of requests (`[{method, path, contentType?, body}]`)
+    /// that `fhir-unify run` posts through `ingest-api` (relative to the pipeline file).
+    #[serde(default)]
+    pub local_requests: Option<PathBuf>,
+}
+
+/// The entity name under which FHIR resources of `resource_type` posted to an API source
+/// travel through `unify` (its built-in mapping).
+pub fn api_fhir_entity(resource_type: &str) -> String {
+    format!("fhir.{resource_type}")
+}
+
+fn is_type_name(t: &str) -> bool {
+    t.starts_with(|c: char| c.is_ascii_uppercase()) && t.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 /// A DynamoDB table with a stream.
@@ -538,12 +574,14 @@ impl PipelineConfig {
         }
         let mut names = HashSet::new();
         let mut tables = HashSet::new();
+        let mut api_paths = HashSet::new();
         for s in &self.sources {
             let at = |msg: String| ConfigError::new(origin, format!("source {:?}: {msg}", s.name));
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
                 return Err(at("source names must be unique and not empty".into()));
             }
-            if s.entities.is_empty() {
+            let api_fhir = s.api.as_ref().is_some_and(|a| !a.fhir.is_empty());
+            if s.entities.is_empty() && !api_fhir {
                 return Err(at("entities: at least one entity is needed".into()));
             }
             for (name, e) in &s.entities {
@@ -552,6 +590,40 @@ impl PipelineConfig {
                         "entity {name:?}: key must name at least one attribute"
                     )));
                 }
+            }
+            if let Some(a) = &s.api {
+                if s.dynamodb.is_some() || s.dms.is_some() {
+                    return Err(at(
+                        "names two source kinds; one of `dynamodb`, `dms`, `api`".into(),
+                    ));
+                }
+                let p = &a.path;
+                if !p.starts_with('/')
+                    || p.ends_with('/')
+                    || p.split('/').skip(1).any(str::is_empty)
+                {
+                    return Err(at(format!(
+                        "api.path {p:?} must start with `/`, with no empty segment and no trailing `/`"
+                    )));
+                }
+                if !api_paths.insert(p.as_str()) {
+                    return Err(at(format!(
+                        "api.path {p:?} is already used by another source"
+                    )));
+                }
+                if let Some(t) = a.fhir.iter().find(|t| !is_type_name(t)) {
+                    return Err(at(format!("api.fhir: {t:?} is not a resource type name")));
+                }
+                if let Some(name) = s
+                    .entities
+                    .keys()
+                    .find(|n| *n == "fhir" || n.starts_with("fhir.") || n.contains('/'))
+                {
+                    return Err(at(format!(
+                        "entity {name:?}: `fhir`, `fhir.*` and names with `/` are reserved in an api source"
+                    )));
+                }
+                continue;
             }
             if let Some(d) = &s.dms {
                 if s.dynamodb.is_some() {
@@ -570,7 +642,7 @@ impl PipelineConfig {
             match &s.dynamodb {
                 None => {
                     return Err(at(
-                        "says no source kind (expected `dynamodb` or `dms`)".into()
+                        "says no source kind (expected `dynamodb`, `dms` or `api`)".into(),
                     ));
                 }
                 Some(d) => {
@@ -611,11 +683,11 @@ impl PipelineConfig {
             if p.read.is_empty() {
                 return Err(at("read: name at least one resource type".into()));
             }
-            if let Some(t) = p.read.iter().find(|t| {
-                !t.starts_with(|c: char| c.is_ascii_uppercase())
-                    || !t.bytes().all(|b| b.is_ascii_alphabetic())
-            }) {
+            if let Some(t) = p.read.iter().find(|t| !is_type_name(t)) {
                 return Err(at(format!("read: {t:?} is not a resource type name")));
+            }
+            if let Some(t) = p.write.iter().find(|t| !is_type_name(t)) {
+                return Err(at(format!("write: {t:?} is not a resource type name")));
             }
         }
         Ok(())
@@ -654,8 +726,35 @@ impl PipelineConfig {
                 set.insert(mapping)
                     .map_err(|err| ConfigError::new(&path, err.to_string()))?;
             }
+            for t in s.api.iter().flat_map(|a| &a.fhir) {
+                let entity = api_fhir_entity(t);
+                let origin = format!(
+                    "{} (built-in mapping of {}/{entity})",
+                    self.file.display(),
+                    s.name
+                );
+                // The resource passes through whole; the mapping sets its deterministic id.
+                let yaml = format!(
+                    "source: {}\nentity: {}\nresources:\n  - resourceType: {t}\n    template: \"{{{{ record }}}}\"\n",
+                    serde_json::Value::String(s.name.clone()),
+                    serde_json::Value::String(entity.clone()),
+                );
+                let mapping = Mapping::from_yaml(&yaml, &origin)
+                    .map_err(|err| ConfigError::new(&self.file, err.to_string()))?;
+                set.insert(mapping)
+                    .map_err(|err| ConfigError::new(&self.file, err.to_string()))?;
+            }
         }
         Ok(set)
+    }
+
+    /// The API source whose path holds a request path, and the rest of the path after it.
+    pub fn api_source_for<'a>(&self, path: &'a str) -> Option<(&SourceConfig, &'a str)> {
+        self.sources.iter().find_map(|s| {
+            let a = s.api.as_ref()?;
+            let rest = path.strip_prefix(a.path.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((s, rest))
+        })
     }
 
     /// The stream binding of a DynamoDB table, if a source reads it.
@@ -943,6 +1042,13 @@ sources:
         )
         .unwrap();
         assert_eq!(c.partners[0].read, vec!["Patient".to_owned()]);
+        assert!(c.partners[0].write.is_empty(), "no writes unless listed");
+        let c = PipelineConfig::from_yaml(
+            &with("  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient, Observation] }\n"),
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.partners[0].write, ["Patient", "Observation"]);
         assert!(
             PipelineConfig::from_yaml(GOOD, Path::new("p.yaml"))
                 .unwrap()
@@ -954,12 +1060,59 @@ sources:
             "  - { name: acme, issuer: i, audience: a, jwks: k, read: [patient] }\n",
             "  - { name: acme, issuer: i, audience: '', jwks: k, read: [Patient] }\n",
             "  - { name: a, issuer: i, audience: a, jwks: k, read: [Patient] }\n  - { name: b, issuer: i, audience: a, jwks: k, read: [Patient] }\n",
-            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [Patient] }\n",
+            // `write` is a key now (ingest-api); a misspelt one is still refused.
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], writes: [Patient] }\n",
+            "  - { name: acme, issuer: i, audience: a, jwks: k, read: [Patient], write: [patient] }\n",
         ] {
             assert!(
                 PipelineConfig::from_yaml(&with(bad), Path::new("p.yaml")).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn api_sources_are_checked() {
+        let api = |rest: &str| {
+            format!("sources:\n  - name: partner\n    api: {{ path: /ingest/partner{rest} }}\n")
+        };
+        let c = PipelineConfig::from_yaml(&api(", fhir: [Patient]"), Path::new("p.yaml")).unwrap();
+        let (s, rest) = c.api_source_for("/ingest/partner/fhir/Patient").unwrap();
+        assert_eq!((s.name.as_str(), rest), ("partner", "/fhir/Patient"));
+        assert!(c.api_source_for("/ingest/partnerx").is_none());
+        assert!(c.api_source_for("/other").is_none());
+        for (bad, says) in [
+            (api(""), "at least one entity"),
+            (api(", fhir: [patient]"), "not a resource type name"),
+            (api("/, fhir: [Patient]"), "trailing"),
+            (
+                "sources:\n  - name: p\n    api: { path: ingest, fhir: [Patient] }\n".into(),
+                "must start with",
+            ),
+            (api(", fhir: [Patient], extra: 1"), "unknown field"),
+            (
+                format!("{}    dynamodb: {{ table: T }}\n", api(", fhir: [Patient]")),
+                "two source kinds",
+            ),
+            (
+                format!(
+                    "{}    entities: {{ fhir: {{ key: [k], mapping: m.yaml }} }}\n",
+                    api(", fhir: [Patient]")
+                ),
+                "reserved",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    api(", fhir: [Patient]"),
+                    api(", fhir: [Patient]")
+                        .replace("sources:\n  - name: partner", "  - name: other")
+                ),
+                "already used",
+            ),
+        ] {
+            let e = PipelineConfig::from_yaml(&bad, Path::new("p.yaml")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
         }
     }
 

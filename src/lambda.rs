@@ -125,6 +125,17 @@ pub fn ingest_env() -> Result<IngestEnv, LocalError> {
     Ok(reported(built)?.ingest)
 }
 
+/// The environment of `ingest-api`: the embedded runtime's ingress environment, mappings,
+/// validator and store (a transaction is checked whole before `unify` runs it).
+pub fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
+    let built = load_config()
+        .map_err(LocalError::from)
+        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data));
+    Ok(crate::handlers::ingest_api::ApiEnv::from_runtime(
+        &reported(built)?,
+    ))
+}
+
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
 /// name (S3 for `s3://` locations, through the SDK configured from the environment; local
 /// folders as buckets named after their source). Call it inside the Tokio runtime.

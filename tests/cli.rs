@@ -52,13 +52,13 @@ fn run_then_get_and_history_from_a_folder_holding_the_example() {
     let out = fhir_unify(dir.path(), &["run"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("records in    18"), "{stdout}");
+    assert!(stdout.contains("records in    25"), "{stdout}");
     assert!(
-        stdout.contains("created 7 · updated 3 · unchanged 1 · deleted 2 · stale 1"),
+        stdout.contains("created 13 · updated 3 · unchanged 1 · deleted 2 · stale 1"),
         "{stdout}"
     );
-    assert!(stdout.contains("quarantined   4"), "{stdout}");
-    assert!(stdout.contains("events        12"), "{stdout}");
+    assert!(stdout.contains("quarantined   5"), "{stdout}");
+    assert!(stdout.contains("events        18"), "{stdout}");
     // Data under the working folder by default.
     let events = std::fs::read_to_string(dir.path().join(".fhir-unify/events.ndjson")).unwrap();
     let first: Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
@@ -79,7 +79,7 @@ fn run_then_get_and_history_from_a_folder_holding_the_example() {
 
     let listed = fhir_unify(dir.path(), &["quarantine", "list"]);
     let listed = text(&listed.stdout);
-    assert_eq!(listed.lines().count(), 4, "{listed}");
+    assert_eq!(listed.lines().count(), 4 + 1, "{listed}");
     assert!(
         listed.contains("20240427-015534228.parquet row 1") && listed.contains("unknown Op"),
         "{listed}"

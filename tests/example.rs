@@ -57,19 +57,22 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     let rt = runtime(dir.path());
     let s = rt.run().await.unwrap();
 
-    // 10 stream records, then 8 DMS rows (3 full load, 3 + 2 CDC).
-    assert_eq!(s.records_in, 18);
+    // 10 stream records, then 8 DMS rows (3 full load, 3 + 2 CDC), then 7 records of the
+    // partner's API requests (3 member records, 1 PUT Patient, a transaction of 3).
+    assert_eq!(s.records_in, 18 + 7);
     // Stream: p-1001, p-1002, p-1003 created; p-1001 updated (new phone); p-1002 unchanged
     // (only an unmapped attribute changed); p-1003 deleted; the late p-1001 change is stale.
     // DMS: patients 1, 2, 3 created by the full load, 4 by CDC; 1 and 2 updated; 3 deleted
     // (a key-only delete); the row with an unknown Op is quarantined.
+    // API: 2 members, the PUT Patient and the transaction's 3 resources created; the member
+    // without a last name is quarantined.
     assert_eq!(
         (s.created, s.updated, s.unchanged, s.deleted, s.stale),
-        (3 + 4, 1 + 2, 1, 1 + 1, 1),
+        (3 + 4 + 6, 1 + 2, 1, 1 + 1, 1),
         "{s:?}"
     );
-    assert_eq!(s.quarantined, 3 + 1, "{s:?}");
-    assert_eq!(s.events, 5 + 7, "{s:?}");
+    assert_eq!(s.quarantined, 3 + 1 + 1, "{s:?}");
+    assert_eq!(s.events, 5 + 7 + 6, "{s:?}");
 
     let p1 = rt
         .env
@@ -131,7 +134,13 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
 
     // Each bad record is in quarantine once, with a reason that names it.
     let q = quarantined(&rt);
-    assert_eq!(q.len(), 4, "{q:#?}");
+    assert_eq!(q.len(), 4 + 1, "{q:#?}");
+    let api = q
+        .iter()
+        .find(|r| r.record.starts_with("partner/members"))
+        .unwrap();
+    assert_eq!(api.stage, Stage::Transform);
+    assert!(api.record.contains("M-102"), "{}", api.record);
     let dms = q
         .iter()
         .find(|r| r.record.starts_with("clinic/"))
@@ -175,7 +184,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
 
     // Events: EventBridge envelopes with the lineage, one per committed change.
     let events = event_lines(dir.path());
-    assert_eq!(events.len(), 12);
+    assert_eq!(events.len(), 12 + 6);
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["detail-type"].as_str().unwrap())
@@ -185,7 +194,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
             .iter()
             .filter(|k| **k == "FhirResourceCreated")
             .count(),
-        7,
+        7 + 6,
         "{kinds:?}"
     );
     assert!(kinds.contains(&"FhirResourceUpdated") && kinds.contains(&"FhirResourceDeleted"));
@@ -302,4 +311,68 @@ async fn a_batch_delivered_out_of_order_ends_in_the_same_state_as_in_order() {
     assert!(expected[1].is_some() && expected[2].is_none());
     assert_eq!(&states[1], expected, "reversed order");
     assert_eq!(&states[2], expected, "interleaved order");
+}
+
+#[tokio::test]
+async fn the_example_posts_the_partner_requests_through_ingest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    rt.run().await.unwrap();
+    // The PUT Patient/pp-7: the pipeline's id for the partner's id.
+    let key = |k: &str, v: &str| RecordKey::from_pairs([(k, json!(v))]);
+    let pp7 = ResourceRef {
+        resource_type: "Patient".into(),
+        id: fhir_unify::mapping::resource_id(
+            "partner",
+            "fhir.Patient",
+            &key("id", "pp-7"),
+            "Patient",
+            None,
+        ),
+    };
+    let patient = rt.env.store.read(&pp7).await.unwrap().unwrap();
+    assert_eq!(patient.resource.unwrap()["name"][0]["family"], "Osei");
+    // The transaction's PUT Observation refers to it by the partner's id, rewritten.
+    let obs = ResourceRef {
+        resource_type: "Observation".into(),
+        id: fhir_unify::mapping::resource_id(
+            "partner",
+            "fhir.Observation",
+            &key("id", "obs-pp-7"),
+            "Observation",
+            None,
+        ),
+    };
+    let obs = rt
+        .env
+        .store
+        .read(&obs)
+        .await
+        .unwrap()
+        .unwrap()
+        .resource
+        .unwrap();
+    assert_eq!(obs["subject"]["reference"], format!("Patient/{}", pp7.id));
+    // A member record, keyed and mapped like any source's.
+    let member = ResourceRef {
+        resource_type: "Patient".into(),
+        id: fhir_unify::mapping::resource_id(
+            "partner",
+            "members",
+            &key("member_id", "M-100"),
+            "Patient",
+            None,
+        ),
+    };
+    let member = rt
+        .env
+        .store
+        .read(&member)
+        .await
+        .unwrap()
+        .unwrap()
+        .resource
+        .unwrap();
+    assert_eq!(member["identifier"][0]["value"], "M-100");
+    assert_eq!(member["gender"], "female");
 }

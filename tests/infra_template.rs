@@ -186,6 +186,10 @@ const NOT_DEPLOYED_YET: &[(&str, &str)] = &[
         "serves the store; on Lambda the store is the per-instance SQLite file until the DynamoDB store exists (issue 6)",
     ),
     (
+        "ingest-api",
+        "answers API Gateway write requests through the embedded runtime; deployed with the partner API and its authorizer (issue 6)",
+    ),
+    (
         "authorizer",
         "fronts the gateway's HTTP API, which is deployed with the gateway (issue 6)",
     ),

@@ -6,9 +6,22 @@
 //!
 //! Refusals before the gateway are OperationOutcomes too: 401 without a token (with
 //! `WWW-Authenticate: Bearer`), 403 when the authorizer denies.
+//!
+//! Behind the same authorizer:
+//! - `/ingest/…` goes to `ingest-api` (the request body in the event, as API Gateway puts it:
+//!   text, or base64 with `isBase64Encoded` when it is not UTF-8), which checks the grant's
+//!   write types;
+//! - `GET /events/stream?stream=NAME` is a Server-Sent Events stream of the change events a
+//!   bus rule sends to the `sse: { stream: NAME }` target, limited to the resource types the
+//!   caller may read. Events are read from the bus archive (so `Last-Event-ID` resumes where
+//!   a client left off, and events committed by other processes arrive too); the bus's live
+//!   channel ([`crate::events::bus::LocalBus::subscribe`]) wakes the stream as soon as one is
+//!   committed here, and the archive is polled every [`SSE_POLL`] for the others.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayV2CustomAuthorizerV2Request, ApiGatewayV2httpRequest,
@@ -20,20 +33,37 @@ use aws_lambda_events::http::{HeaderValue, StatusCode};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::http::request::Parts;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 
-use super::auth::Authorizer;
+use super::auth::{AccessGrant, Authorizer};
 use super::{Gateway, Refusal};
+use crate::events::EventBus;
 use crate::handlers::authorizer::authorize_http;
-use crate::handlers::gateway::{handle_v2, refusal_v2};
+use crate::handlers::gateway::{handle_v2, parse_query, refusal_v2};
+use crate::handlers::ingest_api::{self, ApiEnv, MAX_BODY_BYTES};
 
-/// What the server runs: the gateway and the authorizer, as the two Lambdas would.
+/// What the server runs: the gateway, the authorizer and `ingest-api`, as the Lambdas would,
+/// and the event bus whose SSE streams it serves.
 #[derive(Debug, Clone)]
 pub struct LocalApi {
     pub gateway: Gateway,
     pub authorizer: Authorizer,
+    /// `ingest-api` (`None`: the pipeline has no API source; `/ingest` answers 404).
+    pub ingest: Option<ApiEnv>,
+    /// The local bus (`None`: no SSE streams).
+    pub events: Option<Arc<dyn EventBus>>,
 }
+
+/// How often an SSE stream looks in the archive for events committed by other processes.
+pub const SSE_POLL: Duration = Duration::from_millis(500);
+
+/// The most events an SSE stream sends from the archive in one go.
+const SSE_PAGE: usize = 500;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +100,10 @@ pub async fn serve(listener: TcpListener, api: LocalApi) -> Result<(), ServeErro
 }
 
 async fn answer(State(api): State<Arc<LocalApi>>, request: Request) -> Response {
-    let mut event = event_of(&request);
+    let (parts, body) = request.into_parts();
+    let mut event = event_of(&parts);
     let path = event.raw_path.clone().unwrap_or_default();
+    let mut grant = None;
     if path.trim_matches('/') != "metadata" {
         let auth_event = authorizer_event(&event);
         let decision = authorize_http(&auth_event, &api.authorizer);
@@ -97,15 +129,179 @@ async fn answer(State(api): State<Arc<LocalApi>>, request: Request) -> Response 
         if let serde_json::Value::Object(context) = decision.context {
             authorizer.fields = context.into_iter().collect();
         }
+        grant = AccessGrant::from_context(&authorizer.fields);
         event.request_context.authorizer = Some(authorizer);
+    }
+    if path == "/ingest" || path.starts_with("/ingest/") {
+        return ingest(&api, event, body).await;
+    }
+    if path == "/events/stream" {
+        return events_stream(&api, &event, grant);
     }
     http_response(handle_v2(&event, &api.gateway).await)
 }
 
+/// `/ingest/…`: the body into the event, then `ingest-api`.
+async fn ingest(api: &LocalApi, mut event: ApiGatewayV2httpRequest, body: Body) -> Response {
+    let Some(env) = &api.ingest else {
+        return http_response(refusal_v2(Refusal::new(
+            404,
+            "not-found",
+            "this pipeline has no API source (`api:` in the pipeline file)",
+        )));
+    };
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
+        Ok(b) => b,
+        Err(_) => {
+            return http_response(refusal_v2(Refusal::new(
+                413,
+                "too-costly",
+                format!(
+                    "request {}: the body is larger than {MAX_BODY_BYTES} bytes",
+                    event.request_context.request_id.as_deref().unwrap_or("")
+                ),
+            )));
+        }
+    };
+    if !bytes.is_empty() {
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => event.body = Some(text),
+            Err(_) => {
+                // API Gateway's way with a body that is not text.
+                event.body = Some(base64::engine::general_purpose::STANDARD.encode(&bytes));
+                event.is_base64_encoded = true;
+            }
+        }
+    }
+    let response = ingest_api::handle_v2(&event, env).await;
+    http_response(response)
+}
+
+/// `GET /events/stream?stream=NAME`: Server-Sent Events (see the module comment).
+fn events_stream(
+    api: &LocalApi,
+    event: &ApiGatewayV2httpRequest,
+    grant: Option<AccessGrant>,
+) -> Response {
+    let refuse = |status: u16, code: &str, why: String| {
+        http_response(refusal_v2(Refusal::new(status, code, why)))
+    };
+    if event.request_context.http.method != aws_lambda_events::http::Method::GET {
+        return refuse(405, "not-supported", "the event stream takes GET".into());
+    }
+    let Some(grant) = grant.filter(|g| !g.read.is_empty()) else {
+        return refuse(
+            403,
+            "forbidden",
+            "the event stream needs a grant to read at least one type".into(),
+        );
+    };
+    let query = parse_query(event.raw_query_string.as_deref().unwrap_or(""));
+    let Some(name) = query
+        .iter()
+        .find(|(k, _)| k == "stream")
+        .map(|(_, v)| v.clone())
+    else {
+        return refuse(400, "required", "name the stream: ?stream=NAME".into());
+    };
+    let Some(bus) = api.events.clone() else {
+        return refuse(404, "not-found", "no local event bus".into());
+    };
+    let Some(live) = bus.as_local().and_then(|b| b.subscribe(&name)) else {
+        return refuse(
+            404,
+            "not-found",
+            format!("no rule sends events to the SSE stream {name:?}"),
+        );
+    };
+    let last = event
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty());
+    tracing::info!(stream = %name, partner = %grant.partner, resumed = last.is_some(), "SSE stream opened");
+    let state = SseState {
+        bus,
+        stream: name,
+        grant,
+        live,
+        last,
+        queue: VecDeque::new(),
+    };
+    Sse::new(futures_util::stream::unfold(state, next_event))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+struct SseState {
+    bus: Arc<dyn EventBus>,
+    stream: String,
+    grant: AccessGrant,
+    live: broadcast::Receiver<Arc<crate::events::targets::SseMessage>>,
+    /// The id of the last event sent (or the client's `Last-Event-ID`).
+    last: Option<String>,
+    queue: VecDeque<crate::events::targets::SseMessage>,
+}
+
+/// The next event of a stream: from the archive, after the last one sent; waits for the live
+/// channel or the poll interval when there is none. Ends the stream when the archive cannot
+/// be read (the client reconnects with `Last-Event-ID`).
+async fn next_event(
+    mut s: SseState,
+) -> Option<(Result<Event, std::convert::Infallible>, SseState)> {
+    loop {
+        while let Some(m) = s.queue.pop_front() {
+            s.last = Some(m.id.clone());
+            if !readable(&s.grant, &m.data) {
+                continue;
+            }
+            let event = Event::default().id(m.id).data(m.data);
+            return Some((Ok(event), s));
+        }
+        let backlog = s
+            .bus
+            .as_local()?
+            .stream_backlog(&s.stream, s.last.as_deref(), SSE_PAGE);
+        match backlog {
+            Ok(page) if !page.is_empty() => {
+                s.queue.extend(page);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(stream = %s.stream, error = %e, "SSE: archive unreadable; closing");
+                return None;
+            }
+        }
+        // Nothing new: wait for a live event (it is in the archive by then) or the poll.
+        tokio::select! {
+            r = s.live.recv() => {
+                if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                    return None;
+                }
+            }
+            () = tokio::time::sleep(SSE_POLL) => {}
+        }
+    }
+}
+
+/// Whether the grant may read the resource type of an event envelope.
+fn readable(grant: &AccessGrant, data: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/detail/resourceType")
+                .and_then(|t| t.as_str())
+                .map(|t| grant.may_read(t))
+        })
+        .unwrap_or(false)
+}
+
 /// The HTTP API payload 2.0 event API Gateway would send for this request.
-fn event_of(request: &Request) -> ApiGatewayV2httpRequest {
-    let uri = request.uri();
-    let mut headers = request.headers().clone();
+fn event_of(request: &Parts) -> ApiGatewayV2httpRequest {
+    let uri = &request.uri;
+    let mut headers = request.headers.clone();
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
@@ -115,9 +311,9 @@ fn event_of(request: &Request) -> ApiGatewayV2httpRequest {
         .map(str::to_owned);
     let now = chrono::Utc::now();
     let mut http = ApiGatewayV2httpRequestContextHttpDescription::default();
-    http.method = request.method().clone();
+    http.method = request.method.clone();
     http.path = Some(uri.path().to_owned());
-    http.protocol = Some(format!("{:?}", request.version()));
+    http.protocol = Some(format!("{:?}", request.version));
     let mut context = ApiGatewayV2httpRequestContext::default();
     context.route_key = Some("$default".to_owned());
     context.stage = Some("$default".to_owned());
@@ -181,9 +377,27 @@ pub async fn serve_cli(
     data: &crate::config::DataDir,
     listen: SocketAddr,
 ) -> Result<(), CliError> {
+    // `ingest-api` needs the embedded runtime (mappings, `unify`); a pipeline without API
+    // sources serves reads only and needs no mapping files.
+    let runtime = if config.sources.iter().any(|s| s.api.is_some()) {
+        Some(crate::local::LocalRuntime::open(config.clone(), data.clone()).map_err(Box::new)?)
+    } else {
+        None
+    };
+    let events: Option<Arc<dyn EventBus>> = match &runtime {
+        Some(r) => Some(r.env.bus.clone()),
+        None => match &config.events.local {
+            Some(local) => Some(Arc::new(
+                crate::events::bus::LocalBus::open(local, data).map_err(Box::new)?,
+            )),
+            None => None,
+        },
+    };
     let api = LocalApi {
         gateway: Gateway::from_config(config, data)?,
         authorizer: Authorizer::from_config(config)?,
+        ingest: runtime.as_ref().map(ApiEnv::from_runtime),
+        events,
     };
     let (listener, addr) = bind(listen).await?;
     let partners = api.authorizer.partner_names();
@@ -216,4 +430,8 @@ pub enum CliError {
     Auth(#[from] super::auth::AuthError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("ingest-api: {0}")]
+    Runtime(#[from] Box<crate::local::LocalError>),
+    #[error("event bus: {0}")]
+    Bus(#[from] Box<crate::events::BusError>),
 }

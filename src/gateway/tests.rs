@@ -68,6 +68,7 @@ fn grant(read: &[&str], search: &[&str]) -> AccessGrant {
             .map(|s| (*s).to_owned())
             .collect::<BTreeSet<_>>(),
         search: search.iter().map(|s| (*s).to_owned()).collect(),
+        write: BTreeSet::new(),
     }
 }
 

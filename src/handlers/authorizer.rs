@@ -38,7 +38,7 @@ pub fn authorize_rest(
     match decision {
         Ok(grant) => {
             statement.effect = IamPolicyEffect::Allow;
-            statement.resource = read_routes(method_arn.as_deref());
+            statement.resource = routes(method_arn.as_deref(), !grant.write.is_empty());
             response.principal_id = Some(grant.partner.clone());
             response.context = Value::Object(grant.to_context());
         }
@@ -115,18 +115,26 @@ fn bearer<'a>(headers: &'a HeaderMap, identity: Option<&'a str>) -> Option<&'a s
         .or(identity)
 }
 
-/// The read routes of the stage a method ARN belongs to:
-/// `arn:aws:execute-api:region:account:api/stage/GET/*` and the same for HEAD.
-fn read_routes(method_arn: Option<&str>) -> Vec<String> {
+/// The routes of the stage a method ARN belongs to that the grant may call:
+/// `arn:aws:execute-api:region:account:api/stage/GET/*` and the same for HEAD; for a grant
+/// that may write, POST and PUT too (`ingest-api` checks the types).
+fn routes(method_arn: Option<&str>, write: bool) -> Vec<String> {
     let Some(arn) = method_arn else {
         return Vec::new();
     };
     let mut parts = arn.splitn(3, '/');
     match (parts.next(), parts.next()) {
-        (Some(api), Some(stage)) if !api.is_empty() && !stage.is_empty() => vec![
-            format!("{api}/{stage}/GET/*"),
-            format!("{api}/{stage}/HEAD/*"),
-        ],
+        (Some(api), Some(stage)) if !api.is_empty() && !stage.is_empty() => {
+            let methods: &[&str] = if write {
+                &["GET", "HEAD", "POST", "PUT"]
+            } else {
+                &["GET", "HEAD"]
+            };
+            methods
+                .iter()
+                .map(|m| format!("{api}/{stage}/{m}/*"))
+                .collect()
+        }
         _ => vec![arn.to_owned()],
     }
 }
@@ -138,15 +146,25 @@ mod tests {
     #[test]
     fn read_routes_cover_the_stage() {
         assert_eq!(
-            read_routes(Some(
-                "arn:aws:execute-api:us-east-1:123:abc/prod/GET/Patient/1"
-            )),
+            routes(
+                Some("arn:aws:execute-api:us-east-1:123:abc/prod/GET/Patient/1"),
+                false
+            ),
             [
                 "arn:aws:execute-api:us-east-1:123:abc/prod/GET/*",
                 "arn:aws:execute-api:us-east-1:123:abc/prod/HEAD/*"
             ]
         );
-        assert_eq!(read_routes(Some("odd")), ["odd"]);
-        assert!(read_routes(None).is_empty());
+        assert_eq!(routes(Some("odd"), false), ["odd"]);
+        assert!(routes(None, false).is_empty());
+        assert_eq!(
+            routes(Some("arn:aws:execute-api:r:1:abc/prod/POST/ingest/x"), true),
+            [
+                "arn:aws:execute-api:r:1:abc/prod/GET/*",
+                "arn:aws:execute-api:r:1:abc/prod/HEAD/*",
+                "arn:aws:execute-api:r:1:abc/prod/POST/*",
+                "arn:aws:execute-api:r:1:abc/prod/PUT/*"
+            ]
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod authorizer;
 pub mod emit;
 pub mod errors;
 pub mod gateway;
+pub mod ingest_api;
 pub mod ingest_dms;
 pub mod ingest_dynamodb;
 pub mod publish;

@@ -202,7 +202,8 @@ impl LocalRuntime {
     }
 
     /// Delivers every configured local stream (each folder's `*.json` files, in name order),
-    /// then every local DMS folder (see [`super::dms`]), and sums up what happened.
+    /// then every local DMS folder (see [`super::dms`]), then every API source's requests file
+    /// (see [`crate::handlers::ingest_api::run_local_requests`]), and sums up what happened.
     pub async fn run(&self) -> Result<RunSummary, LocalError> {
         let mut summary = RunSummary::default();
         for source in &self.config.sources {
@@ -224,6 +225,7 @@ impl LocalRuntime {
             }
         }
         self.run_dms(&mut summary).await?;
+        crate::handlers::ingest_api::run_local_requests(self, &mut summary).await?;
         Ok(summary)
     }
 }

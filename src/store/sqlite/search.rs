@@ -152,10 +152,19 @@ impl Sql {
                     }
                     Criterion::String { value, mode } => match mode {
                         StringMode::Exact => format!("s.raw = {}", self.bind(value.clone())),
-                        StringMode::Prefix => format!(
-                            "s.value LIKE {} ESCAPE '\\'",
-                            self.bind(format!("{}%", like_escape(&value.to_lowercase())))
-                        ),
+                        // A range on the lower-cased column, which the (resource_type,
+                        // param, value) index answers; LIKE cannot use it.
+                        StringMode::Prefix => {
+                            let low = value.to_lowercase();
+                            match prefix_successor(&low) {
+                                Some(high) => format!(
+                                    "(s.value >= {} AND s.value < {})",
+                                    self.bind(low),
+                                    self.bind(high)
+                                ),
+                                None => format!("s.value >= {}", self.bind(low)),
+                            }
+                        }
                         StringMode::Contains => format!(
                             "s.value LIKE {} ESCAPE '\\'",
                             self.bind(format!("%{}%", like_escape(&value.to_lowercase())))
@@ -211,6 +220,25 @@ fn date_condition(
         Prefix::Sa => format!("{lo} > {}", b(high)),
         Prefix::Eb => format!("{hi} < {}", b(low)),
     }
+}
+
+/// The least string greater than every string starting with `prefix`, in SQLite's BINARY
+/// order (UTF-8 bytes, which is code point order): the prefix with its last character
+/// replaced by the next one (characters that have none are dropped first). `None` when no
+/// such string exists (an empty prefix, or only `char::MAX`): every value matches from below.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(n) = next {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 fn like_escape(s: &str) -> String {
@@ -505,6 +533,77 @@ mod tests {
             low,
             high,
         }
+    }
+
+    #[test]
+    fn prefix_successors() {
+        assert_eq!(prefix_successor("smi").as_deref(), Some("smj"));
+        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_successor("b\u{10FFFF}").as_deref(), Some("c"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        assert_eq!(prefix_successor(""), None);
+    }
+
+    #[tokio::test]
+    async fn prefix_ranges_keep_case_insensitive_prefix_semantics() {
+        let st = SqliteStore::open_in_memory().unwrap().with_clock(clock());
+        let families = [
+            ("a", "Smith"),
+            ("b", "SMITHERS"),
+            ("c", "smj"),
+            ("d", "Smi"),
+            ("e", "Ómar"),
+            ("f", "ómarsson"),
+            ("g", "Sm"),
+            ("h", "Smi\u{10FFFF}x"),
+        ];
+        for (id, family) in families {
+            st.apply(&[put(
+                "Patient",
+                id,
+                json!({"resourceType": "Patient", "name": [{"family": family}]}),
+            )])
+            .await
+            .unwrap();
+        }
+        let find = |v: &'static str| {
+            let st = &st;
+            async move {
+                let page = st
+                    .search(&q(
+                        "Patient",
+                        vec![("family", vec![s(v, StringMode::Prefix)])],
+                    ))
+                    .await
+                    .unwrap();
+                page.matches
+                    .iter()
+                    .map(|m| m.target.id.clone())
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Every family that starts with the value, whatever the case, and nothing else: the
+        // same answer as a case-insensitive `starts_with` over the data.
+        for v in [
+            "smi",
+            "SMI",
+            "Smith",
+            "smithers",
+            "sm",
+            "óm",
+            "ÓMAR",
+            "smj",
+            "x",
+            "smi\u{10FFFF}",
+        ] {
+            let want: Vec<String> = families
+                .iter()
+                .filter(|(_, f)| f.to_lowercase().starts_with(&v.to_lowercase()))
+                .map(|(id, _)| (*id).to_owned())
+                .collect();
+            assert_eq!(find(v).await, want, "{v}");
+        }
+        assert_eq!(find("smi").await, ["a", "b", "d", "h"]);
     }
 
     #[tokio::test]
