@@ -393,6 +393,7 @@ fn search(count: usize) -> FhirRequest {
             partner: "test".into(),
             read: BTreeSet::from(["Patient".to_owned()]),
             search: BTreeSet::from(["Patient".to_owned()]),
+            write: BTreeSet::new(),
         }),
     }
 }
