@@ -8,6 +8,7 @@ pub mod errors;
 pub mod gateway;
 pub mod ingest_dms;
 pub mod ingest_dynamodb;
+pub mod ingest_transfer;
 pub mod publish;
 pub mod transform;
 pub mod validate;

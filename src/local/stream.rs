@@ -224,6 +224,7 @@ impl LocalRuntime {
             }
         }
         self.run_dms(&mut summary).await?;
+        self.run_transfer(&mut summary).await?;
         Ok(summary)
     }
 }
