@@ -13,9 +13,7 @@ use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhir_unify::objects::LocalBuckets;
 use fhir_unify::sources::Decoded;
-use fhir_unify::sources::transfer::{
-    CsvFormat, FileFormat, LoadMode, TransferTarget, read_object,
-};
+use fhir_unify::sources::transfer::{CsvFormat, FileFormat, LoadMode, TransferTarget, read_object};
 
 const ROWS: u64 = 100_000;
 

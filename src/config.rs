@@ -604,7 +604,7 @@ impl PipelineConfig {
             match &s.dynamodb {
                 None => {
                     return Err(at(
-                        "says no source kind (expected `dynamodb`, `dms` or `transfer`)".into()
+                        "says no source kind (expected `dynamodb`, `dms` or `transfer`)".into(),
                     ));
                 }
                 Some(d) => {

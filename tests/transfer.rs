@@ -230,7 +230,10 @@ fn fixed_width_ndjson_and_xml() {
         "{why:?}"
     );
 
-    let r = read("members.ndjson", &target(FileFormat::Ndjson(NdjsonFormat {})));
+    let r = read(
+        "members.ndjson",
+        &target(FileFormat::Ndjson(NdjsonFormat {})),
+    );
     assert_eq!(ids(&r.changes), ["N-0001", "N-0005"]);
     let why = reasons(&r.rejected);
     assert_eq!(why.len(), 3, "{why:?}");
@@ -383,7 +386,10 @@ fn uploads_bind_to_the_first_files_entry_that_matches() {
     let t = c
         .transfer_target("landing", "eligibility/members/2026-03.csv.gz")
         .unwrap();
-    assert_eq!((t.entity.as_str(), t.load), ("members", LoadMode::FullRefresh));
+    assert_eq!(
+        (t.entity.as_str(), t.load),
+        ("members", LoadMode::FullRefresh)
+    );
     let t = c
         .transfer_target("landing", "eligibility/members/march/2026-03.csv")
         .unwrap();
@@ -398,7 +404,10 @@ fn uploads_bind_to_the_first_files_entry_that_matches() {
         .unwrap();
     assert_eq!(t.layout.unwrap(), Path::new("layouts/claims.yaml"));
     assert!(c.transfer_target("landing", "other/claims/c.dat").is_none());
-    assert!(c.transfer_target("elsewhere", "eligibility/claims/c.dat").is_none());
+    assert!(
+        c.transfer_target("elsewhere", "eligibility/claims/c.dat")
+            .is_none()
+    );
     assert!(
         c.transfer_source_for("landing", "eligibility/notes.txt")
             .is_some()
@@ -412,7 +421,11 @@ fn bad_transfer_configuration_is_refused_at_start() {
         ("load: full-refresh", "load: full", "full"),
         ("'claims/*.dat'", "'claims/[.dat'", "match"),
         ("key: [claim_id]", "key: []", "key"),
-        ("mapping: m/claims.yaml", "mapping: m/other.yaml\n        x: 1", "x"),
+        (
+            "mapping: m/claims.yaml",
+            "mapping: m/other.yaml\n        x: 1",
+            "x",
+        ),
         (
             "entity: claims\n        key: [claim_id]",
             "entity: members\n        key: [claim_id]",
@@ -532,11 +545,7 @@ async fn uploads_go_through_unify_into_the_store_and_bad_rows_into_quarantine() 
     );
 
     // A second run changes nothing (same files, same modification times).
-    let rt = LocalRuntime::open(
-        pipeline(dir.path(), ""),
-        DataDir(data),
-    )
-    .unwrap();
+    let rt = LocalRuntime::open(pipeline(dir.path(), ""), DataDir(data)).unwrap();
     let s = rt.run().await.unwrap();
     assert_eq!((s.created, s.updated, s.events), (0, 0, 0), "{s:?}");
 }

@@ -23,6 +23,7 @@ use super::row::{Broken, Row, not_utf8, read_line, strip_bom, trim_eol};
 /// Splits one complete record into fields (byte ranges of `out`).
 struct Splitter {
     core: csv_core::Reader,
+    delimiter: u8,
     out: Vec<u8>,
     ends: Vec<usize>,
 }
@@ -42,6 +43,7 @@ impl Splitter {
         }
         Splitter {
             core: b.build(),
+            delimiter,
             out: vec![0; 4096],
             ends: vec![0; 64],
         }
@@ -52,11 +54,9 @@ impl Splitter {
         self.core.reset();
         let (mut input, mut out_len, mut n_ends) = (record, 0usize, 0usize);
         loop {
-            let (res, nin, nout, nend) = self.core.read_record(
-                input,
-                &mut self.out[out_len..],
-                &mut self.ends[n_ends..],
-            );
+            let (res, nin, nout, nend) =
+                self.core
+                    .read_record(input, &mut self.out[out_len..], &mut self.ends[n_ends..]);
             input = &input[nin..];
             out_len += nout;
             n_ends += nend;
@@ -105,7 +105,10 @@ pub fn read(
     fmt: &CsvFormat,
     emit: &mut dyn FnMut(Row),
 ) -> Result<(), Broken> {
-    let quote = fmt.quote.as_deref().and_then(|q| q.as_bytes().first().copied());
+    let quote = fmt
+        .quote
+        .as_deref()
+        .and_then(|q| q.as_bytes().first().copied());
     let max_lines = fmt.max_record_lines.max(1);
     let mut splitter = Splitter::new(fmt);
     let mut header: Option<Vec<String>> = if fmt.header {
@@ -189,6 +192,21 @@ pub fn read(
         }
         if !record.ends_with(b"\n") {
             record.push(b'\n');
+        }
+        // A record over several lines must be strictly quoted (a closing quote followed by a
+        // delimiter or the end of the line): otherwise a stray quote has glued lines together.
+        if pending.len() > 1
+            && let Some(q) = quote
+            && !strictly_quoted(&record, q, splitter.delimiter)
+        {
+            refuse_first(
+                &mut pending,
+                &mut replay,
+                &mut row,
+                "broken quoting: a quoted field opened here runs into the next lines",
+                emit,
+            );
+            continue;
         }
         let n = splitter.split(&record);
         let first_line = pending.first().map_or(0, |l| l.no);
@@ -281,6 +299,40 @@ pub fn read(
         });
         pending.clear();
     }
+}
+
+/// Whether every quoted field of `record` opens at the start of its field and closes right
+/// before a delimiter or the end of a line (RFC 4180).
+fn strictly_quoted(record: &[u8], quote: u8, delimiter: u8) -> bool {
+    #[derive(PartialEq)]
+    enum S {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        AfterQuote,
+    }
+    let mut state = S::FieldStart;
+    for &b in record {
+        state = match state {
+            S::FieldStart if b == quote => S::Quoted,
+            S::FieldStart | S::Unquoted => {
+                if b == delimiter || b == b'\n' || b == b'\r' {
+                    S::FieldStart
+                } else if b == quote {
+                    return false;
+                } else {
+                    S::Unquoted
+                }
+            }
+            S::Quoted if b == quote => S::AfterQuote,
+            S::Quoted => S::Quoted,
+            // A doubled quote inside quotes.
+            S::AfterQuote if b == quote => S::Quoted,
+            S::AfterQuote if b == delimiter || b == b'\n' || b == b'\r' => S::FieldStart,
+            S::AfterQuote => return false,
+        };
+    }
+    state != S::Quoted
 }
 
 fn bad_header(line: u64, message: &str) -> Row {
@@ -407,6 +459,24 @@ mod tests {
     }
 
     #[test]
+    fn strict_quoting() {
+        for (text, ok) in [
+            (&b"a,\"b\nc\",d\n"[..], true),
+            (b"a,\"b \"\"x\"\"\"\n", true),
+            (b"a,\"b\nc\"x,d\n", false),
+            (b"a,b\"c\n", false),
+            (b"a,\"open\n", false),
+        ] {
+            assert_eq!(
+                strictly_quoted(text, b'"', b','),
+                ok,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
     fn the_open_record_limit_bounds_memory() {
         let fmt = CsvFormat {
             max_record_lines: 2,
@@ -472,6 +542,10 @@ mod tests {
         let broken = read(&mut input, &CsvFormat::default(), &mut |r| out.push(r)).unwrap_err();
         assert_eq!(out.len(), 2);
         assert_eq!(broken.place, "row 3 (line 4)");
-        assert!(broken.message().contains("truncated"), "{}", broken.message());
+        assert!(
+            broken.message().contains("truncated"),
+            "{}",
+            broken.message()
+        );
     }
 }

@@ -78,7 +78,10 @@ pub fn uploads(event: &Value) -> Result<Announced, EventError> {
         });
     }
     if !is_upload(detail_type, "Completed") {
-        tracing::debug!(detail_type, "Transfer Family event is not an upload; skipped");
+        tracing::debug!(
+            detail_type,
+            "Transfer Family event is not an upload; skipped"
+        );
         return Ok(Announced {
             objects: Vec::new(),
             skipped: vec![(label, format!("{detail_type}: not an upload"))],
@@ -160,16 +163,17 @@ mod tests {
         ] {
             assert!(is_upload(t, "Completed"), "{t}");
         }
-        assert!(!is_upload("SFTP Server File Download Completed", "Completed"));
+        assert!(!is_upload(
+            "SFTP Server File Download Completed",
+            "Completed"
+        ));
         assert!(!is_upload("AS2 Server File Upload Completed", "Completed"));
         assert!(is_upload("SFTP Server File Upload Failed", "Failed"));
     }
 
     #[test]
     fn shapes_that_are_wrong_are_errors_with_the_place() {
-        let base = |detail: Value| {
-            json!({"source": "aws.transfer", "detail-type": "SFTP Server File Upload Completed", "detail": detail})
-        };
+        let base = |detail: Value| json!({"source": "aws.transfer", "detail-type": "SFTP Server File Upload Completed", "detail": detail});
         assert_eq!(
             uploads(&base(json!({}))).unwrap_err().place,
             "detail.file-path"

@@ -283,7 +283,11 @@ fn decimal(raw: &str, implied: u32) -> Result<String, String> {
     }
     let norm = |i: &str| {
         let t = i.trim_start_matches('0');
-        if t.is_empty() { "0".to_owned() } else { t.to_owned() }
+        if t.is_empty() {
+            "0".to_owned()
+        } else {
+            t.to_owned()
+        }
     };
     if digits.contains('.') || implied == 0 {
         let int = norm(int);
@@ -377,7 +381,10 @@ columns:
         let Row::Record { fields, .. } = &rows[0] else {
             panic!()
         };
-        assert_eq!((fields["a"].as_str(), fields["b"].as_str()), (Some("Zoë"), Some("xy")));
+        assert_eq!(
+            (fields["a"].as_str(), fields["b"].as_str()),
+            (Some("Zoë"), Some("xy"))
+        );
     }
 
     #[test]

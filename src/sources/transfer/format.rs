@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// The record layout of a file (one key: its kind).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "FormatKinds")]
 pub enum FileFormat {
     /// Delimited text.
     Csv(CsvFormat),
@@ -19,6 +19,47 @@ pub enum FileFormat {
     Ndjson(NdjsonFormat),
     /// XML, one record an element at a configured path.
     Xml(XmlFormat),
+}
+
+/// `format:` as written: one key naming the kind (YAML has no other way to say an enum
+/// without tags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatKinds {
+    #[serde(default)]
+    csv: Option<CsvFormat>,
+    #[serde(default)]
+    fixed_width: Option<FixedWidthFormat>,
+    #[serde(default)]
+    ndjson: Option<NdjsonFormat>,
+    #[serde(default)]
+    xml: Option<XmlFormat>,
+}
+
+impl TryFrom<FormatKinds> for FileFormat {
+    type Error = String;
+
+    fn try_from(k: FormatKinds) -> Result<Self, String> {
+        let mut kinds = Vec::new();
+        if let Some(c) = k.csv {
+            kinds.push(FileFormat::Csv(c));
+        }
+        if let Some(f) = k.fixed_width {
+            kinds.push(FileFormat::FixedWidth(f));
+        }
+        if let Some(n) = k.ndjson {
+            kinds.push(FileFormat::Ndjson(n));
+        }
+        if let Some(x) = k.xml {
+            kinds.push(FileFormat::Xml(x));
+        }
+        match kinds.len() {
+            1 => Ok(kinds.remove(0)),
+            n => Err(format!(
+                "format: name exactly one kind (csv, fixed_width, ndjson or xml); {n} given"
+            )),
+        }
+    }
 }
 
 impl FileFormat {
@@ -63,9 +104,7 @@ impl FileFormat {
                     }
                 }
                 if !c.header && c.columns.is_empty() {
-                    return Err(
-                        "format.csv: a file without a header row needs `columns`".into()
-                    );
+                    return Err("format.csv: a file without a header row needs `columns`".into());
                 }
                 if c.max_record_lines == 0 {
                     return Err("format.csv.max_record_lines must be at least 1".into());
@@ -164,18 +203,17 @@ pub struct XmlFormat {
 
 /// The text encodings a file may be in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Encoding {
     /// UTF-8 (a leading byte-order mark is skipped). Bytes that are not UTF-8 make the row
     /// they are in an error.
     #[default]
-    #[serde(alias = "utf8")]
+    #[serde(rename = "utf-8", alias = "utf8")]
     Utf8,
     /// ISO-8859-1 (decoded as windows-1252, as the WHATWG Encoding Standard and browsers do).
-    #[serde(alias = "iso-8859-1", alias = "latin1")]
+    #[serde(rename = "latin-1", alias = "iso-8859-1", alias = "latin1")]
     Latin1,
     /// Windows code page 1252.
-    #[serde(alias = "cp1252")]
+    #[serde(rename = "windows-1252", alias = "cp1252")]
     Windows1252,
 }
 
@@ -218,6 +256,8 @@ mod tests {
         assert_eq!(f.encoding(), Encoding::Latin1);
         assert!(serde_yaml_ng::from_str::<FileFormat>("csv: { delimeter: ',' }").is_err());
         assert!(serde_yaml_ng::from_str::<FileFormat>("parquet: {}").is_err());
+        assert!(serde_yaml_ng::from_str::<FileFormat>("{}").is_err());
+        assert!(serde_yaml_ng::from_str::<FileFormat>("{ ndjson: {}, csv: {} }").is_err());
         assert!(serde_yaml_ng::from_str::<FileFormat>("csv: { encoding: ebcdic }").is_err());
         let f: FileFormat = serde_yaml_ng::from_str("ndjson: {}").unwrap();
         assert_eq!(f.name(), "ndjson");

@@ -95,10 +95,13 @@ pub enum DecryptError {
 }
 
 /// Decrypts a message (binary or armored) into a new temporary file, rewound to its start.
-pub fn decrypt(input: &mut (dyn BufRead + Send), key: &DecryptionKey) -> Result<File, DecryptError> {
+pub fn decrypt(
+    input: &mut (dyn BufRead + Send),
+    key: &DecryptionKey,
+) -> Result<File, DecryptError> {
     let refused = |what: &str, e: &dyn fmt::Display| DecryptError::Refused(format!("{what}: {e}"));
-    let (message, _) = Message::from_reader(Input(input))
-        .map_err(|e| refused("not an OpenPGP message", &e))?;
+    let (message, _) =
+        Message::from_reader(Input(input)).map_err(|e| refused("not an OpenPGP message", &e))?;
     if !message.is_encrypted() {
         return Err(DecryptError::Refused(
             "the OpenPGP message is not encrypted".into(),
@@ -119,9 +122,14 @@ pub fn decrypt(input: &mut (dyn BufRead + Send), key: &DecryptionKey) -> Result<
             .map_err(|e| refused("cannot decompress the decrypted message", &e))?;
     }
     let mut out = tempfile::tempfile().map_err(DecryptError::Read)?;
-    io::copy(&mut message, &mut out).map_err(|e| match crate::sources::transfer::reader::object_error(&e) {
-        Some(_) => DecryptError::Read(e),
-        None => refused("the decrypted message is damaged (integrity check failed?)", &e),
+    io::copy(&mut message, &mut out).map_err(|e| {
+        match crate::sources::transfer::reader::object_error(&e) {
+            Some(_) => DecryptError::Read(e),
+            None => refused(
+                "the decrypted message is damaged (integrity check failed?)",
+                &e,
+            ),
+        }
     })?;
     out.seek(SeekFrom::Start(0)).map_err(DecryptError::Read)?;
     Ok(out)

@@ -78,9 +78,8 @@ impl Seek for ObjectReader {
             SeekFrom::End(d) => self.size.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        let target = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
+        let target = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         self.pos = target;
         Ok(target)
     }
@@ -88,7 +87,8 @@ impl Seek for ObjectReader {
 
 /// The object-store error inside an I/O error, if that is what it is.
 pub fn object_error(e: &io::Error) -> Option<&ObjectError> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<ObjectError>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<ObjectError>())
 }
 
 /// What the first bytes of a stream say it is.

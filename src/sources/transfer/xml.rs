@@ -363,7 +363,12 @@ mod tests {
         let rows = rows(text, "R/M");
         assert_eq!(rows.len(), 4, "{rows:?}");
         assert_eq!(fields(&rows[0])["A"], "1");
-        let Row::Bad { place, message, row } = &rows[1] else {
+        let Row::Bad {
+            place,
+            message,
+            row,
+        } = &rows[1]
+        else {
             panic!("{rows:?}")
         };
         assert_eq!(*row, 2);
