@@ -92,12 +92,13 @@ pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), Local
     let built = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
-            let objects = crate::handlers::ingest_transfer::local_objects(&config).map_err(
-                |message| LocalError::Input {
-                    file: config.file.display().to_string(),
-                    message,
-                },
-            )?;
+            let objects =
+                crate::handlers::ingest_transfer::local_objects(&config).map_err(|message| {
+                    LocalError::Input {
+                        file: config.file.display().to_string(),
+                        message,
+                    }
+                })?;
             let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
             Ok((Arc::new(runtime), objects))
         });

@@ -144,7 +144,14 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     };
     let bao = rt.env.store.read(&member("E-0002")).await.unwrap().unwrap();
     assert_eq!(bao.resource.unwrap()["name"][0]["family"], "Nguyen | Tran");
-    assert!(rt.env.store.read(&member("E-0004")).await.unwrap().is_none());
+    assert!(
+        rt.env
+            .store
+            .read(&member("E-0004"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Each bad record is in quarantine once, with a reason that names it.
     let q = quarantined(&rt);
@@ -161,7 +168,12 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
         "{}",
         upload.record
     );
-    assert!(upload.outcome.to_string().contains("5 fields, but the header has 6"));
+    assert!(
+        upload
+            .outcome
+            .to_string()
+            .contains("5 fields, but the header has 6")
+    );
     let dms = q
         .iter()
         .find(|r| r.record.starts_with("clinic/"))

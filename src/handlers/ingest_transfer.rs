@@ -178,8 +178,13 @@ pub async fn handle(
                     pending.push(c);
                     if pending.len() >= FLUSH_CHANGES {
                         part += 1;
-                        flush(env, batch_id(&ids, file_index, part), &mut pending, &mut out)
-                            .await?;
+                        flush(
+                            env,
+                            batch_id(&ids, file_index, part),
+                            &mut pending,
+                            &mut out,
+                        )
+                        .await?;
                     }
                 }
                 Decoded::Rejected(r) => out.rejected.push(r),
@@ -190,7 +195,13 @@ pub async fn handle(
                 report,
             } => {
                 part += 1;
-                flush(env, batch_id(&ids, file_index, part), &mut pending, &mut out).await?;
+                flush(
+                    env,
+                    batch_id(&ids, file_index, part),
+                    &mut pending,
+                    &mut out,
+                )
+                .await?;
                 tracing::info!(
                     file = %uri,
                     rows = report.rows,
@@ -263,7 +274,11 @@ async fn flush(
 
 /// Binds an announced object. An EventBridge key may or may not be URL-encoded: when the
 /// decoded key binds nothing, or names no object, the key as received is tried.
-fn bind(config: &PipelineConfig, store: &dyn ObjectStore, o: &ObjectCreated) -> Result<Job, String> {
+fn bind(
+    config: &PipelineConfig,
+    store: &dyn ObjectStore,
+    o: &ObjectCreated,
+) -> Result<Job, String> {
     let mut candidates = vec![o.key.as_str()];
     if o.raw_key != o.key {
         candidates.push(o.raw_key.as_str());
@@ -277,7 +292,10 @@ fn bind(config: &PipelineConfig, store: &dyn ObjectStore, o: &ObjectCreated) -> 
             });
             continue;
         };
-        let missing = matches!(store.size(&o.bucket, key), Err(ObjectError::NotFound { .. }));
+        let missing = matches!(
+            store.size(&o.bucket, key),
+            Err(ObjectError::NotFound { .. })
+        );
         if !missing || key == o.raw_key {
             return Ok(Job {
                 object: o.clone(),
