@@ -36,7 +36,7 @@ fn row(i: u64) -> String {
         i % 100_000,
         i,
         i % 997,
-        if i % 2 == 0 { "M" } else { "F" },
+        if i.is_multiple_of(2) { "M" } else { "F" },
         i % 900 + 1,
         i % 50,
         i % 1000,
