@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::mapping::{Mapping, MappingSet};
 use crate::sources::dms::{DEFAULT_TIMESTAMP_COLUMN, DmsBinding, DmsPath};
 use crate::sources::dynamodb::StreamBinding;
+use crate::sources::transfer::{FileFormat, LoadMode, TransferTarget};
 
 /// A pipeline file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -418,9 +419,17 @@ pub struct SourceConfig {
     /// Records and FHIR resources posted through API Gateway (`ingest-api`).
     #[serde(default)]
     pub api: Option<ApiSource>,
+    /// Files uploaded through AWS Transfer Family, in S3 or a local folder.
+    #[serde(default)]
+    pub transfer: Option<TransferSource>,
     /// The entities of the source, by name (for `dms`: `schema.table` or the table name).
+    /// A `transfer` source names its entities in `files` instead.
     #[serde(default)]
     pub entities: BTreeMap<String, EntityConfig>,
+    /// `transfer` only: which uploaded files are which entity, in which format (the first
+    /// entry whose `match` fits a file's key wins).
+    #[serde(default)]
+    pub files: Vec<TransferFileConfig>,
 }
 
 /// A source that posts through the API: its own JSON records to `<path>/<entity>`, and FHIR
@@ -449,6 +458,62 @@ pub fn api_fhir_entity(resource_type: &str) -> String {
 fn is_type_name(t: &str) -> bool {
     t.starts_with(|c: char| c.is_ascii_uppercase()) && t.bytes().all(|b| b.is_ascii_alphabetic())
 }
+
+/// Files uploaded through AWS Transfer Family: `s3://bucket[/folder]` (the server's landing
+/// place), or a local folder laid out like it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSource {
+    pub location: String,
+    /// The secret key for OpenPGP-encrypted uploads (`.pgp`, `.gpg`, `.asc`).
+    #[serde(default)]
+    pub pgp: Option<PgpConfig>,
+}
+
+impl TransferSource {
+    /// The location, parsed like a DMS source's.
+    pub fn location(&self) -> Result<DmsLocation, String> {
+        parse_location(&self.location)
+    }
+}
+
+/// An OpenPGP secret key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgpConfig {
+    /// The key file, ASCII-armored or binary (relative to the pipeline file).
+    pub private_key: PathBuf,
+    /// The environment variable holding the key's passphrase, if it has one.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+}
+
+/// One kind of uploaded file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferFileConfig {
+    /// A glob over the key below the location (`members/*.csv.gz`; `*` stays within a
+    /// folder, `**` crosses folders).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub entity: String,
+    /// The key columns of a record.
+    pub key: Vec<String>,
+    pub format: FileFormat,
+    /// The mapping file (relative to the pipeline file).
+    pub mapping: PathBuf,
+    /// `increment` (default: each record an upsert) or `full-refresh` (the file is the
+    /// entity's whole data set).
+    #[serde(default)]
+    pub load: LoadMode,
+}
+
+/// How `match` globs are matched: `*` does not cross `/`.
+const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
 
 /// A DynamoDB table with a stream.
 #[derive(Debug, Clone, Deserialize)]
@@ -486,28 +551,32 @@ pub enum DmsLocation {
     },
 }
 
+/// Parses a file source's location: `s3://bucket[/folder]` or a local folder.
+fn parse_location(location: &str) -> Result<DmsLocation, String> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("location {location:?} names no bucket"));
+        }
+        return Ok(DmsLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        });
+    }
+    if location.is_empty() || location.contains("://") {
+        return Err(format!(
+            "location {location:?} is neither s3://bucket[/folder] nor a local folder"
+        ));
+    }
+    Ok(DmsLocation::Local {
+        dir: PathBuf::from(location),
+    })
+}
+
 impl DmsSource {
     /// The location, parsed (a relative local folder is resolved by the caller).
     pub fn location(&self) -> Result<DmsLocation, String> {
-        if let Some(rest) = self.location.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(format!("location {:?} names no bucket", self.location));
-            }
-            return Ok(DmsLocation::S3 {
-                bucket: bucket.to_owned(),
-                prefix: prefix.trim_matches('/').to_owned(),
-            });
-        }
-        if self.location.is_empty() || self.location.contains("://") {
-            return Err(format!(
-                "location {:?} is neither s3://bucket[/folder] nor a local folder",
-                self.location
-            ));
-        }
-        Ok(DmsLocation::Local {
-            dir: PathBuf::from(&self.location),
-        })
+        parse_location(&self.location)
     }
 
     /// The timestamp column's name.
@@ -580,6 +649,19 @@ impl PipelineConfig {
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
                 return Err(at("source names must be unique and not empty".into()));
             }
+            if let Some(t) = &s.transfer {
+                if s.dynamodb.is_some() || s.dms.is_some() || s.api.is_some() {
+                    return Err(at(
+                        "names two source kinds; one of `dynamodb`, `dms`, `api`, `transfer`".into(),
+                    ));
+                }
+                t.location().map_err(at)?;
+                check_transfer_files(s).map_err(at)?;
+                continue;
+            }
+            if !s.files.is_empty() {
+                return Err(at("files: only a `transfer` source has files".into()));
+            }
             let api_fhir = s.api.as_ref().is_some_and(|a| !a.fhir.is_empty());
             if s.entities.is_empty() && !api_fhir {
                 return Err(at("entities: at least one entity is needed".into()));
@@ -642,7 +724,7 @@ impl PipelineConfig {
             match &s.dynamodb {
                 None => {
                     return Err(at(
-                        "says no source kind (expected `dynamodb`, `dms` or `api`)".into(),
+                        "says no source kind (expected `dynamodb`, `dms`, `api` or `transfer`)".into(),
                     ));
                 }
                 Some(d) => {
@@ -703,12 +785,21 @@ impl PipelineConfig {
     }
 
     /// Loads every mapping file named by the sources, checking each says the source and entity
-    /// that name it.
+    /// that name it; and checks the other files a transfer source names (fixed-width layouts,
+    /// its OpenPGP key), so that a bad one fails the start, not the first upload.
     pub fn load_mappings(&self) -> Result<MappingSet, ConfigError> {
         let mut set = MappingSet::new();
         for s in &self.sources {
-            for (entity, e) in &s.entities {
-                let path = self.resolve(&e.mapping);
+            self.check_transfer_resources(s)?;
+            let transfer_entities: BTreeMap<&String, &PathBuf> =
+                s.files.iter().map(|f| (&f.entity, &f.mapping)).collect();
+            let entities = s
+                .entities
+                .iter()
+                .map(|(n, e)| (n, &e.mapping))
+                .chain(transfer_entities);
+            for (entity, mapping) in entities {
+                let path = self.resolve(mapping);
                 let mapping =
                     Mapping::load(&path).map_err(|err| ConfigError::new(&path, err.to_string()))?;
                 if mapping.source() != s.name || mapping.entity() != entity {
@@ -830,6 +921,121 @@ pub fn is_table_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks a transfer source's `files` (what can be checked without reading other files).
+fn check_transfer_files(s: &SourceConfig) -> Result<(), String> {
+    if !s.entities.is_empty() {
+        return Err("entities: a transfer source names its entities in `files`".into());
+    }
+    if s.files.is_empty() {
+        return Err("files: at least one entry is needed".into());
+    }
+    let mut by_entity: BTreeMap<&str, &TransferFileConfig> = BTreeMap::new();
+    for (i, f) in s.files.iter().enumerate() {
+        let at = |m: String| format!("files[{i}] ({:?}): {m}", f.pattern);
+        glob::Pattern::new(&f.pattern).map_err(|e| at(format!("match: {e}")))?;
+        if f.entity.is_empty() {
+            return Err(at("entity must not be empty".into()));
+        }
+        if f.key.is_empty() || f.key.iter().any(String::is_empty) {
+            return Err(at("key must name at least one column".into()));
+        }
+        f.format.check().map_err(at)?;
+        if let Some(other) = by_entity.insert(&f.entity, f)
+            && (other.mapping != f.mapping || other.key != f.key)
+        {
+            return Err(at(format!(
+                "entity {:?} is named with another mapping or key by an earlier entry; one entity has one mapping and one key",
+                f.entity
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl PipelineConfig {
+    /// Reads the layouts and the key a transfer source names.
+    fn check_transfer_resources(&self, s: &SourceConfig) -> Result<(), ConfigError> {
+        let Some(t) = &s.transfer else { return Ok(()) };
+        for f in &s.files {
+            if let FileFormat::FixedWidth(fw) = &f.format {
+                let path = self.resolve(&fw.layout);
+                crate::sources::transfer::fixed::Layout::load(&path)
+                    .map_err(|e| ConfigError::new(&path, e.message))?;
+            }
+        }
+        if let Some(pgp) = &t.pgp {
+            let (path, passphrase) = self.pgp_key(pgp)?;
+            crate::sources::transfer::pgp::DecryptionKey::load(&path, passphrase.as_deref())
+                .map_err(|e| ConfigError::new(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The key file and its passphrase (from the environment variable the source names).
+    fn pgp_key(&self, pgp: &PgpConfig) -> Result<(PathBuf, Option<String>), ConfigError> {
+        let path = self.resolve(&pgp.private_key);
+        let passphrase = match &pgp.passphrase_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ConfigError::new(
+                    &self.file,
+                    format!("pgp.passphrase_env: the environment variable {var} is not set"),
+                )
+            })?),
+        };
+        Ok((path, passphrase))
+    }
+
+    /// The transfer source an uploaded object belongs to, and the `files` entry its key
+    /// matches. `None` when no transfer source's location holds it or no entry matches.
+    pub fn transfer_target(&self, bucket: &str, key: &str) -> Option<TransferTarget> {
+        let s = self.transfer_source_for(bucket, key)?;
+        let t = s.transfer.as_ref()?;
+        let prefix = match t.location().ok()? {
+            DmsLocation::S3 { prefix, .. } => prefix,
+            DmsLocation::Local { .. } => String::new(),
+        };
+        let rel = if prefix.is_empty() {
+            key
+        } else {
+            key.strip_prefix(&format!("{prefix}/"))?
+        };
+        let f = s.files.iter().find(|f| {
+            glob::Pattern::new(&f.pattern).is_ok_and(|p| p.matches_with(rel, GLOB_OPTIONS))
+        })?;
+        let layout = match &f.format {
+            FileFormat::FixedWidth(fw) => Some(self.resolve(&fw.layout)),
+            _ => None,
+        };
+        let pgp = t.pgp.as_ref().and_then(|p| self.pgp_key(p).ok());
+        Some(TransferTarget {
+            source: s.name.clone(),
+            entity: f.entity.clone(),
+            key: f.key.clone(),
+            format: f.format.clone(),
+            load: f.load,
+            pattern: f.pattern.clone(),
+            layout,
+            pgp,
+        })
+    }
+
+    /// The transfer source whose location holds the bucket (and key prefix) of an object.
+    pub fn transfer_source_for(&self, bucket: &str, key: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| {
+            s.transfer
+                .as_ref()
+                .and_then(|t| t.location().ok())
+                .is_some_and(|l| match l {
+                    DmsLocation::S3 { bucket: b, prefix } => {
+                        b == bucket && (prefix.is_empty() || key.starts_with(&format!("{prefix}/")))
+                    }
+                    DmsLocation::Local { .. } => s.name == bucket,
+                })
+        })
+    }
 }
 
 /// Where the data of a local run lives: the store, the queue, the event file.

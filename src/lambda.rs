@@ -157,6 +157,25 @@ pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError
     reported(built)
 }
 
+/// The environment of `ingest-transfer`: the embedded runtime and the object store its
+/// transfer sources name (local folders until the S3 adapter exists).
+pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    let built = load_config()
+        .map_err(LocalError::from)
+        .and_then(|(config, data)| {
+            let objects =
+                crate::handlers::ingest_transfer::local_objects(&config).map_err(|message| {
+                    LocalError::Input {
+                        file: config.file.display().to_string(),
+                        message,
+                    }
+                })?;
+            let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
+            Ok((Arc::new(runtime), objects))
+        });
+    reported(built)
+}
+
 /// `result`, with its error reported to the Runtime API first when running under Lambda.
 fn reported<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, E> {
     if let Err(e) = &result {

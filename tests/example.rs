@@ -57,22 +57,24 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     let rt = runtime(dir.path());
     let s = rt.run().await.unwrap();
 
-    // 10 stream records, then 8 DMS rows (3 full load, 3 + 2 CDC), then 7 records of the
-    // partner's API requests (3 member records, 1 PUT Patient, a transaction of 3).
-    assert_eq!(s.records_in, 18 + 7);
+    // 10 stream records, then 8 DMS rows (3 full load, 3 + 2 CDC), then 4 rows of the
+    // Transfer upload, then 7 records of the partner's API requests (3 member records, 1 PUT
+    // Patient, a transaction of 3).
+    assert_eq!(s.records_in, 18 + 4 + 7);
     // Stream: p-1001, p-1002, p-1003 created; p-1001 updated (new phone); p-1002 unchanged
     // (only an unmapped attribute changed); p-1003 deleted; the late p-1001 change is stale.
     // DMS: patients 1, 2, 3 created by the full load, 4 by CDC; 1 and 2 updated; 3 deleted
     // (a key-only delete); the row with an unknown Op is quarantined.
+    // Transfer: members E-0001..3 created; E-0004's row lacks a column and is quarantined.
     // API: 2 members, the PUT Patient and the transaction's 3 resources created; the member
     // without a last name is quarantined.
     assert_eq!(
         (s.created, s.updated, s.unchanged, s.deleted, s.stale),
-        (3 + 4 + 6, 1 + 2, 1, 1 + 1, 1),
+        (3 + 4 + 3 + 6, 1 + 2, 1, 1 + 1, 1),
         "{s:?}"
     );
-    assert_eq!(s.quarantined, 3 + 1 + 1, "{s:?}");
-    assert_eq!(s.events, 5 + 7 + 6, "{s:?}");
+    assert_eq!(s.quarantined, 3 + 1 + 1 + 1, "{s:?}");
+    assert_eq!(s.events, 5 + 7 + 3 + 6, "{s:?}");
 
     let p1 = rt
         .env
@@ -132,15 +134,55 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
     let samir = rt.env.store.read(&clinic(4)).await.unwrap().unwrap();
     assert_eq!(samir.version_id, "1");
 
+    // The Transfer upload's members, the `|` inside quotes kept.
+    let member = |id: &str| ResourceRef {
+        resource_type: "Patient".into(),
+        id: fhir_unify::mapping::resource_id(
+            "eligibility",
+            "members",
+            &RecordKey::from_pairs([("member_id", json!(id))]),
+            "Patient",
+            None,
+        ),
+    };
+    let bao = rt.env.store.read(&member("E-0002")).await.unwrap().unwrap();
+    assert_eq!(bao.resource.unwrap()["name"][0]["family"], "Nguyen | Tran");
+    assert!(
+        rt.env
+            .store
+            .read(&member("E-0004"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     // Each bad record is in quarantine once, with a reason that names it.
     let q = quarantined(&rt);
-    assert_eq!(q.len(), 4 + 1, "{q:#?}");
+    assert_eq!(q.len(), 4 + 1 + 1, "{q:#?}");
     let api = q
         .iter()
         .find(|r| r.record.starts_with("partner/members"))
         .unwrap();
     assert_eq!(api.stage, Stage::Transform);
     assert!(api.record.contains("M-102"), "{}", api.record);
+    let upload = q
+        .iter()
+        .find(|r| r.record.starts_with("eligibility/"))
+        .unwrap_or_else(|| panic!("no Transfer rejection: {q:#?}"));
+    assert_eq!(upload.stage, Stage::Ingest);
+    assert!(
+        upload
+            .record
+            .contains("members/2026-03-members.csv row 4 (line 5)"),
+        "{}",
+        upload.record
+    );
+    assert!(
+        upload
+            .outcome
+            .to_string()
+            .contains("5 fields, but the header has 6")
+    );
     let dms = q
         .iter()
         .find(|r| r.record.starts_with("clinic/"))
@@ -184,7 +226,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
 
     // Events: EventBridge envelopes with the lineage, one per committed change.
     let events = event_lines(dir.path());
-    assert_eq!(events.len(), 12 + 6);
+    assert_eq!(events.len(), 12 + 3 + 6);
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["detail-type"].as_str().unwrap())
@@ -194,7 +236,7 @@ async fn the_example_publishes_the_good_and_quarantines_the_bad() {
             .iter()
             .filter(|k| **k == "FhirResourceCreated")
             .count(),
-        7 + 6,
+        7 + 3 + 6,
         "{kinds:?}"
     );
     assert!(kinds.contains(&"FhirResourceUpdated") && kinds.contains(&"FhirResourceDeleted"));

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod ingest_api;
 pub mod ingest_dms;
 pub mod ingest_dynamodb;
+pub mod ingest_transfer;
 pub mod publish;
 pub mod transform;
 pub mod validate;

@@ -5,11 +5,13 @@
 //! go to the SQLite queue; a DynamoDB table's stream is a folder of stream events delivered the
 //! way Lambda's event source mapping does it (partial-batch failures re-delivered, then sent
 //! to the on-failure destination, here the quarantine queue). A DMS source's local folder is
-//! delivered file by file as S3 events to `ingest-dms` ([`dms`]).
+//! delivered file by file as S3 events to `ingest-dms` ([`dms`]); a Transfer source's as
+//! Transfer Family upload events to `ingest-transfer` ([`transfer`]).
 
 pub mod dms;
 pub mod queue;
 pub mod stream;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -225,6 +225,7 @@ impl LocalRuntime {
             }
         }
         self.run_dms(&mut summary).await?;
+        self.run_transfer(&mut summary).await?;
         crate::handlers::ingest_api::run_local_requests(self, &mut summary).await?;
         Ok(summary)
     }

@@ -10,7 +10,6 @@
 //! file (by listing the table's folder) to check for a schema change, then streams every row
 //! to a sink as a change or a rejection.
 
-pub mod event;
 pub mod file;
 pub mod path;
 pub mod value;
@@ -21,7 +20,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-pub use event::{ObjectCreated, objects_created};
+// The S3 event parsing is shared with the Transfer source; `dms::event` keeps its old path.
+pub use crate::sources::s3_event as event;
+pub use crate::sources::s3_event::{ObjectCreated, objects_created};
 pub use file::{DEFAULT_TIMESTAMP_COLUMN, Decoded, DmsBinding, DmsFile, FileError, FileSchema};
 pub use path::{DmsFileKind, DmsPath, PathError};
 

@@ -1,4 +1,4 @@
-//! The events that announce a new object: S3 event notifications (`Records[]`, delivered to
+//! The events that announce a new object (shared by the file sources, DMS and Transfer): S3 event notifications (`Records[]`, delivered to
 //! Lambda directly or as the body of an SQS/SNS message) and EventBridge "Object Created".
 //!
 //! - Notification keys are form-URL-encoded (`+` is a space, `%2B` a plus): decoded here.

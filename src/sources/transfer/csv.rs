@@ -1,0 +1,551 @@
+//! Delimited text (CSV, pipe- or tab-separated), record by record, with recovery from broken
+//! quoting.
+//!
+//! Lines are read one at a time and gathered into a record while a quoted field is open (an
+//! odd number of quote characters so far: a doubled quote inside quotes counts two, so the
+//! parity is exact). A complete record is split by `csv-core`, with no copy of the file.
+//!
+//! A quote that never closes would swallow the rest of the file into one field. So a record
+//! still open after `max_record_lines` lines or at the end of the file, or one that spans
+//! lines and has the wrong number of fields, is taken as broken quoting: its *first* line is
+//! refused (naming row and line) and reading goes on at the line after it. A row with the
+//! wrong number of fields, or a field that is not UTF-8, is refused with its row and line.
+//! Empty fields are `null`.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::BufRead;
+
+use serde_json::{Map, Value};
+
+use super::format::CsvFormat;
+use super::row::{Broken, Row, not_utf8, read_line, strip_bom, trim_eol};
+
+/// Splits one complete record into fields (byte ranges of `out`).
+struct Splitter {
+    core: csv_core::Reader,
+    delimiter: u8,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Splitter {
+    fn new(fmt: &CsvFormat) -> Self {
+        let delimiter = fmt.delimiter.as_bytes().first().copied().unwrap_or(b',');
+        let mut b = csv_core::ReaderBuilder::new();
+        b.delimiter(delimiter);
+        match fmt.quote.as_deref().and_then(|q| q.as_bytes().first()) {
+            Some(q) => {
+                b.quote(*q);
+            }
+            None => {
+                b.quoting(false);
+            }
+        }
+        Splitter {
+            core: b.build(),
+            delimiter,
+            out: vec![0; 4096],
+            ends: vec![0; 64],
+        }
+    }
+
+    /// Splits `record` (complete, ending in a newline); returns the number of fields.
+    fn split(&mut self, record: &[u8]) -> usize {
+        self.core.reset();
+        let (mut input, mut out_len, mut n_ends) = (record, 0usize, 0usize);
+        loop {
+            let (res, nin, nout, nend) =
+                self.core
+                    .read_record(input, &mut self.out[out_len..], &mut self.ends[n_ends..]);
+            input = &input[nin..];
+            out_len += nout;
+            n_ends += nend;
+            match res {
+                csv_core::ReadRecordResult::OutputFull => {
+                    let l = self.out.len();
+                    self.out.resize(l * 2, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let l = self.ends.len();
+                    self.ends.resize(l * 2, 0);
+                }
+                csv_core::ReadRecordResult::InputEmpty => {
+                    if input.is_empty() {
+                        // End of the record's bytes: a final call closes it.
+                        let (_, _, _, nend) = self.core.read_record(
+                            &[],
+                            &mut self.out[out_len..],
+                            &mut self.ends[n_ends..],
+                        );
+                        return n_ends + nend;
+                    }
+                }
+                csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => {
+                    return n_ends;
+                }
+            }
+        }
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+}
+
+/// A physical line with its number (from 1).
+struct Line {
+    no: u64,
+    bytes: Vec<u8>,
+}
+
+/// Reads a delimited file, handing each row to `emit`.
+pub fn read(
+    input: &mut dyn BufRead,
+    fmt: &CsvFormat,
+    emit: &mut dyn FnMut(Row),
+) -> Result<(), Broken> {
+    let quote = fmt
+        .quote
+        .as_deref()
+        .and_then(|q| q.as_bytes().first().copied());
+    let max_lines = fmt.max_record_lines.max(1);
+    let mut splitter = Splitter::new(fmt);
+    let mut header: Option<Vec<String>> = if fmt.header {
+        None
+    } else {
+        Some(fmt.columns.clone())
+    };
+    // Lines given back after a broken record, read again before new ones.
+    let mut replay: VecDeque<Line> = VecDeque::new();
+    let mut pending: Vec<Line> = Vec::new();
+    let mut quotes_open = false;
+    let mut line_no = 0u64;
+    let mut row = 0u64;
+    let mut buf = Vec::new();
+    let mut record = Vec::new();
+    loop {
+        let next = match replay.pop_front() {
+            Some(l) => Some(l),
+            None => {
+                let place = |row: u64, line: u64| format!("row {} (line {})", row + 1, line + 1);
+                match read_line(input, &mut buf) {
+                    Ok(true) => {
+                        line_no += 1;
+                        let mut bytes = std::mem::take(&mut buf);
+                        if line_no == 1 {
+                            bytes = strip_bom(&bytes).to_vec();
+                        }
+                        Some(Line { no: line_no, bytes })
+                    }
+                    Ok(false) => None,
+                    Err(e) => {
+                        let at = pending.first().map_or(line_no, |l| l.no - 1);
+                        return Err(Broken::new(row + 1, place(row, at), e));
+                    }
+                }
+            }
+        };
+        let Some(line) = next else {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            // The end of the file with a quote still open.
+            refuse_first(
+                &mut pending,
+                &mut replay,
+                &mut row,
+                "broken quoting: a quoted field opened here is never closed",
+                emit,
+            );
+            quotes_open = false;
+            continue;
+        };
+        if pending.is_empty() && trim_eol(&line.bytes).is_empty() {
+            continue; // blank line
+        }
+        if let Some(q) = quote
+            && line.bytes.iter().filter(|b| **b == q).count() % 2 == 1
+        {
+            quotes_open = !quotes_open;
+        }
+        pending.push(line);
+        if quotes_open {
+            if pending.len() >= max_lines {
+                refuse_first(
+                    &mut pending,
+                    &mut replay,
+                    &mut row,
+                    &format!(
+                        "broken quoting: a quoted field opened here is still open {max_lines} lines later"
+                    ),
+                    emit,
+                );
+                quotes_open = false;
+            }
+            continue;
+        }
+        // A complete record.
+        record.clear();
+        for l in &pending {
+            record.extend_from_slice(&l.bytes);
+        }
+        if !record.ends_with(b"\n") {
+            record.push(b'\n');
+        }
+        // A record over several lines must be strictly quoted (a closing quote followed by a
+        // delimiter or the end of the line): otherwise a stray quote has glued lines together.
+        if pending.len() > 1
+            && let Some(q) = quote
+            && !strictly_quoted(&record, q, splitter.delimiter)
+        {
+            refuse_first(
+                &mut pending,
+                &mut replay,
+                &mut row,
+                "broken quoting: a quoted field opened here runs into the next lines",
+                emit,
+            );
+            continue;
+        }
+        let n = splitter.split(&record);
+        let first_line = pending.first().map_or(0, |l| l.no);
+        let Some(names) = &header else {
+            // The header row.
+            let mut names = Vec::with_capacity(n);
+            for i in 0..n {
+                match std::str::from_utf8(splitter.field(i)) {
+                    Ok(s) => names.push(s.trim().to_owned()),
+                    Err(_) => {
+                        emit(bad_header(first_line, &not_utf8("the header")));
+                        return Ok(());
+                    }
+                }
+            }
+            let mut seen = HashSet::new();
+            if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                emit(bad_header(
+                    first_line,
+                    &format!("column {dup:?} appears twice in the header"),
+                ));
+                return Ok(());
+            }
+            if let Some(blank) = names.iter().position(String::is_empty) {
+                emit(bad_header(
+                    first_line,
+                    &format!("column {} of the header has no name", blank + 1),
+                ));
+                return Ok(());
+            }
+            if !fmt.columns.is_empty() && fmt.columns != names {
+                emit(bad_header(
+                    first_line,
+                    &format!(
+                        "the header {names:?} is not the configured columns {:?}",
+                        fmt.columns
+                    ),
+                ));
+                return Ok(());
+            }
+            header = Some(names);
+            pending.clear();
+            continue;
+        };
+        if n != names.len() {
+            if pending.len() > 1 {
+                refuse_first(
+                    &mut pending,
+                    &mut replay,
+                    &mut row,
+                    "broken quoting: a quoted field opened here runs into the next lines",
+                    emit,
+                );
+                continue;
+            }
+            row += 1;
+            emit(Row::Bad {
+                row,
+                place: format!("row {row} (line {first_line})"),
+                message: format!("{n} fields, but the header has {}", names.len()),
+            });
+            pending.clear();
+            continue;
+        }
+        row += 1;
+        let mut fields = Map::new();
+        let mut bad = None;
+        for (i, name) in names.iter().enumerate() {
+            let raw = splitter.field(i);
+            let value = if raw.is_empty() {
+                Value::Null
+            } else {
+                match std::str::from_utf8(raw) {
+                    Ok(s) => Value::String(s.to_owned()),
+                    Err(_) => {
+                        bad = Some(not_utf8(&format!("column {name:?}")));
+                        break;
+                    }
+                }
+            };
+            fields.insert(name.clone(), value);
+        }
+        emit(match bad {
+            None => Row::Record { row, fields },
+            Some(message) => Row::Bad {
+                row,
+                place: format!("row {row} (line {first_line})"),
+                message,
+            },
+        });
+        pending.clear();
+    }
+}
+
+/// Whether every quoted field of `record` opens at the start of its field and closes right
+/// before a delimiter or the end of a line (RFC 4180).
+fn strictly_quoted(record: &[u8], quote: u8, delimiter: u8) -> bool {
+    #[derive(PartialEq)]
+    enum S {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        AfterQuote,
+    }
+    let mut state = S::FieldStart;
+    for &b in record {
+        state = match state {
+            S::FieldStart if b == quote => S::Quoted,
+            S::FieldStart | S::Unquoted => {
+                if b == delimiter || b == b'\n' || b == b'\r' {
+                    S::FieldStart
+                } else if b == quote {
+                    return false;
+                } else {
+                    S::Unquoted
+                }
+            }
+            S::Quoted if b == quote => S::AfterQuote,
+            S::Quoted => S::Quoted,
+            // A doubled quote inside quotes.
+            S::AfterQuote if b == quote => S::Quoted,
+            S::AfterQuote if b == delimiter || b == b'\n' || b == b'\r' => S::FieldStart,
+            S::AfterQuote => return false,
+        };
+    }
+    state != S::Quoted
+}
+
+fn bad_header(line: u64, message: &str) -> Row {
+    Row::Bad {
+        row: 0,
+        place: format!("header (line {line})"),
+        message: format!("{message}; no row of the file was read"),
+    }
+}
+
+/// Refuses the first pending line as a row and gives the others back to be read again.
+fn refuse_first(
+    pending: &mut Vec<Line>,
+    replay: &mut VecDeque<Line>,
+    row: &mut u64,
+    message: &str,
+    emit: &mut dyn FnMut(Row),
+) {
+    let mut lines = std::mem::take(pending).into_iter();
+    let Some(first) = lines.next() else { return };
+    *row += 1;
+    emit(Row::Bad {
+        row: *row,
+        place: format!("row {} (line {})", *row, first.no),
+        message: message.to_owned(),
+    });
+    // Keep file order: these come before anything already waiting.
+    for l in lines.rev() {
+        replay.push_front(l);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &[u8], fmt: &CsvFormat) -> (Vec<Row>, Option<Broken>) {
+        let mut out = Vec::new();
+        let r = read(&mut &text[..], fmt, &mut |r| out.push(r));
+        (out, r.err())
+    }
+
+    fn record(r: &Row) -> &Map<String, Value> {
+        match r {
+            Row::Record { fields, .. } => fields,
+            Row::Bad { place, message, .. } => panic!("{place}: {message}"),
+        }
+    }
+
+    fn bad(r: &Row) -> (&str, &str) {
+        match r {
+            Row::Bad { place, message, .. } => (place, message),
+            Row::Record { row, .. } => panic!("row {row} is a record"),
+        }
+    }
+
+    #[test]
+    fn header_quoting_and_empty_fields() {
+        let text = b"\xef\xbb\xbfid,name,note\r\n1,\"Smith, Jo\",\"said \"\"hi\"\"\"\r\n2,Lee,\r\n\r\n3,\"multi\nline\",x\n";
+        let (rows, broken) = rows(text, &CsvFormat::default());
+        assert!(broken.is_none());
+        assert_eq!(rows.len(), 3);
+        assert_eq!(record(&rows[0])["name"], "Smith, Jo");
+        assert_eq!(record(&rows[0])["note"], "said \"hi\"");
+        assert_eq!(record(&rows[1])["note"], Value::Null);
+        assert_eq!(record(&rows[2])["name"], "multi\nline");
+        assert!(matches!(rows[2], Row::Record { row: 3, .. }));
+    }
+
+    #[test]
+    fn other_delimiters_no_quoting_and_configured_columns() {
+        let fmt = CsvFormat {
+            delimiter: "|".into(),
+            quote: None,
+            header: false,
+            columns: vec!["a".into(), "b".into()],
+            ..CsvFormat::default()
+        };
+        let (rows, _) = rows(b"1|\"x\n2|y", &fmt);
+        assert_eq!(record(&rows[0])["b"], "\"x");
+        assert_eq!(record(&rows[1])["a"], "2");
+    }
+
+    #[test]
+    fn wrong_field_counts_are_refused_and_reading_goes_on() {
+        let (rows, _) = rows(b"a,b\n1,2\n3\n4,5,6\n7,8\n", &CsvFormat::default());
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            bad(&rows[1]),
+            ("row 2 (line 3)", "1 fields, but the header has 2")
+        );
+        assert_eq!(bad(&rows[2]).0, "row 3 (line 4)");
+        assert_eq!(record(&rows[3])["a"], "7");
+    }
+
+    #[test]
+    fn a_quote_that_never_closes_costs_one_row() {
+        // Row 2 opens a quote that is never closed: without recovery rows 3-5 would vanish
+        // into its field.
+        let text = b"id,name\n1,Ann\n2,\"Bob\n3,Cy\n4,Di\n5,Ed\n";
+        let (rows, _) = rows(text, &CsvFormat::default());
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        let (place, message) = bad(&rows[1]);
+        assert_eq!(place, "row 2 (line 3)");
+        assert!(message.contains("broken quoting"), "{message}");
+        for (i, id) in [(2, "3"), (3, "4"), (4, "5")] {
+            assert_eq!(record(&rows[i])["id"], id);
+        }
+    }
+
+    #[test]
+    fn a_stray_quote_closed_later_costs_one_row() {
+        // The quote opened on line 3 is "closed" by the stray one on line 5: the record they
+        // make has the wrong field count, so line 3 is refused and 4, 5 are read again.
+        let text = b"id,name\n1,Ann\n2,\"Bob\n3,Cy\n4,Di\"x\n5,Ed\n";
+        let (rows, _) = rows(text, &CsvFormat::default());
+        assert_eq!(bad(&rows[1]).0, "row 2 (line 3)");
+        assert_eq!(record(&rows[2])["id"], "3");
+        // Line 5 has a stray quote of its own; it ends open at the end of the file.
+        let (place, _) = bad(&rows[3]);
+        assert_eq!(place, "row 4 (line 5)");
+        assert_eq!(record(&rows[4])["id"], "5");
+        assert_eq!(rows.len(), 5);
+    }
+
+    #[test]
+    fn strict_quoting() {
+        for (text, ok) in [
+            (&b"a,\"b\nc\",d\n"[..], true),
+            (b"a,\"b \"\"x\"\"\"\n", true),
+            (b"a,\"b\nc\"x,d\n", false),
+            (b"a,b\"c\n", false),
+            (b"a,\"open\n", false),
+        ] {
+            assert_eq!(
+                strictly_quoted(text, b'"', b','),
+                ok,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn the_open_record_limit_bounds_memory() {
+        let fmt = CsvFormat {
+            max_record_lines: 2,
+            ..CsvFormat::default()
+        };
+        let text = b"id,name\n1,\"open\n2,b\n3,c\n";
+        let (rows, _) = rows(text, &fmt);
+        assert!(bad(&rows[0]).1.contains("still open 2 lines later"));
+        assert_eq!(record(&rows[1])["id"], "2");
+        assert_eq!(record(&rows[2])["id"], "3");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_refuse_their_row() {
+        let (rows, _) = rows(b"id,name\n1,Jos\xe9\n2,Ann\n", &CsvFormat::default());
+        let (place, message) = bad(&rows[0]);
+        assert_eq!(place, "row 1 (line 2)");
+        assert!(
+            message.contains("\"name\"") && message.contains("encoding"),
+            "{message}"
+        );
+        assert_eq!(record(&rows[1])["name"], "Ann");
+    }
+
+    #[test]
+    fn bad_headers_stop_the_file_with_a_reason() {
+        for (text, want) in [
+            (&b"id,id\n1,2\n"[..], "twice"),
+            (&b"id,\n1,2\n"[..], "no name"),
+            (&b"i\xffd\n1\n"[..], "UTF-8"),
+        ] {
+            let (rows, _) = rows(text, &CsvFormat::default());
+            assert_eq!(rows.len(), 1);
+            assert!(bad(&rows[0]).1.contains(want), "{rows:?}");
+        }
+        let fmt = CsvFormat {
+            columns: vec!["x".into()],
+            ..CsvFormat::default()
+        };
+        let (rows, _) = rows(b"id\n1\n", &fmt);
+        assert!(bad(&rows[0]).1.contains("configured columns"));
+    }
+
+    #[test]
+    fn a_read_error_stops_with_the_row_it_was_reading() {
+        struct Failing<'a>(&'a [u8]);
+        impl std::io::Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "corrupt deflate stream",
+                    ));
+                }
+                let n = self.0.len().min(buf.len()).min(5);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut input = std::io::BufReader::new(Failing(b"id,n\n1,a\n2,b\n3,c"));
+        let mut out = Vec::new();
+        let broken = read(&mut input, &CsvFormat::default(), &mut |r| out.push(r)).unwrap_err();
+        assert_eq!(out.len(), 2);
+        assert_eq!(broken.place, "row 3 (line 4)");
+        assert!(
+            broken.message().contains("truncated"),
+            "{}",
+            broken.message()
+        );
+    }
+}
