@@ -652,7 +652,8 @@ impl PipelineConfig {
             if let Some(t) = &s.transfer {
                 if s.dynamodb.is_some() || s.dms.is_some() || s.api.is_some() {
                     return Err(at(
-                        "names two source kinds; one of `dynamodb`, `dms`, `api`, `transfer`".into(),
+                        "names two source kinds; one of `dynamodb`, `dms`, `api`, `transfer`"
+                            .into(),
                     ));
                 }
                 t.location().map_err(at)?;
@@ -724,7 +725,8 @@ impl PipelineConfig {
             match &s.dynamodb {
                 None => {
                     return Err(at(
-                        "says no source kind (expected `dynamodb`, `dms`, `api` or `transfer`)".into(),
+                        "says no source kind (expected `dynamodb`, `dms`, `api` or `transfer`)"
+                            .into(),
                     ));
                 }
                 Some(d) => {
