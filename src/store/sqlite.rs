@@ -375,14 +375,22 @@ impl FhirStore for SqliteStore {
 
 #[async_trait]
 impl SearchStore for SqliteStore {
+    // A page and its `total` are separate statements: one read transaction makes them one
+    // snapshot, so a commit in between (a dataset's pointer move) never shows half of it.
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
         let conn = self.lock()?;
-        search::search(&conn, query)
+        let tx = conn.unchecked_transaction().map_err(sql_err)?;
+        let page = search::search(&tx, query)?;
+        tx.finish().map_err(sql_err)?;
+        Ok(page)
     }
 
     async fn history_page(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let conn = self.lock()?;
-        search::history_page(&conn, query)
+        let tx = conn.unchecked_transaction().map_err(sql_err)?;
+        let page = search::history_page(&tx, query)?;
+        tx.finish().map_err(sql_err)?;
+        Ok(page)
     }
 }
 
