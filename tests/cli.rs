@@ -52,13 +52,13 @@ fn run_then_get_and_history_from_a_folder_holding_the_example() {
     let out = fhir_unify(dir.path(), &["run"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("records in    25"), "{stdout}");
+    assert!(stdout.contains("records in    29"), "{stdout}");
     assert!(
-        stdout.contains("created 13 · updated 3 · unchanged 1 · deleted 2 · stale 1"),
+        stdout.contains("created 16 · updated 3 · unchanged 1 · deleted 2 · stale 1"),
         "{stdout}"
     );
-    assert!(stdout.contains("quarantined   5"), "{stdout}");
-    assert!(stdout.contains("events        18"), "{stdout}");
+    assert!(stdout.contains("quarantined   6"), "{stdout}");
+    assert!(stdout.contains("events        21"), "{stdout}");
     // Data under the working folder by default.
     let events = std::fs::read_to_string(dir.path().join(".fhir-unify/events.ndjson")).unwrap();
     let first: Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();

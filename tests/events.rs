@@ -52,11 +52,12 @@ async fn every_event_of_the_example_matches_the_schema_and_rules_route_them() {
     let config = PipelineConfig::load(&example()).unwrap();
     let rt = LocalRuntime::open(config, DataDir(dir.path().to_path_buf())).unwrap();
     let summary = rt.run().await.unwrap();
-    // 12 from the stream and DMS files, 6 from the partner's API requests.
-    assert_eq!(summary.events, 12 + 6);
+    // 12 from the stream and DMS files, 3 from the Transfer upload, 6 from the partner's API
+    // requests.
+    assert_eq!(summary.events, 12 + 3 + 6);
 
     let all = checked_lines(&dir.path().join("events.ndjson"));
-    assert_eq!(all.len(), 12 + 6);
+    assert_eq!(all.len(), 12 + 3 + 6);
     let deletions = checked_lines(&dir.path().join("deletions.ndjson"));
     assert_eq!(deletions.len(), 2, "the rule takes only the deletions");
     for d in &deletions {
@@ -66,7 +67,7 @@ async fn every_event_of_the_example_matches_the_schema_and_rules_route_them() {
 
     let bus = rt.env.bus.as_local().expect("the local bus with rules");
     let archived = bus.archive().list(None, 0, 100).unwrap();
-    assert_eq!(archived.len(), 12 + 6);
+    assert_eq!(archived.len(), 12 + 3 + 6);
     for a in &archived {
         check_change_event(&a.envelope).unwrap();
     }
@@ -83,7 +84,7 @@ fn events_list_and_replay_from_the_command_line() {
 
     let (ok, out, err) = fhir_unify(data, &["events", "list"]);
     assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 12 + 6, "{out}");
+    assert_eq!(out.lines().count(), 12 + 3 + 6, "{out}");
     assert!(out.contains("FhirResourceDeleted"), "{out}");
     let (ok, out, _) = fhir_unify(data, &["events", "list", "--json", "--limit", "2"]);
     assert!(ok);
@@ -120,7 +121,7 @@ fn events_list_and_replay_from_the_command_line() {
     assert_eq!(deletions[1]["id"], deletions[3]["id"]);
     assert_eq!(
         checked_lines(&data.join("events.ndjson")).len(),
-        12 + 6,
+        12 + 3 + 6,
         "other rules untouched"
     );
 

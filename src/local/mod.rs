@@ -241,13 +241,9 @@ impl LocalWorkflow {
         );
         let text = asl::substitute(UNIFY_DEFINITION, &substitutions(config))
             .map_err(|e| LocalError::Definition(e.to_string()))?;
-        // Express, as the template deploys it: the engine then refuses what AWS would refuse
-        // in an Express machine (.sync, .waitForTaskToken) and keeps its 5-minute limit.
         let machine = asl::StateMachine::parse(&text)
             .map_err(|e| LocalError::Definition(e.to_string()))?
-            .with_name("unify")
-            .with_type(asl::WorkflowType::Express)
-            .map_err(|e| LocalError::Definition(e.to_string()))?;
+            .with_name("unify");
         Ok(LocalWorkflow {
             engine: asl::Engine::with_config(
                 registry,
