@@ -140,7 +140,7 @@ pub fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
 /// name (S3 for `s3://` locations, through the SDK configured from the environment; local
 /// folders as buckets named after their source). Call it inside the Tokio runtime.
 pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    file_source_env(crate::objects::s3::dms_objects)
+    file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env))
 }
 
 /// The environment of `ingest-transfer`: the embedded runtime and the object store its
@@ -148,18 +148,17 @@ pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError
 /// locations, local folders as buckets named after their source). Call it inside the Tokio
 /// runtime.
 pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    file_source_env(crate::objects::s3::transfer_objects)
+    file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env))
 }
 
-/// The embedded runtime and the object store `objects` builds for the pipeline file, with
-/// S3 from the Lambda environment's SDK configuration when a location needs it.
+/// The embedded runtime and the object store `objects` builds for the pipeline file.
 fn file_source_env(
-    objects: fn(&PipelineConfig, S3Factory) -> Result<Arc<dyn ObjectStore>, String>,
+    objects: impl FnOnce(&PipelineConfig) -> Result<Arc<dyn ObjectStore>, String>,
 ) -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
     let built = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
-            let objects = objects(&config, s3_from_env).map_err(|message| LocalError::Input {
+            let objects = objects(&config).map_err(|message| LocalError::Input {
                 file: config.file.display().to_string(),
                 message,
             })?;
@@ -169,8 +168,7 @@ fn file_source_env(
     reported(built)
 }
 
-type S3Factory = fn() -> Result<Arc<dyn ObjectStore>, String>;
-
+/// S3 through the SDK configured from the Lambda environment (region, role credentials).
 fn s3_from_env() -> Result<Arc<dyn ObjectStore>, String> {
     crate::objects::s3::S3ObjectStore::from_env().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
 }
