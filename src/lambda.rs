@@ -140,14 +140,25 @@ pub fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
 /// name (S3 for `s3://` locations, through the SDK configured from the environment; local
 /// folders as buckets named after their source). Call it inside the Tokio runtime.
 pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env))
+}
+
+/// The environment of `ingest-transfer`: the embedded runtime and the object store its
+/// Transfer sources name, routed as [`dms_env`] routes DMS sources (S3 for `s3://`
+/// locations, local folders as buckets named after their source). Call it inside the Tokio
+/// runtime.
+pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env))
+}
+
+/// The embedded runtime and the object store `objects` builds for the pipeline file.
+fn file_source_env(
+    objects: impl FnOnce(&PipelineConfig) -> Result<Arc<dyn ObjectStore>, String>,
+) -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
     let built = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
-            let objects = crate::objects::s3::dms_objects(&config, || {
-                crate::objects::s3::S3ObjectStore::from_env()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            })
-            .map_err(|message| LocalError::Input {
+            let objects = objects(&config).map_err(|message| LocalError::Input {
                 file: config.file.display().to_string(),
                 message,
             })?;
@@ -157,23 +168,9 @@ pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError
     reported(built)
 }
 
-/// The environment of `ingest-transfer`: the embedded runtime and the object store its
-/// transfer sources name (local folders until the S3 adapter exists).
-pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    let built = load_config()
-        .map_err(LocalError::from)
-        .and_then(|(config, data)| {
-            let objects =
-                crate::handlers::ingest_transfer::local_objects(&config).map_err(|message| {
-                    LocalError::Input {
-                        file: config.file.display().to_string(),
-                        message,
-                    }
-                })?;
-            let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
-            Ok((Arc::new(runtime), objects))
-        });
-    reported(built)
+/// S3 through the SDK configured from the Lambda environment (region, role credentials).
+fn s3_from_env() -> Result<Arc<dyn ObjectStore>, String> {
+    crate::objects::s3::S3ObjectStore::from_env().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
 }
 
 /// `result`, with its error reported to the Runtime API first when running under Lambda.

@@ -178,14 +178,6 @@ fn the_scan_finds_reads_and_skips_tests() {
 /// leaves this list in the commit that adds it to the template.
 const NOT_DEPLOYED_YET: &[(&str, &str)] = &[
     (
-        "ingest-transfer",
-        "reads Transfer uploads only from a local folder until the S3 object-store adapter exists (issue 5)",
-    ),
-    (
-        "ingest-dms",
-        "reads DMS files only from a local folder until the S3 object-store adapter exists (issue 5)",
-    ),
-    (
         "gateway",
         "serves the store; on Lambda the store is the per-instance SQLite file until the DynamoDB store exists (issue 6)",
     ),

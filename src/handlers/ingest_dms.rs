@@ -76,26 +76,18 @@ struct Job {
     version: Option<String>,
 }
 
-/// Builds the object store for the DMS sources of a pipeline file: local folders are served
-/// as buckets named after their source. S3 locations need the S3 adapter, which is not built
-/// yet: they are refused here, at start, rather than on the first event.
+/// The object store for the DMS sources of a pipeline file on one machine: local folders
+/// served as buckets named after their source. `s3://` locations are read from S3 by the
+/// Lambda function (`lambda::dms_env`, through `objects::s3::dms_objects`); here they are
+/// refused at start rather than on the first event.
 pub fn local_objects(config: &PipelineConfig) -> Result<Arc<dyn ObjectStore>, String> {
-    let mut buckets = crate::objects::LocalBuckets::new();
-    for s in &config.sources {
-        let Some(d) = &s.dms else { continue };
-        match d.location()? {
-            crate::config::DmsLocation::Local { dir } => {
-                buckets.insert(s.name.clone(), config.resolve(&dir));
-            }
-            crate::config::DmsLocation::S3 { .. } => {
-                return Err(format!(
-                    "source {:?}: location {} needs the S3 object store, which is not built yet",
-                    s.name, d.location
-                ));
-            }
-        }
-    }
-    Ok(buckets.shared())
+    crate::objects::s3::dms_objects(config, || {
+        Err(
+            "an s3:// location is read from S3 by the deployed function; \
+             this store serves local folders only"
+                .to_owned(),
+        )
+    })
 }
 
 pub async fn handle(

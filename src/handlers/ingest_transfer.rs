@@ -24,7 +24,7 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::config::{DmsLocation, PipelineConfig};
+use crate::config::PipelineConfig;
 use crate::env::{IngestEnv, WorkflowRun};
 use crate::model::{ChangeBatch, Rejection, SourceChange};
 use crate::objects::{ObjectError, ObjectStore};
@@ -83,24 +83,18 @@ struct Job {
     target: TransferTarget,
 }
 
-/// The object store for the transfer sources of a pipeline file: local folders are served as
-/// buckets named after their source. An `s3://` location needs the S3 adapter, not built
-/// yet: refused here, at start.
+/// The object store for the Transfer sources of a pipeline file on one machine: local folders
+/// served as buckets named after their source. `s3://` locations are read from S3 by the
+/// Lambda function (`lambda::transfer_env`, through `objects::s3::transfer_objects`); here they are
+/// refused at start rather than on the first event.
 pub fn local_objects(config: &PipelineConfig) -> Result<Arc<dyn ObjectStore>, String> {
-    let mut buckets = crate::objects::LocalBuckets::new();
-    for s in &config.sources {
-        let Some(t) = &s.transfer else { continue };
-        match t.location()? {
-            DmsLocation::Local { dir } => buckets.insert(s.name.clone(), config.resolve(&dir)),
-            DmsLocation::S3 { .. } => {
-                return Err(format!(
-                    "source {:?}: location {} needs the S3 object store, which is not built yet",
-                    s.name, t.location
-                ));
-            }
-        }
-    }
-    Ok(buckets.shared())
+    crate::objects::s3::transfer_objects(config, || {
+        Err(
+            "an s3:// location is read from S3 by the deployed function; \
+             this store serves local folders only"
+                .to_owned(),
+        )
+    })
 }
 
 pub async fn handle(

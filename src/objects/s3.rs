@@ -286,15 +286,42 @@ pub fn dms_objects(
     config: &PipelineConfig,
     s3: impl FnOnce() -> Result<Arc<dyn ObjectStore>, String>,
 ) -> Result<Arc<dyn ObjectStore>, String> {
+    let locations = config
+        .sources
+        .iter()
+        .filter_map(|s| s.dms.as_ref().map(|d| (s.name.as_str(), d.location())));
+    routed_objects(config, locations, s3)
+}
+
+/// The object store for the Transfer sources of a pipeline file, routed as [`dms_objects`]
+/// routes DMS sources: local folders as buckets named after their source, `s3://`
+/// locations from `s3` (built only when some source needs it).
+pub fn transfer_objects(
+    config: &PipelineConfig,
+    s3: impl FnOnce() -> Result<Arc<dyn ObjectStore>, String>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let locations = config
+        .sources
+        .iter()
+        .filter_map(|s| s.transfer.as_ref().map(|t| (s.name.as_str(), t.location())));
+    routed_objects(config, locations, s3)
+}
+
+/// Local folders as buckets named after their source (resolved against the pipeline file),
+/// every other bucket from `s3` when some location is `s3://`.
+fn routed_objects<'a>(
+    config: &PipelineConfig,
+    locations: impl Iterator<Item = (&'a str, Result<DmsLocation, String>)>,
+    s3: impl FnOnce() -> Result<Arc<dyn ObjectStore>, String>,
+) -> Result<Arc<dyn ObjectStore>, String> {
     let mut local = LocalBuckets::new();
     let mut local_names = BTreeSet::new();
     let mut needs_s3 = false;
-    for s in &config.sources {
-        let Some(d) = &s.dms else { continue };
-        match d.location()? {
+    for (name, location) in locations {
+        match location.map_err(|e| format!("source {name:?}: {e}"))? {
             DmsLocation::Local { dir } => {
-                local.insert(s.name.clone(), config.resolve(&dir));
-                local_names.insert(s.name.clone());
+                local.insert(name.to_owned(), config.resolve(&dir));
+                local_names.insert(name.to_owned());
             }
             DmsLocation::S3 { .. } => needs_s3 = true,
         }
@@ -350,6 +377,47 @@ sources:
         assert!(dms_objects(&only_local, || Err("not needed".into())).is_ok());
         // S3 needed but not available: the reason, at start.
         let e = dms_objects(&config, || Err("no runtime".into())).unwrap_err();
+        assert_eq!(e, "no runtime");
+    }
+
+    #[test]
+    fn transfer_local_folders_stay_local_and_s3_locations_go_to_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("clinic/in")).unwrap();
+        std::fs::write(dir.path().join("clinic/in/p.csv"), b"id\n1\n").unwrap();
+        let yaml = "
+sources:
+  - name: clinic
+    transfer: { location: clinic }
+    files: [{ match: '*.csv', entity: x, key: [id], format: { csv: {} }, mapping: m.yaml }]
+  - name: partner
+    transfer: { location: s3://uploads/partner }
+    files: [{ match: '*.csv', entity: y, key: [id], format: { csv: {} }, mapping: m.yaml }]
+  - name: lab
+    dms: { location: s3://dms-landing/lab }
+    entities: { z: { key: [id], mapping: m.yaml } }
+";
+        let mut config = PipelineConfig::from_yaml(yaml, Path::new("p.yaml")).unwrap();
+        config.base_dir = dir.path().to_path_buf();
+        let remote = LocalBuckets::new()
+            .with_bucket("uploads", dir.path().join("clinic"))
+            .shared();
+        let objects = transfer_objects(&config, || Ok(remote)).unwrap();
+        assert_eq!(objects.size("clinic", "in/p.csv").unwrap(), 5);
+        assert_eq!(objects.size("uploads", "in/p.csv").unwrap(), 5);
+        assert!(matches!(
+            objects.size("elsewhere", "in/p.csv"),
+            Err(ObjectError::UnknownBucket { .. })
+        ));
+
+        // A DMS source on S3 does not make the Transfer store build S3, nor the other way.
+        let only_local = PipelineConfig::from_yaml(
+            "sources:\n  - name: clinic\n    transfer: { location: clinic }\n    files: [{ match: '*.csv', entity: x, key: [id], format: { csv: {} }, mapping: m.yaml }]\n  - name: lab\n    dms: { location: s3://dms-landing/lab }\n    entities: { z: { key: [id], mapping: m.yaml } }\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert!(transfer_objects(&only_local, || Err("not needed".into())).is_ok());
+        let e = transfer_objects(&config, || Err("no runtime".into())).unwrap_err();
         assert_eq!(e, "no runtime");
     }
 
