@@ -79,7 +79,7 @@ fn run_then_get_and_history_from_a_folder_holding_the_example() {
 
     let listed = fhir_unify(dir.path(), &["quarantine", "list"]);
     let listed = text(&listed.stdout);
-    assert_eq!(listed.lines().count(), 4 + 1, "{listed}");
+    assert_eq!(listed.lines().count(), 4 + 1 + 1, "{listed}");
     assert!(
         listed.contains("20240427-015534228.parquet row 1") && listed.contains("unknown Op"),
         "{listed}"

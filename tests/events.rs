@@ -110,7 +110,7 @@ fn events_list_and_replay_from_the_command_line() {
     );
     assert!(ok, "{err}");
     assert!(
-        out.contains("18 archived events") && out.contains("2 deliveries"),
+        out.contains("21 archived events") && out.contains("2 deliveries"),
         "{out}"
     );
     let deletions = checked_lines(&data.join("deletions.ndjson"));
