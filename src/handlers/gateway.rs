@@ -16,13 +16,13 @@ use aws_lambda_events::apigw::{
     ApiGatewayV2httpResponse,
 };
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 use crate::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway, Refusal};
 
 use super::HandlerError;
+use super::apigw::{header, header_map, scheme};
 
 /// Answers a REST API (payload v1) proxy event.
 pub async fn handle_v1(
@@ -32,7 +32,7 @@ pub async fn handle_v1(
     let response = gateway.handle(&request_v1(event)).await;
     let mut out = ApiGatewayProxyResponse::default();
     out.status_code = i64::from(response.status);
-    out.headers = header_map(&response);
+    out.headers = header_map(&response.headers);
     out.body = response.body.map(Body::Text);
     out
 }
@@ -50,7 +50,7 @@ pub async fn handle_v2(
 pub fn response_v2(response: FhirResponse) -> ApiGatewayV2httpResponse {
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(response.status);
-    out.headers = header_map(&response);
+    out.headers = header_map(&response.headers);
     out.body = response.body.map(Body::Text);
     out
 }
@@ -68,23 +68,6 @@ pub async fn handle(event: Value, gateway: &Gateway) -> Result<Value, HandlerErr
         serde_json::to_value(handle_v1(&e, gateway).await)
     };
     out.map_err(|e| HandlerError::InvalidInput(format!("response cannot be encoded: {e}")))
-}
-
-fn header_map(response: &FhirResponse) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in &response.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The request for a REST API (v1) event.
@@ -166,13 +149,6 @@ pub fn request_v2(event: &ApiGatewayV2httpRequest) -> FhirRequest {
         if_none_match: header(&event.headers, "if-none-match").map(str::to_owned),
         base_url: format!("{}://{host}{prefix}", scheme(&event.headers)),
         grant: AccessGrant::from_context(context),
-    }
-}
-
-fn scheme(headers: &HeaderMap) -> &str {
-    match header(headers, "x-forwarded-proto") {
-        Some("http") => "http",
-        _ => "https",
     }
 }
 

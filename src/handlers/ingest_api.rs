@@ -36,7 +36,6 @@ use aws_lambda_events::apigw::{
     ApiGatewayV2httpResponse,
 };
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -54,6 +53,7 @@ use crate::outcome::{Issue, Outcome, Severity};
 use crate::store::FhirStore;
 
 use super::HandlerError;
+use super::apigw::{header, header_map, scheme};
 use super::ingest_dynamodb::run_unify_chunked;
 
 /// The largest body taken: Lambda's limit for a synchronous invocation's payload is 6 MB, and
@@ -166,7 +166,7 @@ pub async fn handle_v1(event: &ApiGatewayProxyRequest, env: &ApiEnv) -> ApiGatew
     let response = ingest(&request_v1(event), env).await;
     let mut out = ApiGatewayProxyResponse::default();
     out.status_code = i64::from(response.status);
-    out.headers = header_map(&response);
+    out.headers = header_map(&response.headers);
     out.body = Some(Body::Text(response.body.to_string()));
     out
 }
@@ -181,7 +181,7 @@ pub async fn handle_v2(event: &ApiGatewayV2httpRequest, env: &ApiEnv) -> ApiGate
 pub fn response_v2(response: &ApiResponse) -> ApiGatewayV2httpResponse {
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(response.status);
-    out.headers = header_map(response);
+    out.headers = header_map(&response.headers);
     out.body = Some(Body::Text(response.body.to_string()));
     out
 }
@@ -199,30 +199,6 @@ pub async fn handle(event: Value, env: &ApiEnv) -> Result<Value, HandlerError> {
         serde_json::to_value(handle_v1(&e, env).await)
     };
     out.map_err(|e| HandlerError::InvalidInput(format!("response cannot be encoded: {e}")))
-}
-
-fn header_map(response: &ApiResponse) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in &response.headers {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn scheme(headers: &HeaderMap) -> &str {
-    match header(headers, "x-forwarded-proto") {
-        Some("http") => "http",
-        _ => "https",
-    }
 }
 
 /// The request of a REST API (v1) event.

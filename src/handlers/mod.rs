@@ -2,6 +2,7 @@
 //! environment of ports ([`crate::env`]). `functions/<name>/src/main.rs` wraps them for
 //! Lambda; the local runtime registers the very same functions with the ASL engine.
 
+mod apigw;
 pub mod authorizer;
 pub mod emit;
 pub mod errors;
