@@ -4,12 +4,12 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use parquet::basic::{ConvertedType, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Cell, ColumnStats, FileProfile, Kind, ProfileError, ProfileOptions};
+use crate::sources::dms::file::convertible;
 use crate::sources::dms::value::{ColumnInfo, to_json};
 
 /// A file format the profiler reads.
@@ -212,46 +212,6 @@ fn ndjson(
         }
     }
     rows
-}
-
-/// Leaf column types the row reader converts (it panics on others, so such a file is refused
-/// first). The same list as the DMS reader's.
-fn convertible(physical: PhysicalType, converted: ConvertedType) -> bool {
-    use ConvertedType as C;
-    match physical {
-        PhysicalType::BOOLEAN
-        | PhysicalType::INT96
-        | PhysicalType::FLOAT
-        | PhysicalType::DOUBLE => true,
-        PhysicalType::INT32 => matches!(
-            converted,
-            C::INT_8
-                | C::INT_16
-                | C::INT_32
-                | C::NONE
-                | C::UINT_8
-                | C::UINT_16
-                | C::UINT_32
-                | C::DATE
-                | C::TIME_MILLIS
-                | C::DECIMAL
-        ),
-        PhysicalType::INT64 => matches!(
-            converted,
-            C::INT_64
-                | C::NONE
-                | C::UINT_64
-                | C::TIME_MICROS
-                | C::TIMESTAMP_MILLIS
-                | C::TIMESTAMP_MICROS
-                | C::DECIMAL
-        ),
-        PhysicalType::BYTE_ARRAY => matches!(
-            converted,
-            C::UTF8 | C::ENUM | C::JSON | C::BSON | C::NONE | C::DECIMAL
-        ),
-        PhysicalType::FIXED_LEN_BYTE_ARRAY => matches!(converted, C::DECIMAL | C::NONE),
-    }
 }
 
 fn parquet(

@@ -258,8 +258,8 @@ impl std::fmt::Debug for DmsFile {
 }
 
 /// (physical type, converted type) pairs the row reader converts; it panics on others, so a
-/// file with any other is refused before a row is read.
-fn convertible(physical: PhysicalType, converted: ConvertedType) -> bool {
+/// file with any other is refused before a row is read (the profiler refuses them too).
+pub(crate) fn convertible(physical: PhysicalType, converted: ConvertedType) -> bool {
     use ConvertedType as C;
     match physical {
         PhysicalType::BOOLEAN
