@@ -164,6 +164,8 @@ struct Prepared<'a> {
     content: Option<Value>,
     lineage_text: String,
     mark_key: String,
+    /// Whether sequence marks are checked and moved (false: a dataset pointer move).
+    check_order: bool,
 }
 
 /// The writes of one transaction, and what they do.
@@ -270,14 +272,27 @@ impl DynamoStore {
         ))
     }
 
+    /// Applies changes without the per-source sequence check (and without moving sequence
+    /// marks): a dataset version is authoritative for its resources, and a rollback must be
+    /// able to bring back older content (see [`super::dataset`]). Otherwise as
+    /// [`FhirStore::apply`]: a replay of content already stored is `Unchanged` and writes no
+    /// version, so a retried pointer move emits nothing twice.
+    pub async fn apply_unordered(
+        &self,
+        changes: &[ResourceChange],
+    ) -> Result<Vec<PublishOutcome>, StoreError> {
+        self.apply_all(changes, false).await
+    }
+
     async fn apply_all(
         &self,
         changes: &[ResourceChange],
+        check_order: bool,
     ) -> Result<Vec<PublishOutcome>, StoreError> {
         let now = self.now();
         let prepared = changes
             .iter()
-            .map(|c| prepare(c, now))
+            .map(|c| prepare(c, now, check_order))
             .collect::<Result<Vec<_>, _>>()?;
         let mut targets: Vec<ResourceRef> = Vec::new();
         let mut seen = HashSet::new();
@@ -514,7 +529,7 @@ impl DynamoStore {
 #[async_trait]
 impl FhirStore for DynamoStore {
     async fn apply(&self, changes: &[ResourceChange]) -> Result<Vec<PublishOutcome>, StoreError> {
-        self.apply_all(changes).await
+        self.apply_all(changes, true).await
     }
 
     async fn read(&self, target: &ResourceRef) -> Result<Option<StoredVersion>, StoreError> {
@@ -592,7 +607,11 @@ impl FhirStore for DynamoStore {
 
 /// Checks one change and serializes what every write needs, so that a bad change fails the
 /// call before anything is written.
-fn prepare(change: &ResourceChange, now: DateTime<Utc>) -> Result<Prepared<'_>, StoreError> {
+fn prepare(
+    change: &ResourceChange,
+    now: DateTime<Utc>,
+    check_order: bool,
+) -> Result<Prepared<'_>, StoreError> {
     let target = &change.target;
     check_ref(target)?;
     let content = match &change.op {
@@ -633,6 +652,7 @@ fn prepare(change: &ResourceChange, now: DateTime<Utc>) -> Result<Prepared<'_>, 
         content,
         lineage_text,
         mark_key,
+        check_order,
     })
 }
 
@@ -709,10 +729,11 @@ fn step(
 > {
     let target = &p.change.target;
     let lineage = &p.change.lineage;
-    if before
-        .marks
-        .get(&p.mark_key)
-        .is_some_and(|mark| lineage.sequence < *mark)
+    if p.check_order
+        && before
+            .marks
+            .get(&p.mark_key)
+            .is_some_and(|mark| lineage.sequence < *mark)
     {
         return Ok((
             before.clone(),
@@ -721,9 +742,11 @@ fn step(
         ));
     }
     let mut after = before.clone();
-    after
-        .marks
-        .insert(p.mark_key.clone(), lineage.sequence.clone());
+    if p.check_order {
+        after
+            .marks
+            .insert(p.mark_key.clone(), lineage.sequence.clone());
+    }
     let next_version = before.version + 1;
     let last_updated = before.last_updated.map_or(now, |t| now.max(t));
     let (action, stored) = match &p.content {
@@ -1121,6 +1144,8 @@ pub fn change_event_from_stream_image(
         &lineage,
     )))
 }
+
+pub mod dataset;
 
 #[cfg(test)]
 mod tests;

@@ -40,7 +40,10 @@ fn now() -> DateTime<Utc> {
 
 /// Plans every change the way `apply_all` does, as if every transaction committed.
 fn plan_all(changes: &[ResourceChange]) -> Vec<Segment> {
-    let prepared: Vec<_> = changes.iter().map(|c| prepare(c, now()).unwrap()).collect();
+    let prepared: Vec<_> = changes
+        .iter()
+        .map(|c| prepare(c, now(), true).unwrap())
+        .collect();
     let mut state = HashMap::new();
     let mut segments = Vec::new();
     let mut start = 0;
@@ -112,7 +115,7 @@ fn large_resources_are_split_by_the_4_mb_limit() {
 #[test]
 fn a_resource_too_large_for_an_item_is_refused_by_name() {
     let change = upsert("p1", &"x".repeat(MAX_ITEM_BYTES), "1");
-    let Err(err) = prepare(&change, now()) else {
+    let Err(err) = prepare(&change, now(), true) else {
         panic!("a 400 KB name was accepted");
     };
     match err {
@@ -126,7 +129,8 @@ fn a_resource_too_large_for_an_item_is_refused_by_name() {
     assert!(
         prepare(
             &upsert("p1", &"x".repeat(MAX_ITEM_BYTES - 2048), "1"),
-            now()
+            now(),
+            true
         )
         .is_ok()
     );
@@ -137,7 +141,7 @@ fn stale_and_replayed_changes_write_nothing_and_mark_moves_rewrite_current_only(
     let prepared = [upsert("p1", "A", "5")];
     let first: Vec<_> = prepared
         .iter()
-        .map(|c| prepare(c, now()).unwrap())
+        .map(|c| prepare(c, now(), true).unwrap())
         .collect();
     let (segment, _, state) = plan(&first, &HashMap::new(), now()).unwrap();
     assert_eq!(segment.history.len(), 1);
@@ -154,7 +158,7 @@ fn stale_and_replayed_changes_write_nothing_and_mark_moves_rewrite_current_only(
         (upsert("p1", "A", "5"), PublishAction::Unchanged, 0),
         (upsert("p1", "A", "6"), PublishAction::Unchanged, 1),
     ] {
-        let prepared = [prepare(&change, now()).unwrap()];
+        let prepared = [prepare(&change, now(), true).unwrap()];
         let (segment, _, next) = plan(&prepared, &state, now()).unwrap();
         assert_eq!(segment.outcomes[0].action, action);
         assert_eq!(segment.outcomes[0].version_id.as_deref(), Some("1"));
