@@ -99,6 +99,96 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
     Ok(Arc::new(reported(built)?))
 }
 
+// ---- bulk-load functions (issue 7) -------------------------------------------------------
+
+/// The environment of the bulk-load functions (`bulk-begin`, `bulk-load-chunk`,
+/// `bulk-finalize`, `bulk-fail`; [`crate::bulk`]). Dataset versions live in DynamoDB and the
+/// pointer in SSM ([`crate::store::dynamodb::dataset::DynamoDatasets`]) when
+/// `FHIR_UNIFY_VERSIONS_TABLE` names the versions table, which then needs the store table too
+/// (`FHIR_UNIFY_STORE_TABLE` or the pipeline file's `store.dynamodb`): the pointer moves
+/// publish into it. Without it, the embedded SQLite store under the data folder (a local
+/// trial only: /tmp does not outlive the execution environment). Chunk files are read from
+/// the DMS sources' locations (S3 for `s3://`); rejected records go to the SQS queue
+/// `FHIR_UNIFY_QUARANTINE_QUEUE_URL` when set, else to the local queue.
+pub async fn bulk_env() -> Result<Arc<crate::bulk::BulkEnv>, EnvError> {
+    let built = build_bulk_env(
+        std::env::var("FHIR_UNIFY_VERSIONS_TABLE").ok(),
+        std::env::var("FHIR_UNIFY_STORE_TABLE").ok(),
+        std::env::var("FHIR_UNIFY_QUARANTINE_QUEUE_URL").ok(),
+    )
+    .await;
+    Ok(Arc::new(reported(built)?))
+}
+
+async fn build_bulk_env(
+    versions: Option<String>,
+    store: Option<String>,
+    quarantine_url: Option<String>,
+) -> Result<crate::bulk::BulkEnv, EnvError> {
+    use crate::queue::sqs::SqsQuarantine;
+    use crate::queue::{LocalQuarantine, Quarantine};
+    use crate::store::dataset::DatasetStore;
+    let setting = |name: &str, reason: String| {
+        EnvError::Store(crate::store::StoreError::Invalid {
+            target: name.into(),
+            reason,
+        })
+    };
+    let (config, data) = load_config()?;
+    let env = Env::from_config(&config, &data)?;
+    let datasets: Arc<dyn DatasetStore> = match versions.filter(|v| !v.is_empty()) {
+        Some(table) => {
+            if !crate::config::is_table_name(&table) {
+                return Err(setting(
+                    "FHIR_UNIFY_VERSIONS_TABLE",
+                    format!("{table:?} is not a DynamoDB table name"),
+                ));
+            }
+            let store = store_table(store, &config)?.ok_or_else(|| {
+                setting(
+                    "FHIR_UNIFY_STORE_TABLE",
+                    "the versions table needs the DynamoDB store table the pointer moves publish into".into(),
+                )
+            })?;
+            tracing::info!(versions = %table, store = %store, "dataset versions in DynamoDB, pointers in SSM");
+            Arc::new(
+                crate::store::dynamodb::dataset::DynamoDatasets::from_environment(table, store)
+                    .await,
+            )
+        }
+        None => Arc::new(crate::store::sqlite::SqliteStore::open(
+            &data.join(config.store.sqlite_path()),
+        )?),
+    };
+    let objects = crate::objects::s3::dms_objects(&config, s3_from_env)
+        .map_err(|reason| setting("the pipeline file's DMS sources", reason))?;
+    let quarantine: Arc<dyn Quarantine> = match quarantine_url.filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let sdk = crate::aws::sdk_config().await;
+            Arc::new(SqsQuarantine::new(aws_sdk_sqs::Client::new(&sdk), url))
+        }
+        None => {
+            let queue = crate::local::queue::LocalQueue::open(&data.join("queue.db".as_ref()))
+                .map_err(|e| setting("the local quarantine queue", e.to_string()))?;
+            Arc::new(LocalQuarantine {
+                queue: Arc::new(queue),
+                name: config.quarantine.queue.clone(),
+            })
+        }
+    };
+    Ok(crate::bulk::BulkEnv {
+        env: Arc::new(env),
+        config: config.clone(),
+        datasets,
+        objects,
+        quarantine,
+        owner: std::env::var("AWS_LAMBDA_LOG_STREAM_NAME")
+            .unwrap_or_else(|_| format!("pid {}", std::process::id())),
+        lease: crate::bulk::DEFAULT_LEASE,
+        records_read: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    })
+}
+
 /// The DynamoDB table of the store: the variable (set by the stack) first, then the pipeline
 /// file; `None` for the embedded store.
 fn store_table(

@@ -16,8 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BulkEnv, BulkError, ChunkRequest, LoadRequest, QuarantineQueue, VersionRef, begin, fail,
-    finalize, load_chunk,
+    BulkEnv, BulkError, ChunkRequest, LoadRequest, VersionRef, begin, fail, finalize, load_chunk,
 };
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::handlers;
@@ -89,31 +88,45 @@ struct BulkFunction {
 
 impl BulkFunction {
     async fn call(&self, payload: Value) -> Result<Value, BulkError> {
-        let env = &self.env;
-        match self.step {
-            BulkStep::Begin => to_json(begin(parse(payload)?, env).await?),
-            BulkStep::LoadChunk => {
-                let req: ChunkRequest = parse(payload)?;
-                match load_chunk(req.clone(), env).await {
-                    Ok(r) => to_json(r),
-                    Err(e) => {
-                        // A chunk that cannot succeed fails its version at once (with its own
-                        // error, naming file and row), which also stops the other chunks.
-                        if !e.is_retryable()
-                            && let Err(f) = env
-                                .datasets
-                                .fail(&req.dataset, req.version, &e.to_string())
-                                .await
-                        {
-                            tracing::warn!(dataset = %req.dataset, error = %f, "cannot mark the version FAILED");
-                        }
-                        Err(e)
+        invoke(self.step, payload, &self.env).await
+    }
+}
+
+/// Runs one bulk function on its JSON payload: what the local engine and each Lambda
+/// (`functions/bulk-*`) call.
+pub async fn invoke(step: BulkStep, payload: Value, env: &BulkEnv) -> Result<Value, BulkError> {
+    match step {
+        BulkStep::Begin => to_json(begin(parse(payload)?, env).await?),
+        BulkStep::LoadChunk => {
+            let req: ChunkRequest = parse(payload)?;
+            match load_chunk(req.clone(), env).await {
+                Ok(r) => to_json(r),
+                Err(e) => {
+                    // A chunk that cannot succeed fails its version at once (with its own
+                    // error, naming file and row), which also stops the other chunks.
+                    if !e.is_retryable()
+                        && let Err(f) = env
+                            .datasets
+                            .fail(&req.dataset, req.version, &e.to_string())
+                            .await
+                    {
+                        tracing::warn!(dataset = %req.dataset, error = %f, "cannot mark the version FAILED");
                     }
+                    Err(e)
                 }
             }
-            BulkStep::Finalize => to_json(finalize(parse::<VersionRef>(payload)?, env).await?),
-            BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
-            BulkStep::Emit => to_json(handlers::emit::handle(payload, &env.env).await?),
+        }
+        BulkStep::Finalize => to_json(finalize(parse::<VersionRef>(payload)?, env).await?),
+        BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
+        BulkStep::Emit => to_json(handlers::emit::handle(payload, &env.env).await?),
+    }
+}
+
+impl From<BulkError> for lambda_runtime::Diagnostic {
+    fn from(e: BulkError) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type().to_owned(),
+            error_message: e.to_string(),
         }
     }
 }
@@ -259,10 +272,10 @@ impl LocalBulk {
             config: rt.config.clone(),
             datasets: datasets.clone(),
             objects: objects.clone(),
-            quarantine: QuarantineQueue {
+            quarantine: Arc::new(crate::queue::LocalQuarantine {
                 queue: rt.queue.clone(),
                 name: rt.config.quarantine.queue.clone(),
-            },
+            }),
             owner: format!(
                 "pid {} started {}",
                 std::process::id(),

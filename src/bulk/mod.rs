@@ -38,7 +38,6 @@ use tokio::sync::mpsc;
 use crate::config::PipelineConfig;
 use crate::env::Env;
 use crate::handlers::{self, HandlerError};
-use crate::local::queue::LocalQueue;
 use crate::model::{ChangeBatch, Rejection, ResourceOp, SourceChange};
 use crate::objects::ObjectStore;
 use crate::sources::dms::{Decoded, DmsFile};
@@ -52,14 +51,6 @@ pub const BATCH_RECORDS: usize = 2_000;
 /// How long a load may go without a heartbeat before another load declares it dead.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 
-/// Error type names of the bulk functions, matched by the state machine's Retry and Catch.
-pub mod error_types {
-    pub const INPUT_CORRUPT: &str = "FhirUnify.BulkInputCorrupt";
-    pub const DATASET_BUSY: &str = "FhirUnify.DatasetBusy";
-    pub const DATASET_STATE: &str = "FhirUnify.DatasetState";
-    pub const QUARANTINE_FAILED: &str = "FhirUnify.QuarantineFailed";
-}
-
 /// Errors of the bulk functions.
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {
@@ -71,7 +62,7 @@ pub enum BulkError {
     #[error(transparent)]
     Handler(#[from] HandlerError),
     #[error("quarantine: {0}")]
-    Quarantine(String),
+    Quarantine(#[from] crate::queue::QuarantineError),
     #[error("state machine bulk-load: {0}")]
     Definition(String),
     #[error("{0}")]
@@ -83,33 +74,29 @@ impl BulkError {
     pub fn error_type(&self) -> &'static str {
         use crate::handlers::errors as h;
         match self {
-            BulkError::Dataset(DatasetError::Busy { .. }) => error_types::DATASET_BUSY,
+            BulkError::Dataset(DatasetError::Busy { .. }) => h::DATASET_BUSY,
             BulkError::Dataset(DatasetError::Store(e)) if e.is_retryable() => h::STORE_UNAVAILABLE,
             BulkError::Dataset(DatasetError::Store(_)) => h::STORE_FAILED,
-            BulkError::Dataset(_) => error_types::DATASET_STATE,
-            BulkError::Corrupt { .. } => error_types::INPUT_CORRUPT,
+            BulkError::Dataset(_) => h::DATASET_STATE,
+            BulkError::Corrupt { .. } => h::BULK_INPUT_CORRUPT,
             BulkError::Handler(e) => e.error_type(),
-            BulkError::Quarantine(_) => error_types::QUARANTINE_FAILED,
+            BulkError::Quarantine(_) => h::QUARANTINE_FAILED,
             BulkError::Definition(_) | BulkError::Input(_) => h::INVALID_INPUT,
         }
     }
 }
 
-/// Where rejected records go (the local SQLite queue; SQS on AWS, later).
-#[derive(Debug, Clone)]
-pub struct QuarantineQueue {
-    pub queue: Arc<LocalQueue>,
-    pub name: String,
-}
-
-impl QuarantineQueue {
-    fn send(&self, r: &Rejection) -> Result<(), BulkError> {
-        let body = serde_json::to_string(r).map_err(|e| BulkError::Quarantine(e.to_string()))?;
-        self.queue
-            .send(&self.name, &body)
-            .map(|_| ())
-            .map_err(|e| BulkError::Quarantine(e.to_string()))
-    }
+/// Sends a rejected record to the quarantine (the local queue, or SQS on Lambda).
+async fn quarantine(env: &BulkEnv, r: &Rejection) -> Result<(), BulkError> {
+    let body = serde_json::to_string(r).map_err(|e| {
+        BulkError::Quarantine(crate::queue::QuarantineError::Send {
+            queue: "quarantine".into(),
+            message: format!("the rejection cannot be serialized: {e}"),
+            retryable: false,
+        })
+    })?;
+    env.quarantine.send(&body).await?;
+    Ok(())
 }
 
 /// What the bulk functions need.
@@ -121,7 +108,8 @@ pub struct BulkEnv {
     pub datasets: Arc<dyn DatasetStore>,
     /// Where the load's files are (buckets named after DMS sources).
     pub objects: Arc<dyn ObjectStore>,
-    pub quarantine: QuarantineQueue,
+    /// Where rejected records go (the local queue; SQS on Lambda).
+    pub quarantine: Arc<dyn crate::queue::Quarantine>,
     /// Who runs the loads (host and process), written into new versions.
     pub owner: String,
     pub lease: Duration,
@@ -276,7 +264,7 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
                 report.counts.records_read += 1;
                 report.counts.quarantined += 1;
                 env.records_read.fetch_add(1, Ordering::Relaxed);
-                env.quarantine.send(&r).map(|()| LoadCounts::default())
+                quarantine(env, &r).await.map(|()| LoadCounts::default())
             }
             Msg::Corrupt(place) => Err(BulkError::Corrupt {
                 file: uri.clone(),
@@ -339,7 +327,7 @@ async fn load_batch(
     let mapped = handlers::transform::handle(batch, &env.env).await?;
     let valid = handlers::validate::handle(mapped, &env.env).await?;
     for r in &valid.rejected {
-        env.quarantine.send(r)?;
+        quarantine(env, r).await?;
     }
     counts.quarantined = valid.rejected.len() as u64;
     let mut staged = Vec::new();

@@ -19,6 +19,17 @@ pub const WORKFLOW_FAILED: &str = "FhirUnify.WorkflowFailed";
 /// The object store (S3) could not be read for now: retry with back-off.
 pub const OBJECT_STORE_UNAVAILABLE: &str = "FhirUnify.ObjectStoreUnavailable";
 
+/// A file of a bulk load cannot be read (not Parquet, a row group that cannot be decoded): the
+/// load fails, since publishing it without that part would delete live resources.
+pub const BULK_INPUT_CORRUPT: &str = "FhirUnify.BulkInputCorrupt";
+/// Another load of the dataset is running (its heartbeat is fresh): retry later.
+pub const DATASET_BUSY: &str = "FhirUnify.DatasetBusy";
+/// The dataset version is not in a status that allows the step (or does not exist).
+pub const DATASET_STATE: &str = "FhirUnify.DatasetState";
+/// A rejected record of a bulk load could not be quarantined: the chunk fails rather than
+/// drop it.
+pub const QUARANTINE_FAILED: &str = "FhirUnify.QuarantineFailed";
+
 /// The function could not start (bad pipeline file, store not openable): reported to the
 /// Lambda Runtime API's `/runtime/init/error` by [`crate::lambda`].
 pub const INIT_FAILED: &str = "FhirUnify.InitFailed";
@@ -33,6 +44,10 @@ pub const ALL: &[&str] = &[
     WORKFLOW_FAILED,
     INIT_FAILED,
     OBJECT_STORE_UNAVAILABLE,
+    BULK_INPUT_CORRUPT,
+    DATASET_BUSY,
+    DATASET_STATE,
+    QUARANTINE_FAILED,
 ];
 
 /// A handler failure: the whole invocation failed (per-record problems are not errors; they
