@@ -1962,7 +1962,24 @@ async fn run_task_call(
                     Some(name),
                     json!({"resource": action, "resourceType": service}),
                 );
-                match with_timeout(exec, timeout, integration.call(resource, params)).await {
+                let call_ctx = crate::task::CallContext {
+                    execution_arn: exec.context_base["Execution"]["Id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state_machine_arn: exec.context_base["StateMachine"]["Id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state: name.to_owned(),
+                };
+                match with_timeout(
+                    exec,
+                    timeout,
+                    integration.call_in(&call_ctx, resource, params),
+                )
+                .await
+                {
                     None => {
                         exec.event(
                             "TaskTimedOut",

@@ -59,11 +59,31 @@ pub struct TaskError {
     pub cause: String,
 }
 
+/// Where a service integration is called from: the ARNs Step Functions passes along (the
+/// EventBridge integration appends them to each entry's Resources) and the state's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    pub execution_arn: String,
+    pub state_machine_arn: String,
+    pub state: String,
+}
+
 /// An `arn:aws:states:::<service>:<action>` integration.
 #[async_trait]
 pub trait ServiceIntegration: Send + Sync {
     /// Calls the service with the Task's effective Parameters.
     async fn call(&self, resource: &str, parameters: Value) -> Result<Value, TaskError>;
+
+    /// As [`Self::call`], knowing the execution and state calling (the engine calls this).
+    async fn call_in(
+        &self,
+        context: &CallContext,
+        resource: &str,
+        parameters: Value,
+    ) -> Result<Value, TaskError> {
+        let _ = context;
+        self.call(resource, parameters).await
+    }
 }
 
 /// Where Task resources are found.
@@ -109,6 +129,27 @@ impl TaskRegistry {
         integration: Arc<dyn ServiceIntegration>,
     ) {
         self.services.insert(resource_arn.to_string(), integration);
+    }
+
+    /// Sends `arn:aws:states:::events:putEvents` tasks' entries to `sink`.
+    pub fn set_event_sink(&mut self, sink: Arc<dyn crate::services::events::EventSink>) {
+        self.register_service(
+            "arn:aws:states:::events:putEvents",
+            Arc::new(crate::services::events::PutEvents { sink }),
+        );
+    }
+
+    /// Runs `arn:aws:states:::dynamodb:getItem`, `putItem`, `updateItem` and `deleteItem`
+    /// tasks on `tables`.
+    pub fn set_table_backend(&mut self, tables: Arc<dyn crate::services::dynamodb::TableBackend>) {
+        for action in ["getItem", "putItem", "updateItem", "deleteItem"] {
+            self.register_service(
+                &format!("arn:aws:states:::dynamodb:{action}"),
+                Arc::new(crate::services::dynamodb::DynamoDb {
+                    tables: tables.clone(),
+                }),
+            );
+        }
     }
 
     /// Replaces the result of the named Task states with mocked answers (a test case of a
