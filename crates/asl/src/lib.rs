@@ -48,7 +48,7 @@ pub use engine::{
 pub use jsonpath::{JsonPath, PathSyntaxError};
 pub use substitute::substitute;
 pub use task::{
-    CallContext, Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
-    TestClock, VirtualClock, virtual_time_runtime,
+    CallContext, Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError,
+    TaskRegistry, TestClock, VirtualClock, virtual_time_runtime,
 };
 pub use tokens::TaskTokenError;

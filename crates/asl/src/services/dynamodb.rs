@@ -218,13 +218,15 @@ fn check_value(v: &Value) -> Result<(), String> {
         });
     }
     let (t, inner) = o.iter().next().ok_or("empty attribute value")?;
-    let bad = || format!("One or more parameter values were invalid: {t} attribute value is not valid: {inner}");
+    let bad = || {
+        format!(
+            "One or more parameter values were invalid: {t} attribute value is not valid: {inner}"
+        )
+    };
     match (t.as_str(), inner) {
         ("S" | "B", Value::String(_)) => Ok(()),
         ("N", Value::String(n)) if is_number(n) => Ok(()),
-        ("N", Value::String(_)) => {
-            Err("A value provided cannot be converted into a number".into())
-        }
+        ("N", Value::String(_)) => Err("A value provided cannot be converted into a number".into()),
         ("BOOL", Value::Bool(_)) | ("NULL", Value::Bool(true)) => Ok(()),
         ("SS" | "NS" | "BS", Value::Array(items)) => {
             if items.is_empty() {
@@ -234,11 +236,17 @@ fn check_value(v: &Value) -> Result<(), String> {
             }
             let mut seen = HashSet::new();
             for i in items {
-                let Some(s) = i.as_str() else { return Err(bad()) };
+                let Some(s) = i.as_str() else {
+                    return Err(bad());
+                };
                 if t == "NS" && !is_number(s) {
                     return Err("A value provided cannot be converted into a number".into());
                 }
-                let s = if t == "NS" { normal_number(s) } else { s.to_owned() };
+                let s = if t == "NS" {
+                    normal_number(s)
+                } else {
+                    s.to_owned()
+                };
                 if !seen.insert(s) {
                     return Err(format!(
                         "One or more parameter values were invalid: Input collection {inner} contains duplicates."
@@ -319,7 +327,13 @@ fn equal(a: &Value, b: &Value) -> bool {
                     .map(|l| {
                         l.iter()
                             .filter_map(Value::as_str)
-                            .map(|s| if ta == "NS" { normal_number(s) } else { s.to_owned() })
+                            .map(|s| {
+                                if ta == "NS" {
+                                    normal_number(s)
+                                } else {
+                                    s.to_owned()
+                                }
+                            })
                             .collect()
                     })
                     .unwrap_or_default()
@@ -332,8 +346,7 @@ fn equal(a: &Value, b: &Value) -> bool {
         },
         "M" => match (inner(a).as_object(), inner(b).as_object()) {
             (Some(x), Some(y)) => {
-                x.len() == y.len()
-                    && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
             }
             _ => false,
         },
@@ -494,8 +507,7 @@ struct Parser<'p, 'a> {
 }
 
 const RESERVED: [&str; 12] = [
-    "AND", "OR", "NOT", "BETWEEN", "IN", "SET", "REMOVE", "ADD", "DELETE", "SIZE", "NULL",
-    "VALUE",
+    "AND", "OR", "NOT", "BETWEEN", "IN", "SET", "REMOVE", "ADD", "DELETE", "SIZE", "NULL", "VALUE",
 ];
 
 impl Parser<'_, '_> {
@@ -527,7 +539,11 @@ impl Parser<'_, '_> {
     }
 
     fn expect(&mut self, sym: &str) -> Result<(), TaskError> {
-        if self.eat(sym) { Ok(()) } else { Err(self.err()) }
+        if self.eat(sym) {
+            Ok(())
+        } else {
+            Err(self.err())
+        }
     }
 
     fn keyword(&mut self, word: &str) -> bool {
@@ -613,13 +629,15 @@ impl Parser<'_, '_> {
     /// An operand of a condition, or of SET's right-hand side when `update`.
     fn operand(&mut self, update: bool) -> Result<Operand, TaskError> {
         let first = self.simple_operand(update)?;
-        if update && (self.eat("+") || {
-            if self.eat("-") {
-                let rhs = self.simple_operand(true)?;
-                return Ok(Operand::Arith(Box::new(first), false, Box::new(rhs)));
-            }
-            false
-        }) {
+        if update
+            && (self.eat("+") || {
+                if self.eat("-") {
+                    let rhs = self.simple_operand(true)?;
+                    return Ok(Operand::Arith(Box::new(first), false, Box::new(rhs)));
+                }
+                false
+            })
+        {
             let rhs = self.simple_operand(true)?;
             return Ok(Operand::Arith(Box::new(first), true, Box::new(rhs)));
         }
@@ -913,9 +931,19 @@ fn eval(item: &Item, op: &Operand) -> Result<Option<Value>, TaskError> {
             let (x, y) = (num(&a).ok_or_else(wrong)?, num(&b).ok_or_else(wrong)?);
             Some(match (x, y) {
                 (Num::Int(x), Num::Int(y)) => {
-                    let r = if *plus { x.checked_add(y) } else { x.checked_sub(y) };
+                    let r = if *plus {
+                        x.checked_add(y)
+                    } else {
+                        x.checked_sub(y)
+                    };
                     num_value(r.map_or_else(
-                        || Num::Float(if *plus { x as f64 + y as f64 } else { x as f64 - y as f64 }),
+                        || {
+                            Num::Float(if *plus {
+                                x as f64 + y as f64
+                            } else {
+                                x as f64 - y as f64
+                            })
+                        },
                         Num::Int,
                     ))
                 }
@@ -981,7 +1009,9 @@ fn test(item: &Item, c: &Cond) -> Result<bool, TaskError> {
             }
         }
         Cond::BeginsWith(a, b) => match (eval(item, a)?, eval(item, b)?) {
-            (Some(x), Some(y)) if type_of(&x) == type_of(&y) && matches!(type_of(&x), "S" | "B") => {
+            (Some(x), Some(y))
+                if type_of(&x) == type_of(&y) && matches!(type_of(&x), "S" | "B") =>
+            {
                 match (inner(&x).as_str(), inner(&y).as_str()) {
                     (Some(x), Some(y)) => x.starts_with(y),
                     _ => false,
@@ -1029,10 +1059,11 @@ fn bad_path() -> TaskError {
 /// Sets (`Some`) or removes (`None`) the value at `path`.
 fn put_at(item: &mut Item, path: &Path, value: Option<Value>) -> Result<(), TaskError> {
     let (last, parents) = path.split_last().ok_or_else(bad_path)?;
-    let Some((Seg::Name(top), rest)) = parents.split_first().map(|(f, r)| (f, r)).or(None)
-    else {
+    let Some((Seg::Name(top), rest)) = parents.split_first().map(|(f, r)| (f, r)).or(None) else {
         // A top-level attribute.
-        let Seg::Name(n) = last else { return Err(bad_path()) };
+        let Seg::Name(n) = last else {
+            return Err(bad_path());
+        };
         match value {
             Some(v) => item.insert(n.clone(), v),
             None => item.remove(n),
@@ -1057,7 +1088,10 @@ fn put_at(item: &mut Item, path: &Path, value: Option<Value>) -> Result<(), Task
     }
     match (last, value) {
         (Seg::Name(n), v) => {
-            let m = cur.get_mut("M").and_then(Value::as_object_mut).ok_or_else(bad_path)?;
+            let m = cur
+                .get_mut("M")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(bad_path)?;
             match v {
                 Some(v) => {
                     m.insert(n.clone(), v);
@@ -1068,7 +1102,10 @@ fn put_at(item: &mut Item, path: &Path, value: Option<Value>) -> Result<(), Task
             }
         }
         (Seg::Index(i), v) => {
-            let l = cur.get_mut("L").and_then(Value::as_array_mut).ok_or_else(bad_path)?;
+            let l = cur
+                .get_mut("L")
+                .and_then(Value::as_array_mut)
+                .ok_or_else(bad_path)?;
             match v {
                 Some(v) if *i < l.len() => l[*i] = v,
                 Some(v) => l.push(v),
@@ -1082,7 +1119,11 @@ fn put_at(item: &mut Item, path: &Path, value: Option<Value>) -> Result<(), Task
     Ok(())
 }
 
-fn apply_update(item: &mut Item, u: &Update, keys: &[String]) -> Result<HashSet<String>, TaskError> {
+fn apply_update(
+    item: &mut Item,
+    u: &Update,
+    keys: &[String],
+) -> Result<HashSet<String>, TaskError> {
     let mut touched = HashSet::new();
     let old = item.clone();
     let top = |p: &Path| match p.first() {
@@ -1104,7 +1145,10 @@ fn apply_update(item: &mut Item, u: &Update, keys: &[String]) -> Result<HashSet<
                 "One or more parameter values were invalid: Cannot update attribute {t}. This attribute is part of the key"
             )));
         }
-        if all[..i].iter().any(|q| q.starts_with(p) || p.starts_with(q)) {
+        if all[..i]
+            .iter()
+            .any(|q| q.starts_with(p) || p.starts_with(q))
+        {
             return Err(invalid(
                 "Invalid UpdateExpression: Two document paths overlap with each other; must remove or rewrite one of these paths",
             ));
@@ -1195,7 +1239,10 @@ fn required<'v>(params: &'v Value, field: &str, wire: &str) -> Result<&'v Value,
     }
 }
 
-fn map_param<'v>(params: &'v Value, field: &str) -> Result<Option<&'v Map<String, Value>>, TaskError> {
+fn map_param<'v>(
+    params: &'v Value,
+    field: &str,
+) -> Result<Option<&'v Map<String, Value>>, TaskError> {
     match params.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -1396,7 +1443,11 @@ impl ServiceIntegration for DynamoDb {
                     {
                         return Err(check_failed());
                     }
-                    Ok(if old.is_some() { Write::Delete } else { Write::Keep })
+                    Ok(if old.is_some() {
+                        Write::Delete
+                    } else {
+                        Write::Keep
+                    })
                 })?;
                 if return_values == "ALL_OLD"
                     && let Some(old) = old

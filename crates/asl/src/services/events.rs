@@ -103,10 +103,9 @@ fn invalid(param: &str, reason: &str) -> EntryResult {
 
 fn required_string(entry: &Value, field: &str) -> Result<String, EntryResult> {
     match entry.get(field) {
-        None | Some(Value::Null) => Err(invalid(
-            field,
-            &format!("{field} is a required argument."),
-        )),
+        None | Some(Value::Null) => {
+            Err(invalid(field, &format!("{field} is a required argument.")))
+        }
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::String(_)) => Err(invalid(field, &format!("{field} must not be empty."))),
         Some(_) => Err(invalid(field, &format!("{field} must be a string."))),
@@ -341,7 +340,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.error, "EventBridge.AmazonEventBridgeException");
-        assert!(err.cause.contains("Member must have length less than or equal to 10"));
+        assert!(
+            err.cause
+                .contains("Member must have length less than or equal to 10")
+        );
         assert!(err.cause.contains("Error Code: ValidationException"));
         assert!(sink.events().is_empty());
         let err = put(&sink, json!({})).await.unwrap_err();

@@ -20,9 +20,13 @@ async fn put(t: &Arc<MemoryTables>, item: Value) {
 }
 
 async fn get(t: &Arc<MemoryTables>, pk: &str) -> Value {
-    let out = call(t, "getItem", json!({"TableName": "T", "Key": {"pk": {"S": pk}}}))
-        .await
-        .unwrap();
+    let out = call(
+        t,
+        "getItem",
+        json!({"TableName": "T", "Key": {"pk": {"S": pk}}}),
+    )
+    .await
+    .unwrap();
     out.get("Item").cloned().unwrap_or(Value::Null)
 }
 
@@ -36,9 +40,13 @@ async fn put_then_get_round_trips_with_sdk_metadata() {
     assert_eq!(out["SdkHttpMetadata"]["HttpStatusCode"], 200);
     assert!(out.get("Attributes").is_none());
     assert_eq!(get(&t, "a").await, item);
-    let missing = call(&t, "getItem", json!({"TableName": "T", "Key": {"pk": {"S": "zz"}}}))
-        .await
-        .unwrap();
+    let missing = call(
+        &t,
+        "getItem",
+        json!({"TableName": "T", "Key": {"pk": {"S": "zz"}}}),
+    )
+    .await
+    .unwrap();
     assert!(missing.get("Item").is_none());
     let projected = call(
         &t,
@@ -47,7 +55,10 @@ async fn put_then_get_round_trips_with_sdk_metadata() {
     )
     .await
     .unwrap();
-    assert_eq!(projected["Item"], json!({"n": {"N": "1"}, "ss": {"SS": ["p", "q"]}}));
+    assert_eq!(
+        projected["Item"],
+        json!({"n": {"N": "1"}, "ss": {"SS": ["p", "q"]}})
+    );
 }
 
 #[tokio::test]
@@ -104,7 +115,10 @@ async fn update_of_a_missing_item_creates_it_unless_the_condition_fails() {
     )
     .await
     .unwrap();
-    assert_eq!(out["Attributes"], json!({"pk": {"S": "n"}, "v": {"S": "x"}}));
+    assert_eq!(
+        out["Attributes"],
+        json!({"pk": {"S": "n"}, "v": {"S": "x"}})
+    );
     let err = call(
         &t,
         "updateItem",
@@ -131,7 +145,11 @@ async fn delete_with_condition_and_all_old() {
 #[tokio::test]
 async fn comparisons_follow_dynamodb_types() {
     let t = tables();
-    put(&t, json!({"pk": {"S": "a"}, "n": {"N": "10"}, "s": {"S": "abc"}, "l": {"L": [{"S": "q"}]}})).await;
+    put(
+        &t,
+        json!({"pk": {"S": "a"}, "n": {"N": "10"}, "s": {"S": "abc"}, "l": {"L": [{"S": "q"}]}}),
+    )
+    .await;
     let ok = |cond: &str, values: Value| {
         let t = t.clone();
         let cond = cond.to_owned();
@@ -147,7 +165,13 @@ async fn comparisons_follow_dynamodb_types() {
     assert!(!ok("n > :v", json!({":v": {"S": "1"}})).await);
     assert!(ok("n <> :v", json!({":v": {"S": "10"}})).await);
     assert!(ok("begins_with(s, :v)", json!({":v": {"S": "ab"}})).await);
-    assert!(ok("s IN (:a, :b)", json!({":a": {"S": "x"}, ":b": {"S": "abc"}})).await);
+    assert!(
+        ok(
+            "s IN (:a, :b)",
+            json!({":a": {"S": "x"}, ":b": {"S": "abc"}})
+        )
+        .await
+    );
     assert!(ok("contains(l, :v)", json!({":v": {"S": "q"}})).await);
     assert!(ok("attribute_type(n, :t)", json!({":t": {"S": "N"}})).await);
     assert!(!ok("missing = :v", json!({":v": {"S": "x"}})).await);
@@ -162,28 +186,70 @@ async fn errors_name_the_problem_like_aws() {
         let t = t.clone();
         async move { call(&t, action, params).await.unwrap_err() }
     };
-    let e = err_of("getItem", json!({"TableName": "Nope", "Key": {"pk": {"S": "a"}}})).await;
+    let e = err_of(
+        "getItem",
+        json!({"TableName": "Nope", "Key": {"pk": {"S": "a"}}}),
+    )
+    .await;
     assert_eq!(e.error, "DynamoDB.ResourceNotFoundException");
     assert!(e.cause.starts_with("Requested resource not found"));
-    let e = err_of("getItem", json!({"TableName": "T", "Key": {"id": {"S": "a"}}})).await;
+    let e = err_of(
+        "getItem",
+        json!({"TableName": "T", "Key": {"id": {"S": "a"}}}),
+    )
+    .await;
     assert_eq!(e.error, "DynamoDB.AmazonDynamoDBException");
-    assert!(e.cause.starts_with("The provided key element does not match the schema"));
+    assert!(
+        e.cause
+            .starts_with("The provided key element does not match the schema")
+    );
     assert!(e.cause.contains("Error Code: ValidationException"));
-    let e = err_of("getItem", json!({"TableName": "Both", "Key": {"pk": {"S": "a"}}})).await;
-    assert!(e.cause.starts_with("The provided key element does not match the schema"));
-    let e = err_of("putItem", json!({"TableName": "T", "Item": {"s": {"S": "x"}}})).await;
+    let e = err_of(
+        "getItem",
+        json!({"TableName": "Both", "Key": {"pk": {"S": "a"}}}),
+    )
+    .await;
+    assert!(
+        e.cause
+            .starts_with("The provided key element does not match the schema")
+    );
+    let e = err_of(
+        "putItem",
+        json!({"TableName": "T", "Item": {"s": {"S": "x"}}}),
+    )
+    .await;
     assert!(e.cause.contains("Missing the key pk in the item"));
-    let e = err_of("putItem", json!({"TableName": "T", "Item": {"pk": {"S": "a"}, "n": {"N": "ten"}}})).await;
-    assert!(e.cause.starts_with("A value provided cannot be converted into a number"));
+    let e = err_of(
+        "putItem",
+        json!({"TableName": "T", "Item": {"pk": {"S": "a"}, "n": {"N": "ten"}}}),
+    )
+    .await;
+    assert!(
+        e.cause
+            .starts_with("A value provided cannot be converted into a number")
+    );
     let e = err_of("putItem", json!({"TableName": "T", "Item": {"pk": "a"}})).await;
     assert!(e.cause.contains("Supplied AttributeValue"));
-    let e = err_of("putItem", json!({"TableName": "T", "Item": {"pk": {"S": "a", "N": "1"}}})).await;
+    let e = err_of(
+        "putItem",
+        json!({"TableName": "T", "Item": {"pk": {"S": "a", "N": "1"}}}),
+    )
+    .await;
     assert!(e.cause.contains("more than one datatypes"));
     let e = err_of("putItem", json!({"Item": {"pk": {"S": "a"}}})).await;
     assert!(e.cause.contains("Value null at 'tableName'"));
     let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET = :v", "ExpressionAttributeValues": {":v": {"S": "x"}}})).await;
-    assert!(e.cause.starts_with("Invalid UpdateExpression: Syntax error; token: \"=\""), "{}", e.cause);
-    let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET s = :v"})).await;
+    assert!(
+        e.cause
+            .starts_with("Invalid UpdateExpression: Syntax error; token: \"=\""),
+        "{}",
+        e.cause
+    );
+    let e = err_of(
+        "updateItem",
+        json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET s = :v"}),
+    )
+    .await;
     assert!(e.cause.contains("attribute value: :v"));
     let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET #s = :v", "ExpressionAttributeValues": {":v": {"S": "x"}}})).await;
     assert!(e.cause.contains("attribute name: #s"));
@@ -196,17 +262,34 @@ async fn errors_name_the_problem_like_aws() {
     let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "ADD s :v", "ExpressionAttributeValues": {":v": {"N": "1"}}})).await;
     assert!(e.cause.contains("incorrect data type; operator: ADD"));
     let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET a.b = :v", "ExpressionAttributeValues": {":v": {"N": "1"}}})).await;
-    assert!(e.cause.contains("document path provided in the update expression is invalid"));
+    assert!(
+        e.cause
+            .contains("document path provided in the update expression is invalid")
+    );
     let e = err_of("updateItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "UpdateExpression": "SET s = :v SET t = :v", "ExpressionAttributeValues": {":v": {"N": "1"}}})).await;
     assert!(e.cause.contains("can only be used once"));
     let e = err_of("deleteItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ConditionExpression": "s = = :v", "ExpressionAttributeValues": {":v": {"N": "1"}}})).await;
-    assert!(e.cause.starts_with("Invalid ConditionExpression: Syntax error"));
-    let e = err_of("deleteItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ConditionExpression": "frob(s)"})).await;
+    assert!(
+        e.cause
+            .starts_with("Invalid ConditionExpression: Syntax error")
+    );
+    let e = err_of(
+        "deleteItem",
+        json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ConditionExpression": "frob(s)"}),
+    )
+    .await;
     assert!(e.cause.contains("Invalid function name; function: frob"));
-    let e = err_of("deleteItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ReturnValues": "ALL_NEW"})).await;
+    let e = err_of(
+        "deleteItem",
+        json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ReturnValues": "ALL_NEW"}),
+    )
+    .await;
     assert!(e.cause.contains("'returnValues'"));
     // Nothing of the refused calls was written.
-    assert_eq!(get(&t, "a").await, json!({"pk": {"S": "a"}, "s": {"S": "x"}}));
+    assert_eq!(
+        get(&t, "a").await,
+        json!({"pk": {"S": "a"}, "s": {"S": "x"}})
+    );
 }
 
 #[tokio::test]
@@ -215,9 +298,13 @@ async fn composite_keys_and_number_keys_normalise() {
     call(&t, "putItem", json!({"TableName": "Both", "Item": {"pk": {"S": "a"}, "sk": {"N": "1"}, "v": {"S": "one"}}}))
         .await
         .unwrap();
-    let out = call(&t, "getItem", json!({"TableName": "Both", "Key": {"pk": {"S": "a"}, "sk": {"N": "1.0"}}}))
-        .await
-        .unwrap();
+    let out = call(
+        &t,
+        "getItem",
+        json!({"TableName": "Both", "Key": {"pk": {"S": "a"}, "sk": {"N": "1.0"}}}),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["Item"]["v"], json!({"S": "one"}));
     assert_eq!(t.items("Both").len(), 1);
 }
