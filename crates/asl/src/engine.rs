@@ -14,7 +14,7 @@ use crate::context::{Ctx, Vars};
 use crate::definition::WorkflowType;
 use crate::definition::{
     Catcher, JsonataFields, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, Rule,
-    State, StateMachine, StrOrPath, TaskState, Template, Wait,
+    State, StateMachine, StrOrPath, TaskState, Template, Transformation, Wait,
 };
 use crate::distributed;
 use crate::jsonata::{Bindings, Expr, Outcome};
@@ -2524,6 +2524,7 @@ async fn run_map_once(
                     "arn:{}:states:{}:{}:stateMachine:{sm_name}/{name}",
                     c.partition, c.region, c.account_id
                 ),
+                index: i,
                 input: inputs.get(i).cloned().unwrap_or_default(),
                 outcome: match &r {
                     Ok(v) => Ok(v.clone()),
@@ -2627,17 +2628,30 @@ async fn run_map_once(
         prev
     };
     let result = match &map.result_writer {
-        Some(t) => {
-            let params = eval_template(name, entered, t, &effective, ctx)?;
+        Some(writer) => {
             records.sort_by_key(|r| r.start);
-            distributed::write_results(
-                exec.registry.object_store(),
-                &params,
-                &map_run_arn,
-                &records,
-            )
-            .await
-            .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+            match &writer.location {
+                Some(t) => {
+                    let params = eval_template(name, entered, t, &effective, ctx)?;
+                    distributed::write_results(
+                        exec.registry.object_store(),
+                        &params,
+                        &map_run_arn,
+                        &records,
+                        writer.config,
+                    )
+                    .await
+                    .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+                }
+                // WriterConfig alone: the shaped results are the state's result, in item order.
+                None => {
+                    records.sort_by_key(|r| r.index);
+                    let transformation = writer
+                        .config
+                        .map_or(Transformation::Compact, |c| c.transformation);
+                    Value::Array(distributed::transform_results(&records, transformation))
+                }
+            }
         }
         None => Value::Array(results),
     };
