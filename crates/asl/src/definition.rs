@@ -1666,7 +1666,11 @@ fn parse_result_writer(
             ));
         }
         (None, Some(_)) => {
-            return Err(invalid(s, "ResultWriter/Resource", "required field is missing"));
+            return Err(invalid(
+                s,
+                "ResultWriter/Resource",
+                "required field is missing",
+            ));
         }
         (Some(_), None) => {
             return Err(invalid(

@@ -236,7 +236,9 @@ pub(crate) fn transform_results(children: &[ChildRecord], t: Transformation) -> 
     for c in children {
         match (&c.outcome, t) {
             (Ok(out), Transformation::Compact) => rows.push(out.clone()),
-            (Ok(Value::Array(items)), Transformation::Flatten) => rows.extend(items.iter().cloned()),
+            (Ok(Value::Array(items)), Transformation::Flatten) => {
+                rows.extend(items.iter().cloned())
+            }
             (Ok(out), Transformation::Flatten) => rows.push(out.clone()),
             _ => rows.push(c.to_json()),
         }
