@@ -477,9 +477,23 @@ impl Engine {
             (None, true) => Some(EXPRESS_MAX_SECONDS),
             (t, false) => t,
         };
+        // The timeout runs on the engine's clock: an execution's sleeps stop at its deadline,
+        // so a clock whose sleeps return at once (TestClock) or simulated time
+        // (VirtualClock) times the execution out exactly when its time passes the deadline.
+        let deadline = timeout_seconds.map(|t| {
+            self.clock.now()
+                + chrono::Duration::seconds(i64::try_from(t).unwrap_or(i64::MAX / 1000))
+        });
+        let clock: Arc<dyn Clock> = match deadline {
+            Some(deadline) => Arc::new(DeadlineClock {
+                inner: self.clock.clone(),
+                deadline,
+            }),
+            None => self.clock.clone(),
+        };
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
-            clock: self.clock.clone(),
+            clock,
             config: self.config.clone(),
             context_base: Arc::new(json!({
                 "Execution": execution,
@@ -509,13 +523,13 @@ impl Engine {
                 Vars::new(),
                 false,
             );
-            match timeout_seconds {
+            match deadline {
                 None => run.await.map_err(Some),
-                Some(t) => {
+                Some(deadline) => {
                     tokio::select! {
                         biased;
                         r = run => r.map_err(Some),
-                        () = self.clock.sleep(Duration::from_secs(t)) => Err(None),
+                        () = self.clock.sleep_until(deadline) => Err(None),
                     }
                 }
             }
@@ -1561,6 +1575,49 @@ fn compact_json_text(text: &str) -> String {
         }
     }
     out
+}
+
+/// An execution's view of the engine's clock: a sleep that would pass the execution's
+/// deadline sleeps until the deadline and never returns, so the execution's timeout decides.
+struct DeadlineClock {
+    inner: Arc<dyn Clock>,
+    deadline: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl Clock for DeadlineClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.now()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        let wake = chrono::Duration::from_std(duration)
+            .ok()
+            .and_then(|d| self.inner.now().checked_add_signed(d));
+        match wake {
+            Some(w) if w < self.deadline => self.inner.sleep(duration).await,
+            _ => {
+                // Sleeping (not waiting) to the deadline moves a TestClock's time there.
+                let left = (self.deadline - self.inner.now())
+                    .to_std()
+                    .unwrap_or_default();
+                self.inner.sleep(left).await;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        if deadline < self.deadline {
+            self.inner.sleep_until(deadline).await;
+        } else {
+            let left = (self.deadline - self.inner.now())
+                .to_std()
+                .unwrap_or_default();
+            self.inner.sleep(left).await;
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn with_timeout<T>(

@@ -198,6 +198,14 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
     /// Waits for `duration`.
     async fn sleep(&self, duration: Duration);
+
+    /// Waits until `now()` reaches `deadline` (the execution timeout's timer). The default
+    /// sleeps for the difference; a clock whose time only moves when something sleeps
+    /// ([`TestClock`]) overrides it to wait for that.
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        let left = (deadline - self.now()).to_std().unwrap_or_default();
+        self.sleep(left).await;
+    }
 }
 
 /// The real clock.
@@ -223,6 +231,8 @@ pub struct TestClock {
     /// The recorded sleeps and their running total (kept so `now()` costs the same however
     /// long the clock has been used).
     sleeps: Mutex<(Vec<Duration>, Duration)>,
+    /// Woken at each sleep, for [`Clock::sleep_until`].
+    advanced: tokio::sync::Notify,
 }
 
 impl Default for TestClock {
@@ -237,6 +247,7 @@ impl TestClock {
         Self {
             start: Utc::now(),
             sleeps: Mutex::new((Vec::new(), Duration::ZERO)),
+            advanced: tokio::sync::Notify::new(),
         }
     }
 
@@ -258,7 +269,22 @@ impl Clock for TestClock {
             s.0.push(duration);
             s.1 += duration;
         }
+        self.advanced.notify_waiters();
         tokio::task::yield_now().await;
+    }
+
+    /// Returns once sleeps (of the execution it times) have moved `now()` to `deadline`:
+    /// this clock's time passes only when something sleeps.
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        loop {
+            let notified = self.advanced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.now() >= deadline {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
