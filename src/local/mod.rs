@@ -204,8 +204,13 @@ struct BusSink {
 fn change_event(
     entry: &asl::services::events::EventEntry,
 ) -> Result<crate::model::ChangeEvent, String> {
-    let kind: crate::model::ChangeKind = serde_json::from_value(json!(entry.detail_type))
-        .map_err(|_| format!("DetailType '{}' is not a FHIR change kind", entry.detail_type))?;
+    let kind: crate::model::ChangeKind =
+        serde_json::from_value(json!(entry.detail_type)).map_err(|_| {
+            format!(
+                "DetailType '{}' is not a FHIR change kind",
+                entry.detail_type
+            )
+        })?;
     let detail: crate::model::ChangeEventDetail = serde_json::from_str(&entry.detail)
         .map_err(|e| format!("Detail is not a change event detail: {e}"))?;
     let time = match &entry.time {
@@ -486,10 +491,7 @@ mod tests {
             ])
             .await
             .unwrap();
-        assert_eq!(
-            results[0],
-            EntryResult::Accepted(detail.event_id.clone())
-        );
+        assert_eq!(results[0], EntryResult::Accepted(detail.event_id.clone()));
         assert!(
             matches!(&results[1], EntryResult::Failed { code, message } if code == "InvalidArgument" && message.contains("'Something'"))
         );

@@ -1238,6 +1238,9 @@ fn identity(v: &Val<'_>) -> Option<usize> {
     }
 }
 
+/// What a transform does to each matched object (by identity): fields set, fields deleted.
+type Changes<'a> = HashMap<usize, (Vec<(String, Val<'a>)>, Vec<String>)>;
+
 /// `| location | update [, delete] |` applied to `target`: a copy of it in which every
 /// object the location selects gets the update's fields and loses the deleted ones.
 fn transform<'a>(
@@ -1253,7 +1256,7 @@ fn transform<'a>(
         return Ok(Val::Undef);
     }
     let matches = eval(location, &target, env, ctx)?.collapse();
-    let mut changes: HashMap<usize, (Vec<(String, Val<'a>)>, Vec<String>)> = HashMap::new();
+    let mut changes: Changes<'a> = HashMap::new();
     for m in matches.items() {
         let Some(id) = identity(&m) else { continue };
         let upd = eval(update, &m, env, ctx)?.collapse();
@@ -1297,11 +1300,7 @@ fn transform<'a>(
     Ok(rebuild(&target, &changes))
 }
 
-#[allow(clippy::type_complexity)]
-fn rebuild<'a>(
-    v: &Val<'a>,
-    changes: &HashMap<usize, (Vec<(String, Val<'a>)>, Vec<String>)>,
-) -> Val<'a> {
+fn rebuild<'a>(v: &Val<'a>, changes: &Changes<'a>) -> Val<'a> {
     if changes.is_empty() {
         return v.clone();
     }

@@ -1059,7 +1059,7 @@ fn bad_path() -> TaskError {
 /// Sets (`Some`) or removes (`None`) the value at `path`.
 fn put_at(item: &mut Item, path: &Path, value: Option<Value>) -> Result<(), TaskError> {
     let (last, parents) = path.split_last().ok_or_else(bad_path)?;
-    let Some((Seg::Name(top), rest)) = parents.split_first().map(|(f, r)| (f, r)).or(None) else {
+    let Some((Seg::Name(top), rest)) = parents.split_first() else {
         // A top-level attribute.
         let Seg::Name(n) = last else {
             return Err(bad_path());
