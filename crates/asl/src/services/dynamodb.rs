@@ -1308,6 +1308,25 @@ impl ServiceIntegration for DynamoDb {
         params: Value,
     ) -> Result<Value, TaskError> {
         let action = resource.rsplit(':').next().unwrap_or_default();
+        // Parameters the action does not take are refused, not ignored.
+        let foreign: &[&str] = match action {
+            "getItem" => &[
+                "ConditionExpression",
+                "UpdateExpression",
+                "Item",
+                "ReturnValues",
+            ],
+            "putItem" => &["UpdateExpression", "Key", "ProjectionExpression"],
+            "deleteItem" => &["UpdateExpression", "Item", "ProjectionExpression"],
+            _ => &["Item", "ProjectionExpression"],
+        };
+        if let Some(f) = foreign.iter().find(|f| params.get(**f).is_some()) {
+            return Err(invalid(format!(
+                "The parameter '{f}' is not a parameter of DynamoDB {}",
+                action.get(..1).map(str::to_uppercase).unwrap_or_default()
+                    + action.get(1..).unwrap_or_default()
+            )));
+        }
         let table = match required(&params, "TableName", "tableName")? {
             Value::String(s) if !s.is_empty() => s.as_str(),
             _ => {

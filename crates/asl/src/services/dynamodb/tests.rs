@@ -285,6 +285,22 @@ async fn errors_name_the_problem_like_aws() {
     )
     .await;
     assert!(e.cause.contains("'returnValues'"));
+    let e = err_of("getItem", json!({"TableName": "T", "Key": {"pk": {"S": "a"}}, "ConditionExpression": "attribute_exists(pk)"})).await;
+    assert!(
+        e.cause
+            .contains("'ConditionExpression' is not a parameter of DynamoDB GetItem"),
+        "{}",
+        e.cause
+    );
+    let e = err_of(
+        "putItem",
+        json!({"TableName": "T", "Item": {"pk": {"S": "a"}}, "UpdateExpression": "SET s = :v"}),
+    )
+    .await;
+    assert!(
+        e.cause
+            .contains("'UpdateExpression' is not a parameter of DynamoDB PutItem")
+    );
     // Nothing of the refused calls was written.
     assert_eq!(
         get(&t, "a").await,
