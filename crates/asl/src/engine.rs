@@ -480,9 +480,10 @@ impl Engine {
         // The timeout runs on the engine's clock: an execution's sleeps stop at its deadline,
         // so a clock whose sleeps return at once (TestClock) or simulated time
         // (VirtualClock) times the execution out exactly when its time passes the deadline.
-        let deadline = timeout_seconds.map(|t| {
-            self.clock.now()
-                + chrono::Duration::seconds(i64::try_from(t).unwrap_or(i64::MAX / 1000))
+        // A timeout too large for a date is no timeout at all (it would never be reached).
+        let deadline = timeout_seconds.and_then(|t| {
+            chrono::Duration::try_seconds(i64::try_from(t).ok()?)
+                .and_then(|d| self.clock.now().checked_add_signed(d))
         });
         let clock: Arc<dyn Clock> = match deadline {
             Some(deadline) => Arc::new(DeadlineClock {

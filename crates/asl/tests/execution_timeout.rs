@@ -151,6 +151,15 @@ async fn express_executions_stop_after_five_minutes_of_the_clock() {
     assert_eq!(slept, Duration::from_secs(299 + 300 + 300));
 }
 
+#[tokio::test]
+async fn a_timeout_beyond_any_date_never_fires() {
+    let clock = Arc::new(TestClock::new());
+    let r = engine(clock)
+        .start_execution(&machine(waits(Some(u64::MAX / 2), &[10])), None, json!({}))
+        .await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn virtual_time_times_out_exactly_at_the_deadline() {
     let begin = tokio::time::Instant::now();
