@@ -193,6 +193,88 @@ impl asl::ServiceIntegration for SqsSendMessage {
     }
 }
 
+/// `arn:aws:states:::events:putEvents` on the pipeline's event bus. The bus carries FHIR
+/// change events only, so an entry that is not one (DetailType `FhirResource…`, a Detail
+/// that is a change event's detail) is a failed entry saying so, never dropped.
+#[derive(Debug)]
+struct BusSink {
+    bus: Arc<dyn crate::events::EventBus>,
+}
+
+fn change_event(
+    entry: &asl::services::events::EventEntry,
+) -> Result<crate::model::ChangeEvent, String> {
+    let kind: crate::model::ChangeKind =
+        serde_json::from_value(json!(entry.detail_type)).map_err(|_| {
+            format!(
+                "DetailType '{}' is not a FHIR change kind",
+                entry.detail_type
+            )
+        })?;
+    let detail: crate::model::ChangeEventDetail = serde_json::from_str(&entry.detail)
+        .map_err(|e| format!("Detail is not a change event detail: {e}"))?;
+    let time = match &entry.time {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| format!("Time '{t}' is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+        None => detail.last_updated,
+    };
+    Ok(crate::model::ChangeEvent {
+        source: entry.source.clone(),
+        detail_type: kind,
+        detail,
+        time,
+        resources: entry.resources.clone(),
+    })
+}
+
+#[async_trait]
+impl asl::services::events::EventSink for BusSink {
+    async fn put_events(
+        &self,
+        entries: &[asl::services::events::EventEntry],
+    ) -> Result<Vec<asl::services::events::EntryResult>, asl::TaskError> {
+        use asl::services::events::EntryResult;
+        let converted: Vec<Result<crate::model::ChangeEvent, String>> =
+            entries.iter().map(change_event).collect();
+        let events: Vec<crate::model::ChangeEvent> = converted
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut put = if events.is_empty() {
+            Vec::new()
+        } else {
+            self.bus
+                .put_events(&events)
+                .await
+                .map_err(|e| asl::TaskError {
+                    error: "States.TaskFailed".into(),
+                    cause: e.to_string(),
+                })?
+        }
+        .into_iter();
+        Ok(converted
+            .into_iter()
+            .map(|c| match c {
+                Err(message) => EntryResult::Failed {
+                    code: "InvalidArgument".into(),
+                    message,
+                },
+                Ok(_) => match put.next() {
+                    Some(crate::events::PutEntryResult::Accepted(id)) => EntryResult::Accepted(id),
+                    Some(crate::events::PutEntryResult::Failed { code, message }) => {
+                        EntryResult::Failed { code, message }
+                    }
+                    None => EntryResult::Failed {
+                        code: "InternalFailure".into(),
+                        message: "the event bus gave no result for this entry".into(),
+                    },
+                },
+            })
+            .collect())
+    }
+}
+
 /// `unify` on the project's ASL engine, in-process.
 #[derive(Debug)]
 pub struct LocalWorkflow {
@@ -239,6 +321,9 @@ impl LocalWorkflow {
                 known: HashMap::from([(url, config.quarantine.queue.clone())]),
             }),
         );
+        registry.set_event_sink(Arc::new(BusSink {
+            bus: env.bus.clone(),
+        }));
         let text = asl::substitute(UNIFY_DEFINITION, &substitutions(config))
             .map_err(|e| LocalError::Definition(e.to_string()))?;
         let machine = asl::StateMachine::parse(&text)
@@ -342,5 +427,81 @@ impl LocalRuntime {
             workflow,
             ingest,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{BusError, EventBus, PutEntryResult};
+    use crate::model::{ChangeEvent, ChangeEventDetail, ChangeKind, RecordKey, Sequence};
+    use asl::services::events::{EntryResult, EventEntry, EventSink};
+
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<ChangeEvent>>);
+
+    #[async_trait]
+    impl EventBus for Recorder {
+        async fn put_events(
+            &self,
+            events: &[ChangeEvent],
+        ) -> Result<Vec<PutEntryResult>, BusError> {
+            self.0.lock().unwrap().extend(events.iter().cloned());
+            Ok(events
+                .iter()
+                .map(|e| PutEntryResult::Accepted(e.detail.event_id.clone()))
+                .collect())
+        }
+    }
+
+    fn entry(detail_type: &str, detail: String) -> EventEntry {
+        EventEntry {
+            source: "fhir-unify".into(),
+            detail_type: detail_type.into(),
+            detail,
+            event_bus_name: None,
+            resources: vec!["Patient/x".into()],
+            time: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn put_events_tasks_reach_the_event_bus() {
+        let detail = ChangeEventDetail {
+            event_id: ChangeEventDetail::stable_event_id("Patient", "x", "1"),
+            resource_type: "Patient".into(),
+            id: "x".into(),
+            version_id: "1".into(),
+            last_updated: "2024-01-02T03:04:05Z".parse().unwrap(),
+            source: "app".into(),
+            entity: "patients".into(),
+            key: RecordKey::from_pairs([("pk", json!("x"))]),
+            sequence: Sequence::from(1),
+        };
+        let bus = Arc::new(Recorder::default());
+        let sink = BusSink { bus: bus.clone() };
+        let results = sink
+            .put_events(&[
+                entry(
+                    "FhirResourceCreated",
+                    serde_json::to_string(&detail).unwrap(),
+                ),
+                entry("Something", "{}".into()),
+                entry("FhirResourceUpdated", "{\"id\": 1}".into()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(results[0], EntryResult::Accepted(detail.event_id.clone()));
+        assert!(
+            matches!(&results[1], EntryResult::Failed { code, message } if code == "InvalidArgument" && message.contains("'Something'"))
+        );
+        assert!(
+            matches!(&results[2], EntryResult::Failed { message, .. } if message.starts_with("Detail is not a change event detail"))
+        );
+        let put = bus.0.lock().unwrap();
+        assert_eq!(put.len(), 1);
+        assert_eq!(put[0].detail_type, ChangeKind::Created);
+        assert_eq!(put[0].time, detail.last_updated);
+        assert_eq!(put[0].resources, vec!["Patient/x".to_string()]);
     }
 }

@@ -330,8 +330,42 @@ pub(crate) struct MapState {
     pub item_reader: Option<ItemReader>,
     /// How a distributed Map groups items into one child execution's input.
     pub item_batcher: Option<ItemBatcher>,
-    /// Where a distributed Map writes its results, instead of returning them.
-    pub result_writer: Option<Template>,
+    /// How a distributed Map shapes its results, and where it writes them.
+    pub result_writer: Option<ResultWriter>,
+}
+
+/// `ResultWriter`: `WriterConfig` alone shapes the state's output; `Resource` with
+/// `Parameters` (or JSONata `Arguments`) exports the results; all three export shaped results.
+#[derive(Debug)]
+pub(crate) struct ResultWriter {
+    /// Bucket and Prefix; `None` when the results are not exported.
+    pub location: Option<Template>,
+    /// `WriterConfig`, if given.
+    pub config: Option<WriterConfig>,
+}
+
+/// `WriterConfig.OutputType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputType {
+    Json,
+    JsonLines,
+}
+
+/// `WriterConfig.Transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transformation {
+    /// Each child execution's record (ARN, input, output, status, dates…).
+    None,
+    /// Each child execution's output.
+    Compact,
+    /// Outputs, an array output spread into its elements.
+    Flatten,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriterConfig {
+    pub output_type: OutputType,
+    pub transformation: Transformation,
 }
 
 /// What an ItemReader reads.
@@ -1340,9 +1374,9 @@ fn parse_map(
         result_path: result_path_field(name, obj, "ResultPath")?,
         retry: parse_retry(name, obj.get("Retry"))?,
         catch: parse_catch(name, obj.get("Catch"), jsonata)?,
-        item_reader: parse_item_reader(name, obj.get("ItemReader"))?,
-        item_batcher: parse_item_batcher(name, obj.get("ItemBatcher"))?,
-        result_writer: parse_result_writer(name, obj.get("ResultWriter"))?,
+        item_reader: parse_item_reader(name, obj.get("ItemReader"), jsonata)?,
+        item_batcher: parse_item_batcher(name, obj.get("ItemBatcher"), jsonata)?,
+        result_writer: parse_result_writer(name, obj.get("ResultWriter"), jsonata)?,
     })
 }
 
@@ -1367,9 +1401,62 @@ fn sub_object<'a>(
     Ok(m)
 }
 
+/// `Parameters` in a JSONPath state, `Arguments` (JSONata templates) in a JSONata one; the
+/// other is refused, as AWS's validation does.
+fn payload_field(
+    state: &str,
+    parent: &str,
+    m: &Map<String, Value>,
+    jsonata: bool,
+) -> Result<Option<Template>, DefinitionError> {
+    let (wanted, other) = if jsonata {
+        ("Arguments", "Parameters")
+    } else {
+        ("Parameters", "Arguments")
+    };
+    if m.contains_key(other) {
+        return Err(invalid(
+            Some(state),
+            format!("{parent}/{other}"),
+            format!(
+                "is not allowed when the query language is {}; use {wanted}",
+                if jsonata { "JSONata" } else { "JSONPath" }
+            ),
+        ));
+    }
+    let field = format!("{parent}/{wanted}");
+    match m.get(wanted) {
+        None => Ok(None),
+        Some(v) if jsonata => compile_jsonata(state, &field, v).map(Some),
+        Some(v) => compile_template(state, &field, v).map(Some),
+    }
+}
+
+/// A number field of a sub-object (`ItemReader/ReaderConfig/MaxItems`), in either language.
+fn sub_uint(
+    state: &str,
+    parent: &str,
+    m: &Map<String, Value>,
+    f: &str,
+    min: u64,
+) -> Result<Option<NumOrPath>, DefinitionError> {
+    match m.get(f) {
+        Some(v @ Value::String(t)) if is_jsonata(t) => {
+            compile_jsonata(state, &format!("{parent}/{f}"), v).map(|t| Some(NumOrPath::Expr(t)))
+        }
+        _ => uint_or_path(state, m, f, min).map_err(|mut e| {
+            if let DefinitionError::Invalid { field, .. } = &mut e {
+                *field = format!("{parent}/{field}");
+            }
+            e
+        }),
+    }
+}
+
 fn parse_item_reader(
     state: &str,
     v: Option<&Value>,
+    jsonata: bool,
 ) -> Result<Option<ItemReader>, DefinitionError> {
     let Some(v) = v else { return Ok(None) };
     let s = Some(state);
@@ -1462,22 +1549,20 @@ fn parse_item_reader(
             ));
         }
     };
-    let parameters = match m.get("Parameters") {
-        Some(p) => Some(compile_template(state, "ItemReader/Parameters", p)?),
-        None => None,
-    };
+    let parameters = payload_field(state, "ItemReader", m, jsonata)?;
     Ok(Some(ItemReader {
         source,
         parameters,
         csv_headers,
         csv_delimiter,
-        max_items: uint_or_path(state, cfg, "MaxItems", 0)?,
+        max_items: sub_uint(state, "ItemReader/ReaderConfig", cfg, "MaxItems", 0)?,
     }))
 }
 
 fn parse_item_batcher(
     state: &str,
     v: Option<&Value>,
+    jsonata: bool,
 ) -> Result<Option<ItemBatcher>, DefinitionError> {
     let Some(v) = v else { return Ok(None) };
     let m = sub_object(
@@ -1493,9 +1578,10 @@ fn parse_item_batcher(
         ],
     )?;
     let batcher = ItemBatcher {
-        max_items: uint_or_path(state, m, "MaxItemsPerBatch", 1)?,
-        max_bytes: uint_or_path(state, m, "MaxInputBytesPerBatch", 1)?,
+        max_items: sub_uint(state, "ItemBatcher", m, "MaxItemsPerBatch", 1)?,
+        max_bytes: sub_uint(state, "ItemBatcher", m, "MaxInputBytesPerBatch", 1)?,
         batch_input: match m.get("BatchInput") {
+            Some(b) if jsonata => Some(compile_jsonata(state, "ItemBatcher/BatchInput", b)?),
             Some(b) => Some(compile_template(state, "ItemBatcher/BatchInput", b)?),
             None => None,
         },
@@ -1513,32 +1599,91 @@ fn parse_item_batcher(
 fn parse_result_writer(
     state: &str,
     v: Option<&Value>,
-) -> Result<Option<Template>, DefinitionError> {
+    jsonata: bool,
+) -> Result<Option<ResultWriter>, DefinitionError> {
     let Some(v) = v else { return Ok(None) };
+    let s = Some(state);
     let m = sub_object(
         state,
         "ResultWriter",
         v,
         &["Resource", "Parameters", "Arguments", "WriterConfig"],
     )?;
-    if m.get("Resource")
-        .and_then(Value::as_str)
-        .is_none_or(|r| !r.ends_with(":s3:putObject"))
-    {
-        return Err(invalid(
-            Some(state),
-            "ResultWriter/Resource",
-            "must be arn:aws:states:::s3:putObject",
-        ));
+    let config = match m.get("WriterConfig") {
+        None => None,
+        Some(c) => {
+            let c = sub_object(
+                state,
+                "ResultWriter/WriterConfig",
+                c,
+                &["OutputType", "Transformation"],
+            )?;
+            let output_type = match c.get("OutputType").and_then(Value::as_str) {
+                Some("JSON") => OutputType::Json,
+                Some("JSONL") => OutputType::JsonLines,
+                other => {
+                    return Err(invalid(
+                        s,
+                        "ResultWriter/WriterConfig/OutputType",
+                        format!("must be JSON or JSONL, not {other:?}"),
+                    ));
+                }
+            };
+            let transformation = match c.get("Transformation").and_then(Value::as_str) {
+                Some("NONE") => Transformation::None,
+                Some("COMPACT") => Transformation::Compact,
+                Some("FLATTEN") => Transformation::Flatten,
+                other => {
+                    return Err(invalid(
+                        s,
+                        "ResultWriter/WriterConfig/Transformation",
+                        format!("must be NONE, COMPACT or FLATTEN, not {other:?}"),
+                    ));
+                }
+            };
+            Some(WriterConfig {
+                output_type,
+                transformation,
+            })
+        }
+    };
+    let location = payload_field(state, "ResultWriter", m, jsonata)?;
+    match (m.get("Resource"), &location) {
+        (None, None) if config.is_some() => {}
+        (None, None) => {
+            return Err(invalid(
+                s,
+                "ResultWriter",
+                "needs WriterConfig, or Resource with its bucket and prefix, or all three",
+            ));
+        }
+        (Some(r), Some(_)) if r.as_str().is_some_and(|r| r.ends_with(":s3:putObject")) => {}
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                s,
+                "ResultWriter/Resource",
+                "must be arn:aws:states:::s3:putObject",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                s,
+                "ResultWriter/Resource",
+                "required field is missing",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                s,
+                format!(
+                    "ResultWriter/{}",
+                    if jsonata { "Arguments" } else { "Parameters" }
+                ),
+                "required field is missing",
+            ));
+        }
     }
-    let p = m.get("Parameters").ok_or_else(|| {
-        invalid(
-            Some(state),
-            "ResultWriter/Parameters",
-            "required field is missing",
-        )
-    })?;
-    compile_template(state, "ResultWriter/Parameters", p).map(Some)
+    Ok(Some(ResultWriter { location, config }))
 }
 
 fn error_equals(

@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::definition::{ItemReader, ReaderSource};
+use crate::definition::{ItemReader, OutputType, ReaderSource, Transformation, WriterConfig};
 use crate::objects::ObjectStore;
 
 /// `Bucket` and `Key` (or `Prefix`) from the evaluated Parameters.
@@ -177,6 +177,8 @@ pub(crate) fn batches(
 /// One child execution, as the ResultWriter's result files list it.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildRecord {
+    /// The item's (or batch's) position.
+    pub index: usize,
     pub execution_arn: String,
     pub name: String,
     pub state_machine_arn: String,
@@ -226,14 +228,36 @@ impl ChildRecord {
     }
 }
 
+/// The rows `WriterConfig.Transformation` makes of the child executions: their records
+/// (NONE), their outputs (COMPACT), or their outputs with arrays spread (FLATTEN). A failed
+/// child keeps its record whatever the transformation, as AWS documents.
+pub(crate) fn transform_results(children: &[ChildRecord], t: Transformation) -> Vec<Value> {
+    let mut rows = Vec::with_capacity(children.len());
+    for c in children {
+        match (&c.outcome, t) {
+            (Ok(out), Transformation::Compact) => rows.push(out.clone()),
+            (Ok(Value::Array(items)), Transformation::Flatten) => {
+                rows.extend(items.iter().cloned())
+            }
+            (Ok(out), Transformation::Flatten) => rows.push(out.clone()),
+            _ => rows.push(c.to_json()),
+        }
+    }
+    rows
+}
+
 /// Writes `manifest.json` and the `SUCCEEDED_0.json` / `FAILED_0.json` result files under
-/// `Prefix/<map run id>/`, and gives the Map state's result.
+/// `Prefix/<map run id>/` (with a WriterConfig: its transformation, and JSON Lines files
+/// `SUCCEEDED_0.jsonl` for OutputType JSONL), and gives the Map state's result.
 pub(crate) async fn write_results(
     store: Option<&dyn ObjectStore>,
     params: &Value,
     map_run_arn: &str,
     children: &[ChildRecord],
+    config: Option<WriterConfig>,
 ) -> Result<Value, String> {
+    let transformation = config.map_or(Transformation::None, |c| c.transformation);
+    let lines = config.is_some_and(|c| c.output_type == OutputType::JsonLines);
     let store = store.ok_or("no object store is configured for ResultWriter")?;
     let (bucket, prefix) = location(params, "Prefix")?;
     let run_id = map_run_arn.rsplit(':').next().unwrap_or_default();
@@ -244,16 +268,28 @@ pub(crate) async fn write_results(
     };
     let mut files = json!({"FAILED": [], "PENDING": [], "SUCCEEDED": []});
     for (status, ok) in [("SUCCEEDED", true), ("FAILED", false)] {
-        let rows: Vec<Value> = children
+        let these: Vec<ChildRecord> = children
             .iter()
             .filter(|c| c.outcome.is_ok() == ok)
-            .map(ChildRecord::to_json)
+            .cloned()
             .collect();
-        if rows.is_empty() {
+        if these.is_empty() {
             continue;
         }
-        let key = format!("{base}/{status}_0.json");
-        let body = serde_json::to_vec(&rows).map_err(|e| e.to_string())?;
+        let rows = transform_results(&these, transformation);
+        let (key, body) = if lines {
+            let mut body = Vec::new();
+            for r in &rows {
+                serde_json::to_writer(&mut body, r).map_err(|e| e.to_string())?;
+                body.push(b'\n');
+            }
+            (format!("{base}/{status}_0.jsonl"), body)
+        } else {
+            (
+                format!("{base}/{status}_0.json"),
+                serde_json::to_vec(&rows).map_err(|e| e.to_string())?,
+            )
+        };
         let size = body.len();
         store
             .put(bucket, &key, body)

@@ -14,7 +14,7 @@ use crate::context::{Ctx, Vars};
 use crate::definition::WorkflowType;
 use crate::definition::{
     Catcher, JsonataFields, Kind, MapState, NumOrPath, ParallelState, Program, Retrier, Rule,
-    State, StateMachine, StrOrPath, TaskState, Template, Wait,
+    State, StateMachine, StrOrPath, TaskState, Template, Transformation, Wait,
 };
 use crate::distributed;
 use crate::jsonata::{Bindings, Expr, Outcome};
@@ -477,9 +477,24 @@ impl Engine {
             (None, true) => Some(EXPRESS_MAX_SECONDS),
             (t, false) => t,
         };
+        // The timeout runs on the engine's clock: an execution's sleeps stop at its deadline,
+        // so a clock whose sleeps return at once (TestClock) or simulated time
+        // (VirtualClock) times the execution out exactly when its time passes the deadline.
+        // A timeout too large for a date is no timeout at all (it would never be reached).
+        let deadline = timeout_seconds.and_then(|t| {
+            chrono::Duration::try_seconds(i64::try_from(t).ok()?)
+                .and_then(|d| self.clock.now().checked_add_signed(d))
+        });
+        let clock: Arc<dyn Clock> = match deadline {
+            Some(deadline) => Arc::new(DeadlineClock {
+                inner: self.clock.clone(),
+                deadline,
+            }),
+            None => self.clock.clone(),
+        };
         let exec = Arc::new(Exec {
             registry: self.registry.clone(),
-            clock: self.clock.clone(),
+            clock,
             config: self.config.clone(),
             context_base: Arc::new(json!({
                 "Execution": execution,
@@ -509,13 +524,13 @@ impl Engine {
                 Vars::new(),
                 false,
             );
-            match timeout_seconds {
+            match deadline {
                 None => run.await.map_err(Some),
-                Some(t) => {
+                Some(deadline) => {
                     tokio::select! {
                         biased;
                         r = run => r.map_err(Some),
-                        () = self.clock.sleep(Duration::from_secs(t)) => Err(None),
+                        () = self.clock.sleep_until(deadline) => Err(None),
                     }
                 }
             }
@@ -1563,6 +1578,49 @@ fn compact_json_text(text: &str) -> String {
     out
 }
 
+/// An execution's view of the engine's clock: a sleep that would pass the execution's
+/// deadline sleeps until the deadline and never returns, so the execution's timeout decides.
+struct DeadlineClock {
+    inner: Arc<dyn Clock>,
+    deadline: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl Clock for DeadlineClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.now()
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        let wake = chrono::Duration::from_std(duration)
+            .ok()
+            .and_then(|d| self.inner.now().checked_add_signed(d));
+        match wake {
+            Some(w) if w < self.deadline => self.inner.sleep(duration).await,
+            _ => {
+                // Sleeping (not waiting) to the deadline moves a TestClock's time there.
+                let left = (self.deadline - self.inner.now())
+                    .to_std()
+                    .unwrap_or_default();
+                self.inner.sleep(left).await;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        if deadline < self.deadline {
+            self.inner.sleep_until(deadline).await;
+        } else {
+            let left = (self.deadline - self.inner.now())
+                .to_std()
+                .unwrap_or_default();
+            self.inner.sleep(left).await;
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn with_timeout<T>(
     exec: &Exec,
     timeout: Option<u64>,
@@ -1962,7 +2020,24 @@ async fn run_task_call(
                     Some(name),
                     json!({"resource": action, "resourceType": service}),
                 );
-                match with_timeout(exec, timeout, integration.call(resource, params)).await {
+                let call_ctx = crate::task::CallContext {
+                    execution_arn: exec.context_base["Execution"]["Id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state_machine_arn: exec.context_base["StateMachine"]["Id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    state: name.to_owned(),
+                };
+                match with_timeout(
+                    exec,
+                    timeout,
+                    integration.call_in(&call_ctx, resource, params),
+                )
+                .await
+                {
                     None => {
                         exec.event(
                             "TaskTimedOut",
@@ -2507,6 +2582,7 @@ async fn run_map_once(
                     "arn:{}:states:{}:{}:stateMachine:{sm_name}/{name}",
                     c.partition, c.region, c.account_id
                 ),
+                index: i,
                 input: inputs.get(i).cloned().unwrap_or_default(),
                 outcome: match &r {
                     Ok(v) => Ok(v.clone()),
@@ -2610,17 +2686,30 @@ async fn run_map_once(
         prev
     };
     let result = match &map.result_writer {
-        Some(t) => {
-            let params = eval_template(name, entered, t, &effective, ctx)?;
+        Some(writer) => {
             records.sort_by_key(|r| r.start);
-            distributed::write_results(
-                exec.registry.object_store(),
-                &params,
-                &map_run_arn,
-                &records,
-            )
-            .await
-            .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+            match &writer.location {
+                Some(t) => {
+                    let params = eval_template(name, entered, t, &effective, ctx)?;
+                    distributed::write_results(
+                        exec.registry.object_store(),
+                        &params,
+                        &map_run_arn,
+                        &records,
+                        writer.config,
+                    )
+                    .await
+                    .map_err(|cause| map_failed(Failure::new("States.ResultWriterFailed", cause)))?
+                }
+                // WriterConfig alone: the shaped results are the state's result, in item order.
+                None => {
+                    records.sort_by_key(|r| r.index);
+                    let transformation = writer
+                        .config
+                        .map_or(Transformation::Compact, |c| c.transformation);
+                    Value::Array(distributed::transform_results(&records, transformation))
+                }
+            }
         }
         None => Value::Array(results),
     };

@@ -17,6 +17,11 @@
 //! [`TaskRegistry::register_state_machine`]. Express machines
 //! ([`StateMachine::with_type`]) get Express execution ARNs and the five-minute limit.
 //!
+//! Local service integrations ([`services`]): `events:putEvents` into an event sink
+//! ([`TaskRegistry::set_event_sink`]) and `dynamodb:getItem`/`putItem`/`updateItem`/`deleteItem`
+//! over a table backend ([`TaskRegistry::set_table_backend`]; [`services::dynamodb::MemoryTables`]
+//! keeps tables in memory).
+//!
 //! A distributed Map reads items through an [`objects::ObjectStore`] (ItemReader: JSON, JSON
 //! Lines, CSV, object listing), batches them (ItemBatcher) and writes results back
 //! (ResultWriter).
@@ -31,6 +36,7 @@ pub mod jsonata;
 mod jsonpath;
 pub mod mock;
 pub mod objects;
+pub mod services;
 mod substitute;
 mod task;
 mod tokens;
@@ -42,7 +48,7 @@ pub use engine::{
 pub use jsonpath::{JsonPath, PathSyntaxError};
 pub use substitute::substitute;
 pub use task::{
-    Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError, TaskRegistry,
-    TestClock, VirtualClock, virtual_time_runtime,
+    CallContext, Clock, LambdaError, LambdaFunction, ServiceIntegration, SystemClock, TaskError,
+    TaskRegistry, TestClock, VirtualClock, virtual_time_runtime,
 };
 pub use tokens::TaskTokenError;

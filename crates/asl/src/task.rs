@@ -59,11 +59,31 @@ pub struct TaskError {
     pub cause: String,
 }
 
+/// Where a service integration is called from: the ARNs Step Functions passes along (the
+/// EventBridge integration appends them to each entry's Resources) and the state's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext {
+    pub execution_arn: String,
+    pub state_machine_arn: String,
+    pub state: String,
+}
+
 /// An `arn:aws:states:::<service>:<action>` integration.
 #[async_trait]
 pub trait ServiceIntegration: Send + Sync {
     /// Calls the service with the Task's effective Parameters.
     async fn call(&self, resource: &str, parameters: Value) -> Result<Value, TaskError>;
+
+    /// As [`Self::call`], knowing the execution and state calling (the engine calls this).
+    async fn call_in(
+        &self,
+        context: &CallContext,
+        resource: &str,
+        parameters: Value,
+    ) -> Result<Value, TaskError> {
+        let _ = context;
+        self.call(resource, parameters).await
+    }
 }
 
 /// Where Task resources are found.
@@ -109,6 +129,27 @@ impl TaskRegistry {
         integration: Arc<dyn ServiceIntegration>,
     ) {
         self.services.insert(resource_arn.to_string(), integration);
+    }
+
+    /// Sends `arn:aws:states:::events:putEvents` tasks' entries to `sink`.
+    pub fn set_event_sink(&mut self, sink: Arc<dyn crate::services::events::EventSink>) {
+        self.register_service(
+            "arn:aws:states:::events:putEvents",
+            Arc::new(crate::services::events::PutEvents { sink }),
+        );
+    }
+
+    /// Runs `arn:aws:states:::dynamodb:getItem`, `putItem`, `updateItem` and `deleteItem`
+    /// tasks on `tables`.
+    pub fn set_table_backend(&mut self, tables: Arc<dyn crate::services::dynamodb::TableBackend>) {
+        for action in ["getItem", "putItem", "updateItem", "deleteItem"] {
+            self.register_service(
+                &format!("arn:aws:states:::dynamodb:{action}"),
+                Arc::new(crate::services::dynamodb::DynamoDb {
+                    tables: tables.clone(),
+                }),
+            );
+        }
     }
 
     /// Replaces the result of the named Task states with mocked answers (a test case of a
@@ -157,6 +198,14 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
     /// Waits for `duration`.
     async fn sleep(&self, duration: Duration);
+
+    /// Waits until `now()` reaches `deadline` (the execution timeout's timer). The default
+    /// sleeps for the difference; a clock whose time only moves when something sleeps
+    /// ([`TestClock`]) overrides it to wait for that.
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        let left = (deadline - self.now()).to_std().unwrap_or_default();
+        self.sleep(left).await;
+    }
 }
 
 /// The real clock.
@@ -182,6 +231,8 @@ pub struct TestClock {
     /// The recorded sleeps and their running total (kept so `now()` costs the same however
     /// long the clock has been used).
     sleeps: Mutex<(Vec<Duration>, Duration)>,
+    /// Woken at each sleep, for [`Clock::sleep_until`].
+    advanced: tokio::sync::Notify,
 }
 
 impl Default for TestClock {
@@ -196,6 +247,7 @@ impl TestClock {
         Self {
             start: Utc::now(),
             sleeps: Mutex::new((Vec::new(), Duration::ZERO)),
+            advanced: tokio::sync::Notify::new(),
         }
     }
 
@@ -217,7 +269,22 @@ impl Clock for TestClock {
             s.0.push(duration);
             s.1 += duration;
         }
+        self.advanced.notify_waiters();
         tokio::task::yield_now().await;
+    }
+
+    /// Returns once sleeps (of the execution it times) have moved `now()` to `deadline`:
+    /// this clock's time passes only when something sleeps.
+    async fn sleep_until(&self, deadline: DateTime<Utc>) {
+        loop {
+            let notified = self.advanced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.now() >= deadline {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

@@ -283,3 +283,191 @@ fn distributed_fields_are_checked() {
         assert!(e.contains(needle), "{field}: {e}");
     }
 }
+
+/// A JSONata machine whose distributed Map reads `Key` from the input through `Arguments`,
+/// with JSONata ReaderConfig and ItemBatcher fields.
+fn jsonata_map(extra: Value) -> Value {
+    let mut def = map_def(json!({
+        "ItemReader": {
+            "Resource": "arn:aws:states:::s3:getObject",
+            "ReaderConfig": {"InputType": "JSON", "MaxItems": "{% $states.input.max %}"},
+            "Arguments": {"Bucket": "bucket", "Key": "{% $states.input.key %}"}
+        }
+    }));
+    def["QueryLanguage"] = json!("JSONata");
+    for (k, v) in extra.as_object().unwrap() {
+        def["States"]["M"][k] = v.clone();
+    }
+    def
+}
+
+#[tokio::test]
+async fn jsonata_item_reader_and_batcher() {
+    let (_d, store) = store_with(&[("n.json", "[1, 2, 3, 4, 5]")]).await;
+    let r = run(
+        &store,
+        jsonata_map(json!({})),
+        json!({"key": "n.json", "max": 4}),
+    )
+    .await;
+    assert_eq!(r.output, Some(json!([1, 2, 3, 4])), "{r:?}");
+    let r = run(
+        &store,
+        jsonata_map(json!({"ItemBatcher": {
+            "MaxItemsPerBatch": "{% $states.input.per %}",
+            "BatchInput": {"from": "{% $states.input.key %}"}
+        }})),
+        json!({"key": "n.json", "max": 5, "per": 2}),
+    )
+    .await;
+    assert_eq!(
+        r.output,
+        Some(json!([
+            {"BatchInput": {"from": "n.json"}, "Items": [1, 2]},
+            {"BatchInput": {"from": "n.json"}, "Items": [3, 4]},
+            {"BatchInput": {"from": "n.json"}, "Items": [5]}
+        ])),
+        "{r:?}"
+    );
+    // A JSONata field of the wrong type fails the state with QueryEvaluationError, naming it.
+    let r = run(
+        &store,
+        jsonata_map(json!({"ItemBatcher": {"MaxItemsPerBatch": "{% 'two' %}"}})),
+        json!({"key": "n.json", "max": 5}),
+    )
+    .await;
+    assert_eq!(r.status, ExecutionStatus::Failed);
+    assert_eq!(r.error.as_deref(), Some("States.QueryEvaluationError"));
+    let cause = r.cause.unwrap();
+    assert!(
+        cause.contains("'M'") && cause.contains("MaxItemsPerBatch"),
+        "{cause}"
+    );
+    let r = run(&store, jsonata_map(json!({})), json!({"max": 5})).await;
+    assert_eq!(r.error.as_deref(), Some("States.QueryEvaluationError"));
+    assert!(r.cause.unwrap().contains("ItemReader/Arguments/Key"));
+}
+
+#[test]
+fn jsonata_and_jsonpath_payload_fields_are_not_mixed() {
+    let mut def = jsonata_map(json!({}));
+    def["States"]["M"]["ItemReader"]["Parameters"] = json!({"Bucket": "b"});
+    let e = StateMachine::parse(&def.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ItemReader/Parameters") && e.contains("JSONata"),
+        "{e}"
+    );
+    let mut def = map_def(reader("JSON", "$.key", json!({})));
+    def["States"]["M"]["ResultWriter"] = json!({"Resource": "arn:aws:states:::s3:putObject",
+        "Arguments": {"Bucket": "b"}});
+    let e = StateMachine::parse(&def.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ResultWriter/Arguments"), "{e}");
+    let def = jsonata_map(json!({"ItemBatcher": {"MaxItemsPerBatch": "{% ( %}"}}));
+    let e = StateMachine::parse(&def.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'M'") && e.contains("ItemBatcher/MaxItemsPerBatch"),
+        "{e}"
+    );
+    for (writer, field) in [
+        (json!({}), "ResultWriter"),
+        (
+            json!({"WriterConfig": {"OutputType": "CSV", "Transformation": "NONE"}}),
+            "OutputType",
+        ),
+        (
+            json!({"WriterConfig": {"OutputType": "JSON", "Transformation": "SOME"}}),
+            "Transformation",
+        ),
+        (
+            json!({"WriterConfig": {"OutputType": "JSON", "Transformation": "NONE", "X": 1}}),
+            "WriterConfig/X",
+        ),
+        (
+            json!({"Resource": "arn:aws:states:::s3:putObject"}),
+            "ResultWriter/Parameters",
+        ),
+    ] {
+        let mut def = map_def(reader("JSON", "$.key", json!({})));
+        def["States"]["M"]["ResultWriter"] = writer;
+        let e = StateMachine::parse(&def.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn writer_config_shapes_the_state_output() {
+    let (_d, store) = store_with(&[("n.json", "[[1, 2], 3, [4]]")]).await;
+    let with = |config: Value| {
+        let mut def = map_def(reader("JSON", "$.key", json!({})));
+        def["States"]["M"]["ResultWriter"] = json!({"WriterConfig": config});
+        def
+    };
+    let r = run(
+        &store,
+        with(json!({"OutputType": "JSON", "Transformation": "FLATTEN"})),
+        json!({"key": "n.json"}),
+    )
+    .await;
+    assert_eq!(r.output, Some(json!([1, 2, 3, 4])), "{r:?}");
+    let r = run(
+        &store,
+        with(json!({"OutputType": "JSON", "Transformation": "COMPACT"})),
+        json!({"key": "n.json"}),
+    )
+    .await;
+    assert_eq!(r.output, Some(json!([[1, 2], 3, [4]])));
+    let r = run(
+        &store,
+        with(json!({"OutputType": "JSON", "Transformation": "NONE"})),
+        json!({"key": "n.json"}),
+    )
+    .await;
+    let out = r.output.unwrap();
+    assert_eq!(out[1]["Status"], json!("SUCCEEDED"));
+    assert_eq!(out[1]["Output"], json!("3"));
+    assert_eq!(out[0]["Input"], json!("[1,2]"));
+}
+
+#[tokio::test]
+async fn writer_config_with_export_writes_json_lines() {
+    let (_d, store) = store_with(&[("n.json", "[[1, 2], 3]")]).await;
+    let mut def = jsonata_map(json!({}));
+    def["States"]["M"]["ResultWriter"] = json!({
+        "Resource": "arn:aws:states:::s3:putObject",
+        "Arguments": {"Bucket": "bucket", "Prefix": "{% $states.input.out %}"},
+        "WriterConfig": {"OutputType": "JSONL", "Transformation": "FLATTEN"}
+    });
+    let r = run(
+        &store,
+        def,
+        json!({"key": "n.json", "max": 5, "out": "exported"}),
+    )
+    .await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    let key = r.output.unwrap()["ResultWriterDetails"]["Key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("exported/"), "{key}");
+    let manifest: Value =
+        serde_json::from_slice(&store.get("bucket", &key).await.unwrap()).unwrap();
+    let ok_key = manifest["ResultFiles"]["SUCCEEDED"][0]["Key"]
+        .as_str()
+        .unwrap();
+    assert!(ok_key.ends_with("SUCCEEDED_0.jsonl"), "{ok_key}");
+    let body = String::from_utf8(store.get("bucket", ok_key).await.unwrap()).unwrap();
+    let mut lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines.sort_by_key(|v| v.as_i64());
+    assert_eq!(lines, vec![json!(1), json!(2), json!(3)]);
+}

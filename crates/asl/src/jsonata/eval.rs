@@ -29,8 +29,20 @@ pub(crate) enum Val<'a> {
 }
 
 pub(crate) enum Func<'a> {
-    Lambda { def: &'a Lambda, env: Rc<Env<'a>> },
+    Lambda {
+        def: &'a Lambda,
+        env: Rc<Env<'a>>,
+    },
     Builtin(&'static str),
+    /// `f(?, x)`: the function and its arguments, `None` where a `?` stands.
+    Partial(Val<'a>, Vec<Option<Val<'a>>>),
+    /// `| location | update [, delete] |`.
+    Transform {
+        location: &'a Node,
+        update: &'a Node,
+        delete: Option<&'a Node>,
+        env: Rc<Env<'a>>,
+    },
 }
 
 pub(crate) struct Env<'a> {
@@ -279,13 +291,23 @@ pub(crate) fn run(
     input: Option<&Value>,
     bindings: &Bindings<'_>,
 ) -> Result<Outcome, JsonataError> {
+    run_at(root, input, bindings, 0)
+}
+
+/// As [`run`], already `depth` calls deep (`$eval` inside an evaluation).
+pub(crate) fn run_at(
+    root: &Node,
+    input: Option<&Value>,
+    bindings: &Bindings<'_>,
+    depth: usize,
+) -> Result<Outcome, JsonataError> {
     let env = Rc::new(Env {
         vars: RefCell::new(HashMap::new()),
         parent: None,
     });
     let mut ctx = Ctx {
         bindings,
-        depth: 0,
+        depth,
         states: None,
     };
     let input = input.map_or(Val::Undef, |v| Val::Ref(v).norm());
@@ -306,7 +328,8 @@ fn clear(env: &Rc<Env<'_>>) {
     let vars = std::mem::take(&mut *env.vars.borrow_mut());
     for v in vars.into_values() {
         if let Val::Func(f) = v {
-            if let Func::Lambda { env: inner, .. } = f.as_ref() {
+            if let Func::Lambda { env: inner, .. } | Func::Transform { env: inner, .. } = f.as_ref()
+            {
                 if !Rc::ptr_eq(inner, env) {
                     clear(inner);
                 }
@@ -402,6 +425,9 @@ fn eval_inner<'a>(
             Val::Seq(Rc::new(out))
         }
         Node::Path(steps) => eval_path(steps, input, env, ctx)?,
+        Node::Filter(base, _) if has_binding(base) => {
+            tuple_path(std::slice::from_ref(node), input, env, ctx)?
+        }
         Node::Filter(base, pred) => {
             let b = eval(base, input, env, ctx)?;
             filter(b, pred, env, ctx)?
@@ -449,32 +475,25 @@ fn eval_inner<'a>(
                 "A range is allowed only inside an array constructor",
             ));
         }
-        Node::Object(pairs) => {
-            let mut out: Vec<(String, Val<'a>)> = Vec::new();
-            for (k, v) in pairs {
-                let key = eval(k, input, env, ctx)?.collapse();
-                let Some(key) = key.as_str().map(str::to_string) else {
-                    return Err(JsonataError::eval(
-                        "T1003",
-                        format!(
-                            "Key in object structure must evaluate to a string; got: {}",
-                            display(&key)
-                        ),
-                    ));
-                };
-                let val = eval(v, input, env, ctx)?.collapse();
-                if val.is_undef() {
-                    continue;
-                }
-                if out.iter().any(|(k2, _)| *k2 == key) {
-                    return Err(JsonataError::eval(
-                        "D1009",
-                        format!("Multiple key definitions evaluate to same key: {key}"),
-                    ));
-                }
-                out.push((key, val));
-            }
-            Val::Obj(Rc::new(out))
+        Node::Object(pairs) => group(input.clone(), pairs, env, ctx)?,
+        Node::Group(base, pairs) => {
+            let b = eval(base, input, env, ctx)?;
+            group(b, pairs, env, ctx)?
+        }
+        Node::IndexBind(..) | Node::FocusBind(..) => {
+            tuple_path(std::slice::from_ref(node), input, env, ctx)?
+        }
+        Node::Transform(location, update, delete) => Val::Func(Rc::new(Func::Transform {
+            location,
+            update,
+            delete: delete.as_deref(),
+            env: env.clone(),
+        })),
+        Node::Placeholder => {
+            return Err(JsonataError::eval(
+                "S0211",
+                "The symbol \"?\" cannot be used as a unary operator",
+            ));
         }
         Node::Cond(c, t, e) => {
             let cv = eval(c, input, env, ctx)?.collapse();
@@ -518,6 +537,9 @@ fn eval_inner<'a>(
                 }
             }
             let fv = eval(f, input, env, ctx)?.collapse();
+            if args.iter().any(|a| matches!(a, Node::Placeholder)) {
+                return partial(fv, args, f, input, env, ctx);
+            }
             let mut argv = Vec::with_capacity(args.len());
             for a in args {
                 argv.push(eval(a, input, env, ctx)?.collapse());
@@ -640,6 +662,9 @@ fn eval_path<'a>(
     env: &Rc<Env<'a>>,
     ctx: &mut Ctx<'a, '_>,
 ) -> Result<Val<'a>, JsonataError> {
+    if steps.iter().any(has_binding) {
+        return tuple_path(steps, input, env, ctx);
+    }
     let Some((first, rest)) = steps.split_first() else {
         return Ok(Val::Undef);
     };
@@ -898,6 +923,30 @@ pub(crate) fn call<'a>(
                 }
                 Ok(eval(&def.body, input, &frame, ctx)?.collapse())
             }
+            Func::Partial(inner, bound) => {
+                let mut given = args.into_iter();
+                let full: Vec<Val<'a>> = bound
+                    .iter()
+                    .map(|b| match b {
+                        Some(v) => v.clone(),
+                        None => given.next().unwrap_or(Val::Undef),
+                    })
+                    .collect();
+                call(inner, full, input, ctx, callee)
+            }
+            Func::Transform {
+                location,
+                update,
+                delete,
+                env,
+            } => transform(
+                args.into_iter().next().unwrap_or(Val::Undef),
+                location,
+                update,
+                *delete,
+                env,
+                ctx,
+            ),
         },
         Val::Regex(re) => functions::regex_match_object(re, &args),
         _ => {
@@ -924,6 +973,11 @@ pub(crate) fn apply<'a>(
     let args = match f {
         Val::Func(func) => match func.as_ref() {
             Func::Lambda { def, .. } => args.into_iter().take(def.params.len()).collect(),
+            Func::Partial(_, bound) => args
+                .into_iter()
+                .take(bound.iter().filter(|b| b.is_none()).count())
+                .collect(),
+            Func::Transform { .. } => args.into_iter().take(1).collect(),
             Func::Builtin(_) => args,
         },
         _ => args,
@@ -936,5 +990,350 @@ pub(crate) fn display(v: &Val<'_>) -> String {
     match v.to_json() {
         Ok(Some(j)) => j.to_string(),
         _ => v.type_name().to_string(),
+    }
+}
+
+/// An object constructor: the items of `input` grouped by each pair's key, the value
+/// evaluated once per group with the group's items as context (JSONata's group-by; a
+/// constructor without a preceding path groups the context itself).
+fn group<'a>(
+    input: Val<'a>,
+    pairs: &'a [(Node, Node)],
+    env: &Rc<Env<'a>>,
+    ctx: &mut Ctx<'a, '_>,
+) -> Result<Val<'a>, JsonataError> {
+    let input = input.collapse();
+    let items = if input.is_array() {
+        input.items()
+    } else {
+        vec![input]
+    };
+    // key → (pair index, items), in first-seen order.
+    let mut groups: Vec<(String, usize, Vec<Val<'a>>)> = Vec::new();
+    for item in &items {
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            let key = eval(k, item, env, ctx)?.collapse();
+            if key.is_undef() {
+                continue;
+            }
+            let Some(key) = key.as_str().map(str::to_string) else {
+                return Err(JsonataError::eval(
+                    "T1003",
+                    format!(
+                        "Key in object structure must evaluate to a string; got: {}",
+                        display(&key)
+                    ),
+                ));
+            };
+            match groups.iter_mut().find(|(k2, _, _)| *k2 == key) {
+                Some((_, j, members)) if *j == i => members.push(item.clone()),
+                Some(_) => {
+                    return Err(JsonataError::eval(
+                        "D1009",
+                        format!("Multiple key definitions evaluate to same key: {key}"),
+                    ));
+                }
+                None => groups.push((key, i, vec![item.clone()])),
+            }
+        }
+    }
+    let mut out: Vec<(String, Val<'a>)> = Vec::with_capacity(groups.len());
+    for (key, i, mut members) in groups {
+        let context = if members.len() == 1 {
+            members.remove(0)
+        } else {
+            Val::Seq(Rc::new(members))
+        };
+        let val = eval(&pairs[i].1, &context, env, ctx)?.collapse();
+        if !val.is_undef() {
+            out.push((key, val));
+        }
+    }
+    Ok(Val::Obj(Rc::new(out)))
+}
+
+/// A path step carrying a `#` or `@` binding (possibly under predicates).
+fn has_binding(n: &Node) -> bool {
+    match n {
+        Node::IndexBind(..) | Node::FocusBind(..) => true,
+        Node::Filter(b, _) => has_binding(b),
+        _ => false,
+    }
+}
+
+/// A step of a tuple path: the expression, its bindings, and the predicates applied to the
+/// whole stream of its results.
+struct TupleStep<'a> {
+    core: &'a Node,
+    index: Option<&'a str>,
+    focus: Option<&'a str>,
+    predicates: Vec<&'a Node>,
+}
+
+fn tuple_step(step: &Node) -> TupleStep<'_> {
+    let mut predicates = Vec::new();
+    let mut n = step;
+    while let Node::Filter(b, p) = n {
+        if !has_binding(b) {
+            break;
+        }
+        predicates.push(p.as_ref());
+        n = b;
+    }
+    predicates.reverse();
+    let mut t = TupleStep {
+        core: n,
+        index: None,
+        focus: None,
+        predicates,
+    };
+    // `a@$x#$i`: both bindings on one step.
+    loop {
+        match t.core {
+            Node::IndexBind(b, name) => {
+                t.index = Some(name);
+                t.core = b;
+            }
+            Node::FocusBind(b, name) => {
+                t.focus = Some(name);
+                t.core = b;
+            }
+            _ => return t,
+        }
+    }
+}
+
+/// A path with `#$i` / `@$v` bindings: a stream of (context, variables) tuples, so that
+/// later steps, predicates and constructors see the variables bound by earlier steps.
+fn tuple_path<'a>(
+    steps: &'a [Node],
+    input: &Val<'a>,
+    env: &Rc<Env<'a>>,
+    ctx: &mut Ctx<'a, '_>,
+) -> Result<Val<'a>, JsonataError> {
+    // The steps before the first binding run as an ordinary path; the first binding step
+    // then sees their whole result as one context (so `#$i` numbers the whole sequence), and
+    // every later step runs once per tuple.
+    let first = steps.iter().position(has_binding).unwrap_or(0);
+    let start = if first == 0 {
+        input.clone()
+    } else {
+        eval_path(&steps[..first], input, env, ctx)?.collapse()
+    };
+    let mut tuples: Vec<(Val<'a>, Rc<Env<'a>>)> = vec![(start, env.clone())];
+    for step in &steps[first..] {
+        let t = tuple_step(step);
+        let mut next = Vec::new();
+        for (context, tenv) in &tuples {
+            let r = eval(t.core, context, tenv, ctx)?;
+            let mut results = Vec::new();
+            push_flat(&mut results, r.collapse());
+            for (j, item) in results.into_iter().enumerate() {
+                let e = if t.index.is_some() || t.focus.is_some() {
+                    Env::child(tenv)
+                } else {
+                    tenv.clone()
+                };
+                if let Some(name) = t.index {
+                    e.set(name, Val::Num(j as f64));
+                }
+                let c = match t.focus {
+                    Some(name) => {
+                        e.set(name, item);
+                        context.clone()
+                    }
+                    None => item,
+                };
+                next.push((c, e));
+            }
+        }
+        for pred in t.predicates {
+            next = filter_tuples(next, pred, ctx)?;
+        }
+        tuples = next;
+    }
+    Ok(Val::Seq(Rc::new(
+        tuples.into_iter().map(|(v, _)| v).collect(),
+    )))
+}
+
+#[allow(clippy::type_complexity)]
+fn filter_tuples<'a>(
+    tuples: Vec<(Val<'a>, Rc<Env<'a>>)>,
+    pred: &'a Node,
+    ctx: &mut Ctx<'a, '_>,
+) -> Result<Vec<(Val<'a>, Rc<Env<'a>>)>, JsonataError> {
+    let n = tuples.len() as i64;
+    let index = |f: f64| -> Option<usize> {
+        let mut i = f.floor() as i64;
+        if i < 0 {
+            i += n;
+        }
+        (0..n).contains(&i).then_some(i as usize)
+    };
+    let mut out = Vec::new();
+    for (i, (c, e)) in tuples.iter().enumerate() {
+        let r = eval(pred, c, e, ctx)?.collapse();
+        let keep = if let Some(f) = r.as_num() {
+            index(f) == Some(i)
+        } else if r.is_array()
+            && !r.items().is_empty()
+            && r.items().iter().all(|x| x.as_num().is_some())
+        {
+            r.items()
+                .iter()
+                .any(|x| x.as_num().and_then(index) == Some(i))
+        } else {
+            truthy(&r)
+        };
+        if keep {
+            out.push((c.clone(), e.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// `f(?, x)`: a function waiting for the `?` arguments.
+fn partial<'a>(
+    f: Val<'a>,
+    args: &'a [Node],
+    callee: &Node,
+    input: &Val<'a>,
+    env: &Rc<Env<'a>>,
+    ctx: &mut Ctx<'a, '_>,
+) -> Result<Val<'a>, JsonataError> {
+    if !f.is_func() {
+        let name = match callee {
+            Node::Var(v) => format!("${v}"),
+            Node::Name(n) => {
+                return Err(JsonataError::eval(
+                    "T1007",
+                    format!("Attempted to partially apply a non-function. Did you mean ${n}?"),
+                ));
+            }
+            _ => "the expression".to_string(),
+        };
+        return Err(JsonataError::eval(
+            "T1008",
+            format!("Attempted to partially apply a non-function: {name}"),
+        ));
+    }
+    let mut bound = Vec::with_capacity(args.len());
+    for a in args {
+        bound.push(match a {
+            Node::Placeholder => None,
+            other => Some(eval(other, input, env, ctx)?.collapse()),
+        });
+    }
+    Ok(Val::Func(Rc::new(Func::Partial(f, bound))))
+}
+
+/// Identity of an object value, to find the matches of a transform's location again while
+/// rebuilding its input.
+fn identity(v: &Val<'_>) -> Option<usize> {
+    match v {
+        Val::Ref(r @ Value::Object(_)) => Some(*r as *const Value as usize),
+        Val::Obj(rc) => Some(Rc::as_ptr(rc) as usize),
+        _ => None,
+    }
+}
+
+/// What a transform does to each matched object (by identity): fields set, fields deleted.
+type Changes<'a> = HashMap<usize, (Vec<(String, Val<'a>)>, Vec<String>)>;
+
+/// `| location | update [, delete] |` applied to `target`: a copy of it in which every
+/// object the location selects gets the update's fields and loses the deleted ones.
+fn transform<'a>(
+    target: Val<'a>,
+    location: &'a Node,
+    update: &'a Node,
+    delete: Option<&'a Node>,
+    env: &Rc<Env<'a>>,
+    ctx: &mut Ctx<'a, '_>,
+) -> Result<Val<'a>, JsonataError> {
+    let target = target.collapse();
+    if target.is_undef() {
+        return Ok(Val::Undef);
+    }
+    let matches = eval(location, &target, env, ctx)?.collapse();
+    let mut changes: Changes<'a> = HashMap::new();
+    for m in matches.items() {
+        let Some(id) = identity(&m) else { continue };
+        let upd = eval(update, &m, env, ctx)?.collapse();
+        let set = match &upd {
+            Val::Undef => Vec::new(),
+            v if v.is_object() => v.entries(),
+            other => {
+                return Err(JsonataError::eval(
+                    "T2011",
+                    format!(
+                        "The insert/update clause of the transform expression must evaluate to an object: {}",
+                        display(other)
+                    ),
+                ));
+            }
+        };
+        let mut removed = Vec::new();
+        if let Some(d) = delete {
+            let dv = eval(d, &m, env, ctx)?.collapse();
+            if !dv.is_undef() {
+                let names: Option<Vec<String>> = dv
+                    .items()
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect();
+                removed = names.ok_or_else(|| {
+                    JsonataError::eval(
+                        "T2012",
+                        format!(
+                            "The delete clause of the transform expression must evaluate to a string or array of strings: {}",
+                            display(&dv)
+                        ),
+                    )
+                })?;
+            }
+        }
+        let entry = changes.entry(id).or_default();
+        entry.0.extend(set);
+        entry.1.extend(removed);
+    }
+    Ok(rebuild(&target, &changes))
+}
+
+fn rebuild<'a>(v: &Val<'a>, changes: &Changes<'a>) -> Val<'a> {
+    if changes.is_empty() {
+        return v.clone();
+    }
+    if v.is_object() {
+        let mut entries: Vec<(String, Val<'a>)> = v
+            .entries()
+            .into_iter()
+            .map(|(k, c)| {
+                let c = rebuild(&c, changes);
+                (k, c)
+            })
+            .collect();
+        if let Some((set, removed)) = identity(v).and_then(|id| changes.get(&id)) {
+            for (k, val) in set {
+                match entries.iter_mut().find(|(k2, _)| k2 == k) {
+                    Some(e) => e.1 = val.clone(),
+                    None => entries.push((k.clone(), val.clone())),
+                }
+            }
+            entries.retain(|(k, _)| !removed.contains(k));
+        }
+        return Val::Obj(Rc::new(entries));
+    }
+    match v {
+        Val::Ref(Value::Array(_)) | Val::Arr(..) | Val::Seq(_) => {
+            let cons = matches!(v, Val::Arr(_, true));
+            let items = v.items().iter().map(|i| rebuild(i, changes)).collect();
+            if matches!(v, Val::Seq(_)) {
+                Val::Seq(Rc::new(items))
+            } else {
+                Val::Arr(Rc::new(items), cons)
+            }
+        }
+        other => other.clone(),
     }
 }

@@ -73,6 +73,10 @@ const NAMES: &[&str] = &[
     "random",
     "uuid",
     "parse",
+    "formatNumber",
+    "formatInteger",
+    "formatBase",
+    "eval",
 ];
 
 /// The longest string `$pad` builds (a guard against a width that would exhaust memory).
@@ -956,6 +960,79 @@ pub(crate) fn call_builtin<'a>(
                 json_val(v)
             }
         },
+        "formatNumber" => {
+            let Some(n) = num_arg(name, &args, 0)? else {
+                return Ok(Val::Undef);
+            };
+            let picture = str_arg(name, &args, 1)?.ok_or_else(|| arg_err(name, 1))?;
+            let mut format = super::format::DecimalFormat::default();
+            match args.get(2) {
+                None | Some(Val::Undef) => {}
+                Some(o) if o.is_object() => {
+                    for (k, v) in o.entries() {
+                        let v = v.as_str().ok_or_else(|| arg_err(name, 2))?.to_string();
+                        format.set(&k, &v)?;
+                    }
+                }
+                Some(_) => return Err(arg_err(name, 2)),
+            }
+            Val::str(&super::format::format_number(n, picture, &format)?)
+        }
+        "formatInteger" => {
+            let Some(n) = num_arg(name, &args, 0)? else {
+                return Ok(Val::Undef);
+            };
+            let picture = str_arg(name, &args, 1)?.ok_or_else(|| arg_err(name, 1))?;
+            Val::str(&super::format::format_integer(n, picture)?)
+        }
+        "formatBase" => {
+            let Some(n) = num_arg(name, &args, 0)? else {
+                return Ok(Val::Undef);
+            };
+            let radix = num_arg(name, &args, 1)?.unwrap_or(10.0);
+            Val::str(&super::format::format_base(n, radix)?)
+        }
+        "eval" => {
+            let Some(text) = str_arg(name, &args, 0)? else {
+                return Ok(Val::Undef);
+            };
+            let expr = super::Expr::parse(text).map_err(|e| {
+                JsonataError::eval(
+                    "D3120",
+                    format!(
+                        "Syntax error in expression passed to function eval: {}",
+                        e.message
+                    ),
+                )
+            })?;
+            let context = match args.get(1) {
+                Some(v) => v.clone(),
+                None => input.clone(),
+            };
+            let context = context.to_json()?;
+            let out = super::eval::run_at(
+                &expr.root,
+                context.as_ref(),
+                ctx.bindings,
+                ctx.depth + 20,
+            )
+            .map_err(|e| {
+                if e.code == "U1001" {
+                    return e;
+                }
+                JsonataError::eval(
+                    "D3121",
+                    format!(
+                        "Dynamic error evaluating the expression passed to function eval: {}",
+                        e.message
+                    ),
+                )
+            })?;
+            match out {
+                super::Outcome::Value(v) => json_val(v),
+                super::Outcome::Undefined | super::Outcome::Function => Val::Undef,
+            }
+        }
         other => {
             return Err(JsonataError::eval(
                 "T1006",

@@ -9,13 +9,19 @@
 //! `and`/`or`, conditionals, `:=` bindings and blocks, lambdas, `~>`, object and array
 //! constructors, ranges, order-by `^(…)`, regular expressions, the common standard library and
 //! the functions AWS adds (`$partition`, `$range`, `$hash`, `$random`, `$uuid`, `$parse`).
-//! Not covered: group-by object constructors (`a{…}`), the positional and context variable
-//! binding operators `#` and `@`, the transform operator `| … |`, partial application `?`,
-//! `$formatNumber`/`$formatInteger`/`$formatBase` pictures and `$eval`.
+//! Also: group-by object constructors (`a{…}`), the positional and context variable binding
+//! operators `#$i` and `@$v` (a path with them runs as a stream of tuples), the transform
+//! operator `| location | update, delete |`, partial application (`$f(?, x)`),
+//! `$formatNumber`/`$formatInteger`/`$formatBase` and `$eval`.
+//! Not covered: variables bound by `#`/`@` are not visible to a group-by that ends their path
+//! (JSONata's "reduce" tuples); `$eval` sees the bindings and `$states` but not variables bound
+//! by `:=` in the calling expression; `$formatInteger` words are English only and its decimal
+//! pictures use ASCII digits.
 //!
 //! Input data is borrowed, not copied: a path into `$states.input` walks the caller's value.
 
 mod eval;
+mod format;
 mod functions;
 mod parser;
 

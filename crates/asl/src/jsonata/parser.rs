@@ -325,6 +325,16 @@ pub(crate) enum Node {
     Chain(Box<Node>, Box<Node>),
     /// `expr^(key, >key2)`: (expression, [(key, descending)]).
     Sort(Box<Node>, Vec<(Node, bool)>),
+    /// `expr{key: value, …}`: groups the items of `expr` by key.
+    Group(Box<Node>, Vec<(Node, Node)>),
+    /// `step#$name`: binds each result's position (within its input item) to `$name`.
+    IndexBind(Box<Node>, String),
+    /// `step@$name`: binds each result to `$name`, the context staying where it was.
+    FocusBind(Box<Node>, String),
+    /// `| location | update [, delete] |`.
+    Transform(Box<Node>, Box<Node>, Option<Box<Node>>),
+    /// `?` as a call argument (partial application).
+    Placeholder,
 }
 
 #[derive(Debug)]
@@ -494,6 +504,19 @@ impl Parser {
                 Node::Array(items)
             }
             Tok::Op("{") => Node::Object(self.object_body()?),
+            Tok::Op("|") => {
+                let location = self.expression(0)?;
+                self.expect("|")?;
+                let update = self.expression(0)?;
+                let delete = if self.is_op(",") {
+                    self.pos += 1;
+                    Some(Box::new(self.expression(0)?))
+                } else {
+                    None
+                };
+                self.expect("|")?;
+                Node::Transform(Box::new(location), Box::new(update), delete)
+            }
             Tok::End => {
                 return Err(JsonataError::syntax(
                     "S0207",
@@ -616,7 +639,17 @@ impl Parser {
                 let mut args = Vec::new();
                 if !self.is_op(")") {
                     loop {
-                        args.push(self.expression(0)?);
+                        let placeholder = self.is_op("?")
+                            && matches!(
+                                self.toks.get(self.pos + 1).map(|t| &t.0),
+                                Some(Tok::Op("," | ")"))
+                            );
+                        if placeholder {
+                            self.pos += 1;
+                            args.push(Node::Placeholder);
+                        } else {
+                            args.push(self.expression(0)?);
+                        }
                         if !self.is_op(",") {
                             break;
                         }
@@ -671,12 +704,20 @@ impl Parser {
                 self.expect(")")?;
                 Node::Sort(Box::new(left), keys)
             }
-            "{" | "@" | "#" | "|" => {
-                return Err(JsonataError::syntax(
-                    "S0201",
-                    format!("The operator \"{op}\" is not supported by this engine"),
-                    at,
-                ));
+            "{" => Node::Group(Box::new(left), self.object_body()?),
+            "@" | "#" => {
+                let Tok::Var(name) = self.next() else {
+                    return Err(JsonataError::syntax(
+                        "S0214",
+                        format!("The right side of {op} must be a variable name (start with $)"),
+                        at,
+                    ));
+                };
+                if op == "@" {
+                    Node::FocusBind(Box::new(left), name)
+                } else {
+                    Node::IndexBind(Box::new(left), name)
+                }
             }
             "+" | "-" | "*" | "/" | "%" | "&" | "=" | "!=" | "<" | ">" | "<=" | ">=" | "and"
             | "or" | "in" => {

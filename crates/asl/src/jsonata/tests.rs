@@ -275,3 +275,231 @@ fn truncated_and_mangled_expressions_never_panic() {
     }
     assert!(checked > 300);
 }
+
+fn account() -> Value {
+    json!({"Account": {"Account Name": "Firefly", "Order": [
+        {"OrderID": "order103", "Product": [
+            {"Product Name": "Bowler Hat", "ProductID": 858383, "Price": 34.45, "Quantity": 2},
+            {"Product Name": "Trilby hat", "ProductID": 858236, "Price": 21.67, "Quantity": 1}]},
+        {"OrderID": "order104", "Product": [
+            {"Product Name": "Bowler Hat", "ProductID": 858383, "Price": 34.45, "Quantity": 4},
+            {"Product Name": "Cloak", "ProductID": 345664, "Price": 107.99, "Quantity": 1}]}
+    ]}})
+}
+
+#[test]
+fn object_constructor_groups_by_key() {
+    assert_eq!(
+        val("Account.Order.Product{`Product Name`: Price}", account()),
+        json!({"Bowler Hat": [34.45, 34.45], "Trilby hat": 21.67, "Cloak": 107.99})
+    );
+    assert_eq!(
+        val(
+            "Account.Order.Product{$string(ProductID): Price}",
+            account()
+        ),
+        json!({"858383": [34.45, 34.45], "858236": 21.67, "345664": 107.99})
+    );
+    assert_eq!(
+        val(
+            "Account.Order.Product{`Product Name`: $sum(Quantity)}",
+            account()
+        ),
+        json!({"Bowler Hat": 6, "Trilby hat": 1, "Cloak": 1})
+    );
+    // A constructor without a path groups the context.
+    assert_eq!(
+        val(
+            "{type: $count($)}",
+            json!([{"type": "a"}, {"type": "b"}, {"type": "a"}])
+        ),
+        json!({"a": 2, "b": 1})
+    );
+    assert_eq!(val("nothing{a: b}", account()), json!({}));
+    assert_eq!(err("Account.Order.Product{Price: 1}", account()), "T1003");
+    assert_eq!(
+        err("Account.Order{OrderID: 1, 'order103': 2}", account()),
+        "D1009"
+    );
+}
+
+#[test]
+fn positional_and_context_bindings() {
+    assert_eq!(
+        val(
+            "Account.Order#$o.Product.{'p': `Product Name`, 'o': $o}",
+            account()
+        ),
+        json!([
+            {"p": "Bowler Hat", "o": 0}, {"p": "Trilby hat", "o": 0},
+            {"p": "Bowler Hat", "o": 1}, {"p": "Cloak", "o": 1}
+        ])
+    );
+    let nums = json!([3, 1, 4, 1, 5, 9]);
+    assert_eq!(val("$.$#$pos[$pos<3]", nums.clone()), json!([3, 1, 4]));
+    assert_eq!(val("$.$#$pos[$pos<3]^($)", nums.clone()), json!([1, 3, 4]));
+    assert_eq!(val("$.$#$pos[$pos<3]^(>$)", nums.clone()), json!([4, 3, 1]));
+    assert_eq!(val("$.$^($)#$pos[$pos<3]", nums.clone()), json!([1, 1, 3]));
+    assert_eq!(val("$.$#$pos[$pos<3][1]", nums.clone()), json!(1));
+    let library = json!({"library": {
+        "books": [{"title": "A", "isbn": "1"}, {"title": "B", "isbn": "2"}],
+        "loans": [{"customer": "x", "isbn": "2"}, {"customer": "y", "isbn": "1"}, {"customer": "z", "isbn": "2"}]
+    }});
+    assert_eq!(
+        val(
+            "library.loans@$l.books@$b[$l.isbn=$b.isbn].{'title': $b.title, 'customer': $l.customer}",
+            library.clone()
+        ),
+        json!([
+            {"title": "B", "customer": "x"},
+            {"title": "A", "customer": "y"},
+            {"title": "B", "customer": "z"}
+        ])
+    );
+    assert_eq!(
+        val("library.books#$i[title = 'B'].{'i': $i}", library),
+        json!({"i": 1})
+    );
+    assert_eq!(err("Account.Order#5", account()), "S0214");
+    assert_eq!(err("Account.Order@Product", account()), "S0214");
+}
+
+#[test]
+fn transform_operator() {
+    let doc = json!({"Account": {"Order": [{"Product": [{"Price": 10, "Quantity": 3}, {"Price": 5, "Quantity": 2}]}]}, "other": [1]});
+    assert_eq!(
+        val(
+            "$ ~> |Account.Order.Product|{'Price': Price * 2}|",
+            doc.clone()
+        ),
+        json!({"Account": {"Order": [{"Product": [{"Price": 20, "Quantity": 3}, {"Price": 10, "Quantity": 2}]}]}, "other": [1]})
+    );
+    assert_eq!(
+        val(
+            "$ ~> |Account.Order.Product|{'Total': Price * Quantity}, ['Price', 'Quantity']|",
+            doc.clone()
+        ),
+        json!({"Account": {"Order": [{"Product": [{"Total": 30}, {"Total": 10}]}]}, "other": [1]})
+    );
+    // A transform is a function: it can be named and applied later; the input is not changed.
+    assert_eq!(
+        val(
+            "($t := |Account|{}, 'Order'|; [$t($), Account.Order.Product.Price])",
+            doc.clone()
+        ),
+        json!([{"Account": {}, "other": [1]}, 10, 5])
+    );
+    assert_eq!(val("$ ~> |nothing|{'a': 1}|", doc.clone()), doc.clone());
+    assert_eq!(err("$ ~> |Account|5|", doc.clone()), "T2011");
+    assert_eq!(err("$ ~> |Account|{}, 5|", doc.clone()), "T2012");
+    assert_eq!(err("$ ~> |Account|{}", doc), "S0202");
+}
+
+#[test]
+fn partial_application() {
+    assert_eq!(
+        val(
+            "($first3 := $substring(?, 0, 3); $first3('Hello World'))",
+            json!(null)
+        ),
+        json!("Hel")
+    );
+    assert_eq!(
+        val(
+            "($add := function($a, $b) {$a + $b}; $inc := $add(?, 1); [1, 2] ~> $map($inc))",
+            json!(null)
+        ),
+        json!([2, 3])
+    );
+    assert_eq!(
+        val("$map(['ab', 'cd'], $substring(?, 1))", json!(null)),
+        json!(["b", "d"])
+    );
+    assert_eq!(err("($x := 5; $x(?, 1))", json!(null)), "T1008");
+    assert_eq!(err("substring(?, 1)", json!(null)), "T1007");
+}
+
+#[test]
+fn format_number_pictures() {
+    let f = |e: &str| val(e, json!(null));
+    assert_eq!(f("$formatNumber(12345.6, '#,###.00')"), json!("12,345.60"));
+    assert_eq!(f("$formatNumber(123.9, '9999')"), json!("0124"));
+    assert_eq!(
+        f("$formatNumber(1234.5678, '00.000e000')"),
+        json!("12.346e002")
+    );
+    assert_eq!(f("$formatNumber(0.234, '#.00e0')"), json!("0.23e0"));
+    assert_eq!(f("$formatNumber(34.555, '#0.00;(#0.00)')"), json!("34.56"));
+    assert_eq!(
+        f("$formatNumber(-34.555, '#0.00;(#0.00)')"),
+        json!("(34.56)")
+    );
+    assert_eq!(f("$formatNumber(-6, '#0')"), json!("-6"));
+    assert_eq!(f("$formatNumber(0.14, '01%')"), json!("14%"));
+    assert_eq!(f("$formatNumber(1234567.5, '#,##0')"), json!("1,234,568"));
+    assert_eq!(
+        f(
+            "$formatNumber(1234.5, '#.##0,00', {'decimal-separator': ',', 'grouping-separator': '.'})"
+        ),
+        json!("1.234,50")
+    );
+    assert_eq!(
+        ev("$formatNumber(nothing, '#')", json!({})),
+        Outcome::Undefined
+    );
+    assert_eq!(err("$formatNumber(20, '#;#;#')", json!(null)), "D3080");
+    assert_eq!(err("$formatNumber(20, '.e0')", json!(null)), "D3085");
+    assert_eq!(err("$formatNumber(20, '#.0.0')", json!(null)), "D3081");
+    assert_eq!(err("$formatNumber(20, '0#')", json!(null)), "D3090");
+    assert_eq!(err("$formatNumber('x', '#')", json!(null)), "T0410");
+    assert_eq!(
+        err("$formatNumber(1, '#', {'bogus': 'x'})", json!(null)),
+        "D3080"
+    );
+}
+
+#[test]
+fn format_integer_and_base() {
+    let f = |e: &str| val(e, json!(null));
+    assert_eq!(
+        f("$formatInteger(2789, 'w')"),
+        json!("two thousand, seven hundred and eighty-nine")
+    );
+    assert_eq!(f("$formatInteger(1999, 'I')"), json!("MCMXCIX"));
+    assert_eq!(f("$formatInteger(14, 'i')"), json!("xiv"));
+    assert_eq!(f("$formatInteger(28, 'A')"), json!("AB"));
+    assert_eq!(f("$formatInteger(1234, '#,##0')"), json!("1,234"));
+    assert_eq!(f("$formatInteger(7, '000')"), json!("007"));
+    assert_eq!(f("$formatInteger(-7, '0')"), json!("-7"));
+    assert_eq!(f("$formatInteger(22, '0;o')"), json!("22nd"));
+    assert_eq!(f("$formatInteger(13, '0;o')"), json!("13th"));
+    assert_eq!(f("$formatInteger(21, 'w;o')"), json!("twenty-first"));
+    assert_eq!(f("$formatInteger(3, 'Ww')"), json!("Three"));
+    assert_eq!(err("$formatInteger(3, 'x')", json!(null)), "D3130");
+    assert_eq!(err("$formatInteger(3, '0x0')", json!(null)), "D3131");
+    assert_eq!(err("$formatInteger(3, '')", json!(null)), "D3130");
+    assert_eq!(err("$formatInteger('3', '0')", json!(null)), "T0410");
+    assert_eq!(f("$formatBase(100, 2)"), json!("1100100"));
+    assert_eq!(f("$formatBase(2555, 16)"), json!("9fb"));
+    assert_eq!(f("$formatBase(-10)"), json!("-10"));
+    assert_eq!(err("$formatBase(10, 1)", json!(null)), "D3100");
+    assert_eq!(err("$formatBase(10, 37)", json!(null)), "D3100");
+}
+
+#[test]
+fn eval_function() {
+    assert_eq!(
+        val("$eval('[1,$string(2),3]')", json!(null)),
+        json!([1, "2", 3])
+    );
+    assert_eq!(
+        val("$eval('Price * 2', {'Price': 4})", json!(null)),
+        json!(8)
+    );
+    assert_eq!(val("$eval('a')", json!({"a": "ctx"})), json!("ctx"));
+    assert_eq!(ev("$eval(nothing)", json!({})), Outcome::Undefined);
+    assert_eq!(err("$eval('1 +')", json!(null)), "D3120");
+    assert_eq!(err("$eval('$nope()')", json!(null)), "D3121");
+    // An expression that evaluates itself forever stops with a stack error, not a crash.
+    assert_eq!(err("$eval(e)", json!({"e": "$eval(e)"})), "U1001");
+}
