@@ -164,18 +164,27 @@ async fn on_step_functions(
 
 /// The environment of `ingest-api`: the ingress environment (Step Functions when the stack
 /// names the `unify` machine, as [`ingest_env`]), mappings, validator and store (a
-/// transaction is checked whole before `unify` runs it). Call it inside the Tokio runtime.
+/// transaction is checked whole before `unify` runs it; the store is the DynamoDB table when
+/// `FHIR_UNIFY_STORE_TABLE` names one, as for `publish`). Call it inside the Tokio runtime.
 pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
     let built = match load_config()
         .map_err(LocalError::from)
-        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data))
-    {
-        Ok(runtime) => on_step_functions(runtime, unify_state_machine()).await,
+        .and_then(|(config, data)| {
+            let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
+            Ok((LocalRuntime::open(config.as_ref().clone(), data)?, table))
+        }) {
+        Ok((runtime, table)) => on_step_functions(runtime, unify_state_machine())
+            .await
+            .map(|runtime| (runtime, table)),
         Err(e) => Err(e),
     };
-    Ok(crate::handlers::ingest_api::ApiEnv::from_runtime(
-        &reported(built)?,
-    ))
+    let (runtime, table) = reported(built)?;
+    let mut env = crate::handlers::ingest_api::ApiEnv::from_runtime(&runtime);
+    if let Some(table) = table {
+        // The answer to a write is the resource as publish stored it: read it from there.
+        env.store = Arc::new(DynamoStore::from_environment(table).await);
+    }
+    Ok(env)
 }
 
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
