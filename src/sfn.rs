@@ -10,11 +10,15 @@
 //! not retried: the execution may be running, and the ingress is redelivered whole anyway.
 //!
 //! `StartSyncExecution` goes to the `sync-states` host (the SDK prefixes the endpoint's host
-//! with `sync-`): an emulator reached by `AWS_ENDPOINT_URL` must answer under that name.
+//! with `sync-`). An emulator named by an IP address or `localhost` in `AWS_ENDPOINT_URL` has
+//! no such subdomain, so for those endpoints only the prefix is taken off again
+//! ([`EmulatorHost`]); on AWS the configured endpoint is never one of them.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sfn::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_sfn::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sfn::operation::start_sync_execution::StartSyncExecutionError;
 use aws_sdk_sfn::types::SyncExecutionStatus;
@@ -145,6 +149,7 @@ impl StepFunctionsWorkflow {
         let conf = conf
             .to_builder()
             .retry_config(aws_sdk_sfn::config::retry::RetryConfig::disabled())
+            .interceptor(EmulatorHost)
             .build();
         Ok(StepFunctionsWorkflow {
             client: aws_sdk_sfn::Client::from_conf(conf),
@@ -250,6 +255,53 @@ impl StepFunctionsWorkflow {
         }
         Ok(run)
     }
+}
+
+/// Whether `url`'s host is an IP address or `localhost` (an emulator on this machine or
+/// network), where a `sync-` subdomain cannot resolve.
+fn is_local_endpoint(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Takes the `sync-` host prefix off a request to an emulator at an IP address or
+/// `localhost`; leaves every other request (all of them on AWS) alone.
+#[derive(Debug)]
+struct EmulatorHost;
+
+impl Intercept for EmulatorHost {
+    fn name(&self) -> &'static str {
+        "EmulatorHost"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_sfn::error::BoxError> {
+        let request = context.request_mut();
+        if let Some(uri) = without_sync_prefix(request.uri()) {
+            request.set_uri(uri)?;
+        }
+        Ok(())
+    }
+}
+
+/// `uri` without the `sync-` in front of its host, if it has one and the host behind it is an
+/// IP address or `localhost`.
+fn without_sync_prefix(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let rest = rest.strip_prefix("sync-")?;
+    let unprefixed = format!("{scheme}://{rest}");
+    is_local_endpoint(&unprefixed).then_some(unprefixed)
 }
 
 /// The error code, message and whether another attempt may pass.

@@ -8,8 +8,6 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sfn::config::interceptors::BeforeTransmitInterceptorContextMut;
-use aws_sdk_sfn::config::{ConfigBag, Intercept, RuntimeComponents};
 use serde_json::{Value, json};
 
 use super::*;
@@ -91,16 +89,16 @@ impl Fixture {
     }
 }
 
-/// The SDK sends `StartSyncExecution` to `sync-HOST`; the fixture listens on 127.0.0.1, so
-/// this puts the host back after recording that the prefix was there.
+/// Records the address each request is sent to before the adapter's own [`EmulatorHost`]
+/// takes the `sync-` prefix off (client interceptors run in the order they were added).
 #[derive(Debug, Default)]
-struct DropSyncPrefix {
+struct RecordHost {
     seen: Arc<Mutex<Vec<String>>>,
 }
 
-impl Intercept for DropSyncPrefix {
+impl Intercept for RecordHost {
     fn name(&self) -> &'static str {
-        "DropSyncPrefix"
+        "RecordHost"
     }
 
     fn modify_before_transmit(
@@ -109,10 +107,8 @@ impl Intercept for DropSyncPrefix {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_sfn::error::BoxError> {
-        let request = context.request_mut();
-        let uri = request.uri().to_owned();
-        self.seen.lock().unwrap().push(uri.clone());
-        request.set_uri(uri.replacen("://sync-", "://", 1))?;
+        let uri = context.request_mut().uri().to_owned();
+        self.seen.lock().unwrap().push(uri);
         Ok(())
     }
 }
@@ -130,7 +126,7 @@ fn conf(endpoint: &str, seen: Arc<Mutex<Vec<String>>>) -> aws_sdk_sfn::Config {
                 ))
                 .build_https(),
         )
-        .interceptor(DropSyncPrefix { seen })
+        .interceptor(RecordHost { seen })
         .build()
 }
 
@@ -205,6 +201,37 @@ async fn a_succeeded_execution_is_a_run_with_its_output_and_the_request_is_start
     assert!(
         seen[0].starts_with("http://sync-127.0.0.1:"),
         "the SDK addresses the sync-states host: {seen:?}"
+    );
+}
+
+#[test]
+fn the_sync_prefix_comes_off_only_for_emulators_at_an_ip_address_or_localhost() {
+    for local in [
+        "http://127.0.0.1:4566",
+        "http://localhost:4566/",
+        "https://10.0.0.5",
+        "http://[::1]:5000",
+        "http://user@127.0.0.1:1",
+    ] {
+        assert!(is_local_endpoint(local), "{local}");
+    }
+    for remote in [
+        "https://states.us-east-1.amazonaws.com",
+        "https://vpce-1.states.us-east-1.vpce.amazonaws.com",
+        "http://localhost.localstack.cloud:4566",
+        "https://127.0.0.1.example.com",
+    ] {
+        assert!(!is_local_endpoint(remote), "{remote}");
+    }
+    assert_eq!(
+        without_sync_prefix("http://sync-127.0.0.1:4566/").as_deref(),
+        Some("http://127.0.0.1:4566/")
+    );
+    assert_eq!(without_sync_prefix("http://127.0.0.1:4566/"), None);
+    assert_eq!(
+        without_sync_prefix("https://sync-states.us-east-1.amazonaws.com/"),
+        None,
+        "AWS's own sync host is left alone"
     );
 }
 
