@@ -468,3 +468,62 @@ fn the_functions_that_start_unify_may_start_that_machine_and_nothing_else_may() 
         }
     }
 }
+
+#[test]
+fn healthlake_is_reached_only_by_publish_and_gateway_and_only_when_given() {
+    let template = template();
+    let mut allowed = BTreeSet::new();
+    for (id, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::IAM::Role") {
+            continue;
+        }
+        let role = id.as_str().unwrap();
+        for statement in statements(&template, role) {
+            assert!(
+                !actions(&statement)
+                    .iter()
+                    .any(|a| a.starts_with("healthlake:")),
+                "{role}: HealthLake actions outside the UseHealthLake condition"
+            );
+            let Some((tag, branches)) = intrinsic(&statement) else {
+                continue;
+            };
+            let branches = branches.as_sequence().unwrap();
+            assert_eq!(tag, "!If", "{role}");
+            assert_eq!(branches[0].as_str(), Some("UseHealthLake"), "{role}");
+            assert!(is_ref(&branches[2], "AWS::NoValue"), "{role}");
+            let granted = &branches[1];
+            assert!(
+                actions(granted)
+                    .iter()
+                    .all(|a| a.starts_with("healthlake:")),
+                "{role}"
+            );
+            assert!(
+                is_ref(&granted["Resource"], "HealthLakeDatastoreArn"),
+                "{role}"
+            );
+            allowed.insert(role.to_owned());
+        }
+    }
+    assert_eq!(
+        allowed,
+        BTreeSet::from(["GatewayRole".to_owned(), "PublishRole".to_owned()])
+    );
+    // The endpoint reaches the same two functions, under the same condition.
+    for (id, properties) in functions(&template) {
+        let endpoint = &properties["Environment"]["Variables"]["FHIR_UNIFY_FHIR_ENDPOINT"];
+        if endpoint.is_null() {
+            continue;
+        }
+        let (tag, branches) = intrinsic(endpoint).unwrap();
+        let branches = branches.as_sequence().unwrap();
+        assert_eq!(
+            (tag.as_str(), branches[0].as_str()),
+            ("!If", Some("UseHealthLake")),
+            "{id}"
+        );
+        assert!(is_ref(&branches[1], "HealthLakeDatastoreEndpoint"), "{id}");
+        assert!(is_ref(&branches[2], "AWS::NoValue"), "{id}");
+    }
+}

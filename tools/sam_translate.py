@@ -7,7 +7,7 @@ zips are put in an artifacts bucket and the local CodeUri/ContentUri become S3 l
 state machine definitions are inlined (Definition), so the translator writes them into the
 template with their DefinitionSubstitutions. The functions' code is a stand-in zip (a
 `bootstrap` that exits): the emulator does not run provided.al2023 code, and the stack test is
-about the resources, not the code (tests/runtime_loop.rs runs the real binaries).
+about the resources, not the code (functions/*/tests/runtime_loop.rs run the real binaries).
 
 Prints one JSON object on stdout: the stack status and reason, each resource with its type,
 physical id and status, the resource types the emulator's CloudFormation does not create
