@@ -15,7 +15,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # ---- Python tools, one project-local virtualenv (.venv/, ignored by git), pinned in
-# tools/requirements.txt: cfn-lint for infra/, and fhirclient, the real FHIR client that
+# tools/requirements.txt: cfn-lint for infra/, aws-sam-translator and moto for the stack test
+# (tests/sam_stack_moto.rs runs tools/sam_translate.py), and fhirclient, the real FHIR client that
 # tests/fhir_client.rs drives against `fhir-unify serve`.
 echo "== tools: Python (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv

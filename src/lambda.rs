@@ -6,7 +6,9 @@
 //! `/tmp/fhir-unify`, the only writable place on Lambda); `FHIR_UNIFY_EVENT_BUS` the
 //! EventBridge bus change events go to (see [`use_event_bus`]). `FHIR_UNIFY_STORE_TABLE`,
 //! set on `publish` by the stack, names the DynamoDB store table (it overrides the
-//! pipeline file's `store`).
+//! pipeline file's `store`). `FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`, set on every ingest
+//! function by the stack, sends their batches to the Express `unify` machine on Step
+//! Functions instead of the in-process engine (see [`ingest_env`]).
 //!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
 //! the Lambda Runtime API's `/runtime/init/error` before the process exits, so the caller sees
@@ -22,6 +24,7 @@ use crate::env::{Env, EnvError, IngestEnv};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
 use crate::objects::ObjectStore;
+use crate::sfn::StepFunctionsWorkflow;
 use crate::store::dynamodb::DynamoStore;
 
 /// Structured JSON logs on stdout, level from `RUST_LOG` (default `info`), without ANSI colours
@@ -205,47 +208,96 @@ fn store_table(
     }
 }
 
-/// The environment of an ingress function. Until the Step Functions adapter arrives with the
-/// deploy work, the `unify` state machine runs in-process on the project's ASL engine, with
-/// the same step handlers (the embedded runtime, with its data under `FHIR_UNIFY_DATA_DIR`).
-pub fn ingest_env() -> Result<IngestEnv, LocalError> {
-    let built = load_config()
+/// The environment of an ingress function. When the stack names the Express `unify` machine
+/// (`FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`), each batch is a `StartSyncExecution` of it
+/// ([`StepFunctionsWorkflow`]); without it, `unify` runs in-process on the project's ASL
+/// engine with the same step handlers (the embedded runtime, with its data under
+/// `FHIR_UNIFY_DATA_DIR`). Call it inside the Tokio runtime.
+pub async fn ingest_env() -> Result<IngestEnv, LocalError> {
+    let built = match load_config()
         .map_err(LocalError::from)
-        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data));
+        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data))
+    {
+        Ok(runtime) => on_step_functions(runtime, unify_state_machine()).await,
+        Err(e) => Err(e),
+    };
     Ok(reported(built)?.ingest)
 }
 
-/// The environment of `ingest-api`: the embedded runtime's ingress environment, mappings,
-/// validator and store (a transaction is checked whole before `unify` runs it).
-pub fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
-    let built = load_config()
+/// The state machine ARN the stack set, if any (an empty value is none).
+fn unify_state_machine() -> Option<String> {
+    std::env::var("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// `runtime`, with its ingress handing batches to Step Functions when the stack named the
+/// `unify` machine; the in-process engine stays for what runs locally (quarantine of records
+/// an ingress itself rejects).
+async fn on_step_functions(
+    mut runtime: LocalRuntime,
+    state_machine: Option<String>,
+) -> Result<LocalRuntime, LocalError> {
+    if let Some(arn) = state_machine {
+        let workflow =
+            StepFunctionsWorkflow::from_env(&arn)
+                .await
+                .map_err(|e| LocalError::Input {
+                    file: "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN".into(),
+                    message: e.to_string(),
+                })?;
+        tracing::info!(state_machine = %arn, "unify runs on Step Functions");
+        runtime.ingest.workflow = Arc::new(workflow);
+    }
+    Ok(runtime)
+}
+
+/// The environment of `ingest-api`: the ingress environment (Step Functions when the stack
+/// names the `unify` machine, as [`ingest_env`]), mappings, validator and store (a
+/// transaction is checked whole before `unify` runs it; the store is the DynamoDB table when
+/// `FHIR_UNIFY_STORE_TABLE` names one, as for `publish`). Call it inside the Tokio runtime.
+pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
+    let built = match load_config()
         .map_err(LocalError::from)
-        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data));
-    Ok(crate::handlers::ingest_api::ApiEnv::from_runtime(
-        &reported(built)?,
-    ))
+        .and_then(|(config, data)| {
+            let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
+            Ok((LocalRuntime::open(config.as_ref().clone(), data)?, table))
+        }) {
+        Ok((runtime, table)) => on_step_functions(runtime, unify_state_machine())
+            .await
+            .map(|runtime| (runtime, table)),
+        Err(e) => Err(e),
+    };
+    let (runtime, table) = reported(built)?;
+    let mut env = crate::handlers::ingest_api::ApiEnv::from_runtime(&runtime);
+    if let Some(table) = table {
+        // The answer to a write is the resource as publish stored it: read it from there.
+        env.store = Arc::new(DynamoStore::from_environment(table).await);
+    }
+    Ok(env)
 }
 
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
 /// name (S3 for `s3://` locations, through the SDK configured from the environment; local
 /// folders as buckets named after their source). Call it inside the Tokio runtime.
-pub fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env))
+pub async fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env)).await
 }
 
 /// The environment of `ingest-transfer`: the embedded runtime and the object store its
 /// Transfer sources name, routed as [`dms_env`] routes DMS sources (S3 for `s3://`
 /// locations, local folders as buckets named after their source). Call it inside the Tokio
 /// runtime.
-pub fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env))
+pub async fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+    file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env)).await
 }
 
-/// The embedded runtime and the object store `objects` builds for the pipeline file.
-fn file_source_env(
+/// The runtime (its ingress on Step Functions when the stack names the `unify` machine) and
+/// the object store `objects` builds for the pipeline file.
+async fn file_source_env(
     objects: impl FnOnce(&PipelineConfig) -> Result<Arc<dyn ObjectStore>, String>,
 ) -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
-    let built = load_config()
+    let opened = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
             let objects = objects(&config).map_err(|message| LocalError::Input {
@@ -253,8 +305,14 @@ fn file_source_env(
                 message,
             })?;
             let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
-            Ok((Arc::new(runtime), objects))
+            Ok((runtime, objects))
         });
+    let built = match opened {
+        Ok((runtime, objects)) => on_step_functions(runtime, unify_state_machine())
+            .await
+            .map(|runtime| (Arc::new(runtime), objects)),
+        Err(e) => Err(e),
+    };
     reported(built)
 }
 
@@ -343,6 +401,41 @@ mod tests {
             "events go to EventBridge, not a local bus"
         );
         assert!(!dir.path().join("data/events.db").exists());
+    }
+
+    #[tokio::test]
+    async fn the_stacks_state_machine_replaces_the_in_process_engine_and_a_bad_arn_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let mut c = config("");
+            c.base_dir = dir.path().to_path_buf();
+            std::fs::write(
+                dir.path().join("m.yaml"),
+                "source: app\nentity: p\nresources:\n  - resourceType: Patient\n    template: { gender: \"{{ record.sex }}\" }\n",
+            )
+            .unwrap();
+            LocalRuntime::open(c, DataDir(dir.path().join("data"))).unwrap()
+        };
+        let local = on_step_functions(open(), None).await.unwrap();
+        assert!(format!("{:?}", local.ingest.workflow).starts_with("LocalWorkflow"));
+
+        let arn = "arn:aws:states:us-east-1:123456789012:stateMachine:stack-unify";
+        let aws = on_step_functions(open(), Some(arn.into())).await.unwrap();
+        let described = format!("{:?}", aws.ingest.workflow);
+        assert!(
+            described.starts_with("StepFunctionsWorkflow"),
+            "{described}"
+        );
+        assert!(described.contains(arn));
+
+        let err = on_step_functions(open(), Some("unify".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN"),
+            "{err}"
+        );
     }
 
     const SOURCES: &str = "sources:\n  - name: app\n    dynamodb: { table: Patients }\n    entities: { p: { key: [pk], mapping: m.yaml } }\n";

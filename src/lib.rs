@@ -26,6 +26,7 @@ pub mod objects;
 pub mod outcome;
 pub mod profiling;
 pub mod queue;
+pub mod sfn;
 pub mod sources;
 pub mod store;
 pub mod validation;

@@ -118,12 +118,14 @@ fn functions(template: &Value) -> BTreeMap<String, Value> {
 /// `src/lambda.rs`), with the template's functions that must set them; every other function
 /// must not.
 const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
-    // lambda::publish_env: the DynamoDB store table.
+    // lambda::publish_env, lambda::api_env and the gateway: the DynamoDB store table.
     // lambda::bulk_env: the store table the pointer moves publish into (issue 7).
     (
         "FHIR_UNIFY_STORE_TABLE",
         &[
             "PublishFunction",
+            "GatewayFunction",
+            "IngestApiFunction",
             "BulkBeginFunction",
             "BulkLoadChunkFunction",
             "BulkFinalizeFunction",
@@ -145,12 +147,46 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
         "FHIR_UNIFY_QUARANTINE_QUEUE_URL",
         &["BulkLoadChunkFunction"],
     ),
+    // lambda::ingest_env and the other ingress builders: unify on Step Functions.
+    (
+        "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN",
+        &[
+            "IngestDynamoDbFunction",
+            "IngestDmsFunction",
+            "IngestTransferFunction",
+            "IngestApiFunction",
+        ],
+    ),
 ];
+
+/// Variables the template sets for code that arrives from work done at the same time on
+/// another branch, with the functions that set them and the reason. Nothing may read one yet:
+/// when the code that reads it is merged, this test fails until the variable moves to
+/// `FUNCTION_SPECIFIC` (which then checks it like the others).
+const SET_FOR_ARRIVING_CODE: &[(&str, &[&str], &str)] = &[(
+    "FHIR_UNIFY_FHIR_ENDPOINT",
+    &["PublishFunction", "GatewayFunction"],
+    "the `rest` FHIR store (HealthLake) reads it in publish and gateway; set only when the \
+     stack is given a HealthLake data store",
+)];
 
 #[test]
 fn every_variable_a_function_reads_is_set_and_none_other() {
     let mut read = variables_read_by_functions();
     let template = template();
+    for (name, setters, why) in SET_FOR_ARRIVING_CODE {
+        assert!(
+            !read.contains(*name),
+            "{name} is read now: move it from SET_FOR_ARRIVING_CODE to FUNCTION_SPECIFIC ({why})"
+        );
+        for (id, properties) in functions(&template) {
+            assert_eq!(
+                variables(&properties).contains(*name),
+                setters.contains(&id.as_str()),
+                "{id}: {name} must be set on {setters:?} only"
+            );
+        }
+    }
     for (name, setters) in FUNCTION_SPECIFIC {
         assert!(
             read.remove(*name),
@@ -174,6 +210,7 @@ fn every_variable_a_function_reads_is_set_and_none_other() {
     for (id, properties) in &functions {
         let mut set: BTreeSet<String> = global.union(&variables(properties)).cloned().collect();
         set.retain(|n| FUNCTION_SPECIFIC.iter().all(|(f, _)| f != n));
+        set.retain(|n| SET_FOR_ARRIVING_CODE.iter().all(|(f, _, _)| f != n));
         let missing: Vec<_> = read.difference(&set).collect();
         let unused: Vec<_> = set.difference(&read).collect();
         assert!(
@@ -201,20 +238,7 @@ fn the_scan_finds_reads_and_skips_tests() {
 
 /// Function crates the template does not deploy yet, each with what it waits for. A function
 /// leaves this list in the commit that adds it to the template.
-const NOT_DEPLOYED_YET: &[(&str, &str)] = &[
-    (
-        "gateway",
-        "serves the store; on Lambda the store is the per-instance SQLite file until the DynamoDB store exists (issue 6)",
-    ),
-    (
-        "ingest-api",
-        "answers API Gateway write requests through the embedded runtime; deployed with the partner API and its authorizer (issue 6)",
-    ),
-    (
-        "authorizer",
-        "fronts the gateway's HTTP API, which is deployed with the gateway (issue 6)",
-    ),
-];
+const NOT_DEPLOYED_YET: &[(&str, &str)] = &[];
 
 #[test]
 fn every_function_crate_is_deployed_from_its_package() {
@@ -335,5 +359,191 @@ fn every_state_machine_is_deployed_with_each_placeholder_substituted() {
             root().join("statemachines").join(name).is_file(),
             "{name} is listed as not deployed ({why}) but has no file"
         );
+    }
+}
+
+/// `(tag, value)` of a short-form intrinsic function (`!Ref X` is `("!Ref", "X")`).
+fn intrinsic(v: &Value) -> Option<(String, &Value)> {
+    match v {
+        Value::Tagged(t) => Some((t.tag.to_string(), &t.value)),
+        _ => None,
+    }
+}
+
+fn is_ref(v: &Value, target: &str) -> bool {
+    intrinsic(v).is_some_and(|(tag, value)| tag == "!Ref" && value.as_str() == Some(target))
+}
+
+#[test]
+fn the_http_api_sends_reads_to_gateway_writes_to_ingest_api_and_asks_the_authorizer() {
+    let template = template();
+    let mut routes = BTreeSet::new();
+    for (id, properties) in functions(&template) {
+        let Some(events) = properties["Events"].as_mapping() else {
+            continue;
+        };
+        for event in events.values() {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let p = &event["Properties"];
+            assert!(is_ref(&p["ApiId"], "FhirHttpApi"), "{id}: {p:?}");
+            let open = p["Auth"]["Authorizer"].as_str() == Some("NONE");
+            routes.insert((
+                id.clone(),
+                p["Method"].as_str().unwrap().to_owned(),
+                p["Path"].as_str().unwrap().to_owned(),
+                open,
+            ));
+        }
+    }
+    let expected: BTreeSet<(String, String, String, bool)> = [
+        ("GatewayFunction", "GET", "/metadata", true),
+        ("GatewayFunction", "GET", "/{proxy+}", false),
+        ("GatewayFunction", "HEAD", "/{proxy+}", false),
+        ("IngestApiFunction", "POST", "/ingest/{proxy+}", false),
+        ("IngestApiFunction", "PUT", "/ingest/{proxy+}", false),
+    ]
+    .into_iter()
+    .map(|(f, m, p, o)| (f.to_owned(), m.to_owned(), p.to_owned(), o))
+    .collect();
+    assert_eq!(routes, expected);
+
+    // The gateway takes the FHIR path from the `proxy` path parameter
+    // (handlers::gateway::request_v2); the authorizer answers a payload 2.0 event with a
+    // simple response (handlers::authorizer::handle), so the API must ask for exactly that.
+    let api = &template["Resources"]["FhirHttpApi"];
+    assert_eq!(api["Type"].as_str(), Some("AWS::Serverless::HttpApi"));
+    let auth = &api["Properties"]["Auth"];
+    assert_eq!(
+        auth["DefaultAuthorizer"].as_str(),
+        Some("PartnerAuthorizer")
+    );
+    let authorizer = &auth["Authorizers"]["PartnerAuthorizer"];
+    let (tag, target) = intrinsic(&authorizer["FunctionArn"]).unwrap();
+    assert_eq!(
+        (tag.as_str(), target.as_str()),
+        ("!GetAtt", Some("AuthorizerFunction.Arn"))
+    );
+    assert_eq!(
+        authorizer["AuthorizerPayloadFormatVersion"].as_str(),
+        Some("2.0")
+    );
+    assert_eq!(authorizer["EnableSimpleResponses"].as_bool(), Some(true));
+    assert_eq!(
+        authorizer["EnableFunctionDefaultPermissions"].as_bool(),
+        Some(true)
+    );
+}
+
+/// Every statement of a role's inline policies.
+fn statements(template: &Value, role: &str) -> Vec<Value> {
+    let policies = template["Resources"][role]["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap();
+    policies
+        .iter()
+        .flat_map(|p| {
+            p["PolicyDocument"]["Statement"]
+                .as_sequence()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+fn actions(statement: &Value) -> Vec<String> {
+    match &statement["Action"] {
+        Value::String(a) => vec![a.clone()],
+        Value::Sequence(v) => v.iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn the_functions_that_start_unify_may_start_that_machine_and_nothing_else_may() {
+    let template = template();
+    for (id, properties) in functions(&template) {
+        let starts = variables(&properties).contains("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN");
+        let role = intrinsic(&properties["Role"])
+            .and_then(|(_, v)| v.as_str().map(|r| r.trim_end_matches(".Arn").to_owned()))
+            .unwrap();
+        let states: Vec<Value> = statements(&template, &role)
+            .into_iter()
+            .filter(|s| actions(s).iter().any(|a| a.starts_with("states:")))
+            .collect();
+        if starts {
+            assert!(
+                is_ref(
+                    &properties["Environment"]["Variables"]["FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN"],
+                    "UnifyStateMachine"
+                ),
+                "{id}"
+            );
+            assert_eq!(states.len(), 1, "{id}: {states:?}");
+            assert_eq!(actions(&states[0]), ["states:StartSyncExecution"], "{id}");
+            assert!(is_ref(&states[0]["Resource"], "UnifyStateMachine"), "{id}");
+        } else {
+            assert!(states.is_empty(), "{id} may not start state machines");
+        }
+    }
+}
+
+#[test]
+fn healthlake_is_reached_only_by_publish_and_gateway_and_only_when_given() {
+    let template = template();
+    let mut allowed = BTreeSet::new();
+    for (id, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::IAM::Role") {
+            continue;
+        }
+        let role = id.as_str().unwrap();
+        for statement in statements(&template, role) {
+            assert!(
+                !actions(&statement)
+                    .iter()
+                    .any(|a| a.starts_with("healthlake:")),
+                "{role}: HealthLake actions outside the UseHealthLake condition"
+            );
+            let Some((tag, branches)) = intrinsic(&statement) else {
+                continue;
+            };
+            let branches = branches.as_sequence().unwrap();
+            assert_eq!(tag, "!If", "{role}");
+            assert_eq!(branches[0].as_str(), Some("UseHealthLake"), "{role}");
+            assert!(is_ref(&branches[2], "AWS::NoValue"), "{role}");
+            let granted = &branches[1];
+            assert!(
+                actions(granted)
+                    .iter()
+                    .all(|a| a.starts_with("healthlake:")),
+                "{role}"
+            );
+            assert!(
+                is_ref(&granted["Resource"], "HealthLakeDatastoreArn"),
+                "{role}"
+            );
+            allowed.insert(role.to_owned());
+        }
+    }
+    assert_eq!(
+        allowed,
+        BTreeSet::from(["GatewayRole".to_owned(), "PublishRole".to_owned()])
+    );
+    // The endpoint reaches the same two functions, under the same condition.
+    for (id, properties) in functions(&template) {
+        let endpoint = &properties["Environment"]["Variables"]["FHIR_UNIFY_FHIR_ENDPOINT"];
+        if endpoint.is_null() {
+            continue;
+        }
+        let (tag, branches) = intrinsic(endpoint).unwrap();
+        let branches = branches.as_sequence().unwrap();
+        assert_eq!(
+            (tag.as_str(), branches[0].as_str()),
+            ("!If", Some("UseHealthLake")),
+            "{id}"
+        );
+        assert!(is_ref(&branches[1], "HealthLakeDatastoreEndpoint"), "{id}");
+        assert!(is_ref(&branches[2], "AWS::NoValue"), "{id}");
     }
 }

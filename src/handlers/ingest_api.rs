@@ -76,8 +76,8 @@ pub struct ApiEnv {
 }
 
 impl ApiEnv {
-    /// The environment of the embedded runtime (locally, and on Lambda until the Step
-    /// Functions adapter exists).
+    /// The environment of a runtime: the embedded one locally; on Lambda the same with its
+    /// ingress on Step Functions and the store table (`lambda::api_env`).
     pub fn from_runtime(runtime: &crate::local::LocalRuntime) -> ApiEnv {
         ApiEnv {
             ingest: runtime.ingest.clone(),

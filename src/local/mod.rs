@@ -354,7 +354,7 @@ impl LocalWorkflow {
 }
 
 /// A Step Functions execution name: at most 80 characters of `[A-Za-z0-9-_]`.
-fn execution_name(batch_id: &str) -> String {
+pub(crate) fn execution_name(batch_id: &str) -> String {
     batch_id
         .chars()
         .map(|c| {

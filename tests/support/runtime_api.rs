@@ -335,6 +335,17 @@ impl Function {
     /// Starts `binary` as Lambda would, against `api`, with the pipeline file `config` and the
     /// data folder `data`. Its output goes to `<data>/../function.log`.
     pub fn start(binary: &Path, api: &RuntimeApi, config: &Path, data: &Path) -> Function {
+        Function::start_with(binary, api, config, data, &[])
+    }
+
+    /// As [`Function::start`], with more environment variables (those the stack sets).
+    pub fn start_with(
+        binary: &Path,
+        api: &RuntimeApi,
+        config: &Path,
+        data: &Path,
+        env: &[(&str, String)],
+    ) -> Function {
         let log = data.with_extension("log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -351,6 +362,7 @@ impl Function {
             .env("FHIR_UNIFY_CONFIG", config)
             .env("FHIR_UNIFY_DATA_DIR", data)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

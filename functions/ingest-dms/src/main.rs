@@ -2,8 +2,9 @@
 //! notification or an EventBridge "Object Created" event; answers with what it read.
 //!
 //! DMS sources at an `s3://` location are read from S3 with ranged reads
-//! (`fhir_unify::objects::s3`); until the Step Functions adapter arrives, the function runs
-//! the embedded runtime (`unify` on the ASL engine, the local queue for quarantine).
+//! (`fhir_unify::objects::s3`); batches go to the `unify` state machine on Step Functions
+//! when the stack names it (`FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`), else to the embedded
+//! runtime (`unify` on the ASL engine).
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
-    let (runtime, objects) = fhir_unify::lambda::dms_env()?;
+    let (runtime, objects) = fhir_unify::lambda::dms_env().await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let runtime = runtime.clone();
         let objects = objects.clone();

@@ -83,3 +83,103 @@ fn cold_start_and_invocation_timings() {
         50,
     );
 }
+
+#[path = "../../../tests/support/scripted_http.rs"]
+mod scripted_http;
+
+/// A `StartSyncExecution` answer.
+fn execution(status: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut answer = json!({
+        "executionArn": "arn:aws:states:us-east-1:123456789012:express:fu-unify:x:1",
+        "name": "x",
+        "startDate": 1767225600.0,
+        "stopDate": 1767225600.2,
+        "status": status,
+    });
+    answer
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    answer
+}
+
+#[test]
+fn with_the_stacks_state_machine_each_batch_is_a_sync_execution_on_step_functions() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sfn = scripted_http::ScriptedHttp::start(vec![
+        (
+            200,
+            execution("SUCCEEDED", json!({ "output": "{\"published\":3}" })),
+        ),
+        (
+            200,
+            execution(
+                "FAILED",
+                json!({ "error": "States.Runtime", "cause": "quarantine failed" }),
+            ),
+        ),
+    ]);
+    let arn = "arn:aws:states:us-east-1:123456789012:stateMachine:fu-unify";
+    let api = RuntimeApi::start();
+    let files = ["001-initial-load.json", "002-changes.json"];
+    let ids: Vec<String> = files
+        .iter()
+        .map(|f| api.invoke(&stream_event(&root, f)))
+        .collect();
+    let function = Function::start_with(
+        &binary(),
+        &api,
+        &example_config(&root),
+        &data,
+        &[
+            ("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN", arn.to_owned()),
+            ("AWS_ENDPOINT_URL", sfn.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ],
+    );
+
+    // The first batch: one execution, whose success is the partial-batch answer.
+    let (answer, _) = api.answer(&ids[0]);
+    let (batch, undecodable) = change_batch(&root, files[0]);
+    let expected: Vec<_> = undecodable
+        .iter()
+        .map(|s| json!({ "itemIdentifier": s }))
+        .collect();
+    assert_eq!(
+        answer.response(),
+        &json!({ "batchItemFailures": expected }),
+        "{}",
+        function.output()
+    );
+    let requests = sfn.requests();
+    let r = &requests[0];
+    assert_eq!(
+        r.header("x-amz-target"),
+        Some("AWSStepFunctions.StartSyncExecution")
+    );
+    assert_eq!(r.body["stateMachineArn"], arn);
+    let input: serde_json::Value = serde_json::from_str(r.body["input"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        input["changes"],
+        serde_json::to_value(&batch.changes).unwrap(),
+        "the execution's input is the batch's changes"
+    );
+
+    // The second: the execution failed, so the invocation fails and Lambda retries it.
+    let (answer, _) = api.answer(&ids[1]);
+    match &answer {
+        runtime_api::Answer::Error { error_message, .. } => {
+            assert!(error_message.contains("States.Runtime"), "{error_message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(sfn.requests().len(), 2);
+    // unify did not run in-process: no change event was written locally.
+    let local_events = std::fs::read_to_string(data.join("events.ndjson")).unwrap_or_default();
+    assert_eq!(local_events.lines().count(), 0, "{local_events}");
+    assert!(api.unknown_requests().is_empty());
+}

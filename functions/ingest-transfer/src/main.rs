@@ -2,10 +2,9 @@
 //! Family "File Upload Completed" event, an S3 event notification or an EventBridge "Object
 //! Created" event; answers with what it read.
 //!
-//! Until the S3 and SQS adapters arrive with the deploy work, the function runs the embedded
-//! runtime (`unify` on the ASL engine, the local queue for quarantine) and reads transfer
-//! sources whose location is a local folder; a pipeline file naming an `s3://` location fails
-//! the cold start with that reason.
+//! Transfer sources at an `s3://` location are read from S3; batches go to the `unify` state
+//! machine on Step Functions when the stack names it (`FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`),
+//! else to the embedded runtime (`unify` on the ASL engine).
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
-    let (runtime, objects) = fhir_unify::lambda::transfer_env()?;
+    let (runtime, objects) = fhir_unify::lambda::transfer_env().await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let runtime = runtime.clone();
         let objects = objects.clone();
