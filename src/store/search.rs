@@ -88,14 +88,14 @@ pub fn param_kind(resource_type: &str, param: &str) -> Option<ParamKind> {
 }
 
 /// One indexed value of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IndexEntry {
     pub param: &'static str,
     pub value: IndexValue,
 }
 
 /// An indexed value, by parameter kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IndexValue {
     Token {
         system: Option<String>,
@@ -536,6 +536,84 @@ pub struct HistoryPage {
     /// Versions, newest first, deletes included.
     pub versions: Vec<StoredVersion>,
     pub next: Option<String>,
+}
+
+impl Criterion {
+    /// Whether one indexed value of parameter `param` matches: the reference semantics every
+    /// adapter answers with (the SQLite store in SQL, the DynamoDB store in Rust over the index
+    /// items its key conditions narrowed down). `_id` is not an indexed value: always false.
+    pub fn matches(&self, value: &IndexValue) -> bool {
+        match (self, value) {
+            (Criterion::Token { system, code }, IndexValue::Token { system: s, code: c }) => {
+                code.as_ref().is_none_or(|code| code == c)
+                    && match system {
+                        None => true,
+                        Some(None) => s.is_none(),
+                        Some(Some(want)) => s.as_deref() == Some(want.as_str()),
+                    }
+            }
+            (Criterion::String { value, mode }, IndexValue::String { normalized, exact }) => {
+                match mode {
+                    StringMode::Exact => exact == value,
+                    StringMode::Prefix => normalized.starts_with(&value.to_lowercase()),
+                    StringMode::Contains => normalized.contains(&value.to_lowercase()),
+                }
+            }
+            (Criterion::Date { prefix, low, high }, IndexValue::Date { low: lo, high: hi }) => {
+                date_matches(*prefix, lo, hi, low, high)
+            }
+            (
+                Criterion::Reference { resource_type, id },
+                IndexValue::Reference {
+                    resource_type: t,
+                    id: i,
+                },
+            ) => {
+                id == i
+                    && resource_type
+                        .as_ref()
+                        .is_none_or(|want| t.as_deref() == Some(want.as_str()))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// FHIR R4 prefix semantics of a date search over ranges: the resource's `[lo, hi]` against
+/// the value's `[low, high]`, compared as sortable instant text.
+pub fn date_matches(prefix: Prefix, lo: &str, hi: &str, low: &str, high: &str) -> bool {
+    match prefix {
+        Prefix::Eq => lo >= low && hi <= high,
+        Prefix::Ne => !(lo >= low && hi <= high),
+        Prefix::Gt => hi > high,
+        Prefix::Lt => lo < low,
+        Prefix::Ge => hi >= low,
+        Prefix::Le => lo <= high,
+        Prefix::Sa => lo > high,
+        Prefix::Eb => hi < low,
+    }
+}
+
+/// Whether a live resource matches every filter of a query (the values of one filter OR-ed):
+/// the same answer as an adapter's index, computed from the resource itself.
+pub fn resource_matches(
+    resource: &Value,
+    id: &str,
+    last_updated: &str,
+    filters: &[Filter],
+) -> bool {
+    let entries = index_entries(resource);
+    filters.iter().all(|f| {
+        f.any_of.iter().any(|c| match c {
+            Criterion::Id(want) => want == id,
+            Criterion::Date { prefix, low, high } if f.param == "_lastUpdated" => {
+                date_matches(*prefix, last_updated, last_updated, low, high)
+            }
+            _ => entries
+                .iter()
+                .any(|e| e.param == f.param && c.matches(&e.value)),
+        })
+    })
 }
 
 /// The read side the partner gateway needs beyond [`super::FhirStore`]. Cursors are the
