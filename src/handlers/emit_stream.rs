@@ -27,9 +27,12 @@
 //!
 //! With the DynamoDB store, this stream is the only publisher: the `Emit` step's invocation
 //! (a trigger, not a stream batch) publishes nothing and answers `{delivered: 0, failed: 0}`
-//! ([`Invocation::Trigger`] in stream mode), so an event is never published by both the step
-//! and the stream. With the SQLite store (local runs) the step relays the outbox as before
-//! ([`super::emit`]).
+//! ([`Invocation::Trigger`] in stream mode: `FHIR_UNIFY_STORE_TABLE` set on `emit`, see
+//! [`crate::lambda::emit_env`]), so an event is never published by both the step and the
+//! stream. Without the variable the step relays the function's own outbox, which nothing writes
+//! on AWS (`publish` writes to DynamoDB, whose outbox is the stream), so it publishes nothing
+//! either; the variable makes that explicit. With the SQLite store (local runs, the embedded
+//! runtime) the step relays the outbox as before ([`super::emit`]) and no stream exists.
 
 use aws_lambda_events::event::dynamodb::EventRecord;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
@@ -110,26 +113,21 @@ pub fn trigger_in_stream_mode() -> RelayReport {
     RelayReport::default()
 }
 
-/// One `emit` invocation, whatever carried it: in stream mode (the DynamoDB store) a stream
-/// batch is published and a trigger is answered with nothing to relay; otherwise a trigger
-/// relays the outbox and a stream batch is refused (no store stream feeds this function).
+/// One `emit` invocation, whatever carried it. A stream batch comes only from the event
+/// source mapping on the store table's stream: it is published. A trigger (the state machine's
+/// `Emit` step) relays nothing in stream mode (`stream_mode`: the store is DynamoDB) and
+/// relays the outbox otherwise.
 pub async fn dispatch(
     payload: Value,
     env: &crate::env::Env,
     stream_mode: bool,
 ) -> Result<Value, super::HandlerError> {
-    let answer = match (Invocation::classify(payload)?, stream_mode) {
-        (Invocation::Stream(batch), true) => {
+    let answer = match Invocation::classify(payload)? {
+        Invocation::Stream(batch) => {
             serde_json::to_value(handle(&batch, env.bus.as_ref()).await.response)
         }
-        (Invocation::Stream(_), false) => {
-            return Err(super::HandlerError::InvalidInput(
-                "a DynamoDB stream batch, but this emit has no DynamoDB store (set FHIR_UNIFY_STORE_TABLE)"
-                    .into(),
-            ));
-        }
-        (Invocation::Trigger(_), true) => serde_json::to_value(trigger_in_stream_mode()),
-        (Invocation::Trigger(trigger), false) => {
+        Invocation::Trigger(_) if stream_mode => serde_json::to_value(trigger_in_stream_mode()),
+        Invocation::Trigger(trigger) => {
             serde_json::to_value(super::emit::handle(trigger, env).await?)
         }
     };
