@@ -181,6 +181,13 @@ fn r(t: Option<&str>, id: &str) -> Criterion {
     }
 }
 
+/// A search case: the type, the filters (parameter, values OR-ed) and the ids expected.
+type Case = (
+    &'static str,
+    Vec<(&'static str, Vec<Criterion>)>,
+    Vec<&'static str>,
+);
+
 mod cases {
     use super::*;
 
@@ -190,7 +197,7 @@ mod cases {
             let st = &st;
             async move { st.search.search(&query).await.unwrap() }
         };
-        let cases: Vec<(&str, Vec<(&str, Vec<Criterion>)>, Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "Patient",
                 vec![("family", vec![s("smith", StringMode::Prefix)])],

@@ -166,11 +166,11 @@ pub async fn handle(event: &DynamoDbStreamEvent, bus: &dyn EventBus) -> EmitStre
                 break;
             }
         }
-        if pending.len() == MAX_ENTRIES_PER_PUT {
-            if let Some(failed) = flush(&mut pending, bus, &mut out).await {
-                first_failed = Some(failed);
-                break;
-            }
+        if pending.len() == MAX_ENTRIES_PER_PUT
+            && let Some(failed) = flush(&mut pending, bus, &mut out).await
+        {
+            first_failed = Some(failed);
+            break;
         }
     }
     if first_failed.is_none() {

@@ -21,6 +21,10 @@
 //!   `lineage`, `action` (`created` | `updated` | `deleted`), `resourceType`, `id`. History is a
 //!   `Query` on `pk` with `begins_with(sk, "v#")`, newest first; the zero padding to 10
 //!   digits keeps the text order equal to the numeric order.
+//! - Search index items (`pk = "ix#<Type>#<param>"`) and type history pointers
+//!   (`pk = "hx#<Type>"`), written and removed in the same transaction as the version they
+//!   index; the current item lists its index keys (`ix`). See [`search`], which implements
+//!   [`SearchStore`] for the partner gateway.
 //!
 //! # Resources as JSON strings
 //!
@@ -29,8 +33,7 @@
 //! map would turn every JSON number into a DynamoDB number (at most 38 significant digits,
 //! normalized: `1.50` comes back as `1.5`), would refuse nesting deeper than 32 levels
 //! (Questionnaire items nest deeper), and costs a conversion of every element both ways.
-//! Nothing queries inside a resource here; search indexes, when this store gets them, will be
-//! separate attributes.
+//! Nothing queries inside a resource here: search reads its own index items ([`search`]).
 //!
 //! # Writes
 //!
@@ -68,11 +71,19 @@
 //! This store does not implement [`super::Outbox`]: on AWS its table's stream is the outbox,
 //! written by DynamoDB itself in the same commit as the data. Every committed version is
 //! exactly one history-item `INSERT` on the stream; mark-only rewrites of `current` items are
-//! `MODIFY` records that carry no event. The stream needs view type `NEW_IMAGE` (the history
-//! item is new and immutable, so the old image adds nothing); the `emit` function's event
-//! source mapping should filter on `{"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk":
-//! {"S": [{"prefix": "v#"}]}}}}` and turn each record's `NewImage` into the change event with
-//! [`change_event_from_stream_image`], the same event (and event id) the SQLite outbox holds.
+//! `MODIFY` records that carry no event, and so are index and type history writes. The stream
+//! needs view type `NEW_IMAGE` (the history item is new and immutable, so the old image adds
+//! nothing); the `emit` function's event source mapping (`EmitStoreStreamMapping` in
+//! `infra/template.yaml`) filters on `{"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk":
+//! {"S": [{"prefix": "v#"}]}}, "NewImage": {"action": {"S": ["created", "updated",
+//! "deleted"]}}}}` (only history items have `action`: an index item's sort key may start with
+//! `v#` too) and turns each record's `NewImage` into the change event with
+//! [`change_event_from_stream_image`], the same event (and event id) the SQLite outbox holds
+//! ([`crate::handlers::emit_stream`]).
+//!
+//! **IAM.** With search index items, `apply`'s transactions hold `Delete`s as well as `Put`s:
+//! the writer needs `dynamodb:DeleteItem` besides `PutItem` and `BatchGetItem`; a reader (the
+//! gateway) needs `GetItem`, `Query` and `BatchGetItem`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

@@ -784,6 +784,119 @@ mod tests {
     }
 
     #[test]
+    fn resources_match_their_own_index_values_and_nothing_else() {
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Müller"}],
+            "identifier": [{"system": "urn:mrn", "value": "M1"}], "birthDate": "1970"});
+        let f = |param: &str, any_of: Vec<Criterion>| Filter {
+            param: param.into(),
+            any_of,
+        };
+        let (low, high) = date_range("1970-06").unwrap();
+        let lu = "2024-01-01T00:00:00.000Z";
+        let yes = [
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "MÜL".into(),
+                    mode: StringMode::Prefix,
+                }],
+            ),
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "Müller".into(),
+                    mode: StringMode::Exact,
+                }],
+            ),
+            f(
+                "identifier",
+                vec![Criterion::Token {
+                    system: Some(Some("urn:mrn".into())),
+                    code: None,
+                }],
+            ),
+            f(
+                "birthdate",
+                vec![Criterion::Date {
+                    prefix: Prefix::Ge,
+                    low: low.clone(),
+                    high: high.clone(),
+                }],
+            ),
+            f(
+                "_id",
+                vec![Criterion::Id("x".into()), Criterion::Id("p1".into())],
+            ),
+            f(
+                "_lastUpdated",
+                vec![Criterion::Date {
+                    prefix: Prefix::Le,
+                    low: lu.into(),
+                    high: lu.into(),
+                }],
+            ),
+        ];
+        for filter in &yes {
+            assert!(
+                resource_matches(&p, "p1", lu, std::slice::from_ref(filter)),
+                "{filter:?}"
+            );
+        }
+        assert!(resource_matches(&p, "p1", lu, &yes));
+        let no = [
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "müller".into(),
+                    mode: StringMode::Exact,
+                }],
+            ),
+            f(
+                "identifier",
+                vec![Criterion::Token {
+                    system: Some(None),
+                    code: Some("M1".into()),
+                }],
+            ),
+            f(
+                "birthdate",
+                vec![Criterion::Date {
+                    prefix: Prefix::Eq,
+                    low,
+                    high,
+                }],
+            ),
+            f(
+                "gender",
+                vec![Criterion::Token {
+                    system: None,
+                    code: Some("male".into()),
+                }],
+            ),
+            f("family", vec![]),
+        ];
+        for filter in &no {
+            assert!(
+                !resource_matches(&p, "p1", lu, std::slice::from_ref(filter)),
+                "{filter:?}"
+            );
+        }
+        // A criterion of another kind than the value never matches it.
+        let token = Criterion::Token {
+            system: None,
+            code: Some("M1".into()),
+        };
+        assert!(!token.matches(&IndexValue::String {
+            normalized: "m1".into(),
+            exact: "M1".into()
+        }));
+        assert!(!Criterion::Id("p1".into()).matches(&IndexValue::Reference {
+            resource_type: None,
+            id: "p1".into()
+        }));
+    }
+
+    #[test]
     fn odd_shapes_index_nothing_and_do_not_panic() {
         for v in [
             json!(null),
