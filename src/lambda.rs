@@ -5,9 +5,9 @@
 //! folder, `LAMBDA_TASK_ROOT`); `FHIR_UNIFY_DATA_DIR` the folder for local data (default
 //! `/tmp/fhir-unify`, the only writable place on Lambda); `FHIR_UNIFY_EVENT_BUS` the
 //! EventBridge bus change events go to (see [`use_event_bus`]). `FHIR_UNIFY_STORE_TABLE`,
-//! set on `publish` by the stack, names the DynamoDB store table (it overrides the
-//! pipeline file's `store`). `FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`, set on every ingest
-//! function by the stack, sends their batches to the Express `unify` machine on Step
+//! set on `publish`, `gateway` and `emit` by the stack, names the DynamoDB store table (it
+//! overrides the pipeline file's `store`). `FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`, set on every
+//! ingest function by the stack, sends their batches to the Express `unify` machine on Step
 //! Functions instead of the in-process engine (see [`ingest_env`]).
 //!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::config::{DataDir, EventBridgeConfig, EventsConfig, PipelineConfig};
 use crate::env::{Env, EnvError, IngestEnv};
+use crate::gateway::{Gateway, GatewayError};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
 use crate::objects::ObjectStore;
@@ -190,6 +191,41 @@ async fn build_bulk_env(
         lease: crate::bulk::DEFAULT_LEASE,
         records_read: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     })
+}
+
+/// The partner API of the `gateway` function: over the DynamoDB store when
+/// `FHIR_UNIFY_STORE_TABLE` (set by the stack, with read-only access to the table) or the
+/// pipeline file's `store.dynamodb` names a table — reads, history and search then go to that
+/// table, shared by every instance; otherwise over the embedded SQLite store under
+/// `FHIR_UNIFY_DATA_DIR` (one per execution environment: local runs only).
+pub async fn gateway_env() -> Result<Gateway, EnvError> {
+    let built = match load_config().and_then(|(config, data)| {
+        let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
+        Ok((config, data, table))
+    }) {
+        Ok((_, _, Some(table))) => {
+            tracing::info!(table = %table, "gateway reads the DynamoDB store");
+            let store = Arc::new(DynamoStore::from_environment(table).await);
+            Ok(Gateway::new(store.clone(), store))
+        }
+        Ok((config, data, None)) => Gateway::from_config(&config, &data).map_err(|e| match e {
+            GatewayError::Store(e) => EnvError::Store(e),
+        }),
+        Err(e) => Err(e),
+    };
+    reported(built)
+}
+
+/// The environment of `emit`: [`step_env`], and whether the store is DynamoDB
+/// (`FHIR_UNIFY_STORE_TABLE` or the pipeline file's `store.dynamodb`). Then the table's stream
+/// publishes the change events and the state machine's `Emit` step relays nothing
+/// ([`crate::handlers::emit_stream`]).
+pub fn emit_env() -> Result<(Arc<Env>, bool), EnvError> {
+    let built = load_config().and_then(|(config, data)| {
+        let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
+        Ok((Arc::new(Env::from_config(&config, &data)?), table.is_some()))
+    });
+    reported(built)
 }
 
 /// The DynamoDB table of the store: the variable (set by the stack) first, then the pipeline

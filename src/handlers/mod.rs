@@ -5,6 +5,7 @@
 mod apigw;
 pub mod authorizer;
 pub mod emit;
+pub mod emit_stream;
 pub mod errors;
 pub mod gateway;
 pub mod ingest_api;

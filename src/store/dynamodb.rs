@@ -21,6 +21,10 @@
 //!   `lineage`, `action` (`created` | `updated` | `deleted`), `resourceType`, `id`. History is a
 //!   `Query` on `pk` with `begins_with(sk, "v#")`, newest first; the zero padding to 10
 //!   digits keeps the text order equal to the numeric order.
+//! - Search index items (`pk = "ix#<Type>#<param>"`) and type history pointers
+//!   (`pk = "hx#<Type>"`), written and removed in the same transaction as the version they
+//!   index; the current item lists its index keys (`ix`). See [`search`], which implements
+//!   [`SearchStore`] for the partner gateway.
 //!
 //! # Resources as JSON strings
 //!
@@ -29,8 +33,7 @@
 //! map would turn every JSON number into a DynamoDB number (at most 38 significant digits,
 //! normalized: `1.50` comes back as `1.5`), would refuse nesting deeper than 32 levels
 //! (Questionnaire items nest deeper), and costs a conversion of every element both ways.
-//! Nothing queries inside a resource here; search indexes, when this store gets them, will be
-//! separate attributes.
+//! Nothing queries inside a resource here: search reads its own index items ([`search`]).
 //!
 //! # Writes
 //!
@@ -68,11 +71,19 @@
 //! This store does not implement [`super::Outbox`]: on AWS its table's stream is the outbox,
 //! written by DynamoDB itself in the same commit as the data. Every committed version is
 //! exactly one history-item `INSERT` on the stream; mark-only rewrites of `current` items are
-//! `MODIFY` records that carry no event. The stream needs view type `NEW_IMAGE` (the history
-//! item is new and immutable, so the old image adds nothing); the `emit` function's event
-//! source mapping should filter on `{"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk":
-//! {"S": [{"prefix": "v#"}]}}}}` and turn each record's `NewImage` into the change event with
-//! [`change_event_from_stream_image`], the same event (and event id) the SQLite outbox holds.
+//! `MODIFY` records that carry no event, and so are index and type history writes. The stream
+//! needs view type `NEW_IMAGE` (the history item is new and immutable, so the old image adds
+//! nothing); the `emit` function's event source mapping (`EmitStoreStreamMapping` in
+//! `infra/template.yaml`) filters on `{"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk":
+//! {"S": [{"prefix": "v#"}]}}, "NewImage": {"action": {"S": ["created", "updated",
+//! "deleted"]}}}}` (only history items have `action`: an index item's sort key may start with
+//! `v#` too) and turns each record's `NewImage` into the change event with
+//! [`change_event_from_stream_image`], the same event (and event id) the SQLite outbox holds
+//! ([`crate::handlers::emit_stream`]).
+//!
+//! **IAM.** With search index items, `apply`'s transactions hold `Delete`s as well as `Put`s:
+//! the writer needs `dynamodb:DeleteItem` besides `PutItem` and `BatchGetItem`; a reader (the
+//! gateway) needs `GetItem`, `Query` and `BatchGetItem`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -82,12 +93,14 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    Put, ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
+    KeysAndAttributes, Put, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TransactWriteItem,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 
+use super::search::{HistoryPage, HistoryQuery, SearchPage, SearchQuery, SearchStore};
 use super::sqlite::Clock;
 use super::{
     FhirStore, StoreError, StoredVersion, canonical_content, change_event, check_ref, format_time,
@@ -149,6 +162,9 @@ struct Current {
     content: Option<String>,
     lineage: Option<String>,
     marks: BTreeMap<String, Sequence>,
+    /// The keys of the resource's search index items (`[pk, sk]`), removed with its next
+    /// version.
+    ix: Vec<(String, String)>,
 }
 
 impl Current {
@@ -176,7 +192,37 @@ struct Segment {
     /// History items, in order.
     history: Vec<HashMap<String, AttributeValue>>,
     history_bytes: usize,
+    /// Search index rewrites, per resource: from its index when the segment began to its
+    /// index after the segment's last version of it.
+    index: BTreeMap<ResourceRef, IndexWrite>,
+    /// Items the index rewrites touch (puts and deletes), and the bytes they put.
+    index_len: usize,
+    index_bytes: usize,
     outcomes: Vec<PublishOutcome>,
+}
+
+/// The index items one resource's versions in a segment put, and the old ones they delete.
+#[derive(Clone)]
+struct IndexWrite {
+    puts: Vec<HashMap<String, AttributeValue>>,
+    deletes: Vec<(String, String)>,
+    bytes: usize,
+}
+
+impl IndexWrite {
+    fn len(&self) -> usize {
+        self.puts.len() + self.deletes.len()
+    }
+}
+
+/// What a new version writes besides the current item.
+struct VersionWrites {
+    /// The version's history item.
+    history: HashMap<String, AttributeValue>,
+    /// Its type history pointer.
+    pointer: HashMap<String, AttributeValue>,
+    /// The resource's index items after this version (none after a delete).
+    index: Vec<HashMap<String, AttributeValue>>,
 }
 
 enum CommitError {
@@ -381,21 +427,46 @@ impl DynamoStore {
                     .expression_attribute_names("#pk", PK),
             );
         }
-        if items.is_empty() {
+        // Index items need no condition: the current item's condition serializes every write
+        // of the resource, so the keys it listed are exactly those in the table.
+        let mut deletes = Vec::new();
+        for write in segment.index.values() {
+            for item in &write.puts {
+                items.push(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item.clone())),
+                );
+            }
+            for (p, k) in &write.deletes {
+                deletes.push(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .key(PK, AttributeValue::S(p.clone()))
+                        .key(SK, AttributeValue::S(k.clone())),
+                );
+            }
+        }
+        if items.is_empty() && deletes.is_empty() {
             return Ok(());
         }
+        let failed = |e: aws_sdk_dynamodb::error::BuildError| {
+            CommitError::Failed(StoreError::Unavailable(format!(
+                "table {}: {e}",
+                self.table
+            )))
+        };
         let mut request = self
             .client
             .transact_write_items()
             .client_request_token(uuid::Uuid::new_v4().to_string());
         for put in items {
-            let put = put.build().map_err(|e| {
-                CommitError::Failed(StoreError::Unavailable(format!(
-                    "table {}: {e}",
-                    self.table
-                )))
-            })?;
+            let put = put.build().map_err(failed)?;
             request = request.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        for delete in deletes {
+            let delete = delete.build().map_err(failed)?;
+            request = request.transact_items(TransactWriteItem::builder().delete(delete).build());
         }
         match request.send().await {
             Ok(_) => Ok(()),
@@ -605,6 +676,17 @@ impl FhirStore for DynamoStore {
     }
 }
 
+#[async_trait]
+impl SearchStore for DynamoStore {
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        self.search_page(query).await
+    }
+
+    async fn history_page(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.history_page_of(query).await
+    }
+}
+
 /// Checks one change and serializes what every write needs, so that a bad change fails the
 /// call before anything is written.
 fn prepare(
@@ -633,7 +715,24 @@ fn prepare(
             content: Some(stored.clone()),
             lineage: Some(lineage_text.clone()),
             marks: BTreeMap::from([(mark_key.clone(), change.lineage.sequence.clone())]),
+            ix: Vec::new(),
         };
+        let index = search::index_items(target, Some(content), now);
+        if index.len() > search::MAX_INDEX_ITEMS {
+            return Err(invalid(
+                target,
+                format!(
+                    "the resource has {} search index values; this store indexes at most {} per resource (one transaction must hold a version's old and new index)",
+                    index.len(),
+                    search::MAX_INDEX_ITEMS
+                ),
+            ));
+        }
+        for item in &index {
+            check_item_size(target, item)?;
+        }
+        let mut probe = probe;
+        probe.ix = index.iter().map(search::item_key).collect();
         check_item_size(target, &current_item(target, &probe))?;
         check_item_size(
             target,
@@ -674,13 +773,45 @@ fn plan(
             .or_else(|| state.get(target))
             .cloned()
             .unwrap_or_default();
-        let (after, outcome, version_item) = step(p, &before, now)?;
+        let (after, outcome, writes) = step(p, &before, now)?;
         let rewrites = after != before;
         let mut history_bytes = segment.history_bytes;
         let mut history_len = segment.history.len();
-        if let Some(item) = &version_item {
-            history_bytes += check_item_size(target, item)?;
-            history_len += 1;
+        let (mut index_len, mut index_bytes) = (segment.index_len, segment.index_bytes);
+        let mut index_write = None;
+        if let Some(w) = &writes {
+            for item in [&w.history, &w.pointer] {
+                history_bytes += check_item_size(target, item)?;
+                history_len += 1;
+            }
+            // From the index the table holds (as of the segment's start) to this version's.
+            let new_keys: HashSet<(String, String)> =
+                w.index.iter().map(search::item_key).collect();
+            let deletes: Vec<(String, String)> = state
+                .get(target)
+                .map(|c| c.ix.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(|k| !new_keys.contains(*k))
+                .cloned()
+                .collect();
+            let bytes = w
+                .index
+                .iter()
+                .map(|i| check_item_size(target, i))
+                .sum::<Result<usize, _>>()?;
+            let write = IndexWrite {
+                puts: w.index.clone(),
+                deletes,
+                bytes,
+            };
+            if let Some(old) = segment.index.get(target) {
+                index_len -= old.len();
+                index_bytes -= old.bytes;
+            }
+            index_len += write.len();
+            index_bytes += write.bytes;
+            index_write = Some(write);
         }
         let mut sizes = current_bytes.clone();
         let mut rewritten_len = segment.rewritten.len();
@@ -691,9 +822,9 @@ fn plan(
                 rewritten_len += 1;
             }
         }
-        let bytes = history_bytes + sizes.values().sum::<usize>();
-        let overflows =
-            rewritten_len + history_len > MAX_TRANSACTION_ITEMS || bytes > MAX_TRANSACTION_BYTES;
+        let bytes = history_bytes + index_bytes + sizes.values().sum::<usize>();
+        let overflows = rewritten_len + history_len + index_len > MAX_TRANSACTION_ITEMS
+            || bytes > MAX_TRANSACTION_BYTES;
         if overflows && done > 0 {
             return Ok((segment, done, next));
         }
@@ -702,9 +833,15 @@ fn plan(
             segment.rewritten.entry(target.clone()).or_insert(read_rev);
             current_bytes = sizes;
         }
-        if let Some(item) = version_item {
-            segment.history.push(item);
+        if let Some(w) = writes {
+            segment.history.push(w.history);
+            segment.history.push(w.pointer);
             segment.history_bytes = history_bytes;
+        }
+        if let Some(write) = index_write {
+            segment.index.insert(target.clone(), write);
+            segment.index_len = index_len;
+            segment.index_bytes = index_bytes;
         }
         segment.outcomes.push(outcome);
         next.insert(target.clone(), after);
@@ -713,20 +850,12 @@ fn plan(
 }
 
 /// One change against one resource state, as the SQLite store's `apply_one` does it: the new
-/// state (its `rev` bumped when it differs), the outcome, and the history item of a new version.
-#[allow(clippy::type_complexity)]
+/// state (its `rev` bumped when it differs), the outcome, and the writes of a new version.
 fn step(
     p: &Prepared<'_>,
     before: &Current,
     now: DateTime<Utc>,
-) -> Result<
-    (
-        Current,
-        PublishOutcome,
-        Option<HashMap<String, AttributeValue>>,
-    ),
-    StoreError,
-> {
+) -> Result<(Current, PublishOutcome, Option<VersionWrites>), StoreError> {
     let target = &p.change.target;
     let lineage = &p.change.lineage;
     if p.check_order
@@ -787,6 +916,13 @@ fn step(
         stored.as_deref(),
         &p.lineage_text,
     );
+    let index = search::index_items(target, p.content.as_ref(), last_updated);
+    after.ix = index.iter().map(search::item_key).collect();
+    let writes = VersionWrites {
+        history: item,
+        pointer: search::type_history_item(target, next_version, last_updated),
+        index,
+    };
     after.version = next_version;
     after.last_updated = Some(last_updated);
     after.deleted = stored.is_none();
@@ -799,7 +935,7 @@ fn step(
         version_id: Some(next_version.to_string()),
         last_updated: Some(last_updated),
     };
-    Ok((after, out, Some(item)))
+    Ok((after, out, Some(writes)))
 }
 
 /// A change that makes no version: the state keeps its version, and is rewritten only if a
@@ -809,11 +945,7 @@ fn finish(
     mut after: Current,
     target: &ResourceRef,
     action: PublishAction,
-) -> (
-    Current,
-    PublishOutcome,
-    Option<HashMap<String, AttributeValue>>,
-) {
+) -> (Current, PublishOutcome, Option<VersionWrites>) {
     if after != *before {
         after.rev = before.rev + 1;
     }
@@ -887,6 +1019,18 @@ fn current_item(target: &ResourceRef, c: &Current) -> HashMap<String, AttributeV
         .map(|(k, v)| (k.clone(), AttributeValue::S(v.as_str().to_owned())))
         .collect();
     item.insert("marks".into(), AttributeValue::M(marks));
+    if !c.ix.is_empty() {
+        let keys =
+            c.ix.iter()
+                .map(|(p, k)| {
+                    AttributeValue::L(vec![
+                        AttributeValue::S(p.clone()),
+                        AttributeValue::S(k.clone()),
+                    ])
+                })
+                .collect();
+        item.insert("ix".into(), AttributeValue::L(keys));
+    }
     item
 }
 
@@ -1029,7 +1173,26 @@ fn parse_current(
             marks.insert(k.clone(), sequence);
         }
     }
+    let mut ix = Vec::new();
+    match item.get("ix") {
+        None => {}
+        Some(AttributeValue::L(keys)) => {
+            for k in keys {
+                match k {
+                    AttributeValue::L(pair) => match pair.as_slice() {
+                        [AttributeValue::S(p), AttributeValue::S(s)] => {
+                            ix.push((p.clone(), s.clone()));
+                        }
+                        _ => return Err(corrupt(target, "an index key is not [pk, sk]")),
+                    },
+                    _ => return Err(corrupt(target, "an index key is not [pk, sk]")),
+                }
+            }
+        }
+        Some(_) => return Err(corrupt(target, "attribute ix is not a list")),
+    }
     Ok(Current {
+        ix,
         rev: number_attr(target, item, "rev")?,
         version: number_attr(target, item, "version")?,
         last_updated: time_attr(target, item)?,
@@ -1106,8 +1269,12 @@ struct HistoryImage {
 pub fn change_event_from_stream_image(
     image: &serde_dynamo::Item,
 ) -> Result<Option<ChangeEvent>, StoreError> {
+    let pk = match image.get(PK) {
+        Some(serde_dynamo::AttributeValue::S(pk)) => pk.as_str(),
+        _ => "",
+    };
     match image.get(SK) {
-        Some(serde_dynamo::AttributeValue::S(sk)) if sk.starts_with(HISTORY_PREFIX) => {}
+        Some(serde_dynamo::AttributeValue::S(sk)) if search::is_history_key(pk, sk) => {}
         Some(serde_dynamo::AttributeValue::S(_)) => return Ok(None),
         _ => {
             return Err(StoreError::Corrupt(
@@ -1146,6 +1313,7 @@ pub fn change_event_from_stream_image(
 }
 
 pub mod dataset;
+pub mod search;
 
 #[cfg(test)]
 mod tests;

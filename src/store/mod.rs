@@ -5,7 +5,8 @@
 //! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]) and [`dynamodb`]
 //! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS). FHIR REST servers
 //! come later. `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway reads through [`SearchStore`] as well
-//! ([`search`]: type-level search, paged history).
+//! ([`search`]: type-level search, paged history), which both adapters implement with the same
+//! answers (`tests/search_suite.rs`).
 //!
 //! Semantics every adapter keeps:
 //! - an upsert assigns the next `versionId` (1, 2, 3…) and `lastUpdated`, and keeps history;

@@ -88,14 +88,14 @@ pub fn param_kind(resource_type: &str, param: &str) -> Option<ParamKind> {
 }
 
 /// One indexed value of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IndexEntry {
     pub param: &'static str,
     pub value: IndexValue,
 }
 
 /// An indexed value, by parameter kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IndexValue {
     Token {
         system: Option<String>,
@@ -538,6 +538,84 @@ pub struct HistoryPage {
     pub next: Option<String>,
 }
 
+impl Criterion {
+    /// Whether one indexed value of parameter `param` matches: the reference semantics every
+    /// adapter answers with (the SQLite store in SQL, the DynamoDB store in Rust over the index
+    /// items its key conditions narrowed down). `_id` is not an indexed value: always false.
+    pub fn matches(&self, value: &IndexValue) -> bool {
+        match (self, value) {
+            (Criterion::Token { system, code }, IndexValue::Token { system: s, code: c }) => {
+                code.as_ref().is_none_or(|code| code == c)
+                    && match system {
+                        None => true,
+                        Some(None) => s.is_none(),
+                        Some(Some(want)) => s.as_deref() == Some(want.as_str()),
+                    }
+            }
+            (Criterion::String { value, mode }, IndexValue::String { normalized, exact }) => {
+                match mode {
+                    StringMode::Exact => exact == value,
+                    StringMode::Prefix => normalized.starts_with(&value.to_lowercase()),
+                    StringMode::Contains => normalized.contains(&value.to_lowercase()),
+                }
+            }
+            (Criterion::Date { prefix, low, high }, IndexValue::Date { low: lo, high: hi }) => {
+                date_matches(*prefix, lo, hi, low, high)
+            }
+            (
+                Criterion::Reference { resource_type, id },
+                IndexValue::Reference {
+                    resource_type: t,
+                    id: i,
+                },
+            ) => {
+                id == i
+                    && resource_type
+                        .as_ref()
+                        .is_none_or(|want| t.as_deref() == Some(want.as_str()))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// FHIR R4 prefix semantics of a date search over ranges: the resource's `[lo, hi]` against
+/// the value's `[low, high]`, compared as sortable instant text.
+pub fn date_matches(prefix: Prefix, lo: &str, hi: &str, low: &str, high: &str) -> bool {
+    match prefix {
+        Prefix::Eq => lo >= low && hi <= high,
+        Prefix::Ne => !(lo >= low && hi <= high),
+        Prefix::Gt => hi > high,
+        Prefix::Lt => lo < low,
+        Prefix::Ge => hi >= low,
+        Prefix::Le => lo <= high,
+        Prefix::Sa => lo > high,
+        Prefix::Eb => hi < low,
+    }
+}
+
+/// Whether a live resource matches every filter of a query (the values of one filter OR-ed):
+/// the same answer as an adapter's index, computed from the resource itself.
+pub fn resource_matches(
+    resource: &Value,
+    id: &str,
+    last_updated: &str,
+    filters: &[Filter],
+) -> bool {
+    let entries = index_entries(resource);
+    filters.iter().all(|f| {
+        f.any_of.iter().any(|c| match c {
+            Criterion::Id(want) => want == id,
+            Criterion::Date { prefix, low, high } if f.param == "_lastUpdated" => {
+                date_matches(*prefix, last_updated, last_updated, low, high)
+            }
+            _ => entries
+                .iter()
+                .any(|e| e.param == f.param && c.matches(&e.value)),
+        })
+    })
+}
+
 /// The read side the partner gateway needs beyond [`super::FhirStore`]. Cursors are the
 /// adapter's own text; a cursor the adapter did not make is [`StoreError::Invalid`].
 #[async_trait]
@@ -703,6 +781,119 @@ mod tests {
             !e.iter().any(|e| e.param == "date"),
             "a bad date is not indexed"
         );
+    }
+
+    #[test]
+    fn resources_match_their_own_index_values_and_nothing_else() {
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Müller"}],
+            "identifier": [{"system": "urn:mrn", "value": "M1"}], "birthDate": "1970"});
+        let f = |param: &str, any_of: Vec<Criterion>| Filter {
+            param: param.into(),
+            any_of,
+        };
+        let (low, high) = date_range("1970-06").unwrap();
+        let lu = "2024-01-01T00:00:00.000Z";
+        let yes = [
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "MÜL".into(),
+                    mode: StringMode::Prefix,
+                }],
+            ),
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "Müller".into(),
+                    mode: StringMode::Exact,
+                }],
+            ),
+            f(
+                "identifier",
+                vec![Criterion::Token {
+                    system: Some(Some("urn:mrn".into())),
+                    code: None,
+                }],
+            ),
+            f(
+                "birthdate",
+                vec![Criterion::Date {
+                    prefix: Prefix::Ge,
+                    low: low.clone(),
+                    high: high.clone(),
+                }],
+            ),
+            f(
+                "_id",
+                vec![Criterion::Id("x".into()), Criterion::Id("p1".into())],
+            ),
+            f(
+                "_lastUpdated",
+                vec![Criterion::Date {
+                    prefix: Prefix::Le,
+                    low: lu.into(),
+                    high: lu.into(),
+                }],
+            ),
+        ];
+        for filter in &yes {
+            assert!(
+                resource_matches(&p, "p1", lu, std::slice::from_ref(filter)),
+                "{filter:?}"
+            );
+        }
+        assert!(resource_matches(&p, "p1", lu, &yes));
+        let no = [
+            f(
+                "family",
+                vec![Criterion::String {
+                    value: "müller".into(),
+                    mode: StringMode::Exact,
+                }],
+            ),
+            f(
+                "identifier",
+                vec![Criterion::Token {
+                    system: Some(None),
+                    code: Some("M1".into()),
+                }],
+            ),
+            f(
+                "birthdate",
+                vec![Criterion::Date {
+                    prefix: Prefix::Eq,
+                    low,
+                    high,
+                }],
+            ),
+            f(
+                "gender",
+                vec![Criterion::Token {
+                    system: None,
+                    code: Some("male".into()),
+                }],
+            ),
+            f("family", vec![]),
+        ];
+        for filter in &no {
+            assert!(
+                !resource_matches(&p, "p1", lu, std::slice::from_ref(filter)),
+                "{filter:?}"
+            );
+        }
+        // A criterion of another kind than the value never matches it.
+        let token = Criterion::Token {
+            system: None,
+            code: Some("M1".into()),
+        };
+        assert!(!token.matches(&IndexValue::String {
+            normalized: "m1".into(),
+            exact: "M1".into()
+        }));
+        assert!(!Criterion::Id("p1".into()).matches(&IndexValue::Reference {
+            resource_type: None,
+            id: "p1".into()
+        }));
     }
 
     #[test]

@@ -63,12 +63,26 @@ fn creates_are_split_into_transactions_of_at_most_100_items() {
         .map(|i| upsert(&format!("p{i}"), "A", "1"))
         .collect();
     let segments = plan_all(&changes);
-    // Two items per created resource: 50 resources per transaction.
-    assert_eq!(segments.len(), 10);
-    for s in &segments {
-        assert_eq!(s.rewritten.len() + s.history.len(), MAX_TRANSACTION_ITEMS);
+    // Per created resource: current, history and type history items, and 4 index items
+    // (_all, _lastUpdated, name, family): 14 resources (98 items) per transaction.
+    let per_resource = 3 + 4;
+    let per_segment = MAX_TRANSACTION_ITEMS / per_resource;
+    assert_eq!(segments.len(), 500_usize.div_ceil(per_segment));
+    for (i, s) in segments.iter().enumerate() {
+        let items = s.rewritten.len() + s.history.len() + s.index_len;
+        let resources = if i + 1 < segments.len() {
+            per_segment
+        } else {
+            500 - per_segment * (segments.len() - 1)
+        };
+        assert_eq!(items, resources * per_resource);
         assert!(s.rewritten.values().all(|rev| *rev == 0));
-        assert_eq!(s.outcomes.len(), 50);
+        assert_eq!(s.outcomes.len(), resources);
+        assert!(
+            s.index
+                .values()
+                .all(|w| w.deletes.is_empty() && w.puts.len() == 4)
+        );
     }
     let outcomes: Vec<_> = segments.iter().flat_map(|s| &s.outcomes).collect();
     assert_eq!(outcomes.len(), 500);
@@ -81,12 +95,23 @@ fn versions_of_one_resource_share_its_current_item_and_split_in_order() {
         .map(|i| upsert("p1", &format!("V{i}"), &i.to_string()))
         .collect();
     let segments = plan_all(&changes);
-    // One current item + 99 history items, then the rest, conditioned on the first's rev.
-    assert_eq!(segments.len(), 2);
-    assert_eq!(segments[0].history.len(), 99);
-    assert_eq!(segments[1].history.len(), 51);
+    // One current item, the index of the segment's last version (4 items; after the first
+    // segment also 2 deletes: the old name and family, as _all and _lastUpdated keep their
+    // keys at one clock time), and two items per version (history, type history): 47
+    // versions, then 46 a segment, each conditioned on the rev the one before wrote.
+    let first = (MAX_TRANSACTION_ITEMS - 1 - 4) / 2;
+    let later = (MAX_TRANSACTION_ITEMS - 1 - 6) / 2;
+    let sizes: Vec<usize> = segments.iter().map(|s| s.history.len() / 2).collect();
+    assert_eq!(sizes, [first, later, later, 150 - first - 2 * later]);
     assert_eq!(segments[0].rewritten.get(&target("p1")), Some(&0));
-    assert_eq!(segments[1].rewritten.get(&target("p1")), Some(&99));
+    assert_eq!(
+        segments[1].rewritten.get(&target("p1")),
+        Some(&(first as u64))
+    );
+    for s in &segments[1..] {
+        let w = &s.index[&target("p1")];
+        assert_eq!((w.puts.len(), w.deletes.len()), (4, 2));
+    }
     let versions: Vec<_> = segments
         .iter()
         .flat_map(|s| &s.outcomes)
@@ -144,7 +169,9 @@ fn stale_and_replayed_changes_write_nothing_and_mark_moves_rewrite_current_only(
         .map(|c| prepare(c, now(), true).unwrap())
         .collect();
     let (segment, _, state) = plan(&first, &HashMap::new(), now()).unwrap();
-    assert_eq!(segment.history.len(), 1);
+    // The version's history item and its type history pointer.
+    assert_eq!(segment.history.len(), 2);
+    assert_eq!(segment.index_len, 4);
     let mut state: HashMap<_, _> = state
         .into_iter()
         .map(|(t, mut c)| {
@@ -163,6 +190,7 @@ fn stale_and_replayed_changes_write_nothing_and_mark_moves_rewrite_current_only(
         assert_eq!(segment.outcomes[0].action, action);
         assert_eq!(segment.outcomes[0].version_id.as_deref(), Some("1"));
         assert!(segment.history.is_empty());
+        assert!(segment.index.is_empty(), "no version, no index write");
         assert_eq!(segment.rewritten.len(), writes, "{action:?}");
         if writes > 0 {
             assert_eq!(segment.rewritten.get(&target("p1")), Some(&1));
@@ -215,6 +243,7 @@ fn current_items_round_trip() {
             mark_key(&lineage("1")),
             Sequence::parse("12345678901234567890123456789012345678901234567890").unwrap(),
         )]),
+        ix: vec![("ix#Patient#_all".into(), "p1".into())],
     };
     let item = current_item(&target("p1"), &current);
     assert_eq!(parse_current(&target("p1"), &item).unwrap(), current);
@@ -258,6 +287,7 @@ fn image(item: &HashMap<String, AttributeValue>) -> serde_dynamo::Item {
                 AttributeValue::N(n) => serde_dynamo::AttributeValue::N(n.clone()),
                 AttributeValue::Bool(b) => serde_dynamo::AttributeValue::Bool(*b),
                 AttributeValue::M(_) => serde_dynamo::AttributeValue::M(HashMap::new()),
+                AttributeValue::L(_) => serde_dynamo::AttributeValue::L(Vec::new()),
                 other => panic!("{other:?}"),
             };
             (k.clone(), v)
