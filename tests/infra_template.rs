@@ -118,7 +118,7 @@ fn functions(template: &Value) -> BTreeMap<String, Value> {
 /// `src/lambda.rs`), with the template's functions that must set them; every other function
 /// must not.
 const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
-    // lambda::publish_env, lambda::api_env and the gateway: the DynamoDB store table.
+    // lambda::publish_env, lambda::api_env, lambda::gateway_env, lambda::emit_env: the store table.
     // lambda::bulk_env: the store table the pointer moves publish into (issue 7).
     (
         "FHIR_UNIFY_STORE_TABLE",
@@ -126,6 +126,7 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
             "PublishFunction",
             "GatewayFunction",
             "IngestApiFunction",
+            "EmitFunction",
             "BulkBeginFunction",
             "BulkLoadChunkFunction",
             "BulkFinalizeFunction",
