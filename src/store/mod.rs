@@ -2,9 +2,10 @@
 //! [`FhirStore::apply`], which also records one outbox entry per committed change so events
 //! follow the store exactly.
 //!
-//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]) and [`dynamodb`]
-//! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS). FHIR REST servers
-//! come later. `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway reads through [`SearchStore`] as well
+//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]), [`dynamodb`]
+//! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS) and [`rest`]
+//! ([`rest::RestStore`], any FHIR R4 server: HealthLake, HAPI, `fhir-unify serve`…).
+//! `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway reads through [`SearchStore`] as well
 //! ([`search`]: type-level search, paged history).
 //!
 //! Semantics every adapter keeps:
@@ -20,6 +21,7 @@
 
 pub mod dataset;
 pub mod dynamodb;
+pub mod rest;
 pub mod search;
 pub mod sqlite;
 
