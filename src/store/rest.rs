@@ -1090,11 +1090,20 @@ fn plan_bundles(prepared: &[Prepared<'_>], max_entries: usize) -> Vec<Vec<usize>
         component[*occurrence].push(i);
         *occurrence += 1;
     }
+    // All first changes, then all second changes…: each target's changes stay in order, and
+    // the common case (each resource once) is as few Bundles as the limit allows.
+    let mut units: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    for (c, root) in components.iter().enumerate() {
+        for (layer, unit) in layers.remove(root).unwrap_or_default().into_iter().enumerate() {
+            units.push((layer, c, unit));
+        }
+    }
+    units.sort_by_key(|(layer, c, _)| (*layer, *c));
     let mut bundles: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut in_current: HashSet<&ResourceRef> = HashSet::new();
-    for root in components {
-        for unit in layers.remove(&root).unwrap_or_default() {
+    {
+        for (_, _, unit) in units {
             let clash = unit.iter().any(|&i| in_current.contains(&prepared[i].change.target));
             if clash || current.len() + unit.len() > per_bundle {
                 if !current.is_empty() {
