@@ -407,3 +407,6 @@ fn check_preconditions(w: &Write, current: Option<&StoredVersion>) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
