@@ -1188,8 +1188,14 @@ sources:
             ("{ rest: { base: \"ftp://x\", auth: none } }", "not an http"),
             ("{ rest: { base: \"http://x\", auth: basic } }", "basic"),
             ("{ rest: { base: \"http://x\" } }", "auth"),
-            ("{ rest: { base: \"http://x\", auth: none, max_entries: 1 } }", "at least 2"),
-            ("{ rest: { base: \"http://x\", auth: none, token: t } }", "token"),
+            (
+                "{ rest: { base: \"http://x\", auth: none, max_entries: 1 } }",
+                "at least 2",
+            ),
+            (
+                "{ rest: { base: \"http://x\", auth: none, token: t } }",
+                "token",
+            ),
             (
                 "{ rest: { base: \"http://x\", auth: none }, dynamodb: { table: T1 } }",
                 "two store kinds",

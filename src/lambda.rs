@@ -337,7 +337,11 @@ mod tests {
         use crate::config::RestAuthKind;
         let sqlite = config("");
         assert!(rest_store_config(None, &sqlite).unwrap().is_none());
-        assert!(rest_store_config(Some(" ".into()), &sqlite).unwrap().is_none());
+        assert!(
+            rest_store_config(Some(" ".into()), &sqlite)
+                .unwrap()
+                .is_none()
+        );
         let healthlake = "https://healthlake.us-east-1.amazonaws.com/datastore/abc/r4/";
         let r = rest_store_config(Some(healthlake.into()), &sqlite)
             .unwrap()
@@ -347,10 +351,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.auth, RestAuthKind::None);
-        let file =
-            config("store: { rest: { base: \"http://file/fhir\", auth: bearer, max_entries: 40 } }\n");
+        let file = config(
+            "store: { rest: { base: \"http://file/fhir\", auth: bearer, max_entries: 40 } }\n",
+        );
         let r = rest_store_config(None, &file).unwrap().unwrap();
-        assert_eq!((r.base.as_str(), r.max_entries), ("http://file/fhir", Some(40)));
+        assert_eq!(
+            (r.base.as_str(), r.max_entries),
+            ("http://file/fhir", Some(40))
+        );
         let r = rest_store_config(Some("https://stack/fhir".into()), &file)
             .unwrap()
             .unwrap();
@@ -359,7 +367,10 @@ mod tests {
             ("https://stack/fhir", RestAuthKind::Bearer, Some(40))
         );
         let err = rest_store_config(Some("ftp://x".into()), &sqlite).unwrap_err();
-        assert!(err.to_string().contains("FHIR_UNIFY_FHIR_ENDPOINT"), "{err}");
+        assert!(
+            err.to_string().contains("FHIR_UNIFY_FHIR_ENDPOINT"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -214,9 +214,8 @@ impl Gateway {
         for (n, e) in entries.iter().enumerate() {
             let label = format!("entry {n}");
             let text = |p: &str| e.pointer(p).and_then(Value::as_str);
-            let url = text("/request/url").ok_or_else(|| {
-                Refusal::bad_request(format!("{label}: request.url is missing"))
-            })?;
+            let url = text("/request/url")
+                .ok_or_else(|| Refusal::bad_request(format!("{label}: request.url is missing")))?;
             let url = url
                 .strip_prefix(&format!("{}/", req.base_url))
                 .unwrap_or(url);
@@ -382,7 +381,10 @@ fn check_preconditions(w: &Write, current: Option<&StoredVersion>) -> Result<(),
                 return Err(Refusal::new(
                     412,
                     "conflict",
-                    format!("{}: If-Match names version {wanted:?}, the resource does not exist", w.label),
+                    format!(
+                        "{}: If-Match names version {wanted:?}, the resource does not exist",
+                        w.label
+                    ),
                 ));
             }
         }

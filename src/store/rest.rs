@@ -79,8 +79,10 @@ use super::{
     FhirStore, StoreError, StoredVersion, canonical_content, check_ref, format_time, invalid,
     is_fhir_id,
 };
-use crate::model::{Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp, ResourceRef};
 use crate::model::Sequence;
+use crate::model::{
+    Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp, ResourceRef,
+};
 
 /// Attempts of one Bundle that keeps losing a race to other writers.
 pub const MAX_CONFLICT_ATTEMPTS: u32 = 12;
@@ -104,7 +106,8 @@ pub const STATE_ID_PREFIX: &str = "fu-state-";
 pub const TOKEN_VARIABLE: &str = "FHIR_UNIFY_FHIR_TOKEN";
 
 /// The namespace of state resource ids (UUID v5 over `Type/id`).
-const STATE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1d_52a3_9c1e_4c55_b0a7_1d2b_5e9f_0c41);
+const STATE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1d_52a3_9c1e_4c55_b0a7_1d2b_5e9f_0c41);
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -264,7 +267,9 @@ impl RestStore {
             return Err(bad("a base URL has no query, fragment or spaces"));
         }
         if options.max_entries < 2 {
-            return Err(bad("max_entries must be at least 2 (a resource and its state)"));
+            return Err(bad(
+                "max_entries must be at least 2 (a resource and its state)",
+            ));
         }
         if options.max_attempts == 0 {
             return Err(bad("max_attempts must be at least 1"));
@@ -373,7 +378,10 @@ impl RestStore {
                 credentials,
             } => {
                 let creds = credentials.provide_credentials().await.map_err(|e| {
-                    StoreError::Unavailable(format!("FHIR server {}: AWS credentials: {e}", self.base))
+                    StoreError::Unavailable(format!(
+                        "FHIR server {}: AWS credentials: {e}",
+                        self.base
+                    ))
                 })?;
                 sigv4_headers(
                     method,
@@ -386,7 +394,10 @@ impl RestStore {
                     SystemTime::now(),
                 )
                 .map_err(|e| {
-                    StoreError::Unavailable(format!("FHIR server {}: SigV4 signing: {e}", self.base))
+                    StoreError::Unavailable(format!(
+                        "FHIR server {}: SigV4 signing: {e}",
+                        self.base
+                    ))
                 })
             }
         }
@@ -419,7 +430,10 @@ impl RestStore {
         let mut last = String::new();
         for attempt in 1..=self.options.max_attempts {
             let mut all = headers.clone();
-            all.extend(self.auth_headers(method, url, &headers, &body_bytes).await?);
+            all.extend(
+                self.auth_headers(method, url, &headers, &body_bytes)
+                    .await?,
+            );
             let wait = match self.send_once(method, url, all, body_bytes.clone()).await {
                 Ok(answer) if answer.status == 429 || answer.status >= 500 => {
                     last = format!("answered {}{}", answer.status, outcome_text(&answer));
@@ -499,7 +513,13 @@ impl RestStore {
     }
 
     /// The JSON body of a 2xx answer.
-    fn json_body(&self, answer: &Answer, method: &str, url: &str, what: &str) -> Result<Value, StoreError> {
+    fn json_body(
+        &self,
+        answer: &Answer,
+        method: &str,
+        url: &str,
+        what: &str,
+    ) -> Result<Value, StoreError> {
         serde_json::from_slice(&answer.body).map_err(|_| {
             StoreError::Unavailable(format!(
                 "{what}: {method} {url} answered {} with a body that is not JSON (content type {:?}, {} bytes)",
@@ -539,7 +559,10 @@ impl RestStore {
         }
     }
 
-    async fn read_state(&self, target: &ResourceRef) -> Result<(StateDoc, Option<String>), StoreError> {
+    async fn read_state(
+        &self,
+        target: &ResourceRef,
+    ) -> Result<(StateDoc, Option<String>), StoreError> {
         let path = format!("{STATE_TYPE}/{}", state_id(target));
         let (_, body) = self.get_resource(&path, &target.to_string()).await?;
         match body {
@@ -575,11 +598,11 @@ impl RestStore {
         Ok(remote)
     }
 
-    async fn apply_all(&self, changes: &[ResourceChange]) -> Result<Vec<PublishOutcome>, StoreError> {
-        let prepared = changes
-            .iter()
-            .map(prepare)
-            .collect::<Result<Vec<_>, _>>()?;
+    async fn apply_all(
+        &self,
+        changes: &[ResourceChange],
+    ) -> Result<Vec<PublishOutcome>, StoreError> {
+        let prepared = changes.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
         let bundles = plan_bundles(&prepared, self.options.max_entries);
         let mut remote: HashMap<ResourceRef, Remote> = HashMap::new();
         for p in &prepared {
@@ -634,7 +657,10 @@ impl RestStore {
                 "internal: a change was not planned into any Bundle".into(),
             ));
         }
-        tracing::debug!(changes = changes.len(), "applied resource changes to the FHIR server");
+        tracing::debug!(
+            changes = changes.len(),
+            "applied resource changes to the FHIR server"
+        );
         Ok(out)
     }
 
@@ -656,7 +682,12 @@ impl RestStore {
             }
             if let Some(state) = &s.state {
                 let r = remote.get(target).cloned().unwrap_or_default();
-                entries.push(state_entry(&self.base, target, state, r.state_version.as_deref()));
+                entries.push(state_entry(
+                    &self.base,
+                    target,
+                    state,
+                    r.state_version.as_deref(),
+                ));
                 owners.push((pos, true));
             }
         }
@@ -763,7 +794,10 @@ impl RestStore {
     }
 
     /// The history Bundle's entries, all pages.
-    async fn history_entries(&self, target: &ResourceRef) -> Result<Option<Vec<Value>>, StoreError> {
+    async fn history_entries(
+        &self,
+        target: &ResourceRef,
+    ) -> Result<Option<Vec<Value>>, StoreError> {
         let what = target.to_string();
         let mut url = self.url(&format!("{target}/_history"));
         let mut entries = Vec::new();
@@ -809,7 +843,10 @@ impl RestStore {
         Ok(Some(entries))
     }
 
-    async fn history_versions(&self, target: &ResourceRef) -> Result<Vec<StoredVersion>, StoreError> {
+    async fn history_versions(
+        &self,
+        target: &ResourceRef,
+    ) -> Result<Vec<StoredVersion>, StoreError> {
         let Some(entries) = self.history_entries(target).await? else {
             return Ok(Vec::new());
         };
@@ -825,7 +862,9 @@ impl RestStore {
                 continue;
             }
             let version = entry_version(e).ok_or_else(|| {
-                StoreError::Corrupt(format!("{target}: history entry {n} is a delete without a version"))
+                StoreError::Corrupt(format!(
+                    "{target}: history entry {n} is a delete without a version"
+                ))
             })?;
             let last_updated = e
                 .pointer("/response/lastModified")
@@ -867,8 +906,14 @@ impl RestStore {
 
     /// A live version as the server returned it: our lineage taken off, `meta.lastUpdated`
     /// in the form every store writes.
-    fn version_of(&self, target: &ResourceRef, resource: &Value) -> Result<StoredVersion, StoreError> {
-        let corrupt = |reason: &str| StoreError::Corrupt(format!("{target}: the server's resource: {reason}"));
+    fn version_of(
+        &self,
+        target: &ResourceRef,
+        resource: &Value,
+    ) -> Result<StoredVersion, StoreError> {
+        let corrupt = |reason: &str| {
+            StoreError::Corrupt(format!("{target}: the server's resource: {reason}"))
+        };
         let mut resource = resource.clone();
         let version_id = meta_version(&resource).ok_or_else(|| corrupt("no meta.versionId"))?;
         let last_updated = resource
@@ -880,7 +925,10 @@ impl RestStore {
             .map(|text| parse_lineage(target, &text))
             .transpose()?;
         if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
-            meta.insert("lastUpdated".into(), Value::String(format_time(last_updated)));
+            meta.insert(
+                "lastUpdated".into(),
+                Value::String(format_time(last_updated)),
+            );
         }
         Ok(StoredVersion {
             target: target.clone(),
@@ -903,7 +951,10 @@ impl FhirStore for RestStore {
         if check_ref(target).is_err() {
             return Ok(None);
         }
-        match self.get_resource(&target.to_string(), &target.to_string()).await? {
+        match self
+            .get_resource(&target.to_string(), &target.to_string())
+            .await?
+        {
             (_, Some(resource)) => self.version_of(target, &resource).map(Some),
             (410, None) => Ok(self.history_versions(target).await?.into_iter().next()),
             _ => Ok(None),
@@ -1094,7 +1145,12 @@ fn plan_bundles(prepared: &[Prepared<'_>], max_entries: usize) -> Vec<Vec<usize>
     // the common case (each resource once) is as few Bundles as the limit allows.
     let mut units: Vec<(usize, usize, Vec<usize>)> = Vec::new();
     for (c, root) in components.iter().enumerate() {
-        for (layer, unit) in layers.remove(root).unwrap_or_default().into_iter().enumerate() {
+        for (layer, unit) in layers
+            .remove(root)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             units.push((layer, c, unit));
         }
     }
@@ -1102,31 +1158,29 @@ fn plan_bundles(prepared: &[Prepared<'_>], max_entries: usize) -> Vec<Vec<usize>
     let mut bundles: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut in_current: HashSet<&ResourceRef> = HashSet::new();
-    {
-        for (_, _, unit) in units {
-            let clash = unit.iter().any(|&i| in_current.contains(&prepared[i].change.target));
-            if clash || current.len() + unit.len() > per_bundle {
-                if !current.is_empty() {
-                    bundles.push(std::mem::take(&mut current));
-                    in_current.clear();
-                }
-            }
-            if unit.len() > per_bundle {
-                tracing::warn!(
-                    resources = unit.len(),
-                    per_bundle,
-                    "resources referencing each other exceed one Bundle: split"
-                );
-                for chunk in unit.chunks(per_bundle) {
-                    bundles.push(chunk.to_vec());
-                }
-                continue;
-            }
-            for &i in &unit {
-                in_current.insert(&prepared[i].change.target);
-            }
-            current.extend(unit);
+    for (_, _, unit) in units {
+        let clash = unit
+            .iter()
+            .any(|&i| in_current.contains(&prepared[i].change.target));
+        if (clash || current.len() + unit.len() > per_bundle) && !current.is_empty() {
+            bundles.push(std::mem::take(&mut current));
+            in_current.clear();
         }
+        if unit.len() > per_bundle {
+            tracing::warn!(
+                resources = unit.len(),
+                per_bundle,
+                "resources referencing each other exceed one Bundle: split"
+            );
+            for chunk in unit.chunks(per_bundle) {
+                bundles.push(chunk.to_vec());
+            }
+            continue;
+        }
+        for &i in &unit {
+            in_current.insert(&prepared[i].change.target);
+        }
+        current.extend(unit);
     }
     if !current.is_empty() {
         bundles.push(current);
@@ -1217,7 +1271,8 @@ fn state_entry(base: &str, target: &ResourceRef, state: &StateDoc, version: Opti
 }
 
 fn parse_state(target: &ResourceRef, v: &Value) -> Result<StateDoc, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt(format!("{target}: state resource: {reason}"));
+    let corrupt =
+        |reason: String| StoreError::Corrupt(format!("{target}: state resource: {reason}"));
     let mut doc = StateDoc::default();
     let sub = |ext: &Value, name: &str| -> Option<String> {
         ext.get("extension")?
@@ -1228,7 +1283,12 @@ fn parse_state(target: &ResourceRef, v: &Value) -> Result<StateDoc, StoreError> 
             .as_str()
             .map(str::to_owned)
     };
-    for ext in v.get("extension").and_then(Value::as_array).into_iter().flatten() {
+    for ext in v
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match ext.get("url").and_then(Value::as_str) {
             Some(EXT_MARK) => {
                 let (Some(source), Some(entity), Some(seq)) =
@@ -1254,7 +1314,9 @@ fn parse_state(target: &ResourceRef, v: &Value) -> Result<StateDoc, StoreError> 
 /// Puts the lineage extension on `meta`.
 fn put_lineage(resource: &mut Value, lineage: &str) {
     let Value::Object(map) = resource else { return };
-    let meta = map.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    let meta = map
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(meta) = meta else { return };
     let ext = meta
         .entry("extension")
@@ -1279,7 +1341,10 @@ fn take_lineage(resource: &mut Value) -> Option<String> {
     if meta.is_empty() {
         map.remove("meta");
     }
-    taken.get("valueString").and_then(Value::as_str).map(str::to_owned)
+    taken
+        .get("valueString")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 fn parse_lineage(target: &ResourceRef, text: &str) -> Result<Lineage, StoreError> {
@@ -1331,7 +1396,9 @@ fn retry_after(answer: &Answer) -> Option<Duration> {
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
-            let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+            let at = DateTime::parse_from_rfc2822(value)
+                .ok()?
+                .with_timezone(&Utc);
             (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
         }
     };

@@ -162,11 +162,18 @@ async fn a_429_is_retried_after_the_servers_retry_after() {
         .unwrap()
         .unwrap();
     // The configured backoff is at most 5 ms: only the Retry-After explains a second's wait.
-    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(read.version_id, "3");
     let seen = server.seen.lock().unwrap();
     assert_eq!(seen.len(), 2);
-    assert!(seen.iter().all(|s| s.method == "GET" && s.path == "/fhir/Patient/p1"));
+    assert!(
+        seen.iter()
+            .all(|s| s.method == "GET" && s.path == "/fhir/Patient/p1")
+    );
 }
 
 #[tokio::test]
@@ -187,7 +194,10 @@ async fn retry_after_as_an_http_date_and_its_cap() {
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string();
     let wait = retry_after(&answer(&later)).unwrap();
-    assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
     assert_eq!(retry_after(&answer("soon")), None);
 }
 
@@ -233,7 +243,10 @@ async fn a_refused_transaction_surfaces_the_operation_outcome_naming_the_resourc
     };
     assert_eq!(target, "Patient/p2");
     assert!(reason.contains("answered 422"), "{reason}");
-    assert!(reason.contains("error processing: Patient/p2: Patient.gender: unknown code"), "{reason}");
+    assert!(
+        reason.contains("error processing: Patient/p2: Patient.gender: unknown code"),
+        "{reason}"
+    );
     assert!(reason.contains("(at Patient.gender)"), "{reason}");
     assert!(!err.is_retryable());
     // One transaction was sent, with both resources (each with its state resource).
@@ -251,10 +264,16 @@ async fn a_refused_transaction_surfaces_the_operation_outcome_naming_the_resourc
 async fn a_bad_change_is_refused_before_anything_is_sent() {
     let server = scripted(|_, _| (500, vec![], String::new()));
     let err = store(&server, RestAuth::None)
-        .apply(&[change(patient_ref("p1"), Some(json!({"resourceType": "Observation"})))])
+        .apply(&[change(
+            patient_ref("p1"),
+            Some(json!({"resourceType": "Observation"})),
+        )])
         .await
         .unwrap_err();
-    assert!(matches!(&err, StoreError::Invalid { target, .. } if target == "Patient/p1"), "{err}");
+    assert!(
+        matches!(&err, StoreError::Invalid { target, .. } if target == "Patient/p1"),
+        "{err}"
+    );
     assert!(server.seen.lock().unwrap().is_empty());
 }
 
@@ -288,7 +307,11 @@ async fn a_server_answering_non_json_is_a_typed_error() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("answered 400 with a body that is not JSON"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("answered 400 with a body that is not JSON"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -308,20 +331,36 @@ async fn unauthorized_is_retryable_and_the_bearer_token_is_sent() {
 #[tokio::test]
 async fn sigv4_requests_carry_a_signature() {
     let server = scripted(|_, _| (404, vec![], outcome("not-found", "no")));
-    let credentials = aws_credential_types::Credentials::new("AKID", "SECRET", Some("TOKEN".into()), None, "test");
+    let credentials = aws_credential_types::Credentials::new(
+        "AKID",
+        "SECRET",
+        Some("TOKEN".into()),
+        None,
+        "test",
+    );
     let auth = RestAuth::SigV4 {
         region: "us-east-1".into(),
         service: "healthlake".into(),
         credentials: SharedCredentialsProvider::new(credentials),
     };
-    assert!(store(&server, auth).read(&patient_ref("p1")).await.unwrap().is_none());
+    assert!(
+        store(&server, auth)
+            .read(&patient_ref("p1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let seen = server.seen.lock().unwrap();
     let a = seen[0].header("authorization").unwrap();
     assert!(
-        a.starts_with("AWS4-HMAC-SHA256 Credential=AKID/") && a.contains("/us-east-1/healthlake/aws4_request"),
+        a.starts_with("AWS4-HMAC-SHA256 Credential=AKID/")
+            && a.contains("/us-east-1/healthlake/aws4_request"),
         "{a}"
     );
-    assert!(a.contains("SignedHeaders=accept;host;x-amz-date;x-amz-security-token"), "{a}");
+    assert!(
+        a.contains("SignedHeaders=accept;host;x-amz-date;x-amz-security-token"),
+        "{a}"
+    );
     assert_eq!(seen[0].header("x-amz-security-token"), Some("TOKEN"));
     assert!(seen[0].header("x-amz-date").is_some());
 }
@@ -349,7 +388,12 @@ fn sigv4_matches_the_aws_test_suite_vector() {
         time,
     )
     .unwrap();
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(get("x-amz-date"), Some("20150830T123600Z"));
     assert_eq!(
         get("authorization"),
@@ -374,9 +418,7 @@ fn r(t: &str, id: &str) -> ResourceRef {
 
 #[test]
 fn bundles_keep_references_together_and_each_resource_once() {
-    let obs = |id: &str, subject: &str| {
-        json!({"resourceType": "Observation", "id": id, "subject": {"reference": subject}})
-    };
+    let obs = |id: &str, subject: &str| json!({"resourceType": "Observation", "id": id, "subject": {"reference": subject}});
     let changes = vec![
         change(r("Patient", "a"), Some(json!({"resourceType": "Patient"}))), // 0
         change(r("Patient", "b"), Some(json!({"resourceType": "Patient"}))), // 1
@@ -387,7 +429,10 @@ fn bundles_keep_references_together_and_each_resource_once() {
             r("Observation", "o2"),
             Some(obs("o2", "https://x.example/fhir/Patient/b/_history/2")),
         ), // 4
-        change(r("Patient", "a"), Some(json!({"resourceType": "Patient", "active": true}))), // 5
+        change(
+            r("Patient", "a"),
+            Some(json!({"resourceType": "Patient", "active": true})),
+        ), // 5
         // A reference outside the call ties nothing.
         change(r("Observation", "o3"), Some(obs("o3", "Patient/zzz"))), // 6
     ];
@@ -397,11 +442,18 @@ fn bundles_keep_references_together_and_each_resource_once() {
     let where_is = |i: usize| bundles.iter().position(|b| b.contains(&i)).unwrap();
     assert_eq!(where_is(0), where_is(3), "{bundles:?}: a and o1 together");
     assert_eq!(where_is(1), where_is(4), "{bundles:?}: b and o2 together");
-    assert!(where_is(5) > where_is(0), "{bundles:?}: a's second change after its first");
+    assert!(
+        where_is(5) > where_is(0),
+        "{bundles:?}: a's second change after its first"
+    );
     for b in &bundles {
         assert!(b.len() <= 2, "{bundles:?}");
         let targets: HashSet<&ResourceRef> = b.iter().map(|&i| &changes[i].target).collect();
-        assert_eq!(targets.len(), b.len(), "{bundles:?}: a resource twice in one Bundle");
+        assert_eq!(
+            targets.len(),
+            b.len(),
+            "{bundles:?}: a resource twice in one Bundle"
+        );
     }
     let mut all: Vec<usize> = bundles.concat();
     all.sort_unstable();
@@ -416,7 +468,10 @@ fn bundles_keep_references_together_and_each_resource_once() {
         .map(|i| {
             change(
                 r("Observation", &format!("c{i}")),
-                Some(obs(&format!("c{i}"), &format!("Observation/c{}", (i + 1) % 5))),
+                Some(obs(
+                    &format!("c{i}"),
+                    &format!("Observation/c{}", (i + 1) % 5),
+                )),
             )
         })
         .collect();
@@ -444,8 +499,12 @@ fn the_lineage_extension_comes_off_and_leaves_the_content_as_it_was() {
 fn state_resources_round_trip_and_bad_ones_are_named() {
     let t = r("Patient", "p1");
     let mut doc = StateDoc::default();
-    doc.marks.insert(("app".into(), "patients".into()), Sequence::parse("1405400000000002063282833").unwrap());
-    doc.marks.insert(("other".into(), "x".into()), Sequence::from(3));
+    doc.marks.insert(
+        ("app".into(), "patients".into()),
+        Sequence::parse("1405400000000002063282833").unwrap(),
+    );
+    doc.marks
+        .insert(("other".into(), "x".into()), Sequence::from(3));
     doc.deletes.insert("2".into(), "{}".into());
     let resource = state_resource(&t, &doc);
     assert_eq!(resource["subject"]["reference"], "Patient/p1");
@@ -456,13 +515,19 @@ fn state_resources_round_trip_and_bad_ones_are_named() {
         {"url": "source", "valueString": "app"}, {"url": "entity", "valueString": "e"},
         {"url": "sequence", "valueString": "-1"}]}]});
     let err = parse_state(&t, &bad).unwrap_err();
-    assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("Patient/p1")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("Patient/p1")),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_base_urls_and_limits_are_refused() {
     for base in ["ftp://x", "x", "http://x/fhir?a=1"] {
-        assert!(RestStore::new(base, RestAuth::None, RestOptions::default()).is_err(), "{base}");
+        assert!(
+            RestStore::new(base, RestAuth::None, RestOptions::default()).is_err(),
+            "{base}"
+        );
     }
     let one = RestOptions {
         max_entries: 1,
@@ -472,13 +537,21 @@ fn bad_base_urls_and_limits_are_refused() {
     let s = RestStore::new("https://x/fhir/", RestAuth::None, RestOptions::default()).unwrap();
     assert_eq!(s.base(), "https://x/fhir");
     // Debug output never shows a token.
-    let b = RestStore::new("https://x", RestAuth::Bearer("secret".into()), RestOptions::default()).unwrap();
+    let b = RestStore::new(
+        "https://x",
+        RestAuth::Bearer("secret".into()),
+        RestOptions::default(),
+    )
+    .unwrap();
     assert!(!format!("{b:?}").contains("secret"));
 }
 
 #[test]
 fn entry_versions_and_times() {
-    assert_eq!(entry_version(&json!({"response": {"etag": "W/\"4\""}})).as_deref(), Some("4"));
+    assert_eq!(
+        entry_version(&json!({"response": {"etag": "W/\"4\""}})).as_deref(),
+        Some("4")
+    );
     assert_eq!(
         entry_version(&json!({"response": {"location": "Patient/1/_history/5"}})).as_deref(),
         Some("5")
