@@ -61,7 +61,10 @@
 //! [`StoreError::Invalid`] naming the resource (for a Bundle: the one the OperationOutcome
 //! names, else all of them) and the server's OperationOutcome; 401/403 are
 //! [`StoreError::Unavailable`] (credentials or permissions an operator fixes). A body that is
-//! not JSON where JSON is expected names the URL, status and content type.
+//! not JSON where JSON is expected names the URL, status and content type. A transaction the
+//! server committed but answered with a 5xx (or a timeout) is retried: its `ifMatch` then
+//! fails, the store re-reads, and the changes come back `Unchanged` — nothing is applied twice.
+//! A `meta.source` the server stamps (HAPI does, on every write) is not taken for content.
 //!
 //! Authentication: none, a bearer token, or AWS SigV4 ([`aws_sigv4`], service `healthlake` by
 //! default) with the credentials of [`crate::aws::sdk_config`]. HTTP is ureq (sync, the
@@ -1035,7 +1038,7 @@ fn step(p: &Prepared<'_>, r: &Remote, base: &str) -> Step {
     request.insert("url".into(), Value::String(url.clone()));
     match &p.content {
         Some(content) => {
-            if r.live() && r.content.as_ref() == Some(content) {
+            if r.live() && r.content.as_ref().is_some_and(|c| same_content(c, content)) {
                 return Step {
                     action: PublishAction::Unchanged,
                     resource_entry: None,
@@ -1078,6 +1081,32 @@ fn step(p: &Prepared<'_>, r: &Remote, base: &str) -> Step {
             }
         }
     }
+}
+
+/// Whether the server's canonical content is the content of a new upsert. Servers stamp
+/// `meta.source` on every write (HAPI: `#<request id>`): unless the upsert sets one itself,
+/// the server's is not content, else every replay would make a version.
+fn same_content(remote: &Value, new: &Value) -> bool {
+    if remote == new {
+        return true;
+    }
+    if new.pointer("/meta/source").is_some() || remote.pointer("/meta/source").is_none() {
+        return false;
+    }
+    let mut remote = remote.clone();
+    if let Some(map) = remote.as_object_mut() {
+        let empty = match map.get_mut("meta").and_then(Value::as_object_mut) {
+            Some(meta) => {
+                meta.remove("source");
+                meta.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            map.remove("meta");
+        }
+    }
+    remote == *new
 }
 
 /// Groups the changes into Bundles: targets that reference each other together, each target

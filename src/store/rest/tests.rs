@@ -563,3 +563,22 @@ fn entry_versions_and_times() {
     assert_eq!(reference_target("Patient/1").as_deref(), Some("Patient/1"));
     assert_eq!(reference_target("#contained"), None);
 }
+
+#[test]
+fn a_meta_source_the_server_stamped_is_not_content() {
+    let new = json!({"resourceType": "Patient", "id": "p", "gender": "male"});
+    let stamped = json!({"resourceType": "Patient", "id": "p", "gender": "male",
+        "meta": {"source": "#a1b2c3"}});
+    assert!(same_content(&stamped, &new));
+    let profiled = json!({"resourceType": "Patient", "id": "p", "gender": "male",
+        "meta": {"source": "#a1b2c3", "profile": ["x"]}});
+    assert!(!same_content(&profiled, &new));
+    // A source the upsert sets is content.
+    let mut own = new.clone();
+    own["meta"] = json!({"source": "#mine"});
+    assert!(!same_content(&stamped, &own));
+    assert!(!same_content(
+        &stamped,
+        &json!({"resourceType": "Patient", "id": "p"})
+    ));
+}
