@@ -63,8 +63,16 @@
 //! [`StoreError::Unavailable`] (credentials or permissions an operator fixes). A body that is
 //! not JSON where JSON is expected names the URL, status and content type. A transaction the
 //! server committed but answered with a 5xx (or a timeout) is retried: its `ifMatch` then
-//! fails, the store re-reads, and the changes come back `Unchanged` — nothing is applied twice.
+//! fails, the store re-reads, and the changes come back `Unchanged` — nothing is applied twice
+//! (but that call reports `Unchanged` for what it did commit: see Events).
 //! A `meta.source` the server stamps (HAPI does, on every write) is not taken for content.
+//!
+//! # Events
+//!
+//! This store implements no [`super::Outbox`]: a FHIR server keeps no change stream the pipeline
+//! can read in commit order (HealthLake has none; FHIR Subscriptions are optional and
+//! server-specific). Change events for a REST store have to come from what `publish` reports
+//! (a ledger written with the outcomes), which is not built yet.
 //!
 //! Authentication: none, a bearer token, or AWS SigV4 ([`aws_sigv4`], service `healthlake` by
 //! default) with the credentials of [`crate::aws::sdk_config`]. HTTP is ureq (sync, the
