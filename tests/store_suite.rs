@@ -145,8 +145,14 @@ async fn dynamodb() -> Harness {
 /// with its write interactions on, authorizer) started in-process on a free port over a SQLite
 /// store, and a partner token allowed to read and write `Patient` and `Basic` (the REST
 /// store's state resources). Two store handles are two HTTP clients. Bundles are limited to 20
-/// entries, so the larger cases are split into several transactions.
+/// entries, so the larger cases are split into several transactions; "many" is 150 resources
+/// (15 transactions and ~1,200 HTTP requests through the authorizer), as for DynamoDB, to keep
+/// a debug-build run short — the planning itself is unit-tested in `src/store/rest/tests.rs`.
 async fn rest() -> Harness {
+    rest_with_scope("system/*.cruds").await
+}
+
+async fn rest_with_scope(scope: &str) -> Harness {
     use common::partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
     use fhir_unify::gateway::Gateway;
     use fhir_unify::gateway::auth::Authorizer;
@@ -179,7 +185,7 @@ partners:
     };
     let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let server = tokio::spawn(serve(listener, api));
-    let token = authorization("acme", "system/*.cruds", Fault::None).unwrap();
+    let token = authorization("acme", scope, Fault::None).unwrap();
     let token = token.strip_prefix("Bearer ").unwrap().to_owned();
     let base = format!("http://{addr}");
     let options = RestOptions {
@@ -717,6 +723,26 @@ suite! {
     many_versions_of_one_resource_in_one_apply,
     concurrent_writers_lose_no_update,
     concurrent_writers_end_at_the_newest_sequence,
+}
+
+// ---- REST only ----------------------------------------------------------------------------
+
+/// A token that may read but not write: the server's 403 OperationOutcome comes back as a
+/// typed error naming the resources and the server's reason, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_store_surfaces_the_servers_refusal() {
+    let h = rest_with_scope("system/*.rs").await;
+    let err = h
+        .store
+        .apply(&[upsert("p1", patient("p1", "A"), "1")])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{text}");
+    assert!(text.contains("Patient/p1"), "{text}");
+    assert!(text.contains("answered 403"), "{text}");
+    assert!(text.contains("may not write"), "{text}");
+    assert!(h.store.read(&target("p1")).await.unwrap().is_none());
 }
 
 // ---- DynamoDB only ------------------------------------------------------------------------
