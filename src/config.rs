@@ -70,6 +70,48 @@ pub struct StoreConfig {
     /// The DynamoDB store (`store::dynamodb`): used by the `publish` Lambda; the table's
     /// stream is the outbox on AWS.
     pub dynamodb: Option<DynamoStoreConfig>,
+    /// A FHIR R4 server (`store::rest`: HealthLake, HAPI, Azure…): used by the `publish`
+    /// Lambda; `FHIR_UNIFY_FHIR_ENDPOINT` overrides its base URL.
+    #[serde(default)]
+    pub rest: Option<RestStoreConfig>,
+}
+
+/// How the REST store authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestAuthKind {
+    /// AWS SigV4 (HealthLake), credentials and region from the AWS environment.
+    Sigv4,
+    /// `Authorization: Bearer`, the token from an environment variable (never in the file).
+    Bearer,
+    None,
+}
+
+/// A FHIR R4 server as the store (`store::rest`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestStoreConfig {
+    /// The FHIR base URL, e.g. `https://healthlake.us-east-1.amazonaws.com/datastore/ID/r4`.
+    pub base: String,
+    pub auth: RestAuthKind,
+    /// SigV4 region (default: the AWS environment's).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// SigV4 service name (default `healthlake`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Bearer: the environment variable holding the token (default `FHIR_UNIFY_FHIR_TOKEN`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Entries per transaction Bundle (default 100; the server's limit).
+    #[serde(default)]
+    pub max_entries: Option<usize>,
+    /// Attempts per request on 429/5xx (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Timeout per request in seconds (default 30).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// The DynamoDB store: one table, laid out as `store::dynamodb` describes (the stack's
@@ -97,6 +139,7 @@ impl Default for StoreConfig {
                 path: PathBuf::from("store.db"),
             }),
             dynamodb: None,
+            rest: None,
         }
     }
 }
@@ -108,11 +151,33 @@ impl StoreConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(r) = &self.rest {
+            if self.sqlite.is_some() || self.dynamodb.is_some() {
+                return Err(
+                    "store: names two store kinds; one of `sqlite`, `dynamodb`, `rest`".into(),
+                );
+            }
+            if !(r.base.starts_with("https://") || r.base.starts_with("http://")) {
+                return Err(format!(
+                    "store: rest: base {:?} is not an http:// or https:// URL",
+                    r.base
+                ));
+            }
+            if r.max_entries.is_some_and(|n| n < 2) {
+                return Err("store: rest: max_entries must be at least 2".into());
+            }
+            if r.max_attempts == Some(0) {
+                return Err("store: rest: max_attempts must be at least 1".into());
+            }
+            return Ok(());
+        }
         match (&self.sqlite, &self.dynamodb) {
             (Some(_), Some(_)) => {
                 Err("store: names two store kinds; one of `sqlite`, `dynamodb`".into())
             }
-            (None, None) => Err("store: name one store kind (`sqlite` or `dynamodb`)".into()),
+            (None, None) => {
+                Err("store: name one store kind (`sqlite`, `dynamodb` or `rest`)".into())
+            }
             (_, Some(d)) if !is_table_name(&d.table) => Err(format!(
                 "store: dynamodb: table {:?} is not a DynamoDB table name (3 to 255 of A-Z a-z 0-9 _ - .)",
                 d.table
@@ -1107,6 +1172,39 @@ sources:
             assert!(e.message.contains(expected), "{store}: {e}");
         }
         assert!(is_table_name(&"a".repeat(255)) && !is_table_name(&"a".repeat(256)));
+    }
+
+    #[test]
+    fn rest_store_config() {
+        let text = format!(
+            "store: {{ rest: {{ base: \"https://healthlake.us-east-1.amazonaws.com/datastore/x/r4/\", auth: sigv4, max_entries: 50 }} }}\n{GOOD}"
+        );
+        let c = PipelineConfig::from_yaml(&text, Path::new("p.yaml")).unwrap();
+        let r = c.store.rest.as_ref().unwrap();
+        assert_eq!(r.auth, RestAuthKind::Sigv4);
+        assert_eq!(r.max_entries, Some(50));
+        assert!(c.store.sqlite.is_none() && c.store.dynamodb.is_none());
+        for (store, expected) in [
+            ("{ rest: { base: \"ftp://x\", auth: none } }", "not an http"),
+            ("{ rest: { base: \"http://x\", auth: basic } }", "basic"),
+            ("{ rest: { base: \"http://x\" } }", "auth"),
+            (
+                "{ rest: { base: \"http://x\", auth: none, max_entries: 1 } }",
+                "at least 2",
+            ),
+            (
+                "{ rest: { base: \"http://x\", auth: none, token: t } }",
+                "token",
+            ),
+            (
+                "{ rest: { base: \"http://x\", auth: none }, dynamodb: { table: T1 } }",
+                "two store kinds",
+            ),
+        ] {
+            let text = format!("store: {store}\n{GOOD}");
+            let e = PipelineConfig::from_yaml(&text, Path::new("p.yaml")).unwrap_err();
+            assert!(e.message.contains(expected), "{store}: {e}");
+        }
     }
 
     #[test]

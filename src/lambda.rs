@@ -6,9 +6,11 @@
 //! `/tmp/fhir-unify`, the only writable place on Lambda); `FHIR_UNIFY_EVENT_BUS` the
 //! EventBridge bus change events go to (see [`use_event_bus`]). `FHIR_UNIFY_STORE_TABLE`,
 //! set on `publish`, `gateway` and `emit` by the stack, names the DynamoDB store table (it
-//! overrides the pipeline file's `store`). `FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`, set on every
-//! ingest function by the stack, sends their batches to the Express `unify` machine on Step
-//! Functions instead of the in-process engine (see [`ingest_env`]).
+//! overrides the pipeline file's `store`). `FHIR_UNIFY_FHIR_ENDPOINT` names a FHIR R4 server
+//! as the store instead (HealthLake's data store endpoint, say; see [`rest_store_config`]).
+//! `FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`, set on every ingest function by the stack, sends
+//! their batches to the Express `unify` machine on Step Functions instead of the in-process
+//! engine (see [`ingest_env`]).
 //!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
 //! the Lambda Runtime API's `/runtime/init/error` before the process exits, so the caller sees
@@ -90,14 +92,34 @@ pub fn step_env() -> Result<Arc<Env>, EnvError> {
 pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
     let built = match load_config().and_then(|(config, data)| {
         let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
-        Ok((Env::from_config(&config, &data)?, table))
+        let rest = rest_store_config(std::env::var("FHIR_UNIFY_FHIR_ENDPOINT").ok(), &config)?;
+        if let (Some(table), Some(rest)) = (&table, &rest) {
+            return Err(EnvError::Store(crate::store::StoreError::Invalid {
+                target: "store".into(),
+                reason: format!(
+                    "both a DynamoDB table ({table}) and a FHIR server ({}) are named: one store",
+                    rest.base
+                ),
+            }));
+        }
+        Ok((Env::from_config(&config, &data)?, table, rest))
     }) {
-        Ok((mut env, Some(table))) => {
+        Ok((mut env, Some(table), _)) => {
             tracing::info!(table = %table, "publish writes to the DynamoDB store");
             env.store = Arc::new(DynamoStore::from_environment(table).await);
             Ok(env)
         }
-        Ok((env, None)) => Ok(env),
+        Ok((mut env, None, Some(rest))) => {
+            match crate::store::rest::RestStore::from_config(&rest, None).await {
+                Ok(store) => {
+                    tracing::info!(base = %store.base(), "publish writes to the FHIR server");
+                    env.store = Arc::new(store);
+                    Ok(env)
+                }
+                Err(e) => Err(EnvError::Store(e)),
+            }
+        }
+        Ok((env, None, None)) => Ok(env),
         Err(e) => Err(e),
     };
     Ok(Arc::new(reported(built)?))
@@ -242,6 +264,56 @@ fn store_table(
         })),
         None => Ok(config.store.dynamodb_table().map(str::to_owned)),
     }
+}
+
+/// The FHIR server of the store: `FHIR_UNIFY_FHIR_ENDPOINT` (set by the stack) overrides the
+/// pipeline file's `store.rest.base` and keeps its other settings; without a `store.rest` it
+/// signs with SigV4 (service `healthlake`) for an `*.amazonaws.com` host and sends no
+/// credentials otherwise. `None`: the store is not a FHIR server.
+pub fn rest_store_config(
+    variable: Option<String>,
+    config: &PipelineConfig,
+) -> Result<Option<crate::config::RestStoreConfig>, EnvError> {
+    use crate::config::{RestAuthKind, RestStoreConfig};
+    let Some(base) = variable
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(config.store.rest.clone());
+    };
+    if !(base.starts_with("https://") || base.starts_with("http://")) {
+        return Err(EnvError::Store(crate::store::StoreError::Invalid {
+            target: "FHIR_UNIFY_FHIR_ENDPOINT".into(),
+            reason: format!("{base:?} is not an http:// or https:// URL"),
+        }));
+    }
+    Ok(Some(match &config.store.rest {
+        Some(rest) => RestStoreConfig {
+            base,
+            ..rest.clone()
+        },
+        None => {
+            let host = base
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split(['/', ':']).next())
+                .unwrap_or("");
+            RestStoreConfig {
+                auth: if host.ends_with(".amazonaws.com") {
+                    RestAuthKind::Sigv4
+                } else {
+                    RestAuthKind::None
+                },
+                base,
+                region: None,
+                service: None,
+                token_env: None,
+                max_entries: None,
+                max_attempts: None,
+                timeout_seconds: None,
+            }
+        }
+    }))
 }
 
 /// The environment of an ingress function. When the stack names the Express `unify` machine
@@ -478,6 +550,47 @@ mod tests {
 
     fn config(store: &str) -> PipelineConfig {
         PipelineConfig::from_yaml(&format!("{store}{SOURCES}"), Path::new("p.yaml")).unwrap()
+    }
+
+    #[test]
+    fn the_fhir_endpoint_comes_from_the_stack_then_the_pipeline_file() {
+        use crate::config::RestAuthKind;
+        let sqlite = config("");
+        assert!(rest_store_config(None, &sqlite).unwrap().is_none());
+        assert!(
+            rest_store_config(Some(" ".into()), &sqlite)
+                .unwrap()
+                .is_none()
+        );
+        let healthlake = "https://healthlake.us-east-1.amazonaws.com/datastore/abc/r4/";
+        let r = rest_store_config(Some(healthlake.into()), &sqlite)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.base.as_str(), r.auth), (healthlake, RestAuthKind::Sigv4));
+        let r = rest_store_config(Some("http://hapi:8080/fhir".into()), &sqlite)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.auth, RestAuthKind::None);
+        let file = config(
+            "store: { rest: { base: \"http://file/fhir\", auth: bearer, max_entries: 40 } }\n",
+        );
+        let r = rest_store_config(None, &file).unwrap().unwrap();
+        assert_eq!(
+            (r.base.as_str(), r.max_entries),
+            ("http://file/fhir", Some(40))
+        );
+        let r = rest_store_config(Some("https://stack/fhir".into()), &file)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.base.as_str(), r.auth, r.max_entries),
+            ("https://stack/fhir", RestAuthKind::Bearer, Some(40))
+        );
+        let err = rest_store_config(Some("ftp://x".into()), &sqlite).unwrap_err();
+        assert!(
+            err.to_string().contains("FHIR_UNIFY_FHIR_ENDPOINT"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -148,6 +148,8 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
         "FHIR_UNIFY_QUARANTINE_QUEUE_URL",
         &["BulkLoadChunkFunction"],
     ),
+    // lambda::publish_env: the `rest` store (HealthLake), only when the stack is given one.
+    ("FHIR_UNIFY_FHIR_ENDPOINT", &["PublishFunction"]),
     // lambda::ingest_env and the other ingress builders: unify on Step Functions.
     (
         "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN",
@@ -164,12 +166,7 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
 /// another branch, with the functions that set them and the reason. Nothing may read one yet:
 /// when the code that reads it is merged, this test fails until the variable moves to
 /// `FUNCTION_SPECIFIC` (which then checks it like the others).
-const SET_FOR_ARRIVING_CODE: &[(&str, &[&str], &str)] = &[(
-    "FHIR_UNIFY_FHIR_ENDPOINT",
-    &["PublishFunction", "GatewayFunction"],
-    "the `rest` FHIR store (HealthLake) reads it in publish and gateway; set only when the \
-     stack is given a HealthLake data store",
-)];
+const SET_FOR_ARRIVING_CODE: &[(&str, &[&str], &str)] = &[];
 
 #[test]
 fn every_variable_a_function_reads_is_set_and_none_other() {
@@ -491,7 +488,7 @@ fn the_functions_that_start_unify_may_start_that_machine_and_nothing_else_may() 
 }
 
 #[test]
-fn healthlake_is_reached_only_by_publish_and_gateway_and_only_when_given() {
+fn healthlake_is_reached_only_by_publish_and_only_when_given() {
     let template = template();
     let mut allowed = BTreeSet::new();
     for (id, resource) in template["Resources"].as_mapping().unwrap() {
@@ -529,9 +526,9 @@ fn healthlake_is_reached_only_by_publish_and_gateway_and_only_when_given() {
     }
     assert_eq!(
         allowed,
-        BTreeSet::from(["GatewayRole".to_owned(), "PublishRole".to_owned()])
+        BTreeSet::from(["PublishRole".to_owned()])
     );
-    // The endpoint reaches the same two functions, under the same condition.
+    // The endpoint reaches publish only, under the same condition.
     for (id, properties) in functions(&template) {
         let endpoint = &properties["Environment"]["Variables"]["FHIR_UNIFY_FHIR_ENDPOINT"];
         if endpoint.is_null() {

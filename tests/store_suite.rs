@@ -1,7 +1,8 @@
 //! One suite of FHIR store cases, run against every adapter: the SQLite store (a file, so a
-//! second handle is a second connection, as a second process would have) and the DynamoDB store
+//! second handle is a second connection, as a second process would have), the DynamoDB store
 //! (against moto, one server per test, the table created as `infra/template.yaml` declares it,
-//! and a second handle is a second SDK client, as a second Lambda instance would have).
+//! and a second handle is a second SDK client, as a second Lambda instance would have), and the
+//! REST store (against the project's own FHIR API over SQLite, see [`rest`]).
 //!
 //! The semantics checked are those of `src/store/mod.rs`. Adapter-specific behaviour (SQLite's
 //! outbox and migrations, DynamoDB's stream and item sizes) is tested next to each adapter and at
@@ -12,6 +13,7 @@
 
 mod common {
     pub mod moto;
+    pub mod partners;
     pub mod serial_moto;
 }
 
@@ -27,6 +29,7 @@ use fhir_unify::model::{
     Sequence,
 };
 use fhir_unify::store::dynamodb::DynamoStore;
+use fhir_unify::store::rest::{RestAuth, RestOptions, RestStore};
 use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, StoreError};
 use serde_json::{Value, json};
@@ -77,6 +80,68 @@ async fn dynamodb() -> Harness {
         store: Arc::new(store),
         second: Arc::new(second),
         _guard: Box::new(moto),
+    }
+}
+
+/// The REST store against the project's own FHIR API: `fhir-unify serve`'s server (gateway
+/// with its write interactions on, authorizer) started in-process on a free port over a SQLite
+/// store, and a partner token allowed to read and write `Patient` and `Basic` (the REST
+/// store's state resources). Two store handles are two HTTP clients. Bundles are limited to 20
+/// entries, so the larger cases are split into several transactions; "many" is 150 resources
+/// (15 transactions and ~1,200 HTTP requests through the authorizer), as for DynamoDB, to keep
+/// a debug-build run short — the planning itself is unit-tested in `src/store/rest/tests.rs`.
+async fn rest() -> Harness {
+    rest_with_scope("system/*.cruds").await
+}
+
+async fn rest_with_scope(scope: &str) -> Harness {
+    use common::partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
+    use fhir_unify::gateway::Gateway;
+    use fhir_unify::gateway::auth::Authorizer;
+    use fhir_unify::gateway::server::{LocalApi, bind, serve};
+    let dir = tempfile::tempdir().unwrap();
+    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let yaml = format!(
+        "sources:
+  - name: app
+    dynamodb: {{ table: Patients }}
+    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
+partners:
+  - name: acme
+    issuer: {ACME_ISS}
+    audience: {ACME_AUD}
+    jwks: {}
+    read: [Patient, Basic]
+    write: [Patient, Basic]
+",
+        auth_dir().join("acme-jwks.json").display()
+    );
+    let config =
+        fhir_unify::config::PipelineConfig::from_yaml(&yaml, std::path::Path::new("suite.yaml"))
+            .unwrap();
+    let api = LocalApi {
+        gateway: Gateway::sqlite(backing).allow_writes(),
+        authorizer: Authorizer::from_config(&config).unwrap(),
+        ingest: None,
+        events: None,
+    };
+    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = tokio::spawn(serve(listener, api));
+    let token = authorization("acme", scope, Fault::None).unwrap();
+    let token = token.strip_prefix("Bearer ").unwrap().to_owned();
+    let base = format!("http://{addr}");
+    let options = RestOptions {
+        max_entries: 20,
+        backoff: std::time::Duration::from_millis(10),
+        ..RestOptions::default()
+    };
+    let store = RestStore::new(&base, RestAuth::Bearer(token.clone()), options.clone()).unwrap();
+    let second = RestStore::new(&base, RestAuth::Bearer(token), options).unwrap();
+    Harness {
+        many: 150,
+        store: Arc::new(store),
+        second: Arc::new(second),
+        _guard: Box::new((dir, server)),
     }
 }
 
@@ -573,6 +638,14 @@ macro_rules! suite {
                 }
             )*
         }
+        mod rest_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::cases::$case(super::rest().await).await;
+                }
+            )*
+        }
     };
 }
 
@@ -592,6 +665,26 @@ suite! {
     many_versions_of_one_resource_in_one_apply,
     concurrent_writers_lose_no_update,
     concurrent_writers_end_at_the_newest_sequence,
+}
+
+// ---- REST only ----------------------------------------------------------------------------
+
+/// A token that may read but not write: the server's 403 OperationOutcome comes back as a
+/// typed error naming the resources and the server's reason, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_store_surfaces_the_servers_refusal() {
+    let h = rest_with_scope("system/*.rs").await;
+    let err = h
+        .store
+        .apply(&[upsert("p1", patient("p1", "A"), "1")])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{text}");
+    assert!(text.contains("Patient/p1"), "{text}");
+    assert!(text.contains("answered 403"), "{text}");
+    assert!(text.contains("may not write"), "{text}");
+    assert!(h.store.read(&target("p1")).await.unwrap().is_none());
 }
 
 // ---- DynamoDB only ------------------------------------------------------------------------

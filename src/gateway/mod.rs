@@ -16,6 +16,7 @@ pub mod auth;
 mod capability;
 mod params;
 pub mod server;
+mod write;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{FhirStore, StoreError, StoredVersion};
 
 pub use auth::AccessGrant;
+pub use write::{WRITE_SOURCE, WriteParts};
 
 /// The media type of every FHIR body this API returns.
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -144,6 +146,10 @@ pub enum GatewayError {
 pub struct Gateway {
     store: Arc<dyn FhirStore>,
     search: Arc<dyn SearchStore>,
+    /// Whether the write interactions ([`write`]) answer.
+    writes: bool,
+    /// Held while a write checks versions and applies.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Page size when `_count` is absent, and the most one page holds.
@@ -152,15 +158,25 @@ pub const MAX_COUNT: usize = 1000;
 
 impl Gateway {
     pub fn new(store: Arc<dyn FhirStore>, search: Arc<dyn SearchStore>) -> Gateway {
-        Gateway { store, search }
+        Gateway {
+            store,
+            search,
+            writes: false,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     /// A gateway over one SQLite store.
     pub fn sqlite(store: Arc<SqliteStore>) -> Gateway {
-        Gateway {
-            store: store.clone(),
-            search: store,
-        }
+        Gateway::new(store.clone(), store)
+    }
+
+    /// Turns on the write interactions (`PUT`/`DELETE Type/id`, transaction Bundles; see
+    /// [`write`]), for grants with write permission. They bypass the pipeline's mapping and
+    /// validation, so they are off unless asked for.
+    pub fn allow_writes(mut self) -> Gateway {
+        self.writes = true;
+        self
     }
 
     /// The gateway over the store a pipeline file names, with local data under `data`.
@@ -171,8 +187,13 @@ impl Gateway {
 
     /// Answers one request. Never fails: every problem is an OperationOutcome response.
     pub async fn handle(&self, req: &FhirRequest) -> FhirResponse {
+        self.handle_write(req, WriteParts::default()).await
+    }
+
+    /// Answers one request that may carry a body and `If-Match` (the write interactions).
+    pub async fn handle_write(&self, req: &FhirRequest, parts: WriteParts<'_>) -> FhirResponse {
         let head = req.method == "HEAD";
-        let mut response = match self.route(req).await {
+        let mut response = match self.route(req, parts).await {
             Ok(r) => r,
             Err(refusal) => refusal.into_response(),
         };
@@ -182,8 +203,13 @@ impl Gateway {
         response
     }
 
-    async fn route(&self, req: &FhirRequest) -> Result<FhirResponse, Refusal> {
-        if req.method != "GET" && req.method != "HEAD" {
+    async fn route(
+        &self,
+        req: &FhirRequest,
+        parts: WriteParts<'_>,
+    ) -> Result<FhirResponse, Refusal> {
+        let writing = matches!(req.method.as_str(), "PUT" | "DELETE" | "POST");
+        if !writing && req.method != "GET" && req.method != "HEAD" {
             return Err(Refusal::new(
                 405,
                 "not-supported",
@@ -210,6 +236,9 @@ impl Gateway {
                 "no authorization: send a bearer token from your partner issuer",
             )
         })?;
+        if writing {
+            return self.write(req, grant, &segments, parts).await;
+        }
         let Some((&resource_type, rest)) = segments.split_first() else {
             return Err(Refusal::bad_request(
                 "name a resource type: system-level interactions are not supported",

@@ -11,6 +11,8 @@
 //! - `/ingest/…` goes to `ingest-api` (the request body in the event, as API Gateway puts it:
 //!   text, or base64 with `isBase64Encoded` when it is not UTF-8), which checks the grant's
 //!   write types;
+//! - with [`Gateway::allow_writes`], the gateway's write interactions (`PUT`/`DELETE Type/id`,
+//!   transaction Bundles at the base) get the request body the same way;
 //! - `GET /events/stream?stream=NAME` is a Server-Sent Events stream of the change events a
 //!   bus rule sends to the `sse: { stream: NAME }` target, limited to the resource types the
 //!   caller may read. Events are read from the bus archive (so `Last-Event-ID` resumes where
@@ -138,29 +140,28 @@ async fn answer(State(api): State<Arc<LocalApi>>, request: Request) -> Response 
     if path == "/events/stream" {
         return events_stream(&api, &event, grant);
     }
+    // Writes (when the gateway allows them) carry a body.
+    if let Err(refused) = put_body(&mut event, body).await {
+        return refused;
+    }
     http_response(handle_v2(&event, &api.gateway).await)
 }
 
 /// `/ingest/…`: the body into the event, then `ingest-api`.
-async fn ingest(api: &LocalApi, mut event: ApiGatewayV2httpRequest, body: Body) -> Response {
-    let Some(env) = &api.ingest else {
-        return http_response(refusal_v2(Refusal::new(
-            404,
-            "not-found",
-            "this pipeline has no API source (`api:` in the pipeline file)",
-        )));
-    };
+/// The request body into the event, as API Gateway puts it: text, or base64 with
+/// `isBase64Encoded` when it is not UTF-8. A body over [`MAX_BODY_BYTES`] is refused (413).
+async fn put_body(event: &mut ApiGatewayV2httpRequest, body: Body) -> Result<(), Response> {
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await {
         Ok(b) => b,
         Err(_) => {
-            return http_response(refusal_v2(Refusal::new(
+            return Err(http_response(refusal_v2(Refusal::new(
                 413,
                 "too-costly",
                 format!(
                     "request {}: the body is larger than {MAX_BODY_BYTES} bytes",
                     event.request_context.request_id.as_deref().unwrap_or("")
                 ),
-            )));
+            ))));
         }
     };
     if !bytes.is_empty() {
@@ -172,6 +173,20 @@ async fn ingest(api: &LocalApi, mut event: ApiGatewayV2httpRequest, body: Body) 
                 event.is_base64_encoded = true;
             }
         }
+    }
+    Ok(())
+}
+
+async fn ingest(api: &LocalApi, mut event: ApiGatewayV2httpRequest, body: Body) -> Response {
+    let Some(env) = &api.ingest else {
+        return http_response(refusal_v2(Refusal::new(
+            404,
+            "not-found",
+            "this pipeline has no API source (`api:` in the pipeline file)",
+        )));
+    };
+    if let Err(refused) = put_body(&mut event, body).await {
+        return refused;
     }
     let response = ingest_api::handle_v2(&event, env).await;
     http_response(response)

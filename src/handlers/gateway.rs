@@ -19,7 +19,7 @@ use aws_lambda_events::encodings::Body;
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use crate::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway, Refusal};
+use crate::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway, Refusal, WriteParts};
 
 use super::HandlerError;
 use super::apigw::{header, header_map, scheme};
@@ -29,7 +29,12 @@ pub async fn handle_v1(
     event: &ApiGatewayProxyRequest,
     gateway: &Gateway,
 ) -> ApiGatewayProxyResponse {
-    let response = gateway.handle(&request_v1(event)).await;
+    let body = body_text(event.body.as_deref(), event.is_base64_encoded);
+    let parts = WriteParts {
+        body: body.as_deref(),
+        if_match: header(&event.headers, "if-match"),
+    };
+    let response = gateway.handle_write(&request_v1(event), parts).await;
     let mut out = ApiGatewayProxyResponse::default();
     out.status_code = i64::from(response.status);
     out.headers = header_map(&response.headers);
@@ -42,8 +47,27 @@ pub async fn handle_v2(
     event: &ApiGatewayV2httpRequest,
     gateway: &Gateway,
 ) -> ApiGatewayV2httpResponse {
-    let response = gateway.handle(&request_v2(event)).await;
+    let body = body_text(event.body.as_deref(), event.is_base64_encoded);
+    let parts = WriteParts {
+        body: body.as_deref(),
+        if_match: header(&event.headers, "if-match"),
+    };
+    let response = gateway.handle_write(&request_v2(event), parts).await;
     response_v2(response)
+}
+
+/// The request body as text (API Gateway base64-encodes bodies that are not); `None` when
+/// absent or not UTF-8 (a write then answers that it has no body).
+fn body_text(body: Option<&str>, base64: bool) -> Option<String> {
+    let body = body?;
+    if !base64 {
+        return Some(body.to_owned());
+    }
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
 }
 
 /// The v2 shape of a response (also what the local server turns into HTTP).

@@ -2,11 +2,13 @@
 //! [`FhirStore::apply`], which also records one outbox entry per committed change so events
 //! follow the store exactly.
 //!
-//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]) and [`dynamodb`]
-//! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS). FHIR REST servers
-//! come later. `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway reads through [`SearchStore`] as well
-//! ([`search`]: type-level search, paged history), which both adapters implement with the same
-//! answers (`tests/search_suite.rs`).
+//! Adapters: [`sqlite`] (the embedded default, [`sqlite::SqliteStore`]), [`dynamodb`]
+//! ([`dynamodb::DynamoStore`], whose table stream is the outbox on AWS) and [`rest`]
+//! ([`rest::RestStore`], any FHIR R4 server: HealthLake, HAPI, `fhir-unify serve`…).
+//! `tests/store_suite.rs` runs the same cases against every adapter. The partner gateway
+//! reads through [`SearchStore`] as well ([`search`]: type-level search, paged history),
+//! which the SQLite and DynamoDB adapters implement with the same answers
+//! (`tests/search_suite.rs`).
 //!
 //! Semantics every adapter keeps:
 //! - an upsert assigns the next `versionId` (1, 2, 3…) and `lastUpdated`, and keeps history;
@@ -21,6 +23,7 @@
 
 pub mod dataset;
 pub mod dynamodb;
+pub mod rest;
 pub mod search;
 pub mod sqlite;
 
