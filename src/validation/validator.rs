@@ -24,6 +24,8 @@ pub enum Loaded {
     CodeSystem(String),
     ValueSet(String),
     Questionnaire(String),
+    /// An ImplementationGuide: its global profiles (type → profile) now apply.
+    ImplementationGuide(String),
     /// A Bundle: how many of its entries were loaded.
     Bundle(usize),
     /// A resource the validator does not use (Questionnaire, ImplementationGuide…).
@@ -37,6 +39,8 @@ pub struct Validator {
     defs: Definitions,
     profiles: HashMap<String, Profile>,
     questionnaires: HashMap<String, Value>,
+    /// Global profiles of loaded ImplementationGuides: (resource type, profile URL).
+    globals: Vec<(String, String)>,
     invariants: bool,
 }
 
@@ -47,6 +51,7 @@ impl Validator {
             defs: Definitions::r4()?,
             profiles: HashMap::new(),
             questionnaires: HashMap::new(),
+            globals: Vec::new(),
             invariants: true,
         })
     }
@@ -122,14 +127,30 @@ impl Validator {
                 ),
             }
         }
+        super::narrative::check_links(resource, root, walker.sink_mut());
+        if root == "StructureDefinition" {
+            super::definition_checks::check_structure_definition(
+                &self.defs,
+                resource,
+                root,
+                walker.sink_mut(),
+            );
+        }
+        let globals = self
+            .globals
+            .iter()
+            .filter(|(t, _)| t == root)
+            .map(|(_, url)| url.as_str());
         let mut seen = HashSet::new();
-        for url in profiles.iter().copied().chain(claimed) {
+        for url in profiles.iter().copied().chain(claimed).chain(globals) {
             let key = url.split('|').next().unwrap_or(url);
             if !seen.insert(key) {
                 continue;
             }
             match self.profiles.get(key) {
-                Some(profile) => profile.check(resource, root, walker.sink_mut()),
+                Some(profile) => {
+                    profile.check_in(resource, root, walker.sink_mut(), &self.profiles, 0)
+                }
                 None if key.strip_prefix(CORE_SD).is_some_and(|t| t == root) => {}
                 None => walker.sink_mut().push(
                     Severity::Information,
@@ -178,6 +199,25 @@ impl Validator {
                 let vs = self.expand(resource);
                 self.defs.add_value_set(url, vs);
                 Ok(Loaded::ValueSet(url.to_owned()))
+            }
+            "ImplementationGuide" if !url.is_empty() => {
+                for g in resource
+                    .get("global")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                {
+                    if let (Some(t), Some(p)) = (
+                        g.get("type").and_then(Value::as_str),
+                        g.get("profile").and_then(Value::as_str),
+                    ) {
+                        let p = p.split('|').next().unwrap_or(p);
+                        if !self.globals.iter().any(|(gt, gp)| gt == t && gp == p) {
+                            self.globals.push((t.to_owned(), p.to_owned()));
+                        }
+                    }
+                }
+                Ok(Loaded::ImplementationGuide(url.to_owned()))
             }
             "Questionnaire" if !url.is_empty() => {
                 self.questionnaires.insert(url.to_owned(), resource.clone());
