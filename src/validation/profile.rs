@@ -1140,4 +1140,216 @@ mod tests {
             Profile::from_structure_definition(&json!({"url": "u", "type": "Patient"})).is_err()
         );
     }
+    fn sliced(discriminator: &str, rules: &str) -> Profile {
+        Profile::from_structure_definition(&json!({
+            "url": "http://example.org/b", "type": "Bundle", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Bundle.entry", "path": "Bundle.entry",
+                 "slicing": {"discriminator": [{"type": discriminator, "path": "resource"}], "rules": rules}},
+                {"id": "Bundle.entry:pat", "path": "Bundle.entry", "sliceName": "pat", "min": 1, "max": "1"},
+                {"id": "Bundle.entry:pat.resource", "path": "Bundle.entry.resource",
+                 "type": [{"code": "Patient", "profile": ["http://example.org/active-patient"]}]},
+                {"id": "Bundle.entry:prac", "path": "Bundle.entry", "sliceName": "prac", "min": 0, "max": "1"},
+                {"id": "Bundle.entry:prac.resource", "path": "Bundle.entry.resource",
+                 "type": [{"code": "Practitioner"}, {"code": "PractitionerRole"}]}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn registry() -> HashMap<String, Profile> {
+        let active = Profile::from_structure_definition(&json!({
+            "url": "http://example.org/active-patient", "type": "Patient", "derivation": "constraint",
+            "differential": {"element": [{"path": "Patient.active", "min": 1}]}
+        }))
+        .unwrap();
+        HashMap::from([(active.url.clone(), active)])
+    }
+
+    fn bundle(types: &[(&str, bool)]) -> Value {
+        json!({"resourceType": "Bundle", "type": "collection", "entry": types.iter().map(|(t, active)| {
+            let mut r = json!({"resourceType": t});
+            if *active { r["active"] = json!(true); }
+            json!({"resource": r})
+        }).collect::<Vec<_>>()})
+    }
+
+    fn slice_issues(p: &Profile, b: &Value) -> Vec<(Severity, String, String)> {
+        let mut sink = Sink::default();
+        p.check_in(b, "Bundle", &mut sink, &registry(), 0);
+        sink.outcome
+            .issues
+            .iter()
+            .map(|i| (i.severity, i.diagnostics.clone(), i.expression.join(",")))
+            .collect()
+    }
+
+    fn errors(p: &Profile, b: &Value) -> Vec<String> {
+        slice_issues(p, b)
+            .into_iter()
+            .filter(|(s, _, _)| *s == Severity::Error)
+            .map(|(_, d, e)| format!("{d} @ {e}"))
+            .collect()
+    }
+
+    #[test]
+    fn type_slicing_counts_each_slice() {
+        let p = sliced("type", "open");
+        let good = bundle(&[
+            ("Patient", true),
+            ("Practitioner", true),
+            ("Organization", true),
+        ]);
+        assert!(errors(&p, &good).is_empty(), "{:?}", errors(&p, &good));
+        let two = bundle(&[
+            ("Patient", true),
+            ("Practitioner", true),
+            ("PractitionerRole", true),
+        ]);
+        let e = errors(&p, &two);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("Bundle.entry:prac: max allowed = 1, but found 2"));
+        let none = bundle(&[("Practitioner", true)]);
+        let e = errors(&p, &none);
+        assert!(
+            e.len() == 1 && e[0].starts_with("Bundle.entry:pat: minimum required = 1"),
+            "{e:?}"
+        );
+        // The slice's type profile applies to the resources it holds.
+        let inactive = bundle(&[("Patient", false)]);
+        let e = errors(&p, &inactive);
+        assert!(
+            e.iter()
+                .any(|x| x.contains("Patient.active: minimum required = 1")
+                    && x.ends_with("@ Bundle.entry[0].resource")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn profile_slicing_uses_conformance_and_closed_rules() {
+        let p = sliced("profile", "closed");
+        // An inactive Patient does not conform to the slice's profile: it matches no slice.
+        let e = errors(&p, &bundle(&[("Patient", false), ("Practitioner", true)]));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("Bundle.entry:pat: minimum required = 1")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.contains("matches none of the slices")
+                    && x.ends_with("@ Bundle.entry[0]")),
+            "{e:?}"
+        );
+        assert!(errors(&p, &bundle(&[("Patient", true)])).is_empty());
+        // Without the registry the profile cannot be resolved: said, not guessed.
+        let mut sink = Sink::default();
+        p.check(&bundle(&[("Patient", true)]), "Bundle", &mut sink);
+        assert!(
+            sink.outcome
+                .issues
+                .iter()
+                .any(|i| i.severity == Severity::Information)
+        );
+    }
+
+    #[test]
+    fn value_and_pattern_slices_and_extension_urls() {
+        let p = Profile::from_structure_definition(&json!({
+            "url": "http://example.org/o", "type": "Observation", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Observation.category", "path": "Observation.category",
+                 "slicing": {"discriminator": [{"type": "pattern", "path": "$this"}], "rules": "open"}},
+                {"id": "Observation.category:vs", "path": "Observation.category", "sliceName": "vs", "min": 1, "max": "1",
+                 "patternCodeableConcept": {"coding": [{"system": "http://s", "code": "vital-signs"}]}},
+                {"id": "Observation.component", "path": "Observation.component",
+                 "slicing": {"discriminator": [{"type": "value", "path": "code.coding.code"}], "rules": "closed"}},
+                {"id": "Observation.component:sys", "path": "Observation.component", "sliceName": "sys", "min": 1, "max": "1"},
+                {"id": "Observation.component:sys.code.coding.code", "path": "Observation.component.code.coding.code", "fixedCode": "8480-6"},
+                {"id": "Observation.component:sys.value[x]", "path": "Observation.component.value[x]", "min": 1},
+                {"id": "Observation.extension:e", "path": "Observation.extension", "sliceName": "e", "min": 1,
+                 "type": [{"code": "Extension", "profile": ["http://example.org/ext"]}]}
+            ]}
+        }))
+        .unwrap();
+        let obs = json!({"resourceType": "Observation",
+            "extension": [{"url": "http://example.org/ext", "valueString": "x"}],
+            "category": [{"coding": [{"system": "http://s", "code": "vital-signs", "display": "V"}]}, {"text": "other"}],
+            "component": [{"code": {"coding": [{"code": "8480-6"}]}, "valueQuantity": {"value": 1}}]});
+        let e = errors(&p, &obs);
+        assert!(e.is_empty(), "{e:?}");
+        let mut bad = obs.clone();
+        bad["extension"] = json!([{"url": "http://example.org/other", "valueString": "x"}]);
+        bad["category"] = json!([{"text": "other"}]);
+        bad["component"] = json!([{"code": {"coding": [{"code": "8480-6"}]}}, {"code": {"coding": [{"code": "1-1"}]}}]);
+        let e = errors(&p, &bad);
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("Observation.extension:e: minimum required = 1")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("Observation.category:vs: minimum required = 1")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|x| x
+                .starts_with("Observation.component:sys.value[x]: minimum required = 1")
+                && x.ends_with(".component[0]")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x.contains("matches none") && x.ends_with(".component[1]")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn profile_invariants_and_unsupported_discriminators_are_reported() {
+        let p = Profile::from_structure_definition(&json!({
+            "url": "http://example.org/p", "type": "Patient", "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Patient", "path": "Patient", "constraint": [
+                    {"key": "p-1", "severity": "error", "human": "a name or an identifier", "expression": "name.exists() or identifier.exists()"},
+                    {"key": "p-2", "severity": "error", "human": "broken", "expression": "name.("},
+                    {"key": "ele-1", "severity": "error", "human": "core", "expression": "false"}]},
+                {"id": "Patient.link", "path": "Patient.link",
+                 "slicing": {"discriminator": [{"type": "value", "path": "other.resolve().id"}], "rules": "open"}},
+                {"id": "Patient.link:a", "path": "Patient.link", "sliceName": "a", "min": 1}
+            ]}
+        }))
+        .unwrap();
+        let issues = slice_issues(&p, &json!({"resourceType": "Patient", "active": true}));
+        assert!(issues.iter().any(|(s, d, e)| *s == Severity::Error
+            && d.starts_with("p-1: a name")
+            && e == "Bundle"));
+        assert!(
+            issues.iter().any(|(s, d, _)| *s == Severity::Information
+                && d.starts_with("p-2: invariant not checked"))
+        );
+        assert!(
+            issues
+                .iter()
+                .any(|(s, d, _)| *s == Severity::Information && d.contains("not supported"))
+        );
+        assert!(!issues.iter().any(|(_, d, _)| d.starts_with("ele-1")));
+        assert_eq!(
+            issues
+                .iter()
+                .filter(|(s, _, _)| *s == Severity::Error)
+                .count(),
+            1
+        );
+        assert!(
+            slice_issues(
+                &p,
+                &json!({"resourceType": "Patient", "name": [{"family": "x"}]})
+            )
+            .iter()
+            .all(|(s, _, _)| *s != Severity::Error)
+        );
+    }
 }
