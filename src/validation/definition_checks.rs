@@ -29,6 +29,21 @@ pub(crate) fn check(defs: &Definitions, resource: &Value, loc: &str, sink: &mut 
                 );
             }
         }
+        Some("ValueSet") => value_set(defs, resource, loc, sink),
+        Some("CodeSystem") => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, p) in items(resource, "property").iter().enumerate() {
+                if let Some(code) = p.get("code").and_then(Value::as_str)
+                    && !seen.insert(code)
+                {
+                    sink.error(
+                        "business-rule",
+                        &format!("{loc}.property[{i}]"),
+                        "a property is already defined with this code".into(),
+                    );
+                }
+            }
+        }
         Some("CapabilityStatement") => {
             for (i, rest) in items(resource, "rest").iter().enumerate() {
                 let at = format!("{loc}.rest[{i}]");
@@ -39,6 +54,57 @@ pub(crate) fn check(defs: &Definitions, resource: &Value, loc: &str, sink: &mut 
             }
         }
         _ => {}
+    }
+}
+
+/// A ValueSet's listed codes are checked as Codings are (membership in the code systems
+/// held, offline check digits, or "not checked"); its filters need the code system's
+/// properties, which are not held: said, not passed.
+fn value_set(defs: &Definitions, vs: &Value, loc: &str, sink: &mut Sink) {
+    let Some(compose) = vs.get("compose") else {
+        return;
+    };
+    for part in ["include", "exclude"] {
+        for (i, inc) in items(compose, part).iter().enumerate() {
+            let at = format!("{loc}.compose.{part}[{i}]");
+            let Some(system) = inc.get("system").and_then(Value::as_str) else {
+                continue;
+            };
+            if !system.contains(':') {
+                sink.error(
+                    "invalid",
+                    &format!("{at}.system"),
+                    "the system of a ValueSet include must be an absolute URI (a contained CodeSystem is named by its url)".into(),
+                );
+                continue;
+            }
+            for (j, c) in items(inc, "concept").iter().enumerate() {
+                if let Some(code) = c.get("code").and_then(Value::as_str) {
+                    let mut coding = serde_json::Map::new();
+                    coding.insert("system".into(), Value::from(system));
+                    coding.insert("code".into(), Value::from(code));
+                    if let Some(d) = c.get("display") {
+                        coding.insert("display".into(), d.clone());
+                    }
+                    super::terminology::check_coding(
+                        defs,
+                        &coding,
+                        &format!("{at}.concept[{j}]"),
+                        sink,
+                    );
+                }
+            }
+            if !items(inc, "filter").is_empty() {
+                sink.push(
+                    crate::outcome::Severity::Information,
+                    "informational",
+                    &at,
+                    format!(
+                        "the filters over {system} were not checked (their properties and values need the code system's definition: a terminology server)"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -247,6 +313,58 @@ mod search_param_tests {
         assert_eq!(
             errors(&cs("date")),
             vec!["R.rest[0].resource[0].searchParam[0]"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod terminology_resource_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::outcome::Severity;
+
+    fn issues(r: &Value) -> Vec<(Severity, String)> {
+        let mut sink = Sink::default();
+        check(Definitions::shared().unwrap(), r, "R", &mut sink);
+        sink.outcome
+            .issues
+            .iter()
+            .map(|i| (i.severity, i.expression.join(",")))
+            .collect()
+    }
+
+    #[test]
+    fn value_set_codes_are_checked_and_filters_said_not_checked() {
+        let vs = json!({"resourceType": "ValueSet", "compose": {"include": [
+            {"system": "http://snomed.info/sct", "concept": [{"code": "1"}, {"code": "271649006"}]},
+            {"system": "http://hl7.org/fhir/administrative-gender", "concept": [{"code": "male"}, {"code": "nope"}]},
+            {"system": "http://snomed.info/sct", "filter": [{"property": "concept", "op": "is-a", "value": "1"}]},
+            {"system": "#cs"}]}});
+        let got = issues(&vs);
+        let errors: Vec<&str> = got
+            .iter()
+            .filter(|(s, _)| *s == Severity::Error)
+            .map(|(_, e)| e.as_str())
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "R.compose.include[0].concept[0]",
+                "R.compose.include[1].concept[1]",
+                "R.compose.include[3].system"
+            ]
+        );
+        assert!(got.contains(&(Severity::Information, "R.compose.include[2]".to_owned())));
+    }
+
+    #[test]
+    fn code_system_properties_are_unique() {
+        let cs = |codes: &[&str]| json!({"resourceType": "CodeSystem", "property": codes.iter().map(|c| json!({"code": c, "type": "code"})).collect::<Vec<_>>()});
+        assert!(issues(&cs(&["a", "b"])).is_empty());
+        assert_eq!(
+            issues(&cs(&["a", "b", "a"])),
+            vec![(Severity::Error, "R.property[2]".to_owned())]
         );
     }
 }

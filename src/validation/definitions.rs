@@ -260,6 +260,8 @@ pub struct Definitions {
     extension_contexts: HashMap<String, Vec<(String, String)>>,
     /// Code systems loaded as fragments (a subset: a code not found is not an error).
     fragments: HashSet<String>,
+    /// CodeSystem supplements loaded (they add designations; they are no system of codes).
+    supplements: HashSet<String>,
 }
 
 impl Definitions {
@@ -383,6 +385,7 @@ impl Definitions {
             search_params: raw.search_params,
             extension_contexts: extension_errata(raw.extension_contexts),
             fragments: HashSet::new(),
+            supplements: HashSet::new(),
         })
     }
 
@@ -440,6 +443,16 @@ impl Definitions {
     pub fn add_code_system_fragment(&mut self, url: &str, codes: HashSet<String>) {
         self.code_systems.insert(url.to_owned(), codes);
         self.fragments.insert(url.to_owned());
+    }
+
+    /// Records a CodeSystem supplement (a Coding may not name it as its system).
+    pub fn add_supplement(&mut self, url: &str) {
+        self.supplements.insert(url.to_owned());
+    }
+
+    /// True if `url` is a loaded CodeSystem supplement.
+    pub fn is_supplement(&self, url: &str) -> bool {
+        self.supplements.contains(url)
     }
 
     /// True if the code system was loaded as a fragment.

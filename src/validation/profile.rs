@@ -361,6 +361,21 @@ impl Profile {
                     }
                 }
             };
+            if let Some(obj) = e.as_object() {
+                for (k, what) in [
+                    ("minValue", "the minValue/maxValue limits"),
+                    ("maxValue", "the minValue/maxValue limits"),
+                    ("maxLength", "the maxLength limits"),
+                    ("binding", "the bindings"),
+                ] {
+                    let present = obj.keys().any(|key| key.starts_with(k))
+                        && (k != "binding" || e.pointer("/binding/valueSet").is_some());
+                    let msg = what.to_owned();
+                    if present && !profile.unsupported.contains(&msg) {
+                        profile.unsupported.push(msg);
+                    }
+                }
+            }
             match place {
                 Place::Nested => {
                     let msg = format!("the slices inside slices ({path})");

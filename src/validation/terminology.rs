@@ -165,6 +165,14 @@ pub(crate) fn check_coding(
     else {
         return;
     };
+    if defs.is_supplement(system) {
+        sink.error(
+            "code-invalid",
+            loc,
+            format!("{system} is a CodeSystem supplement: it cannot be the system of a Coding"),
+        );
+        return;
+    }
     if let Some(codes) = defs.code_system(system) {
         if !codes.contains(code.as_str()) {
             if defs.is_fragment(system) {

@@ -207,9 +207,13 @@ impl Validator {
                     .get("content")
                     .and_then(Value::as_str)
                     .unwrap_or("complete");
-                // A CodeSystem that lists no codes (`not-present`, or a supplement) says
-                // nothing about membership: loading it must not make every code unknown.
-                if codes.is_empty() || matches!(content, "not-present" | "supplement") {
+                if content == "supplement" || resource.get("supplements").is_some() {
+                    self.defs.add_supplement(url);
+                    return Ok(Loaded::Ignored(format!("CodeSystem supplement {url}")));
+                }
+                // A CodeSystem that lists no codes says nothing about membership: loading it
+                // must not make every code unknown.
+                if codes.is_empty() || content == "not-present" {
                     return Ok(Loaded::Ignored(format!("CodeSystem {url} ({content})")));
                 }
                 let displays: HashMap<String, String> = codes
@@ -643,6 +647,13 @@ mod tests {
         };
         assert!(!v.validate(&ex("b")).has_errors());
         assert!(v.validate(&ex("c")).has_errors());
+        // A supplement adds designations: it is no system a Coding may name.
+        v.load(&json!({"resourceType": "CodeSystem", "url": "http://example.org/sup", "content": "supplement",
+            "supplements": loinc, "concept": [{"code": "8480-6", "display": "SBP"}]}))
+            .unwrap();
+        let sup = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://example.org/sup", "code": "8480-6"}]}});
+        assert!(v.validate(&sup).has_errors());
         // A CodeSystem without its codes says nothing about membership.
         let ignored = v
             .load(&json!({"resourceType": "CodeSystem", "url": "http://snomed.info/sct", "content": "not-present"}))
