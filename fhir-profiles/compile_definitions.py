@@ -290,7 +290,37 @@ def main():
             held is not None and url.startswith("http://terminology.hl7.org/")
         ):
             code_systems[url] = sorted(set(held[0]))
+    # Displays of the held code systems' concepts (display checks on Codings).
+    displays = {}
+    for url in code_systems:
+        shown = {}
+
+        def walk_displays(concepts):
+            for c in concepts:
+                if c.get("display"):
+                    shown.setdefault(c["code"], c["display"])
+                walk_displays(c.get("concept", []))
+
+        walk_displays(term.cs[url].get("concept", []))
+        if shown:
+            displays[url] = dict(sorted(shown.items()))
+    # Core search parameters' types (SearchParameter.derivedFrom, CapabilityStatement checks).
+    search_params = {
+        r["url"]: r["type"]
+        for r in resources
+        if r.get("resourceType") == "SearchParameter" and r.get("url") and r.get("type")
+    }
+    # Core extensions' contexts (where each extension may be used): [type, expression].
+    extension_contexts = {}
+    for sd in sds:
+        if sd.get("type") == "Extension" and sd.get("derivation") == "constraint" and sd.get("url"):
+            ctx = [[c.get("type", ""), c.get("expression", "")] for c in sd.get("context", [])]
+            if ctx:
+                extension_contexts[sd["url"]] = ctx
     out = {
+        "displays": displays,
+        "extensionContexts": extension_contexts,
+        "searchParams": search_params,
         "fhirVersion": "4.0.1",
         "primitives": primitives,
         "types": types,

@@ -169,3 +169,34 @@ fn profiles_from_load_and_profile_are_applied() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_counts_bundle_entries_and_ndjson_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = json!({"resourceType": "Patient", "gender": "nope"});
+    write(
+        dir.path(),
+        "b.json",
+        &json!({"resourceType": "Bundle", "type": "collection",
+            "entry": [{"resource": good_patient()}, {"resource": bad}]}),
+    );
+    let lines = format!(
+        "{}\n{}\n",
+        serde_json::to_string(&good_patient()).unwrap(),
+        serde_json::to_string(&good_patient()).unwrap()
+    );
+    std::fs::write(dir.path().join("c.ndjson"), lines).unwrap();
+    let out = validate(dir.path(), &["--bench", "2", "b.json", "c.ndjson"]);
+    assert!(out.status.success());
+    let v = stdout_json(&out);
+    assert_eq!(v["resources"], 4);
+    assert_eq!(v["passes"], 2);
+    assert_eq!(v["resources_with_errors"], 1);
+    assert!(v["resources_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["load_ms"].as_f64().unwrap() > 0.0);
+    // A corpus line that is not JSON stops the measurement (exit 2), naming the line.
+    std::fs::write(dir.path().join("d.ndjson"), "{}\nnot json\n").unwrap();
+    let out = validate(dir.path(), &["--bench", "1", "d.ndjson"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}

@@ -47,6 +47,7 @@ fn hl7_validator_cases_agreement() {
     let mut core = Tally::default();
     let mut confusion: BTreeMap<&str, usize> = BTreeMap::new();
     let mut not_checked_cases = 0usize;
+    let mut silent_passes = Vec::new();
     for path in json_files(&dir) {
         let case = read_json(&path);
         let name = case["name"].as_str().unwrap_or("?").to_owned();
@@ -82,12 +83,18 @@ fn hl7_validator_cases_agreement() {
             .filter(|i| i.severity >= Severity::Error)
             .count();
         let valid = errors == 0;
-        if outcome
-            .issues
-            .iter()
-            .any(|i| i.diagnostics.contains("not checked") || i.diagnostics.contains("not loaded"))
-        {
+        let said_not_checked = outcome.issues.iter().any(|i| {
+            i.diagnostics.contains("not checked")
+                || i.diagnostics.contains("not loaded")
+                || i.diagnostics.contains("not evaluated")
+        });
+        if said_not_checked {
             not_checked_cases += 1;
+        }
+        // A case that needs what is not held (a terminology server, SNOMED CT…), that the
+        // reference finds invalid and that passes here, must say what was not checked.
+        if !self_contained && !expected_valid && valid && !said_not_checked {
+            silent_passes.push(name.clone());
         }
         for (t, counted) in [(&mut all, true), (&mut core, self_contained)] {
             if !counted {
@@ -118,11 +125,16 @@ fn hl7_validator_cases_agreement() {
         println!("  {n:4}  {k}");
     }
     println!("  {not_checked_cases:4}  cases with a 'not checked' information issue");
+    println!(
+        "  {:4}  cases needing what is not held that pass without saying so: {silent_passes:?}",
+        silent_passes.len()
+    );
     assert!(all.cases > 200, "expected the whole case set");
     assert!(core.cases > 100);
-    // A floor against regressions (measured: 104 of 116, see BENCHMARKS.md), not a target.
+    // A floor against regressions (measured: 113 of 116, see BENCHMARKS.md): the issue's
+    // goal of 95% on the self-contained cases.
     assert!(
-        Tally::pct(core.valid_agree, core.cases) >= 85.0,
+        Tally::pct(core.valid_agree, core.cases) >= 95.0,
         "{}",
         core.line("needs empty")
     );

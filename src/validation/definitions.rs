@@ -27,6 +27,15 @@ struct RawDefinitions {
     value_sets: HashMap<String, RawValueSet>,
     #[serde(rename = "codeSystems")]
     code_systems: HashMap<String, Vec<String>>,
+    /// Code system → code → display (older files have none).
+    #[serde(default)]
+    displays: HashMap<String, HashMap<String, String>>,
+    /// Core search parameter URL → its type (`token`, `string`…).
+    #[serde(default, rename = "searchParams")]
+    search_params: HashMap<String, String>,
+    /// Core extension URL → its contexts, `[type, expression]`.
+    #[serde(default, rename = "extensionContexts")]
+    extension_contexts: HashMap<String, Vec<(String, String)>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +189,20 @@ fn errata<'e>(key: &str, expression: &'e str) -> &'e str {
     }
 }
 
+/// Published R4 extension contexts that R4's own definitions contradict, corrected as later
+/// versions publish them: `structuredefinition-fhir-type` names `ElementDefinition.type.code`,
+/// yet R4's snapshots carry it on `ElementDefinition.type` (its R4B/R5 context).
+fn extension_errata(
+    mut contexts: HashMap<String, Vec<(String, String)>>,
+) -> HashMap<String, Vec<(String, String)>> {
+    if let Some(c) =
+        contexts.get_mut("http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type")
+    {
+        c.push(("element".to_owned(), "ElementDefinition.type".to_owned()));
+    }
+    contexts
+}
+
 /// One type (resource, data type or primitive).
 #[derive(Debug)]
 pub struct TypeDef {
@@ -232,6 +255,13 @@ pub struct Definitions {
     primitives: HashMap<String, Option<Regex>>,
     value_sets: HashMap<String, ValueSetDef>,
     code_systems: HashMap<String, HashSet<String>>,
+    displays: HashMap<String, HashMap<String, String>>,
+    search_params: HashMap<String, String>,
+    extension_contexts: HashMap<String, Vec<(String, String)>>,
+    /// Code systems loaded as fragments (a subset: a code not found is not an error).
+    fragments: HashSet<String>,
+    /// CodeSystem supplements loaded (they add designations; they are no system of codes).
+    supplements: HashSet<String>,
 }
 
 impl Definitions {
@@ -351,12 +381,83 @@ impl Definitions {
             primitives,
             value_sets,
             code_systems,
+            displays: raw.displays,
+            search_params: raw.search_params,
+            extension_contexts: extension_errata(raw.extension_contexts),
+            fragments: HashSet::new(),
+            supplements: HashSet::new(),
         })
+    }
+
+    /// The display of a code of a held code system (`None`: not held, or no display).
+    pub fn display(&self, system: &str, code: &str) -> Option<&str> {
+        self.displays.get(system)?.get(code).map(String::as_str)
+    }
+
+    /// True if the displays of this code system's codes are held.
+    pub fn has_displays(&self, system: &str) -> bool {
+        self.displays.contains_key(system)
+    }
+
+    /// Adds (or replaces) the displays of a code system's codes (a CodeSystem loaded at run
+    /// time).
+    pub fn add_displays(&mut self, system: &str, displays: HashMap<String, String>) {
+        if displays.is_empty() {
+            self.displays.remove(system);
+        } else {
+            self.displays.insert(system.to_owned(), displays);
+        }
+    }
+
+    /// The type of a core (or loaded) search parameter.
+    pub fn search_param_type(&self, url: &str) -> Option<&str> {
+        self.search_params
+            .get(url.split('|').next().unwrap_or(url))
+            .map(String::as_str)
+    }
+
+    /// Adds a search parameter's type (a SearchParameter loaded at run time).
+    pub fn add_search_param(&mut self, url: &str, ty: &str) {
+        self.search_params.insert(url.to_owned(), ty.to_owned());
+    }
+
+    /// Where an extension may be used (`[type, expression]`), if its definition is held.
+    pub fn extension_context(&self, url: &str) -> Option<&[(String, String)]> {
+        self.extension_contexts.get(url).map(Vec::as_slice)
+    }
+
+    /// Adds an extension's contexts (an extension definition loaded at run time).
+    pub fn add_extension_context(&mut self, url: &str, contexts: Vec<(String, String)>) {
+        self.extension_contexts.insert(url.to_owned(), contexts);
     }
 
     /// Adds (or replaces) a code system's codes (a CodeSystem loaded at run time).
     pub fn add_code_system(&mut self, url: &str, codes: HashSet<String>) {
+        self.fragments.remove(url);
         self.code_systems.insert(url.to_owned(), codes);
+    }
+
+    /// Adds (or replaces) a code system's codes known to be a subset of it (a CodeSystem
+    /// with `content: fragment`, such as a SNOMED CT or LOINC extract): a code outside it
+    /// is a warning, not an error.
+    pub fn add_code_system_fragment(&mut self, url: &str, codes: HashSet<String>) {
+        self.code_systems.insert(url.to_owned(), codes);
+        self.fragments.insert(url.to_owned());
+    }
+
+    /// Records a CodeSystem supplement (a Coding may not name it as its system).
+    pub fn add_supplement(&mut self, url: &str) {
+        self.supplements.insert(url.to_owned());
+    }
+
+    /// True if `url` is a loaded CodeSystem supplement.
+    pub fn is_supplement(&self, url: &str) -> bool {
+        self.supplements.contains(url)
+    }
+
+    /// True if the code system was loaded as a fragment.
+    pub fn is_fragment(&self, url: &str) -> bool {
+        self.fragments.contains(url)
     }
 
     /// Adds (or replaces) an expanded value set (a ValueSet loaded at run time).

@@ -7,8 +7,10 @@
 //! offline check digits). Issues name the rule and the place (`Patient.name[0].given[1]`),
 //! never the value. [`SchemaValidator`] (HL7's R4 JSON Schema) is kept for comparison.
 
+pub mod definition_checks;
 pub mod definitions;
 pub mod location;
+pub mod narrative;
 pub mod profile;
 pub mod questionnaire;
 pub mod schema;

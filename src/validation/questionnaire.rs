@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::Definitions;
 use super::structure::Sink;
+use crate::outcome::Severity;
 
 const EXT: &str = "http://hl7.org/fhir/StructureDefinition/";
 
@@ -346,7 +347,15 @@ fn check_value(defs: &Definitions, d: &Value, vt: &str, v: &Value, loc: &str, si
                     );
                     continue;
                 }
-                if q.get("code") != b.get("code") {
+                if q.get("system") != b.get("system") || q.get("code") != b.get("code") {
+                    sink.push(
+                        Severity::Information,
+                        "informational",
+                        loc,
+                        format!(
+                            "the quantity was not checked against the allowed {word}: their units differ, and unit conversion is not supported"
+                        ),
+                    );
                     continue;
                 }
                 let (x, y) = (
@@ -362,6 +371,30 @@ fn check_value(defs: &Definitions, d: &Value, vt: &str, v: &Value, loc: &str, si
                         format!("the quantity is outside the allowed {word}"),
                     );
                 }
+            }
+            let units: Vec<&Map<String, Value>> = d
+                .get("extension")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|e| {
+                    e.get("url").and_then(Value::as_str)
+                        == Some("http://hl7.org/fhir/StructureDefinition/questionnaire-unitOption")
+                })
+                .filter_map(|e| e.get("valueCoding").and_then(Value::as_object))
+                .collect();
+            if !units.is_empty()
+                && !units
+                    .iter()
+                    .any(|u| u.get("system") == q.get("system") && u.get("code") == q.get("code"))
+            {
+                sink.error(
+                    "value",
+                    loc,
+                    "the quantity's unit is not one of the units the question allows (unitOption)"
+                        .into(),
+                );
             }
         }
         ("Attachment", Value::Object(att)) => {

@@ -144,6 +144,9 @@ pub(crate) struct Walker<'d, 'v> {
     resources: Vec<(&'v Value, &'v Value)>,
     /// False to skip FHIRPath invariants (a benchmark's baseline).
     evaluate_invariants: bool,
+    /// While walking a primitive's `_` sibling: the primitive element (type name, path), the
+    /// context of the extensions found there.
+    primitive_context: Option<(&'d str, &'d str)>,
 }
 
 impl<'d, 'v> Walker<'d, 'v> {
@@ -155,6 +158,7 @@ impl<'d, 'v> Walker<'d, 'v> {
             frames: Vec::new(),
             resources: Vec::new(),
             evaluate_invariants: true,
+            primitive_context: None,
         }
     }
 
@@ -581,7 +585,11 @@ impl<'d, 'v> Walker<'d, 'v> {
             match u.as_object() {
                 Some(ext) => {
                     if let Some(element) = self.defs.type_def("Element") {
+                        let outer = self
+                            .primitive_context
+                            .replace((ty.name.as_str(), e.path.as_str()));
                         self.object(element, element, "", ext, loc, false, depth + 1, nesting);
+                        self.primitive_context = outer;
                     }
                 }
                 None => self.sink.error(
@@ -622,7 +630,10 @@ impl<'d, 'v> Walker<'d, 'v> {
             self.object(dt, dt, "", obj, loc, false, depth + 1, nesting);
             match code {
                 "Reference" => self.reference(e, obj, loc),
-                "Extension" => self.extension(obj, loc),
+                "Extension" => {
+                    self.extension(obj, loc);
+                    self.extension_context(ty, e, obj, loc);
+                }
                 "Coding" => {
                     terminology::check_coding(self.defs, obj, loc, &mut self.sink);
                     self.binding(e, BindingTarget::Coding(obj), loc);
@@ -998,6 +1009,77 @@ impl<'d, 'v> Walker<'d, 'v> {
                 "value",
                 loc,
                 "the stated attachment size does not match the size of its data".into(),
+            );
+        }
+    }
+
+    /// An extension whose definition is held may only be used where its context allows:
+    /// an element context names a type (`HumanName`, or an ancestor such as `Element`), or
+    /// an element path (`HumanName.family`, `Patient.name`). Contexts of other kinds
+    /// (`fhirpath`, `extension`) are not evaluated here.
+    fn extension_context(
+        &mut self,
+        ty: &'d TypeDef,
+        e: &'d ElementDef,
+        obj: &Map<String, Value>,
+        loc: &str,
+    ) {
+        let Some(Value::String(url)) = obj.get("url") else {
+            return;
+        };
+        let Some(contexts) = self.defs.extension_context(url) else {
+            return;
+        };
+        if contexts.iter().any(|(kind, _)| kind != "element") {
+            return;
+        }
+        // The element holding the extension: a type's root, an element inside a type
+        // (backbone), or a primitive whose `_` sibling holds it.
+        let (type_name, inner) = match (ty.name.as_str(), self.primitive_context) {
+            ("Element", Some((t, p))) => (t, p),
+            _ => (
+                ty.name.as_str(),
+                e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or(""),
+            ),
+        };
+        let definitional = if inner.is_empty() {
+            type_name.to_owned()
+        } else {
+            format!("{type_name}.{inner}")
+        };
+        // The instance path without indexes or the extension's own segment.
+        let mut instance = String::with_capacity(loc.len());
+        let mut depth = 0usize;
+        for c in loc.chars() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                _ if depth == 0 => instance.push(c),
+                _ => {}
+            }
+        }
+        let instance = instance.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        let allowed = contexts.iter().any(|(_, expr)| {
+            let expr = expr.as_str();
+            // A context in a type R4 does not have (`CanonicalResource`, from a later
+            // version's extension) cannot be evaluated here.
+            let head = expr.split('.').next().unwrap_or(expr);
+            self.defs.type_def(head).is_none()
+                || expr == definitional
+                || expr == instance
+                || matches!(expr, "Element" | "Base")
+                || (inner.is_empty() && self.defs.derives_from(type_name, expr))
+                || (!inner.is_empty() && expr == "BackboneElement")
+        });
+        if !allowed {
+            let list: Vec<&str> = contexts.iter().map(|(_, x)| x.as_str()).collect();
+            self.sink.error(
+                "structure",
+                loc,
+                format!(
+                    "the extension {url} is not allowed here ({definitional}): it may be used at {}",
+                    list.join(", ")
+                ),
             );
         }
     }

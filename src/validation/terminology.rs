@@ -165,12 +165,44 @@ pub(crate) fn check_coding(
     else {
         return;
     };
+    if defs.is_supplement(system) {
+        sink.error(
+            "code-invalid",
+            loc,
+            format!("{system} is a CodeSystem supplement: it cannot be the system of a Coding"),
+        );
+        return;
+    }
     if let Some(codes) = defs.code_system(system) {
         if !codes.contains(code.as_str()) {
-            sink.error(
-                "code-invalid",
-                loc,
-                format!("unknown code in the code system {system}"),
+            if defs.is_fragment(system) {
+                sink.push(
+                    Severity::Warning,
+                    "code-invalid",
+                    loc,
+                    format!(
+                        "the code is not in the loaded fragment of {system}: membership could not be confirmed"
+                    ),
+                );
+            } else {
+                sink.error(
+                    "code-invalid",
+                    loc,
+                    format!("unknown code in the code system {system}"),
+                );
+            }
+        } else if let (Some(Value::String(display)), Some(expected)) =
+            (coding.get("display"), defs.display(system, code))
+            && !same_display(display, expected)
+        {
+            // R4: a wrong display is a warning (the reference validator's default).
+            sink.push(
+                Severity::Warning,
+                "invalid",
+                &format!("{loc}.display"),
+                format!(
+                    "wrong display for the code of {system}: the code system says '{expected}'"
+                ),
             );
         }
         return;
@@ -199,6 +231,20 @@ pub(crate) fn check_coding(
             loc,
             format!("{system} is not loaded: membership was not checked"),
         ),
+    }
+}
+
+/// Displays compare without regard to case or runs of white space.
+fn same_display(a: &str, b: &str) -> bool {
+    let mut x = a.split_whitespace();
+    let mut y = b.split_whitespace();
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q))
+                if p.eq_ignore_ascii_case(q) || p.to_lowercase() == q.to_lowercase() => {}
+            _ => return false,
+        }
     }
 }
 

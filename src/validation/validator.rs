@@ -24,6 +24,10 @@ pub enum Loaded {
     CodeSystem(String),
     ValueSet(String),
     Questionnaire(String),
+    /// A SearchParameter: its type is checked where it is named.
+    SearchParameter(String),
+    /// An ImplementationGuide: its global profiles (type → profile) now apply.
+    ImplementationGuide(String),
     /// A Bundle: how many of its entries were loaded.
     Bundle(usize),
     /// A resource the validator does not use (Questionnaire, ImplementationGuide…).
@@ -37,6 +41,8 @@ pub struct Validator {
     defs: Definitions,
     profiles: HashMap<String, Profile>,
     questionnaires: HashMap<String, Value>,
+    /// Global profiles of loaded ImplementationGuides: (resource type, profile URL).
+    globals: Vec<(String, String)>,
     invariants: bool,
 }
 
@@ -47,6 +53,7 @@ impl Validator {
             defs: Definitions::r4()?,
             profiles: HashMap::new(),
             questionnaires: HashMap::new(),
+            globals: Vec::new(),
             invariants: true,
         })
     }
@@ -122,14 +129,23 @@ impl Validator {
                 ),
             }
         }
+        super::narrative::check_links(resource, root, walker.sink_mut());
+        super::definition_checks::check(&self.defs, resource, root, walker.sink_mut());
+        let globals = self
+            .globals
+            .iter()
+            .filter(|(t, _)| t == root)
+            .map(|(_, url)| url.as_str());
         let mut seen = HashSet::new();
-        for url in profiles.iter().copied().chain(claimed) {
+        for url in profiles.iter().copied().chain(claimed).chain(globals) {
             let key = url.split('|').next().unwrap_or(url);
             if !seen.insert(key) {
                 continue;
             }
             match self.profiles.get(key) {
-                Some(profile) => profile.check(resource, root, walker.sink_mut()),
+                Some(profile) => {
+                    profile.check_in(resource, root, walker.sink_mut(), &self.profiles, 0)
+                }
                 None if key.strip_prefix(CORE_SD).is_some_and(|t| t == root) => {}
                 None => walker.sink_mut().push(
                     Severity::Information,
@@ -165,19 +181,83 @@ impl Validator {
             {
                 let profile = Profile::from_structure_definition(resource)?;
                 let url = profile.url.clone();
+                if profile.resource_type == "Extension"
+                    && let Some(ctx) = resource.get("context").and_then(Value::as_array)
+                {
+                    let contexts: Vec<(String, String)> = ctx
+                        .iter()
+                        .filter_map(|c| {
+                            Some((
+                                c.get("type")?.as_str()?.to_owned(),
+                                c.get("expression")?.as_str()?.to_owned(),
+                            ))
+                        })
+                        .collect();
+                    if !contexts.is_empty() {
+                        self.defs.add_extension_context(&url, contexts);
+                    }
+                }
                 self.profiles.insert(url.clone(), profile);
                 Ok(Loaded::Profile(url))
             }
             "CodeSystem" if !url.is_empty() => {
-                let mut codes = HashSet::new();
+                let mut codes = HashMap::new();
                 collect_concepts(resource.get("concept"), &mut codes, 0);
-                self.defs.add_code_system(url, codes);
+                let content = resource
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or("complete");
+                if content == "supplement" || resource.get("supplements").is_some() {
+                    self.defs.add_supplement(url);
+                    return Ok(Loaded::Ignored(format!("CodeSystem supplement {url}")));
+                }
+                // A CodeSystem that lists no codes says nothing about membership: loading it
+                // must not make every code unknown.
+                if codes.is_empty() || content == "not-present" {
+                    return Ok(Loaded::Ignored(format!("CodeSystem {url} ({content})")));
+                }
+                let displays: HashMap<String, String> = codes
+                    .iter()
+                    .filter_map(|(c, d)| Some((c.clone(), d.clone()?)))
+                    .collect();
+                let codes: HashSet<String> = codes.into_keys().collect();
+                if content == "complete" {
+                    self.defs.add_code_system(url, codes);
+                } else {
+                    self.defs.add_code_system_fragment(url, codes);
+                }
+                self.defs.add_displays(url, displays);
                 Ok(Loaded::CodeSystem(url.to_owned()))
+            }
+            "SearchParameter" if !url.is_empty() => {
+                if let Some(t) = resource.get("type").and_then(Value::as_str) {
+                    self.defs.add_search_param(url, t);
+                }
+                Ok(Loaded::SearchParameter(url.to_owned()))
             }
             "ValueSet" if !url.is_empty() => {
                 let vs = self.expand(resource);
                 self.defs.add_value_set(url, vs);
                 Ok(Loaded::ValueSet(url.to_owned()))
+            }
+            "ImplementationGuide" if !url.is_empty() => {
+                for g in resource
+                    .get("global")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                {
+                    if let (Some(t), Some(p)) = (
+                        g.get("type").and_then(Value::as_str),
+                        g.get("profile").and_then(Value::as_str),
+                    ) {
+                        let p = p.split('|').next().unwrap_or(p);
+                        if !self.globals.iter().any(|(gt, gp)| gt == t && gp == p) {
+                            self.globals.push((t.to_owned(), p.to_owned()));
+                        }
+                    }
+                }
+                Ok(Loaded::ImplementationGuide(url.to_owned()))
             }
             "Questionnaire" if !url.is_empty() => {
                 self.questionnaires.insert(url.to_owned(), resource.clone());
@@ -278,7 +358,11 @@ impl Validator {
     }
 }
 
-fn collect_concepts(concepts: Option<&Value>, out: &mut HashSet<String>, depth: usize) {
+fn collect_concepts(
+    concepts: Option<&Value>,
+    out: &mut HashMap<String, Option<String>>,
+    depth: usize,
+) {
     if depth > 32 {
         return;
     }
@@ -288,7 +372,8 @@ fn collect_concepts(concepts: Option<&Value>, out: &mut HashSet<String>, depth: 
         .unwrap_or(&[])
     {
         if let Some(code) = c.get("code").and_then(Value::as_str) {
-            out.insert(code.to_owned());
+            let display = c.get("display").and_then(Value::as_str).map(str::to_owned);
+            out.insert(code.to_owned(), display);
         }
         collect_concepts(c.get("concept"), out, depth + 1);
     }
@@ -440,6 +525,164 @@ mod tests {
                 .any(|(s, d, e)| *s == Severity::Error
                     && d.contains("unit of time")
                     && e == "Condition.onsetAge.code")
+        );
+    }
+    #[test]
+    fn extension_contexts_are_checked() {
+        let url = "http://hl7.org/fhir/StructureDefinition/humanname-mothers-family";
+        let on_name = json!({"resourceType": "Patient", "name": [{"family": "F",
+            "extension": [{"url": url, "valueString": "M"}]}]});
+        assert!(has_error_at(
+            &on_name,
+            "Patient.name[0].extension[0]",
+            "not allowed here"
+        ));
+        let on_family = json!({"resourceType": "Patient", "name": [{"family": "F",
+            "_family": {"extension": [{"url": url, "valueString": "M"}]}}]});
+        assert!(
+            !Validator::shared()
+                .unwrap()
+                .validate(&on_family)
+                .has_errors()
+        );
+        // A resource-level extension on a resource; one on a data type it is not made for.
+        let birth = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
+        let ok = json!({"resourceType": "Patient", "extension": [{"url": birth, "valueAddress": {"city": "X"}}]});
+        assert!(!Validator::shared().unwrap().validate(&ok).has_errors());
+        let bad = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "extension": [{"url": birth, "valueAddress": {"city": "X"}}]});
+        assert!(has_error_at(
+            &bad,
+            "Observation.extension[0]",
+            "not allowed here"
+        ));
+    }
+
+    fn has_error_at(v: &Value, at: &str, text: &str) -> bool {
+        issues(v)
+            .iter()
+            .any(|(s, d, e)| *s == Severity::Error && e == at && d.contains(text))
+    }
+
+    #[test]
+    fn displays_of_held_code_systems_are_checked() {
+        let coding = |display: &str| {
+            json!({"resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": display}})
+        };
+        assert!(
+            !issues(&coding("ambulatory"))
+                .iter()
+                .any(|(s, _, _)| *s >= Severity::Warning)
+        );
+        assert!(
+            !issues(&coding("AMBULATORY "))
+                .iter()
+                .any(|(s, _, _)| *s >= Severity::Warning)
+        );
+        let wrong = issues(&coding("inpatient encounter"));
+        assert!(wrong.iter().any(|(s, d, e)| *s == Severity::Warning
+            && d.starts_with("wrong display")
+            && e == "Encounter.class.display"));
+        assert!(!wrong.iter().any(|(s, _, _)| *s == Severity::Error));
+    }
+
+    #[test]
+    fn loaded_code_systems_check_membership_and_display() {
+        let loinc = "http://loinc.org";
+        let obs = |code: &str, display: &str| {
+            json!({"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": loinc, "code": code, "display": display}]}})
+        };
+        let shared = Validator::shared().unwrap();
+        // Not loaded: the check digit is checked and membership is said not to be.
+        let before = shared.validate(&obs("8480-6", "Systolic blood pressure"));
+        assert!(
+            before
+                .issues
+                .iter()
+                .any(|i| i.severity == Severity::Information
+                    && i.diagnostics.contains("membership was not checked"))
+        );
+        assert!(shared.validate(&obs("8480-5", "x")).has_errors());
+        let mut v = Validator::r4().unwrap();
+        let loaded = v
+            .load(
+                &json!({"resourceType": "CodeSystem", "url": loinc, "content": "fragment",
+                "concept": [{"code": "8480-6", "display": "Systolic blood pressure"}]}),
+            )
+            .unwrap();
+        assert_eq!(loaded, Loaded::CodeSystem(loinc.to_owned()));
+        let ok = v.validate(&obs("8480-6", "Systolic blood pressure"));
+        assert!(
+            !ok.issues
+                .iter()
+                .any(|i| i.diagnostics.contains("not checked") || i.severity >= Severity::Warning),
+            "{ok:?}"
+        );
+        let wrong_display = v.validate(&obs("8480-6", "Diastolic"));
+        assert!(
+            wrong_display
+                .issues
+                .iter()
+                .any(|i| i.severity == Severity::Warning
+                    && i.diagnostics.starts_with("wrong display"))
+        );
+        // A fragment: a code outside it is a warning, not an error.
+        let outside = v.validate(&obs("8462-4", "Diastolic blood pressure"));
+        assert!(!outside.has_errors());
+        assert!(
+            outside
+                .issues
+                .iter()
+                .any(|i| i.severity == Severity::Warning && i.diagnostics.contains("fragment"))
+        );
+        // A complete code system: a code outside it is an error.
+        v.load(&json!({"resourceType": "CodeSystem", "url": "http://example.org/cs", "content": "complete",
+            "concept": [{"code": "a", "display": "A", "concept": [{"code": "b"}]}]}))
+            .unwrap();
+        let ex = |code: &str| {
+            json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://example.org/cs", "code": code}]}})
+        };
+        assert!(!v.validate(&ex("b")).has_errors());
+        assert!(v.validate(&ex("c")).has_errors());
+        // A supplement adds designations: it is no system a Coding may name.
+        v.load(&json!({"resourceType": "CodeSystem", "url": "http://example.org/sup", "content": "supplement",
+            "supplements": loinc, "concept": [{"code": "8480-6", "display": "SBP"}]}))
+            .unwrap();
+        let sup = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://example.org/sup", "code": "8480-6"}]}});
+        assert!(v.validate(&sup).has_errors());
+        // A CodeSystem without its codes says nothing about membership.
+        let ignored = v
+            .load(&json!({"resourceType": "CodeSystem", "url": "http://snomed.info/sct", "content": "not-present"}))
+            .unwrap();
+        assert!(matches!(ignored, Loaded::Ignored(_)));
+        let sct = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "271649006"}]}});
+        assert!(!v.validate(&sct).has_errors());
+    }
+
+    #[test]
+    fn global_profiles_of_a_loaded_implementation_guide_apply() {
+        let mut v = Validator::r4().unwrap();
+        v.load(&json!({"resourceType": "StructureDefinition", "url": "http://x/p", "type": "Patient",
+            "derivation": "constraint", "differential": {"element": [{"path": "Patient.name", "min": 1}]}}))
+            .unwrap();
+        let p = json!({"resourceType": "Patient", "active": true});
+        assert!(!v.validate(&p).has_errors());
+        let ig = v
+            .load(
+                &json!({"resourceType": "ImplementationGuide", "url": "http://x/ig",
+                "global": [{"type": "Patient", "profile": "http://x/p"}]}),
+            )
+            .unwrap();
+        assert_eq!(ig, Loaded::ImplementationGuide("http://x/ig".to_owned()));
+        assert!(v.validate(&p).has_errors());
+        assert!(
+            !v.validate(&json!({"resourceType": "Basic", "code": {"text": "x"}}))
+                .has_errors()
         );
     }
 }
