@@ -328,7 +328,11 @@ impl LocalWorkflow {
             .map_err(|e| LocalError::Definition(e.to_string()))?;
         let machine = asl::StateMachine::parse(&text)
             .map_err(|e| LocalError::Definition(e.to_string()))?
-            .with_name("unify");
+            .with_name("unify")
+            // Express, as the stack deploys it: the same five-minute limit (on the engine's
+            // clock) and the same integrations refused.
+            .with_type(asl::WorkflowType::Express)
+            .map_err(|e| LocalError::Definition(e.to_string()))?;
         Ok(LocalWorkflow {
             engine: asl::Engine::with_config(
                 registry,
