@@ -174,7 +174,11 @@ impl<R: Read> Iterator for CsvRecords<R> {
 }
 
 impl<R> CsvRecords<R> {
-    fn change(&self, row: u64, fields: Map<String, Json>) -> Result<SourceChange, CsvRecordError> {
+    fn change(
+        &self,
+        row: u64,
+        mut fields: Map<String, Json>,
+    ) -> Result<SourceChange, CsvRecordError> {
         let mut key = RecordKey::default();
         for name in &self.options.key {
             let v = match fields.get(name) {
@@ -190,7 +194,7 @@ impl<R> CsvRecords<R> {
                 reason: format!("the key ({}) is empty", self.options.key.join(", ")),
             });
         }
-        let data: Map<String, Json> = fields.into_iter().filter(|(_, v)| !v.is_null()).collect();
+        fields.retain(|_, v| !v.is_null());
         Ok(SourceChange {
             source: self.options.source.clone(),
             entity: self.options.entity.clone(),
@@ -198,7 +202,7 @@ impl<R> CsvRecords<R> {
             op: Op::Upsert,
             sequence: Sequence::from(row + 1),
             observed_at: self.options.observed_at,
-            data: Json::Object(data),
+            data: Json::Object(fields),
         })
     }
 }
