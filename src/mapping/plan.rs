@@ -461,6 +461,12 @@ fn tokenize(src: &str) -> Option<Vec<Tok<'_>>> {
     Some(out)
 }
 
+/// A keyword argument's value: a string literal, or a dict literal (`key=`).
+enum KwArg {
+    Text(String),
+    Dict(Vec<(String, Ex)>),
+}
+
 const KEYWORDS: [&str; 8] = ["if", "else", "or", "and", "not", "in", "is", "none"];
 
 struct Parser<'s> {
@@ -719,20 +725,20 @@ impl<'s> Parser<'s> {
     /// The arguments after `name(`: positional expressions, then `kw=value`.
     fn call(&mut self, name: &str) -> Option<Ex> {
         let mut args = Vec::new();
-        let mut kwargs: Vec<(&'s str, Tok<'s>, Option<Vec<(String, Ex)>>)> = Vec::new();
+        let mut kwargs: Vec<(&'s str, KwArg)> = Vec::new();
         if self.eat_sym(")").is_none() {
             loop {
                 if let (Some(Tok::Ident(k)), Some(Tok::Sym("="))) =
                     (self.peek().cloned(), self.toks.get(self.pos + 1).cloned())
                 {
                     self.pos += 2;
-                    if kwargs.iter().any(|(seen, ..)| *seen == k) {
+                    if kwargs.iter().any(|(seen, _)| *seen == k) {
                         return None;
                     }
                     if self.eat_sym("{").is_some() {
-                        kwargs.push((k, Tok::Sym("{"), Some(self.dict_body()?)));
+                        kwargs.push((k, KwArg::Dict(self.dict_body()?)));
                     } else {
-                        kwargs.push((k, Tok::Str(self.string()?), None));
+                        kwargs.push((k, KwArg::Text(self.string()?)));
                     }
                 } else if kwargs.is_empty() {
                     args.push(self.ifexpr()?);
@@ -746,10 +752,6 @@ impl<'s> Parser<'s> {
             }
         }
         let mut args = args.into_iter();
-        let text = |t: Tok<'s>| match t {
-            Tok::Str(s) => Some(s),
-            _ => None,
-        };
         let ex = match name {
             "conceptmap" => {
                 let url = match args.next()? {
@@ -785,11 +787,11 @@ impl<'s> Parser<'s> {
                     _ => return None,
                 };
                 let (mut entity, mut key, mut suffix) = (None, None, None);
-                for (k, t, dict) in kwargs {
-                    match (k, dict) {
-                        ("entity", None) => entity = Some(text(t)?),
-                        ("suffix", None) => suffix = Some(text(t)?),
-                        ("key", Some(d)) => key = Some(d),
+                for (k, arg) in kwargs {
+                    match (k, arg) {
+                        ("entity", KwArg::Text(t)) => entity = Some(t),
+                        ("suffix", KwArg::Text(t)) => suffix = Some(t),
+                        ("key", KwArg::Dict(d)) => key = Some(d),
                         _ => return None,
                     }
                 }
