@@ -263,11 +263,13 @@ impl<R: BufRead> CsvRows<R> {
             if !record.ends_with(b"\n") {
                 record.push(b'\n');
             }
+            let n = splitter.split(record);
             // A record over several lines must be strictly quoted (a closing quote followed by a
-            // delimiter or the end of the line): otherwise a stray quote has glued lines together.
+            // delimiter or the end of the line) and have the header's width: otherwise a stray
+            // quote has glued lines together.
             if pending.len() > 1
-                && let Some(q) = quote
-                && !strictly_quoted(record, q, splitter.delimiter)
+                && (quote.is_some_and(|q| !strictly_quoted(record, q, splitter.delimiter))
+                    || header.as_ref().is_some_and(|names| n != names.len()))
             {
                 refuse_first(
                     pending,
@@ -278,7 +280,6 @@ impl<R: BufRead> CsvRows<R> {
                 );
                 continue;
             }
-            let n = splitter.split(record);
             let first_line = pending.first().map_or(0, |l| l.no);
             let Some(names) = &*header else {
                 // The header row.
@@ -326,16 +327,6 @@ impl<R: BufRead> CsvRows<R> {
                 continue;
             };
             if n != names.len() {
-                if pending.len() > 1 {
-                    refuse_first(
-                        pending,
-                        replay,
-                        row,
-                        "broken quoting: a quoted field opened here runs into the next lines",
-                        &mut |r| queue.push_back(r),
-                    );
-                    continue;
-                }
                 *row += 1;
                 queue.push_back(Row::Bad {
                     row: *row,
