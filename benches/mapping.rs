@@ -2,10 +2,13 @@
 //! generated here, so the benchmark needs no outside data), one core:
 //! - `decode`: CSV text → `SourceChange`s (`mapping::csv_records`);
 //! - `map`: `SourceChange` → FHIR Patient with `examples/synthea/patients.yaml` (identifiers,
-//!   names, two ConceptMaps, translation tables);
+//!   names, two ConceptMaps, translation tables), planned expressions (`Mapping::apply`);
+//! - `map_templates`: the same through minijinja templates only
+//!   (`Mapping::apply_via_templates`, the engine before plans): the before/after in one run;
 //! - `decode_and_map`: both, as the pipeline does.
 //!
-//! Run: `cargo bench --bench mapping`. Throughput is in records (rows) per second.
+//! Run: `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench -p
+//! fhir-unify --bench mapping`. Throughput is in records (rows) per second.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -73,6 +76,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(changes.len(), ROWS);
     // Every generated row maps (a benchmark of errors would measure the wrong thing).
     for ch in &changes {
+        assert_eq!(mapping.apply(ch), mapping.apply_via_templates(ch));
         mapping.apply(ch).unwrap();
     }
 
@@ -83,6 +87,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for ch in &changes {
                 black_box(mapping.apply(black_box(ch)).unwrap());
+            }
+        })
+    });
+    g.bench_function("map_templates", |b| {
+        b.iter(|| {
+            for ch in &changes {
+                black_box(mapping.apply_via_templates(black_box(ch)).unwrap());
             }
         })
     });

@@ -430,3 +430,128 @@ fn fixtures_round_trip_through_the_event_types() {
         assert!(again.0.path.starts_with("/ingest/"), "{name}");
     }
 }
+
+/// Status and JSON body of the answer to an event.
+async fn call_value(api: &Api, event: Value) -> (u16, Value) {
+    let out = ingest_api::handle(event, &api.env).await.unwrap();
+    let status = u16::try_from(out["statusCode"].as_i64().unwrap()).unwrap();
+    (
+        status,
+        serde_json::from_str(out["body"].as_str().unwrap()).unwrap(),
+    )
+}
+
+/// A v1 fixture turned into `DELETE path`, a second later, with its own request id.
+fn delete_event(fixture: &str, path: &str, request_id: &str) -> Value {
+    let mut e = event(fixture);
+    e["httpMethod"] = "DELETE".into();
+    e["requestContext"]["httpMethod"] = "DELETE".into();
+    e["requestContext"]["requestId"] = request_id.into();
+    let t = e["requestContext"]["requestTimeEpoch"].as_i64().unwrap();
+    e["requestContext"]["requestTimeEpoch"] = (t + 1000).into();
+    e["path"] = path.into();
+    e["body"] = Value::Null;
+    e
+}
+
+#[tokio::test]
+async fn delete_of_a_fhir_resource_and_of_a_source_record() {
+    let api = api();
+    let (status, headers, _) = call(&api, "apigw-v1-put-patient.json").await;
+    assert_eq!(status, 201);
+    let patient = reference_of(headers["location"].as_str().unwrap());
+    let events = count_events(&api);
+
+    // DELETE of what `PUT …/Patient/p-123` made: 200 with an OperationOutcome, a delete
+    // version in the store, one change event.
+    let del = delete_event(
+        "apigw-v1-put-patient.json",
+        "/ingest/partner/fhir/Patient/p-123",
+        "v1-delete-patient",
+    );
+    let (status, body) = call_value(&api, del.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert_eq!(body["issue"][0]["severity"], "information");
+    let text = diagnostics(&body);
+    assert!(text.contains(&patient), "{text}");
+    assert!(text.contains("v1-delete-patient"), "{text}");
+    assert!(stored(&api, &patient).await.is_none());
+    let (t, id) = patient.split_once('/').unwrap();
+    let current = api
+        .env
+        .store
+        .read(&ResourceRef {
+            resource_type: t.into(),
+            id: id.into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(current.deleted);
+    assert_eq!(count_events(&api), events + 1);
+
+    // Again, and an id never written: the store has no current resource, so 404.
+    for path in [
+        "/ingest/partner/fhir/Patient/p-123",
+        "/ingest/partner/fhir/Patient/never-written",
+    ] {
+        let (status, body) = call_value(
+            &api,
+            delete_event("apigw-v1-put-patient.json", path, "v1-delete-again"),
+        )
+        .await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["issue"][0]["code"], "not-found");
+        assert_eq!(expressions(&body), ["path"]);
+    }
+    assert_eq!(count_events(&api), events + 1);
+
+    // A source record, deleted by its key: the Patient its mapping made goes.
+    let (status, headers, body) = call(&api, "apigw-v1-post-record.json").await;
+    assert_eq!(status, 201, "{body}");
+    let member = reference_of(headers["location"].as_str().unwrap());
+    assert!(stored(&api, &member).await.is_some());
+    let del = delete_event(
+        "apigw-v1-post-record.json",
+        "/ingest/partner/members/m-1",
+        "v1-delete-member",
+    );
+    let (status, body) = call_value(&api, del).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(diagnostics(&body).contains(&member), "{body}");
+    assert!(stored(&api, &member).await.is_none());
+    let (status, _) = call_value(
+        &api,
+        delete_event(
+            "apigw-v1-post-record.json",
+            "/ingest/partner/members/m-2",
+            "v1-delete-unknown-member",
+        ),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // DELETE where it means nothing: 405, naming what is allowed.
+    let (status, body) = call_value(
+        &api,
+        delete_event(
+            "apigw-v1-put-patient.json",
+            "/ingest/partner/fhir/Patient",
+            "v1-delete-type",
+        ),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert!(diagnostics(&body).contains("allowed: POST"), "{body}");
+
+    // Without a write grant: 403, nothing deleted.
+    let mut no_grant = delete_event(
+        "apigw-v1-put-patient.json",
+        "/ingest/partner/fhir/Patient/p-123",
+        "v1-delete-no-grant",
+    );
+    no_grant["requestContext"]["authorizer"]["writeTypes"] = "Observation".into();
+    let (status, _) = call_value(&api, no_grant).await;
+    assert_eq!(status, 403);
+}

@@ -13,6 +13,12 @@
 //!   `fhir.<Type>` and the key below). References between resources posted to the same source
 //!   (`Patient/123`, or a Bundle entry's `fullUrl`) are rewritten to those ids.
 //!
+//! - `DELETE <path>/fhir/<Type>/<id>` (what `PUT` of that id made) and
+//!   `DELETE <path>/<entity>/<key>` (the resources a source record made; entities with a
+//!   one-column key; the key is the path segment as a string, or as an integer when only that
+//!   form is stored): 200 with an OperationOutcome saying what was deleted, 404 when the store
+//!   holds no current resource for it. The delete goes through `unify` like any change.
+//!
 //! Keys of FHIR resources: `PUT …/<Type>/<id>` is keyed by `{"id": <id>}`; a create by its
 //! first identifier with system and value (`{"identifier": "system|value"}`, so posting the
 //! same identifier again updates, like a conditional create), else by the request
@@ -291,6 +297,13 @@ enum Route<'a> {
         resource_type: String,
         id: String,
     },
+    /// `DELETE <path>/fhir/<Type>/<id>` or `DELETE <path>/<entity>/<key>`: `keys` are the
+    /// record keys it may mean, in order of preference.
+    Delete {
+        source: &'a SourceConfig,
+        entity: String,
+        keys: Vec<RecordKey>,
+    },
 }
 
 /// Answers one request. Never fails: every problem is an OperationOutcome response.
@@ -312,6 +325,14 @@ pub async fn ingest(req: &ApiRequest, env: &ApiEnv) -> ApiResponse {
 
 async fn answer(req: &ApiRequest, env: &ApiEnv) -> Result<ApiResponse, Refused> {
     let route = route(req, env)?;
+    if let Route::Delete {
+        source,
+        entity,
+        keys,
+    } = route
+    {
+        return delete(req, env, source, &entity, &keys).await;
+    }
     let body = body_json(req)?;
     match route {
         Route::Records { source, entity } => records(req, env, source, &entity, body).await,
@@ -325,6 +346,13 @@ async fn answer(req: &ApiRequest, env: &ApiEnv) -> Result<ApiResponse, Refused> 
             id,
         } => single(req, env, source, &resource_type, Some(&id), body).await,
         Route::Bundle { source } => bundle(req, env, source, body).await,
+        Route::Delete { .. } => Err(Refused::new(
+            500,
+            "exception",
+            req,
+            "a delete reached the body step".into(),
+            "method",
+        )),
     }
 }
 
@@ -385,7 +413,7 @@ fn route<'a>(req: &ApiRequest, env: &'a ApiEnv) -> Result<Route<'a>, Refused> {
         }
         ["fhir", t, id] => {
             type_accepted(t)?;
-            allow("PUT")?;
+            allow("PUT, DELETE")?;
             if !is_fhir_id(id) {
                 return Err(Refused::new(
                     400,
@@ -395,10 +423,51 @@ fn route<'a>(req: &ApiRequest, env: &'a ApiEnv) -> Result<Route<'a>, Refused> {
                     "path",
                 ));
             }
-            Route::Update {
+            if method == "DELETE" {
+                Route::Delete {
+                    source,
+                    entity: api_fhir_entity(t),
+                    keys: vec![RecordKey::from_pairs([("id", Value::from(*id))])],
+                }
+            } else {
+                Route::Update {
+                    source,
+                    resource_type: (*t).to_owned(),
+                    id: (*id).to_owned(),
+                }
+            }
+        }
+        [entity, key] if source.entities.contains_key(*entity) => {
+            allow("DELETE")?;
+            let columns = source
+                .entities
+                .get(*entity)
+                .map_or(&[][..], |e| e.key.as_slice());
+            let [column] = columns else {
+                return Err(Refused::new(
+                    400,
+                    "not-supported",
+                    req,
+                    format!(
+                        "entity {entity:?} has a key of {} columns; a delete by path needs a one-column key",
+                        columns.len()
+                    ),
+                    "path",
+                ));
+            };
+            let mut keys = vec![RecordKey::from_pairs([(
+                column.as_str(),
+                Value::from(*key),
+            )])];
+            if let Ok(n) = key.parse::<i64>()
+                && n.to_string() == *key
+            {
+                keys.push(RecordKey::from_pairs([(column.as_str(), Value::from(n))]));
+            }
+            Route::Delete {
                 source,
-                resource_type: (*t).to_owned(),
-                id: (*id).to_owned(),
+                entity: (*entity).to_owned(),
+                keys,
             }
         }
         [entity] if source.entities.contains_key(*entity) => {
@@ -417,7 +486,7 @@ fn route<'a>(req: &ApiRequest, env: &'a ApiEnv) -> Result<Route<'a>, Refused> {
     };
     // Which types the request writes; a bundle's entries are checked one by one.
     let needed: Vec<String> = match &route {
-        Route::Records { entity, .. } => env
+        Route::Records { entity, .. } | Route::Delete { entity, .. } => env
             .mappings
             .get(&source.name, entity)
             .map(|m| {
@@ -1168,6 +1237,117 @@ async fn single(
                 first,
             ))
         }
+    }
+}
+
+/// `DELETE`: the resources of the first of `keys` the store holds a current version of are
+/// deleted through `unify`; none is 404.
+async fn delete(
+    req: &ApiRequest,
+    env: &ApiEnv,
+    source: &SourceConfig,
+    entity: &str,
+    keys: &[RecordKey],
+) -> Result<ApiResponse, Refused> {
+    let Some(mapping) = env.mappings.get(&source.name, entity) else {
+        return Err(Refused::new(
+            404,
+            "not-found",
+            req,
+            format!("source {:?} has no mapping for {entity:?}", source.name),
+            "path",
+        ));
+    };
+    let unavailable = |e: crate::store::StoreError| {
+        tracing::error!(request_id = %req.request_id, error = %e, "ingest-api: store read failed");
+        Refused::new(
+            503,
+            "transient",
+            req,
+            "the store could not be read; retry later".into(),
+            "store",
+        )
+    };
+    let mut found = None;
+    'keys: for key in keys {
+        let targets = mapping.targets(key);
+        for t in &targets {
+            if env
+                .store
+                .read(t)
+                .await
+                .map_err(unavailable)?
+                .is_some_and(|v| !v.deleted)
+            {
+                found = Some((key.clone(), targets));
+                break 'keys;
+            }
+        }
+    }
+    let Some((key, targets)) = found else {
+        return Err(Refused::new(
+            404,
+            "not-found",
+            req,
+            format!(
+                "no current resource of {}/{entity} at this path",
+                source.name
+            ),
+            "path",
+        ));
+    };
+    let (sequence, observed_at) = sequence(req, 0);
+    let pending = vec![Pending {
+        change: SourceChange {
+            source: source.name.clone(),
+            entity: entity.to_owned(),
+            key,
+            op: Op::Delete,
+            sequence,
+            observed_at,
+            data: Value::Null,
+        },
+        targets,
+        place: "path".into(),
+    }];
+    let done = publish(req, env, &pending).await?;
+    match done.into_iter().next() {
+        Some(Done::Rejected { status, outcome }) => Ok(ApiResponse::json(status, outcome)),
+        Some(done @ Done::Published(_)) => {
+            let status = done.status();
+            let Done::Published(outcomes) = done else {
+                return Err(Refused::new(
+                    500,
+                    "exception",
+                    req,
+                    "no result".into(),
+                    "unify",
+                ));
+            };
+            let deleted: Vec<String> = outcomes
+                .iter()
+                .filter(|o| o.action == PublishAction::Deleted)
+                .map(|o| o.target.to_string())
+                .collect();
+            let text = if deleted.is_empty() {
+                format!(
+                    "request {}: nothing deleted (a later change was already applied)",
+                    req.request_id
+                )
+            } else {
+                format!("request {}: deleted {}", req.request_id, deleted.join(", "))
+            };
+            let outcome =
+                Outcome::from(Issue::new(Severity::Information, "informational", text)).to_fhir();
+            Ok(ApiResponse::json(status, outcome))
+        }
+        None => Err(Refused::new(
+            500,
+            "exception",
+            req,
+            "no result".into(),
+            "unify",
+        )),
     }
 }
 

@@ -1,23 +1,26 @@
-//! A small CSV reader that turns each row of a file into a [`SourceChange`] upsert, for
-//! `fhir-unify map`, the Synthea example and benchmarks. The full Transfer decoders (encodings,
-//! fixed-width, gzip, …) live in `sources::transfer`; this one only knows UTF-8 CSV with a
-//! header, so it can be swapped for them.
+//! CSV files as [`SourceChange`] upserts, for `fhir-unify map`-style tools, the Synthea
+//! example and benchmarks: the Transfer source's CSV decoder ([`crate::sources::transfer::csv`]:
+//! quoting, broken-quoting recovery, UTF-8 checks) read row by row, with the keys and records
+//! the Synthea mappings expect.
 //!
 //! A record is the row as a JSON object of header → string; empty cells are left out (so
 //! `record.STOP` is undefined, as a mapping expects of a missing value). The key is made of the
 //! configured key columns, as written (an empty cell is `""` in the key: Synthea's medications
 //! need `STOP` in theirs, and it is often empty); a row whose key cells are all empty is an
-//! error. The sequence is the row's line number; errors name the file and the
-//! line, never a value.
+//! error. The sequence is the row's number counting the header as 1 (its line number when no
+//! field spans lines); errors name the file and the row, never a value.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
 
 use crate::model::{Op, RecordKey, Sequence, SourceChange};
+use crate::sources::transfer::CsvFormat;
+use crate::sources::transfer::csv::CsvRows;
+use crate::sources::transfer::row::Row;
 
 /// What each row becomes.
 #[derive(Debug, Clone)]
@@ -44,17 +47,18 @@ impl CsvOptions {
     }
 }
 
-/// A CSV file or row that cannot be read; names the file and line, never a value.
+/// A CSV file or row that cannot be read; names the file and row, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsvRecordError {
     #[error("{file}: cannot read: {reason}")]
     Open { file: String, reason: String },
     #[error("{file}: {reason}")]
     Header { file: String, reason: String },
-    #[error("{file} line {line}: {reason}")]
+    /// `place` is the decoder's: `row 3 (line 4)`.
+    #[error("{file} {place}: {reason}")]
     Row {
         file: String,
-        line: u64,
+        place: String,
         reason: String,
     },
 }
@@ -62,13 +66,12 @@ pub enum CsvRecordError {
 /// The rows of one CSV file as source changes, in file order.
 #[derive(Debug)]
 pub struct CsvRecords<R> {
-    reader: ::csv::Reader<R>,
+    rows: CsvRows<BufReader<R>>,
+    /// The first row, read with the header.
+    first: Option<Row>,
     file: String,
     headers: Vec<String>,
-    key_index: Vec<(String, usize)>,
     options: CsvOptions,
-    record: ::csv::StringRecord,
-    done: bool,
 }
 
 /// Opens a CSV file (header first).
@@ -91,39 +94,46 @@ pub fn read_csv<R: Read>(
         file: file.to_owned(),
         reason,
     };
-    let mut reader = ::csv::ReaderBuilder::new()
-        .delimiter(options.delimiter)
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(reader);
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| header_error(format!("cannot read the header: {}", safe_reason(&e))))?
-        .iter()
-        .map(str::to_owned)
-        .collect();
     if options.key.is_empty() {
         return Err(header_error("no key columns configured".into()));
     }
-    let mut key_index = Vec::with_capacity(options.key.len());
+    let format = CsvFormat {
+        delimiter: char::from(options.delimiter).to_string(),
+        ..CsvFormat::default()
+    };
+    let mut rows = CsvRows::new(BufReader::with_capacity(64 * 1024, reader), &format);
+    let first = match rows.next() {
+        None => None,
+        Some(Ok(Row::Bad {
+            row: 0,
+            place,
+            message,
+        })) => return Err(header_error(format!("{place}: {message}"))),
+        Some(Ok(row)) => Some(row),
+        Some(Err(broken)) => {
+            return Err(header_error(format!(
+                "{}: {}",
+                broken.place,
+                broken.message()
+            )));
+        }
+    };
+    let Some(headers) = rows.columns().map(<[String]>::to_vec) else {
+        return Err(header_error("the file is empty: no header".into()));
+    };
     for k in &options.key {
-        match headers.iter().position(|h| h == k) {
-            Some(i) => key_index.push((k.clone(), i)),
-            None => {
-                return Err(header_error(format!(
-                    "key column `{k}` is not in the header"
-                )));
-            }
+        if !headers.contains(k) {
+            return Err(header_error(format!(
+                "key column `{k}` is not in the header"
+            )));
         }
     }
     Ok(CsvRecords {
-        reader,
+        rows,
+        first,
         file: file.to_owned(),
         headers,
-        key_index,
         options,
-        record: ::csv::StringRecord::new(),
-        done: false,
     })
 }
 
@@ -138,81 +148,62 @@ impl<R: Read> Iterator for CsvRecords<R> {
     type Item = Result<SourceChange, CsvRecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let line_of = |e: &::csv::Error| e.position().map_or(0, |p| p.line());
-        match self.reader.read_record(&mut self.record) {
-            Ok(false) => {
-                self.done = true;
-                None
-            }
-            Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
-                Some(self.change(line))
-            }
-            Err(e) => {
-                let line = line_of(&e);
-                // An I/O error ends the file; a bad row (wrong width, bad UTF-8) is reported
-                // and the rows after it are still read.
-                if matches!(e.kind(), ::csv::ErrorKind::Io(_)) {
-                    self.done = true;
+        let row = match self.first.take() {
+            Some(row) => row,
+            None => match self.rows.next()? {
+                Ok(row) => row,
+                // The decoder stops after a read error.
+                Err(broken) => {
+                    return Some(Err(CsvRecordError::Row {
+                        file: self.file.clone(),
+                        place: broken.place.clone(),
+                        reason: broken.message(),
+                    }));
                 }
-                Some(Err(CsvRecordError::Row {
-                    file: self.file.clone(),
-                    line,
-                    reason: safe_reason(&e),
-                }))
-            }
-        }
+            },
+        };
+        Some(match row {
+            Row::Bad { place, message, .. } => Err(CsvRecordError::Row {
+                file: self.file.clone(),
+                place,
+                reason: message,
+            }),
+            Row::Record { row, fields } => self.change(row, fields),
+        })
     }
 }
 
 impl<R> CsvRecords<R> {
-    fn change(&self, line: u64) -> Result<SourceChange, CsvRecordError> {
-        let mut data = Map::with_capacity(self.headers.len());
-        for (name, value) in self.headers.iter().zip(self.record.iter()) {
-            if !value.is_empty() {
-                data.insert(name.clone(), Json::String(value.to_owned()));
-            }
-        }
+    fn change(
+        &self,
+        row: u64,
+        mut fields: Map<String, Json>,
+    ) -> Result<SourceChange, CsvRecordError> {
         let mut key = RecordKey::default();
-        for (name, i) in &self.key_index {
-            let v = self.record.get(*i).unwrap_or_default();
-            key.0.insert(name.clone(), Json::String(v.to_owned()));
+        for name in &self.options.key {
+            let v = match fields.get(name) {
+                Some(Json::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            key.0.insert(name.clone(), Json::String(v));
         }
         if key.0.values().all(|v| v.as_str() == Some("")) {
-            let names: Vec<&str> = self.options.key.iter().map(String::as_str).collect();
             return Err(CsvRecordError::Row {
                 file: self.file.clone(),
-                line,
-                reason: format!("the key ({}) is empty", names.join(", ")),
+                place: format!("row {row}"),
+                reason: format!("the key ({}) is empty", self.options.key.join(", ")),
             });
         }
+        fields.retain(|_, v| !v.is_null());
         Ok(SourceChange {
             source: self.options.source.clone(),
             entity: self.options.entity.clone(),
             key,
             op: Op::Upsert,
-            sequence: Sequence::from(line),
+            sequence: Sequence::from(row + 1),
             observed_at: self.options.observed_at,
-            data: Json::Object(data),
+            data: Json::Object(fields),
         })
-    }
-}
-
-/// The csv crate's error without any cell content (its messages hold positions and lengths,
-/// but a UTF-8 error's text is kept generic to be safe).
-fn safe_reason(e: &::csv::Error) -> String {
-    match e.kind() {
-        ::csv::ErrorKind::Utf8 { err, .. } => {
-            format!("field {} is not valid UTF-8", err.field() + 1)
-        }
-        ::csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => format!("{len} fields where the header has {expected_len}"),
-        ::csv::ErrorKind::Io(io) => format!("read error: {io}"),
-        _ => "malformed CSV".to_owned(),
     }
 }
 
@@ -255,16 +246,47 @@ mod tests {
         assert_eq!(
             errs,
             [
-                "p.csv line 3: 1 fields where the header has 2",
-                "p.csv line 4: the key (Id) is empty",
-                "p.csv line 5: field 2 is not valid UTF-8",
+                "p.csv row 2 (line 3): 1 fields, but the header has 2",
+                "p.csv row 3: the key (Id) is empty",
+                "p.csv row 4 (line 5): column \"NAME\" is not valid UTF-8 (is the file in another encoding? set the format's `encoding`, e.g. latin-1)",
             ]
         );
         assert_eq!(rows[4].as_ref().unwrap().data["NAME"], "secret");
     }
 
     #[test]
+    fn composite_keys_keep_empty_cells_and_broken_quoting_is_one_bad_row() {
+        let mut o = opts();
+        o.key = vec!["Id".into(), "STOP".into()];
+        let text = "Id,NAME,STOP\np1,\"Ada\n L\",\np2,\"Bob,2020\np3,Cy,2021\n";
+        let rows: Vec<_> = read_csv(text.as_bytes(), "m.csv", o).unwrap().collect();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let first = rows[0].as_ref().unwrap();
+        assert_eq!(
+            first.key,
+            RecordKey::from_pairs([("Id", json!("p1")), ("STOP", json!(""))])
+        );
+        assert_eq!(first.data, json!({"Id": "p1", "NAME": "Ada\n L"}));
+        // The unclosed quote of row 2 is refused alone; row 3 is read.
+        assert_eq!(
+            rows[1].as_ref().unwrap_err().to_string(),
+            "m.csv row 2 (line 4): broken quoting: a quoted field opened here is never closed"
+        );
+        assert_eq!(rows[2].as_ref().unwrap().data["NAME"], "Cy");
+    }
+
+    #[test]
     fn header_problems_are_errors() {
+        for (text, reason) in [
+            ("", "p.csv: the file is empty: no header"),
+            (
+                "Id,Id\n1,2\n",
+                "p.csv: header (line 1): column \"Id\" appears twice in the header; no row of the file was read",
+            ),
+        ] {
+            let e = read_csv(text.as_bytes(), "p.csv", opts()).unwrap_err();
+            assert_eq!(e.to_string(), reason);
+        }
         let e = read_csv("NAME\nAda\n".as_bytes(), "p.csv", opts()).unwrap_err();
         assert_eq!(e.to_string(), "p.csv: key column `Id` is not in the header");
         let mut o = opts();

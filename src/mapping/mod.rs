@@ -65,13 +65,16 @@
 
 pub mod conceptmap;
 pub mod csv_records;
+#[cfg(test)]
+mod equivalence_tests;
 mod functions;
 mod json;
+mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use minijinja::value::{Serde, Value};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -192,15 +195,18 @@ struct ResourceFile {
 #[derive(Debug)]
 enum Node {
     Literal(Json),
-    /// One `{{ expr }}`, kept typed; `name` is its template in the environment.
+    /// One `{{ expr }}`, kept typed; `name` is its template in the environment, `plan` its
+    /// direct evaluation when it has a planned shape.
     Expr {
         name: String,
         path: String,
+        plan: Option<plan::Ex>,
     },
     /// A string template, rendered to a string.
     Text {
         name: String,
         path: String,
+        plan: Option<Vec<plan::Seg>>,
     },
     Array(Vec<Node>),
     Object(Vec<(String, Node)>),
@@ -210,8 +216,8 @@ enum Node {
 struct CompiledResource {
     resource_type: String,
     id_suffix: Option<String>,
-    /// The `when` expression's template name.
-    when: Option<String>,
+    /// The `when` expression's template name and plan.
+    when: Option<(String, Option<plan::Ex>)>,
     root: Node,
 }
 
@@ -226,6 +232,8 @@ pub struct Mapping {
     entity: String,
     env: Environment<'static>,
     resources: Vec<CompiledResource>,
+    tables: Arc<Tables>,
+    maps: Arc<ConceptMaps>,
 }
 
 impl Mapping {
@@ -299,6 +307,54 @@ impl Mapping {
     /// gives a [`ResourceOp::Delete`] for every resource of the file, evaluating nothing.
     /// Every error found (not only the first) is in the outcome.
     pub fn apply(&self, change: &SourceChange) -> Result<Vec<ResourceChange>, Outcome> {
+        self.apply_with(change, true)
+    }
+
+    /// [`Mapping::apply`] with every expression rendered through its compiled template, as
+    /// before expressions were planned: the same results and errors, slower. Kept for the
+    /// equivalence tests and the benchmark's before/after comparison.
+    #[doc(hidden)]
+    pub fn apply_via_templates(
+        &self,
+        change: &SourceChange,
+    ) -> Result<Vec<ResourceChange>, Outcome> {
+        self.apply_with(change, false)
+    }
+
+    /// How many of the file's expressions and string templates are planned (evaluated without
+    /// the template engine), of how many.
+    pub fn planned(&self) -> (usize, usize) {
+        fn count(n: &Node, acc: &mut (usize, usize)) {
+            match n {
+                Node::Literal(_) => {}
+                Node::Expr { plan, .. } => {
+                    acc.0 += usize::from(plan.is_some());
+                    acc.1 += 1;
+                }
+                Node::Text { plan, .. } => {
+                    acc.0 += usize::from(plan.is_some());
+                    acc.1 += 1;
+                }
+                Node::Array(items) => items.iter().for_each(|i| count(i, acc)),
+                Node::Object(fields) => fields.iter().for_each(|(_, i)| count(i, acc)),
+            }
+        }
+        let mut acc = (0, 0);
+        for r in &self.resources {
+            if let Some((_, plan)) = &r.when {
+                acc.0 += usize::from(plan.is_some());
+                acc.1 += 1;
+            }
+            count(&r.root, &mut acc);
+        }
+        acc
+    }
+
+    fn apply_with(
+        &self,
+        change: &SourceChange,
+        fast: bool,
+    ) -> Result<Vec<ResourceChange>, Outcome> {
         if change.source != self.source || change.entity != self.entity {
             return Err(Outcome::from(Issue::error(
                 "processing",
@@ -326,12 +382,18 @@ impl Mapping {
                 .collect());
         }
 
-        let ctx = minijinja::context! {
-            record => Value::from(Serde(&change.data)),
-            key => Value::from(Serde(&change.key)),
-            source => self.source.clone(),
-            entity => self.entity.clone(),
-            op => "upsert",
+        let ctx = Ctx {
+            change,
+            mapping: self,
+            value: OnceLock::new(),
+            scope: plan::Scope {
+                record: &change.data,
+                key: &change.key,
+                source: &self.source,
+                entity: &self.entity,
+                tables: &self.tables,
+                maps: &self.maps,
+            },
         };
         let mut issues = Vec::new();
         let mut out = Vec::new();
@@ -342,18 +404,37 @@ impl Mapping {
                 index,
                 issues: &mut issues,
             };
-            if let Some(when) = &resource.when {
-                match self.eval_expr(when, &ctx) {
-                    Ok(v) if v.is_true() => {}
-                    Ok(_) => continue,
+            if let Some((when, when_plan)) = &resource.when {
+                let planned = match when_plan.as_ref().filter(|_| fast) {
+                    Some(p) => match plan::eval(p, &ctx.scope) {
+                        Ok(v) => Some(Ok(v.is_true())),
+                        Err(plan::Stop::Fn(e)) => Some(Err(Fail::Fn(e))),
+                        Err(plan::Stop::Unsure) => None,
+                    },
+                    None => None,
+                };
+                let verdict = match planned {
+                    Some(v) => v,
+                    None => self
+                        .eval_expr(when, ctx.value())
+                        .map(|v| v.is_true())
+                        .map_err(Fail::Template),
+                };
+                match verdict {
+                    Ok(true) => {}
+                    Ok(false) => continue,
                     Err(e) => {
-                        errors.push(&format!("resources[{index}].when"), &e);
+                        errors.fail(&format!("resources[{index}].when"), &e);
                         continue;
                     }
                 }
             }
             let before = errors.issues.len();
-            let value = self.eval_node(&resource.root, &ctx, &mut errors);
+            let value = if fast {
+                self.eval_planned(&resource.root, &ctx, &mut errors)
+            } else {
+                json::prune(self.eval_node(&resource.root, ctx.value(), &mut errors))
+            };
             if errors.issues.len() > before {
                 continue;
             }
@@ -373,14 +454,14 @@ impl Mapping {
         }
     }
 
-    /// Sets `resourceType` and `id` on an evaluated template root.
+    /// Sets `resourceType` and `id` on an evaluated, pruned template root.
     fn finish(
         &self,
         r: &CompiledResource,
         target: &ResourceRef,
-        value: Json,
+        value: Option<Json>,
     ) -> Result<Json, String> {
-        let mut map = match json::prune(value) {
+        let mut map = match value {
             None => serde_json::Map::new(),
             Some(Json::Object(map)) => map,
             Some(_) => return Err("the template must produce an object".to_owned()),
@@ -407,35 +488,91 @@ impl Mapping {
             .unwrap_or(Value::UNDEFINED))
     }
 
-    fn eval_node(&self, node: &Node, ctx: &Value, errors: &mut Errors<'_>) -> Json {
+    /// Evaluates a template value, pruned as it is built ([`json::prune`] of the template
+    /// path's value): planned expressions directly, the rest through their templates.
+    fn eval_planned(&self, node: &Node, ctx: &Ctx<'_>, errors: &mut Errors<'_>) -> Option<Json> {
         match node {
-            Node::Literal(v) => v.clone(),
-            Node::Expr { name, path } => match self.eval_expr(name, ctx) {
-                Ok(v) => match json::to_json(&v) {
-                    Ok(j) => j,
-                    Err(e) => {
-                        errors.push_text("processing", path, &e.to_string());
-                        Json::Null
+            Node::Literal(v) => json::prune(v.clone()),
+            Node::Expr { name, path, plan } => {
+                if let Some(p) = plan {
+                    match plan::eval(p, &ctx.scope) {
+                        Ok(v) => return json::prune(v.into_json()),
+                        Err(plan::Stop::Fn(e)) => {
+                            errors.push_fn(path, &e);
+                            return None;
+                        }
+                        Err(plan::Stop::Unsure) => {}
                     }
-                },
+                }
+                json::prune(self.eval_expr_node(name, path, ctx.value(), errors))
+            }
+            Node::Text { name, path, plan } => {
+                if let Some(p) = plan {
+                    match plan::render_text(p, &ctx.scope) {
+                        Ok(s) => return json::prune(Json::String(s.trim().to_owned())),
+                        Err(plan::Stop::Fn(e)) => {
+                            errors.push_fn(path, &e);
+                            return None;
+                        }
+                        Err(plan::Stop::Unsure) => {}
+                    }
+                }
+                json::prune(self.eval_text_node(name, path, ctx.value(), errors))
+            }
+            Node::Array(items) => {
+                let kept: Vec<Json> = items
+                    .iter()
+                    .filter_map(|n| self.eval_planned(n, ctx, errors))
+                    .collect();
+                (!kept.is_empty()).then_some(Json::Array(kept))
+            }
+            Node::Object(fields) => {
+                let mut kept = serde_json::Map::new();
+                for (k, n) in fields {
+                    if let Some(v) = self.eval_planned(n, ctx, errors) {
+                        kept.insert(k.clone(), v);
+                    }
+                }
+                (!kept.is_empty()).then_some(Json::Object(kept))
+            }
+        }
+    }
+
+    fn eval_expr_node(&self, name: &str, path: &str, ctx: &Value, errors: &mut Errors<'_>) -> Json {
+        match self.eval_expr(name, ctx) {
+            Ok(v) => match json::to_json(&v) {
+                Ok(j) => j,
                 Err(e) => {
-                    errors.push(path, &e);
+                    errors.push_text("processing", path, &e.to_string());
                     Json::Null
                 }
             },
-            Node::Text { name, path } => {
-                match self
-                    .env
-                    .get_template(name)
-                    .and_then(|t| t.render(ctx.clone()))
-                {
-                    Ok(s) => Json::String(s.trim().to_owned()),
-                    Err(e) => {
-                        errors.push(path, &e);
-                        Json::Null
-                    }
-                }
+            Err(e) => {
+                errors.push(path, &e);
+                Json::Null
             }
+        }
+    }
+
+    fn eval_text_node(&self, name: &str, path: &str, ctx: &Value, errors: &mut Errors<'_>) -> Json {
+        match self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(ctx.clone()))
+        {
+            Ok(s) => Json::String(s.trim().to_owned()),
+            Err(e) => {
+                errors.push(path, &e);
+                Json::Null
+            }
+        }
+    }
+
+    fn eval_node(&self, node: &Node, ctx: &Value, errors: &mut Errors<'_>) -> Json {
+        match node {
+            Node::Literal(v) => v.clone(),
+            Node::Expr { name, path, .. } => self.eval_expr_node(name, path, ctx, errors),
+            Node::Text { name, path, .. } => self.eval_text_node(name, path, ctx, errors),
             Node::Array(items) => Json::Array(
                 items
                     .iter()
@@ -450,6 +587,35 @@ impl Mapping {
             ),
         }
     }
+}
+
+/// What expressions of one record see: the plan's scope, and the template context, made only
+/// if a template is evaluated.
+struct Ctx<'c> {
+    change: &'c SourceChange,
+    mapping: &'c Mapping,
+    value: OnceLock<Value>,
+    scope: plan::Scope<'c>,
+}
+
+impl Ctx<'_> {
+    fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            minijinja::context! {
+                record => Value::from(Serde(&self.change.data)),
+                key => Value::from(Serde(&self.change.key)),
+                source => self.mapping.source.clone(),
+                entity => self.mapping.entity.clone(),
+                op => "upsert",
+            }
+        })
+    }
+}
+
+/// A failed `when`, from either path.
+enum Fail {
+    Fn(FnError),
+    Template(minijinja::Error),
 }
 
 /// Collects apply-time issues for one resource of one record.
@@ -476,6 +642,26 @@ impl Errors<'_> {
         );
     }
 
+    fn fail(&mut self, path: &str, e: &Fail) {
+        match e {
+            Fail::Fn(e) => self.push_fn(path, e),
+            Fail::Template(e) => self.push(path, e),
+        }
+    }
+
+    /// Reports one of our functions' errors, word for word.
+    fn push_fn(&mut self, path: &str, e: &FnError) {
+        let code = match e {
+            FnError::Required => "required",
+            FnError::NotInTable(_)
+            | FnError::BadCode(_)
+            | FnError::BadConceptMapCode(_)
+            | FnError::ConceptMap(conceptmap::TranslateError::Unmapped(_)) => "code-invalid",
+            _ => "processing",
+        };
+        self.push_text(code, path, &e.to_string());
+    }
+
     /// Reports a minijinja error. Our own filters' errors are reported word for word; for
     /// minijinja's, only the kind (their details may quote values), except for kinds whose
     /// details name mapping-file things (unknown filters, wrong arguments).
@@ -483,17 +669,7 @@ impl Errors<'_> {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(e) = source {
             if let Some(ours) = e.downcast_ref::<FnError>() {
-                let code = match ours {
-                    FnError::Required => "required",
-                    FnError::NotInTable(_)
-                    | FnError::BadCode(_)
-                    | FnError::BadConceptMapCode(_)
-                    | FnError::ConceptMap(conceptmap::TranslateError::Unmapped(_)) => {
-                        "code-invalid"
-                    }
-                    _ => "processing",
-                };
-                return self.push_text(code, path, &ours.to_string());
+                return self.push_fn(path, ours);
             }
             source = e.source();
         }
@@ -555,15 +731,15 @@ impl<'a> Compiler<'a> {
         if file.resources.is_empty() {
             return Err(self.invalid("resources", "a mapping must produce at least one resource"));
         }
-        let tables = self.tables(file.translations)?;
+        let tables = Arc::new(self.tables(file.translations)?);
         self.env.add_filter("required", functions::required);
         self.env
-            .add_filter("translate", functions::translate(Arc::new(tables)));
+            .add_filter("translate", functions::translate(tables.clone()));
         self.env.add_function("reference", functions::reference);
         self.env.add_function("coding", functions::coding);
-        let maps = self.concept_maps(&file.concept_maps)?;
+        let maps = Arc::new(self.concept_maps(&file.concept_maps)?);
         self.env
-            .add_function("conceptmap", functions::conceptmap(Arc::new(maps)));
+            .add_function("conceptmap", functions::conceptmap(maps.clone()));
 
         let mut seen = BTreeSet::new();
         let mut resources = Vec::with_capacity(file.resources.len());
@@ -604,7 +780,10 @@ impl<'a> Compiler<'a> {
             }
             let when = match &r.when {
                 None => None,
-                Some(expr) => Some(self.expression(i, &format!("{at}.when"), expr)?),
+                Some(expr) => Some((
+                    self.expression(i, &format!("{at}.when"), expr)?,
+                    plan::parse_expr(expr),
+                )),
             };
             let root = self.node(i, &format!("{at}.template"), &r.resource_type, r.template)?;
             if matches!(root, Node::Literal(_) | Node::Array(_) | Node::Text { .. }) {
@@ -626,6 +805,8 @@ impl<'a> Compiler<'a> {
             entity: file.entity,
             env: self.env,
             resources,
+            tables,
+            maps,
         })
     }
 
@@ -699,15 +880,18 @@ impl<'a> Compiler<'a> {
                     Node::Expr {
                         name: self.expression(index, at, inner)?,
                         path: path.to_owned(),
+                        plan: plan::parse_expr(inner),
                     }
                 } else if s.contains("{{") || s.contains("{%") || s.contains("{#") {
                     let name = format!("{index}:{at}");
+                    let plan = plan::parse_text(&s);
                     self.env
                         .add_template_owned(name.clone(), s)
                         .map_err(|e| self.invalid(at, syntax_reason(&e)))?;
                     Node::Text {
                         name,
                         path: path.to_owned(),
+                        plan,
                     }
                 } else {
                     Node::Literal(Json::String(s))

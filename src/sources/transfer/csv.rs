@@ -105,199 +105,293 @@ pub fn read(
     fmt: &CsvFormat,
     emit: &mut dyn FnMut(Row),
 ) -> Result<(), Broken> {
-    let quote = fmt
-        .quote
-        .as_deref()
-        .and_then(|q| q.as_bytes().first().copied());
-    let max_lines = fmt.max_record_lines.max(1);
-    let mut splitter = Splitter::new(fmt);
-    let mut header: Option<Vec<String>> = if fmt.header {
-        None
-    } else {
-        Some(fmt.columns.clone())
-    };
-    // Lines given back after a broken record, read again before new ones.
-    let mut replay: VecDeque<Line> = VecDeque::new();
-    let mut pending: Vec<Line> = Vec::new();
-    let mut quotes_open = false;
-    let mut line_no = 0u64;
-    let mut row = 0u64;
-    let mut buf = Vec::new();
-    let mut record = Vec::new();
-    loop {
-        let next = match replay.pop_front() {
-            Some(l) => Some(l),
-            None => {
-                let place = |row: u64, line: u64| format!("row {} (line {})", row + 1, line + 1);
-                match read_line(input, &mut buf) {
-                    Ok(true) => {
-                        line_no += 1;
-                        let mut bytes = std::mem::take(&mut buf);
-                        if line_no == 1 {
-                            bytes = strip_bom(&bytes).to_vec();
-                        }
-                        Some(Line { no: line_no, bytes })
-                    }
-                    Ok(false) => None,
-                    Err(e) => {
-                        let at = pending.first().map_or(line_no, |l| l.no - 1);
-                        return Err(Broken::new(row + 1, place(row, at), e));
-                    }
-                }
-            }
-        };
-        let Some(line) = next else {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            // The end of the file with a quote still open.
-            refuse_first(
-                &mut pending,
-                &mut replay,
-                &mut row,
-                "broken quoting: a quoted field opened here is never closed",
-                emit,
-            );
-            quotes_open = false;
-            continue;
-        };
-        if pending.is_empty() && trim_eol(&line.bytes).is_empty() {
-            continue; // blank line
-        }
-        if let Some(q) = quote
-            && line.bytes.iter().filter(|b| **b == q).count() % 2 == 1
-        {
-            quotes_open = !quotes_open;
-        }
-        pending.push(line);
-        if quotes_open {
-            if pending.len() >= max_lines {
-                refuse_first(
-                    &mut pending,
-                    &mut replay,
-                    &mut row,
-                    &format!(
-                        "broken quoting: a quoted field opened here is still open {max_lines} lines later"
-                    ),
-                    emit,
-                );
-                quotes_open = false;
-            }
-            continue;
-        }
-        // A complete record.
-        record.clear();
-        for l in &pending {
-            record.extend_from_slice(&l.bytes);
-        }
-        if !record.ends_with(b"\n") {
-            record.push(b'\n');
-        }
-        // A record over several lines must be strictly quoted (a closing quote followed by a
-        // delimiter or the end of the line): otherwise a stray quote has glued lines together.
-        if pending.len() > 1
-            && let Some(q) = quote
-            && !strictly_quoted(&record, q, splitter.delimiter)
-        {
-            refuse_first(
-                &mut pending,
-                &mut replay,
-                &mut row,
-                "broken quoting: a quoted field opened here runs into the next lines",
-                emit,
-            );
-            continue;
-        }
-        let n = splitter.split(&record);
-        let first_line = pending.first().map_or(0, |l| l.no);
-        let Some(names) = &header else {
-            // The header row.
-            let mut names = Vec::with_capacity(n);
-            for i in 0..n {
-                match std::str::from_utf8(splitter.field(i)) {
-                    Ok(s) => names.push(s.trim().to_owned()),
-                    Err(_) => {
-                        emit(bad_header(first_line, &not_utf8("the header")));
-                        return Ok(());
-                    }
-                }
-            }
-            let mut seen = HashSet::new();
-            if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
-                emit(bad_header(
-                    first_line,
-                    &format!("column {dup:?} appears twice in the header"),
-                ));
-                return Ok(());
-            }
-            if let Some(blank) = names.iter().position(String::is_empty) {
-                emit(bad_header(
-                    first_line,
-                    &format!("column {} of the header has no name", blank + 1),
-                ));
-                return Ok(());
-            }
-            if !fmt.columns.is_empty() && fmt.columns != names {
-                emit(bad_header(
-                    first_line,
-                    &format!(
-                        "the header {names:?} is not the configured columns {:?}",
-                        fmt.columns
-                    ),
-                ));
-                return Ok(());
-            }
-            header = Some(names);
-            pending.clear();
-            continue;
-        };
-        if n != names.len() {
-            if pending.len() > 1 {
-                refuse_first(
-                    &mut pending,
-                    &mut replay,
-                    &mut row,
-                    "broken quoting: a quoted field opened here runs into the next lines",
-                    emit,
-                );
-                continue;
-            }
-            row += 1;
-            emit(Row::Bad {
-                row,
-                place: format!("row {row} (line {first_line})"),
-                message: format!("{n} fields, but the header has {}", names.len()),
-            });
-            pending.clear();
-            continue;
-        }
-        row += 1;
-        let mut fields = Map::new();
-        let mut bad = None;
-        for (i, name) in names.iter().enumerate() {
-            let raw = splitter.field(i);
-            let value = if raw.is_empty() {
-                Value::Null
+    for r in CsvRows::new(input, fmt) {
+        emit(r?);
+    }
+    Ok(())
+}
+
+/// The rows of a delimited file, pulled one at a time (what [`read`] hands on). After a
+/// [`Broken`] read error, nothing more comes.
+pub struct CsvRows<R> {
+    input: R,
+    fmt: CsvFormat,
+    quote: Option<u8>,
+    max_lines: usize,
+    splitter: Splitter,
+    header: Option<Vec<String>>,
+    /// Lines given back after a broken record, read again before new ones.
+    replay: VecDeque<Line>,
+    pending: Vec<Line>,
+    quotes_open: bool,
+    line_no: u64,
+    row: u64,
+    buf: Vec<u8>,
+    record: Vec<u8>,
+    /// Rows found and not yet handed on.
+    queue: VecDeque<Row>,
+    done: bool,
+}
+
+impl<R: BufRead> CsvRows<R> {
+    pub fn new(input: R, fmt: &CsvFormat) -> Self {
+        CsvRows {
+            input,
+            quote: fmt
+                .quote
+                .as_deref()
+                .and_then(|q| q.as_bytes().first().copied()),
+            max_lines: fmt.max_record_lines.max(1),
+            splitter: Splitter::new(fmt),
+            header: if fmt.header {
+                None
             } else {
-                match std::str::from_utf8(raw) {
-                    Ok(s) => Value::String(s.to_owned()),
-                    Err(_) => {
-                        bad = Some(not_utf8(&format!("column {name:?}")));
-                        break;
+                Some(fmt.columns.clone())
+            },
+            fmt: fmt.clone(),
+            replay: VecDeque::new(),
+            pending: Vec::new(),
+            quotes_open: false,
+            line_no: 0,
+            row: 0,
+            buf: Vec::new(),
+            record: Vec::new(),
+            queue: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The column names, once the header has been read (or configured).
+    pub fn columns(&self) -> Option<&[String]> {
+        self.header.as_deref()
+    }
+
+    /// Reads until at least one row is queued or the file ends.
+    fn fill(&mut self) -> Result<(), Broken> {
+        let CsvRows {
+            input,
+            fmt,
+            quote,
+            max_lines,
+            splitter,
+            header,
+            replay,
+            pending,
+            quotes_open,
+            line_no,
+            row,
+            buf,
+            record,
+            queue,
+            done,
+        } = self;
+        let (quote, max_lines) = (*quote, *max_lines);
+        loop {
+            if !queue.is_empty() {
+                return Ok(());
+            }
+            let next = match replay.pop_front() {
+                Some(l) => Some(l),
+                None => {
+                    let place =
+                        |row: u64, line: u64| format!("row {} (line {})", row + 1, line + 1);
+                    match read_line(input, buf) {
+                        Ok(true) => {
+                            *line_no += 1;
+                            let mut bytes = std::mem::take(buf);
+                            if *line_no == 1 {
+                                bytes = strip_bom(&bytes).to_vec();
+                            }
+                            Some(Line {
+                                no: *line_no,
+                                bytes,
+                            })
+                        }
+                        Ok(false) => None,
+                        Err(e) => {
+                            let at = pending.first().map_or(*line_no, |l| l.no - 1);
+                            return Err(Broken::new(*row + 1, place(*row, at), e));
+                        }
                     }
                 }
             };
-            fields.insert(name.clone(), value);
+            let Some(line) = next else {
+                if pending.is_empty() {
+                    *done = true;
+                    return Ok(());
+                }
+                // The end of the file with a quote still open.
+                refuse_first(
+                    pending,
+                    replay,
+                    row,
+                    "broken quoting: a quoted field opened here is never closed",
+                    &mut |r| queue.push_back(r),
+                );
+                *quotes_open = false;
+                continue;
+            };
+            if pending.is_empty() && trim_eol(&line.bytes).is_empty() {
+                continue; // blank line
+            }
+            if let Some(q) = quote
+                && line.bytes.iter().filter(|b| **b == q).count() % 2 == 1
+            {
+                *quotes_open = !*quotes_open;
+            }
+            pending.push(line);
+            if *quotes_open {
+                if pending.len() >= max_lines {
+                    refuse_first(
+                        pending,
+                        replay,
+                        row,
+                        &format!(
+                            "broken quoting: a quoted field opened here is still open {max_lines} lines later"
+                        ),
+                        &mut |r| queue.push_back(r),
+                    );
+                    *quotes_open = false;
+                }
+                continue;
+            }
+            // A complete record.
+            record.clear();
+            for l in pending.iter() {
+                record.extend_from_slice(&l.bytes);
+            }
+            if !record.ends_with(b"\n") {
+                record.push(b'\n');
+            }
+            let n = splitter.split(record);
+            // A record over several lines must be strictly quoted (a closing quote followed by a
+            // delimiter or the end of the line) and have the header's width: otherwise a stray
+            // quote has glued lines together.
+            if pending.len() > 1
+                && (quote.is_some_and(|q| !strictly_quoted(record, q, splitter.delimiter))
+                    || header.as_ref().is_some_and(|names| n != names.len()))
+            {
+                refuse_first(
+                    pending,
+                    replay,
+                    row,
+                    "broken quoting: a quoted field opened here runs into the next lines",
+                    &mut |r| queue.push_back(r),
+                );
+                continue;
+            }
+            let first_line = pending.first().map_or(0, |l| l.no);
+            let Some(names) = &*header else {
+                // The header row.
+                let mut names = Vec::with_capacity(n);
+                for i in 0..n {
+                    match std::str::from_utf8(splitter.field(i)) {
+                        Ok(s) => names.push(s.trim().to_owned()),
+                        Err(_) => {
+                            queue.push_back(bad_header(first_line, &not_utf8("the header")));
+                            *done = true;
+                            return Ok(());
+                        }
+                    }
+                }
+                let mut seen = HashSet::new();
+                if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                    queue.push_back(bad_header(
+                        first_line,
+                        &format!("column {dup:?} appears twice in the header"),
+                    ));
+                    *done = true;
+                    return Ok(());
+                }
+                if let Some(blank) = names.iter().position(String::is_empty) {
+                    queue.push_back(bad_header(
+                        first_line,
+                        &format!("column {} of the header has no name", blank + 1),
+                    ));
+                    *done = true;
+                    return Ok(());
+                }
+                if !fmt.columns.is_empty() && fmt.columns != names {
+                    queue.push_back(bad_header(
+                        first_line,
+                        &format!(
+                            "the header {names:?} is not the configured columns {:?}",
+                            fmt.columns
+                        ),
+                    ));
+                    *done = true;
+                    return Ok(());
+                }
+                *header = Some(names);
+                pending.clear();
+                continue;
+            };
+            if n != names.len() {
+                *row += 1;
+                queue.push_back(Row::Bad {
+                    row: *row,
+                    place: format!("row {} (line {first_line})", *row),
+                    message: format!("{n} fields, but the header has {}", names.len()),
+                });
+                pending.clear();
+                continue;
+            }
+            *row += 1;
+            let mut fields = Map::new();
+            let mut bad = None;
+            for (i, name) in names.iter().enumerate() {
+                let raw = splitter.field(i);
+                let value = if raw.is_empty() {
+                    Value::Null
+                } else {
+                    match std::str::from_utf8(raw) {
+                        Ok(s) => Value::String(s.to_owned()),
+                        Err(_) => {
+                            bad = Some(not_utf8(&format!("column {name:?}")));
+                            break;
+                        }
+                    }
+                };
+                fields.insert(name.clone(), value);
+            }
+            queue.push_back(match bad {
+                None => Row::Record { row: *row, fields },
+                Some(message) => Row::Bad {
+                    row: *row,
+                    place: format!("row {} (line {first_line})", *row),
+                    message,
+                },
+            });
+            pending.clear();
         }
-        emit(match bad {
-            None => Row::Record { row, fields },
-            Some(message) => Row::Bad {
-                row,
-                place: format!("row {row} (line {first_line})"),
-                message,
-            },
-        });
-        pending.clear();
+    }
+}
+
+impl<R> std::fmt::Debug for CsvRows<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvRows")
+            .field("line", &self.line_no)
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: BufRead> Iterator for CsvRows<R> {
+    type Item = Result<Row, Broken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Some(Ok(r));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(b) = self.fill() {
+                self.done = true;
+                return Some(Err(b));
+            }
+        }
     }
 }
 
