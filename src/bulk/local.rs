@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BulkEnv, BulkError, ChunkRequest, LoadRequest, VersionRef, begin, fail, finalize, load_chunk,
+    BulkEnv, StageReport, BulkError, ChunkRequest, LoadRequest, VersionRef, begin, fail, finalize, load_chunk,
 };
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::handlers;
@@ -226,6 +226,8 @@ pub struct LoadOutcome {
     pub error: Option<String>,
     pub cause: Option<String>,
     pub elapsed_ms: u64,
+    /// Where the time went, per stage.
+    pub timings: StageReport,
 }
 
 /// `bulk-load` on the ASL engine, over a folder of DMS full-load files of one source.
@@ -283,6 +285,7 @@ impl LocalBulk {
             ),
             lease,
             records_read: Arc::new(AtomicU64::new(0)),
+            timings: Arc::default(),
         });
         let mut registry = asl::TaskRegistry::new();
         let mut subs = HashMap::new();
@@ -366,6 +369,8 @@ impl LocalBulk {
     /// Runs `bulk-load` for one dataset and waits for its end.
     pub async fn load(&self, req: &LoadRequest) -> Result<LoadOutcome, BulkError> {
         let started = Instant::now();
+        // Loads run one after the other: what is counted from here on is this load's.
+        self.env.timings.take();
         let input = serde_json::to_value(req).map_err(|e| BulkError::Input(e.to_string()))?;
         let name: String = format!("{}-{}", req.dataset, Utc::now().timestamp_millis())
             .chars()
@@ -383,6 +388,19 @@ impl LocalBulk {
             .start_execution(&self.machine, Some(&name), input)
             .await;
         let succeeded = result.status == asl::ExecutionStatus::Succeeded;
+        let timings = self.env.timings.take();
+        tracing::info!(
+            dataset = %req.dataset,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            batches = timings.batches,
+            decode_ms = timings.decode_ms,
+            map_ms = timings.map_ms,
+            validate_ms = timings.validate_ms,
+            quarantine_ms = timings.quarantine_ms,
+            stage_ms = timings.stage_ms,
+            finalize_ms = timings.finalize_ms,
+            "load stages"
+        );
         let versions = self.datasets.versions(&req.dataset).await?;
         let version = versions.into_iter().find(|v| v.owner == self.env.owner);
         if !succeeded
@@ -417,6 +435,7 @@ impl LocalBulk {
             error: result.error,
             cause: result.cause,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            timings,
         })
     }
 }
