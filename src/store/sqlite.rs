@@ -181,6 +181,29 @@ impl SqliteStore {
         })
     }
 
+    /// Sets this connection up for bulk loads: a page cache of `cache_mib` MiB (the default
+    /// 2 MiB makes a pointer move of a large load spill and re-read the same index pages from
+    /// the WAL over and over: system time) and a checkpoint every `checkpoint_mib` MiB of WAL
+    /// rather than every 4 MiB (each checkpoint syncs the file). Both bound memory and disk
+    /// by a constant, whatever the size of the load.
+    pub fn tune_for_bulk(&self, cache_mib: u32, checkpoint_mib: u32) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))
+            .map_err(|e| with_context(&self.location, e))?;
+        // The page size is 4 KiB unless the file says otherwise.
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(|e| with_context(&self.location, e))?;
+        let pages = i64::from(checkpoint_mib) * 1024 * 1024 / page.max(512);
+        conn.pragma_update(None, "wal_autocheckpoint", pages)
+            .map_err(|e| with_context(&self.location, e))?;
+        // Sorts and temporary indexes of the difference query stay in memory (bounded by the
+        // cache) instead of temporary files.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(|e| with_context(&self.location, e))?;
+        Ok(())
+    }
+
     /// Replaces the clock that stamps `lastUpdated` (tests; a shared runtime clock).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
