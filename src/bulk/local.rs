@@ -124,7 +124,12 @@ pub async fn invoke(step: BulkStep, payload: Value, env: &BulkEnv) -> Result<Val
         }
         BulkStep::Finalize => to_json(finalize(parse::<VersionRef>(payload)?, env).await?),
         BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
-        BulkStep::Emit => to_json(handlers::emit::handle(payload, &env.env).await?),
+        BulkStep::Emit => {
+            let at = Instant::now();
+            let report = handlers::emit::handle(payload, &env.env).await?;
+            env.timings.add_emit(at.elapsed());
+            to_json(report)
+        }
     }
 }
 
@@ -412,6 +417,7 @@ impl LocalBulk {
             quarantine_ms = timings.quarantine_ms,
             stage_ms = timings.stage_ms,
             finalize_ms = timings.finalize_ms,
+            emit_ms = timings.emit_ms,
             "load stages"
         );
         let versions = self.datasets.versions(&req.dataset).await?;

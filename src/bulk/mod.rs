@@ -132,6 +132,7 @@ pub struct StageTimings {
     quarantine_ns: AtomicU64,
     stage_ns: AtomicU64,
     finalize_ns: AtomicU64,
+    emit_ns: AtomicU64,
     batches: AtomicU64,
 }
 
@@ -151,10 +152,16 @@ pub struct StageReport {
     pub stage_ms: u64,
     /// The pointer move (`DatasetStore::finalize`).
     pub finalize_ms: u64,
+    /// Delivering the outbox's events to the bus (`emit` handler).
+    pub emit_ms: u64,
     pub batches: u64,
 }
 
 impl StageTimings {
+    pub(crate) fn add_emit(&self, d: Duration) {
+        Self::add(&self.emit_ns, d);
+    }
+
     fn add(counter: &AtomicU64, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         counter.fetch_add(ns, Ordering::Relaxed);
@@ -170,6 +177,7 @@ impl StageTimings {
             quarantine_ms: ms(&self.quarantine_ns),
             stage_ms: ms(&self.stage_ns),
             finalize_ms: ms(&self.finalize_ns),
+            emit_ms: ms(&self.emit_ns),
             batches: self.batches.swap(0, Ordering::Relaxed),
         }
     }
