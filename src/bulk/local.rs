@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BulkEnv, StageReport, BulkError, ChunkRequest, LoadRequest, VersionRef, begin, fail, finalize, load_chunk,
+    BulkEnv, BulkError, ChunkRequest, LoadRequest, StageReport, VersionRef, begin, fail, finalize,
+    load_chunk,
 };
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::handlers;

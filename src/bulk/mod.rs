@@ -321,10 +321,7 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
         if !batch.is_empty() {
             send(Msg::Batch(batch));
         }
-        StageTimings::add(
-            &timings.decode_ns,
-            reading.elapsed().saturating_sub(waited),
-        );
+        StageTimings::add(&timings.decode_ns, reading.elapsed().saturating_sub(waited));
         Ok(())
     });
 

@@ -225,7 +225,14 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
                     let t = &o.timings;
                     println!(
                         "       time (ms, summed over threads): decode {}, map {}, validate {}, quarantine {}, stage {}, finalize {}, emit {}; total {}",
-                        t.decode_ms, t.map_ms, t.validate_ms, t.quarantine_ms, t.stage_ms, t.finalize_ms, t.emit_ms, o.elapsed_ms
+                        t.decode_ms,
+                        t.map_ms,
+                        t.validate_ms,
+                        t.quarantine_ms,
+                        t.stage_ms,
+                        t.finalize_ms,
+                        t.emit_ms,
+                        o.elapsed_ms
                     );
                     if !o.succeeded {
                         println!(

@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::search::{HistoryPage, HistoryQuery, SearchPage, SearchQuery};
 use super::{
     FhirStore, Outbox, OutboxEntry, SearchStore, StoreError, StoredVersion, canonical_content,
-    change_event, check_ref, format_time, invalid, parse_time, parse_version_id,
+    canonical_owned, change_event, check_ref, format_time, invalid, parse_time, parse_version_id,
     stored_canonical_text, with_meta,
 };
 use crate::model::{
@@ -495,7 +495,31 @@ fn apply_change(
         ResourceOp::Upsert { resource } => Some(canonical_content(target, resource)?),
         ResourceOp::Delete => None,
     };
-    let lineage = &change.lineage;
+    let lineage_text = serde_json::to_string(&change.lineage)
+        .map_err(|e| invalid(target, format!("lineage cannot be stored: {e}")))?;
+    apply_canonical(
+        tx,
+        target,
+        content,
+        &change.lineage,
+        &lineage_text,
+        now,
+        check_order,
+    )
+}
+
+/// [`apply_change`] of a checked target whose content is already canonical (the output of
+/// [`canonical_content`], or a dataset's staged text parsed back) and whose lineage is already
+/// serialised: a dataset pointer move stages both and does not redo them.
+fn apply_canonical(
+    tx: &Connection,
+    target: &ResourceRef,
+    content: Option<Value>,
+    lineage: &Lineage,
+    lineage_text: &str,
+    now: DateTime<Utc>,
+    check_order: bool,
+) -> Result<PublishOutcome, StoreError> {
     let current = read_current(tx, target)?;
 
     if check_order {
@@ -533,8 +557,6 @@ fn apply_change(
     };
 
     let content_text = stored.as_ref().map(Value::to_string);
-    let lineage_text = serde_json::to_string(lineage)
-        .map_err(|e| invalid(target, format!("lineage cannot be stored: {e}")))?;
     let time_text = format_time(last_updated);
     let deleted = stored.is_none();
     tx.prepare_cached(
@@ -571,7 +593,11 @@ fn apply_change(
         ])
     })
     .map_err(sql_err)?;
-    search::reindex(tx, target, stored.as_ref())?;
+    match (&current, &stored) {
+        // Never held: no index rows to remove (the common case of a first load).
+        (None, Some(content)) => search::index_new(tx, target, content)?,
+        _ => search::reindex(tx, target, stored.as_ref())?,
+    }
 
     let version_id = next_version.to_string();
     if let Some(kind) = ChangeKind::for_action(action) {
