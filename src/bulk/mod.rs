@@ -508,3 +508,26 @@ pub async fn fail(req: VersionRef, env: &BulkEnv) -> Result<VersionRef, BulkErro
         .await?;
     Ok(req)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_timings_add_up_per_stage_and_start_again_from_zero() {
+        let t = StageTimings::default();
+        StageTimings::add(&t.map_ns, Duration::from_millis(30));
+        StageTimings::add(&t.map_ns, Duration::from_millis(12));
+        StageTimings::add(&t.finalize_ns, Duration::from_millis(5));
+        t.add_emit(Duration::from_millis(7));
+        t.batches.fetch_add(2, Ordering::Relaxed);
+        let first = t.take();
+        assert_eq!(first.map_ms, 42);
+        assert_eq!(first.finalize_ms, 5);
+        assert_eq!(first.emit_ms, 7);
+        assert_eq!(first.decode_ms, 0);
+        assert_eq!(first.batches, 2);
+        // A reading belongs to one load: the next one starts from zero.
+        assert_eq!(t.take(), StageReport::default());
+    }
+}
