@@ -212,6 +212,7 @@ async fn build_bulk_env(
             .unwrap_or_else(|_| format!("pid {}", std::process::id())),
         lease: crate::bulk::DEFAULT_LEASE,
         records_read: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        timings: Arc::default(),
     })
 }
 

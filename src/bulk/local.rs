@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    BulkEnv, BulkError, ChunkRequest, LoadRequest, VersionRef, begin, fail, finalize, load_chunk,
+    BulkEnv, BulkError, ChunkRequest, LoadRequest, StageReport, VersionRef, begin, fail, finalize,
+    load_chunk,
 };
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::handlers;
@@ -28,6 +29,12 @@ use crate::store::sqlite::SqliteStore;
 
 /// The `bulk-load` definition, with `${Placeholders}` for functions.
 pub const BULK_LOAD_DEFINITION: &str = include_str!("../../statemachines/bulk-load.asl.json");
+
+/// The page cache of the loader's store connection, in MiB (`FHIR_UNIFY_BULK_CACHE_MIB`).
+pub const DEFAULT_CACHE_MIB: u32 = 64;
+
+/// How much WAL the loader writes between checkpoints, in MiB.
+pub const CHECKPOINT_MIB: u32 = 64;
 
 /// The functions of `bulk-load`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +125,12 @@ pub async fn invoke(step: BulkStep, payload: Value, env: &BulkEnv) -> Result<Val
         }
         BulkStep::Finalize => to_json(finalize(parse::<VersionRef>(payload)?, env).await?),
         BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
-        BulkStep::Emit => to_json(handlers::emit::handle(payload, &env.env).await?),
+        BulkStep::Emit => {
+            let at = Instant::now();
+            let report = handlers::emit::handle(payload, &env.env).await?;
+            env.timings.add_emit(at.elapsed());
+            to_json(report)
+        }
     }
 }
 
@@ -226,6 +238,8 @@ pub struct LoadOutcome {
     pub error: Option<String>,
     pub cause: Option<String>,
     pub elapsed_ms: u64,
+    /// Where the time went, per stage.
+    pub timings: StageReport,
 }
 
 /// `bulk-load` on the ASL engine, over a folder of DMS full-load files of one source.
@@ -266,6 +280,13 @@ impl LocalBulk {
             SqliteStore::open(&rt.data.join(rt.config.store.sqlite_path()))
                 .map_err(crate::store::dataset::DatasetError::from)?,
         );
+        let cache_mib = std::env::var("FHIR_UNIFY_BULK_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CACHE_MIB);
+        datasets
+            .tune_for_bulk(cache_mib, CHECKPOINT_MIB)
+            .map_err(crate::store::dataset::DatasetError::from)?;
         let objects = LocalBuckets::new().with_bucket(source, dir).shared();
         let env = Arc::new(BulkEnv {
             env: rt.env.clone(),
@@ -283,6 +304,7 @@ impl LocalBulk {
             ),
             lease,
             records_read: Arc::new(AtomicU64::new(0)),
+            timings: Arc::default(),
         });
         let mut registry = asl::TaskRegistry::new();
         let mut subs = HashMap::new();
@@ -366,6 +388,8 @@ impl LocalBulk {
     /// Runs `bulk-load` for one dataset and waits for its end.
     pub async fn load(&self, req: &LoadRequest) -> Result<LoadOutcome, BulkError> {
         let started = Instant::now();
+        // Loads run one after the other: what is counted from here on is this load's.
+        self.env.timings.take();
         let input = serde_json::to_value(req).map_err(|e| BulkError::Input(e.to_string()))?;
         let name: String = format!("{}-{}", req.dataset, Utc::now().timestamp_millis())
             .chars()
@@ -383,6 +407,20 @@ impl LocalBulk {
             .start_execution(&self.machine, Some(&name), input)
             .await;
         let succeeded = result.status == asl::ExecutionStatus::Succeeded;
+        let timings = self.env.timings.take();
+        tracing::info!(
+            dataset = %req.dataset,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            batches = timings.batches,
+            decode_ms = timings.decode_ms,
+            map_ms = timings.map_ms,
+            validate_ms = timings.validate_ms,
+            quarantine_ms = timings.quarantine_ms,
+            stage_ms = timings.stage_ms,
+            finalize_ms = timings.finalize_ms,
+            emit_ms = timings.emit_ms,
+            "load stages"
+        );
         let versions = self.datasets.versions(&req.dataset).await?;
         let version = versions.into_iter().find(|v| v.owner == self.env.owner);
         if !succeeded
@@ -417,6 +455,7 @@ impl LocalBulk {
             error: result.error,
             cause: result.cause,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            timings,
         })
     }
 }

@@ -26,6 +26,7 @@
 pub mod generator;
 pub mod local;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,11 +35,12 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::PipelineConfig;
 use crate::env::Env;
 use crate::handlers::{self, HandlerError};
-use crate::model::{ChangeBatch, Rejection, ResourceOp, SourceChange};
+use crate::model::{ChangeBatch, MappedBatch, Rejection, ResourceOp, SourceChange};
 use crate::objects::ObjectStore;
 use crate::sources::dms::{Decoded, DmsFile};
 use crate::store::dataset::{
@@ -115,6 +117,70 @@ pub struct BulkEnv {
     pub lease: Duration,
     /// Records read so far by every chunk (for progress displays).
     pub records_read: Arc<AtomicU64>,
+    /// Where the loads' time goes, per stage (logged at the end of a load).
+    pub timings: Arc<StageTimings>,
+}
+
+/// Time spent per stage of the loads sharing a [`BulkEnv`], summed over batches: batches run
+/// at once on several threads, so the sum of the stages can exceed the wall time. Counts and
+/// durations only: no record content.
+#[derive(Debug, Default)]
+pub struct StageTimings {
+    decode_ns: AtomicU64,
+    map_ns: AtomicU64,
+    validate_ns: AtomicU64,
+    quarantine_ns: AtomicU64,
+    stage_ns: AtomicU64,
+    finalize_ns: AtomicU64,
+    emit_ns: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// A reading of [`StageTimings`], in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageReport {
+    /// Reading and decoding the files (the reading threads, waits for a full queue excluded).
+    pub decode_ms: u64,
+    /// The mapping (`transform` handler).
+    pub map_ms: u64,
+    /// The validator (`validate` handler).
+    pub validate_ms: u64,
+    /// Sending rejected records to the quarantine.
+    pub quarantine_ms: u64,
+    /// Writing batches into the version (`DatasetStore::stage`).
+    pub stage_ms: u64,
+    /// The pointer move (`DatasetStore::finalize`).
+    pub finalize_ms: u64,
+    /// Delivering the outbox's events to the bus (`emit` handler).
+    pub emit_ms: u64,
+    pub batches: u64,
+}
+
+impl StageTimings {
+    pub(crate) fn add_emit(&self, d: Duration) {
+        Self::add(&self.emit_ns, d);
+    }
+
+    fn add(counter: &AtomicU64, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The time spent so far, and the counters set back to zero (one load's share).
+    pub fn take(&self) -> StageReport {
+        let ms = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) / 1_000_000;
+        StageReport {
+            decode_ms: ms(&self.decode_ns),
+            map_ms: ms(&self.map_ns),
+            validate_ms: ms(&self.validate_ns),
+            quarantine_ms: ms(&self.quarantine_ns),
+            stage_ms: ms(&self.stage_ns),
+            finalize_ms: ms(&self.finalize_ns),
+            emit_ms: ms(&self.emit_ns),
+            batches: self.batches.swap(0, Ordering::Relaxed),
+        }
+    }
 }
 
 /// The input of a bulk-load execution, and of `begin`.
@@ -210,7 +276,9 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
     let objects = env.objects.clone();
     let bucket = req.bucket.clone();
     let binding = target.binding.clone();
+    let timings = env.timings.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), BulkError> {
+        let reading = Instant::now();
         let file = DmsFile::open(objects, &bucket, path, binding).map_err(|e| {
             if e.is_retryable() {
                 BulkError::Handler(HandlerError::ObjectStore(e.to_string()))
@@ -223,11 +291,15 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
         })?;
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         let mut closed = false;
+        // Time blocked on a full queue is the loader's, not decoding's.
+        let mut waited = Duration::ZERO;
         let mut send = |m: Msg| {
+            let at = Instant::now();
             if !closed && tx.blocking_send(m).is_err() {
                 // The loader stopped (a failed batch): read on without sending.
                 closed = true;
             }
+            waited += at.elapsed();
         };
         file.read(None, Utc::now(), &mut |d| match d {
             Decoded::Change(c) => {
@@ -249,35 +321,75 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
         if !batch.is_empty() {
             send(Msg::Batch(batch));
         }
+        StageTimings::add(&timings.decode_ns, reading.elapsed().saturating_sub(waited));
         Ok(())
     });
 
+    // Batches are mapped and validated on up to `workers` threads at once, and staged one
+    // after the other in reading order (a later row for the same resource must win, as it
+    // would in one pass). At most `workers` batches are in flight and 4 wait in the queue, so
+    // memory does not grow with the file.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let mut in_flight: VecDeque<JoinHandle<Result<Checked, BulkError>>> = VecDeque::new();
     let mut part = 0usize;
+    let mut reading = true;
     let mut failure: Option<BulkError> = None;
-    while let Some(msg) = rx.recv().await {
-        let result = match msg {
-            Msg::Batch(changes) => {
-                part += 1;
-                load_batch(&req, changes, part, env).await
+    loop {
+        if reading && in_flight.len() < workers {
+            let result = match rx.recv().await {
+                Some(Msg::Batch(changes)) => {
+                    part += 1;
+                    let batch = ChangeBatch {
+                        batch_id: format!("{}-v{}-{}-{part}", req.dataset, req.version, req.key),
+                        changes,
+                    };
+                    in_flight.push_back(tokio::spawn(check_batch(
+                        batch,
+                        env.env.clone(),
+                        env.timings.clone(),
+                    )));
+                    continue;
+                }
+                Some(Msg::Rejected(r)) => {
+                    report.counts.records_read += 1;
+                    report.counts.quarantined += 1;
+                    env.records_read.fetch_add(1, Ordering::Relaxed);
+                    quarantine(env, &r).await
+                }
+                Some(Msg::Corrupt(place)) => Err(BulkError::Corrupt {
+                    file: uri.clone(),
+                    message: format!("cannot read {place}"),
+                }),
+                None => {
+                    reading = false;
+                    continue;
+                }
+            };
+            if let Err(e) = result {
+                failure = Some(e);
+                break;
             }
-            Msg::Rejected(r) => {
-                report.counts.records_read += 1;
-                report.counts.quarantined += 1;
-                env.records_read.fetch_add(1, Ordering::Relaxed);
-                quarantine(env, &r).await.map(|()| LoadCounts::default())
-            }
-            Msg::Corrupt(place) => Err(BulkError::Corrupt {
-                file: uri.clone(),
-                message: format!("cannot read {place}"),
-            }),
+            continue;
+        }
+        let Some(next) = in_flight.pop_front() else {
+            break;
         };
-        match result {
+        let checked = match next.await {
+            Ok(r) => r,
+            Err(e) => Err(BulkError::Input(format!("{uri}: a batch stopped: {e}"))),
+        };
+        match stage_batch(&req, checked, env).await {
             Ok(c) => report.counts += c,
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         }
+    }
+    for h in &in_flight {
+        h.abort();
     }
     drop(rx);
     let read = reader
@@ -309,26 +421,45 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
     Ok(report)
 }
 
-/// Maps, validates and stages one batch of a chunk.
-async fn load_batch(
+/// A batch after mapping and validation.
+struct Checked {
+    records: u64,
+    valid: MappedBatch,
+}
+
+/// Maps and validates one batch of a chunk (on a worker thread).
+async fn check_batch(
+    batch: ChangeBatch,
+    env: Arc<Env>,
+    timings: Arc<StageTimings>,
+) -> Result<Checked, BulkError> {
+    let records = batch.changes.len() as u64;
+    let at = Instant::now();
+    let mapped = handlers::transform::handle(batch, &env).await?;
+    let mapped_at = Instant::now();
+    let valid = handlers::validate::handle(mapped, &env).await?;
+    StageTimings::add(&timings.map_ns, mapped_at - at);
+    StageTimings::add(&timings.validate_ns, mapped_at.elapsed());
+    timings.batches.fetch_add(1, Ordering::Relaxed);
+    Ok(Checked { records, valid })
+}
+
+/// Quarantines a checked batch's rejected records and stages its resources.
+async fn stage_batch(
     req: &ChunkRequest,
-    changes: Vec<SourceChange>,
-    part: usize,
+    checked: Result<Checked, BulkError>,
     env: &BulkEnv,
 ) -> Result<LoadCounts, BulkError> {
+    let Checked { records, valid } = checked?;
     let mut counts = LoadCounts {
-        records_read: changes.len() as u64,
+        records_read: records,
         ..LoadCounts::default()
     };
-    let batch = ChangeBatch {
-        batch_id: format!("{}-v{}-{}-{part}", req.dataset, req.version, req.key),
-        changes,
-    };
-    let mapped = handlers::transform::handle(batch, &env.env).await?;
-    let valid = handlers::validate::handle(mapped, &env.env).await?;
+    let at = Instant::now();
     for r in &valid.rejected {
         quarantine(env, r).await?;
     }
+    StageTimings::add(&env.timings.quarantine_ns, at.elapsed());
     counts.quarantined = valid.rejected.len() as u64;
     let mut staged = Vec::new();
     for item in valid.items {
@@ -343,9 +474,11 @@ async fn load_batch(
             }
         }
     }
+    let at = Instant::now();
     env.datasets
         .stage(&req.dataset, req.version, &staged)
         .await?;
+    StageTimings::add(&env.timings.stage_ns, at.elapsed());
     counts.resources_written = staged.len() as u64;
     env.records_read
         .fetch_add(counts.records_read, Ordering::Relaxed);
@@ -354,7 +487,10 @@ async fn load_batch(
 
 /// `fhir-unify-bulk-finalize`: SUCCEEDED and the pointer move, in one step.
 pub async fn finalize(req: VersionRef, env: &BulkEnv) -> Result<PointerMove, BulkError> {
-    Ok(env.datasets.finalize(&req.dataset, req.version).await?)
+    let at = Instant::now();
+    let mv = env.datasets.finalize(&req.dataset, req.version).await?;
+    StageTimings::add(&env.timings.finalize_ns, at.elapsed());
+    Ok(mv)
 }
 
 /// `fhir-unify-bulk-fail`: marks the version FAILED with the caught error.
@@ -371,4 +507,27 @@ pub async fn fail(req: VersionRef, env: &BulkEnv) -> Result<VersionRef, BulkErro
         .fail(&req.dataset, req.version, &reason)
         .await?;
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_timings_add_up_per_stage_and_start_again_from_zero() {
+        let t = StageTimings::default();
+        StageTimings::add(&t.map_ns, Duration::from_millis(30));
+        StageTimings::add(&t.map_ns, Duration::from_millis(12));
+        StageTimings::add(&t.finalize_ns, Duration::from_millis(5));
+        t.add_emit(Duration::from_millis(7));
+        t.batches.fetch_add(2, Ordering::Relaxed);
+        let first = t.take();
+        assert_eq!(first.map_ms, 42);
+        assert_eq!(first.finalize_ms, 5);
+        assert_eq!(first.emit_ms, 7);
+        assert_eq!(first.decode_ms, 0);
+        assert_eq!(first.batches, 2);
+        // A reading belongs to one load: the next one starts from zero.
+        assert_eq!(t.take(), StageReport::default());
+    }
 }

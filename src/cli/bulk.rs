@@ -222,6 +222,18 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
                     if let Some(p) = &o.published {
                         println!("       published: {p}");
                     }
+                    let t = &o.timings;
+                    println!(
+                        "       time (ms, summed over threads): decode {}, map {}, validate {}, quarantine {}, stage {}, finalize {}, emit {}; total {}",
+                        t.decode_ms,
+                        t.map_ms,
+                        t.validate_ms,
+                        t.quarantine_ms,
+                        t.stage_ms,
+                        t.finalize_ms,
+                        t.emit_ms,
+                        o.elapsed_ms
+                    );
                     if !o.succeeded {
                         println!(
                             "       {}: {}",

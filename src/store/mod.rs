@@ -128,7 +128,15 @@ pub(crate) fn canonical_content(
     target: &ResourceRef,
     resource: &Value,
 ) -> Result<Value, StoreError> {
-    let Value::Object(map) = resource else {
+    if !resource.is_object() {
+        return Err(invalid(target, "the resource is not a JSON object"));
+    }
+    canonical_owned(target, resource.clone())
+}
+
+/// [`canonical_content`] of a resource the caller owns (no copy).
+pub(crate) fn canonical_owned(target: &ResourceRef, resource: Value) -> Result<Value, StoreError> {
+    let Value::Object(mut map) = resource else {
         return Err(invalid(target, "the resource is not a JSON object"));
     };
     match map.get("resourceType") {
@@ -153,7 +161,6 @@ pub(crate) fn canonical_content(
         }
         Some(_) => return Err(invalid(target, "id is not a string")),
     }
-    let mut map = map.clone();
     map.insert("id".to_owned(), Value::String(target.id.clone()));
     strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
     Ok(Value::Object(map))

@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::search::{HistoryPage, HistoryQuery, SearchPage, SearchQuery};
 use super::{
     FhirStore, Outbox, OutboxEntry, SearchStore, StoreError, StoredVersion, canonical_content,
-    change_event, check_ref, format_time, invalid, parse_time, parse_version_id,
+    canonical_owned, change_event, check_ref, format_time, invalid, parse_time, parse_version_id,
     stored_canonical_text, with_meta,
 };
 use crate::model::{
@@ -179,6 +179,29 @@ impl SqliteStore {
             clock: Arc::new(Utc::now),
             location,
         })
+    }
+
+    /// Sets this connection up for bulk loads: a page cache of `cache_mib` MiB (the default
+    /// 2 MiB makes a pointer move of a large load spill and re-read the same index pages from
+    /// the WAL over and over: system time) and a checkpoint every `checkpoint_mib` MiB of WAL
+    /// rather than every 4 MiB (each checkpoint syncs the file). Both bound memory and disk
+    /// by a constant, whatever the size of the load.
+    pub fn tune_for_bulk(&self, cache_mib: u32, checkpoint_mib: u32) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))
+            .map_err(|e| with_context(&self.location, e))?;
+        // The page size is 4 KiB unless the file says otherwise.
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(|e| with_context(&self.location, e))?;
+        let pages = i64::from(checkpoint_mib) * 1024 * 1024 / page.max(512);
+        conn.pragma_update(None, "wal_autocheckpoint", pages)
+            .map_err(|e| with_context(&self.location, e))?;
+        // Sorts and temporary indexes of the difference query stay in memory (bounded by the
+        // cache) instead of temporary files.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(|e| with_context(&self.location, e))?;
+        Ok(())
     }
 
     /// Replaces the clock that stamps `lastUpdated` (tests; a shared runtime clock).
@@ -472,7 +495,31 @@ fn apply_change(
         ResourceOp::Upsert { resource } => Some(canonical_content(target, resource)?),
         ResourceOp::Delete => None,
     };
-    let lineage = &change.lineage;
+    let lineage_text = serde_json::to_string(&change.lineage)
+        .map_err(|e| invalid(target, format!("lineage cannot be stored: {e}")))?;
+    apply_canonical(
+        tx,
+        target,
+        content,
+        &change.lineage,
+        &lineage_text,
+        now,
+        check_order,
+    )
+}
+
+/// [`apply_change`] of a checked target whose content is already canonical (the output of
+/// [`canonical_content`], or a dataset's staged text parsed back) and whose lineage is already
+/// serialised: a dataset pointer move stages both and does not redo them.
+fn apply_canonical(
+    tx: &Connection,
+    target: &ResourceRef,
+    content: Option<Value>,
+    lineage: &Lineage,
+    lineage_text: &str,
+    now: DateTime<Utc>,
+    check_order: bool,
+) -> Result<PublishOutcome, StoreError> {
     let current = read_current(tx, target)?;
 
     if check_order {
@@ -510,8 +557,6 @@ fn apply_change(
     };
 
     let content_text = stored.as_ref().map(Value::to_string);
-    let lineage_text = serde_json::to_string(lineage)
-        .map_err(|e| invalid(target, format!("lineage cannot be stored: {e}")))?;
     let time_text = format_time(last_updated);
     let deleted = stored.is_none();
     tx.prepare_cached(
@@ -548,7 +593,11 @@ fn apply_change(
         ])
     })
     .map_err(sql_err)?;
-    search::reindex(tx, target, stored.as_ref())?;
+    match (&current, &stored) {
+        // Never held: no index rows to remove (the common case of a first load).
+        (None, Some(content)) => search::index_new(tx, target, content)?,
+        _ => search::reindex(tx, target, stored.as_ref())?,
+    }
 
     let version_id = next_version.to_string();
     if let Some(kind) = ChangeKind::for_action(action) {

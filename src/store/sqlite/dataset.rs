@@ -25,7 +25,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::{SqliteStore, apply_change, canonical_content, check_ref, format_time, sql_err};
+use super::{
+    SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
+    format_time, sql_err,
+};
 use crate::model::{Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::StoreError;
 use crate::store::dataset::{
@@ -307,28 +310,29 @@ fn switch(
     // -1 matches no version: without a previous version everything is new.
     let from_key = from.map_or(-1, to_i64);
     let to_key = to_i64(to);
-    let total: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM dataset_resources WHERE dataset = ?1 AND version = ?2",
-            params![dataset, to_key],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
+    // One pass over the new version's rows: a separate count(*) would read every staged page
+    // (the whole load) once more.
+    let mut total = 0u64;
     let mut changed = 0u64;
     {
         let mut upserts = conn
             .prepare(
-                "SELECT n.resource_type, n.id, n.content, n.lineage FROM dataset_resources n
-                 WHERE n.dataset = ?1 AND n.version = ?2 AND NOT EXISTS (
-                   SELECT 1 FROM dataset_resources o
-                   WHERE o.dataset = ?1 AND o.version = ?3 AND o.resource_type = n.resource_type
-                     AND o.id = n.id AND o.content = n.content)",
+                "SELECT n.resource_type, n.id, n.content, n.lineage,
+                        EXISTS (SELECT 1 FROM dataset_resources o
+                                WHERE o.dataset = ?1 AND o.version = ?3
+                                  AND o.resource_type = n.resource_type AND o.id = n.id
+                                  AND o.content = n.content)
+                 FROM dataset_resources n WHERE n.dataset = ?1 AND n.version = ?2",
             )
             .map_err(sql_err)?;
         let mut rows = upserts
             .query(params![dataset, to_key, from_key])
             .map_err(sql_err)?;
         while let Some(r) = rows.next().map_err(sql_err)? {
+            total += 1;
+            if r.get::<_, bool>(4).map_err(sql_err)? {
+                continue;
+            }
             let target = ResourceRef {
                 resource_type: r.get(0).map_err(sql_err)?,
                 id: r.get(1).map_err(sql_err)?,
@@ -338,17 +342,25 @@ fn switch(
             let resource: Value = serde_json::from_str(&content).map_err(|e| {
                 StoreError::Corrupt(format!("{dataset} version {to}: {target}: {e}"))
             })?;
-            let change = ResourceChange {
-                lineage: decode_lineage(dataset, to, &target, &lineage)?,
-                target,
-                op: ResourceOp::Upsert { resource },
-            };
-            let outcome = apply_change(conn, &change, now, false)?;
+            // The staged text is canonical and its lineage serialised already: what
+            // `apply_change` would do again is only checked, not redone.
+            check_ref(&target)?;
+            let resource = canonical_owned(&target, resource)?;
+            let decoded = decode_lineage(dataset, to, &target, &lineage)?;
+            let outcome = apply_canonical(
+                conn,
+                &target,
+                Some(resource),
+                &decoded,
+                &lineage,
+                now,
+                false,
+            )?;
             changed += 1;
             count(outcome.action, &mut mv);
         }
     }
-    mv.unchanged += to_u64(total)?.saturating_sub(changed);
+    mv.unchanged += total.saturating_sub(changed);
     if from.is_some() {
         let mut deletes = conn
             .prepare(
@@ -539,6 +551,13 @@ impl SqliteStore {
             })?;
             rows.push((r, content, lineage));
         }
+        // In key order, consecutive inserts land on neighbouring pages of the staging table
+        // (ids are random UUIDs). The sort is stable: of two rows for one resource the later
+        // still replaces the earlier.
+        rows.sort_by(|a, b| {
+            (&a.0.target.resource_type, &a.0.target.id)
+                .cmp(&(&b.0.target.resource_type, &b.0.target.id))
+        });
         self.write_tx(|tx, now| {
             refresh_heartbeat(tx, dataset, version, &format_time(now))?;
             let mut stmt = tx

@@ -30,9 +30,19 @@ pub(super) fn reindex(
     tx.prepare_cached("DELETE FROM search_index WHERE resource_type = ?1 AND id = ?2")
         .and_then(|mut s| s.execute(params![target.resource_type, target.id]))
         .map_err(sql_err)?;
-    let Some(content) = content else {
-        return Ok(());
-    };
+    match content {
+        Some(content) => index_new(tx, target, content),
+        None => Ok(()),
+    }
+}
+
+/// Indexes a resource that has no index rows yet (one the store never held: index rows exist
+/// only for resources of the `resources` table).
+pub(super) fn index_new(
+    tx: &Connection,
+    target: &ResourceRef,
+    content: &Value,
+) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)

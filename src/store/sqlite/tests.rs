@@ -723,3 +723,23 @@ fn debug_shows_the_location_only() {
     let text = format!("{:?}", store());
     assert!(text.contains(":memory:"), "{text}");
 }
+
+#[test]
+fn tuning_for_bulk_loads_sets_the_cache_and_checkpoint_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    store.tune_for_bulk(64, 32).unwrap();
+    let conn = store.lock().unwrap();
+    let cache: i64 = conn
+        .pragma_query_value(None, "cache_size", |r| r.get(0))
+        .unwrap();
+    let page: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .unwrap();
+    let checkpoint: i64 = conn
+        .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+        .unwrap();
+    // A negative cache size is in KiB.
+    assert_eq!(cache, -64 * 1024);
+    assert_eq!(checkpoint, 32 * 1024 * 1024 / page);
+}
