@@ -120,11 +120,21 @@ pub(crate) fn coding(system: String, code: Value, display: Option<Value>) -> Res
 
 /// `conceptmap('url', code, system=none)`: the Coding the ConceptMap at `url` maps `code` to
 /// (see [`ConceptMaps::translate`]). A missing code stays missing; an unmapped code is an error
-/// naming the ConceptMap (unless the map's `unmapped` rule gives a code).
+/// naming the ConceptMap (unless the map's `unmapped` rule gives a code). `system` may be given
+/// by position or by keyword, as the README shows it.
 pub(crate) fn conceptmap(
     maps: std::sync::Arc<ConceptMaps>,
-) -> impl Fn(String, Value, Option<String>) -> Result<Value, Error> {
-    move |url: String, value: Value, system: Option<String>| {
+) -> impl Fn(String, Value, Option<String>, Kwargs) -> Result<Value, Error> {
+    move |url: String, value: Value, positional: Option<String>, kwargs: Kwargs| {
+        let keyword: Option<String> = kwargs.get("system")?;
+        kwargs.assert_all_used()?;
+        if positional.is_some() && keyword.is_some() {
+            return Err(Error::new(
+                ErrorKind::TooManyArguments,
+                "conceptmap: system given both by position and as system=",
+            ));
+        }
+        let system = positional.or(keyword);
         if is_missing(&value) {
             // The url is still checked: an unknown map is a bug in the mapping file.
             return match maps.translate(&url, "", system.as_deref()) {

@@ -1491,6 +1491,20 @@ resources:
             r["b"],
             json!({"system": "http://snomed.info/sct", "code": "123", "display": "T"})
         );
+        // `system` by keyword (as the README writes it) and by position, on the plan and on the
+        // template path alike; a wrong source system is not mapped.
+        for form in ["system='urn:src'", "'urn:src'"] {
+            let kw = Mapping::from_yaml(
+                &format!(
+                    "source: s\nentity: e\nconceptMaps: [cm.json]\nresources:\n  - resourceType: Basic\n    template:\n      a: \"{{{{ conceptmap('urn:cm:sex', record.sex, {form}) }}}}\"\n"
+                ),
+                &origin.display().to_string(),
+            )
+            .unwrap();
+            for r in [kw.apply(&c).unwrap(), kw.apply_via_templates(&c).unwrap()] {
+                assert_eq!(upserted(&r)[0]["a"]["code"], "male", "{form}");
+            }
+        }
         // Missing codes leave both out (no lone `system`).
         c.data = json!({});
         let out = m.apply(&c).unwrap();

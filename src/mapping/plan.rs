@@ -759,15 +759,11 @@ impl<'s> Parser<'s> {
                     _ => return None,
                 };
                 let code = Box::new(args.next()?);
-                // `system=` as a keyword reaches the function as a map, which it refuses:
-                // only the positional form is planned.
-                if !kwargs.is_empty() {
-                    return None;
-                }
-                let system = match args.next() {
-                    None => None,
-                    Some(Ex::Lit(Json::String(s))) => Some(s),
-                    Some(_) => return None,
+                let system = match (args.next(), kwargs.as_slice()) {
+                    (None, []) => None,
+                    (Some(Ex::Lit(Json::String(s))), []) => Some(s),
+                    (None, [("system", KwArg::Text(s))]) => Some(s.clone()),
+                    _ => return None,
                 };
                 Ex::ConceptMap { url, code, system }
             }
@@ -820,6 +816,7 @@ mod tests {
             "(record.RACE | translate('race')).display",
             "conceptmap('urn:x', record.G | required).code",
             "conceptmap('urn:x', record.G, 'urn:s')",
+            "conceptmap('urn:x', record.G, system='urn:s')",
             "coding('http://snomed.info/sct', record.CODE, record.DESCRIPTION)",
             "reference('Patient', entity='patients', key={'Id': record.PATIENT | required})",
             "reference('Practitioner')",
@@ -844,7 +841,8 @@ mod tests {
             "reference('not a type')",
             "reference('Patient', nope='x')",
             "coding('s', system='x')",
-            "conceptmap('urn:x', record.G, system='urn:s')",
+            "conceptmap('urn:x', record.G, 'urn:s', system='urn:s')",
+            "conceptmap('urn:x', record.G, nope='urn:s')",
             "conceptmap(record.url, record.x)",
             "{'a': 1, 'a': 2}",
             "record.a == record.b == record.c",
