@@ -30,7 +30,8 @@ use crate::store::sqlite::SqliteStore;
 /// The `bulk-load` definition, with `${Placeholders}` for functions.
 pub const BULK_LOAD_DEFINITION: &str = include_str!("../../statemachines/bulk-load.asl.json");
 
-/// The page cache of the loader's store connection, in MiB (`FHIR_UNIFY_BULK_CACHE_MIB`).
+/// The page cache of the loader's store connection, in MiB (`fhir-unify load` takes another
+/// from `FHIR_UNIFY_BULK_CACHE_MIB`).
 pub const DEFAULT_CACHE_MIB: u32 = 64;
 
 /// How much WAL the loader writes between checkpoints, in MiB.
@@ -280,12 +281,8 @@ impl LocalBulk {
             SqliteStore::open(&rt.data.join(rt.config.store.sqlite_path()))
                 .map_err(crate::store::dataset::DatasetError::from)?,
         );
-        let cache_mib = std::env::var("FHIR_UNIFY_BULK_CACHE_MIB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_CACHE_MIB);
         datasets
-            .tune_for_bulk(cache_mib, CHECKPOINT_MIB)
+            .tune_for_bulk(DEFAULT_CACHE_MIB, CHECKPOINT_MIB)
             .map_err(crate::store::dataset::DatasetError::from)?;
         let objects = LocalBuckets::new().with_bucket(source, dir).shared();
         let env = Arc::new(BulkEnv {

@@ -169,6 +169,16 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
             let config = load_config(config)?;
             let rt = LocalRuntime::open(config, data.clone())?;
             let bulk = LocalBulk::open(&rt, &source, &path, Duration::from_secs(lease_secs))?;
+            if let Some(mib) = std::env::var("FHIR_UNIFY_BULK_CACHE_MIB")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                let mib: u32 = mib.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("FHIR_UNIFY_BULK_CACHE_MIB={mib:?} is not a number of MiB")
+                })?;
+                bulk.datasets
+                    .tune_for_bulk(mib, fhir_unify::bulk::local::CHECKPOINT_MIB)?;
+            }
             let loads = bulk.loads(&source)?;
             let counter = bulk.env.records_read.clone();
             let started = Instant::now();
