@@ -524,10 +524,7 @@ fn healthlake_is_reached_only_by_publish_and_only_when_given() {
             allowed.insert(role.to_owned());
         }
     }
-    assert_eq!(
-        allowed,
-        BTreeSet::from(["PublishRole".to_owned()])
-    );
+    assert_eq!(allowed, BTreeSet::from(["PublishRole".to_owned()]));
     // The endpoint reaches publish only, under the same condition.
     for (id, properties) in functions(&template) {
         let endpoint = &properties["Environment"]["Variables"]["FHIR_UNIFY_FHIR_ENDPOINT"];
