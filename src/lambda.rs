@@ -151,7 +151,6 @@ async fn build_bulk_env(
     store: Option<String>,
     quarantine_url: Option<String>,
 ) -> Result<crate::bulk::BulkEnv, EnvError> {
-    use crate::queue::sqs::SqsQuarantine;
     use crate::queue::{LocalQuarantine, Quarantine};
     use crate::store::dataset::DatasetStore;
     let setting = |name: &str, reason: String| {
@@ -188,11 +187,8 @@ async fn build_bulk_env(
     };
     let objects = crate::objects::s3::dms_objects(&config, s3_from_env)
         .map_err(|reason| setting("the pipeline file's DMS sources", reason))?;
-    let quarantine: Arc<dyn Quarantine> = match quarantine_url.filter(|u| !u.is_empty()) {
-        Some(url) => {
-            let sdk = crate::aws::sdk_config().await;
-            Arc::new(SqsQuarantine::new(aws_sdk_sqs::Client::new(&sdk), url))
-        }
+    let quarantine: Arc<dyn Quarantine> = match sqs_quarantine(quarantine_url).await {
+        Some(sqs) => sqs,
         None => {
             let queue = crate::local::queue::LocalQueue::open(&data.join("queue.db".as_ref()))
                 .map_err(|e| setting("the local quarantine queue", e.to_string()))?;
@@ -388,15 +384,17 @@ pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError
 
 /// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
 /// name (S3 for `s3://` locations, through the SDK configured from the environment; local
-/// folders as buckets named after their source). Call it inside the Tokio runtime.
+/// folders as buckets named after their source). Rows and files it refuses go to the SQS queue
+/// `FHIR_UNIFY_QUARANTINE_QUEUE_URL` when set (the stack sets it), else to the local queue.
+/// Call it inside the Tokio runtime.
 pub async fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
     file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env)).await
 }
 
 /// The environment of `ingest-transfer`: the embedded runtime and the object store its
 /// Transfer sources name, routed as [`dms_env`] routes DMS sources (S3 for `s3://`
-/// locations, local folders as buckets named after their source). Call it inside the Tokio
-/// runtime.
+/// locations, local folders as buckets named after their source), with rejections sent as
+/// [`dms_env`] sends them. Call it inside the Tokio runtime.
 pub async fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
     file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env)).await
 }
@@ -417,12 +415,31 @@ async fn file_source_env(
             Ok((runtime, objects))
         });
     let built = match opened {
-        Ok((runtime, objects)) => on_step_functions(runtime, unify_state_machine())
-            .await
-            .map(|runtime| (Arc::new(runtime), objects)),
+        Ok((mut runtime, objects)) => {
+            // Rows and files the function refuses itself go to the stack's quarantine queue.
+            if let Some(sqs) =
+                sqs_quarantine(std::env::var("FHIR_UNIFY_QUARANTINE_QUEUE_URL").ok()).await
+            {
+                runtime.rejections = sqs;
+            }
+            on_step_functions(runtime, unify_state_machine())
+                .await
+                .map(|runtime| (Arc::new(runtime), objects))
+        }
         Err(e) => Err(e),
     };
     reported(built)
+}
+
+/// The stack's SQS quarantine queue (`FHIR_UNIFY_QUARANTINE_QUEUE_URL`; empty is none), through
+/// the SDK configured from the Lambda environment.
+async fn sqs_quarantine(url: Option<String>) -> Option<Arc<dyn crate::queue::Quarantine>> {
+    let url = url.filter(|u| !u.trim().is_empty())?;
+    let sdk = crate::aws::sdk_config().await;
+    Some(Arc::new(crate::queue::sqs::SqsQuarantine::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        url,
+    )))
 }
 
 /// S3 through the SDK configured from the Lambda environment (region, role credentials).

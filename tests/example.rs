@@ -418,3 +418,46 @@ async fn the_example_posts_the_partner_requests_through_ingest_api() {
     assert_eq!(member["identifier"][0]["value"], "M-100");
     assert_eq!(member["gender"], "female");
 }
+
+/// Records what an ingress sends to quarantine.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl fhir_unify::queue::Quarantine for Recorder {
+    async fn send(&self, body: &str) -> Result<String, fhir_unify::queue::QuarantineError> {
+        let mut sent = self.0.lock().unwrap();
+        sent.push(body.to_owned());
+        Ok(format!("m-{}", sent.len()))
+    }
+}
+
+/// What an ingress refuses itself goes to the runtime's `rejections` port (on Lambda the SQS
+/// quarantine, `FHIR_UNIFY_QUARANTINE_QUEUE_URL`), not to the in-process queue; what `unify`
+/// refuses goes where the state machine sends it.
+#[tokio::test]
+async fn ingress_rejections_go_to_the_rejections_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = runtime(dir.path());
+    let recorder = std::sync::Arc::new(Recorder::default());
+    rt.rejections = recorder.clone();
+    let s = rt.run().await.unwrap();
+    assert_eq!(s.quarantined, 6, "{s:?}");
+    let sent: Vec<Rejection> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let in_queue = quarantined(&rt);
+    // The malformed stream record, the DMS row with an unknown Op, the Transfer row without a
+    // column: refused at ingest; the other three by the unify steps.
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert!(sent.iter().all(|r| r.stage == Stage::Ingest), "{sent:#?}");
+    assert_eq!(in_queue.len(), 3, "{in_queue:#?}");
+    assert!(
+        in_queue.iter().all(|r| r.stage != Stage::Ingest),
+        "{in_queue:#?}"
+    );
+}

@@ -144,9 +144,14 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
         ],
     ),
     // lambda::bulk_env: rejected records of bulk loads go to SQS (issue 7).
+    // lambda::dms_env, lambda::transfer_env: what those functions refuse themselves.
     (
         "FHIR_UNIFY_QUARANTINE_QUEUE_URL",
-        &["BulkLoadChunkFunction"],
+        &[
+            "BulkLoadChunkFunction",
+            "IngestDmsFunction",
+            "IngestTransferFunction",
+        ],
     ),
     // lambda::publish_env: the `rest` store (HealthLake), only when the stack is given one.
     ("FHIR_UNIFY_FHIR_ENDPOINT", &["PublishFunction"]),

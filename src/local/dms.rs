@@ -48,7 +48,7 @@ impl LocalRuntime {
     ) -> Result<DmsIngestOutcome, LocalError> {
         let outcome = ingest_dms::handle(event, &self.ingest, objects).await?;
         for r in &outcome.rejected {
-            self.quarantine(r)?;
+            self.quarantine(r).await?;
         }
         Ok(outcome)
     }

@@ -410,6 +410,9 @@ pub struct LocalRuntime {
     pub queue: Arc<LocalQueue>,
     pub workflow: Arc<LocalWorkflow>,
     pub ingest: IngestEnv,
+    /// Where records an ingress rejects itself go: the local queue, or on Lambda the stack's
+    /// SQS quarantine (a queue under /tmp would vanish with the execution environment).
+    pub rejections: Arc<dyn crate::queue::Quarantine>,
 }
 
 impl LocalRuntime {
@@ -423,6 +426,10 @@ impl LocalRuntime {
             config: config.clone(),
             workflow: workflow.clone(),
         };
+        let rejections = Arc::new(crate::queue::LocalQuarantine {
+            queue: queue.clone(),
+            name: config.quarantine.queue.clone(),
+        });
         Ok(LocalRuntime {
             config,
             data,
@@ -430,6 +437,7 @@ impl LocalRuntime {
             queue,
             workflow,
             ingest,
+            rejections,
         })
     }
 }

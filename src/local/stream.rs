@@ -157,7 +157,7 @@ impl LocalRuntime {
                                 raw: raw.clone(),
                                 outcome: outcome.clone(),
                             };
-                            self.quarantine(&failure.rejection())?;
+                            self.quarantine(&failure.rejection()).await?;
                         }
                         report.quarantined += records.len();
                         return Ok(report);
@@ -170,7 +170,7 @@ impl LocalRuntime {
             }
             if last_attempt {
                 for f in &failures {
-                    self.quarantine(&f.rejection())?;
+                    self.quarantine(&f.rejection()).await?;
                 }
                 report.quarantined += failures.len();
                 return Ok(report);
@@ -192,12 +192,18 @@ impl LocalRuntime {
         }
     }
 
-    pub(crate) fn quarantine(&self, rejection: &Rejection) -> Result<(), LocalError> {
+    pub(crate) async fn quarantine(&self, rejection: &Rejection) -> Result<(), LocalError> {
         let body = serde_json::to_string(rejection).map_err(|e| LocalError::Input {
             file: "quarantine".into(),
             message: e.to_string(),
         })?;
-        self.queue.send(&self.config.quarantine.queue, &body)?;
+        self.rejections
+            .send(&body)
+            .await
+            .map_err(|e| LocalError::Input {
+                file: "quarantine".into(),
+                message: e.to_string(),
+            })?;
         Ok(())
     }
 

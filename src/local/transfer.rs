@@ -40,7 +40,7 @@ impl LocalRuntime {
     ) -> Result<TransferIngestOutcome, LocalError> {
         let outcome = ingest_transfer::handle(event, &self.ingest, objects).await?;
         for r in &outcome.rejected {
-            self.quarantine(r)?;
+            self.quarantine(r).await?;
         }
         Ok(outcome)
     }
