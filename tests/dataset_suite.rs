@@ -13,7 +13,10 @@
 
 mod common {
     pub mod moto;
+    pub mod serial_moto;
 }
+
+use common::serial_moto::SerialMoto;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,63 +87,8 @@ async fn sqlite() -> Harness {
     }
 }
 
-/// moto on one thread (see `tests/store_suite.rs`: its multi-threaded server undoes concurrent
-/// transactions); DynamoDB, DynamoDB Streams and SSM all answer on it.
-struct SerialMoto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-const SERIAL_MOTO: &str = "
-import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app, MotoRequestHandler
-run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False, request_handler=MotoRequestHandler)
-";
-
-impl SerialMoto {
-    fn start() -> SerialMoto {
-        use std::time::Instant;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
-        assert!(
-            python.is_file(),
-            "{} is missing: run scripts/test.sh",
-            python.display()
-        );
-        let mut child = std::process::Command::new(python)
-            .args(["-c", SERIAL_MOTO, &port.to_string()])
-            .env("MOTO_PORT", port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("moto exited before it listened: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto did not listen within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        SerialMoto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for SerialMoto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+// moto on one thread (`common::serial_moto`: its multi-threaded server undoes concurrent
+// transactions); DynamoDB, DynamoDB Streams and SSM all answer on it.
 async fn dynamodb() -> Harness {
     let moto = SerialMoto::start();
     let config = fhir_unify::aws::loader()

@@ -1,6 +1,6 @@
 //! A DynamoDB table's stream read the way Lambda's event source mapping reads it
 //! (`DescribeStream`, `GetShardIterator` TRIM_HORIZON, `GetRecords`), each record in the JSON
-//! shape the mapping hands to the function. The same reading as `tests/aws_flow_moto.rs`.
+//! shape the mapping hands to the function (`tests/aws_flow_moto.rs`, `tests/emit_stream_moto.rs`).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
