@@ -24,18 +24,13 @@ use tokio::sync::mpsc;
 
 use crate::config::PipelineConfig;
 use crate::env::{IngestEnv, WorkflowRun};
-use crate::model::{ChangeBatch, Rejection, SourceChange};
+use crate::model::Rejection;
 use crate::objects::{ObjectError, ObjectStore};
 use crate::sources::dms::{self, Decoded, ObjectCreated, ObjectReport, PathError};
 
 use super::HandlerError;
-use super::ingest_dynamodb::run_unify_chunked;
-
-/// The most changes gathered before a batch is handed to `unify` (bounded memory).
-pub const FLUSH_CHANGES: usize = 2_000;
-
-/// How many decoded rows may wait between the reading thread and the handler.
-const CHANNEL_ROWS: usize = 1_024;
+pub use super::file_batches::FLUSH_CHANGES;
+use super::file_batches::{CHANNEL_ROWS, FileBatches, object_name};
 
 /// What one file of the event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,15 +114,11 @@ pub async fn handle(
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_ROWS);
     let fallback_time = Utc::now();
     let reader_objects = objects.clone();
-    let job_keys: Vec<(String, Option<String>)> = jobs
+    let names = jobs
         .iter()
-        .map(|j| {
-            (
-                format!("s3://{}/{}", j.bucket, j.path.key),
-                j.version.clone(),
-            )
-        })
+        .map(|j| object_name(&j.bucket, &j.path.key, j.version.as_deref()))
         .collect();
+    let mut batches = FileBatches::new(env, "dms", BATCH_ID_NAMESPACE, names);
     let reader = tokio::task::spawn_blocking(move || {
         for job in jobs {
             let uri = format!("s3://{}/{}", job.bucket, job.path.key);
@@ -161,26 +152,14 @@ pub async fn handle(
         }
     });
 
-    let mut pending: Vec<SourceChange> = Vec::new();
-    let mut file_index = 0usize;
-    let mut part = 0usize;
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Row(d) => match *d {
-                Decoded::Change(c) => {
-                    pending.push(c);
-                    if pending.len() >= FLUSH_CHANGES {
-                        part += 1;
-                        let id = batch_id(&job_keys, file_index, part);
-                        flush(env, id, &mut pending, &mut out).await?;
-                    }
-                }
+                Decoded::Change(c) => batches.push(c).await?,
                 Decoded::Rejected(r) => out.rejected.push(r),
             },
             Msg::FileDone { uri, report } => {
-                part += 1;
-                let id = batch_id(&job_keys, file_index, part);
-                flush(env, id, &mut pending, &mut out).await?;
+                batches.end_file().await?;
                 tracing::info!(
                     file = %uri,
                     rows = report.rows,
@@ -190,13 +169,10 @@ pub async fn handle(
                     "dms file read"
                 );
                 out.files.push(FileSummary { uri, report });
-                file_index += 1;
-                part = 0;
             }
             Msg::Skipped { uri, reason } => {
                 out.skipped.push((uri, reason));
-                file_index += 1;
-                part = 0;
+                batches.skip_file();
             }
             Msg::Retry(message) => return Err(HandlerError::ObjectStore(message)),
         }
@@ -204,6 +180,8 @@ pub async fn handle(
     reader
         .await
         .map_err(|e| HandlerError::ObjectStore(format!("the reading thread stopped: {e}")))?;
+    out.records_in = batches.records_in;
+    out.runs = batches.runs;
     tracing::info!(
         objects = out.objects,
         files = out.files.len(),
@@ -216,41 +194,9 @@ pub async fn handle(
     Ok(out)
 }
 
-/// `dms-<v5 uuid of the object>-<part>`: the same object makes the same ids.
-fn batch_id(keys: &[(String, Option<String>)], file: usize, part: usize) -> String {
-    let (uri, version) = keys
-        .get(file)
-        .cloned()
-        .unwrap_or_else(|| (String::new(), None));
-    let name = match version {
-        Some(v) => format!("{uri}?versionId={v}"),
-        None => uri,
-    };
-    let id = uuid::Uuid::new_v5(&BATCH_ID_NAMESPACE, name.as_bytes());
-    format!("dms-{id}-{part}")
-}
-
 /// Namespace of the v5 UUIDs naming DMS batches.
 const BATCH_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x9b2e_4d71_0c3a_4e8f_a6d5_37c1_e08b_5f24);
-
-async fn flush(
-    env: &IngestEnv,
-    batch_id: String,
-    pending: &mut Vec<SourceChange>,
-    out: &mut DmsIngestOutcome,
-) -> Result<(), HandlerError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let batch = ChangeBatch {
-        batch_id,
-        changes: std::mem::take(pending),
-    };
-    out.records_in += batch.changes.len();
-    out.runs.extend(run_unify_chunked(env, batch).await?);
-    Ok(())
-}
 
 enum Unbound {
     Skip(String),

@@ -26,20 +26,15 @@ use tokio::sync::mpsc;
 
 use crate::config::PipelineConfig;
 use crate::env::{IngestEnv, WorkflowRun};
-use crate::model::{ChangeBatch, Rejection, SourceChange};
+use crate::model::Rejection;
 use crate::objects::{ObjectError, ObjectStore};
 use crate::sources::Decoded;
 use crate::sources::s3_event::ObjectCreated;
 use crate::sources::transfer::{self, FileReport, LoadMode, TransferTarget};
 
 use super::HandlerError;
-use super::ingest_dynamodb::run_unify_chunked;
-
-/// The most changes gathered before a batch is handed to `unify` (bounded memory).
-pub const FLUSH_CHANGES: usize = 2_000;
-
-/// How many decoded rows may wait between the reading thread and the handler.
-const CHANNEL_ROWS: usize = 1_024;
+pub use super::file_batches::FLUSH_CHANGES;
+use super::file_batches::{CHANNEL_ROWS, FileBatches, object_name};
 
 /// What one file of the event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +116,11 @@ pub async fn handle(
             }
         }
     }
-    let ids: Vec<String> = jobs
+    let names = jobs
         .iter()
-        .map(|j| match &j.object.version_id {
-            Some(v) => format!("s3://{}/{}?versionId={v}", j.object.bucket, j.key),
-            None => format!("s3://{}/{}", j.object.bucket, j.key),
-        })
+        .map(|j| object_name(&j.object.bucket, &j.key, j.object.version_id.as_deref()))
         .collect();
+    let mut batches = FileBatches::new(env, "transfer", BATCH_ID_NAMESPACE, names);
 
     let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_ROWS);
     let fallback_time = Utc::now();
@@ -162,25 +155,10 @@ pub async fn handle(
         }
     });
 
-    let mut pending: Vec<SourceChange> = Vec::new();
-    let mut file_index = 0usize;
-    let mut part = 0usize;
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Row(d) => match *d {
-                Decoded::Change(c) => {
-                    pending.push(c);
-                    if pending.len() >= FLUSH_CHANGES {
-                        part += 1;
-                        flush(
-                            env,
-                            batch_id(&ids, file_index, part),
-                            &mut pending,
-                            &mut out,
-                        )
-                        .await?;
-                    }
-                }
+                Decoded::Change(c) => batches.push(c).await?,
                 Decoded::Rejected(r) => out.rejected.push(r),
             },
             Msg::FileDone {
@@ -188,14 +166,7 @@ pub async fn handle(
                 entity,
                 report,
             } => {
-                part += 1;
-                flush(
-                    env,
-                    batch_id(&ids, file_index, part),
-                    &mut pending,
-                    &mut out,
-                )
-                .await?;
+                batches.end_file().await?;
                 tracing::info!(
                     file = %uri,
                     rows = report.rows,
@@ -216,8 +187,6 @@ pub async fn handle(
                     load: report.load,
                     report,
                 });
-                file_index += 1;
-                part = 0;
             }
             Msg::Retry(message) => return Err(HandlerError::ObjectStore(message)),
         }
@@ -225,6 +194,8 @@ pub async fn handle(
     reader
         .await
         .map_err(|e| HandlerError::ObjectStore(format!("the reading thread stopped: {e}")))?;
+    out.records_in = batches.records_in;
+    out.runs = batches.runs;
     tracing::info!(
         objects = out.objects,
         files = out.files.len(),
@@ -237,34 +208,9 @@ pub async fn handle(
     Ok(out)
 }
 
-/// `transfer-<v5 uuid of the object>-<part>`: the same object makes the same ids.
-fn batch_id(ids: &[String], file: usize, part: usize) -> String {
-    let name = ids.get(file).map_or("", String::as_str);
-    let id = uuid::Uuid::new_v5(&BATCH_ID_NAMESPACE, name.as_bytes());
-    format!("transfer-{id}-{part}")
-}
-
 /// Namespace of the v5 UUIDs naming Transfer batches.
 const BATCH_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x4c1d_8e2a_7b35_4f60_9a13_e5d2_0c7b_8f91);
-
-async fn flush(
-    env: &IngestEnv,
-    batch_id: String,
-    pending: &mut Vec<SourceChange>,
-    out: &mut TransferIngestOutcome,
-) -> Result<(), HandlerError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let batch = ChangeBatch {
-        batch_id,
-        changes: std::mem::take(pending),
-    };
-    out.records_in += batch.changes.len();
-    out.runs.extend(run_unify_chunked(env, batch).await?);
-    Ok(())
-}
 
 /// Binds an announced object. An EventBridge key may or may not be URL-encoded: when the
 /// decoded key binds nothing, or names no object, the key as received is tried.

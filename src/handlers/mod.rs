@@ -7,6 +7,7 @@ pub mod authorizer;
 pub mod emit;
 pub mod emit_stream;
 pub mod errors;
+mod file_batches;
 pub mod gateway;
 pub mod ingest_api;
 pub mod ingest_dms;
