@@ -688,31 +688,3 @@ async fn staged_reads_follow_the_pointer() {
         None
     );
 }
-
-/// The versions table `create_table` makes is the one the template declares.
-#[test]
-fn the_template_declares_the_versions_table() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/template.yaml");
-    let template: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let table = &template["Resources"]["DatasetVersionsTable"];
-    assert_eq!(table["Type"].as_str(), Some("AWS::DynamoDB::Table"));
-    let p = &table["Properties"];
-    let keys: Vec<(&str, &str)> = p["KeySchema"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["AttributeName"].as_str().unwrap(),
-                k["KeyType"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(keys, [("pk", "HASH"), ("sk", "RANGE")]);
-    assert_eq!(p["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
-    assert_eq!(
-        p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
-        Some(true)
-    );
-}

@@ -1,8 +1,9 @@
 //! The SAM template (`infra/template.yaml`) against the code it deploys: every environment
 //! variable a function reads is set, none is set that nothing reads, every function crate is
 //! deployed and every deployed function is a crate, and every state machine placeholder is
-//! substituted (and nothing else). cfn-lint and asl-validator (scripts/test.sh) check the
-//! template and definitions against AWS's rules; this checks them against the code.
+//! substituted (and nothing else), and the DynamoDB tables are those the stores expect.
+//! cfn-lint and asl-validator (scripts/test.sh) check the template and definitions against
+//! AWS's rules; this checks them against the code.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -546,4 +547,57 @@ fn healthlake_is_reached_only_by_publish_and_only_when_given() {
         assert!(is_ref(&branches[1], "HealthLakeDatastoreEndpoint"), "{id}");
         assert!(is_ref(&branches[2], "AWS::NoValue"), "{id}");
     }
+}
+
+/// `(attribute, key type)` of a DynamoDB table the template declares.
+fn key_schema(template: &Value, table: &str) -> Vec<(String, String)> {
+    let table = &template["Resources"][table];
+    assert_eq!(table["Type"].as_str(), Some("AWS::DynamoDB::Table"));
+    table["Properties"]["KeySchema"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["AttributeName"].as_str().unwrap().to_owned(),
+                k["KeyType"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The tables the stores create for their tests (`create_table`) are the ones the template
+/// declares: the same keys, on demand; the store's stream carries new images for `emit`.
+#[test]
+fn the_template_declares_the_tables_the_stores_expect() {
+    use fhir_unify::store::dynamodb::{PK, SK};
+    let template = template();
+    let hash_range = |h: &str, r: &str| {
+        vec![
+            (h.to_owned(), "HASH".to_owned()),
+            (r.to_owned(), "RANGE".to_owned()),
+        ]
+    };
+
+    assert_eq!(key_schema(&template, "FhirStoreTable"), hash_range(PK, SK));
+    let store = &template["Resources"]["FhirStoreTable"]["Properties"];
+    for a in store["AttributeDefinitions"].as_sequence().unwrap() {
+        assert_eq!(a["AttributeType"].as_str(), Some("S"));
+    }
+    assert_eq!(
+        store["StreamSpecification"]["StreamViewType"].as_str(),
+        Some("NEW_IMAGE")
+    );
+    assert_eq!(store["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+
+    assert_eq!(
+        key_schema(&template, "DatasetVersionsTable"),
+        hash_range("pk", "sk")
+    );
+    let versions = &template["Resources"]["DatasetVersionsTable"]["Properties"];
+    assert_eq!(versions["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+    assert_eq!(
+        versions["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
+        Some(true)
+    );
 }

@@ -689,38 +689,6 @@ async fn rest_store_surfaces_the_servers_refusal() {
 
 // ---- DynamoDB only ------------------------------------------------------------------------
 
-/// The table `create_table` makes (the suite's) is the one the template declares.
-#[test]
-fn the_template_declares_the_table_the_store_expects() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/template.yaml");
-    let template: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let table = &template["Resources"]["FhirStoreTable"];
-    assert_eq!(table["Type"].as_str(), Some("AWS::DynamoDB::Table"));
-    let p = &table["Properties"];
-    let keys: Vec<(&str, &str)> = p["KeySchema"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|k| {
-            (
-                k["AttributeName"].as_str().unwrap(),
-                k["KeyType"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    use fhir_unify::store::dynamodb::{PK, SK};
-    assert_eq!(keys, [(PK, "HASH"), (SK, "RANGE")]);
-    for a in p["AttributeDefinitions"].as_sequence().unwrap() {
-        assert_eq!(a["AttributeType"].as_str(), Some("S"));
-    }
-    assert_eq!(
-        p["StreamSpecification"]["StreamViewType"].as_str(),
-        Some("NEW_IMAGE")
-    );
-    assert_eq!(p["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
-}
-
 fn to_dynamo(v: &aws_sdk_dynamodbstreams::types::AttributeValue) -> serde_dynamo::AttributeValue {
     use aws_sdk_dynamodbstreams::types::AttributeValue as A;
     use serde_dynamo::AttributeValue as D;

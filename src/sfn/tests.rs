@@ -3,7 +3,6 @@
 //! action has not been implemented"), so the request the SDK sends and the mapping of each
 //! answer are checked here, on the wire, with the real SDK client.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,80 +13,10 @@ use super::*;
 
 const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:stack-unify";
 
-/// One request the server received.
-#[derive(Debug, Clone)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: Value,
-}
+#[path = "../../tests/support/scripted_http.rs"]
+mod scripted_http;
 
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Answers each request with the next scripted (status, JSON body); records the requests.
-struct Fixture {
-    endpoint: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Fixture {
-    fn start(answers: Vec<(u16, Value)>) -> Fixture {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        std::thread::spawn(move || {
-            let mut answers = answers.into_iter();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let mut headers = Vec::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = line.trim_end().split_once(':') {
-                        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                    }
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |(_, v)| v.parse().unwrap());
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body).unwrap();
-                log.lock().unwrap().push(Received {
-                    headers,
-                    body: serde_json::from_slice(&body).unwrap(),
-                });
-                let (status, answer) = answers
-                    .next()
-                    .unwrap_or((500, json!({ "__type": "NoMoreAnswers" })));
-                let answer = answer.to_string();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-            }
-        });
-        Fixture { endpoint, received }
-    }
-
-    fn requests(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-}
+use scripted_http::ScriptedHttp as Fixture;
 
 /// Records the address each request is sent to before the adapter's own [`EmulatorHost`]
 /// takes the `sync-` prefix off (client interceptors run in the order they were added).
