@@ -28,7 +28,10 @@ use super::pattern::EventPattern;
 use super::targets::{
     NdjsonTarget, RetryPolicy, SSE_CHANNEL_CAPACITY, SseMessage, SseTarget, Target, WebhookTarget,
 };
-use super::{BusError, EventBus, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult, entry_size};
+use super::{
+    BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult,
+    entry_size,
+};
 use crate::config::{DataDir, LocalBusConfig};
 use crate::model::ChangeEvent;
 
@@ -38,7 +41,7 @@ pub const ALL_EVENTS_RULE: &str = "all-events";
 /// Entry error code when a target failed the event.
 pub const TARGET_FAILED: &str = "TargetDeliveryFailed";
 /// Entry error code for the entries after a failed one (not attempted, to keep the order).
-pub const PRECEDING_ENTRY_FAILED: &str = "PrecedingEntryFailed";
+pub use super::PRECEDING_ENTRY_FAILED;
 
 /// A rule: a pattern (none: every event) and its targets.
 #[derive(Debug)]
@@ -377,15 +380,11 @@ impl LocalBus {
     }
 }
 
-#[async_trait]
-impl EventBus for LocalBus {
-    async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > MAX_ENTRIES_PER_PUT {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
-                events.len()
-            )));
-        }
+impl LocalBus {
+    /// Archives the events in one commit, then routes them (each target gets them in one
+    /// delivery, so one `fsync` per NDJSON target) and records the deliveries in one commit:
+    /// the cost of a call hardly depends on how many events it carries.
+    async fn put(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
         let mut results: Vec<Option<PutEntryResult>> = vec![None; events.len()];
         // (entry index, envelope, delivery key) of the entries within the limits.
         let mut accepted = Vec::with_capacity(events.len());
@@ -431,6 +430,33 @@ impl EventBus for LocalBus {
                 })
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalBus {
+    async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        if events.len() > MAX_ENTRIES_PER_PUT {
+            return Err(BusError::Invalid(format!(
+                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
+                events.len()
+            )));
+        }
+        self.put(events).await
+    }
+
+    fn page_size(&self) -> usize {
+        LOCAL_PAGE_EVENTS
+    }
+
+    async fn put_page(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        if events.len() > LOCAL_PAGE_EVENTS {
+            return Err(BusError::Invalid(format!(
+                "{} entries in one page; the local bus takes at most {LOCAL_PAGE_EVENTS}",
+                events.len()
+            )));
+        }
+        self.put(events).await
     }
 
     fn as_local(&self) -> Option<&LocalBus> {

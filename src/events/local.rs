@@ -6,7 +6,7 @@
 //! already among the file's last lines (written, but the outbox was not marked before the
 //! crash) is acknowledged without being written twice.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -14,16 +14,27 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{BusError, EventBus, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult, entry_size};
+use super::{
+    BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult,
+    entry_size,
+};
 use crate::model::ChangeEvent;
 
 /// The account and region written in local event envelopes.
 pub const LOCAL_ACCOUNT: &str = "000000000000";
 pub const LOCAL_REGION: &str = "local";
 
-/// How much of the file's end is read at open to find recently written event ids. An
-/// interrupted relay wrote at most one `PutEvents` call (10 events of a few hundred bytes).
+/// How many of the latest delivery keys a writer remembers (read back from the file's end at
+/// open, then kept as it writes). An interrupted relay wrote at most one page
+/// ([`LOCAL_PAGE_EVENTS`]) that the outbox did not mark; four pages leave room for a retried
+/// partial page and for two relays taking turns. Bounded so that memory does not grow with the
+/// number of events a process delivers.
+pub const RECENT_KEYS: usize = 4 * LOCAL_PAGE_EVENTS;
+
+/// The first window read from the file's end at open; it grows (×4) until it holds
+/// [`RECENT_KEYS`] complete lines, the file's start or [`MAX_TAIL_BYTES`].
 const TAIL_BYTES: u64 = 256 * 1024;
+const MAX_TAIL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A local bus writing every event to one NDJSON file (the bus of a pipeline without rules,
 /// and the building block of the rules bus's NDJSON targets).
@@ -60,7 +71,31 @@ pub struct NdjsonWriter {
 struct NdjsonState {
     file: File,
     /// Keys of the deliveries in the file's last lines at open time, plus those written since.
-    recent: HashSet<String>,
+    recent: Recent,
+}
+
+/// The last [`RECENT_KEYS`] delivery keys written, oldest first.
+#[derive(Debug, Default)]
+struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECENT_KEYS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 /// An NDJSON file that cannot be opened or written.
@@ -122,9 +157,10 @@ impl NdjsonWriter {
             .map_err(|_| io(std::io::Error::other("writer lock poisoned")))?;
         let mut lines = Vec::new();
         let mut keys = Vec::new();
+        let mut in_call = HashSet::new();
         for envelope in envelopes {
             let key = delivery_key(envelope).unwrap_or_default();
-            if state.recent.contains(&key) || keys.contains(&key) {
+            if state.recent.contains(&key) || !in_call.insert(key.clone()) {
                 continue;
             }
             serde_json::to_writer(&mut lines, envelope)
@@ -138,23 +174,35 @@ impl NdjsonWriter {
         state.file.write_all(&lines).map_err(io)?;
         state.file.sync_data().map_err(io)?;
         let written = keys.len();
-        state.recent.extend(keys);
+        for key in keys {
+            state.recent.insert(key);
+        }
         Ok(written)
     }
 }
 
-/// Cuts a partial last line and returns the delivery keys of the complete lines near the end.
-fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
+/// Cuts a partial last line and returns the delivery keys of the last [`RECENT_KEYS`]
+/// complete lines (fewer if the file is shorter, or if they do not fit in [`MAX_TAIL_BYTES`]).
+fn repair_and_read_tail(file: &mut File) -> std::io::Result<Recent> {
     let len = file.metadata()?.len();
-    let start = len.saturating_sub(TAIL_BYTES);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail)?;
+    let mut window = TAIL_BYTES;
+    let (start, tail) = loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let lines = tail.iter().filter(|&&b| b == b'\n').count();
+        if start == 0 || lines > RECENT_KEYS || window >= MAX_TAIL_BYTES {
+            break (start, tail);
+        }
+        window = window.saturating_mul(4);
+    };
+    let mut tail = tail;
     let complete = match tail.iter().rposition(|&b| b == b'\n') {
         Some(i) => i + 1,
         None if start == 0 => 0,
-        // No newline in the last 256 KB: nothing to learn from the tail, keep the file as is.
-        None => return Ok(HashSet::new()),
+        // No newline in the window: nothing to learn from the tail, keep the file as is.
+        None => return Ok(Recent::default()),
     };
     if complete < tail.len() {
         tracing::warn!(
@@ -164,16 +212,16 @@ fn repair_and_read_tail(file: &mut File) -> std::io::Result<HashSet<String>> {
         file.set_len(start + complete as u64)?;
         tail.truncate(complete);
     }
-    let mut keys = HashSet::new();
+    let mut recent = Recent::default();
     // The first line may be cut by the window's start; it simply fails to parse.
     for line in tail.split(|&b| b == b'\n') {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
             && let Some(key) = delivery_key(&v)
         {
-            keys.insert(key);
+            recent.insert(key);
         }
     }
-    Ok(keys)
+    Ok(recent)
 }
 
 #[async_trait]
@@ -185,6 +233,27 @@ impl EventBus for NdjsonBus {
                 events.len()
             )));
         }
+        self.put(events)
+    }
+
+    fn page_size(&self) -> usize {
+        LOCAL_PAGE_EVENTS
+    }
+
+    async fn put_page(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        if events.len() > LOCAL_PAGE_EVENTS {
+            return Err(BusError::Invalid(format!(
+                "{} entries in one page; the local bus takes at most {LOCAL_PAGE_EVENTS}",
+                events.len()
+            )));
+        }
+        self.put(events)
+    }
+}
+
+impl NdjsonBus {
+    /// Writes the events in one append and one `fsync`.
+    fn put(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
         let mut results = Vec::with_capacity(events.len());
         let mut envelopes = Vec::new();
         for event in events {
@@ -287,6 +356,42 @@ mod tests {
             .map(|v| v["detail"]["id"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(ids, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn the_writer_remembers_a_bounded_window_of_recent_keys_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.ndjson");
+        let envelopes: Vec<serde_json::Value> = (0..RECENT_KEYS + 5)
+            .map(|i| event(&format!("p{i}"), "1").delivered(LOCAL_ACCOUNT, LOCAL_REGION))
+            .collect();
+        let key = |i: usize| delivery_key(&envelopes[i]).unwrap();
+        {
+            let writer = NdjsonWriter::open(&path).unwrap();
+            for page in envelopes.chunks(LOCAL_PAGE_EVENTS) {
+                let refs: Vec<&serde_json::Value> = page.iter().collect();
+                writer.append(&refs).unwrap();
+            }
+            let state = writer.state.lock().unwrap();
+            assert_eq!(state.recent.order.len(), RECENT_KEYS);
+            assert_eq!(state.recent.set.len(), RECENT_KEYS);
+            assert!(!state.recent.contains(&key(4)), "the oldest are forgotten");
+            assert!(state.recent.contains(&key(5)));
+        }
+        // Reopened, the writer reads the same window back from the file's end (more than the
+        // first 256 KB window), so a page written before a crash is not written again.
+        let writer = NdjsonWriter::open(&path).unwrap();
+        {
+            let state = writer.state.lock().unwrap();
+            assert_eq!(state.recent.order.len(), RECENT_KEYS);
+            assert!(state.recent.contains(&key(5)));
+            assert!(state.recent.contains(&key(RECENT_KEYS + 4)));
+        }
+        let last_page: Vec<&serde_json::Value> = envelopes[envelopes.len() - LOCAL_PAGE_EVENTS..]
+            .iter()
+            .collect();
+        assert_eq!(writer.append(&last_page).unwrap(), 0);
+        assert_eq!(lines(&path).len(), RECENT_KEYS + 5);
     }
 
     #[tokio::test]

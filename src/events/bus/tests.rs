@@ -439,3 +439,114 @@ fn bad_rules_are_refused_at_load_naming_the_rule_and_the_place() {
     assert!(load(&two).unwrap().contains("unique"));
     assert!(load(&rule("{ source: [x] }", ok_target)).is_none());
 }
+
+/// The local bus behind a counter of `put_page` calls.
+#[derive(Debug)]
+struct CountingPages {
+    bus: LocalBus,
+    pages: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl EventBus for CountingPages {
+    async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        self.bus.put_events(events).await
+    }
+
+    fn page_size(&self) -> usize {
+        self.bus.page_size()
+    }
+
+    async fn put_page(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
+        self.pages.lock().unwrap().push(events.len());
+        self.bus.put_page(events).await
+    }
+}
+
+async fn commit_many(store: &SqliteStore, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:05}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    commit(store, &refs).await;
+    ids.iter().map(|id| format!("{id}/1")).collect()
+}
+
+#[tokio::test]
+async fn the_relay_hands_the_local_bus_pages_of_a_thousand_each_delivered_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = CountingPages {
+        bus: bus_from_yaml(
+            r#"
+events:
+  local:
+    ndjson: all.ndjson
+    rules:
+      - name: even
+        pattern: '{"detail": {"id": [{"wildcard": "p*0"}]}}'
+        targets: [ { ndjson: even.ndjson } ]
+"#,
+            dir.path(),
+        ),
+        pages: std::sync::Mutex::new(Vec::new()),
+    };
+    let store = SqliteStore::open_in_memory().unwrap();
+    let expected = commit_many(&store, 2_345).await;
+    let report = relay_outbox(&store, &bus).await.unwrap();
+    assert_eq!((report.delivered, report.failed), (2_345, 0));
+    assert_eq!(*bus.pages.lock().unwrap(), vec![1_000, 1_000, 345]);
+    assert_eq!(ids(&lines(&dir.path().join("all.ndjson"))), expected);
+    // Rule matching is per event, as with calls of 10.
+    let even: Vec<String> = expected
+        .iter()
+        .filter(|id| id.ends_with("0/1"))
+        .cloned()
+        .collect();
+    assert_eq!(ids(&lines(&dir.path().join("even.ndjson"))), even);
+    assert_eq!(
+        bus.bus.archive().list(None, 0, 10_000).unwrap().len(),
+        2_345
+    );
+    assert!(store.pending(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_crash_after_a_whole_page_reached_the_file_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "events:\n  local:\n    ndjson: all.ndjson\n";
+    let db = dir.path().join("store.db");
+    let expected = {
+        let store = SqliteStore::open(&db).unwrap();
+        let expected = commit_many(&store, 1_500).await;
+        // A full page (hundreds of KB, more than the first tail window read at open) reached
+        // the file; the process died before the ledger and the outbox marks.
+        let page: Vec<Value> = store
+            .pending(LOCAL_PAGE_EVENTS)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.delivered(LOCAL_ACCOUNT, LOCAL_REGION))
+            .collect();
+        let writer = NdjsonWriter::open(&dir.path().join("all.ndjson")).unwrap();
+        let refs: Vec<&Value> = page.iter().collect();
+        assert_eq!(writer.append(&refs).unwrap(), LOCAL_PAGE_EVENTS);
+        expected
+    };
+    let store = SqliteStore::open(&db).unwrap();
+    let bus = bus_from_yaml(yaml, dir.path());
+    let report = relay_outbox(&store, &bus).await.unwrap();
+    assert_eq!(report.delivered, 1_500);
+    assert_eq!(ids(&lines(&dir.path().join("all.ndjson"))), expected);
+}
+
+#[tokio::test]
+async fn a_page_larger_than_the_local_page_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml("events:\n  local:\n    ndjson: all.ndjson\n", dir.path());
+    let events: Vec<_> = (0..=LOCAL_PAGE_EVENTS)
+        .map(|i| event(ChangeKind::Created, "Patient", &i.to_string(), "1"))
+        .collect();
+    assert!(matches!(
+        bus.put_page(&events).await,
+        Err(BusError::Invalid(_))
+    ));
+    assert!(bus.archive().list(None, 0, 10).unwrap().is_empty());
+}

@@ -1,7 +1,11 @@
 //! [`DatasetStore`] for the SQLite store.
 //!
-//! A version's resources are staged in `dataset_resources` (dataset, version, type, id,
-//! canonical content, lineage). The FHIR tables (`resources`, `history`, `search_index`,
+//! A version's resources are staged in `dataset_staged` (dataset, version, type, id,
+//! canonical content, lineage): a rowid table, so a batch's rows are appended at its end in
+//! the order they arrive, with only the short key in a B-tree (`dataset_staged_key`); random
+//! resource ids rewrite index pages, not the pages holding the content. (Files of earlier
+//! builds staged into the `WITHOUT ROWID` table `dataset_resources`, keyed by the same key
+//! with the content inline: [`ensure_layout`] moves their rows over once.) The FHIR tables (`resources`, `history`, `search_index`,
 //! `outbox`) always hold the *current* version of every dataset: moving the pointer (the
 //! `parameters` row [`pointer_parameter`]) applies the difference between the two versions'
 //! staged rows to them **in the same transaction**. Readers therefore need no pointer lookup
@@ -27,14 +31,14 @@ use serde_json::Value;
 
 use super::{
     SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
-    format_time, sql_err,
+    format_time, search, sql_err,
 };
-use crate::model::{Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
-use crate::store::StoreError;
+use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
     DatasetError, DatasetStore, DatasetVersion, GcReport, LoadCounts, PointerMove, StagedResource,
     VersionStatus, check_dataset_name, pointer_parameter,
 };
+use crate::store::{StoreError, change_event, with_meta};
 
 /// Dataset versions, their chunks and staged resources, and the parameter rows of pointers.
 pub(super) const MIGRATION_3: &str = "
@@ -79,6 +83,40 @@ CREATE TABLE parameters (
     updated_at TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// The staging table of this build, created (and the rows of `dataset_resources` moved into
+/// it) by [`ensure_layout`] in the first dataset write of a file: it is not a numbered
+/// migration, so that the store's schema version stays the FHIR tables' own.
+const STAGED_LAYOUT: &str = "
+CREATE TABLE dataset_staged (
+    dataset       TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    content       TEXT NOT NULL,
+    lineage       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX dataset_staged_key ON dataset_staged (dataset, version, resource_type, id);
+INSERT INTO dataset_staged (dataset, version, resource_type, id, content, lineage)
+    SELECT dataset, version, resource_type, id, content, lineage FROM dataset_resources;
+DELETE FROM dataset_resources;
+";
+
+/// Creates the staging table if this file has none yet (see [`STAGED_LAYOUT`]).
+fn ensure_layout(conn: &Connection) -> Result<(), DatasetError> {
+    let present: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                            WHERE type = 'table' AND name = 'dataset_staged')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if !present {
+        conn.execute_batch(STAGED_LAYOUT).map_err(sql_err)?;
+    }
+    Ok(())
+}
 
 /// A version row before its chunks are added.
 struct Row {
@@ -301,6 +339,177 @@ fn switch(
     to: u64,
     now: DateTime<Utc>,
 ) -> Result<PointerMove, DatasetError> {
+    match from {
+        None => publish_first(conn, dataset, to, now),
+        Some(_) => switch_each(conn, dataset, from, to, now),
+    }
+}
+
+/// The first version of a dataset: the difference is "everything created", except for
+/// resources the store already holds (streamed in, or another dataset's), which take the
+/// per-resource path of [`switch_each`]. The rest is written set-based: `history` and
+/// `resources` by one `INSERT … SELECT` each from the staged rows, with `meta` (version 1,
+/// `now`) set by SQLite's `json_set`; one pass in key order writes their search-index rows
+/// and outbox events (which need the parsed resource and a v5 event id).
+///
+/// The stored text differs from the per-resource path's only in the place of the `meta` key
+/// (appended rather than sorted), which no reader sees: contents are parsed when read.
+fn publish_first(
+    conn: &Connection,
+    dataset: &str,
+    to: u64,
+    now: DateTime<Utc>,
+) -> Result<PointerMove, DatasetError> {
+    let mut mv = PointerMove {
+        dataset: dataset.to_owned(),
+        from: None,
+        to: Some(to),
+        ..PointerMove::default()
+    };
+    let to_key = to_i64(to);
+    let at = format_time(now);
+    // Resources the store holds already: compared and versioned one by one.
+    {
+        let mut held = conn
+            .prepare(
+                "SELECT n.resource_type, n.id, n.content, n.lineage FROM dataset_staged n
+                 WHERE n.dataset = ?1 AND n.version = ?2 AND EXISTS (
+                   SELECT 1 FROM resources r
+                   WHERE r.resource_type = n.resource_type AND r.id = n.id)
+                 ORDER BY n.resource_type, n.id",
+            )
+            .map_err(sql_err)?;
+        let mut rows = held.query(params![dataset, to_key]).map_err(sql_err)?;
+        while let Some(r) = rows.next().map_err(sql_err)? {
+            let staged = read_staged(dataset, to, r)?;
+            let outcome = apply_canonical(
+                conn,
+                &staged.target,
+                Some(staged.resource),
+                &staged.lineage,
+                &staged.lineage_text,
+                now,
+                false,
+            )?;
+            count(outcome.action, &mut mv);
+        }
+    }
+    // The rest is new: search-index rows and events, one pass in key order…
+    {
+        let mut new = conn
+            .prepare(
+                "SELECT n.resource_type, n.id, n.content, n.lineage FROM dataset_staged n
+                 WHERE n.dataset = ?1 AND n.version = ?2 AND NOT EXISTS (
+                   SELECT 1 FROM resources r
+                   WHERE r.resource_type = n.resource_type AND r.id = n.id)
+                 ORDER BY n.resource_type, n.id",
+            )
+            .map_err(sql_err)?;
+        let mut event_insert = conn
+            .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
+            .map_err(sql_err)?;
+        let mut rows = new.query(params![dataset, to_key]).map_err(sql_err)?;
+        while let Some(r) = rows.next().map_err(sql_err)? {
+            let staged = read_staged(dataset, to, r)?;
+            let stored = with_meta(staged.resource, 1, now);
+            search::index_new(conn, &staged.target, &stored)?;
+            let event = change_event(
+                ChangeKind::Created,
+                &staged.target,
+                "1",
+                now,
+                &staged.lineage,
+            );
+            let text = serde_json::to_string(&event).map_err(|e| StoreError::Invalid {
+                target: staged.target.to_string(),
+                reason: format!("change event cannot be stored: {e}"),
+            })?;
+            event_insert.execute([text]).map_err(sql_err)?;
+            mv.created += 1;
+        }
+    }
+    // …then their first versions, set-based. `history` first: the condition reads `resources`,
+    // which the second statement fills (a statement reading the table it writes would first
+    // copy its whole result into a temporary table). Rows the store held are in `resources`
+    // already, so the second statement ignores them.
+    let with_meta_sql = "json_set(n.content, '$.meta.versionId', '1', '$.meta.lastUpdated', ?3)";
+    let history = conn
+        .execute(
+            &format!(
+                "INSERT INTO history
+                   (resource_type, id, version_id, last_updated, deleted, content, lineage)
+                 SELECT n.resource_type, n.id, 1, ?3, 0, {with_meta_sql}, n.lineage
+                 FROM dataset_staged n
+                 WHERE n.dataset = ?1 AND n.version = ?2 AND NOT EXISTS (
+                   SELECT 1 FROM resources r
+                   WHERE r.resource_type = n.resource_type AND r.id = n.id)
+                 ORDER BY n.resource_type, n.id"
+            ),
+            params![dataset, to_key, at],
+        )
+        .map_err(sql_err)?;
+    let resources = conn
+        .execute(
+            &format!(
+                "INSERT OR IGNORE INTO resources
+                   (resource_type, id, version_id, last_updated, deleted, content)
+                 SELECT n.resource_type, n.id, 1, ?3, 0, {with_meta_sql}
+                 FROM dataset_staged n
+                 WHERE n.dataset = ?1 AND n.version = ?2
+                 ORDER BY n.resource_type, n.id"
+            ),
+            params![dataset, to_key, at],
+        )
+        .map_err(sql_err)?;
+    if history as u64 != mv.created || resources as u64 != mv.created {
+        // The three passes read the same rows in one transaction: a difference is a bug.
+        return Err(DatasetError::Store(StoreError::Corrupt(format!(
+            "{dataset} version {to}: first publish wrote {} events, {history} history rows and \
+             {resources} resources",
+            mv.created
+        ))));
+    }
+    Ok(mv)
+}
+
+/// A staged row, checked and decoded.
+struct Staged {
+    target: ResourceRef,
+    resource: Value,
+    lineage: Lineage,
+    lineage_text: String,
+}
+
+/// Reads (resource_type, id, content, lineage) of a staged row. The staged text is canonical
+/// and its lineage serialised already: what `apply_change` would do again is only checked.
+fn read_staged(dataset: &str, version: u64, r: &rusqlite::Row<'_>) -> Result<Staged, DatasetError> {
+    let target = ResourceRef {
+        resource_type: r.get(0).map_err(sql_err)?,
+        id: r.get(1).map_err(sql_err)?,
+    };
+    let content: String = r.get(2).map_err(sql_err)?;
+    let lineage_text: String = r.get(3).map_err(sql_err)?;
+    let resource: Value = serde_json::from_str(&content)
+        .map_err(|e| StoreError::Corrupt(format!("{dataset} version {version}: {target}: {e}")))?;
+    check_ref(&target)?;
+    let resource = canonical_owned(&target, resource)?;
+    let lineage = decode_lineage(dataset, version, &target, &lineage_text)?;
+    Ok(Staged {
+        target,
+        resource,
+        lineage,
+        lineage_text,
+    })
+}
+
+/// Applies the difference one resource at a time through the store's write path.
+fn switch_each(
+    conn: &Connection,
+    dataset: &str,
+    from: Option<u64>,
+    to: u64,
+    now: DateTime<Utc>,
+) -> Result<PointerMove, DatasetError> {
     let mut mv = PointerMove {
         dataset: dataset.to_owned(),
         from,
@@ -318,11 +527,12 @@ fn switch(
         let mut upserts = conn
             .prepare(
                 "SELECT n.resource_type, n.id, n.content, n.lineage,
-                        EXISTS (SELECT 1 FROM dataset_resources o
+                        EXISTS (SELECT 1 FROM dataset_staged o
                                 WHERE o.dataset = ?1 AND o.version = ?3
                                   AND o.resource_type = n.resource_type AND o.id = n.id
                                   AND o.content = n.content)
-                 FROM dataset_resources n WHERE n.dataset = ?1 AND n.version = ?2",
+                 FROM dataset_staged n WHERE n.dataset = ?1 AND n.version = ?2
+                 ORDER BY n.resource_type, n.id",
             )
             .map_err(sql_err)?;
         let mut rows = upserts
@@ -364,9 +574,9 @@ fn switch(
     if from.is_some() {
         let mut deletes = conn
             .prepare(
-                "SELECT o.resource_type, o.id, o.lineage FROM dataset_resources o
+                "SELECT o.resource_type, o.id, o.lineage FROM dataset_staged o
                  WHERE o.dataset = ?1 AND o.version = ?3 AND NOT EXISTS (
-                   SELECT 1 FROM dataset_resources n
+                   SELECT 1 FROM dataset_staged n
                    WHERE n.dataset = ?1 AND n.version = ?2 AND n.resource_type = o.resource_type
                      AND n.id = o.id)",
             )
@@ -424,6 +634,7 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
+        ensure_layout(&tx)?;
         let out = f(&tx, now)?;
         tx.commit().map_err(sql_err)?;
         Ok(out)
@@ -562,7 +773,7 @@ impl SqliteStore {
             refresh_heartbeat(tx, dataset, version, &format_time(now))?;
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO dataset_resources
+                    "INSERT OR REPLACE INTO dataset_staged
                        (dataset, version, resource_type, id, content, lineage)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
@@ -791,7 +1002,7 @@ impl SqliteStore {
             for v in purge {
                 let n = tx
                     .execute(
-                        "DELETE FROM dataset_resources WHERE dataset = ?1 AND version = ?2",
+                        "DELETE FROM dataset_staged WHERE dataset = ?1 AND version = ?2",
                         params![dataset, to_i64(v)],
                     )
                     .map_err(sql_err)?;
