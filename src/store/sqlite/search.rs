@@ -75,6 +75,115 @@ pub(super) fn index_new(
     Ok(())
 }
 
+/// One `search_index` row without its resource: (param, system, value, raw, low, high).
+pub(super) type IndexRow = (
+    &'static str,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The index rows of a live resource's content.
+pub(super) fn index_rows(content: &Value) -> Vec<IndexRow> {
+    index_entries(content)
+        .into_iter()
+        .map(|entry| match entry.value {
+            IndexValue::Token { system, code } => {
+                (entry.param, system, Some(code), None, None, None)
+            }
+            IndexValue::String { normalized, exact } => {
+                (entry.param, None, Some(normalized), Some(exact), None, None)
+            }
+            IndexValue::Date { low, high } => {
+                (entry.param, None, None, None, Some(low), Some(high))
+            }
+            IndexValue::Reference { resource_type, id } => {
+                (entry.param, resource_type, Some(id), None, None, None)
+            }
+        })
+        .collect()
+}
+
+/// Rows per multi-row statement of the batched writes (a fixed size, so that each table has
+/// one cached statement for full chunks and one for single rows).
+pub(super) const CHUNK: usize = 64;
+
+/// The SQL of a multi-row `INSERT … VALUES (…), (…)` of `rows` rows of `cols` columns.
+pub(super) fn multi_values(head: &str, cols: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * cols * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
+
+/// Inserts index rows of many resources: full chunks of [`CHUNK`] rows with one statement,
+/// the rest one by one.
+pub(super) fn insert_index_rows<'a>(
+    tx: &Connection,
+    rows: impl ExactSizeIterator<Item = (&'a ResourceRef, &'a IndexRow)>,
+) -> Result<(), StoreError> {
+    const HEAD: &str =
+        "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)";
+    let n = rows.len();
+    let full = n / CHUNK * CHUNK;
+    let mut rows = rows;
+    if full > 0 {
+        let mut stmt = tx
+            .prepare_cached(&multi_values(HEAD, 8, CHUNK, ""))
+            .map_err(sql_err)?;
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(8 * CHUNK);
+        for _ in 0..full / CHUNK {
+            values.clear();
+            for (target, (param, system, value, raw, low, high)) in rows.by_ref().take(CHUNK) {
+                values.extend_from_slice(&[
+                    &target.resource_type as &dyn rusqlite::ToSql,
+                    &target.id,
+                    param,
+                    system,
+                    value,
+                    raw,
+                    low,
+                    high,
+                ]);
+            }
+            stmt.execute(values.as_slice()).map_err(sql_err)?;
+        }
+    }
+    let mut stmt = tx
+        .prepare_cached(&multi_values(HEAD, 8, 1, ""))
+        .map_err(sql_err)?;
+    for (target, (param, system, value, raw, low, high)) in rows {
+        stmt.execute(params![
+            target.resource_type,
+            target.id,
+            param,
+            system,
+            value,
+            raw,
+            low,
+            high
+        ])
+        .map_err(sql_err)?;
+    }
+    Ok(())
+}
+
 /// Indexes every live resource (a store written before the index existed).
 pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
     let rows: Vec<(String, String, String)> = {
