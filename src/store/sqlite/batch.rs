@@ -266,11 +266,7 @@ impl Batch {
     }
 
     /// Writes the gathered rows.
-    fn flush(mut self, tx: &Connection) -> Result<(), StoreError> {
-        // Rows go in key order: b-tree inserts at ascending keys touch each page once (in
-        // hash order they cost more than the one-by-one writes they replace).
-        self.history
-            .sort_by(|a, b| (&a.target, a.version).cmp(&(&b.target, b.version)));
+    fn flush(self, tx: &Connection) -> Result<(), StoreError> {
         let history: Vec<[&dyn ToSql; 7]> = self
             .history
             .iter()
@@ -292,10 +288,9 @@ impl Batch {
             "",
             &history,
         )?;
-        let mut resources: Vec<(&ResourceRef, &ResourceRow)> = self.resources.iter().collect();
-        resources.sort_by(|a, b| a.0.cmp(b.0));
-        let resources: Vec<[&dyn ToSql; 6]> = resources
-            .into_iter()
+        let resources: Vec<[&dyn ToSql; 6]> = self
+            .resources
+            .iter()
             .map(|(t, r)| {
                 [
                     &t.resource_type as &dyn ToSql,
@@ -315,10 +310,9 @@ impl Batch {
                deleted = excluded.deleted, content = excluded.content",
             &resources,
         )?;
-        let mut marks: Vec<(&MarkKey, &String)> = self.marks_written.iter().collect();
-        marks.sort_by(|a, b| a.0.cmp(b.0));
-        let marks: Vec<[&dyn ToSql; 5]> = marks
-            .into_iter()
+        let marks: Vec<[&dyn ToSql; 5]> = self
+            .marks_written
+            .iter()
             .map(|((t, source, entity), sequence)| {
                 [
                     &t.resource_type as &dyn ToSql,
@@ -337,25 +331,24 @@ impl Batch {
         )?;
         // Index rows of resources held before the batch go, then the final rows of every
         // target whose index changed are written.
-        let mut index: Vec<(&ResourceRef, &Vec<IndexRow>)> = self.index.iter().collect();
-        index.sort_by(|a, b| a.0.cmp(b.0));
         {
             let mut delete = tx
                 .prepare_cached("DELETE FROM search_index WHERE resource_type = ?1 AND id = ?2")
                 .map_err(sql_err)?;
-            for (target, _) in index.iter().filter(|(t, _)| self.held_before.contains(*t)) {
+            for target in self.index.keys().filter(|t| self.held_before.contains(*t)) {
                 delete
                     .execute([&target.resource_type, &target.id])
                     .map_err(sql_err)?;
             }
         }
-        let n: usize = index.iter().map(|(_, rows)| rows.len()).sum();
+        let n: usize = self.index.values().map(Vec::len).sum();
         search::insert_index_rows(
             tx,
             ExactLen {
-                inner: index
+                inner: self
+                    .index
                     .iter()
-                    .flat_map(|(t, rows)| rows.iter().map(move |r| (*t, r))),
+                    .flat_map(|(t, rows)| rows.iter().map(move |r| (t, r))),
                 left: n,
             },
         )?;
