@@ -173,8 +173,6 @@ impl SqliteStore {
             .map_err(|e| with_context(&location, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| with_context(&location, e))?;
-        // The batched writes add a few statements of their own to the usual ones.
-        conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn, &location)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
@@ -247,7 +245,10 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
-        let outcomes = batch::apply_batch(&tx, changes, now)?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            outcomes.push(apply_one(&tx, change, now)?);
+        }
         tx.commit().map_err(sql_err)?;
         tracing::debug!(
             changes = changes.len(),
@@ -471,9 +472,6 @@ struct Current {
     content: Option<String>,
 }
 
-/// One change at a time, statement by statement: what [`batch::apply_batch`] replaces for
-/// `apply` (kept as the reference its equivalence test compares with).
-#[cfg(test)]
 fn apply_one(
     tx: &Connection,
     change: &ResourceChange,
@@ -792,7 +790,6 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
-mod batch;
 mod dataset;
 mod search;
 
