@@ -21,7 +21,7 @@ use serde_json::json;
 
 use fhir_unify::config::PipelineConfig;
 use fhir_unify::gateway::auth::{AccessGrant, Authorizer};
-use fhir_unify::gateway::server::{LocalApi, bind, serve};
+use fhir_unify::gateway::server::{LocalApi, ServeOptions, bind, serve_with};
 use fhir_unify::gateway::{FhirRequest, Gateway};
 use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
 use fhir_unify::store::FhirStore;
@@ -173,16 +173,35 @@ fn main() {
             .display()
     );
     let config = PipelineConfig::from_yaml(&yaml, Path::new("bench.yaml")).unwrap();
-    let api = LocalApi {
-        gateway,
-        authorizer: Authorizer::from_config(&config).unwrap(),
-        ingest: None,
-        events: None,
-    };
-    let (listener, addr) = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
-    rt.spawn(serve(listener, api));
+    // Two servers on the same store: `serve`'s default (the authorizer's answer cached per
+    // token for 300 s, as API Gateway does) and `--authorizer-cache-ttl 0` (the token verified
+    // on every request).
     let token = token();
-    let url = format!("http://{addr}/Patient/p{:05}", sizes.patients / 2);
+    for (label, ttl) in [
+        ("authorizer cache 300 s (default)", 300),
+        ("authorizer cache off (TTL 0)", 0),
+    ] {
+        let api = LocalApi {
+            gateway: gateway.clone(),
+            authorizer: Authorizer::from_config(&config).unwrap(),
+            ingest: None,
+            events: None,
+        };
+        let options = ServeOptions {
+            authorizer_cache_ttl: Duration::from_secs(ttl),
+            ..ServeOptions::default()
+        };
+        let (listener, addr) = rt.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
+        rt.spawn(serve_with(listener, api, options));
+        let url = format!("http://{addr}/Patient/p{:05}", sizes.patients / 2);
+        println!("-- {label}");
+        load(&sizes, &url, &token);
+    }
+}
+
+/// Reads `url` under load (wrk if installed, else a Rust loop); one request in a smoke run.
+fn load(sizes: &Sizes, url: &str, token: &str) {
+    let url = url.to_owned();
     if sizes.load_seconds == 0 {
         let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
         let r = agent

@@ -58,6 +58,10 @@ enum Command {
         /// Address and port to listen on (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Seconds an authorizer answer is cached per Authorization header, as API Gateway's
+        /// authorizerResultTtlInSeconds (0 disables; never past the token's exp).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        authorizer_cache_ttl: u64,
     },
     /// Work with the quarantine queue.
     Quarantine {
@@ -218,10 +222,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             cli::events::run(command, &config, &data).await
         }
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            authorizer_cache_ttl,
+        } => {
             let path = find_config(cli.config.as_deref())?;
-            fhir_unify::gateway::server::serve_cli(&PipelineConfig::load(&path)?, &data, listen)
-                .await?;
+            let options = fhir_unify::gateway::server::ServeOptions {
+                authorizer_cache_ttl: std::time::Duration::from_secs(authorizer_cache_ttl),
+                ..Default::default()
+            };
+            fhir_unify::gateway::server::serve_cli(
+                &PipelineConfig::load(&path)?,
+                &data,
+                listen,
+                options,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine {

@@ -271,7 +271,6 @@ impl std::fmt::Debug for Authorizer {
 #[derive(Deserialize)]
 struct Claims {
     // Typed, so a claim of the wrong JSON type fails decoding instead of being skipped.
-    #[allow(dead_code)]
     exp: i64,
     #[allow(dead_code)]
     nbf: Option<i64>,
@@ -306,6 +305,15 @@ impl Authorizer {
 
     /// Verifies the `Authorization` header's bearer token and returns what it allows.
     pub fn authorize(&self, authorization: Option<&str>) -> Result<AccessGrant, Denial> {
+        self.authorize_until(authorization).map(|(grant, _)| grant)
+    }
+
+    /// As [`Self::authorize`], with the token's `exp` (seconds since the epoch): how long
+    /// the grant may be remembered by a cache in front of the authorizer.
+    pub fn authorize_until(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(AccessGrant, i64), Denial> {
         let header = authorization
             .map(str::trim)
             .filter(|h| !h.is_empty())
@@ -371,7 +379,7 @@ impl Authorizer {
         if grant.read.is_empty() && grant.search.is_empty() && grant.write.is_empty() {
             return Err(Denial::NoScope(partner.name.clone()));
         }
-        Ok(grant)
+        Ok((grant, data.claims.exp))
     }
 }
 
@@ -775,6 +783,21 @@ mod tests {
         // A body that is not a JWKS is no better.
         *server.reply.lock().unwrap() = (200, "<html>".into());
         assert!(stale.authorize(Some(&token("acme-2"))).is_err());
+    }
+
+    #[test]
+    fn authorize_until_gives_the_token_exp() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth");
+        let auth = authorizer(
+            &dir.join("acme-jwks.json").display().to_string(),
+            JwksPolicy::default(),
+        );
+        let t = token("acme-1");
+        let (grant, exp) = auth.authorize_until(Some(&t)).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        assert!((now + 290..=now + 300).contains(&exp), "{exp} vs {now}");
+        assert_eq!(auth.authorize(Some(&t)).unwrap(), grant);
+        assert_eq!(auth.authorize_until(None), Err(Denial::NoToken));
     }
 
     #[test]

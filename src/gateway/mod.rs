@@ -13,6 +13,7 @@
 //! [`auth`] verifies partner tokens and makes grants.
 
 pub mod auth;
+pub mod authcache;
 mod capability;
 mod params;
 pub mod server;

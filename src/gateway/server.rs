@@ -4,6 +4,10 @@
 //! answers without a token, as FHIR servers do), its context is put where API Gateway puts
 //! it (`requestContext.authorizer.lambda`), and the gateway handler answers.
 //!
+//! As API Gateway does, the authorizer's answer is cached per `Authorization` header (and
+//! route) for [`ServeOptions::authorizer_cache_ttl`] (`--authorizer-cache-ttl`, default 300 s,
+//! 0 disables), never past the token's `exp`: see [`super::authcache`].
+//!
 //! Refusals before the gateway are OperationOutcomes too: 401 without a token (with
 //! `WWW-Authenticate: Bearer`), 403 when the authorizer denies.
 //!
@@ -43,9 +47,10 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 use super::auth::{AccessGrant, Authorizer};
+use super::authcache::{self, AuthorizerCache, CachedAnswer};
 use super::{Gateway, Refusal};
 use crate::events::EventBus;
-use crate::handlers::authorizer::authorize_http;
+use crate::handlers::authorizer::authorize_http_cacheable;
 use crate::handlers::gateway::{handle_v2, parse_query, refusal_v2};
 use crate::handlers::ingest_api::{self, ApiEnv, MAX_BODY_BYTES};
 
@@ -79,9 +84,49 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// The router: every path goes through [`answer`].
+/// How the server runs: what API Gateway would have configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// The authorizer result cache TTL (API Gateway's `authorizerResultTtlInSeconds`;
+    /// zero disables the cache): see [`super::authcache`].
+    pub authorizer_cache_ttl: Duration,
+    /// The most authorizer answers cached.
+    pub authorizer_cache_capacity: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            authorizer_cache_ttl: authcache::DEFAULT_TTL,
+            authorizer_cache_capacity: authcache::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// The server's state: the API and the authorizer cache in front of its authorizer.
+struct ServerState {
+    api: LocalApi,
+    auth_cache: Arc<AuthorizerCache>,
+}
+
+/// The router with the default [`ServeOptions`]: every path goes through [`answer`].
 pub fn router(api: LocalApi) -> Router {
-    Router::new().fallback(answer).with_state(Arc::new(api))
+    router_with(api, ServeOptions::default())
+}
+
+/// The router with the caller's options.
+pub fn router_with(api: LocalApi, options: ServeOptions) -> Router {
+    let cache = AuthorizerCache::new(
+        options.authorizer_cache_ttl,
+        options.authorizer_cache_capacity,
+    );
+    router_with_cache(api, Arc::new(cache))
+}
+
+/// The router with an authorizer cache of the caller's (which can then look at its stats).
+pub fn router_with_cache(api: LocalApi, auth_cache: Arc<AuthorizerCache>) -> Router {
+    let state = ServerState { api, auth_cache };
+    Router::new().fallback(answer).with_state(Arc::new(state))
 }
 
 /// Binds `addr` (port 0 picks a free one) and returns the listener and its real address.
@@ -95,20 +140,51 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeEr
     Ok((listener, local))
 }
 
-/// Serves until the process ends.
+/// Serves until the process ends, with the default [`ServeOptions`].
 pub async fn serve(listener: TcpListener, api: LocalApi) -> Result<(), ServeError> {
-    axum::serve(listener, router(api)).await?;
+    serve_with(listener, api, ServeOptions::default()).await
+}
+
+/// Serves until the process ends.
+pub async fn serve_with(
+    listener: TcpListener,
+    api: LocalApi,
+    options: ServeOptions,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router_with(api, options)).await?;
     Ok(())
 }
 
-async fn answer(State(api): State<Arc<LocalApi>>, request: Request) -> Response {
+async fn answer(State(state): State<Arc<ServerState>>, request: Request) -> Response {
+    let api = &state.api;
     let (parts, body) = request.into_parts();
     let mut event = event_of(&parts);
     let path = event.raw_path.clone().unwrap_or_default();
     let mut grant = None;
     if path.trim_matches('/') != "metadata" {
-        let auth_event = authorizer_event(&event);
-        let decision = authorize_http(&auth_event, &api.authorizer);
+        // API Gateway's cache key: the identity source (the Authorization header) and the
+        // route.
+        let identity = event
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let route = event.route_key.as_deref().unwrap_or("$default");
+        let decision = state.auth_cache.answer(route, identity, || {
+            let auth_event = authorizer_event(&event);
+            let (response, cacheable) = authorize_http_cacheable(&auth_event, &api.authorizer);
+            let context: std::collections::HashMap<String, serde_json::Value> =
+                match response.context {
+                    serde_json::Value::Object(context) => context.into_iter().collect(),
+                    _ => Default::default(),
+                };
+            let grant = AccessGrant::from_context(&context);
+            let answer = CachedAnswer {
+                is_authorized: response.is_authorized,
+                context,
+                grant,
+            };
+            (answer, cacheable)
+        });
         if !decision.is_authorized {
             let has_token = event.headers.contains_key("authorization");
             let mut response = if has_token {
@@ -128,17 +204,15 @@ async fn answer(State(api): State<Arc<LocalApi>>, request: Request) -> Response 
             return http_response(response);
         }
         let mut authorizer = ApiGatewayRequestAuthorizer::default();
-        if let serde_json::Value::Object(context) = decision.context {
-            authorizer.fields = context.into_iter().collect();
-        }
-        grant = AccessGrant::from_context(&authorizer.fields);
+        authorizer.fields = decision.context.clone();
+        grant = decision.grant.clone();
         event.request_context.authorizer = Some(authorizer);
     }
     if path == "/ingest" || path.starts_with("/ingest/") {
-        return ingest(&api, event, body).await;
+        return ingest(api, event, body).await;
     }
     if path == "/events/stream" {
-        return events_stream(&api, &event, grant);
+        return events_stream(api, &event, grant);
     }
     // Writes (when the gateway allows them) carry a body.
     if let Err(refused) = put_body(&mut event, body).await {
@@ -391,6 +465,7 @@ pub async fn serve_cli(
     config: &crate::config::PipelineConfig,
     data: &crate::config::DataDir,
     listen: SocketAddr,
+    options: ServeOptions,
 ) -> Result<(), CliError> {
     // `ingest-api` needs the embedded runtime (mappings, `unify`); a pipeline without API
     // sources serves reads only and needs no mapping files.
@@ -431,8 +506,13 @@ pub async fn serve_cli(
     }
     let _ = out.flush();
     drop(out);
-    tracing::info!(%addr, partners = partners.len(), "serving the FHIR API");
-    serve(listener, api).await?;
+    tracing::info!(
+        %addr,
+        partners = partners.len(),
+        authorizer_cache_ttl_secs = options.authorizer_cache_ttl.as_secs(),
+        "serving the FHIR API"
+    );
+    serve_with(listener, api, options).await?;
     Ok(())
 }
 

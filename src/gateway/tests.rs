@@ -364,3 +364,107 @@ async fn grants_decide_every_interaction_and_metadata_is_open() {
     assert_eq!(entries[0]["search"]["mode"], "outcome");
     assert_eq!(entries[0]["resource"]["issue"][0]["code"], "suppressed");
 }
+
+/// `serve`'s authorizer cache in front of the real authorizer, over HTTP: an allow is
+/// answered from the cache (the same grant, so the same resources), a bad token is denied
+/// (and the deny cached), no token is 401 and never cached, TTL 0 verifies every request.
+#[tokio::test]
+async fn serve_caches_authorizer_answers_per_token() {
+    use std::time::Duration;
+
+    use server::{LocalApi, bind, router_with_cache};
+
+    use crate::config::PipelineConfig;
+    use authcache::{AuthorizerCache, CacheStats};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth");
+    let yaml = format!(
+        "sources: [{{name: app, dynamodb: {{table: T}}, entities: {{e: {{key: [k], mapping: m.yaml}}}}}}]\npartners:\n  - {{ name: acme, issuer: 'https://idp.acme.example', audience: 'https://fhir.example/r4', jwks: '{}', read: [Patient] }}\n",
+        dir.join("acme-jwks.json").display()
+    );
+    let config = PipelineConfig::from_yaml(&yaml, std::path::Path::new("t.yaml")).unwrap();
+    let sign = |exp_in: i64, scope: &str| {
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({"iss": "https://idp.acme.example", "aud": "https://fhir.example/r4",
+            "exp": now + exp_in, "nbf": now - 5, "scope": scope});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("acme-1".into());
+        let pem = std::fs::read(dir.join("acme-rs256.pem")).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        )
+    };
+    let good = sign(300, "system/Patient.rs");
+    let expired = sign(-3600, "system/Patient.rs");
+    let mut tampered = good.clone();
+    tampered.pop();
+    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+
+    for ttl in [300, 0] {
+        let api = LocalApi {
+            gateway: gateway().await,
+            authorizer: auth::Authorizer::from_config(&config).unwrap(),
+            ingest: None,
+            events: None,
+        };
+        let cache = Arc::new(AuthorizerCache::new(Duration::from_secs(ttl), 100));
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let app = router_with_cache(api, cache.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = format!("http://{addr}");
+        let get = move |path: &str, auth: Option<String>| {
+            let url = format!("{base}/{path}");
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    let mut req = agent.get(&url);
+                    if let Some(a) = auth {
+                        req = req.header("Authorization", &a);
+                    }
+                    let mut r = req.call().unwrap();
+                    let body = r.body_mut().read_to_string().unwrap();
+                    (r.status().as_u16(), body)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        for _ in 0..3 {
+            let (status, body) = get("Patient/p2", Some(good.clone())).await;
+            assert_eq!(status, 200, "{body}");
+            // The cached grant still allows only its types.
+            let (status, _) = get("Observation/o1", Some(good.clone())).await;
+            assert_eq!(status, 403);
+        }
+        for bad in [&expired, &tampered] {
+            for _ in 0..2 {
+                assert_eq!(get("Patient/p2", Some(bad.clone())).await.0, 403);
+            }
+        }
+        for _ in 0..2 {
+            assert_eq!(get("Patient/p2", None).await.0, 401);
+        }
+        assert_eq!(get("metadata", None).await.0, 200);
+        if ttl == 0 {
+            assert_eq!(cache.stats(), CacheStats::default());
+            assert!(cache.is_empty());
+        } else {
+            // 6 requests with the good token: one verification; 2 bad tokens twice: one
+            // verification each; no token: not looked up.
+            assert_eq!(
+                cache.stats(),
+                CacheStats {
+                    hits: 5 + 2,
+                    misses: 1 + 2
+                }
+            );
+            assert_eq!(cache.len(), 3);
+        }
+        server.abort();
+    }
+}

@@ -22,6 +22,7 @@ use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use serde_json::{Map, Value};
 
 use crate::gateway::auth::{AccessGrant, Authorizer, Denial};
+use crate::gateway::authcache::Cacheable;
 
 use super::HandlerError;
 
@@ -61,14 +62,25 @@ pub fn authorize_http(
     event: &ApiGatewayV2CustomAuthorizerV2Request,
     authorizer: &Authorizer,
 ) -> ApiGatewayV2CustomAuthorizerSimpleResponse {
+    authorize_http_cacheable(event, authorizer).0
+}
+
+/// As [`authorize_http`], with how long a cache in front of the authorizer (API Gateway's,
+/// or `serve`'s [`crate::gateway::authcache::AuthorizerCache`]) may keep the answer.
+pub fn authorize_http_cacheable(
+    event: &ApiGatewayV2CustomAuthorizerV2Request,
+    authorizer: &Authorizer,
+) -> (ApiGatewayV2CustomAuthorizerSimpleResponse, Cacheable) {
     let identity = event
         .identity_source
         .as_ref()
         .and_then(|s| s.first())
         .map(String::as_str);
     let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
-    match decide(authorizer, bearer(&event.headers, identity)) {
-        Ok(grant) => {
+    let decision = decide_until(authorizer, bearer(&event.headers, identity));
+    let cacheable = Cacheable::of(&decision);
+    match decision {
+        Ok((grant, _)) => {
             response.is_authorized = true;
             response.context = Value::Object(grant.to_context());
         }
@@ -77,7 +89,7 @@ pub fn authorize_http(
             response.context = Value::Object(Map::new());
         }
     }
-    response
+    (response, cacheable)
 }
 
 /// The Lambda entry point: an HTTP API payload 2.0 event (`version: "2.0"`) gets a simple
@@ -96,9 +108,16 @@ pub async fn handle(event: Value, authorizer: &Authorizer) -> Result<Value, Hand
 }
 
 fn decide(authorizer: &Authorizer, token: Option<&str>) -> Result<AccessGrant, Denial> {
-    let decision = authorizer.authorize(token);
+    decide_until(authorizer, token).map(|(grant, _)| grant)
+}
+
+fn decide_until(
+    authorizer: &Authorizer,
+    token: Option<&str>,
+) -> Result<(AccessGrant, i64), Denial> {
+    let decision = authorizer.authorize_until(token);
     match &decision {
-        Ok(g) => tracing::info!(
+        Ok((g, _)) => tracing::info!(
             partner = %g.partner,
             read_types = g.read.len(),
             "authorizer: allowed"
