@@ -135,9 +135,6 @@ pub struct CsvRows<R> {
     spare: Vec<Vec<u8>>,
     /// Leave empty fields out of records rather than making them `null`.
     omit_empty: bool,
-    /// The header's column indexes in the order of their names: a record's map is built
-    /// from its fields in key order, which is cheaper than inserting them in file order.
-    sorted: Vec<usize>,
 }
 
 /// How many line buffers are kept for reuse.
@@ -179,7 +176,6 @@ impl<R: BufRead> CsvRows<R> {
             done: false,
             spare: Vec::new(),
             omit_empty: false,
-            sorted: Vec::new(),
         }
     }
 
@@ -214,7 +210,6 @@ impl<R: BufRead> CsvRows<R> {
             done,
             spare,
             omit_empty,
-            sorted,
         } = self;
         let (quote, max_lines) = (*quote, *max_lines);
         loop {
@@ -371,37 +366,28 @@ impl<R: BufRead> CsvRows<R> {
                 continue;
             }
             *row += 1;
-            if sorted.len() != names.len() {
-                // Once per file (the header read, or configured).
-                let mut order: Vec<usize> = (0..names.len()).collect();
-                order.sort_by(|a, b| names[*a].cmp(&names[*b]));
-                *sorted = order;
+            let mut fields = Map::new();
+            let mut bad = None;
+            for (i, name) in names.iter().enumerate() {
+                let raw = splitter.field(i);
+                let value = if raw.is_empty() {
+                    if *omit_empty {
+                        continue;
+                    }
+                    Value::Null
+                } else {
+                    match std::str::from_utf8(raw) {
+                        Ok(s) => Value::String(s.to_owned()),
+                        Err(_) => {
+                            bad = Some(not_utf8(&format!("column {name:?}")));
+                            break;
+                        }
+                    }
+                };
+                fields.insert(name.clone(), value);
             }
-            // The first field (in file order) that is not UTF-8 refuses the row.
-            let bad = (0..n)
-                .find(|i| std::str::from_utf8(splitter.field(*i)).is_err())
-                .map(|i| not_utf8(&format!("column {:?}", names[i])));
             queue.push_back(match bad {
-                None => {
-                    let splitter = &*splitter;
-                    let fields: Map<String, Value> = sorted
-                        .iter()
-                        .filter_map(|&i| {
-                            let raw = splitter.field(i);
-                            let value = if raw.is_empty() {
-                                if *omit_empty {
-                                    return None;
-                                }
-                                Value::Null
-                            } else {
-                                // Checked above.
-                                Value::String(String::from_utf8_lossy(raw).into_owned())
-                            };
-                            Some((names[i].clone(), value))
-                        })
-                        .collect();
-                    Row::Record { row: *row, fields }
-                }
+                None => Row::Record { row: *row, fields },
                 Some(message) => Row::Bad {
                     row: *row,
                     place: format!("row {} (line {first_line})", *row),
