@@ -9,6 +9,7 @@
 //! no group maps falls to the first matching group's `unmapped` rule; without one it is an
 //! error naming the ConceptMap, never the code.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -104,10 +105,8 @@ struct RawUnmapped {
 enum Unmapped {
     /// The code is kept, in the group's target system.
     Provided,
-    Fixed {
-        code: String,
-        display: Option<String>,
-    },
+    /// The Coding every unmapped code becomes, built at load.
+    Fixed(Json),
     OtherMap(String),
 }
 
@@ -115,8 +114,9 @@ enum Unmapped {
 struct Group {
     source: Option<String>,
     target: Option<String>,
-    /// code → (target code, display) of the first usable target.
-    elements: HashMap<String, Option<(String, Option<String>)>>,
+    /// code → the Coding `{system: target, code, display}` of the first usable target, built
+    /// at load so that a translation clones it (or lends it) rather than building it.
+    elements: HashMap<String, Option<Json>>,
     unmapped: Option<Unmapped>,
 }
 
@@ -191,17 +191,20 @@ impl ConceptMap {
                     }
                 }
                 // The first element with a code wins, as the first usable target does.
-                elements.entry(code).or_insert(found);
+                elements.entry(code).or_insert_with(|| {
+                    found.map(|(c, d)| coding(group.target.as_deref(), &c, d.as_deref()))
+                });
             }
             let unmapped = match group.unmapped {
                 None => None,
                 Some(u) => Some(match u.mode.as_str() {
                     "provided" => Unmapped::Provided,
                     "fixed" => match u.code {
-                        Some(code) => Unmapped::Fixed {
-                            code,
-                            display: u.display,
-                        },
+                        Some(code) => Unmapped::Fixed(coding(
+                            group.target.as_deref(),
+                            &code,
+                            u.display.as_deref(),
+                        )),
                         None => {
                             return Err(invalid(
                                 &format!("group[{g}].unmapped.code"),
@@ -269,6 +272,16 @@ impl ConceptMaps {
         code: &str,
         system: Option<&str>,
     ) -> Result<Json, TranslateError> {
+        self.translate_ref(url, code, system).map(Cow::into_owned)
+    }
+
+    /// [`ConceptMaps::translate`], lending the Coding where the map holds it.
+    pub fn translate_ref(
+        &self,
+        url: &str,
+        code: &str,
+        system: Option<&str>,
+    ) -> Result<Cow<'_, Json>, TranslateError> {
         self.translate_depth(url, code, system, 0)
     }
 
@@ -278,7 +291,7 @@ impl ConceptMaps {
         code: &str,
         system: Option<&str>,
         depth: usize,
-    ) -> Result<Json, TranslateError> {
+    ) -> Result<Cow<'_, Json>, TranslateError> {
         if depth > MAX_OTHER_MAP_DEPTH {
             return Err(TranslateError::TooDeep(url.to_owned()));
         }
@@ -292,16 +305,16 @@ impl ConceptMaps {
                 .filter(move |g| system.is_none() || g.source.as_deref() == system)
         };
         for g in groups() {
-            if let Some(Some((target, display))) = g.elements.get(code) {
-                return Ok(coding(g.target.as_deref(), target, display.as_deref()));
+            if let Some(Some(coding)) = g.elements.get(code) {
+                return Ok(Cow::Borrowed(coding));
             }
         }
         let fallback = groups().find_map(|g| g.unmapped.as_ref().map(|u| (g, u)));
         match fallback {
-            Some((g, Unmapped::Provided)) => Ok(coding(g.target.as_deref(), code, None)),
-            Some((g, Unmapped::Fixed { code, display })) => {
-                Ok(coding(g.target.as_deref(), code, display.as_deref()))
+            Some((g, Unmapped::Provided)) => {
+                Ok(Cow::Owned(coding(g.target.as_deref(), code, None)))
             }
+            Some((_, Unmapped::Fixed(coding))) => Ok(Cow::Borrowed(coding)),
             Some((_, Unmapped::OtherMap(other))) => {
                 self.translate_depth(other, code, system, depth + 1)
             }

@@ -101,7 +101,7 @@ pub fn read_csv<R: Read>(
         delimiter: char::from(options.delimiter).to_string(),
         ..CsvFormat::default()
     };
-    let mut rows = CsvRows::new(BufReader::with_capacity(64 * 1024, reader), &format);
+    let mut rows = CsvRows::new(BufReader::with_capacity(64 * 1024, reader), &format).omit_empty();
     let first = match rows.next() {
         None => None,
         Some(Ok(Row::Bad {
@@ -174,11 +174,7 @@ impl<R: Read> Iterator for CsvRecords<R> {
 }
 
 impl<R> CsvRecords<R> {
-    fn change(
-        &self,
-        row: u64,
-        mut fields: Map<String, Json>,
-    ) -> Result<SourceChange, CsvRecordError> {
+    fn change(&self, row: u64, fields: Map<String, Json>) -> Result<SourceChange, CsvRecordError> {
         let mut key = RecordKey::default();
         for name in &self.options.key {
             let v = match fields.get(name) {
@@ -194,7 +190,6 @@ impl<R> CsvRecords<R> {
                 reason: format!("the key ({}) is empty", self.options.key.join(", ")),
             });
         }
-        fields.retain(|_, v| !v.is_null());
         Ok(SourceChange {
             source: self.options.source.clone(),
             entity: self.options.entity.clone(),

@@ -1,5 +1,7 @@
 //! Between minijinja values and JSON, and the FHIR rule that nothing empty is kept.
 
+use std::borrow::Cow;
+
 use minijinja::value::{Value, ValueKind};
 use serde_json::{Map, Value as Json};
 
@@ -67,6 +69,28 @@ pub(crate) fn prune(v: Json) -> Option<Json> {
     }
 }
 
+/// Whether [`prune`] would give the value back unchanged: nothing in it, at any depth, is
+/// null, a blank string, an empty array or an empty object.
+pub(crate) fn is_pruned(v: &Json) -> bool {
+    match v {
+        Json::Null => false,
+        Json::String(s) => !s.trim().is_empty(),
+        Json::Array(items) => !items.is_empty() && items.iter().all(is_pruned),
+        Json::Object(map) => !map.is_empty() && map.values().all(is_pruned),
+        Json::Bool(_) | Json::Number(_) => true,
+    }
+}
+
+/// [`prune`] of a value that may be borrowed: a value with nothing to remove is copied (or
+/// moved) as it is, without taking maps apart and building them again.
+pub(crate) fn pruned(v: Cow<'_, Json>) -> Option<Json> {
+    if is_pruned(&v) {
+        Some(v.into_owned())
+    } else {
+        prune(v.into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +104,32 @@ mod tests {
         });
         assert_eq!(prune(v), Some(json!({"keep": [0, false, "x", {"y": 1}]})));
         assert_eq!(prune(json!({"a": [{}]})), None);
+    }
+
+    #[test]
+    fn pruned_agrees_with_prune() {
+        let values = [
+            json!(null),
+            json!(""),
+            json!("  "),
+            json!(" x "),
+            json!(0),
+            json!(false),
+            json!([]),
+            json!([null]),
+            json!(["a", ""]),
+            json!({}),
+            json!({"a": null}),
+            json!({"a": "x", "b": {"c": []}}),
+            json!({"a": "x", "b": [{"c": 1}, {"d": true}]}),
+            json!({"keep": [0, false, "x", {"y": 1, "z": ""}]}),
+        ];
+        for v in values {
+            let expected = prune(v.clone());
+            assert_eq!(is_pruned(&v), expected.as_ref() == Some(&v), "{v}");
+            assert_eq!(pruned(Cow::Borrowed(&v)), expected, "{v}");
+            assert_eq!(pruned(Cow::Owned(v.clone())), expected, "{v}");
+        }
     }
 
     #[test]

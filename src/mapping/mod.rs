@@ -105,16 +105,66 @@ pub fn resource_id(
     resource_type: &str,
     suffix: Option<&str>,
 ) -> String {
-    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let canonical = format!(
-        "[{},{},{},{},{}]",
-        text(source),
-        text(entity),
-        key.canonical(),
-        text(resource_type),
-        suffix.map_or_else(|| "null".to_owned(), text)
-    );
-    uuid::Uuid::new_v5(&RESOURCE_ID_NAMESPACE, canonical.as_bytes()).to_string()
+    let mut name = Vec::with_capacity(128);
+    push_id_prefix(&mut name, source, entity);
+    push_key(&mut name, key);
+    push_id_tail(&mut name, resource_type, suffix);
+    v5_id(&name)
+}
+
+/// Appends `s` as a JSON string: what `serde_json::to_string(s)` gives.
+fn push_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a string to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// `[<source>,<entity>,` of [`resource_id`]'s canonical string.
+fn push_id_prefix(buf: &mut Vec<u8>, source: &str, entity: &str) {
+    buf.push(b'[');
+    push_json_str(buf, source);
+    buf.push(b',');
+    push_json_str(buf, entity);
+    buf.push(b',');
+}
+
+/// [`RecordKey::canonical`], appended.
+fn push_key(buf: &mut Vec<u8>, key: &RecordKey) {
+    // A BTreeMap of JSON values always serializes (`canonical` says the same).
+    let _ = serde_json::to_writer(&mut *buf, &key.0);
+}
+
+/// `,<resource_type>,<suffix>]` of [`resource_id`]'s canonical string.
+fn push_id_tail(buf: &mut Vec<u8>, resource_type: &str, suffix: Option<&str>) {
+    buf.push(b',');
+    push_json_str(buf, resource_type);
+    buf.push(b',');
+    match suffix {
+        Some(s) => push_json_str(buf, s),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.push(b']');
+}
+
+/// `Uuid::new_v5(&RESOURCE_ID_NAMESPACE, name).to_string()`, computed with the `sha1` crate
+/// (which uses the CPU's SHA instructions where there are some; uuid's own SHA-1 is portable
+/// code) and formatted without `fmt`.
+fn v5_id(name: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(RESOURCE_ID_NAMESPACE.as_bytes());
+    h.update(name);
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    let id = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
+/// `s.trim().to_owned()`, without a copy when there is nothing to trim.
+fn trimmed(s: String) -> String {
+    let t = s.trim();
+    if t.len() == s.len() { s } else { t.to_owned() }
 }
 
 /// True for names shaped like FHIR resource types (`Patient`, `MedicationRequest`).
@@ -215,10 +265,11 @@ enum Node {
 #[derive(Debug)]
 struct CompiledResource {
     resource_type: String,
-    id_suffix: Option<String>,
     /// The `when` expression's template name and plan.
     when: Option<(String, Option<plan::Ex>)>,
     root: Node,
+    /// The end of its ids' canonical string ([`push_id_tail`]).
+    id_tail: Vec<u8>,
 }
 
 /// The variable a compiled expression leaves its value in.
@@ -234,6 +285,8 @@ pub struct Mapping {
     resources: Vec<CompiledResource>,
     tables: Arc<Tables>,
     maps: Arc<ConceptMaps>,
+    /// The start of its ids' canonical string ([`push_id_prefix`]).
+    id_prefix: Vec<u8>,
 }
 
 impl Mapping {
@@ -286,17 +339,20 @@ impl Mapping {
 
     /// The (type, id) of every resource this mapping can produce for a record key.
     pub fn targets(&self, key: &RecordKey) -> Vec<ResourceRef> {
+        // [`resource_id`], with the parts the mapping fixes written once, at load.
+        let mut name = Vec::with_capacity(self.id_prefix.len() + 96);
+        name.extend_from_slice(&self.id_prefix);
+        push_key(&mut name, key);
+        let common = name.len();
         self.resources
             .iter()
-            .map(|r| ResourceRef {
-                resource_type: r.resource_type.clone(),
-                id: resource_id(
-                    &self.source,
-                    &self.entity,
-                    key,
-                    &r.resource_type,
-                    r.id_suffix.as_deref(),
-                ),
+            .map(|r| {
+                name.truncate(common);
+                name.extend_from_slice(&r.id_tail);
+                ResourceRef {
+                    resource_type: r.resource_type.clone(),
+                    id: v5_id(&name),
+                }
             })
             .collect()
     }
@@ -492,11 +548,11 @@ impl Mapping {
     /// path's value): planned expressions directly, the rest through their templates.
     fn eval_planned(&self, node: &Node, ctx: &Ctx<'_>, errors: &mut Errors<'_>) -> Option<Json> {
         match node {
-            Node::Literal(v) => json::prune(v.clone()),
+            Node::Literal(v) => json::pruned(std::borrow::Cow::Borrowed(v)),
             Node::Expr { name, path, plan } => {
                 if let Some(p) = plan {
                     match plan::eval(p, &ctx.scope) {
-                        Ok(v) => return json::prune(v.into_json()),
+                        Ok(v) => return v.into_pruned(),
                         Err(plan::Stop::Fn(e)) => {
                             errors.push_fn(path, &e);
                             return None;
@@ -509,7 +565,7 @@ impl Mapping {
             Node::Text { name, path, plan } => {
                 if let Some(p) = plan {
                     match plan::render_text(p, &ctx.scope) {
-                        Ok(s) => return json::prune(Json::String(s.trim().to_owned())),
+                        Ok(s) => return json::prune(Json::String(trimmed(s))),
                         Err(plan::Stop::Fn(e)) => {
                             errors.push_fn(path, &e);
                             return None;
@@ -792,14 +848,19 @@ impl<'a> Compiler<'a> {
                     "must be a map (or one expression yielding a map)",
                 ));
             }
+            let mut id_tail = Vec::new();
+            push_id_tail(&mut id_tail, &r.resource_type, r.id_suffix.as_deref());
             resources.push(CompiledResource {
                 resource_type: r.resource_type,
-                id_suffix: r.id_suffix,
                 when,
                 root,
+                id_tail,
             });
         }
+        let mut prefix = Vec::new();
+        push_id_prefix(&mut prefix, &file.source, &file.entity);
         Ok(Mapping {
+            id_prefix: prefix,
             origin: self.origin.to_owned(),
             source: file.source,
             entity: file.entity,
@@ -1112,6 +1173,64 @@ mod tests {
             assert_ne!(id, CLINIC_7_ID);
             assert_eq!(id.len(), 36);
             assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        }
+    }
+
+    /// The id function as it was first written (format!, serde_json::to_string, uuid's own
+    /// SHA-1): ids are persisted, so the faster one must give the same text for every input.
+    fn resource_id_as_first_written(
+        source: &str,
+        entity: &str,
+        key: &RecordKey,
+        resource_type: &str,
+        suffix: Option<&str>,
+    ) -> String {
+        let text = |s: &str| serde_json::to_string(s).unwrap();
+        let canonical = format!(
+            "[{},{},{},{},{}]",
+            text(source),
+            text(entity),
+            key.canonical(),
+            text(resource_type),
+            suffix.map_or_else(|| "null".to_owned(), text)
+        );
+        uuid::Uuid::new_v5(&RESOURCE_ID_NAMESPACE, canonical.as_bytes()).to_string()
+    }
+
+    #[test]
+    fn resource_ids_are_unchanged_by_the_faster_implementation() {
+        let keys = [
+            RecordKey::default(),
+            RecordKey::from_pairs([("pk", json!("p-1"))]),
+            RecordKey::from_pairs([("Id", json!("a\"b\\c\n\u{1}é€😀")), ("STOP", json!(""))]),
+            RecordKey::from_pairs([("n", json!(7)), ("f", json!(1.5)), ("b", json!(true))]),
+            RecordKey::from_pairs([("x", json!(null)), ("l", json!([1, "2"]))]),
+            // Long enough for a canonical string of several SHA-1 blocks.
+            RecordKey::from_pairs([("long", json!("x".repeat(300)))]),
+        ];
+        for key in &keys {
+            for (source, entity) in [("app", "patients"), ("s\"q", "e\\t"), ("", "")] {
+                for (rt, suffix) in [("Patient", None), ("Observation", Some("weight.1-a"))] {
+                    assert_eq!(
+                        resource_id(source, entity, key, rt, suffix),
+                        resource_id_as_first_written(source, entity, key, rt, suffix),
+                        "{source} {entity} {key:?} {rt} {suffix:?}"
+                    );
+                }
+            }
+        }
+        // The mapping's targets write the fixed parts once; the ids are the same.
+        let yaml = "source: s\"x\nentity: e\nresources:\n  - resourceType: Patient\n    template: {a: b}\n  - resourceType: Observation\n    idSuffix: w\n    template: {a: b}\n";
+        let m = Mapping::from_yaml(yaml, "t.yaml").unwrap();
+        for key in &keys {
+            let ids: Vec<String> = m.targets(key).into_iter().map(|t| t.id).collect();
+            assert_eq!(
+                ids,
+                [
+                    resource_id_as_first_written("s\"x", "e", key, "Patient", None),
+                    resource_id_as_first_written("s\"x", "e", key, "Observation", Some("w")),
+                ]
+            );
         }
     }
 

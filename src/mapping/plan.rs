@@ -154,6 +154,15 @@ impl<'a> V<'a> {
             V::J(j) => j.into_owned(),
         }
     }
+
+    /// `json::prune(self.into_json())`, copying a borrowed value only if something of it is
+    /// kept.
+    pub(crate) fn into_pruned(self) -> Option<Json> {
+        match self {
+            V::Undef => None,
+            V::J(j) => super::json::pruned(j),
+        }
+    }
 }
 
 /// A code as text, as `functions::code_text` makes it; floats are printed by minijinja's own
@@ -208,7 +217,7 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
         Ex::ConceptMap { url, code, system } => {
             let v = eval(code, s)?;
             if v.is_missing() {
-                return match s.maps.translate(url, "", system.as_deref()) {
+                return match s.maps.translate_ref(url, "", system.as_deref()) {
                     Err(e @ TranslateError::UnknownMap(_)) => Err(FnError::from(e).into()),
                     _ => Ok(V::Undef),
                 };
@@ -216,8 +225,8 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             let Some(code) = v.json().map(code_text).transpose()?.flatten() else {
                 return Err(Stop::Unsure);
             };
-            match s.maps.translate(url, &code, system.as_deref()) {
-                Ok(coding) => V::owned(coding),
+            match s.maps.translate_ref(url, &code, system.as_deref()) {
+                Ok(coding) => V::J(coding),
                 Err(e) => return Err(FnError::from(e).into()),
             }
         }

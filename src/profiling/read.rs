@@ -11,6 +11,9 @@ use serde_json::Value;
 use super::{Cell, ColumnStats, FileProfile, Kind, ProfileError, ProfileOptions};
 use crate::sources::dms::file::convertible;
 use crate::sources::dms::value::{ColumnInfo, to_json};
+use crate::sources::transfer::CsvFormat;
+use crate::sources::transfer::csv::CsvRows;
+use crate::sources::transfer::row::Row;
 
 /// A file format the profiler reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +97,9 @@ fn limit_reached(rows: u64, options: &ProfileOptions) -> bool {
     options.max_rows.is_some_and(|m| rows >= m)
 }
 
+/// CSV through the Transfer source's decoder ([`CsvRows`]), so the profiler reads a file as
+/// ingest does: the same quoting and broken-quoting recovery, the same rows refused (a wrong
+/// field count, a field that is not UTF-8), named the same way.
 fn csv(
     f: File,
     file: &str,
@@ -101,56 +107,61 @@ fn csv(
     columns: &mut Columns,
     errors: &mut Vec<String>,
 ) -> Result<u64, ProfileError> {
-    let mut reader = ::csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(BufReader::new(f));
-    let headers = reader.headers().map_err(|e| ProfileError::Malformed {
-        file: file.to_owned(),
-        reason: format!("cannot read the header: {}", csv_reason(&e)),
-    })?;
-    let idx: Vec<usize> = headers.iter().map(|h| columns.index(h)).collect();
-    let mut record = ::csv::ByteRecord::new();
+    let mut reader = CsvRows::new(BufReader::new(f), &CsvFormat::default());
+    let mut idx: Option<Vec<(String, usize)>> = None;
     let mut rows = 0;
     loop {
         if limit_reached(rows, options) {
             break;
         }
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {
+        let Some(next) = reader.next() else { break };
+        match next {
+            Ok(Row::Bad {
+                row: 0,
+                place,
+                message,
+            }) => {
+                return Err(ProfileError::Malformed {
+                    file: file.to_owned(),
+                    reason: format!("cannot read the header: {place}: {message}"),
+                });
+            }
+            Ok(Row::Bad { place, message, .. }) => {
+                errors.push(format!("{file} {place}: {message}"));
+            }
+            Ok(Row::Record { fields, .. }) => {
                 rows += 1;
-                for (i, cell) in idx.iter().zip(record.iter()) {
-                    match std::str::from_utf8(cell) {
-                        Ok(s) => columns.stats[*i].add(Cell::Text(s), options),
-                        Err(_) => {
-                            // Counted as a value of unknown text; the error says where.
-                            columns.stats[*i].add(Cell::Text("\u{fffd}"), options);
-                            let line = record.position().map_or(0, |p| p.line());
-                            errors.push(format!("{file} line {line}: a cell is not valid UTF-8"));
-                        }
-                    }
+                let idx = idx.get_or_insert_with(|| {
+                    reader
+                        .columns()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|name| (name.clone(), columns.index(name)))
+                        .collect()
+                });
+                for (name, i) in idx.iter() {
+                    let cell = match fields.get(name) {
+                        Some(Value::String(s)) => Cell::Text(s),
+                        _ => Cell::Null,
+                    };
+                    columns.stats[*i].add(cell, options);
                 }
             }
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                errors.push(format!("{file} line {line}: {}", csv_reason(&e)));
-                if matches!(e.kind(), ::csv::ErrorKind::Io(_)) {
-                    break;
-                }
+            Err(broken) => {
+                errors.push(format!("{file} {}", broken.message()));
+                break;
             }
         }
     }
-    Ok(rows)
-}
-
-fn csv_reason(e: &::csv::Error) -> String {
-    match e.kind() {
-        ::csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => format!("{len} fields where the header has {expected_len}"),
-        ::csv::ErrorKind::Io(io) => format!("read error: {io}"),
-        _ => "malformed CSV".to_owned(),
+    // A file of a header only still has its columns.
+    if idx.is_none()
+        && let Some(names) = reader.columns()
+    {
+        for name in names {
+            columns.index(name);
+        }
     }
+    Ok(rows)
 }
 
 fn add_json(stats: &mut ColumnStats, v: &Value, options: &ProfileOptions) {

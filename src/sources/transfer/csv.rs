@@ -131,6 +131,22 @@ pub struct CsvRows<R> {
     /// Rows found and not yet handed on.
     queue: VecDeque<Row>,
     done: bool,
+    /// Line buffers of records handed on, reused (a file's lines cost no allocation each).
+    spare: Vec<Vec<u8>>,
+    /// Leave empty fields out of records rather than making them `null`.
+    omit_empty: bool,
+}
+
+/// How many line buffers are kept for reuse.
+const SPARE_LINES: usize = 8;
+
+/// Gives the lines of a finished record back for reuse.
+fn recycle(pending: &mut Vec<Line>, spare: &mut Vec<Vec<u8>>) {
+    for l in pending.drain(..) {
+        if spare.len() < SPARE_LINES {
+            spare.push(l.bytes);
+        }
+    }
 }
 
 impl<R: BufRead> CsvRows<R> {
@@ -158,7 +174,15 @@ impl<R: BufRead> CsvRows<R> {
             record: Vec::new(),
             queue: VecDeque::new(),
             done: false,
+            spare: Vec::new(),
+            omit_empty: false,
         }
+    }
+
+    /// Leaves empty fields out of records (instead of `null` values).
+    pub fn omit_empty(mut self) -> Self {
+        self.omit_empty = true;
+        self
     }
 
     /// The column names, once the header has been read (or configured).
@@ -184,6 +208,8 @@ impl<R: BufRead> CsvRows<R> {
             record,
             queue,
             done,
+            spare,
+            omit_empty,
         } = self;
         let (quote, max_lines) = (*quote, *max_lines);
         loop {
@@ -198,7 +224,7 @@ impl<R: BufRead> CsvRows<R> {
                     match read_line(input, buf) {
                         Ok(true) => {
                             *line_no += 1;
-                            let mut bytes = std::mem::take(buf);
+                            let mut bytes = std::mem::replace(buf, spare.pop().unwrap_or_default());
                             if *line_no == 1 {
                                 bytes = strip_bom(&bytes).to_vec();
                             }
@@ -232,6 +258,9 @@ impl<R: BufRead> CsvRows<R> {
                 continue;
             };
             if pending.is_empty() && trim_eol(&line.bytes).is_empty() {
+                if spare.len() < SPARE_LINES {
+                    spare.push(line.bytes);
+                }
                 continue; // blank line
             }
             if let Some(q) = quote
@@ -323,7 +352,7 @@ impl<R: BufRead> CsvRows<R> {
                     return Ok(());
                 }
                 *header = Some(names);
-                pending.clear();
+                recycle(pending, spare);
                 continue;
             };
             if n != names.len() {
@@ -333,7 +362,7 @@ impl<R: BufRead> CsvRows<R> {
                     place: format!("row {} (line {first_line})", *row),
                     message: format!("{n} fields, but the header has {}", names.len()),
                 });
-                pending.clear();
+                recycle(pending, spare);
                 continue;
             }
             *row += 1;
@@ -342,6 +371,9 @@ impl<R: BufRead> CsvRows<R> {
             for (i, name) in names.iter().enumerate() {
                 let raw = splitter.field(i);
                 let value = if raw.is_empty() {
+                    if *omit_empty {
+                        continue;
+                    }
                     Value::Null
                 } else {
                     match std::str::from_utf8(raw) {
@@ -362,7 +394,7 @@ impl<R: BufRead> CsvRows<R> {
                     message,
                 },
             });
-            pending.clear();
+            recycle(pending, spare);
         }
     }
 }
@@ -480,6 +512,56 @@ mod tests {
         match r {
             Row::Bad { place, message, .. } => (place, message),
             Row::Record { row, .. } => panic!("row {row} is a record"),
+        }
+    }
+
+    #[test]
+    fn records_are_the_same_with_reused_line_buffers_and_empty_fields_omitted() {
+        // Columns out of name order, many lines (line buffers are reused), a blank line, a
+        // field over two lines, a bad row in the middle.
+        let mut text = String::from("zeta,alpha,mid\n");
+        for i in 0..40 {
+            text.push_str(&format!("z{i},a{i},\n"));
+            if i == 10 {
+                text.push_str("\nonly,two\n\"x\ny\",b,c\n");
+            }
+        }
+        let (all, broken) = rows(text.as_bytes(), &CsvFormat::default());
+        assert!(broken.is_none());
+        assert_eq!(all.len(), 42);
+        assert_eq!(
+            record(&all[0]),
+            serde_json::json!({"zeta": "z0", "alpha": "a0", "mid": null})
+                .as_object()
+                .unwrap()
+        );
+        assert_eq!(bad(&all[11]).0, "row 12 (line 14)");
+        assert_eq!(record(&all[12])["zeta"], "x\ny");
+        assert_eq!(record(&all[41])["alpha"], "a39");
+        let omitted: Vec<Row> = CsvRows::new(text.as_bytes(), &CsvFormat::default())
+            .omit_empty()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(omitted.len(), all.len());
+        for (o, a) in omitted.iter().zip(&all) {
+            match (o, a) {
+                (
+                    Row::Record {
+                        row: r1,
+                        fields: f1,
+                    },
+                    Row::Record {
+                        row: r2,
+                        fields: f2,
+                    },
+                ) => {
+                    assert_eq!(r1, r2);
+                    let mut kept = f2.clone();
+                    kept.retain(|_, v| !v.is_null());
+                    assert_eq!(f1, &kept);
+                }
+                (o, a) => assert_eq!(o, a),
+            }
         }
     }
 
