@@ -1069,9 +1069,23 @@ fn push_one<'a>(value: &'a Value, ext: Option<&'a Value>, ty: Option<&'a str>, o
     out.push(Item::Node { value, ext, ty });
 }
 
+/// `obj["_" + name]`, a primitive's sibling, without allocating for the usual short names
+/// (navigation looks one up at every step).
+fn sibling<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let mut buf = [0u8; 64];
+    if let Some(rest) = buf.get_mut(1..=name.len()) {
+        rest.copy_from_slice(name.as_bytes());
+        buf[0] = b'_';
+        if let Ok(key) = std::str::from_utf8(&buf[..=name.len()]) {
+            return obj.get(key);
+        }
+    }
+    obj.get(&format!("_{name}"))
+}
+
 fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
     let v = obj.get(name);
-    let u = obj.get_key_value(&format!("_{name}")).map(|(_, u)| u);
+    let u = sibling(obj, name);
     if v.is_some() || u.is_some() {
         push_values(v, u, None, out);
         return;
@@ -1089,7 +1103,7 @@ fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
                     push_values(None, Some(v), Some(ty), out);
                 }
             } else {
-                push_values(Some(v), obj.get(&format!("_{k}")), Some(ty), out);
+                push_values(Some(v), sibling(obj, k), Some(ty), out);
             }
         }
     }
@@ -1118,7 +1132,7 @@ fn children<'a>(item: &Item<'a>) -> Coll<'a> {
             }
             continue;
         }
-        let u = obj.get(&format!("_{key}"));
+        let u = sibling(obj, key);
         push_values(Some(v), u, None, &mut out);
     }
     out
