@@ -2,7 +2,7 @@
 //! partial-precision date comparison, and the functions of [`FUNCTIONS`](crate::FUNCTIONS).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -1145,6 +1145,29 @@ fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
 }
 
 fn distinct(c: Coll<'_>) -> Coll<'_> {
+    // Plain strings (ids, URLs: a Bundle's fullUrls for bdl-7) are equal exactly when their
+    // text is: one pass with a set instead of comparing every pair, same result and order.
+    if c.len() > 8 && c.iter().all(|i| matches!(i.prim(), Prim::Str(_))) {
+        let keep: Vec<bool> = {
+            let mut seen = HashSet::with_capacity(c.len());
+            c.iter()
+                .map(|i| match i.prim() {
+                    Prim::Str(s) => seen.insert(s),
+                    _ => true,
+                })
+                .collect()
+        };
+        return c
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(i, k)| k.then_some(i))
+            .collect();
+    }
+    distinct_pairwise(c)
+}
+
+/// `distinct` by FHIRPath equality between every pair (dates, quantities, mixed items).
+fn distinct_pairwise(c: Coll<'_>) -> Coll<'_> {
     let mut out: Coll<'_> = Vec::with_capacity(c.len());
     for i in c {
         if !out.iter().any(|o| item_eq(o, &i) == Some(true)) {
@@ -1396,5 +1419,32 @@ fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
         Some(Ordering::Equal)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass `distinct` of plain strings keeps exactly what the pairwise one keeps, in
+    /// the same order; items that are not plain strings (date-like text) go pairwise.
+    #[test]
+    fn distinct_of_strings_equals_the_pairwise_distinct() {
+        let values: Vec<Value> = (0..200)
+            .map(|i| Value::String(format!("urn:uuid:{}", (i * 7) % 53)))
+            .collect();
+        let items: Coll<'_> = values.iter().map(Item::node).collect();
+        let fast = distinct(items.clone());
+        assert_eq!(fast, distinct_pairwise(items));
+        assert_eq!(fast.len(), 53);
+        let strs: Coll<'_> = (0..20).map(|i| Item::Str(format!("a{}", i % 3))).collect();
+        assert_eq!(distinct(strs.clone()), distinct_pairwise(strs));
+        // Dates compare by FHIRPath date equality: the pairwise path decides.
+        let dates: Vec<Value> = (0..12)
+            .map(|i| Value::String(format!("2020-01-{:02}", 1 + i % 4)))
+            .collect();
+        let items: Coll<'_> = dates.iter().map(Item::node).collect();
+        assert_eq!(distinct(items.clone()).len(), 4);
+        assert_eq!(distinct(items.clone()), distinct_pairwise(items));
     }
 }
