@@ -1145,28 +1145,54 @@ fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
 }
 
 fn distinct(c: Coll<'_>) -> Coll<'_> {
-    // Plain strings (ids, URLs: a Bundle's fullUrls for bdl-7) are equal exactly when their
-    // text is: one pass with a set instead of comparing every pair, same result and order.
-    if c.len() > 8 && c.iter().all(|i| matches!(i.prim(), Prim::Str(_))) {
-        let keep: Vec<bool> = {
-            let mut seen = HashSet::with_capacity(c.len());
-            c.iter()
-                .map(|i| match i.prim() {
-                    Prim::Str(s) => seen.insert(s),
-                    _ => true,
-                })
-                .collect()
-        };
-        return c
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(i, k)| k.then_some(i))
-            .collect();
-    }
-    distinct_pairwise(c)
+    // An item is kept unless it equals (FHIRPath `=`) an item kept before it. Comparing every
+    // pair is quadratic (dom-3 unions every reference and URI of a resource), so plain
+    // strings are matched by their text through sets: a string equals only a string or a
+    // date of the same text. Other items (dates, numbers, objects) are still compared with
+    // the kept items that are not plain strings. Same items kept, same order.
+    let keep: Vec<bool> = {
+        let prims: Vec<Prim<'_>> = c.iter().map(Item::prim).collect();
+        let mut kept_strings: HashSet<&str> = HashSet::new();
+        let mut kept_dates: HashSet<&str> = HashSet::new();
+        let mut kept_others: Vec<usize> = Vec::new();
+        let mut keep = Vec::with_capacity(c.len());
+        for (i, p) in prims.iter().enumerate() {
+            let repeat = match *p {
+                Prim::Str(s) => kept_strings.contains(s) || kept_dates.contains(s),
+                Prim::Date(s) => {
+                    kept_strings.contains(s)
+                        || kept_others
+                            .iter()
+                            .any(|&o| item_eq(&c[o], &c[i]) == Some(true))
+                }
+                _ => kept_others
+                    .iter()
+                    .any(|&o| item_eq(&c[o], &c[i]) == Some(true)),
+            };
+            if !repeat {
+                match *p {
+                    Prim::Str(s) => {
+                        kept_strings.insert(s);
+                    }
+                    Prim::Date(s) => {
+                        kept_dates.insert(s);
+                        kept_others.push(i);
+                    }
+                    _ => kept_others.push(i),
+                }
+            }
+            keep.push(!repeat);
+        }
+        keep
+    };
+    c.into_iter()
+        .zip(keep)
+        .filter_map(|(i, k)| k.then_some(i))
+        .collect()
 }
 
-/// `distinct` by FHIRPath equality between every pair (dates, quantities, mixed items).
+/// `distinct` by FHIRPath equality between every pair: what [`distinct`] must equal.
+#[cfg(test)]
 fn distinct_pairwise(c: Coll<'_>) -> Coll<'_> {
     let mut out: Coll<'_> = Vec::with_capacity(c.len());
     for i in c {
@@ -1426,8 +1452,8 @@ fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
 mod tests {
     use super::*;
 
-    /// The one-pass `distinct` of plain strings keeps exactly what the pairwise one keeps, in
-    /// the same order; items that are not plain strings (date-like text) go pairwise.
+    /// `distinct` keeps exactly what comparing every pair keeps, in the same order: plain
+    /// strings, date-like text, numbers, objects, and mixes of them.
     #[test]
     fn distinct_of_strings_equals_the_pairwise_distinct() {
         let values: Vec<Value> = (0..200)
@@ -1446,5 +1472,29 @@ mod tests {
         let items: Coll<'_> = dates.iter().map(Item::node).collect();
         assert_eq!(distinct(items.clone()).len(), 4);
         assert_eq!(distinct(items.clone()), distinct_pairwise(items));
+        // A mix: strings equal to date text, dates of other precisions and zones, numbers,
+        // booleans, objects, quantities.
+        let mixed: Vec<Value> = serde_json::from_str(
+            r#"["2020-01-01", "x", "2020-01-01T10:00:00Z", "2020-01-01T11:00:00+01:00", 1, 1.0,
+                true, "2020", {"a": 1}, {"a": 1}, "x", "2020-01-01", false, 2, "y",
+                {"value": 1, "code": "mg"}, {"value": 1, "code": "mg"}, "2020-01", "2020-01"]"#,
+        )
+        .unwrap();
+        let mut items: Coll<'_> = mixed.iter().map(Item::node).collect();
+        items.push(Item::Str("2020-01-01".into()));
+        items.push(Item::Str("x".into()));
+        items.push(Item::DateTime("2020-01-01".into()));
+        items.push(Item::Int(1));
+        items.push(Item::Quantity(1.0, "mg".into()));
+        items.push(Item::Bool(true));
+        for start in 0..items.len() {
+            let mut rotated = items.clone();
+            rotated.rotate_left(start);
+            assert_eq!(
+                distinct(rotated.clone()),
+                distinct_pairwise(rotated),
+                "rotation {start}"
+            );
+        }
     }
 }
