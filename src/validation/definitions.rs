@@ -139,7 +139,7 @@ pub struct ElementDef {
     /// the type's root not already among them (Period's per-1 on every Period), less the
     /// ones the walker reads off the JSON itself ([`WALKER_INVARIANTS`]). Computed once at
     /// load, so validating looks nothing up.
-    pub checks: Vec<Vec<Invariant>>,
+    pub checks: Vec<Arc<[Invariant]>>,
 }
 
 impl ElementDef {
@@ -648,14 +648,18 @@ fn walker_checks(invs: &[Invariant]) -> impl Iterator<Item = &Invariant> {
 /// type's root (a value of a data type that is not a backbone element or a content
 /// reference, nor a contained resource, which is walked as a resource of its own).
 fn link_checks(types: &mut FastMap<String, TypeDef>) {
-    let roots: HashMap<String, Vec<Invariant>> = types
+    // Most elements have no invariant of their own but ele-1: their list is the type root's,
+    // shared rather than copied (loading stays within its time budget).
+    let roots: FastMap<String, Arc<[Invariant]>> = types
         .iter()
         .filter(|(_, t)| !t.root_checks.is_empty())
-        .map(|(n, t)| (n.clone(), t.root_checks.clone()))
+        .map(|(n, t)| (n.clone(), Arc::from(t.root_checks.as_slice())))
         .collect();
+    let none: Arc<[Invariant]> = Arc::from(Vec::new());
     for t in types.values_mut() {
         for e in &mut t.elements {
             let own: Vec<Invariant> = walker_checks(&e.invariants).cloned().collect();
+            let of_type = !e.has_children && e.content_reference.is_none();
             let codes: Vec<&str> = if e.types.is_empty() {
                 vec![""]
             } else {
@@ -664,19 +668,22 @@ fn link_checks(types: &mut FastMap<String, TypeDef>) {
             let checks = codes
                 .iter()
                 .map(|&code| {
+                    let root = roots.get(code).filter(|_| of_type && code != "Resource");
+                    if own.is_empty() {
+                        // Only walker invariants of its own: none of the root's is dropped.
+                        return root.cloned().unwrap_or_else(|| none.clone());
+                    }
                     let mut list = own.clone();
-                    if code != "Resource" && !e.has_children && e.content_reference.is_none() {
+                    if of_type && code != "Resource" {
                         list.extend(
-                            roots
-                                .get(code)
-                                .map(Vec::as_slice)
+                            root.map(|r| &r[..])
                                 .unwrap_or(&[])
                                 .iter()
                                 .filter(|i| !e.invariants.iter().any(|o| o.key == i.key))
                                 .cloned(),
                         );
                     }
-                    list
+                    Arc::from(list)
                 })
                 .collect();
             e.checks = checks;
