@@ -101,6 +101,8 @@ pub struct TypeRef {
     pub code: String,
     /// For `Reference`/`canonical`: the resource types it may point at (empty: any).
     pub targets: Vec<String>,
+    /// True if `code` is a primitive type (`System.x` included), set at load.
+    pub primitive: bool,
 }
 
 /// One element of a type's snapshot.
@@ -127,6 +129,17 @@ pub struct ElementDef {
     /// non-choice element), its `_` sibling, and whether the type is a FHIR primitive that
     /// may have one. Computed once at load so the walker allocates nothing to look them up.
     pub json_names: Vec<(String, String, bool)>,
+    /// True if the element has children defined inline (a backbone element).
+    pub has_children: bool,
+    /// The members an object here may have: the element's direct children, or for a content
+    /// reference those of the element it names. Computed once at load.
+    pub children: Children,
+    /// Per type (in `types` order; one entry when there is no type): the FHIRPath invariants
+    /// the walker evaluates on a value of that type here. The element's own, then those of
+    /// the type's root not already among them (Period's per-1 on every Period), less the
+    /// ones the walker reads off the JSON itself ([`WALKER_INVARIANTS`]). Computed once at
+    /// load, so validating looks nothing up.
+    pub checks: Vec<Arc<[Invariant]>>,
 }
 
 impl ElementDef {
@@ -135,6 +148,11 @@ impl ElementDef {
         self.max.is_none_or(|m| m > 1)
     }
 }
+
+/// Core invariants the walker checks itself, with finer messages, while reading the JSON:
+/// ele-1 (no empty values: objects, arrays, strings, nulls), txt-1/txt-2 (narrative XHTML)
+/// and ref-1 (`#id` references resolve). They are left out of [`ElementDef::checks`].
+pub(crate) const WALKER_INVARIANTS: &[&str] = &["ele-1", "txt-1", "txt-2", "ref-1"];
 
 /// One FHIRPath invariant of an element (`pat-1`), compiled once at load.
 #[derive(Debug, Clone)]
@@ -203,6 +221,53 @@ fn extension_errata(
     contexts
 }
 
+/// A hash map keyed by names from the definitions (not by input: no flooding concern), with a
+/// fast hasher: the walker looks names up at every element.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// The set counterpart of [`FastMap`].
+pub type FastSet<K> = HashSet<K, foldhash::fast::FixedState>;
+
+/// The child elements an object may hold, and the JSON member names they appear under, so
+/// that the walker reads each member of an object once instead of looking up every name
+/// every child may take (`value[x]` alone has 50).
+#[derive(Debug, Clone, Default)]
+pub struct Children {
+    /// Indexes in the type's `elements`, in definition order.
+    pub list: Vec<usize>,
+    /// JSON member name → (position in `list`, index of the type in the child's `types`,
+    /// whether it is a primitive's `_` sibling). `None` when two children claim one name
+    /// (no core definition does): the walker then looks each child's names up instead.
+    pub keys: Option<FastMap<String, (usize, usize, bool)>>,
+}
+
+impl Children {
+    fn new(list: Vec<usize>, elements: &[ElementDef]) -> Self {
+        let mut keys = FastMap::default();
+        let mut clash = false;
+        for (pos, &i) in list.iter().enumerate() {
+            let Some(e) = elements.get(i) else {
+                continue;
+            };
+            // A non-choice element is found under its first name only (as the walker reads it).
+            let names = if e.choice {
+                &e.json_names[..]
+            } else {
+                e.json_names.get(..1).unwrap_or(&[])
+            };
+            for (ti, (key, ukey, primitive)) in names.iter().enumerate() {
+                clash |= keys.insert(key.clone(), (pos, ti, false)).is_some();
+                if *primitive {
+                    clash |= keys.insert(ukey.clone(), (pos, ti, true)).is_some();
+                }
+            }
+        }
+        Children {
+            list,
+            keys: (!clash).then_some(keys),
+        }
+    }
+}
+
 /// One type (resource, data type or primitive).
 #[derive(Debug)]
 pub struct TypeDef {
@@ -213,6 +278,11 @@ pub struct TypeDef {
     pub elements: Vec<ElementDef>,
     /// Element path → indexes of its direct children in `elements`.
     children: HashMap<String, Vec<usize>>,
+    /// The direct children of the root (`children("")`), looked up once at load.
+    pub root_children: Children,
+    /// The root element's invariants the walker evaluates on the whole value (a resource's
+    /// dom-2…, a data type's per-1), less [`WALKER_INVARIANTS`].
+    pub root_checks: Vec<Invariant>,
 }
 
 impl TypeDef {
@@ -251,17 +321,17 @@ impl ValueSetDef {
 #[derive(Debug)]
 pub struct Definitions {
     pub fhir_version: String,
-    types: HashMap<String, TypeDef>,
-    primitives: HashMap<String, Option<Regex>>,
-    value_sets: HashMap<String, ValueSetDef>,
-    code_systems: HashMap<String, HashSet<String>>,
-    displays: HashMap<String, HashMap<String, String>>,
+    types: FastMap<String, TypeDef>,
+    primitives: FastMap<String, Option<Regex>>,
+    value_sets: FastMap<String, ValueSetDef>,
+    code_systems: FastMap<String, HashSet<String>>,
+    displays: FastMap<String, HashMap<String, String>>,
     search_params: HashMap<String, String>,
-    extension_contexts: HashMap<String, Vec<(String, String)>>,
+    extension_contexts: FastMap<String, Vec<(String, String)>>,
     /// Code systems loaded as fragments (a subset: a code not found is not an error).
-    fragments: HashSet<String>,
+    fragments: FastSet<String>,
     /// CodeSystem supplements loaded (they add designations; they are no system of codes).
-    supplements: HashSet<String>,
+    supplements: FastSet<String>,
 }
 
 impl Definitions {
@@ -283,7 +353,8 @@ impl Definitions {
     pub fn from_json(text: &str) -> Result<Self, ValidationError> {
         let raw: RawDefinitions = serde_json::from_str(text)
             .map_err(|e| ValidationError::DefinitionsParse(e.to_string()))?;
-        let mut primitives = HashMap::with_capacity(raw.primitives.len());
+        let mut primitives =
+            FastMap::with_capacity_and_hasher(raw.primitives.len(), Default::default());
         for (name, pattern) in raw.primitives {
             let regex = match pattern {
                 Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
@@ -293,7 +364,7 @@ impl Definitions {
             };
             primitives.insert(name, regex);
         }
-        let mut types = HashMap::with_capacity(raw.types.len());
+        let mut types = FastMap::with_capacity_and_hasher(raw.types.len(), Default::default());
         let mut cache = InvariantCache::default();
         for (name, t) in raw.types {
             let kind = match t.kind.as_str() {
@@ -312,6 +383,10 @@ impl Definitions {
                 .map(|e| element(e, &mut cache))
                 .collect();
             for e in &mut elements {
+                for t in &mut e.types {
+                    t.primitive =
+                        primitives.contains_key(t.code.strip_prefix("System.").unwrap_or(&t.code));
+                }
                 e.json_names = e
                     .types
                     .iter()
@@ -336,6 +411,22 @@ impl Definitions {
                 let parent = e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
                 children.entry(parent.to_owned()).or_default().push(i);
             }
+            let mut indexed = Vec::with_capacity(elements.len());
+            for e in &elements {
+                let of = e.content_reference.as_deref().unwrap_or(&e.path);
+                let list = children.get(of).cloned().unwrap_or_default();
+                indexed.push(Children::new(list, &elements));
+            }
+            for (e, kids) in elements.iter_mut().zip(indexed) {
+                e.has_children = children.contains_key(&e.path);
+                e.children = kids;
+            }
+            let root_children =
+                Children::new(children.get("").cloned().unwrap_or_default(), &elements);
+            let root_checks = elements
+                .first()
+                .map(|root| walker_checks(&root.invariants).cloned().collect())
+                .unwrap_or_default();
             types.insert(
                 name.clone(),
                 TypeDef {
@@ -345,9 +436,12 @@ impl Definitions {
                     is_abstract: t.is_abstract,
                     elements,
                     children,
+                    root_children,
+                    root_checks,
                 },
             );
         }
+        link_checks(&mut types);
         if !types.contains_key("Resource") || !types.contains_key("Extension") {
             return Err(ValidationError::DefinitionsShape(
                 "no Resource or Extension definition".into(),
@@ -381,11 +475,13 @@ impl Definitions {
             primitives,
             value_sets,
             code_systems,
-            displays: raw.displays,
+            displays: raw.displays.into_iter().collect(),
             search_params: raw.search_params,
-            extension_contexts: extension_errata(raw.extension_contexts),
-            fragments: HashSet::new(),
-            supplements: HashSet::new(),
+            extension_contexts: extension_errata(raw.extension_contexts)
+                .into_iter()
+                .collect(),
+            fragments: FastSet::default(),
+            supplements: FastSet::default(),
         })
     }
 
@@ -528,6 +624,73 @@ impl Definitions {
     }
 }
 
+#[cfg(test)]
+impl Definitions {
+    /// Drops every member index: the walker then looks each child's JSON names up in the
+    /// object, as it did before the index (an equivalence test compares both walks).
+    pub(crate) fn drop_member_index(&mut self) {
+        for t in self.types.values_mut() {
+            t.root_children.keys = None;
+            for e in &mut t.elements {
+                e.children.keys = None;
+            }
+        }
+    }
+}
+
+/// The invariants of `invs` the walker evaluates (all but [`WALKER_INVARIANTS`]).
+fn walker_checks(invs: &[Invariant]) -> impl Iterator<Item = &Invariant> {
+    invs.iter()
+        .filter(|i| !WALKER_INVARIANTS.contains(&i.key.as_str()))
+}
+
+/// Fills [`ElementDef::checks`]: per element and type, its own invariants and those of the
+/// type's root (a value of a data type that is not a backbone element or a content
+/// reference, nor a contained resource, which is walked as a resource of its own).
+fn link_checks(types: &mut FastMap<String, TypeDef>) {
+    // Most elements have no invariant of their own but ele-1: their list is the type root's,
+    // shared rather than copied (loading stays within its time budget).
+    let roots: FastMap<String, Arc<[Invariant]>> = types
+        .iter()
+        .filter(|(_, t)| !t.root_checks.is_empty())
+        .map(|(n, t)| (n.clone(), Arc::from(t.root_checks.as_slice())))
+        .collect();
+    let none: Arc<[Invariant]> = Arc::from(Vec::new());
+    for t in types.values_mut() {
+        for e in &mut t.elements {
+            let own: Vec<Invariant> = walker_checks(&e.invariants).cloned().collect();
+            let of_type = !e.has_children && e.content_reference.is_none();
+            let codes: Vec<&str> = if e.types.is_empty() {
+                vec![""]
+            } else {
+                e.types.iter().map(|t| t.code.as_str()).collect()
+            };
+            let checks = codes
+                .iter()
+                .map(|&code| {
+                    let root = roots.get(code).filter(|_| of_type && code != "Resource");
+                    if own.is_empty() {
+                        // Only walker invariants of its own: none of the root's is dropped.
+                        return root.cloned().unwrap_or_else(|| none.clone());
+                    }
+                    let mut list = own.clone();
+                    if of_type && code != "Resource" {
+                        list.extend(
+                            root.map(|r| &r[..])
+                                .unwrap_or(&[])
+                                .iter()
+                                .filter(|i| !e.invariants.iter().any(|o| o.key == i.key))
+                                .cloned(),
+                        );
+                    }
+                    Arc::from(list)
+                })
+                .collect();
+            e.checks = checks;
+        }
+    }
+}
+
 fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
     let last = raw.p.rsplit('.').next().unwrap_or("").to_owned();
     let (name, choice) = match last.strip_suffix("[x]") {
@@ -556,6 +719,7 @@ fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
             .map(|t| TypeRef {
                 code: t.c,
                 targets: t.r,
+                primitive: false,
             })
             .collect(),
         content_reference: raw.cr.map(|cr| match cr.split_once('.') {
@@ -567,6 +731,9 @@ fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
         binding,
         invariants: raw.inv.iter().filter_map(|i| cache.invariant(i)).collect(),
         json_names: Vec::new(),
+        has_children: false,
+        children: Children::default(),
+        checks: Vec::new(),
     }
 }
 
@@ -638,6 +805,143 @@ mod tests {
         println!("{total} core invariants, {} not compiled", failed.len());
         assert!(total > 8000, "expected the core invariants, got {total}");
         assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    /// `ElementDef::checks` lists, per element and type, exactly what the walker used to
+    /// gather at every value: the element's own invariants, then those of the type's root
+    /// whose key is not among them (not for backbone elements, content references or
+    /// contained resources), less the walker's own.
+    #[test]
+    fn precomputed_checks_equal_the_per_value_gathering() {
+        let defs = Definitions::r4().unwrap();
+        let mut with_type = 0;
+        for t in defs.types.values() {
+            let expected_root: Vec<&str> = t
+                .elements
+                .first()
+                .map(|r| r.invariants.iter().map(|i| i.key.as_str()).collect())
+                .unwrap_or_default();
+            let expected_root: Vec<&str> = expected_root
+                .into_iter()
+                .filter(|k| !WALKER_INVARIANTS.contains(k))
+                .collect();
+            let root: Vec<&str> = t.root_checks.iter().map(|i| i.key.as_str()).collect();
+            assert_eq!(root, expected_root, "{}", t.name);
+            for e in &t.elements {
+                let codes: Vec<&str> = if e.types.is_empty() {
+                    vec![""]
+                } else {
+                    e.types.iter().map(|t| t.code.as_str()).collect()
+                };
+                assert_eq!(e.checks.len(), codes.len(), "{} {}", t.name, e.path);
+                for (ti, code) in codes.iter().enumerate() {
+                    let own = e.invariants.iter();
+                    let of_type = (*code != "Resource"
+                        && !t.has_children(&e.path)
+                        && e.content_reference.is_none())
+                    .then(|| defs.type_def(code))
+                    .flatten()
+                    .and_then(|dt| dt.elements.first())
+                    .map(|root| root.invariants.as_slice())
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter(|i| !e.invariants.iter().any(|o| o.key == i.key));
+                    let expected: Vec<(&str, &str)> = own
+                        .chain(of_type)
+                        .filter(|i| !WALKER_INVARIANTS.contains(&i.key.as_str()))
+                        .map(|i| (i.key.as_str(), i.human.as_str()))
+                        .collect();
+                    let got: Vec<(&str, &str)> = e.checks[ti]
+                        .iter()
+                        .map(|i| (i.key.as_str(), i.human.as_str()))
+                        .collect();
+                    assert_eq!(got, expected, "{} {} {code}", t.name, e.path);
+                    with_type += usize::from(!got.is_empty());
+                }
+            }
+        }
+        assert!(
+            with_type > 1000,
+            "{with_type} element types with invariants"
+        );
+    }
+
+    /// The member index names each child under the JSON names the walker reads, and the
+    /// children list is the element's (or its content reference's) direct children.
+    #[test]
+    fn member_index_covers_every_json_name_of_the_children() {
+        let defs = Definitions::r4().unwrap();
+        let obs = defs.type_def("Observation").unwrap();
+        let keys = obs.root_children.keys.as_ref().unwrap();
+        let value = obs
+            .elements
+            .iter()
+            .position(|e| e.path == "value[x]")
+            .unwrap();
+        let pos = obs
+            .root_children
+            .list
+            .iter()
+            .position(|&i| i == value)
+            .unwrap();
+        let quantity = obs.elements[value]
+            .types
+            .iter()
+            .position(|t| t.code == "Quantity")
+            .unwrap();
+        assert_eq!(keys.get("valueQuantity"), Some(&(pos, quantity, false)));
+        let string = obs.elements[value]
+            .types
+            .iter()
+            .position(|t| t.code == "string")
+            .unwrap();
+        assert_eq!(keys.get("_valueString"), Some(&(pos, string, true)));
+        assert!(!keys.contains_key("_valueQuantity"));
+        assert!(!keys.contains_key("value"));
+        let status = obs
+            .elements
+            .iter()
+            .position(|e| e.path == "status")
+            .unwrap();
+        let pos = obs
+            .root_children
+            .list
+            .iter()
+            .position(|&i| i == status)
+            .unwrap();
+        assert_eq!(keys.get("_status"), Some(&(pos, 0, true)));
+        assert_eq!(obs.root_children.list.as_slice(), obs.children(""));
+        let q = defs.type_def("Questionnaire").unwrap();
+        let item_item = q.elements.iter().find(|e| e.path == "item.item").unwrap();
+        assert_eq!(item_item.children.list.as_slice(), q.children("item"));
+        assert!(
+            item_item
+                .children
+                .keys
+                .as_ref()
+                .unwrap()
+                .contains_key("linkId")
+        );
+    }
+
+    /// Two children claiming one JSON name leave the index out (the walker then looks names
+    /// up, as the equivalence test over the corpora checks).
+    #[test]
+    fn clashing_json_names_leave_the_member_index_out() {
+        let text = r#"{"fhirVersion":"4.0.1","primitives":{"string":null},"codeSystems":{},"valueSets":{},
+            "types":{
+              "Resource":{"kind":"resource","abstract":true,"elements":[{"p":"","min":0,"max":"*"}]},
+              "Extension":{"kind":"complex-type","abstract":false,"elements":[{"p":"","min":0,"max":"*"}]},
+              "X":{"kind":"resource","abstract":false,"elements":[{"p":"","min":0,"max":"*"},
+                {"p":"value[x]","min":0,"max":"1","t":[{"c":"string"}]},
+                {"p":"valueString","min":0,"max":"1","t":[{"c":"string"}]},
+                {"p":"other","min":0,"max":"1","t":[{"c":"string"}]}]}}}"#;
+        let defs = Definitions::from_json(text).unwrap();
+        let x = defs.type_def("X").unwrap();
+        assert!(x.root_children.keys.is_none());
+        assert_eq!(x.root_children.list.len(), 3);
+        let clean = defs.type_def("Extension").unwrap();
+        assert!(clean.root_children.keys.is_some());
     }
 
     #[test]

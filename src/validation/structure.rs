@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDef, Invariant, TypeDef, choice_key};
+use super::definitions::{Children, Definitions, ElementDef, Invariant, TypeDef, choice_key};
 use super::terminology::{self, BindingTarget};
 use super::ucum;
 
@@ -35,11 +35,6 @@ const MAX_NESTING: usize = 8;
 
 /// Elements nested deeper than this (a pathological `extension.extension…`) are not followed.
 const MAX_DEPTH: usize = 64;
-
-/// Core invariants the walker checks itself, with finer messages, while reading the JSON:
-/// ele-1 (no empty values: objects, arrays, strings, nulls), txt-1/txt-2 (narrative XHTML,
-/// [`terminology::check_xhtml`]) and ref-1 (`#id` references resolve, [`Walker::reference`]).
-const WALKER_INVARIANTS: &[&str] = &["ele-1", "txt-1", "txt-2", "ref-1"];
 
 /// Best-practice invariants (HL7 marks them so): reported as information, as the reference
 /// validator does by default.
@@ -128,6 +123,33 @@ impl Sink {
     }
 }
 
+/// What an object holds for one child element: its value and `_` sibling, found under the
+/// JSON names of `types` distinct types of the element (0: absent; more than 1: an error
+/// for a choice element), the first of them `ti`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot<'v> {
+    v: Option<&'v Value>,
+    u: Option<&'v Value>,
+    ti: usize,
+    types: u8,
+}
+
+impl<'v> Slot<'v> {
+    fn hit(&mut self, ti: usize, sibling: bool, val: &'v Value) {
+        if self.types == 0 {
+            self.ti = ti;
+            self.types = 1;
+        } else if self.ti != ti {
+            self.types = 2;
+        }
+        if sibling {
+            self.u = Some(val);
+        } else {
+            self.v = Some(val);
+        }
+    }
+}
+
 /// One resource being walked: its location root and contained ids (for `#id` references).
 #[derive(Debug, Default)]
 struct Frame {
@@ -147,6 +169,8 @@ pub(crate) struct Walker<'d, 'v> {
     /// While walking a primitive's `_` sibling: the primitive element (type name, path), the
     /// context of the extensions found there.
     primitive_context: Option<(&'d str, &'d str)>,
+    /// The children's slots of the objects being walked, innermost last.
+    slots: Vec<Slot<'v>>,
 }
 
 impl<'d, 'v> Walker<'d, 'v> {
@@ -159,6 +183,7 @@ impl<'d, 'v> Walker<'d, 'v> {
             resources: Vec::new(),
             evaluate_invariants: true,
             primitive_context: None,
+            slots: Vec::new(),
         }
     }
 
@@ -250,10 +275,8 @@ impl<'d, 'v> Walker<'d, 'v> {
             _ => value,
         };
         self.resources.push((value, root));
-        self.object(ty, ty, "", obj, loc, true, 0, nesting);
-        if let Some(root_element) = ty.elements.first() {
-            self.invariants(root_element.invariants.iter(), value, loc);
-        }
+        self.object(ty, &ty.root_children, obj, loc, true, 0, nesting);
+        self.invariants(&ty.root_checks, value, loc);
         if rt == "Bundle" {
             self.bundle_rules(obj, loc);
         }
@@ -293,14 +316,13 @@ impl<'d, 'v> Walker<'d, 'v> {
         }
     }
 
-    /// Validates the members of `obj` against the children of the element at `path` in `ty`
-    /// (`root` is the resource or data type whose snapshot holds `path`).
+    /// Validates the members of `obj` against `kids`, the children (in `ty`) of the element
+    /// the object is a value of.
     #[allow(clippy::too_many_arguments)]
     fn object(
         &mut self,
-        _root: &TypeDef,
         ty: &'d TypeDef,
-        path: &str,
+        kids: &'d Children,
         obj: &'v Map<String, Value>,
         loc: &mut String,
         is_resource: bool,
@@ -324,78 +346,105 @@ impl<'d, 'v> Walker<'d, 'v> {
             );
             return;
         }
+        // Each member of the object is read once and put in its child's slot; the children
+        // are then checked in definition order (the order issues are reported in).
         let mut used = 0usize;
-        let children = ty.children(path);
-        for &i in children {
-            let e = &ty.elements[i];
-            if e.choice {
-                let mut present: Option<(&str, Option<&Value>, Option<&Value>, &str)> = None;
-                let mut count_present = 0;
-                for (t, (key, ukey, primitive)) in e.types.iter().zip(&e.json_names) {
-                    let v = obj.get(key.as_str());
-                    let u = if *primitive {
-                        obj.get(ukey.as_str())
+        let base = self.slots.len();
+        self.slots.resize(base + kids.list.len(), Slot::default());
+        match &kids.keys {
+            Some(keys) => {
+                for (k, val) in obj {
+                    if let Some(&(pos, ti, sibling)) = keys.get(k.as_str()) {
+                        used += 1;
+                        self.slots[base + pos].hit(ti, sibling, val);
+                    }
+                }
+            }
+            None => {
+                for (pos, &i) in kids.list.iter().enumerate() {
+                    let e = &ty.elements[i];
+                    let names = if e.choice {
+                        &e.json_names[..]
                     } else {
-                        None
+                        e.json_names.get(..1).unwrap_or(&[])
                     };
-                    used += usize::from(v.is_some()) + usize::from(u.is_some());
-                    if v.is_some() || u.is_some() {
-                        count_present += 1;
-                        if present.is_none() {
-                            present = Some((t.code.as_str(), v, u, key.as_str()));
+                    for (ti, (key, ukey, primitive)) in names.iter().enumerate() {
+                        if let Some(val) = obj.get(key.as_str()) {
+                            used += 1;
+                            self.slots[base + pos].hit(ti, false, val);
+                        }
+                        if *primitive && let Some(val) = obj.get(ukey.as_str()) {
+                            used += 1;
+                            self.slots[base + pos].hit(ti, true, val);
                         }
                     }
                 }
-                if count_present > 1 {
-                    self.sink.error(
-                        "structure",
-                        loc,
-                        format!("{}[x]: only one type of value may be present", e.name),
-                    );
-                }
-                match present {
-                    Some((code, v, u, key)) => {
-                        let v = v.filter(|x| !x.is_null());
-                        self.property(ty, e, code, key, v, u, loc, depth, nesting);
-                    }
-                    None if e.min > 0 => self.sink.error(
-                        "required",
-                        loc,
+            }
+        }
+        for (pos, &i) in kids.list.iter().enumerate() {
+            let slot = self.slots[base + pos];
+            let e = &ty.elements[i];
+            if slot.types == 0 {
+                if e.min > 0 {
+                    let msg = if e.choice {
                         format!(
                             "{}[x]: minimum required = {}, but only found 0",
                             e.name, e.min
-                        ),
-                    ),
-                    None => {}
+                        )
+                    } else {
+                        format!("{}: minimum required = {}, but only found 0", e.name, e.min)
+                    };
+                    self.sink.error("required", loc, msg);
                 }
-            } else {
-                let Some((key, ukey, primitive)) = e.json_names.first() else {
-                    continue;
-                };
-                let v = obj.get(key.as_str());
-                let u = if *primitive {
-                    obj.get(ukey.as_str())
-                } else {
-                    None
-                };
-                let code = e.types.first().map(|t| t.code.as_str()).unwrap_or("");
-                used += usize::from(v.is_some()) + usize::from(u.is_some());
-                if v.is_none() && u.is_none() {
-                    if e.min > 0 {
-                        self.sink.error(
-                            "required",
-                            loc,
-                            format!("{}: minimum required = {}, but only found 0", e.name, e.min),
-                        );
-                    }
-                    continue;
-                }
-                self.property(ty, e, code, &e.name, v, u, loc, depth, nesting);
+                continue;
             }
+            if !e.choice {
+                let code = e.types.first().map(|t| t.code.as_str()).unwrap_or("");
+                self.property(
+                    ty,
+                    e,
+                    (0, code),
+                    &e.name,
+                    slot.v,
+                    slot.u,
+                    loc,
+                    depth,
+                    nesting,
+                );
+                continue;
+            }
+            let (ti, v, u) = if slot.types == 1 {
+                (slot.ti, slot.v, slot.u)
+            } else {
+                // Several types present (an error): the first in definition order is walked.
+                self.sink.error(
+                    "structure",
+                    loc,
+                    format!("{}[x]: only one type of value may be present", e.name),
+                );
+                let first = e
+                    .json_names
+                    .iter()
+                    .enumerate()
+                    .find_map(|(ti, (k, uk, p))| {
+                        let v = obj.get(k.as_str());
+                        let u = if *p { obj.get(uk.as_str()) } else { None };
+                        (v.is_some() || u.is_some()).then_some((ti, v, u))
+                    });
+                match first {
+                    Some(found) => found,
+                    None => continue,
+                }
+            };
+            let code = e.types.get(ti).map(|t| t.code.as_str()).unwrap_or("");
+            let key = e.json_names.get(ti).map(|n| n.0.as_str()).unwrap_or("");
+            let v = v.filter(|x| !x.is_null());
+            self.property(ty, e, (ti, code), key, v, u, loc, depth, nesting);
         }
+        self.slots.truncate(base);
         let expected = obj.len() - usize::from(is_resource && obj.contains_key("resourceType"));
         if used < expected {
-            self.unknown_members(ty, path, obj, loc, is_resource);
+            self.unknown_members(ty, &kids.list, obj, loc, is_resource);
         }
     }
 
@@ -403,12 +452,11 @@ impl<'d, 'v> Walker<'d, 'v> {
     fn unknown_members(
         &mut self,
         ty: &TypeDef,
-        path: &str,
+        children: &[usize],
         obj: &Map<String, Value>,
         loc: &str,
         is_resource: bool,
     ) {
-        let children = ty.children(path);
         for key in obj.keys() {
             if is_resource && key == "resourceType" {
                 continue;
@@ -445,13 +493,14 @@ impl<'d, 'v> Walker<'d, 'v> {
         }
     }
 
-    /// One element's value(s) `v` and primitive siblings `u` (under JSON name `key`).
+    /// One element's value(s) `v` and primitive siblings `u` (under JSON name `key`), of
+    /// the type `code` (index `ti` in the element's types).
     #[allow(clippy::too_many_arguments)]
     fn property(
         &mut self,
         ty: &'d TypeDef,
         e: &'d ElementDef,
-        code: &str,
+        code: (usize, &str),
         key: &str,
         v: Option<&'v Value>,
         u: Option<&'v Value>,
@@ -568,13 +617,14 @@ impl<'d, 'v> Walker<'d, 'v> {
         }
     }
 
-    /// One value of an element (`v`), with its primitive extension object (`u`).
+    /// One value of an element (`v`), with its primitive extension object (`u`), of the
+    /// type `code` (index `ti` in the element's types).
     #[allow(clippy::too_many_arguments)]
     fn item(
         &mut self,
         ty: &'d TypeDef,
         e: &'d ElementDef,
-        code: &str,
+        (ti, code): (usize, &str),
         v: Option<&'v Value>,
         u: Option<&'v Value>,
         loc: &mut String,
@@ -588,7 +638,15 @@ impl<'d, 'v> Walker<'d, 'v> {
                         let outer = self
                             .primitive_context
                             .replace((ty.name.as_str(), e.path.as_str()));
-                        self.object(element, element, "", ext, loc, false, depth + 1, nesting);
+                        self.object(
+                            element,
+                            &element.root_children,
+                            ext,
+                            loc,
+                            false,
+                            depth + 1,
+                            nesting,
+                        );
                         self.primitive_context = outer;
                     }
                 }
@@ -602,19 +660,14 @@ impl<'d, 'v> Walker<'d, 'v> {
         let Some(v) = v else {
             return;
         };
-        if self.defs.is_primitive(code) {
+        if e.types.get(ti).is_some_and(|t| t.primitive) {
             self.primitive(code, v, loc);
             if let Some(target) = primitive_binding_target(code, v) {
                 self.binding(e, target, loc);
             }
-        } else if let Some(cr) = &e.content_reference {
+        } else if e.content_reference.is_some() || e.has_children {
             match v.as_object() {
-                Some(obj) => self.object(ty, ty, cr, obj, loc, false, depth + 1, nesting),
-                None => self.not_object(loc),
-            }
-        } else if ty.has_children(&e.path) {
-            match v.as_object() {
-                Some(obj) => self.object(ty, ty, &e.path, obj, loc, false, depth + 1, nesting),
+                Some(obj) => self.object(ty, &e.children, obj, loc, false, depth + 1, nesting),
                 None => self.not_object(loc),
             }
         } else if code == "Resource" {
@@ -627,7 +680,7 @@ impl<'d, 'v> Walker<'d, 'v> {
                 self.not_object(loc);
                 return;
             };
-            self.object(dt, dt, "", obj, loc, false, depth + 1, nesting);
+            self.object(dt, &dt.root_children, obj, loc, false, depth + 1, nesting);
             match code {
                 "Reference" => self.reference(e, obj, loc),
                 "Extension" => {
@@ -667,29 +720,16 @@ impl<'d, 'v> Walker<'d, 'v> {
             );
         }
         // The element's invariants, and those of its data type's root (Period's per-1…),
-        // each key once.
-        let own = e.invariants.iter();
-        let of_type =
-            (code != "Resource" && !ty.has_children(&e.path) && e.content_reference.is_none())
-                .then(|| self.defs.type_def(code))
-                .flatten()
-                .and_then(|dt| dt.elements.first())
-                .map(|root| root.invariants.as_slice())
-                .unwrap_or(&[])
-                .iter()
-                .filter(|i| !e.invariants.iter().any(|o| o.key == i.key));
-        self.invariants(own.chain(of_type), v, loc);
+        // each key once: listed per type at load.
+        if let Some(checks) = e.checks.get(ti) {
+            self.invariants(checks, v, loc);
+        }
     }
 
     /// Evaluates FHIRPath invariants on one value. An invariant that the engine cannot
     /// evaluate is reported as an information issue ("not checked"), never passed silently.
-    fn invariants(
-        &mut self,
-        invs: impl Iterator<Item = &'d Invariant>,
-        focus: &'v Value,
-        loc: &str,
-    ) {
-        if !self.evaluate_invariants {
+    fn invariants(&mut self, invs: &'d [Invariant], focus: &'v Value, loc: &str) {
+        if !self.evaluate_invariants || invs.is_empty() {
             return;
         }
         let (resource, root) = match self.resources.last() {
@@ -697,9 +737,6 @@ impl<'d, 'v> Walker<'d, 'v> {
             None => (None, None),
         };
         for inv in invs {
-            if WALKER_INVARIANTS.contains(&inv.key.as_str()) {
-                continue;
-            }
             let expr = match &inv.expression {
                 Ok(expr) => expr,
                 Err(reason) => {

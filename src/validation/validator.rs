@@ -78,6 +78,11 @@ impl Validator {
         &self.defs
     }
 
+    #[cfg(test)]
+    pub(crate) fn definitions_mut(&mut self) -> &mut Definitions {
+        &mut self.defs
+    }
+
     /// True if `name` is a concrete FHIR R4 resource type.
     pub fn is_resource_type(&self, name: &str) -> bool {
         self.defs.is_resource_type(name)

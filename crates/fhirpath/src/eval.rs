@@ -2,7 +2,7 @@
 //! partial-precision date comparison, and the functions of [`FUNCTIONS`](crate::FUNCTIONS).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -1069,9 +1069,23 @@ fn push_one<'a>(value: &'a Value, ext: Option<&'a Value>, ty: Option<&'a str>, o
     out.push(Item::Node { value, ext, ty });
 }
 
+/// `obj["_" + name]`, a primitive's sibling, without allocating for the usual short names
+/// (navigation looks one up at every step).
+fn sibling<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let mut buf = [0u8; 64];
+    if let Some(rest) = buf.get_mut(1..=name.len()) {
+        rest.copy_from_slice(name.as_bytes());
+        buf[0] = b'_';
+        if let Ok(key) = std::str::from_utf8(&buf[..=name.len()]) {
+            return obj.get(key);
+        }
+    }
+    obj.get(&format!("_{name}"))
+}
+
 fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
     let v = obj.get(name);
-    let u = obj.get_key_value(&format!("_{name}")).map(|(_, u)| u);
+    let u = sibling(obj, name);
     if v.is_some() || u.is_some() {
         push_values(v, u, None, out);
         return;
@@ -1089,7 +1103,7 @@ fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
                     push_values(None, Some(v), Some(ty), out);
                 }
             } else {
-                push_values(Some(v), obj.get(&format!("_{k}")), Some(ty), out);
+                push_values(Some(v), sibling(obj, k), Some(ty), out);
             }
         }
     }
@@ -1118,7 +1132,7 @@ fn children<'a>(item: &Item<'a>) -> Coll<'a> {
             }
             continue;
         }
-        let u = obj.get(&format!("_{key}"));
+        let u = sibling(obj, key);
         push_values(Some(v), u, None, &mut out);
     }
     out
@@ -1131,6 +1145,55 @@ fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
 }
 
 fn distinct(c: Coll<'_>) -> Coll<'_> {
+    // An item is kept unless it equals (FHIRPath `=`) an item kept before it. Comparing every
+    // pair is quadratic (dom-3 unions every reference and URI of a resource), so plain
+    // strings are matched by their text through sets: a string equals only a string or a
+    // date of the same text. Other items (dates, numbers, objects) are still compared with
+    // the kept items that are not plain strings. Same items kept, same order.
+    let keep: Vec<bool> = {
+        let prims: Vec<Prim<'_>> = c.iter().map(Item::prim).collect();
+        let mut kept_strings: HashSet<&str> = HashSet::new();
+        let mut kept_dates: HashSet<&str> = HashSet::new();
+        let mut kept_others: Vec<usize> = Vec::new();
+        let mut keep = Vec::with_capacity(c.len());
+        for (i, p) in prims.iter().enumerate() {
+            let repeat = match *p {
+                Prim::Str(s) => kept_strings.contains(s) || kept_dates.contains(s),
+                Prim::Date(s) => {
+                    kept_strings.contains(s)
+                        || kept_others
+                            .iter()
+                            .any(|&o| item_eq(&c[o], &c[i]) == Some(true))
+                }
+                _ => kept_others
+                    .iter()
+                    .any(|&o| item_eq(&c[o], &c[i]) == Some(true)),
+            };
+            if !repeat {
+                match *p {
+                    Prim::Str(s) => {
+                        kept_strings.insert(s);
+                    }
+                    Prim::Date(s) => {
+                        kept_dates.insert(s);
+                        kept_others.push(i);
+                    }
+                    _ => kept_others.push(i),
+                }
+            }
+            keep.push(!repeat);
+        }
+        keep
+    };
+    c.into_iter()
+        .zip(keep)
+        .filter_map(|(i, k)| k.then_some(i))
+        .collect()
+}
+
+/// `distinct` by FHIRPath equality between every pair: what [`distinct`] must equal.
+#[cfg(test)]
+fn distinct_pairwise(c: Coll<'_>) -> Coll<'_> {
     let mut out: Coll<'_> = Vec::with_capacity(c.len());
     for i in c {
         if !out.iter().any(|o| item_eq(o, &i) == Some(true)) {
@@ -1382,5 +1445,56 @@ fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
         Some(Ordering::Equal)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `distinct` keeps exactly what comparing every pair keeps, in the same order: plain
+    /// strings, date-like text, numbers, objects, and mixes of them.
+    #[test]
+    fn distinct_of_strings_equals_the_pairwise_distinct() {
+        let values: Vec<Value> = (0..200)
+            .map(|i| Value::String(format!("urn:uuid:{}", (i * 7) % 53)))
+            .collect();
+        let items: Coll<'_> = values.iter().map(Item::node).collect();
+        let fast = distinct(items.clone());
+        assert_eq!(fast, distinct_pairwise(items));
+        assert_eq!(fast.len(), 53);
+        let strs: Coll<'_> = (0..20).map(|i| Item::Str(format!("a{}", i % 3))).collect();
+        assert_eq!(distinct(strs.clone()), distinct_pairwise(strs));
+        // Dates compare by FHIRPath date equality: the pairwise path decides.
+        let dates: Vec<Value> = (0..12)
+            .map(|i| Value::String(format!("2020-01-{:02}", 1 + i % 4)))
+            .collect();
+        let items: Coll<'_> = dates.iter().map(Item::node).collect();
+        assert_eq!(distinct(items.clone()).len(), 4);
+        assert_eq!(distinct(items.clone()), distinct_pairwise(items));
+        // A mix: strings equal to date text, dates of other precisions and zones, numbers,
+        // booleans, objects, quantities.
+        let mixed: Vec<Value> = serde_json::from_str(
+            r#"["2020-01-01", "x", "2020-01-01T10:00:00Z", "2020-01-01T11:00:00+01:00", 1, 1.0,
+                true, "2020", {"a": 1}, {"a": 1}, "x", "2020-01-01", false, 2, "y",
+                {"value": 1, "code": "mg"}, {"value": 1, "code": "mg"}, "2020-01", "2020-01"]"#,
+        )
+        .unwrap();
+        let mut items: Coll<'_> = mixed.iter().map(Item::node).collect();
+        items.push(Item::Str("2020-01-01".into()));
+        items.push(Item::Str("x".into()));
+        items.push(Item::DateTime("2020-01-01".into()));
+        items.push(Item::Int(1));
+        items.push(Item::Quantity(1.0, "mg".into()));
+        items.push(Item::Bool(true));
+        for start in 0..items.len() {
+            let mut rotated = items.clone();
+            rotated.rotate_left(start);
+            assert_eq!(
+                distinct(rotated.clone()),
+                distinct_pairwise(rotated),
+                "rotation {start}"
+            );
+        }
     }
 }
