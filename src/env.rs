@@ -11,8 +11,8 @@ use crate::config::{DataDir, PipelineConfig};
 use crate::events::EventBus;
 use crate::mapping::MappingSet;
 use crate::model::ChangeBatch;
-use crate::store::sqlite::SqliteStore;
 use crate::model::{PublishOutcome, ResourceChange, ResourceRef};
+use crate::store::sqlite::SqliteStore;
 use crate::store::{FhirStore, Outbox, OutboxEntry, StoreError, StoredVersion};
 use crate::validation::Validator;
 
@@ -68,9 +68,7 @@ impl Env {
         } else {
             MappingSet::new()
         });
-        let store = Arc::new(LazySqliteStore::new(
-            data.join(config.store.sqlite_path()),
-        ));
+        let store = Arc::new(LazySqliteStore::new(data.join(config.store.sqlite_path())));
         let bus = crate::events::bus_from_config(&config.events, data)?;
         Ok(Env {
             mappings,

@@ -265,6 +265,17 @@ pub fn emit_env() -> Result<(Arc<Env>, bool), EnvError> {
     reported(built)
 }
 
+/// The environment of `authorizer`: the partners and their keys from the pipeline file. A bad
+/// file or key is an init error reported to the Runtime API, as for the other functions.
+pub fn authorizer_env() -> Result<crate::gateway::auth::Authorizer, String> {
+    let built = load_config()
+        .map_err(|e| e.to_string())
+        .and_then(|(config, _)| {
+            crate::gateway::auth::Authorizer::from_config(&config).map_err(|e| e.to_string())
+        });
+    reported(built)
+}
+
 /// The DynamoDB table of the store: the variable (set by the stack) first, then the pipeline
 /// file; `None` for the embedded store.
 fn store_table(
@@ -368,12 +379,13 @@ async fn ingress(
 ) -> Result<Ingress, LocalError> {
     match state_machine {
         Some(arn) => {
-            let workflow = StepFunctionsWorkflow::from_env(&arn)
-                .await
-                .map_err(|e| LocalError::Input {
-                    file: "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN".into(),
-                    message: e.to_string(),
-                })?;
+            let workflow =
+                StepFunctionsWorkflow::from_env(&arn)
+                    .await
+                    .map_err(|e| LocalError::Input {
+                        file: "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN".into(),
+                        message: e.to_string(),
+                    })?;
             tracing::info!(state_machine = %arn, "unify runs on Step Functions");
             let workflow: Arc<dyn Workflow> = Arc::new(workflow);
             Ok(Ingress {
@@ -413,14 +425,14 @@ pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError
         Err(e) => Err(e),
     };
     let (ingress, table, mappings, sqlite) = reported(built)?;
-    let (validator, store): (LazyValidator, Arc<dyn crate::store::FhirStore>) =
-        match &ingress.local {
-            Some(runtime) => (runtime.env.validator.clone(), runtime.env.store.clone()),
-            None => (
-                LazyValidator::default(),
-                Arc::new(LazySqliteStore::new(sqlite)),
-            ),
-        };
+    let (validator, store): (LazyValidator, Arc<dyn crate::store::FhirStore>) = match &ingress.local
+    {
+        Some(runtime) => (runtime.env.validator.clone(), runtime.env.store.clone()),
+        None => (
+            LazyValidator::default(),
+            Arc::new(LazySqliteStore::new(sqlite)),
+        ),
+    };
     let mut env = crate::handlers::ingest_api::ApiEnv {
         ingest: ingress.ingest,
         mappings,
@@ -450,12 +462,9 @@ impl FileIngress {
         &self,
         event: serde_json::Value,
     ) -> Result<crate::handlers::ingest_dms::DmsIngestOutcome, LocalError> {
-        let outcome = crate::handlers::ingest_dms::handle(
-            event,
-            &self.ingress.ingest,
-            self.objects.clone(),
-        )
-        .await?;
+        let outcome =
+            crate::handlers::ingest_dms::handle(event, &self.ingress.ingest, self.objects.clone())
+                .await?;
         self.quarantine(&outcome.rejected).await?;
         Ok(outcome)
     }
@@ -740,10 +749,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config("");
         c.base_dir = dir.path().to_path_buf();
+        // As on the stack (a local bus would open its own file).
+        use_event_bus(&mut c, "stack-bus");
         let data = DataDir(dir.path().join("data"));
         let env = Env::lazy(&c, &data, false).unwrap();
         let quarantine = LazyLocalQuarantine::new(&c, &data);
-        assert!(env.mappings.get("app", "p").is_none(), "no mappings asked for");
+        assert!(
+            env.mappings.get("app", "p").is_none(),
+            "no mappings asked for"
+        );
         assert!(!data.0.exists(), "nothing is created at start");
 
         assert!(env.outbox.pending(10).await.unwrap().is_empty());
