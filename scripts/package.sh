@@ -9,6 +9,11 @@
 #
 # Usage: scripts/package.sh [PIPELINE_FILE]     (default: examples/fhir-unify.yaml)
 #
+#   FHIR_UNIFY_FUNCTIONS="validate transform"   package only these functions (default: all;
+#                                               fat LTO links each binary on one core)
+#   FHIR_UNIFY_PACKAGE_VENV=DIR                 the virtualenv for zig and cargo-zigbuild
+#                                               (default: .venv)
+#
 # Amazon Linux 2023 has glibc 2.34, older than this machine's: the binaries are linked with
 # cargo-zigbuild against glibc 2.34 (zig and cargo-zigbuild come from PyPI, installed into
 # .venv/), and the script fails if any binary needs a newer GLIBC symbol version.
@@ -22,17 +27,25 @@ glibc=2.34
 target=x86_64-unknown-linux-gnu
 out=target/lambda
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+venv="${FHIR_UNIFY_PACKAGE_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
 fi
-.venv/bin/pip install -q --disable-pip-version-check -r infra/requirements-package.txt
+"$venv/bin/pip" install -q --disable-pip-version-check -r infra/requirements-package.txt
 # cargo-zigbuild runs `python3 -m ziglang` when no `zig` is on PATH: the venv's python has it.
-export PATH="$PWD/.venv/bin:$PATH"
+export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 
 functions=()
-for dir in functions/*/; do
-  functions+=("$(basename "$dir")")
-done
+if [ -n "${FHIR_UNIFY_FUNCTIONS:-}" ]; then
+  for name in $FHIR_UNIFY_FUNCTIONS; do
+    [ -d "functions/$name" ] || { echo "package.sh: no function $name" >&2; exit 1; }
+    functions+=("$name")
+  done
+else
+  for dir in functions/*/; do
+    functions+=("$(basename "$dir")")
+  done
+fi
 packages=()
 for name in "${functions[@]}"; do packages+=(-p "$name"); done
 
@@ -43,7 +56,7 @@ echo "   built in $(( $(date +%s) - start )) s"
 
 # Deterministic zips: fixed timestamps, bootstrap executable.
 zip_files() { # zip_files ZIP DIR: every file under DIR, paths relative to DIR
-  .venv/bin/python - "$1" "$2" <<'EOF'
+  "$venv/bin/python" - "$1" "$2" <<'EOF'
 import os, sys, zipfile
 archive, root = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:

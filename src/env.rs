@@ -11,8 +11,9 @@ use crate::config::{DataDir, PipelineConfig};
 use crate::events::EventBus;
 use crate::mapping::MappingSet;
 use crate::model::ChangeBatch;
+use crate::model::{PublishOutcome, ResourceChange, ResourceRef};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{FhirStore, Outbox};
+use crate::store::{FhirStore, Outbox, OutboxEntry, StoreError, StoredVersion};
 use crate::validation::Validator;
 
 /// What the pipeline-step handlers (transform, validate, publish, emit) need.
@@ -54,6 +55,102 @@ impl Env {
             outbox: store,
             bus,
         })
+    }
+
+    /// The environment of a Lambda cold start: only what a function's handler uses is paid
+    /// for at init. The mappings are loaded when `mappings` is true (else the set is empty:
+    /// the function maps nothing); the validator is loaded on first use; the embedded SQLite
+    /// store is opened (its file created under `data`) on first use, so a function whose
+    /// store is DynamoDB or a FHIR server, or that uses none, never creates it.
+    pub fn lazy(config: &PipelineConfig, data: &DataDir, mappings: bool) -> Result<Env, EnvError> {
+        let mappings = Arc::new(if mappings {
+            config.load_mappings()?
+        } else {
+            MappingSet::new()
+        });
+        let store = Arc::new(LazySqliteStore::new(data.join(config.store.sqlite_path())));
+        let bus = crate::events::bus_from_config(&config.events, data)?;
+        Ok(Env {
+            mappings,
+            validator: LazyValidator::default(),
+            store: store.clone(),
+            outbox: store,
+            bus,
+        })
+    }
+}
+
+/// The embedded SQLite store, opened on first use: creating it in an empty folder (schema,
+/// WAL, a few fsyncs) is a cold start's largest local cost, which a function that reads and
+/// writes elsewhere should not pay. A failed open is reported by every call (the same
+/// message), as the eager open would have reported it once at start.
+#[derive(Debug)]
+pub struct LazySqliteStore {
+    path: std::path::PathBuf,
+    store: std::sync::OnceLock<Result<Arc<SqliteStore>, StoreError>>,
+}
+
+impl LazySqliteStore {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        LazySqliteStore {
+            path,
+            store: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether the store was opened (a call needed it).
+    pub fn is_open(&self) -> bool {
+        matches!(self.store.get(), Some(Ok(_)))
+    }
+
+    fn get(&self) -> Result<&SqliteStore, StoreError> {
+        match self
+            .store
+            .get_or_init(|| SqliteStore::open(&self.path).map(Arc::new))
+        {
+            Ok(store) => Ok(store),
+            // The same error, of the same kind, for every call (StoreError is not Clone).
+            Err(StoreError::Unavailable(m)) => Err(StoreError::Unavailable(m.clone())),
+            Err(StoreError::Invalid { target, reason }) => Err(StoreError::Invalid {
+                target: target.clone(),
+                reason: reason.clone(),
+            }),
+            Err(StoreError::Corrupt(m)) => Err(StoreError::Corrupt(m.clone())),
+        }
+    }
+}
+
+#[async_trait]
+impl FhirStore for LazySqliteStore {
+    async fn apply(&self, changes: &[ResourceChange]) -> Result<Vec<PublishOutcome>, StoreError> {
+        self.get()?.apply(changes).await
+    }
+
+    async fn read(&self, target: &ResourceRef) -> Result<Option<StoredVersion>, StoreError> {
+        self.get()?.read(target).await
+    }
+
+    async fn vread(
+        &self,
+        target: &ResourceRef,
+        version_id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        self.get()?.vread(target, version_id).await
+    }
+
+    async fn history(&self, target: &ResourceRef) -> Result<Vec<StoredVersion>, StoreError> {
+        self.get()?.history(target).await
+    }
+}
+
+#[async_trait]
+impl Outbox for LazySqliteStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.get()?.pending(limit).await
+    }
+
+    async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.get()?.mark_delivered(positions).await
     }
 }
 

@@ -12,6 +12,12 @@
 //! their batches to the Express `unify` machine on Step Functions instead of the in-process
 //! engine (see [`ingest_env`]).
 //!
+//! Each builder makes only what its function's handler uses ([`Env::lazy`]): the mappings only
+//! where something maps, the validator where something validates, the embedded SQLite store
+//! and the local queue only when a call needs them (never on the stack, whose store, queue and
+//! workflow are DynamoDB, SQS and Step Functions), so a cold start reads the pipeline file and
+//! builds SDK clients, and little else.
+//!
 //! A cold start that cannot build its environment (a bad pipeline file, say) is reported to
 //! the Lambda Runtime API's `/runtime/init/error` before the process exits, so the caller sees
 //! [`INIT_FAILED`] and the reason rather than a bare `Runtime.ExitError`.
@@ -22,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DataDir, EventBridgeConfig, EventsConfig, PipelineConfig};
-use crate::env::{Env, EnvError, IngestEnv};
+use crate::env::{Env, EnvError, IngestEnv, LazySqliteStore, LazyValidator, Workflow};
 use crate::gateway::{Gateway, GatewayError};
 use crate::handlers::errors::INIT_FAILED;
 use crate::local::{LocalError, LocalRuntime};
@@ -80,9 +86,24 @@ pub fn use_event_bus(config: &mut PipelineConfig, bus: &str) {
     }
 }
 
-/// The environment of the pipeline-step functions (transform, validate, publish, emit).
+/// The environment of `transform`: the mappings (nothing else it uses needs building).
 pub fn step_env() -> Result<Arc<Env>, EnvError> {
-    let built = load_config().and_then(|(config, data)| Env::from_config(&config, &data));
+    let built = load_config().and_then(|(config, data)| Env::lazy(&config, &data, true));
+    Ok(Arc::new(reported(built)?))
+}
+
+/// The environment of `validate`: the FHIR validator, loaded now rather than on the first
+/// invocation (every invocation needs it, and Lambda runs the init phase at full CPU); no
+/// mappings, no store.
+pub fn validate_env() -> Result<Arc<Env>, EnvError> {
+    let built = load_config()
+        .and_then(|(config, data)| Env::lazy(&config, &data, false))
+        .and_then(|mut env| {
+            let validator = crate::validation::Validator::r4()
+                .map_err(|e| EnvError::Validator(e.to_string()))?;
+            env.validator = LazyValidator::ready(Arc::new(validator));
+            Ok(env)
+        });
     Ok(Arc::new(reported(built)?))
 }
 
@@ -102,7 +123,7 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
                 ),
             }));
         }
-        Ok((Env::from_config(&config, &data)?, table, rest))
+        Ok((Env::lazy(&config, &data, false)?, table, rest))
     }) {
         Ok((mut env, Some(table), _)) => {
             tracing::info!(table = %table, "publish writes to the DynamoDB store");
@@ -136,8 +157,11 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
 /// trial only: /tmp does not outlive the execution environment). Chunk files are read from
 /// the DMS sources' locations (S3 for `s3://`); rejected records go to the SQS queue
 /// `FHIR_UNIFY_QUARANTINE_QUEUE_URL` when set, else to the local queue.
-pub async fn bulk_env() -> Result<Arc<crate::bulk::BulkEnv>, EnvError> {
+///
+/// Only `bulk-load-chunk` maps (`mappings`); the local queue is opened on the first rejection.
+pub async fn bulk_env(mappings: bool) -> Result<Arc<crate::bulk::BulkEnv>, EnvError> {
     let built = build_bulk_env(
+        mappings,
         std::env::var("FHIR_UNIFY_VERSIONS_TABLE").ok(),
         std::env::var("FHIR_UNIFY_STORE_TABLE").ok(),
         std::env::var("FHIR_UNIFY_QUARANTINE_QUEUE_URL").ok(),
@@ -147,11 +171,12 @@ pub async fn bulk_env() -> Result<Arc<crate::bulk::BulkEnv>, EnvError> {
 }
 
 async fn build_bulk_env(
+    mappings: bool,
     versions: Option<String>,
     store: Option<String>,
     quarantine_url: Option<String>,
 ) -> Result<crate::bulk::BulkEnv, EnvError> {
-    use crate::queue::{LocalQuarantine, Quarantine};
+    use crate::queue::Quarantine;
     use crate::store::dataset::DatasetStore;
     let setting = |name: &str, reason: String| {
         EnvError::Store(crate::store::StoreError::Invalid {
@@ -160,7 +185,7 @@ async fn build_bulk_env(
         })
     };
     let (config, data) = load_config()?;
-    let env = Env::from_config(&config, &data)?;
+    let env = Env::lazy(&config, &data, mappings)?;
     let datasets: Arc<dyn DatasetStore> = match versions.filter(|v| !v.is_empty()) {
         Some(table) => {
             if !crate::config::is_table_name(&table) {
@@ -189,14 +214,7 @@ async fn build_bulk_env(
         .map_err(|reason| setting("the pipeline file's DMS sources", reason))?;
     let quarantine: Arc<dyn Quarantine> = match sqs_quarantine(quarantine_url).await {
         Some(sqs) => sqs,
-        None => {
-            let queue = crate::local::queue::LocalQueue::open(&data.join("queue.db".as_ref()))
-                .map_err(|e| setting("the local quarantine queue", e.to_string()))?;
-            Arc::new(LocalQuarantine {
-                queue: Arc::new(queue),
-                name: config.quarantine.queue.clone(),
-            })
-        }
+        None => Arc::new(LazyLocalQuarantine::new(&config, &data)),
     };
     Ok(crate::bulk::BulkEnv {
         env: Arc::new(env),
@@ -242,8 +260,19 @@ pub async fn gateway_env() -> Result<Gateway, EnvError> {
 pub fn emit_env() -> Result<(Arc<Env>, bool), EnvError> {
     let built = load_config().and_then(|(config, data)| {
         let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
-        Ok((Arc::new(Env::from_config(&config, &data)?), table.is_some()))
+        Ok((Arc::new(Env::lazy(&config, &data, false)?), table.is_some()))
     });
+    reported(built)
+}
+
+/// The environment of `authorizer`: the partners and their keys from the pipeline file. A bad
+/// file or key is an init error reported to the Runtime API, as for the other functions.
+pub fn authorizer_env() -> Result<crate::gateway::auth::Authorizer, String> {
+    let built = load_config()
+        .map_err(|e| e.to_string())
+        .and_then(|(config, _)| {
+            crate::gateway::auth::Authorizer::from_config(&config).map_err(|e| e.to_string())
+        });
     reported(built)
 }
 
@@ -315,15 +344,12 @@ pub fn rest_store_config(
 
 /// The environment of an ingress function. When the stack names the Express `unify` machine
 /// (`FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN`), each batch is a `StartSyncExecution` of it
-/// ([`StepFunctionsWorkflow`]); without it, `unify` runs in-process on the project's ASL
-/// engine with the same step handlers (the embedded runtime, with its data under
-/// `FHIR_UNIFY_DATA_DIR`). Call it inside the Tokio runtime.
+/// ([`StepFunctionsWorkflow`]) and nothing local is built; without it, `unify` runs in-process
+/// on the project's ASL engine with the same step handlers (the embedded runtime, with its
+/// data under `FHIR_UNIFY_DATA_DIR`). Call it inside the Tokio runtime.
 pub async fn ingest_env() -> Result<IngestEnv, LocalError> {
-    let built = match load_config()
-        .map_err(LocalError::from)
-        .and_then(|(config, data)| LocalRuntime::open(config.as_ref().clone(), data))
-    {
-        Ok(runtime) => on_step_functions(runtime, unify_state_machine()).await,
+    let built = match load_config().map_err(LocalError::from) {
+        Ok((config, data)) => ingress(config, data, unify_state_machine()).await,
         Err(e) => Err(e),
     };
     Ok(reported(built)?.ingest)
@@ -336,45 +362,83 @@ fn unify_state_machine() -> Option<String> {
         .filter(|v| !v.trim().is_empty())
 }
 
-/// `runtime`, with its ingress handing batches to Step Functions when the stack named the
-/// `unify` machine; the in-process engine stays for what runs locally (quarantine of records
-/// an ingress itself rejects).
-async fn on_step_functions(
-    mut runtime: LocalRuntime,
+/// What an ingress function hands its batches to.
+#[derive(Debug)]
+pub struct Ingress {
+    pub ingest: IngestEnv,
+    /// The embedded runtime when `unify` runs in-process; `None` on Step Functions.
+    pub local: Option<Arc<LocalRuntime>>,
+}
+
+/// The ingress of a function: on Step Functions when the stack named the `unify` machine (no
+/// store, queue or engine is opened then), else the embedded runtime.
+async fn ingress(
+    config: Arc<PipelineConfig>,
+    data: DataDir,
     state_machine: Option<String>,
-) -> Result<LocalRuntime, LocalError> {
-    if let Some(arn) = state_machine {
-        let workflow =
-            StepFunctionsWorkflow::from_env(&arn)
-                .await
-                .map_err(|e| LocalError::Input {
-                    file: "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN".into(),
-                    message: e.to_string(),
-                })?;
-        tracing::info!(state_machine = %arn, "unify runs on Step Functions");
-        runtime.ingest.workflow = Arc::new(workflow);
+) -> Result<Ingress, LocalError> {
+    match state_machine {
+        Some(arn) => {
+            let workflow =
+                StepFunctionsWorkflow::from_env(&arn)
+                    .await
+                    .map_err(|e| LocalError::Input {
+                        file: "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN".into(),
+                        message: e.to_string(),
+                    })?;
+            tracing::info!(state_machine = %arn, "unify runs on Step Functions");
+            let workflow: Arc<dyn Workflow> = Arc::new(workflow);
+            Ok(Ingress {
+                ingest: IngestEnv { config, workflow },
+                local: None,
+            })
+        }
+        None => {
+            let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
+            Ok(Ingress {
+                ingest: runtime.ingest.clone(),
+                local: Some(Arc::new(runtime)),
+            })
+        }
     }
-    Ok(runtime)
 }
 
 /// The environment of `ingest-api`: the ingress environment (Step Functions when the stack
-/// names the `unify` machine, as [`ingest_env`]), mappings, validator and store (a
-/// transaction is checked whole before `unify` runs it; the store is the DynamoDB table when
-/// `FHIR_UNIFY_STORE_TABLE` names one, as for `publish`). Call it inside the Tokio runtime.
+/// names the `unify` machine, as [`ingest_env`]), mappings, validator (loaded on first use)
+/// and store (a transaction is checked whole before `unify` runs it; the store is the DynamoDB
+/// table when `FHIR_UNIFY_STORE_TABLE` names one, as for `publish`). Call it inside the Tokio
+/// runtime.
 pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError> {
     let built = match load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
             let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
-            Ok((LocalRuntime::open(config.as_ref().clone(), data)?, table))
+            let mappings = Arc::new(config.load_mappings().map_err(EnvError::from)?);
+            Ok((config, data, table, mappings))
         }) {
-        Ok((runtime, table)) => on_step_functions(runtime, unify_state_machine())
-            .await
-            .map(|runtime| (runtime, table)),
+        Ok((config, data, table, mappings)) => {
+            let sqlite = data.join(config.store.sqlite_path());
+            ingress(config, data, unify_state_machine())
+                .await
+                .map(|ingress| (ingress, table, mappings, sqlite))
+        }
         Err(e) => Err(e),
     };
-    let (runtime, table) = reported(built)?;
-    let mut env = crate::handlers::ingest_api::ApiEnv::from_runtime(&runtime);
+    let (ingress, table, mappings, sqlite) = reported(built)?;
+    let (validator, store): (LazyValidator, Arc<dyn crate::store::FhirStore>) = match &ingress.local
+    {
+        Some(runtime) => (runtime.env.validator.clone(), runtime.env.store.clone()),
+        None => (
+            LazyValidator::default(),
+            Arc::new(LazySqliteStore::new(sqlite)),
+        ),
+    };
+    let mut env = crate::handlers::ingest_api::ApiEnv {
+        ingest: ingress.ingest,
+        mappings,
+        validator,
+        store,
+    };
     if let Some(table) = table {
         // The answer to a write is the resource as publish stored it: read it from there.
         env.store = Arc::new(DynamoStore::from_environment(table).await);
@@ -382,28 +446,82 @@ pub async fn api_env() -> Result<crate::handlers::ingest_api::ApiEnv, LocalError
     Ok(env)
 }
 
-/// The environment of `ingest-dms`: the embedded runtime and the object store its DMS sources
-/// name (S3 for `s3://` locations, through the SDK configured from the environment; local
-/// folders as buckets named after their source). Rows and files it refuses go to the SQS queue
+/// What `ingest-dms` and `ingest-transfer` run on: the ingress, the object store their sources
+/// name, and where the rows and files they refuse themselves go.
+#[derive(Debug)]
+pub struct FileIngress {
+    pub ingress: Ingress,
+    pub objects: Arc<dyn ObjectStore>,
+    pub rejections: Arc<dyn crate::queue::Quarantine>,
+}
+
+impl FileIngress {
+    /// Reads the DMS files an S3 event announces, hands their changes to `unify`, and
+    /// quarantines what it refused.
+    pub async fn deliver_dms(
+        &self,
+        event: serde_json::Value,
+    ) -> Result<crate::handlers::ingest_dms::DmsIngestOutcome, LocalError> {
+        let outcome =
+            crate::handlers::ingest_dms::handle(event, &self.ingress.ingest, self.objects.clone())
+                .await?;
+        self.quarantine(&outcome.rejected).await?;
+        Ok(outcome)
+    }
+
+    /// Reads the Transfer files an event announces, as [`FileIngress::deliver_dms`].
+    pub async fn deliver_transfer(
+        &self,
+        event: serde_json::Value,
+    ) -> Result<crate::handlers::ingest_transfer::TransferIngestOutcome, LocalError> {
+        let outcome = crate::handlers::ingest_transfer::handle(
+            event,
+            &self.ingress.ingest,
+            self.objects.clone(),
+        )
+        .await?;
+        self.quarantine(&outcome.rejected).await?;
+        Ok(outcome)
+    }
+
+    async fn quarantine(&self, rejected: &[crate::model::Rejection]) -> Result<(), LocalError> {
+        for r in rejected {
+            let failed = |message: String| LocalError::Input {
+                file: "quarantine".into(),
+                message,
+            };
+            let body = serde_json::to_string(r).map_err(|e| failed(e.to_string()))?;
+            self.rejections
+                .send(&body)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The environment of `ingest-dms`: the ingress and the object store its DMS sources name (S3
+/// for `s3://` locations, through the SDK configured from the environment; local folders as
+/// buckets named after their source). Rows and files it refuses go to the SQS queue
 /// `FHIR_UNIFY_QUARANTINE_QUEUE_URL` when set (the stack sets it), else to the local queue.
 /// Call it inside the Tokio runtime.
-pub async fn dms_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+pub async fn dms_env() -> Result<FileIngress, LocalError> {
     file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env)).await
 }
 
-/// The environment of `ingest-transfer`: the embedded runtime and the object store its
-/// Transfer sources name, routed as [`dms_env`] routes DMS sources (S3 for `s3://`
-/// locations, local folders as buckets named after their source), with rejections sent as
-/// [`dms_env`] sends them. Call it inside the Tokio runtime.
-pub async fn transfer_env() -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+/// The environment of `ingest-transfer`: the ingress and the object store its Transfer
+/// sources name, routed as [`dms_env`] routes DMS sources (S3 for `s3://` locations, local
+/// folders as buckets named after their source), with rejections sent as [`dms_env`] sends
+/// them. Call it inside the Tokio runtime.
+pub async fn transfer_env() -> Result<FileIngress, LocalError> {
     file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env)).await
 }
 
-/// The runtime (its ingress on Step Functions when the stack names the `unify` machine) and
-/// the object store `objects` builds for the pipeline file.
+/// The ingress (on Step Functions when the stack names the `unify` machine) and the object
+/// store `objects` builds for the pipeline file.
 async fn file_source_env(
     objects: impl FnOnce(&PipelineConfig) -> Result<Arc<dyn ObjectStore>, String>,
-) -> Result<(Arc<LocalRuntime>, Arc<dyn ObjectStore>), LocalError> {
+) -> Result<FileIngress, LocalError> {
     let opened = load_config()
         .map_err(LocalError::from)
         .and_then(|(config, data)| {
@@ -411,24 +529,74 @@ async fn file_source_env(
                 file: config.file.display().to_string(),
                 message,
             })?;
-            let runtime = LocalRuntime::open(config.as_ref().clone(), data)?;
-            Ok((runtime, objects))
+            Ok((config, data, objects))
         });
     let built = match opened {
-        Ok((mut runtime, objects)) => {
-            // Rows and files the function refuses itself go to the stack's quarantine queue.
-            if let Some(sqs) =
-                sqs_quarantine(std::env::var("FHIR_UNIFY_QUARANTINE_QUEUE_URL").ok()).await
-            {
-                runtime.rejections = sqs;
-            }
-            on_step_functions(runtime, unify_state_machine())
+        Ok((config, data, objects)) => {
+            let sqs = sqs_quarantine(std::env::var("FHIR_UNIFY_QUARANTINE_QUEUE_URL").ok()).await;
+            let lazy_local = LazyLocalQuarantine::new(&config, &data);
+            ingress(config, data, unify_state_machine())
                 .await
-                .map(|runtime| (Arc::new(runtime), objects))
+                .map(|ingress| {
+                    // Rows and files the function refuses itself go to the stack's quarantine
+                    // queue; else to the embedded runtime's queue (opened when first needed
+                    // if `unify` itself runs on Step Functions).
+                    let rejections = match (sqs, &ingress.local) {
+                        (Some(sqs), _) => sqs,
+                        (None, Some(runtime)) => runtime.rejections.clone(),
+                        (None, None) => Arc::new(lazy_local),
+                    };
+                    FileIngress {
+                        ingress,
+                        objects,
+                        rejections,
+                    }
+                })
         }
         Err(e) => Err(e),
     };
     reported(built)
+}
+
+/// The local quarantine queue (`queue.db` under the data folder), opened on the first message:
+/// a function whose rejections go to SQS, or that rejects nothing, never creates it.
+#[derive(Debug)]
+pub struct LazyLocalQuarantine {
+    path: PathBuf,
+    name: String,
+    queue: std::sync::OnceLock<Result<crate::queue::LocalQuarantine, String>>,
+}
+
+impl LazyLocalQuarantine {
+    pub fn new(config: &PipelineConfig, data: &DataDir) -> Self {
+        LazyLocalQuarantine {
+            path: data.join("queue.db".as_ref()),
+            name: config.quarantine.queue.clone(),
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::queue::Quarantine for LazyLocalQuarantine {
+    async fn send(&self, body: &str) -> Result<String, crate::queue::QuarantineError> {
+        let queue = self.queue.get_or_init(|| {
+            crate::local::queue::LocalQueue::open(&self.path)
+                .map(|queue| crate::queue::LocalQuarantine {
+                    queue: Arc::new(queue),
+                    name: self.name.clone(),
+                })
+                .map_err(|e| format!("{}: {e}", self.path.display()))
+        });
+        match queue {
+            Ok(queue) => queue.send(body).await,
+            Err(message) => Err(crate::queue::QuarantineError::Send {
+                queue: self.name.clone(),
+                message: message.clone(),
+                retryable: true,
+            }),
+        }
+    }
 }
 
 /// The stack's SQS quarantine queue (`FHIR_UNIFY_QUARANTINE_QUEUE_URL`; empty is none), through
@@ -532,7 +700,7 @@ mod tests {
     #[tokio::test]
     async fn the_stacks_state_machine_replaces_the_in_process_engine_and_a_bad_arn_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
+        let config = {
             let mut c = config("");
             c.base_dir = dir.path().to_path_buf();
             std::fs::write(
@@ -540,21 +708,31 @@ mod tests {
                 "source: app\nentity: p\nresources:\n  - resourceType: Patient\n    template: { gender: \"{{ record.sex }}\" }\n",
             )
             .unwrap();
-            LocalRuntime::open(c, DataDir(dir.path().join("data"))).unwrap()
+            Arc::new(c)
         };
-        let local = on_step_functions(open(), None).await.unwrap();
-        assert!(format!("{:?}", local.ingest.workflow).starts_with("LocalWorkflow"));
-
+        // On Step Functions nothing local is opened: no store, queue or engine under /tmp.
+        let cloud = DataDir(dir.path().join("cloud"));
         let arn = "arn:aws:states:us-east-1:123456789012:stateMachine:stack-unify";
-        let aws = on_step_functions(open(), Some(arn.into())).await.unwrap();
+        let aws = ingress(config.clone(), cloud.clone(), Some(arn.into()))
+            .await
+            .unwrap();
         let described = format!("{:?}", aws.ingest.workflow);
         assert!(
             described.starts_with("StepFunctionsWorkflow"),
             "{described}"
         );
         assert!(described.contains(arn));
+        assert!(aws.local.is_none());
+        assert!(!cloud.0.exists(), "the data folder stays untouched");
 
-        let err = on_step_functions(open(), Some("unify".into()))
+        let local = ingress(config.clone(), DataDir(dir.path().join("data")), None)
+            .await
+            .unwrap();
+        assert!(format!("{:?}", local.ingest.workflow).starts_with("LocalWorkflow"));
+        assert!(local.local.is_some());
+        assert!(dir.path().join("data/queue.db").exists());
+
+        let err = ingress(config, cloud.clone(), Some("unify".into()))
             .await
             .unwrap_err();
         assert!(
@@ -562,6 +740,48 @@ mod tests {
                 .contains("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_lazy_sqlite_store_and_queue_are_created_by_their_first_use_only() {
+        use crate::queue::Quarantine;
+        use crate::store::{FhirStore, Outbox};
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("");
+        c.base_dir = dir.path().to_path_buf();
+        // As on the stack (a local bus would open its own file).
+        use_event_bus(&mut c, "stack-bus");
+        let data = DataDir(dir.path().join("data"));
+        let env = Env::lazy(&c, &data, false).unwrap();
+        let quarantine = LazyLocalQuarantine::new(&c, &data);
+        assert!(
+            env.mappings.get("app", "p").is_none(),
+            "no mappings asked for"
+        );
+        assert!(!data.0.exists(), "nothing is created at start");
+
+        assert!(env.outbox.pending(10).await.unwrap().is_empty());
+        let target = crate::model::ResourceRef {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+        };
+        assert!(env.store.read(&target).await.unwrap().is_none());
+        assert!(data.join(c.store.sqlite_path()).exists());
+        assert!(!data.join("queue.db".as_ref()).exists());
+        quarantine.send("{\"reason\":\"test\"}").await.unwrap();
+        assert!(data.join("queue.db".as_ref()).exists());
+
+        // A store that cannot be opened fails each call with the open's error.
+        std::fs::write(dir.path().join("file"), "not a folder").unwrap();
+        let broken = LazySqliteStore::new(dir.path().join("file/store.db"));
+        let first = broken.read(&target).await.unwrap_err().to_string();
+        let second = broken.pending(1).await.unwrap_err().to_string();
+        assert_eq!(first, second);
+        assert!(first.contains("file"), "names the place: {first}");
+        assert!(!broken.is_open());
+        let broken_queue = LazyLocalQuarantine::new(&c, &DataDir(dir.path().join("file")));
+        let err = broken_queue.send("{}").await.unwrap_err().to_string();
+        assert!(err.contains("queue.db"), "{err}");
     }
 
     const SOURCES: &str = "sources:\n  - name: app\n    dynamodb: { table: Patients }\n    entities: { p: { key: [pk], mapping: m.yaml } }\n";

@@ -596,3 +596,150 @@ pub fn assert_bad_input_then_recovers(
     answers.push(answer);
     answers
 }
+
+// ---- the stack's environment and cold-start timings (issue 8) ----------------------------
+
+/// The variables `infra/template.yaml` sets on `function` (the Globals and the function's own,
+/// with made-up resource names; `FHIR_UNIFY_CONFIG` and `FHIR_UNIFY_DATA_DIR` are set by
+/// [`Function::start_with`]), and those Lambda itself sets for the SDK: region and the role's
+/// credentials. `AWS_ENDPOINT_URL` points every client at `endpoint` (a moto server, or an
+/// address where nothing listens when the event needs no AWS call).
+pub fn stack_env(function: &str, endpoint: &str) -> Vec<(&'static str, String)> {
+    let account = "123456789012";
+    let arn = format!("arn:aws:states:us-east-1:{account}:stateMachine:stack-unify");
+    let queue = format!("{endpoint}/{account}/stack-Quarantine");
+    let mut env = vec![
+        ("FHIR_UNIFY_EVENT_BUS", "stack-ChangeEventBus".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_SESSION_TOKEN", "testing".to_owned()),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+    ];
+    let store = ("FHIR_UNIFY_STORE_TABLE", "stack-FhirStore".to_owned());
+    let versions = (
+        "FHIR_UNIFY_VERSIONS_TABLE",
+        "stack-DatasetVersions".to_owned(),
+    );
+    let machine = ("FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN", arn);
+    let quarantine = ("FHIR_UNIFY_QUARANTINE_QUEUE_URL", queue);
+    match function {
+        "ingest-dynamodb" => env.push(machine),
+        "ingest-dms" | "ingest-transfer" => env.extend([machine, quarantine]),
+        "ingest-api" => env.extend([machine, store]),
+        "publish" | "emit" | "gateway" => env.push(store),
+        "bulk-begin" | "bulk-finalize" | "bulk-fail" => env.extend([versions, store]),
+        "bulk-load-chunk" => env.extend([versions, store, quarantine]),
+        "transform" | "validate" | "authorizer" => {}
+        other => panic!("no template entry for {other}"),
+    }
+    env
+}
+
+/// An address where nothing listens: an SDK call there fails at once (the events timed with
+/// [`stack_env`] need no AWS call).
+pub const NO_AWS: &str = "http://127.0.0.1:9";
+
+/// CPU time (user + system) the process has used so far, over all its threads, from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds, unlike `/proc/<pid>/stat`'s clock ticks).
+pub fn cpu_time(pid: u32) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Cold starts of `binary` with the stack's environment (`env`, see [`stack_env`]): `runs`
+/// fresh processes, each with an empty data folder under `dir` (a new execution environment),
+/// each timed from process start to the answer to `event`, with the CPU time it used by then;
+/// the last one then answers `invocations` more `event`s. Prints one `TIMING` line (run the
+/// test with `--nocapture`; never asserted) and returns the answers to the first event, for
+/// the caller to check.
+#[allow(clippy::too_many_arguments)]
+pub fn time_cold_starts(
+    name: &str,
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    env: &[(&str, String)],
+    event: &Value,
+    runs: usize,
+    invocations: usize,
+) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    let mut walls = Vec::new();
+    let mut cpus = Vec::new();
+    let mut rounds = Vec::new();
+    for run in 0..runs {
+        let api = RuntimeApi::start();
+        let first = api.invoke(event);
+        let data = dir.join(format!("cold-{run}"));
+        let function = Function::start_with(binary, &api, config, &data, env);
+        let (answer, at) = api.answer(&first);
+        cpus.push(cpu_time(function.child.id()));
+        walls.push(at.duration_since(function.started));
+        if run + 1 == runs {
+            for _ in 0..invocations {
+                let sent = Instant::now();
+                let id = api.invoke(event);
+                let (again, at) = api.answer(&id);
+                assert_eq!(
+                    std::mem::discriminant(&again),
+                    std::mem::discriminant(&answer),
+                    "{again:?}"
+                );
+                rounds.push(at.duration_since(sent));
+            }
+        }
+        assert!(
+            api.unknown_requests().is_empty(),
+            "{:?}",
+            api.unknown_requests()
+        );
+        answers.push(answer);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).map_or(0.0, |d| ms(*d))
+    };
+    let (min, max) = (
+        walls.iter().min().map_or(0.0, |d| ms(*d)),
+        walls.iter().max().map_or(0.0, |d| ms(*d)),
+    );
+    eprintln!(
+        "TIMING {name} ({}): cold start median {:.1} ms (min {min:.1}, max {max:.1}, {runs} runs), \
+         CPU user+sys median {:.1} ms; {invocations} invocations: median {:.2} ms",
+        binary.display(),
+        median(&mut walls),
+        median(&mut cpus),
+        median(&mut rounds),
+    );
+    answers
+}
+
+/// A test fixture of the repository (`tests/fixtures/<name>`), as JSON.
+pub fn fixture(root: &Path, name: &str) -> Value {
+    let path = root.join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// How many cold starts the stack-environment timing tests make (`FHIR_UNIFY_COLD_RUNS`,
+/// default 3: enough to exercise the path in the test command; BENCHMARKS.md uses more).
+pub fn cold_runs() -> usize {
+    std::env::var("FHIR_UNIFY_COLD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}

@@ -8,7 +8,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
-    let env = fhir_unify::lambda::bulk_env().await?;
+    let env = fhir_unify::lambda::bulk_env(false).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let env = env.clone();
         async move { invoke(BulkStep::Begin, event.payload, &env).await }

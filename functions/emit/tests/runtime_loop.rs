@@ -98,3 +98,24 @@ fn cold_start_and_invocation_timings() {
         50,
     );
 }
+
+/// The state machine's Emit step with the stack's DynamoDB store: the table's stream publishes the events, so the step relays nothing and calls nothing.
+#[test]
+fn cold_start_with_the_stacks_environment() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let event = serde_json::json!({ "trigger": "timing" });
+    let answers = time_cold_starts(
+        "emit",
+        &binary(),
+        &example_config(&root),
+        dir.path(),
+        &stack_env("emit", NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        assert!(answer.response().is_object(), "{answer:?}");
+    }
+}

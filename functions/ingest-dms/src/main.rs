@@ -12,12 +12,11 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     fhir_unify::lambda::init_tracing();
-    let (runtime, objects) = fhir_unify::lambda::dms_env().await?;
+    let ingress = std::sync::Arc::new(fhir_unify::lambda::dms_env().await?);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let runtime = runtime.clone();
-        let objects = objects.clone();
+        let ingress = ingress.clone();
         async move {
-            let o = runtime.deliver_dms(event.payload, objects).await?;
+            let o = ingress.deliver_dms(event.payload).await?;
             Ok::<Value, Error>(json!({
                 "objects": o.objects,
                 "files": o.files.len(),

@@ -183,3 +183,27 @@ fn with_the_stacks_state_machine_each_batch_is_a_sync_execution_on_step_function
     assert_eq!(local_events.lines().count(), 0, "{local_events}");
     assert!(api.unknown_requests().is_empty());
 }
+
+/// A stream batch with no records (what the event source mapping never sends, but the
+/// smallest event the handler takes whole): answered with no Step Functions call; every other
+/// batch is a `StartSyncExecution`.
+#[test]
+fn cold_start_with_the_stacks_environment() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let event = serde_json::json!({ "Records": [] });
+    let answers = time_cold_starts(
+        "ingest-dynamodb",
+        &binary(),
+        &example_config(&root),
+        dir.path(),
+        &stack_env("ingest-dynamodb", NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        let r = answer.response();
+        assert_eq!(r["batchItemFailures"], serde_json::json!([]), "{r}");
+    }
+}

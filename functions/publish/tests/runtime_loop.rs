@@ -78,3 +78,26 @@ fn cold_start_and_invocation_timings() {
         50,
     );
 }
+
+/// A validated batch with nothing left to store (every change rejected upstream): answered with no call to the stack's DynamoDB table, which every other batch writes to.
+#[test]
+fn cold_start_with_the_stacks_environment() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let event = serde_json::json!({ "batchId": "timing", "items": [], "rejected": [] });
+    let answers = time_cold_starts(
+        "publish",
+        &binary(),
+        &example_config(&root),
+        dir.path(),
+        &stack_env("publish", NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        let r = answer.response();
+        assert_eq!(r["batchId"], "timing");
+        assert_eq!(r["published"], serde_json::json!([]), "{r}");
+    }
+}

@@ -77,3 +77,25 @@ fn cold_start_and_invocation_timings() {
         50,
     );
 }
+
+/// A change batch of the example: mapped, with no call to anything (the bus is the stack's EventBridge bus, unused here).
+#[test]
+fn cold_start_with_the_stacks_environment() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let (batch, _) = change_batch(&root, "001-initial-load.json");
+    let event = serde_json::to_value(&batch).unwrap();
+    let answers = time_cold_starts(
+        "transform",
+        &binary(),
+        &example_config(&root),
+        dir.path(),
+        &stack_env("transform", NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        assert!(!answer.response()["items"].as_array().unwrap().is_empty());
+    }
+}

@@ -80,3 +80,26 @@ fn cold_start_and_invocation_timings() {
         50,
     );
 }
+
+/// A mapped batch of the example: validated, with no call to anything (the validator is loaded at init).
+#[test]
+fn cold_start_with_the_stacks_environment() {
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let event = mapped_batch(&root, &dir.path().join("prepare"));
+    let answers = time_cold_starts(
+        "validate",
+        &binary(),
+        &example_config(&root),
+        dir.path(),
+        &stack_env("validate", NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        let r = answer.response();
+        assert_eq!(r["batchId"], event["batchId"]);
+        assert!(!r["items"].as_array().unwrap().is_empty(), "{r}");
+    }
+}
