@@ -743,3 +743,35 @@ pub fn cold_runs() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
 }
+
+/// Times the cold starts of a function whose every real request calls AWS (the bulk steps)
+/// with a request of the wrong shape: the function must refuse it as a `FhirUnify.*` error
+/// before any AWS call, so the timing is that of the runtime and the environment.
+pub fn assert_cold_start_refuses_a_wrong_request(manifest_dir: &str, name: &str, binary: &Path) {
+    let root = repo_root(manifest_dir);
+    let dir = tempfile::tempdir().unwrap();
+    let event = serde_json::json!({ "unexpected": true });
+    let answers = time_cold_starts(
+        name,
+        binary,
+        &example_config(&root),
+        dir.path(),
+        &stack_env(name, NO_AWS),
+        &event,
+        cold_runs(),
+        20,
+    );
+    for answer in &answers {
+        match answer {
+            Answer::Error {
+                error_type,
+                error_message,
+                ..
+            } => {
+                assert!(error_type.starts_with("FhirUnify."), "{answer:?}");
+                assert!(!error_message.is_empty());
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
+}

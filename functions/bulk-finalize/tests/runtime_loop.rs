@@ -17,30 +17,9 @@ fn binary() -> std::path::PathBuf {
 /// A request of the wrong shape: refused before the versions table, SSM or S3 is called (every real request of this step calls DynamoDB; the timing is that of the runtime and the environment).
 #[test]
 fn cold_start_with_the_stacks_environment() {
-    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    let event = serde_json::json!({ "unexpected": true });
-    let answers = time_cold_starts(
+    assert_cold_start_refuses_a_wrong_request(
+        env!("CARGO_MANIFEST_DIR"),
         "bulk-finalize",
         &binary(),
-        &example_config(&root),
-        dir.path(),
-        &stack_env("bulk-finalize", NO_AWS),
-        &event,
-        cold_runs(),
-        20,
     );
-    for answer in &answers {
-        match answer {
-            Answer::Error {
-                error_type,
-                error_message,
-                ..
-            } => {
-                assert!(error_type.starts_with("FhirUnify."), "{answer:?}");
-                assert!(!error_message.is_empty());
-            }
-            other => panic!("expected the refusal, got {other:?}"),
-        }
-    }
 }
