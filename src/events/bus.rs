@@ -28,10 +28,7 @@ use super::pattern::EventPattern;
 use super::targets::{
     NdjsonTarget, RetryPolicy, SSE_CHANNEL_CAPACITY, SseMessage, SseTarget, Target, WebhookTarget,
 };
-use super::{
-    BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult,
-    entry_size,
-};
+use super::{BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRY_BYTES, PutEntryResult, entry_size};
 use crate::config::{DataDir, LocalBusConfig};
 use crate::model::ChangeEvent;
 
@@ -436,12 +433,7 @@ impl LocalBus {
 #[async_trait]
 impl EventBus for LocalBus {
     async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > MAX_ENTRIES_PER_PUT {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
-                events.len()
-            )));
-        }
+        super::check_put_size(events)?;
         self.put(events).await
     }
 
@@ -450,12 +442,7 @@ impl EventBus for LocalBus {
     }
 
     async fn put_page(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > LOCAL_PAGE_EVENTS {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one page; the local bus takes at most {LOCAL_PAGE_EVENTS}",
-                events.len()
-            )));
-        }
+        super::check_page_size(events)?;
         self.put(events).await
     }
 

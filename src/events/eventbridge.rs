@@ -436,12 +436,7 @@ impl EventBridgeBus {
 #[async_trait]
 impl EventBus for EventBridgeBus {
     async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > MAX_ENTRIES_PER_PUT {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
-                events.len()
-            )));
-        }
+        super::check_put_size(events)?;
         let mut results: Vec<Option<PutEntryResult>> = vec![None; events.len()];
         // (index in `events`, entry) of what is still to send.
         let mut pending: Vec<(usize, Entry)> = Vec::with_capacity(events.len());

@@ -14,10 +14,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{
-    BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRIES_PER_PUT, MAX_ENTRY_BYTES, PutEntryResult,
-    entry_size,
-};
+use super::{BusError, EventBus, LOCAL_PAGE_EVENTS, MAX_ENTRY_BYTES, PutEntryResult, entry_size};
 use crate::model::ChangeEvent;
 
 /// The account and region written in local event envelopes.
@@ -227,12 +224,7 @@ fn repair_and_read_tail(file: &mut File) -> std::io::Result<Recent> {
 #[async_trait]
 impl EventBus for NdjsonBus {
     async fn put_events(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > MAX_ENTRIES_PER_PUT {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
-                events.len()
-            )));
-        }
+        super::check_put_size(events)?;
         self.put(events)
     }
 
@@ -241,12 +233,7 @@ impl EventBus for NdjsonBus {
     }
 
     async fn put_page(&self, events: &[ChangeEvent]) -> Result<Vec<PutEntryResult>, BusError> {
-        if events.len() > LOCAL_PAGE_EVENTS {
-            return Err(BusError::Invalid(format!(
-                "{} entries in one page; the local bus takes at most {LOCAL_PAGE_EVENTS}",
-                events.len()
-            )));
-        }
+        super::check_page_size(events)?;
         self.put(events)
     }
 }

@@ -28,6 +28,29 @@ pub const MAX_ENTRIES_PER_PUT: usize = 10;
 /// archive commit and one `fsync` per target for the page, instead of one per 10 events.
 pub const LOCAL_PAGE_EVENTS: usize = 1_000;
 
+/// Refuses a `put_events` call of more entries than `PutEvents` takes (every bus keeps that
+/// limit, so local runs refuse what AWS would).
+pub(crate) fn check_put_size(events: &[ChangeEvent]) -> Result<(), BusError> {
+    if events.len() > MAX_ENTRIES_PER_PUT {
+        return Err(BusError::Invalid(format!(
+            "{} entries in one call; PutEvents takes at most {MAX_ENTRIES_PER_PUT}",
+            events.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `put_page` call to a local bus of more than [`LOCAL_PAGE_EVENTS`] entries.
+pub(crate) fn check_page_size(events: &[ChangeEvent]) -> Result<(), BusError> {
+    if events.len() > LOCAL_PAGE_EVENTS {
+        return Err(BusError::Invalid(format!(
+            "{} entries in one page; the local bus takes at most {LOCAL_PAGE_EVENTS}",
+            events.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Entry error code for the entries of a page after a failed one (not attempted, to keep the
 /// order).
 pub const PRECEDING_ENTRY_FAILED: &str = "PrecedingEntryFailed";
