@@ -93,9 +93,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
-    KeysAndAttributes, Put, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
@@ -126,8 +125,6 @@ pub const MAX_TRANSACTION_ITEMS: usize = 100;
 pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 /// Size of one item (DynamoDB's limit: 400 KB, attribute names included).
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-/// Keys in one `BatchGetItem` call (DynamoDB's limit).
-const MAX_BATCH_GET_KEYS: usize = 100;
 /// Attempts of one transaction that keeps losing a race to other writers, and of a batch read
 /// that keeps coming back with unprocessed keys.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -519,62 +516,18 @@ impl DynamoStore {
         &self,
         targets: &[ResourceRef],
     ) -> Result<HashMap<ResourceRef, Current>, StoreError> {
+        let keys: Vec<(String, String)> = targets
+            .iter()
+            .map(|t| (pk(t), CURRENT_SK.to_owned()))
+            .collect();
+        let items = self.batch_get(&keys).await?;
         let mut out = HashMap::with_capacity(targets.len());
-        let by_pk: HashMap<String, &ResourceRef> = targets.iter().map(|t| (pk(t), t)).collect();
-        for chunk in targets.chunks(MAX_BATCH_GET_KEYS) {
-            let mut keys = KeysAndAttributes::builder().consistent_read(true);
-            for target in chunk {
-                keys = keys.keys(key(target, CURRENT_SK));
-            }
-            let mut pending = Some(
-                keys.build()
-                    .map_err(|e| StoreError::Unavailable(format!("table {}: {e}", self.table)))?,
-            );
-            let mut attempt = 1;
-            while let Some(request) = pending.take() {
-                let answer = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(|e| self.sdk_err("BatchGetItem", e))?;
-                for item in answer
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
-                    let text = string_attr(item, PK).unwrap_or_default();
-                    let Some(target) = by_pk.get(text) else {
-                        return Err(StoreError::Corrupt(format!(
-                            "table {}: BatchGetItem returned an item not asked for ({text:?})",
-                            self.table
-                        )));
-                    };
-                    out.insert((*target).clone(), parse_current(target, item)?);
-                }
-                let unprocessed = answer
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.table))
-                    .filter(|k| !k.keys().is_empty())
-                    .cloned();
-                if let Some(rest) = unprocessed {
-                    // Throttled keys come back unprocessed: retry them, bounded.
-                    if attempt >= MAX_ATTEMPTS {
-                        return Err(StoreError::Unavailable(format!(
-                            "table {}: BatchGetItem left keys unprocessed after {MAX_ATTEMPTS} attempts",
-                            self.table
-                        )));
-                    }
-                    backoff(attempt).await;
-                    attempt += 1;
-                    pending = Some(rest);
-                }
-            }
-        }
-        for target in targets {
-            out.entry(target.clone()).or_default();
+        for (target, k) in targets.iter().zip(&keys) {
+            let current = match items.get(k) {
+                Some(item) => parse_current(target, item)?,
+                None => Current::default(),
+            };
+            out.insert(target.clone(), current);
         }
         Ok(out)
     }

@@ -430,8 +430,10 @@ impl DynamoStore {
         Ok(total)
     }
 
-    /// The items at `keys` (consistent reads), by key; missing items are absent.
-    async fn batch_get(
+    /// The items at `keys` (consistent reads), by key; missing items are absent. Throttled
+    /// (unprocessed) keys are retried with backoff, bounded. The one BatchGetItem loop of
+    /// the store: reads of current versions use it too.
+    pub(super) async fn batch_get(
         &self,
         keys: &[(String, String)],
     ) -> Result<HashMap<(String, String), Item>, StoreError> {
