@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod lambda_stream;
     pub mod moto;
 }
@@ -17,13 +18,12 @@ mod common {
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, KeySchemaElement, KeyType, ScalarAttributeType,
     StreamSpecification, StreamViewType,
 };
+use common::aws::{as_delivered, receive, sdk, subscribe};
 use common::lambda_stream::read_stream;
 use common::moto::{Moto, REGION};
 use fhir_unify::config::PipelineConfig;
@@ -37,15 +37,6 @@ use fhir_unify::sources::dynamodb::DynamoDbStreamEvent;
 use fhir_unify::store::Outbox;
 use fhir_unify::store::sqlite::SqliteStore;
 use serde_json::{Value, json};
-
-async fn sdk(moto: &Moto) -> SdkConfig {
-    fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::for_tests())
-        .load()
-        .await
-}
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
@@ -78,7 +69,7 @@ fn patient(pk: &str, mrn: &str, last: &str, first: &str) -> HashMap<String, Attr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subscriber() {
     let moto = Moto::start();
-    let config = sdk(&moto).await;
+    let config = sdk(&moto.endpoint).await;
 
     // The source table, with a stream of new and old images.
     let ddb = aws_sdk_dynamodb::Client::new(&config);
@@ -118,57 +109,13 @@ async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subsc
         .to_owned();
 
     // The subscriber: a queue behind a rule for Patient changes on the bus.
-    let events = aws_sdk_eventbridge::Client::new(&config);
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    events
-        .create_event_bus()
-        .name("fhir-changes")
-        .send()
-        .await
-        .unwrap();
-    let url = sqs
-        .create_queue()
-        .queue_name("subscriber")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    events
-        .put_rule()
-        .name("patients")
-        .event_bus_name("fhir-changes")
-        .event_pattern(
-            json!({"source": ["fhir-unify"], "detail": {"resourceType": ["Patient"]}}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule("patients")
-        .event_bus_name("fhir-changes")
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(queue_arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let url = subscribe(
+        &config,
+        "fhir-changes",
+        "patients",
+        json!({"source": ["fhir-unify"], "detail": {"resourceType": ["Patient"]}}),
+    )
+    .await;
 
     // Writes: three inserts, an update, a delete.
     for (pk, mrn, last, first) in [
@@ -217,7 +164,10 @@ async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subsc
         validator: LazyValidator::default(),
         store: store.clone(),
         outbox: store.clone(),
-        bus: Arc::new(EventBridgeBus::with_client("fhir-changes", events.clone())),
+        bus: Arc::new(EventBridgeBus::with_client(
+            "fhir-changes",
+            aws_sdk_eventbridge::Client::new(&config),
+        )),
     });
     let queue = Arc::new(LocalQueue::open(&dir.path().join("queue.db")).unwrap());
     let workflow = Arc::new(LocalWorkflow::new(env, &pipeline, queue.clone()).unwrap());
@@ -250,30 +200,14 @@ async fn table_writes_flow_from_the_stream_through_unify_to_an_eventbridge_subsc
     );
 
     // The subscriber receives one event per committed change, in a valid envelope.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut received = Vec::new();
-    while received.len() < 5 && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages() {
-            let mut envelope: Value = serde_json::from_str(m.body().unwrap()).unwrap();
-            // moto 5.2's default target input template leaves out `account`, which
-            // EventBridge always delivers: put back moto's, only when missing.
-            envelope
-                .as_object_mut()
-                .unwrap()
-                .entry("account")
-                .or_insert_with(|| json!("123456789012"));
-            if let Err(problems) = check_eventbridge_event(&envelope) {
-                panic!("{problems:?} in {envelope:#}");
-            }
-            received.push(envelope);
+    let received: Vec<Value> = receive(&config, &url, 5)
+        .await
+        .into_iter()
+        .map(as_delivered)
+        .collect();
+    for envelope in &received {
+        if let Err(problems) = check_eventbridge_event(envelope) {
+            panic!("{problems:?} in {envelope:#}");
         }
     }
     assert_eq!(received.len(), 5, "{received:#?}");

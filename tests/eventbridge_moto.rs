@@ -7,13 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod moto;
 }
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_config::SdkConfig;
+use common::aws::{as_delivered, receive, sdk, subscribe};
 use common::moto::{Moto, REGION};
 use fhir_unify::events::eventbridge::EventBridgeBus;
 use fhir_unify::events::schema::check_eventbridge_event;
@@ -24,104 +25,7 @@ use fhir_unify::model::{
 };
 use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, Outbox};
-use serde_json::{Value, json};
-
-async fn sdk(moto: &Moto) -> SdkConfig {
-    fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::for_tests())
-        .load()
-        .await
-}
-
-/// A bus, a queue, and a rule sending the bus's events that match `pattern` to the queue.
-async fn subscribe(config: &SdkConfig, bus: &str, pattern: Value) -> String {
-    let events = aws_sdk_eventbridge::Client::new(config);
-    let sqs = aws_sdk_sqs::Client::new(config);
-    events.create_event_bus().name(bus).send().await.unwrap();
-    let url = sqs
-        .create_queue()
-        .queue_name("subscriber")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    events
-        .put_rule()
-        .name("patients-to-subscriber")
-        .event_bus_name(bus)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule("patients-to-subscriber")
-        .event_bus_name(bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("subscriber")
-                .arn(arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    url
-}
-
-/// Receives (and deletes) messages until `n` arrived or 20 s passed.
-async fn receive(config: &SdkConfig, url: &str, n: usize) -> Vec<Value> {
-    let sqs = aws_sdk_sqs::Client::new(config);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages() {
-            out.push(serde_json::from_str(m.body().unwrap()).unwrap());
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    out
-}
-
-/// The envelope as EventBridge delivers it. moto 5.2's default target input template leaves
-/// out `account` (EventBridge always delivers it): put back moto's account, and only when it
-/// is missing, so anything else moto delivers is checked as it came.
-fn as_delivered(mut envelope: Value) -> Value {
-    let o = envelope.as_object_mut().unwrap();
-    o.entry("account").or_insert_with(|| json!(MOTO_ACCOUNT));
-    envelope
-}
-
-/// The account moto runs as.
-const MOTO_ACCOUNT: &str = "123456789012";
+use serde_json::json;
 
 fn change(resource_type: &str, id: &str, n: i64) -> ResourceChange {
     ResourceChange {
@@ -145,10 +49,11 @@ fn change(resource_type: &str, id: &str, n: i64) -> ResourceChange {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_changes_reach_an_sqs_subscriber_through_a_rule_and_match_the_schema() {
     let moto = Moto::start();
-    let config = sdk(&moto).await;
+    let config = sdk(&moto.endpoint).await;
     let url = subscribe(
         &config,
         "fhir-changes",
+        "patients-to-subscriber",
         json!({"source": ["fhir-unify"], "detail": {"resourceType": ["Patient"]}}),
     )
     .await;
@@ -228,7 +133,7 @@ async fn committed_changes_reach_an_sqs_subscriber_through_a_rule_and_match_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_that_does_not_exist_keeps_the_events_in_the_outbox() {
     let moto = Moto::start();
-    let config = sdk(&moto).await;
+    let config = sdk(&moto.endpoint).await;
     let bus = EventBridgeBus::with_client("no-such-bus", aws_sdk_eventbridge::Client::new(&config))
         .with_retry(fhir_unify::events::eventbridge::EntryRetry {
             max_attempts: 2,

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod moto;
 }
 
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use common::moto::{Moto, REGION};
+use common::aws::{s3, sdk};
+use common::moto::Moto;
 use fhir_unify::config::PipelineConfig;
 use fhir_unify::env::{IngestEnv, Workflow, WorkflowError, WorkflowRun};
 use fhir_unify::handlers::ingest_dms;
@@ -24,20 +26,6 @@ use fhir_unify::model::{ChangeBatch, Rejection, SourceChange};
 use fhir_unify::objects::s3::{S3ObjectStore, dms_objects};
 use fhir_unify::objects::{LocalBuckets, ObjectError, ObjectStore};
 use fhir_unify::sources::dms::{Decoded, DmsBinding, DmsPath, ObjectReport, event, read_object};
-
-async fn s3(moto: &Moto) -> aws_sdk_s3::Client {
-    let config = fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::for_tests())
-        .load()
-        .await;
-    // moto serves buckets by path (http://host/bucket/key), not as subdomains.
-    let conf = aws_sdk_s3::config::Builder::from(&config)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
 
 /// Every file under `dir`, as (key relative to it, path).
 fn files(dir: &Path) -> Vec<(String, PathBuf)> {
@@ -102,7 +90,7 @@ fn shared_dms() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_reads_sizes_listings_and_errors() {
     let moto = Moto::start();
-    let client = s3(&moto).await;
+    let client = s3(&sdk(&moto.endpoint).await);
     client
         .create_bucket()
         .bucket("landing")
@@ -198,7 +186,7 @@ async fn ranged_reads_sizes_listings_and_errors() {
     assert_eq!(listed[1002].key, "many/01002");
 
     // A server that cannot be reached is a retryable error, not a panic.
-    let gone = s3(&moto).await;
+    let gone = s3(&sdk(&moto.endpoint).await);
     drop(moto);
     let store = S3ObjectStore::new(gone, tokio::runtime::Handle::current());
     let e = tokio::task::spawn_blocking(move || store.size("landing", "top.txt"))
@@ -239,7 +227,7 @@ sources:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_dms_reads_the_example_drop_from_s3_as_from_a_local_folder() {
     let moto = Moto::start();
-    let client = s3(&moto).await;
+    let client = s3(&sdk(&moto.endpoint).await);
     client
         .create_bucket()
         .bucket("landing")
@@ -334,7 +322,7 @@ fn read_all(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_files_read_the_same_from_s3_and_from_disk() {
     let moto = Moto::start();
-    let client = s3(&moto).await;
+    let client = s3(&sdk(&moto.endpoint).await);
     client
         .create_bucket()
         .bucket("conformance")

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod moto;
 }
 
@@ -23,22 +24,14 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     StreamSpecification, StreamViewType,
 };
-use common::moto::{Moto, REGION};
+use common::aws::sdk;
+use common::moto::Moto;
 use serde_json::{Value, json};
 
 const STACK: &str = "fu";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn sdk(moto: &Moto) -> SdkConfig {
-    fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::for_tests())
-        .load()
-        .await
 }
 
 /// Runs the translator (and the deploy, given an endpoint); its JSON report.
@@ -112,7 +105,7 @@ fn physical(report: &Value, logical: &str) -> String {
 #[tokio::test]
 async fn the_transformed_template_deploys_as_a_stack_and_its_resources_exist() {
     let moto = Moto::start();
-    let config = sdk(&moto).await;
+    let config = sdk(&moto.endpoint).await;
     let stream = source_stream(&config).await;
     let report = sam_translate(&[
         "--endpoint",

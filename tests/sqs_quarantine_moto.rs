@@ -7,35 +7,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod moto;
 }
 
 use std::sync::Arc;
 
-use aws_config::SdkConfig;
-use common::moto::{Moto, REGION};
+use common::aws::{s3, sdk};
+use common::moto::Moto;
 use fhir_unify::local::queue::LocalQueue;
 use fhir_unify::model::{Rejection, Stage};
 use fhir_unify::queue::sqs::{OverflowBucket, SqsQuarantine};
 use fhir_unify::queue::{LocalQuarantine, MAX_MESSAGE_BYTES, Oversized, Quarantine};
 use serde_json::json;
-
-async fn sdk(moto: &Moto) -> SdkConfig {
-    fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::for_tests())
-        .load()
-        .await
-}
-
-fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(true)
-            .build(),
-    )
-}
 
 fn rejection(raw_bytes: usize) -> Rejection {
     Rejection {
@@ -75,7 +59,7 @@ async fn receive_one(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_arrive_whole_and_large_ones_by_reference_or_marked() {
     let moto = Moto::start();
-    let config = sdk(&moto).await;
+    let config = sdk(&moto.endpoint).await;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let url = sqs
         .create_queue()
