@@ -154,7 +154,8 @@ impl Outbox for LazySqliteStore {
     }
 }
 
-/// The FHIR validator, loaded on first use (loading the compiled R4 definitions takes ~15 ms,
+/// The pipeline's FHIR validator ([`Validator::pipeline`]: the R4 core and the project's profiles),
+/// loaded on first use (loading the compiled R4 definitions takes ~15 ms,
 /// which only the functions that validate should pay at cold start).
 #[derive(Debug, Clone, Default)]
 pub struct LazyValidator(Arc<std::sync::OnceLock<Result<Arc<Validator>, String>>>);
@@ -169,10 +170,11 @@ impl LazyValidator {
 
     /// The validator, loading it the first time; the error says why it cannot be loaded.
     pub fn get(&self) -> Result<&Validator, String> {
-        match self
-            .0
-            .get_or_init(|| Validator::r4().map(Arc::new).map_err(|e| e.to_string()))
-        {
+        match self.0.get_or_init(|| {
+            Validator::pipeline()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(v) => Ok(v),
             Err(e) => Err(e.clone()),
         }

@@ -99,7 +99,7 @@ pub fn validate_env() -> Result<Arc<Env>, EnvError> {
     let built = load_config()
         .and_then(|(config, data)| Env::lazy(&config, &data, false))
         .and_then(|mut env| {
-            let validator = crate::validation::Validator::r4()
+            let validator = crate::validation::Validator::pipeline()
                 .map_err(|e| EnvError::Validator(e.to_string()))?;
             env.validator = LazyValidator::ready(Arc::new(validator));
             Ok(env)

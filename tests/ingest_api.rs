@@ -555,3 +555,29 @@ async fn delete_of_a_fhir_resource_and_of_a_source_record() {
     let (status, _) = call_value(&api, no_grant).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn a_resource_without_what_the_pipeline_profiles_require_is_rejected() {
+    let api = api();
+    let mut e = event("apigw-v1-put-patient.json");
+    let mut patient: Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
+    patient.as_object_mut().unwrap().remove("identifier");
+    e["body"] = patient.to_string().into();
+    let (status, outcome) = call_value(&api, e).await;
+    assert_eq!(status, 422, "{outcome}");
+    let errors: Vec<&str> = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "error")
+        .map(|i| i["diagnostics"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 1, "{outcome}");
+    assert!(
+        errors[0].ends_with(
+            "Patient.identifier: minimum required = 1, but only found 0 (from https://fhir-unify.dev/fhir/StructureDefinition/Patient)"
+        ),
+        "{outcome}"
+    );
+    assert_eq!(count_events(&api), 0, "nothing published");
+}

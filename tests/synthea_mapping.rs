@@ -594,3 +594,27 @@ fn synthea_csv_maps_to_what_synthea_exports_as_fhir() {
         rows["payers"]
     );
 }
+
+/// What the pipeline's own profiles (`fhir-profiles/profiles/`) require, every resource the
+/// Synthea mappings make has: the Synthea source is not quarantined by them.
+#[test]
+fn synthea_csv_maps_to_resources_the_pipeline_profiles_accept() {
+    let (ours, _) = map_all(&synthea_dir());
+    let validator = fhir_unify::validation::Validator::pipeline().unwrap();
+    let mut by_profile: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first = Vec::new();
+    for o in &ours {
+        for issue in validator.validate(&o.resource).issues {
+            if issue.severity == fhir_unify::outcome::Severity::Error
+                && issue.diagnostics.contains("https://fhir-unify.dev/fhir/")
+            {
+                *by_profile.entry(o.entity.clone()).or_default() += 1;
+                if first.len() < 5 {
+                    first.push(format!("{}: {}", o.entity, issue.diagnostics));
+                }
+            }
+        }
+    }
+    assert!(ours.len() > 1000, "{} resources", ours.len());
+    assert!(by_profile.is_empty(), "{by_profile:?}, first: {first:#?}");
+}

@@ -1,4 +1,4 @@
-//! `fhir-unify validate FILE… [--profile URL_OR_FILE] [--load FILE_OR_DIR]…`: validates FHIR
+//! `fhir-unify validate FILE… [--profile URL_OR_FILE] [--load FILE_OR_DIR]… [--pipeline]`: validates FHIR
 //! JSON files and prints the OperationOutcome of each (one input: the OperationOutcome; several:
 //! a JSON array in input order). Exit status: 0 when no input has an error, 1 when one does
 //! (text that is not JSON is such an error, with its line and column), 2 when an input, a
@@ -28,6 +28,10 @@ pub struct ValidateArgs {
     /// them): a file, or a folder whose `.json` files are all loaded.
     #[arg(long)]
     pub load: Vec<PathBuf>,
+    /// Check what the pipeline checks: the project's own profiles
+    /// (`fhir-profiles/profiles/`) apply to every resource of their types.
+    #[arg(long)]
+    pub pipeline: bool,
     /// Measure instead of report: validate every resource of the inputs (a Bundle's entries
     /// one by one, an `.ndjson` file's lines) this many times, and print one JSON line with
     /// the definitions' load time and the best pass's resources per second.
@@ -48,7 +52,11 @@ pub fn run(args: ValidateArgs) -> ExitCode {
 
 fn run_inner(args: &ValidateArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let mut validator = Validator::r4().context("loading the FHIR R4 definitions")?;
+    let mut validator = if args.pipeline {
+        Validator::pipeline().context("loading the FHIR R4 definitions and pipeline profiles")?
+    } else {
+        Validator::r4().context("loading the FHIR R4 definitions")?
+    };
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     for path in &args.load {
         load_path(&mut validator, path)?;

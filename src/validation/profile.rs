@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::ValidationError;
+use super::definitions::{Definitions, Strength};
 use super::structure::{Sink, matches_pattern};
+use super::terminology::{BindingTarget, check_binding};
 use crate::outcome::Severity;
 
 /// The canonical URL prefix of HL7's core StructureDefinitions.
@@ -27,9 +29,32 @@ const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
 /// Profiles checking resources inside resources (a profiled Bundle entry) stop at this depth.
 const MAX_PROFILE_DEPTH: usize = 6;
 
-/// Finds loaded profiles by canonical URL (for type profiles and `profile` discriminators).
+/// Finds loaded profiles by canonical URL (for type profiles and `profile` discriminators),
+/// and the definitions whose value sets a profile's bindings name.
 pub(crate) trait Registry {
     fn profile(&self, url: &str) -> Option<&Profile>;
+
+    /// The core definitions with the value sets loaded so far; without them a profile's
+    /// bindings are reported as not checked.
+    fn definitions(&self) -> Option<&Definitions> {
+        None
+    }
+}
+
+/// The validator's registry: its loaded profiles and its definitions.
+pub(crate) struct Known<'a> {
+    pub profiles: &'a HashMap<String, Profile>,
+    pub defs: &'a Definitions,
+}
+
+impl Registry for Known<'_> {
+    fn profile(&self, url: &str) -> Option<&Profile> {
+        self.profiles.profile(url)
+    }
+
+    fn definitions(&self) -> Option<&Definitions> {
+        Some(self.defs)
+    }
 }
 
 impl Registry for HashMap<String, Profile> {
@@ -75,6 +100,12 @@ struct Constraint {
     target_profiles: Vec<String>,
     /// A binding's value set (for `value` discriminators on a bound element).
     binding: Option<String>,
+    /// The binding's strength, when the profile gives one: the binding is then checked.
+    strength: Option<Strength>,
+    max_length: Option<u64>,
+    /// `minValue[x]` / `maxValue[x]`: the member name (`minValueDate`) and the limit.
+    min_value: Option<(String, Value)>,
+    max_value: Option<(String, Value)>,
     invariants: Vec<ProfileInvariant>,
 }
 
@@ -87,6 +118,10 @@ impl Constraint {
             && self.types.iter().all(|(_, p)| p.is_empty())
             && self.target_profiles.is_empty()
             && self.invariants.is_empty()
+            && self.strength.is_none()
+            && self.max_length.is_none()
+            && self.min_value.is_none()
+            && self.max_value.is_none()
     }
 }
 
@@ -233,8 +268,13 @@ fn constraint_of(e: &Value, path: Vec<String>) -> Constraint {
                 c.fixed = Some(v.clone());
             } else if k.starts_with("pattern") {
                 c.pattern = Some(v.clone());
+            } else if k.starts_with("minValue") {
+                c.min_value = Some((k.clone(), v.clone()));
+            } else if k.starts_with("maxValue") {
+                c.max_value = Some((k.clone(), v.clone()));
             }
         }
+        c.max_length = obj.get("maxLength").and_then(Value::as_u64);
     }
     for t in e
         .get("type")
@@ -263,6 +303,15 @@ fn constraint_of(e: &Value, path: Vec<String>) -> Constraint {
         .pointer("/binding/valueSet")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    if c.binding.is_some() {
+        c.strength = match e.pointer("/binding/strength").and_then(Value::as_str) {
+            Some("required") => Some(Strength::Required),
+            Some("extensible") => Some(Strength::Extensible),
+            Some("preferred") => Some(Strength::Preferred),
+            // An example binding constrains nothing; one without a strength is not valid.
+            _ => None,
+        };
+    }
     for inv in e
         .get("constraint")
         .and_then(Value::as_array)
@@ -361,21 +410,6 @@ impl Profile {
                     }
                 }
             };
-            if let Some(obj) = e.as_object() {
-                for (k, what) in [
-                    ("minValue", "the minValue/maxValue limits"),
-                    ("maxValue", "the minValue/maxValue limits"),
-                    ("maxLength", "the maxLength limits"),
-                    ("binding", "the bindings"),
-                ] {
-                    let present = obj.keys().any(|key| key.starts_with(k))
-                        && (k != "binding" || e.pointer("/binding/valueSet").is_some());
-                    let msg = what.to_owned();
-                    if present && !profile.unsupported.contains(&msg) {
-                        profile.unsupported.push(msg);
-                    }
-                }
-            }
             match place {
                 Place::Nested => {
                     let msg = format!("the slices inside slices ({path})");
@@ -647,6 +681,8 @@ impl Cx<'_> {
             }
             self.type_profiles(c, v, &vloc, sink);
             self.target_profiles(c, v, &vloc, name, sink);
+            self.binding(c, v, &vloc, name, sink);
+            self.limits(c, v, &vloc, name, sink);
             self.invariants(c, v, &vloc, sink);
         }
     }
@@ -761,6 +797,95 @@ impl Cx<'_> {
             };
             (full == reference || typed).then_some(r)
         })
+    }
+
+    /// A binding the profile adds or tightens, checked by strength as the core's are; one the
+    /// core already has on that element (a snapshot repeats them all) is left to the walker.
+    fn binding(&self, c: &Constraint, v: &Value, loc: &str, name: &str, sink: &mut Sink) {
+        let (Some(strength), Some(vs)) = (c.strength, &c.binding) else {
+            return;
+        };
+        let target = match v {
+            Value::String(code) => BindingTarget::Code(code),
+            Value::Object(o) if o.contains_key("coding") || o.contains_key("text") => {
+                BindingTarget::Concept(o)
+            }
+            Value::Object(o) if o.contains_key("code") => BindingTarget::Coding(o),
+            _ => return,
+        };
+        let Some(defs) = self.registry.definitions() else {
+            return self.binding_not_checked(strength, vs, "no definitions", loc, name, sink);
+        };
+        if core_binding(defs, name).is_some_and(|(s, u)| *s == strength && u == vs) {
+            return;
+        }
+        if defs.value_set(vs).is_none() {
+            return self.binding_not_checked(strength, vs, "it is not loaded", loc, name, sink);
+        }
+        check_binding(defs, strength, vs, target, loc, sink);
+    }
+
+    fn binding_not_checked(
+        &self,
+        strength: Strength,
+        vs: &str,
+        why: &str,
+        loc: &str,
+        name: &str,
+        sink: &mut Sink,
+    ) {
+        if matches!(strength, Strength::Required | Strength::Extensible) {
+            sink.push(
+                Severity::Information,
+                "informational",
+                loc,
+                format!(
+                    "{name}: membership in the value set {vs} (bound by {}) was not checked: {why}",
+                    self.profile.url
+                ),
+            );
+        }
+    }
+
+    /// `maxLength`, `minValue[x]` and `maxValue[x]`.
+    fn limits(&self, c: &Constraint, v: &Value, loc: &str, name: &str, sink: &mut Sink) {
+        let url = &self.profile.url;
+        if let (Some(max), Value::String(s)) = (c.max_length, v)
+            && s.chars().count() as u64 > max
+        {
+            sink.error(
+                "too-long",
+                loc,
+                format!("{name}: the value is longer than the maxLength {max} of {url}"),
+            );
+        }
+        for (limit, below) in [(&c.min_value, true), (&c.max_value, false)] {
+            let Some((key, bound)) = limit else {
+                continue;
+            };
+            let kind = if below { "minValue" } else { "maxValue" };
+            match compare_limit(v, bound) {
+                Some(std::cmp::Ordering::Less) if below => sink.error(
+                    "value",
+                    loc,
+                    format!("{name}: the value is below the {kind} of {url}"),
+                ),
+                Some(std::cmp::Ordering::Greater) if !below => sink.error(
+                    "value",
+                    loc,
+                    format!("{name}: the value is above the {kind} of {url}"),
+                ),
+                Some(_) => {}
+                None => sink.push(
+                    Severity::Information,
+                    "informational",
+                    loc,
+                    format!(
+                        "{name}: the value was not checked against the {key} of {url} (different precision, time zone or unit)"
+                    ),
+                ),
+            }
+        }
     }
 
     fn invariants(&self, c: &Constraint, v: &Value, loc: &str, sink: &mut Sink) {
@@ -1038,6 +1163,119 @@ fn walk<'v>(root: &'v Value, path: &[String]) -> Vec<&'v Value> {
         nodes = next;
     }
     nodes
+}
+
+/// The core's binding of the element a profile names by its dotted path
+/// (`Observation.valueQuantity.code`, slice names after `:` ignored), following data types.
+fn core_binding<'d>(defs: &'d Definitions, name: &str) -> Option<&'d (Strength, String)> {
+    let mut segs = name.split('.').map(|s| s.split(':').next().unwrap_or(s));
+    let mut ty = segs.next()?.to_owned();
+    let mut rel = String::new();
+    let mut segs = segs.peekable();
+    while let Some(seg) = segs.next() {
+        let td = defs.type_def(&ty)?;
+        let want = if rel.is_empty() {
+            seg.to_owned()
+        } else {
+            format!("{rel}.{seg}")
+        };
+        let mut next_type = None;
+        let e = td.elements.iter().find(|e| {
+            if e.path == want {
+                return true;
+            }
+            let Some(stem) = e.path.strip_suffix("[x]") else {
+                return false;
+            };
+            let Some(code) = want.strip_prefix(stem) else {
+                return false;
+            };
+            match e.types.iter().find(|t| t.code.eq_ignore_ascii_case(code)) {
+                Some(t) => {
+                    next_type = Some(t.code.clone());
+                    true
+                }
+                None => false,
+            }
+        })?;
+        if segs.peek().is_none() {
+            return e.binding.as_ref();
+        }
+        if e.has_children {
+            rel = e.path.clone();
+        } else {
+            ty = match (next_type, e.types.as_slice()) {
+                (Some(t), _) => t,
+                (None, [only]) => only.code.clone(),
+                _ => return None,
+            };
+            rel.clear();
+        }
+    }
+    None
+}
+
+/// Orders a value against a `minValue[x]`/`maxValue[x]` limit: numbers by value, Quantities
+/// by value when their units are the same, dates and times as text when both have the same
+/// precision and time zone. `None` when they cannot be compared.
+fn compare_limit(v: &Value, bound: &Value) -> Option<std::cmp::Ordering> {
+    match (v, bound) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64()?.partial_cmp(&b.as_f64()?),
+        (Value::String(a), Value::String(b)) => {
+            let zone = |s: &str| -> String {
+                match s.find('T') {
+                    Some(t) => s[t..]
+                        .trim_start_matches(|c: char| c != 'Z' && c != '+' && c != '-')
+                        .to_owned(),
+                    None => String::new(),
+                }
+            };
+            (a.len() == b.len() && zone(a) == zone(b)).then(|| a.cmp(b))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let unit = |o: &Map<String, Value>| (o.get("system").cloned(), o.get("code").cloned());
+            if unit(a) == unit(b) {
+                return compare_limit(a.get("value")?, b.get("value")?);
+            }
+            // UCUM units that differ by a metric prefix only (g and kg) compare after scaling.
+            let ucum = |o: &Map<String, Value>| -> Option<(f64, &'static str)> {
+                if o.get("system").and_then(Value::as_str) != Some("http://unitsofmeasure.org") {
+                    return None;
+                }
+                let (factor, atom) = prefixed_unit(o.get("code")?.as_str()?)?;
+                Some((o.get("value")?.as_f64()? * factor, atom))
+            };
+            let ((x, ux), (y, uy)) = (ucum(a)?, ucum(b)?);
+            if ux != uy {
+                return None;
+            }
+            x.partial_cmp(&y)
+        }
+        _ => None,
+    }
+}
+
+/// A UCUM unit made of one metric prefix (or none) and one base atom: its factor and atom.
+fn prefixed_unit(code: &str) -> Option<(f64, &'static str)> {
+    const ATOMS: [&str; 8] = ["g", "m", "L", "l", "s", "mol", "eq", "[IU]"];
+    const PREFIXES: [(&str, f64); 10] = [
+        ("", 1.0),
+        ("k", 1e3),
+        ("h", 1e2),
+        ("da", 1e1),
+        ("d", 1e-1),
+        ("c", 1e-2),
+        ("m", 1e-3),
+        ("u", 1e-6),
+        ("n", 1e-9),
+        ("p", 1e-12),
+    ];
+    PREFIXES.iter().find_map(|(prefix, factor)| {
+        let atom = code.strip_prefix(prefix)?;
+        let atom = ATOMS.iter().find(|a| **a == atom)?;
+        // "l" and "L" are both the litre.
+        Some((*factor, if *atom == "l" { "L" } else { *atom }))
+    })
 }
 
 /// The values of a member (array items flattened); `stem[x]` matches any `stemType` member.
@@ -1366,5 +1604,155 @@ mod tests {
             .iter()
             .all(|(s, _, _)| *s != Severity::Error)
         );
+    }
+
+    fn limited() -> Profile {
+        Profile::from_structure_definition(&json!({
+            "url": "http://example.org/limits", "type": "Observation", "derivation": "constraint",
+            "differential": {"element": [
+                {"path": "Observation.valueQuantity", "minValueQuantity": {"value": 0, "system": "http://unitsofmeasure.org", "code": "kg"},
+                 "maxValueQuantity": {"value": 500, "system": "http://unitsofmeasure.org", "code": "kg"}},
+                {"path": "Observation.issued", "maxValueInstant": "2030-01-01T00:00:00Z"},
+                {"path": "Observation.effectiveDateTime", "minValueDateTime": "2000-01-01"},
+                {"path": "Observation.note.text", "maxLength": 5},
+                {"path": "Observation.status", "binding": {"strength": "required", "valueSet": "http://hl7.org/fhir/ValueSet/observation-status"}},
+                {"path": "Observation.category", "binding": {"strength": "required", "valueSet": "http://hl7.org/fhir/ValueSet/observation-category"}},
+                {"path": "Observation.method", "binding": {"strength": "extensible", "valueSet": "http://example.org/not-loaded"}},
+                {"path": "Observation.interpretation", "binding": {"strength": "example", "valueSet": "http://example.org/whatever"}}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn issues_with(p: &Profile, r: &Value, defs: &Definitions) -> Vec<(Severity, String, String)> {
+        let mut sink = Sink::default();
+        let profiles = HashMap::new();
+        let known = Known {
+            profiles: &profiles,
+            defs,
+        };
+        p.check_in(r, "Observation", &mut sink, &known, 0);
+        sink.outcome
+            .issues
+            .iter()
+            .map(|i| (i.severity, i.diagnostics.clone(), i.expression.join(",")))
+            .collect()
+    }
+
+    #[test]
+    fn max_length_and_min_max_values_are_checked() {
+        let defs = Definitions::r4().unwrap();
+        let p = limited();
+        let ok = json!({"resourceType": "Observation", "status": "final",
+            "valueQuantity": {"value": 70.5, "system": "http://unitsofmeasure.org", "code": "kg"},
+            "issued": "2024-05-06T07:08:09Z", "effectiveDateTime": "2001-02-03",
+            "note": [{"text": "héllo"}]});
+        assert!(
+            issues_with(&p, &ok, &defs).is_empty(),
+            "{:#?}",
+            issues_with(&p, &ok, &defs)
+        );
+        let bad = json!({"resourceType": "Observation", "status": "final",
+            "valueQuantity": {"value": 501, "system": "http://unitsofmeasure.org", "code": "kg"},
+            "issued": "2031-01-01T00:00:00Z", "effectiveDateTime": "1999-12-31",
+            "note": [{"text": "hello!"}, {"text": "fine"}]});
+        let got = issues_with(&p, &bad, &defs);
+        let errors: Vec<(&str, &str)> = got
+            .iter()
+            .filter(|i| i.0 == Severity::Error)
+            .map(|i| (i.1.as_str(), i.2.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    "Observation.valueQuantity: the value is above the maxValue of http://example.org/limits",
+                    "Observation.valueQuantity"
+                ),
+                (
+                    "Observation.issued: the value is above the maxValue of http://example.org/limits",
+                    "Observation.issued"
+                ),
+                (
+                    "Observation.effectiveDateTime: the value is below the minValue of http://example.org/limits",
+                    "Observation.effectiveDateTime"
+                ),
+                (
+                    "Observation.note.text: the value is longer than the maxLength 5 of http://example.org/limits",
+                    "Observation.note[0].text"
+                ),
+            ],
+            "{got:#?}"
+        );
+        // Different units or precisions are said, not guessed.
+        let apart = json!({"resourceType": "Observation", "status": "final",
+            "valueQuantity": {"value": 9000, "system": "http://unitsofmeasure.org", "code": "[lb_av]"},
+            "effectiveDateTime": "1999"});
+        let got = issues_with(&p, &apart, &defs);
+        assert!(got.iter().all(|i| i.0 == Severity::Information), "{got:#?}");
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got.iter().all(|i| i.1.contains("was not checked")));
+        // Units apart by a metric prefix compare after scaling: 501,000 g is above 500 kg.
+        let grams = json!({"resourceType": "Observation", "status": "final",
+            "valueQuantity": {"value": 501000, "system": "http://unitsofmeasure.org", "code": "g"}});
+        let got = issues_with(&p, &grams, &defs);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].1.contains("above the maxValue"));
+        let fine = json!({"resourceType": "Observation", "status": "final",
+            "valueQuantity": {"value": 499000, "system": "http://unitsofmeasure.org", "code": "g"}});
+        assert!(issues_with(&p, &fine, &defs).is_empty());
+    }
+
+    #[test]
+    fn bindings_are_checked_by_strength_once() {
+        let defs = Definitions::r4().unwrap();
+        let p = limited();
+        let r = json!({"resourceType": "Observation", "status": "bogus",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "nope"}]},
+                         {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+            "method": {"coding": [{"system": "urn:m", "code": "m"}]},
+            "interpretation": [{"coding": [{"system": "urn:i", "code": "i"}]}]});
+        let got = issues_with(&p, &r, &defs);
+        // status: the same binding as the core's (the walker reports it), so not here.
+        assert_eq!(
+            got,
+            [
+                (
+                    Severity::Error,
+                    "the code is not in the required value set http://hl7.org/fhir/ValueSet/observation-category".to_owned(),
+                    "Observation.category[0]".to_owned()
+                ),
+                (
+                    Severity::Information,
+                    "Observation.method: membership in the value set http://example.org/not-loaded (bound by http://example.org/limits) was not checked: it is not loaded".to_owned(),
+                    "Observation.method".to_owned()
+                ),
+            ]
+        );
+        // Without definitions (no registry), a binding is said not checked.
+        let mut sink = Sink::default();
+        p.check(&r, "Observation", &mut sink);
+        assert!(
+            sink.outcome
+                .issues
+                .iter()
+                .all(|i| i.severity == Severity::Information)
+        );
+    }
+
+    #[test]
+    fn core_bindings_are_found_through_data_types() {
+        let defs = Definitions::r4().unwrap();
+        let b = |name: &str| core_binding(&defs, name).map(|(s, u)| (*s, u.as_str()));
+        assert!(b("Patient.gender").is_some_and(|(_, u)| {
+            u.starts_with("http://hl7.org/fhir/ValueSet/administrative-gender")
+        }));
+        assert!(b("Patient.gender").is_some_and(|(s, _)| s == Strength::Required));
+        assert!(b("Patient.contact.gender").is_some());
+        assert!(b("Patient.identifier.use").is_some_and(|(s, _)| s == Strength::Required));
+        assert!(b("Observation.valueQuantity.comparator").is_some());
+        assert!(b("Observation.value[x]").is_none());
+        assert!(b("Patient.identifier:mrn.use").is_some());
+        assert!(b("Patient.nothing").is_none());
     }
 }

@@ -17,6 +17,25 @@ use crate::outcome::{Issue, Outcome, Severity};
 /// The canonical URL prefix of HL7's core StructureDefinitions.
 const CORE_SD: &str = "http://hl7.org/fhir/StructureDefinition/";
 
+/// The project's profiles, embedded so that Lambdas and tests need no file
+/// (`fhir-profiles/profiles/`; a test checks that every file there is listed).
+const PIPELINE_PROFILES: &[&str] = &[
+    include_str!("../../fhir-profiles/profiles/AllergyIntolerance.json"),
+    include_str!("../../fhir-profiles/profiles/CarePlan.json"),
+    include_str!("../../fhir-profiles/profiles/Claim.json"),
+    include_str!("../../fhir-profiles/profiles/Condition.json"),
+    include_str!("../../fhir-profiles/profiles/Coverage.json"),
+    include_str!("../../fhir-profiles/profiles/Encounter.json"),
+    include_str!("../../fhir-profiles/profiles/Immunization.json"),
+    include_str!("../../fhir-profiles/profiles/MedicationRequest.json"),
+    include_str!("../../fhir-profiles/profiles/Observation.json"),
+    include_str!("../../fhir-profiles/profiles/Organization.json"),
+    include_str!("../../fhir-profiles/profiles/Patient.json"),
+    include_str!("../../fhir-profiles/profiles/Practitioner.json"),
+    include_str!("../../fhir-profiles/profiles/PractitionerRole.json"),
+    include_str!("../../fhir-profiles/profiles/Procedure.json"),
+];
+
 /// What [`Validator::load`] did with a conformance resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
@@ -56,6 +75,26 @@ impl Validator {
             globals: Vec::new(),
             invariants: true,
         })
+    }
+
+    /// The pipeline's validator: [`Validator::r4`] with the project's own profiles
+    /// (`fhir-profiles/profiles/`, one per resource type the pipeline emits: the identifiers,
+    /// codes and bindings it requires), each applied to every resource of its type.
+    pub fn pipeline() -> Result<Self, ValidationError> {
+        let mut validator = Validator::r4()?;
+        for text in PIPELINE_PROFILES {
+            let sd: Value = serde_json::from_str(text)
+                .map_err(|e| ValidationError::Profile(format!("a pipeline profile: {e}")))?;
+            let ty = sd
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            if let Loaded::Profile(url) = validator.load(&sd)? {
+                validator.globals.push((ty, url));
+            }
+        }
+        Ok(validator)
     }
 
     /// A process-wide R4 validator, built on first call (a Lambda's cold start).
@@ -149,7 +188,11 @@ impl Validator {
             }
             match self.profiles.get(key) {
                 Some(profile) => {
-                    profile.check_in(resource, root, walker.sink_mut(), &self.profiles, 0)
+                    let known = super::profile::Known {
+                        profiles: &self.profiles,
+                        defs: &self.defs,
+                    };
+                    profile.check_in(resource, root, walker.sink_mut(), &known, 0)
                 }
                 None if key.strip_prefix(CORE_SD).is_some_and(|t| t == root) => {}
                 None => walker.sink_mut().push(
@@ -689,5 +732,99 @@ mod tests {
             !v.validate(&json!({"resourceType": "Basic", "code": {"text": "x"}}))
                 .has_errors()
         );
+    }
+
+    fn errors(outcome: &Outcome) -> Vec<String> {
+        outcome
+            .issues
+            .iter()
+            .filter(|i| i.severity == Severity::Error)
+            .map(|i| format!("{} @ {}", i.diagnostics, i.expression.join(",")))
+            .collect()
+    }
+
+    #[test]
+    fn every_file_of_the_project_profiles_is_embedded_and_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-profiles/profiles");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = PIPELINE_PROFILES.iter().map(|s| (*s).to_owned()).collect();
+        embedded.sort();
+        assert_eq!(
+            on_disk, embedded,
+            "fhir-profiles/profiles/ and PIPELINE_PROFILES differ"
+        );
+        let v = Validator::pipeline().unwrap();
+        assert_eq!(v.globals.len(), PIPELINE_PROFILES.len());
+        for (ty, url) in &v.globals {
+            assert!(v.is_resource_type(ty), "{ty}");
+            assert_eq!(
+                url,
+                &format!("https://fhir-unify.dev/fhir/StructureDefinition/{ty}")
+            );
+            // Each profile, read as a resource, is itself a valid StructureDefinition.
+            let text = PIPELINE_PROFILES
+                .iter()
+                .find(|t| t.contains(&format!("\"url\": \"{url}\"")))
+                .unwrap();
+            let sd: Value = serde_json::from_str(text).unwrap();
+            assert!(
+                errors(&v.validate(&sd)).is_empty(),
+                "{ty}: {:?}",
+                errors(&v.validate(&sd))
+            );
+        }
+    }
+
+    #[test]
+    fn the_pipeline_requires_identifiers_codes_and_its_bindings() {
+        let core = Validator::r4().unwrap();
+        let v = Validator::pipeline().unwrap();
+        let no_identifier = json!({"resourceType": "Patient", "gender": "female"});
+        assert!(errors(&core.validate(&no_identifier)).is_empty());
+        assert_eq!(
+            errors(&v.validate(&no_identifier)),
+            [
+                "Patient.identifier: minimum required = 1, but only found 0 (from https://fhir-unify.dev/fhir/StructureDefinition/Patient) @ Patient"
+            ]
+        );
+        let unsystemed = json!({"resourceType": "Patient", "identifier": [{"value": "7"}],
+            "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]}});
+        assert_eq!(
+            errors(&v.validate(&unsystemed)),
+            [
+                "Patient.identifier.system: minimum required = 1, but only found 0 (from https://fhir-unify.dev/fhir/StructureDefinition/Patient) @ Patient.identifier[0]"
+            ]
+        );
+        // maritalStatus: extensible in the core (a warning), required here (an error).
+        let married_elsewhere = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:x", "value": "7"}],
+            "maritalStatus": {"coding": [{"system": "urn:other", "code": "wed"}]}});
+        assert!(errors(&core.validate(&married_elsewhere)).is_empty());
+        assert_eq!(
+            errors(&v.validate(&married_elsewhere)),
+            [
+                "the code is not in the required value set http://hl7.org/fhir/ValueSet/marital-status @ Patient.maritalStatus"
+            ]
+        );
+        // The core's own binding (gender, required) is reported once, by the core.
+        let bad_gender = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:x", "value": "7"}], "gender": "f"});
+        assert_eq!(errors(&v.validate(&bad_gender)).len(), 1);
+        let uncoded = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "weight"}, "subject": {"reference": "Patient/p"}});
+        assert!(errors(&core.validate(&uncoded)).is_empty());
+        assert_eq!(
+            errors(&v.validate(&uncoded)),
+            [
+                "Observation.code.coding: minimum required = 1, but only found 0 (from https://fhir-unify.dev/fhir/StructureDefinition/Observation) @ Observation.code"
+            ]
+        );
+        // Types without a project profile keep the core's rules only.
+        let basic = json!({"resourceType": "Basic", "code": {"text": "x"}});
+        assert!(errors(&v.validate(&basic)).is_empty());
     }
 }
