@@ -38,6 +38,14 @@ fn bench(c: &mut Criterion) {
     let mut load = c.benchmark_group("load");
     load.sample_size(20);
     load.bench_function("definitions_r4", |b| b.iter(|| Definitions::r4().unwrap()));
+    // Types are built on first use: every type built, what loading cost before that.
+    load.bench_function("definitions_r4_every_type_built", |b| {
+        b.iter(|| {
+            let defs = Definitions::r4().unwrap();
+            defs.build_all().unwrap();
+            defs
+        })
+    });
     load.finish();
 
     let validator = Validator::r4().unwrap();

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Compiles HL7's FHIR R4 (4.0.1) core definitions into fhir-profiles/r4/definitions.json.
+"""Compiles HL7's FHIR R4 (4.0.1) core definitions into fhir-profiles/r4/definitions.json and
+fhir-profiles/r4/types.ndjson.
 
-Called by generate.sh (the only writer of that file) with the unpacked npm packages
+Called by generate.sh (the only writer of those files) with the unpacked npm packages
 `hl7.fhir.r4.examples@4.0.1` (StructureDefinitions with snapshots, ValueSets, CodeSystems) and
 `hl7.fhir.r4.expansions@4.0.1` (ValueSet expansions). Deterministic: sorted keys, no dates.
 
-Output shape (all keys short, the file is embedded in every binary):
+Output shape (all keys short, the files are embedded in every binary), shown as one document;
+it is written as two files (see write_outputs): each type's "elements" go to one line of
+types.ndjson, `{"elements": [...], "name": "Patient"}`, sorted by name, and definitions.json
+keeps the rest:
 
   {"fhirVersion": "4.0.1",
    "primitives": {"date": "<regex>", ...},          # value regex per primitive type
@@ -262,7 +266,7 @@ class Terminology:
 
 
 def main():
-    examples, expansions, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
+    examples, expansions, out_path, types_path = sys.argv[1:5]
     resources = load_dir(examples)
     sds = [r for r in resources if r.get("resourceType") == "StructureDefinition"]
     types, primitives = compile_types(sds)
@@ -327,9 +331,27 @@ def main():
         "valueSets": value_sets,
         "codeSystems": code_systems,
     }
+    write_outputs(out, out_path, types_path)
+
+
+def write_outputs(out, out_path, types_path):
+    """Writes the compiled definitions as two files, so that a validator can load a type's
+    elements on first use instead of parsing all of them at start (a Lambda's cold start):
+    `out_path` holds everything but the elements (each type keeps its kind, base and
+    abstract flag), `types_path` one line per type, sorted by name:
+    `{"elements":[...],"name":"Patient"}`."""
+    header = dict(out)
+    header["types"] = {
+        name: {k: v for k, v in t.items() if k != "elements"} for name, t in out["types"].items()
+    }
     with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(out, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        json.dump(header, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         f.write("\n")
+    with open(types_path, "w", encoding="utf-8") as f:
+        for name in sorted(out["types"]):
+            line = {"name": name, "elements": out["types"][name]["elements"]}
+            json.dump(line, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            f.write("\n")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ mv "$out.tmp" "$out"
 echo "wrote $out ($(wc -c <"$out") bytes, sha256 $(sha256sum "$out" | cut -d' ' -f1))" >&2
 
 # ---------------------------------------------------------------------------------------------
-# r4/definitions.json: HL7's R4 core StructureDefinitions (snapshots), ValueSets and
+# r4/definitions.json and r4/types.ndjson (each type's elements, one line per type, loaded on
+# first use): HL7's R4 core StructureDefinitions (snapshots), ValueSets and
 # CodeSystems compiled into the element tables and expanded value sets src/validation/structure
 # walks. Source packages are HL7's own (CC0), pinned by version and tarball sha256.
 CORE_PACKAGE="hl7.fhir.r4.examples"
@@ -100,7 +101,11 @@ fetch_pinned() { # package version sha256 dest-dir
 fetch_pinned "$CORE_PACKAGE" "$CORE_VERSION" "$CORE_SHA256"
 fetch_pinned "$EXPANSIONS_PACKAGE" "$EXPANSIONS_VERSION" "$EXPANSIONS_SHA256"
 defs="$here/r4/definitions.json"
-python3 "$here/compile_definitions.py" "$tmp/$CORE_PACKAGE/package" \
-    "$tmp/$EXPANSIONS_PACKAGE/package" "$defs.tmp"
+types="$here/r4/types.ndjson"
+PYTHONDONTWRITEBYTECODE=1 python3 "$here/compile_definitions.py" "$tmp/$CORE_PACKAGE/package" \
+    "$tmp/$EXPANSIONS_PACKAGE/package" "$defs.tmp" "$types.tmp"
 mv "$defs.tmp" "$defs"
-echo "wrote $defs ($(wc -c <"$defs") bytes, sha256 $(sha256sum "$defs" | cut -d' ' -f1))" >&2
+mv "$types.tmp" "$types"
+for f in "$defs" "$types"; do
+    echo "wrote $f ($(wc -c <"$f") bytes, sha256 $(sha256sum "$f" | cut -d' ' -f1))" >&2
+done

@@ -256,3 +256,62 @@ fn member_index_walk_equals_lookup_walk() {
         "{with_issues} resources with warnings or errors"
     );
 }
+
+/// Types are built on first use. A validator whose types are built lazily, by several threads
+/// at once (as bulk loads share one), gives exactly the outcomes of one whose every type was
+/// built before the first validation, over the Synthea corpus and every resource of the HL7
+/// validator's cases.
+#[test]
+fn lazily_built_types_equal_a_forced_full_build() {
+    use super::Validator;
+    let lazy = Validator::r4().unwrap();
+    assert_eq!(lazy.definitions().built_types(), 0);
+    let full = Validator::r4().unwrap();
+    full.definitions().build_all().unwrap();
+    let all = full.definitions().built_types();
+    assert!(all > 200, "{all} types built");
+    let mut resources = Vec::new();
+    for path in json_files(&corpus("conformance/synthea/fhir")) {
+        let bundle = read_json(&path);
+        resources.extend(
+            bundle["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["resource"].clone()),
+        );
+    }
+    for path in json_files(&corpus("conformance/fhir-validation/cases")) {
+        let case = read_json(&path);
+        if case["resource"].is_object() {
+            resources.push(case["resource"].clone());
+        }
+    }
+    const THREADS: usize = 4;
+    let outcomes: Vec<Vec<(usize, Outcome)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (lazy, resources) = (&lazy, &resources);
+                s.spawn(move || {
+                    resources
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % THREADS == t)
+                        .map(|(i, r)| (i, lazy.validate(r)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut compared = 0;
+    for (i, outcome) in outcomes.into_iter().flatten() {
+        assert_eq!(outcome, full.validate(&resources[i]), "resource {i}");
+        compared += 1;
+    }
+    assert_eq!(compared, resources.len());
+    assert!(resources.len() > 5000, "{}", resources.len());
+    let used = lazy.definitions().built_types();
+    assert!(used > 20 && used <= all, "{used} of {all} types built");
+    println!("the corpus built {used} of {all} types");
+}

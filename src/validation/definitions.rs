@@ -1,12 +1,21 @@
-//! The compiled FHIR R4 core definitions (`fhir-profiles/r4/definitions.json`, written by
-//! `fhir-profiles/generate.sh` from HL7's own StructureDefinitions, ValueSets and CodeSystems),
-//! loaded into lookup tables the structural validator walks.
+//! The compiled FHIR R4 core definitions (`fhir-profiles/r4/definitions.json` and
+//! `fhir-profiles/r4/types.ndjson`, written by `fhir-profiles/generate.sh` from HL7's own
+//! StructureDefinitions, ValueSets and CodeSystems), loaded into lookup tables the structural
+//! validator walks.
 //!
-//! Everything is indexed once at load: per type, the children of every element path, and for
-//! each child the JSON property names it may appear under (`valueQuantity` for `value[x]`).
+//! A type's tables are built on its first use, from its own line of `types.ndjson`, and kept:
+//! a Lambda that validates Patients parses and indexes the few dozen types a Patient holds,
+//! not all 209 (the validate function's cold start). Once built, a type is indexed for the
+//! walk: the children of every element path, and for each child the JSON property names it
+//! may appear under (`valueQuantity` for `value[x]`). The build is thread-safe (one
+//! `OnceLock` per type) and never re-entrant: an element's checks need the root invariants of
+//! its type (Extension's elements are Extensions), which have a cell of their own, computed
+//! from that type's line alone.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use regex::Regex;
 use serde::Deserialize;
@@ -14,15 +23,17 @@ use serde_json::Value;
 
 use super::ValidationError;
 
-/// The generated definitions (see `fhir-profiles/README.md`).
+/// The generated definitions but the types' elements (see `fhir-profiles/README.md`).
 const R4_DEFINITIONS: &str = include_str!("../../fhir-profiles/r4/definitions.json");
+/// Each type's elements, one line per type sorted by name: `{"elements":[...],"name":"X"}`.
+const R4_TYPES: &str = include_str!("../../fhir-profiles/r4/types.ndjson");
 
 #[derive(Debug, Deserialize)]
 struct RawDefinitions {
     #[serde(rename = "fhirVersion")]
     fhir_version: String,
     primitives: HashMap<String, Option<String>>,
-    types: HashMap<String, RawType>,
+    types: HashMap<String, RawTypeHeader>,
     #[serde(rename = "valueSets")]
     value_sets: HashMap<String, RawValueSet>,
     #[serde(rename = "codeSystems")]
@@ -39,12 +50,51 @@ struct RawDefinitions {
 }
 
 #[derive(Debug, Deserialize)]
-struct RawType {
+struct RawTypeHeader {
     kind: String,
     base: Option<String>,
     #[serde(rename = "abstract")]
     is_abstract: bool,
+}
+
+/// One line of `types.ndjson`.
+#[derive(Debug, Deserialize)]
+struct RawTypeLine {
+    name: String,
     elements: Vec<RawElement>,
+}
+
+/// One line of `types.ndjson` read for its root element only (the others are skipped, not
+/// built): what another type's elements need of it.
+#[derive(Debug, Deserialize)]
+struct RawTypeRoot {
+    name: String,
+    elements: FirstElement,
+}
+
+/// The first element of a list, the rest skipped.
+#[derive(Debug)]
+struct FirstElement(Option<RawElement>);
+
+impl<'de> Deserialize<'de> for FirstElement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FirstElement;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of elements")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FirstElement, A::Error> {
+                let first = seq.next_element::<RawElement>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstElement(first))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,8 +371,12 @@ impl ValueSetDef {
 #[derive(Debug)]
 pub struct Definitions {
     pub fhir_version: String,
-    types: FastMap<String, TypeDef>,
+    types: FastMap<String, TypeEntry>,
+    /// The types' lines (`types.ndjson`), each parsed on its type's first use.
+    type_lines: TypeLines,
     primitives: FastMap<String, Option<Regex>>,
+    /// Each distinct invariant expression compiled once, across the types built so far.
+    invariant_cache: Mutex<InvariantCache>,
     value_sets: FastMap<String, ValueSetDef>,
     code_systems: FastMap<String, HashSet<String>>,
     displays: FastMap<String, HashMap<String, String>>,
@@ -334,10 +388,36 @@ pub struct Definitions {
     supplements: FastSet<String>,
 }
 
+/// The text of `types.ndjson` (borrowed from the binary, or owned for other text).
+struct TypeLines(Cow<'static, str>);
+
+impl std::fmt::Debug for TypeLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TypeLines({} bytes)", self.0.len())
+    }
+}
+
+/// A type as the header names it, its tables built on first use.
+#[derive(Debug)]
+struct TypeEntry {
+    name: String,
+    kind: Kind,
+    base: Option<String>,
+    is_abstract: bool,
+    /// Its line in [`Definitions::type_lines`].
+    line: Range<usize>,
+    /// The root element's invariants the walker evaluates ([`TypeDef::root_checks`]), which
+    /// other types' elements of this type need: computed apart from the full build.
+    root: OnceLock<Arc<[Invariant]>>,
+    /// The tables, or why the type's line did not build (reported, never panicked on).
+    built: OnceLock<Result<TypeDef, String>>,
+}
+
 impl Definitions {
-    /// The FHIR R4 (4.0.1) core definitions, from the embedded compiled file.
+    /// The FHIR R4 (4.0.1) core definitions, from the embedded compiled files. Types are built
+    /// on first use (a test builds every one of them).
     pub fn r4() -> Result<Self, ValidationError> {
-        Self::from_json(R4_DEFINITIONS)
+        Self::lazy(R4_DEFINITIONS, Cow::Borrowed(R4_TYPES))
     }
 
     /// The process-wide R4 definitions, loaded on first call.
@@ -349,8 +429,28 @@ impl Definitions {
             .map_err(Clone::clone)
     }
 
-    /// Definitions from compiled JSON text (the shape `compile_definitions.py` writes).
-    pub fn from_json(text: &str) -> Result<Self, ValidationError> {
+    /// Definitions from compiled text (the two files `compile_definitions.py` writes), every
+    /// type built at once so that a broken one is an error here.
+    pub fn from_json(definitions: &str, types: &str) -> Result<Self, ValidationError> {
+        let defs = Self::lazy(definitions, Cow::Owned(types.to_owned()))?;
+        defs.build_all()?;
+        Ok(defs)
+    }
+
+    /// Builds every type not built yet; the first that does not build is the error.
+    pub fn build_all(&self) -> Result<(), ValidationError> {
+        let mut names: Vec<&String> = self.types.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            if let Some(Err(reason)) = self.types.get(name.as_str()).map(|e| self.built(e)) {
+                return Err(ValidationError::DefinitionsShape(reason.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the header and indexes the type lines; builds no type.
+    fn lazy(text: &str, type_lines: Cow<'static, str>) -> Result<Self, ValidationError> {
         let raw: RawDefinitions = serde_json::from_str(text)
             .map_err(|e| ValidationError::DefinitionsParse(e.to_string()))?;
         let mut primitives =
@@ -364,9 +464,28 @@ impl Definitions {
             };
             primitives.insert(name, regex);
         }
-        let mut types = FastMap::with_capacity_and_hasher(raw.types.len(), Default::default());
-        let mut cache = InvariantCache::default();
-        for (name, t) in raw.types {
+        // The lines are sorted by type name, as are the header's names: line i is the i-th
+        // name (checked again when the line is parsed).
+        let mut ranges = Vec::with_capacity(raw.types.len());
+        let mut start = 0;
+        for line in type_lines.split_inclusive('\n') {
+            let end = start + line.len();
+            if !line.trim().is_empty() {
+                ranges.push(start..end);
+            }
+            start = end;
+        }
+        if ranges.len() != raw.types.len() {
+            return Err(ValidationError::DefinitionsShape(format!(
+                "{} types named, {} type lines",
+                raw.types.len(),
+                ranges.len()
+            )));
+        }
+        let mut headers: Vec<(String, RawTypeHeader)> = raw.types.into_iter().collect();
+        headers.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut types = FastMap::with_capacity_and_hasher(headers.len(), Default::default());
+        for ((name, t), line) in headers.into_iter().zip(ranges) {
             let kind = match t.kind.as_str() {
                 "primitive-type" => Kind::Primitive,
                 "complex-type" => Kind::Complex,
@@ -377,71 +496,19 @@ impl Definitions {
                     )));
                 }
             };
-            let mut elements: Vec<ElementDef> = t
-                .elements
-                .into_iter()
-                .map(|e| element(e, &mut cache))
-                .collect();
-            for e in &mut elements {
-                for t in &mut e.types {
-                    t.primitive =
-                        primitives.contains_key(t.code.strip_prefix("System.").unwrap_or(&t.code));
-                }
-                e.json_names = e
-                    .types
-                    .iter()
-                    .map(|t| {
-                        let key = if e.choice {
-                            choice_key(&e.name, &t.code)
-                        } else {
-                            e.name.clone()
-                        };
-                        let primitive =
-                            primitives.contains_key(&t.code) && !t.code.starts_with("System.");
-                        (key.clone(), format!("_{key}"), primitive)
-                    })
-                    .collect();
-                if e.json_names.is_empty() {
-                    e.json_names
-                        .push((e.name.clone(), format!("_{}", e.name), false));
-                }
-            }
-            let mut children: HashMap<String, Vec<usize>> = HashMap::new();
-            for (i, e) in elements.iter().enumerate().skip(1) {
-                let parent = e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-                children.entry(parent.to_owned()).or_default().push(i);
-            }
-            let mut indexed = Vec::with_capacity(elements.len());
-            for e in &elements {
-                let of = e.content_reference.as_deref().unwrap_or(&e.path);
-                let list = children.get(of).cloned().unwrap_or_default();
-                indexed.push(Children::new(list, &elements));
-            }
-            for (e, kids) in elements.iter_mut().zip(indexed) {
-                e.has_children = children.contains_key(&e.path);
-                e.children = kids;
-            }
-            let root_children =
-                Children::new(children.get("").cloned().unwrap_or_default(), &elements);
-            let root_checks = elements
-                .first()
-                .map(|root| walker_checks(&root.invariants).cloned().collect())
-                .unwrap_or_default();
             types.insert(
                 name.clone(),
-                TypeDef {
+                TypeEntry {
                     name,
                     kind,
                     base: t.base,
                     is_abstract: t.is_abstract,
-                    elements,
-                    children,
-                    root_children,
-                    root_checks,
+                    line,
+                    root: OnceLock::new(),
+                    built: OnceLock::new(),
                 },
             );
         }
-        link_checks(&mut types);
         if !types.contains_key("Resource") || !types.contains_key("Extension") {
             return Err(ValidationError::DefinitionsShape(
                 "no Resource or Extension definition".into(),
@@ -472,7 +539,9 @@ impl Definitions {
         Ok(Definitions {
             fhir_version: raw.fhir_version,
             types,
+            type_lines: TypeLines(type_lines),
             primitives,
+            invariant_cache: Mutex::default(),
             value_sets,
             code_systems,
             displays: raw.displays.into_iter().collect(),
@@ -482,6 +551,154 @@ impl Definitions {
                 .collect(),
             fragments: FastSet::default(),
             supplements: FastSet::default(),
+        })
+    }
+
+    /// A type's tables, built on its first call (by whichever thread comes first; the others
+    /// wait for it). A type whose line does not build is logged once and is `Err` after.
+    fn built<'d>(&'d self, entry: &'d TypeEntry) -> &'d Result<TypeDef, String> {
+        entry.built.get_or_init(|| {
+            let built = self.build(entry);
+            if let Err(reason) = &built {
+                tracing::error!(r#type = %entry.name, %reason, "FHIR type definition does not build");
+            }
+            built
+        })
+    }
+
+    /// The elements of a type's line, checked to be that type's.
+    fn parse_line(&self, entry: &TypeEntry) -> Result<Vec<RawElement>, String> {
+        let text = self.type_lines.0.get(entry.line.clone()).unwrap_or("");
+        let line: RawTypeLine = serde_json::from_str(text)
+            .map_err(|e| format!("the line of type {}: {e}", entry.name))?;
+        if line.name != entry.name {
+            return Err(format!(
+                "the line of type {} defines {} (lines out of order)",
+                entry.name, line.name
+            ));
+        }
+        Ok(line.elements)
+    }
+
+    /// The root element of a type's line, checked to be that type's.
+    fn parse_root(&self, entry: &TypeEntry) -> Result<Option<RawElement>, String> {
+        let text = self.type_lines.0.get(entry.line.clone()).unwrap_or("");
+        let line: RawTypeRoot = serde_json::from_str(text)
+            .map_err(|e| format!("the line of type {}: {e}", entry.name))?;
+        if line.name != entry.name {
+            return Err(format!(
+                "the line of type {} defines {} (lines out of order)",
+                entry.name, line.name
+            ));
+        }
+        Ok(line.elements.0)
+    }
+
+    /// Compiles the invariants of one raw element through the shared cache.
+    fn compile_invariants(&self, raw: &RawElement) -> Vec<Invariant> {
+        let mut cache = self
+            .invariant_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        raw.inv.iter().filter_map(|i| cache.invariant(i)).collect()
+    }
+
+    /// The root invariants the walker evaluates on every value of type `code` (empty for a
+    /// name that is no type). Never builds a type: it parses the type's line if its root
+    /// has not been computed yet (a type that does not parse has none; its build reports it).
+    fn root_checks_of(&self, code: &str) -> Option<Arc<[Invariant]>> {
+        let entry = self.types.get(code)?;
+        let root = entry.root.get_or_init(|| match self.parse_root(entry) {
+            Ok(root) => root
+                .as_ref()
+                .map(|root| {
+                    let invs = self.compile_invariants(root);
+                    walker_checks(&invs).cloned().collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+                .into(),
+            Err(_) => Arc::from(Vec::new()),
+        });
+        Some(root.clone())
+    }
+
+    /// Builds one type's tables from its line.
+    fn build(&self, entry: &TypeEntry) -> Result<TypeDef, String> {
+        let raw = self.parse_line(entry)?;
+        let primitives = &self.primitives;
+        let mut elements: Vec<ElementDef> = raw
+            .into_iter()
+            .map(|e| {
+                let invariants = self.compile_invariants(&e);
+                element(e, invariants)
+            })
+            .collect();
+        for e in &mut elements {
+            for t in &mut e.types {
+                t.primitive =
+                    primitives.contains_key(t.code.strip_prefix("System.").unwrap_or(&t.code));
+            }
+            e.json_names = e
+                .types
+                .iter()
+                .map(|t| {
+                    let key = if e.choice {
+                        choice_key(&e.name, &t.code)
+                    } else {
+                        e.name.clone()
+                    };
+                    let primitive =
+                        primitives.contains_key(&t.code) && !t.code.starts_with("System.");
+                    (key.clone(), format!("_{key}"), primitive)
+                })
+                .collect();
+            if e.json_names.is_empty() {
+                e.json_names
+                    .push((e.name.clone(), format!("_{}", e.name), false));
+            }
+        }
+        let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in elements.iter().enumerate().skip(1) {
+            let parent = e.path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+            children.entry(parent.to_owned()).or_default().push(i);
+        }
+        let mut indexed = Vec::with_capacity(elements.len());
+        for e in &elements {
+            let of = e.content_reference.as_deref().unwrap_or(&e.path);
+            let list = children.get(of).cloned().unwrap_or_default();
+            indexed.push(Children::new(list, &elements));
+        }
+        for (e, kids) in elements.iter_mut().zip(indexed) {
+            e.has_children = children.contains_key(&e.path);
+            e.children = kids;
+        }
+        let root_children = Children::new(children.get("").cloned().unwrap_or_default(), &elements);
+        let root_checks: Vec<Invariant> = elements
+            .first()
+            .map(|root| walker_checks(&root.invariants).cloned().collect())
+            .unwrap_or_default();
+        // This type's root cell, from this build if no element of another type needed it
+        // first (both are computed from the same line: the same invariants).
+        let own_root = entry
+            .root
+            .get_or_init(|| Arc::from(root_checks.as_slice()))
+            .clone();
+        link_checks(&mut elements, |code| {
+            if code == entry.name {
+                Some(own_root.clone())
+            } else {
+                self.root_checks_of(code)
+            }
+        });
+        Ok(TypeDef {
+            name: entry.name.clone(),
+            kind: entry.kind,
+            base: entry.base.clone(),
+            is_abstract: entry.is_abstract,
+            elements,
+            children,
+            root_children,
+            root_checks,
         })
     }
 
@@ -561,8 +778,10 @@ impl Definitions {
         self.value_sets.insert(url.to_owned(), vs);
     }
 
+    /// A type's tables, built on first use (`None`: no such type, or, never for the embedded
+    /// definitions, whose every type a test builds, a type whose line does not build, logged).
     pub fn type_def(&self, name: &str) -> Option<&TypeDef> {
-        self.types.get(name)
+        self.built(self.types.get(name)?).as_ref().ok()
     }
 
     /// True if `name` is a concrete resource type (`Patient`, not `DomainResource`).
@@ -626,10 +845,31 @@ impl Definitions {
 
 #[cfg(test)]
 impl Definitions {
+    /// How many types are built.
+    pub(crate) fn built_types(&self) -> usize {
+        self.types
+            .values()
+            .filter(|e| e.built.get().is_some())
+            .count()
+    }
+
+    /// Every type, built.
+    pub(crate) fn all_types(&self) -> impl Iterator<Item = &TypeDef> {
+        self.build_all().expect("the definitions build");
+        self.types
+            .values()
+            .filter_map(|e| e.built.get()?.as_ref().ok())
+    }
+
     /// Drops every member index: the walker then looks each child's JSON names up in the
     /// object, as it did before the index (an equivalence test compares both walks).
     pub(crate) fn drop_member_index(&mut self) {
-        for t in self.types.values_mut() {
+        self.build_all().expect("the definitions build");
+        for t in self
+            .types
+            .values_mut()
+            .filter_map(|e| e.built.get_mut()?.as_mut().ok())
+        {
             t.root_children.keys = None;
             for e in &mut t.elements {
                 e.children.keys = None;
@@ -644,54 +884,52 @@ fn walker_checks(invs: &[Invariant]) -> impl Iterator<Item = &Invariant> {
         .filter(|i| !WALKER_INVARIANTS.contains(&i.key.as_str()))
 }
 
-/// Fills [`ElementDef::checks`]: per element and type, its own invariants and those of the
-/// type's root (a value of a data type that is not a backbone element or a content
-/// reference, nor a contained resource, which is walked as a resource of its own).
-fn link_checks(types: &mut FastMap<String, TypeDef>) {
+/// Fills [`ElementDef::checks`] of one type's elements: per element and type, its own
+/// invariants and those of the type's root (`roots`: a value of a data type that is not a
+/// backbone element or a content reference, nor a contained resource, which is walked as a
+/// resource of its own).
+fn link_checks(elements: &mut [ElementDef], roots: impl Fn(&str) -> Option<Arc<[Invariant]>>) {
     // Most elements have no invariant of their own but ele-1: their list is the type root's,
     // shared rather than copied (loading stays within its time budget).
-    let roots: FastMap<String, Arc<[Invariant]>> = types
-        .iter()
-        .filter(|(_, t)| !t.root_checks.is_empty())
-        .map(|(n, t)| (n.clone(), Arc::from(t.root_checks.as_slice())))
-        .collect();
     let none: Arc<[Invariant]> = Arc::from(Vec::new());
-    for t in types.values_mut() {
-        for e in &mut t.elements {
-            let own: Vec<Invariant> = walker_checks(&e.invariants).cloned().collect();
-            let of_type = !e.has_children && e.content_reference.is_none();
-            let codes: Vec<&str> = if e.types.is_empty() {
-                vec![""]
-            } else {
-                e.types.iter().map(|t| t.code.as_str()).collect()
-            };
-            let checks = codes
-                .iter()
-                .map(|&code| {
-                    let root = roots.get(code).filter(|_| of_type && code != "Resource");
-                    if own.is_empty() {
-                        // Only walker invariants of its own: none of the root's is dropped.
-                        return root.cloned().unwrap_or_else(|| none.clone());
-                    }
-                    let mut list = own.clone();
-                    if of_type && code != "Resource" {
-                        list.extend(
-                            root.map(|r| &r[..])
-                                .unwrap_or(&[])
-                                .iter()
-                                .filter(|i| !e.invariants.iter().any(|o| o.key == i.key))
-                                .cloned(),
-                        );
-                    }
-                    Arc::from(list)
-                })
-                .collect();
-            e.checks = checks;
-        }
+    for e in elements.iter_mut() {
+        let own: Vec<Invariant> = walker_checks(&e.invariants).cloned().collect();
+        let of_type = !e.has_children && e.content_reference.is_none();
+        let codes: Vec<&str> = if e.types.is_empty() {
+            vec![""]
+        } else {
+            e.types.iter().map(|t| t.code.as_str()).collect()
+        };
+        let checks = codes
+            .iter()
+            .map(|&code| {
+                // Asked only when used: asking parses the type's line.
+                let root = (of_type && code != "Resource")
+                    .then(|| roots(code))
+                    .flatten()
+                    .filter(|r| !r.is_empty());
+                if own.is_empty() {
+                    // Only walker invariants of its own: none of the root's is dropped.
+                    return root.unwrap_or_else(|| none.clone());
+                }
+                let mut list = own.clone();
+                if of_type && code != "Resource" {
+                    list.extend(
+                        root.as_deref()
+                            .unwrap_or(&[])
+                            .iter()
+                            .filter(|i| !e.invariants.iter().any(|o| o.key == i.key))
+                            .cloned(),
+                    );
+                }
+                Arc::from(list)
+            })
+            .collect();
+        e.checks = checks;
     }
 }
 
-fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
+fn element(raw: RawElement, invariants: Vec<Invariant>) -> ElementDef {
     let last = raw.p.rsplit('.').next().unwrap_or("").to_owned();
     let (name, choice) = match last.strip_suffix("[x]") {
         Some(stem) => (stem.to_owned(), true),
@@ -729,7 +967,7 @@ fn element(raw: RawElement, cache: &mut InvariantCache) -> ElementDef {
         fixed: raw.fixed,
         pattern: raw.pattern,
         binding,
-        invariants: raw.inv.iter().filter_map(|i| cache.invariant(i)).collect(),
+        invariants,
         json_names: Vec::new(),
         has_children: false,
         children: Children::default(),
@@ -792,7 +1030,7 @@ mod tests {
         let defs = Definitions::r4().unwrap();
         let mut total = 0;
         let mut failed = std::collections::BTreeSet::new();
-        for t in defs.types.values() {
+        for t in defs.all_types() {
             for e in &t.elements {
                 for inv in &e.invariants {
                     total += 1;
@@ -815,7 +1053,7 @@ mod tests {
     fn precomputed_checks_equal_the_per_value_gathering() {
         let defs = Definitions::r4().unwrap();
         let mut with_type = 0;
-        for t in defs.types.values() {
+        for t in defs.all_types() {
             let expected_root: Vec<&str> = t
                 .elements
                 .first()
@@ -930,18 +1168,88 @@ mod tests {
     fn clashing_json_names_leave_the_member_index_out() {
         let text = r#"{"fhirVersion":"4.0.1","primitives":{"string":null},"codeSystems":{},"valueSets":{},
             "types":{
-              "Resource":{"kind":"resource","abstract":true,"elements":[{"p":"","min":0,"max":"*"}]},
-              "Extension":{"kind":"complex-type","abstract":false,"elements":[{"p":"","min":0,"max":"*"}]},
-              "X":{"kind":"resource","abstract":false,"elements":[{"p":"","min":0,"max":"*"},
-                {"p":"value[x]","min":0,"max":"1","t":[{"c":"string"}]},
-                {"p":"valueString","min":0,"max":"1","t":[{"c":"string"}]},
-                {"p":"other","min":0,"max":"1","t":[{"c":"string"}]}]}}}"#;
-        let defs = Definitions::from_json(text).unwrap();
+              "Resource":{"kind":"resource","abstract":true},
+              "Extension":{"kind":"complex-type","abstract":false},
+              "X":{"kind":"resource","abstract":false}}}"#;
+        let lines = r#"{"elements":[{"p":"","min":0,"max":"*"}],"name":"Extension"}
+{"elements":[{"p":"","min":0,"max":"*"}],"name":"Resource"}
+{"elements":[{"p":"","min":0,"max":"*"},{"p":"value[x]","min":0,"max":"1","t":[{"c":"string"}]},{"p":"valueString","min":0,"max":"1","t":[{"c":"string"}]},{"p":"other","min":0,"max":"1","t":[{"c":"string"}]}],"name":"X"}
+"#;
+        let defs = Definitions::from_json(text, lines).unwrap();
         let x = defs.type_def("X").unwrap();
         assert!(x.root_children.keys.is_none());
         assert_eq!(x.root_children.list.len(), 3);
         let clean = defs.type_def("Extension").unwrap();
         assert!(clean.root_children.keys.is_some());
+    }
+
+    /// Loading builds no type; asking for one builds it alone (other types' root invariants
+    /// are read without building them), once, and Extension, whose elements are Extensions,
+    /// builds from its own root without re-entering its build.
+    #[test]
+    fn types_are_built_on_first_use() {
+        let defs = Definitions::r4().unwrap();
+        assert_eq!(defs.built_types(), 0);
+        assert!(defs.is_resource_type("Patient") && defs.derives_from("Age", "Quantity"));
+        assert!(defs.resource_types().contains(&"Patient"));
+        assert_eq!(defs.built_types(), 0);
+        let patient = defs.type_def("Patient").unwrap();
+        assert_eq!(defs.built_types(), 1);
+        assert!(std::ptr::eq(patient, defs.type_def("Patient").unwrap()));
+        let name = patient.elements.iter().find(|e| e.path == "name").unwrap();
+        let human_name = defs.types.get("HumanName").unwrap();
+        assert!(human_name.root.get().is_some() && human_name.built.get().is_none());
+        assert_eq!(name.checks.len(), 1);
+        let ext = defs.type_def("Extension").unwrap();
+        assert_eq!(defs.built_types(), 2);
+        let nested = ext.elements.iter().find(|e| e.path == "extension").unwrap();
+        let keys: Vec<&str> = nested.checks[0].iter().map(|i| i.key.as_str()).collect();
+        assert!(keys.contains(&"ext-1"), "{keys:?}");
+        assert!(defs.type_def("NoSuchType").is_none());
+    }
+
+    /// A type line that does not parse, lines out of order and a missing line are typed
+    /// errors of `from_json`; loaded lazily, the broken type is absent (and logged) while the
+    /// others build.
+    #[test]
+    fn a_type_line_that_does_not_build_is_an_error_not_a_panic() {
+        let header = r#"{"fhirVersion":"4.0.1","primitives":{},"codeSystems":{},"valueSets":{},
+            "types":{"Extension":{"kind":"complex-type","abstract":false},
+              "Resource":{"kind":"resource","abstract":true},
+              "X":{"kind":"resource","abstract":false}}}"#;
+        let ext = r#"{"elements":[{"p":"","min":0,"max":"*"}],"name":"Extension"}"#;
+        let res = r#"{"elements":[{"p":"","min":0,"max":"*"}],"name":"Resource"}"#;
+        let x = r#"{"elements":[{"p":"","min":0,"max":"*"},{"p":"a","min":0,"max":"1","t":[{"c":"Extension"}]}],"name":"X"}"#;
+        let good = format!("{ext}\n{res}\n{x}\n");
+        let defs = Definitions::from_json(header, &good).unwrap();
+        assert_eq!(defs.type_def("X").unwrap().elements.len(), 2);
+
+        let broken = format!("{ext}\n{res}\n{{\"elements\":[{{\"p\":\n");
+        let Err(ValidationError::DefinitionsShape(reason)) =
+            Definitions::from_json(header, &broken)
+        else {
+            panic!("a broken line must be a shape error");
+        };
+        assert!(reason.contains("type X"), "{reason}");
+        let lazy = Definitions::lazy(header, Cow::Owned(broken)).unwrap();
+        assert!(lazy.is_resource_type("X"));
+        assert!(lazy.type_def("X").is_none());
+        assert!(lazy.type_def("X").is_none());
+        assert!(lazy.type_def("Extension").is_some());
+
+        let swapped = format!("{res}\n{ext}\n{x}\n");
+        let Err(ValidationError::DefinitionsShape(reason)) =
+            Definitions::from_json(header, &swapped)
+        else {
+            panic!("lines out of order must be a shape error");
+        };
+        assert!(reason.contains("out of order"), "{reason}");
+
+        let missing = format!("{ext}\n{res}\n");
+        assert!(matches!(
+            Definitions::from_json(header, &missing),
+            Err(ValidationError::DefinitionsShape(r)) if r.contains("3 types named, 2 type lines")
+        ));
     }
 
     #[test]
@@ -955,13 +1263,13 @@ mod tests {
     #[test]
     fn broken_definitions_are_typed_errors() {
         assert!(matches!(
-            Definitions::from_json("{"),
+            Definitions::from_json("{", ""),
             Err(ValidationError::DefinitionsParse(_))
         ));
         let empty =
             r#"{"fhirVersion":"4.0.1","primitives":{},"types":{},"valueSets":{},"codeSystems":{}}"#;
         assert!(matches!(
-            Definitions::from_json(empty),
+            Definitions::from_json(empty, ""),
             Err(ValidationError::DefinitionsShape(_))
         ));
     }

@@ -228,10 +228,12 @@ impl<'d, 'v> Walker<'d, 'v> {
                 return;
             }
         };
+        // Asked in this order so that a resourceType naming a data type builds no tables.
         let Some(ty) = self
             .defs
-            .type_def(rt)
-            .filter(|_| self.defs.is_resource_type(rt))
+            .is_resource_type(rt)
+            .then(|| self.defs.type_def(rt))
+            .flatten()
         else {
             let at = if loc.is_empty() { "$" } else { loc.as_str() };
             self.sink.error(
