@@ -11,6 +11,7 @@
 //! - [`gateway`] is the partner FHIR API (read, vread, history, search) and its authorizer;
 //! - [`local`] runs it all on one machine: the ASL engine, SQLite, the local bus and queue.
 
+mod alloc;
 pub mod aws;
 pub mod bulk;
 pub mod config;

@@ -244,7 +244,11 @@ struct ResourceFile {
 /// A template value, compiled.
 #[derive(Debug)]
 enum Node {
-    Literal(Json),
+    /// A literal as written, and pruned ([`json::prune`]) once at load for the planned path.
+    Literal {
+        value: Json,
+        pruned: Option<Json>,
+    },
     /// One `{{ expr }}`, kept typed; `name` is its template in the environment, `plan` its
     /// direct evaluation when it has a planned shape.
     Expr {
@@ -260,6 +264,13 @@ enum Node {
     },
     Array(Vec<Node>),
     Object(Vec<(String, Node)>),
+}
+
+impl Node {
+    fn literal(value: Json) -> Node {
+        let pruned = json::prune(value.clone());
+        Node::Literal { value, pruned }
+    }
 }
 
 #[derive(Debug)]
@@ -382,7 +393,7 @@ impl Mapping {
     pub fn planned(&self) -> (usize, usize) {
         fn count(n: &Node, acc: &mut (usize, usize)) {
             match n {
-                Node::Literal(_) => {}
+                Node::Literal { .. } => {}
                 Node::Expr { plan, .. } => {
                     acc.0 += usize::from(plan.is_some());
                     acc.1 += 1;
@@ -425,7 +436,6 @@ impl Mapping {
                 ),
             )));
         }
-        let lineage = change.lineage();
         let targets = self.targets(&change.key);
         if change.op == Op::Delete {
             return Ok(targets
@@ -433,7 +443,7 @@ impl Mapping {
                 .map(|target| ResourceChange {
                     target,
                     op: ResourceOp::Delete,
-                    lineage: lineage.clone(),
+                    lineage: change.lineage(),
                 })
                 .collect());
         }
@@ -498,7 +508,8 @@ impl Mapping {
                 Ok(resource) => out.push(ResourceChange {
                     target,
                     op: ResourceOp::Upsert { resource },
-                    lineage: lineage.clone(),
+                    // Made per resource: most records make one, so no spare copy is made.
+                    lineage: change.lineage(),
                 }),
                 Err(reason) => errors.push_text("structure", &resource.resource_type, &reason),
             }
@@ -548,7 +559,7 @@ impl Mapping {
     /// path's value): planned expressions directly, the rest through their templates.
     fn eval_planned(&self, node: &Node, ctx: &Ctx<'_>, errors: &mut Errors<'_>) -> Option<Json> {
         match node {
-            Node::Literal(v) => json::pruned(std::borrow::Cow::Borrowed(v)),
+            Node::Literal { pruned, .. } => pruned.clone(),
             Node::Expr { name, path, plan } => {
                 if let Some(p) = plan {
                     match plan::eval(p, &ctx.scope) {
@@ -626,7 +637,7 @@ impl Mapping {
 
     fn eval_node(&self, node: &Node, ctx: &Value, errors: &mut Errors<'_>) -> Json {
         match node {
-            Node::Literal(v) => v.clone(),
+            Node::Literal { value, .. } => value.clone(),
             Node::Expr { name, path, .. } => self.eval_expr_node(name, path, ctx, errors),
             Node::Text { name, path, .. } => self.eval_text_node(name, path, ctx, errors),
             Node::Array(items) => Json::Array(
@@ -842,7 +853,10 @@ impl<'a> Compiler<'a> {
                 )),
             };
             let root = self.node(i, &format!("{at}.template"), &r.resource_type, r.template)?;
-            if matches!(root, Node::Literal(_) | Node::Array(_) | Node::Text { .. }) {
+            if matches!(
+                root,
+                Node::Literal { .. } | Node::Array(_) | Node::Text { .. }
+            ) {
                 return Err(self.invalid(
                     format!("{at}.template"),
                     "must be a map (or one expression yielding a map)",
@@ -955,7 +969,7 @@ impl<'a> Compiler<'a> {
                         plan,
                     }
                 } else {
-                    Node::Literal(Json::String(s))
+                    Node::literal(Json::String(s))
                 }
             }
             Json::Array(items) => Node::Array(
@@ -976,7 +990,7 @@ impl<'a> Compiler<'a> {
                     })
                     .collect::<Result<_, MappingError>>()?,
             ),
-            other => Node::Literal(other),
+            other => Node::literal(other),
         })
     }
 }

@@ -704,10 +704,45 @@ impl<'s> Parser<'s> {
                         self.eat_sym(",")?;
                     }
                 }
-                Some(Ex::List(items))
+                Some(Self::fold_list(items))
             }
-            Tok::Sym("{") => Some(Ex::Dict(self.dict_body()?)),
+            Tok::Sym("{") => Some(Self::fold_dict(self.dict_body()?)),
             _ => None,
+        }
+    }
+
+    /// A list literal of literals is one literal, built once at load (evaluating it gives the
+    /// same JSON: each item's value in order), so a record only copies it.
+    fn fold_list(items: Vec<Ex>) -> Ex {
+        if items.iter().all(|e| matches!(e, Ex::Lit(_))) {
+            Ex::Lit(Json::Array(
+                items
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Ex::Lit(j) => Some(j),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        } else {
+            Ex::List(items)
+        }
+    }
+
+    /// [`Self::fold_list`] for dict literals (keys are distinct, so insertion order does not matter).
+    fn fold_dict(entries: Vec<(String, Ex)>) -> Ex {
+        if entries.iter().all(|(_, e)| matches!(e, Ex::Lit(_))) {
+            Ex::Lit(Json::Object(
+                entries
+                    .into_iter()
+                    .filter_map(|(k, e)| match e {
+                        Ex::Lit(j) => Some((k, j)),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        } else {
+            Ex::Dict(entries)
         }
     }
 
@@ -815,6 +850,29 @@ impl<'s> Parser<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_lists_and_dicts_are_folded_at_load_and_the_rest_is_not() {
+        let folded = parse_expr(
+            "{'type': {'coding': [{'system': 'urn:s', 'code': 'SS'}]}, 'n': [1, none, true]}",
+        );
+        assert_eq!(
+            folded,
+            Some(Ex::Lit(serde_json::json!({
+                "type": {"coding": [{"system": "urn:s", "code": "SS"}]},
+                "n": [1, null, true]
+            })))
+        );
+        assert_eq!(parse_expr("[]"), Some(Ex::Lit(serde_json::json!([]))));
+        assert_eq!(parse_expr("{}"), Some(Ex::Lit(serde_json::json!({}))));
+        // A dict with one non-literal entry stays a dict; its literal parts are folded.
+        let Some(Ex::Dict(entries)) = parse_expr("{'t': {'c': ['x']}, 'v': record.SSN}") else {
+            panic!("not a dict");
+        };
+        assert_eq!(entries[0].1, Ex::Lit(serde_json::json!({"c": ["x"]})));
+        assert!(matches!(entries[1].1, Ex::Attr(..)));
+        assert!(matches!(parse_expr("[1, record.A]"), Some(Ex::List(_))));
+    }
 
     #[test]
     fn plans_the_common_shapes_and_leaves_the_rest() {
