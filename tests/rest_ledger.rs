@@ -375,3 +375,122 @@ async fn a_server_that_is_down_at_recovery_keeps_the_intent_for_later() {
     assert!(err.is_retryable(), "{err}");
     assert_eq!(ledger.counts().unwrap(), (0, 1), "the intent waits");
 }
+
+/// The filter of the emit function's mapping on the ledger stream, from the template.
+fn ledger_filter() -> fhir_unify::events::pattern::EventPattern {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/template.yaml");
+    let template: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mapping = &template["Resources"]["EmitLedgerStreamMapping"]["Properties"];
+    let filters = mapping["FilterCriteria"]["Filters"].as_sequence().unwrap();
+    assert_eq!(filters.len(), 1);
+    fhir_unify::events::pattern::EventPattern::parse(filters[0]["Pattern"].as_str().unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_across_a_crash() {
+    use aws_sdk_dynamodb::config::Credentials;
+    use common::moto::REGION;
+    use fhir_unify::events::eventbridge::EventBridgeBus;
+    use fhir_unify::handlers::emit_stream;
+    use fhir_unify::sources::dynamodb::DynamoDbStreamEvent;
+    use fhir_unify::store::ledger::dynamodb::DynamoLedger;
+
+    let moto = common::serial_moto::SerialMoto::start();
+    let config = fhir_unify::aws::loader()
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(Credentials::for_tests())
+        .load()
+        .await;
+    let table = "fhir-ledger";
+    let dynamo = DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table);
+    dynamo.create_table().await.unwrap();
+    let (base, token, _guard) = server().await;
+
+    let ledger: Arc<dyn Ledger> = Arc::new(dynamo.clone());
+    let s = store(&base, &token, ledger.clone(), Duration::from_secs(300));
+    s.apply(&[upsert("a", "Smith", 1)]).await.unwrap();
+    // Killed between the server's commit and the ledger write.
+    let crashing = Arc::new(CrashingLedger {
+        inner: ledger.clone(),
+        crash: AtomicBool::new(true),
+    });
+    let s = store(&base, &token, crashing, Duration::from_secs(300));
+    s.apply(&[upsert("a", "Smyth", 2), upsert("b", "Jones", 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(dynamo.open_intents().await.unwrap().len(), 2);
+    // Another Lambda instance retries the batch twice.
+    let again = DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table);
+    let s = store(&base, &token, Arc::new(again), Duration::from_secs(300));
+    for _ in 0..2 {
+        let outcomes = s
+            .apply(&[upsert("a", "Smyth", 2), upsert("b", "Jones", 2)])
+            .await
+            .unwrap();
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.action == PublishAction::Unchanged)
+        );
+    }
+    assert!(dynamo.open_intents().await.unwrap().is_empty());
+    for (id, v) in [("a", "1"), ("a", "2"), ("b", "1")] {
+        assert!(
+            dynamo.has_event(&event_id(id, v)).await.unwrap(),
+            "{id}/{v}"
+        );
+    }
+
+    let stream_arn = aws_sdk_dynamodb::Client::new(&config)
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .table()
+        .unwrap()
+        .latest_stream_arn()
+        .unwrap()
+        .to_owned();
+    let all = common::lambda_stream::read_stream(&config, &stream_arn, REGION).await;
+    let filter = ledger_filter();
+    let records: Vec<Value> = all.iter().filter(|r| filter.matches(r)).cloned().collect();
+    assert!(all.len() > records.len(), "intent records are filtered out");
+    aws_sdk_eventbridge::Client::new(&config)
+        .create_event_bus()
+        .name("changes")
+        .send()
+        .await
+        .unwrap();
+    let bus = EventBridgeBus::with_client("changes", aws_sdk_eventbridge::Client::new(&config));
+    let out = emit_stream::handle(
+        &DynamoDbStreamEvent {
+            records: all.clone(),
+        },
+        &bus,
+    )
+    .await;
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    assert_eq!(
+        (out.published, out.skipped),
+        (3, all.len() - 3),
+        "three versions, each published once"
+    );
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| {
+            r["dynamodb"]["Keys"]["pk"]["S"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("event#")
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    let mut want = vec![event_id("a", "1"), event_id("a", "2"), event_id("b", "1")];
+    want.sort();
+    assert_eq!(ids, want);
+}
