@@ -1757,5 +1757,7 @@ pub fn sigv4_headers(
         .collect())
 }
 
+pub mod forward;
+
 #[cfg(test)]
 mod tests;
