@@ -123,24 +123,30 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
                 ),
             }));
         }
-        Ok((Env::lazy(&config, &data, false)?, table, rest))
+        Ok((Env::lazy(&config, &data, false)?, table, rest, data))
     }) {
-        Ok((mut env, Some(table), _)) => {
+        Ok((mut env, Some(table), _, _)) => {
             tracing::info!(table = %table, "publish writes to the DynamoDB store");
             env.store = Arc::new(DynamoStore::from_environment(table).await);
             Ok(env)
         }
-        Ok((mut env, None, Some(rest))) => {
+        Ok((mut env, None, Some(rest), data)) => {
             match crate::store::rest::RestStore::from_config(&rest, None).await {
                 Ok(store) => {
                     tracing::info!(base = %store.base(), "publish writes to the FHIR server");
-                    env.store = Arc::new(store);
-                    Ok(env)
+                    match rest_ledger(std::env::var("FHIR_UNIFY_LEDGER_TABLE").ok(), &data).await {
+                        Ok(ledger) => {
+                            env.outbox = ledger.clone();
+                            env.store = Arc::new(store.with_ledger(ledger));
+                            Ok(env)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(EnvError::Store(e)),
             }
         }
-        Ok((env, None, None)) => Ok(env),
+        Ok((env, None, None, _)) => Ok(env),
         Err(e) => Err(e),
     };
     Ok(Arc::new(reported(built)?))
@@ -289,6 +295,38 @@ fn store_table(
             reason: format!("{table:?} is not a DynamoDB table name"),
         })),
         None => Ok(config.store.dynamodb_table().map(str::to_owned)),
+    }
+}
+
+/// The change-event ledger of the `rest` store: the DynamoDB table `FHIR_UNIFY_LEDGER_TABLE`
+/// names (set by the stack with HealthLake; its stream drives `emit`). Without it, a SQLite
+/// ledger under the data folder, which a local trial relays; on Lambda /tmp does not outlive
+/// the execution environment, so it is warned about.
+async fn rest_ledger(
+    variable: Option<String>,
+    data: &DataDir,
+) -> Result<Arc<dyn crate::store::ledger::Ledger>, EnvError> {
+    match variable
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    {
+        Some(table) if crate::config::is_table_name(&table) => {
+            tracing::info!(table = %table, "change events of the FHIR server go through the ledger table");
+            Ok(Arc::new(
+                crate::store::ledger::dynamodb::DynamoLedger::from_environment(table).await,
+            ))
+        }
+        Some(table) => Err(EnvError::Store(crate::store::StoreError::Invalid {
+            target: "FHIR_UNIFY_LEDGER_TABLE".into(),
+            reason: format!("{table:?} is not a DynamoDB table name"),
+        })),
+        None => {
+            let path = data.join(std::path::Path::new("ledger.db"));
+            tracing::warn!(
+                "no FHIR_UNIFY_LEDGER_TABLE: the FHIR server's change events go to a local ledger"
+            );
+            Ok(Arc::new(crate::store::ledger::SqliteLedger::open(&path)?))
+        }
     }
 }
 
@@ -849,5 +887,22 @@ mod tests {
         );
         let err = store_table(Some("no way".into()), &sqlite).unwrap_err();
         assert!(err.to_string().contains("FHIR_UNIFY_STORE_TABLE"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_rest_ledger_is_the_named_table_or_a_local_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir(dir.path().to_path_buf());
+        let err = rest_ledger(Some("bad table!".into()), &data)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("FHIR_UNIFY_LEDGER_TABLE"), "{err}");
+        rest_ledger(Some(" ".into()), &data).await.ok().unwrap();
+        assert!(dir.path().join("ledger.db").exists());
+        rest_ledger(Some("stack-FhirLedgerTable-1".into()), &data)
+            .await
+            .ok()
+            .unwrap();
     }
 }

@@ -156,6 +156,8 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
     ),
     // lambda::publish_env: the `rest` store (HealthLake), only when the stack is given one.
     ("FHIR_UNIFY_FHIR_ENDPOINT", &["PublishFunction"]),
+    // lambda::publish_env: the `rest` store's change-event ledger (HealthLake mode).
+    ("FHIR_UNIFY_LEDGER_TABLE", &["PublishFunction"]),
     // lambda::ingest_env and the other ingress builders: unify on Step Functions.
     (
         "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN",
@@ -589,6 +591,29 @@ fn the_template_declares_the_tables_the_stores_expect() {
         Some("NEW_IMAGE")
     );
     assert_eq!(store["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+
+    // The REST store's ledger (src/store/ledger/dynamodb.rs): its stream drives emit.
+    {
+        use fhir_unify::store::ledger::dynamodb as ledger;
+        assert_eq!(
+            key_schema(&template, "FhirLedgerTable"),
+            hash_range(ledger::PK, ledger::SK)
+        );
+        let table = &template["Resources"]["FhirLedgerTable"]["Properties"];
+        assert_eq!(
+            table["StreamSpecification"]["StreamViewType"].as_str(),
+            Some("NEW_IMAGE")
+        );
+        assert_eq!(table["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+        let mapping = &template["Resources"]["EmitLedgerStreamMapping"]["Properties"];
+        assert!(is_ref(&mapping["FunctionName"], "EmitFunction"));
+        assert!(
+            mapping["FilterCriteria"]["Filters"][0]["Pattern"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("\"prefix\": \"{}\"", ledger::EVENT_PREFIX))
+        );
+    }
 
     assert_eq!(
         key_schema(&template, "DatasetVersionsTable"),

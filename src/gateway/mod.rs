@@ -151,6 +151,8 @@ pub struct Gateway {
     writes: bool,
     /// Held while a write checks versions and applies.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// A FHIR server as the store: searches are forwarded to it ([`Gateway::rest`]).
+    forward: Option<Arc<crate::store::rest::RestStore>>,
 }
 
 /// Page size when `_count` is absent, and the most one page holds.
@@ -164,7 +166,18 @@ impl Gateway {
             search,
             writes: false,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            forward: None,
         }
+    }
+
+    /// A gateway over a FHIR server (the `rest` store: HealthLake…): reads and histories go
+    /// through the store, searches are forwarded to the server with the parameters this API
+    /// accepts, every returned resource is checked against the grant again, and the server's
+    /// paging links become links to this API (see [`crate::store::rest::forward`]).
+    pub fn rest(store: Arc<crate::store::rest::RestStore>) -> Gateway {
+        let mut gateway = Gateway::new(store.clone(), store.clone());
+        gateway.forward = Some(store);
+        gateway
     }
 
     /// A gateway over one SQLite store.
@@ -313,11 +326,34 @@ impl Gateway {
         resource_type: &str,
     ) -> Result<FhirResponse, Refusal> {
         let parsed = params::parse_search(resource_type, &req.query)?;
-        let page = self
-            .search
-            .search(&parsed.query)
-            .await
-            .map_err(|e| Refusal::from_store(&e))?;
+        let (page, extra_withheld) = match &self.forward {
+            Some(rest) => {
+                let page = rest
+                    .forward_search(
+                        resource_type,
+                        &parsed.echo,
+                        parsed.query.count,
+                        parsed.query.cursor.as_deref(),
+                    )
+                    .await
+                    .map_err(|e| Refusal::from_store(&e))?;
+                (
+                    crate::store::search::SearchPage {
+                        total: page.total.unwrap_or(page.versions.len() as u64),
+                        matches: page.versions,
+                        next: page.next,
+                    },
+                    page.withheld,
+                )
+            }
+            None => (
+                self.search
+                    .search(&parsed.query)
+                    .await
+                    .map_err(|e| Refusal::from_store(&e))?,
+                0,
+            ),
+        };
         let path = format!("{}/{resource_type}", req.base_url);
         let mut links = vec![link("self", &path, &parsed.echo, parsed.query.count, None)];
         if let Some(next) = &page.next {
@@ -330,7 +366,7 @@ impl Gateway {
             ));
         }
         let mut entries = Vec::with_capacity(page.matches.len());
-        let mut withheld = 0usize;
+        let mut withheld = extra_withheld;
         for v in &page.matches {
             // The query is for one type; re-check each resource anyway, so a store that
             // returns something else (a bug, an include later) cannot leak it.

@@ -42,6 +42,7 @@ use crate::events::{EventBus, MAX_ENTRIES_PER_PUT, PutEntryResult, RelayReport};
 use crate::model::ChangeEvent;
 use crate::sources::dynamodb::DynamoDbStreamEvent;
 use crate::store::dynamodb::change_event_from_stream_image;
+use crate::store::ledger::dynamodb::{change_event_from_ledger_image, is_ledger_image};
 
 /// Why one stream record was not published. Never carries patient data: positions, ids and
 /// codes only.
@@ -239,6 +240,16 @@ fn decode(index: usize, raw: &Value) -> Result<Option<ChangeEvent>, EmitRecordEr
         return Err(EmitRecordError::BadImage {
             index,
             reason: "an INSERT without a NewImage: the stream needs view type NEW_IMAGE".into(),
+        });
+    }
+    // The REST store's ledger table (HealthLake) feeds this handler the same way: its event
+    // items are the committed versions.
+    if is_ledger_image(&record.change.new_image) {
+        return change_event_from_ledger_image(&record.change.new_image).map_err(|e| {
+            EmitRecordError::BadImage {
+                index,
+                reason: e.to_string(),
+            }
         });
     }
     change_event_from_stream_image(&record.change.new_image).map_err(|e| {

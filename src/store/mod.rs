@@ -23,6 +23,7 @@
 
 pub mod dataset;
 pub mod dynamodb;
+pub mod ledger;
 pub mod rest;
 pub mod search;
 pub mod sqlite;

@@ -69,10 +69,15 @@
 //!
 //! # Events
 //!
-//! This store implements no [`super::Outbox`]: a FHIR server keeps no change stream the pipeline
-//! can read in commit order (HealthLake has none; FHIR Subscriptions are optional and
-//! server-specific). Change events for a REST store have to come from what `publish` reports
-//! (a ledger written with the outcomes), which is not built yet.
+//! A FHIR server keeps no change stream the pipeline can read in commit order (HealthLake has
+//! none; FHIR Subscriptions are optional and server-specific), so events come from a
+//! [`Ledger`] given with [`RestStore::with_ledger`]: before a transaction is sent, an intent per
+//! resource write (target, the version it follows, lineage); after the answer, the events of
+//! the versions made and the intents closed, in one step. An intent left open (the process died
+//! between the server's commit and the ledger write, or a request timed out) is resolved from
+//! the server's history at the next `apply` that touches its resource, or at any `apply` once
+//! [`RestOptions::settle_after`] has passed: the version right after the one the conditional
+//! write followed is the one it made. See [`super::ledger`]. Without a ledger, no events.
 //!
 //! Authentication: none, a bearer token, or AWS SigV4 ([`aws_sigv4`], service `healthlake` by
 //! default) with the credentials of [`crate::aws::sdk_config`]. HTTP is ureq (sync, the
@@ -86,13 +91,15 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use super::ledger::{Intent, Ledger, OpenIntent};
 use super::{
-    FhirStore, StoreError, StoredVersion, canonical_content, check_ref, format_time, invalid,
-    is_fhir_id,
+    FhirStore, StoreError, StoredVersion, canonical_content, change_event, check_ref, format_time,
+    invalid, is_fhir_id,
 };
 use crate::model::Sequence;
 use crate::model::{
-    Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp, ResourceRef,
+    ChangeEvent, ChangeKind, Lineage, PublishAction, PublishOutcome, ResourceChange, ResourceOp,
+    ResourceRef,
 };
 
 /// Attempts of one Bundle that keeps losing a race to other writers.
@@ -163,6 +170,10 @@ pub struct RestOptions {
     pub max_backoff: Duration,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// How old an open ledger intent must be before the store concludes, finding the server
+    /// still at the version the intent followed, that its write was never committed (no
+    /// request of it can still be in flight): longer than a request's retries and timeouts.
+    pub settle_after: Duration,
 }
 
 impl Default for RestOptions {
@@ -173,6 +184,8 @@ impl Default for RestOptions {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
             timeout: Duration::from_secs(30),
+            // 5 attempts of 30 s each plus their backoff stay under 3 minutes.
+            settle_after: Duration::from_secs(300),
         }
     }
 }
@@ -184,6 +197,7 @@ pub struct RestStore {
     auth: RestAuth,
     options: RestOptions,
     agent: ureq::Agent,
+    ledger: Option<std::sync::Arc<dyn Ledger>>,
 }
 
 impl std::fmt::Debug for RestStore {
@@ -296,6 +310,7 @@ impl RestStore {
             auth,
             options,
             agent,
+            ledger: None,
         })
     }
 
@@ -363,6 +378,123 @@ impl RestStore {
     /// The FHIR base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The store writing its change events through `ledger` (see the module's Events).
+    pub fn with_ledger(mut self, ledger: std::sync::Arc<dyn Ledger>) -> RestStore {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The ledger, if the store has one.
+    pub fn ledger(&self) -> Option<&std::sync::Arc<dyn Ledger>> {
+        self.ledger.as_ref()
+    }
+
+    /// Resolves open ledger intents against the server: those of `targets` (all when `None`)
+    /// and every one older than [`RestOptions::settle_after`]. Returns how many were settled.
+    pub async fn recover_ledger(
+        &self,
+        targets: Option<&HashSet<&ResourceRef>>,
+    ) -> Result<usize, StoreError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(0);
+        };
+        let open = ledger.open_intents().await?;
+        let mut settled = 0;
+        for o in open {
+            let age = Utc::now()
+                .signed_duration_since(o.intent.recorded_at)
+                .to_std()
+                .unwrap_or_default();
+            let old = age >= self.options.settle_after;
+            let ours = targets.is_none_or(|t| t.contains(&o.intent.target));
+            if !old && !ours {
+                continue;
+            }
+            match self.resolve_intent(ledger.as_ref(), &o, !old).await {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                Err(e) if ours => return Err(e),
+                // Another resource's leftover must not stop this batch: the next sweep retries.
+                Err(e) => tracing::warn!(
+                    target = %o.intent.target,
+                    intent = %o.id,
+                    "ledger intent not recovered yet: {e}"
+                ),
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Settles one open intent from the server's history; `in_flight`: a request of it may
+    /// still reach the server, so "not committed" cannot be concluded yet. Whether it settled.
+    async fn resolve_intent(
+        &self,
+        ledger: &dyn Ledger,
+        open: &OpenIntent,
+        in_flight: bool,
+    ) -> Result<bool, StoreError> {
+        let target = &open.intent.target;
+        let history = self.history_versions(target).await?;
+        // Newest first: the version made right after `prior` sits just before it.
+        let made = match &open.intent.prior {
+            None => history.last().map(|v| (v, None)),
+            Some(p) => match history.iter().position(|v| &v.version_id == p) {
+                Some(0) => None,
+                Some(n) => history.get(n - 1).map(|v| (v, history.get(n))),
+                None => {
+                    tracing::warn!(
+                        target = %target,
+                        intent = %open.id,
+                        "the version a ledger intent followed is not in the server's history; closed without an event"
+                    );
+                    ledger.settle(std::slice::from_ref(&open.id), &[]).await?;
+                    return Ok(true);
+                }
+            },
+        };
+        let event = match made {
+            None if in_flight => return Ok(false),
+            None => None,
+            Some((version, before)) => {
+                let kind = if version.deleted {
+                    ChangeKind::Deleted
+                } else if before.is_none_or(|b| b.deleted) {
+                    ChangeKind::Created
+                } else {
+                    ChangeKind::Updated
+                };
+                match &version.lineage {
+                    Some(lineage) => Some(change_event(
+                        kind,
+                        target,
+                        &version.version_id,
+                        version.last_updated,
+                        lineage,
+                    )),
+                    None => {
+                        // Not written through this store (no lineage): another writer's.
+                        tracing::warn!(
+                            target = %target,
+                            version = %version.version_id,
+                            "the version after a ledger intent carries no lineage; no event"
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            target = %target,
+            intent = %open.id,
+            committed = event.is_some(),
+            "ledger intent recovered from the server's history"
+        );
+        ledger
+            .settle(std::slice::from_ref(&open.id), event.as_slice())
+            .await?;
+        Ok(true)
     }
 
     fn url(&self, path: &str) -> String {
@@ -614,6 +746,13 @@ impl RestStore {
         changes: &[ResourceChange],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
         let prepared = changes.iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+        if self.ledger.is_some() {
+            // A crash after an earlier attempt's commit left its intents open: settle them
+            // before this attempt reads the state and finds the content unchanged.
+            let targets: HashSet<&ResourceRef> =
+                prepared.iter().map(|p| &p.change.target).collect();
+            self.recover_ledger(Some(&targets)).await?;
+        }
         let bundles = plan_bundles(&prepared, self.options.max_entries);
         let mut remote: HashMap<ResourceRef, Remote> = HashMap::new();
         for p in &prepared {
@@ -707,6 +846,10 @@ impl RestStore {
             .map(|(i, _)| prepared[*i].change.target.to_string())
             .collect();
         let mut responses: Vec<Value> = Vec::new();
+        let intents = self
+            .record_intents(prepared, steps, remote)
+            .await
+            .map_err(TxError::Failed)?;
         if !entries.is_empty() {
             let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             let url = self.base.clone();
@@ -718,6 +861,15 @@ impl RestStore {
             match answer.status {
                 200 | 201 => {}
                 409 | 412 => {
+                    // Refused as sent; an earlier attempt of the same call (retried after a
+                    // 5xx or a timeout) may have committed, which the history tells.
+                    if let Some(ledger) = &self.ledger {
+                        for o in &intents {
+                            self.resolve_intent(ledger.as_ref(), o, true)
+                                .await
+                                .map_err(TxError::Failed)?;
+                        }
+                    }
                     return Err(TxError::Conflict(format!(
                         "{what}: answered {}{}",
                         answer.status,
@@ -801,7 +953,69 @@ impl RestStore {
             ));
             remote.insert(target.clone(), r);
         }
+        if let Some(ledger) = &self.ledger {
+            let ids: Vec<String> = intents.iter().map(|o| o.id.clone()).collect();
+            let events: Vec<ChangeEvent> = out
+                .iter()
+                .filter_map(|(i, o)| {
+                    let kind = match o.action {
+                        PublishAction::Created => ChangeKind::Created,
+                        PublishAction::Updated => ChangeKind::Updated,
+                        PublishAction::Deleted => ChangeKind::Deleted,
+                        PublishAction::Unchanged | PublishAction::Stale => return None,
+                    };
+                    Some(change_event(
+                        kind,
+                        &o.target,
+                        o.version_id.as_deref()?,
+                        o.last_updated?,
+                        &prepared[*i].change.lineage,
+                    ))
+                })
+                .collect();
+            if !ids.is_empty() || !events.is_empty() {
+                ledger
+                    .settle(&ids, &events)
+                    .await
+                    .map_err(TxError::Failed)?;
+            }
+        }
         Ok(out)
+    }
+
+    /// Records one intent per resource write of the steps, before they are sent.
+    async fn record_intents(
+        &self,
+        prepared: &[Prepared<'_>],
+        steps: &[(usize, Step)],
+        remote: &HashMap<ResourceRef, Remote>,
+    ) -> Result<Vec<OpenIntent>, StoreError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(Vec::new());
+        };
+        let now = Utc::now();
+        let intents: Vec<Intent> = steps
+            .iter()
+            .filter(|(_, s)| s.resource_entry.is_some())
+            .map(|(i, _)| {
+                let change = prepared[*i].change;
+                Intent {
+                    target: change.target.clone(),
+                    prior: remote.get(&change.target).and_then(|r| r.version.clone()),
+                    lineage: change.lineage.clone(),
+                    recorded_at: now,
+                }
+            })
+            .collect();
+        if intents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ledger.record(&intents).await?;
+        Ok(ids
+            .into_iter()
+            .zip(intents)
+            .map(|(id, intent)| OpenIntent { id, intent })
+            .collect())
     }
 
     /// The history Bundle's entries, all pages.
@@ -1542,6 +1756,8 @@ pub fn sigv4_headers(
         .map(|h| (h.name().to_owned(), h.value().to_owned()))
         .collect())
 }
+
+pub mod forward;
 
 #[cfg(test)]
 mod tests;
