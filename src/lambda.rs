@@ -114,15 +114,7 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
     let built = match load_config().and_then(|(config, data)| {
         let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
         let rest = rest_store_config(std::env::var("FHIR_UNIFY_FHIR_ENDPOINT").ok(), &config)?;
-        if let (Some(table), Some(rest)) = (&table, &rest) {
-            return Err(EnvError::Store(crate::store::StoreError::Invalid {
-                target: "store".into(),
-                reason: format!(
-                    "both a DynamoDB table ({table}) and a FHIR server ({}) are named: one store",
-                    rest.base
-                ),
-            }));
-        }
+        one_store(table.as_deref(), rest.as_ref())?;
         Ok((Env::lazy(&config, &data, false)?, table, rest, data))
     }) {
         Ok((mut env, Some(table), _, _)) => {
@@ -244,19 +236,49 @@ async fn build_bulk_env(
 pub async fn gateway_env() -> Result<Gateway, EnvError> {
     let built = match load_config().and_then(|(config, data)| {
         let table = store_table(std::env::var("FHIR_UNIFY_STORE_TABLE").ok(), &config)?;
-        Ok((config, data, table))
+        let rest = rest_store_config(std::env::var("FHIR_UNIFY_FHIR_ENDPOINT").ok(), &config)?;
+        one_store(table.as_deref(), rest.as_ref())?;
+        Ok((config, data, table, rest))
     }) {
-        Ok((_, _, Some(table))) => {
+        Ok((_, _, Some(table), _)) => {
             tracing::info!(table = %table, "gateway reads the DynamoDB store");
             let store = Arc::new(DynamoStore::from_environment(table).await);
             Ok(Gateway::new(store.clone(), store))
         }
-        Ok((config, data, None)) => Gateway::from_config(&config, &data).map_err(|e| match e {
-            GatewayError::Store(e) => EnvError::Store(e),
-        }),
+        Ok((_, _, None, Some(rest))) => {
+            match crate::store::rest::RestStore::from_config(&rest, None).await {
+                Ok(store) => {
+                    tracing::info!(base = %store.base(), "gateway reads the FHIR server");
+                    Ok(Gateway::rest(Arc::new(store)))
+                }
+                Err(e) => Err(EnvError::Store(e)),
+            }
+        }
+        Ok((config, data, None, None)) => {
+            Gateway::from_config(&config, &data).map_err(|e| match e {
+                GatewayError::Store(e) => EnvError::Store(e),
+            })
+        }
         Err(e) => Err(e),
     };
     reported(built)
+}
+
+/// Refuses a DynamoDB table and a FHIR server named together: a function has one store.
+fn one_store(
+    table: Option<&str>,
+    rest: Option<&crate::config::RestStoreConfig>,
+) -> Result<(), EnvError> {
+    match (table, rest) {
+        (Some(table), Some(rest)) => Err(EnvError::Store(crate::store::StoreError::Invalid {
+            target: "store".into(),
+            reason: format!(
+                "both a DynamoDB table ({table}) and a FHIR server ({}) are named: one store",
+                rest.base
+            ),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// The environment of `emit`: [`step_env`], and whether the store is DynamoDB

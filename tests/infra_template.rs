@@ -154,8 +154,12 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
             "IngestTransferFunction",
         ],
     ),
-    // lambda::publish_env: the `rest` store (HealthLake), only when the stack is given one.
-    ("FHIR_UNIFY_FHIR_ENDPOINT", &["PublishFunction"]),
+    // lambda::publish_env and gateway_env: the `rest` store (HealthLake), only when the
+    // stack is given one.
+    (
+        "FHIR_UNIFY_FHIR_ENDPOINT",
+        &["GatewayFunction", "PublishFunction"],
+    ),
     // lambda::publish_env: the `rest` store's change-event ledger (HealthLake mode).
     ("FHIR_UNIFY_LEDGER_TABLE", &["PublishFunction"]),
     // lambda::ingest_env and the other ingress builders: unify on Step Functions.
@@ -496,7 +500,7 @@ fn the_functions_that_start_unify_may_start_that_machine_and_nothing_else_may() 
 }
 
 #[test]
-fn healthlake_is_reached_only_by_publish_and_only_when_given() {
+fn healthlake_is_reached_only_by_publish_and_the_gateway_and_only_when_given() {
     let template = template();
     let mut allowed = BTreeSet::new();
     for (id, resource) in template["Resources"].as_mapping().unwrap() {
@@ -532,8 +536,26 @@ fn healthlake_is_reached_only_by_publish_and_only_when_given() {
             allowed.insert(role.to_owned());
         }
     }
-    assert_eq!(allowed, BTreeSet::from(["PublishRole".to_owned()]));
-    // The endpoint reaches publish only, under the same condition.
+    assert_eq!(
+        allowed,
+        BTreeSet::from(["GatewayRole".to_owned(), "PublishRole".to_owned()])
+    );
+    // The gateway only reads.
+    for statement in statements(&template, "GatewayRole") {
+        if let Some((_, branches)) = intrinsic(&statement) {
+            let granted = actions(&branches.as_sequence().unwrap()[1]);
+            assert_eq!(
+                granted,
+                [
+                    "healthlake:ReadResource",
+                    "healthlake:SearchWithGet",
+                    "healthlake:SearchWithPost"
+                ]
+            );
+        }
+    }
+    // The endpoint reaches publish and the gateway only, under the same condition.
+    let mut reached = BTreeSet::new();
     for (id, properties) in functions(&template) {
         let endpoint = &properties["Environment"]["Variables"]["FHIR_UNIFY_FHIR_ENDPOINT"];
         if endpoint.is_null() {
@@ -548,7 +570,12 @@ fn healthlake_is_reached_only_by_publish_and_only_when_given() {
         );
         assert!(is_ref(&branches[1], "HealthLakeDatastoreEndpoint"), "{id}");
         assert!(is_ref(&branches[2], "AWS::NoValue"), "{id}");
+        reached.insert(id.clone());
     }
+    assert_eq!(
+        reached,
+        BTreeSet::from(["GatewayFunction".to_owned(), "PublishFunction".to_owned()])
+    );
 }
 
 /// `(attribute, key type)` of a DynamoDB table the template declares.
