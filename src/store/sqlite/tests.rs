@@ -743,3 +743,104 @@ fn tuning_for_bulk_loads_sets_the_cache_and_checkpoint_sizes() {
     assert_eq!(cache, -64 * 1024);
     assert_eq!(checkpoint, 32 * 1024 * 1024 / page);
 }
+
+/// What `resources`' mark slot and `sequences` hold for a resource: (slot, table rows).
+fn marks(store: &SqliteStore, id: &str) -> (Option<String>, Vec<String>) {
+    let conn = store.lock().unwrap();
+    let slot = conn
+        .query_row(
+            "SELECT mark_source || '/' || mark_entity || '/' || mark_sequence FROM resources
+             WHERE resource_type = 'Patient' AND id = ?1",
+            [id],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()
+        .unwrap()
+        .flatten();
+    let mut stmt = conn
+        .prepare(
+            "SELECT source || '/' || entity || '/' || sequence FROM sequences
+             WHERE resource_type = 'Patient' AND id = ?1 ORDER BY 1",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([id], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (slot, rows)
+}
+
+#[tokio::test]
+async fn the_first_entitys_mark_lives_in_the_resource_row_and_others_in_sequences() {
+    let store = store();
+    let from = |source: &str, mut change: ResourceChange| {
+        change.lineage.source = source.into();
+        change
+    };
+    // The entity that creates the resource takes the slot: no `sequences` row.
+    let out = one(&store, upsert("p1", patient("p1", "A"), "5")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    assert_eq!(marks(&store, "p1"), (Some("app/patients/5".into()), vec![]));
+    // A second source's mark goes to `sequences`; each is checked against its own.
+    let out = one(&store, from("crm", upsert("p1", patient("p1", "B"), "3"))).await;
+    assert_eq!(out.action, PublishAction::Updated);
+    let both = (
+        Some("app/patients/5".to_owned()),
+        vec!["crm/patients/3".to_owned()],
+    );
+    assert_eq!(marks(&store, "p1"), both);
+    let out = one(&store, upsert("p1", patient("p1", "C"), "4")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    let out = one(&store, from("crm", upsert("p1", patient("p1", "C"), "2"))).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    assert_eq!(marks(&store, "p1"), both);
+    // An unchanged change still moves its mark, wherever it lives.
+    let out = one(&store, upsert("p1", patient("p1", "B"), "9")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    let out = one(&store, from("crm", upsert("p1", patient("p1", "B"), "8"))).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    assert_eq!(
+        marks(&store, "p1"),
+        (Some("app/patients/9".into()), vec!["crm/patients/8".into()])
+    );
+    // A delete keeps the row, and so the slot.
+    let out = one(&store, delete("p1", "10")).await;
+    assert_eq!(out.action, PublishAction::Deleted);
+    let out = one(&store, upsert("p1", patient("p1", "D"), "10")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    assert_eq!(marks(&store, "p1").0.as_deref(), Some("app/patients/10"));
+    // A resource the store never held keeps its mark in `sequences` until a version is
+    // written; then the mark moves into the new row.
+    let out = one(&store, delete("p2", "7")).await;
+    assert_eq!(out.action, PublishAction::Unchanged);
+    assert_eq!(marks(&store, "p2"), (None, vec!["app/patients/7".into()]));
+    let out = one(&store, upsert("p2", patient("p2", "E"), "6")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+    let out = one(&store, upsert("p2", patient("p2", "E"), "8")).await;
+    assert_eq!(out.action, PublishAction::Created);
+    assert_eq!(marks(&store, "p2"), (Some("app/patients/8".into()), vec![]));
+    let out = one(&store, upsert("p2", patient("p2", "F"), "7")).await;
+    assert_eq!(out.action, PublishAction::Stale);
+}
+
+#[test]
+fn a_corrupt_mark_in_the_slot_is_reported_not_compared() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let store = store();
+    rt.block_on(one(&store, upsert("p1", patient("p1", "A"), "5")));
+    store
+        .lock()
+        .unwrap()
+        .execute("UPDATE resources SET mark_sequence = 'x1'", [])
+        .unwrap();
+    let err = rt
+        .block_on(store.apply(&[upsert("p1", patient("p1", "B"), "6")]))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt(ref m) if m.contains("Patient/p1")),
+        "{err}"
+    );
+}
