@@ -1,13 +1,12 @@
 //! SQLite FHIR store: the embedded default, one file in WAL mode.
 //!
 //! Tables:
-//! - `resources`: the current version of each resource (possibly a delete: its number and
-//!   time; the content is its `history` row's), with the sequence mark of one source entity;
+//! - `resources`: the current version of each resource (possibly a delete), for reads and,
+//!   later, search;
 //! - `history`: every version, deletes included, with the lineage of the change that made it;
 //! - `sequences`: the highest source sequence applied per resource *and* source entity
 //!   (sequences of different sources are not comparable), as canonical decimal text compared
-//!   in Rust with [`Sequence`]'s numeric order, for the entities whose mark is not in the
-//!   resource row's slot (see [`MIGRATION_4`]);
+//!   in Rust with [`Sequence`]'s numeric order;
 //! - `outbox`: one change event per committed version, written in the same transaction;
 //! - `search_index`: the search parameter values of each live resource, rewritten in the same
 //!   transaction as the resource (see [`search`]);
@@ -43,9 +42,9 @@ use crate::model::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 3;
 
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, dataset::MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, dataset::MIGRATION_3];
 
 const MIGRATION_1: &str = "
 CREATE TABLE resources (
@@ -105,61 +104,6 @@ CREATE INDEX search_index_date ON search_index (resource_type, param, low, high)
 CREATE INDEX search_index_resource ON search_index (resource_type, id);
 CREATE INDEX resources_updated ON resources (resource_type, last_updated);
 CREATE INDEX history_updated ON history (resource_type, last_updated, id, version_id);
-";
-
-/// Fewer B-tree writes per stored version (issue 6's upsert speed goal); every query is
-/// answered as before:
-/// - `resources` keeps no copy of the content: the current version's text is its `history`
-///   row, which reads already joined. It gains a *mark slot* (`mark_source`, `mark_entity`,
-///   `mark_sequence`): the sequence mark of the first source entity that wrote the resource
-///   with the order check, so the common single-source case writes no `sequences` row. Marks
-///   of other entities (and of resources the store never held) stay in `sequences`. For the
-///   entity in the slot the slot is authoritative; existing marks stay where they are.
-/// - `search_index` is a `WITHOUT ROWID` table keyed by resource and entry position (`ord`),
-///   which is what a rewrite deletes by; values and dates each have a partial index of only
-///   their own rows (date rows have no `value`, other rows no `low`). Three indexes and the
-///   rowid B-tree become two indexes' worth of writes per row.
-const MIGRATION_4: &str = "
-CREATE TABLE resources_v4 (
-    resource_type TEXT NOT NULL,
-    id            TEXT NOT NULL,
-    version_id    INTEGER NOT NULL,
-    last_updated  TEXT NOT NULL,
-    deleted       INTEGER NOT NULL,
-    mark_source   TEXT,
-    mark_entity   TEXT,
-    mark_sequence TEXT,
-    PRIMARY KEY (resource_type, id)
-) WITHOUT ROWID;
-INSERT INTO resources_v4 (resource_type, id, version_id, last_updated, deleted)
-    SELECT resource_type, id, version_id, last_updated, deleted FROM resources;
-DROP TABLE resources;
-ALTER TABLE resources_v4 RENAME TO resources;
-CREATE INDEX resources_updated ON resources (resource_type, last_updated);
-
-CREATE TABLE search_index_v4 (
-    resource_type TEXT NOT NULL,
-    id            TEXT NOT NULL,
-    ord           INTEGER NOT NULL,
-    param         TEXT NOT NULL,
-    system        TEXT,
-    value         TEXT,
-    raw           TEXT,
-    low           TEXT,
-    high          TEXT,
-    PRIMARY KEY (resource_type, id, ord)
-) WITHOUT ROWID;
-INSERT INTO search_index_v4 (resource_type, id, ord, param, system, value, raw, low, high)
-    SELECT resource_type, id,
-           row_number() OVER (PARTITION BY resource_type, id ORDER BY rowid),
-           param, system, value, raw, low, high
-    FROM search_index;
-DROP TABLE search_index;
-ALTER TABLE search_index_v4 RENAME TO search_index;
-CREATE INDEX search_index_value ON search_index (resource_type, param, value, id)
-    WHERE value IS NOT NULL;
-CREATE INDEX search_index_date ON search_index (resource_type, param, low, high)
-    WHERE low IS NOT NULL;
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
@@ -506,14 +450,12 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    for (n, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+    for sql in MIGRATIONS.iter().skip(from) {
         tx.execute_batch(sql)
             .map_err(|e| with_context(location, e))?;
-        if n == 1 {
-            // The index of a file written before it existed, built while `resources` still
-            // holds the content (MIGRATION_4 drops that copy).
-            search::index_all_v2(&tx)?;
-        }
+    }
+    if from < 2 {
+        search::reindex_all(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| with_context(location, e))?;
@@ -528,27 +470,6 @@ struct Current {
     last_updated: DateTime<Utc>,
     deleted: bool,
     content: Option<String>,
-    /// The resource's mark slot: (source, entity, sequence text), see [`MIGRATION_4`].
-    slot: Option<(String, String, String)>,
-}
-
-impl Current {
-    /// Whether the slot holds the mark of `lineage`'s source entity.
-    fn slot_is(&self, lineage: &Lineage) -> bool {
-        self.slot.as_ref().is_some_and(|(source, entity, _)| {
-            *source == lineage.source && *entity == lineage.entity
-        })
-    }
-}
-
-/// Where the new mark of a change goes, when not in `sequences` (written at once).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum MarkPlace {
-    /// Marks are left alone (a dataset pointer move).
-    Untouched,
-    /// The resource row's slot (it holds this entity's mark, or none yet); `sequences` takes
-    /// the mark instead when the change writes no row and the store holds none.
-    Slot,
 }
 
 fn apply_one(
@@ -601,41 +522,13 @@ fn apply_canonical(
 ) -> Result<PublishOutcome, StoreError> {
     let current = read_current(tx, target)?;
 
-    // The slot takes this entity's mark if it holds it already, or holds none yet (a mark of
-    // this entity in `sequences` then moves into it); otherwise `sequences` keeps it.
-    let mut place = MarkPlace::Untouched;
-    let mut moved_from_table = false;
     if check_order {
-        let in_slot = current.as_ref().is_some_and(|c| c.slot_is(lineage));
-        let mark = match current.as_ref().and_then(|c| c.slot.as_ref()) {
-            Some((_, _, text)) if in_slot => Some(parse_mark(target, text)?),
-            _ => read_mark(tx, target, lineage)?,
-        };
+        let mark = read_mark(tx, target, lineage)?;
         if mark.as_ref().is_some_and(|mark| lineage.sequence < *mark) {
             return Ok(outcome(target, PublishAction::Stale, current.as_ref()));
         }
-        if in_slot || current.as_ref().is_none_or(|c| c.slot.is_none()) {
-            place = MarkPlace::Slot;
-            moved_from_table = !in_slot && mark.is_some();
-        } else {
-            write_mark(tx, target, lineage)?;
-        }
+        write_mark(tx, target, lineage)?;
     }
-    // A change that writes no version still records its mark: in the row's slot, or in
-    // `sequences` when the store holds no row for the resource.
-    let unchanged = |tx: &Connection| -> Result<PublishOutcome, StoreError> {
-        if place == MarkPlace::Slot {
-            if current.is_some() {
-                write_slot(tx, target, lineage)?;
-                if moved_from_table {
-                    delete_mark(tx, target, lineage)?;
-                }
-            } else {
-                write_mark(tx, target, lineage)?;
-            }
-        }
-        Ok(outcome(target, PublishAction::Unchanged, current.as_ref()))
-    };
 
     let live = current.as_ref().filter(|c| !c.deleted);
     let next_version = current.as_ref().map_or(1, |c| c.version + 1);
@@ -646,7 +539,7 @@ fn apply_canonical(
             if let Some(live) = live
                 && stored_canonical(target, live)? == content
             {
-                return unchanged(tx);
+                return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             let action = if live.is_some() {
                 PublishAction::Updated
@@ -657,7 +550,7 @@ fn apply_canonical(
         }
         None => {
             if live.is_none() {
-                return unchanged(tx);
+                return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             (PublishAction::Deleted, None)
         }
@@ -682,19 +575,12 @@ fn apply_canonical(
         ])
     })
     .map_err(sql_err)?;
-    // The content is the history row's: `resources` keeps no copy (see MIGRATION_4).
-    let slot = (place == MarkPlace::Slot).then_some(lineage);
     tx.prepare_cached(
-        "INSERT INTO resources
-           (resource_type, id, version_id, last_updated, deleted,
-            mark_source, mark_entity, mark_sequence)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (resource_type, id) DO UPDATE SET
            version_id = excluded.version_id, last_updated = excluded.last_updated,
-           deleted = excluded.deleted,
-           mark_source = coalesce(excluded.mark_source, mark_source),
-           mark_entity = coalesce(excluded.mark_entity, mark_entity),
-           mark_sequence = coalesce(excluded.mark_sequence, mark_sequence)",
+           deleted = excluded.deleted, content = excluded.content",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -703,15 +589,10 @@ fn apply_canonical(
             next_version,
             time_text,
             deleted,
-            slot.map(|l| &l.source),
-            slot.map(|l| &l.entity),
-            slot.map(|l| l.sequence.as_str()),
+            content_text
         ])
     })
     .map_err(sql_err)?;
-    if moved_from_table {
-        delete_mark(tx, target, lineage)?;
-    }
     match (&current, &stored) {
         // Never held: no index rows to remove (the common case of a first load).
         (None, Some(content)) => search::index_new(tx, target, content)?,
@@ -752,42 +633,27 @@ fn outcome(
 fn read_current(tx: &Connection, target: &ResourceRef) -> Result<Option<Current>, StoreError> {
     let row = tx
         .prepare_cached(
-            "SELECT r.version_id, r.last_updated, r.deleted, h.content,
-                    r.mark_source, r.mark_entity, r.mark_sequence
-             FROM resources r LEFT JOIN history h
-               ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
-             WHERE r.resource_type = ?1 AND r.id = ?2",
+            "SELECT version_id, last_updated, deleted, content FROM resources
+             WHERE resource_type = ?1 AND id = ?2",
         )
         .and_then(|mut s| {
             s.query_row(params![target.resource_type, target.id], |r| {
-                let slot = match (
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ) {
-                    (Some(source), Some(entity), Some(sequence)) => {
-                        Some((source, entity, sequence))
-                    }
-                    _ => None,
-                };
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, Option<String>>(3)?,
-                    slot,
                 ))
             })
             .optional()
         })
         .map_err(sql_err)?;
-    row.map(|(version, last_updated, deleted, content, slot)| {
+    row.map(|(version, last_updated, deleted, content)| {
         Ok(Current {
             version,
             last_updated: parse_time(target, &last_updated)?,
             deleted,
             content,
-            slot,
         })
     })
     .transpose()
@@ -816,49 +682,11 @@ fn read_mark(
             .optional()
         })
         .map_err(sql_err)?;
-    text.map(|t| parse_mark(target, &t)).transpose()
-}
-
-fn parse_mark(target: &ResourceRef, text: &str) -> Result<Sequence, StoreError> {
-    Sequence::parse(text)
-        .map_err(|e| StoreError::Corrupt(format!("{target}: stored sequence: {e}")))
-}
-
-/// Puts `lineage`'s mark in the slot of the resource's existing row.
-fn write_slot(tx: &Connection, target: &ResourceRef, lineage: &Lineage) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE resources SET mark_source = ?3, mark_entity = ?4, mark_sequence = ?5
-         WHERE resource_type = ?1 AND id = ?2",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            target.resource_type,
-            target.id,
-            lineage.source,
-            lineage.entity,
-            lineage.sequence.as_str()
-        ])
+    text.map(|t| {
+        Sequence::parse(&t)
+            .map_err(|e| StoreError::Corrupt(format!("{target}: stored sequence: {e}")))
     })
-    .map_err(sql_err)?;
-    Ok(())
-}
-
-/// Removes a mark of `sequences` that has moved into the resource's slot.
-fn delete_mark(tx: &Connection, target: &ResourceRef, lineage: &Lineage) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "DELETE FROM sequences
-         WHERE resource_type = ?1 AND id = ?2 AND source = ?3 AND entity = ?4",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            target.resource_type,
-            target.id,
-            lineage.source,
-            lineage.entity
-        ])
-    })
-    .map_err(sql_err)?;
-    Ok(())
+    .transpose()
 }
 
 fn write_mark(tx: &Connection, target: &ResourceRef, lineage: &Lineage) -> Result<(), StoreError> {

@@ -349,8 +349,7 @@ fn switch(
 /// resources the store already holds (streamed in, or another dataset's), which take the
 /// per-resource path of [`switch_each`]. The rest is written set-based: `history` and
 /// `resources` by one `INSERT … SELECT` each from the staged rows, with `meta` (version 1,
-/// `now`) set in the history content by SQLite's `json_set` (`resources` keeps no content,
-/// and a dataset move leaves its mark slot empty); one pass in key order writes their search-index rows
+/// `now`) set by SQLite's `json_set`; one pass in key order writes their search-index rows
 /// and outbox events (which need the parsed resource and a v5 event id).
 ///
 /// The stored text differs from the per-resource path's only in the place of the `meta` key
@@ -451,12 +450,14 @@ fn publish_first(
         .map_err(sql_err)?;
     let resources = conn
         .execute(
-            "INSERT OR IGNORE INTO resources
-               (resource_type, id, version_id, last_updated, deleted)
-             SELECT n.resource_type, n.id, 1, ?3, 0
-             FROM dataset_staged n
-             WHERE n.dataset = ?1 AND n.version = ?2
-             ORDER BY n.resource_type, n.id",
+            &format!(
+                "INSERT OR IGNORE INTO resources
+                   (resource_type, id, version_id, last_updated, deleted, content)
+                 SELECT n.resource_type, n.id, 1, ?3, 0, {with_meta_sql}
+                 FROM dataset_staged n
+                 WHERE n.dataset = ?1 AND n.version = ?2
+                 ORDER BY n.resource_type, n.id"
+            ),
             params![dataset, to_key, at],
         )
         .map_err(sql_err)?;

@@ -43,29 +43,13 @@ pub(super) fn index_new(
     target: &ResourceRef,
     content: &Value,
 ) -> Result<(), StoreError> {
-    insert_entries(tx, INSERT_ROW, target, content)
-}
-
-/// An index row of this build's layout (schema version 4 on).
-const INSERT_ROW: &str =
-    "INSERT INTO search_index (resource_type, id, ord, param, system, value, raw, low, high)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-
-/// An index row of schema versions 2 and 3, which had no `ord` (the rowid ordered the rows):
-/// `?3` is bound and unused.
-const INSERT_ROW_V2: &str =
-    "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
-     VALUES (?1, ?2, ?4, ?5, ?6, ?7, ?8, ?9)";
-
-fn insert_entries(
-    tx: &Connection,
-    insert: &str,
-    target: &ResourceRef,
-    content: &Value,
-) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(insert).map_err(sql_err)?;
-    // `ord` only makes the key unique (a resource may index the same value twice).
-    for (ord, entry) in (1_i64..).zip(index_entries(content)) {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql_err)?;
+    for entry in index_entries(content) {
         let (system, value, raw, low, high) = match entry.value {
             IndexValue::Token { system, code } => (system, Some(code), None, None, None),
             IndexValue::String { normalized, exact } => {
@@ -79,7 +63,6 @@ fn insert_entries(
         stmt.execute(params![
             target.resource_type,
             target.id,
-            ord,
             entry.param,
             system,
             value,
@@ -92,10 +75,8 @@ fn insert_entries(
     Ok(())
 }
 
-/// Indexes every live resource of a store written before the index existed, right after
-/// the migration that created it: in version 2's layout, from the content `resources` still
-/// held then (the later migrations convert the rows like any others).
-pub(super) fn index_all_v2(tx: &Connection) -> Result<(), StoreError> {
+/// Indexes every live resource (a store written before the index existed).
+pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
     let rows: Vec<(String, String, String)> = {
         let mut stmt = tx
             .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
@@ -109,7 +90,7 @@ pub(super) fn index_all_v2(tx: &Connection) -> Result<(), StoreError> {
         let target = ResourceRef { resource_type, id };
         let value: Value = serde_json::from_str(&content)
             .map_err(|e| StoreError::Corrupt(format!("{target}: content: {e}")))?;
-        insert_entries(tx, INSERT_ROW_V2, &target, &value)?;
+        reindex(tx, &target, Some(&value))?;
     }
     Ok(())
 }
@@ -162,13 +143,6 @@ impl Sql {
             }
             _ => {
                 let p = self.bind(param.to_owned());
-                // Each kind of row has its own partial index: date rows are the rows with a
-                // `low`, the others the rows with a `value`. The guard names the index's
-                // condition so that SQLite can use it whatever the criterion compares.
-                let guard = match c {
-                    Criterion::Date { .. } => "s.low IS NOT NULL",
-                    _ => "s.value IS NOT NULL",
-                };
                 let cond = match c {
                     Criterion::Token { system, code } => {
                         let mut parts = Vec::new();
@@ -227,7 +201,7 @@ impl Sql {
                 // value) index and joined to `resources` by its primary key.
                 format!(
                     "r.id IN (SELECT s.id FROM search_index s WHERE s.resource_type = {t} \
-                     AND s.param = {p} AND {guard} AND {cond})",
+                     AND s.param = {p} AND {cond})",
                     t = self.resource_type
                 )
             }
@@ -473,10 +447,10 @@ pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<Histor
 mod tests {
     use serde_json::json;
 
-    use crate::model::{Lineage, PublishAction, RecordKey, ResourceChange, ResourceOp, Sequence};
+    use crate::model::{Lineage, RecordKey, ResourceChange, ResourceOp, Sequence};
     use crate::store::search::{date_range, format_instant};
     use crate::store::sqlite::{Clock, SqliteStore};
-    use crate::store::{FhirStore, Outbox, SearchStore};
+    use crate::store::{FhirStore, SearchStore};
 
     use super::*;
 
@@ -1178,224 +1152,5 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 1);
-    }
-
-    /// The rows of the FHIR tables that both layouts share, for comparison.
-    fn dump(conn: &Connection) -> Vec<String> {
-        let mut out = Vec::new();
-        for sql in [
-            "SELECT resource_type, id, version_id, last_updated, deleted FROM resources
-             ORDER BY 1, 2",
-            "SELECT resource_type, id, version_id, last_updated, deleted, content, lineage
-             FROM history ORDER BY 1, 2, 3",
-            "SELECT resource_type, id, ord, param, system, value, raw, low, high
-             FROM search_index ORDER BY 1, 2, 3",
-            "SELECT position, event, delivered_at FROM outbox ORDER BY 1",
-        ] {
-            let mut stmt = conn.prepare(sql).unwrap();
-            let n = stmt.column_count();
-            let mut rows = stmt.query([]).unwrap();
-            while let Some(r) = rows.next().unwrap() {
-                let cols: Vec<String> = (0..n)
-                    .map(|i| format!("{:?}", r.get::<_, SqlValue>(i).unwrap()))
-                    .collect();
-                out.push(cols.join("|"));
-            }
-        }
-        out
-    }
-
-    /// A file of schema version 3 (before `resources` lost its content copy and
-    /// `search_index` its rowid) is converted in place when opened: the rows are this
-    /// build's, marks are still enforced, and searches answer as on a store built by this
-    /// build; later writes replace the converted index rows.
-    #[tokio::test]
-    async fn a_version_3_file_is_converted_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        // The same data written by this build, then copied into version 3's layout as that
-        // build wrote it (content in `resources`, every mark in `sequences`, index rows in
-        // the order they were written).
-        let fresh_path = dir.path().join("fresh.db");
-        let fresh = SqliteStore::open(&fresh_path).unwrap().with_clock(clock());
-        let mut changes = Vec::new();
-        for i in 0..40usize {
-            let id = format!("p{i:02}");
-            let gender = ["male", "female"][i % 2];
-            changes.push(put(
-                "Patient",
-                &id,
-                json!({"resourceType": "Patient",
-                       "name": [{"family": format!("Fam{}", i % 7), "given": ["Ann", "Bo"]}],
-                       "gender": gender,
-                       "birthDate": format!("19{:02}-03-0{}", 50 + i, 1 + i % 9),
-                       "identifier": [{"system": "urn:mrn", "value": format!("M{i}")}]}),
-            ));
-        }
-        changes.push(put(
-            "Observation",
-            "o1",
-            json!({"resourceType": "Observation", "status": "final",
-                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                   "subject": {"reference": "Patient/p01"},
-                   "effectiveDateTime": "2021-05-01T10:00:00Z"}),
-        ));
-        fresh.apply(&changes).await.unwrap();
-        let mut second = change("Patient", "p03", ResourceOp::Delete, "5");
-        second.lineage.source = "crm".into();
-        fresh.apply(&[second]).await.unwrap();
-        let pending = fresh.pending(1).await.unwrap();
-        fresh.mark_delivered(&[pending[0].position]).await.unwrap();
-        let want = dump(&fresh.lock().unwrap());
-
-        let old_path = dir.path().join("v3.db");
-        {
-            let conn = Connection::open(&old_path).unwrap();
-            for sql in &crate::store::sqlite::MIGRATIONS[..3] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute("ATTACH ?1 AS n", [fresh_path.to_str().unwrap()])
-                .unwrap();
-            conn.execute_batch(
-                "INSERT INTO history SELECT * FROM n.history;
-                 INSERT INTO resources
-                   SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, h.content
-                   FROM n.resources r JOIN n.history h
-                     ON h.resource_type = r.resource_type AND h.id = r.id
-                    AND h.version_id = r.version_id;
-                 INSERT INTO sequences SELECT * FROM n.sequences;
-                 INSERT INTO sequences
-                   SELECT resource_type, id, mark_source, mark_entity, mark_sequence
-                   FROM n.resources WHERE mark_source IS NOT NULL;
-                 INSERT INTO search_index
-                   SELECT resource_type, id, param, system, value, raw, low, high
-                   FROM n.search_index ORDER BY resource_type, id, ord;
-                 INSERT INTO outbox SELECT * FROM n.outbox;
-                 PRAGMA user_version = 3;",
-            )
-            .unwrap();
-            let moved: i64 = conn
-                .query_row("SELECT count(*) FROM sequences", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(moved, 42, "40 Patients, 1 Observation, 1 second source");
-        }
-        let old = SqliteStore::open(&old_path).unwrap().with_clock(clock());
-        assert_eq!(dump(&old.lock().unwrap()), want);
-        let version: i64 = old
-            .lock()
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, crate::store::sqlite::SCHEMA_VERSION);
-
-        let queries = vec![
-            q(
-                "Patient",
-                vec![("family", vec![s("fam3", StringMode::Prefix)])],
-            ),
-            q(
-                "Patient",
-                vec![("name", vec![s("bo", StringMode::Contains)])],
-            ),
-            q(
-                "Patient",
-                vec![("family", vec![s("Fam1", StringMode::Exact)])],
-            ),
-            q(
-                "Patient",
-                vec![(
-                    "gender",
-                    vec![Criterion::Token {
-                        system: None,
-                        code: Some("female".into()),
-                    }],
-                )],
-            ),
-            q(
-                "Patient",
-                vec![(
-                    "identifier",
-                    vec![Criterion::Token {
-                        system: Some(Some("urn:mrn".into())),
-                        code: None,
-                    }],
-                )],
-            ),
-            q("Patient", vec![("birthdate", vec![d(Prefix::Ge, "1970")])]),
-            q(
-                "Patient",
-                vec![("birthdate", vec![d(Prefix::Eq, "1960-03")])],
-            ),
-            q(
-                "Observation",
-                vec![(
-                    "subject",
-                    vec![Criterion::Reference {
-                        resource_type: Some("Patient".into()),
-                        id: "p01".into(),
-                    }],
-                )],
-            ),
-            q("Observation", vec![("date", vec![d(Prefix::Lt, "2022")])]),
-        ];
-        for query in &queries {
-            let mut all = query.clone();
-            all.count = 100;
-            let got = old.search(&all).await.unwrap();
-            let expected = fresh.search(&all).await.unwrap();
-            assert_eq!(got, expected, "{:?}", query.filters);
-            assert!(got.total > 0, "{:?} matches nothing", query.filters);
-        }
-        assert_eq!(
-            old.pending(100).await.unwrap(),
-            fresh.pending(100).await.unwrap()
-        );
-
-        // Marks moved over with the data: both sources' marks still order their changes.
-        let stale = change(
-            "Patient",
-            "p05",
-            ResourceOp::Upsert {
-                resource: json!({"resourceType": "Patient"}),
-            },
-            "0",
-        );
-        let out = old.apply(&[stale]).await.unwrap();
-        assert_eq!(out[0].action, PublishAction::Stale);
-        let mut crm = put("Patient", "p03", json!({"resourceType": "Patient"}));
-        crm.lineage.source = "crm".into();
-        crm.lineage.sequence = Sequence::parse("4").unwrap();
-        assert_eq!(
-            old.apply(&[crm]).await.unwrap()[0].action,
-            PublishAction::Stale
-        );
-        // A later write replaces the converted index rows of the resource.
-        let moved = change(
-            "Patient",
-            "p05",
-            ResourceOp::Upsert {
-                resource: json!({"resourceType": "Patient", "name": [{"family": "Zed"}]}),
-            },
-            "2",
-        );
-        assert_eq!(
-            old.apply(&[moved]).await.unwrap()[0].action,
-            PublishAction::Updated
-        );
-        let zed = old
-            .search(&q(
-                "Patient",
-                vec![("family", vec![s("zed", StringMode::Prefix)])],
-            ))
-            .await
-            .unwrap();
-        assert_eq!(ids(&zed), ["p05"]);
-        let fam5 = old
-            .search(&q(
-                "Patient",
-                vec![("family", vec![s("Fam5", StringMode::Exact)])],
-            ))
-            .await
-            .unwrap();
-        assert!(!ids(&fam5).contains(&"p05"), "{:?}", ids(&fam5));
     }
 }

@@ -362,10 +362,9 @@ fn snapshot(store: &SqliteStore) -> Vec<String> {
         }
     };
     dump(
-        "SELECT resource_type, id, version_id, last_updated, deleted,
-                mark_source, mark_entity, mark_sequence
-         FROM resources ORDER BY 1, 2",
-        &[],
+        "SELECT resource_type, id, version_id, last_updated, deleted, content FROM resources
+         ORDER BY 1, 2",
+        &[5],
     );
     dump(
         "SELECT resource_type, id, version_id, last_updated, deleted, content, lineage
@@ -373,8 +372,8 @@ fn snapshot(store: &SqliteStore) -> Vec<String> {
         &[5, 6],
     );
     dump(
-        "SELECT resource_type, id, ord, param, system, value, raw, low, high FROM search_index
-         ORDER BY 1, 2, 3",
+        "SELECT resource_type, id, param, system, value, raw, low, high FROM search_index
+         ORDER BY 1, 2, 3, 4, 5, 6, 7, 8",
         &[],
     );
     dump("SELECT event FROM outbox ORDER BY position", &[0]);
