@@ -368,6 +368,8 @@ fn publish_first(
     };
     let to_key = to_i64(to);
     let at = format_time(now);
+    let mut phases = Phases::default();
+    let started = std::time::Instant::now();
     // Resources the store holds already: compared and versioned one by one.
     {
         let mut held = conn
@@ -394,6 +396,8 @@ fn publish_first(
             count(outcome.action, &mut mv);
         }
     }
+    phases.held = started.elapsed();
+    let set_aside = set_aside_search_indexes(conn, dataset, to_key)?;
     // The rest is new: search-index rows and events, one pass in key order…
     {
         let mut new = conn
@@ -409,10 +413,17 @@ fn publish_first(
             .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
             .map_err(sql_err)?;
         let mut rows = new.query(params![dataset, to_key]).map_err(sql_err)?;
+        let mut at_row = std::time::Instant::now();
         while let Some(r) = rows.next().map_err(sql_err)? {
+            let t0 = std::time::Instant::now();
+            phases.scan += t0 - at_row;
             let staged = read_staged(dataset, to, r)?;
             let stored = with_meta(staged.resource, 1, now);
+            let t1 = std::time::Instant::now();
+            phases.decode += t1 - t0;
             search::index_new(conn, &staged.target, &stored)?;
+            let t2 = std::time::Instant::now();
+            phases.index += t2 - t1;
             let event = change_event(
                 ChangeKind::Created,
                 &staged.target,
@@ -426,8 +437,16 @@ fn publish_first(
             })?;
             event_insert.execute([text]).map_err(sql_err)?;
             mv.created += 1;
+            at_row = std::time::Instant::now();
+            phases.events += at_row - t2;
         }
     }
+    let t = std::time::Instant::now();
+    for sql in &set_aside {
+        conn.execute_batch(sql).map_err(sql_err)?;
+    }
+    phases.reindex = t.elapsed();
+    let t = std::time::Instant::now();
     // …then their first versions, set-based. `history` first: the condition reads `resources`,
     // which the second statement fills (a statement reading the table it writes would first
     // copy its whole result into a temporary table). Rows the store held are in `resources`
@@ -448,6 +467,8 @@ fn publish_first(
             params![dataset, to_key, at],
         )
         .map_err(sql_err)?;
+    phases.history = t.elapsed();
+    let t = std::time::Instant::now();
     let resources = conn
         .execute(
             &format!(
@@ -461,6 +482,20 @@ fn publish_first(
             params![dataset, to_key, at],
         )
         .map_err(sql_err)?;
+    phases.resources = t.elapsed();
+    tracing::debug!(
+        dataset,
+        held_ms = phases.held.as_millis() as u64,
+        scan_ms = phases.scan.as_millis() as u64,
+        decode_ms = phases.decode.as_millis() as u64,
+        index_ms = phases.index.as_millis() as u64,
+        reindex_ms = phases.reindex.as_millis() as u64,
+        reindexed = set_aside.len(),
+        events_ms = phases.events.as_millis() as u64,
+        history_ms = phases.history.as_millis() as u64,
+        resources_ms = phases.resources.as_millis() as u64,
+        "first publish phases"
+    );
     if history as u64 != mv.created || resources as u64 != mv.created {
         // The three passes read the same rows in one transaction: a difference is a bug.
         return Err(DatasetError::Store(StoreError::Corrupt(format!(
@@ -470,6 +505,90 @@ fn publish_first(
         ))));
     }
     Ok(mv)
+}
+
+/// A first publish at least this fraction (1/N) of the resources the store holds builds the
+/// search index's value-ordered indexes afresh instead of updating them.
+const REBUILD_FRACTION: i64 = 4;
+
+/// Sets aside (drops, in the publish's transaction) the secondary indexes of `search_index`
+/// that a first publish would update in random order, when the version brings at least a
+/// quarter as many resources as the store holds; returns their `CREATE INDEX` statements, to
+/// be run once the rows are in.
+///
+/// Why: the new resources' index rows are written in (resource type, id) order, so an index
+/// led by those columns grows at its end, but one ordered by value or date takes each row at
+/// a random place. Once such an index outgrows the page cache, every row costs a page read and
+/// a spilled dirty page, and the publish slows down as the store grows. Building the index
+/// again sorts all its rows once (sequential writes, memory bounded by the cache), which is
+/// cheaper whenever the new rows are a sizeable part of the table. Readers see nothing of it:
+/// the drop and the build are in the same transaction as the rows. Indexes are found in the
+/// schema, not named here, so a changed layout of `search_index` is followed.
+fn set_aside_search_indexes(
+    conn: &Connection,
+    dataset: &str,
+    to_key: i64,
+) -> Result<Vec<String>, DatasetError> {
+    let staged: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM dataset_staged WHERE dataset = ?1 AND version = ?2",
+            params![dataset, to_key],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    let held: i64 = conn
+        .query_row("SELECT count(*) FROM resources", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    if staged.saturating_mul(REBUILD_FRACTION) < held {
+        return Ok(Vec::new());
+    }
+    let indexes: Vec<(String, String)> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master
+                 WHERE type = 'index' AND tbl_name = 'search_index' AND sql IS NOT NULL
+                 ORDER BY name",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql_err)?;
+        rows.collect::<Result<_, _>>().map_err(sql_err)?
+    };
+    let mut set_aside = Vec::new();
+    for (name, sql) in indexes {
+        let leading: Vec<String> = {
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno LIMIT 2")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([&name], |r| r.get::<_, Option<String>>(0))
+                .map_err(sql_err)?;
+            rows.map(|r| r.map(Option::unwrap_or_default))
+                .collect::<Result<_, _>>()
+                .map_err(sql_err)?
+        };
+        if leading == ["resource_type", "id"] {
+            continue;
+        }
+        conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))
+            .map_err(sql_err)?;
+        set_aside.push(sql);
+    }
+    Ok(set_aside)
+}
+
+/// Where a first publish's time goes (logged; durations only).
+#[derive(Default)]
+struct Phases {
+    held: std::time::Duration,
+    scan: std::time::Duration,
+    decode: std::time::Duration,
+    index: std::time::Duration,
+    reindex: std::time::Duration,
+    events: std::time::Duration,
+    history: std::time::Duration,
+    resources: std::time::Duration,
 }
 
 /// A staged row, checked and decoded.
@@ -752,6 +871,7 @@ impl SqliteStore {
         resources: &[StagedResource],
     ) -> Result<(), DatasetError> {
         // Canonical text outside the lock: it is the expensive part.
+        let t0 = std::time::Instant::now();
         let mut rows = Vec::with_capacity(resources.len());
         for r in resources {
             check_ref(&r.target)?;
@@ -769,7 +889,9 @@ impl SqliteStore {
             (&a.0.target.resource_type, &a.0.target.id)
                 .cmp(&(&b.0.target.resource_type, &b.0.target.id))
         });
-        self.write_tx(|tx, now| {
+        let t1 = std::time::Instant::now();
+        let out = self.write_tx(|tx, now| {
+            let t2 = std::time::Instant::now();
             refresh_heartbeat(tx, dataset, version, &format_time(now))?;
             let mut stmt = tx
                 .prepare_cached(
@@ -789,8 +911,17 @@ impl SqliteStore {
                 ])
                 .map_err(sql_err)?;
             }
-            Ok(())
-        })
+            Ok(t2)
+        })?;
+        tracing::debug!(
+            dataset,
+            rows = rows.len(),
+            canonical_us = (t1 - t0).as_micros() as u64,
+            lock_us = (out - t1).as_micros() as u64,
+            write_us = out.elapsed().as_micros() as u64,
+            "staged"
+        );
+        Ok(())
     }
 
     fn chunk_done_sync(

@@ -455,3 +455,90 @@ async fn the_set_based_first_publish_writes_what_the_per_resource_path_writes() 
     each.sort();
     assert_eq!(set_based, each);
 }
+
+/// The search index's own indexes, as the schema defines them.
+fn search_index_schema(store: &SqliteStore) -> Vec<(String, String)> {
+    let conn = store.lock().unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = 'search_index' AND sql IS NOT NULL
+             ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_first_publish_rebuilds_the_value_indexes_and_a_small_one_updates_them() {
+    // (resources the store holds, resources of the first version, indexes set aside)
+    for (held, new, expected_aside) in [(0usize, 5usize, 2usize), (40, 3, 0)] {
+        let mut snapshots = Vec::new();
+        for set_based in [true, false] {
+            let (store, clock) = manual_clock();
+            let before = search_index_schema(&store);
+            assert_eq!(before.len(), 3, "{before:?}");
+            let streamed: Vec<ResourceChange> = (0..held)
+                .map(|i| {
+                    let s = rich(&format!("held-{i:02}"), "Held");
+                    ResourceChange {
+                        target: s.target,
+                        op: ResourceOp::Upsert {
+                            resource: s.resource,
+                        },
+                        lineage: s.lineage,
+                    }
+                })
+                .collect();
+            if !streamed.is_empty() {
+                store.apply(&streamed).await.unwrap();
+            }
+            clock.store(5_000, Ordering::SeqCst);
+            let v = store.begin(DS, "test", LEASE).await.unwrap();
+            let rows: Vec<_> = (0..new)
+                .map(|i| rich(&format!("new-{i:02}"), &format!("Fam{i}")))
+                .collect();
+            store.stage(DS, v.version, &rows).await.unwrap();
+            {
+                // The decision alone, in a transaction that is then rolled back.
+                let mut conn = store.lock().unwrap();
+                let tx = conn.transaction().unwrap();
+                let aside = set_aside_search_indexes(&tx, DS, to_i64(v.version)).unwrap();
+                assert_eq!(aside.len(), expected_aside, "held {held}, new {new}");
+                // An index led by (resource_type, id) grows at its end: never set aside.
+                assert!(
+                    aside
+                        .iter()
+                        .all(|sql| !sql.contains("search_index_resource")),
+                    "{aside:?}"
+                );
+            }
+            assert_eq!(search_index_schema(&store), before, "rolled back");
+            clock.store(9_000, Ordering::SeqCst);
+            let mv = if set_based {
+                store.finalize(DS, v.version).await.unwrap()
+            } else {
+                store
+                    .write_tx(|tx, now| switch_each(tx, DS, None, v.version, now))
+                    .unwrap()
+            };
+            assert_eq!(mv.created, new as u64);
+            // The indexes are back, exactly as the schema had them, and searches use them.
+            assert_eq!(search_index_schema(&store), before);
+            snapshots.push(snapshot(&store));
+        }
+        let (mut set_based, mut each) = (snapshots[0].clone(), snapshots[1].clone());
+        set_based.sort();
+        each.sort();
+        assert_eq!(set_based, each, "held {held}, new {new}");
+        assert!(
+            set_based
+                .iter()
+                .any(|l| l.starts_with("SELECT resource_type, id, param") && l.contains("Fam0")),
+            "new resources are indexed"
+        );
+    }
+}
