@@ -397,7 +397,6 @@ fn publish_first(
         }
     }
     phases.held = started.elapsed();
-    let set_aside = set_aside_search_indexes(conn, dataset, to_key)?;
     // The rest is new: search-index rows and events, one pass in key order…
     {
         let mut new = conn
@@ -442,11 +441,6 @@ fn publish_first(
         }
     }
     let t = std::time::Instant::now();
-    for sql in &set_aside {
-        conn.execute_batch(sql).map_err(sql_err)?;
-    }
-    phases.reindex = t.elapsed();
-    let t = std::time::Instant::now();
     // …then their first versions, set-based. `history` first: the condition reads `resources`,
     // which the second statement fills (a statement reading the table it writes would first
     // copy its whole result into a temporary table). Rows the store held are in `resources`
@@ -489,8 +483,6 @@ fn publish_first(
         scan_ms = phases.scan.as_millis() as u64,
         decode_ms = phases.decode.as_millis() as u64,
         index_ms = phases.index.as_millis() as u64,
-        reindex_ms = phases.reindex.as_millis() as u64,
-        reindexed = set_aside.len(),
         events_ms = phases.events.as_millis() as u64,
         history_ms = phases.history.as_millis() as u64,
         resources_ms = phases.resources.as_millis() as u64,
@@ -507,81 +499,6 @@ fn publish_first(
     Ok(mv)
 }
 
-/// A first publish bringing at least 1/N as many resources as the store holds builds the
-/// search index's value-ordered indexes afresh instead of updating them. Measured at 300,000
-/// records in three datasets: with N = 4 the third dataset's rebuild (all rows, 10 s) cost more
-/// than its random inserts saved; N = 1 rebuilds when the store is empty or small next to the
-/// load (a large first load: the gain grows with the load), and never re-sorts a store many
-/// times the load's size.
-const REBUILD_FRACTION: i64 = 1;
-
-/// Sets aside (drops, in the publish's transaction) the secondary indexes of `search_index`
-/// that a first publish would update in random order, when the version brings at least as
-/// many resources as the store holds ([`REBUILD_FRACTION`]); returns their `CREATE INDEX` statements, to
-/// be run once the rows are in.
-///
-/// Why: the new resources' index rows are written in (resource type, id) order, so an index
-/// led by those columns grows at its end, but one ordered by value or date takes each row at
-/// a random place. Once such an index outgrows the page cache, every row costs a page read and
-/// a spilled dirty page, and the publish slows down as the store grows. Building the index
-/// again sorts all its rows once (sequential writes, memory bounded by the cache), which is
-/// cheaper whenever the new rows are a sizeable part of the table. Readers see nothing of it:
-/// the drop and the build are in the same transaction as the rows. Indexes are found in the
-/// schema, not named here, so a changed layout of `search_index` is followed.
-fn set_aside_search_indexes(
-    conn: &Connection,
-    dataset: &str,
-    to_key: i64,
-) -> Result<Vec<String>, DatasetError> {
-    let staged: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM dataset_staged WHERE dataset = ?1 AND version = ?2",
-            params![dataset, to_key],
-            |r| r.get(0),
-        )
-        .map_err(sql_err)?;
-    let held: i64 = conn
-        .query_row("SELECT count(*) FROM resources", [], |r| r.get(0))
-        .map_err(sql_err)?;
-    if staged.saturating_mul(REBUILD_FRACTION) < held {
-        return Ok(Vec::new());
-    }
-    let indexes: Vec<(String, String)> = {
-        let mut stmt = conn
-            .prepare(
-                "SELECT name, sql FROM sqlite_master
-                 WHERE type = 'index' AND tbl_name = 'search_index' AND sql IS NOT NULL
-                 ORDER BY name",
-            )
-            .map_err(sql_err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sql_err)?;
-        rows.collect::<Result<_, _>>().map_err(sql_err)?
-    };
-    let mut set_aside = Vec::new();
-    for (name, sql) in indexes {
-        let leading: Vec<String> = {
-            let mut stmt = conn
-                .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno LIMIT 2")
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map([&name], |r| r.get::<_, Option<String>>(0))
-                .map_err(sql_err)?;
-            rows.map(|r| r.map(Option::unwrap_or_default))
-                .collect::<Result<_, _>>()
-                .map_err(sql_err)?
-        };
-        if leading == ["resource_type", "id"] {
-            continue;
-        }
-        conn.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))
-            .map_err(sql_err)?;
-        set_aside.push(sql);
-    }
-    Ok(set_aside)
-}
-
 /// Where a first publish's time goes (logged; durations only).
 #[derive(Default)]
 struct Phases {
@@ -589,7 +506,6 @@ struct Phases {
     scan: std::time::Duration,
     decode: std::time::Duration,
     index: std::time::Duration,
-    reindex: std::time::Duration,
     events: std::time::Duration,
     history: std::time::Duration,
     resources: std::time::Duration,
