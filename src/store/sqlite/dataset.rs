@@ -1077,19 +1077,6 @@ impl SqliteStore {
     }
 }
 
-/// Runs a blocking store call. On a multi-threaded runtime the worker thread is handed over
-/// first ([`tokio::task::block_in_place`]): staging blocks for the batch's write and for the
-/// connection's lock, which another chunk's staging may hold, and a bulk load maps and
-/// validates its next batches on the same workers. Without the hand-over, two chunks staging
-/// at once stall every worker of a two-core machine. Elsewhere (a current-thread runtime, no
-/// runtime) the call simply runs.
-fn off_worker<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 #[async_trait]
 impl DatasetStore for SqliteStore {
     async fn begin(
@@ -1113,7 +1100,7 @@ impl DatasetStore for SqliteStore {
         version: u64,
         resources: &[StagedResource],
     ) -> Result<(), DatasetError> {
-        off_worker(|| self.stage_sync(dataset, version, resources))
+        self.stage_sync(dataset, version, resources)
     }
 
     async fn chunk_done(
