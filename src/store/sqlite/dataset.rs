@@ -368,6 +368,8 @@ fn publish_first(
     };
     let to_key = to_i64(to);
     let at = format_time(now);
+    let mut phases = Phases::default();
+    let started = std::time::Instant::now();
     // Resources the store holds already: compared and versioned one by one.
     {
         let mut held = conn
@@ -394,6 +396,7 @@ fn publish_first(
             count(outcome.action, &mut mv);
         }
     }
+    phases.held = started.elapsed();
     // The rest is new: search-index rows and events, one pass in key order…
     {
         let mut new = conn
@@ -409,10 +412,17 @@ fn publish_first(
             .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
             .map_err(sql_err)?;
         let mut rows = new.query(params![dataset, to_key]).map_err(sql_err)?;
+        let mut at_row = std::time::Instant::now();
         while let Some(r) = rows.next().map_err(sql_err)? {
+            let t0 = std::time::Instant::now();
+            phases.scan += t0 - at_row;
             let staged = read_staged(dataset, to, r)?;
             let stored = with_meta(staged.resource, 1, now);
+            let t1 = std::time::Instant::now();
+            phases.decode += t1 - t0;
             search::index_new(conn, &staged.target, &stored)?;
+            let t2 = std::time::Instant::now();
+            phases.index += t2 - t1;
             let event = change_event(
                 ChangeKind::Created,
                 &staged.target,
@@ -426,8 +436,11 @@ fn publish_first(
             })?;
             event_insert.execute([text]).map_err(sql_err)?;
             mv.created += 1;
+            at_row = std::time::Instant::now();
+            phases.events += at_row - t2;
         }
     }
+    let t = std::time::Instant::now();
     // …then their first versions, set-based. `history` first: the condition reads `resources`,
     // which the second statement fills (a statement reading the table it writes would first
     // copy its whole result into a temporary table). Rows the store held are in `resources`
@@ -448,6 +461,8 @@ fn publish_first(
             params![dataset, to_key, at],
         )
         .map_err(sql_err)?;
+    phases.history = t.elapsed();
+    let t = std::time::Instant::now();
     let resources = conn
         .execute(
             &format!(
@@ -461,6 +476,18 @@ fn publish_first(
             params![dataset, to_key, at],
         )
         .map_err(sql_err)?;
+    phases.resources = t.elapsed();
+    tracing::debug!(
+        dataset,
+        held_ms = phases.held.as_millis() as u64,
+        scan_ms = phases.scan.as_millis() as u64,
+        decode_ms = phases.decode.as_millis() as u64,
+        index_ms = phases.index.as_millis() as u64,
+        events_ms = phases.events.as_millis() as u64,
+        history_ms = phases.history.as_millis() as u64,
+        resources_ms = phases.resources.as_millis() as u64,
+        "first publish phases"
+    );
     if history as u64 != mv.created || resources as u64 != mv.created {
         // The three passes read the same rows in one transaction: a difference is a bug.
         return Err(DatasetError::Store(StoreError::Corrupt(format!(
@@ -470,6 +497,18 @@ fn publish_first(
         ))));
     }
     Ok(mv)
+}
+
+/// Where a first publish's time goes (logged; durations only).
+#[derive(Default)]
+struct Phases {
+    held: std::time::Duration,
+    scan: std::time::Duration,
+    decode: std::time::Duration,
+    index: std::time::Duration,
+    events: std::time::Duration,
+    history: std::time::Duration,
+    resources: std::time::Duration,
 }
 
 /// A staged row, checked and decoded.
@@ -752,6 +791,7 @@ impl SqliteStore {
         resources: &[StagedResource],
     ) -> Result<(), DatasetError> {
         // Canonical text outside the lock: it is the expensive part.
+        let t0 = std::time::Instant::now();
         let mut rows = Vec::with_capacity(resources.len());
         for r in resources {
             check_ref(&r.target)?;
@@ -769,7 +809,9 @@ impl SqliteStore {
             (&a.0.target.resource_type, &a.0.target.id)
                 .cmp(&(&b.0.target.resource_type, &b.0.target.id))
         });
-        self.write_tx(|tx, now| {
+        let t1 = std::time::Instant::now();
+        let out = self.write_tx(|tx, now| {
+            let t2 = std::time::Instant::now();
             refresh_heartbeat(tx, dataset, version, &format_time(now))?;
             let mut stmt = tx
                 .prepare_cached(
@@ -789,8 +831,17 @@ impl SqliteStore {
                 ])
                 .map_err(sql_err)?;
             }
-            Ok(())
-        })
+            Ok(t2)
+        })?;
+        tracing::debug!(
+            dataset,
+            rows = rows.len(),
+            canonical_us = (t1 - t0).as_micros() as u64,
+            lock_us = (out - t1).as_micros() as u64,
+            write_us = out.elapsed().as_micros() as u64,
+            "staged"
+        );
+        Ok(())
     }
 
     fn chunk_done_sync(

@@ -739,7 +739,12 @@ fn tuning_for_bulk_loads_sets_the_cache_and_checkpoint_sizes() {
     let checkpoint: i64 = conn
         .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
         .unwrap();
+    let temp_store: i64 = conn
+        .pragma_query_value(None, "temp_store", |r| r.get(0))
+        .unwrap();
     // A negative cache size is in KiB.
     assert_eq!(cache, -64 * 1024);
     assert_eq!(checkpoint, 32 * 1024 * 1024 / page);
+    // 1 = FILE: statement journals spill to disk instead of growing in memory with the load.
+    assert_eq!(temp_store, 1);
 }
