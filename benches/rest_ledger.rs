@@ -16,15 +16,10 @@ mod partners;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fhir_unify::gateway::Gateway;
-use fhir_unify::gateway::auth::Authorizer;
-use fhir_unify::gateway::server::{LocalApi, bind, serve};
 use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
 use fhir_unify::store::FhirStore;
 use fhir_unify::store::ledger::SqliteLedger;
 use fhir_unify::store::rest::{RestAuth, RestOptions, RestStore};
-use fhir_unify::store::sqlite::SqliteStore;
-use partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
 use serde_json::json;
 
 fn change(id: &str) -> ResourceChange {
@@ -55,36 +50,8 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let backing = Arc::new(SqliteStore::open(&dir.path().join("server.db")).unwrap());
-        let yaml = format!(
-            "sources:
-  - name: app
-    dynamodb: {{ table: Patients }}
-    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
-partners:
-  - name: acme
-    issuer: {ACME_ISS}
-    audience: {ACME_AUD}
-    jwks: {}
-    read: [Patient, Basic]
-    write: [Patient, Basic]
-",
-            auth_dir().join("acme-jwks.json").display()
-        );
-        let config =
-            fhir_unify::config::PipelineConfig::from_yaml(&yaml, std::path::Path::new("b.yaml"))
-                .unwrap();
-        let api = LocalApi {
-            gateway: Gateway::sqlite(backing).allow_writes(),
-            authorizer: Authorizer::from_config(&config).unwrap(),
-            ingest: None,
-            events: None,
-        };
-        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        tokio::spawn(serve(listener, api));
-        let token = authorization("acme", "system/*.cruds", Fault::None).unwrap();
-        let token = token.strip_prefix("Bearer ").unwrap().to_owned();
-        let base = format!("http://{addr}");
+        let (base, token, _server) =
+            partners::fhir_api(&["Patient", "Basic"], "system/*.cruds").await;
         let plain = RestStore::new(&base, RestAuth::Bearer(token.clone()), RestOptions::default())
             .unwrap();
         let ledger = Arc::new(SqliteLedger::open(&dir.path().join("ledger.db")).unwrap());

@@ -20,52 +20,19 @@ use fhir_unify::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway};
 use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
 use fhir_unify::store::FhirStore;
 use fhir_unify::store::rest::{RestAuth, RestOptions, RestStore};
-use fhir_unify::store::sqlite::SqliteStore;
 use serde_json::{Value, json};
 
 const FRONT: &str = "https://partners.example/fhir";
 
 async fn server() -> (RestStore, Box<dyn std::any::Any + Send>) {
-    use common::partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
-    use fhir_unify::gateway::auth::Authorizer;
-    use fhir_unify::gateway::server::{LocalApi, bind, serve};
-    let dir = tempfile::tempdir().unwrap();
-    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let yaml = format!(
-        "sources:
-  - name: app
-    dynamodb: {{ table: Patients }}
-    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
-partners:
-  - name: acme
-    issuer: {ACME_ISS}
-    audience: {ACME_AUD}
-    jwks: {}
-    read: [Patient, Basic, Observation]
-    write: [Patient, Basic, Observation]
-",
-        auth_dir().join("acme-jwks.json").display()
-    );
-    let config =
-        fhir_unify::config::PipelineConfig::from_yaml(&yaml, std::path::Path::new("g.yaml"))
-            .unwrap();
-    let api = LocalApi {
-        gateway: Gateway::sqlite(backing).allow_writes(),
-        authorizer: Authorizer::from_config(&config).unwrap(),
-        ingest: None,
-        events: None,
-    };
-    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let handle = tokio::spawn(serve(listener, api));
-    let token = authorization("acme", "system/*.cruds", Fault::None).unwrap();
-    let token = token.strip_prefix("Bearer ").unwrap().to_owned();
+    let (base, token, guard) =
+        common::partners::fhir_api(&["Patient", "Basic", "Observation"], "system/*.cruds").await;
     let options = RestOptions {
         backoff: Duration::from_millis(10),
         ..RestOptions::default()
     };
-    let store =
-        RestStore::new(&format!("http://{addr}"), RestAuth::Bearer(token), options).unwrap();
-    (store, Box::new((dir, handle)))
+    let store = RestStore::new(&base, RestAuth::Bearer(token), options).unwrap();
+    (store, guard)
 }
 
 fn change(t: &str, id: &str, op: ResourceOp, seq: u64) -> ResourceChange {

@@ -30,47 +30,12 @@ use fhir_unify::model::{
 };
 use fhir_unify::store::ledger::{Intent, Ledger, OpenIntent, SqliteLedger};
 use fhir_unify::store::rest::{RestAuth, RestOptions, RestStore};
-use fhir_unify::store::sqlite::SqliteStore;
 use fhir_unify::store::{FhirStore, Outbox, OutboxEntry, StoreError};
 use serde_json::{Value, json};
 
 /// The project's FHIR API over SQLite on a free port; the base URL, a token, and the guard.
 async fn server() -> (String, String, Box<dyn std::any::Any + Send>) {
-    use common::partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
-    use fhir_unify::gateway::Gateway;
-    use fhir_unify::gateway::auth::Authorizer;
-    use fhir_unify::gateway::server::{LocalApi, bind, serve};
-    let dir = tempfile::tempdir().unwrap();
-    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let yaml = format!(
-        "sources:
-  - name: app
-    dynamodb: {{ table: Patients }}
-    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
-partners:
-  - name: acme
-    issuer: {ACME_ISS}
-    audience: {ACME_AUD}
-    jwks: {}
-    read: [Patient, Basic]
-    write: [Patient, Basic]
-",
-        auth_dir().join("acme-jwks.json").display()
-    );
-    let config =
-        fhir_unify::config::PipelineConfig::from_yaml(&yaml, std::path::Path::new("l.yaml"))
-            .unwrap();
-    let api = LocalApi {
-        gateway: Gateway::sqlite(backing).allow_writes(),
-        authorizer: Authorizer::from_config(&config).unwrap(),
-        ingest: None,
-        events: None,
-    };
-    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let handle = tokio::spawn(serve(listener, api));
-    let token = authorization("acme", "system/*.cruds", Fault::None).unwrap();
-    let token = token.strip_prefix("Bearer ").unwrap().to_owned();
-    (format!("http://{addr}"), token, Box::new((dir, handle)))
+    common::partners::fhir_api(&["Patient", "Basic"], "system/*.cruds").await
 }
 
 fn store(base: &str, token: &str, ledger: Arc<dyn Ledger>, settle_after: Duration) -> RestStore {

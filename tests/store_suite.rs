@@ -95,41 +95,7 @@ async fn rest() -> Harness {
 }
 
 async fn rest_with_scope(scope: &str) -> Harness {
-    use common::partners::{ACME_AUD, ACME_ISS, Fault, auth_dir, authorization};
-    use fhir_unify::gateway::Gateway;
-    use fhir_unify::gateway::auth::Authorizer;
-    use fhir_unify::gateway::server::{LocalApi, bind, serve};
-    let dir = tempfile::tempdir().unwrap();
-    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
-    let yaml = format!(
-        "sources:
-  - name: app
-    dynamodb: {{ table: Patients }}
-    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
-partners:
-  - name: acme
-    issuer: {ACME_ISS}
-    audience: {ACME_AUD}
-    jwks: {}
-    read: [Patient, Basic]
-    write: [Patient, Basic]
-",
-        auth_dir().join("acme-jwks.json").display()
-    );
-    let config =
-        fhir_unify::config::PipelineConfig::from_yaml(&yaml, std::path::Path::new("suite.yaml"))
-            .unwrap();
-    let api = LocalApi {
-        gateway: Gateway::sqlite(backing).allow_writes(),
-        authorizer: Authorizer::from_config(&config).unwrap(),
-        ingest: None,
-        events: None,
-    };
-    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let server = tokio::spawn(serve(listener, api));
-    let token = authorization("acme", scope, Fault::None).unwrap();
-    let token = token.strip_prefix("Bearer ").unwrap().to_owned();
-    let base = format!("http://{addr}");
+    let (base, token, guard) = common::partners::fhir_api(&["Patient", "Basic"], scope).await;
     let options = RestOptions {
         max_entries: 20,
         backoff: std::time::Duration::from_millis(10),
@@ -141,7 +107,7 @@ partners:
         many: 150,
         store: Arc::new(store),
         second: Arc::new(second),
-        _guard: Box::new((dir, server)),
+        _guard: guard,
     }
 }
 

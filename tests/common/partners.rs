@@ -199,3 +199,46 @@ pub async fn fill(store: &Arc<SqliteStore>, patients: usize) {
         store.apply(&[upsert(r)]).await.unwrap();
     }
 }
+
+/// The project's FHIR API (the gateway over a fresh SQLite store, writes on) on a free
+/// loopback port: the server a `rest` store talks to in tests. Partner acme may read and write
+/// `types`. Returns the base URL, acme's bearer token (without `Bearer `) with `scope`, and a
+/// guard that keeps the store and the server alive.
+pub async fn fhir_api(
+    types: &[&str],
+    scope: &str,
+) -> (String, String, Box<dyn std::any::Any + Send>) {
+    use fhir_unify::gateway::Gateway;
+    use fhir_unify::gateway::auth::Authorizer;
+    use fhir_unify::gateway::server::{LocalApi, bind, serve};
+    let dir = tempfile::tempdir().unwrap();
+    let backing = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let types = types.join(", ");
+    let yaml = format!(
+        "sources:
+  - name: app
+    dynamodb: {{ table: Patients }}
+    entities: {{ patients: {{ key: [pk], mapping: m.yaml }} }}
+partners:
+  - name: acme
+    issuer: {ACME_ISS}
+    audience: {ACME_AUD}
+    jwks: {}
+    read: [{types}]
+    write: [{types}]
+",
+        auth_dir().join("acme-jwks.json").display()
+    );
+    let config = PipelineConfig::from_yaml(&yaml, Path::new("fhir-api.yaml")).unwrap();
+    let api = LocalApi {
+        gateway: Gateway::sqlite(backing).allow_writes(),
+        authorizer: Authorizer::from_config(&config).unwrap(),
+        ingest: None,
+        events: None,
+    };
+    let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let handle = tokio::spawn(serve(listener, api));
+    let token = authorization("acme", scope, Fault::None).unwrap();
+    let token = token.strip_prefix("Bearer ").unwrap().to_owned();
+    (format!("http://{addr}"), token, Box::new((dir, handle)))
+}
