@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod lambda_stream;
     pub mod moto;
     pub mod serial_moto;
 }
@@ -109,17 +110,7 @@ async fn dynamodb() -> Harness {
     )
     .with_clock(clock);
     datasets.create_table().await.unwrap();
-    let arn = client
-        .describe_table()
-        .table_name(STORE_TABLE)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .unwrap()
-        .latest_stream_arn()
-        .unwrap()
-        .to_owned();
+    let arn = common::lambda_stream::stream_arn(&config, STORE_TABLE).await;
     Harness {
         datasets: Arc::new(datasets.clone()),
         store: Arc::new(datasets.store().clone()),

@@ -104,17 +104,7 @@ async fn store_versions_reach_a_subscriber_once_each_through_the_stream() {
     store.apply(&[upsert("p1", "Smyth", 2)]).await.unwrap();
     store.apply(&[upsert("p1", "Smyth", 3)]).await.unwrap();
 
-    let stream_arn = aws_sdk_dynamodb::Client::new(&config)
-        .describe_table()
-        .table_name(TABLE)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .unwrap()
-        .latest_stream_arn()
-        .unwrap()
-        .to_owned();
+    let stream_arn = common::lambda_stream::stream_arn(&config, TABLE).await;
     let all = read_stream(&config, &stream_arn, REGION).await;
     // The mapping's filter keeps exactly the history INSERTs: one per version, even though
     // index items (the identifier "v#1" above) have sort keys that start like them.

@@ -409,17 +409,7 @@ async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_acr
         );
     }
 
-    let stream_arn = aws_sdk_dynamodb::Client::new(&config)
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .unwrap()
-        .latest_stream_arn()
-        .unwrap()
-        .to_owned();
+    let stream_arn = common::lambda_stream::stream_arn(&config, table).await;
     let all = common::lambda_stream::read_stream(&config, &stream_arn, REGION).await;
     let filter = ledger_filter();
     let records: Vec<Value> = all.iter().filter(|r| filter.matches(r)).cloned().collect();

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod lambda_stream;
     pub mod moto;
     pub mod partners;
     pub mod serial_moto;
@@ -710,18 +711,7 @@ async fn dynamodb_stream_carries_the_sqlite_outbox_events() {
         .collect();
     assert_eq!(expected.len(), 5);
 
-    let table = aws_sdk_dynamodb::Client::new(&config)
-        .describe_table()
-        .table_name(TABLE)
-        .send()
-        .await
-        .unwrap();
-    let arn = table
-        .table()
-        .unwrap()
-        .latest_stream_arn()
-        .unwrap()
-        .to_owned();
+    let arn = common::lambda_stream::stream_arn(&config, TABLE).await;
     let streams = aws_sdk_dynamodbstreams::Client::new(&config);
     let described = streams
         .describe_stream()

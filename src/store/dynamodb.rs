@@ -260,40 +260,7 @@ impl DynamoStore {
     /// `NEW_IMAGE` stream): for emulators, tests and hand-made environments. On AWS the stack
     /// creates it.
     pub async fn create_table(&self) -> Result<(), StoreError> {
-        let attribute = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-        };
-        let build = |e: aws_sdk_dynamodb::error::BuildError| {
-            StoreError::Unavailable(format!("table {}: {e}", self.table))
-        };
-        self.client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attribute(PK).map_err(build)?)
-            .attribute_definitions(attribute(SK).map_err(build)?)
-            .key_schema(key(PK, KeyType::Hash).map_err(build)?)
-            .key_schema(key(SK, KeyType::Range).map_err(build)?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .stream_specification(
-                StreamSpecification::builder()
-                    .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewImage)
-                    .build()
-                    .map_err(build)?,
-            )
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("CreateTable", e))?;
-        Ok(())
+        create_streamed_table(&self.client, &self.table).await
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -1267,6 +1234,53 @@ pub fn change_event_from_stream_image(
 
 pub mod dataset;
 pub mod search;
+
+/// Creates a `pk`/`sk` table with on-demand billing and a `NEW_IMAGE` stream, as
+/// `infra/template.yaml` declares the store and the ledger tables: for emulators, tests and
+/// hand-made environments. On AWS the stack creates them.
+pub(crate) async fn create_streamed_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let build = |e: aws_sdk_dynamodb::error::BuildError| {
+        StoreError::Unavailable(format!("table {table}: {e}"))
+    };
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build)
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(build)
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attribute(PK)?)
+        .attribute_definitions(attribute(SK)?)
+        .key_schema(key(PK, KeyType::Hash)?)
+        .key_schema(key(SK, KeyType::Range)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewImage)
+                .build()
+                .map_err(build)?,
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "DynamoDB CreateTable on table {table}: {}",
+                DisplayErrorContext(&e)
+            ))
+        })?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests;

@@ -103,18 +103,7 @@ pub struct SqliteLedger {
 impl SqliteLedger {
     /// Opens (or creates) the ledger file.
     pub fn open(path: &Path) -> Result<SqliteLedger, StoreError> {
-        let location = path.display().to_string();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot create directory {}: {e}",
-                    parent.display()
-                ))
-            })?;
-        }
-        let conn = Connection::open(path).map_err(|e| sql(&location, e))?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .map_err(|e| sql(&location, e))?;
+        let (conn, location) = crate::store::sqlite::open_wal_file(path, "ledger")?;
         Self::setup(conn, location)
     }
 

@@ -140,25 +140,7 @@ impl SqliteStore {
     /// Opens (or creates, with its parent directories) the store file at `path`, in WAL mode,
     /// and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let location = path.display().to_string();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot create directory {}: {e}",
-                    parent.display()
-                ))
-            })?;
-        }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {location}: {e}")))?;
-        // WAL lets readers (the gateway, the outbox relay) run beside the writer; NORMAL is
-        // durable across application crashes, which is what WAL needs.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| with_context(&location, e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(location = %location, journal_mode = %mode, "store file is not in WAL mode");
-        }
+        let (conn, location) = open_wal_file(path, "store")?;
         Self::setup(conn, location)
     }
 
@@ -771,6 +753,28 @@ fn with_context(location: &str, e: rusqlite::Error) -> StoreError {
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("{location}: {m}")),
         other => other,
     }
+}
+
+/// Opens (or creates, with its parent directories) a SQLite file in WAL mode, which lets
+/// readers (the gateway, the outbox relay) run beside the writer; `what` names it in a
+/// warning when the file cannot be put in WAL mode. Returns the connection and the file's
+/// location for error messages.
+pub(crate) fn open_wal_file(path: &Path, what: &str) -> Result<(Connection, String), StoreError> {
+    let location = path.display().to_string();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create directory {}: {e}", parent.display()))
+        })?;
+    }
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {location}: {e}")))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| with_context(&location, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(location = %location, journal_mode = %mode, "{what} file is not in WAL mode");
+    }
+    Ok((conn, location))
 }
 
 /// Busy, locked and I/O conditions may pass, so they are `Unavailable` (retryable); anything

@@ -111,3 +111,18 @@ pub async fn read_stream(config: &SdkConfig, stream_arn: &str, region: &str) -> 
     }
     records
 }
+
+/// The ARN of a table's stream (`DescribeTable`'s `LatestStreamArn`).
+pub async fn stream_arn(config: &SdkConfig, table: &str) -> String {
+    aws_sdk_dynamodb::Client::new(config)
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .table()
+        .unwrap()
+        .latest_stream_arn()
+        .unwrap()
+        .to_owned()
+}

@@ -17,10 +17,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{Intent, Ledger, OpenIntent};
 use crate::model::ChangeEvent;
@@ -63,42 +60,7 @@ impl DynamoLedger {
 
     /// Creates the table as `infra/template.yaml` declares it (tests, local trials).
     pub async fn create_table(&self) -> Result<(), StoreError> {
-        let build = |e: aws_sdk_dynamodb::error::BuildError| {
-            StoreError::Unavailable(format!("table {}: {e}", self.table))
-        };
-        let attribute = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(build)
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(build)
-        };
-        self.client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attribute(PK)?)
-            .attribute_definitions(attribute(SK)?)
-            .key_schema(key(PK, KeyType::Hash)?)
-            .key_schema(key(SK, KeyType::Range)?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .stream_specification(
-                StreamSpecification::builder()
-                    .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewImage)
-                    .build()
-                    .map_err(build)?,
-            )
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("CreateTable", e))?;
-        Ok(())
+        crate::store::dynamodb::create_streamed_table(&self.client, &self.table).await
     }
 
     fn sdk_err<E, R>(&self, operation: &str, e: SdkError<E, R>) -> StoreError
