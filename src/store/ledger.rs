@@ -35,7 +35,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Outbox, OutboxEntry, StoreError, format_time};
@@ -314,25 +314,9 @@ impl SqliteLedger {
     }
 }
 
-/// Busy, locked and I/O conditions may pass: `Unavailable` (retryable); anything else is a
-/// corrupt or foreign file.
+/// An error of the ledger file, classified as the store's are (busy, locked, I/O: retryable).
 fn sql(location: &str, e: rusqlite::Error) -> StoreError {
-    let transient = matches!(
-        e.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::CannotOpen
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::ReadOnly
-        )
-    );
-    if transient {
-        StoreError::Unavailable(format!("ledger {location}: {e}"))
-    } else {
-        StoreError::Corrupt(format!("ledger {location}: {e}"))
-    }
+    crate::store::sqlite::with_context(&format!("ledger {location}"), e)
 }
 
 #[cfg(test)]

@@ -747,7 +747,7 @@ fn stored_canonical(target: &ResourceRef, current: &Current) -> Result<Value, St
     stored_canonical_text(target, current.version, text)
 }
 
-fn with_context(location: &str, e: rusqlite::Error) -> StoreError {
+pub(crate) fn with_context(location: &str, e: rusqlite::Error) -> StoreError {
     match sql_err(e) {
         StoreError::Unavailable(m) => StoreError::Unavailable(format!("{location}: {m}")),
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("{location}: {m}")),
