@@ -212,16 +212,8 @@ fn hl7_validator_cases() {
     }
 }
 
-/// The walker reads each member of an object once through a member index; without the index
-/// it looks every JSON name of every child up (the walk before the index). Both give exactly
-/// the same outcomes (issues, order, places) over the Synthea corpus and every resource of
-/// the HL7 validator's cases, valid and invalid.
-#[test]
-fn member_index_walk_equals_lookup_walk() {
-    use super::Validator;
-    let indexed = Validator::r4().unwrap();
-    let mut lookup = Validator::r4().unwrap();
-    lookup.definitions_mut().drop_member_index();
+/// Every resource of the Synthea corpus and of the HL7 validator's cases, valid and invalid.
+fn corpus_resources() -> Vec<Value> {
     let mut resources = Vec::new();
     for path in json_files(&corpus("conformance/synthea/fhir")) {
         let bundle = read_json(&path);
@@ -239,6 +231,20 @@ fn member_index_walk_equals_lookup_walk() {
             resources.push(case["resource"].clone());
         }
     }
+    resources
+}
+
+/// The walker reads each member of an object once through a member index; without the index
+/// it looks every JSON name of every child up (the walk before the index). Both give exactly
+/// the same outcomes (issues, order, places) over the Synthea corpus and every resource of
+/// the HL7 validator's cases, valid and invalid.
+#[test]
+fn member_index_walk_equals_lookup_walk() {
+    use super::Validator;
+    let indexed = Validator::r4().unwrap();
+    let mut lookup = Validator::r4().unwrap();
+    lookup.definitions_mut().drop_member_index();
+    let resources = corpus_resources();
     let mut with_issues = 0;
     for r in &resources {
         let a = indexed.validate(r);
@@ -270,23 +276,7 @@ fn lazily_built_types_equal_a_forced_full_build() {
     full.definitions().build_all().unwrap();
     let all = full.definitions().built_types();
     assert!(all > 200, "{all} types built");
-    let mut resources = Vec::new();
-    for path in json_files(&corpus("conformance/synthea/fhir")) {
-        let bundle = read_json(&path);
-        resources.extend(
-            bundle["entry"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["resource"].clone()),
-        );
-    }
-    for path in json_files(&corpus("conformance/fhir-validation/cases")) {
-        let case = read_json(&path);
-        if case["resource"].is_object() {
-            resources.push(case["resource"].clone());
-        }
-    }
+    let resources = corpus_resources();
     const THREADS: usize = 4;
     let outcomes: Vec<Vec<(usize, Outcome)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)
