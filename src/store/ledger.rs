@@ -250,52 +250,17 @@ impl Ledger for SqliteLedger {
 #[async_trait]
 impl Outbox for SqliteLedger {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.lock()?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT position, event FROM outbox WHERE delivered_at IS NULL
-                 ORDER BY position LIMIT ?1",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(self.err())?;
-        rows.map(|row| {
-            let (position, text) = row.map_err(self.err())?;
-            let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "{}: ledger outbox entry {position}: {e}",
-                    self.location
-                ))
-            })?;
-            Ok(OutboxEntry { position, event })
-        })
-        .collect()
+        crate::store::sqlite::outbox_pending(&*self.lock()?, limit, &self.location)
     }
 
     async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
-        if positions.is_empty() {
-            return Ok(());
-        }
         let now = format_time(Utc::now());
-        let mut conn = self.lock()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err())?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE outbox SET delivered_at = ?1 WHERE position = ?2 AND delivered_at IS NULL",
-                )
-                .map_err(self.err())?;
-            for p in positions {
-                stmt.execute(params![now, p]).map_err(self.err())?;
-            }
-        }
-        tx.commit().map_err(self.err())
+        crate::store::sqlite::outbox_mark_delivered(
+            &mut *self.lock()?,
+            positions,
+            &now,
+            &self.location,
+        )
     }
 }
 

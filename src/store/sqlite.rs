@@ -308,53 +308,12 @@ impl SqliteStore {
     }
 
     fn pending_sync(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.lock()?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT position, event FROM outbox WHERE delivered_at IS NULL
-                 ORDER BY position LIMIT ?1",
-            )
-            .map_err(sql_err)?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(sql_err)?;
-        rows.map(|row| {
-            let (position, text) = row.map_err(sql_err)?;
-            let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "outbox entry {position} is not a change event: {e}"
-                ))
-            })?;
-            Ok(OutboxEntry { position, event })
-        })
-        .collect()
+        outbox_pending(&*self.lock()?, limit, &self.location)
     }
 
     fn mark_delivered_sync(&self, positions: &[i64]) -> Result<(), StoreError> {
-        if positions.is_empty() {
-            return Ok(());
-        }
         let delivered_at = format_time(self.now());
-        let mut conn = self.lock()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE outbox SET delivered_at = ?1
-                     WHERE position = ?2 AND delivered_at IS NULL",
-                )
-                .map_err(sql_err)?;
-            for position in positions {
-                stmt.execute(params![delivered_at, position])
-                    .map_err(sql_err)?;
-            }
-        }
-        tx.commit().map_err(sql_err)
+        outbox_mark_delivered(&mut *self.lock()?, positions, &delivered_at, &self.location)
     }
 }
 
@@ -753,6 +712,67 @@ pub(crate) fn with_context(location: &str, e: rusqlite::Error) -> StoreError {
         StoreError::Corrupt(m) => StoreError::Corrupt(format!("{location}: {m}")),
         other => other,
     }
+}
+
+/// The undelivered entries of an `outbox` table (the store's and the REST ledger's have the
+/// same `position`, `event`, `delivered_at` columns), oldest first.
+pub(crate) fn outbox_pending(
+    conn: &Connection,
+    limit: usize,
+    location: &str,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let err = |e| with_context(location, e);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, event FROM outbox WHERE delivered_at IS NULL
+             ORDER BY position LIMIT ?1",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([limit], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(err)?;
+    rows.map(|row| {
+        let (position, text) = row.map_err(err)?;
+        let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{location}: outbox entry {position} is not a change event: {e}"
+            ))
+        })?;
+        Ok(OutboxEntry { position, event })
+    })
+    .collect()
+}
+
+/// Marks `outbox` entries delivered at `delivered_at`, in one transaction; an entry already
+/// marked keeps its first time.
+pub(crate) fn outbox_mark_delivered(
+    conn: &mut Connection,
+    positions: &[i64],
+    delivered_at: &str,
+    location: &str,
+) -> Result<(), StoreError> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let err = |e| with_context(location, e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "UPDATE outbox SET delivered_at = ?1
+                 WHERE position = ?2 AND delivered_at IS NULL",
+            )
+            .map_err(err)?;
+        for position in positions {
+            stmt.execute(params![delivered_at, position]).map_err(err)?;
+        }
+    }
+    tx.commit().map_err(err)
 }
 
 /// Opens (or creates, with its parent directories) a SQLite file in WAL mode, which lets
