@@ -16,6 +16,9 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{FhirStore, Outbox, OutboxEntry, StoreError, StoredVersion};
 use crate::validation::Validator;
 
+/// The REST store's change-event ledger of a local run or trial, under the data folder.
+pub const LEDGER_FILE: &str = "ledger.db";
+
 /// What the pipeline-step handlers (transform, validate, publish, emit) need.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -55,6 +58,31 @@ impl Env {
             outbox: store,
             bus,
         })
+    }
+
+    /// The environment of a local run (`run`, `serve`): [`Env::from_config`], except that
+    /// when the pipeline file names a FHIR server (`store.rest`), resources go there and its
+    /// change events go through a ledger under the data folder (`ledger.db`), which the local
+    /// emit relays. (A `dynamodb` store is for Lambda: the local runtime keeps SQLite.)
+    pub async fn local(config: &PipelineConfig, data: &DataDir) -> Result<Env, EnvError> {
+        let Some(rest) = &config.store.rest else {
+            return Env::from_config(config, data);
+        };
+        let server = crate::store::rest::RestStore::from_config(rest, None).await?;
+        let ledger = crate::store::ledger::SqliteLedger::open(&data.join(LEDGER_FILE.as_ref()))?;
+        Ok(Env::lazy(config, data, true)?.with_rest_store(server, Arc::new(ledger)))
+    }
+
+    /// This environment writing to a FHIR server: the store records each write in `ledger`,
+    /// whose events become the outbox `emit` drains.
+    pub fn with_rest_store(
+        mut self,
+        server: crate::store::rest::RestStore,
+        ledger: Arc<dyn crate::store::ledger::Ledger>,
+    ) -> Env {
+        self.outbox = ledger.clone();
+        self.store = Arc::new(server.with_ledger(ledger));
+        self
     }
 
     /// The environment of a Lambda cold start: only what a function's handler uses is paid

@@ -122,16 +122,12 @@ pub async fn publish_env() -> Result<Arc<Env>, EnvError> {
             env.store = Arc::new(DynamoStore::from_environment(table).await);
             Ok(env)
         }
-        Ok((mut env, None, Some(rest), data)) => {
+        Ok((env, None, Some(rest), data)) => {
             match crate::store::rest::RestStore::from_config(&rest, None).await {
                 Ok(store) => {
                     tracing::info!(base = %store.base(), "publish writes to the FHIR server");
                     match rest_ledger(std::env::var("FHIR_UNIFY_LEDGER_TABLE").ok(), &data).await {
-                        Ok(ledger) => {
-                            env.outbox = ledger.clone();
-                            env.store = Arc::new(store.with_ledger(ledger));
-                            Ok(env)
-                        }
+                        Ok(ledger) => Ok(env.with_rest_store(store, ledger)),
                         Err(e) => Err(e),
                     }
                 }
@@ -343,7 +339,7 @@ async fn rest_ledger(
             reason: format!("{table:?} is not a DynamoDB table name"),
         })),
         None => {
-            let path = data.join(std::path::Path::new("ledger.db"));
+            let path = data.join(std::path::Path::new(crate::env::LEDGER_FILE));
             tracing::warn!(
                 "no FHIR_UNIFY_LEDGER_TABLE: the FHIR server's change events go to a local ledger"
             );

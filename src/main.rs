@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -155,7 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config = PipelineConfig::load(&path)?;
             let events_file = config.events.ndjson_path().map(|p| data.join(p));
             let queue_name = config.quarantine.queue.clone();
-            let runtime = LocalRuntime::open(config, data.clone())?;
+            let runtime = LocalRuntime::connect(config, data.clone()).await?;
             let s = runtime.run().await?;
             println!(
                 "fhir-unify run: {} (data in {})",
@@ -180,7 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { reference } => {
-            let store = open_store(cli.config.as_deref(), &data)?;
+            let store = open_store(cli.config.as_deref(), &data).await?;
             let target = parse_reference(&reference)?;
             match store.read(&target).await? {
                 Some(v) if !v.deleted => {
@@ -202,7 +203,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::History { reference } => {
-            let store = open_store(cli.config.as_deref(), &data)?;
+            let store = open_store(cli.config.as_deref(), &data).await?;
             let target = parse_reference(&reference)?;
             let versions = store.history(&target).await?;
             if versions.is_empty() {
@@ -263,12 +264,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn open_store(config: Option<&Path>, data: &DataDir) -> Result<SqliteStore> {
-    let path = match find_config(config)
+/// The store `get` and `history` read: the FHIR server the pipeline file names
+/// (`store.rest`), else the embedded SQLite store under the data folder.
+async fn open_store(config: Option<&Path>, data: &DataDir) -> Result<Arc<dyn FhirStore>> {
+    let config = find_config(config)
         .ok()
         .map(|p| PipelineConfig::load(&p))
-        .transpose()?
-    {
+        .transpose()?;
+    if let Some(rest) = config.as_ref().and_then(|c| c.store.rest.as_ref()) {
+        return Ok(Arc::new(
+            fhir_unify::store::rest::RestStore::from_config(rest, None).await?,
+        ));
+    }
+    let path = match config {
         Some(c) => data.join(c.store.sqlite_path()),
         None => data.join("store.db".as_ref()),
     };
@@ -278,7 +286,7 @@ fn open_store(config: Option<&Path>, data: &DataDir) -> Result<SqliteStore> {
             path.display()
         );
     }
-    Ok(SqliteStore::open(&path)?)
+    Ok(Arc::new(SqliteStore::open(&path)?))
 }
 
 fn parse_reference(reference: &str) -> Result<ResourceRef> {

@@ -4,6 +4,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common {
+    pub mod partners;
+}
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -151,4 +155,96 @@ fn the_data_folder_and_pipeline_file_can_be_named() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(data.join("store.db").is_file() && data.join("events.ndjson").is_file());
     assert!(!elsewhere.path().join(".fhir-unify").exists());
+}
+
+#[test]
+fn with_a_fhir_server_as_the_store_run_get_and_history_use_that_server() {
+    // The project's own FHIR API over a SQLite store it keeps to itself, on loopback.
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let (base, token, _server) = tokio.block_on(common::partners::fhir_api(
+        &["Patient", "Observation", "Basic"],
+        "system/*.cruds",
+    ));
+    let dir = workdir();
+    let config = dir.path().join("examples/fhir-unify.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let embedded = "  sqlite: { path: store.db }";
+    assert!(original.contains(embedded));
+    std::fs::write(
+        &config,
+        original.replace(
+            embedded,
+            &format!(
+                "  rest: {{ base: \"{base}\", auth: bearer, token_env: EXAMPLE_SERVER_TOKEN }}"
+            ),
+        ),
+    )
+    .unwrap();
+    let with_token = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fhir-unify"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("FHIR_UNIFY_CONFIG")
+            .env_remove("FHIR_UNIFY_DATA_DIR")
+            .env("EXAMPLE_SERVER_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+
+    let no_token = fhir_unify(dir.path(), &["run"]);
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(
+        text(&no_token.stderr).contains("$EXAMPLE_SERVER_TOKEN"),
+        "{}",
+        text(&no_token.stderr)
+    );
+
+    // The same outcomes as over the embedded store, and the same events, relayed from the
+    // ledger under the data folder.
+    let out = with_token(&["run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("created 16 · updated 3 · unchanged 1 · deleted 2 · stale 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("quarantined   6"), "{stdout}");
+    assert!(stdout.contains("events        21"), "{stdout}");
+    let data = dir.path().join(".fhir-unify");
+    assert!(
+        !data.join("store.db").exists(),
+        "the embedded store is not used"
+    );
+    assert!(data.join("ledger.db").is_file());
+    let events = std::fs::read_to_string(data.join("events.ndjson")).unwrap();
+    let ids: std::collections::HashSet<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["detail"]["eventId"].to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        21,
+        "one event per committed version, none repeated"
+    );
+
+    let first: Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    let reference = format!("Patient/{}", first["detail"]["id"].as_str().unwrap());
+    let got = with_token(&["get", &reference]);
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    let resource: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(resource["meta"]["versionId"], "2");
+    let history = with_token(&["history", &reference]);
+    assert!(history.status.success(), "{}", text(&history.stderr));
+    let bundle: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(bundle["total"], 2);
+
+    // Dataset versions cannot live on a FHIR server: `load` says so instead of loading
+    // into an embedded store nobody reads.
+    let load = with_token(&["load", "clinic", "examples/dms/clinic"]);
+    assert_eq!(load.status.code(), Some(1));
+    assert!(
+        text(&load.stderr).contains("dataset loads"),
+        "{}",
+        text(&load.stderr)
+    );
 }

@@ -105,3 +105,54 @@ async fn serve_answers_a_real_http_client() {
     assert_eq!(status, 200);
     assert_eq!(body.unwrap()["type"], "history");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_a_fhir_server_reads_and_searches_through_it() {
+    use fhir_unify::store::FhirStore;
+    use fhir_unify::store::rest::{RestAuth, RestOptions, RestStore};
+    // The FHIR server (the project's API over a SQLite store of its own), holding one Patient
+    // written through the REST store, as a pipeline on that server would have written it.
+    let (remote, remote_token, _remote) =
+        common::partners::fhir_api(&["Patient", "Basic"], "system/*.cruds").await;
+    let writer = RestStore::new(
+        &remote,
+        RestAuth::Bearer(remote_token.clone()),
+        RestOptions::default(),
+    )
+    .unwrap();
+    writer
+        .apply(&[common::partners::upsert(serde_json::json!({
+            "resourceType": "Patient", "id": "on-server", "gender": "other",
+            "name": [{"family": "Remote", "given": ["Only"]}]
+        }))])
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}store:\n  rest: {{ base: \"{remote}\", auth: bearer, token_env: SERVE_TEST_SERVER_TOKEN }}\n",
+        common::partners::pipeline_yaml()
+    );
+    let server = common::server::serve(
+        dir.path(),
+        &yaml,
+        &[("SERVE_TEST_SERVER_TOKEN", &remote_token)],
+    );
+    let acme = authorization("acme", "system/Patient.rs", Fault::None).unwrap();
+    let auth = [("Authorization", acme.as_str())];
+    let (status, etag, body) = get(&format!("{}/Patient/on-server", server.base), &auth);
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(etag.as_deref(), Some("W/\"1\""));
+    assert_eq!(body.unwrap()["name"][0]["family"], "Remote");
+    let (status, _, body) = get(&format!("{}/Patient?family=Remote", server.base), &auth);
+    assert_eq!(status, 200);
+    let bundle = body.unwrap();
+    assert_eq!(
+        bundle["entry"][0]["resource"]["id"], "on-server",
+        "{bundle}"
+    );
+    assert!(
+        !dir.path().join("data/store.db").exists(),
+        "the embedded store is neither read nor created"
+    );
+}

@@ -87,7 +87,18 @@ pub enum VersionsCommand {
 
 fn load_config(config: Option<&Path>) -> Result<PipelineConfig> {
     let path = crate::find_config(config)?;
-    PipelineConfig::load(&path).with_context(|| format!("pipeline file {}", path.display()))
+    let config =
+        PipelineConfig::load(&path).with_context(|| format!("pipeline file {}", path.display()))?;
+    // Dataset versions live beside the store (SQLite here, DynamoDB on AWS); a FHIR server
+    // cannot hold them, and loading into the embedded store instead would surprise.
+    if let Some(rest) = &config.store.rest {
+        bail!(
+            "pipeline file {}: its store is a FHIR server ({}); dataset loads, versions and rollback need the embedded SQLite store (or DynamoDB on AWS)",
+            path.display(),
+            rest.base
+        );
+    }
+    Ok(config)
 }
 
 fn open_datasets(config: &PipelineConfig, data: &DataDir) -> Result<SqliteStore> {

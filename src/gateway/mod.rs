@@ -199,6 +199,18 @@ impl Gateway {
         Ok(Gateway::sqlite(store))
     }
 
+    /// The gateway of a local server (`serve`): over the FHIR server the pipeline file names
+    /// (`store.rest`, searches forwarded as [`Gateway::rest`] does), else as
+    /// [`Gateway::from_config`].
+    pub async fn local(config: &PipelineConfig, data: &DataDir) -> Result<Gateway, GatewayError> {
+        match &config.store.rest {
+            Some(rest) => Ok(Gateway::rest(Arc::new(
+                crate::store::rest::RestStore::from_config(rest, None).await?,
+            ))),
+            None => Gateway::from_config(config, data),
+        }
+    }
+
     /// Answers one request. Never fails: every problem is an OperationOutcome response.
     pub async fn handle(&self, req: &FhirRequest) -> FhirResponse {
         self.handle_write(req, WriteParts::default()).await

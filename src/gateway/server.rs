@@ -470,7 +470,11 @@ pub async fn serve_cli(
     // `ingest-api` needs the embedded runtime (mappings, `unify`); a pipeline without API
     // sources serves reads only and needs no mapping files.
     let runtime = if config.sources.iter().any(|s| s.api.is_some()) {
-        Some(crate::local::LocalRuntime::open(config.clone(), data.clone()).map_err(Box::new)?)
+        Some(
+            crate::local::LocalRuntime::connect(config.clone(), data.clone())
+                .await
+                .map_err(Box::new)?,
+        )
     } else {
         None
     };
@@ -484,7 +488,7 @@ pub async fn serve_cli(
         },
     };
     let api = LocalApi {
-        gateway: Gateway::from_config(config, data)?,
+        gateway: Gateway::local(config, data).await?,
         authorizer: Authorizer::from_config(config)?,
         ingest: runtime.as_ref().map(ApiEnv::from_runtime),
         events,

@@ -416,10 +416,30 @@ pub struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    /// Opens the store, queue and bus under `data` and loads the mappings and `unify`.
+    /// Opens the store, queue and bus under `data` and loads the mappings and `unify`. The
+    /// store is the embedded one; [`LocalRuntime::connect`] also honours `store.rest`.
     pub fn open(config: PipelineConfig, data: DataDir) -> Result<LocalRuntime, LocalError> {
+        let env = Env::from_config(&config, &data)?;
+        LocalRuntime::with_env(config, data, env)
+    }
+
+    /// [`LocalRuntime::open`] over the store the pipeline file names for a local run
+    /// ([`Env::local`]): the embedded SQLite store, or a FHIR server (`store.rest`).
+    pub async fn connect(
+        config: PipelineConfig,
+        data: DataDir,
+    ) -> Result<LocalRuntime, LocalError> {
+        let env = Env::local(&config, &data).await?;
+        LocalRuntime::with_env(config, data, env)
+    }
+
+    fn with_env(
+        config: PipelineConfig,
+        data: DataDir,
+        env: Env,
+    ) -> Result<LocalRuntime, LocalError> {
         let config = Arc::new(config);
-        let env = Arc::new(Env::from_config(&config, &data)?);
+        let env = Arc::new(env);
         let queue = Arc::new(LocalQueue::open(&data.join("queue.db".as_ref()))?);
         let workflow = Arc::new(LocalWorkflow::new(env.clone(), &config, queue.clone())?);
         let ingest = IngestEnv {

@@ -38,13 +38,21 @@ pub async fn start(dir: &std::path::Path) -> Server {
         .await
         .unwrap();
     drop(store);
+    serve(dir, &pipeline_yaml(), &[])
+}
+
+/// `fhir-unify serve` of the pipeline file `yaml` (written under `dir`), data under
+/// `dir/data`, with `env` added to its environment.
+pub fn serve(dir: &std::path::Path, yaml: &str, env: &[(&str, &str)]) -> Server {
+    let data = dir.join("data");
     let config = dir.join("fhir-unify.yaml");
-    std::fs::write(&config, pipeline_yaml()).unwrap();
+    std::fs::write(&config, yaml).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-unify"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
