@@ -632,6 +632,10 @@ fn the_template_declares_the_tables_the_stores_expect() {
             Some("NEW_IMAGE")
         );
         assert_eq!(table["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+        // Settled events expire by TTL; their REMOVE records are filtered out below.
+        let ttl = &table["TimeToLiveSpecification"];
+        assert_eq!(ttl["AttributeName"].as_str(), Some(ledger::EXPIRES_AT));
+        assert_eq!(ttl["Enabled"].as_bool(), Some(true));
         let mapping = &template["Resources"]["EmitLedgerStreamMapping"]["Properties"];
         assert!(is_ref(&mapping["FunctionName"], "EmitFunction"));
         assert!(

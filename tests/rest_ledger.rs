@@ -445,6 +445,19 @@ async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_acr
         })
         .collect();
     ids.sort();
+    // Each event item expires a week after it was settled (the table's TTL attribute).
+    let week =
+        i64::try_from(fhir_unify::store::ledger::dynamodb::EVENT_RETENTION.as_secs()).unwrap();
+    for r in &records {
+        let at: i64 =
+            r["dynamodb"]["NewImage"][fhir_unify::store::ledger::dynamodb::EXPIRES_AT]["N"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no expiry: {r}"))
+                .parse()
+                .unwrap();
+        let left = at - chrono::Utc::now().timestamp();
+        assert!(week - 600 < left && left <= week, "{left} s left");
+    }
     let mut want = vec![event_id("a", "1"), event_id("a", "2"), event_id("b", "1")];
     want.sort();
     assert_eq!(ids, want);

@@ -11,6 +11,12 @@
 //!   intents that settle again, from the server's history, to the same events, which are not
 //!   put twice. No transaction is needed, and a conditional put that fails costs nothing.
 //!
+//! - Event items carry `expires_at` (epoch seconds, [`EVENT_RETENTION`] after settling), the
+//!   table's TTL attribute: DynamoDB deletes them after that, so the table holds the events
+//!   in flight, not every event ever. The deletions reach the stream as `REMOVE` records,
+//!   which `EmitLedgerStreamMapping`'s filter (INSERTs only) drops. The retention only has to
+//!   outlast a recovery's re-put (minutes), and the stream's 24 hours.
+//!
 //! Every intent shares one partition: intents live from just before a transaction to just
 //! after it, so the partition holds the writes in flight (a few per running `publish`).
 
@@ -33,6 +39,11 @@ pub const EVENT_PREFIX: &str = "event#";
 /// The sort key of settled events.
 pub const EVENT_SK: &str = "event";
 
+/// The TTL attribute of event items (the template's `TimeToLiveSpecification`).
+pub const EXPIRES_AT: &str = "expires_at";
+/// How long a settled event item stays in the table.
+pub const EVENT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The ledger table.
 #[derive(Debug, Clone)]
 pub struct DynamoLedger {
@@ -46,6 +57,13 @@ impl DynamoLedger {
             client,
             table: table.into(),
         }
+    }
+
+    /// When an event item settled now expires, as DynamoDB's TTL reads it.
+    fn expires_at() -> AttributeValue {
+        let at = chrono::Utc::now().timestamp()
+            + i64::try_from(EVENT_RETENTION.as_secs()).unwrap_or(i64::MAX / 2);
+        AttributeValue::N(at.to_string())
     }
 
     /// The ledger table `table` with the SDK configuration of the environment.
@@ -135,6 +153,7 @@ impl Ledger for DynamoLedger {
                 )
                 .item(SK, AttributeValue::S(EVENT_SK.into()))
                 .item("event", AttributeValue::S(text))
+                .item(EXPIRES_AT, Self::expires_at())
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
