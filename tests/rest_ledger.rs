@@ -462,3 +462,118 @@ async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_acr
     want.sort();
     assert_eq!(ids, want);
 }
+
+/// A proxy in front of the FHIR API that forwards everything, but answers the first
+/// transaction 503 after the server has committed it: a gateway timing out, a load balancer
+/// dropping the answer. Returns its base URL, whether it did, and a guard.
+async fn losing_the_first_commit_answer(
+    upstream: String,
+) -> (String, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::Request;
+    use axum::response::Response;
+    let lost = Arc::new(AtomicBool::new(false));
+    let did = lost.clone();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let upstream = upstream.clone();
+        let lost = lost.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, usize::MAX).await.unwrap().to_vec();
+            let transaction =
+                parts.method == "POST" && parts.uri.path().trim_matches('/').is_empty();
+            let url = format!(
+                "{upstream}{}",
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            );
+            let (status, headers, text) = tokio::task::spawn_blocking(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut forward = ureq::http::Request::builder()
+                    .method(parts.method.as_str())
+                    .uri(&url);
+                for (k, v) in &parts.headers {
+                    if k != "host" && k != "content-length" {
+                        forward = forward.header(k.as_str(), v.as_bytes());
+                    }
+                }
+                let mut answer = agent.run(forward.body(body).unwrap()).unwrap();
+                let headers: Vec<(String, Vec<u8>)> = answer
+                    .headers()
+                    .iter()
+                    .filter(|(k, _)| *k != "content-length" && *k != "transfer-encoding")
+                    .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect();
+                let text = answer.body_mut().read_to_string().unwrap();
+                (answer.status().as_u16(), headers, text)
+            })
+            .await
+            .unwrap();
+            if transaction && status == 200 && !lost.swap(true, Ordering::SeqCst) {
+                return Response::builder()
+                    .status(503)
+                    .header("content-type", "application/fhir+json")
+                    .body(Body::from(
+                        json!({"resourceType": "OperationOutcome", "issue": [{
+                            "severity": "error", "code": "timeout",
+                            "diagnostics": "upstream answer lost"}]})
+                        .to_string(),
+                    ))
+                    .unwrap();
+            }
+            let mut response = Response::builder().status(status);
+            for (k, v) in headers {
+                response = response.header(k, v);
+            }
+            response.body(Body::from(text)).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), did, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_answer_to_a_committed_transaction_emits_each_version_once() {
+    let (base, token, _guard) = server().await;
+    let (proxy, lost, _proxy) = losing_the_first_commit_answer(base).await;
+    let ledger = Arc::new(SqliteLedger::open_in_memory().unwrap());
+    let s = store(&proxy, &token, ledger.clone(), Duration::from_secs(300));
+    // The server commits a/1 and b/1; the store hears 503 and retries the same Bundle.
+    let first = s
+        .apply(&[upsert("a", "Smith", 1), upsert("b", "Jones", 1)])
+        .await;
+    // Whatever the store answers (the retried conditional writes find the versions moved on),
+    // a retry of the batch settles it, and the ledger holds each committed version once.
+    let outcomes = match first {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(e.is_retryable(), "{e}");
+            s.apply(&[upsert("a", "Smith", 1), upsert("b", "Jones", 1)])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(lost.load(Ordering::SeqCst), "the commit's answer was lost");
+    s.apply(&[upsert("a", "Smyth", 2)]).await.unwrap();
+    let ids: Vec<String> = ledger
+        .pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.detail.event_id)
+        .collect();
+    let mut want = vec![event_id("a", "1"), event_id("b", "1"), event_id("a", "2")];
+    let mut got = ids.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{ids:?}");
+    assert_eq!(ledger.counts().unwrap(), (3, 0), "no intent left open");
+    assert_eq!(s.history(&target("a")).await.unwrap().len(), 2);
+}
