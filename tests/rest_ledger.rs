@@ -125,6 +125,17 @@ impl Outbox for CrashingLedger {
 }
 
 /// `detail.eventId`s in an NDJSON bus file, in order.
+/// The ids of the ledger's undelivered events, in order.
+async fn pending_ids(ledger: &SqliteLedger) -> Vec<String> {
+    ledger
+        .pending(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.detail.event_id)
+        .collect()
+}
+
 fn delivered(file: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
@@ -302,13 +313,7 @@ async fn an_intent_whose_write_never_reached_the_server_closes_without_an_event(
     // by the write itself, so it is not added twice.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.recover_ledger(None).await.unwrap(), 1);
-    let ids: HashSet<String> = ledger
-        .pending(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.detail.event_id)
-        .collect();
+    let ids: HashSet<String> = pending_ids(&ledger).await.into_iter().collect();
     assert_eq!(ids, HashSet::from([event_id("y", "1")]));
     assert_eq!(ledger.counts().unwrap(), (1, 0));
 }
@@ -562,13 +567,7 @@ async fn a_5xx_answer_to_a_committed_transaction_emits_each_version_once() {
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
     assert!(lost.load(Ordering::SeqCst), "the commit's answer was lost");
     s.apply(&[upsert("a", "Smyth", 2)]).await.unwrap();
-    let ids: Vec<String> = ledger
-        .pending(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.detail.event_id)
-        .collect();
+    let ids = pending_ids(&ledger).await;
     let mut want = vec![event_id("a", "1"), event_id("b", "1"), event_id("a", "2")];
     let mut got = ids.clone();
     got.sort();
