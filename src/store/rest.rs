@@ -273,8 +273,21 @@ struct Step {
 }
 
 enum TxError {
-    Conflict(String),
+    /// Refused as sent (409/412): re-read and plan again. `made`: the versions an earlier
+    /// attempt of the same call committed after all (its answer lost), found in the history.
+    Conflict {
+        why: String,
+        made: Vec<ChangeEvent>,
+    },
     Failed(StoreError),
+}
+
+/// What became of an open ledger intent.
+enum Settled {
+    /// Its write may still be in flight: left open.
+    NotYet,
+    /// Closed, with the event of the version its write made (none if it made none).
+    Closed(Option<Box<ChangeEvent>>),
 }
 
 impl RestStore {
@@ -413,8 +426,8 @@ impl RestStore {
                 continue;
             }
             match self.resolve_intent(ledger.as_ref(), &o, !old).await {
-                Ok(true) => settled += 1,
-                Ok(false) => {}
+                Ok(Settled::Closed(_)) => settled += 1,
+                Ok(Settled::NotYet) => {}
                 Err(e) if ours => return Err(e),
                 // Another resource's leftover must not stop this batch: the next sweep retries.
                 Err(e) => tracing::warn!(
@@ -428,13 +441,13 @@ impl RestStore {
     }
 
     /// Settles one open intent from the server's history; `in_flight`: a request of it may
-    /// still reach the server, so "not committed" cannot be concluded yet. Whether it settled.
+    /// still reach the server, so "not committed" cannot be concluded yet.
     async fn resolve_intent(
         &self,
         ledger: &dyn Ledger,
         open: &OpenIntent,
         in_flight: bool,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Settled, StoreError> {
         let target = &open.intent.target;
         let history = self.history_versions(target).await?;
         // Newest first: the version made right after `prior` sits just before it.
@@ -450,12 +463,12 @@ impl RestStore {
                         "the version a ledger intent followed is not in the server's history; closed without an event"
                     );
                     ledger.settle(std::slice::from_ref(&open.id), &[]).await?;
-                    return Ok(true);
+                    return Ok(Settled::Closed(None));
                 }
             },
         };
         let event = match made {
-            None if in_flight => return Ok(false),
+            None if in_flight => return Ok(Settled::NotYet),
             None => None,
             Some((version, before)) => {
                 let kind = if version.deleted {
@@ -494,7 +507,7 @@ impl RestStore {
         ledger
             .settle(std::slice::from_ref(&open.id), event.as_slice())
             .await?;
-        Ok(true)
+        Ok(Settled::Closed(event.map(Box::new)))
     }
 
     fn url(&self, path: &str) -> String {
@@ -763,6 +776,7 @@ impl RestStore {
             }
         }
         let mut outcomes: Vec<Option<PublishOutcome>> = vec![None; prepared.len()];
+        let mut made_earlier: Vec<ChangeEvent> = Vec::new();
         for bundle in bundles {
             let mut attempt = 1;
             loop {
@@ -781,8 +795,9 @@ impl RestStore {
                         }
                         break;
                     }
-                    Err(TxError::Conflict(why)) if attempt < MAX_CONFLICT_ATTEMPTS => {
+                    Err(TxError::Conflict { why, made }) if attempt < MAX_CONFLICT_ATTEMPTS => {
                         tracing::debug!(attempt, "FHIR transaction conflict, re-reading: {why}");
+                        made_earlier.extend(made);
                         tokio::time::sleep(self.backoff(attempt.min(6))).await;
                         attempt += 1;
                         for &i in &bundle {
@@ -791,7 +806,7 @@ impl RestStore {
                             remote.insert(t.clone(), r);
                         }
                     }
-                    Err(TxError::Conflict(why)) => {
+                    Err(TxError::Conflict { why, .. }) => {
                         return Err(StoreError::Unavailable(format!(
                             "FHIR server {}: still conflicting with other writers after {MAX_CONFLICT_ATTEMPTS} attempts: {why}",
                             self.base
@@ -801,7 +816,8 @@ impl RestStore {
                 }
             }
         }
-        let out: Vec<PublishOutcome> = outcomes.into_iter().flatten().collect();
+        let mut out: Vec<PublishOutcome> = outcomes.into_iter().flatten().collect();
+        credit_lost_answers(&mut out, &made_earlier);
         if out.len() != changes.len() {
             return Err(StoreError::Unavailable(
                 "internal: a change was not planned into any Bundle".into(),
@@ -863,18 +879,26 @@ impl RestStore {
                 409 | 412 => {
                     // Refused as sent; an earlier attempt of the same call (retried after a
                     // 5xx or a timeout) may have committed, which the history tells.
+                    let mut made = Vec::new();
                     if let Some(ledger) = &self.ledger {
                         for o in &intents {
-                            self.resolve_intent(ledger.as_ref(), o, true)
+                            let settled = self
+                                .resolve_intent(ledger.as_ref(), o, true)
                                 .await
                                 .map_err(TxError::Failed)?;
+                            if let Settled::Closed(Some(event)) = settled {
+                                made.push(*event);
+                            }
                         }
                     }
-                    return Err(TxError::Conflict(format!(
-                        "{what}: answered {}{}",
-                        answer.status,
-                        outcome_text(&answer)
-                    )));
+                    return Err(TxError::Conflict {
+                        why: format!(
+                            "{what}: answered {}{}",
+                            answer.status,
+                            outcome_text(&answer)
+                        ),
+                        made,
+                    });
                 }
                 _ => {
                     let named = named_in_outcome(&answer, &names).unwrap_or(what);
@@ -1475,6 +1499,29 @@ fn reference_target(reference: &str) -> Option<String> {
 }
 
 /// The state resource's id for a target.
+/// A write whose answer was lost (a 5xx or a timeout after the server committed) comes back
+/// `Unchanged` from the retry that finds its content in place; `made` (the versions the
+/// history shows it made) turns such outcomes back into what the write did.
+fn credit_lost_answers(outcomes: &mut [PublishOutcome], made: &[ChangeEvent]) {
+    for o in outcomes
+        .iter_mut()
+        .filter(|o| o.action == PublishAction::Unchanged)
+    {
+        let Some(event) = made.iter().find(|e| {
+            e.detail.resource_type == o.target.resource_type
+                && e.detail.id == o.target.id
+                && o.version_id.as_deref() == Some(e.detail.version_id.as_str())
+        }) else {
+            continue;
+        };
+        o.action = match event.detail_type {
+            ChangeKind::Created => PublishAction::Created,
+            ChangeKind::Updated => PublishAction::Updated,
+            ChangeKind::Deleted => PublishAction::Deleted,
+        };
+    }
+}
+
 pub fn state_id(target: &ResourceRef) -> String {
     let uuid = uuid::Uuid::new_v5(&STATE_NAMESPACE, target.to_string().as_bytes());
     format!("{STATE_ID_PREFIX}{}", uuid.simple())
