@@ -544,7 +544,8 @@ async fn losing_the_first_commit_answer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_answer_to_a_committed_transaction_reports_what_it_made_and_emits_each_version_once() {
+async fn a_lost_answer_to_a_committed_transaction_reports_what_it_made_and_emits_each_version_once()
+{
     let (base, token, _guard) = server().await;
     let (proxy, lost, _proxy) = losing_the_first_commit_answer(base).await;
     let ledger = Arc::new(SqliteLedger::open_in_memory().unwrap());

@@ -775,3 +775,44 @@ pub fn assert_cold_start_refuses_a_wrong_request(manifest_dir: &str, name: &str,
         }
     }
 }
+
+/// The runtime-loop tests of an S3-notified ingest function (`ingest-dms`, `ingest-transfer`):
+/// a bad pipeline file is an init error, and the S3 test event (sent once when a
+/// notification is set up) announces no object, so nothing is read and nothing is started.
+/// A macro because `env!("CARGO_BIN_EXE_…")` needs the name as a literal in the test crate.
+#[macro_export]
+macro_rules! s3_ingest_runtime_tests {
+    ($name:literal) => {
+        #[test]
+        fn a_bad_pipeline_file_is_an_init_error() {
+            let dir = tempfile::tempdir().unwrap();
+            let binary = binary($name, env!(concat!("CARGO_BIN_EXE_", $name)));
+            assert_init_error(&binary, dir.path());
+        }
+
+        #[test]
+        fn cold_start_with_the_stacks_environment() {
+            let root = repo_root(env!("CARGO_MANIFEST_DIR"));
+            let dir = tempfile::tempdir().unwrap();
+            let event = fixture(&root, "s3-test-event.json");
+            let answers = time_cold_starts(
+                $name,
+                &binary($name, env!(concat!("CARGO_BIN_EXE_", $name))),
+                &example_config(&root),
+                dir.path(),
+                &stack_env($name, NO_AWS),
+                &event,
+                cold_runs(),
+                20,
+            );
+            for answer in &answers {
+                let r = answer.response();
+                assert_eq!(
+                    (r["objects"].as_u64(), r["executions"].as_u64()),
+                    (Some(0), Some(0)),
+                    "{r}"
+                );
+            }
+        }
+    };
+}
