@@ -27,6 +27,11 @@ pub mod objects;
 pub mod outcome;
 pub mod profiling;
 pub mod queue;
+// The scripted HTTP server of every test that needs one (webhooks, the REST store's bad
+// answers, Step Functions), shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/scripted_http.rs"]
+pub(crate) mod scripted_http;
 pub mod sfn;
 pub mod sources;
 pub mod store;

@@ -13,8 +13,6 @@ pub mod local;
 pub mod pattern;
 pub mod schema;
 pub mod targets;
-#[cfg(test)]
-pub(crate) mod test_server;
 
 use async_trait::async_trait;
 

@@ -13,10 +13,7 @@ use super::*;
 
 const ARN: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:stack-unify";
 
-#[path = "../../tests/support/scripted_http.rs"]
-mod scripted_http;
-
-use scripted_http::ScriptedHttp as Fixture;
+use crate::scripted_http::ScriptedHttp as Fixture;
 
 /// Records the address each request is sent to before the adapter's own [`EmulatorHost`]
 /// takes the `sync-` prefix off (client interceptors run in the order they were added).

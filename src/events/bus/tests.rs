@@ -1,11 +1,11 @@
 use super::*;
 use crate::config::PipelineConfig;
 use crate::events::relay_outbox;
-use crate::events::test_server::TestServer;
 use crate::model::{
     ChangeEventDetail, ChangeKind, Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef,
     Sequence,
 };
+use crate::scripted_http::ScriptedHttp;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{FhirStore, Outbox};
 use serde_json::json;
@@ -136,7 +136,7 @@ events:
 async fn a_failing_target_keeps_the_event_and_each_target_gets_it_once() {
     let dir = tempfile::tempdir().unwrap();
     // The webhook takes the first event, then fails the second (one attempt per delivery).
-    let server = TestServer::start(vec![200, 503]);
+    let server = ScriptedHttp::statuses(vec![200, 503]);
     let bus = bus_from_yaml(
         &format!(
             r#"
@@ -150,7 +150,7 @@ events:
         pattern: {{ source: [fhir-unify] }}
         targets: [ {{ webhook: {{ url: "{}", max_attempts: 1, initial_backoff_ms: 1 }} }} ]
 "#,
-            server.url
+            server.endpoint
         ),
         dir.path(),
     );
@@ -171,7 +171,7 @@ events:
     // The relay puts the failed entries again; the webhook is back.
     let r = bus.put_events(&events[1..]).await.unwrap();
     assert_eq!(accepted(&r), 3, "{r:?}");
-    let bodies: Vec<Value> = server.bodies().into_iter().map(checked).collect();
+    let bodies: Vec<Value> = server.accepted_bodies().into_iter().map(checked).collect();
     assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1", "p3/1"]);
     assert_eq!(
         lines(&dir.path().join("file.ndjson")).len(),
@@ -207,7 +207,7 @@ async fn commit(store: &SqliteStore, ids: &[&str]) {
 #[tokio::test]
 async fn through_the_outbox_a_webhook_outage_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(vec![200, 503, 503]);
+    let server = ScriptedHttp::statuses(vec![200, 503, 503]);
     let bus = bus_from_yaml(
         &format!(
             r#"
@@ -218,7 +218,7 @@ events:
         pattern: {{ detail: {{ resourceType: [Patient] }} }}
         targets: [ {{ webhook: {{ url: "{}", max_attempts: 2, initial_backoff_ms: 1 }} }} ]
 "#,
-            server.url
+            server.endpoint
         ),
         dir.path(),
     );
@@ -230,7 +230,7 @@ events:
     let report = relay_outbox(&store, &bus).await.unwrap();
     assert_eq!((report.delivered, report.failed), (2, 0));
     assert!(store.pending(10).await.unwrap().is_empty());
-    let bodies: Vec<Value> = server.bodies().into_iter().map(checked).collect();
+    let bodies: Vec<Value> = server.accepted_bodies().into_iter().map(checked).collect();
     assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1"]);
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::events::test_server::TestServer;
+use crate::scripted_http::ScriptedHttp;
 use serde_json::json;
 
 fn quick(max_attempts: u32) -> RetryPolicy {
@@ -30,17 +30,17 @@ fn backoff_doubles_and_is_capped() {
 
 #[tokio::test]
 async fn a_webhook_posts_each_event_as_json_with_its_key() {
-    let server = TestServer::start(vec![]);
+    let server = ScriptedHttp::statuses(vec![]);
     let hook = WebhookTarget::new(
-        &server.url,
+        &server.endpoint,
         vec![("authorization".into(), "Bearer t".into())],
         quick(1),
     );
-    assert_eq!(hook.id(), format!("webhook:{}", server.url));
+    assert_eq!(hook.id(), format!("webhook:{}", server.endpoint));
     let (a, b) = (envelope("a"), envelope("b"));
     hook.deliver(&[&a, &b]).await.unwrap();
-    assert_eq!(server.bodies(), vec![a, b]);
-    let first = server.received.lock().unwrap()[0].clone();
+    assert_eq!(server.accepted_bodies(), vec![a, b]);
+    let first = server.requests()[0].clone();
     assert_eq!(first.header("content-type"), Some("application/json"));
     assert_eq!(first.header("idempotency-key"), Some("a"));
     assert_eq!(first.header("authorization"), Some("Bearer t"));
@@ -48,12 +48,12 @@ async fn a_webhook_posts_each_event_as_json_with_its_key() {
 
 #[tokio::test]
 async fn a_webhook_retries_5xx_and_429_then_delivers() {
-    let server = TestServer::start(vec![503, 429, 500]);
-    let hook = WebhookTarget::new(&server.url, vec![], quick(4));
+    let server = ScriptedHttp::statuses(vec![503, 429, 500]);
+    let hook = WebhookTarget::new(&server.endpoint, vec![], quick(4));
     let a = envelope("a");
     hook.deliver(&[&a]).await.unwrap();
     assert_eq!(
-        server.bodies(),
+        server.accepted_bodies(),
         vec![a],
         "delivered once, on the fourth attempt"
     );
@@ -61,8 +61,8 @@ async fn a_webhook_retries_5xx_and_429_then_delivers() {
 
 #[tokio::test]
 async fn a_webhook_that_keeps_failing_reports_how_far_it_got() {
-    let server = TestServer::start(vec![200, 503, 503]);
-    let hook = WebhookTarget::new(&server.url, vec![], quick(2));
+    let server = ScriptedHttp::statuses(vec![200, 503, 503]);
+    let hook = WebhookTarget::new(&server.endpoint, vec![], quick(2));
     let (a, b, c) = (envelope("a"), envelope("b"), envelope("c"));
     let failure = hook.deliver(&[&a, &b, &c]).await.unwrap_err();
     assert_eq!(failure.delivered, 1);
@@ -73,7 +73,7 @@ async fn a_webhook_that_keeps_failing_reports_how_far_it_got() {
     );
     assert!(failure.error.message.contains("503"), "{}", failure.error);
     assert_eq!(
-        server.bodies(),
+        server.accepted_bodies(),
         vec![a],
         "c was not attempted after b failed"
     );
@@ -81,8 +81,8 @@ async fn a_webhook_that_keeps_failing_reports_how_far_it_got() {
 
 #[tokio::test]
 async fn a_client_error_is_not_retried() {
-    let server = TestServer::start(vec![400]);
-    let hook = WebhookTarget::new(&server.url, vec![], quick(5));
+    let server = ScriptedHttp::statuses(vec![400]);
+    let hook = WebhookTarget::new(&server.endpoint, vec![], quick(5));
     let a = envelope("a");
     let failure = hook.deliver(&[&a]).await.unwrap_err();
     assert_eq!(failure.delivered, 0);
@@ -92,7 +92,7 @@ async fn a_client_error_is_not_retried() {
         failure.error
     );
     // The next request would be answered 200: had it retried, the event would be there.
-    assert!(server.bodies().is_empty());
+    assert!(server.accepted_bodies().is_empty());
 }
 
 #[tokio::test]

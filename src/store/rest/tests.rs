@@ -2,96 +2,38 @@
 //! `tests/store_suite.rs` against `fhir-unify serve`), the Bundle planning, and SigV4 against
 //! the AWS test-suite vector.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::*;
 use crate::model::RecordKey;
 
-/// One request the scripted server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+use crate::scripted_http::{Received as Seen, Reply, ScriptedHttp};
+
+/// The scripted server as a FHIR server: base `/fhir`, answers `application/fhir+json`
+/// unless the handler says otherwise.
+struct Scripted {
+    base: String,
+    http: ScriptedHttp,
 }
 
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+impl Scripted {
+    fn seen(&self) -> Vec<Seen> {
+        self.http.requests()
     }
 }
 
-type Reply = (u16, Vec<(&'static str, String)>, String);
-
-/// An HTTP server on a free loopback port answering each request with `handler(n, request)`
-/// (n counts from 0); it records every request.
-struct Scripted {
-    base: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
 fn scripted(handler: impl Fn(usize, &Seen) -> Reply + Send + 'static) -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let mut parts = line.split_whitespace();
-            let method = parts.next().unwrap_or("").to_owned();
-            let path = parts.next().unwrap_or("").to_owned();
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                reader.read_line(&mut h).unwrap();
-                let h = h.trim_end();
-                if h.is_empty() {
-                    break;
-                }
-                let (k, v) = h.split_once(':').unwrap();
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-            let length: usize = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let request = Seen {
-                method,
-                path,
-                headers,
-                body: String::from_utf8(body).unwrap(),
-            };
-            let (status, extra, text) = handler(n, &request);
-            log.lock().unwrap().push(request);
-            let mut out = format!(
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                text.len()
-            );
-            if !extra.iter().any(|(k, _)| *k == "content-type") {
-                out.push_str("content-type: application/fhir+json\r\n");
-            }
-            for (k, v) in extra {
-                out.push_str(&format!("{k}: {v}\r\n"));
-            }
-            out.push_str("\r\n");
-            out.push_str(&text);
-            let _ = stream.write_all(out.as_bytes());
+    let http = ScriptedHttp::serve(move |n, request| {
+        let (status, mut extra, text) = handler(n, request);
+        if !extra.iter().any(|(k, _)| *k == "content-type") {
+            extra.push(("content-type", "application/fhir+json".to_owned()));
         }
+        (status, extra, text)
     });
-    Scripted { base, seen }
+    Scripted {
+        base: format!("{}/fhir", http.endpoint),
+        http,
+    }
 }
 
 fn options() -> RestOptions {
@@ -168,7 +110,7 @@ async fn a_429_is_retried_after_the_servers_retry_after() {
         start.elapsed()
     );
     assert_eq!(read.version_id, "3");
-    let seen = server.seen.lock().unwrap();
+    let seen = server.seen();
     assert_eq!(seen.len(), 2);
     assert!(
         seen.iter()
@@ -216,7 +158,7 @@ async fn a_500_repeated_until_the_retry_limit_is_a_retryable_error() {
     assert!(text.contains("answered 500"), "{text}");
     assert!(text.contains("database down"), "{text}");
     assert!(text.contains("3 attempts"), "{text}");
-    assert_eq!(server.seen.lock().unwrap().len(), 3);
+    assert_eq!(server.seen().len(), 3);
 }
 
 #[tokio::test]
@@ -250,10 +192,10 @@ async fn a_refused_transaction_surfaces_the_operation_outcome_naming_the_resourc
     assert!(reason.contains("(at Patient.gender)"), "{reason}");
     assert!(!err.is_retryable());
     // One transaction was sent, with both resources (each with its state resource).
-    let seen = server.seen.lock().unwrap();
+    let seen = server.seen();
     let posts: Vec<&Seen> = seen.iter().filter(|s| s.method == "POST").collect();
     assert_eq!(posts.len(), 1);
-    let bundle: Value = serde_json::from_str(&posts[0].body).unwrap();
+    let bundle: Value = posts[0].body.clone();
     assert_eq!(bundle["type"], "transaction");
     assert_eq!(bundle["entry"].as_array().unwrap().len(), 4);
     assert_eq!(bundle["entry"][0]["request"]["ifNoneMatch"], "*");
@@ -274,7 +216,7 @@ async fn a_bad_change_is_refused_before_anything_is_sent() {
         matches!(&err, StoreError::Invalid { target, .. } if target == "Patient/p1"),
         "{err}"
     );
-    assert!(server.seen.lock().unwrap().is_empty());
+    assert!(server.seen().is_empty());
 }
 
 #[tokio::test]
@@ -323,7 +265,7 @@ async fn unauthorized_is_retryable_and_the_bearer_token_is_sent() {
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("token expired"), "{err}");
-    let seen = server.seen.lock().unwrap();
+    let seen = server.seen();
     assert_eq!(seen.len(), 1, "a 401 is not retried in the call");
     assert_eq!(seen[0].header("authorization"), Some("Bearer t0k"));
 }
@@ -350,7 +292,7 @@ async fn sigv4_requests_carry_a_signature() {
             .unwrap()
             .is_none()
     );
-    let seen = server.seen.lock().unwrap();
+    let seen = server.seen();
     let a = seen[0].header("authorization").unwrap();
     assert!(
         a.starts_with("AWS4-HMAC-SHA256 Credential=AKID/")
