@@ -78,9 +78,10 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
         Field::UShort(n) => Value::from(*n),
         Field::UInt(n) => Value::from(*n),
         Field::ULong(n) => Value::from(*n),
-        Field::Float16(f) => float(f64::from(f32::from(*f)), &f32::from(*f).to_string()),
-        Field::Float(f) => float(f64::from(*f), &f.to_string()),
-        Field::Double(f) => float(*f, &f.to_string()),
+        Field::Float16(f) => float(f64::from(f32::from(*f)), Some(&f32::from(*f).to_string())),
+        Field::Float(f) => float(f64::from(*f), Some(&f.to_string())),
+        // An f64's shortest form parses back to itself: no text needed.
+        Field::Double(f) => float(*f, None),
         Field::Decimal(d) => {
             let text = decimal_text(d)?;
             number_to_json(&text).unwrap_or(Value::String(text))
@@ -140,15 +141,15 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
     })
 }
 
-fn float(f: f64, shortest: &str) -> Value {
+fn float(f: f64, shortest: Option<&str>) -> Value {
     if f.is_nan() {
         return Value::String("NaN".into());
     }
     if f.is_infinite() {
         return Value::String(if f > 0.0 { "Infinity" } else { "-Infinity" }.into());
     }
-    // `shortest` is the float's own shortest form, so an f32 0.1 stays 0.1, not 0.10000000149.
-    let f = shortest.parse::<f64>().unwrap_or(f);
+    // `shortest` is an f32's own shortest form, so an f32 0.1 stays 0.1, not 0.10000000149.
+    let f = shortest.and_then(|s| s.parse::<f64>().ok()).unwrap_or(f);
     Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
 
@@ -378,6 +379,30 @@ mod tests {
             json!("1970-01-01T00:00:01.000000001Z")
         );
         assert!(to_json(&Field::TimestampMillis(i64::MAX), &utc()).is_err());
+    }
+
+    #[test]
+    fn a_double_is_its_own_shortest_form() {
+        let col = ColumnInfo::default();
+        for f in [
+            0.1,
+            -2.5e-300,
+            1.0 / 3.0,
+            123_456_789.123_456_78,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ] {
+            let text = f.to_string();
+            let through_text = Number::from_f64(text.parse::<f64>().unwrap()).unwrap();
+            assert_eq!(
+                to_json(&Field::Double(f), &col),
+                Ok(Value::Number(through_text))
+            );
+        }
+        assert_eq!(
+            to_json(&Field::Double(f64::NAN), &col),
+            Ok(Value::String("NaN".into()))
+        );
     }
 
     #[test]
