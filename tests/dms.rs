@@ -17,6 +17,7 @@ use fhir_unify::handlers::HandlerError;
 use fhir_unify::handlers::ingest_dms::{self, FLUSH_CHANGES};
 use fhir_unify::model::{ChangeBatch, Op, Rejection, Sequence, SourceChange, Stage};
 use fhir_unify::objects::{LocalBuckets, ObjectStore};
+use fhir_unify::sources::dms::file::DmsFile;
 use fhir_unify::sources::dms::write::{Cell, WriteOptions, write_file};
 use fhir_unify::sources::dms::{
     Decoded, DmsBinding, DmsPath, ObjectReport, event, objects_created, read_object,
@@ -207,6 +208,84 @@ fn eventbridge_fixtures() {
         plus[0].raw_key,
         "dms/clinic/public/c++notes/LOAD00000001.parquet"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// the columnar reader
+
+/// Decodes `key` under `root` column by column and through parquet's row reader; asserts the
+/// outcomes are the same, and returns how many there were.
+fn columnar_as_row_reader(root: &Path, key: &str) -> usize {
+    let store = LocalBuckets::new().with_bucket("b", root).shared();
+    let path = DmsPath::parse(key, "").unwrap();
+    let open = || DmsFile::open(store.clone(), "b", path.clone(), binding(&[])).unwrap();
+    let at = Utc::now();
+    let mut columnar = Vec::new();
+    open().read(None, at, &mut |d| columnar.push(d));
+    let mut rows = Vec::new();
+    open()
+        .through_row_reader()
+        .read(None, at, &mut |d| rows.push(d));
+    assert_eq!(columnar.len(), rows.len(), "{key}");
+    for (n, (c, r)) in columnar.iter().zip(&rows).enumerate() {
+        assert_eq!(c, r, "{key}: outcome {n}");
+    }
+    columnar.len()
+}
+
+#[test]
+fn flat_files_read_column_by_column_decode_exactly_as_through_the_row_reader() {
+    // Every conformance file: AWS DMS's own (every type it wrote), the generated LOAD and CDC
+    // files.
+    let shared = shared_dir().join("conformance/dms");
+    let tmp = tempfile::tempdir().unwrap();
+    let real = "public/dms_test_table/LOAD00000001.parquet";
+    std::fs::create_dir_all(tmp.path().join("public/dms_test_table")).unwrap();
+    std::fs::copy(
+        shared.join("real_aws_dms_postgres_LOAD00000001.parquet"),
+        tmp.path().join(real),
+    )
+    .unwrap();
+    assert_eq!(columnar_as_row_reader(tmp.path(), real), 10);
+    let generated = shared.join("generated");
+    let mut keys = Vec::new();
+    let mut stack = vec![generated.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                keys.push(
+                    p.strip_prefix(&generated)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    assert!(keys.len() >= 8, "{keys:?}");
+    for key in &keys {
+        assert!(columnar_as_row_reader(&generated, key) > 0, "{key}");
+    }
+    // Several row groups, each several batches with a partial last one, nulls among values.
+    let many = "public/patients/LOAD00000001.parquet";
+    let rows: Vec<Vec<Cell>> = (0..2_600)
+        .map(|i| fhir_unify::sources::dms::write::patient_row(i, 1_714_182_814_000_000 + i as i64))
+        .collect();
+    let options = WriteOptions {
+        row_group_rows: 1_100,
+        ..WriteOptions::default()
+    };
+    write_file(
+        &tmp.path().join(many),
+        fhir_unify::sources::dms::write::PATIENTS_SCHEMA,
+        &rows,
+        options,
+    )
+    .unwrap();
+    assert_eq!(columnar_as_row_reader(tmp.path(), many), 2_600);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,10 +34,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use parquet::basic::{ConvertedType, Repetition, Type as PhysicalType};
 use parquet::file::reader::{ChunkReader, FileReader, Length};
 use parquet::file::serialized_reader::SerializedFileReader;
-use parquet::record::{Field, Row};
+use parquet::record::Field;
 use parquet::schema::types::SchemaDescriptor;
 use serde_json::{Map, Value, json};
 
+use super::columnar;
 use super::path::{DmsFileKind, DmsPath};
 use super::value::{ColumnInfo, to_json};
 use crate::model::{Op, RecordKey, Rejection, Sequence, SourceChange, Stage};
@@ -243,6 +244,9 @@ pub struct DmsFile {
     schema: FileSchema,
     op_index: Option<usize>,
     ts_index: Option<usize>,
+    /// Every top-level field is one primitive column (what DMS writes): rows are read column
+    /// by column ([`columnar`]); otherwise through the row reader.
+    flat: bool,
     /// Rows in the file (from the footer).
     pub rows: u64,
 }
@@ -373,7 +377,14 @@ impl DmsFile {
             .position(|c| c.name == binding.timestamp_column);
         let rows = u64::try_from(meta.num_rows()).unwrap_or(0);
         let schema = FileSchema::of(descr);
+        let flat = descr.num_columns() == columns.len()
+            && descr
+                .root_schema()
+                .get_fields()
+                .iter()
+                .all(|f| f.is_primitive());
         Ok(DmsFile {
+            flat,
             reader,
             bucket: bucket.to_owned(),
             path,
@@ -384,6 +395,13 @@ impl DmsFile {
             ts_index,
             rows,
         })
+    }
+
+    /// Reads through parquet's row reader even when the file is flat: the reference the
+    /// columnar reader is tested against (files with nested columns always go this way).
+    pub fn through_row_reader(mut self) -> DmsFile {
+        self.flat = false;
+        self
     }
 
     /// The file's columns and types.
@@ -431,6 +449,26 @@ impl DmsFile {
             let mut read_in_group: u64 = 0;
             let failure = match self.reader.get_row_group(g) {
                 Err(e) => Some(e.to_string()),
+                Ok(group) if self.flat => {
+                    let mut on_row = |fields: &mut [Field]| {
+                        row_no += 1;
+                        read_in_group += 1;
+                        let named = self
+                            .columns
+                            .iter()
+                            .zip(fields.iter_mut())
+                            .map(|(c, f)| (c.name.clone(), std::mem::replace(f, Field::Null)));
+                        sink(self.decode_row(
+                            named,
+                            row_no,
+                            fallback_time,
+                            schema_problem.as_deref(),
+                        ));
+                    };
+                    columnar::read_group(group.as_ref(), &mut on_row)
+                        .err()
+                        .map(|e| e.to_string())
+                }
                 Ok(group) => match group.get_row_iter(None) {
                     Err(e) => Some(e.to_string()),
                     Ok(rows) => {
@@ -441,7 +479,7 @@ impl DmsFile {
                                     row_no += 1;
                                     read_in_group += 1;
                                     sink(self.decode_row(
-                                        row,
+                                        row.into_columns().into_iter(),
                                         row_no,
                                         fallback_time,
                                         schema_problem.as_deref(),
@@ -507,7 +545,7 @@ impl DmsFile {
     /// A row to a change, or to a rejection naming file, row and column.
     fn decode_row(
         &self,
-        row: Row,
+        row: impl Iterator<Item = (String, Field)>,
         row_no: u64,
         fallback_time: DateTime<Utc>,
         schema_problem: Option<&str>,
@@ -520,7 +558,7 @@ impl DmsFile {
         let mut ts_text: Option<Option<String>> = None;
         let default_info = ColumnInfo::default();
         // The row is consumed: names and strings move into the record without a copy.
-        for (i, (name, field)) in row.into_columns().into_iter().enumerate() {
+        for (i, (name, field)) in row.enumerate() {
             if Some(i) == self.op_index {
                 op_text = match field {
                     Field::Str(s) => Some(s),

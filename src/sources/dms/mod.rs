@@ -10,6 +10,7 @@
 //! file (by listing the table's folder) to check for a schema change, then streams every row
 //! to a sink as a change or a rejection.
 
+mod columnar;
 pub mod file;
 pub mod path;
 pub mod value;
