@@ -18,7 +18,9 @@
 //! `raw_sqlite_same_rows_without_search_index` is the same without the `search_index` rows,
 //! to show their share.
 //!
-//! Run: `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench --bench store`
+//! Run: `CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build
+//! --release -p fhir-unify --bench store`, then `target/release/deps/store-<hash> --bench`
+//! (`cargo bench` builds every dependency again in the `bench` profile).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

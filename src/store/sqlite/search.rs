@@ -1211,7 +1211,7 @@ mod tests {
             let plan = plan(&conn, "Patient", f.clone());
             assert!(plan.contains("search_index_value"), "{f:?}: {plan}");
         }
-        for prefix in [Prefix::Eq, Prefix::Ge, Prefix::Lt, Prefix::Sa] {
+        for prefix in [Prefix::Eq, Prefix::Ne, Prefix::Ge, Prefix::Lt, Prefix::Sa] {
             let f = filter("birthdate", d(prefix, "1980"));
             let plan = plan(&conn, "Patient", f.clone());
             assert!(plan.contains("search_index_date"), "{f:?}: {plan}");
