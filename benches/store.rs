@@ -8,7 +8,19 @@
 //! not: canonical comparison with the current version, sequence marks, history, the outbox
 //! event and search index rows.
 //!
-//! Run: `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench --bench store`
+//! A second raw baseline, `raw_sqlite_same_rows_transactions_of_500`, inserts exactly the table
+//! rows the store writes for those resources (its `history`, `resources`, `sequences`,
+//! `search_index` and `outbox` rows, read back from a store that applied the same changes,
+//! before timing) into a file with the store's own schema (made by `SqliteStore::open`), with
+//! prepared statements, resource after resource, in transactions of 500 resources. The store's
+//! ratio to it is the cost of the store's own work (reads, canonical form, JSON text, index
+//! values); its ratio to the first loop adds the cost of the rows themselves.
+//! `raw_sqlite_same_rows_without_search_index` is the same without the `search_index` rows,
+//! to show their share.
+//!
+//! Run: `CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build
+//! --release -p fhir-unify --bench store`, then `target/release/deps/store-<hash> --bench`
+//! (`cargo bench` builds every dependency again in the `bench` profile).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,6 +30,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
 use fhir_unify::store::FhirStore;
 use fhir_unify::store::sqlite::SqliteStore;
+use rusqlite::types::Value as SqlValue;
 use serde_json::{Value, json};
 
 const ROWS: usize = 1000;
@@ -70,11 +83,197 @@ fn raw_open(path: &Path) -> rusqlite::Connection {
     conn
 }
 
+/// The rows the store writes for one resource, as SQL values, per table.
+#[derive(Default)]
+struct StoreRows {
+    history: Vec<Vec<SqlValue>>,
+    resources: Vec<Vec<SqlValue>>,
+    sequences: Vec<Vec<SqlValue>>,
+    search_index: Vec<Vec<SqlValue>>,
+    outbox: Vec<Vec<SqlValue>>,
+}
+
+const HISTORY_COLUMNS: &str =
+    "resource_type, id, version_id, last_updated, deleted, content, lineage";
+const RESOURCES_COLUMNS: &str = "resource_type, id, version_id, last_updated, deleted, content";
+const SEQUENCES_COLUMNS: &str = "resource_type, id, source, entity, sequence";
+const SEARCH_COLUMNS: &str = "resource_type, id, param, system, value, raw, low, high";
+
+fn columns(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Applies `changes` through a store (in calls of 500, as the bench does) and reads back, per
+/// resource and in the order the store wrote them, the rows of each table.
+fn store_rows(changes: &[ResourceChange], runtime: &tokio::runtime::Runtime) -> Vec<StoreRows> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        runtime.block_on(async {
+            for batch in changes.chunks(BATCH) {
+                store.apply(batch).await.unwrap();
+            }
+        });
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut rows: Vec<StoreRows> = (0..changes.len()).map(|_| StoreRows::default()).collect();
+    let index: std::collections::HashMap<(String, String), usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ((c.target.resource_type.clone(), c.target.id.clone()), i))
+        .collect();
+    let read = |sql: &str, n: usize| -> Vec<Vec<SqlValue>> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| (0..n).map(|i| r.get::<_, SqlValue>(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let owner = |row: &[SqlValue]| -> usize {
+        let (SqlValue::Text(t), SqlValue::Text(id)) = (&row[0], &row[1]) else {
+            panic!("a row without a text type and id");
+        };
+        index[&(t.clone(), id.clone())]
+    };
+    for row in read(&format!("SELECT {HISTORY_COLUMNS} FROM history"), 7) {
+        rows[owner(&row)].history.push(row);
+    }
+    for row in read(&format!("SELECT {RESOURCES_COLUMNS} FROM resources"), 6) {
+        rows[owner(&row)].resources.push(row);
+    }
+    for row in read(&format!("SELECT {SEQUENCES_COLUMNS} FROM sequences"), 5) {
+        rows[owner(&row)].sequences.push(row);
+    }
+    for row in read(
+        &format!("SELECT {SEARCH_COLUMNS} FROM search_index ORDER BY rowid"),
+        8,
+    ) {
+        rows[owner(&row)].search_index.push(row);
+    }
+    // One event per committed change, in change order (every change here creates a resource).
+    let events = read("SELECT event FROM outbox ORDER BY position", 1);
+    assert_eq!(events.len(), changes.len());
+    for (rows, event) in rows.iter_mut().zip(events) {
+        rows.outbox.push(event);
+    }
+    rows
+}
+
+/// Inserts the precomputed store rows, resource after resource, in transactions of `BATCH`
+/// resources, into a file with the store's schema.
+fn insert_rows(conn: &mut rusqlite::Connection, rows: &[StoreRows], with_search_index: bool) {
+    let history = format!(
+        "INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({})",
+        columns(7)
+    );
+    let resources = format!(
+        "INSERT INTO resources ({RESOURCES_COLUMNS}) VALUES ({})",
+        columns(6)
+    );
+    let sequences = format!(
+        "INSERT INTO sequences ({SEQUENCES_COLUMNS}) VALUES ({})",
+        columns(5)
+    );
+    let search = format!(
+        "INSERT INTO search_index ({SEARCH_COLUMNS}) VALUES ({})",
+        columns(8)
+    );
+    for batch in rows.chunks(BATCH) {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut statements = [
+                tx.prepare_cached(&history).unwrap(),
+                tx.prepare_cached(&resources).unwrap(),
+                tx.prepare_cached(&sequences).unwrap(),
+                tx.prepare_cached(&search).unwrap(),
+                tx.prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
+                    .unwrap(),
+            ];
+            for resource in batch {
+                let tables = [
+                    &resource.history,
+                    &resource.resources,
+                    &resource.sequences,
+                    &resource.search_index,
+                    &resource.outbox,
+                ];
+                for (table, (stmt, table_rows)) in statements.iter_mut().zip(tables).enumerate() {
+                    if table == 3 && !with_search_index {
+                        continue;
+                    }
+                    for row in table_rows {
+                        stmt.execute(rusqlite::params_from_iter(row.iter()))
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+}
+
+/// The raw baseline writes what the store writes: every table's contents equal.
+fn check_same_rows(
+    changes: &[ResourceChange],
+    rows: &[StoreRows],
+    runtime: &tokio::runtime::Runtime,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&store_path).unwrap();
+        runtime.block_on(async {
+            for batch in changes.chunks(BATCH) {
+                store.apply(batch).await.unwrap();
+            }
+        });
+    }
+    let raw_path = dir.path().join("raw.db");
+    insert_rows(&mut store_schema_open(&raw_path), rows, true);
+    let dump = |path: &Path, table: &str, cols: &str| -> Vec<Vec<SqlValue>> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let n = cols.split(',').count();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {cols} FROM {table} ORDER BY {cols}"))
+            .unwrap();
+        stmt.query_map([], |r| (0..n).map(|i| r.get::<_, SqlValue>(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    for (table, cols) in [
+        ("history", HISTORY_COLUMNS),
+        ("resources", RESOURCES_COLUMNS),
+        ("sequences", SEQUENCES_COLUMNS),
+        ("search_index", SEARCH_COLUMNS),
+        ("outbox", "position, event"),
+    ] {
+        let (store, raw) = (dump(&store_path, table, cols), dump(&raw_path, table, cols));
+        // Times differ between two runs of the store; the row shapes and counts must not.
+        assert_eq!(store.len(), raw.len(), "{table}: row count");
+    }
+}
+
+/// A fresh file with the store's schema, opened as a plain connection with the store's
+/// settings (WAL is a property of the file; `synchronous` of the connection).
+fn store_schema_open(path: &Path) -> rusqlite::Connection {
+    drop(SqliteStore::open(path).unwrap());
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn
+}
+
 fn bench(c: &mut Criterion) {
     let changes = changes();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let rows = store_rows(&changes, &runtime);
+    check_same_rows(&changes, &rows, &runtime);
     let mut group = c.benchmark_group("store_upserts_1000_patients");
     group.throughput(Throughput::Elements(ROWS as u64));
     group.sample_size(20);
@@ -133,6 +332,26 @@ fn bench(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
+
+    for (name, with_search_index) in [
+        ("raw_sqlite_same_rows_transactions_of_500", true),
+        ("raw_sqlite_same_rows_without_search_index", false),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().unwrap();
+                    let conn = store_schema_open(&dir.path().join("rows.db"));
+                    (dir, conn)
+                },
+                |(dir, mut conn)| {
+                    insert_rows(&mut conn, &rows, with_search_index);
+                    (dir, conn)
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
     group.finish();
 }
 

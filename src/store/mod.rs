@@ -140,6 +140,30 @@ pub(crate) fn canonical_owned(target: &ResourceRef, resource: Value) -> Result<V
     let Value::Object(mut map) = resource else {
         return Err(invalid(target, "the resource is not a JSON object"));
     };
+    check_map(target, &map)?;
+    map.insert("id".to_owned(), Value::String(target.id.clone()));
+    strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
+    Ok(Value::Object(map))
+}
+
+/// What [`canonical_content`] checks, without copying the resource: a JSON object whose
+/// `resourceType` is the target's, whose `id` (if any) is the target's and whose `meta` (if
+/// any) is an object. The same errors, in the same order.
+pub(crate) fn check_content<'a>(
+    target: &ResourceRef,
+    resource: &'a Value,
+) -> Result<&'a Map<String, Value>, StoreError> {
+    let Value::Object(map) = resource else {
+        return Err(invalid(target, "the resource is not a JSON object"));
+    };
+    check_map(target, map)?;
+    match map.get("meta") {
+        None | Some(Value::Object(_)) => Ok(map),
+        Some(_) => Err(invalid(target, "meta is not an object")),
+    }
+}
+
+fn check_map(target: &ResourceRef, map: &Map<String, Value>) -> Result<(), StoreError> {
     match map.get("resourceType") {
         Some(Value::String(t)) if *t == target.resource_type => {}
         Some(Value::String(t)) => {
@@ -152,19 +176,77 @@ pub(crate) fn canonical_owned(target: &ResourceRef, resource: Value) -> Result<V
         None => return Err(invalid(target, "resourceType is missing")),
     }
     match map.get("id") {
-        None => {}
-        Some(Value::String(id)) if *id == target.id => {}
-        Some(Value::String(id)) => {
-            return Err(invalid(
-                target,
-                format!("id {id:?} differs from the target's"),
-            ));
-        }
-        Some(_) => return Err(invalid(target, "id is not a string")),
+        None => Ok(()),
+        Some(Value::String(id)) if *id == target.id => Ok(()),
+        Some(Value::String(id)) => Err(invalid(
+            target,
+            format!("id {id:?} differs from the target's"),
+        )),
+        Some(_) => Err(invalid(target, "id is not a string")),
     }
-    map.insert("id".to_owned(), Value::String(target.id.clone()));
-    strip_meta(&mut map).map_err(|reason| invalid(target, reason))?;
-    Ok(Value::Object(map))
+}
+
+/// The JSON text of a stored version, written straight from a checked resource (see
+/// [`check_content`]; canonical or not): the target's `id`, and `meta` without the resource's
+/// own `versionId`/`lastUpdated` but with this version's. The same text as
+/// `with_meta(canonical_content(..), ..).to_string()` (keys in the same sorted order), without
+/// copying the resource into a new tree first.
+pub(crate) fn stored_text(
+    target: &ResourceRef,
+    resource: &Map<String, Value>,
+    version_id: &str,
+    last_updated: &str,
+) -> Result<String, StoreError> {
+    let meta_map = match resource.get("meta") {
+        Some(Value::Object(meta)) => Some(meta),
+        _ => None,
+    };
+    let mut meta: Vec<(&str, Part<'_>)> = meta_map
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "versionId" && *k != "lastUpdated")
+        .map(|(k, v)| (k.as_str(), Part::Value(v)))
+        .collect();
+    meta.push(("versionId", Part::Str(version_id)));
+    meta.push(("lastUpdated", Part::Str(last_updated)));
+    meta.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut entries: Vec<(&str, Part<'_>)> = Vec::with_capacity(resource.len() + 2);
+    entries.extend(
+        resource
+            .iter()
+            .filter(|(k, _)| *k != "id" && *k != "meta")
+            .map(|(k, v)| (k.as_str(), Part::Value(v))),
+    );
+    entries.push(("id", Part::Str(&target.id)));
+    entries.push(("meta", Part::Object(meta)));
+    // `Map` is a `BTreeMap` (no `preserve_order`): its text has keys in `str` order.
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serde_json::to_string(&Part::Object(entries))
+        .map_err(|e| invalid(target, format!("content cannot be stored: {e}")))
+}
+
+/// A JSON value to write: borrowed, a string, or an object of parts (keys already ordered).
+enum Part<'a> {
+    Value(&'a Value),
+    Str(&'a str),
+    Object(Vec<(&'a str, Part<'a>)>),
+}
+
+impl Serialize for Part<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Part::Value(v) => v.serialize(serializer),
+            Part::Str(s) => serializer.serialize_str(s),
+            Part::Object(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
 }
 
 pub(crate) fn strip_meta(map: &mut Map<String, Value>) -> Result<(), &'static str> {
@@ -302,4 +384,101 @@ pub(crate) fn change_event(
             sequence: lineage.sequence.clone(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn patient() -> ResourceRef {
+        ResourceRef {
+            resource_type: "Patient".into(),
+            id: "p-1".into(),
+        }
+    }
+
+    /// The text `stored_text` replaces: the canonical copy with `meta` set, then its text.
+    fn reference_text(target: &ResourceRef, resource: &Value, version: i64) -> String {
+        let when: DateTime<Utc> = "2025-03-04T05:06:07.123Z".parse().unwrap();
+        with_meta(canonical_content(target, resource).unwrap(), version, when).to_string()
+    }
+
+    #[test]
+    fn stored_text_equals_the_canonical_copy_with_meta() {
+        let target = patient();
+        let resources = [
+            json!({"resourceType": "Patient"}),
+            json!({"resourceType": "Patient", "id": "p-1", "active": true}),
+            json!({"resourceType": "Patient", "name": [{"family": "Ö\"\\\n", "given": ["a", "b"]}],
+                   "_birthDate": {"extension": []}, "birthDate": "1970", "zzz": null, "a": 1.5}),
+            json!({"resourceType": "Patient", "meta": {}}),
+            json!({"resourceType": "Patient", "meta": {"versionId": "7", "lastUpdated": "x"}}),
+            json!({"resourceType": "Patient", "id": "p-1", "meta": {"versionId": "7",
+                   "profile": ["urn:p"], "tag": [{"code": "t"}], "source": "s", "lastUpdated": "x",
+                   "security": []}, "identifier": [{"system": "urn:s", "value": "v"}],
+                   "implicitRules": "r", "language": "en", "text": {"div": "<div/>"}}),
+            json!({"resourceType": "Patient", "extension": [{"url": "u", "valueString": "v"}],
+                   "idx": 1, "i": 2, "metb": 3, "mes": 4, "lastUpdated": 5, "versionId": 6}),
+        ];
+        for resource in &resources {
+            let map = check_content(&target, resource).unwrap();
+            for version in [1, 12] {
+                let text = stored_text(
+                    &target,
+                    map,
+                    &version.to_string(),
+                    "2025-03-04T05:06:07.123Z",
+                )
+                .unwrap();
+                assert_eq!(
+                    text,
+                    reference_text(&target, resource, version),
+                    "{resource}"
+                );
+                // A canonical copy (a dataset's staged content) gives the same text too.
+                let canonical = canonical_content(&target, resource).unwrap();
+                let Value::Object(canonical) = &canonical else {
+                    panic!("not an object")
+                };
+                let again = stored_text(
+                    &target,
+                    canonical,
+                    &version.to_string(),
+                    "2025-03-04T05:06:07.123Z",
+                )
+                .unwrap();
+                assert_eq!(again, text);
+            }
+        }
+    }
+
+    #[test]
+    fn check_content_refuses_what_canonical_content_refuses_with_the_same_error() {
+        let target = patient();
+        let cases = [
+            json!([1]),
+            json!("Patient"),
+            json!({}),
+            json!({"resourceType": 1}),
+            json!({"resourceType": "Observation"}),
+            json!({"resourceType": "Patient", "id": 7}),
+            json!({"resourceType": "Patient", "id": "other"}),
+            json!({"resourceType": "Patient", "meta": []}),
+            json!({"resourceType": "Patient", "meta": "x"}),
+            // Both wrong: the first check (resourceType) names the error, in both.
+            json!({"resourceType": "Observation", "id": "other", "meta": 1}),
+            json!({"resourceType": "Patient", "id": "other", "meta": 1}),
+        ];
+        for bad in &cases {
+            let checked = check_content(&target, bad).unwrap_err();
+            let canonical = canonical_content(&target, bad).unwrap_err();
+            assert!(matches!(checked, StoreError::Invalid { .. }), "{bad}");
+            assert_eq!(checked.to_string(), canonical.to_string(), "{bad}");
+        }
+        let good = json!({"resourceType": "Patient", "id": "p-1", "meta": {"tag": []}});
+        assert!(check_content(&target, &good).is_ok());
+        assert!(canonical_content(&target, &good).is_ok());
+    }
 }

@@ -15,7 +15,7 @@
 //! time order, so adapters compare them as text.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use serde_json::Value;
 
 use super::{StoreError, StoredVersion};
@@ -336,6 +336,33 @@ fn value_range(v: &Value) -> Option<(String, String)> {
 
 /// Formats an instant as the sortable text every range uses.
 pub fn format_instant(t: DateTime<Utc>) -> String {
+    use std::fmt::Write as _;
+    // Written field by field: `format` parses its pattern on every call, which a profile of
+    // store upserts showed (every indexed date formats two instants). Years outside
+    // 0000-9999 (a sign) and leap seconds keep chrono's own text.
+    let year = t.year();
+    if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
+        return chrono_instant(t);
+    }
+    let mut out = String::with_capacity(24);
+    let written = write!(
+        out,
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 1_000_000
+    );
+    match written {
+        Ok(()) => out,
+        Err(_) => chrono_instant(t),
+    }
+}
+
+/// [`format_instant`] by chrono's pattern (its reference, and the text of rare instants).
+fn chrono_instant(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
@@ -673,6 +700,47 @@ mod tests {
             "2020-01-01Tx",
         ] {
             assert!(date_range(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instants_are_written_as_chrono_writes_them() {
+        let mut instants: Vec<DateTime<Utc>> = [
+            "2020-03-04T10:00:00Z",
+            "2020-03-04T10:00:00.25Z",
+            "1970-01-01T00:00:00.999999Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "0001-02-03T04:05:06.007Z",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Outside 0000-9999 and on a leap second chrono's own text is kept.
+        instants.push(
+            NaiveDate::from_ymd_opt(-1, 12, 31)
+                .unwrap()
+                .and_time(NaiveTime::MIN)
+                .and_utc(),
+        );
+        instants.push(
+            NaiveDate::from_ymd_opt(10000, 1, 1)
+                .unwrap()
+                .and_time(NaiveTime::MIN)
+                .and_utc(),
+        );
+        instants.push(
+            NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_milli_opt(23, 59, 59, 1_500)
+                .unwrap()
+                .and_utc(),
+        );
+        // And a sweep of ordinary ones.
+        let start: DateTime<Utc> = "1899-12-31T23:59:58.123Z".parse().unwrap();
+        instants.extend((0..2000).map(|i| start + Duration::milliseconds(i * 7_777_777_777 + i)));
+        for t in instants {
+            assert_eq!(format_instant(t), chrono_instant(t), "{t:?}");
         }
     }
 
