@@ -1000,6 +1000,68 @@ mod tests {
     }
 
     #[test]
+    fn record_fields_found_once_per_record_equal_attribute_lookups() {
+        let exprs = [
+            "record.b",
+            "record.A ~ record.a",
+            "{'x': record.ab, 'y': [record.zz, record.missing]} if record.b",
+            "(record.n | translate('t')).display",
+            "record.a.inner or record.AB",
+            "coding('s', record.b, record.a) if record.zz in ['q', record.Z]",
+            "reference('Patient', key={'Id': record.b})",
+        ];
+        let records = [
+            serde_json::json!({"a": {"inner": "i"}, "A": "1", "AB": "2", "ab": "3", "b": "4",
+                               "b_": "5", "zz": "q", "Z": "w", "n": "k"}),
+            serde_json::json!({"b": "", "zz": "w", "Z": "w", "n": "k"}),
+            serde_json::json!({"zzz": 1, "aa": 2}),
+            serde_json::json!({}),
+            serde_json::json!("not a map"),
+            serde_json::json!(null),
+        ];
+        let tables: Tables = [(
+            "t".to_owned(),
+            [("k".to_owned(), serde_json::json!({"display": "K"}))]
+                .into_iter()
+                .collect(),
+        )]
+        .into_iter()
+        .collect();
+        let maps = ConceptMaps::default();
+        let key = RecordKey::from_pairs([("Id", serde_json::json!("k-1"))]);
+        let mut fields = Fields::default();
+        let plain: Vec<Ex> = exprs.iter().map(|e| parse_expr(e).unwrap()).collect();
+        let mut resolved = plain.clone();
+        for e in &mut resolved {
+            fields.resolve(e);
+        }
+        assert!(resolved.iter().all(|e| !format!("{e:?}").contains("Record")));
+        let show = |r: Result<V<'_>, Stop>| match r {
+            Ok(v) => format!("{:?}", v.json()),
+            Err(Stop::Unsure) => "unsure".to_owned(),
+            Err(Stop::Fn(e)) => format!("error {e}"),
+        };
+        for record in &records {
+            let values = fields.values(record);
+            let with = Scope {
+                record,
+                fields: &values,
+                key: &key,
+                source: "s",
+                entity: "e",
+                tables: &tables,
+                maps: &maps,
+            };
+            let without = Scope { fields: &[], ..with };
+            for (p, r) in plain.iter().zip(&resolved) {
+                assert_eq!(show(eval(r, &with)), show(eval(p, &without)), "{p:?} on {record}");
+                // A scope without the values (not filled) still finds them.
+                assert_eq!(show(eval(r, &without)), show(eval(p, &without)), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
     fn plans_the_common_shapes_and_leaves_the_rest() {
         for planned in [
             "record.Id",

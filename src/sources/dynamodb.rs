@@ -999,6 +999,24 @@ mod tests {
     }
 
     #[test]
+    fn integers_read_first_agree_with_the_exact_decimal_rule() {
+        let n = |s: &str| number_to_json(s);
+        assert_eq!(n("18446744073709551615"), Some(json!(u64::MAX)));
+        assert_eq!(n("9223372036854775807"), Some(json!(i64::MAX)));
+        // One past i64's lower bound is no exact float: kept as text.
+        assert_eq!(
+            n("-9223372036854775809"),
+            Some(json!("-9223372036854775809"))
+        );
+        assert_eq!(n("-00"), Some(json!(0)));
+        assert_eq!(n("0012"), Some(json!(12)));
+        // Rust's integer parsing takes a leading `+`; DynamoDB numbers never have one.
+        for bad in ["+0", "+12", "+18446744073709551615", "-+1", "+-1", "--1"] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ttl_expiry_is_a_delete_with_the_old_image() {
         let d = decode_fixture("ttl-remove");
         assert!(d.failures.is_empty(), "{:#?}", d.failures);

@@ -526,7 +526,7 @@ mod tests {
         (out, r.err())
     }
 
-    fn record(r: &Row) -> &Map<String, Value> {
+    fn record(r: &Row) -> &serde_json::Map<String, Value> {
         match r {
             Row::Record { fields, .. } => fields,
             Row::Bad { place, message, .. } => panic!("{place}: {message}"),
@@ -700,6 +700,44 @@ mod tests {
             "{message}"
         );
         assert_eq!(record(&rows[1])["name"], "Ann");
+    }
+
+    #[test]
+    fn records_built_in_name_order_equal_cell_by_cell_maps() {
+        // Columns far from name order, prefixes of each other, configured or from the header;
+        // with two bad cells, the one first in the file is named (not the first by name).
+        let header = ["zz", "Z", "a", "ab", "A", "b_", "b", "mid"];
+        let text = "zz,Z,a,ab,A,b_,b,mid\n1,2,3,4,5,6,7,8\n,x,,y,,z,,\n";
+        let expected = |cells: &[&str]| -> serde_json::Map<String, Value> {
+            let mut m = serde_json::Map::new();
+            for (name, cell) in header.iter().zip(cells) {
+                let v = if cell.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String((*cell).to_owned())
+                };
+                m.insert((*name).to_owned(), v);
+            }
+            m
+        };
+        let configured = CsvFormat {
+            header: false,
+            columns: header.iter().map(|h| (*h).to_owned()).collect(),
+            ..CsvFormat::default()
+        };
+        let (from_header, _) = rows(text.as_bytes(), &CsvFormat::default());
+        let body = text.split_once('\n').map(|(_, b)| b).unwrap();
+        let (from_config, _) = rows(body.as_bytes(), &configured);
+        for rows in [from_header, from_config] {
+            assert_eq!(
+                record(&rows[0]),
+                &expected(&["1", "2", "3", "4", "5", "6", "7", "8"])
+            );
+            assert_eq!(record(&rows[1]), &expected(&["", "x", "", "y", "", "z", "", ""]));
+        }
+        let (rows, _) = rows(b"zz,a\n\xff,\xfe\n", &CsvFormat::default());
+        let (_, message) = bad(&rows[0]);
+        assert!(message.starts_with("column \"zz\""), "{message}");
     }
 
     #[test]
