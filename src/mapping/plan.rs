@@ -1035,7 +1035,11 @@ mod tests {
         for e in &mut resolved {
             fields.resolve(e);
         }
-        assert!(resolved.iter().all(|e| !format!("{e:?}").contains("Record")));
+        assert!(
+            resolved
+                .iter()
+                .all(|e| !format!("{e:?}").contains("Record"))
+        );
         let show = |r: Result<V<'_>, Stop>| match r {
             Ok(v) => format!("{:?}", v.json()),
             Err(Stop::Unsure) => "unsure".to_owned(),
@@ -1052,9 +1056,16 @@ mod tests {
                 tables: &tables,
                 maps: &maps,
             };
-            let without = Scope { fields: &[], ..with };
+            let without = Scope {
+                fields: &[],
+                ..with
+            };
             for (p, r) in plain.iter().zip(&resolved) {
-                assert_eq!(show(eval(r, &with)), show(eval(p, &without)), "{p:?} on {record}");
+                assert_eq!(
+                    show(eval(r, &with)),
+                    show(eval(p, &without)),
+                    "{p:?} on {record}"
+                );
                 // A scope without the values (not filled) still finds them.
                 assert_eq!(show(eval(r, &without)), show(eval(p, &without)), "{p:?}");
             }

@@ -733,7 +733,10 @@ mod tests {
                 record(&rows[0]),
                 &expected(&["1", "2", "3", "4", "5", "6", "7", "8"])
             );
-            assert_eq!(record(&rows[1]), &expected(&["", "x", "", "y", "", "z", "", ""]));
+            assert_eq!(
+                record(&rows[1]),
+                &expected(&["", "x", "", "y", "", "z", "", ""])
+            );
         }
         let (rows, _) = rows(b"zz,a\n\xff,\xfe\n", &CsvFormat::default());
         let (_, message) = bad(&rows[0]);
