@@ -271,6 +271,27 @@ impl Node {
         let pruned = json::prune(value.clone());
         Node::Literal { value, pruned }
     }
+
+    /// Gives the record fields its plans read their slots ([`plan::Fields::resolve`]).
+    fn resolve_fields(&mut self, fields: &mut plan::Fields) {
+        match self {
+            Node::Literal { .. } => {}
+            Node::Expr { plan, .. } => {
+                if let Some(p) = plan {
+                    fields.resolve(p);
+                }
+            }
+            Node::Text { plan, .. } => {
+                if let Some(p) = plan {
+                    fields.resolve_text(p);
+                }
+            }
+            Node::Array(items) => items.iter_mut().for_each(|n| n.resolve_fields(fields)),
+            Node::Object(entries) => entries
+                .iter_mut()
+                .for_each(|(_, n)| n.resolve_fields(fields)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -298,6 +319,8 @@ pub struct Mapping {
     maps: Arc<ConceptMaps>,
     /// The start of its ids' canonical string ([`push_id_prefix`]).
     id_prefix: Vec<u8>,
+    /// The record fields its plans read, by slot.
+    fields: plan::Fields,
 }
 
 impl Mapping {
@@ -448,12 +471,14 @@ impl Mapping {
                 .collect());
         }
 
+        let fields = self.fields.values(&change.data);
         let ctx = Ctx {
             change,
             mapping: self,
             value: OnceLock::new(),
             scope: plan::Scope {
                 record: &change.data,
+                fields: &fields,
                 key: &change.key,
                 source: &self.source,
                 entity: &self.entity,
@@ -594,13 +619,16 @@ impl Mapping {
                 (!kept.is_empty()).then_some(Json::Array(kept))
             }
             Node::Object(fields) => {
-                let mut kept = serde_json::Map::new();
+                // Fields are in key order (they come from a JSON map): the map is built in
+                // one pass rather than by a search per key.
+                let mut kept = Vec::with_capacity(fields.len());
                 for (k, n) in fields {
                     if let Some(v) = self.eval_planned(n, ctx, errors) {
-                        kept.insert(k.clone(), v);
+                        kept.push((k.clone(), v));
                     }
                 }
-                (!kept.is_empty()).then_some(Json::Object(kept))
+                (!kept.is_empty())
+                    .then(|| Json::Object(kept.into_iter().collect::<serde_json::Map<_, _>>()))
             }
         }
     }
@@ -871,6 +899,13 @@ impl<'a> Compiler<'a> {
                 id_tail,
             });
         }
+        let mut fields = plan::Fields::default();
+        for r in &mut resources {
+            if let Some((_, Some(p))) = &mut r.when {
+                fields.resolve(p);
+            }
+            r.root.resolve_fields(&mut fields);
+        }
         let mut prefix = Vec::new();
         push_id_prefix(&mut prefix, &file.source, &file.entity);
         Ok(Mapping {
@@ -882,6 +917,7 @@ impl<'a> Compiler<'a> {
             resources,
             tables,
             maps,
+            fields,
         })
     }
 

@@ -29,6 +29,8 @@ pub(crate) enum Ex {
     Lit(Json),
     Record,
     Attr(Box<Ex>, String),
+    /// `record.<name>`, its value found once per record ([`Fields`]): slot and name.
+    Field(usize, String),
     Required(Box<Ex>),
     Translate(Box<Ex>, String),
     ConceptMap {
@@ -89,9 +91,121 @@ impl From<FnError> for Stop {
     }
 }
 
+/// The record fields a mapping's plans read (`record.<name>`), each given a slot at load, so
+/// a record's values are found in one ordered walk of its map rather than by a search per
+/// expression.
+#[derive(Debug, Default)]
+pub(crate) struct Fields {
+    /// Slot → name.
+    names: Vec<String>,
+    /// Slots in the order of their names (the order of a JSON map's keys).
+    order: Vec<usize>,
+}
+
+impl Fields {
+    /// Replaces every `record.<name>` in `ex` by its slot.
+    pub(crate) fn resolve(&mut self, ex: &mut Ex) {
+        if let Ex::Attr(inner, name) = ex
+            && **inner == Ex::Record
+        {
+            let slot = match self.names.iter().position(|n| n == name) {
+                Some(slot) => slot,
+                None => {
+                    self.names.push(name.clone());
+                    self.order = (0..self.names.len()).collect();
+                    let names = &self.names;
+                    self.order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+                    self.names.len() - 1
+                }
+            };
+            *ex = Ex::Field(slot, std::mem::take(name));
+            return;
+        }
+        match ex {
+            Ex::Lit(_) | Ex::Record | Ex::Field(..) => {}
+            Ex::Attr(a, _)
+            | Ex::Required(a)
+            | Ex::Translate(a, _)
+            | Ex::Not(a)
+            | Ex::ConceptMap { code: a, .. } => self.resolve(a),
+            Ex::Coding {
+                system,
+                code,
+                display,
+            } => {
+                self.resolve(system);
+                self.resolve(code);
+                if let Some(d) = display {
+                    self.resolve(d);
+                }
+            }
+            Ex::Reference { key, .. } => {
+                for (_, e) in key.iter_mut().flatten() {
+                    self.resolve(e);
+                }
+            }
+            Ex::Dict(entries) => entries.iter_mut().for_each(|(_, e)| self.resolve(e)),
+            Ex::List(items) | Ex::Concat(items) => items.iter_mut().for_each(|e| self.resolve(e)),
+            Ex::If { then, cond, other } => {
+                self.resolve(then);
+                self.resolve(cond);
+                if let Some(o) = other {
+                    self.resolve(o);
+                }
+            }
+            Ex::Or(a, b) | Ex::And(a, b) | Ex::In(a, b) => {
+                self.resolve(a);
+                self.resolve(b);
+            }
+            Ex::Eq { left, right, .. } => {
+                self.resolve(left);
+                self.resolve(right);
+            }
+        }
+    }
+
+    /// [`Self::resolve`] for each expression of a string template.
+    pub(crate) fn resolve_text(&mut self, segs: &mut [Seg]) {
+        for seg in segs {
+            if let Seg::Ex(e) = seg {
+                self.resolve(e);
+            }
+        }
+    }
+
+    /// The record's value of each slot (`None`: not in the record, or the record is no map),
+    /// found by walking the record's keys and the slots' names side by side, both in order.
+    pub(crate) fn values<'r>(&self, record: &'r Json) -> Vec<Option<&'r Json>> {
+        let mut out = vec![None; self.names.len()];
+        let Json::Object(m) = record else {
+            return out;
+        };
+        let mut entries = m.iter().peekable();
+        for &slot in &self.order {
+            let name = self.names[slot].as_str();
+            while let Some((k, v)) = entries.peek() {
+                match k.as_str().cmp(name) {
+                    std::cmp::Ordering::Less => {
+                        entries.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        out[slot] = Some(*v);
+                        entries.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        out
+    }
+}
+
 /// What an expression can see.
 pub(crate) struct Scope<'a> {
     pub record: &'a Json,
+    /// The record's values of the mapping's [`Fields`] slots.
+    pub fields: &'a [Option<&'a Json>],
     pub key: &'a RecordKey,
     pub source: &'a str,
     pub entity: &'a str,
@@ -167,11 +281,11 @@ impl<'a> V<'a> {
 
 /// A code as text, as `functions::code_text` makes it; floats are printed by minijinja's own
 /// rules, which are not copied here.
-fn code_text(v: &Json) -> Result<Option<String>, Stop> {
+fn code_text(v: &Json) -> Result<Option<Cow<'_, str>>, Stop> {
     Ok(match v {
-        Json::String(s) => Some(s.clone()),
-        Json::Bool(b) => Some(b.to_string()),
-        Json::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Json::String(s) => Some(Cow::Borrowed(s)),
+        Json::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Json::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
         Json::Number(_) => return Err(Stop::Unsure),
         _ => None,
     })
@@ -182,6 +296,14 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
     Ok(match ex {
         Ex::Lit(j) => V::J(Cow::Borrowed(j)),
         Ex::Record => V::J(Cow::Borrowed(s.record)),
+        // What `Attr(Record, name)` gives, with the lookup done once per record.
+        Ex::Field(slot, name) => match s.record {
+            Json::Object(m) => match s.fields.get(*slot) {
+                Some(found) => found.map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
+                None => m.get(name).map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
+            },
+            _ => return Err(Stop::Unsure),
+        },
         Ex::Attr(inner, name) => match eval(inner, s)? {
             V::Undef => V::Undef,
             V::J(Cow::Borrowed(Json::Object(m))) => {
@@ -208,7 +330,7 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             let Some(code) = code_text(j)? else {
                 return Err(Stop::Unsure);
             };
-            match entries.get(&code) {
+            match entries.get(code.as_ref()) {
                 Some(Json::Null) => V::Undef,
                 Some(found) => V::J(Cow::Borrowed(found)),
                 None => return Err(FnError::NotInTable(table.clone()).into()),
@@ -253,15 +375,16 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             let Some(code) = code.json().map(code_text).transpose()?.flatten() else {
                 return Err(Stop::Unsure);
             };
-            let mut m = Map::new();
-            m.insert("system".into(), Json::String(system));
-            m.insert("code".into(), Json::String(code));
+            // Keys in sorted order, so the map is built in one pass.
+            let mut m = Vec::with_capacity(3);
+            m.push(("code".to_owned(), Json::String(code.into_owned())));
             if let Some(d) = display.filter(|d| !d.is_missing())
                 && let Some(text) = d.json().map(code_text).transpose()?.flatten()
             {
-                m.insert("display".into(), Json::String(text));
+                m.push(("display".to_owned(), Json::String(text.into_owned())));
             }
-            V::owned(Json::Object(m))
+            m.push(("system".to_owned(), Json::String(system)));
+            V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
         }
         Ex::Reference {
             resource_type,
@@ -305,12 +428,14 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             V::owned(Json::String(format!("{resource_type}/{id}")))
         }
         Ex::Dict(entries) => {
-            let mut m = Map::new();
+            // Evaluated in source order (the first error is the one reported), then built in
+            // one pass (`collect` sorts; keys are distinct).
+            let mut m = Vec::with_capacity(entries.len());
             for (k, e) in entries {
                 let v = eval(e, s)?;
-                m.insert(k.clone(), v.into_json());
+                m.push((k.clone(), v.into_json()));
             }
-            V::owned(Json::Object(m))
+            V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
         }
         Ex::List(items) => V::owned(Json::Array(
             items
@@ -872,6 +997,79 @@ mod tests {
         assert_eq!(entries[0].1, Ex::Lit(serde_json::json!({"c": ["x"]})));
         assert!(matches!(entries[1].1, Ex::Attr(..)));
         assert!(matches!(parse_expr("[1, record.A]"), Some(Ex::List(_))));
+    }
+
+    #[test]
+    fn record_fields_found_once_per_record_equal_attribute_lookups() {
+        let exprs = [
+            "record.b",
+            "record.A ~ record.a",
+            "{'x': record.ab, 'y': [record.zz, record.missing]} if record.b",
+            "(record.n | translate('t')).display",
+            "record.a.inner or record.AB",
+            "coding('s', record.b, record.a) if record.zz in ['q', record.Z]",
+            "reference('Patient', key={'Id': record.b})",
+        ];
+        let records = [
+            serde_json::json!({"a": {"inner": "i"}, "A": "1", "AB": "2", "ab": "3", "b": "4",
+                               "b_": "5", "zz": "q", "Z": "w", "n": "k"}),
+            serde_json::json!({"b": "", "zz": "w", "Z": "w", "n": "k"}),
+            serde_json::json!({"zzz": 1, "aa": 2}),
+            serde_json::json!({}),
+            serde_json::json!("not a map"),
+            serde_json::json!(null),
+        ];
+        let tables: Tables = [(
+            "t".to_owned(),
+            [("k".to_owned(), serde_json::json!({"display": "K"}))]
+                .into_iter()
+                .collect(),
+        )]
+        .into_iter()
+        .collect();
+        let maps = ConceptMaps::default();
+        let key = RecordKey::from_pairs([("Id", serde_json::json!("k-1"))]);
+        let mut fields = Fields::default();
+        let plain: Vec<Ex> = exprs.iter().map(|e| parse_expr(e).unwrap()).collect();
+        let mut resolved = plain.clone();
+        for e in &mut resolved {
+            fields.resolve(e);
+        }
+        assert!(
+            resolved
+                .iter()
+                .all(|e| !format!("{e:?}").contains("Record"))
+        );
+        let show = |r: Result<V<'_>, Stop>| match r {
+            Ok(v) => format!("{:?}", v.json()),
+            Err(Stop::Unsure) => "unsure".to_owned(),
+            Err(Stop::Fn(e)) => format!("error {e}"),
+        };
+        for record in &records {
+            let values = fields.values(record);
+            let with = Scope {
+                record,
+                fields: &values,
+                key: &key,
+                source: "s",
+                entity: "e",
+                tables: &tables,
+                maps: &maps,
+            };
+            let without = Scope {
+                fields: &[],
+                ..with
+            };
+            for (p, r) in plain.iter().zip(&resolved) {
+                assert_eq!(
+                    show(eval(r, &with)),
+                    show(eval(p, &without)),
+                    "{p:?} on {record}"
+                );
+                // A scope without the values (not filled) still finds them.
+                assert_eq!(show(eval(r, &without)), show(eval(p, &without)), "{p:?}");
+            }
+        }
     }
 
     #[test]

@@ -225,7 +225,8 @@ fn decode_record(
     raw: &Value,
     resolve: &dyn Fn(&str) -> Option<StreamBinding>,
 ) -> Result<SourceChange, RecordFailure> {
-    let record: EventRecord = match serde_json::from_value(raw.clone()) {
+    // Read from the borrowed value: no copy of the whole record first.
+    let record: EventRecord = match EventRecord::deserialize(raw) {
         Ok(r) => r,
         Err(_) => return Err(failure(raw, diagnose(raw))),
     };
@@ -432,18 +433,31 @@ fn item_to_json(
     place: &str,
     issues: &mut Vec<Issue>,
 ) -> Map<String, Value> {
-    let mut names: Vec<&String> = item.keys().collect();
-    names.sort();
-    let mut out = Map::new();
-    for name in names {
-        if let Some(v) = item.get(name) {
-            out.insert(
-                name.clone(),
-                attribute_to_json_at(v, &format!("{place}.{name}"), issues),
-            );
-        }
+    let mut attrs: Vec<(&String, &AttributeValue)> = item.iter().collect();
+    attrs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Names are distinct and sorted: the map is built in one pass, not by a search per name.
+    attrs
+        .into_iter()
+        .map(|(name, v)| (name.clone(), attribute_at(v, place, name, issues)))
+        .collect()
+}
+
+/// [`attribute_to_json_at`] of the attribute `name` of an item at `place`, with the place
+/// string (`place.name`) made only for the kinds that can fail or nest.
+fn attribute_at(v: &AttributeValue, place: &str, name: &str, issues: &mut Vec<Issue>) -> Value {
+    match v {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::N(n) => match number_to_json(n) {
+            Some(v) => v,
+            None => {
+                bad(issues, "value", format!("{place}.{name}.N"), "not a number");
+                Value::Null
+            }
+        },
+        _ => attribute_to_json_at(v, &format!("{place}.{name}"), issues),
     }
-    out
 }
 
 /// Converts one attribute value to JSON (see the module docs for the rules).
@@ -508,13 +522,17 @@ fn number_or_issue(text: &str, place: String, issues: &mut Vec<Issue>) -> Value 
 /// `1.50`, `1E+2`); if not (more digits than a float keeps, e.g. 25-digit integers or 38-digit
 /// decimals), the text is kept exactly as a JSON string so no digit is lost.
 pub fn number_to_json(text: &str) -> Option<Value> {
+    // Integers, the common case, first: what `parse` takes is a number unless it has a `+`
+    // (which DynamoDB never writes and the grammar below refuses).
+    if !text.starts_with('+') {
+        if let Ok(i) = text.parse::<i64>() {
+            return Some(Value::Number(i.into()));
+        }
+        if let Ok(u) = text.parse::<u64>() {
+            return Some(Value::Number(u.into()));
+        }
+    }
     let exact = Decimal::parse(text)?;
-    if let Ok(i) = text.parse::<i64>() {
-        return Some(Value::Number(i.into()));
-    }
-    if let Ok(u) = text.parse::<u64>() {
-        return Some(Value::Number(u.into()));
-    }
     if let Ok(f) = text.parse::<f64>()
         && f.is_finite()
         && Decimal::parse(&format!("{f:e}")).as_ref() == Some(&exact)
@@ -976,6 +994,24 @@ mod tests {
             "", "-", ".", "abc", "1.2.3", "+1", "1e", "1e+", "e5", "1,5", " 1", "0x10", "NaN",
             "inf",
         ] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn integers_read_first_agree_with_the_exact_decimal_rule() {
+        let n = |s: &str| number_to_json(s);
+        assert_eq!(n("18446744073709551615"), Some(json!(u64::MAX)));
+        assert_eq!(n("9223372036854775807"), Some(json!(i64::MAX)));
+        // One past i64's lower bound is no exact float: kept as text.
+        assert_eq!(
+            n("-9223372036854775809"),
+            Some(json!("-9223372036854775809"))
+        );
+        assert_eq!(n("-00"), Some(json!(0)));
+        assert_eq!(n("0012"), Some(json!(12)));
+        // Rust's integer parsing takes a leading `+`; DynamoDB numbers never have one.
+        for bad in ["+0", "+12", "+18446744073709551615", "-+1", "+-1", "--1"] {
             assert_eq!(n(bad), None, "{bad:?}");
         }
     }
