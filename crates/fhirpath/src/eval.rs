@@ -218,6 +218,10 @@ struct Ctx<'e, 'a> {
 
 type Coll<'a> = Vec<Item<'a>>;
 
+/// A set of values from the input: a fast hasher, seeded per process (no flooding by chosen
+/// keys).
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// What an expression's value may read besides the environment.
 const READS_INPUT: u8 = 1;
 const READS_THIS: u8 = 2;
@@ -687,6 +691,11 @@ impl<'a> Ctx<'_, 'a> {
                 let (needle, hay) = if op == "in" { (&a, &b) } else { (&b, &a) };
                 match single(needle, op)? {
                     None => Vec::new(),
+                    // A plain string equals exactly the strings and dates of its text.
+                    Some(x) if !self.pairwise && matches!(x.prim(), Prim::Str(_)) => {
+                        let text = x.string();
+                        vec![Item::Bool(hay.iter().any(|h| h.string() == text))]
+                    }
                     Some(x) => vec![Item::Bool(hay.iter().any(|h| item_eq(x, h) == Some(true)))],
                 }
             }
@@ -1381,13 +1390,13 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
     // - other items (numbers, quantities, objects) are compared with the kept others.
     // Same items kept, same order.
     let keep: Vec<bool> = {
-        let mut kept_strings: HashSet<&str> = HashSet::new();
-        let mut kept_dates: HashSet<&str> = HashSet::new();
+        let mut kept_strings: Set<&str> = Set::default();
+        let mut kept_dates: Set<&str> = Set::default();
         // Raw fields of kept dates with a zone and at least minutes, their UTC form, and
         // raw fields of the other kept dates.
-        let mut zoned_raw: HashSet<Vec<u64>> = HashSet::new();
-        let mut zoned_utc: HashSet<Vec<u64>> = HashSet::new();
-        let mut plain_raw: HashSet<Vec<u64>> = HashSet::new();
+        let mut zoned_raw: Set<Vec<u64>> = Set::default();
+        let mut zoned_utc: Set<Vec<u64>> = Set::default();
+        let mut plain_raw: Set<Vec<u64>> = Set::default();
         let mut kept_others: Vec<usize> = Vec::new();
         let mut keep = Vec::with_capacity(c.len());
         for (i, item) in c.iter().enumerate() {
@@ -1517,42 +1526,40 @@ const STRING_TYPES: &[&str] = &[
 /// Whether an item is of FHIR or System type `ty` (case-insensitive on the first letter, so
 /// `Boolean` and `boolean` both match a boolean).
 fn is_type(item: &Item<'_>, ty: &str) -> bool {
-    let want = ty.to_ascii_lowercase();
-    let want = want.as_str();
+    let is = |name: &str| ty.eq_ignore_ascii_case(name);
     match item {
-        Item::Bool(_) => want == "boolean",
-        Item::Int(_) => want == "integer",
-        Item::Dec(_) => want == "decimal",
-        Item::Str(_) => want == "string",
-        Item::DateTime(_) => matches!(want, "date" | "datetime" | "time"),
-        Item::Quantity(..) => want == "quantity",
+        Item::Bool(_) => is("boolean"),
+        Item::Int(_) => is("integer"),
+        Item::Dec(_) => is("decimal"),
+        Item::Str(_) => is("string"),
+        Item::DateTime(_) => is("date") || is("datetime") || is("time"),
+        Item::Quantity(..) => is("quantity"),
         Item::Node {
             value, ty: Some(t), ..
         } => {
-            let t = t.to_ascii_lowercase();
-            t == want
-                || (matches!(want, "resource" | "domainresource")
-                    && value.get("resourceType").is_some())
-                || (want == "quantity"
-                    && matches!(
-                        t.as_str(),
-                        "age"
-                            | "duration"
-                            | "count"
-                            | "distance"
-                            | "simplequantity"
-                            | "moneyquantity"
-                    ))
+            t.eq_ignore_ascii_case(ty)
+                || ((is("resource") || is("domainresource")) && value.get("resourceType").is_some())
+                || (is("quantity")
+                    && [
+                        "age",
+                        "duration",
+                        "count",
+                        "distance",
+                        "simplequantity",
+                        "moneyquantity",
+                    ]
+                    .iter()
+                    .any(|q| t.eq_ignore_ascii_case(q)))
         }
         Item::Node {
             value, ty: None, ..
         } => match value {
             // No type in the JSON: judge by the JSON shape (lenient for the string family).
-            Value::String(_) => STRING_TYPES.contains(&want),
-            Value::Bool(_) => want == "boolean",
+            Value::String(_) => STRING_TYPES.iter().any(|s| is(s)),
+            Value::Bool(_) => is("boolean"),
             Value::Number(n) => {
-                want == "decimal"
-                    || (n.is_i64() && matches!(want, "integer" | "positiveint" | "unsignedint"))
+                is("decimal")
+                    || (n.is_i64() && (is("integer") || is("positiveint") || is("unsignedint")))
             }
             _ => false,
         },
@@ -1971,5 +1978,138 @@ mod tests {
         ] {
             assert_eq!(memo_of(src).1.len(), n, "{src}");
         }
+    }
+
+    /// `is_type` as it was written with lowercased copies: what the comparison without
+    /// copies must equal.
+    fn is_type_lowercased(item: &Item<'_>, ty: &str) -> bool {
+        let want = ty.to_ascii_lowercase();
+        let want = want.as_str();
+        match item {
+            Item::Bool(_) => want == "boolean",
+            Item::Int(_) => want == "integer",
+            Item::Dec(_) => want == "decimal",
+            Item::Str(_) => want == "string",
+            Item::DateTime(_) => matches!(want, "date" | "datetime" | "time"),
+            Item::Quantity(..) => want == "quantity",
+            Item::Node {
+                value, ty: Some(t), ..
+            } => {
+                let t = t.to_ascii_lowercase();
+                t == want
+                    || (matches!(want, "resource" | "domainresource")
+                        && value.get("resourceType").is_some())
+                    || (want == "quantity"
+                        && matches!(
+                            t.as_str(),
+                            "age"
+                                | "duration"
+                                | "count"
+                                | "distance"
+                                | "simplequantity"
+                                | "moneyquantity"
+                        ))
+            }
+            Item::Node {
+                value, ty: None, ..
+            } => match value {
+                Value::String(_) => STRING_TYPES.contains(&want),
+                Value::Bool(_) => want == "boolean",
+                Value::Number(n) => {
+                    want == "decimal"
+                        || (n.is_i64() && matches!(want, "integer" | "positiveint" | "unsignedint"))
+                }
+                _ => false,
+            },
+        }
+    }
+
+    #[test]
+    fn is_type_equals_the_lowercased_comparison() {
+        let values: Vec<Value> = serde_json::from_str(
+            r#"["x", true, 1, 1.5, {"resourceType": "Patient"}, {"value": 1}, null, [1]]"#,
+        )
+        .unwrap();
+        let tys = [
+            None,
+            Some("String"),
+            Some("Quantity"),
+            Some("Age"),
+            Some("SimpleQuantity"),
+            Some("Patient"),
+            Some("canonical"),
+            Some("DateTime"),
+            Some("Ünïcode"),
+        ];
+        let mut items: Coll<'_> = Vec::new();
+        for v in &values {
+            for ty in tys {
+                items.push(Item::Node {
+                    value: v,
+                    ext: None,
+                    ty,
+                });
+            }
+        }
+        items.extend([
+            Item::Bool(true),
+            Item::Int(1),
+            Item::Dec(1.0),
+            Item::Str("s".into()),
+            Item::DateTime("2020".into()),
+            Item::Quantity(1.0, "mg".into()),
+        ]);
+        let names = [
+            "boolean",
+            "Boolean",
+            "integer",
+            "Integer",
+            "decimal",
+            "string",
+            "String",
+            "date",
+            "DateTime",
+            "time",
+            "quantity",
+            "Quantity",
+            "age",
+            "Age",
+            "resource",
+            "Resource",
+            "DomainResource",
+            "Patient",
+            "patient",
+            "canonical",
+            "Canonical",
+            "uri",
+            "url",
+            "code",
+            "id",
+            "oid",
+            "uuid",
+            "markdown",
+            "base64Binary",
+            "instant",
+            "xhtml",
+            "positiveInt",
+            "unsignedInt",
+            "SimpleQuantity",
+            "moneyquantity",
+            "ünïcode",
+            "Ünïcode",
+            "",
+        ];
+        let mut matched = 0;
+        for item in &items {
+            for name in names {
+                assert_eq!(
+                    is_type(item, name),
+                    is_type_lowercased(item, name),
+                    "{item:?} is {name}"
+                );
+                matched += usize::from(is_type(item, name));
+            }
+        }
+        assert!(matched > 40, "{matched}");
     }
 }
