@@ -760,7 +760,10 @@ impl<'d, 'v> Walker<'d, 'v> {
                 context: Some(focus),
                 host: Some(&self.host),
             };
-            match expr.check(focus, &env) {
+            let verdict = expr.check(focus, &env);
+            #[cfg(test)]
+            reference_check::compare(inv, expr, focus, &env, &verdict);
+            match verdict {
                 Ok(Some(false)) => {
                     let severity = if BEST_PRACTICE.contains(&inv.key.as_str()) {
                         Severity::Information
@@ -1184,5 +1187,60 @@ fn is_absolute_uri(s: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         }
         None => false,
+    }
+}
+
+/// Tests: every invariant the walker evaluates is also evaluated the plain way
+/// ([`fhirpath::Expression::check_reference`]: no subexpression computed once, `distinct`
+/// by comparing every pair) and the verdicts compared, on this thread while switched on.
+#[cfg(test)]
+pub(crate) mod reference_check {
+    use std::cell::RefCell;
+
+    use serde_json::Value;
+
+    use super::Invariant;
+
+    /// Evaluations compared, of them with a memo plan, and the disagreements.
+    #[derive(Debug, Default, Clone)]
+    pub(crate) struct Tally {
+        pub compared: usize,
+        pub memoized: usize,
+        pub disagreements: Vec<String>,
+    }
+
+    thread_local! {
+        static TALLY: RefCell<Option<Tally>> = const { RefCell::new(None) };
+    }
+
+    /// Starts comparing on this thread.
+    pub(crate) fn start() {
+        TALLY.with(|t| *t.borrow_mut() = Some(Tally::default()));
+    }
+
+    /// Stops comparing and returns what was compared.
+    pub(crate) fn stop() -> Tally {
+        TALLY.with(|t| t.borrow_mut().take().unwrap_or_default())
+    }
+
+    pub(super) fn compare<'a>(
+        inv: &Invariant,
+        expr: &fhirpath::Expression,
+        focus: &'a Value,
+        env: &fhirpath::Env<'a>,
+        verdict: &Result<Option<bool>, fhirpath::EvalError>,
+    ) {
+        TALLY.with(|t| {
+            if let Some(tally) = t.borrow_mut().as_mut() {
+                let plain = expr.check_reference(focus, env);
+                tally.compared += 1;
+                tally.memoized += usize::from(expr.memo_len() > 0);
+                if &plain != verdict {
+                    tally
+                        .disagreements
+                        .push(format!("{}: fast {verdict:?}, plain {plain:?}", inv.key));
+                }
+            }
+        });
     }
 }

@@ -209,15 +209,201 @@ struct Ctx<'e, 'a> {
     this: Option<Item<'a>>,
     index: Option<usize>,
     depth: usize,
+    memo: &'e Memo,
+    /// The values of the memo's subexpressions computed so far in this evaluation.
+    memoized: Vec<Option<Coll<'a>>>,
+    /// `distinct` by comparing every pair (the reference the fast path must equal).
+    pairwise: bool,
 }
 
 type Coll<'a> = Vec<Item<'a>>;
+
+/// A set of values from the input: a fast hasher, seeded per process (no flooding by chosen
+/// keys).
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// What an expression's value may read besides the environment.
+const READS_INPUT: u8 = 1;
+const READS_THIS: u8 = 2;
+const READS_INDEX: u8 = 4;
+
+/// The subexpressions of one expression that depend only on the environment (`%resource`,
+/// `%rootResource`, literals) and that one evaluation may meet more than once: inside the
+/// criterion of `where`/`select`/`all`/`exists`/`repeat` (evaluated per item), or written
+/// more than once (`%resource.descendants()` four times in dom-3). Each is computed once per
+/// evaluation; structurally equal ones share a slot. Nodes are named by address (the tree
+/// is boxed and never changes after compiling).
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    /// (node address, slot), sorted by address.
+    nodes: Vec<(usize, usize)>,
+    slots: usize,
+}
+
+impl Memo {
+    pub(crate) fn plan(root: &Node) -> Memo {
+        // An evaluation recurses at most as deep as the tree is high: within the limit, no
+        // evaluation stops for depth, so a value computed once is the value every
+        // occurrence would compute.
+        if height(root) >= MAX_DEPTH {
+            return Memo::default();
+        }
+        let mut found: Vec<(&Node, bool)> = Vec::new();
+        reads(root, false, &mut found);
+        // Slots: one per structurally distinct candidate.
+        let mut distinct: Vec<&Node> = Vec::new();
+        let mut uses: Vec<usize> = Vec::new();
+        let mut slot_of: Vec<usize> = Vec::with_capacity(found.len());
+        for (n, _) in &found {
+            match distinct.iter().position(|d| *d == *n) {
+                Some(i) => {
+                    uses[i] += 1;
+                    slot_of.push(i);
+                }
+                None => {
+                    distinct.push(n);
+                    uses.push(1);
+                    slot_of.push(distinct.len() - 1);
+                }
+            }
+        }
+        let mut renumber: Vec<Option<usize>> = vec![None; distinct.len()];
+        let mut slots = 0;
+        let mut nodes = Vec::new();
+        for ((n, repeated), &i) in found.iter().zip(&slot_of) {
+            if !*repeated && uses[i] < 2 {
+                continue;
+            }
+            let slot = *renumber[i].get_or_insert_with(|| {
+                slots += 1;
+                slots - 1
+            });
+            nodes.push((*n as *const Node as usize, slot));
+        }
+        nodes.sort_unstable();
+        Memo { nodes, slots }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn slot(&self, node: &Node) -> Option<usize> {
+        let addr = node as *const Node as usize;
+        self.nodes
+            .binary_search_by_key(&addr, |&(a, _)| a)
+            .ok()
+            .map(|i| self.nodes[i].1)
+    }
+}
+
+/// The number of levels of the tree (without recursing: a tree may be deep).
+fn height(root: &Node) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((node, level)) = stack.pop() {
+        max = max.max(level);
+        match node {
+            Node::Member(Some(b), _) | Node::Neg(b) | Node::TypeOp(_, b, _) => {
+                stack.push((b, level + 1));
+            }
+            Node::Indexer(a, b) | Node::Binary(_, a, b) => {
+                stack.push((a, level + 1));
+                stack.push((b, level + 1));
+            }
+            Node::Call(base, _, args) => {
+                stack.extend(base.as_deref().map(|b| (b, level + 1)));
+                stack.extend(args.iter().map(|a| (a, level + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// What `node`'s value may read besides the environment ([`READS_INPUT`]…), as the
+/// evaluator evaluates it; pushes onto `found` every subexpression that reads nothing else
+/// and is worth keeping (a navigation, call or operator), with whether it sits inside a
+/// per-item criterion (`repeated`).
+fn reads<'n>(node: &'n Node, repeated: bool, found: &mut Vec<(&'n Node, bool)>) -> u8 {
+    let r = match node {
+        Node::Empty
+        | Node::Bool(_)
+        | Node::Str(_)
+        | Node::Int(_)
+        | Node::Dec(_)
+        | Node::DateTime(_)
+        | Node::Quantity(..)
+        | Node::Total => 0,
+        // `%context` is the input when the environment does not say it.
+        Node::Var(name) => {
+            if name == "context" {
+                READS_INPUT
+            } else {
+                0
+            }
+        }
+        Node::This => READS_THIS | READS_INPUT,
+        Node::Index => READS_INDEX,
+        Node::Member(None, _) => READS_INPUT,
+        Node::Member(Some(b), _) | Node::Neg(b) | Node::TypeOp(_, b, _) => {
+            reads(b, repeated, found)
+        }
+        Node::Indexer(a, b) | Node::Binary(_, a, b) => {
+            reads(a, repeated, found) | reads(b, repeated, found)
+        }
+        Node::Call(base, name, args) => {
+            let mut r = match base {
+                Some(b) => reads(b, repeated, found),
+                None => READS_INPUT,
+            };
+            match name.as_str() {
+                // The criterion is evaluated per item, on the item, with `$this` and
+                // `$index` set: it reads nothing of the outside.
+                "exists" | "all" | "where" | "select" | "repeat" => {
+                    for a in args {
+                        reads(a, true, found);
+                    }
+                }
+                // Evaluated on the base (already counted), with `$this` set only for a
+                // single item and `$index` unchanged.
+                "iif" => {
+                    for a in args {
+                        r |= reads(a, repeated, found) & (READS_THIS | READS_INDEX);
+                    }
+                }
+                // Type names and trace labels are not evaluated.
+                "ofType" | "is" | "as" | "trace" => {}
+                _ => {
+                    for a in args {
+                        r |= reads(a, repeated, found);
+                    }
+                }
+            }
+            r
+        }
+    };
+    if r == 0
+        && matches!(
+            node,
+            Node::Member(Some(_), _)
+                | Node::Call(..)
+                | Node::Indexer(..)
+                | Node::Binary(..)
+                | Node::TypeOp(..)
+        )
+    {
+        found.push((node, repeated));
+    }
+    r
+}
 
 pub(crate) fn evaluate<'a>(
     node: &Node,
     focus: &'a Value,
     env: &Env<'a>,
     regexes: &HashMap<String, Regex>,
+    memo: &Memo,
 ) -> Result<Coll<'a>, EvalError> {
     let input = vec![Item::node(focus)];
     let mut ctx = Ctx {
@@ -226,6 +412,32 @@ pub(crate) fn evaluate<'a>(
         this: None,
         index: None,
         depth: 0,
+        memo,
+        memoized: Vec::new(),
+        pairwise: false,
+    };
+    ctx.memoized.resize(memo.slots, None);
+    ctx.eval(node, &input)
+}
+
+/// [`evaluate`] without the memo and with the pairwise `distinct`.
+pub(crate) fn evaluate_reference<'a>(
+    node: &Node,
+    focus: &'a Value,
+    env: &Env<'a>,
+    regexes: &HashMap<String, Regex>,
+) -> Result<Coll<'a>, EvalError> {
+    let input = vec![Item::node(focus)];
+    let memo = Memo::default();
+    let mut ctx = Ctx {
+        env,
+        regexes,
+        this: None,
+        index: None,
+        depth: 0,
+        memo: &memo,
+        memoized: Vec::new(),
+        pairwise: true,
     };
     ctx.eval(node, &input)
 }
@@ -264,7 +476,19 @@ impl<'a> Ctx<'_, 'a> {
             self.depth -= 1;
             return Err(EvalError::TooDeep);
         }
-        let out = self.eval_inner(node, input);
+        let out = match self.memo.slot(node) {
+            Some(slot) => match self.memoized.get(slot).and_then(Option::as_ref) {
+                Some(known) => Ok(known.clone()),
+                None => {
+                    let out = self.eval_inner(node, input);
+                    if let (Ok(v), Some(cell)) = (&out, self.memoized.get_mut(slot)) {
+                        *cell = Some(v.clone());
+                    }
+                    out
+                }
+            },
+            None => self.eval_inner(node, input),
+        };
         self.depth -= 1;
         out
     }
@@ -423,7 +647,7 @@ impl<'a> Ctx<'_, 'a> {
         let a = self.eval(l, input)?;
         let b = self.eval(r, input)?;
         Ok(match op {
-            "|" => union(a, b),
+            "|" => self.union(a, b),
             "=" | "!=" | "~" | "!~" => {
                 let equiv = op.contains('~');
                 let res = if equiv {
@@ -467,6 +691,11 @@ impl<'a> Ctx<'_, 'a> {
                 let (needle, hay) = if op == "in" { (&a, &b) } else { (&b, &a) };
                 match single(needle, op)? {
                     None => Vec::new(),
+                    // A plain string equals exactly the strings and dates of its text.
+                    Some(x) if !self.pairwise && matches!(x.prim(), Prim::Str(_)) => {
+                        let text = x.string();
+                        vec![Item::Bool(hay.iter().any(|h| h.string() == text))]
+                    }
                     Some(x) => vec![Item::Bool(hay.iter().any(|h| item_eq(x, h) == Some(true)))],
                 }
             }
@@ -606,10 +835,10 @@ impl<'a> Ctx<'_, 'a> {
                 )]
             }
             "count" => vec![Item::Int(base.len() as i64)],
-            "distinct" => distinct(base),
+            "distinct" => self.distinct(base),
             "isDistinct" => {
                 let n = base.len();
-                vec![Item::Bool(distinct(base).len() == n)]
+                vec![Item::Bool(self.distinct(base).len() == n)]
             }
             "where" => {
                 let Some(a) = args.first() else {
@@ -679,7 +908,7 @@ impl<'a> Ctx<'_, 'a> {
             }
             "intersect" => {
                 let other = self.arg_value(args, 0, input)?;
-                distinct(
+                self.distinct(
                     base.into_iter()
                         .filter(|x| other.iter().any(|y| item_eq(x, y) == Some(true)))
                         .collect(),
@@ -693,7 +922,7 @@ impl<'a> Ctx<'_, 'a> {
             }
             "union" => {
                 let other = self.arg_value(args, 0, input)?;
-                union(base, other)
+                self.union(base, other)
             }
             "combine" => {
                 // Evaluated with the base as `$this` context (`concept.code.combine($this…)`).
@@ -949,6 +1178,20 @@ impl<'a> Ctx<'_, 'a> {
         })
     }
 
+    fn union(&self, a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
+        let mut out = a;
+        out.extend(b);
+        self.distinct(out)
+    }
+
+    fn distinct(&self, c: Coll<'a>) -> Coll<'a> {
+        if self.pairwise {
+            distinct_pairwise(c)
+        } else {
+            distinct(c)
+        }
+    }
+
     /// `resolve()`: `#id` to a contained resource of the root resource, `#` to the root
     /// itself, anything else to an entry of the root Bundle (by fullUrl or `Type/id`).
     fn resolve(&self, item: &Item<'a>) -> Vec<Item<'a>> {
@@ -1138,49 +1381,71 @@ fn children<'a>(item: &Item<'a>) -> Coll<'a> {
     out
 }
 
-fn union<'a>(a: Coll<'a>, b: Coll<'a>) -> Coll<'a> {
-    let mut out = a;
-    out.extend(b);
-    distinct(out)
-}
-
 fn distinct(c: Coll<'_>) -> Coll<'_> {
     // An item is kept unless it equals (FHIRPath `=`) an item kept before it. Comparing every
-    // pair is quadratic (dom-3 unions every reference and URI of a resource), so plain
-    // strings are matched by their text through sets: a string equals only a string or a
-    // date of the same text. Other items (dates, numbers, objects) are still compared with
-    // the kept items that are not plain strings. Same items kept, same order.
+    // pair is quadratic (dom-3 unions every reference, URI and date of a resource), so items
+    // are matched through sets of keys that decide the same equality:
+    // - a plain string equals only a string or a date of the same text;
+    // - a date equals a date by [`cmp_dates`], decided by its [`DateKeys`];
+    // - other items (numbers, quantities, objects) are compared with the kept others.
+    // Same items kept, same order.
     let keep: Vec<bool> = {
-        let prims: Vec<Prim<'_>> = c.iter().map(Item::prim).collect();
-        let mut kept_strings: HashSet<&str> = HashSet::new();
-        let mut kept_dates: HashSet<&str> = HashSet::new();
+        let mut kept_strings: Set<&str> = Set::default();
+        let mut kept_dates: Set<&str> = Set::default();
+        // Raw fields of kept dates with a zone and at least minutes, their UTC form, and
+        // raw fields of the other kept dates.
+        let mut zoned_raw: Set<Vec<u64>> = Set::default();
+        let mut zoned_utc: Set<Vec<u64>> = Set::default();
+        let mut plain_raw: Set<Vec<u64>> = Set::default();
         let mut kept_others: Vec<usize> = Vec::new();
         let mut keep = Vec::with_capacity(c.len());
-        for (i, p) in prims.iter().enumerate() {
-            let repeat = match *p {
-                Prim::Str(s) => kept_strings.contains(s) || kept_dates.contains(s),
-                Prim::Date(s) => {
-                    kept_strings.contains(s)
-                        || kept_others
-                            .iter()
-                            .any(|&o| item_eq(&c[o], &c[i]) == Some(true))
-                }
-                _ => kept_others
-                    .iter()
-                    .any(|&o| item_eq(&c[o], &c[i]) == Some(true)),
-            };
-            if !repeat {
-                match *p {
-                    Prim::Str(s) => {
+        for (i, item) in c.iter().enumerate() {
+            let repeat = match item.prim() {
+                Prim::Str(s) => {
+                    let repeat = kept_strings.contains(s) || kept_dates.contains(s);
+                    if !repeat {
                         kept_strings.insert(s);
                     }
-                    Prim::Date(s) => {
+                    repeat
+                }
+                Prim::Date(s) => {
+                    let keys = DateKeys::of(s);
+                    let repeat = kept_strings.contains(s)
+                        || match &keys {
+                            DateKeys::Unequal => false,
+                            DateKeys::Zoned { raw, utc } => {
+                                zoned_utc.contains(utc)
+                                    || raw.as_ref().is_some_and(|r| plain_raw.contains(r))
+                            }
+                            DateKeys::Plain(raw) => {
+                                plain_raw.contains(raw) || zoned_raw.contains(raw)
+                            }
+                        };
+                    if !repeat {
                         kept_dates.insert(s);
+                        match keys {
+                            DateKeys::Unequal => {}
+                            DateKeys::Zoned { raw, utc } => {
+                                zoned_raw.extend(raw);
+                                zoned_utc.insert(utc);
+                            }
+                            DateKeys::Plain(raw) => {
+                                plain_raw.insert(raw);
+                            }
+                        }
+                    }
+                    repeat
+                }
+                _ => {
+                    let repeat = kept_others
+                        .iter()
+                        .any(|&o| item_eq(&c[o], item) == Some(true));
+                    if !repeat {
                         kept_others.push(i);
                     }
-                    _ => kept_others.push(i),
+                    repeat
                 }
-            }
+            };
             keep.push(!repeat);
         }
         keep
@@ -1191,8 +1456,45 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
         .collect()
 }
 
+/// What decides [`cmp_dates`] equality of a date with others: two dates with a zone and at
+/// least minutes compare in UTC; any other pair compares its fields as written. Equal means
+/// the same number of fields, each equal (`-0` equals `0`; nothing equals NaN).
+enum DateKeys {
+    /// Equals no date (it does not parse, or a field is NaN).
+    Unequal,
+    /// A zone and at least minutes: the UTC form, and the fields as written (`None` if one
+    /// is NaN).
+    Zoned {
+        raw: Option<Vec<u64>>,
+        utc: Vec<u64>,
+    },
+    Plain(Vec<u64>),
+}
+
+impl DateKeys {
+    fn of(s: &str) -> DateKeys {
+        let Some(p) = parse_date(s) else {
+            return DateKeys::Unequal;
+        };
+        let f = p.fields();
+        // Fields as written, unless one is NaN (then equal to nothing as written).
+        let bits = |v: &[f64]| -> Option<Vec<u64>> {
+            (!v.iter().any(|x| x.is_nan())).then(|| v.iter().map(|x| (x + 0.0).to_bits()).collect())
+        };
+        let raw = bits(f);
+        match (p.tz, f) {
+            (Some(z), [y, m, d, h, min, rest @ ..]) => {
+                match bits(&utc_fields(*y, *m, *d, *h, *min, rest.first().copied(), z)) {
+                    Some(utc) => DateKeys::Zoned { raw, utc },
+                    None => DateKeys::Unequal,
+                }
+            }
+            _ => raw.map_or(DateKeys::Unequal, DateKeys::Plain),
+        }
+    }
+}
+
 /// `distinct` by FHIRPath equality between every pair: what [`distinct`] must equal.
-#[cfg(test)]
 fn distinct_pairwise(c: Coll<'_>) -> Coll<'_> {
     let mut out: Coll<'_> = Vec::with_capacity(c.len());
     for i in c {
@@ -1224,42 +1526,40 @@ const STRING_TYPES: &[&str] = &[
 /// Whether an item is of FHIR or System type `ty` (case-insensitive on the first letter, so
 /// `Boolean` and `boolean` both match a boolean).
 fn is_type(item: &Item<'_>, ty: &str) -> bool {
-    let want = ty.to_ascii_lowercase();
-    let want = want.as_str();
+    let is = |name: &str| ty.eq_ignore_ascii_case(name);
     match item {
-        Item::Bool(_) => want == "boolean",
-        Item::Int(_) => want == "integer",
-        Item::Dec(_) => want == "decimal",
-        Item::Str(_) => want == "string",
-        Item::DateTime(_) => matches!(want, "date" | "datetime" | "time"),
-        Item::Quantity(..) => want == "quantity",
+        Item::Bool(_) => is("boolean"),
+        Item::Int(_) => is("integer"),
+        Item::Dec(_) => is("decimal"),
+        Item::Str(_) => is("string"),
+        Item::DateTime(_) => is("date") || is("datetime") || is("time"),
+        Item::Quantity(..) => is("quantity"),
         Item::Node {
             value, ty: Some(t), ..
         } => {
-            let t = t.to_ascii_lowercase();
-            t == want
-                || (matches!(want, "resource" | "domainresource")
-                    && value.get("resourceType").is_some())
-                || (want == "quantity"
-                    && matches!(
-                        t.as_str(),
-                        "age"
-                            | "duration"
-                            | "count"
-                            | "distance"
-                            | "simplequantity"
-                            | "moneyquantity"
-                    ))
+            t.eq_ignore_ascii_case(ty)
+                || ((is("resource") || is("domainresource")) && value.get("resourceType").is_some())
+                || (is("quantity")
+                    && [
+                        "age",
+                        "duration",
+                        "count",
+                        "distance",
+                        "simplequantity",
+                        "moneyquantity",
+                    ]
+                    .iter()
+                    .any(|q| t.eq_ignore_ascii_case(q)))
         }
         Item::Node {
             value, ty: None, ..
         } => match value {
             // No type in the JSON: judge by the JSON shape (lenient for the string family).
-            Value::String(_) => STRING_TYPES.contains(&want),
-            Value::Bool(_) => want == "boolean",
+            Value::String(_) => STRING_TYPES.iter().any(|s| is(s)),
+            Value::Bool(_) => is("boolean"),
             Value::Number(n) => {
-                want == "decimal"
-                    || (n.is_i64() && matches!(want, "integer" | "positiveint" | "unsignedint"))
+                is("decimal")
+                    || (n.is_i64() && (is("integer") || is("positiveint") || is("unsignedint")))
             }
             _ => false,
         },
@@ -1364,8 +1664,47 @@ fn looks_like_date(s: &str) -> bool {
 /// Components of a date/time: values from year down to seconds (as many as given), and the
 /// timezone offset in minutes when a time with a zone is given.
 struct DateParts {
-    fields: Vec<f64>,
+    /// The first fields (most dates have at most 7), and all of them past that.
+    head: [f64; 8],
+    more: Vec<f64>,
+    n: usize,
     tz: Option<i64>,
+}
+
+impl DateParts {
+    fn fields(&self) -> &[f64] {
+        if self.n > self.head.len() {
+            &self.more
+        } else {
+            &self.head[..self.n]
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        if self.n < self.head.len() {
+            self.head[self.n] = v;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.head);
+            }
+            self.more.push(v);
+        }
+        self.n += 1;
+    }
+}
+
+/// `part.parse::<f64>()`, without the float parser for the usual short run of digits.
+fn date_field(part: &str) -> Option<f64> {
+    let b = part.as_bytes();
+    if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) {
+        let mut v: u64 = 0;
+        for d in b {
+            v = v * 10 + u64::from(d - b'0');
+        }
+        // Below 10^15: exactly the f64 the float parser gives.
+        return Some(v as f64);
+    }
+    part.parse::<f64>().ok()
 }
 
 fn parse_date(s: &str) -> Option<DateParts> {
@@ -1374,16 +1713,20 @@ fn parse_date(s: &str) -> Option<DateParts> {
         None if s.contains(':') && s.len() <= 18 => ("", Some(s)),
         None => (s, None),
     };
-    let mut fields = Vec::with_capacity(6);
+    let mut p = DateParts {
+        head: [0.0; 8],
+        more: Vec::new(),
+        n: 0,
+        tz: None,
+    };
     if !date.is_empty() {
         for part in date.split('-') {
-            fields.push(part.parse::<f64>().ok()?);
+            p.push(date_field(part)?);
         }
-        if fields.len() > 3 {
+        if p.n > 3 {
             return None;
         }
     }
-    let mut tz = None;
     if let Some(t) = time.filter(|t| !t.is_empty()) {
         let (clock, zone) = if let Some(c) = t.strip_suffix('Z') {
             (c, Some(0))
@@ -1399,11 +1742,11 @@ fn parse_date(s: &str) -> Option<DateParts> {
             (t, None)
         };
         for part in clock.split(':') {
-            fields.push(part.parse::<f64>().ok()?);
+            p.push(date_field(part)?);
         }
-        tz = zone;
+        p.tz = zone;
     }
-    Some(DateParts { fields, tz })
+    Some(p)
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -1419,33 +1762,42 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// Compares two dates/times; `None` when their precisions differ and the common part is
 /// equal (FHIRPath's "uncertain" answer).
 fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
-    let (mut x, mut y) = (parse_date(a)?, parse_date(b)?);
+    let (x, y) = (parse_date(a)?, parse_date(b)?);
+    let (fx, fy) = (x.fields(), y.fields());
     // Both with a time and a zone: compare on UTC.
-    if x.fields.len() >= 5 && y.fields.len() >= 5 && x.fields.len() >= 3 && y.fields.len() >= 3 {
-        if let (Some(zx), Some(zy)) = (x.tz, y.tz) {
-            for (p, z) in [(&mut x, zx), (&mut y, zy)] {
-                let f = &p.fields;
-                let days = days_from_civil(f[0] as i64, f[1] as i64, f[2] as i64);
-                let mins = days * 1440 + (f[3] as i64) * 60 + f[4] as i64 - z;
-                let secs = f.get(5).copied();
-                let mut nf = vec![mins as f64];
-                nf.extend(secs);
-                p.fields = nf;
-            }
+    let utc;
+    let (fx, fy): (&[f64], &[f64]) = match (x.tz, y.tz, fx, fy) {
+        (Some(zx), Some(zy), [y1, m1, d1, h1, n1, r1 @ ..], [y2, m2, d2, h2, n2, r2 @ ..]) => {
+            utc = (
+                utc_fields(*y1, *m1, *d1, *h1, *n1, r1.first().copied(), zx),
+                utc_fields(*y2, *m2, *d2, *h2, *n2, r2.first().copied(), zy),
+            );
+            (&utc.0, &utc.1)
         }
-    }
-    let n = x.fields.len().min(y.fields.len());
+        _ => (fx, fy),
+    };
+    let n = fx.len().min(fy.len());
     for i in 0..n {
-        match x.fields[i].partial_cmp(&y.fields[i])? {
+        match fx[i].partial_cmp(&fy[i])? {
             Ordering::Equal => {}
             other => return Some(other),
         }
     }
-    if x.fields.len() == y.fields.len() {
+    if fx.len() == fy.len() {
         Some(Ordering::Equal)
     } else {
         None
     }
+}
+
+/// A zoned date-time's fields for comparison in UTC: minutes since the epoch, then the
+/// seconds if given (fields past the seconds are not compared).
+fn utc_fields(y: f64, m: f64, d: f64, h: f64, min: f64, secs: Option<f64>, zone: i64) -> Vec<f64> {
+    let days = days_from_civil(y as i64, m as i64, d as i64);
+    let mins = days * 1440 + (h as i64) * 60 + min as i64 - zone;
+    let mut out = vec![mins as f64];
+    out.extend(secs);
+    out
 }
 
 #[cfg(test)]
@@ -1496,5 +1848,268 @@ mod tests {
                 "rotation {start}"
             );
         }
+    }
+
+    /// Dates of every shape the parser takes (precisions, zones, offsets that meet in UTC,
+    /// seconds with fractions, `-0`-like and NaN fields, unparsable text), in many orders:
+    /// the keyed `distinct` keeps what comparing every pair keeps.
+    #[test]
+    fn distinct_of_dates_equals_the_pairwise_distinct() {
+        let texts = [
+            "2020",
+            "2020-01",
+            "2020-01-01",
+            "2020-01-01T10:00",
+            "2020-01-01T10:00Z",
+            "2020-01-01T10:00:00Z",
+            "2020-01-01T10:00:00",
+            "2020-01-01T11:00:00+01:00",
+            "2020-01-01T09:00:00-01:00",
+            "2020-01-01T10:00:00.000Z",
+            "2020-01-01T10:00:00.5Z",
+            "2020-01-01T10:00:00.50Z",
+            "2020-01-01T10Z",
+            "2020-01-01T10",
+            "2020-01-01T10:00:00:00Z",
+            "2020-01-01T10:00:00:07Z",
+            "2020-01-01T10:00:NaN",
+            "2020-01-01T10:00:NaNZ",
+            "2020-01-01T10:00:00:NaNZ",
+            "2020-01-01T10:NaN:00Z",
+            "2020-01-01T10:00:+0Z",
+            "2019-12-31T23:00:00-11:00",
+            "2020-01-02T10:00:00+24:00",
+            "2020-1-1",
+            "2020-01-01T",
+            "2020-01-01-01",
+            "2020-xx",
+            "10:00:00",
+            "10:00",
+        ];
+        let values: Vec<Value> = texts.iter().map(|t| Value::String((*t).into())).collect();
+        let mut items: Coll<'_> = values
+            .iter()
+            .map(|v| Item::Node {
+                value: v,
+                ext: None,
+                ty: Some("dateTime"),
+            })
+            .collect();
+        items.extend(texts.iter().map(|t| Item::DateTime((*t).into())));
+        items.extend(texts.iter().take(8).map(|t| Item::Str((*t).into())));
+        // A fixed pseudo-random sequence of orders (no dependency on a random crate).
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..300 {
+            let mut order = items.clone();
+            for i in (1..order.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                order.swap(i, (seed % (i as u64 + 1)) as usize);
+            }
+            let take = 5 + round % order.len();
+            let order: Coll<'_> = order.into_iter().take(take).collect();
+            assert_eq!(
+                distinct(order.clone()),
+                distinct_pairwise(order),
+                "round {round}"
+            );
+        }
+    }
+
+    /// Non-allocating date parsing reads the same fields as the float parser.
+    #[test]
+    fn date_fields_equal_the_float_parser() {
+        for part in [
+            "0",
+            "07",
+            "2020",
+            "999999999999999",
+            "1234567890123456",
+            "",
+            "+5",
+            "1.5",
+            "NaN",
+            "inf",
+            "-0",
+            "x",
+        ] {
+            let want = part.parse::<f64>().ok();
+            let got = date_field(part);
+            assert_eq!(got.map(f64::to_bits), want.map(f64::to_bits), "{part:?}");
+        }
+        let many = parse_date("2020-01-01T1:2:3:4:5:6:7:8:9").unwrap();
+        assert_eq!(
+            many.fields(),
+            &[
+                2020.0, 1.0, 1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0
+            ]
+        );
+    }
+
+    fn memo_of(src: &str) -> (Box<Node>, Memo) {
+        let tokens = crate::lex::lex(src).unwrap();
+        let root = Box::new(crate::parse::parse(&tokens).unwrap());
+        let memo = Memo::plan(&root);
+        (root, memo)
+    }
+
+    /// Only subexpressions that read nothing but the environment are computed once, and
+    /// only where one evaluation may meet them again.
+    #[test]
+    fn memo_keeps_only_environment_subexpressions_met_again() {
+        let dom3 = "contained.where((('#'+id in (%resource.descendants().reference | %resource.descendants().as(canonical) | %resource.descendants().as(uri) | %resource.descendants().as(url))) or descendants().where(reference = '#').exists() or descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical) = '#').exists()).not()).trace('unmatched', id).empty()";
+        let (_, memo) = memo_of(dom3);
+        // The union of four, its three inner unions, the four branches, `%resource
+        // .descendants()` (four times, one slot) and the repeated `as(canonical) = '#'`.
+        assert!(memo.len() >= 9, "{}", memo.len());
+        assert!(memo.slots < memo.len());
+        for (src, n) in [
+            ("name.exists() or telecom.exists()", 0),
+            ("%resource.id.exists()", 0),
+            ("a.where(b = %resource.id).exists()", 1),
+            ("a.where(b = $this.c).exists()", 0),
+            ("a.where(%context.b = 1).exists()", 0),
+            ("a.where(b = $index).exists()", 0),
+            ("a.where(iif(b, %resource.x, 1) = 1).exists()", 1),
+            ("%resource.x.count() + %resource.x.count()", 4),
+            ("x.count() + x.count()", 0),
+            ("a.where(b.union(%resource.c).exists())", 1),
+        ] {
+            assert_eq!(memo_of(src).1.len(), n, "{src}");
+        }
+    }
+
+    /// `is_type` as it was written with lowercased copies: what the comparison without
+    /// copies must equal.
+    fn is_type_lowercased(item: &Item<'_>, ty: &str) -> bool {
+        let want = ty.to_ascii_lowercase();
+        let want = want.as_str();
+        match item {
+            Item::Bool(_) => want == "boolean",
+            Item::Int(_) => want == "integer",
+            Item::Dec(_) => want == "decimal",
+            Item::Str(_) => want == "string",
+            Item::DateTime(_) => matches!(want, "date" | "datetime" | "time"),
+            Item::Quantity(..) => want == "quantity",
+            Item::Node {
+                value, ty: Some(t), ..
+            } => {
+                let t = t.to_ascii_lowercase();
+                t == want
+                    || (matches!(want, "resource" | "domainresource")
+                        && value.get("resourceType").is_some())
+                    || (want == "quantity"
+                        && matches!(
+                            t.as_str(),
+                            "age"
+                                | "duration"
+                                | "count"
+                                | "distance"
+                                | "simplequantity"
+                                | "moneyquantity"
+                        ))
+            }
+            Item::Node {
+                value, ty: None, ..
+            } => match value {
+                Value::String(_) => STRING_TYPES.contains(&want),
+                Value::Bool(_) => want == "boolean",
+                Value::Number(n) => {
+                    want == "decimal"
+                        || (n.is_i64() && matches!(want, "integer" | "positiveint" | "unsignedint"))
+                }
+                _ => false,
+            },
+        }
+    }
+
+    #[test]
+    fn is_type_equals_the_lowercased_comparison() {
+        let values: Vec<Value> = serde_json::from_str(
+            r#"["x", true, 1, 1.5, {"resourceType": "Patient"}, {"value": 1}, null, [1]]"#,
+        )
+        .unwrap();
+        let tys = [
+            None,
+            Some("String"),
+            Some("Quantity"),
+            Some("Age"),
+            Some("SimpleQuantity"),
+            Some("Patient"),
+            Some("canonical"),
+            Some("DateTime"),
+            Some("Ünïcode"),
+        ];
+        let mut items: Coll<'_> = Vec::new();
+        for v in &values {
+            for ty in tys {
+                items.push(Item::Node {
+                    value: v,
+                    ext: None,
+                    ty,
+                });
+            }
+        }
+        items.extend([
+            Item::Bool(true),
+            Item::Int(1),
+            Item::Dec(1.0),
+            Item::Str("s".into()),
+            Item::DateTime("2020".into()),
+            Item::Quantity(1.0, "mg".into()),
+        ]);
+        let names = [
+            "boolean",
+            "Boolean",
+            "integer",
+            "Integer",
+            "decimal",
+            "string",
+            "String",
+            "date",
+            "DateTime",
+            "time",
+            "quantity",
+            "Quantity",
+            "age",
+            "Age",
+            "resource",
+            "Resource",
+            "DomainResource",
+            "Patient",
+            "patient",
+            "canonical",
+            "Canonical",
+            "uri",
+            "url",
+            "code",
+            "id",
+            "oid",
+            "uuid",
+            "markdown",
+            "base64Binary",
+            "instant",
+            "xhtml",
+            "positiveInt",
+            "unsignedInt",
+            "SimpleQuantity",
+            "moneyquantity",
+            "ünïcode",
+            "Ünïcode",
+            "",
+        ];
+        let mut matched = 0;
+        for item in &items {
+            for name in names {
+                assert_eq!(
+                    is_type(item, name),
+                    is_type_lowercased(item, name),
+                    "{item:?} is {name}"
+                );
+                matched += usize::from(is_type(item, name));
+            }
+        }
+        assert!(matched > 40, "{matched}");
     }
 }

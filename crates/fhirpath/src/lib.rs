@@ -54,25 +54,45 @@ pub enum EvalError {
 }
 
 /// A compiled FHIRPath expression: parse once, evaluate many times. `Send + Sync`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Expression {
     source: String,
-    root: Node,
+    /// Boxed so that its address, which [`Expression::memo`] names, stays put.
+    root: Box<Node>,
     /// The regular expressions given as literals to `matches`/`replaceMatches`, compiled once.
     regexes: HashMap<String, Regex>,
+    /// The subexpressions whose value depends only on the environment (`%resource…`) and
+    /// that one evaluation may meet more than once: computed once per evaluation.
+    memo: eval::Memo,
+}
+
+impl Clone for Expression {
+    fn clone(&self) -> Self {
+        // The memo plan names nodes by address: a copied tree needs its own plan.
+        let root = self.root.clone();
+        let memo = eval::Memo::plan(&root);
+        Expression {
+            source: self.source.clone(),
+            root,
+            regexes: self.regexes.clone(),
+            memo,
+        }
+    }
 }
 
 impl Expression {
     /// Parses `source`; every function it names must be one the engine implements.
     pub fn compile(source: &str) -> Result<Self, ParseError> {
         let tokens = lex::lex(source)?;
-        let root = parse::parse(&tokens)?;
+        let root = Box::new(parse::parse(&tokens)?);
         let mut regexes = HashMap::new();
         collect_regexes(&root, &mut regexes)?;
+        let memo = eval::Memo::plan(&root);
         Ok(Expression {
             source: source.to_owned(),
             root,
             regexes,
+            memo,
         })
     }
 
@@ -92,19 +112,50 @@ impl Expression {
         focus: &'a Value,
         env: &Env<'a>,
     ) -> Result<Vec<Item<'a>>, EvalError> {
-        eval::evaluate(&self.root, focus, env, &self.regexes)
+        eval::evaluate(&self.root, focus, env, &self.regexes, &self.memo)
+    }
+
+    /// [`Expression::evaluate`] the plain way: no subexpression computed once, `distinct`
+    /// by comparing every pair. What the fast path must always equal (tests compare them).
+    #[doc(hidden)]
+    pub fn evaluate_reference<'a>(
+        &self,
+        focus: &'a Value,
+        env: &Env<'a>,
+    ) -> Result<Vec<Item<'a>>, EvalError> {
+        eval::evaluate_reference(&self.root, focus, env, &self.regexes)
+    }
+
+    /// How many subexpressions one evaluation computes at most once.
+    #[doc(hidden)]
+    pub fn memo_len(&self) -> usize {
+        self.memo.len()
     }
 
     /// Evaluates as an invariant: `Some(true)`/`Some(false)` for a single boolean (or a
     /// non-empty collection, which FHIRPath reads as true), `None` for an empty result.
     pub fn check<'a>(&self, focus: &'a Value, env: &Env<'a>) -> Result<Option<bool>, EvalError> {
-        let out = self.evaluate(focus, env)?;
-        Ok(match out.as_slice() {
-            [] => None,
-            [Item::Bool(b)] => Some(*b),
-            [one] => Some(one.as_bool().unwrap_or(true)),
-            _ => Some(true),
-        })
+        Ok(check_of(&self.evaluate(focus, env)?))
+    }
+
+    /// [`Expression::check`] through [`Expression::evaluate_reference`].
+    #[doc(hidden)]
+    pub fn check_reference<'a>(
+        &self,
+        focus: &'a Value,
+        env: &Env<'a>,
+    ) -> Result<Option<bool>, EvalError> {
+        Ok(check_of(&self.evaluate_reference(focus, env)?))
+    }
+}
+
+/// An invariant's reading of a result collection.
+fn check_of(out: &[Item<'_>]) -> Option<bool> {
+    match out {
+        [] => None,
+        [Item::Bool(b)] => Some(*b),
+        [one] => Some(one.as_bool().unwrap_or(true)),
+        _ => Some(true),
     }
 }
 
