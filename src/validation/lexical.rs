@@ -146,7 +146,7 @@ fn base64(s: &str) -> bool {
             run += 1;
             any = true;
         } else if c.is_whitespace() {
-            if run % 4 != 0 {
+            if !run.is_multiple_of(4) {
                 return false;
             }
             run = 0;
@@ -154,7 +154,7 @@ fn base64(s: &str) -> bool {
             return false;
         }
     }
-    any && run % 4 == 0
+    any && run.is_multiple_of(4)
 }
 
 /// `[^\s]+(\s[^\s]+)*`: no blank at either end, never two blanks in a row.
