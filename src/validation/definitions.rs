@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ValidationError;
+use super::lexical::Form;
 
 /// The generated definitions but the types' elements (see `fhir-profiles/README.md`).
 const R4_DEFINITIONS: &str = include_str!("../../fhir-profiles/r4/definitions.json");
@@ -374,7 +375,7 @@ pub struct Definitions {
     types: FastMap<String, TypeEntry>,
     /// The types' lines (`types.ndjson`), each parsed on its type's first use.
     type_lines: TypeLines,
-    primitives: FastMap<String, Option<Regex>>,
+    primitives: FastMap<String, Option<Primitive>>,
     /// Each distinct invariant expression compiled once, across the types built so far.
     invariant_cache: Mutex<InvariantCache>,
     value_sets: FastMap<String, ValueSetDef>,
@@ -386,6 +387,14 @@ pub struct Definitions {
     fragments: FastSet<String>,
     /// CodeSystem supplements loaded (they add designations; they are no system of codes).
     supplements: FastSet<String>,
+}
+
+/// A primitive type's lexical rule: its regex, and the hand-written checker that accepts
+/// exactly what the regex accepts when the pattern is one of the core ones.
+#[derive(Debug)]
+struct Primitive {
+    regex: Regex,
+    form: Option<Form>,
 }
 
 /// The text of `types.ndjson` (borrowed from the binary, or owned for other text).
@@ -456,13 +465,16 @@ impl Definitions {
         let mut primitives =
             FastMap::with_capacity_and_hasher(raw.primitives.len(), Default::default());
         for (name, pattern) in raw.primitives {
-            let regex = match pattern {
-                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                    ValidationError::DefinitionsShape(format!("regex of {name}: {e}"))
-                })?),
+            let rule = match pattern {
+                Some(p) => Some(Primitive {
+                    regex: Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                        ValidationError::DefinitionsShape(format!("regex of {name}: {e}"))
+                    })?,
+                    form: Form::for_pattern(&p),
+                }),
                 None => None,
             };
-            primitives.insert(name, regex);
+            primitives.insert(name, rule);
         }
         // The lines are sorted by type name, as are the header's names: line i is the i-th
         // name (checked again when the line is parsed).
@@ -814,6 +826,49 @@ impl Definitions {
         self.primitives
             .get(name.strip_prefix("System.").unwrap_or(name))
             .and_then(Option::as_ref)
+            .map(|p| &p.regex)
+    }
+
+    /// Whether `value` is in the lexical space of primitive type `name` (`None`: no
+    /// lexical rule, e.g. `xhtml`, or not a primitive): the hand-written checker of a core
+    /// pattern, else the regex.
+    pub fn primitive_matches(&self, name: &str, value: &str) -> Option<bool> {
+        let rule = self
+            .primitives
+            .get(name.strip_prefix("System.").unwrap_or(name))?
+            .as_ref()?;
+        Some(match rule.form {
+            Some(form) => form.is_match(value),
+            None => rule.regex.is_match(value),
+        })
+    }
+
+    /// The hand-written checker of primitive type `name`, if its pattern has one.
+    #[cfg(test)]
+    pub(crate) fn primitive_form(&self, name: &str) -> Option<Form> {
+        self.primitives.get(name)?.as_ref()?.form
+    }
+
+    /// The primitive type names that have a lexical rule.
+    #[cfg(test)]
+    pub(crate) fn primitive_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .primitives
+            .iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Checks every primitive with its regex only (the walk before the hand-written
+    /// checkers), for equivalence tests.
+    #[cfg(test)]
+    pub(crate) fn drop_hand_checkers(&mut self) {
+        for p in self.primitives.values_mut().flatten() {
+            p.form = None;
+        }
     }
 
     pub fn value_set(&self, url: &str) -> Option<&ValueSetDef> {

@@ -9,6 +9,7 @@
 
 pub mod definition_checks;
 pub mod definitions;
+pub mod lexical;
 pub mod location;
 pub mod narrative;
 pub mod profile;

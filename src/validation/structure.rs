@@ -866,9 +866,7 @@ impl<'d, 'v> Walker<'d, 'v> {
                 let plain_text = matches!(base, "string" | "markdown")
                     && s.bytes()
                         .all(|b| (0x20..0x7f).contains(&b) || matches!(b, b'\t' | b'\r' | b'\n'));
-                if let Some(re) = self.defs.primitive_regex(base).filter(|_| !plain_text)
-                    && !re.is_match(s)
-                {
+                if !plain_text && self.defs.primitive_matches(base, s) == Some(false) {
                     let msg = if base == "dateTime" || base == "instant" {
                         format!(
                             "not a valid {base} (a time needs a timezone; dates are YYYY, YYYY-MM or YYYY-MM-DD)"
@@ -963,10 +961,7 @@ impl<'d, 'v> Walker<'d, 'v> {
                 .map(|p| (segments[p], segments[p + 1]));
             match found {
                 Some((rt, id)) => {
-                    let id_ok = self
-                        .defs
-                        .primitive_regex("id")
-                        .is_none_or(|r| r.is_match(id));
+                    let id_ok = self.defs.primitive_matches("id", id) != Some(false);
                     if !id_ok && !absolute {
                         self.sink.error(
                             "value",
