@@ -7,7 +7,8 @@
 //! - `sequences`: the highest source sequence applied per resource *and* source entity
 //!   (sequences of different sources are not comparable), as canonical decimal text compared
 //!   in Rust with [`Sequence`]'s numeric order;
-//! - `outbox`: one change event per committed version, written in the same transaction;
+//! - `outbox`: one change event per committed version, written in the same transaction, at
+//!   increasing positions (see [`MIGRATION_5`]);
 //! - `search_index`: the search parameter values of each live resource, rewritten in the same
 //!   transaction as the resource (see [`search`]);
 //! - `dataset_versions`, `dataset_chunks`, `dataset_resources`, `parameters`: versioned
@@ -42,9 +43,15 @@ use crate::model::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, dataset::MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    dataset::MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+];
 
 const MIGRATION_1: &str = "
 CREATE TABLE resources (
@@ -119,6 +126,30 @@ CREATE INDEX search_index_value ON search_index (resource_type, param, value, id
     WHERE value IS NOT NULL;
 CREATE INDEX search_index_date ON search_index (resource_type, param, low, high)
     WHERE low IS NOT NULL;
+";
+
+/// The outbox without `AUTOINCREMENT`, which wrote the `sqlite_sequence` row once per event.
+/// A plain `INTEGER PRIMARY KEY` gives each new row one more than the highest position in the
+/// table, so positions keep increasing as long as the newest row is never deleted: nothing
+/// deletes outbox rows, and whatever prunes delivered rows one day must keep the newest one
+/// (a test checks that pruning so keeps positions increasing). The rows keep their positions.
+/// The last `AUTOINCREMENT` value can only be above the highest position if the newest rows
+/// were deleted by hand; a delivered placeholder row at that value then keeps the next
+/// position above every position ever handed out (the relay reads undelivered rows only).
+const MIGRATION_5: &str = "
+CREATE TABLE outbox_5 (
+    position     INTEGER PRIMARY KEY,
+    event        TEXT NOT NULL,
+    delivered_at TEXT
+);
+INSERT INTO outbox_5 (position, event, delivered_at)
+    SELECT position, event, delivered_at FROM outbox;
+INSERT INTO outbox_5 (position, event, delivered_at)
+    SELECT seq, '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM sqlite_sequence
+    WHERE name = 'outbox' AND seq > (SELECT coalesce(max(position), 0) FROM outbox);
+DROP TABLE outbox;
+ALTER TABLE outbox_5 RENAME TO outbox;
+CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.

@@ -1275,7 +1275,7 @@ mod tests {
             let version: i64 = conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 4);
+            assert_eq!(version, crate::store::sqlite::SCHEMA_VERSION);
             for (index, term) in [
                 ("search_index_value", "WHERE value IS NOT NULL"),
                 ("search_index_date", "WHERE low IS NOT NULL"),

@@ -748,3 +748,112 @@ fn tuning_for_bulk_loads_sets_the_cache_and_checkpoint_sizes() {
     // 1 = FILE: statement journals spill to disk instead of growing in memory with the load.
     assert_eq!(temp_store, 1);
 }
+
+/// The `CREATE` statement of a table, as SQLite keeps it.
+fn table_sql(conn: &Connection, table: &str) -> String {
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn outbox_positions_keep_increasing_after_delivered_rows_are_pruned() {
+    let store = store();
+    assert!(!table_sql(&store.lock().unwrap(), "outbox").contains("AUTOINCREMENT"));
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+    }
+    let first = store.pending(10).await.unwrap();
+    let positions: Vec<i64> = first.iter().map(|e| e.position).collect();
+    store.mark_delivered(&positions).await.unwrap();
+    // Prune as the outbox's rule allows: every delivered row but the newest.
+    let pruned = store
+        .lock()
+        .unwrap()
+        .execute(
+            "DELETE FROM outbox WHERE delivered_at IS NOT NULL
+               AND position < (SELECT max(position) FROM outbox)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(pruned, 2);
+    one(&store, upsert("d", patient("d", "X"), "1")).await;
+    one(&store, upsert("a", patient("a", "Y"), "4")).await;
+    let next = store.pending(10).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|e| e.event.detail.id.as_str()).collect();
+    assert_eq!(ids, ["d", "a"]);
+    let newest_before = positions.iter().max().copied().unwrap();
+    assert!(next[0].position > newest_before, "{next:?} after {positions:?}");
+    assert!(next[1].position > next[0].position);
+}
+
+#[tokio::test]
+async fn a_version_4_outbox_is_migrated_in_place_keeping_positions_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let (pending_before, newest_before) = {
+        let store = SqliteStore::open(&path).unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+        }
+        let all = store.pending(10).await.unwrap();
+        store.mark_delivered(&[all[0].position]).await.unwrap();
+        // Back to schema 4: the outbox of MIGRATION_1, with its AUTOINCREMENT counter.
+        let conn = store.lock().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE outbox_4 (
+                 position     INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event        TEXT NOT NULL,
+                 delivered_at TEXT
+             );
+             INSERT INTO outbox_4 SELECT position, event, delivered_at FROM outbox;
+             DROP TABLE outbox;
+             ALTER TABLE outbox_4 RENAME TO outbox;
+             CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let newest = all.last().unwrap().position;
+        let seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, newest);
+        // The newest event deleted by hand: the counter stays above every position left.
+        conn.execute("DELETE FROM outbox WHERE position = ?1", [newest])
+            .unwrap();
+        (all[1..3].to_vec(), newest)
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = store.lock().unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(!table_sql(&conn, "outbox").contains("AUTOINCREMENT"));
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT position FROM outbox WHERE delivered_at IS NULL
+                 ORDER BY position",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("outbox_undelivered"), "{plan}");
+    }
+    // Undelivered events keep their positions and text; delivered ones stay delivered.
+    assert_eq!(store.pending(10).await.unwrap(), pending_before);
+    assert_eq!(store.counts().unwrap().outbox_pending, 2);
+    one(&store, upsert("e", patient("e", "X"), "1")).await;
+    let pending = store.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[2].event.detail.id, "e");
+    assert!(pending[2].position > newest_before, "{pending:?}");
+}
