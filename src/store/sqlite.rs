@@ -43,7 +43,7 @@ use crate::model::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     MIGRATION_1,
@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     dataset::MIGRATION_3,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_6,
 ];
 
 const MIGRATION_1: &str = "
@@ -150,6 +151,13 @@ INSERT INTO outbox_5 (position, event, delivered_at)
 DROP TABLE outbox;
 ALTER TABLE outbox_5 RENAME TO outbox;
 CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+";
+
+/// No index of search-index rows by resource: it held one entry per row (about nine per
+/// Patient) only to delete a resource's rows when it changes; [`search`]'s `unindex` deletes
+/// them through the value and date indexes instead, by the entries of the version replaced.
+const MIGRATION_6: &str = "
+DROP INDEX IF EXISTS search_index_resource;
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
@@ -571,17 +579,20 @@ fn apply_content(
     }
 
     let live = current.as_ref().filter(|c| !c.deleted);
+    // The live version's canonical form: compared with new content, and what says which
+    // index rows a new version removes.
+    let previous = live.map(|l| stored_canonical(target, l)).transpose()?;
     let next_version = current.as_ref().map_or(1, |c| c.version + 1);
     let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated));
 
     let (action, stored) = match content {
         Some(content) => {
-            if let Some(live) = live
-                && content.same_as(target, &stored_canonical(target, live)?)?
+            if let Some(previous) = &previous
+                && content.same_as(target, previous)?
             {
                 return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
-            let action = if live.is_some() {
+            let action = if previous.is_some() {
                 PublishAction::Updated
             } else {
                 PublishAction::Created
@@ -589,7 +600,7 @@ fn apply_content(
             (action, Some(content))
         }
         None => {
-            if live.is_none() {
+            if previous.is_none() {
                 return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             (PublishAction::Deleted, None)
@@ -643,11 +654,13 @@ fn apply_content(
     .map_err(sql_err)?;
     // Index values come from elements other than `id` and `meta`, so the content as given
     // indexes the same as the stored version.
-    let indexed = stored.as_ref().map(NewContent::value);
-    match (&current, indexed) {
-        // Never held: no index rows to remove (the common case of a first load).
-        (None, Some(content)) => search::index_new(tx, target, content)?,
-        _ => search::reindex(tx, target, indexed)?,
+    // Only a live version has index rows (a first version, the common case of a load, and
+    // one after a delete have none to remove).
+    if let Some(previous) = &previous {
+        search::unindex(tx, target, previous)?;
+    }
+    if let Some(content) = stored.as_ref().map(NewContent::value) {
+        search::index_new(tx, target, content)?;
     }
 
     if let Some(kind) = ChangeKind::for_action(action) {

@@ -786,7 +786,10 @@ async fn outbox_positions_keep_increasing_after_delivered_rows_are_pruned() {
     let ids: Vec<&str> = next.iter().map(|e| e.event.detail.id.as_str()).collect();
     assert_eq!(ids, ["d", "a"]);
     let newest_before = positions.iter().max().copied().unwrap();
-    assert!(next[0].position > newest_before, "{next:?} after {positions:?}");
+    assert!(
+        next[0].position > newest_before,
+        "{next:?} after {positions:?}"
+    );
     assert!(next[1].position > next[0].position);
 }
 
@@ -856,4 +859,91 @@ async fn a_version_4_outbox_is_migrated_in_place_keeping_positions_and_events() 
     assert_eq!(pending.len(), 3);
     assert_eq!(pending[2].event.detail.id, "e");
     assert!(pending[2].position > newest_before, "{pending:?}");
+}
+
+/// Every `search_index` row, sorted (rowids aside).
+fn index_rows(store: &SqliteStore) -> Vec<Vec<rusqlite::types::Value>> {
+    let conn = store.lock().unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT resource_type, id, param, system, value, raw, low, high FROM search_index
+             ORDER BY resource_type, id, param, system, value, raw, low, high",
+        )
+        .unwrap();
+    stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn updates_and_deletes_leave_the_index_rows_of_the_final_versions_only() {
+    let p = |given: &[&str], birth: &str, system: Option<&str>| {
+        let mut identifier = json!({"value": "M-1"});
+        if let Some(s) = system {
+            identifier["system"] = json!(s);
+        }
+        json!({"resourceType": "Patient", "identifier": [identifier, {"value": "M-1"}],
+               "name": [{"family": "Smith", "given": given}, {"text": "Dr. Smith"}],
+               "gender": "female", "birthDate": birth})
+    };
+    let o = |subject: &str, date: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+               "subject": {"reference": subject}, "effectiveDateTime": date})
+    };
+    let at = |t: &str, id: &str| ResourceRef {
+        resource_type: t.into(),
+        id: id.into(),
+    };
+    let put = |t: &str, id: &str, resource: Value, seq: u64| ResourceChange {
+        target: at(t, id),
+        op: ResourceOp::Upsert { resource },
+        lineage: lineage("app", &seq.to_string()),
+    };
+    let del = |t: &str, id: &str, seq: u64| ResourceChange {
+        target: at(t, id),
+        op: ResourceOp::Delete,
+        lineage: lineage("app", &seq.to_string()),
+    };
+    let changed = store();
+    let steps = vec![
+        vec![
+            put("Patient", "a", p(&["Ada", "Ada"], "1970", Some("urn:x")), 1),
+            put("Patient", "b", p(&["Bo"], "1980-02", None), 1),
+            put("Observation", "o", o("Patient/a", "2021-05-01"), 1),
+            put("Patient", "c", p(&["Cy"], "1990-03-04", None), 1),
+        ],
+        // Same values in other places, one duplicate gone, a system added, a date moved;
+        // the same resource twice in one call; a delete.
+        vec![
+            put("Patient", "a", p(&["Ada"], "1970", None), 2),
+            put("Patient", "a", p(&["Ada", "Eve"], "1971", Some("urn:y")), 3),
+            put("Observation", "o", o("Patient/b", "2021-05-02"), 2),
+            del("Patient", "c", 2),
+        ],
+        // Unchanged, re-created after a delete, deleted.
+        vec![
+            put("Patient", "a", p(&["Ada", "Eve"], "1971", Some("urn:y")), 4),
+            put("Patient", "c", p(&["Cy"], "1990-03-04", None), 3),
+            del("Patient", "b", 2),
+        ],
+    ];
+    for step in &steps {
+        changed.apply(step).await.unwrap();
+    }
+    let fresh = store();
+    let mut finals = Vec::new();
+    for (t, id) in [("Patient", "a"), ("Patient", "c"), ("Observation", "o")] {
+        let resource = changed.read(&at(t, id)).await.unwrap().unwrap().resource;
+        finals.push(put(t, id, resource.unwrap(), 1));
+    }
+    fresh.apply(&finals).await.unwrap();
+    let rows = index_rows(&changed);
+    assert_eq!(rows, index_rows(&fresh));
+    let of = |id: &str| {
+        let id = rusqlite::types::Value::Text(id.to_owned());
+        rows.iter().filter(|r| r[1] == id).count()
+    };
+    assert_eq!((of("b"), of("o") > 0, of("a") > of("c")), (0, true, true));
 }
