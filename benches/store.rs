@@ -16,7 +16,8 @@
 //! ratio to it is the cost of the store's own work (reads, canonical form, JSON text, index
 //! values); its ratio to the first loop adds the cost of the rows themselves.
 //! `raw_sqlite_same_rows_without_search_index` is the same without the `search_index` rows,
-//! to show their share.
+//! to show their share. `sqlite_store_apply_updates_batches_of_500` gives each of the 1,000
+//! Patients of a filled store a second version (new name and address: new index rows).
 //!
 //! Run: `CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build
 //! --release -p fhir-unify --bench store`, then `target/release/deps/store-<hash> --bench`
@@ -65,6 +66,23 @@ fn changes() -> Vec<ResourceChange> {
                 sequence: Sequence::from(i as u64 + 1),
                 observed_at: "2025-01-01T00:00:00Z".parse().unwrap(),
             },
+        })
+        .collect()
+}
+
+/// The same changes, each with a new family name and address line and a later sequence.
+fn updated(changes: &[ResourceChange]) -> Vec<ResourceChange> {
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            if let ResourceOp::Upsert { resource } = &mut c.op {
+                resource["name"][0]["family"] = json!(format!("Other{}", i % 89));
+                resource["address"][0]["line"] = json!([format!("{i} Elm St")]);
+            }
+            c.lineage.sequence = Sequence::from((ROWS + i) as u64 + 1);
+            c
         })
         .collect()
 }
@@ -289,6 +307,34 @@ fn bench(c: &mut Criterion) {
                 runtime.block_on(async {
                     for batch in changes.chunks(BATCH) {
                         store.apply(batch).await.unwrap();
+                    }
+                });
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+
+    // Updates: every Patient of a store that holds all 1,000 gets a new family name and a
+    // new address line (a new version whose index rows replace the old ones).
+    let updates = updated(&changes);
+    group.bench_function("sqlite_store_apply_updates_batches_of_500", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+                runtime.block_on(async {
+                    for batch in changes.chunks(BATCH) {
+                        store.apply(batch).await.unwrap();
+                    }
+                });
+                (dir, store)
+            },
+            |(dir, store)| {
+                runtime.block_on(async {
+                    for batch in updates.chunks(BATCH) {
+                        let out = store.apply(batch).await.unwrap();
+                        assert!(out.iter().all(|o| o.version_id.as_deref() == Some("2")));
                     }
                 });
                 (dir, store)

@@ -7,7 +7,8 @@
 //! - `sequences`: the highest source sequence applied per resource *and* source entity
 //!   (sequences of different sources are not comparable), as canonical decimal text compared
 //!   in Rust with [`Sequence`]'s numeric order;
-//! - `outbox`: one change event per committed version, written in the same transaction;
+//! - `outbox`: one change event per committed version, written in the same transaction, at
+//!   increasing positions (see [`MIGRATION_5`]);
 //! - `search_index`: the search parameter values of each live resource, rewritten in the same
 //!   transaction as the resource (see [`search`]);
 //! - `dataset_versions`, `dataset_chunks`, `dataset_resources`, `parameters`: versioned
@@ -42,9 +43,16 @@ use crate::model::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 6;
 
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, dataset::MIGRATION_3, MIGRATION_4];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    dataset::MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+    MIGRATION_6,
+];
 
 const MIGRATION_1: &str = "
 CREATE TABLE resources (
@@ -119,6 +127,37 @@ CREATE INDEX search_index_value ON search_index (resource_type, param, value, id
     WHERE value IS NOT NULL;
 CREATE INDEX search_index_date ON search_index (resource_type, param, low, high)
     WHERE low IS NOT NULL;
+";
+
+/// The outbox without `AUTOINCREMENT`, which wrote the `sqlite_sequence` row once per event.
+/// A plain `INTEGER PRIMARY KEY` gives each new row one more than the highest position in the
+/// table, so positions keep increasing as long as the newest row is never deleted: nothing
+/// deletes outbox rows, and whatever prunes delivered rows one day must keep the newest one
+/// (a test checks that pruning so keeps positions increasing). The rows keep their positions.
+/// The last `AUTOINCREMENT` value can only be above the highest position if the newest rows
+/// were deleted by hand; a delivered placeholder row at that value then keeps the next
+/// position above every position ever handed out (the relay reads undelivered rows only).
+const MIGRATION_5: &str = "
+CREATE TABLE outbox_5 (
+    position     INTEGER PRIMARY KEY,
+    event        TEXT NOT NULL,
+    delivered_at TEXT
+);
+INSERT INTO outbox_5 (position, event, delivered_at)
+    SELECT position, event, delivered_at FROM outbox;
+INSERT INTO outbox_5 (position, event, delivered_at)
+    SELECT seq, '{}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM sqlite_sequence
+    WHERE name = 'outbox' AND seq > (SELECT coalesce(max(position), 0) FROM outbox);
+DROP TABLE outbox;
+ALTER TABLE outbox_5 RENAME TO outbox;
+CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+";
+
+/// No index of search-index rows by resource: it held one entry per row (about nine per
+/// Patient) only to delete a resource's rows when it changes; [`search`]'s `unindex` deletes
+/// them through the value and date indexes instead, by the entries of the version replaced.
+const MIGRATION_6: &str = "
+DROP INDEX IF EXISTS search_index_resource;
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
@@ -540,17 +579,20 @@ fn apply_content(
     }
 
     let live = current.as_ref().filter(|c| !c.deleted);
+    // The live version's canonical form: compared with new content, and what says which
+    // index rows a new version removes.
+    let previous = live.map(|l| stored_canonical(target, l)).transpose()?;
     let next_version = current.as_ref().map_or(1, |c| c.version + 1);
     let last_updated = current.as_ref().map_or(now, |c| now.max(c.last_updated));
 
     let (action, stored) = match content {
         Some(content) => {
-            if let Some(live) = live
-                && content.same_as(target, &stored_canonical(target, live)?)?
+            if let Some(previous) = &previous
+                && content.same_as(target, previous)?
             {
                 return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
-            let action = if live.is_some() {
+            let action = if previous.is_some() {
                 PublishAction::Updated
             } else {
                 PublishAction::Created
@@ -558,7 +600,7 @@ fn apply_content(
             (action, Some(content))
         }
         None => {
-            if live.is_none() {
+            if previous.is_none() {
                 return Ok(outcome(target, PublishAction::Unchanged, current.as_ref()));
             }
             (PublishAction::Deleted, None)
@@ -612,11 +654,13 @@ fn apply_content(
     .map_err(sql_err)?;
     // Index values come from elements other than `id` and `meta`, so the content as given
     // indexes the same as the stored version.
-    let indexed = stored.as_ref().map(NewContent::value);
-    match (&current, indexed) {
-        // Never held: no index rows to remove (the common case of a first load).
-        (None, Some(content)) => search::index_new(tx, target, content)?,
-        _ => search::reindex(tx, target, indexed)?,
+    // Only a live version has index rows (a first version, the common case of a load, and
+    // one after a delete have none to remove).
+    if let Some(previous) = &previous {
+        search::unindex(tx, target, previous)?;
+    }
+    if let Some(content) = stored.as_ref().map(NewContent::value) {
+        search::index_new(tx, target, content)?;
     }
 
     if let Some(kind) = ChangeKind::for_action(action) {

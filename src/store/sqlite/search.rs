@@ -20,20 +20,49 @@ use crate::store::search::{
     StringMode, index_entries,
 };
 
-/// Rewrites the index rows of one resource: none for a delete, the entries of `content`
-/// otherwise.
-pub(super) fn reindex(
+/// Removes the index rows of a resource's live version, found through the value and date
+/// indexes by the entries of that version (`previous`: its content, `id` and `meta` aside, as
+/// [`index_new`] indexed it). There is no index by resource: it held one B-tree entry per
+/// row only for this delete, on every write, while a delete by value costs only updates.
+/// Index entries depend on the content alone, so the entries of the stored version are the
+/// rows it wrote; a build that indexes differently must reindex (as migration 2 does).
+pub(super) fn unindex(
     tx: &Connection,
     target: &ResourceRef,
-    content: Option<&Value>,
+    previous: &Value,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("DELETE FROM search_index WHERE resource_type = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute(params![target.resource_type, target.id]))
-        .map_err(sql_err)?;
-    match content {
-        Some(content) => index_new(tx, target, content),
-        None => Ok(()),
+    for entry in index_entries(previous) {
+        let deleted = match entry.value {
+            IndexValue::Date { low, high } => tx
+                .prepare_cached(
+                    "DELETE FROM search_index WHERE resource_type = ?1 AND param = ?2
+                       AND low = ?3 AND high = ?4 AND id = ?5 AND low IS NOT NULL",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        target.resource_type,
+                        entry.param,
+                        low,
+                        high,
+                        target.id
+                    ])
+                }),
+            IndexValue::Token { code: value, .. }
+            | IndexValue::String {
+                normalized: value, ..
+            }
+            | IndexValue::Reference { id: value, .. } => tx
+                .prepare_cached(
+                    "DELETE FROM search_index WHERE resource_type = ?1 AND param = ?2
+                       AND value = ?3 AND id = ?4 AND value IS NOT NULL",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![target.resource_type, entry.param, value, target.id])
+                }),
+        };
+        deleted.map_err(sql_err)?;
     }
+    Ok(())
 }
 
 /// Indexes a resource that has no index rows yet (one the store never held: index rows exist
@@ -90,7 +119,8 @@ pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
         let target = ResourceRef { resource_type, id };
         let value: Value = serde_json::from_str(&content)
             .map_err(|e| StoreError::Corrupt(format!("{target}: content: {e}")))?;
-        reindex(tx, &target, Some(&value))?;
+        // The index was just created: nothing to remove first.
+        index_new(tx, &target, &value)?;
     }
     Ok(())
 }
@@ -1275,7 +1305,7 @@ mod tests {
             let version: i64 = conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 4);
+            assert_eq!(version, crate::store::sqlite::SCHEMA_VERSION);
             for (index, term) in [
                 ("search_index_value", "WHERE value IS NOT NULL"),
                 ("search_index_date", "WHERE low IS NOT NULL"),

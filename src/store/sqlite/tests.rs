@@ -748,3 +748,202 @@ fn tuning_for_bulk_loads_sets_the_cache_and_checkpoint_sizes() {
     // 1 = FILE: statement journals spill to disk instead of growing in memory with the load.
     assert_eq!(temp_store, 1);
 }
+
+/// The `CREATE` statement of a table, as SQLite keeps it.
+fn table_sql(conn: &Connection, table: &str) -> String {
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn outbox_positions_keep_increasing_after_delivered_rows_are_pruned() {
+    let store = store();
+    assert!(!table_sql(&store.lock().unwrap(), "outbox").contains("AUTOINCREMENT"));
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+    }
+    let first = store.pending(10).await.unwrap();
+    let positions: Vec<i64> = first.iter().map(|e| e.position).collect();
+    store.mark_delivered(&positions).await.unwrap();
+    // Prune as the outbox's rule allows: every delivered row but the newest.
+    let pruned = store
+        .lock()
+        .unwrap()
+        .execute(
+            "DELETE FROM outbox WHERE delivered_at IS NOT NULL
+               AND position < (SELECT max(position) FROM outbox)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(pruned, 2);
+    one(&store, upsert("d", patient("d", "X"), "1")).await;
+    one(&store, upsert("a", patient("a", "Y"), "4")).await;
+    let next = store.pending(10).await.unwrap();
+    let ids: Vec<&str> = next.iter().map(|e| e.event.detail.id.as_str()).collect();
+    assert_eq!(ids, ["d", "a"]);
+    let newest_before = positions.iter().max().copied().unwrap();
+    assert!(
+        next[0].position > newest_before,
+        "{next:?} after {positions:?}"
+    );
+    assert!(next[1].position > next[0].position);
+}
+
+#[tokio::test]
+async fn a_version_4_outbox_is_migrated_in_place_keeping_positions_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let (pending_before, newest_before) = {
+        let store = SqliteStore::open(&path).unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+        }
+        let all = store.pending(10).await.unwrap();
+        store.mark_delivered(&[all[0].position]).await.unwrap();
+        // Back to schema 4: the outbox of MIGRATION_1, with its AUTOINCREMENT counter.
+        let conn = store.lock().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE outbox_4 (
+                 position     INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event        TEXT NOT NULL,
+                 delivered_at TEXT
+             );
+             INSERT INTO outbox_4 SELECT position, event, delivered_at FROM outbox;
+             DROP TABLE outbox;
+             ALTER TABLE outbox_4 RENAME TO outbox;
+             CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let newest = all.last().unwrap().position;
+        let seq: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seq, newest);
+        // The newest event deleted by hand: the counter stays above every position left.
+        conn.execute("DELETE FROM outbox WHERE position = ?1", [newest])
+            .unwrap();
+        (all[1..3].to_vec(), newest)
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = store.lock().unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(!table_sql(&conn, "outbox").contains("AUTOINCREMENT"));
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT position FROM outbox WHERE delivered_at IS NULL
+                 ORDER BY position",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("outbox_undelivered"), "{plan}");
+    }
+    // Undelivered events keep their positions and text; delivered ones stay delivered.
+    assert_eq!(store.pending(10).await.unwrap(), pending_before);
+    assert_eq!(store.counts().unwrap().outbox_pending, 2);
+    one(&store, upsert("e", patient("e", "X"), "1")).await;
+    let pending = store.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[2].event.detail.id, "e");
+    assert!(pending[2].position > newest_before, "{pending:?}");
+}
+
+/// Every `search_index` row, sorted (rowids aside).
+fn index_rows(store: &SqliteStore) -> Vec<Vec<rusqlite::types::Value>> {
+    let conn = store.lock().unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT resource_type, id, param, system, value, raw, low, high FROM search_index
+             ORDER BY resource_type, id, param, system, value, raw, low, high",
+        )
+        .unwrap();
+    stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn updates_and_deletes_leave_the_index_rows_of_the_final_versions_only() {
+    let p = |given: &[&str], birth: &str, system: Option<&str>| {
+        let mut identifier = json!({"value": "M-1"});
+        if let Some(s) = system {
+            identifier["system"] = json!(s);
+        }
+        json!({"resourceType": "Patient", "identifier": [identifier, {"value": "M-1"}],
+               "name": [{"family": "Smith", "given": given}, {"text": "Dr. Smith"}],
+               "gender": "female", "birthDate": birth})
+    };
+    let o = |subject: &str, date: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+               "subject": {"reference": subject}, "effectiveDateTime": date})
+    };
+    let at = |t: &str, id: &str| ResourceRef {
+        resource_type: t.into(),
+        id: id.into(),
+    };
+    let put = |t: &str, id: &str, resource: Value, seq: u64| ResourceChange {
+        target: at(t, id),
+        op: ResourceOp::Upsert { resource },
+        lineage: lineage("app", &seq.to_string()),
+    };
+    let del = |t: &str, id: &str, seq: u64| ResourceChange {
+        target: at(t, id),
+        op: ResourceOp::Delete,
+        lineage: lineage("app", &seq.to_string()),
+    };
+    let changed = store();
+    let steps = vec![
+        vec![
+            put("Patient", "a", p(&["Ada", "Ada"], "1970", Some("urn:x")), 1),
+            put("Patient", "b", p(&["Bo"], "1980-02", None), 1),
+            put("Observation", "o", o("Patient/a", "2021-05-01"), 1),
+            put("Patient", "c", p(&["Cy"], "1990-03-04", None), 1),
+        ],
+        // Same values in other places, one duplicate gone, a system added, a date moved;
+        // the same resource twice in one call; a delete.
+        vec![
+            put("Patient", "a", p(&["Ada"], "1970", None), 2),
+            put("Patient", "a", p(&["Ada", "Eve"], "1971", Some("urn:y")), 3),
+            put("Observation", "o", o("Patient/b", "2021-05-02"), 2),
+            del("Patient", "c", 2),
+        ],
+        // Unchanged, re-created after a delete, deleted.
+        vec![
+            put("Patient", "a", p(&["Ada", "Eve"], "1971", Some("urn:y")), 4),
+            put("Patient", "c", p(&["Cy"], "1990-03-04", None), 3),
+            del("Patient", "b", 2),
+        ],
+    ];
+    for step in &steps {
+        changed.apply(step).await.unwrap();
+    }
+    let fresh = store();
+    let mut finals = Vec::new();
+    for (t, id) in [("Patient", "a"), ("Patient", "c"), ("Observation", "o")] {
+        let resource = changed.read(&at(t, id)).await.unwrap().unwrap().resource;
+        finals.push(put(t, id, resource.unwrap(), 1));
+    }
+    fresh.apply(&finals).await.unwrap();
+    let rows = index_rows(&changed);
+    assert_eq!(rows, index_rows(&fresh));
+    let of = |id: &str| {
+        let id = rusqlite::types::Value::Text(id.to_owned());
+        rows.iter().filter(|r| r[1] == id).count()
+    };
+    assert_eq!((of("b"), of("o") > 0, of("a") > of("c")), (0, true, true));
+}
