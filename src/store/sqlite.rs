@@ -452,7 +452,11 @@ fn migrate(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
         tx.execute_batch(sql)
             .map_err(|e| with_context(location, e))?;
     }
-    if from < 2 {
+    // From schema 6 a new version deletes the rows of the one it replaces by the entries this
+    // build computes for it: rows an older build computed otherwise would be left behind, so
+    // an older file's index is rebuilt once. (A build that changes the entries must bump the
+    // schema again.)
+    if from < 6 {
         search::reindex_all(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -104,22 +104,24 @@ pub(super) fn index_new(
     Ok(())
 }
 
-/// Indexes every live resource (a store written before the index existed).
+/// Rebuilds the index of every live resource: a store written before the index existed, or
+/// by a build that computed its entries otherwise.
 pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
-    let rows: Vec<(String, String, String)> = {
-        let mut stmt = tx
-            .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
-            .map_err(sql_err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(sql_err)?;
-        rows.collect::<Result<_, _>>().map_err(sql_err)?
-    };
-    for (resource_type, id, content) in rows {
-        let target = ResourceRef { resource_type, id };
+    tx.execute("DELETE FROM search_index", [])
+        .map_err(sql_err)?;
+    // One live resource at a time: a large store is not held in memory.
+    let mut stmt = tx
+        .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
+        .map_err(sql_err)?;
+    let mut rows = stmt.query([]).map_err(sql_err)?;
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        let target = ResourceRef {
+            resource_type: row.get(0).map_err(sql_err)?,
+            id: row.get(1).map_err(sql_err)?,
+        };
+        let content: String = row.get(2).map_err(sql_err)?;
         let value: Value = serde_json::from_str(&content)
             .map_err(|e| StoreError::Corrupt(format!("{target}: content: {e}")))?;
-        // The index was just created: nothing to remove first.
         index_new(tx, &target, &value)?;
     }
     Ok(())

@@ -947,3 +947,31 @@ async fn updates_and_deletes_leave_the_index_rows_of_the_final_versions_only() {
     };
     assert_eq!((of("b"), of("o") > 0, of("a") > of("c")), (0, true, true));
 }
+
+#[tokio::test]
+async fn an_older_files_search_index_is_rebuilt_so_updates_leave_no_stale_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        one(&store, upsert("a", patient("a", "Smith"), "1")).await;
+        one(&store, upsert("b", patient("b", "Jones"), "1")).await;
+        // A row an older build's entries made and this build's do not (nothing would delete
+        // it through the value index), in a schema 5 file.
+        store
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "INSERT INTO search_index (resource_type, id, param, value)
+                 VALUES ('Patient', 'a', 'family', 'stale');
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    one(&store, upsert("a", patient("a", "Smyth"), "2")).await;
+    let fresh = SqliteStore::open(&dir.path().join("fresh.db")).unwrap();
+    one(&fresh, upsert("a", patient("a", "Smyth"), "1")).await;
+    one(&fresh, upsert("b", patient("b", "Jones"), "1")).await;
+    assert_eq!(index_rows(&store), index_rows(&fresh));
+}
