@@ -213,7 +213,7 @@ fn hl7_validator_cases() {
 }
 
 /// Every resource of the Synthea corpus and of the HL7 validator's cases, valid and invalid.
-fn corpus_resources() -> Vec<Value> {
+pub(super) fn corpus_resources() -> Vec<Value> {
     let mut resources = Vec::new();
     for path in json_files(&corpus("conformance/synthea/fhir")) {
         let bundle = read_json(&path);

@@ -515,23 +515,7 @@ mod tests {
         let checkers = Validator::r4().unwrap();
         let mut regexes = Validator::r4().unwrap();
         regexes.definitions_mut().drop_hand_checkers();
-        let mut resources = Vec::new();
-        for path in json_files(&corpus("conformance/synthea/fhir")) {
-            let bundle = read_json(&path);
-            resources.extend(
-                bundle["entry"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e["resource"].clone()),
-            );
-        }
-        for path in json_files(&corpus("conformance/fhir-validation/cases")) {
-            let case = read_json(&path);
-            if case["resource"].is_object() {
-                resources.push(case["resource"].clone());
-            }
-        }
+        let resources = crate::validation::corpus_tests::corpus_resources();
         assert!(resources.len() > 5000, "{}", resources.len());
         let mut value_issues = 0;
         for r in &resources {

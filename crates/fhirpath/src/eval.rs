@@ -405,19 +405,7 @@ pub(crate) fn evaluate<'a>(
     regexes: &HashMap<String, Regex>,
     memo: &Memo,
 ) -> Result<Coll<'a>, EvalError> {
-    let input = vec![Item::node(focus)];
-    let mut ctx = Ctx {
-        env,
-        regexes,
-        this: None,
-        index: None,
-        depth: 0,
-        memo,
-        memoized: Vec::new(),
-        pairwise: false,
-    };
-    ctx.memoized.resize(memo.slots, None);
-    ctx.eval(node, &input)
+    evaluate_with(node, focus, env, regexes, memo, false)
 }
 
 /// [`evaluate`] without the memo and with the pairwise `distinct`.
@@ -427,18 +415,29 @@ pub(crate) fn evaluate_reference<'a>(
     env: &Env<'a>,
     regexes: &HashMap<String, Regex>,
 ) -> Result<Coll<'a>, EvalError> {
+    evaluate_with(node, focus, env, regexes, &Memo::default(), true)
+}
+
+fn evaluate_with<'a>(
+    node: &Node,
+    focus: &'a Value,
+    env: &Env<'a>,
+    regexes: &HashMap<String, Regex>,
+    memo: &Memo,
+    pairwise: bool,
+) -> Result<Coll<'a>, EvalError> {
     let input = vec![Item::node(focus)];
-    let memo = Memo::default();
     let mut ctx = Ctx {
         env,
         regexes,
         this: None,
         index: None,
         depth: 0,
-        memo: &memo,
+        memo,
         memoized: Vec::new(),
-        pairwise: true,
+        pairwise,
     };
+    ctx.memoized.resize(memo.slots, None);
     ctx.eval(node, &input)
 }
 
