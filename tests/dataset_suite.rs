@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod lambda_stream;
     pub mod moto;
     pub mod serial_moto;
@@ -24,9 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::Credentials;
 use chrono::{DateTime, Utc};
-use common::moto::REGION;
 use fhir_unify::model::{ChangeKind, Lineage, RecordKey, ResourceRef, Sequence};
 use fhir_unify::store::dataset::{
     DatasetError, DatasetStore, LoadCounts, PointerMove, StagedResource, VersionStatus,
@@ -92,12 +91,7 @@ async fn sqlite() -> Harness {
 // transactions); DynamoDB, DynamoDB Streams and SSM all answer on it.
 async fn dynamodb() -> Harness {
     let moto = SerialMoto::start();
-    let config = fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(Credentials::for_tests())
-        .load()
-        .await;
+    let config = common::aws::sdk(&moto.endpoint).await;
     let (clock, offset) = manual_clock();
     let client = aws_sdk_dynamodb::Client::new(&config);
     let store = DynamoStore::new(client.clone(), STORE_TABLE);

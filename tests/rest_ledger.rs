@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod lambda_stream;
     pub mod moto;
     pub mod partners;
@@ -360,7 +361,6 @@ fn ledger_filter() -> fhir_unify::events::pattern::EventPattern {
 
 #[tokio::test]
 async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_across_a_crash() {
-    use aws_sdk_dynamodb::config::Credentials;
     use common::moto::REGION;
     use fhir_unify::events::eventbridge::EventBridgeBus;
     use fhir_unify::handlers::emit_stream;
@@ -368,12 +368,7 @@ async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_acr
     use fhir_unify::store::ledger::dynamodb::DynamoLedger;
 
     let moto = common::serial_moto::SerialMoto::start();
-    let config = fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(Credentials::for_tests())
-        .load()
-        .await;
+    let config = common::aws::sdk(&moto.endpoint).await;
     let table = "fhir-ledger";
     let dynamo = DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), table);
     dynamo.create_table().await.unwrap();

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod moto;
     pub mod serial_moto;
 }
@@ -15,10 +16,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
-use common::moto::REGION;
 use common::serial_moto::SerialMoto;
 use fhir_unify::gateway::{AccessGrant, FhirRequest, FhirResponse, Gateway};
 use fhir_unify::model::{Lineage, RecordKey, ResourceChange, ResourceOp, ResourceRef, Sequence};
@@ -62,12 +61,7 @@ const TABLE: &str = "fhir-store";
 
 async fn dynamodb() -> Stores {
     let moto = SerialMoto::start();
-    let config = fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(Credentials::for_tests())
-        .load()
-        .await;
+    let config = common::aws::sdk(&moto.endpoint).await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let store = Arc::new(DynamoStore::new(client.clone(), TABLE).with_clock(clock()));
     store.create_table().await.unwrap();

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common {
+    pub mod aws;
     pub mod lambda_stream;
     pub mod moto;
     pub mod partners;
@@ -21,9 +22,8 @@ mod common {
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::config::Credentials;
 use chrono::{DateTime, Utc};
-use common::moto::{Moto, REGION};
+use common::moto::Moto;
 use common::serial_moto::SerialMoto;
 use fhir_unify::model::{
     Lineage, PublishAction, PublishOutcome, RecordKey, ResourceChange, ResourceOp, ResourceRef,
@@ -57,18 +57,9 @@ fn sqlite() -> Harness {
 
 const TABLE: &str = "fhir-store";
 
-async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    fhir_unify::aws::loader()
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::for_tests())
-        .load()
-        .await
-}
-
 async fn dynamodb() -> Harness {
     let moto = SerialMoto::start();
-    let config = sdk_config(&moto.endpoint).await;
+    let config = common::aws::sdk(&moto.endpoint).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), TABLE);
     store.create_table().await.unwrap();
     let second = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), TABLE);
@@ -678,7 +669,7 @@ fn to_dynamo(v: &aws_sdk_dynamodbstreams::types::AttributeValue) -> serde_dynamo
 async fn dynamodb_stream_carries_the_sqlite_outbox_events() {
     use fhir_unify::store::Outbox;
     let moto = Moto::start();
-    let config = sdk_config(&moto.endpoint).await;
+    let config = common::aws::sdk(&moto.endpoint).await;
     let fixed: DateTime<Utc> = "2025-03-04T05:06:07.123Z".parse().unwrap();
     let clock: fhir_unify::store::sqlite::Clock = Arc::new(move || fixed);
     let dynamo =
