@@ -7,7 +7,6 @@
 //! reader would make (through the same `Field::convert_*` functions), so rows decode exactly
 //! as before. Memory holds one batch of every column, never the row group.
 
-use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::ColumnReader;
 use parquet::data_type::{ByteArray, FixedLenByteArray, Int96};
 use parquet::errors::{ParquetError, Result};
@@ -88,17 +87,17 @@ impl Column {
                 let (rows, _, _) = $r.read_records(max, defs, None, &mut values)?;
                 let mut values = values.into_iter();
                 for i in 0..rows {
-                    let defined = max_def == 0 || self.defs.get(i) == Some(&max_def);
-                    out.push(match (defined, defined.then(|| values.next()).flatten()) {
-                        (true, Some(v)) => $convert(v)?,
-                        (true, None) => {
-                            return Err(ParquetError::General(format!(
-                                "column {:?}: fewer values than defined rows",
-                                descr.path().string()
-                            )));
-                        }
-                        (false, _) => Field::Null,
-                    });
+                    if max_def > 0 && self.defs.get(i) != Some(&max_def) {
+                        out.push(Field::Null);
+                        continue;
+                    }
+                    let Some(v) = values.next() else {
+                        return Err(ParquetError::General(format!(
+                            "column {:?}: fewer values than defined rows",
+                            descr.path().string()
+                        )));
+                    };
+                    out.push($convert(v)?);
                 }
                 rows
             }};
@@ -143,10 +142,6 @@ impl Column {
                 })
             }
         };
-        debug_assert!(
-            descr.physical_type() != PhysicalType::FIXED_LEN_BYTE_ARRAY
-                || matches!(self.reader, ColumnReader::FixedLenByteArrayColumnReader(_))
-        );
         Ok(rows)
     }
 }
