@@ -446,8 +446,7 @@ async fn on_aws_the_ledger_tables_stream_carries_each_committed_version_once_acr
         .collect();
     ids.sort();
     // Each event item expires a week after it was settled (the table's TTL attribute).
-    let week =
-        i64::try_from(fhir_unify::store::ledger::dynamodb::EVENT_RETENTION.as_secs()).unwrap();
+    let week = i64::try_from(fhir_unify::store::ledger::EVENT_RETENTION.as_secs()).unwrap();
     for r in &records {
         let at: i64 =
             r["dynamodb"]["NewImage"][fhir_unify::store::ledger::dynamodb::EXPIRES_AT]["N"]

@@ -38,7 +38,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use super::{Outbox, OutboxEntry, StoreError, format_time};
+use super::sqlite::Delivered;
+use super::{Outbox, OutboxEntry, StoreError};
 use crate::model::{ChangeEvent, Lineage, ResourceRef};
 
 /// A resource write about to be sent to the server.
@@ -76,7 +77,12 @@ pub trait Ledger: Outbox {
 }
 
 /// The schema version of the SQLite ledger (its own `user_version`, not the store's).
-pub const LEDGER_SCHEMA_VERSION: i64 = 1;
+pub const LEDGER_SCHEMA_VERSION: i64 = 2;
+
+/// How long a delivered event stays in a ledger: a recovery that settles the same version
+/// again finds it there and does not deliver it twice. It only has to outlast a recovery's
+/// re-settle (minutes) and, on AWS, the table stream's 24 hours.
+pub const EVENT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 const LEDGER_SCHEMA: &str = "
 CREATE TABLE intents (
@@ -90,6 +96,11 @@ CREATE TABLE outbox (
     delivered_at TEXT
 );
 CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
+";
+
+/// Schema 2: delivered events are pruned after [`EVENT_RETENTION`], found by delivery time.
+const LEDGER_MIGRATION_2: &str = "
+CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE delivered_at IS NOT NULL;
 ";
 
 /// The ledger in a SQLite file of its own (WAL, synchronous NORMAL: durable across process
@@ -126,8 +137,11 @@ impl SqliteLedger {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         match version {
-            0 => {
-                tx.execute_batch(LEDGER_SCHEMA).map_err(err)?;
+            0 | 1 => {
+                if version == 0 {
+                    tx.execute_batch(LEDGER_SCHEMA).map_err(err)?;
+                }
+                tx.execute_batch(LEDGER_MIGRATION_2).map_err(err)?;
                 tx.pragma_update(None, "user_version", LEDGER_SCHEMA_VERSION)
                     .map_err(err)?;
             }
@@ -254,11 +268,11 @@ impl Outbox for SqliteLedger {
     }
 
     async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
-        let now = format_time(Utc::now());
         crate::store::sqlite::outbox_mark_delivered(
             &mut *self.lock()?,
             positions,
-            &now,
+            Utc::now(),
+            Delivered::KeepFor(retention()),
             &self.location,
         )
     }
@@ -277,6 +291,11 @@ impl SqliteLedger {
         .map(|r| r.is_some())
         .map_err(self.err())
     }
+}
+
+/// [`EVENT_RETENTION`] as chrono counts time.
+fn retention() -> chrono::Duration {
+    chrono::Duration::from_std(EVENT_RETENTION).unwrap_or(chrono::Duration::MAX)
 }
 
 /// An error of the ledger file, classified as the store's are (busy, locked, I/O: retryable).

@@ -8,7 +8,7 @@
 //!   (sequences of different sources are not comparable), as canonical decimal text compared
 //!   in Rust with [`Sequence`]'s numeric order;
 //! - `outbox`: one change event per committed version, written in the same transaction, at
-//!   increasing positions (see [`MIGRATION_5`]);
+//!   increasing positions (see [`MIGRATION_5`]), deleted once delivered (see [`MIGRATION_7`]);
 //! - `search_index`: the search parameter values of each live resource, rewritten in the same
 //!   transaction as the resource (see [`search`]);
 //! - `dataset_versions`, `dataset_chunks`, `dataset_resources`, `parameters`: versioned
@@ -43,7 +43,7 @@ use crate::model::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema version this build writes; `MIGRATIONS[n]` moves a file from version `n` to `n+1`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[&str] = &[
     MIGRATION_1,
@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_6,
+    MIGRATION_7,
 ];
 
 const MIGRATION_1: &str = "
@@ -158,6 +159,16 @@ CREATE INDEX outbox_undelivered ON outbox (position) WHERE delivered_at IS NULL;
 /// them through the value and date indexes instead, by the entries of the version replaced.
 const MIGRATION_6: &str = "
 DROP INDEX IF EXISTS search_index_resource;
+";
+
+/// Delivered outbox rows are deleted ([`outbox_mark_delivered`]): the outbox held every event
+/// ever committed (58 MB after a 100,000-record load), a second copy of the bus's archive.
+/// Pruning finds delivered rows through this index (the newest row stays, see [`MIGRATION_5`]);
+/// the rows an older build left delivered go now.
+const MIGRATION_7: &str = "
+CREATE INDEX IF NOT EXISTS outbox_delivered ON outbox (position) WHERE delivered_at IS NOT NULL;
+DELETE FROM outbox WHERE delivered_at IS NOT NULL
+    AND position < (SELECT max(position) FROM outbox);
 ";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
@@ -366,8 +377,13 @@ impl SqliteStore {
     }
 
     fn mark_delivered_sync(&self, positions: &[i64]) -> Result<(), StoreError> {
-        let delivered_at = format_time(self.now());
-        outbox_mark_delivered(&mut *self.lock()?, positions, &delivered_at, &self.location)
+        outbox_mark_delivered(
+            &mut *self.lock()?,
+            positions,
+            self.now(),
+            Delivered::Delete,
+            &self.location,
+        )
     }
 }
 
@@ -869,12 +885,30 @@ pub(crate) fn outbox_pending(
     .collect()
 }
 
-/// Marks `outbox` entries delivered at `delivered_at`, in one transaction; an entry already
-/// marked keeps its first time.
+/// What becomes of an `outbox` row once it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Deleted: the store's outbox, whose rows are written in the commit's own transaction and
+    /// so never need to be recognised again; the bus's archive keeps every event.
+    Delete,
+    /// Kept this long after delivery, then deleted: the REST ledger's outbox, whose rows also
+    /// stop a recovery that settles the same version again from delivering it twice.
+    KeepFor(chrono::Duration),
+}
+
+/// Marks `outbox` entries delivered at `delivered_at`, in one transaction (an entry already
+/// marked keeps its first time), and prunes delivered rows as `rule` says.
+///
+/// The newest row is never deleted, delivered or not: positions are `INTEGER PRIMARY KEY`
+/// without `AUTOINCREMENT` (see [`MIGRATION_5`]), so a new row gets one more than the highest
+/// position in the table, and deleting the newest would hand its position out again. It is
+/// deleted by a later call, once a newer row exists. Delivered rows are found through the
+/// partial index `outbox_delivered`, so pruning reads only them, never the backlog.
 pub(crate) fn outbox_mark_delivered(
     conn: &mut Connection,
     positions: &[i64],
-    delivered_at: &str,
+    delivered_at: DateTime<Utc>,
+    rule: Delivered,
     location: &str,
 ) -> Result<(), StoreError> {
     if positions.is_empty() {
@@ -885,14 +919,52 @@ pub(crate) fn outbox_mark_delivered(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     {
-        let mut stmt = tx
+        let newest: i64 = tx
+            .query_row("SELECT coalesce(max(position), 0) FROM outbox", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
+        let at = format_time(delivered_at);
+        let mut mark = tx
             .prepare_cached(
                 "UPDATE outbox SET delivered_at = ?1
                  WHERE position = ?2 AND delivered_at IS NULL",
             )
             .map_err(err)?;
-        for position in positions {
-            stmt.execute(params![delivered_at, position]).map_err(err)?;
+        match rule {
+            Delivered::Delete => {
+                let mut delete = tx
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE position = ?1 AND delivered_at IS NULL",
+                    )
+                    .map_err(err)?;
+                for &position in positions {
+                    if position < newest {
+                        delete.execute([position]).map_err(err)?;
+                    } else {
+                        mark.execute(params![at, position]).map_err(err)?;
+                    }
+                }
+                tx.prepare_cached(
+                    "DELETE FROM outbox INDEXED BY outbox_delivered
+                     WHERE delivered_at IS NOT NULL AND position < ?1",
+                )
+                .and_then(|mut prune| prune.execute([newest]))
+                .map_err(err)?;
+            }
+            Delivered::KeepFor(retention) => {
+                for position in positions {
+                    mark.execute(params![at, position]).map_err(err)?;
+                }
+                tx.prepare_cached(
+                    "DELETE FROM outbox INDEXED BY outbox_delivered
+                     WHERE delivered_at IS NOT NULL AND delivered_at <= ?1 AND position < ?2",
+                )
+                .and_then(|mut prune| {
+                    prune.execute(params![format_time(delivered_at - retention), newest])
+                })
+                .map_err(err)?;
+            }
         }
     }
     tx.commit().map_err(err)

@@ -14,8 +14,7 @@
 //! - Event items carry `expires_at` (epoch seconds, [`EVENT_RETENTION`] after settling), the
 //!   table's TTL attribute: DynamoDB deletes them after that, so the table holds the events
 //!   in flight, not every event ever. The deletions reach the stream as `REMOVE` records,
-//!   which `EmitLedgerStreamMapping`'s filter (INSERTs only) drops. The retention only has to
-//!   outlast a recovery's re-put (minutes), and the stream's 24 hours.
+//!   which `EmitLedgerStreamMapping`'s filter (INSERTs only) drops.
 //!
 //! Every intent shares one partition: intents live from just before a transaction to just
 //! after it, so the partition holds the writes in flight (a few per running `publish`).
@@ -25,6 +24,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::EVENT_RETENTION;
 use super::{Intent, Ledger, OpenIntent};
 use crate::model::ChangeEvent;
 use crate::store::{Outbox, OutboxEntry, StoreError, format_time};
@@ -41,8 +41,6 @@ pub const EVENT_SK: &str = "event";
 
 /// The TTL attribute of event items (the template's `TimeToLiveSpecification`).
 pub const EXPIRES_AT: &str = "expires_at";
-/// How long a settled event item stays in the table.
-pub const EVENT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The ledger table.
 #[derive(Debug, Clone)]

@@ -759,38 +759,54 @@ fn table_sql(conn: &Connection, table: &str) -> String {
     .unwrap()
 }
 
+fn outbox_rows(store: &SqliteStore) -> Vec<(i64, bool)> {
+    store
+        .lock()
+        .unwrap()
+        .prepare("SELECT position, delivered_at IS NOT NULL FROM outbox ORDER BY position")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[tokio::test]
-async fn outbox_positions_keep_increasing_after_delivered_rows_are_pruned() {
+async fn delivered_outbox_rows_are_deleted_and_positions_keep_increasing() {
     let store = store();
     assert!(!table_sql(&store.lock().unwrap(), "outbox").contains("AUTOINCREMENT"));
-    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
         one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
     }
     let first = store.pending(10).await.unwrap();
     let positions: Vec<i64> = first.iter().map(|e| e.position).collect();
-    store.mark_delivered(&positions).await.unwrap();
-    // Prune as the outbox's rule allows: every delivered row but the newest.
-    let pruned = store
-        .lock()
-        .unwrap()
-        .execute(
-            "DELETE FROM outbox WHERE delivered_at IS NOT NULL
-               AND position < (SELECT max(position) FROM outbox)",
-            [],
-        )
-        .unwrap();
-    assert_eq!(pruned, 2);
-    one(&store, upsert("d", patient("d", "X"), "1")).await;
-    one(&store, upsert("a", patient("a", "Y"), "4")).await;
+    // Delivering some leaves the backlog alone.
+    store.mark_delivered(&positions[..2]).await.unwrap();
+    assert_eq!(
+        outbox_rows(&store),
+        [(positions[2], false), (positions[3], false)]
+    );
+    // Delivering the newest keeps it (delivered), so the next position is above it.
+    store.mark_delivered(&positions[2..]).await.unwrap();
+    assert_eq!(outbox_rows(&store), [(positions[3], true)]);
+    assert_eq!(store.counts().unwrap().outbox_pending, 0);
+    one(&store, upsert("e", patient("e", "X"), "1")).await;
+    one(&store, upsert("a", patient("a", "Y"), "5")).await;
     let next = store.pending(10).await.unwrap();
     let ids: Vec<&str> = next.iter().map(|e| e.event.detail.id.as_str()).collect();
-    assert_eq!(ids, ["d", "a"]);
-    let newest_before = positions.iter().max().copied().unwrap();
+    assert_eq!(ids, ["e", "a"]);
     assert!(
-        next[0].position > newest_before,
+        next[0].position > positions[3],
         "{next:?} after {positions:?}"
     );
     assert!(next[1].position > next[0].position);
+    // The row kept last time goes with the next delivery; a position delivered twice is
+    // harmless.
+    store
+        .mark_delivered(&[next[0].position, positions[0]])
+        .await
+        .unwrap();
+    assert_eq!(outbox_rows(&store), [(next[1].position, false)]);
 }
 
 #[tokio::test]
@@ -859,6 +875,47 @@ async fn a_version_4_outbox_is_migrated_in_place_keeping_positions_and_events() 
     assert_eq!(pending.len(), 3);
     assert_eq!(pending[2].event.detail.id, "e");
     assert!(pending[2].position > newest_before, "{pending:?}");
+}
+
+#[tokio::test]
+async fn a_version_6_outbox_loses_its_delivered_rows_but_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let positions: Vec<i64> = {
+        let store = SqliteStore::open(&path).unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+        }
+        let positions = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        // Schema 6 marked delivered rows and kept them.
+        store
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "DROP INDEX outbox_delivered;
+                 UPDATE outbox SET delivered_at = '2026-01-01T00:00:00.000Z'
+                     WHERE position IN (SELECT position FROM outbox ORDER BY position LIMIT 1)
+                        OR position = (SELECT max(position) FROM outbox);
+                 PRAGMA user_version = 6;",
+            )
+            .unwrap();
+        positions
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        outbox_rows(&store),
+        [
+            (positions[1], false),
+            (positions[2], false),
+            (positions[3], true)
+        ]
+    );
 }
 
 /// Every `search_index` row, sorted (rowids aside).
