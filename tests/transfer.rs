@@ -163,6 +163,7 @@ fn csv_records_become_keyed_upserts_in_file_order() {
     assert!(r.changes[0].sequence < r.changes[1].sequence);
     assert_eq!(r.report.rows, 3);
     assert_eq!(r.report.entries, 1);
+    assert_eq!(r.report.broken, None);
 }
 
 #[test]
@@ -268,6 +269,8 @@ fn broken_quoting_costs_one_row() {
         "{why:?}"
     );
     assert_eq!(r.report.rows, 4, "every row accounted for");
+    // Bad rows do not make a broken file.
+    assert_eq!(r.report.broken, None);
 }
 
 #[test]
@@ -314,6 +317,13 @@ fn a_truncated_gzip_keeps_the_rows_before_the_cut_and_names_where_it_broke() {
             && why[0].contains("ends early"),
         "{why:?}"
     );
+    // A full refresh must not be published without the rest of the file.
+    let broken = r.report.broken.as_deref().unwrap();
+    assert!(
+        broken.contains("members-truncated.csv.gz") && broken.contains("ends early"),
+        "{broken}"
+    );
+    assert_eq!(r.report.rejected, 1);
 }
 
 #[test]
@@ -341,11 +351,27 @@ fn a_file_for_another_key_or_no_key_is_refused_whole() {
     let why = reasons(&r.rejected);
     assert_eq!(why.len(), 1);
     assert!(why[0].contains("cannot decrypt"), "{why:?}");
+    assert!(r.report.broken.unwrap().contains("cannot decrypt"));
     let r = read("members-encrypted.csv.pgp", &csv());
     assert!(reasons(&r.rejected)[0].contains("names no pgp key"));
+    assert!(r.report.broken.is_some());
     // Not OpenPGP at all, though named so.
     let r = read("members.zip", &with_key(csv()));
     assert_eq!(r.changes.len(), 4, "a .zip is not taken for OpenPGP");
+}
+
+#[test]
+fn a_file_that_cannot_be_read_from_its_first_line_is_broken_and_counted_once() {
+    // A fixed-width file with no layout: the file itself is refused (row 0), once.
+    let t = target(FileFormat::FixedWidth(FixedWidthFormat {
+        layout: "unused.yaml".into(),
+        encoding: Encoding::Utf8,
+    }));
+    let r = read("members.csv", &t);
+    assert!(r.changes.is_empty());
+    assert_eq!(r.report.rows, 0);
+    assert_eq!(r.rejected.len(), 1);
+    assert!(r.report.broken.unwrap().contains("layout"));
 }
 
 #[test]
@@ -353,6 +379,8 @@ fn a_missing_object_is_one_rejection() {
     let r = read("nothing-here.csv", &csv());
     assert!(r.changes.is_empty());
     assert!(reasons(&r.rejected)[0].contains("no such object"));
+    assert!(r.report.broken.unwrap().contains("nothing-here.csv"));
+    assert_eq!(r.report.rejected, 1);
 }
 
 // --- configuration ------------------------------------------------------------------------

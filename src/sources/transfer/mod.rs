@@ -17,9 +17,8 @@
 //! zip entry (0 outside a zip) and the row, so a later upload of the same record wins and
 //! rows of one file apply in file order.
 //!
-//! A `full-refresh` file is, for now, read like an increment; its [`LoadMode`] is carried in
-//! the [`FileReport`] so the handler can route it to the bulk-load (a versioned, atomic
-//! dataset load) once that exists.
+//! A `full-refresh` file is a whole dataset: [`crate::bulk`] loads it as a new dataset version,
+//! and fails that load when [`FileReport::broken`] says the file could not be read whole.
 
 pub mod csv;
 pub mod event;
@@ -75,6 +74,20 @@ pub struct FileReport {
     /// Files read (1, or the entries of a zip).
     pub entries: u64,
     pub load: LoadMode,
+    /// Where the file could not be read whole, if it could not (it cannot be opened,
+    /// decrypted or unzipped, its header is bad, or it breaks off): the first such place,
+    /// also sent as a rejection. An increment keeps the rows read before it; a full refresh
+    /// must not be published without the rest.
+    pub broken: Option<String>,
+}
+
+impl FileReport {
+    /// Counts the rejection of a file (or of the rest of it) and remembers the first.
+    fn broke(&mut self, place: &str, message: &str) {
+        self.rejected += 1;
+        self.broken
+            .get_or_insert_with(|| format!("{place}: {message}"));
+    }
 }
 
 /// The first rejection of `target`'s file, naming it and the place.
@@ -111,7 +124,7 @@ pub fn read_object(
         ..FileReport::default()
     };
     let reject_file = |report: &mut FileReport, sink: &mut dyn FnMut(Decoded), message: String| {
-        report.rejected += 1;
+        report.broke(&uri, &message);
         sink(Decoded::Rejected(file_rejection(target, &uri, &message)));
     };
     let retry = |e: &std::io::Error| reader::object_error(e).is_some_and(ObjectError::is_retryable);
@@ -235,12 +248,9 @@ fn read_zip<R: Read + Seek>(
         Ok(a) => a,
         Err(zip::result::ZipError::Io(e)) if reader::object_error(&e).is_some() => return Err(e),
         Err(e) => {
-            report.rejected += 1;
-            sink(Decoded::Rejected(file_rejection(
-                ctx.target,
-                uri,
-                &format!("not a readable zip archive: {e}"),
-            )));
+            let message = format!("not a readable zip archive: {e}");
+            report.broke(uri, &message);
+            sink(Decoded::Rejected(file_rejection(ctx.target, uri, &message)));
             return Ok(());
         }
     };
@@ -251,11 +261,11 @@ fn read_zip<R: Read + Seek>(
                 return Err(e);
             }
             Err(e) => {
-                report.rejected += 1;
+                let place = format!("{uri}!entry {}", i + 1);
+                let message = format!("cannot read the zip entry: {e}");
+                report.broke(&place, &message);
                 sink(Decoded::Rejected(file_rejection(
-                    ctx.target,
-                    &format!("{uri}!entry {}", i + 1),
-                    &format!("cannot read the zip entry: {e}"),
+                    ctx.target, &place, &message,
                 )));
                 continue;
             }
@@ -289,12 +299,25 @@ fn read_stream<'s>(
     };
     let mut emit = |row: Row| {
         // Row 0 is the file itself (a bad header), not one of its rows.
-        if !matches!(row, Row::Bad { row: 0, .. }) {
-            report.rows += 1;
-        }
+        let header = match &row {
+            Row::Bad {
+                row: 0,
+                place,
+                message,
+            } => {
+                report.broke(&format!("{name} {place}"), message);
+                true
+            }
+            _ => {
+                report.rows += 1;
+                false
+            }
+        };
         let d = decode_row(row, name, entry, ctx);
         match &d {
             Decoded::Change(_) => report.changes += 1,
+            // A bad header is counted once, as the file's rejection, above.
+            Decoded::Rejected(_) if header => {}
             Decoded::Rejected(_) => report.rejected += 1,
         }
         sink(d);
@@ -319,10 +342,11 @@ fn read_stream<'s>(
         if reader::object_error(&broken.error).is_some() {
             return Err(broken.error);
         }
-        report.rejected += 1;
+        let place = format!("{name} {}", broken.place);
+        report.broke(&place, &broken.message());
         sink(Decoded::Rejected(rejection(
             ctx.target,
-            &format!("{name} {}", broken.place),
+            &place,
             &broken.message(),
         )));
     }
