@@ -185,7 +185,20 @@ fn row(table: Table, i: u64, patients: u64, variant: u64) -> Option<Vec<Cell>> {
     }
 }
 
-fn column_names(schema: &str) -> Vec<String> {
+/// How a column's values are written to CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsvText {
+    Plain,
+    Date,
+    /// Units a second, and whether the instant is UTC.
+    Timestamp(i64, bool),
+    Decimal(u32),
+}
+
+/// The names of a schema's columns, and how each is written to CSV: as the text the DMS
+/// reader gives the Parquet value (`crate::sources::dms::value`), so the CSV of a table maps
+/// with the same mapping as its Parquet files.
+fn csv_columns(schema: &str) -> Vec<(String, CsvText)> {
     schema
         .lines()
         .filter_map(|l| {
@@ -195,21 +208,56 @@ fn column_names(schema: &str) -> Vec<String> {
             if rep != "required" && rep != "optional" {
                 return None;
             }
-            words.nth(1).map(|n| n.trim_end_matches(';').to_owned())
+            let name = words.nth(1)?.trim_end_matches(';').to_owned();
+            let annotation = words.collect::<String>();
+            let kind = if annotation.starts_with("(DATE") {
+                CsvText::Date
+            } else if let Some(rest) = annotation.strip_prefix("(TIMESTAMP(") {
+                let per_second = match rest.split(',').next() {
+                    Some("MILLIS") => 1_000,
+                    Some("NANOS") => 1_000_000_000,
+                    _ => 1_000_000,
+                };
+                CsvText::Timestamp(per_second, rest.contains("true"))
+            } else if let Some(rest) = annotation.strip_prefix("(DECIMAL(") {
+                let scale = rest
+                    .split([',', ')'])
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                CsvText::Decimal(scale)
+            } else {
+                CsvText::Plain
+            };
+            Some((name, kind))
         })
         .collect()
 }
 
-fn cell_text(c: &Cell) -> String {
-    match c {
-        Cell::Null => String::new(),
-        Cell::Bool(b) => b.to_string(),
-        Cell::Int(n) => n.to_string(),
-        Cell::Float(f) => f.to_string(),
-        Cell::Str(s) => s.clone(),
-        Cell::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
-        Cell::Decimal(d) => d.to_string(),
-    }
+fn cell_text(c: &Cell, kind: CsvText) -> Result<String, String> {
+    use crate::sources::dms::value::{date_text, timestamp_text};
+    Ok(match (c, kind) {
+        (Cell::Null, _) => String::new(),
+        (Cell::Int(n), CsvText::Date) => {
+            date_text(i32::try_from(*n).map_err(|_| format!("date {n} is out of range"))?)?
+        }
+        (Cell::Int(n), CsvText::Timestamp(per_second, utc)) => timestamp_text(*n, per_second, utc)?,
+        (Cell::Decimal(d), CsvText::Decimal(scale)) if scale > 0 => {
+            let unit = 10i128.pow(scale);
+            let sign = if *d < 0 { "-" } else { "" };
+            let (int, frac) = (
+                d.unsigned_abs() / unit.unsigned_abs(),
+                d.unsigned_abs() % unit.unsigned_abs(),
+            );
+            format!("{sign}{int}.{frac:0width$}", width = scale as usize)
+        }
+        (Cell::Bool(b), _) => b.to_string(),
+        (Cell::Int(n), _) => n.to_string(),
+        (Cell::Float(f), _) => f.to_string(),
+        (Cell::Str(s), _) => s.clone(),
+        (Cell::Bytes(b), _) => b.iter().map(|x| format!("{x:02x}")).collect(),
+        (Cell::Decimal(d), _) => d.to_string(),
+    })
 }
 
 fn write_err(path: &Path, e: impl std::fmt::Display) -> GenError {
@@ -242,10 +290,12 @@ pub fn generate(opts: &GenOptions) -> Result<GenReport, GenError> {
                 std::fs::create_dir_all(p).map_err(|e| write_err(p, e))?;
             }
             let mut w = csv::Writer::from_path(&path).map_err(|e| write_err(&path, e))?;
-            w.write_record(column_names(table.schema()))
+            let columns = csv_columns(table.schema());
+            w.write_record(columns.iter().map(|(name, _)| name))
                 .map_err(|e| write_err(&path, e))?;
             report.files.push(path.clone());
-            Some((w, path))
+            let kinds: Vec<CsvText> = columns.into_iter().map(|(_, k)| k).collect();
+            Some((w, path, kinds))
         } else {
             None
         };
@@ -261,10 +311,15 @@ pub fn generate(opts: &GenOptions) -> Result<GenReport, GenError> {
             let file = std::fs::File::create(&path).map_err(|e| write_err(&path, e))?;
             write_rows(file, table.schema(), &rows, WriteOptions::default())
                 .map_err(|e: ParquetError| write_err(&path, e))?;
-            if let Some((w, p)) = csv.as_mut() {
+            if let Some((w, p, kinds)) = csv.as_mut() {
                 for r in &rows {
-                    w.write_record(r.iter().map(cell_text))
+                    let texts = r
+                        .iter()
+                        .zip(kinds.iter())
+                        .map(|(c, k)| cell_text(c, *k))
+                        .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| write_err(p, e))?;
+                    w.write_record(&texts).map_err(|e| write_err(p, e))?;
                 }
             }
             report.records += rows.len() as u64;
@@ -272,7 +327,7 @@ pub fn generate(opts: &GenOptions) -> Result<GenReport, GenError> {
             start = end;
             file_no += 1;
         }
-        if let Some((mut w, p)) = csv {
+        if let Some((mut w, p, _)) = csv {
             w.flush().map_err(|e| write_err(&p, e))?;
         }
     }
@@ -303,6 +358,70 @@ mod tests {
         let a = std::fs::read(dir.path().join("public/patients/LOAD00000002.parquet")).unwrap();
         let b = std::fs::read(again.path().join("public/patients/LOAD00000002.parquet")).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// Every CSV cell is the text of what the DMS reader makes of the same Parquet value, so
+    /// one mapping serves both (dates and timestamps as text, not epoch counts).
+    #[test]
+    fn the_csv_holds_what_the_dms_reader_reads_from_the_parquet_files() {
+        use crate::objects::LocalBuckets;
+        use crate::sources::Decoded;
+        use crate::sources::dms::{DmsBinding, DmsFile, DmsPath};
+        use serde_json::Value;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = GenOptions::new(60, dir.path());
+        opts.csv = true;
+        generate(&opts).unwrap();
+        let store = LocalBuckets::new().with_bucket("b", dir.path()).shared();
+        for table in Table::ALL {
+            let key = format!("public/{}/LOAD00000001.parquet", table.name());
+            let binding = DmsBinding {
+                source: "s".into(),
+                entity: table.name().into(),
+                key: vec!["Id".into()],
+                timestamp_column: "DMS_TIMESTAMP".into(),
+            };
+            let file = DmsFile::open(
+                store.clone(),
+                "b",
+                DmsPath::parse(&key, "").unwrap(),
+                binding,
+            )
+            .unwrap();
+            let mut rows = Vec::new();
+            file.read(None, chrono::Utc::now(), &mut |d| match d {
+                Decoded::Change(c) => rows.push(c.data),
+                Decoded::Rejected(r) => panic!("{}", r.record),
+            });
+            let mut csv = ::csv::Reader::from_path(
+                dir.path().join("csv").join(format!("{}.csv", table.name())),
+            )
+            .unwrap();
+            let header = csv.headers().unwrap().clone();
+            let records: Vec<::csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+            assert_eq!(records.len(), rows.len());
+            let mut typed = 0;
+            for (record, row) in records.iter().zip(&rows) {
+                for (name, text) in header.iter().zip(record.iter()) {
+                    if name == "DMS_TIMESTAMP" {
+                        continue;
+                    }
+                    match &row[name] {
+                        Value::Null => assert_eq!(text, "", "{name}"),
+                        Value::String(s) => {
+                            assert_eq!(text, s, "{name}");
+                            typed += usize::from(s.contains('-') && s.len() >= 10);
+                        }
+                        Value::Number(n) => {
+                            assert_eq!(text.parse::<f64>().unwrap(), n.as_f64().unwrap(), "{name}")
+                        }
+                        other => panic!("{name}: {other}"),
+                    }
+                }
+            }
+            assert!(typed > 0, "{}: dates or timestamps compared", table.name());
+        }
     }
 
     #[test]

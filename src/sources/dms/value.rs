@@ -91,11 +91,7 @@ pub fn to_json(field: &Field, col: &ColumnInfo) -> Result<Value, String> {
         Field::Bytes(b) => {
             Value::String(base64::engine::general_purpose::STANDARD.encode(b.data()))
         }
-        Field::Date(days) => {
-            let d = DateTime::from_timestamp(i64::from(*days) * 86_400, 0)
-                .ok_or_else(|| format!("date {days} days from 1970-01-01 is out of range"))?;
-            Value::String(ymd(&d.date_naive()))
-        }
+        Field::Date(days) => Value::String(date_text(*days)?),
         Field::TimeMillis(ms) => time(i64::from(*ms) * 1_000, 3)?,
         Field::TimeMicros(us) => time(*us, 6)?,
         Field::TimestampMillis(ms) => timestamp(*ms, 1_000, col.utc)?,
@@ -153,8 +149,21 @@ fn float(f: f64, shortest: Option<&str>) -> Value {
     Number::from_f64(f).map_or(Value::Null, Value::Number)
 }
 
+/// The text of a DATE (`days` since 1970-01-01): `YYYY-MM-DD`.
+pub fn date_text(days: i32) -> Result<String, String> {
+    let d = DateTime::from_timestamp(i64::from(days) * 86_400, 0)
+        .ok_or_else(|| format!("date {days} days from 1970-01-01 is out of range"))?;
+    Ok(ymd(&d.date_naive()))
+}
+
 /// A timestamp of `n` units (`per_second` units a second) since the epoch.
 fn timestamp(n: i64, per_second: i64, utc: bool) -> Result<Value, String> {
+    timestamp_text(n, per_second, utc).map(Value::String)
+}
+
+/// The text of a timestamp of `n` units (`per_second`: 1,000, 1,000,000 or 1,000,000,000)
+/// since the epoch: RFC 3339 with 3, 6 or 9 fraction digits, ending `Z` when `utc`.
+pub fn timestamp_text(n: i64, per_second: i64, utc: bool) -> Result<String, String> {
     let secs = n.div_euclid(per_second);
     let frac = n.rem_euclid(per_second);
     let nanos = frac * (1_000_000_000 / per_second);
@@ -173,7 +182,7 @@ fn timestamp(n: i64, per_second: i64, utc: bool) -> Result<Value, String> {
         n.minute(),
         n.second()
     );
-    Ok(Value::String(if utc { format!("{text}Z") } else { text }))
+    Ok(if utc { format!("{text}Z") } else { text })
 }
 
 /// A time of day of `us` microseconds after midnight, with `digits` fraction digits.
