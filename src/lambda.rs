@@ -204,8 +204,8 @@ async fn build_bulk_env(
             &data.join(config.store.sqlite_path()),
         )?),
     };
-    let objects = crate::objects::s3::dms_objects(&config, s3_from_env)
-        .map_err(|reason| setting("the pipeline file's DMS sources", reason))?;
+    let objects = crate::objects::s3::source_objects(&config, s3_from_env)
+        .map_err(|reason| setting("the pipeline file's DMS and Transfer sources", reason))?;
     let quarantine: Arc<dyn Quarantine> = match sqs_quarantine(quarantine_url).await {
         Some(sqs) => sqs,
         None => Arc::new(LazyLocalQuarantine::new(&config, &data)),

@@ -24,6 +24,7 @@ use crate::handlers;
 use crate::local::{LocalRuntime, function_arn};
 use crate::objects::{LocalBuckets, ObjectStore};
 use crate::sources::dms::DmsPath;
+use crate::sources::transfer::LoadMode;
 use crate::store::dataset::{DatasetStore, DatasetVersion, VersionStatus};
 use crate::store::sqlite::SqliteStore;
 
@@ -243,22 +244,27 @@ pub struct LoadOutcome {
     pub timings: StageReport,
 }
 
-/// `bulk-load` on the ASL engine, over a folder of DMS full-load files of one source.
+/// `bulk-load` on the ASL engine, over a folder of DMS full-load files of one source, or over
+/// full-refresh files of a Transfer source (a folder laid out like its location, or one file).
 #[derive(Debug)]
 pub struct LocalBulk {
     engine: asl::Engine,
     machine: asl::StateMachine,
     pub env: Arc<BulkEnv>,
     pub datasets: Arc<SqliteStore>,
+    /// The one file to load, when `open` was given a file (its key below the folder).
+    only: Option<String>,
 }
 
 impl LocalBulk {
-    /// Registers the bulk functions, with the files of `source` read from `dir` (a folder laid
-    /// out like the DMS bucket folder: `schema/table/LOAD….parquet`).
+    /// Registers the bulk functions, with the files of `source` read from `path`: for a DMS
+    /// source a folder laid out like the DMS bucket folder (`schema/table/LOAD….parquet`); for
+    /// a Transfer source a folder laid out like its location, or one file, whose key is the
+    /// shortest end of its path that a `files` entry matches.
     pub fn open(
         rt: &LocalRuntime,
         source: &str,
-        dir: &Path,
+        path: &Path,
         lease: Duration,
     ) -> Result<LocalBulk, BulkError> {
         let src = rt
@@ -269,14 +275,23 @@ impl LocalBulk {
             .ok_or_else(|| {
                 BulkError::Input(format!("no source named {source:?} in the pipeline file"))
             })?;
-        if src.dms.is_none() {
+        let (dir, only) = if src.transfer.is_some() && path.is_file() {
+            let (dir, key) = transfer_file_key(&rt.config, source, path)?;
+            (dir, Some(key))
+        } else if src.dms.is_some() || src.transfer.is_some() {
+            if !path.is_dir() {
+                return Err(BulkError::Input(format!(
+                    "{}: not a folder",
+                    path.display()
+                )));
+            }
+            (path.to_path_buf(), None)
+        } else {
             return Err(BulkError::Input(format!(
-                "source {source:?} is not a DMS source: only DMS full loads are loaded as datasets yet"
+                "source {source:?} is neither a DMS nor a transfer source: only DMS full loads and full-refresh files are loaded as datasets"
             )));
-        }
-        if !dir.is_dir() {
-            return Err(BulkError::Input(format!("{}: not a folder", dir.display())));
-        }
+        };
+        let dir = dir.as_path();
         let datasets = Arc::new(
             SqliteStore::open(&rt.data.join(rt.config.store.sqlite_path()))
                 .map_err(crate::store::dataset::DatasetError::from)?,
@@ -338,6 +353,7 @@ impl LocalBulk {
             machine,
             env,
             datasets,
+            only,
         })
     }
 
@@ -347,8 +363,17 @@ impl LocalBulk {
         let listed = self
             .env
             .objects
-            .list(source, "")
+            .list(source, self.only.as_deref().unwrap_or(""))
             .map_err(|e| BulkError::Input(e.to_string()))?;
+        let is_transfer = self
+            .env
+            .config
+            .sources
+            .iter()
+            .any(|s| s.name == source && s.transfer.is_some());
+        if is_transfer {
+            return self.transfer_loads(source, listed);
+        }
         let mut out: Vec<LoadRequest> = Vec::new();
         for m in listed {
             let Ok(path) = DmsPath::parse(&m.key, "") else {
@@ -379,6 +404,50 @@ impl LocalBulk {
                 "no full-load file (schema/table/LOAD….parquet) of a table that source {source:?} maps"
             )));
         }
+        Ok(out)
+    }
+
+    /// The loads of a Transfer source: one per full-refresh file, in key order (files of one
+    /// entity are successive versions of its dataset, the last one current).
+    fn transfer_loads(
+        &self,
+        source: &str,
+        listed: Vec<crate::objects::ObjectMeta>,
+    ) -> Result<Vec<LoadRequest>, BulkError> {
+        let mut out = Vec::new();
+        for m in listed {
+            if self.only.as_deref().is_some_and(|k| k != m.key) {
+                continue;
+            }
+            let Some(target) = self.env.config.transfer_target(source, &m.key) else {
+                tracing::info!(file = %m.key, "no `files` entry matches it: not loaded");
+                continue;
+            };
+            if target.load != LoadMode::FullRefresh {
+                if self.only.is_some() {
+                    return Err(BulkError::Input(format!(
+                        "{}: an increment file (`load: increment`, the `files` entry {:?}): only `load: full-refresh` files are loaded as dataset versions",
+                        m.key, target.pattern
+                    )));
+                }
+                tracing::info!(file = %m.key, "an increment file: not loaded");
+                continue;
+            }
+            out.push(LoadRequest {
+                dataset: format!("{}/{}", target.source, target.entity),
+                source: target.source,
+                entity: target.entity,
+                bucket: source.to_owned(),
+                prefix: m.key,
+                version: None,
+            });
+        }
+        if out.is_empty() {
+            return Err(BulkError::Input(format!(
+                "no file that a `load: full-refresh` entry of source {source:?} matches"
+            )));
+        }
+        out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         Ok(out)
     }
 
@@ -419,7 +488,11 @@ impl LocalBulk {
             "load stages"
         );
         let versions = self.datasets.versions(&req.dataset).await?;
-        let version = versions.into_iter().find(|v| v.owner == self.env.owner);
+        // This process's newest version of the dataset (it may load one dataset several times).
+        let version = versions
+            .into_iter()
+            .filter(|v| v.owner == self.env.owner)
+            .max_by_key(|v| v.version);
         if !succeeded
             && let Some(v) = &version
             && v.status == VersionStatus::InProgress
@@ -455,4 +528,33 @@ impl LocalBulk {
             timings,
         })
     }
+}
+
+/// The folder and key of one uploaded file of a Transfer source: the key is the shortest end
+/// of the file's path that a `files` entry of the source matches (`members/2026-03.csv` for
+/// `…/landing/members/2026-03.csv` and `match: "members/*.csv"`).
+fn transfer_file_key(
+    config: &crate::config::PipelineConfig,
+    source: &str,
+    file: &Path,
+) -> Result<(std::path::PathBuf, String), BulkError> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut dir = file;
+    while let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+        parts.insert(0, name.to_string_lossy().into_owned());
+        let key = parts.join("/");
+        if config.transfer_target(source, &key).is_some() {
+            let root = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            return Ok((root.to_path_buf(), key));
+        }
+        dir = parent;
+    }
+    Err(BulkError::Input(format!(
+        "{}: no `files` entry of source {source:?} matches this file",
+        file.display()
+    )))
 }

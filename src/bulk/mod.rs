@@ -1,11 +1,12 @@
-//! Bulk loads: a whole dataset (a DMS full load) loaded as a new dataset version and made
-//! visible in one step, by `statemachines/bulk-load.asl.json`.
+//! Bulk loads: a whole dataset (a DMS full load, or a full-refresh file uploaded through
+//! Transfer Family) loaded as a new dataset version and made visible in one step, by
+//! `statemachines/bulk-load.asl.json`.
 //!
 //! The state machine's tasks are the handlers here, one per step:
 //! - `fhir-unify-bulk-begin` ([`begin`]): creates the version, IN_PROGRESS ([`DatasetStore::begin`],
 //!   which first marks loads whose owner died FAILED);
-//! - `fhir-unify-bulk-load-chunk` ([`load_chunk`]): one chunk (a full-load file) of the
-//!   distributed Map: its rows are decoded on a blocking thread and, in batches of
+//! - `fhir-unify-bulk-load-chunk` ([`load_chunk`]): one chunk (a full-load file, or the
+//!   full-refresh file) of the distributed Map: its rows are decoded on a blocking thread and, in batches of
 //!   [`BATCH_RECORDS`], mapped and validated by the very `transform` and `validate` handlers of
 //!   `unify`, then staged into the version;
 //! - `fhir-unify-bulk-finalize` ([`finalize`]): SUCCEEDED and the pointer move, one step;
@@ -14,8 +15,9 @@
 //! **Bad input.** A record the mapping or the validator refuses, or a row whose values cannot
 //! be decoded, is *quarantined* with its OperationOutcome (file, row, column) and the load goes
 //! on, as in `unify`: one bad record among millions should not hold back a monthly refresh,
-//! and quarantined records can be replayed. A file that cannot be read (not Parquet, a row
-//! group that cannot be decoded, a missing key column) *fails the load* with an error naming
+//! and quarantined records can be replayed. A file that cannot be read whole (not Parquet, a
+//! row group that cannot be decoded, a missing key column; a Transfer file cut off, not
+//! decryptable, or with a bad header) *fails the load* with an error naming
 //! the file and the rows: in a full refresh every record absent from the new version is
 //! deleted, so publishing a version with an unknown part of a file missing would delete live
 //! resources.
@@ -206,6 +208,9 @@ pub struct ChunkRequest {
     pub version: u64,
     pub bucket: String,
     pub key: String,
+    /// The load's prefix (the listing's); a Transfer full refresh is the one file it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// What one chunk did.
@@ -241,6 +246,109 @@ pub async fn begin(mut req: LoadRequest, env: &BulkEnv) -> Result<LoadRequest, B
     Ok(req)
 }
 
+/// The file of a chunk, as the pipeline file binds it.
+enum ChunkFile {
+    Dms {
+        path: crate::sources::dms::DmsPath,
+        binding: crate::sources::dms::DmsBinding,
+    },
+    /// A `load: full-refresh` file of a Transfer source: the whole dataset.
+    Transfer(crate::sources::transfer::TransferTarget),
+}
+
+impl ChunkFile {
+    /// Binds the chunk's object: `Ok(Err(reason))` for an object the load skips.
+    fn bind(
+        config: &PipelineConfig,
+        req: &ChunkRequest,
+    ) -> Result<Result<Self, String>, BulkError> {
+        let uri = format!("s3://{}/{}", req.bucket, req.key);
+        let (file, dataset) = if let Some((target, path)) = config.dms_target(&req.bucket, &req.key)
+        {
+            if !path.is_full_load() {
+                return Ok(Err("a CDC file: not part of a full load".into()));
+            }
+            let dataset = format!("{}/{}", target.binding.source, target.binding.entity);
+            (
+                ChunkFile::Dms {
+                    path,
+                    binding: target.binding,
+                },
+                dataset,
+            )
+        } else if let Some(target) = config.transfer_target(&req.bucket, &req.key) {
+            if target.load != crate::sources::transfer::LoadMode::FullRefresh {
+                return Ok(Err("an increment file: not part of a full refresh".into()));
+            }
+            if req.prefix.as_deref().is_some_and(|p| p != req.key) {
+                // The listing of `members/2024.csv` also holds `members/2024.csv.gz`.
+                return Ok(Err("another file: a full refresh is one file".into()));
+            }
+            let dataset = format!("{}/{}", target.source, target.entity);
+            (ChunkFile::Transfer(target), dataset)
+        } else {
+            return Ok(Err(
+                "not a DMS data file of a mapped table, nor a full-refresh file of a transfer source"
+                    .into(),
+            ));
+        };
+        if dataset != req.dataset {
+            return Err(BulkError::Input(format!(
+                "{uri} belongs to dataset {dataset}, not {}",
+                req.dataset
+            )));
+        }
+        Ok(Ok(file))
+    }
+
+    /// Reads the file on the calling (blocking) thread, every record to `sink`. `Err`: the
+    /// file cannot be read whole (corrupt, or a store error worth retrying).
+    fn read(
+        self,
+        objects: Arc<dyn ObjectStore>,
+        bucket: &str,
+        key: &str,
+        sink: &mut dyn FnMut(crate::sources::Decoded),
+    ) -> Result<(), BulkError> {
+        let failed = |retryable: bool, message: String| {
+            if retryable {
+                BulkError::Handler(HandlerError::ObjectStore(message))
+            } else {
+                BulkError::Corrupt {
+                    file: format!("s3://{bucket}"),
+                    message,
+                }
+            }
+        };
+        match self {
+            ChunkFile::Dms { path, binding } => {
+                let file = DmsFile::open(objects, bucket, path, binding)
+                    .map_err(|e| failed(e.is_retryable(), e.to_string()))?;
+                file.read(None, Utc::now(), sink);
+                Ok(())
+            }
+            ChunkFile::Transfer(target) => {
+                let report = crate::sources::transfer::read_object(
+                    objects,
+                    bucket,
+                    key,
+                    &target,
+                    Utc::now(),
+                    sink,
+                )
+                .map_err(|e| failed(e.is_retryable(), e.to_string()))?;
+                match report.broken {
+                    Some(place) => Err(BulkError::Corrupt {
+                        file: format!("s3://{bucket}/{key}"),
+                        message: format!("cannot read {place}"),
+                    }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// What the reading thread sends back.
 enum Msg {
     Batch(Vec<SourceChange>),
@@ -257,38 +365,19 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
         skipped: None,
         counts: LoadCounts::default(),
     };
-    let Some((target, path)) = env.config.dms_target(&req.bucket, &req.key) else {
-        report.skipped = Some("not a DMS data file of a mapped table".into());
-        return Ok(report);
+    let file = match ChunkFile::bind(&env.config, &req)? {
+        Ok(file) => file,
+        Err(reason) => {
+            report.skipped = Some(reason);
+            return Ok(report);
+        }
     };
-    if !path.is_full_load() {
-        report.skipped = Some("a CDC file: not part of a full load".into());
-        return Ok(report);
-    }
-    let expected = format!("{}/{}", target.binding.source, target.binding.entity);
-    if expected != req.dataset {
-        return Err(BulkError::Input(format!(
-            "{uri} belongs to dataset {expected}, not {}",
-            req.dataset
-        )));
-    }
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
     let objects = env.objects.clone();
-    let bucket = req.bucket.clone();
-    let binding = target.binding.clone();
+    let (bucket, key) = (req.bucket.clone(), req.key.clone());
     let timings = env.timings.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(), BulkError> {
         let reading = Instant::now();
-        let file = DmsFile::open(objects, &bucket, path, binding).map_err(|e| {
-            if e.is_retryable() {
-                BulkError::Handler(HandlerError::ObjectStore(e.to_string()))
-            } else {
-                BulkError::Corrupt {
-                    file: format!("s3://{bucket}"),
-                    message: e.to_string(),
-                }
-            }
-        })?;
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         let mut closed = false;
         // Time blocked on a full queue is the loader's, not decoding's.
@@ -301,7 +390,7 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
             }
             waited += at.elapsed();
         };
-        file.read(None, Utc::now(), &mut |d| match d {
+        let read = file.read(objects, &bucket, &key, &mut |d| match d {
             Decoded::Change(c) => {
                 batch.push(c);
                 if batch.len() >= BATCH_RECORDS {
@@ -318,6 +407,8 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
             }
             Decoded::Rejected(r) => send(Msg::Rejected(Box::new(r))),
         });
+        // Nothing of a file that broke off is staged: the load fails.
+        read?;
         if !batch.is_empty() {
             send(Msg::Batch(batch));
         }

@@ -22,7 +22,9 @@ use fhir_unify::store::sqlite::SqliteStore;
 #[derive(Debug, Subcommand)]
 pub enum BulkCommand {
     /// Load a DMS full-load folder (schema/table/LOAD….parquet) of SOURCE as a new version of
-    /// each table's dataset (SOURCE/ENTITY), made visible in one step when it all loaded.
+    /// each table's dataset (SOURCE/ENTITY), made visible in one step when it all loaded; for
+    /// a Transfer source, a full-refresh file (or a folder of them, laid out like the source's
+    /// location: each file a new version of its entity's dataset, in key order).
     Load {
         source: String,
         path: PathBuf,

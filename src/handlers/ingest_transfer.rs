@@ -14,9 +14,11 @@
 //! [`TransferIngestOutcome::rejected`] for quarantine. Objects outside every transfer
 //! location, or matching no `files` entry, and failed uploads are listed in `skipped`.
 //!
-//! `load: full-refresh` files are read as upserts for now, like increments; their load mode
-//! is reported per file ([`FileSummary::load`]) so they can be routed to the bulk-load (a
-//! versioned dataset switched in one step) when it exists.
+//! `load: full-refresh` files are read as upserts here, like increments; their load mode is
+//! reported per file ([`FileSummary::load`]). Loaded as a versioned dataset (records absent
+//! from the file deleted, the switch in one step) they go through `bulk-load` instead
+//! (`fhir-unify load`, or an execution with the file's key as its prefix); starting that
+//! from the upload event is not wired yet.
 
 use std::sync::Arc;
 
@@ -177,8 +179,7 @@ pub async fn handle(
                     "transfer file read"
                 );
                 if report.load == LoadMode::FullRefresh {
-                    // The bulk-load path (a versioned dataset switched in one step) is
-                    // separate work; until it exists the rows went in as upserts.
+                    // Deletes of what the file no longer holds need `bulk-load`.
                     tracing::info!(file = %uri, "full-refresh file loaded as upserts");
                 }
                 out.files.push(FileSummary {

@@ -204,10 +204,6 @@ impl ObjectStore for LocalBuckets {
                 let kind = entry
                     .file_type()
                     .map_err(|e| Self::io(bucket, prefix, &e))?;
-                if kind.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
                 let Ok(rel) = path.strip_prefix(&root) else {
                     continue;
                 };
@@ -216,6 +212,15 @@ impl ObjectStore for LocalBuckets {
                     .map(|c| c.as_os_str().to_string_lossy())
                     .collect::<Vec<_>>()
                     .join("/");
+                if kind.is_dir() {
+                    // Only folders that can hold a key with the prefix: a file's own key as
+                    // the prefix must not walk the whole tree beside it.
+                    let folder = format!("{key}/");
+                    if folder.starts_with(prefix) || prefix.starts_with(&folder) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
                 if key.starts_with(prefix) {
                     let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     out.push(ObjectMeta { key, size });
@@ -271,6 +276,18 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(s.list("landing", "a/t").unwrap()[0].size, 2);
         assert!(s.list("landing", "nothing/here/").unwrap().is_empty());
+        // Prefixes that end inside a name, as S3 has them.
+        let keys = |prefix: &str| -> Vec<String> {
+            s.list("landing", prefix)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.key)
+                .collect()
+        };
+        assert_eq!(keys("a"), ["a/b/one.txt", "a/two.txt"]);
+        assert_eq!(keys("a/b"), ["a/b/one.txt"]);
+        assert_eq!(keys("top.txt"), ["top.txt"]);
+        assert_eq!(keys("t"), ["top.txt"]);
     }
 
     #[test]

@@ -307,6 +307,24 @@ pub fn transfer_objects(
     routed_objects(config, locations, s3)
 }
 
+/// The object store for every file source of a pipeline file, DMS and Transfer, routed as
+/// [`dms_objects`] routes DMS sources: what a bulk load reads (a DMS full load, or a
+/// full-refresh file).
+pub fn source_objects(
+    config: &PipelineConfig,
+    s3: impl FnOnce() -> Result<Arc<dyn ObjectStore>, String>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let locations = config.sources.iter().filter_map(|s| {
+        let location = match (&s.dms, &s.transfer) {
+            (Some(d), _) => d.location(),
+            (None, Some(t)) => t.location(),
+            (None, None) => return None,
+        };
+        Some((s.name.as_str(), location))
+    });
+    routed_objects(config, locations, s3)
+}
+
 /// Local folders as buckets named after their source (resolved against the pipeline file),
 /// every other bucket from `s3` when some location is `s3://`.
 fn routed_objects<'a>(
@@ -419,6 +437,18 @@ sources:
         assert!(transfer_objects(&only_local, || Err("not needed".into())).is_ok());
         let e = transfer_objects(&config, || Err("no runtime".into())).unwrap_err();
         assert_eq!(e, "no runtime");
+
+        // A bulk load reads both kinds: the local Transfer folder, and S3 for the rest.
+        let dms_dir = dir.path().join("lab");
+        std::fs::create_dir_all(&dms_dir).unwrap();
+        std::fs::write(dms_dir.join("t.parquet"), b"PAR1").unwrap();
+        let remote = LocalBuckets::new()
+            .with_bucket("dms-landing", &dms_dir)
+            .shared();
+        let objects = source_objects(&config, || Ok(remote)).unwrap();
+        assert_eq!(objects.size("clinic", "in/p.csv").unwrap(), 5);
+        assert_eq!(objects.size("dms-landing", "t.parquet").unwrap(), 4);
+        assert!(source_objects(&only_local, || Err("no runtime".into())).is_err());
     }
 
     #[test]

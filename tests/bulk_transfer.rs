@@ -1,0 +1,253 @@
+//! Full-refresh files of a Transfer source as versioned dataset loads: `bulk-load` on the ASL
+//! engine over uploaded CSV files (what `fhir-unify load SOURCE PATH` runs), each file a new
+//! version of the entity's dataset, a broken file failing its load with the pointer left
+//! alone, and increment files refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fhir_unify::bulk::generator::{GenOptions, Table, generate};
+use fhir_unify::bulk::local::{LoadOutcome, LocalBulk};
+use fhir_unify::config::{DataDir, PipelineConfig};
+use fhir_unify::local::LocalRuntime;
+use fhir_unify::store::DatasetStore;
+use fhir_unify::store::dataset::VersionStatus;
+use fhir_unify::store::sqlite::SqliteStore;
+
+const DATASET: &str = "partner/members";
+const LEASE: Duration = Duration::from_secs(60);
+const PATIENTS: u64 = 300;
+
+/// A pipeline file with one Transfer source whose `members/` files are full refreshes (plain
+/// and gzip) and whose `updates/` files are increments, mapped with the generator's patient
+/// mapping.
+fn pipeline(dir: &Path) -> PipelineConfig {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mapping = std::fs::read_to_string(repo.join("examples/mappings/synthea/patients.yaml"))
+        .unwrap()
+        .replace("source: synthea", "source: partner")
+        .replace("entity: public.patients", "entity: members");
+    std::fs::write(dir.join("members.yaml"), mapping).unwrap();
+    let yaml = "
+store:
+  sqlite: { path: store.db }
+events:
+  local:
+    ndjson: events.ndjson
+quarantine:
+  queue: fhir-unify-quarantine
+sources:
+  - name: partner
+    transfer: { location: landing }
+    files:
+      - { match: 'members/*.csv', entity: members, key: [Id], format: { csv: {} },
+          mapping: members.yaml, load: full-refresh }
+      - { match: 'members/*.csv.gz', entity: members, key: [Id], format: { csv: {} },
+          mapping: members.yaml, load: full-refresh }
+      - { match: 'updates/*.csv', entity: members, key: [Id], format: { csv: {} },
+          mapping: members.yaml }
+";
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    PipelineConfig::load(&path).unwrap()
+}
+
+/// The generator's patients as a CSV upload (`variant` as in `fhir-unify gen`).
+fn patients_csv(tmp: &Path, variant: u64) -> String {
+    let dir = tmp.join(format!("gen-{variant}"));
+    let mut opts = GenOptions::new(PATIENTS, &dir);
+    opts.tables = vec![Table::Patients];
+    opts.variant = variant;
+    opts.csv = true;
+    generate(&opts).unwrap();
+    std::fs::read_to_string(dir.join("csv/patients.csv")).unwrap()
+}
+
+fn put(landing: &Path, key: &str, bytes: &[u8]) -> PathBuf {
+    let path = landing.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+async fn load(rt: &LocalRuntime, path: &Path) -> Vec<LoadOutcome> {
+    let bulk = LocalBulk::open(rt, "partner", path, LEASE).unwrap();
+    let mut out = Vec::new();
+    for req in bulk.loads("partner").unwrap() {
+        out.push(bulk.load(&req).await.unwrap());
+    }
+    out
+}
+
+fn published(o: &LoadOutcome, what: &str) -> u64 {
+    o.published.as_ref().unwrap()[what].as_u64().unwrap()
+}
+
+/// (updated, deleted) patients of `variant` against variant 0, by the generator's rule.
+fn expected_changes(variant: u64) -> (u64, u64) {
+    let deleted = (0..PATIENTS).filter(|i| i % 97 == variant % 97).count() as u64;
+    let updated = (0..PATIENTS)
+        .filter(|i| i % 10 == variant % 10 && i % 97 != variant % 97)
+        .count() as u64;
+    (updated, deleted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_full_refresh_file_is_a_version_and_a_single_file_loads_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    let landing = tmp.path().join("landing");
+    let january = put(
+        &landing,
+        "members/2026-01.csv",
+        patients_csv(tmp.path(), 0).as_bytes(),
+    );
+    put(
+        &landing,
+        "members/2026-02.csv",
+        patients_csv(tmp.path(), 3).as_bytes(),
+    );
+    // An increment beside them is not part of any full refresh.
+    put(
+        &landing,
+        "updates/2026-02-03.csv",
+        patients_csv(tmp.path(), 5).as_bytes(),
+    );
+    let data = tmp.path().join("data");
+    let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
+
+    // The folder: one load per full-refresh file, in key order.
+    let outcomes = load(&rt, &landing).await;
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    for (o, version) in outcomes.iter().zip([1, 2]) {
+        assert!(o.succeeded, "{o:?}");
+        assert_eq!(o.dataset, DATASET);
+        let v = o.version.as_ref().unwrap();
+        assert_eq!((v.version, v.status), (version, VersionStatus::Succeeded));
+        assert_eq!(v.counts.quarantined, 0, "{o:?}");
+    }
+    assert_eq!(published(&outcomes[0], "created"), PATIENTS);
+    let (updated, deleted) = expected_changes(3);
+    assert_eq!(
+        (
+            published(&outcomes[1], "updated"),
+            published(&outcomes[1], "deleted")
+        ),
+        (updated, deleted)
+    );
+    let ds = SqliteStore::open(&data.join("store.db")).unwrap();
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
+    assert_eq!(ds.counts().unwrap().resources_live, PATIENTS - deleted);
+
+    // One file: January again is the whole dataset again, so February's deletes come back.
+    let again = load(&rt, &january).await;
+    assert_eq!(again.len(), 1);
+    assert!(again[0].succeeded, "{:?}", again[0]);
+    assert_eq!(again[0].version.as_ref().unwrap().version, 3);
+    assert_eq!(
+        (
+            published(&again[0], "created"),
+            published(&again[0], "updated"),
+            published(&again[0], "deleted")
+        ),
+        (deleted, updated, 0)
+    );
+    assert_eq!(ds.counts().unwrap().resources_live, PATIENTS);
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_short_fails_its_load_and_bad_rows_are_quarantined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    let landing = tmp.path().join("landing");
+    let data = tmp.path().join("data");
+    let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
+
+    // A row with one field too many: quarantined, the load goes on.
+    let mut text = patients_csv(tmp.path(), 0);
+    text.push_str("x,y,z\n");
+    let good = put(&landing, "members/2026-01.csv", text.as_bytes());
+    let v1 = load(&rt, &good).await.remove(0);
+    assert!(v1.succeeded, "{v1:?}");
+    let counts = v1.version.as_ref().unwrap().counts;
+    assert_eq!(
+        (
+            counts.records_read,
+            counts.resources_written,
+            counts.quarantined
+        ),
+        (PATIENTS + 1, PATIENTS, 1)
+    );
+    let quarantined = rt.queue.list(&rt.config.quarantine.queue).unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0].body.contains("members/2026-01.csv row 301"),
+        "{}",
+        quarantined[0].body
+    );
+
+    // February's upload broke off: a full refresh without its end would delete live
+    // resources, so the load fails and January stays current.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(patients_csv(tmp.path(), 3).as_bytes())
+        .unwrap();
+    let bytes = gz.finish().unwrap();
+    let cut = put(
+        &landing,
+        "members/2026-02.csv.gz",
+        &bytes[..bytes.len() / 2],
+    );
+    let v2 = load(&rt, &cut).await.remove(0);
+    assert!(!v2.succeeded);
+    let version = v2.version.as_ref().unwrap();
+    assert_eq!(
+        (version.version, version.status),
+        (2, VersionStatus::Failed)
+    );
+    let error = version.error.as_deref().unwrap();
+    assert!(
+        error.contains("members/2026-02.csv.gz") && error.contains("ends early"),
+        "{error}"
+    );
+    let ds = SqliteStore::open(&data.join("store.db")).unwrap();
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(1));
+    assert_eq!(ds.counts().unwrap().resources_live, PATIENTS);
+
+    // The upload again, whole: SUCCEEDED.
+    put(&landing, "members/2026-02.csv.gz", &bytes);
+    let v3 = load(&rt, &cut).await.remove(0);
+    assert!(v3.succeeded, "{v3:?}");
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn increments_and_unmatched_files_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    let landing = tmp.path().join("landing");
+    let update = put(&landing, "updates/2026-02-03.csv", b"Id,LAST\n1,X\n");
+    let other = put(&landing, "elsewhere/file.txt", b"x");
+    let rt = LocalRuntime::open(config, DataDir(tmp.path().join("data"))).unwrap();
+
+    let bulk = LocalBulk::open(&rt, "partner", &update, LEASE).unwrap();
+    let err = bulk.loads("partner").unwrap_err().to_string();
+    assert!(
+        err.contains("updates/2026-02-03.csv") && err.contains("increment"),
+        "{err}"
+    );
+    let err = LocalBulk::open(&rt, "partner", &other, LEASE)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("file.txt") && err.contains("no `files` entry"),
+        "{err}"
+    );
+    // A folder with no full-refresh file.
+    let bulk = LocalBulk::open(&rt, "partner", &landing, LEASE).unwrap();
+    let err = bulk.loads("partner").unwrap_err().to_string();
+    assert!(err.contains("full-refresh"), "{err}");
+}
