@@ -228,11 +228,40 @@ pub struct WorkflowError {
     pub message: String,
 }
 
-/// Starts the `unify` state machine (Step Functions on AWS, the ASL engine locally).
+/// A `bulk-load` started for an uploaded full-refresh file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkStart {
+    /// The execution's name (derived from the upload, so a redelivered event names the same).
+    pub execution: String,
+    /// An earlier delivery of the same upload started it: nothing new was started.
+    pub already_started: bool,
+    /// On one machine the load runs to its end before the answer: how it ended. On AWS the
+    /// execution goes on after the answer (`None`).
+    pub finished: Option<WorkflowRun>,
+}
+
+/// Starts the `unify` state machine (Step Functions on AWS, the ASL engine locally), and
+/// `bulk-load` for full-refresh uploads.
 #[async_trait]
 pub trait Workflow: Send + Sync + std::fmt::Debug {
     /// Runs `unify` on a batch and waits for its end.
     async fn run_unify(&self, batch: &ChangeBatch) -> Result<WorkflowRun, WorkflowError>;
+
+    /// Starts `bulk-load` for one new version of a dataset (a full-refresh file: `req.prefix`
+    /// is its key) as the execution `name`. A workflow that cannot start one says so.
+    async fn start_bulk_load(
+        &self,
+        req: &crate::bulk::LoadRequest,
+        name: &str,
+    ) -> Result<BulkStart, WorkflowError> {
+        Err(WorkflowError {
+            workflow: "bulk-load".into(),
+            message: format!(
+                "execution {name} for dataset {}: this environment starts no bulk loads",
+                req.dataset
+            ),
+        })
+    }
 }
 
 /// What the ingress handlers need: the pipeline file (to bind events to sources) and the

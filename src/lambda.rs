@@ -435,7 +435,7 @@ async fn ingress(
 ) -> Result<Ingress, LocalError> {
     match state_machine {
         Some(arn) => {
-            let workflow =
+            let mut workflow =
                 StepFunctionsWorkflow::from_env(&arn)
                     .await
                     .map_err(|e| LocalError::Input {
@@ -443,6 +443,19 @@ async fn ingress(
                         message: e.to_string(),
                     })?;
             tracing::info!(state_machine = %arn, "unify runs on Step Functions");
+            // ingest-transfer starts `bulk-load` for full-refresh uploads.
+            if let Some(bulk) = std::env::var("FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+            {
+                workflow = workflow
+                    .with_bulk_load(&bulk)
+                    .map_err(|e| LocalError::Input {
+                        file: "FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN".into(),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(state_machine = %bulk, "full-refresh uploads start bulk-load");
+            }
             let workflow: Arc<dyn Workflow> = Arc::new(workflow);
             Ok(Ingress {
                 ingest: IngestEnv { config, workflow },

@@ -17,19 +17,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sfn::config::http::HttpResponse;
 use aws_sdk_sfn::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_sfn::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sfn::operation::start_sync_execution::StartSyncExecutionError;
+use aws_sdk_sfn::operation::start_execution::StartExecutionError;
 use aws_sdk_sfn::types::SyncExecutionStatus;
 use serde_json::Value;
 
-use crate::env::{Workflow, WorkflowError, WorkflowRun};
+use crate::bulk::LoadRequest;
+use crate::env::{BulkStart, Workflow, WorkflowError, WorkflowRun};
 use crate::model::ChangeBatch;
 
 /// The environment variable naming the `unify` state machine (set by `infra/template.yaml`
 /// on every ingest function).
 pub const UNIFY_STATE_MACHINE_ARN: &str = "FHIR_UNIFY_UNIFY_STATE_MACHINE_ARN";
+
+/// The environment variable naming the `bulk-load` state machine (set on `ingest-transfer`,
+/// which starts it for full-refresh uploads).
+pub const BULK_LOAD_STATE_MACHINE_ARN: &str = "FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN";
 
 /// Error codes Step Functions answers when the caller should slow down or try again.
 const RETRYABLE_CODES: &[&str] = &[
@@ -49,6 +55,25 @@ const RETRYABLE_CODES: &[&str] = &[
 pub enum SfnError {
     #[error("{UNIFY_STATE_MACHINE_ARN}: {0:?} is not a Step Functions state machine ARN")]
     InvalidArn(String),
+    #[error("{BULK_LOAD_STATE_MACHINE_ARN}: {0:?} is not a Step Functions state machine ARN")]
+    InvalidBulkLoadArn(String),
+    #[error(
+        "execution {execution} for dataset {dataset}: no bulk-load state machine is configured ({BULK_LOAD_STATE_MACHINE_ARN})"
+    )]
+    NoBulkLoad { execution: String, dataset: String },
+    /// `StartExecution` of `bulk-load` was refused (or kept being refused after every retry).
+    #[error(
+        "StartExecution of {state_machine} as {execution} failed after {attempts} attempt(s): \
+         {code}: {message}"
+    )]
+    Start {
+        state_machine: String,
+        execution: String,
+        attempts: u32,
+        code: String,
+        message: String,
+        retryable: bool,
+    },
     #[error("batch {batch}: the input cannot be written as JSON: {message}")]
     Input { batch: String, message: String },
     /// Step Functions refused the call (or kept refusing it after every retry).
@@ -117,6 +142,8 @@ impl CallRetry {
 pub struct StepFunctionsWorkflow {
     client: aws_sdk_sfn::Client,
     state_machine_arn: String,
+    /// The standard `bulk-load` machine, when this function starts bulk loads.
+    bulk_load_arn: Option<String>,
     retry: CallRetry,
 }
 
@@ -154,6 +181,7 @@ impl StepFunctionsWorkflow {
         Ok(StepFunctionsWorkflow {
             client: aws_sdk_sfn::Client::from_conf(conf),
             state_machine_arn: arn.to_owned(),
+            bulk_load_arn: None,
             retry: CallRetry::default(),
         })
     }
@@ -162,6 +190,82 @@ impl StepFunctionsWorkflow {
     pub async fn from_env(state_machine_arn: &str) -> Result<StepFunctionsWorkflow, SfnError> {
         let config = crate::aws::sdk_config().await;
         Self::new(aws_sdk_sfn::Config::from(&config), state_machine_arn)
+    }
+
+    /// Full-refresh uploads start `bulk-load` at `arn` ([`Self::start_bulk`]).
+    pub fn with_bulk_load(mut self, arn: &str) -> Result<Self, SfnError> {
+        let arn = arn.trim();
+        if !is_state_machine_arn(arn) {
+            return Err(SfnError::InvalidBulkLoadArn(arn.to_owned()));
+        }
+        self.bulk_load_arn = Some(arn.to_owned());
+        Ok(self)
+    }
+
+    /// Starts `bulk-load` for `req` as the execution `name` (a standard workflow: the call
+    /// answers once it started). A redelivered upload starts nothing new: while its execution
+    /// runs Step Functions answers with it, and once it ended refuses the name
+    /// (`already_started`).
+    pub async fn start_bulk(&self, req: &LoadRequest, name: &str) -> Result<BulkStart, SfnError> {
+        let Some(arn) = &self.bulk_load_arn else {
+            return Err(SfnError::NoBulkLoad {
+                execution: name.to_owned(),
+                dataset: req.dataset.clone(),
+            });
+        };
+        let input = serde_json::to_string(req).map_err(|e| SfnError::Input {
+            batch: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .client
+                .start_execution()
+                .state_machine_arn(arn)
+                .name(name)
+                .input(&input)
+                .send()
+                .await;
+            let e = match sent {
+                Ok(_) => {
+                    tracing::info!(execution = %name, dataset = %req.dataset, "bulk-load started");
+                    return Ok(BulkStart {
+                        execution: name.to_owned(),
+                        already_started: false,
+                        finished: None,
+                    });
+                }
+                Err(e) => e,
+            };
+            if let SdkError::ServiceError(s) = &e
+                && matches!(s.err(), StartExecutionError::ExecutionAlreadyExists(_))
+            {
+                // The name is the upload's: this delivery's execution ran already (a running
+                // one with the same input is answered as started, StartExecution being
+                // idempotent for standard workflows).
+                tracing::info!(execution = %name, "bulk-load of this upload started before");
+                return Ok(BulkStart {
+                    execution: name.to_owned(),
+                    already_started: true,
+                    finished: None,
+                });
+            }
+            let (code, message, retryable) = failure(&e);
+            if !retryable || attempt >= self.retry.max_attempts.max(1) {
+                return Err(SfnError::Start {
+                    state_machine: arn.clone(),
+                    execution: name.to_owned(),
+                    attempts: attempt,
+                    code,
+                    message,
+                    retryable,
+                });
+            }
+            tracing::warn!(execution = %name, attempt, code = %code, "StartExecution refused; retrying");
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
     }
 
     pub fn with_retry(mut self, retry: CallRetry) -> Self {
@@ -305,7 +409,10 @@ fn without_sync_prefix(uri: &str) -> Option<String> {
 }
 
 /// The error code, message and whether another attempt may pass.
-fn failure(e: &SdkError<StartSyncExecutionError>) -> (String, String, bool) {
+fn failure<E>(e: &SdkError<E, HttpResponse>) -> (String, String, bool)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     match e {
         SdkError::ServiceError(s) => {
             let code = s.err().code().unwrap_or("Unknown").to_owned();
@@ -343,6 +450,17 @@ fn error_text<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E
 impl Workflow for StepFunctionsWorkflow {
     async fn run_unify(&self, batch: &ChangeBatch) -> Result<WorkflowRun, WorkflowError> {
         Ok(self.run(batch).await?)
+    }
+
+    async fn start_bulk_load(
+        &self,
+        req: &LoadRequest,
+        name: &str,
+    ) -> Result<BulkStart, WorkflowError> {
+        self.start_bulk(req, name).await.map_err(|e| WorkflowError {
+            workflow: "bulk-load".into(),
+            message: e.to_string(),
+        })
     }
 }
 

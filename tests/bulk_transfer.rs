@@ -251,3 +251,78 @@ async fn increments_and_unmatched_files_are_refused_with_the_reason() {
     let err = bulk.loads("partner").unwrap_err().to_string();
     assert!(err.contains("full-refresh"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refresh_upload_event_loads_the_file_as_a_new_version() {
+    use fhir_unify::sources::transfer::upload_completed;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    let landing = tmp.path().join("landing");
+    let data = tmp.path().join("data");
+    let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
+    let objects = rt.transfer_objects();
+    let ds = SqliteStore::open(&data.join("store.db")).unwrap();
+    let at =
+        |day: u32| chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 3, day, 8, 0, 0).unwrap();
+
+    // March's file arrives: bulk-load, not unify.
+    let text = patients_csv(tmp.path(), 0);
+    put(&landing, "members/2026-03.csv", text.as_bytes());
+    let event = upload_completed("partner", "members/2026-03.csv", text.len() as u64, at(1));
+    let outcome = rt
+        .deliver_transfer(event.clone(), objects.clone())
+        .await
+        .unwrap();
+    assert!(outcome.runs.is_empty(), "no row went to unify");
+    assert_eq!(outcome.records_in, 0);
+    assert_eq!(outcome.loads.len(), 1);
+    let load = &outcome.loads[0];
+    assert_eq!(load.dataset, DATASET);
+    assert_eq!(load.uri, "s3://partner/members/2026-03.csv");
+    assert!(
+        load.start.execution.starts_with("partner_members-"),
+        "{load:?}"
+    );
+    assert!(load.start.execution.len() <= 80);
+    let run = load.start.finished.as_ref().unwrap();
+    assert!(run.succeeded, "{run:?}");
+    assert_eq!(run.output.as_ref().unwrap()["created"], PATIENTS);
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(1));
+
+    // April's file, a later upload: its own load, whose difference deletes what it lacks.
+    let text = patients_csv(tmp.path(), 3);
+    put(&landing, "members/2026-04.csv", text.as_bytes());
+    let april = upload_completed("partner", "members/2026-04.csv", text.len() as u64, at(2));
+    let outcome = rt.deliver_transfer(april, objects.clone()).await.unwrap();
+    let start = &outcome.loads[0].start;
+    assert_ne!(start.execution, load.start.execution);
+    let (_, deleted) = expected_changes(3);
+    assert_eq!(
+        start.finished.as_ref().unwrap().output.as_ref().unwrap()["deleted"],
+        deleted
+    );
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
+
+    // March's event again (a redelivery) starts nothing: April stays current.
+    let again = rt
+        .deliver_transfer(event.clone(), objects.clone())
+        .await
+        .unwrap();
+    let start = &again.loads[0].start;
+    assert_eq!(start.execution, load.start.execution);
+    assert!(
+        start.already_started && start.finished.is_none(),
+        "{start:?}"
+    );
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
+    // So does it from another process on the same data folder: the claim is in the store.
+    let rt2 = LocalRuntime::open(pipeline(tmp.path()), DataDir(data.clone())).unwrap();
+    let redelivered = rt2.deliver_transfer(event, objects.clone()).await.unwrap();
+    assert!(redelivered.loads[0].start.already_started);
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
+    // March's file uploaded again later is another upload: loaded again.
+    let reupload = upload_completed("partner", "members/2026-03.csv", text.len() as u64, at(9));
+    let other = rt2.deliver_transfer(reupload, objects).await.unwrap();
+    assert!(!other.loads[0].start.already_started);
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(3));
+}

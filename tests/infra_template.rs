@@ -172,6 +172,11 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
             "IngestApiFunction",
         ],
     ),
+    // lambda::ingress: full-refresh uploads start bulk-load (ingest-transfer only).
+    (
+        "FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN",
+        &["IngestTransferFunction"],
+    ),
 ];
 
 /// Variables the template sets for code that arrives from work done at the same time on
@@ -490,9 +495,25 @@ fn the_functions_that_start_unify_may_start_that_machine_and_nothing_else_may() 
                 ),
                 "{id}"
             );
-            assert_eq!(states.len(), 1, "{id}: {states:?}");
+            let bulk = variables(&properties).contains("FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN");
+            assert_eq!(states.len(), 1 + usize::from(bulk), "{id}: {states:?}");
             assert_eq!(actions(&states[0]), ["states:StartSyncExecution"], "{id}");
             assert!(is_ref(&states[0]["Resource"], "UnifyStateMachine"), "{id}");
+            if bulk {
+                // Full-refresh uploads: one standard execution of bulk-load, nothing else.
+                assert!(
+                    is_ref(
+                        &properties["Environment"]["Variables"]["FHIR_UNIFY_BULK_LOAD_STATE_MACHINE_ARN"],
+                        "BulkLoadStateMachine"
+                    ),
+                    "{id}"
+                );
+                assert_eq!(actions(&states[1]), ["states:StartExecution"], "{id}");
+                assert!(
+                    is_ref(&states[1]["Resource"], "BulkLoadStateMachine"),
+                    "{id}"
+                );
+            }
         } else {
             assert!(states.is_empty(), "{id} may not start state machines");
         }

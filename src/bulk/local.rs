@@ -291,23 +291,44 @@ impl LocalBulk {
                 "source {source:?} is neither a DMS nor a transfer source: only DMS full loads and full-refresh files are loaded as datasets"
             )));
         };
-        let dir = dir.as_path();
+        let objects = LocalBuckets::new().with_bucket(source, &dir).shared();
+        let mut bulk = LocalBulk::with_objects(
+            rt.config.clone(),
+            rt.env.clone(),
+            &rt.data,
+            rt.queue.clone(),
+            objects,
+            lease,
+        )?;
+        bulk.only = only;
+        Ok(bulk)
+    }
+
+    /// Registers the bulk functions over the store under `data`, reading the loads' files
+    /// from `objects` (buckets named after their sources).
+    pub fn with_objects(
+        config: Arc<crate::config::PipelineConfig>,
+        unify: Arc<crate::env::Env>,
+        data: &crate::config::DataDir,
+        queue: Arc<crate::local::queue::LocalQueue>,
+        objects: Arc<dyn ObjectStore>,
+        lease: Duration,
+    ) -> Result<LocalBulk, BulkError> {
         let datasets = Arc::new(
-            SqliteStore::open(&rt.data.join(rt.config.store.sqlite_path()))
+            SqliteStore::open(&data.join(config.store.sqlite_path()))
                 .map_err(crate::store::dataset::DatasetError::from)?,
         );
         datasets
             .tune_for_bulk(DEFAULT_CACHE_MIB, CHECKPOINT_MIB)
             .map_err(crate::store::dataset::DatasetError::from)?;
-        let objects = LocalBuckets::new().with_bucket(source, dir).shared();
         let env = Arc::new(BulkEnv {
-            env: rt.env.clone(),
-            config: rt.config.clone(),
+            env: unify,
+            config: config.clone(),
             datasets: datasets.clone(),
             objects: objects.clone(),
             quarantine: Arc::new(crate::queue::LocalQuarantine {
-                queue: rt.queue.clone(),
-                name: rt.config.quarantine.queue.clone(),
+                queue,
+                name: config.quarantine.queue.clone(),
             }),
             owner: format!(
                 "pid {} started {}",
@@ -353,7 +374,7 @@ impl LocalBulk {
             machine,
             env,
             datasets,
-            only,
+            only: None,
         })
     }
 

@@ -14,11 +14,12 @@
 //! [`TransferIngestOutcome::rejected`] for quarantine. Objects outside every transfer
 //! location, or matching no `files` entry, and failed uploads are listed in `skipped`.
 //!
-//! `load: full-refresh` files are read as upserts here, like increments; their load mode is
-//! reported per file ([`FileSummary::load`]). Loaded as a versioned dataset (records absent
-//! from the file deleted, the switch in one step) they go through `bulk-load` instead
-//! (`fhir-unify load`, or an execution with the file's key as its prefix); starting that
-//! from the upload event is not wired yet.
+//! A `load: full-refresh` file is not read here: it is a whole dataset, so its upload starts
+//! `bulk-load` ([`crate::env::Workflow::start_bulk_load`]) for a new version of
+//! `SOURCE/ENTITY` with the file's key as the load's prefix (records absent from the file are
+//! deleted when that version is published, in one step). The execution is named after the
+//! upload (object, version, event time, size), so a redelivered event starts nothing new and
+//! a later upload of the same key starts its own load ([`FullRefreshLoad`]).
 
 use std::sync::Arc;
 
@@ -26,8 +27,9 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::bulk::LoadRequest;
 use crate::config::PipelineConfig;
-use crate::env::{IngestEnv, WorkflowRun};
+use crate::env::{BulkStart, IngestEnv, WorkflowRun};
 use crate::model::Rejection;
 use crate::objects::{ObjectError, ObjectStore};
 use crate::sources::Decoded;
@@ -61,6 +63,17 @@ pub struct TransferIngestOutcome {
     pub runs: Vec<WorkflowRun>,
     /// Changes handed to `unify`.
     pub records_in: usize,
+    /// Full-refresh files, each started as a `bulk-load`.
+    pub loads: Vec<FullRefreshLoad>,
+}
+
+/// A full-refresh upload and the `bulk-load` it started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullRefreshLoad {
+    /// `s3://bucket/key`.
+    pub uri: String,
+    pub dataset: String,
+    pub start: BulkStart,
 }
 
 enum Msg {
@@ -110,6 +123,9 @@ pub async fn handle(
     let mut jobs = Vec::new();
     for o in announced.objects {
         match bind(&env.config, objects.as_ref(), &o) {
+            Ok(job) if job.target.load == LoadMode::FullRefresh => {
+                out.loads.push(start_full_refresh(env, &job).await?);
+            }
             Ok(job) => jobs.push(job),
             Err(reason) => {
                 tracing::warn!(bucket = %o.bucket, key = %o.key, reason = %reason, "upload skipped");
@@ -178,10 +194,6 @@ pub async fn handle(
                     load = ?report.load,
                     "transfer file read"
                 );
-                if report.load == LoadMode::FullRefresh {
-                    // Deletes of what the file no longer holds need `bulk-load`.
-                    tracing::info!(file = %uri, "full-refresh file loaded as upserts");
-                }
                 out.files.push(FileSummary {
                     uri,
                     entity,
@@ -207,6 +219,59 @@ pub async fn handle(
         "ingest-transfer done"
     );
     Ok(out)
+}
+
+/// Namespace of the v5 UUIDs naming the `bulk-load` executions of full-refresh uploads.
+const LOAD_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f3a_91c2_5d04_4b7e_8c1f_2ae9_d4b6_7031);
+
+/// Starts `bulk-load` for a full-refresh upload.
+async fn start_full_refresh(env: &IngestEnv, job: &Job) -> Result<FullRefreshLoad, HandlerError> {
+    let t = &job.target;
+    let o = &job.object;
+    let dataset = format!("{}/{}", t.source, t.entity);
+    let uri = format!("s3://{}/{}", o.bucket, job.key);
+    let req = LoadRequest {
+        dataset: dataset.clone(),
+        source: t.source.clone(),
+        entity: t.entity.clone(),
+        bucket: o.bucket.clone(),
+        prefix: job.key.clone(),
+        version: None,
+    };
+    let name = load_execution_name(&dataset, job);
+    let start = env.workflow.start_bulk_load(&req, &name).await?;
+    tracing::info!(
+        file = %uri,
+        dataset = %dataset,
+        execution = %start.execution,
+        already_started = start.already_started,
+        "full-refresh upload: bulk-load"
+    );
+    Ok(FullRefreshLoad {
+        uri,
+        dataset,
+        start,
+    })
+}
+
+/// The execution name of a full-refresh upload's load: the dataset (readable in the console)
+/// and a v5 UUID of the upload, the same for every delivery of one event and another for a
+/// later upload of the same key (its event time differs; S3 versions differ too).
+fn load_execution_name(dataset: &str, job: &Job) -> String {
+    let o = &job.object;
+    let upload = format!(
+        "{}@{}#{}",
+        object_name(&o.bucket, &job.key, o.version_id.as_deref()),
+        o.event_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        o.size.map(|n| n.to_string()).unwrap_or_default()
+    );
+    let id = uuid::Uuid::new_v5(&LOAD_NAMESPACE, upload.as_bytes()).to_string();
+    // 80 characters at most: the UUID (36) always fits after a shortened dataset.
+    let head: String = crate::local::execution_name(dataset)
+        .chars()
+        .take(43)
+        .collect();
+    format!("{head}-{id}")
 }
 
 /// Namespace of the v5 UUIDs naming Transfer batches.

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::config::{DataDir, PipelineConfig};
-use crate::env::{Env, EnvError, IngestEnv, Workflow, WorkflowError, WorkflowRun};
+use crate::env::{BulkStart, Env, EnvError, IngestEnv, Workflow, WorkflowError, WorkflowRun};
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
 use crate::handlers::{self, HandlerError};
 use crate::model::ChangeBatch;
@@ -282,6 +282,17 @@ pub struct LocalWorkflow {
     machine: asl::StateMachine,
     /// Every run, for the summary of a local run.
     log: Mutex<Vec<WorkflowRun>>,
+    /// What `bulk-load` needs, when the store is the embedded one.
+    bulk: Option<BulkParts>,
+}
+
+/// The parts of a runtime a local `bulk-load` runs with.
+#[derive(Debug)]
+struct BulkParts {
+    config: Arc<PipelineConfig>,
+    env: Arc<Env>,
+    data: DataDir,
+    queue: Arc<LocalQueue>,
 }
 
 impl LocalWorkflow {
@@ -345,7 +356,26 @@ impl LocalWorkflow {
             ),
             machine,
             log: Mutex::new(Vec::new()),
+            bulk: None,
         })
+    }
+
+    /// Full-refresh uploads run `bulk-load` over the embedded store under `data`, reading
+    /// the files from the pipeline file's local folders.
+    pub fn with_bulk_loads(
+        mut self,
+        config: Arc<PipelineConfig>,
+        env: Arc<Env>,
+        data: DataDir,
+        queue: Arc<LocalQueue>,
+    ) -> Self {
+        self.bulk = Some(BulkParts {
+            config,
+            env,
+            data,
+            queue,
+        });
+        self
     }
 
     /// Takes the runs recorded since the last call.
@@ -399,6 +429,66 @@ impl Workflow for LocalWorkflow {
         }
         Ok(run)
     }
+
+    /// Runs `bulk-load` to its end on the project's engine. `name` is claimed in the store
+    /// first, as Step Functions refuses an execution name used before: a redelivered upload
+    /// starts nothing (and a failed load is retried by a new upload or `fhir-unify load`).
+    async fn start_bulk_load(
+        &self,
+        req: &crate::bulk::LoadRequest,
+        name: &str,
+    ) -> Result<BulkStart, WorkflowError> {
+        let failed = |message: String| WorkflowError {
+            workflow: "bulk-load".into(),
+            message: format!("{name}: {message}"),
+        };
+        let Some(parts) = &self.bulk else {
+            return Err(failed(
+                "bulk loads need the embedded store (the pipeline file names a FHIR server)".into(),
+            ));
+        };
+        let objects = crate::objects::s3::source_objects(&parts.config, || {
+            Err("on one machine, sources are local folders".to_owned())
+        })
+        .map_err(failed)?;
+        let bulk = crate::bulk::local::LocalBulk::with_objects(
+            parts.config.clone(),
+            parts.env.clone(),
+            &parts.data,
+            parts.queue.clone(),
+            objects,
+            crate::bulk::DEFAULT_LEASE,
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        if !bulk
+            .datasets
+            .claim_execution(name)
+            .map_err(|e| failed(e.to_string()))?
+        {
+            tracing::info!(execution = %name, "bulk-load of this upload started before");
+            return Ok(BulkStart {
+                execution: name.to_owned(),
+                already_started: true,
+                finished: None,
+            });
+        }
+        let outcome = bulk.load(req).await.map_err(|e| failed(e.to_string()))?;
+        let run = WorkflowRun {
+            execution: name.to_owned(),
+            succeeded: outcome.succeeded,
+            output: outcome.published,
+            error: outcome.error,
+            cause: outcome.cause,
+        };
+        if let Ok(mut log) = self.log.lock() {
+            log.push(run.clone());
+        }
+        Ok(BulkStart {
+            execution: name.to_owned(),
+            already_started: false,
+            finished: Some(run),
+        })
+    }
 }
 
 /// Everything a local run needs, built from a pipeline file and a data folder.
@@ -441,7 +531,12 @@ impl LocalRuntime {
         let config = Arc::new(config);
         let env = Arc::new(env);
         let queue = Arc::new(LocalQueue::open(&data.join("queue.db".as_ref()))?);
-        let workflow = Arc::new(LocalWorkflow::new(env.clone(), &config, queue.clone())?);
+        let mut workflow = LocalWorkflow::new(env.clone(), &config, queue.clone())?;
+        if config.store.rest.is_none() {
+            workflow =
+                workflow.with_bulk_loads(config.clone(), env.clone(), data.clone(), queue.clone());
+        }
+        let workflow = Arc::new(workflow);
         let ingest = IngestEnv {
             config: config.clone(),
             workflow: workflow.clone(),

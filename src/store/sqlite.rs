@@ -260,6 +260,21 @@ impl SqliteStore {
         self
     }
 
+    /// Records that this machine started the `bulk-load` execution `name` (a `parameters`
+    /// row, kept as Step Functions keeps execution names): `false` when it was started
+    /// before, so a redelivered upload starts nothing new.
+    pub fn claim_execution(&self, name: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()?
+            .execute(
+                "INSERT OR IGNORE INTO parameters (name, value, updated_at)
+                 VALUES ('bulk-load-execution/' || ?1, 'started', ?2)",
+                params![name, format_time(self.now())],
+            )
+            .map_err(|e| with_context(&self.location, e))?;
+        Ok(changed == 1)
+    }
+
     /// Live resources, versions and undelivered events.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         let conn = self.lock()?;
