@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -210,13 +211,42 @@ struct Ctx<'e, 'a> {
     index: Option<usize>,
     depth: usize,
     memo: &'e Memo,
-    /// The values of the memo's subexpressions computed so far in this evaluation.
-    memoized: Vec<Option<Coll<'a>>>,
+    /// The values of the memo's subexpressions computed so far in this evaluation, shared
+    /// with their readers instead of copied for each (`%resource.descendants()` is read four
+    /// times by dom-3, the union of those once per contained resource).
+    memoized: Vec<Option<Rc<Coll<'a>>>>,
     /// `distinct` by comparing every pair (the reference the fast path must equal).
     pairwise: bool,
 }
 
 type Coll<'a> = Vec<Item<'a>>;
+
+/// A collection that is either the evaluator's own or a memoized value shared with the memo:
+/// readers that only look at the items borrow it, the others take a copy ([`Shared::into_vec`]).
+enum Shared<'a> {
+    Owned(Coll<'a>),
+    Memo(Rc<Coll<'a>>),
+}
+
+impl<'a> Shared<'a> {
+    fn into_vec(self) -> Coll<'a> {
+        match self {
+            Shared::Owned(v) => v,
+            Shared::Memo(rc) => Rc::unwrap_or_clone(rc),
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Shared<'a> {
+    type Target = [Item<'a>];
+
+    fn deref(&self) -> &[Item<'a>] {
+        match self {
+            Shared::Owned(v) => v,
+            Shared::Memo(rc) => rc,
+        }
+    }
+}
 
 /// A set of values from the input: a fast hasher, seeded per process (no flooding by chosen
 /// keys).
@@ -470,6 +500,11 @@ fn bools<'a>(b: Option<bool>) -> Coll<'a> {
 
 impl<'a> Ctx<'_, 'a> {
     fn eval(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Coll<'a>, EvalError> {
+        self.eval_shared(node, input).map(Shared::into_vec)
+    }
+
+    /// [`Ctx::eval`] for a reader that may borrow the value: a memoized one is not copied.
+    fn eval_shared(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Shared<'a>, EvalError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             self.depth -= 1;
@@ -477,16 +512,20 @@ impl<'a> Ctx<'_, 'a> {
         }
         let out = match self.memo.slot(node) {
             Some(slot) => match self.memoized.get(slot).and_then(Option::as_ref) {
-                Some(known) => Ok(known.clone()),
-                None => {
-                    let out = self.eval_inner(node, input);
-                    if let (Ok(v), Some(cell)) = (&out, self.memoized.get_mut(slot)) {
-                        *cell = Some(v.clone());
-                    }
-                    out
-                }
+                Some(known) => Ok(Shared::Memo(Rc::clone(known))),
+                None => match self.eval_inner(node, input) {
+                    Ok(v) => match self.memoized.get_mut(slot) {
+                        Some(cell) => {
+                            let rc = Rc::new(v);
+                            *cell = Some(Rc::clone(&rc));
+                            Ok(Shared::Memo(rc))
+                        }
+                        None => Ok(Shared::Owned(v)),
+                    },
+                    Err(e) => Err(e),
+                },
             },
-            None => self.eval_inner(node, input),
+            None => self.eval_inner(node, input).map(Shared::Owned),
         };
         self.depth -= 1;
         out
@@ -552,7 +591,7 @@ impl<'a> Ctx<'_, 'a> {
                 navigate(input, name)
             }
             Node::Member(Some(base), name) => {
-                let b = self.eval(base, input)?;
+                let b = self.eval_shared(base, input)?;
                 navigate(&b, name)
             }
             Node::Indexer(base, index) => {
@@ -589,8 +628,8 @@ impl<'a> Ctx<'_, 'a> {
             Node::Binary(op, l, r) => self.binary(op, l, r, input)?,
             Node::Call(base, name, args) => {
                 let b = match base {
-                    Some(b) => self.eval(b, input)?,
-                    None => input.to_vec(),
+                    Some(b) => self.eval_shared(b, input)?,
+                    None => Shared::Owned(input.to_vec()),
                 };
                 self.call(name, b, args, input)?
             }
@@ -643,10 +682,10 @@ impl<'a> Ctx<'_, 'a> {
             }
             _ => {}
         }
-        let a = self.eval(l, input)?;
-        let b = self.eval(r, input)?;
+        let a = self.eval_shared(l, input)?;
+        let b = self.eval_shared(r, input)?;
         Ok(match op {
-            "|" => self.union(a, b),
+            "|" => self.union(a.into_vec(), b.into_vec()),
             "=" | "!=" | "~" | "!~" => {
                 let equiv = op.contains('~');
                 let res = if equiv {
@@ -657,7 +696,7 @@ impl<'a> Ctx<'_, 'a> {
                     Some(false)
                 } else {
                     let mut all = Some(true);
-                    for (x, y) in a.iter().zip(&b) {
+                    for (x, y) in a.iter().zip(b.iter()) {
                         match item_eq(x, y) {
                             Some(true) => {}
                             Some(false) => {
@@ -785,11 +824,11 @@ impl<'a> Ctx<'_, 'a> {
     fn call(
         &mut self,
         name: &str,
-        base: Coll<'a>,
+        base: Shared<'a>,
         args: &[Node],
         input: &[Item<'a>],
     ) -> Result<Coll<'a>, EvalError> {
-        let one_str = |b: &Coll<'a>| -> Result<Option<String>, EvalError> {
+        let one_str = |b: &[Item<'a>]| -> Result<Option<String>, EvalError> {
             Ok(single(b, name)?.and_then(|i| i.string().map(str::to_owned)))
         };
         Ok(match name {
@@ -823,9 +862,9 @@ impl<'a> Ctx<'_, 'a> {
             "subsetOf" | "supersetOf" => {
                 let other = self.arg_value(args, 0, input)?;
                 let (small, big) = if name == "subsetOf" {
-                    (&base, &other)
+                    (&base[..], &other[..])
                 } else {
-                    (&other, &base)
+                    (&other[..], &base[..])
                 };
                 vec![Item::Bool(
                     small
@@ -834,10 +873,10 @@ impl<'a> Ctx<'_, 'a> {
                 )]
             }
             "count" => vec![Item::Int(base.len() as i64)],
-            "distinct" => self.distinct(base),
+            "distinct" => self.distinct(base.into_vec()),
             "isDistinct" => {
                 let n = base.len();
-                vec![Item::Bool(self.distinct(base).len() == n)]
+                vec![Item::Bool(self.distinct(base.into_vec()).len() == n)]
             }
             "where" => {
                 let Some(a) = args.first() else {
@@ -845,7 +884,7 @@ impl<'a> Ctx<'_, 'a> {
                 };
                 let r = self.per_item(&base, a)?;
                 let mut out = Vec::new();
-                for (item, c) in base.into_iter().zip(&r) {
+                for (item, c) in base.into_vec().into_iter().zip(&r) {
                     if to_bool(c)? == Some(true) {
                         out.push(item);
                     }
@@ -863,7 +902,7 @@ impl<'a> Ctx<'_, 'a> {
                     return Err(EvalError::Type("repeat() needs a projection".into()));
                 };
                 let mut out: Coll<'a> = Vec::new();
-                let mut frontier = base;
+                let mut frontier = base.into_vec();
                 let mut rounds = 0;
                 while !frontier.is_empty() && rounds < MAX_DEPTH {
                     rounds += 1;
@@ -887,46 +926,48 @@ impl<'a> Ctx<'_, 'a> {
                         Some(i) => vec![Item::Bool(is_type(i, &ty))],
                     }
                 } else {
-                    base.into_iter().filter(|i| is_type(i, &ty)).collect()
+                    base.iter().filter(|i| is_type(i, &ty)).cloned().collect()
                 }
             }
             "single" => match base.len() {
-                0 | 1 => base,
+                0 | 1 => base.into_vec(),
                 n => return Err(EvalError::Type(format!("single() on {n} items"))),
             },
-            "first" => base.into_iter().take(1).collect(),
-            "last" => base.into_iter().last().into_iter().collect(),
-            "tail" => base.into_iter().skip(1).collect(),
+            "first" => base.into_vec().into_iter().take(1).collect(),
+            "last" => base.into_vec().into_iter().last().into_iter().collect(),
+            "tail" => base.into_vec().into_iter().skip(1).collect(),
             "skip" => {
                 let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
-                base.into_iter().skip(n).collect()
+                base.into_vec().into_iter().skip(n).collect()
             }
             "take" => {
                 let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
-                base.into_iter().take(n).collect()
+                base.into_vec().into_iter().take(n).collect()
             }
             "intersect" => {
                 let other = self.arg_value(args, 0, input)?;
                 self.distinct(
-                    base.into_iter()
+                    base.into_vec()
+                        .into_iter()
                         .filter(|x| other.iter().any(|y| item_eq(x, y) == Some(true)))
                         .collect(),
                 )
             }
             "exclude" => {
                 let other = self.arg_value(args, 0, input)?;
-                base.into_iter()
+                base.into_vec()
+                    .into_iter()
                     .filter(|x| !other.iter().any(|y| item_eq(x, y) == Some(true)))
                     .collect()
             }
             "union" => {
                 let other = self.arg_value(args, 0, input)?;
-                self.union(base, other)
+                self.union(base.into_vec(), other)
             }
             "combine" => {
                 // Evaluated with the base as `$this` context (`concept.code.combine($this…)`).
                 let other = self.arg_value(args, 0, input)?;
-                let mut out = base;
+                let mut out = base.into_vec();
                 out.extend(other);
                 out
             }
@@ -956,7 +997,11 @@ impl<'a> Ctx<'_, 'a> {
             "hasValue" => vec![Item::Bool(
                 base.len() == 1 && base.iter().all(Item::has_value),
             )],
-            "getValue" => base.into_iter().filter(Item::has_value).collect(),
+            "getValue" => base
+                .into_vec()
+                .into_iter()
+                .filter(Item::has_value)
+                .collect(),
             "children" => base.iter().flat_map(children).collect(),
             "descendants" => {
                 let mut out = Vec::new();
@@ -970,7 +1015,7 @@ impl<'a> Ctx<'_, 'a> {
                 }
                 out
             }
-            "trace" => base,
+            "trace" => base.into_vec(),
             "extension" => {
                 let url = self.arg_str(args, 0, input)?.unwrap_or_default();
                 navigate(&base, "extension")
@@ -1391,6 +1436,10 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
     let keep: Vec<bool> = {
         let mut kept_strings: Set<&str> = Set::default();
         let mut kept_dates: Set<&str> = Set::default();
+        // Texts of kept dates that equal some date (their keys are not `Unequal`): the same
+        // text has the same keys, so it repeats one of them without parsing it again (dom-3's
+        // union holds each string of a resource three times: as uri, url and canonical).
+        let mut kept_equal_dates: Set<&str> = Set::default();
         // Raw fields of kept dates with a zone and at least minutes, their UTC form, and
         // raw fields of the other kept dates.
         let mut zoned_raw: Set<Vec<u64>> = Set::default();
@@ -1407,6 +1456,7 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
                     }
                     repeat
                 }
+                Prim::Date(s) if kept_equal_dates.contains(s) => true,
                 Prim::Date(s) => {
                     let keys = DateKeys::of(s);
                     let repeat = kept_strings.contains(s)
@@ -1422,6 +1472,9 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
                         };
                     if !repeat {
                         kept_dates.insert(s);
+                        if !matches!(keys, DateKeys::Unequal) {
+                            kept_equal_dates.insert(s);
+                        }
                         match keys {
                             DateKeys::Unequal => {}
                             DateKeys::Zoned { raw, utc } => {
