@@ -471,6 +471,17 @@ fn evaluate_with<'a>(
     ctx.eval(node, &input)
 }
 
+/// The operands of a chain of `|` (`A | B | C`, however parenthesised), left to right.
+fn union_operands<'n>(node: &'n Node, out: &mut Vec<&'n Node>) {
+    match node {
+        Node::Binary(op, l, r) if op == "|" => {
+            union_operands(l, out);
+            union_operands(r, out);
+        }
+        other => out.push(other),
+    }
+}
+
 fn single<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>, EvalError> {
     match c {
         [] => Ok(None),
@@ -682,6 +693,12 @@ impl<'a> Ctx<'_, 'a> {
             }
             _ => {}
         }
+        if matches!(op, "in" | "contains") {
+            let (needle, hay) = if op == "in" { (l, r) } else { (r, l) };
+            if let Some(found) = self.string_in_union(needle, hay, input) {
+                return Ok(vec![Item::Bool(found)]);
+            }
+        }
         let a = self.eval_shared(l, input)?;
         let b = self.eval_shared(r, input)?;
         Ok(match op {
@@ -750,6 +767,47 @@ impl<'a> Ctx<'_, 'a> {
             }
             other => return Err(EvalError::Type(format!("unknown operator {other}"))),
         })
+    }
+
+    /// `needle in A | B | …` for a plain string needle, without building the union (dom-3
+    /// asks it of the union of every reference, URI and date of a resource, once per
+    /// contained resource): `Some` when the operands alone decide it as the union would,
+    /// `None` to evaluate it the plain way (which also reports any error).
+    ///
+    /// The union keeps a subset of its operands' items, so a text found in none of them is
+    /// in no union. Of the items with the needle's text, the first (in operand order) is kept
+    /// if it is a plain string: `distinct` drops a string only for a kept item of the same
+    /// text, which would come before it. A first item that is a date may equal (and be
+    /// dropped for) an earlier date written differently: the plain way decides.
+    /// Only with a memo plan: its tree is shallow enough that no evaluation stops for depth,
+    /// so evaluating the operands at a shallower depth changes nothing.
+    fn string_in_union(&mut self, needle: &Node, hay: &Node, input: &[Item<'a>]) -> Option<bool> {
+        if self.pairwise
+            || self.memo.slots == 0
+            || !matches!(hay, Node::Binary(op, ..) if op == "|")
+        {
+            return None;
+        }
+        let mut operands = Vec::new();
+        union_operands(hay, &mut operands);
+        let needle = self.eval_shared(needle, input).ok()?;
+        let text = match single(&needle, "in").ok()? {
+            Some(x) if matches!(x.prim(), Prim::Str(_)) => x.string()?,
+            _ => return None,
+        };
+        let mut values = Vec::with_capacity(operands.len());
+        for o in operands {
+            values.push(self.eval_shared(o, input).ok()?);
+        }
+        let first = values
+            .iter()
+            .flat_map(|v| v.iter())
+            .find(|h| h.string() == Some(text));
+        match first {
+            None => Some(false),
+            Some(h) if matches!(h.prim(), Prim::Str(_)) => Some(true),
+            Some(_) => None,
+        }
     }
 
     /// Evaluates `arg` once per item of `base`, with `$this` set to the item.
