@@ -2027,6 +2027,80 @@ mod tests {
         }
     }
 
+    /// A plain string `in` (or `contains`) a union of operands, decided from the operands
+    /// when they decide it, equals the plain evaluation that builds the union: found, not
+    /// found, a date written differently dropped from the union before the needle's text,
+    /// a date needle, several needles (an error), and the `|` chain however parenthesised.
+    #[test]
+    fn string_in_union_equals_the_plain_evaluation() {
+        let resource: Value = serde_json::json!({
+            "resourceType": "Observation",
+            "a": ["x", "y", "2020-01-01T10:00:00Z"],
+            "b": ["2020-01-01T11:00:00+01:00", "z", "#c1"],
+            "c": [{"reference": "#c1"}, {"reference": "#c2"}],
+            "n": [1, 2]
+        });
+        let env = Env {
+            resource: Some(&resource),
+            ..Env::default()
+        };
+        let regexes = HashMap::new();
+        let mut fast_paths = 0;
+        for needle in [
+            "'x'",
+            "'z'",
+            "'#c1'",
+            "'#c2'",
+            "'w'",
+            "'2020-01-01T11:00:00+01:00'",
+            "'2020-01-01T10:00:00Z'",
+            "@2020-01-01T10:00:00Z",
+            "$this.reference",
+            "%resource.a",
+            "1",
+        ] {
+            for hay in [
+                "(%resource.a | %resource.b | %resource.c.reference)",
+                "(%resource.a | (%resource.b | %resource.c.reference))",
+                "(%resource.b | %resource.a)",
+                "(%resource.n | %resource.b)",
+            ] {
+                for src in [
+                    format!("%resource.c.where({needle} in {hay})"),
+                    format!("%resource.c.where({hay} contains {needle})"),
+                    format!("%resource.c.select({needle} in {hay})"),
+                ] {
+                    let (root, memo) = memo_of(&src);
+                    assert!(memo.slots > 0, "{src}");
+                    let fast = evaluate(&root, &resource, &env, &regexes, &memo);
+                    let plain = evaluate_reference(&root, &resource, &env, &regexes);
+                    assert_eq!(format!("{fast:?}"), format!("{plain:?}"), "{src}");
+                    let mut ctx = Ctx {
+                        env: &env,
+                        regexes: &regexes,
+                        this: None,
+                        index: None,
+                        depth: 0,
+                        memo: &memo,
+                        memoized: vec![None; memo.slots],
+                        pairwise: false,
+                    };
+                    let Node::Call(_, _, args) = &*root else {
+                        panic!("{src}")
+                    };
+                    let Node::Binary(op, l, r) = &args[0] else {
+                        panic!("{src}")
+                    };
+                    let (n, h) = if op == "in" { (l, r) } else { (r, l) };
+                    let input = vec![Item::node(&resource["c"][0])];
+                    fast_paths += usize::from(ctx.string_in_union(n, h, &input).is_some());
+                }
+            }
+        }
+        // The operands decide most plain-string cases; the date cases fall back.
+        assert!(fast_paths > 20, "{fast_paths}");
+    }
+
     /// Non-allocating date parsing reads the same fields as the float parser.
     #[test]
     fn date_fields_equal_the_float_parser() {
