@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -210,13 +211,42 @@ struct Ctx<'e, 'a> {
     index: Option<usize>,
     depth: usize,
     memo: &'e Memo,
-    /// The values of the memo's subexpressions computed so far in this evaluation.
-    memoized: Vec<Option<Coll<'a>>>,
+    /// The values of the memo's subexpressions computed so far in this evaluation, shared
+    /// with their readers instead of copied for each (`%resource.descendants()` is read four
+    /// times by dom-3, the union of those once per contained resource).
+    memoized: Vec<Option<Rc<Coll<'a>>>>,
     /// `distinct` by comparing every pair (the reference the fast path must equal).
     pairwise: bool,
 }
 
 type Coll<'a> = Vec<Item<'a>>;
+
+/// A collection that is either the evaluator's own or a memoized value shared with the memo:
+/// readers that only look at the items borrow it, the others take a copy ([`Shared::into_vec`]).
+enum Shared<'a> {
+    Owned(Coll<'a>),
+    Memo(Rc<Coll<'a>>),
+}
+
+impl<'a> Shared<'a> {
+    fn into_vec(self) -> Coll<'a> {
+        match self {
+            Shared::Owned(v) => v,
+            Shared::Memo(rc) => Rc::unwrap_or_clone(rc),
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Shared<'a> {
+    type Target = [Item<'a>];
+
+    fn deref(&self) -> &[Item<'a>] {
+        match self {
+            Shared::Owned(v) => v,
+            Shared::Memo(rc) => rc,
+        }
+    }
+}
 
 /// A set of values from the input: a fast hasher, seeded per process (no flooding by chosen
 /// keys).
@@ -441,6 +471,17 @@ fn evaluate_with<'a>(
     ctx.eval(node, &input)
 }
 
+/// The operands of a chain of `|` (`A | B | C`, however parenthesised), left to right.
+fn union_operands<'n>(node: &'n Node, out: &mut Vec<&'n Node>) {
+    match node {
+        Node::Binary(op, l, r) if op == "|" => {
+            union_operands(l, out);
+            union_operands(r, out);
+        }
+        other => out.push(other),
+    }
+}
+
 fn single<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>, EvalError> {
     match c {
         [] => Ok(None),
@@ -470,6 +511,11 @@ fn bools<'a>(b: Option<bool>) -> Coll<'a> {
 
 impl<'a> Ctx<'_, 'a> {
     fn eval(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Coll<'a>, EvalError> {
+        self.eval_shared(node, input).map(Shared::into_vec)
+    }
+
+    /// [`Ctx::eval`] for a reader that may borrow the value: a memoized one is not copied.
+    fn eval_shared(&mut self, node: &Node, input: &[Item<'a>]) -> Result<Shared<'a>, EvalError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             self.depth -= 1;
@@ -477,16 +523,20 @@ impl<'a> Ctx<'_, 'a> {
         }
         let out = match self.memo.slot(node) {
             Some(slot) => match self.memoized.get(slot).and_then(Option::as_ref) {
-                Some(known) => Ok(known.clone()),
-                None => {
-                    let out = self.eval_inner(node, input);
-                    if let (Ok(v), Some(cell)) = (&out, self.memoized.get_mut(slot)) {
-                        *cell = Some(v.clone());
-                    }
-                    out
-                }
+                Some(known) => Ok(Shared::Memo(Rc::clone(known))),
+                None => match self.eval_inner(node, input) {
+                    Ok(v) => match self.memoized.get_mut(slot) {
+                        Some(cell) => {
+                            let rc = Rc::new(v);
+                            *cell = Some(Rc::clone(&rc));
+                            Ok(Shared::Memo(rc))
+                        }
+                        None => Ok(Shared::Owned(v)),
+                    },
+                    Err(e) => Err(e),
+                },
             },
-            None => self.eval_inner(node, input),
+            None => self.eval_inner(node, input).map(Shared::Owned),
         };
         self.depth -= 1;
         out
@@ -552,7 +602,7 @@ impl<'a> Ctx<'_, 'a> {
                 navigate(input, name)
             }
             Node::Member(Some(base), name) => {
-                let b = self.eval(base, input)?;
+                let b = self.eval_shared(base, input)?;
                 navigate(&b, name)
             }
             Node::Indexer(base, index) => {
@@ -589,8 +639,8 @@ impl<'a> Ctx<'_, 'a> {
             Node::Binary(op, l, r) => self.binary(op, l, r, input)?,
             Node::Call(base, name, args) => {
                 let b = match base {
-                    Some(b) => self.eval(b, input)?,
-                    None => input.to_vec(),
+                    Some(b) => self.eval_shared(b, input)?,
+                    None => Shared::Owned(input.to_vec()),
                 };
                 self.call(name, b, args, input)?
             }
@@ -643,10 +693,16 @@ impl<'a> Ctx<'_, 'a> {
             }
             _ => {}
         }
-        let a = self.eval(l, input)?;
-        let b = self.eval(r, input)?;
+        if matches!(op, "in" | "contains") {
+            let (needle, hay) = if op == "in" { (l, r) } else { (r, l) };
+            if let Some(found) = self.string_in_union(needle, hay, input) {
+                return Ok(vec![Item::Bool(found)]);
+            }
+        }
+        let a = self.eval_shared(l, input)?;
+        let b = self.eval_shared(r, input)?;
         Ok(match op {
-            "|" => self.union(a, b),
+            "|" => self.union(a.into_vec(), b.into_vec()),
             "=" | "!=" | "~" | "!~" => {
                 let equiv = op.contains('~');
                 let res = if equiv {
@@ -657,7 +713,7 @@ impl<'a> Ctx<'_, 'a> {
                     Some(false)
                 } else {
                     let mut all = Some(true);
-                    for (x, y) in a.iter().zip(&b) {
+                    for (x, y) in a.iter().zip(b.iter()) {
                         match item_eq(x, y) {
                             Some(true) => {}
                             Some(false) => {
@@ -711,6 +767,47 @@ impl<'a> Ctx<'_, 'a> {
             }
             other => return Err(EvalError::Type(format!("unknown operator {other}"))),
         })
+    }
+
+    /// `needle in A | B | …` for a plain string needle, without building the union (dom-3
+    /// asks it of the union of every reference, URI and date of a resource, once per
+    /// contained resource): `Some` when the operands alone decide it as the union would,
+    /// `None` to evaluate it the plain way (which also reports any error).
+    ///
+    /// The union keeps a subset of its operands' items, so a text found in none of them is
+    /// in no union. Of the items with the needle's text, the first (in operand order) is kept
+    /// if it is a plain string: `distinct` drops a string only for a kept item of the same
+    /// text, which would come before it. A first item that is a date may equal (and be
+    /// dropped for) an earlier date written differently: the plain way decides.
+    /// Only with a memo plan: its tree is shallow enough that no evaluation stops for depth,
+    /// so evaluating the operands at a shallower depth changes nothing.
+    fn string_in_union(&mut self, needle: &Node, hay: &Node, input: &[Item<'a>]) -> Option<bool> {
+        if self.pairwise
+            || self.memo.slots == 0
+            || !matches!(hay, Node::Binary(op, ..) if op == "|")
+        {
+            return None;
+        }
+        let mut operands = Vec::new();
+        union_operands(hay, &mut operands);
+        let needle = self.eval_shared(needle, input).ok()?;
+        let text = match single(&needle, "in").ok()? {
+            Some(x) if matches!(x.prim(), Prim::Str(_)) => x.string()?,
+            _ => return None,
+        };
+        let mut values = Vec::with_capacity(operands.len());
+        for o in operands {
+            values.push(self.eval_shared(o, input).ok()?);
+        }
+        let first = values
+            .iter()
+            .flat_map(|v| v.iter())
+            .find(|h| h.string() == Some(text));
+        match first {
+            None => Some(false),
+            Some(h) if matches!(h.prim(), Prim::Str(_)) => Some(true),
+            Some(_) => None,
+        }
     }
 
     /// Evaluates `arg` once per item of `base`, with `$this` set to the item.
@@ -785,11 +882,11 @@ impl<'a> Ctx<'_, 'a> {
     fn call(
         &mut self,
         name: &str,
-        base: Coll<'a>,
+        base: Shared<'a>,
         args: &[Node],
         input: &[Item<'a>],
     ) -> Result<Coll<'a>, EvalError> {
-        let one_str = |b: &Coll<'a>| -> Result<Option<String>, EvalError> {
+        let one_str = |b: &[Item<'a>]| -> Result<Option<String>, EvalError> {
             Ok(single(b, name)?.and_then(|i| i.string().map(str::to_owned)))
         };
         Ok(match name {
@@ -823,9 +920,9 @@ impl<'a> Ctx<'_, 'a> {
             "subsetOf" | "supersetOf" => {
                 let other = self.arg_value(args, 0, input)?;
                 let (small, big) = if name == "subsetOf" {
-                    (&base, &other)
+                    (&base[..], &other[..])
                 } else {
-                    (&other, &base)
+                    (&other[..], &base[..])
                 };
                 vec![Item::Bool(
                     small
@@ -834,10 +931,10 @@ impl<'a> Ctx<'_, 'a> {
                 )]
             }
             "count" => vec![Item::Int(base.len() as i64)],
-            "distinct" => self.distinct(base),
+            "distinct" => self.distinct(base.into_vec()),
             "isDistinct" => {
                 let n = base.len();
-                vec![Item::Bool(self.distinct(base).len() == n)]
+                vec![Item::Bool(self.distinct(base.into_vec()).len() == n)]
             }
             "where" => {
                 let Some(a) = args.first() else {
@@ -845,7 +942,7 @@ impl<'a> Ctx<'_, 'a> {
                 };
                 let r = self.per_item(&base, a)?;
                 let mut out = Vec::new();
-                for (item, c) in base.into_iter().zip(&r) {
+                for (item, c) in base.into_vec().into_iter().zip(&r) {
                     if to_bool(c)? == Some(true) {
                         out.push(item);
                     }
@@ -863,7 +960,7 @@ impl<'a> Ctx<'_, 'a> {
                     return Err(EvalError::Type("repeat() needs a projection".into()));
                 };
                 let mut out: Coll<'a> = Vec::new();
-                let mut frontier = base;
+                let mut frontier = base.into_vec();
                 let mut rounds = 0;
                 while !frontier.is_empty() && rounds < MAX_DEPTH {
                     rounds += 1;
@@ -887,46 +984,48 @@ impl<'a> Ctx<'_, 'a> {
                         Some(i) => vec![Item::Bool(is_type(i, &ty))],
                     }
                 } else {
-                    base.into_iter().filter(|i| is_type(i, &ty)).collect()
+                    base.iter().filter(|i| is_type(i, &ty)).cloned().collect()
                 }
             }
             "single" => match base.len() {
-                0 | 1 => base,
+                0 | 1 => base.into_vec(),
                 n => return Err(EvalError::Type(format!("single() on {n} items"))),
             },
-            "first" => base.into_iter().take(1).collect(),
-            "last" => base.into_iter().last().into_iter().collect(),
-            "tail" => base.into_iter().skip(1).collect(),
+            "first" => base.into_vec().into_iter().take(1).collect(),
+            "last" => base.into_vec().into_iter().last().into_iter().collect(),
+            "tail" => base.into_vec().into_iter().skip(1).collect(),
             "skip" => {
                 let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
-                base.into_iter().skip(n).collect()
+                base.into_vec().into_iter().skip(n).collect()
             }
             "take" => {
                 let n = self.arg_int(args, 0, input)?.unwrap_or(0).max(0) as usize;
-                base.into_iter().take(n).collect()
+                base.into_vec().into_iter().take(n).collect()
             }
             "intersect" => {
                 let other = self.arg_value(args, 0, input)?;
                 self.distinct(
-                    base.into_iter()
+                    base.into_vec()
+                        .into_iter()
                         .filter(|x| other.iter().any(|y| item_eq(x, y) == Some(true)))
                         .collect(),
                 )
             }
             "exclude" => {
                 let other = self.arg_value(args, 0, input)?;
-                base.into_iter()
+                base.into_vec()
+                    .into_iter()
                     .filter(|x| !other.iter().any(|y| item_eq(x, y) == Some(true)))
                     .collect()
             }
             "union" => {
                 let other = self.arg_value(args, 0, input)?;
-                self.union(base, other)
+                self.union(base.into_vec(), other)
             }
             "combine" => {
                 // Evaluated with the base as `$this` context (`concept.code.combine($this…)`).
                 let other = self.arg_value(args, 0, input)?;
-                let mut out = base;
+                let mut out = base.into_vec();
                 out.extend(other);
                 out
             }
@@ -956,7 +1055,11 @@ impl<'a> Ctx<'_, 'a> {
             "hasValue" => vec![Item::Bool(
                 base.len() == 1 && base.iter().all(Item::has_value),
             )],
-            "getValue" => base.into_iter().filter(Item::has_value).collect(),
+            "getValue" => base
+                .into_vec()
+                .into_iter()
+                .filter(Item::has_value)
+                .collect(),
             "children" => base.iter().flat_map(children).collect(),
             "descendants" => {
                 let mut out = Vec::new();
@@ -970,7 +1073,7 @@ impl<'a> Ctx<'_, 'a> {
                 }
                 out
             }
-            "trace" => base,
+            "trace" => base.into_vec(),
             "extension" => {
                 let url = self.arg_str(args, 0, input)?.unwrap_or_default();
                 navigate(&base, "extension")
@@ -1391,6 +1494,10 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
     let keep: Vec<bool> = {
         let mut kept_strings: Set<&str> = Set::default();
         let mut kept_dates: Set<&str> = Set::default();
+        // Texts of kept dates that equal some date (their keys are not `Unequal`): the same
+        // text has the same keys, so it repeats one of them without parsing it again (dom-3's
+        // union holds each string of a resource three times: as uri, url and canonical).
+        let mut kept_equal_dates: Set<&str> = Set::default();
         // Raw fields of kept dates with a zone and at least minutes, their UTC form, and
         // raw fields of the other kept dates.
         let mut zoned_raw: Set<Vec<u64>> = Set::default();
@@ -1407,6 +1514,7 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
                     }
                     repeat
                 }
+                Prim::Date(s) if kept_equal_dates.contains(s) => true,
                 Prim::Date(s) => {
                     let keys = DateKeys::of(s);
                     let repeat = kept_strings.contains(s)
@@ -1422,6 +1530,9 @@ fn distinct(c: Coll<'_>) -> Coll<'_> {
                         };
                     if !repeat {
                         kept_dates.insert(s);
+                        if !matches!(keys, DateKeys::Unequal) {
+                            kept_equal_dates.insert(s);
+                        }
                         match keys {
                             DateKeys::Unequal => {}
                             DateKeys::Zoned { raw, utc } => {
@@ -1914,6 +2025,80 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    /// A plain string `in` (or `contains`) a union of operands, decided from the operands
+    /// when they decide it, equals the plain evaluation that builds the union: found, not
+    /// found, a date written differently dropped from the union before the needle's text,
+    /// a date needle, several needles (an error), and the `|` chain however parenthesised.
+    #[test]
+    fn string_in_union_equals_the_plain_evaluation() {
+        let resource: Value = serde_json::json!({
+            "resourceType": "Observation",
+            "a": ["x", "y", "2020-01-01T10:00:00Z"],
+            "b": ["2020-01-01T11:00:00+01:00", "z", "#c1"],
+            "c": [{"reference": "#c1"}, {"reference": "#c2"}],
+            "n": [1, 2]
+        });
+        let env = Env {
+            resource: Some(&resource),
+            ..Env::default()
+        };
+        let regexes = HashMap::new();
+        let mut fast_paths = 0;
+        for needle in [
+            "'x'",
+            "'z'",
+            "'#c1'",
+            "'#c2'",
+            "'w'",
+            "'2020-01-01T11:00:00+01:00'",
+            "'2020-01-01T10:00:00Z'",
+            "@2020-01-01T10:00:00Z",
+            "$this.reference",
+            "%resource.a",
+            "1",
+        ] {
+            for hay in [
+                "(%resource.a | %resource.b | %resource.c.reference)",
+                "(%resource.a | (%resource.b | %resource.c.reference))",
+                "(%resource.b | %resource.a)",
+                "(%resource.n | %resource.b)",
+            ] {
+                for src in [
+                    format!("%resource.c.where({needle} in {hay})"),
+                    format!("%resource.c.where({hay} contains {needle})"),
+                    format!("%resource.c.select({needle} in {hay})"),
+                ] {
+                    let (root, memo) = memo_of(&src);
+                    assert!(memo.slots > 0, "{src}");
+                    let fast = evaluate(&root, &resource, &env, &regexes, &memo);
+                    let plain = evaluate_reference(&root, &resource, &env, &regexes);
+                    assert_eq!(format!("{fast:?}"), format!("{plain:?}"), "{src}");
+                    let mut ctx = Ctx {
+                        env: &env,
+                        regexes: &regexes,
+                        this: None,
+                        index: None,
+                        depth: 0,
+                        memo: &memo,
+                        memoized: vec![None; memo.slots],
+                        pairwise: false,
+                    };
+                    let Node::Call(_, _, args) = &*root else {
+                        panic!("{src}")
+                    };
+                    let Node::Binary(op, l, r) = &args[0] else {
+                        panic!("{src}")
+                    };
+                    let (n, h) = if op == "in" { (l, r) } else { (r, l) };
+                    let input = vec![Item::node(&resource["c"][0])];
+                    fast_paths += usize::from(ctx.string_in_union(n, h, &input).is_some());
+                }
+            }
+        }
+        // The operands decide most plain-string cases; the date cases fall back.
+        assert!(fast_paths > 20, "{fast_paths}");
     }
 
     /// Non-allocating date parsing reads the same fields as the float parser.
