@@ -179,7 +179,12 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
         } => {
             let config = load_config(config)?;
             let rt = LocalRuntime::open(config, data.clone())?;
-            let bulk = LocalBulk::open(&rt, &source, &path, Duration::from_secs(lease_secs))?;
+            let bulk = Arc::new(LocalBulk::open(
+                &rt,
+                &source,
+                &path,
+                Duration::from_secs(lease_secs),
+            )?);
             if let Some(mib) = std::env::var("FHIR_UNIFY_BULK_CACHE_MIB")
                 .ok()
                 .filter(|v| !v.trim().is_empty())
@@ -209,8 +214,9 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
             });
             let mut failed = false;
             let mut outcomes = Vec::new();
-            for req in &loads {
-                let outcome = bulk.load(req).await?;
+            // The tables' loads run at once; each publishes on its own (see `load_all`).
+            for outcome in bulk.load_all(&loads).await {
+                let outcome = outcome?;
                 failed |= !outcome.succeeded;
                 outcomes.push(outcome);
             }

@@ -30,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::{
-    SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
+    SqliteStore, apply_canonical, off_worker, apply_change, canonical_content, canonical_owned, check_ref,
     format_time, search, sql_err,
 };
 use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
@@ -1089,8 +1089,10 @@ impl DatasetStore for SqliteStore {
     }
 
     async fn heartbeat(&self, dataset: &str, version: u64) -> Result<(), DatasetError> {
-        self.write_tx(|tx, now| {
-            refresh_heartbeat(tx, dataset, version, &format_time(now)).map(|_| ())
+        off_worker(|| {
+            self.write_tx(|tx, now| {
+                refresh_heartbeat(tx, dataset, version, &format_time(now)).map(|_| ())
+            })
         })
     }
 
@@ -1100,7 +1102,7 @@ impl DatasetStore for SqliteStore {
         version: u64,
         resources: &[StagedResource],
     ) -> Result<(), DatasetError> {
-        self.stage_sync(dataset, version, resources)
+        off_worker(|| self.stage_sync(dataset, version, resources))
     }
 
     async fn chunk_done(
@@ -1110,11 +1112,11 @@ impl DatasetStore for SqliteStore {
         chunk: &str,
         counts: LoadCounts,
     ) -> Result<(), DatasetError> {
-        self.chunk_done_sync(dataset, version, chunk, counts)
+        off_worker(|| self.chunk_done_sync(dataset, version, chunk, counts))
     }
 
     async fn finalize(&self, dataset: &str, version: u64) -> Result<PointerMove, DatasetError> {
-        self.finalize_sync(dataset, version)
+        off_worker(|| self.finalize_sync(dataset, version))
     }
 
     async fn fail(&self, dataset: &str, version: u64, reason: &str) -> Result<(), DatasetError> {
