@@ -275,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn insert_new_tells_which_envelopes_were_archived_by_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::open(&dir.path().join("events.db")).unwrap();
+        let e1 = json!({"id": "1", "time": "2024-01-01T00:00:00Z"});
+        let e2 = json!({"id": "2", "time": "2024-01-02T00:00:00Z"});
+        assert_eq!(a.insert_new(&[&e1]).unwrap(), vec![true]);
+        // Archived before; new; the same id twice in one call: only its first is new.
+        assert_eq!(
+            a.insert_new(&[&e1, &e2, &e2]).unwrap(),
+            vec![false, true, false]
+        );
+        assert_eq!(a.list(None, 0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
     fn the_archive_connection_has_its_larger_cache_and_checkpoint_interval() {
         let dir = tempfile::tempdir().unwrap();
         let a = Archive::open(&dir.path().join("events.db")).unwrap();
