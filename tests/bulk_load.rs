@@ -623,7 +623,10 @@ async fn a_failed_load_among_loads_run_at_once_leaves_the_others_published() {
             assert_eq!(ds.current(PATIENTS).await.unwrap(), None);
         } else {
             assert!(o.succeeded, "{o:?}");
-            assert_eq!((v.version, v.status, v.current), (1, VersionStatus::Succeeded, true));
+            assert_eq!(
+                (v.version, v.status, v.current),
+                (1, VersionStatus::Succeeded, true)
+            );
             assert_eq!(o.published.as_ref().unwrap()["created"], 1_000);
         }
     }

@@ -642,7 +642,11 @@ impl LocalBulk {
             })
             .collect();
         let mut outcomes = Vec::with_capacity(tasks.len());
-        for (task, req) in futures_util::future::join_all(tasks).await.into_iter().zip(reqs) {
+        for (task, req) in futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .zip(reqs)
+        {
             outcomes.push(task.unwrap_or_else(|e| {
                 Err(BulkError::Input(format!(
                     "the load of {} stopped: {e}",

@@ -888,7 +888,10 @@ pub(crate) fn outbox_pending(
         .collect()
 }
 
-fn decode_entry((position, text): (i64, String), location: &str) -> Result<OutboxEntry, StoreError> {
+fn decode_entry(
+    (position, text): (i64, String),
+    location: &str,
+) -> Result<OutboxEntry, StoreError> {
     let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
         StoreError::Corrupt(format!(
             "{location}: outbox entry {position} is not a change event: {e}"
@@ -918,7 +921,7 @@ pub(crate) fn outbox_pending_after(
         })
         .map_err(err)?;
     rows.map(|row| decode_entry(row.map_err(err)?, location))
-    .collect()
+        .collect()
 }
 
 /// Marks `outbox` entries delivered at `delivered_at`, in one transaction; an entry already

@@ -30,8 +30,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::{
-    SqliteStore, apply_canonical, off_worker, apply_change, canonical_content, canonical_owned, check_ref,
-    format_time, search, sql_err,
+    SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
+    format_time, off_worker, search, sql_err,
 };
 use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
