@@ -533,3 +533,121 @@ async fn readers_see_the_old_version_then_the_new_one_never_a_mix_during_a_large
         serde_json::from_str(gateway.handle(&search(50)).await.body.as_deref().unwrap()).unwrap();
     assert_eq!(version_seen(&page, &[("old", OLD)]), Ok("old".to_owned()));
 }
+
+// ---- loads of several datasets at once (`LocalBulk::load_all`) ----------------------------
+
+async fn load_concurrently(rt: &LocalRuntime, dir: &Path) -> Vec<LoadOutcome> {
+    let bulk = Arc::new(LocalBulk::open(rt, "synthea", dir, LEASE).unwrap());
+    let reqs = bulk.loads("synthea").unwrap();
+    let outcomes: Vec<LoadOutcome> = bulk
+        .load_all(&reqs)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // Outcomes come in request order.
+    assert_eq!(
+        outcomes.iter().map(|o| &o.dataset).collect::<Vec<_>>(),
+        reqs.iter().map(|r| &r.dataset).collect::<Vec<_>>()
+    );
+    outcomes
+}
+
+/// What a subscriber sees of an event, in delivery order (times and event ids aside).
+fn event_keys(data: &Path) -> Vec<(String, String, String, String)> {
+    events(data)
+        .iter()
+        .map(|e| {
+            let d = &e["detail"];
+            (
+                e["detail-type"].as_str().unwrap().to_owned(),
+                d["resourceType"].as_str().unwrap().to_owned(),
+                d["id"].as_str().unwrap().to_owned(),
+                d["versionId"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_run_at_once_deliver_the_same_events_in_the_same_order_as_one_after_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("v0"), tmp.path().join("v3"));
+    synth(&first, 3_000, &Table::ALL, 300, 0);
+    synth(&second, 3_000, &Table::ALL, 300, 3);
+    let (one_by_one, at_once) = (tmp.path().join("seq"), tmp.path().join("par"));
+    let rt_seq = LocalRuntime::open(config(), DataDir(one_by_one.clone())).unwrap();
+    let rt_par = LocalRuntime::open(config(), DataDir(at_once.clone())).unwrap();
+    for dir in [&first, &second] {
+        let seq = load_all(&rt_seq, dir, LEASE).await;
+        let par = load_concurrently(&rt_par, dir).await;
+        for (s, p) in seq.iter().zip(&par) {
+            assert!(s.succeeded && p.succeeded, "{s:?} {p:?}");
+            assert_eq!(s.dataset, p.dataset);
+            assert_eq!(s.published, p.published, "{}", s.dataset);
+            let (sv, pv) = (s.version.as_ref().unwrap(), p.version.as_ref().unwrap());
+            assert_eq!((sv.version, sv.counts), (pv.version, pv.counts));
+        }
+    }
+    let (seq_events, par_events) = (event_keys(&one_by_one), event_keys(&at_once));
+    assert!(seq_events.len() > 3_000, "the reload published changes");
+    assert_eq!(seq_events, par_events);
+    // Everything delivered is marked: nothing is left for the next relay.
+    for data in [&one_by_one, &at_once] {
+        assert_eq!(store(data).counts().unwrap().outbox_pending, 0);
+    }
+    let (s, p) = (store(&one_by_one), store(&at_once));
+    assert_eq!(s.counts().unwrap(), p.counts().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_among_loads_run_at_once_leaves_the_others_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let dir = tmp.path().join("load");
+    synth(&dir, 3_000, &Table::ALL, 250, 0);
+    // The patients' load fails on a corrupt file at a random place among its files; the
+    // coverage and encounters loads run beside it.
+    let position = 1 + random_below(4);
+    let corrupt = insert_corrupt_file(&dir.join("public/patients"), position);
+    let rt = LocalRuntime::open(config(), DataDir(data.clone())).unwrap();
+    let outcomes = load_concurrently(&rt, &dir).await;
+    let ds = store(&data);
+    for o in &outcomes {
+        let v = o.version.as_ref().unwrap();
+        if o.dataset == PATIENTS {
+            assert!(!o.succeeded);
+            assert_eq!((v.version, v.status), (1, VersionStatus::Failed));
+            let name = corrupt.file_name().unwrap().to_str().unwrap();
+            assert!(v.error.as_deref().unwrap().contains(name), "{v:?}");
+            assert_eq!(ds.current(PATIENTS).await.unwrap(), None);
+        } else {
+            assert!(o.succeeded, "{o:?}");
+            assert_eq!(
+                (v.version, v.status, v.current),
+                (1, VersionStatus::Succeeded, true)
+            );
+            assert_eq!(o.published.as_ref().unwrap()["created"], 1_000);
+        }
+    }
+    assert_eq!(ds.counts().unwrap().resources_live, 2_000);
+    let delivered = events(&data);
+    assert_eq!(delivered.len(), 2_000);
+    assert!(
+        delivered
+            .iter()
+            .all(|e| e["detail"]["resourceType"] != "Patient")
+    );
+
+    // The fixed delivery, retried: only the patients change.
+    std::fs::remove_file(&corrupt).unwrap();
+    let retry = load_concurrently(&rt, &dir).await;
+    for o in &retry {
+        assert!(o.succeeded, "{o:?}");
+        let created = o.published.as_ref().unwrap()["created"].as_u64().unwrap();
+        assert_eq!(created, if o.dataset == PATIENTS { 1_000 } else { 0 });
+    }
+    assert_eq!(ds.current(PATIENTS).await.unwrap(), Some(2));
+    assert_eq!(ds.counts().unwrap().resources_live, 3_000);
+    assert_eq!(events(&data).len(), 3_000);
+}

@@ -326,3 +326,35 @@ async fn a_full_refresh_upload_event_loads_the_file_as_a_new_version() {
     assert!(!other.loads[0].start.already_started);
     assert_eq!(ds.current(DATASET).await.unwrap(), Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_one_entity_loaded_at_once_still_load_in_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    let landing = tmp.path().join("landing");
+    put(
+        &landing,
+        "members/2026-01.csv",
+        patients_csv(tmp.path(), 0).as_bytes(),
+    );
+    put(
+        &landing,
+        "members/2026-02.csv",
+        patients_csv(tmp.path(), 3).as_bytes(),
+    );
+    let data = tmp.path().join("data");
+    let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
+    let bulk = std::sync::Arc::new(LocalBulk::open(&rt, "partner", &landing, LEASE).unwrap());
+    let loads = bulk.loads("partner").unwrap();
+    let outcomes: Vec<LoadOutcome> = bulk
+        .load_all(&loads)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(outcomes.iter().all(|o| o.succeeded), "{outcomes:?}");
+    let ds = SqliteStore::open(&data.join("store.db")).unwrap();
+    assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
+    let (_, deleted) = expected_changes(3);
+    assert_eq!(ds.counts().unwrap().resources_live, PATIENTS - deleted);
+}

@@ -20,6 +20,7 @@ use super::{
     load_chunk,
 };
 use crate::events::local::{LOCAL_ACCOUNT, LOCAL_REGION};
+use crate::events::{EventBus, RelayError, RelayReport, relay_outbox};
 use crate::handlers;
 use crate::local::{LocalRuntime, function_arn};
 use crate::objects::{LocalBuckets, ObjectStore};
@@ -27,6 +28,7 @@ use crate::sources::dms::DmsPath;
 use crate::sources::transfer::LoadMode;
 use crate::store::dataset::{DatasetStore, DatasetVersion, VersionStatus};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Outbox, OutboxEntry, StoreError};
 
 /// The `bulk-load` definition, with `${Placeholders}` for functions.
 pub const BULK_LOAD_DEFINITION: &str = include_str!("../../statemachines/bulk-load.asl.json");
@@ -93,11 +95,225 @@ fn to_json<T: Serialize>(v: T) -> Result<Value, BulkError> {
 struct BulkFunction {
     step: BulkStep,
     env: Arc<BulkEnv>,
+    local: Arc<LocalShared>,
 }
 
 impl BulkFunction {
     async fn call(&self, payload: Value) -> Result<Value, BulkError> {
-        invoke(self.step, payload, &self.env).await
+        match self.step {
+            BulkStep::Emit => {
+                let at = Instant::now();
+                let timings = emit_timings(&payload, &self.env);
+                let report = self
+                    .local
+                    .emit
+                    .emit()
+                    .await
+                    .map_err(|e| BulkError::Handler(e.into()))?;
+                timings.add_emit(at.elapsed());
+                tracing::info!(
+                    delivered = report.delivered,
+                    failed = report.failed,
+                    "emit done"
+                );
+                to_json(report)
+            }
+            BulkStep::Finalize => {
+                let req: VersionRef = parse(payload.clone())?;
+                let turns = self.local.turns();
+                if let Some(t) = &turns {
+                    t.wait(&req.dataset, req.version, &self.env).await?;
+                }
+                let out = invoke(self.step, payload, &self.env).await;
+                if let (Some(t), Ok(_)) = (&turns, &out) {
+                    t.done(&req.dataset);
+                }
+                out
+            }
+            _ => invoke(self.step, payload, &self.env).await,
+        }
+    }
+}
+
+/// What the local bulk functions share beyond [`BulkEnv`]: the emitter, and the order in
+/// which loads running at once move their pointers.
+#[derive(Debug)]
+struct LocalShared {
+    emit: LocalEmit,
+    turns: std::sync::Mutex<Option<Arc<Turns>>>,
+}
+
+impl LocalShared {
+    fn turns(&self) -> Option<Arc<Turns>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_turns(&self, turns: Option<Arc<Turns>>) {
+        *self
+            .turns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = turns;
+    }
+}
+
+/// The order of the pointer moves of loads running at once ([`LocalBulk::load_all`]): a
+/// load's `Finalize` waits until every load before it in the request order has moved its
+/// pointer or ended, so the outbox holds the loads' events in the same order as when they
+/// ran one after the other, and a resource two datasets both write ends up as it did then.
+#[derive(Debug)]
+struct Turns {
+    order: Vec<String>,
+    done: tokio::sync::watch::Sender<Vec<bool>>,
+}
+
+impl Turns {
+    fn new(reqs: &[LoadRequest]) -> Turns {
+        let order: Vec<String> = reqs.iter().map(|r| r.dataset.clone()).collect();
+        let done = tokio::sync::watch::Sender::new(vec![false; order.len()]);
+        Turns { order, done }
+    }
+
+    fn index(&self, dataset: &str) -> Option<usize> {
+        self.order.iter().position(|d| d == dataset)
+    }
+
+    /// Marks the dataset's turn as taken (its pointer moved, or its load ended).
+    fn done(&self, dataset: &str) {
+        if let Some(i) = self.index(dataset) {
+            self.done.send_modify(|d| d[i] = true);
+        }
+    }
+
+    /// Waits for the turn of `dataset`, keeping its version's heartbeat fresh meanwhile (the
+    /// loads before it may take longer than the lease).
+    async fn wait(&self, dataset: &str, version: u64, env: &BulkEnv) -> Result<(), BulkError> {
+        let Some(i) = self.index(dataset) else {
+            return Ok(());
+        };
+        let mut rx = self.done.subscribe();
+        let beat = (env.lease / 4).max(Duration::from_millis(100));
+        loop {
+            // The guard `wait_for` returns is dropped inside the block.
+            let turn = async { rx.wait_for(|d| d[..i].iter().all(|x| *x)).await.map(|_| ()) };
+            tokio::select! {
+                r = turn => {
+                    // The sender lives as long as `self`: an error cannot happen here.
+                    return r.map_err(|e| BulkError::Input(e.to_string()));
+                }
+                () = tokio::time::sleep(beat) => {
+                    env.datasets.heartbeat(dataset, version).await?;
+                }
+            }
+        }
+    }
+}
+
+/// `emit` for local loads. It delivers the store's outbox through the bus as
+/// [`handlers::emit`] does, with two differences that let it run while another load moves its
+/// pointer (which holds the store's write lock for the whole move):
+/// - it reads the outbox through its own connection (a WAL reader waits for no writer);
+/// - it marks entries delivered in batches through the loader's connection, in between the
+///   loader's transactions, rather than after every page (a mark is a write: it would wait
+///   for the move, and SQLite's busy timeout could run out on a long one).
+///
+/// Marks that are written later change nothing for a crash: entries delivered but not marked
+/// are sent again by the next relay, and the bus's delivery ledger sends each to each target
+/// once, exactly as after a crash between a delivery and its mark. One relay runs at a time.
+#[derive(Debug)]
+pub struct LocalEmit {
+    reader: SqliteStore,
+    writer: Arc<SqliteStore>,
+    bus: Arc<dyn EventBus>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Delivered positions kept before they are written (8 bytes each).
+const MARK_BATCH: usize = 50_000;
+
+impl LocalEmit {
+    /// An emitter reading the store file at `path` through its own connection and marking
+    /// through `writer` (a connection to the same file).
+    pub fn open(
+        path: &Path,
+        writer: Arc<SqliteStore>,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<LocalEmit, StoreError> {
+        Ok(LocalEmit {
+            reader: SqliteStore::open(path)?,
+            writer,
+            bus,
+            turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Relays every pending outbox entry, in outbox order.
+    pub async fn emit(&self) -> Result<RelayReport, RelayError> {
+        let _turn = self.turn.lock().await;
+        let outbox = DeferredMarks {
+            emit: self,
+            after: std::sync::Mutex::new(0),
+            marks: std::sync::Mutex::new(Vec::new()),
+        };
+        let relayed = relay_outbox(&outbox, self.bus.as_ref()).await;
+        // What was delivered is marked even when the relay stopped on an error.
+        let flushed = outbox.flush();
+        let report = relayed?;
+        flushed?;
+        Ok(report)
+    }
+}
+
+/// The outbox as [`LocalEmit`] relays it: reads go on past entries delivered but not yet
+/// marked; marks are kept and written in batches.
+#[derive(Debug)]
+struct DeferredMarks<'a> {
+    emit: &'a LocalEmit,
+    after: std::sync::Mutex<i64>,
+    marks: std::sync::Mutex<Vec<i64>>,
+}
+
+impl DeferredMarks<'_> {
+    fn flush(&self) -> Result<(), StoreError> {
+        let marks = std::mem::take(
+            &mut *self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.emit.writer.mark_delivered_off_worker(&marks)
+    }
+}
+
+#[async_trait]
+impl Outbox for DeferredMarks<'_> {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut after = self
+            .after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let page = self.emit.reader.pending_after(*after, limit)?;
+        if let Some(last) = page.last() {
+            *after = last.position;
+        }
+        Ok(page)
+    }
+
+    async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
+        let full = {
+            let mut marks = self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            marks.extend_from_slice(positions);
+            marks.len() >= MARK_BATCH
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -129,10 +345,19 @@ pub async fn invoke(step: BulkStep, payload: Value, env: &BulkEnv) -> Result<Val
         BulkStep::Fail => to_json(fail(parse(payload)?, env).await?),
         BulkStep::Emit => {
             let at = Instant::now();
+            let timings = emit_timings(&payload, env);
             let report = handlers::emit::handle(payload, &env.env).await?;
-            env.timings.add_emit(at.elapsed());
+            timings.add_emit(at.elapsed());
             to_json(report)
         }
+    }
+}
+
+/// Where an emit's time is counted: its trigger names the dataset whose move it delivers.
+fn emit_timings(payload: &Value, env: &BulkEnv) -> Arc<super::StageTimings> {
+    match payload.get("trigger").and_then(Value::as_str) {
+        Some(dataset) => env.timings.dataset(dataset),
+        None => env.timings.dataset(""),
     }
 }
 
@@ -254,6 +479,7 @@ pub struct LocalBulk {
     pub datasets: Arc<SqliteStore>,
     /// The one file to load, when `open` was given a file (its key below the folder).
     only: Option<String>,
+    local: Arc<LocalShared>,
 }
 
 impl LocalBulk {
@@ -314,9 +540,9 @@ impl LocalBulk {
         objects: Arc<dyn ObjectStore>,
         lease: Duration,
     ) -> Result<LocalBulk, BulkError> {
+        let store_path = data.join(config.store.sqlite_path());
         let datasets = Arc::new(
-            SqliteStore::open(&data.join(config.store.sqlite_path()))
-                .map_err(crate::store::dataset::DatasetError::from)?,
+            SqliteStore::open(&store_path).map_err(crate::store::dataset::DatasetError::from)?,
         );
         datasets
             .tune_for_bulk(DEFAULT_CACHE_MIB, CHECKPOINT_MIB)
@@ -339,6 +565,11 @@ impl LocalBulk {
             records_read: Arc::new(AtomicU64::new(0)),
             timings: Arc::default(),
         });
+        let local = Arc::new(LocalShared {
+            emit: LocalEmit::open(&store_path, datasets.clone(), env.env.bus.clone())
+                .map_err(crate::store::dataset::DatasetError::from)?,
+            turns: std::sync::Mutex::new(None),
+        });
         let mut registry = asl::TaskRegistry::new();
         let mut subs = HashMap::new();
         for step in BulkStep::ALL {
@@ -347,6 +578,7 @@ impl LocalBulk {
                 Arc::new(BulkFunction {
                     step,
                     env: env.clone(),
+                    local: local.clone(),
                 }),
             );
             subs.insert(
@@ -375,6 +607,7 @@ impl LocalBulk {
             env,
             datasets,
             only: None,
+            local,
         })
     }
 
@@ -472,11 +705,66 @@ impl LocalBulk {
         Ok(out)
     }
 
+    /// Runs `bulk-load` for every request at once and waits for them all; outcomes in request
+    /// order. The loads' reading, mapping and validating overlap each other's store work, and
+    /// one load's events are delivered while the next moves its pointer. Pointer moves take
+    /// turns in request order (see [`Turns`]), so the outbox, and what subscribers receive,
+    /// is in the same order as from [`Self::load`] called for each in turn. A load that fails
+    /// is marked FAILED on its own: the others go on. Requests for one dataset (several
+    /// full-refresh files of one entity) are successive versions: those load one after the
+    /// other.
+    pub async fn load_all(
+        self: &Arc<Self>,
+        reqs: &[LoadRequest],
+    ) -> Vec<Result<LoadOutcome, BulkError>> {
+        let datasets: std::collections::BTreeSet<&str> =
+            reqs.iter().map(|r| r.dataset.as_str()).collect();
+        if datasets.len() < reqs.len() {
+            let mut outcomes = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                outcomes.push(self.load(req).await);
+            }
+            return outcomes;
+        }
+        let turns = Arc::new(Turns::new(reqs));
+        self.local.set_turns(Some(turns.clone()));
+        // One task per load: a pointer move blocks the thread it runs on, and the other loads'
+        // steps (another's event delivery above all) must not wait on it.
+        let tasks: Vec<_> = reqs
+            .iter()
+            .map(|req| {
+                let (this, turns, req) = (self.clone(), turns.clone(), req.clone());
+                tokio::spawn(async move {
+                    let outcome = this.load(&req).await;
+                    // Ended without moving its pointer (it failed): the next may go.
+                    turns.done(&req.dataset);
+                    outcome
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for (task, req) in futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .zip(reqs)
+        {
+            outcomes.push(task.unwrap_or_else(|e| {
+                Err(BulkError::Input(format!(
+                    "the load of {} stopped: {e}",
+                    req.dataset
+                )))
+            }));
+        }
+        self.local.set_turns(None);
+        outcomes
+    }
+
     /// Runs `bulk-load` for one dataset and waits for its end.
     pub async fn load(&self, req: &LoadRequest) -> Result<LoadOutcome, BulkError> {
         let started = Instant::now();
-        // Loads run one after the other: what is counted from here on is this load's.
-        self.env.timings.take();
+        // What is counted from here on for this dataset is this load's.
+        let dataset_timings = self.env.timings.dataset(&req.dataset);
+        dataset_timings.take();
         let input = serde_json::to_value(req).map_err(|e| BulkError::Input(e.to_string()))?;
         let name: String = format!("{}-{}", req.dataset, Utc::now().timestamp_millis())
             .chars()
@@ -494,7 +782,7 @@ impl LocalBulk {
             .start_execution(&self.machine, Some(&name), input)
             .await;
         let succeeded = result.status == asl::ExecutionStatus::Succeeded;
-        let timings = self.env.timings.take();
+        let timings = dataset_timings.take();
         tracing::info!(
             dataset = %req.dataset,
             elapsed_ms = started.elapsed().as_millis() as u64,

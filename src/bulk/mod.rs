@@ -136,6 +136,8 @@ pub struct StageTimings {
     finalize_ns: AtomicU64,
     emit_ns: AtomicU64,
     batches: AtomicU64,
+    /// Each dataset's own, for loads that run at once ([`StageTimings::dataset`]).
+    datasets: std::sync::Mutex<std::collections::HashMap<String, Arc<StageTimings>>>,
 }
 
 /// A reading of [`StageTimings`], in milliseconds.
@@ -167,6 +169,17 @@ impl StageTimings {
     fn add(counter: &AtomicU64, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         counter.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The timings of one dataset's load: loads of several datasets may run at once, so each
+    /// counts its stages apart.
+    pub fn dataset(&self, dataset: &str) -> Arc<StageTimings> {
+        // A poisoned lock only means a panic elsewhere while counting: counts stay usable.
+        let mut map = self
+            .datasets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(dataset.to_owned()).or_default().clone()
     }
 
     /// The time spent so far, and the counters set back to zero (one load's share).
@@ -375,7 +388,7 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
     let (tx, mut rx) = mpsc::channel::<Msg>(4);
     let objects = env.objects.clone();
     let (bucket, key) = (req.bucket.clone(), req.key.clone());
-    let timings = env.timings.clone();
+    let timings = env.timings.dataset(&req.dataset);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), BulkError> {
         let reading = Instant::now();
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
@@ -439,7 +452,7 @@ pub async fn load_chunk(req: ChunkRequest, env: &BulkEnv) -> Result<ChunkReport,
                     in_flight.push_back(tokio::spawn(check_batch(
                         batch,
                         env.env.clone(),
-                        env.timings.clone(),
+                        env.timings.dataset(&req.dataset),
                     )));
                     continue;
                 }
@@ -550,7 +563,8 @@ async fn stage_batch(
     for r in &valid.rejected {
         quarantine(env, r).await?;
     }
-    StageTimings::add(&env.timings.quarantine_ns, at.elapsed());
+    let timings = env.timings.dataset(&req.dataset);
+    StageTimings::add(&timings.quarantine_ns, at.elapsed());
     counts.quarantined = valid.rejected.len() as u64;
     let mut staged = Vec::new();
     for item in valid.items {
@@ -569,7 +583,7 @@ async fn stage_batch(
     env.datasets
         .stage(&req.dataset, req.version, &staged)
         .await?;
-    StageTimings::add(&env.timings.stage_ns, at.elapsed());
+    StageTimings::add(&timings.stage_ns, at.elapsed());
     counts.resources_written = staged.len() as u64;
     env.records_read
         .fetch_add(counts.records_read, Ordering::Relaxed);
@@ -580,7 +594,7 @@ async fn stage_batch(
 pub async fn finalize(req: VersionRef, env: &BulkEnv) -> Result<PointerMove, BulkError> {
     let at = Instant::now();
     let mv = env.datasets.finalize(&req.dataset, req.version).await?;
-    StageTimings::add(&env.timings.finalize_ns, at.elapsed());
+    StageTimings::add(&env.timings.dataset(&req.dataset).finalize_ns, at.elapsed());
     Ok(mv)
 }
 

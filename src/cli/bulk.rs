@@ -34,6 +34,10 @@ pub enum BulkCommand {
         /// Print the outcome of each load as JSON.
         #[arg(long)]
         json: bool,
+        /// Load the source's tables at once rather than one after the other (pointer moves
+        /// and events keep the table order; each load succeeds or fails on its own).
+        #[arg(long)]
+        concurrent: bool,
     },
     /// The versions of a dataset.
     Versions {
@@ -178,10 +182,16 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
             path,
             lease_secs,
             json,
+            concurrent,
         } => {
             let config = load_config(config)?;
             let rt = LocalRuntime::open(config, data.clone())?;
-            let bulk = LocalBulk::open(&rt, &source, &path, Duration::from_secs(lease_secs))?;
+            let bulk = Arc::new(LocalBulk::open(
+                &rt,
+                &source,
+                &path,
+                Duration::from_secs(lease_secs),
+            )?);
             if let Some(mib) = std::env::var("FHIR_UNIFY_BULK_CACHE_MIB")
                 .ok()
                 .filter(|v| !v.trim().is_empty())
@@ -211,10 +221,19 @@ pub async fn run(cmd: BulkCommand, config: Option<&Path>, data: &DataDir) -> Res
             });
             let mut failed = false;
             let mut outcomes = Vec::new();
-            for req in &loads {
-                let outcome = bulk.load(req).await?;
-                failed |= !outcome.succeeded;
-                outcomes.push(outcome);
+            if concurrent {
+                // Each publishes on its own, in table order (see `load_all`).
+                for outcome in bulk.load_all(&loads).await {
+                    let outcome = outcome?;
+                    failed |= !outcome.succeeded;
+                    outcomes.push(outcome);
+                }
+            } else {
+                for req in &loads {
+                    let outcome = bulk.load(req).await?;
+                    failed |= !outcome.succeeded;
+                    outcomes.push(outcome);
+                }
             }
             ticker.abort();
             let secs = started.elapsed().as_secs_f64();

@@ -117,8 +117,17 @@ impl Archive {
 
     /// Archives envelopes (by `id`; one already archived is left as it is).
     pub fn insert(&self, envelopes: &[&Value]) -> Result<(), ArchiveError> {
+        self.insert_new(envelopes).map(|_| ())
+    }
+
+    /// [`Self::insert`], telling for each envelope whether it was archived now (`false`: an
+    /// event with its id was archived before). Nothing is ever removed from the archive, and
+    /// an event is archived before it is delivered, so an event archived now has been
+    /// delivered to no target: its delivery ledger need not be read.
+    pub fn insert_new(&self, envelopes: &[&Value]) -> Result<Vec<bool>, ArchiveError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction().map_err(|e| self.error(e))?;
+        let mut fresh = Vec::with_capacity(envelopes.len());
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -130,11 +139,14 @@ impl Archive {
             for e in envelopes {
                 let id = e.get("id").and_then(Value::as_str).unwrap_or_default();
                 let time = e.get("time").and_then(Value::as_str).unwrap_or_default();
-                stmt.execute(params![id, time, e.to_string(), now])
+                let inserted = stmt
+                    .execute(params![id, time, e.to_string(), now])
                     .map_err(|e| self.error(e))?;
+                fresh.push(inserted > 0);
             }
         }
-        tx.commit().map_err(|e| self.error(e))
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(fresh)
     }
 
     /// Archived events whose time is at or after `since`, in arrival order, from `after`
@@ -260,6 +272,21 @@ mod tests {
         a.record_delivered("t", &keys[..1]).unwrap();
         assert_eq!(a.delivered("t", &keys).unwrap(), vec![true, false]);
         assert_eq!(a.delivered("other", &keys).unwrap(), vec![false, false]);
+    }
+
+    #[test]
+    fn insert_new_tells_which_envelopes_were_archived_by_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::open(&dir.path().join("events.db")).unwrap();
+        let e1 = json!({"id": "1", "time": "2024-01-01T00:00:00Z"});
+        let e2 = json!({"id": "2", "time": "2024-01-02T00:00:00Z"});
+        assert_eq!(a.insert_new(&[&e1]).unwrap(), vec![true]);
+        // Archived before; new; the same id twice in one call: only its first is new.
+        assert_eq!(
+            a.insert_new(&[&e1, &e2, &e2]).unwrap(),
+            vec![false, true, false]
+        );
+        assert_eq!(a.list(None, 0, 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -232,9 +232,13 @@ impl LocalBus {
     /// Delivers envelopes through the rules; returns the index of the first envelope a target
     /// failed, with the reason. Targets are delivered to concurrently (their `fsync`s overlap),
     /// each in event order.
+    ///
+    /// `fresh[i]`: envelope `i` was archived by this call, so no target has it yet and its
+    /// delivery ledger is not read (see [`Archive::insert_new`]).
     async fn route(
         &self,
         envelopes: &[(usize, Value, String)],
+        fresh: &[bool],
     ) -> Result<Option<(usize, String)>, BusError> {
         let unavailable = |e: ArchiveError| BusError::Unavailable(e.to_string());
         // (rule, target, ledger name, entries to deliver)
@@ -246,18 +250,32 @@ impl LocalBus {
             if matching.is_empty() {
                 continue;
             }
-            let keys: Vec<String> = matching.iter().map(|&i| envelopes[i].2.clone()).collect();
+            // Only envelopes archived before may have reached a target already.
+            let seen: Vec<usize> = matching
+                .iter()
+                .copied()
+                .filter(|&i| !fresh.get(i).copied().unwrap_or(false))
+                .collect();
+            let keys: Vec<String> = seen.iter().map(|&i| envelopes[i].2.clone()).collect();
             for target in &rule.targets {
                 let ledger = format!("{}/{}", rule.name, target.id());
-                let done = self
-                    .archive
-                    .delivered(&ledger, &keys)
-                    .map_err(unavailable)?;
-                let todo: Vec<usize> = matching
+                let done = if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    self.archive
+                        .delivered(&ledger, &keys)
+                        .map_err(unavailable)?
+                };
+                let delivered: std::collections::HashSet<usize> = seen
                     .iter()
                     .zip(&done)
-                    .filter(|(_, d)| !**d)
+                    .filter(|(_, d)| **d)
                     .map(|(i, _)| *i)
+                    .collect();
+                let todo: Vec<usize> = matching
+                    .iter()
+                    .copied()
+                    .filter(|i| !delivered.contains(i))
                     .collect();
                 if !todo.is_empty() {
                     jobs.push((rule, target, ledger, todo));
@@ -401,10 +419,11 @@ impl LocalBus {
             accepted.push((i, envelope, key));
         }
         let refs: Vec<&Value> = accepted.iter().map(|(_, e, _)| e).collect();
-        self.archive
-            .insert(&refs)
+        let fresh = self
+            .archive
+            .insert_new(&refs)
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let failed = self.route(&accepted).await?;
+        let failed = self.route(&accepted, &fresh).await?;
         for (n, (i, _, key)) in accepted.iter().enumerate() {
             results[*i] = Some(match &failed {
                 Some((f, why)) if n == *f => PutEntryResult::Failed {

@@ -391,6 +391,19 @@ impl SqliteStore {
         outbox_pending(&*self.lock()?, limit, &self.location)
     }
 
+    /// Up to `limit` undelivered events after outbox position `after`, oldest first: for a
+    /// relay that marks what it delivered later than it reads on (see
+    /// `bulk::local`'s emit), so that `pending` would still return those entries.
+    pub fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox_pending_after(&*self.lock()?, after, limit, &self.location)
+    }
+
+    /// Marks outbox entries delivered, off the async worker (see [`off_worker`]): the
+    /// connection may be busy with a long pointer move.
+    pub fn mark_delivered_off_worker(&self, positions: &[i64]) -> Result<(), StoreError> {
+        off_worker(|| self.mark_delivered_sync(positions))
+    }
+
     fn mark_delivered_sync(&self, positions: &[i64]) -> Result<(), StoreError> {
         outbox_mark_delivered(
             &mut *self.lock()?,
@@ -454,6 +467,20 @@ impl Outbox for SqliteStore {
 
     async fn mark_delivered(&self, positions: &[i64]) -> Result<(), StoreError> {
         self.mark_delivered_sync(positions)
+    }
+}
+
+/// Runs a store call that may hold (or wait for) the connection for seconds (a pointer move
+/// of a large load) without holding up the async worker it was called on: on a multi-threaded
+/// runtime the worker hands its other tasks to a new thread meanwhile, so loads running
+/// beside it (mapping, validating, delivering events) go on. On a current-thread runtime
+/// (tests) it simply runs.
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -888,16 +915,44 @@ pub(crate) fn outbox_pending(
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })
         .map_err(err)?;
-    rows.map(|row| {
-        let (position, text) = row.map_err(err)?;
-        let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "{location}: outbox entry {position} is not a change event: {e}"
-            ))
-        })?;
-        Ok(OutboxEntry { position, event })
-    })
-    .collect()
+    rows.map(|row| decode_entry(row.map_err(err)?, location))
+        .collect()
+}
+
+fn decode_entry(
+    (position, text): (i64, String),
+    location: &str,
+) -> Result<OutboxEntry, StoreError> {
+    let event = serde_json::from_str::<ChangeEvent>(&text).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{location}: outbox entry {position} is not a change event: {e}"
+        ))
+    })?;
+    Ok(OutboxEntry { position, event })
+}
+
+/// [`outbox_pending`] from after position `after` (exclusive).
+pub(crate) fn outbox_pending_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    location: &str,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    let err = |e| with_context(location, e);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT position, event FROM outbox WHERE delivered_at IS NULL AND position > ?2
+             ORDER BY position LIMIT ?1",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map(params![limit, after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(err)?;
+    rows.map(|row| decode_entry(row.map_err(err)?, location))
+        .collect()
 }
 
 /// What becomes of an `outbox` row once it is delivered.

@@ -550,3 +550,34 @@ async fn a_page_larger_than_the_local_page_is_refused() {
     ));
     assert!(bus.archive().list(None, 0, 10).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_event_put_again_reaches_no_target_twice_and_a_new_one_beside_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ScriptedHttp::statuses(vec![200; 8]);
+    let bus = bus_from_yaml(
+        &format!(
+            r#"
+events:
+  local:
+    rules:
+      - name: hook
+        pattern: {{ source: [fhir-unify] }}
+        targets: [ {{ webhook: {{ url: "{}", max_attempts: 1, initial_backoff_ms: 1 }} }} ]
+"#,
+            server.endpoint
+        ),
+        dir.path(),
+    );
+    let events: Vec<ChangeEvent> = (0..3)
+        .map(|i| event(ChangeKind::Created, "Patient", &format!("p{i}"), "1"))
+        .collect();
+    let r = bus.put_events(&events[..2]).await.unwrap();
+    assert_eq!(accepted(&r), 2, "{r:?}");
+    // p0 and p1 are archived already (their ledger is read), p2 is new (its ledger is not).
+    let r = bus.put_events(&events).await.unwrap();
+    assert_eq!(accepted(&r), 3, "{r:?}");
+    let bodies: Vec<Value> = server.accepted_bodies().into_iter().map(checked).collect();
+    assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1"]);
+    assert_eq!(bus.archive().list(None, 0, 10).unwrap().len(), 3);
+}

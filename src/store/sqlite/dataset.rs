@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::{
     SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
-    format_time, search, sql_err,
+    format_time, off_worker, search, sql_err,
 };
 use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
@@ -435,61 +435,117 @@ fn publish_first(
             )
             .map_err(sql_err)?;
         let mut rows = new.query(params![dataset, to_key, at]).map_err(sql_err)?;
-        let mut at_row = std::time::Instant::now();
-        while let Some(r) = rows.next().map_err(sql_err)? {
-            let t0 = std::time::Instant::now();
-            phases.scan += t0 - at_row;
-            let staged = read_staged(dataset, to, r)?;
-            let stored_text: String = r.get(4).map_err(sql_err)?;
-            let stored = with_meta(staged.resource, 1, now);
-            let t1 = std::time::Instant::now();
-            phases.decode += t1 - t0;
-            search::index_new(conn, &staged.target, &stored)?;
-            let t2 = std::time::Instant::now();
-            phases.index += t2 - t1;
-            let event = change_event(
-                ChangeKind::Created,
-                &staged.target,
-                "1",
-                now,
-                &staged.lineage,
-            );
-            let text = serde_json::to_string(&event).map_err(|e| StoreError::Invalid {
-                target: staged.target.to_string(),
-                reason: format!("change event cannot be stored: {e}"),
-            })?;
-            event_insert.execute([text]).map_err(sql_err)?;
-            let t3 = std::time::Instant::now();
-            phases.events += t3 - t2;
-            history_insert
-                .execute(params![
-                    staged.target.resource_type,
-                    staged.target.id,
-                    at,
-                    stored_text,
-                    staged.lineage_text
-                ])
-                .map_err(sql_err)?;
-            let t4 = std::time::Instant::now();
-            phases.history += t4 - t3;
-            resource_insert
-                .execute(params![
-                    staged.target.resource_type,
-                    staged.target.id,
-                    at,
-                    stored_text
-                ])
-                .map_err(sql_err)?;
-            mv.created += 1;
-            at_row = std::time::Instant::now();
-            phases.resources += at_row - t4;
-        }
+        // Decoding the staged text, computing search-index entries and writing the event's
+        // text is CPU work that does not need the connection: a worker thread does it for
+        // blocks of rows while this thread reads the next block and writes the previous one.
+        // One worker and FIFO channels: rows are written in key order, as read.
+        std::thread::scope(|s| -> Result<(), DatasetError> {
+            let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<RawStaged>>(2);
+            let (done_tx, done_rx) =
+                std::sync::mpsc::sync_channel::<Result<Vec<Prepared>, DatasetError>>(2);
+            s.spawn(move || {
+                for block in raw_rx {
+                    let out = block
+                        .into_iter()
+                        .map(|r| prepare_new(dataset, to, now, r))
+                        .collect();
+                    if done_tx.send(out).is_err() {
+                        break;
+                    }
+                }
+            });
+            let stopped = || {
+                DatasetError::Store(StoreError::Unavailable(format!(
+                    "{dataset} version {to}: the publishing worker stopped"
+                )))
+            };
+            let mut written = || -> Result<(), DatasetError> {
+                let mut in_flight = 0usize;
+                let mut reading = true;
+                while reading || in_flight > 0 {
+                    if reading {
+                        let t0 = std::time::Instant::now();
+                        let mut block = Vec::with_capacity(PUBLISH_BLOCK);
+                        while block.len() < PUBLISH_BLOCK {
+                            match rows.next().map_err(sql_err)? {
+                                Some(r) => block.push(RawStaged {
+                                    target: ResourceRef {
+                                        resource_type: r.get(0).map_err(sql_err)?,
+                                        id: r.get(1).map_err(sql_err)?,
+                                    },
+                                    content: r.get(2).map_err(sql_err)?,
+                                    lineage_text: r.get(3).map_err(sql_err)?,
+                                    stored_text: r.get(4).map_err(sql_err)?,
+                                }),
+                                None => {
+                                    reading = false;
+                                    break;
+                                }
+                            }
+                        }
+                        phases.scan += t0.elapsed();
+                        if !block.is_empty() {
+                            raw_tx.send(block).map_err(|_| stopped())?;
+                            in_flight += 1;
+                        }
+                        // Two blocks in flight: the worker is never idle waiting for a read.
+                        if reading && in_flight < 2 {
+                            continue;
+                        }
+                    }
+                    if in_flight == 0 {
+                        continue;
+                    }
+                    let t0 = std::time::Instant::now();
+                    let prepared = done_rx.recv().map_err(|_| stopped())??;
+                    in_flight -= 1;
+                    let t1 = std::time::Instant::now();
+                    phases.decode += t1 - t0;
+                    for p in prepared {
+                        let t1 = std::time::Instant::now();
+                        search::insert_entries(conn, &p.target, p.entries)?;
+                        let t2 = std::time::Instant::now();
+                        phases.index += t2 - t1;
+                        event_insert.execute([p.event_text]).map_err(sql_err)?;
+                        let t3 = std::time::Instant::now();
+                        phases.events += t3 - t2;
+                        history_insert
+                            .execute(params![
+                                p.target.resource_type,
+                                p.target.id,
+                                at,
+                                p.stored_text,
+                                p.lineage_text
+                            ])
+                            .map_err(sql_err)?;
+                        let t4 = std::time::Instant::now();
+                        phases.history += t4 - t3;
+                        resource_insert
+                            .execute(params![
+                                p.target.resource_type,
+                                p.target.id,
+                                at,
+                                p.stored_text
+                            ])
+                            .map_err(sql_err)?;
+                        mv.created += 1;
+                        phases.resources += t4.elapsed();
+                    }
+                }
+                Ok(())
+            };
+            let out = written();
+            // Dropping both ends stops the worker whether it waits to read or to send.
+            drop(raw_tx);
+            drop(done_rx);
+            out
+        })?;
     }
     tracing::debug!(
         dataset,
         held_ms = phases.held.as_millis() as u64,
         scan_ms = phases.scan.as_millis() as u64,
-        decode_ms = phases.decode.as_millis() as u64,
+        prepare_wait_ms = phases.decode.as_millis() as u64,
         index_ms = phases.index.as_millis() as u64,
         events_ms = phases.events.as_millis() as u64,
         history_ms = phases.history.as_millis() as u64,
@@ -497,6 +553,58 @@ fn publish_first(
         "first publish phases"
     );
     Ok(mv)
+}
+
+/// Rows a first publish hands its worker at a time (see [`publish_first`]).
+const PUBLISH_BLOCK: usize = 256;
+
+/// A staged row as read, before decoding.
+struct RawStaged {
+    target: ResourceRef,
+    content: String,
+    lineage_text: String,
+    /// The content with `meta` set, as stored.
+    stored_text: String,
+}
+
+/// What a first publish writes for a new resource.
+struct Prepared {
+    target: ResourceRef,
+    lineage_text: String,
+    stored_text: String,
+    entries: Vec<crate::store::search::IndexEntry>,
+    event_text: String,
+}
+
+/// The CPU part of publishing a new resource: decoded and checked as [`read_staged`] does,
+/// its index entries and its event's text.
+fn prepare_new(
+    dataset: &str,
+    version: u64,
+    now: DateTime<Utc>,
+    raw: RawStaged,
+) -> Result<Prepared, DatasetError> {
+    let staged = decode_staged(dataset, version, raw.target, &raw.content, raw.lineage_text)?;
+    let stored = with_meta(staged.resource, 1, now);
+    let entries = crate::store::search::index_entries(&stored);
+    let event = change_event(
+        ChangeKind::Created,
+        &staged.target,
+        "1",
+        now,
+        &staged.lineage,
+    );
+    let event_text = serde_json::to_string(&event).map_err(|e| StoreError::Invalid {
+        target: staged.target.to_string(),
+        reason: format!("change event cannot be stored: {e}"),
+    })?;
+    Ok(Prepared {
+        target: staged.target,
+        lineage_text: staged.lineage_text,
+        stored_text: raw.stored_text,
+        entries,
+        event_text,
+    })
 }
 
 /// Where a first publish's time goes (logged; durations only).
@@ -528,7 +636,18 @@ fn read_staged(dataset: &str, version: u64, r: &rusqlite::Row<'_>) -> Result<Sta
     };
     let content: String = r.get(2).map_err(sql_err)?;
     let lineage_text: String = r.get(3).map_err(sql_err)?;
-    let resource: Value = serde_json::from_str(&content)
+    decode_staged(dataset, version, target, &content, lineage_text)
+}
+
+/// [`read_staged`] on the row's values.
+fn decode_staged(
+    dataset: &str,
+    version: u64,
+    target: ResourceRef,
+    content: &str,
+    lineage_text: String,
+) -> Result<Staged, DatasetError> {
+    let resource: Value = serde_json::from_str(content)
         .map_err(|e| StoreError::Corrupt(format!("{dataset} version {version}: {target}: {e}")))?;
     check_ref(&target)?;
     let resource = canonical_owned(&target, resource)?;
@@ -1089,8 +1208,10 @@ impl DatasetStore for SqliteStore {
     }
 
     async fn heartbeat(&self, dataset: &str, version: u64) -> Result<(), DatasetError> {
-        self.write_tx(|tx, now| {
-            refresh_heartbeat(tx, dataset, version, &format_time(now)).map(|_| ())
+        off_worker(|| {
+            self.write_tx(|tx, now| {
+                refresh_heartbeat(tx, dataset, version, &format_time(now)).map(|_| ())
+            })
         })
     }
 
@@ -1100,7 +1221,7 @@ impl DatasetStore for SqliteStore {
         version: u64,
         resources: &[StagedResource],
     ) -> Result<(), DatasetError> {
-        self.stage_sync(dataset, version, resources)
+        off_worker(|| self.stage_sync(dataset, version, resources))
     }
 
     async fn chunk_done(
@@ -1110,11 +1231,11 @@ impl DatasetStore for SqliteStore {
         chunk: &str,
         counts: LoadCounts,
     ) -> Result<(), DatasetError> {
-        self.chunk_done_sync(dataset, version, chunk, counts)
+        off_worker(|| self.chunk_done_sync(dataset, version, chunk, counts))
     }
 
     async fn finalize(&self, dataset: &str, version: u64) -> Result<PointerMove, DatasetError> {
-        self.finalize_sync(dataset, version)
+        off_worker(|| self.finalize_sync(dataset, version))
     }
 
     async fn fail(&self, dataset: &str, version: u64, reason: &str) -> Result<(), DatasetError> {

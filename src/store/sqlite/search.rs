@@ -72,13 +72,23 @@ pub(super) fn index_new(
     target: &ResourceRef,
     content: &Value,
 ) -> Result<(), StoreError> {
+    insert_entries(tx, target, index_entries(content))
+}
+
+/// Writes a new version's index rows, computed beforehand by `index_entries` (a first
+/// publish computes them on another thread).
+pub(super) fn insert_entries(
+    tx: &Connection,
+    target: &ResourceRef,
+    entries: Vec<crate::store::search::IndexEntry>,
+) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql_err)?;
-    for entry in index_entries(content) {
+    for entry in entries {
         let (system, value, raw, low, high) = match entry.value {
             IndexValue::Token { system, code } => (system, Some(code), None, None, None),
             IndexValue::String { normalized, exact } => {

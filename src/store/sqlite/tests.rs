@@ -1032,3 +1032,33 @@ async fn an_older_files_search_index_is_rebuilt_so_updates_leave_no_stale_rows()
     one(&fresh, upsert("b", patient("b", "Jones"), "1")).await;
     assert_eq!(index_rows(&store), index_rows(&fresh));
 }
+
+#[tokio::test]
+async fn pending_after_reads_on_past_entries_not_yet_marked_through_the_undelivered_index() {
+    let store = store();
+    for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+    }
+    let all = store.pending(10).await.unwrap();
+    assert_eq!(all.len(), 5);
+    // From the start it is `pending`.
+    assert_eq!(store.pending_after(0, 10).unwrap(), all);
+    // After a position: the entries past it, oldest first, at most `limit`.
+    assert_eq!(store.pending_after(all[1].position, 2).unwrap(), all[2..4]);
+    assert!(store.pending_after(all[4].position, 10).unwrap().is_empty());
+    // A marked entry is skipped either way.
+    store.mark_delivered_off_worker(&[all[3].position]).unwrap();
+    let after = store.pending_after(all[1].position, 10).unwrap();
+    assert_eq!(after, vec![all[2].clone(), all[4].clone()]);
+    assert_eq!(store.pending(10).await.unwrap().len(), 4);
+    let conn = store.lock().unwrap();
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT position, event FROM outbox
+             WHERE delivered_at IS NULL AND position > 0 ORDER BY position LIMIT 10",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("outbox_undelivered"), "{plan}");
+}

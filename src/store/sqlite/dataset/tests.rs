@@ -455,3 +455,43 @@ async fn the_set_based_first_publish_writes_what_the_per_resource_path_writes() 
     each.sort();
     assert_eq!(set_based, each);
 }
+
+#[tokio::test]
+async fn a_first_publish_of_several_worker_blocks_writes_what_the_per_resource_path_writes() {
+    // More rows than two blocks of the publishing worker, the last block partial, staged out
+    // of key order.
+    let n = 2 * PUBLISH_BLOCK + 57;
+    let rows: Vec<StagedResource> = (0..n)
+        .rev()
+        .map(|i| rich(&format!("r{i:05}"), &format!("F{i}")))
+        .collect();
+    let mut snapshots = Vec::new();
+    for set_based in [true, false] {
+        let (store, clock) = manual_clock();
+        let v = store.begin(DS, "test", LEASE).await.unwrap();
+        store.stage(DS, v.version, &rows).await.unwrap();
+        clock.store(9_000, Ordering::SeqCst);
+        let mv = if set_based {
+            store.finalize(DS, v.version).await.unwrap()
+        } else {
+            store
+                .write_tx(|tx, now| {
+                    let mv = switch_each(tx, DS, None, v.version, now)?;
+                    let at = format_time(now);
+                    set_status(tx, DS, v.version, VersionStatus::Succeeded, None, &at)?;
+                    write_pointer(tx, DS, v.version, &at)?;
+                    Ok(mv)
+                })
+                .unwrap()
+        };
+        assert_eq!(mv.created, n as u64, "set-based: {set_based}");
+        // Both write events in key order.
+        let ids: Vec<String> = drain(&store).await.into_iter().map(|e| e.1).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids.len(), n);
+        assert_eq!(ids, sorted, "set-based: {set_based}");
+        snapshots.push(snapshot(&store));
+    }
+    assert_eq!(snapshots[0], snapshots[1]);
+}
