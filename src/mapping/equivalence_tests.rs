@@ -329,7 +329,6 @@ resources:
 "#;
     let m = Mapping::from_yaml(ROOTS, "roots.yaml").unwrap();
     let (ok, failed) = compare(&m, ROOTS, 2_000, 11);
-    eprintln!("{ok} mapped, {failed} failed");
     assert!(ok > 1_500, "{ok} mapped, {failed} failed");
     // `id` and `resourceType` join the root's entries in key order.
     let c = change(&m, json!("k"), json!({"a": "yes", "b": "mine", "c": "t"}));
