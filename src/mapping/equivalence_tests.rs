@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::Mapping;
-use crate::model::{Op, RecordKey, Sequence, SourceChange};
+use crate::model::{Op, RecordKey, ResourceOp, Sequence, SourceChange};
 
 /// Values a record field takes: missing, empty, codes the mappings know, other kinds.
 fn pool() -> Vec<Option<Json>> {
@@ -295,4 +295,75 @@ fn errors_name_file_place_and_record_alike() {
             .unwrap()
             .contains("Secret-Q")
     );
+}
+
+/// Object roots are finished from their entries (`id` and `resourceType` joined before the
+/// map is built), small objects and dicts are built by inserts: against the template path,
+/// with root keys on both sides of `id` and `resourceType`, roots left empty, objects on both
+/// sides of the small-map size, and a dict that repeats a key.
+#[test]
+fn object_roots_and_small_maps_give_the_same_answer_both_ways() {
+    const ROOTS: &str = r#"source: s
+entity: e
+resources:
+  - resourceType: Basic
+    template:
+      active: "{{ record.a }}"
+      identifier: [{ value: "{{ record.b }}" }]
+      code: { text: "{{ record.c }}" }
+      subject: "{{ record.d }}"
+  - resourceType: Basic
+    idSuffix: empty
+    template:
+      note: "{{ record.a }}"
+  - resourceType: Basic
+    idSuffix: sizes
+    template:
+      a: { x: "{{ record.a }}" }
+      b: { x: "{{ record.a }}", y: "{{ record.b }}", z: fixed }
+      c: { w: "{{ record.a }}", x: "{{ record.b }}", y: "{{ record.c }}", z: "{{ record.d }}" }
+      d: "{{ {'k': record.a, 'k': record.b} }}"
+      e: "{{ {'p': record.a, 'q': record.b, 'r': record.c, 's': record.d} }}"
+      f: "{{ {'q': record.c, 'p': record.d} }}"
+      zz: "{{ record.d }}"
+"#;
+    let m = Mapping::from_yaml(ROOTS, "roots.yaml").unwrap();
+    let (ok, failed) = compare(&m, ROOTS, 2_000, 11);
+    assert!(ok > 1_500, "{ok} mapped, {failed} failed");
+    // `id` and `resourceType` join the root's entries in key order.
+    let c = change(&m, json!("k"), json!({"a": "yes", "b": "mine", "c": "t"}));
+    let out = m.apply(&c).unwrap();
+    assert_eq!(out, m.apply_via_templates(&c).unwrap());
+    let ResourceOp::Upsert { resource } = &out[0].op else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        resource,
+        &json!({"resourceType": "Basic", "id": out[0].target.id, "active": "yes",
+                "identifier": [{"value": "mine"}], "code": {"text": "t"}})
+    );
+    let ResourceOp::Upsert { resource } = &out[1].op else {
+        panic!("{out:?}")
+    };
+    assert_eq!(resource["note"], "yes");
+    let ResourceOp::Upsert { resource } = &out[2].op else {
+        panic!("{out:?}")
+    };
+    assert_eq!(resource["d"], json!({"k": "mine"}));
+    assert_eq!(
+        resource["b"],
+        json!({"x": "yes", "y": "mine", "z": "fixed"})
+    );
+    // A root left empty is the bare resource.
+    let c = change(&m, json!("k"), json!({}));
+    let out = m.apply(&c).unwrap();
+    assert_eq!(out, m.apply_via_templates(&c).unwrap());
+    let ResourceOp::Upsert { resource } = &out[1].op else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        resource,
+        &json!({"resourceType": "Basic", "id": out[1].target.id})
+    );
+    assert_eq!(m.apply(&c), m.apply_via_templates(&c));
 }

@@ -535,7 +535,7 @@ pub fn number_to_json(text: &str) -> Option<Value> {
     let exact = Decimal::parse(text)?;
     if let Ok(f) = text.parse::<f64>()
         && f.is_finite()
-        && Decimal::parse(&format!("{f:e}")).as_ref() == Some(&exact)
+        && shortest_equals(f, &exact)
         && let Some(n) = Number::from_f64(f)
     {
         return Some(Value::Number(n));
@@ -543,18 +543,82 @@ pub fn number_to_json(text: &str) -> Option<Value> {
     Some(Value::String(text.to_owned()))
 }
 
-/// A decimal number's exact value: `digits × 10^exponent`, without leading or trailing zeros
-/// in `digits` (zero is empty digits, exponent 0, not negative), so equal values are equal.
-#[derive(Debug, PartialEq, Eq)]
-struct Decimal {
+/// Whether `f`'s shortest decimal form (`{f:e}`) has exactly the value `exact`. The form is
+/// written to the stack, not to a new string (a finite `f64` takes at most 24 bytes).
+fn shortest_equals(f: f64, exact: &Decimal<'_>) -> bool {
+    use std::fmt::Write;
+    let mut text = StackText::default();
+    match write!(text, "{f:e}") {
+        Ok(()) => std::str::from_utf8(&text.bytes[..text.len])
+            .ok()
+            .and_then(Decimal::parse)
+            .is_some_and(|d| d == *exact),
+        Err(_) => Decimal::parse(&format!("{f:e}")).as_ref() == Some(exact),
+    }
+}
+
+/// A short text written on the stack; writing more than it holds is an error.
+struct StackText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            bytes: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A decimal number's exact value, read in place from its text: `digits × 10^exponent`, where
+/// `digits` are the integer and fraction digits together without their leading and trailing
+/// zeros (zero is no digits, exponent 0, not negative), so equal values are equal.
+#[derive(Debug)]
+struct Decimal<'t> {
     negative: bool,
-    digits: String,
+    int: &'t [u8],
+    frac: &'t [u8],
+    /// Where the significant digits start in `int ++ frac`, and how many there are.
+    start: usize,
+    len: usize,
     exponent: i64,
 }
 
-impl Decimal {
+impl Decimal<'_> {
+    fn digits(&self) -> impl Iterator<Item = u8> + '_ {
+        self.int
+            .iter()
+            .chain(self.frac)
+            .copied()
+            .skip(self.start)
+            .take(self.len)
+    }
+}
+
+impl PartialEq for Decimal<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.negative == other.negative
+            && self.exponent == other.exponent
+            && self.len == other.len
+            && self.digits().eq(other.digits())
+    }
+}
+
+impl<'t> Decimal<'t> {
     /// Parses `-?(d+(.d*)?|.d+)([eE][+-]?d+)?`; anything else is not a number.
-    fn parse(text: &str) -> Option<Decimal> {
+    fn parse(text: &'t str) -> Option<Decimal<'t>> {
         let (negative, rest) = match text.strip_prefix('-') {
             Some(r) => (true, r),
             None => (false, text),
@@ -574,29 +638,38 @@ impl Decimal {
             }
         };
         let (int, frac) = match mantissa.split_once('.') {
-            Some((i, f)) => (i, f),
-            None => (mantissa, ""),
+            Some((i, f)) => (i.as_bytes(), f.as_bytes()),
+            None => (mantissa.as_bytes(), &b""[..]),
         };
-        if int.len() + frac.len() == 0
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        {
+        if int.len() + frac.len() == 0 || !int.iter().chain(frac).all(u8::is_ascii_digit) {
             return None;
         }
         exponent = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
-        let all = format!("{int}{frac}");
-        let trimmed = all.trim_start_matches('0');
-        let digits = trimmed.trim_end_matches('0');
-        if digits.is_empty() {
+        let total = int.len() + frac.len();
+        let lead = int.iter().chain(frac).take_while(|b| **b == b'0').count();
+        if lead == total {
             return Some(Decimal {
                 negative: false,
-                digits: String::new(),
+                int: b"",
+                frac: b"",
+                start: 0,
+                len: 0,
                 exponent: 0,
             });
         }
-        exponent = exponent.checked_add(i64::try_from(trimmed.len() - digits.len()).ok()?)?;
+        let trail = int
+            .iter()
+            .chain(frac)
+            .rev()
+            .take_while(|b| **b == b'0')
+            .count();
+        exponent = exponent.checked_add(i64::try_from(trail).ok()?)?;
         Some(Decimal {
             negative,
-            digits: digits.to_owned(),
+            int,
+            frac,
+            start: lead,
+            len: total - lead - trail,
             exponent,
         })
     }
@@ -996,6 +1069,163 @@ mod tests {
         ] {
             assert_eq!(n(bad), None, "{bad:?}");
         }
+    }
+
+    /// The conversion before decimals were read in place: the text copied into an owned
+    /// `Decimal`, the float's shortest form formatted into a new string.
+    fn number_to_json_by_copies(text: &str) -> Option<Value> {
+        #[derive(PartialEq)]
+        struct Owned {
+            negative: bool,
+            digits: String,
+            exponent: i64,
+        }
+        fn parse(text: &str) -> Option<Owned> {
+            let (negative, rest) = match text.strip_prefix('-') {
+                Some(r) => (true, r),
+                None => (false, text),
+            };
+            let (mantissa, exp) = match rest.find(['e', 'E']) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let mut exponent: i64 = match exp {
+                None => 0,
+                Some(e) => {
+                    let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
+                    if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    e.strip_prefix('+').unwrap_or(e).parse().ok()?
+                }
+            };
+            let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+            if int.len() + frac.len() == 0
+                || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            exponent = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+            let all = format!("{int}{frac}");
+            let trimmed = all.trim_start_matches('0');
+            let digits = trimmed.trim_end_matches('0');
+            if digits.is_empty() {
+                return Some(Owned {
+                    negative: false,
+                    digits: String::new(),
+                    exponent: 0,
+                });
+            }
+            exponent = exponent.checked_add(i64::try_from(trimmed.len() - digits.len()).ok()?)?;
+            Some(Owned {
+                negative,
+                digits: digits.to_owned(),
+                exponent,
+            })
+        }
+        if !text.starts_with('+') {
+            if let Ok(i) = text.parse::<i64>() {
+                return Some(Value::Number(i.into()));
+            }
+            if let Ok(u) = text.parse::<u64>() {
+                return Some(Value::Number(u.into()));
+            }
+        }
+        let exact = parse(text)?;
+        if let Ok(f) = text.parse::<f64>()
+            && f.is_finite()
+            && parse(&format!("{f:e}")).as_ref() == Some(&exact)
+            && let Some(n) = serde_json::Number::from_f64(f)
+        {
+            return Some(Value::Number(n));
+        }
+        Some(Value::String(text.to_owned()))
+    }
+
+    #[test]
+    fn decimals_read_in_place_agree_with_decimals_copied() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "0.0",
+            "-0.000",
+            "00.00e5",
+            "1e400",
+            "-1e-400",
+            "1e9223372036854775807",
+            "1e-9223372036854775808",
+            "0e-9223372036854775808",
+            "0.1e-9223372036854775808",
+            "4.9e-324",
+            "2.4703282292062328e-324",
+            "1.7976931348623157e308",
+            "1.8e308",
+            "42.16260877593776",
+            "-71.25096856312933",
+            "68841.05",
+            "2500.00",
+            "1.50",
+            "100",
+            "1E+2",
+            ".5",
+            "5.",
+            "-.5e-1",
+            "0.30000000000000001",
+            "123456789012345678901234567890",
+            "",
+            "-",
+            ".",
+            "e5",
+            "1e",
+            "1e+",
+            "+1",
+            "1.2.3",
+            "1,5",
+            "--1",
+            "0x10",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for _ in 0..20_000 {
+            let f = f64::from_bits(next());
+            if f.is_finite() {
+                texts.push(format!("{f}"));
+                texts.push(format!("{f:e}"));
+                texts.push(format!("{f:.3}"));
+                texts.push(format!("{:.17e}", f));
+            }
+            // Random decimal shapes: digits, a point, an exponent, zeros at either end.
+            let r = next();
+            let mut t = String::new();
+            if r & 1 == 1 {
+                t.push('-');
+            }
+            for i in 0..(r >> 1) % 22 {
+                t.push(char::from(b'0' + u8::try_from((next() >> 7) % 10).unwrap()));
+                if i == (r >> 9) % 7 {
+                    t.push('.');
+                }
+            }
+            if (r >> 14) % 3 == 0 {
+                t.push_str(&format!("e{}", i64::try_from(next() % 700).unwrap() - 350));
+            }
+            texts.push(t);
+        }
+        let mut floats = 0;
+        for t in &texts {
+            let got = number_to_json(t);
+            assert_eq!(got, number_to_json_by_copies(t), "{t:?}");
+            floats += usize::from(got.is_some_and(|v| v.is_f64()));
+        }
+        assert!(floats > 20_000, "{floats}");
     }
 
     #[test]

@@ -279,7 +279,9 @@ impl<R: BufRead> CsvRows<R> {
                 }
                 continue; // blank line
             }
+            // `contains` is a memchr: most lines have no quote, and are not counted.
             if let Some(q) = quote
+                && line.bytes.contains(&q)
                 && line.bytes.iter().filter(|b| **b == q).count() % 2 == 1
             {
                 *quotes_open = !*quotes_open;
@@ -300,15 +302,21 @@ impl<R: BufRead> CsvRows<R> {
                 }
                 continue;
             }
-            // A complete record.
-            record.clear();
-            for l in pending.iter() {
-                record.extend_from_slice(&l.bytes);
-            }
-            if !record.ends_with(b"\n") {
-                record.push(b'\n');
-            }
-            let n = splitter.split(record);
+            // A complete record. A record of one line ending in a newline (nearly all) is split
+            // where it lies; others are gathered first.
+            let n = match pending.as_slice() {
+                [only] if only.bytes.ends_with(b"\n") => splitter.split(&only.bytes),
+                _ => {
+                    record.clear();
+                    for l in pending.iter() {
+                        record.extend_from_slice(&l.bytes);
+                    }
+                    if !record.ends_with(b"\n") {
+                        record.push(b'\n');
+                    }
+                    splitter.split(record)
+                }
+            };
             // A record over several lines must be strictly quoted (a closing quote followed by a
             // delimiter or the end of the line) and have the header's width: otherwise a stray
             // quote has glued lines together.
