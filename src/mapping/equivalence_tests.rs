@@ -297,10 +297,9 @@ fn errors_name_file_place_and_record_alike() {
     );
 }
 
-/// Object roots are finished from their entries (`id` and `resourceType` joined before the
-/// map is built), small objects and dicts are built by inserts: against the template path,
-/// with root keys on both sides of `id` and `resourceType`, roots left empty, objects on both
-/// sides of the small-map size, and a dict that repeats a key.
+/// Resource roots (`id` and `resourceType` set on the template's object) and objects and
+/// dicts of every size, against the template path: root keys on both sides of `id` and
+/// `resourceType`, roots left empty, and a dict that repeats a key.
 #[test]
 fn object_roots_and_small_maps_give_the_same_answer_both_ways() {
     const ROOTS: &str = r#"source: s
@@ -330,7 +329,7 @@ resources:
     let m = Mapping::from_yaml(ROOTS, "roots.yaml").unwrap();
     let (ok, failed) = compare(&m, ROOTS, 2_000, 11);
     assert!(ok > 1_500, "{ok} mapped, {failed} failed");
-    // `id` and `resourceType` join the root's entries in key order.
+    // `id` and `resourceType` join the root's keys in key order.
     let c = change(&m, json!("k"), json!({"a": "yes", "b": "mine", "c": "t"}));
     let out = m.apply(&c).unwrap();
     assert_eq!(out, m.apply_via_templates(&c).unwrap());

@@ -91,12 +91,6 @@ pub(crate) fn pruned(v: Cow<'_, Json>) -> Option<Json> {
     }
 }
 
-/// Maps of at most this many entries are built by inserting each entry; larger ones by
-/// gathering the entries and `collect`ing them (a sort and a bulk build). For one to three
-/// entries the inserts are cheaper: no vector, no sort, no second pass over the keys. Both give
-/// the same map (a later equal key replaces an earlier one either way).
-pub(crate) const SMALL_MAP: usize = 3;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -521,14 +521,10 @@ impl Mapping {
                 }
             }
             let before = errors.issues.len();
-            let value = match &resource.root {
-                // The usual root: its entries are kept apart until `id` and `resourceType` join
-                // them, so the resource's map is built once.
-                Node::Object(fields) if fast => {
-                    Root::Entries(self.eval_entries(fields, 2, &ctx, &mut errors))
-                }
-                root if fast => Root::Value(self.eval_planned(root, &ctx, &mut errors)),
-                root => Root::Value(json::prune(self.eval_node(root, ctx.value(), &mut errors))),
+            let value = if fast {
+                self.eval_planned(&resource.root, &ctx, &mut errors)
+            } else {
+                json::prune(self.eval_node(&resource.root, ctx.value(), &mut errors))
             };
             if errors.issues.len() > before {
                 continue;
@@ -555,12 +551,8 @@ impl Mapping {
         &self,
         r: &CompiledResource,
         target: &ResourceRef,
-        value: Root,
+        value: Option<Json>,
     ) -> Result<Json, String> {
-        let value = match value {
-            Root::Entries(entries) => return finish_entries(r, target, entries),
-            Root::Value(v) => v,
-        };
         let mut map = match value {
             None => serde_json::Map::new(),
             Some(Json::Object(map)) => map,
@@ -626,40 +618,19 @@ impl Mapping {
                     .collect();
                 (!kept.is_empty()).then_some(Json::Array(kept))
             }
-            Node::Object(fields) if fields.len() <= json::SMALL_MAP => {
-                let mut kept = serde_json::Map::new();
+            Node::Object(fields) => {
+                // Fields are in key order (they come from a JSON map): the map is built in
+                // one pass rather than by a search per key.
+                let mut kept = Vec::with_capacity(fields.len());
                 for (k, n) in fields {
                     if let Some(v) = self.eval_planned(n, ctx, errors) {
-                        kept.insert(k.clone(), v);
+                        kept.push((k.clone(), v));
                     }
                 }
-                (!kept.is_empty()).then_some(Json::Object(kept))
-            }
-            Node::Object(fields) => {
-                let kept = self.eval_entries(fields, 0, ctx, errors);
                 (!kept.is_empty())
                     .then(|| Json::Object(kept.into_iter().collect::<serde_json::Map<_, _>>()))
             }
         }
-    }
-
-    /// The kept entries of an object node, in key order (fields come from a JSON map, so the
-    /// map is built from them in one pass rather than by a search per key), with room for
-    /// `spare` more.
-    fn eval_entries(
-        &self,
-        fields: &[(String, Node)],
-        spare: usize,
-        ctx: &Ctx<'_>,
-        errors: &mut Errors<'_>,
-    ) -> Vec<(String, Json)> {
-        let mut kept = Vec::with_capacity(fields.len() + spare);
-        for (k, n) in fields {
-            if let Some(v) = self.eval_planned(n, ctx, errors) {
-                kept.push((k.clone(), v));
-            }
-        }
-        kept
     }
 
     fn eval_expr_node(&self, name: &str, path: &str, ctx: &Value, errors: &mut Errors<'_>) -> Json {
@@ -711,41 +682,6 @@ impl Mapping {
             ),
         }
     }
-}
-
-/// An evaluated template root, pruned.
-enum Root {
-    /// An object root's kept entries, in key order.
-    Entries(Vec<(String, Json)>),
-    Value(Option<Json>),
-}
-
-/// [`Mapping::finish`] of an object root's entries: what building their map and then setting
-/// `resourceType` and `id` gives, built once.
-fn finish_entries(
-    r: &CompiledResource,
-    target: &ResourceRef,
-    mut entries: Vec<(String, Json)>,
-) -> Result<Json, String> {
-    let find = |entries: &[(String, Json)], key: &str| {
-        entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
-    };
-    if let Ok(i) = find(&entries, "resourceType")
-        && entries[i].1.as_str() != Some(r.resource_type.as_str())
-    {
-        return Err(format!(
-            "the template produced a resourceType other than {}",
-            r.resource_type
-        ));
-    }
-    for (key, value) in [("resourceType", &r.resource_type), ("id", &target.id)] {
-        let value = Json::String(value.clone());
-        match find(&entries, key) {
-            Ok(i) => entries[i].1 = value,
-            Err(i) => entries.insert(i, (key.to_owned(), value)),
-        }
-    }
-    Ok(Json::Object(entries.into_iter().collect()))
 }
 
 /// What expressions of one record see: the plan's scope, and the template context, made only

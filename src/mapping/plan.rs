@@ -375,16 +375,16 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             let Some(code) = code.json().map(code_text).transpose()?.flatten() else {
                 return Err(Stop::Unsure);
             };
-            // At most three entries: inserted one by one ([`super::json::SMALL_MAP`]).
-            let mut m = Map::new();
-            m.insert("code".to_owned(), Json::String(code.into_owned()));
+            // Keys in sorted order, so the map is built in one pass.
+            let mut m = Vec::with_capacity(3);
+            m.push(("code".to_owned(), Json::String(code.into_owned())));
             if let Some(d) = display.filter(|d| !d.is_missing())
                 && let Some(text) = d.json().map(code_text).transpose()?.flatten()
             {
-                m.insert("display".to_owned(), Json::String(text.into_owned()));
+                m.push(("display".to_owned(), Json::String(text.into_owned())));
             }
-            m.insert("system".to_owned(), Json::String(system));
-            V::owned(Json::Object(m))
+            m.push(("system".to_owned(), Json::String(system)));
+            V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
         }
         Ex::Reference {
             resource_type,
@@ -428,24 +428,14 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             V::owned(Json::String(format!("{resource_type}/{id}")))
         }
         Ex::Dict(entries) => {
-            // Evaluated in source order (the first error is the one reported). Small dicts are
-            // inserted as they come, larger ones built in one pass (`collect` sorts); either
-            // way a repeated key keeps its last value.
-            if entries.len() <= super::json::SMALL_MAP {
-                let mut m = Map::new();
-                for (k, e) in entries {
-                    let v = eval(e, s)?;
-                    m.insert(k.clone(), v.into_json());
-                }
-                V::owned(Json::Object(m))
-            } else {
-                let mut m = Vec::with_capacity(entries.len());
-                for (k, e) in entries {
-                    let v = eval(e, s)?;
-                    m.push((k.clone(), v.into_json()));
-                }
-                V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
+            // Evaluated in source order (the first error is the one reported), then built in
+            // one pass (`collect` sorts; keys are distinct).
+            let mut m = Vec::with_capacity(entries.len());
+            for (k, e) in entries {
+                let v = eval(e, s)?;
+                m.push((k.clone(), v.into_json()));
             }
+            V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
         }
         Ex::List(items) => V::owned(Json::Array(
             items
