@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use fhir_unify::bulk::generator::{GenOptions, Table, generate};
+use fhir_unify::bulk::generator::{GenOptions, Table, generate, patient_changes};
 use fhir_unify::bulk::local::{LoadOutcome, LocalBulk};
 use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::gateway::auth::AccessGrant;
@@ -64,15 +64,6 @@ fn store(data: &Path) -> SqliteStore {
     SqliteStore::open(&data.join("store.db")).unwrap()
 }
 
-/// (updated, deleted) patients of `variant` against variant 0, by the generator's rule.
-fn expected_patient_changes(n: u64, variant: u64) -> (u64, u64) {
-    let deleted = (0..n).filter(|i| i % 97 == variant % 97).count() as u64;
-    let updated = (0..n)
-        .filter(|i| i % 10 == variant % 10 && i % 97 != variant % 97)
-        .count() as u64;
-    (updated, deleted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_publishes_a_reload_publishes_the_difference_and_rollback_reverses_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -117,7 +108,7 @@ async fn a_load_publishes_a_reload_publishes_the_difference_and_rollback_reverse
     // The second variant: some records changed, some patients gone.
     let outcomes = load_all(&rt, &second, LEASE).await;
     let patients = outcomes.iter().find(|o| o.dataset == PATIENTS).unwrap();
-    let (updated, deleted) = expected_patient_changes(500, 3);
+    let (updated, deleted) = patient_changes(500, 3);
     let p = patients.published.as_ref().unwrap();
     assert_eq!(
         (p["updated"].as_u64(), p["deleted"].as_u64()),

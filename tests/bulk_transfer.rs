@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fhir_unify::bulk::generator::{GenOptions, Table, generate};
+use fhir_unify::bulk::generator::{GenOptions, Table, generate, patient_changes};
 use fhir_unify::bulk::local::{LoadOutcome, LocalBulk};
 use fhir_unify::config::{DataDir, PipelineConfig};
 use fhir_unify::local::LocalRuntime;
@@ -86,15 +86,6 @@ fn published(o: &LoadOutcome, what: &str) -> u64 {
     o.published.as_ref().unwrap()[what].as_u64().unwrap()
 }
 
-/// (updated, deleted) patients of `variant` against variant 0, by the generator's rule.
-fn expected_changes(variant: u64) -> (u64, u64) {
-    let deleted = (0..PATIENTS).filter(|i| i % 97 == variant % 97).count() as u64;
-    let updated = (0..PATIENTS)
-        .filter(|i| i % 10 == variant % 10 && i % 97 != variant % 97)
-        .count() as u64;
-    (updated, deleted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_full_refresh_file_is_a_version_and_a_single_file_loads_alone() {
     let tmp = tempfile::tempdir().unwrap();
@@ -130,7 +121,7 @@ async fn each_full_refresh_file_is_a_version_and_a_single_file_loads_alone() {
         assert_eq!(v.counts.quarantined, 0, "{o:?}");
     }
     assert_eq!(published(&outcomes[0], "created"), PATIENTS);
-    let (updated, deleted) = expected_changes(3);
+    let (updated, deleted) = patient_changes(PATIENTS, 3);
     assert_eq!(
         (
             published(&outcomes[1], "updated"),
@@ -296,7 +287,7 @@ async fn a_full_refresh_upload_event_loads_the_file_as_a_new_version() {
     let outcome = rt.deliver_transfer(april, objects.clone()).await.unwrap();
     let start = &outcome.loads[0].start;
     assert_ne!(start.execution, load.start.execution);
-    let (_, deleted) = expected_changes(3);
+    let (_, deleted) = patient_changes(PATIENTS, 3);
     assert_eq!(
         start.finished.as_ref().unwrap().output.as_ref().unwrap()["deleted"],
         deleted
@@ -355,6 +346,6 @@ async fn files_of_one_entity_loaded_at_once_still_load_in_turn() {
     assert!(outcomes.iter().all(|o| o.succeeded), "{outcomes:?}");
     let ds = SqliteStore::open(&data.join("store.db")).unwrap();
     assert_eq!(ds.current(DATASET).await.unwrap(), Some(2));
-    let (_, deleted) = expected_changes(3);
+    let (_, deleted) = patient_changes(PATIENTS, 3);
     assert_eq!(ds.counts().unwrap().resources_live, PATIENTS - deleted);
 }

@@ -130,12 +130,32 @@ fn dms_ts() -> Cell {
     Cell::Str("2024-05-01 00:00:00.000000".into())
 }
 
+/// Whether `variant` changes row `i` (of any table) from variant 0.
+fn changes(variant: u64, i: u64) -> bool {
+    variant > 0 && i % 10 == variant % 10
+}
+
+/// Whether `variant` leaves patient `i` out.
+fn drops_patient(variant: u64, i: u64) -> bool {
+    variant > 0 && i % 97 == variant % 97
+}
+
+/// What loading `variant`'s first `patients` patients after variant 0's does to them:
+/// (updated, deleted); the others are unchanged.
+pub fn patient_changes(patients: u64, variant: u64) -> (u64, u64) {
+    let deleted = (0..patients).filter(|&i| drops_patient(variant, i)).count() as u64;
+    let updated = (0..patients)
+        .filter(|&i| changes(variant, i) && !drops_patient(variant, i))
+        .count() as u64;
+    (updated, deleted)
+}
+
 /// Row `i` of a table in a variant; `None` when the variant leaves it out.
 fn row(table: Table, i: u64, patients: u64, variant: u64) -> Option<Vec<Cell>> {
-    let changed = variant > 0 && i % 10 == variant % 10;
+    let changed = changes(variant, i);
     match table {
         Table::Patients => {
-            if variant > 0 && i % 97 == variant % 97 {
+            if drops_patient(variant, i) {
                 return None;
             }
             let mut r = patient_row(i, WRITTEN_MICROS);
