@@ -472,7 +472,15 @@ impl Workflow for LocalWorkflow {
                 finished: None,
             });
         }
-        let outcome = bulk.load(req).await.map_err(|e| failed(e.to_string()))?;
+        let outcome = match bulk.load(req).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if let Err(r) = bulk.datasets.release_execution(name) {
+                    tracing::warn!(execution = %name, error = %r, "the execution name stays taken");
+                }
+                return Err(failed(e.to_string()));
+            }
+        };
         let run = WorkflowRun {
             execution: name.to_owned(),
             succeeded: outcome.succeeded,

@@ -275,6 +275,18 @@ impl SqliteStore {
         Ok(changed == 1)
     }
 
+    /// Gives back a name [`Self::claim_execution`] took for a load that could not run at all
+    /// (as a `StartExecution` that failed leaves no execution), so a redelivery runs it.
+    pub fn release_execution(&self, name: &str) -> Result<(), StoreError> {
+        self.lock()?
+            .execute(
+                "DELETE FROM parameters WHERE name = 'bulk-load-execution/' || ?1",
+                [name],
+            )
+            .map_err(|e| with_context(&self.location, e))?;
+        Ok(())
+    }
+
     /// Live resources, versions and undelivered events.
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {
         let conn = self.lock()?;

@@ -1062,3 +1062,24 @@ async fn pending_after_reads_on_past_entries_not_yet_marked_through_the_undelive
         .unwrap();
     assert!(plan.contains("outbox_undelivered"), "{plan}");
 }
+
+#[test]
+fn an_execution_name_is_claimed_once_until_given_back() {
+    let store = store();
+    assert!(store.claim_execution("partner_members-1").unwrap());
+    assert!(!store.claim_execution("partner_members-1").unwrap());
+    assert!(store.claim_execution("partner_members-2").unwrap());
+    store.release_execution("partner_members-1").unwrap();
+    assert!(store.claim_execution("partner_members-1").unwrap());
+    // The claims live beside the pointers, not in them.
+    let pointers: i64 = store
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM parameters WHERE name NOT LIKE 'bulk-load-execution/%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pointers, 0);
+}
