@@ -73,6 +73,23 @@ fn put(landing: &Path, key: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// The landing folder with two monthly full refreshes, January (variant 0) and February
+/// (variant 3); January's path.
+fn two_months(tmp: &Path) -> (PathBuf, PathBuf) {
+    let landing = tmp.join("landing");
+    let january = put(
+        &landing,
+        "members/2026-01.csv",
+        patients_csv(tmp, 0).as_bytes(),
+    );
+    put(
+        &landing,
+        "members/2026-02.csv",
+        patients_csv(tmp, 3).as_bytes(),
+    );
+    (landing, january)
+}
+
 async fn load(rt: &LocalRuntime, path: &Path) -> Vec<LoadOutcome> {
     let bulk = LocalBulk::open(rt, "partner", path, LEASE).unwrap();
     let mut out = Vec::new();
@@ -90,17 +107,7 @@ fn published(o: &LoadOutcome, what: &str) -> u64 {
 async fn each_full_refresh_file_is_a_version_and_a_single_file_loads_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let config = pipeline(tmp.path());
-    let landing = tmp.path().join("landing");
-    let january = put(
-        &landing,
-        "members/2026-01.csv",
-        patients_csv(tmp.path(), 0).as_bytes(),
-    );
-    put(
-        &landing,
-        "members/2026-02.csv",
-        patients_csv(tmp.path(), 3).as_bytes(),
-    );
+    let (landing, january) = two_months(tmp.path());
     // An increment beside them is not part of any full refresh.
     put(
         &landing,
@@ -322,17 +329,7 @@ async fn a_full_refresh_upload_event_loads_the_file_as_a_new_version() {
 async fn files_of_one_entity_loaded_at_once_still_load_in_turn() {
     let tmp = tempfile::tempdir().unwrap();
     let config = pipeline(tmp.path());
-    let landing = tmp.path().join("landing");
-    put(
-        &landing,
-        "members/2026-01.csv",
-        patients_csv(tmp.path(), 0).as_bytes(),
-    );
-    put(
-        &landing,
-        "members/2026-02.csv",
-        patients_csv(tmp.path(), 3).as_bytes(),
-    );
+    let (landing, _) = two_months(tmp.path());
     let data = tmp.path().join("data");
     let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
     let bulk = std::sync::Arc::new(LocalBulk::open(&rt, "partner", &landing, LEASE).unwrap());
