@@ -204,7 +204,7 @@ async fn build_bulk_env(
             &data.join(config.store.sqlite_path()),
         )?),
     };
-    let objects = crate::objects::s3::source_objects(&config, s3_from_env)
+    let objects = crate::objects::s3::source_objects(&config, crate::objects::s3::from_env_shared)
         .map_err(|reason| setting("the pipeline file's DMS and Transfer sources", reason))?;
     let quarantine: Arc<dyn Quarantine> = match sqs_quarantine(quarantine_url).await {
         Some(sqs) => sqs,
@@ -575,7 +575,10 @@ impl FileIngress {
 /// `FHIR_UNIFY_QUARANTINE_QUEUE_URL` when set (the stack sets it), else to the local queue.
 /// Call it inside the Tokio runtime.
 pub async fn dms_env() -> Result<FileIngress, LocalError> {
-    file_source_env(|config| crate::objects::s3::dms_objects(config, s3_from_env)).await
+    file_source_env(|config| {
+        crate::objects::s3::dms_objects(config, crate::objects::s3::from_env_shared)
+    })
+    .await
 }
 
 /// The environment of `ingest-transfer`: the ingress and the object store its Transfer
@@ -583,7 +586,10 @@ pub async fn dms_env() -> Result<FileIngress, LocalError> {
 /// folders as buckets named after their source), with rejections sent as [`dms_env`] sends
 /// them. Call it inside the Tokio runtime.
 pub async fn transfer_env() -> Result<FileIngress, LocalError> {
-    file_source_env(|config| crate::objects::s3::transfer_objects(config, s3_from_env)).await
+    file_source_env(|config| {
+        crate::objects::s3::transfer_objects(config, crate::objects::s3::from_env_shared)
+    })
+    .await
 }
 
 /// The ingress (on Step Functions when the stack names the `unify` machine) and the object
@@ -677,11 +683,6 @@ async fn sqs_quarantine(url: Option<String>) -> Option<Arc<dyn crate::queue::Qua
         aws_sdk_sqs::Client::new(&sdk),
         url,
     )))
-}
-
-/// S3 through the SDK configured from the Lambda environment (region, role credentials).
-fn s3_from_env() -> Result<Arc<dyn ObjectStore>, String> {
-    crate::objects::s3::S3ObjectStore::from_env().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
 }
 
 /// `result`, with its error reported to the Runtime API first when running under Lambda.

@@ -447,10 +447,10 @@ impl Workflow for LocalWorkflow {
                 "bulk loads need the embedded store (the pipeline file names a FHIR server)".into(),
             ));
         };
-        let objects = crate::objects::s3::source_objects(&parts.config, || {
-            Err("on one machine, sources are local folders".to_owned())
-        })
-        .map_err(failed)?;
+        // The folders of the pipeline file; S3 for an `s3://` location (in-process on Lambda).
+        let objects =
+            crate::objects::s3::source_objects(&parts.config, crate::objects::s3::from_env_shared)
+                .map_err(failed)?;
         let bulk = crate::bulk::local::LocalBulk::with_objects(
             parts.config.clone(),
             parts.env.clone(),

@@ -307,6 +307,12 @@ pub fn transfer_objects(
     routed_objects(config, locations, s3)
 }
 
+/// S3 through the SDK configured from the environment (region, credentials): the `s3`
+/// argument of the routers below, built only when some location is `s3://`.
+pub fn from_env_shared() -> Result<Arc<dyn ObjectStore>, String> {
+    S3ObjectStore::from_env().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+}
+
 /// The object store for every file source of a pipeline file, DMS and Transfer, routed as
 /// [`dms_objects`] routes DMS sources: what a bulk load reads (a DMS full load, or a
 /// full-refresh file).
