@@ -165,6 +165,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             println!("  records in    {}", s.records_in);
             println!("  executions    {}", s.executions);
+            if s.loads > 0 {
+                println!(
+                    "  loads         {} dataset version(s) from full-refresh files, {} failed (`fhir-unify versions list`)",
+                    s.loads, s.loads_failed
+                );
+            }
             println!(
                 "  resources     created {} · updated {} · unchanged {} · deleted {} · stale {}",
                 s.created, s.updated, s.unchanged, s.deleted, s.stale

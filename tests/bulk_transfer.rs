@@ -346,3 +346,33 @@ async fn files_of_one_entity_loaded_at_once_still_load_in_turn() {
     let (_, deleted) = patient_changes(PATIENTS, 3);
     assert_eq!(ds.counts().unwrap().resources_live, PATIENTS - deleted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_run_loads_full_refresh_uploads_and_counts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path());
+    two_months(tmp.path());
+    let data = tmp.path().join("data");
+    let rt = LocalRuntime::open(config, DataDir(data.clone())).unwrap();
+    let summary = rt.run().await.unwrap();
+    let (updated, deleted) = patient_changes(PATIENTS, 3);
+    assert_eq!((summary.loads, summary.loads_failed), (2, 0), "{summary:?}");
+    assert_eq!(summary.executions, 0, "no row went to unify");
+    assert_eq!(summary.records_in, 2 * PATIENTS as usize - deleted as usize);
+    assert_eq!(
+        (summary.created, summary.updated, summary.deleted),
+        (PATIENTS as usize, updated as usize, deleted as usize)
+    );
+    assert_eq!(
+        summary.events,
+        (PATIENTS + updated + deleted) as usize,
+        "one event per change"
+    );
+    // The same run again: the uploads are the same (same files, same times), nothing loads.
+    let again = rt.run().await.unwrap();
+    assert_eq!(
+        (again.loads, again.created, again.events),
+        (0, 0, 0),
+        "{again:?}"
+    );
+}

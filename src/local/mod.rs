@@ -481,10 +481,15 @@ impl Workflow for LocalWorkflow {
                 return Err(failed(e.to_string()));
             }
         };
+        // The pointer move's counts, and the records the load read.
+        let mut output = outcome.published;
+        if let (Some(serde_json::Value::Object(o)), Some(v)) = (output.as_mut(), &outcome.version) {
+            o.insert("recordsRead".into(), v.counts.records_read.into());
+        }
         let run = WorkflowRun {
             execution: name.to_owned(),
             succeeded: outcome.succeeded,
-            output: outcome.published,
+            output,
             error: outcome.error,
             cause: outcome.cause,
         };

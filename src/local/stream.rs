@@ -44,6 +44,10 @@ pub struct RunSummary {
     pub stale: usize,
     pub quarantined: usize,
     pub events: usize,
+    /// Dataset versions loaded for full-refresh uploads (`bulk-load` runs), and how many of
+    /// those failed (their pointer stayed).
+    pub loads: usize,
+    pub loads_failed: usize,
 }
 
 impl RunSummary {
@@ -81,6 +85,32 @@ impl RunSummary {
             .pointer("/emitted/delivered")
             .and_then(Value::as_u64)
             .map_or(0, |n| n as usize);
+    }
+}
+
+impl RunSummary {
+    /// Adds what a `bulk-load` run reports: the records it read, and its pointer move's
+    /// created, updated and deleted resources, each one change event.
+    pub(crate) fn add_load(&mut self, run: &WorkflowRun) {
+        let count = |k: &str| {
+            run.output
+                .as_ref()
+                .and_then(|o| o.get(k))
+                .and_then(Value::as_u64)
+                .map_or(0, |n| n as usize)
+        };
+        self.loads += 1;
+        self.records_in += count("recordsRead");
+        if !run.succeeded {
+            self.loads_failed += 1;
+            return;
+        }
+        let (created, updated, deleted) = (count("created"), count("updated"), count("deleted"));
+        self.created += created;
+        self.updated += updated;
+        self.deleted += deleted;
+        self.unchanged += count("unchanged");
+        self.events += created + updated + deleted;
     }
 }
 

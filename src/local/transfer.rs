@@ -79,6 +79,11 @@ impl LocalRuntime {
                 for run in &outcome.runs {
                     summary.add_run(run);
                 }
+                for load in &outcome.loads {
+                    if let Some(run) = &load.start.finished {
+                        summary.add_load(run);
+                    }
+                }
             }
         }
         Ok(())
