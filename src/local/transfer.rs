@@ -5,7 +5,9 @@
 //!
 //! The folder is served by [`LocalBuckets`] as a bucket named after the source. Files that
 //! match no `files` entry (notes, layouts kept beside the data) are left alone. Rejected rows
-//! and unreadable files go to the quarantine queue.
+//! and unreadable files go to the quarantine queue. A full-refresh file's upload runs
+//! `bulk-load` for a new version of its dataset ([`RunSummary::loads`]); a second run over
+//! the same files loads nothing again (the uploads are the same).
 
 use std::sync::Arc;
 
