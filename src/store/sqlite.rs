@@ -914,21 +914,7 @@ pub(crate) fn outbox_pending(
     limit: usize,
     location: &str,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
-    let err = |e| with_context(location, e);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT position, event FROM outbox WHERE delivered_at IS NULL
-             ORDER BY position LIMIT ?1",
-        )
-        .map_err(err)?;
-    let rows = stmt
-        .query_map([limit], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })
-        .map_err(err)?;
-    rows.map(|row| decode_entry(row.map_err(err)?, location))
-        .collect()
+    outbox_pending_after(conn, i64::MIN, limit, location)
 }
 
 fn decode_entry(
