@@ -227,7 +227,9 @@ async fn build_bulk_env(
 /// The partner API of the `gateway` function: over the DynamoDB store when
 /// `FHIR_UNIFY_STORE_TABLE` (set by the stack, with read-only access to the table) or the
 /// pipeline file's `store.dynamodb` names a table — reads, history and search then go to that
-/// table, shared by every instance; otherwise over the embedded SQLite store under
+/// table, shared by every instance, and with `FHIR_UNIFY_VERSIONS_TABLE` (the stack sets it)
+/// reads by id follow the dataset pointers while a move is in flight
+/// ([`crate::store::dynamodb::resolved::ResolvedStore`]); otherwise over the embedded SQLite store under
 /// `FHIR_UNIFY_DATA_DIR` (one per execution environment: local runs only).
 pub async fn gateway_env() -> Result<Gateway, EnvError> {
     let built = match load_config().and_then(|(config, data)| {
@@ -237,9 +239,32 @@ pub async fn gateway_env() -> Result<Gateway, EnvError> {
         Ok((config, data, table, rest))
     }) {
         Ok((_, _, Some(table), _)) => {
-            tracing::info!(table = %table, "gateway reads the DynamoDB store");
-            let store = Arc::new(DynamoStore::from_environment(table).await);
-            Ok(Gateway::new(store.clone(), store))
+            let store = Arc::new(DynamoStore::from_environment(table.clone()).await);
+            match std::env::var("FHIR_UNIFY_VERSIONS_TABLE")
+                .ok()
+                .filter(|v| !v.is_empty())
+            {
+                Some(versions) if !crate::config::is_table_name(&versions) => {
+                    Err(EnvError::Store(crate::store::StoreError::Invalid {
+                        target: "FHIR_UNIFY_VERSIONS_TABLE".into(),
+                        reason: format!("{versions:?} is not a DynamoDB table name"),
+                    }))
+                }
+                Some(versions) => {
+                    tracing::info!(table = %table, versions = %versions, "gateway reads the DynamoDB store through the dataset pointers");
+                    let datasets =
+                        crate::store::dynamodb::dataset::DynamoDatasets::from_environment(
+                            versions, table,
+                        )
+                        .await;
+                    let resolved = crate::store::dynamodb::resolved::ResolvedStore::new(datasets);
+                    Ok(Gateway::new(Arc::new(resolved), store))
+                }
+                None => {
+                    tracing::info!(table = %table, "gateway reads the DynamoDB store");
+                    Ok(Gateway::new(store.clone(), store))
+                }
+            }
         }
         Ok((_, _, None, Some(rest))) => {
             match crate::store::rest::RestStore::from_config(&rest, None).await {

@@ -102,7 +102,9 @@ async fn dynamodb() -> Harness {
         VERSIONS_TABLE,
         store,
     )
-    .with_clock(clock);
+    .with_clock(clock)
+    // Nothing here caches the moves in flight: no reader to wait for.
+    .with_settle(Duration::ZERO);
     datasets.create_table().await.unwrap();
     let arn = common::lambda_stream::stream_arn(&config, STORE_TABLE).await;
     Harness {
@@ -637,37 +639,105 @@ async fn finalize_is_resumed_after_a_crash_between_status_and_pointer() {
     );
 }
 
-/// Pointer-resolved reads see a version whole while the FHIR store is catching up: the
-/// staged resource of the current version, from the moment the pointer moves.
+/// Reads by id through `ResolvedStore` see the new version whole from the moment the pointer
+/// moves, while the FHIR store still holds the old one: changed, created, deleted and unchanged
+/// resources, and resources of no dataset from the store; after the move, the store's own
+/// versions, with the same version ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staged_reads_follow_the_pointer() {
+async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
+    use fhir_unify::model::{ResourceChange, ResourceOp};
+    use fhir_unify::store::dynamodb::resolved::ResolvedStore;
     let h = dynamodb().await;
     let ds = h.dynamo.as_ref().map(|(d, _)| d.clone()).unwrap();
-    let (v1, _) = h.load(&[("a", "Alpha")]).await;
-    let v2 = h.datasets.begin(DS, "t", LEASE).await.unwrap().version;
-    h.stage_all(v2, &[("a", "Changed")]).await;
-    let cache = fhir_unify::store::dataset::PointerCache::new(h.datasets.clone(), Duration::ZERO);
-    let read = |v: u64| {
-        let ds = ds.clone();
+    let (v1, _) = h
+        .load(&[("a", "Alpha"), ("b", "Beta"), ("d", "Delta")])
+        .await;
+    // A resource that no dataset holds (a streamed change).
+    let other = staged("x", "Streamed");
+    h.store
+        .apply(&[ResourceChange {
+            target: other.target.clone(),
+            op: ResourceOp::Upsert {
+                resource: other.resource.clone(),
+            },
+            lineage: other.lineage.clone(),
+        }])
+        .await
+        .unwrap();
+    let resolved = ResolvedStore::new(ds.clone()).with_ttl(Duration::ZERO);
+    let read = |id: &'static str| {
+        let resolved = &resolved;
         async move {
-            ds.read_staged(DS, v, &pref("a"))
-                .await
-                .unwrap()
-                .map(|r| r.resource["name"][0]["family"].as_str().unwrap().to_owned())
+            resolved.read(&pref(id)).await.unwrap().map(|v| {
+                let family = v
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r["name"][0]["family"].as_str().map(str::to_owned));
+                (v.version_id, v.deleted, family)
+            })
         }
     };
-    let current = cache.current(DS).await.unwrap().unwrap();
+    let seen = |version: &str, family: &str| Some((version.to_owned(), false, Some(family.into())));
+    assert_eq!(read("b").await, seen("1", "Beta"));
+
+    let v2 = h.datasets.begin(DS, "t", LEASE).await.unwrap().version;
+    h.stage_all(v2, &[("a", "Alpha"), ("b", "Bravo"), ("c", "Gamma")])
+        .await;
+    ds.mark_succeeded(DS, v2).await.unwrap();
+    // Finalized but not visible yet: the old version.
+    assert_eq!(read("b").await, seen("1", "Beta"));
+    assert_eq!(read("c").await, None);
+
+    // The visible step alone: the store has not changed...
+    ds.move_pointer(DS, v2).await.unwrap();
+    assert_eq!(h.datasets.current(DS).await.unwrap(), Some(v2));
+    assert_eq!(h.family("b").await.as_deref(), Some("Beta"));
+    assert_eq!(h.family("c").await, None);
+    assert_eq!(h.family("d").await.as_deref(), Some("Delta"));
+    // ...and readers see version 2 whole, as the store's next versions.
+    let during = [
+        read("a").await,
+        read("b").await,
+        read("c").await,
+        read("d").await,
+        read("x").await,
+        read("zz").await,
+    ];
     assert_eq!(
-        (current, read(current).await.as_deref()),
-        (v1, Some("Alpha"))
+        during,
+        [
+            seen("1", "Alpha"),
+            seen("2", "Bravo"),
+            seen("1", "Gamma"),
+            Some(("2".to_owned(), true, None)),
+            seen("1", "Streamed"),
+            None,
+        ]
     );
-    h.datasets.finalize(DS, v2).await.unwrap();
-    let current = cache.current(DS).await.unwrap().unwrap();
-    assert_eq!(
-        (current, read(current).await.as_deref()),
-        (v2, Some("Changed"))
-    );
-    assert_eq!(ds.read_staged(DS, v2, &pref("zz")).await.unwrap(), None);
+    // The content shown carries its meta, as the store's will.
+    let b = resolved.read(&pref("b")).await.unwrap().unwrap();
+    assert_eq!(b.resource.unwrap()["meta"]["versionId"], "2");
+
+    // The move completes: the same answers, now from the store.
+    let mv = h.datasets.finalize(DS, v2).await.unwrap();
+    assert_eq!((mv.from, mv.to), (Some(v1), Some(v2)));
+    assert!(ds.moves_in_flight().await.unwrap().is_empty());
+    assert_eq!(h.family("b").await.as_deref(), Some("Bravo"));
+    let after = [
+        read("a").await,
+        read("b").await,
+        read("c").await,
+        read("d").await,
+        read("x").await,
+        read("zz").await,
+    ];
+    assert_eq!(after, during);
+
+    // A rollback moves them back, as the store's next versions.
+    let back = h.datasets.rollback(DS, Some(v1)).await.unwrap();
+    assert_eq!(back.to, Some(v1));
+    assert_eq!(read("b").await, seen("3", "Beta"));
+    assert_eq!(read("c").await, Some(("2".to_owned(), true, None)));
     assert_eq!(
         ds.read_staged(DS, v2, &pref("bad id!")).await.unwrap(),
         None

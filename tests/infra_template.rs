@@ -134,10 +134,12 @@ const FUNCTION_SPECIFIC: &[(&str, &[&str])] = &[
             "BulkFailFunction",
         ],
     ),
-    // lambda::bulk_env: dataset versions in DynamoDB, pointers in SSM (issue 7).
+    // lambda::bulk_env: dataset versions in DynamoDB, pointers in SSM (issue 7);
+    // lambda::gateway_env: reads by id follow the pointers during a move.
     (
         "FHIR_UNIFY_VERSIONS_TABLE",
         &[
+            "GatewayFunction",
             "BulkBeginFunction",
             "BulkLoadChunkFunction",
             "BulkFinalizeFunction",
@@ -677,4 +679,51 @@ fn the_template_declares_the_tables_the_stores_expect() {
         versions["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
         Some(true)
     );
+}
+
+/// The gateway reads the store, the dataset versions (moves in flight, staged resources) and
+/// the pointers (`ResolvedStore`), and writes nothing but its logs.
+#[test]
+fn the_gateway_reads_the_versions_and_pointers_and_writes_nothing() {
+    let template = template();
+    let mut versions = false;
+    let mut pointers = false;
+    for statement in statements(&template, "GatewayRole") {
+        if intrinsic(&statement).is_some() {
+            continue; // HealthLake's branch, checked above
+        }
+        for action in actions(&statement) {
+            assert!(
+                [
+                    "dynamodb:GetItem",
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:Query",
+                    "ssm:GetParameter",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                ]
+                .contains(&action.as_str()),
+                "the gateway may {action}"
+            );
+        }
+        let resource = &statement["Resource"];
+        if intrinsic(resource).is_some_and(|(tag, v)| {
+            tag == "!GetAtt" && v.as_str() == Some("DatasetVersionsTable.Arn")
+        }) {
+            assert_eq!(actions(&statement), ["dynamodb:GetItem", "dynamodb:Query"]);
+            versions = true;
+        }
+        if actions(&statement) == ["ssm:GetParameter"] {
+            let (tag, sub) = intrinsic(resource).unwrap();
+            assert_eq!(tag, "!Sub");
+            assert!(
+                sub.as_str()
+                    .unwrap()
+                    .ends_with(":parameter/fhir-unify/datasets/*"),
+                "{sub:?}"
+            );
+            pointers = true;
+        }
+    }
+    assert!(versions && pointers);
 }

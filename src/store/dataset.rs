@@ -28,7 +28,9 @@
 //! Adapters: SQLite ([`super::sqlite::SqliteStore`], where the pointer move is one
 //! transaction) and AWS ([`super::dynamodb::dataset::DynamoDatasets`]: versions and staged
 //! resources in DynamoDB, the pointer in SSM Parameter Store, the move a resumable sequence
-//! of idempotent steps). Readers resolve a pointer per request through [`PointerCache`].
+//! of idempotent steps). Locally the gateway reads the SQLite store, where a move is one
+//! transaction; on AWS it reads through [`super::dynamodb::resolved::ResolvedStore`], which
+//! answers the datasets whose move is in flight from the version the pointer is on.
 
 use std::time::Duration;
 
@@ -282,51 +284,11 @@ pub trait DatasetStore: Send + Sync + std::fmt::Debug {
     async fn gc(&self, dataset: &str, keep: usize) -> Result<GcReport, DatasetError>;
 }
 
-/// How long [`PointerCache`] trusts a pointer it read (a few seconds: a reader sees a move
-/// at most this late, and SSM is read at most once per dataset per interval).
+/// How long a reader on AWS trusts the list of pointer moves in flight it read (a few
+/// seconds: SSM and the versions table are read at most once per interval), and so how long a
+/// move waits after its visible step before it changes the FHIR store
+/// ([`super::dynamodb::resolved::ResolvedStore`]).
 pub const POINTER_TTL: Duration = Duration::from_secs(5);
-
-/// Resolves datasets' current versions per request, each read kept for a short time. A
-/// failed read is not cached (the next request tries again).
-#[derive(Debug)]
-pub struct PointerCache {
-    datasets: std::sync::Arc<dyn DatasetStore>,
-    ttl: Duration,
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<u64>)>>,
-}
-
-impl PointerCache {
-    pub fn new(datasets: std::sync::Arc<dyn DatasetStore>, ttl: Duration) -> PointerCache {
-        PointerCache {
-            datasets,
-            ttl,
-            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// The dataset's current version, at most `ttl` old.
-    pub async fn current(&self, dataset: &str) -> Result<Option<u64>, DatasetError> {
-        let now = std::time::Instant::now();
-        if let Ok(entries) = self.entries.lock()
-            && let Some((at, v)) = entries.get(dataset)
-            && now.duration_since(*at) < self.ttl
-        {
-            return Ok(*v);
-        }
-        let v = self.datasets.current(dataset).await?;
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(dataset.to_owned(), (now, v));
-        }
-        Ok(v)
-    }
-
-    /// Forgets what was read (after a move made by this process, say).
-    pub fn invalidate(&self, dataset: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(dataset);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -363,25 +325,5 @@ mod tests {
             pointer_parameter("clinic/patients"),
             "/fhir-unify/datasets/clinic/patients/current-version"
         );
-    }
-
-    #[tokio::test]
-    async fn the_pointer_cache_rereads_after_its_ttl_only() {
-        let store =
-            std::sync::Arc::new(crate::store::sqlite::SqliteStore::open_in_memory().unwrap());
-        let cache = PointerCache::new(store.clone(), Duration::from_millis(200));
-        assert_eq!(cache.current("d").await.unwrap(), None);
-        let v = store
-            .begin("d", "t", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .version;
-        store.finalize("d", v).await.unwrap();
-        // Within the TTL the old answer stands; after it, the move is seen.
-        assert_eq!(cache.current("d").await.unwrap(), None);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(cache.current("d").await.unwrap(), Some(v));
-        cache.invalidate("d");
-        assert_eq!(cache.current("d").await.unwrap(), Some(v));
     }
 }

@@ -1233,6 +1233,7 @@ pub fn change_event_from_stream_image(
 }
 
 pub mod dataset;
+pub mod resolved;
 pub mod search;
 
 /// Creates a `pk`/`sk` table with on-demand billing and a `NEW_IMAGE` stream, as

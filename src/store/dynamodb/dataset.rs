@@ -20,6 +20,10 @@
 //!   hash of `Type/id` modulo [`SHARDS`], the same in every version, so a version's write load
 //!   spreads over [`SHARDS`] partitions and the difference of two versions is a merge of two
 //!   sorted `Query` streams per shard, in constant memory.
+//! - **move** `pk = "moves"`, `sk = "<dataset>"`: `to`, `from` (N) and `at` (S), while a pointer
+//!   move of the dataset is in flight (steps 2–4 below). One `Query` on `moves` tells a reader
+//!   every dataset it must answer from the staged versions ([`DynamoDatasets::moves_in_flight`],
+//!   [`super::resolved::ResolvedStore`]).
 //!
 //! Staged resources live here, not in the FHIR store table, because that table's stream is
 //! the outbox: staging millions of rows there would put millions of records on the stream for
@@ -35,10 +39,13 @@
 //!   winner IN_PROGRESS and answers `Busy`.
 //! - `stage`: `BatchWriteItem` of 25, unprocessed items retried with back-off.
 //! - `finalize`: (1) `SUCCEEDED` with `previous` = the pointer and `published = false`,
-//!   conditioned on `IN_PROGRESS`; (2) `PutParameter` (Overwrite) of the pointer: **the visible
-//!   step**; (3) the difference `previous` → version applied to the FHIR store through
+//!   conditioned on `IN_PROGRESS`; (2) the move item, then `PutParameter` (Overwrite) of the
+//!   pointer: **the visible step**, then a wait of [`POINTER_TTL`] (every reader's list of
+//!   moves is younger than that: from then on all of them answer this dataset from the staged
+//!   versions); (3) the difference `previous` → version applied to the FHIR store through
 //!   [`DynamoStore::apply_unordered`] in batches, each new resource version one history item
-//!   and so one change event on the table stream; (4) `published = true`. A crash anywhere is
+//!   and so one change event on the table stream; (4) `published = true`, and the move item
+//!   deleted. A crash anywhere is
 //!   repaired by calling `finalize` again (a SUCCEEDED, unpublished version resumes at (2)),
 //!   and by the next `begin`, which finishes any unpublished move first. Step (3) is
 //!   idempotent: content already stored comes back `Unchanged`, which writes no version, so a
@@ -47,9 +54,11 @@
 //!   SUCCEEDED (`previous` = the current one, unpublished), then (2)–(4) as above: the reverse
 //!   difference, with its events.
 //!
-//! Readers that need the switch to be atomic resolve the pointer ([`super::super::dataset::PointerCache`])
-//! and read the version's staged resource ([`DynamoDatasets::read_staged`]); the FHIR store
-//! itself follows the pointer within the duration of step (3).
+//! Readers by id see one version whole, never a mix: [`super::resolved::ResolvedStore`] (the
+//! gateway's store on AWS) answers a dataset with a move in flight from the staged resource of
+//! the version the pointer is on ([`DynamoDatasets::read_staged`]), and everything else from
+//! the FHIR store. Searches and histories read the FHIR store's own index, which follows the
+//! pointer within the duration of step (3).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -67,8 +76,8 @@ use serde_json::Value;
 use super::{DynamoStore, MAX_ATTEMPTS, MAX_ITEM_BYTES, PK, SK, backoff};
 use crate::model::{Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
-    DatasetError, DatasetStore, DatasetVersion, GcReport, LoadCounts, PointerMove, StagedResource,
-    VersionStatus, check_dataset_name, pointer_parameter,
+    DatasetError, DatasetStore, DatasetVersion, GcReport, LoadCounts, POINTER_TTL, PointerMove,
+    StagedResource, VersionStatus, check_dataset_name, pointer_parameter,
 };
 use crate::store::sqlite::Clock;
 use crate::store::{StoreError, canonical_content, check_ref, format_time, invalid};
@@ -90,6 +99,8 @@ pub struct DynamoDatasets {
     table: String,
     store: DynamoStore,
     clock: Clock,
+    /// How long a move waits between its visible step and the store's first change.
+    settle: Duration,
 }
 
 impl std::fmt::Debug for DynamoDatasets {
@@ -135,6 +146,20 @@ struct StagedRow {
 
 type Item = HashMap<String, AttributeValue>;
 
+/// A pointer move whose visible step is done and whose difference the FHIR store may not hold
+/// yet ([`DynamoDatasets::moves_in_flight`]): readers answer from the staged versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveInFlight {
+    pub dataset: String,
+    /// The version the pointer is on.
+    pub to: u64,
+    /// The version it left (`None` for a dataset's first version).
+    pub from: Option<u64>,
+    /// When the move was announced: the `lastUpdated` a reader shows for content the store
+    /// does not hold yet.
+    pub at: DateTime<Utc>,
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -154,6 +179,9 @@ fn version_sk(version: u64) -> String {
 fn chunk_sk(version: u64, chunk: &str) -> String {
     format!("v#{version:010}#c#{chunk}")
 }
+
+/// The partition of the move items: one per dataset whose pointer move is in flight.
+const MOVES_PK: &str = "moves";
 
 fn staged_pk(dataset: &str, version: u64, shard: u32) -> String {
     format!("r#{dataset}#{version:010}#{shard:02}")
@@ -292,7 +320,16 @@ impl DynamoDatasets {
             table: table.into(),
             store,
             clock: std::sync::Arc::new(Utc::now),
+            settle: POINTER_TTL,
         }
+    }
+
+    /// Replaces how long a move waits after its pointer step before it changes the store
+    /// ([`POINTER_TTL`] by default: the age of the oldest move list a reader may still trust).
+    /// Tests whose readers cache nothing wait for nothing.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// With the SDK configuration of the environment ([`crate::aws::sdk_config`]).
@@ -848,19 +885,12 @@ impl DynamoDatasets {
     /// Steps 2–4 of a pointer move to `row` (SUCCEEDED, not published): the pointer, the
     /// difference from `row.previous`, `published`. Idempotent.
     async fn publish(&self, dataset: &str, row: &Row) -> Result<PointerMove, DatasetError> {
-        let current = self.read_pointer(dataset).await?;
-        if current != Some(row.version) {
-            if current != row.previous {
-                return Err(wrong(
-                    dataset,
-                    row,
-                    &format!(
-                        "the pointer moved to {current:?} since this move from {:?} began",
-                        row.previous
-                    ),
-                ));
-            }
-            self.write_pointer(dataset, row.version).await?;
+        self.show(dataset, row).await?;
+        // Readers trust a move list for at most POINTER_TTL: once it has passed, every one of
+        // them answers this dataset from the staged versions, so none sees the store half
+        // way through the difference.
+        if !self.settle.is_zero() {
+            tokio::time::sleep(self.settle).await;
         }
         let mv = self
             .apply_difference(dataset, row.previous, row.version)
@@ -875,7 +905,111 @@ impl DynamoDatasets {
             .send()
             .await
             .map_err(|e| self.sdk_err("UpdateItem", e))?;
+        self.end_move(dataset, row.version).await?;
         Ok(mv)
+    }
+
+    /// Step 2 of a pointer move to `version` (SUCCEEDED, not published): the move item, then
+    /// the pointer. Public so that tests can stop a move right after its visible step (the
+    /// store not yet changed); `finalize` resumes from there.
+    pub async fn move_pointer(&self, dataset: &str, version: u64) -> Result<(), DatasetError> {
+        let row = self.require(dataset, version).await?;
+        if row.status != VersionStatus::Succeeded || row.published {
+            return Err(wrong(
+                dataset,
+                &row,
+                "only a version whose move has not been published can be shown",
+            ));
+        }
+        self.show(dataset, &row).await
+    }
+
+    async fn show(&self, dataset: &str, row: &Row) -> Result<(), DatasetError> {
+        let current = self.read_pointer(dataset).await?;
+        if current != Some(row.version) && current != row.previous {
+            return Err(wrong(
+                dataset,
+                row,
+                &format!(
+                    "the pointer moved to {current:?} since this move from {:?} began",
+                    row.previous
+                ),
+            ));
+        }
+        // Announced before the pointer moves, so a reader that sees the new pointer finds
+        // the move too.
+        self.announce_move(dataset, row).await?;
+        if current != Some(row.version) {
+            self.write_pointer(dataset, row.version).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the move item of a move to `row` (idempotent: a resumed move rewrites it).
+    async fn announce_move(&self, dataset: &str, row: &Row) -> Result<(), DatasetError> {
+        let mut item = key(MOVES_PK.to_owned(), dataset.to_owned());
+        item.insert("to".into(), n(row.version));
+        if let Some(p) = row.previous {
+            item.insert("from".into(), n(p));
+        }
+        item.insert("at".into(), s(format_time(self.now())));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Deletes the move item once the store holds the difference, unless a later move
+    /// replaced it.
+    async fn end_move(&self, dataset: &str, version: u64) -> Result<(), DatasetError> {
+        match self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(MOVES_PK.to_owned(), dataset.to_owned())))
+            .condition_expression("#to = :v")
+            .expression_attribute_names("#to", "to")
+            .expression_attribute_values(":v", n(version))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(self.sdk_err("DeleteItem", e)),
+        }
+    }
+
+    /// The pointer moves in flight: announced, with the pointer on their new version (a move
+    /// announced whose pointer step has not happened yet is invisible, and so is left out),
+    /// and the store not known to hold their difference. One `Query`, plus one SSM read per
+    /// move listed (usually none).
+    pub async fn moves_in_flight(&self) -> Result<Vec<MoveInFlight>, DatasetError> {
+        let mut moves = Vec::new();
+        let mut start = None;
+        loop {
+            let (items, next) = self.query_page(MOVES_PK, start, false).await?;
+            for item in &items {
+                let dataset = req_str(item, SK)?;
+                let mv = MoveInFlight {
+                    dataset: dataset.to_owned(),
+                    to: req_num(item, "to")?,
+                    from: num_attr(item, "from")?,
+                    at: time_attr(item, "at")?,
+                };
+                if self.read_pointer(dataset).await? == Some(mv.to) {
+                    moves.push(mv);
+                }
+            }
+            match next {
+                Some(n) => start = Some(n),
+                None => break,
+            }
+        }
+        Ok(moves)
     }
 
     /// Applies the difference between the staged resources of `from` (or nothing) and `to`
@@ -1242,9 +1376,9 @@ impl DynamoDatasets {
     }
 
     /// A resource as version `version` of the dataset holds it (`None`: not in that version,
-    /// or the version was garbage-collected). With [`super::super::dataset::PointerCache`]
-    /// this is the pointer-resolved read: readers see one version whole, never a mix, even
-    /// while the FHIR store is catching up with a move.
+    /// or the version was garbage-collected): the pointer-resolved read of
+    /// [`super::resolved::ResolvedStore`], which shows readers one version whole while the
+    /// FHIR store is catching up with a move.
     pub async fn read_staged(
         &self,
         dataset: &str,
