@@ -677,6 +677,13 @@ async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
             })
         }
     };
+    let read_all = || async {
+        let mut all = Vec::new();
+        for id in ["a", "b", "c", "d", "x", "zz"] {
+            all.push(read(id).await);
+        }
+        all
+    };
     let seen = |version: &str, family: &str| Some((version.to_owned(), false, Some(family.into())));
     assert_eq!(read("b").await, seen("1", "Beta"));
 
@@ -695,17 +702,10 @@ async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
     assert_eq!(h.family("c").await, None);
     assert_eq!(h.family("d").await.as_deref(), Some("Delta"));
     // ...and readers see version 2 whole, as the store's next versions.
-    let during = [
-        read("a").await,
-        read("b").await,
-        read("c").await,
-        read("d").await,
-        read("x").await,
-        read("zz").await,
-    ];
+    let during = read_all().await;
     assert_eq!(
         during,
-        [
+        vec![
             seen("1", "Alpha"),
             seen("2", "Bravo"),
             seen("1", "Gamma"),
@@ -723,14 +723,7 @@ async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
     assert_eq!((mv.from, mv.to), (Some(v1), Some(v2)));
     assert!(ds.moves_in_flight().await.unwrap().is_empty());
     assert_eq!(h.family("b").await.as_deref(), Some("Bravo"));
-    let after = [
-        read("a").await,
-        read("b").await,
-        read("c").await,
-        read("d").await,
-        read("x").await,
-        read("zz").await,
-    ];
+    let after = read_all().await;
     assert_eq!(after, during);
 
     // A rollback moves them back, as the store's next versions.

@@ -529,6 +529,18 @@ impl DynamoDatasets {
         })
     }
 
+    /// An unconditional `PutItem` into the versions table.
+    async fn put(&self, item: Item) -> Result<(), DatasetError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("PutItem", e))?;
+        Ok(())
+    }
+
     async fn write_pointer(&self, dataset: &str, version: u64) -> Result<(), DatasetError> {
         let name = pointer_parameter(dataset);
         self.ssm
@@ -832,14 +844,7 @@ impl DynamoDatasets {
         item.insert("resourcesWritten".into(), n(counts.resources_written));
         item.insert("quarantined".into(), n(counts.quarantined));
         item.insert("doneAt".into(), s(format_time(self.now())));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("PutItem", e))?;
-        Ok(())
+        self.put(item).await
     }
 
     /// Step 1 of `finalize`: SUCCEEDED, remembering the version the pointer is on, not yet
@@ -953,14 +958,7 @@ impl DynamoDatasets {
             item.insert("from".into(), n(p));
         }
         item.insert("at".into(), s(format_time(self.now())));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("PutItem", e))?;
-        Ok(())
+        self.put(item).await
     }
 
     /// Deletes the move item once the store holds the difference, unless a later move
