@@ -3,7 +3,9 @@
 //! Validation speed over the Synthea corpus (`<shared>/conformance/synthea/fhir`, or
 //! `$FHIR_UNIFY_SHARED_DIR`): resources per second through the structural [`Validator`]
 //! (contract + coding, with and without the FHIRPath invariants) and, side by side, the HL7 JSON Schema validator it replaced; plus the
-//! time to load the compiled definitions (a Lambda cold start pays it once).
+//! time to load the compiled definitions (a Lambda cold start pays it once), and the floor
+//! of any validator over these resources: one visit of every node, checking nothing
+//! (`walk_every_node`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +33,26 @@ fn synthea_resources() -> Vec<Value> {
         }
     }
     out
+}
+
+/// Visits every node, reading each key and string once (their lengths and first bytes), so
+/// the walk touches what a validator must at least read.
+fn walk(v: &Value, acc: &mut usize) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                *acc += k.len();
+                walk(x, acc);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk(x, acc)),
+        Value::String(s) => {
+            *acc += s.len() + usize::from(s.as_bytes().first().copied().unwrap_or(0))
+        }
+        Value::Number(n) => *acc += usize::from(n.is_f64()),
+        Value::Bool(b) => *acc += usize::from(*b),
+        Value::Null => {}
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -76,6 +98,17 @@ fn bench(c: &mut Criterion) {
                 errors += usize::from(structural_only.validate(r).has_errors());
             }
             errors
+        })
+    });
+    // The floor: visiting every member and item of every resource once, checking nothing. A
+    // validator that looks at every element cannot be faster than this on one core.
+    group.bench_function("walk_every_node", |b| {
+        b.iter(|| {
+            let mut acc = 0usize;
+            for r in &resources {
+                walk(r, &mut acc);
+            }
+            acc
         })
     });
     group.bench_function("json_schema_validator", |b| {
