@@ -239,7 +239,6 @@ pub async fn gateway_env() -> Result<Gateway, EnvError> {
         Ok((config, data, table, rest))
     }) {
         Ok((_, _, Some(table), _)) => {
-            let store = Arc::new(DynamoStore::from_environment(table.clone()).await);
             match std::env::var("FHIR_UNIFY_VERSIONS_TABLE")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -257,11 +256,13 @@ pub async fn gateway_env() -> Result<Gateway, EnvError> {
                             versions, table,
                         )
                         .await;
+                    let store = Arc::new(datasets.store().clone());
                     let resolved = crate::store::dynamodb::resolved::ResolvedStore::new(datasets);
                     Ok(Gateway::new(Arc::new(resolved), store))
                 }
                 None => {
                     tracing::info!(table = %table, "gateway reads the DynamoDB store");
+                    let store = Arc::new(DynamoStore::from_environment(table).await);
                     Ok(Gateway::new(store.clone(), store))
                 }
             }

@@ -629,7 +629,8 @@ pub fn stack_env(function: &str, endpoint: &str) -> Vec<(&'static str, String)> 
         "ingest-dynamodb" => env.push(machine),
         "ingest-dms" | "ingest-transfer" => env.extend([machine, quarantine]),
         "ingest-api" => env.extend([machine, store]),
-        "publish" | "emit" | "gateway" => env.push(store),
+        "publish" | "emit" => env.push(store),
+        "gateway" => env.extend([store, versions]),
         "bulk-begin" | "bulk-finalize" | "bulk-fail" => env.extend([versions, store]),
         "bulk-load-chunk" => env.extend([versions, store, quarantine]),
         "transform" | "validate" | "authorizer" => {}
