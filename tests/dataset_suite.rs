@@ -645,6 +645,7 @@ async fn finalize_is_resumed_after_a_crash_between_status_and_pointer() {
 /// versions, with the same version ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
+    use aws_sdk_dynamodb::types::AttributeValue;
     use fhir_unify::model::{ResourceChange, ResourceOp};
     use fhir_unify::store::dynamodb::resolved::ResolvedStore;
     let h = dynamodb().await;
@@ -721,6 +722,20 @@ async fn reads_by_id_follow_the_pointer_while_the_store_catches_up() {
     // The move completes: the same answers, now from the store.
     let mv = h.datasets.finalize(DS, v2).await.unwrap();
     assert_eq!((mv.from, mv.to), (Some(v1), Some(v2)));
+    assert!(ds.moves_in_flight().await.unwrap().is_empty());
+    // A move item a crash left behind after the move was published is not a move.
+    let (_, config) = h.dynamo.as_ref().unwrap();
+    aws_sdk_dynamodb::Client::new(config)
+        .put_item()
+        .table_name(VERSIONS_TABLE)
+        .item("pk", AttributeValue::S("moves".into()))
+        .item("sk", AttributeValue::S(DS.into()))
+        .item("to", AttributeValue::N(v2.to_string()))
+        .item("from", AttributeValue::N(v1.to_string()))
+        .item("at", AttributeValue::S("2024-05-01T00:00:00.000Z".into()))
+        .send()
+        .await
+        .unwrap();
     assert!(ds.moves_in_flight().await.unwrap().is_empty());
     assert_eq!(h.family("b").await.as_deref(), Some("Bravo"));
     let after = read_all().await;

@@ -983,8 +983,8 @@ impl DynamoDatasets {
 
     /// The pointer moves in flight: announced, with the pointer on their new version (a move
     /// announced whose pointer step has not happened yet is invisible, and so is left out),
-    /// and the store not known to hold their difference. One `Query`, plus one SSM read per
-    /// move listed (usually none).
+    /// and not yet published. One `Query`, plus an SSM read and a `GetItem` per move listed
+    /// (usually none).
     pub async fn moves_in_flight(&self) -> Result<Vec<MoveInFlight>, DatasetError> {
         let mut moves = Vec::new();
         let mut start = None;
@@ -998,9 +998,18 @@ impl DynamoDatasets {
                     from: num_attr(item, "from")?,
                     at: time_attr(item, "at")?,
                 };
-                if self.read_pointer(dataset).await? == Some(mv.to) {
-                    moves.push(mv);
+                if self.read_pointer(dataset).await? != Some(mv.to) {
+                    continue;
                 }
+                // A move item a crash left after `published` (the next move replaces it).
+                if self
+                    .row(dataset, mv.to)
+                    .await?
+                    .is_some_and(|row| row.published)
+                {
+                    continue;
+                }
+                moves.push(mv);
             }
             match next {
                 Some(n) => start = Some(n),
