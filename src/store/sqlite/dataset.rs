@@ -429,9 +429,8 @@ fn publish_first(
             .map_err(sql_err)?;
         let mut resource_insert = conn
             .prepare_cached(
-                "INSERT INTO resources
-                   (resource_type, id, version_id, last_updated, deleted, content)
-                 VALUES (?1, ?2, 1, ?3, 0, ?4)",
+                "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted)
+                 VALUES (?1, ?2, 1, ?3, 0)",
             )
             .map_err(sql_err)?;
         let mut rows = new.query(params![dataset, to_key, at]).map_err(sql_err)?;
@@ -521,12 +520,7 @@ fn publish_first(
                         let t4 = std::time::Instant::now();
                         phases.history += t4 - t3;
                         resource_insert
-                            .execute(params![
-                                p.target.resource_type,
-                                p.target.id,
-                                at,
-                                p.stored_text
-                            ])
+                            .execute(params![p.target.resource_type, p.target.id, at])
                             .map_err(sql_err)?;
                         mv.created += 1;
                         phases.resources += t4.elapsed();

@@ -121,7 +121,12 @@ pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
         .map_err(sql_err)?;
     // One live resource at a time: a large store is not held in memory.
     let mut stmt = tx
-        .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
+        .prepare(
+            "SELECT r.resource_type, r.id, coalesce(r.content, h.content)
+             FROM resources r LEFT JOIN history h
+               ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
+             WHERE r.deleted = 0",
+        )
         .map_err(sql_err)?;
     let mut rows = stmt.query([]).map_err(sql_err)?;
     while let Some(row) = rows.next().map_err(sql_err)? {
