@@ -328,7 +328,9 @@ impl Archive {
         let tx = conn.transaction().map_err(|e| self.error(e))?;
         {
             let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO deliveries (ledger, position) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries (ledger, position) VALUES (?1, ?2)",
+                )
                 .map_err(|e| self.error(e))?;
             for (target, positions) in batches {
                 if positions.is_empty() {
@@ -521,5 +523,179 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let e = Archive::open(&file.join("events.db")).unwrap_err();
         assert!(e.path.contains("plain"), "{e}");
+    }
+
+    /// Schema 0 as the previous build wrote it.
+    const SCHEMA_0: &str = "
+        CREATE TABLE archive (
+            position    INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id    TEXT NOT NULL UNIQUE,
+            time        TEXT NOT NULL,
+            envelope    TEXT NOT NULL,
+            archived_at TEXT NOT NULL
+        );
+        CREATE INDEX archive_time ON archive(time, position);
+        CREATE TABLE deliveries (
+            target       TEXT NOT NULL,
+            event_key    TEXT NOT NULL,
+            delivered_at TEXT NOT NULL,
+            PRIMARY KEY (target, event_key)
+        ) WITHOUT ROWID;";
+
+    #[test]
+    fn a_schema_0_file_keeps_its_positions_and_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_0).unwrap();
+            // Positions with a gap, as AUTOINCREMENT may leave.
+            for (pos, id, time) in [
+                (3, "e1", "2024-01-01T00:00:00Z"),
+                (7, "e2", "2024-01-02T00:00:00Z"),
+                (8, "e3", "2024-01-03T00:00:00Z"),
+            ] {
+                let envelope = json!({"id": id, "time": time}).to_string();
+                conn.execute(
+                    "INSERT INTO archive VALUES (?1, ?2, ?3, ?4, '2024-02-01T00:00:00Z')",
+                    params![pos, id, time, envelope],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO deliveries VALUES ('all/ndjson:a', 'e1', 'x'), ('all/ndjson:a', 'e2', 'x'),
+                   ('hook/webhook:h', 'e2', 'x');",
+            )
+            .unwrap();
+        }
+        let a = Archive::open(&path).unwrap();
+        let version: i64 = a
+            .lock()
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, ARCHIVE_SCHEMA_VERSION);
+        let listed: Vec<(i64, Value)> = a
+            .list(None, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.position, e.envelope["id"].clone()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(3, json!("e1")), (7, json!("e2")), (8, json!("e3"))]
+        );
+        assert_eq!(a.position_of("e2").unwrap(), Some(7));
+        let keys: Vec<String> = ["e1", "e2", "e3"].map(String::from).to_vec();
+        assert_eq!(
+            a.delivered("all/ndjson:a", &keys).unwrap(),
+            vec![true, true, false]
+        );
+        assert_eq!(
+            a.delivered("hook/webhook:h", &keys).unwrap(),
+            vec![false, true, false]
+        );
+        assert_eq!(
+            a.delivered_at("hook/webhook:h", &[3, 7, 8]).unwrap(),
+            vec![false, true, false]
+        );
+        // A re-published event is found by id; a new one goes after every old position.
+        let e2 = json!({"id": "e2", "time": "2024-01-02T00:00:00Z"});
+        let e4 = json!({"id": "e4", "time": "2024-01-04T00:00:00Z"});
+        assert_eq!(
+            a.archive(&[&e2, &e4]).unwrap(),
+            vec![
+                Archived {
+                    position: 7,
+                    fresh: false
+                },
+                Archived {
+                    position: 9,
+                    fresh: true
+                }
+            ]
+        );
+        drop(a);
+        // Opening again migrates nothing and keeps everything.
+        let a = Archive::open(&path).unwrap();
+        assert_eq!(a.list(None, 0, 10).unwrap().len(), 4);
+        assert_eq!(
+            a.delivered("all/ndjson:a", &keys).unwrap(),
+            vec![true, true, false]
+        );
+    }
+
+    #[test]
+    fn a_newer_archive_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        drop(Archive::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", ARCHIVE_SCHEMA_VERSION + 1)
+            .unwrap();
+        let e = Archive::open(&path).unwrap_err();
+        assert!(e.message.contains("schema version"), "{e}");
+    }
+
+    #[test]
+    fn ids_whose_hashes_collide_are_told_apart_by_the_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::open(&dir.path().join("events.db")).unwrap();
+        // Another event archived under the hash of "one", as a collision would leave it.
+        a.lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO archive (id_hash, time, envelope, archived_at) VALUES (?1, 't', ?2, 't')",
+                params![id_hash("one"), json!({"id": "two"}).to_string()],
+            )
+            .unwrap();
+        assert_eq!(
+            a.position_of("one").unwrap(),
+            None,
+            "not taken for the other"
+        );
+        let e1 = json!({"id": "one", "time": "2024-01-01T00:00:00Z"});
+        assert_eq!(
+            a.insert_new(&[&e1]).unwrap(),
+            vec![true],
+            "archived, not deduped"
+        );
+        assert_eq!(a.position_of("one").unwrap(), Some(2));
+        let e3 = json!({"id": "three", "time": "2024-01-01T00:00:00Z"});
+        assert_eq!(a.insert_new(&[&e1, &e3]).unwrap(), vec![false, true]);
+        assert!(id_hash("one") >= 0 && id_hash("one") < 1 << 47);
+        assert_ne!(id_hash("one"), id_hash("two"));
+    }
+
+    #[test]
+    fn deliveries_are_keyed_by_position_and_an_unarchived_event_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::open(&dir.path().join("events.db")).unwrap();
+        let e1 = json!({"id": "1", "time": "2024-01-01T00:00:00Z"});
+        let e2 = json!({"id": "2", "time": "2024-01-02T00:00:00Z"});
+        let archived = a.archive(&[&e1, &e2]).unwrap();
+        let positions: Vec<i64> = archived.iter().map(|x| x.position).collect();
+        a.record_positions(&[("t", &positions[1..]), ("u", &[])])
+            .unwrap();
+        assert_eq!(a.delivered_at("t", &positions).unwrap(), vec![false, true]);
+        assert_eq!(a.delivered_at("u", &positions).unwrap(), vec![false, false]);
+        assert_eq!(a.delivered("t", &["2".to_owned()]).unwrap(), vec![true]);
+        let e = a.record_delivered("t", &["nope".to_owned()]).unwrap_err();
+        assert!(
+            e.message.contains("nope") && e.message.contains("not archived"),
+            "{e}"
+        );
+        // The ledger is two integers per entry, in position order.
+        let sql: String = a
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'deliveries'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("PRIMARY KEY (ledger, position)"), "{sql}");
     }
 }
