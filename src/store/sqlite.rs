@@ -187,8 +187,8 @@ WHERE content IS NOT NULL AND EXISTS (
       AND h.version_id = resources.version_id AND h.content IS NOT NULL);
 ";
 
-/// A version a dataset pointer move writes keeps no copy of its content: `history.content` is
-/// `NULL` and (`dataset`, `dataset_version`, `resource_type`, `id`) names the staged row it was
+/// A version a dataset pointer move writes keeps no copy of its content or lineage:
+/// `history.content` is `NULL`, `history.lineage` JSON `null` ([`HISTORY_LINEAGE`]), and (`dataset`, `dataset_version`, `resource_type`, `id`) names the staged row it was
 /// published from, which holds the same canonical text (see [`dataset`]). Readers rebuild the
 /// stored text with [`HISTORY_CONTENT`] (`meta.versionId` and `meta.lastUpdated` set by
 /// `json_set`, as the set-based first publish always wrote it). The copy was a fifth of the
@@ -221,6 +221,15 @@ pub(crate) const HISTORY_STAGED_JOIN: &str = "LEFT JOIN dataset_staged hs
 /// The stored text of `history` row `h` joined by [`HISTORY_STAGED_JOIN`] (see [`MIGRATION_9`]).
 pub(crate) const HISTORY_CONTENT: &str = "coalesce(h.content, json_set(hs.content,
     '$.meta.versionId', CAST(h.version_id AS TEXT), '$.meta.lastUpdated', h.last_updated))";
+
+/// The lineage of `history` row `h` joined by [`HISTORY_STAGED_JOIN`]: a row that names a
+/// staged row keeps JSON `null` in its own (`NOT NULL`) column and reads the staged row's,
+/// which is the same text (see [`MIGRATION_9`]).
+pub(crate) const HISTORY_LINEAGE: &str =
+    "CASE WHEN h.dataset IS NULL THEN h.lineage ELSE hs.lineage END";
+
+/// What a `history` row that names a staged row keeps in its `lineage` column.
+pub(crate) const LINEAGE_IN_STAGED: &str = "null";
 
 /// The source of `lastUpdated` times; the store truncates them to milliseconds.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -396,7 +405,7 @@ impl SqliteStore {
         let conn = self.lock()?;
         conn.query_row(
             &format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, h.lineage
+                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
                  FROM resources r JOIN history h
                    ON h.resource_type = r.resource_type AND h.id = r.id
                   AND h.version_id = r.version_id
@@ -426,7 +435,7 @@ impl SqliteStore {
         let conn = self.lock()?;
         conn.query_row(
             &format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, h.lineage
+                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
                  FROM history h {HISTORY_STAGED_JOIN}
                  WHERE h.resource_type = ?1 AND h.id = ?2 AND h.version_id = ?3"
             ),
@@ -446,7 +455,7 @@ impl SqliteStore {
         let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, h.lineage
+                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
                  FROM history h {HISTORY_STAGED_JOIN}
                  WHERE h.resource_type = ?1 AND h.id = ?2 ORDER BY h.version_id DESC"
             ))
@@ -779,7 +788,11 @@ fn apply_content(
             time_text,
             deleted,
             content_text,
-            lineage_text,
+            if from_staged.is_some() {
+                LINEAGE_IN_STAGED
+            } else {
+                lineage_text
+            },
             from_staged.map(|(d, _)| d),
             from_staged.map(|(_, v)| v)
         ])

@@ -30,8 +30,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::{
-    HISTORY_CONTENT, SqliteStore, apply_canonical, apply_change, canonical_content,
-    canonical_owned, check_ref, format_time, off_worker, search, sql_err,
+    HISTORY_CONTENT, LINEAGE_IN_STAGED, SqliteStore, apply_canonical, apply_change,
+    canonical_content, canonical_owned, check_ref, format_time, off_worker, search, sql_err,
 };
 use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
@@ -514,7 +514,7 @@ fn publish_first(
                                 p.target.resource_type,
                                 p.target.id,
                                 at,
-                                p.lineage_text,
+                                LINEAGE_IN_STAGED,
                                 dataset,
                                 to_key
                             ])
@@ -1169,6 +1169,11 @@ impl SqliteStore {
                     &format!(
                         "UPDATE history AS h SET
                            content = (SELECT {HISTORY_CONTENT} FROM dataset_staged hs
+                                      WHERE hs.dataset = h.dataset
+                                        AND hs.version = h.dataset_version
+                                        AND hs.resource_type = h.resource_type
+                                        AND hs.id = h.id),
+                           lineage = (SELECT hs.lineage FROM dataset_staged hs
                                       WHERE hs.dataset = h.dataset
                                         AND hs.version = h.dataset_version
                                         AND hs.resource_type = h.resource_type

@@ -12,7 +12,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params, params_from_iter};
 use serde_json::Value;
 
-use super::{HISTORY_CONTENT, HISTORY_STAGED_JOIN, RawVersion, format_time, sql_err};
+use super::{
+    HISTORY_CONTENT, HISTORY_LINEAGE, HISTORY_STAGED_JOIN, RawVersion, format_time, sql_err,
+};
 use crate::model::ResourceRef;
 use crate::store::StoreError;
 use crate::store::search::{
@@ -356,7 +358,7 @@ pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, S
     let limit = sql.bind(limit_of(q.count));
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT r.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, h.lineage
+            "SELECT r.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
              FROM resources r JOIN history h
                ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
              {HISTORY_STAGED_JOIN}
@@ -454,7 +456,7 @@ pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<Histor
     let limit = sql.bind(limit_of(q.count));
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT h.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, h.lineage
+            "SELECT h.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
              FROM history h {HISTORY_STAGED_JOIN} WHERE {page_where}
              ORDER BY h.last_updated DESC, h.id DESC, h.version_id DESC LIMIT {limit}"
         ))

@@ -520,7 +520,8 @@ fn pointing(store: &SqliteStore) -> i64 {
         .lock()
         .unwrap()
         .query_row(
-            "SELECT count(*) FROM history WHERE dataset IS NOT NULL AND content IS NULL",
+            "SELECT count(*) FROM history
+             WHERE dataset IS NOT NULL AND content IS NULL AND lineage = 'null'",
             [],
             |r| r.get(0),
         )
@@ -531,22 +532,30 @@ fn pointing(store: &SqliteStore) -> i64 {
 /// into every history row that names a staged row.
 fn copy_texts_back(store: &SqliteStore) {
     let conn = store.lock().unwrap();
-    let rows: Vec<(String, String, i64, String, String)> = conn
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(String, String, i64, String, String, String)> = conn
         .prepare(
-            "SELECT h.resource_type, h.id, h.version_id, h.last_updated, s.content
+            "SELECT h.resource_type, h.id, h.version_id, h.last_updated, s.content, s.lineage
              FROM history h JOIN dataset_staged s
                ON s.dataset = h.dataset AND s.version = h.dataset_version
               AND s.resource_type = h.resource_type AND s.id = h.id",
         )
         .unwrap()
         .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert!(!rows.is_empty());
-    for (rtype, id, version, at, content) in rows {
+    for (rtype, id, version, at, content, lineage) in rows {
         let target = ResourceRef {
             resource_type: rtype.clone(),
             id: id.clone(),
@@ -560,9 +569,9 @@ fn copy_texts_back(store: &SqliteStore) {
         )
         .unwrap();
         conn.execute(
-            "UPDATE history SET content = ?4, dataset = NULL, dataset_version = NULL
+            "UPDATE history SET content = ?4, lineage = ?5, dataset = NULL, dataset_version = NULL
              WHERE resource_type = ?1 AND id = ?2 AND version_id = ?3",
-            params![rtype, id, version, text],
+            params![rtype, id, version, text, lineage],
         )
         .unwrap();
     }
