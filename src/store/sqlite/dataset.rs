@@ -564,7 +564,6 @@ struct RawStaged {
 /// What a first publish writes for a new resource.
 struct Prepared {
     target: ResourceRef,
-    lineage_text: String,
     entries: Vec<crate::store::search::IndexEntry>,
     event_text: String,
 }
@@ -593,7 +592,6 @@ fn prepare_new(
     })?;
     Ok(Prepared {
         target: staged.target,
-        lineage_text: staged.lineage_text,
         entries,
         event_text,
     })
