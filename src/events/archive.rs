@@ -172,7 +172,11 @@ impl Archive {
     /// [`Self::insert_new`] with each event's archive position, in one transaction.
     pub fn archive(&self, envelopes: &[&Value]) -> Result<Vec<Archived>, ArchiveError> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        // Immediate: the lookup and the insert of an id are one step even when another
+        // process archives the same event at once (the id index is not unique).
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.error(e))?;
         let mut out = Vec::with_capacity(envelopes.len());
         {
             let mut insert = tx
