@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::archive::{Archive, ArchiveError};
+use super::archive::{Archive, ArchiveError, Archived};
 use super::local::{LOCAL_ACCOUNT, LOCAL_REGION, NdjsonWriter, delivery_key};
 use super::pattern::EventPattern;
 use super::targets::{
@@ -233,14 +233,15 @@ impl LocalBus {
     /// failed, with the reason. Targets are delivered to concurrently (their `fsync`s overlap),
     /// each in event order.
     ///
-    /// `fresh[i]`: envelope `i` was archived by this call, so no target has it yet and its
-    /// delivery ledger is not read (see [`Archive::insert_new`]).
+    /// `archived[i]`: envelope `i`'s archive position, and whether this call archived it (then
+    /// no target has it yet and its delivery ledger is not read; see [`Archive::archive`]).
     async fn route(
         &self,
         envelopes: &[(usize, Value, String)],
-        fresh: &[bool],
+        archived: &[Archived],
     ) -> Result<Option<(usize, String)>, BusError> {
         let unavailable = |e: ArchiveError| BusError::Unavailable(e.to_string());
+        let position = |i: usize| archived.get(i).map_or(0, |a| a.position);
         // (rule, target, ledger name, entries to deliver)
         let mut jobs = Vec::new();
         for rule in &self.rules {
@@ -254,18 +255,15 @@ impl LocalBus {
             let seen: Vec<usize> = matching
                 .iter()
                 .copied()
-                .filter(|&i| !fresh.get(i).copied().unwrap_or(false))
+                .filter(|&i| !archived.get(i).is_some_and(|a| a.fresh))
                 .collect();
-            let keys: Vec<String> = seen.iter().map(|&i| envelopes[i].2.clone()).collect();
+            let positions: Vec<i64> = seen.iter().map(|&i| position(i)).collect();
             for target in &rule.targets {
                 let ledger = format!("{}/{}", rule.name, target.id());
-                let done = if keys.is_empty() {
-                    Vec::new()
-                } else {
-                    self.archive
-                        .delivered(&ledger, &keys)
-                        .map_err(unavailable)?
-                };
+                let done = self
+                    .archive
+                    .delivered_at(&ledger, &positions)
+                    .map_err(unavailable)?;
                 let delivered: std::collections::HashSet<usize> = seen
                     .iter()
                     .zip(&done)
@@ -293,7 +291,7 @@ impl LocalBus {
         )
         .await;
         let mut first_failed: Option<(usize, String)> = None;
-        let mut records: Vec<(&str, Vec<String>)> = Vec::with_capacity(jobs.len());
+        let mut records: Vec<(&str, Vec<i64>)> = Vec::with_capacity(jobs.len());
         for ((rule, target, ledger, todo), outcome) in jobs.iter().zip(outcomes) {
             let delivered = match &outcome {
                 Ok(()) => todo.len(),
@@ -301,10 +299,7 @@ impl LocalBus {
             };
             records.push((
                 ledger.as_str(),
-                todo[..delivered]
-                    .iter()
-                    .map(|&i| envelopes[i].2.clone())
-                    .collect(),
+                todo[..delivered].iter().map(|&i| position(i)).collect(),
             ));
             if let (Err(failure), Some(&failed)) = (outcome, todo.get(delivered)) {
                 tracing::warn!(
@@ -326,10 +321,10 @@ impl LocalBus {
                 }
             }
         }
-        let records: Vec<(&str, &[String])> =
-            records.iter().map(|(l, k)| (*l, k.as_slice())).collect();
+        let records: Vec<(&str, &[i64])> =
+            records.iter().map(|(l, p)| (*l, p.as_slice())).collect();
         self.archive
-            .record_deliveries(&records)
+            .record_positions(&records)
             .map_err(unavailable)?;
         Ok(first_failed)
     }
@@ -419,11 +414,11 @@ impl LocalBus {
             accepted.push((i, envelope, key));
         }
         let refs: Vec<&Value> = accepted.iter().map(|(_, e, _)| e).collect();
-        let fresh = self
+        let archived = self
             .archive
-            .insert_new(&refs)
+            .archive(&refs)
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let failed = self.route(&accepted, &fresh).await?;
+        let failed = self.route(&accepted, &archived).await?;
         for (n, (i, _, key)) in accepted.iter().enumerate() {
             results[*i] = Some(match &failed {
                 Some((f, why)) if n == *f => PutEntryResult::Failed {

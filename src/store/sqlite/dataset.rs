@@ -30,8 +30,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::{
-    SqliteStore, apply_canonical, apply_change, canonical_content, canonical_owned, check_ref,
-    format_time, off_worker, search, sql_err,
+    HISTORY_CONTENT, LINEAGE_IN_STAGED, SqliteStore, apply_canonical, apply_change,
+    canonical_content, canonical_owned, check_ref, format_time, off_worker, search, sql_err,
 };
 use crate::model::{ChangeKind, Lineage, PublishAction, ResourceChange, ResourceOp, ResourceRef};
 use crate::store::dataset::{
@@ -103,7 +103,7 @@ DELETE FROM dataset_resources;
 ";
 
 /// Creates the staging table if this file has none yet (see [`STAGED_LAYOUT`]).
-fn ensure_layout(conn: &Connection) -> Result<(), DatasetError> {
+pub(super) fn ensure_layout(conn: &Connection) -> Result<(), DatasetError> {
     let present: bool = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master
@@ -392,6 +392,7 @@ fn publish_first(
                 &staged.lineage_text,
                 now,
                 false,
+                Some((dataset, to_key)),
             )?;
             count(outcome.action, &mut mv);
         }
@@ -403,11 +404,11 @@ fn publish_first(
     // page: one pass reads the load once (three `INSERT … SELECT`-style passes read it three
     // times, and at 1M records that scan no longer fits the page cache).
     {
-        // `meta` (version 1, `now`) is set by SQLite's `json_set`, once per row, in the scan.
+        // `history` names the staged row instead of copying its text (see the store's
+        // `MIGRATION_9`): readers set `meta` (version 1, `now`) with `json_set`.
         let mut new = conn
             .prepare(
-                "SELECT n.resource_type, n.id, n.content, n.lineage,
-                        json_set(n.content, '$.meta.versionId', '1', '$.meta.lastUpdated', ?3)
+                "SELECT n.resource_type, n.id, n.content, n.lineage
                  FROM dataset_staged n
                  WHERE n.dataset = ?1 AND n.version = ?2 AND NOT EXISTS (
                    SELECT 1 FROM resources r
@@ -423,18 +424,18 @@ fn publish_first(
         let mut history_insert = conn
             .prepare_cached(
                 "INSERT INTO history
-                   (resource_type, id, version_id, last_updated, deleted, content, lineage)
-                 VALUES (?1, ?2, 1, ?3, 0, ?4, ?5)",
+                   (resource_type, id, version_id, last_updated, deleted, content, lineage,
+                    dataset, dataset_version)
+                 VALUES (?1, ?2, 1, ?3, 0, NULL, ?4, ?5, ?6)",
             )
             .map_err(sql_err)?;
         let mut resource_insert = conn
             .prepare_cached(
-                "INSERT INTO resources
-                   (resource_type, id, version_id, last_updated, deleted, content)
-                 VALUES (?1, ?2, 1, ?3, 0, ?4)",
+                "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted)
+                 VALUES (?1, ?2, 1, ?3, 0)",
             )
             .map_err(sql_err)?;
-        let mut rows = new.query(params![dataset, to_key, at]).map_err(sql_err)?;
+        let mut rows = new.query(params![dataset, to_key]).map_err(sql_err)?;
         // Decoding the staged text, computing search-index entries and writing the event's
         // text is CPU work that does not need the connection: a worker thread does it for
         // blocks of rows while this thread reads the next block and writes the previous one.
@@ -475,7 +476,6 @@ fn publish_first(
                                     },
                                     content: r.get(2).map_err(sql_err)?,
                                     lineage_text: r.get(3).map_err(sql_err)?,
-                                    stored_text: r.get(4).map_err(sql_err)?,
                                 }),
                                 None => {
                                     reading = false;
@@ -514,19 +514,15 @@ fn publish_first(
                                 p.target.resource_type,
                                 p.target.id,
                                 at,
-                                p.stored_text,
-                                p.lineage_text
+                                LINEAGE_IN_STAGED,
+                                dataset,
+                                to_key
                             ])
                             .map_err(sql_err)?;
                         let t4 = std::time::Instant::now();
                         phases.history += t4 - t3;
                         resource_insert
-                            .execute(params![
-                                p.target.resource_type,
-                                p.target.id,
-                                at,
-                                p.stored_text
-                            ])
+                            .execute(params![p.target.resource_type, p.target.id, at])
                             .map_err(sql_err)?;
                         mv.created += 1;
                         phases.resources += t4.elapsed();
@@ -563,15 +559,11 @@ struct RawStaged {
     target: ResourceRef,
     content: String,
     lineage_text: String,
-    /// The content with `meta` set, as stored.
-    stored_text: String,
 }
 
 /// What a first publish writes for a new resource.
 struct Prepared {
     target: ResourceRef,
-    lineage_text: String,
-    stored_text: String,
     entries: Vec<crate::store::search::IndexEntry>,
     event_text: String,
 }
@@ -600,8 +592,6 @@ fn prepare_new(
     })?;
     Ok(Prepared {
         target: staged.target,
-        lineage_text: staged.lineage_text,
-        stored_text: raw.stored_text,
         entries,
         event_text,
     })
@@ -723,6 +713,7 @@ fn switch_each(
                 &lineage,
                 now,
                 false,
+                Some((dataset, to_key)),
             )?;
             changed += 1;
             count(outcome.action, &mut mv);
@@ -1170,6 +1161,30 @@ impl SqliteStore {
                 ..GcReport::default()
             };
             for v in purge {
+                // Versions published from these rows get their text back first (see the
+                // store's `MIGRATION_9`): they may still be current, or in history.
+                tx.execute(
+                    &format!(
+                        "UPDATE history AS h SET
+                           content = (SELECT {HISTORY_CONTENT} FROM dataset_staged hs
+                                      WHERE hs.dataset = h.dataset
+                                        AND hs.version = h.dataset_version
+                                        AND hs.resource_type = h.resource_type
+                                        AND hs.id = h.id),
+                           lineage = (SELECT hs.lineage FROM dataset_staged hs
+                                      WHERE hs.dataset = h.dataset
+                                        AND hs.version = h.dataset_version
+                                        AND hs.resource_type = h.resource_type
+                                        AND hs.id = h.id),
+                           dataset = NULL, dataset_version = NULL
+                         WHERE h.dataset = ?1 AND h.dataset_version = ?2
+                           AND (h.resource_type, h.id) IN (
+                             SELECT resource_type, id FROM dataset_staged
+                             WHERE dataset = ?1 AND version = ?2)"
+                    ),
+                    params![dataset, to_i64(v)],
+                )
+                .map_err(sql_err)?;
                 let n = tx
                     .execute(
                         "DELETE FROM dataset_staged WHERE dataset = ?1 AND version = ?2",

@@ -12,7 +12,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params, params_from_iter};
 use serde_json::Value;
 
-use super::{RawVersion, format_time, sql_err};
+use super::{
+    HISTORY_CONTENT, HISTORY_LINEAGE, HISTORY_STAGED_JOIN, RawVersion, format_time, sql_err,
+};
 use crate::model::ResourceRef;
 use crate::store::StoreError;
 use crate::store::search::{
@@ -121,7 +123,13 @@ pub(super) fn reindex_all(tx: &Connection) -> Result<(), StoreError> {
         .map_err(sql_err)?;
     // One live resource at a time: a large store is not held in memory.
     let mut stmt = tx
-        .prepare("SELECT resource_type, id, content FROM resources WHERE deleted = 0")
+        .prepare(&format!(
+            "SELECT r.resource_type, r.id, coalesce(r.content, {HISTORY_CONTENT})
+             FROM resources r LEFT JOIN history h
+               ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
+             {HISTORY_STAGED_JOIN}
+             WHERE r.deleted = 0"
+        ))
         .map_err(sql_err)?;
     let mut rows = stmt.query([]).map_err(sql_err)?;
     while let Some(row) = rows.next().map_err(sql_err)? {
@@ -350,9 +358,10 @@ pub(super) fn search(conn: &Connection, q: &SearchQuery) -> Result<SearchPage, S
     let limit = sql.bind(limit_of(q.count));
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT r.id, h.version_id, h.last_updated, h.deleted, h.content, h.lineage
+            "SELECT r.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
              FROM resources r JOIN history h
                ON h.resource_type = r.resource_type AND h.id = r.id AND h.version_id = r.version_id
+             {HISTORY_STAGED_JOIN}
              WHERE {page_where} ORDER BY r.id LIMIT {limit}"
         ))
         .map_err(sql_err)?;
@@ -447,8 +456,8 @@ pub(super) fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<Histor
     let limit = sql.bind(limit_of(q.count));
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT h.id, h.version_id, h.last_updated, h.deleted, h.content, h.lineage
-             FROM history h WHERE {page_where}
+            "SELECT h.id, h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
+             FROM history h {HISTORY_STAGED_JOIN} WHERE {page_where}
              ORDER BY h.last_updated DESC, h.id DESC, h.version_id DESC LIMIT {limit}"
         ))
         .map_err(sql_err)?;

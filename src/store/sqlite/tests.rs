@@ -1083,3 +1083,148 @@ fn an_execution_name_is_claimed_once_until_given_back() {
         .unwrap();
     assert_eq!(pointers, 0);
 }
+
+/// Rows of `resources` that still hold content (schema 8 writes none).
+fn resource_copies(conn: &Connection) -> i64 {
+    conn.query_row(
+        "SELECT count(*) FROM resources WHERE content IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn resources_hold_no_copy_of_the_content_and_a_schema_7_file_drops_its_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+        one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+        one(&store, upsert("p2", patient("p2", "C"), "1")).await;
+        one(&store, delete("p2", "2")).await;
+        let conn = store.lock().unwrap();
+        assert_eq!(resource_copies(&conn), 0, "schema 8 writes no copy");
+        // Back to schema 7: `resources` repeating the current version's text from `history`.
+        conn.execute_batch(
+            "UPDATE resources SET content = (
+                 SELECT h.content FROM history h
+                 WHERE h.resource_type = resources.resource_type AND h.id = resources.id
+                   AND h.version_id = resources.version_id);
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        assert_eq!(resource_copies(&conn), 1, "p1's copy (p2 is deleted)");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = store.lock().unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(resource_copies(&conn), 0, "the copy is gone");
+    }
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert_eq!(read.version_id, "2");
+    assert_eq!(read.resource.unwrap()["name"][0]["family"], "B");
+    // The current version's content is still what an upsert is compared with, through
+    // `history`: the same content is unchanged, other content is a new version.
+    let same = one(&store, upsert("p1", patient("p1", "B"), "3")).await;
+    assert_eq!(same.action, PublishAction::Unchanged);
+    let other = one(&store, upsert("p1", patient("p1", "D"), "4")).await;
+    assert_eq!(other.action, PublishAction::Updated);
+    assert_eq!(other.version_id.as_deref(), Some("3"));
+    // A delete of a live version still removes it, and a re-create follows the delete.
+    assert_eq!(
+        one(&store, delete("p1", "5")).await.action,
+        PublishAction::Deleted
+    );
+    assert!(
+        store
+            .read(&target("p1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .resource
+            .is_none()
+    );
+    let again = one(&store, upsert("p2", patient("p2", "E"), "3")).await;
+    assert_eq!(again.action, PublishAction::Created);
+    assert_eq!(
+        store
+            .read(&target("p2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .resource
+            .unwrap()["name"][0]["family"],
+        "E"
+    );
+    assert_eq!(resource_copies(&store.lock().unwrap()), 0);
+}
+
+#[test]
+fn a_schema_7_row_without_its_history_row_keeps_its_content_and_is_still_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO resources VALUES ('Patient', 'a', 1, '2024-01-01T00:00:00.000Z', 0,
+                 '{"resourceType":"Patient","id":"a","gender":"male"}');
+               PRAGMA user_version = 5;"#,
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = store.lock().unwrap();
+    assert_eq!(resource_copies(&conn), 1, "the only copy is kept");
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM search_index WHERE id = 'a' AND param = 'gender'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "reindexed from the kept content");
+}
+
+#[tokio::test]
+async fn a_schema_8_file_gets_the_staged_row_columns_and_the_staging_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        one(&store, upsert("p1", patient("p1", "A"), "1")).await;
+        // Back to schema 8: no staged-row columns, no staging table before a dataset write.
+        store
+            .lock()
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE history DROP COLUMN dataset;
+                 ALTER TABLE history DROP COLUMN dataset_version;
+                 DROP TABLE dataset_staged;
+                 PRAGMA user_version = 8;",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    {
+        let conn = store.lock().unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let history = table_sql(&conn, "history");
+        assert!(history.contains("dataset_version"), "{history}");
+        assert!(!table_sql(&conn, "dataset_staged").is_empty());
+    }
+    let read = store.read(&target("p1")).await.unwrap().unwrap();
+    assert_eq!(read.resource.unwrap()["name"][0]["family"], "A");
+    assert_eq!(store.history(&target("p1")).await.unwrap().len(), 1);
+    let out = one(&store, upsert("p1", patient("p1", "B"), "2")).await;
+    assert_eq!(out.action, PublishAction::Updated);
+}

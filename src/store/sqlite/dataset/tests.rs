@@ -495,3 +495,168 @@ async fn a_first_publish_of_several_worker_blocks_writes_what_the_per_resource_p
     }
     assert_eq!(snapshots[0], snapshots[1]);
 }
+
+/// Every version of every id as the store reads it (read, and history, which reads each
+/// version's text the way vread and search do).
+async fn every_version(
+    store: &SqliteStore,
+    ids: &[&str],
+) -> Vec<Option<crate::store::StoredVersion>> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(store.read(&pref(id)).await.unwrap());
+        for v in store.history(&pref(id)).await.unwrap() {
+            let again = store.vread(&pref(id), &v.version_id).await.unwrap();
+            assert_eq!(again.as_ref(), Some(&v), "vread equals history");
+            out.push(Some(v));
+        }
+    }
+    out
+}
+
+/// History rows that name a staged row instead of holding their text.
+fn pointing(store: &SqliteStore) -> i64 {
+    store
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM history
+             WHERE dataset IS NOT NULL AND content IS NULL AND lineage = 'null'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Writes the text the store wrote before schema 9 (`stored_text` of the staged content)
+/// into every history row that names a staged row.
+fn copy_texts_back(store: &SqliteStore) {
+    let conn = store.lock().unwrap();
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(String, String, i64, String, String, String)> = conn
+        .prepare(
+            "SELECT h.resource_type, h.id, h.version_id, h.last_updated, s.content, s.lineage
+             FROM history h JOIN dataset_staged s
+               ON s.dataset = h.dataset AND s.version = h.dataset_version
+              AND s.resource_type = h.resource_type AND s.id = h.id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!rows.is_empty());
+    for (rtype, id, version, at, content, lineage) in rows {
+        let target = ResourceRef {
+            resource_type: rtype.clone(),
+            id: id.clone(),
+        };
+        let value: Value = serde_json::from_str(&content).unwrap();
+        let text = crate::store::stored_text(
+            &target,
+            value.as_object().unwrap(),
+            &version.to_string(),
+            &at,
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE history SET content = ?4, lineage = ?5, dataset = NULL, dataset_version = NULL
+             WHERE resource_type = ?1 AND id = ?2 AND version_id = ?3",
+            params![rtype, id, version, text, lineage],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn versions_published_from_staged_rows_read_as_the_copied_text_did() {
+    let (store, clock) = manual_clock();
+    let ids = ["a", "b", "c", "d", "s"];
+    // A streamed resource the first load changes (the per-resource path of a first move).
+    store
+        .apply(&[ResourceChange {
+            target: pref("s"),
+            op: ResourceOp::Upsert {
+                resource: staged("s", "Streamed").resource,
+            },
+            lineage: staged("s", "Streamed").lineage,
+        }])
+        .await
+        .unwrap();
+    clock.store(1_000, Ordering::SeqCst);
+    let v1 = store.begin(DS, "test", LEASE).await.unwrap().version;
+    store
+        .stage(
+            DS,
+            v1,
+            &[
+                staged("a", "Alpha"),
+                staged("b", "Beta"),
+                rich("c", "Gamma"),
+                staged("s", "Loaded"),
+            ],
+        )
+        .await
+        .unwrap();
+    store.finalize(DS, v1).await.unwrap();
+    clock.store(2_000, Ordering::SeqCst);
+    load(&store, &[("a", "Alpha2"), ("b", "Beta"), ("d", "Delta")]).await;
+    clock.store(3_000, Ordering::SeqCst);
+    store.rollback(DS, Some(v1)).await.unwrap();
+    // a: 3 versions, b: 1, c: 3 (created, deleted, re-created), d: 2, s: 4.
+    assert!(pointing(&store) >= 7, "{}", pointing(&store));
+    let c = store.read(&pref("c")).await.unwrap().unwrap();
+    let meta = &c.resource.as_ref().unwrap()["meta"];
+    assert_eq!(meta["versionId"], "3");
+    assert_eq!(meta["profile"][0], "http://example.org/p");
+    assert_eq!(meta["lastUpdated"], "2024-05-01T00:00:03.000Z");
+    let named = every_version(&store, &ids).await;
+    copy_texts_back(&store);
+    assert_eq!(pointing(&store), 0);
+    assert_eq!(every_version(&store, &ids).await, named);
+}
+
+#[tokio::test]
+async fn gc_writes_the_text_back_into_the_versions_that_name_a_purged_row() {
+    let (store, clock) = manual_clock();
+    let ids = ["a", "b", "c"];
+    load(&store, &[("a", "One"), ("b", "Same")]).await;
+    clock.store(1_000, Ordering::SeqCst);
+    load(&store, &[("a", "Two"), ("b", "Same"), ("c", "New")]).await;
+    clock.store(2_000, Ordering::SeqCst);
+    load(&store, &[("a", "Three"), ("b", "Same"), ("c", "New")]).await;
+    let before = every_version(&store, &ids).await;
+    let named = pointing(&store);
+    // keep 1: versions 1 and 2 go; b's current version (from 1) and c's (from 2) stay readable.
+    let report = store.gc(DS, 1).await.unwrap();
+    assert_eq!(report.purged_versions, vec![2, 1]);
+    assert_eq!(
+        pointing(&store),
+        named - 4,
+        "a1, a2, b1 and c1 got their text back"
+    );
+    assert_eq!(every_version(&store, &ids).await, before);
+    assert_eq!(family(&store, "b").await.as_deref(), Some("Same"));
+    let rows: i64 = store
+        .lock()
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM history h WHERE h.dataset IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM dataset_staged s WHERE s.dataset = h.dataset
+                 AND s.version = h.dataset_version AND s.resource_type = h.resource_type
+                 AND s.id = h.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "no version names a deleted row");
+}
