@@ -580,46 +580,9 @@ impl Mapping {
             .unwrap_or(Value::UNDEFINED))
     }
 
-    /// [`Self::eval_planned`] of the most common nodes, done where they are met (in the loops
-    /// over an object's or array's children) rather than by a call of the whole evaluator: a
-    /// literal, `record.<name>` and `record.<name> | required` (what `plan::eval` then
-    /// `into_pruned` give). `None`: another kind of node.
-    #[inline(always)]
-    fn quick(node: &Node, ctx: &Ctx<'_>, errors: &mut Errors<'_>) -> Option<Option<Json>> {
-        let (plan, path) = match node {
-            Node::Literal { pruned, .. } => return Some(pruned.clone()),
-            Node::Expr {
-                plan: Some(plan),
-                path,
-                ..
-            } => (plan, path),
-            _ => return None,
-        };
-        let (slot, required) = match plan {
-            plan::Ex::Field(slot, _) => (*slot, false),
-            plan::Ex::Required(inner) => match &**inner {
-                plan::Ex::Field(slot, _) => (*slot, true),
-                _ => return None,
-            },
-            _ => return None,
-        };
-        if !ctx.scope.record.is_object() {
-            return None;
-        }
-        let found = *ctx.scope.fields.get(slot)?;
-        if required && plan::is_missing(found) {
-            errors.push_fn(path, &FnError::Required);
-            return Some(None);
-        }
-        Some(found.and_then(json::pruned_copy))
-    }
-
     /// Evaluates a template value, pruned as it is built ([`json::prune`] of the template
     /// path's value): planned expressions directly, the rest through their templates.
     fn eval_planned(&self, node: &Node, ctx: &Ctx<'_>, errors: &mut Errors<'_>) -> Option<Json> {
-        if let Some(v) = Self::quick(node, ctx, errors) {
-            return v;
-        }
         match node {
             Node::Literal { pruned, .. } => pruned.clone(),
             Node::Expr { name, path, plan } => {
@@ -651,10 +614,7 @@ impl Mapping {
             Node::Array(items) => {
                 let kept: Vec<Json> = items
                     .iter()
-                    .filter_map(|n| match Self::quick(n, ctx, errors) {
-                        Some(v) => v,
-                        None => self.eval_planned(n, ctx, errors),
-                    })
+                    .filter_map(|n| self.eval_planned(n, ctx, errors))
                     .collect();
                 (!kept.is_empty()).then_some(Json::Array(kept))
             }
@@ -663,11 +623,7 @@ impl Mapping {
                 // one pass rather than by a search per key.
                 let mut kept = Vec::with_capacity(fields.len());
                 for (k, n) in fields {
-                    let v = match Self::quick(n, ctx, errors) {
-                        Some(v) => v,
-                        None => self.eval_planned(n, ctx, errors),
-                    };
-                    if let Some(v) = v {
+                    if let Some(v) = self.eval_planned(n, ctx, errors) {
                         kept.push((k.clone(), v));
                     }
                 }

@@ -437,12 +437,8 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
             // one pass (`collect` sorts; keys are distinct).
             let mut m = Vec::with_capacity(entries.len());
             for (k, e) in entries {
-                // A literal (a folded sub-map, often) is copied without a call of `eval`.
-                let v = match e {
-                    Ex::Lit(j) => j.clone(),
-                    _ => eval(e, s)?.into_json(),
-                };
-                m.push((k.clone(), v));
+                let v = eval(e, s)?;
+                m.push((k.clone(), v.into_json()));
             }
             V::owned(Json::Object(m.into_iter().collect::<Map<_, _>>()))
         }
