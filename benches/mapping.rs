@@ -5,7 +5,10 @@
 //!   names, two ConceptMaps, translation tables), planned expressions (`Mapping::apply`);
 //! - `map_templates`: the same through minijinja templates only
 //!   (`Mapping::apply_via_templates`, the engine before plans): the before/after in one run;
-//! - `decode_and_map`: both, as the pipeline does.
+//! - `decode_and_map`: both, as the pipeline does;
+//! - `floor_records` / `floor_resources`: a copy and a drop of the decoded changes / of the
+//!   mapped resource changes, i.e. the allocations and frees the `serde_json::Value` trees
+//!   alone cost (what no decoder or mapping engine producing those trees can go below).
 //!
 //! Run: `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 cargo bench -p
 //! fhir-unify --bench mapping`. Throughput is in records (rows) per second.
@@ -107,6 +110,21 @@ fn bench(c: &mut Criterion) {
             .unwrap();
             for r in records {
                 black_box(mapping.apply(&r.unwrap()).unwrap());
+            }
+        })
+    });
+    let mapped: Vec<_> = changes.iter().map(|c| mapping.apply(c).unwrap()).collect();
+    g.bench_function("floor_records", |b| {
+        b.iter(|| {
+            for ch in &changes {
+                black_box(black_box(ch).clone());
+            }
+        })
+    });
+    g.bench_function("floor_resources", |b| {
+        b.iter(|| {
+            for m in &mapped {
+                black_box(black_box(m).clone());
             }
         })
     });

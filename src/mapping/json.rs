@@ -48,12 +48,23 @@ pub(crate) fn to_json(v: &Value) -> Result<Json, ToJsonError> {
     })
 }
 
+/// `s.trim().is_empty()`: a string of whitespace only (Unicode's, as `trim` has it). Most
+/// strings start with a printable ASCII character, which decides it without decoding.
+#[inline]
+pub(crate) fn is_blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        None => true,
+        Some(&b) if b.is_ascii() && !char::from(b).is_whitespace() => false,
+        Some(_) => s.trim().is_empty(),
+    }
+}
+
 /// Removes what FHIR forbids: nulls, blank strings, empty arrays and empty objects, at every
 /// depth (an object or array that only held such things goes too). `None` if nothing is left.
 pub(crate) fn prune(v: Json) -> Option<Json> {
     match v {
         Json::Null => None,
-        Json::String(s) if s.trim().is_empty() => None,
+        Json::String(s) if is_blank(&s) => None,
         Json::Array(items) => {
             let kept: Vec<Json> = items.into_iter().filter_map(prune).collect();
             (!kept.is_empty()).then_some(Json::Array(kept))
@@ -74,7 +85,7 @@ pub(crate) fn prune(v: Json) -> Option<Json> {
 pub(crate) fn is_pruned(v: &Json) -> bool {
     match v {
         Json::Null => false,
-        Json::String(s) => !s.trim().is_empty(),
+        Json::String(s) => !is_blank(s),
         Json::Array(items) => !items.is_empty() && items.iter().all(is_pruned),
         Json::Object(map) => !map.is_empty() && map.values().all(is_pruned),
         Json::Bool(_) | Json::Number(_) => true,
@@ -104,6 +115,28 @@ mod tests {
         });
         assert_eq!(prune(v), Some(json!({"keep": [0, false, "x", {"y": 1}]})));
         assert_eq!(prune(json!({"a": [{}]})), None);
+    }
+
+    #[test]
+    fn is_blank_is_trim_is_empty() {
+        let mut texts: Vec<String> = [
+            "", " ", "\t", "\n", "\r", "\u{b}", "\u{c}", "\u{a0}", "\u{2003}", "\u{3000}",
+            "\u{85}", "\u{feff}", "\u{200b}", "x", " x", "x ", "\u{a0}x", "é", " é", "\u{0}",
+            "\u{1f}",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Every ASCII byte, alone and before a space.
+        for b in 0u8..128 {
+            texts.push(char::from(b).to_string());
+            texts.push(format!("{} ", char::from(b)));
+        }
+        for t in &texts {
+            assert_eq!(is_blank(t), t.trim().is_empty(), "{t:?}");
+            let v = Json::String(t.clone());
+            assert_eq!(pruned(Cow::Borrowed(&v)), prune(v.clone()), "{t:?}");
+        }
     }
 
     #[test]

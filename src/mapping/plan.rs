@@ -252,13 +252,7 @@ impl<'a> V<'a> {
 
     /// [`super::functions::is_missing`] for JSON.
     fn is_missing(&self) -> bool {
-        match self.json() {
-            None | Some(Json::Null) => true,
-            Some(Json::String(s)) => s.trim().is_empty(),
-            Some(Json::Array(a)) => a.is_empty(),
-            Some(Json::Object(o)) => o.is_empty(),
-            _ => false,
-        }
+        is_missing(self.json())
     }
 
     /// The value as JSON (undefined is null, removed later).
@@ -276,6 +270,17 @@ impl<'a> V<'a> {
             V::Undef => None,
             V::J(j) => super::json::pruned(j),
         }
+    }
+}
+
+/// [`super::functions::is_missing`] for JSON (`None`: undefined).
+pub(crate) fn is_missing(v: Option<&Json>) -> bool {
+    match v {
+        None | Some(Json::Null) => true,
+        Some(Json::String(s)) => super::json::is_blank(s),
+        Some(Json::Array(a)) => a.is_empty(),
+        Some(Json::Object(o)) => o.is_empty(),
+        _ => false,
     }
 }
 

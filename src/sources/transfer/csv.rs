@@ -751,6 +751,106 @@ mod tests {
         assert!(message.starts_with("column \"zz\""), "{message}");
     }
 
+    /// Records equal maps built cell by cell from the cells the file was written from: generated rows with empty cells, quotes, delimiters and
+    /// newlines inside quotes, odd dates, non-ASCII text, columns far from name order; with and
+    /// without empty cells left out, with the header read or configured.
+    #[test]
+    fn records_equal_cell_by_cell_maps_on_generated_rows() {
+        let names = [
+            "Id",
+            "BIRTHDATE",
+            "zeta",
+            "DEATHDATE",
+            "a",
+            "SSN",
+            "A",
+            "ab",
+            "FIRST",
+            "mid",
+            "_x",
+            "Z9",
+            "b",
+        ];
+        let cells = [
+            "",
+            "",
+            "",
+            "2020-02-30",
+            "0000-00-00",
+            "19-7-1",
+            "x",
+            "Ann",
+            "ÉLodie",
+            "a,b",
+            "say \"hi\"",
+            "two\nlines",
+            " ",
+            "  padded ",
+            "\u{a0}",
+            "日本",
+            "-71.25",
+            "\"",
+        ];
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut text = names.join(",");
+        text.push('\n');
+        let mut expected = Vec::new();
+        for _ in 0..400 {
+            let row: Vec<&str> = names
+                .iter()
+                .map(|_| cells[rng.usize(..cells.len())])
+                .collect();
+            let line: Vec<String> = row
+                .iter()
+                .map(|c| {
+                    if c.contains([',', '"', '\n']) || (c.is_empty() && rng.bool()) {
+                        format!("\"{}\"", c.replace('"', "\"\""))
+                    } else {
+                        (*c).to_owned()
+                    }
+                })
+                .collect();
+            text.push_str(&line.join(","));
+            text.push('\n');
+            expected.push(row);
+        }
+        let by_cell = |row: &[&str], omit: bool| {
+            let mut m = serde_json::Map::new();
+            for (name, cell) in names.iter().zip(row) {
+                if cell.is_empty() {
+                    if !omit {
+                        m.insert((*name).to_owned(), Value::Null);
+                    }
+                } else {
+                    m.insert((*name).to_owned(), Value::String((*cell).to_owned()));
+                }
+            }
+            m
+        };
+        let configured = CsvFormat {
+            header: false,
+            columns: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..CsvFormat::default()
+        };
+        let body = text.split_once('\n').map(|(_, b)| b).unwrap();
+        for omit in [false, true] {
+            for (fmt, input) in [
+                (CsvFormat::default(), &text[..]),
+                (configured.clone(), body),
+            ] {
+                let mut reader = CsvRows::new(input.as_bytes(), &fmt);
+                if omit {
+                    reader = reader.omit_empty();
+                }
+                let got: Vec<Row> = reader.map(Result::unwrap).collect();
+                assert_eq!(got.len(), expected.len());
+                for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    assert_eq!(record(g), &by_cell(e, omit), "row {i}, omit {omit}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_headers_stop_the_file_with_a_reason() {
         for (text, want) in [
