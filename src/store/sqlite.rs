@@ -403,22 +403,22 @@ impl SqliteStore {
             return Ok(None);
         }
         let conn = self.lock()?;
-        conn.query_row(
-            &format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
+        // A version with its own text (the common case) is one plain lookup: joining the
+        // staged rows in the same statement made every read by id ~25% slower.
+        let row = conn
+            .query_row(
+                "SELECT h.version_id, h.last_updated, h.deleted, h.content, h.lineage,
+                        h.dataset, h.dataset_version
                  FROM resources r JOIN history h
                    ON h.resource_type = r.resource_type AND h.id = r.id
                   AND h.version_id = r.version_id
-                 {HISTORY_STAGED_JOIN}
-                 WHERE r.resource_type = ?1 AND r.id = ?2"
-            ),
-            params![target.resource_type, target.id],
-            raw_version,
-        )
-        .optional()
-        .map_err(sql_err)?
-        .map(|raw| raw.into_stored(target))
-        .transpose()
+                 WHERE r.resource_type = ?1 AND r.id = ?2",
+                params![target.resource_type, target.id],
+                raw_version_named,
+            )
+            .optional()
+            .map_err(sql_err)?;
+        row.map(|raw| stored_from(&conn, target, raw)).transpose()
     }
 
     fn vread_sync(
@@ -433,19 +433,15 @@ impl SqliteStore {
             return Ok(None);
         }
         let conn = self.lock()?;
-        conn.query_row(
-            &format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
-                 FROM history h {HISTORY_STAGED_JOIN}
-                 WHERE h.resource_type = ?1 AND h.id = ?2 AND h.version_id = ?3"
-            ),
-            params![target.resource_type, target.id, version],
-            raw_version,
-        )
-        .optional()
-        .map_err(sql_err)?
-        .map(|raw| raw.into_stored(target))
-        .transpose()
+        let row = conn
+            .query_row(
+                &format!("{VERSION_COLUMNS} WHERE h.resource_type = ?1 AND h.id = ?2 AND h.version_id = ?3"),
+                params![target.resource_type, target.id, version],
+                raw_version_named,
+            )
+            .optional()
+            .map_err(sql_err)?;
+        row.map(|raw| stored_from(&conn, target, raw)).transpose()
     }
 
     fn history_sync(&self, target: &ResourceRef) -> Result<Vec<StoredVersion>, StoreError> {
@@ -455,15 +451,17 @@ impl SqliteStore {
         let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT h.version_id, h.last_updated, h.deleted, {HISTORY_CONTENT}, {HISTORY_LINEAGE}
-                 FROM history h {HISTORY_STAGED_JOIN}
-                 WHERE h.resource_type = ?1 AND h.id = ?2 ORDER BY h.version_id DESC"
+                "{VERSION_COLUMNS} WHERE h.resource_type = ?1 AND h.id = ?2
+                 ORDER BY h.version_id DESC"
             ))
             .map_err(sql_err)?;
-        let rows = stmt
-            .query_map(params![target.resource_type, target.id], raw_version)
+        let raws = stmt
+            .query_map(params![target.resource_type, target.id], raw_version_named)
+            .map_err(sql_err)?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(sql_err)?;
-        rows.map(|raw| raw.map_err(sql_err)?.into_stored(target))
+        raws.into_iter()
+            .map(|raw| stored_from(&conn, target, raw))
             .collect()
     }
 
@@ -949,6 +947,75 @@ struct RawVersion {
     deleted: bool,
     content: Option<String>,
     lineage: String,
+}
+
+/// The columns of a `history` row `h` as [`raw_version_named`] reads them.
+const VERSION_COLUMNS: &str = "SELECT h.version_id, h.last_updated, h.deleted, h.content,
+    h.lineage, h.dataset, h.dataset_version FROM history h";
+
+/// A version and the staged row it names, if any (see [`MIGRATION_9`]).
+type NamedVersion = (RawVersion, Option<(String, i64)>);
+
+fn raw_version_named(r: &rusqlite::Row<'_>) -> rusqlite::Result<NamedVersion> {
+    let staged = match (r.get::<_, Option<String>>(5)?, r.get(6)?) {
+        (Some(dataset), Some(version)) => Some((dataset, version)),
+        _ => None,
+    };
+    Ok((raw_version(r)?, staged))
+}
+
+/// The stored version of a row read by [`raw_version_named`], its text and lineage read
+/// from its staged row when it names one.
+fn stored_from(
+    conn: &Connection,
+    target: &ResourceRef,
+    (mut raw, staged): NamedVersion,
+) -> Result<StoredVersion, StoreError> {
+    if let Some((dataset, version)) = staged {
+        read_staged_text(conn, target, &mut raw, &dataset, version)?;
+    }
+    raw.into_stored(target)
+}
+
+/// Fills in the text and lineage of a version that names the staged row it was published
+/// from (see [`MIGRATION_9`]), as [`HISTORY_CONTENT`] and [`HISTORY_LINEAGE`] read them.
+fn read_staged_text(
+    conn: &Connection,
+    target: &ResourceRef,
+    raw: &mut RawVersion,
+    dataset: &str,
+    version: i64,
+) -> Result<(), StoreError> {
+    let (content, lineage) = conn
+        .query_row(
+            "SELECT json_set(content, '$.meta.versionId', CAST(?5 AS TEXT),
+                             '$.meta.lastUpdated', ?6),
+                    lineage
+             FROM dataset_staged
+             WHERE dataset = ?1 AND version = ?2 AND resource_type = ?3 AND id = ?4",
+            params![
+                dataset,
+                version,
+                target.resource_type,
+                target.id,
+                raw.version,
+                raw.last_updated
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .map_err(sql_err)?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{target} version {}: its staged row ({dataset} version {version}) is gone",
+                raw.version
+            ))
+        })?;
+    if raw.content.is_none() {
+        raw.content = Some(content);
+    }
+    raw.lineage = lineage;
+    Ok(())
 }
 
 fn raw_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
