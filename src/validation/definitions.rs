@@ -1100,6 +1100,51 @@ mod tests {
         assert!(failed.is_empty(), "{failed:#?}");
     }
 
+    /// Every core invariant the engine answers from the focus's keys alone (when the focus
+    /// has none of the children it reads) gets the verdict of the plain evaluation on such
+    /// foci: an object with only unrelated members, an empty object, a string, a number.
+    #[test]
+    fn vacuous_core_invariants_equal_the_plain_evaluation() {
+        let defs = Definitions::r4().unwrap();
+        let foci = [
+            serde_json::json!({"zzUnrelated": 1, "_zzUnrelated": {"id": "a"}}),
+            serde_json::json!({}),
+            serde_json::json!("text"),
+            serde_json::json!(3),
+        ];
+        let env = fhirpath::Env::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut vacuous = 0;
+        for t in defs.all_types() {
+            for e in &t.elements {
+                for inv in &e.invariants {
+                    let Ok(expr) = &inv.expression else { continue };
+                    if !seen.insert(expr.source().to_owned()) {
+                        continue;
+                    }
+                    for focus in &foci {
+                        if !expr.is_vacuous_on(focus) {
+                            continue;
+                        }
+                        vacuous += 1;
+                        assert_eq!(
+                            expr.check(focus, &env),
+                            expr.check_reference(focus, &env),
+                            "{} {} on {focus}",
+                            t.name,
+                            inv.key
+                        );
+                    }
+                }
+            }
+        }
+        println!(
+            "{} distinct expressions, {vacuous} vacuous checks compared",
+            seen.len()
+        );
+        assert!(vacuous > 500, "{vacuous}");
+    }
+
     /// `ElementDef::checks` lists, per element and type, exactly what the walker used to
     /// gather at every value: the element's own invariants, then those of the type's root
     /// whose key is not among them (not for backbone elements, content references or

@@ -1202,6 +1202,8 @@ pub(crate) mod reference_check {
         pub compared: usize,
         pub memoized: usize,
         pub disagreements: Vec<String>,
+        /// Evaluations per (invariant key, expression source).
+        pub per_key: std::collections::BTreeMap<(String, String), usize>,
     }
 
     thread_local! {
@@ -1229,6 +1231,10 @@ pub(crate) mod reference_check {
             if let Some(tally) = t.borrow_mut().as_mut() {
                 let plain = expr.check_reference(focus, env);
                 tally.compared += 1;
+                *tally
+                    .per_key
+                    .entry((inv.key.clone(), expr.source().to_owned()))
+                    .or_default() += 1;
                 tally.memoized += usize::from(expr.memo_len() > 0);
                 if &plain != verdict {
                     tally

@@ -15,6 +15,7 @@
 mod eval;
 mod lex;
 mod parse;
+mod vacuity;
 
 pub use eval::{Env, Host, Item};
 pub use parse::{FUNCTIONS, Node};
@@ -64,6 +65,9 @@ pub struct Expression {
     /// The subexpressions whose value depends only on the environment (`%resource…`) and
     /// that one evaluation may meet more than once: computed once per evaluation.
     memo: eval::Memo,
+    /// The check's verdict when the focus has none of the children the expression reads
+    /// (`code.empty() or system.exists()` on a Quantity without a code), if certain.
+    vacuity: Option<vacuity::Vacuity>,
 }
 
 impl Clone for Expression {
@@ -76,6 +80,7 @@ impl Clone for Expression {
             root,
             regexes: self.regexes.clone(),
             memo,
+            vacuity: self.vacuity.clone(),
         }
     }
 }
@@ -88,11 +93,13 @@ impl Expression {
         let mut regexes = HashMap::new();
         collect_regexes(&root, &mut regexes)?;
         let memo = eval::Memo::plan(&root);
+        let vacuity = vacuity::Vacuity::of(&root);
         Ok(Expression {
             source: source.to_owned(),
             root,
             regexes,
             memo,
+            vacuity,
         })
     }
 
@@ -134,8 +141,22 @@ impl Expression {
 
     /// Evaluates as an invariant: `Some(true)`/`Some(false)` for a single boolean (or a
     /// non-empty collection, which FHIRPath reads as true), `None` for an empty result.
+    ///
+    /// When the focus has none of the children the expression reads, the verdict known at
+    /// compile time is given without evaluating (see [`Expression::is_vacuous_on`]).
     pub fn check<'a>(&self, focus: &'a Value, env: &Env<'a>) -> Result<Option<bool>, EvalError> {
+        if let Some(verdict) = self.vacuity.as_ref().and_then(|v| v.verdict(focus)) {
+            return Ok(verdict);
+        }
         Ok(check_of(&self.evaluate(focus, env)?))
+    }
+
+    /// Whether [`Expression::check`] answers on `focus` from the compile-time analysis
+    /// alone (the focus has none of the children the expression reads).
+    pub fn is_vacuous_on(&self, focus: &Value) -> bool {
+        self.vacuity
+            .as_ref()
+            .is_some_and(|v| v.verdict(focus).is_some())
     }
 
     /// [`Expression::check`] through [`Expression::evaluate_reference`].
