@@ -27,13 +27,21 @@ enum Known {
     Other,
 }
 
-/// An expression's verdict when the focus lacks every child in `names`.
+/// An expression's verdicts when the focus lacks children: each rule says what
+/// [`crate::Expression::check`] gives when the focus has none of the rule's children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Vacuity {
-    /// The children the expression reads from the focus (JSON names; a choice element's
-    /// stem, such as `value`, stands for every `valueX`).
+    rules: Vec<Rule>,
+    /// Whether the first rule is the whole expression's (all its children absent).
+    whole: bool,
+}
+
+/// The verdict when the focus lacks every child in `names`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    /// The children read (JSON names; a choice element's stem, such as `value`, stands for
+    /// every `valueX`).
     names: Vec<String>,
-    /// What [`crate::Expression::check`] gives then.
     verdict: Option<bool>,
 }
 
@@ -41,41 +49,133 @@ pub(crate) struct Vacuity {
 const MAX_HEIGHT: usize = 32;
 
 impl Vacuity {
-    /// The analysis of `root`, if its verdict is certain for a focus without the children it
-    /// reads.
+    /// The analysis of `root`: the rules under which its verdict is certain. The whole
+    /// expression with all its children absent; and, for `A or B`, `A and B`, `A implies B`,
+    /// an operand that decides the result alone: `A` (the evaluator does not evaluate `B`
+    /// then), or `B` when `A` is a boolean whose evaluation cannot fail.
     pub(crate) fn of(root: &Node) -> Option<Vacuity> {
-        let mut names = Vec::new();
-        let known = abstract_eval(root, &mut names, 0)?;
-        let verdict = match known {
-            Known::Empty => None,
-            Known::Bool(b) => Some(b),
-            // `check` reads a lone non-boolean item as true only through `as_bool`: leave
-            // those to the evaluator.
-            Known::Int(_) | Known::Other => return None,
+        let mut rules = Vec::new();
+        let whole = collect(root, &mut rules, 0);
+        (!rules.is_empty()).then_some(Vacuity { rules, whole })
+    }
+
+    /// The verdict of the first rule whose children `focus` holds none of: a primitive
+    /// (whose `_name` sibling is not part of the focus) holds none; an object holds a child
+    /// when a member is named after it (`name`, `_name`, or a choice `nameType`; any member
+    /// whose name starts with a child's name counts, which is more than navigation finds).
+    pub(crate) fn verdict(&self, focus: &Value) -> Option<Option<bool>> {
+        let Value::Object(o) = focus else {
+            return self.rules.first().map(|r| r.verdict);
         };
+        self.rules
+            .iter()
+            .find(|r| {
+                o.keys().all(|k| {
+                    let k = k.strip_prefix('_').unwrap_or(k);
+                    r.names.iter().all(|n| !k.starts_with(n.as_str()))
+                })
+            })
+            .map(|r| r.verdict)
+    }
+
+    /// Every child some rule reads.
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.rules.iter().flat_map(|r| r.names.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The verdict with every child absent, if the whole expression is decided then.
+    #[cfg(test)]
+    pub(crate) fn whole(&self) -> Option<Option<bool>> {
+        self.whole.then(|| self.rules[0].verdict)
+    }
+}
+
+/// Pushes the rules of `node`, the rule of the whole first; whether there is one.
+fn collect(node: &Node, rules: &mut Vec<Rule>, height: usize) -> bool {
+    if height > MAX_HEIGHT {
+        return false;
+    }
+    let before = rules.len();
+    let mut names = Vec::new();
+    if let Some(verdict) = abstract_eval(node, &mut names, height).and_then(|k| match k {
+        Known::Empty => Some(None),
+        Known::Bool(b) => Some(Some(b)),
+        // `check` reads a lone non-boolean item as true only through `as_bool`: leave
+        // those to the evaluator.
+        Known::Int(_) | Known::Other => None,
+    }) {
         names.sort();
         names.dedup();
-        Some(Vacuity { names, verdict })
+        rules.push(Rule { names, verdict });
     }
-
-    /// The verdict when `focus` holds none of the children read: a primitive (whose
-    /// `_name` sibling is not part of the focus) or an object without any member named
-    /// after one of them (`name`, `_name`, or a choice `nameType`; any member whose name
-    /// starts with a child's name counts, which is more than navigation finds).
-    pub(crate) fn verdict(&self, focus: &Value) -> Option<Option<bool>> {
-        let absent = match focus {
-            Value::Object(o) => o.keys().all(|k| {
-                let k = k.strip_prefix('_').unwrap_or(k);
-                self.names.iter().all(|n| !k.starts_with(n.as_str()))
-            }),
-            _ => true,
-        };
-        absent.then_some(self.verdict)
+    let whole = rules.len() > before;
+    let Node::Binary(op, l, r) = node else {
+        return whole;
+    };
+    // The result when an operand is decided with this verdict (operands are read as
+    // booleans: a rule's verdict stands for `{}` or one boolean, never an error).
+    let decides = |verdict: Option<bool>, left: bool| match (op.as_str(), verdict) {
+        ("or", Some(true)) => Some(Some(true)),
+        ("and", Some(false)) => Some(Some(false)),
+        ("implies", Some(false)) if left => Some(Some(true)),
+        ("implies", Some(true)) if !left => Some(Some(true)),
+        _ => None,
+    };
+    if !matches!(op.as_str(), "or" | "and" | "implies") {
+        return whole;
     }
+    let mut sub = Vec::new();
+    collect(l, &mut sub, height + 1);
+    for rule in sub.drain(..) {
+        if let Some(verdict) = decides(rule.verdict, true) {
+            rules.push(Rule { verdict, ..rule });
+        }
+    }
+    if infallible_bool(l, height + 1) {
+        collect(r, &mut sub, height + 1);
+        for rule in sub {
+            if let Some(verdict) = decides(rule.verdict, false) {
+                rules.push(Rule { verdict, ..rule });
+            }
+        }
+    }
+    whole
+}
 
-    #[cfg(test)]
-    pub(crate) fn names(&self) -> &[String] {
-        &self.names
+/// Whether the evaluator certainly evaluates `node` to `{}` or one boolean, without error
+/// and without reading the environment.
+fn infallible_bool(node: &Node, height: usize) -> bool {
+    if height > MAX_HEIGHT {
+        return false;
+    }
+    match node {
+        Node::Bool(_) => true,
+        Node::Call(Some(b), name, args) if args.is_empty() => match name.as_str() {
+            "exists" | "empty" | "hasValue" => infallible_collection(b, height + 1),
+            "not" => infallible_bool(b, height + 1),
+            _ => false,
+        },
+        Node::Binary(op, l, r) if matches!(op.as_str(), "and" | "or" | "implies" | "xor") => {
+            infallible_bool(l, height + 1) && infallible_bool(r, height + 1)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the evaluator certainly evaluates `node` without error and without reading the
+/// environment: navigation from the focus.
+fn infallible_collection(node: &Node, height: usize) -> bool {
+    if height > MAX_HEIGHT {
+        return false;
+    }
+    match node {
+        Node::Member(None, name) => name.starts_with(|c: char| c.is_ascii_lowercase()),
+        Node::Member(Some(b), _) => infallible_collection(b, height + 1),
+        _ => infallible_bool(node, height),
     }
 }
 
@@ -229,7 +329,7 @@ fn as_bool(k: &Known) -> Option<Option<bool>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use crate::{Env, Expression};
 
@@ -312,21 +412,28 @@ mod tests {
         ];
         for (source, expected) in cases {
             let expr = Expression::compile(source).unwrap();
-            let got = expr.vacuity.as_ref().map(|v| v.verdict);
+            let got = expr.vacuity.as_ref().and_then(|v| v.whole());
             assert_eq!(got, *expected, "{source}: analysis");
             let Some(v) = &expr.vacuity else { continue };
-            for focus in &absent {
+            for focus in absent.iter().filter(|_| got.is_some()) {
                 let plain = expr.check_reference(focus, &env);
                 assert!(expr.is_vacuous_on(focus), "{source} on {focus}");
-                assert_eq!(Ok(v.verdict), plain, "{source} on {focus}");
+                assert_eq!(Ok(v.whole().unwrap()), plain, "{source} on {focus}");
                 assert_eq!(expr.check(focus, &env), plain, "{source} on {focus}");
             }
-            // Each child read, present (as itself, as a `_` sibling, as a choice type):
-            // evaluated, with the evaluator's verdict.
-            for name in v.names() {
+            // Every child read present (as itself, as a `_` sibling, as a choice type):
+            // evaluated. Each alone present: the evaluator's verdict, by a rule or not.
+            for form in ["{}", "_{}", "{}Quantity"] {
+                let all: serde_json::Map<String, Value> = v
+                    .names()
+                    .iter()
+                    .map(|n| (form.replace("{}", n), json!({"value": 1})))
+                    .collect();
+                assert!(!expr.is_vacuous_on(&Value::Object(all)), "{source}");
+            }
+            for name in &v.names() {
                 for key in [name.clone(), format!("_{name}"), format!("{name}Quantity")] {
                     let focus = json!({ key.clone(): {"value": 1, "system": "s"} });
-                    assert!(!expr.is_vacuous_on(&focus), "{source} with {key}");
                     assert_eq!(
                         expr.check(&focus, &env),
                         expr.check_reference(&focus, &env),
@@ -335,6 +442,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every rule against the evaluator: for the expressions of the table and more, every
+    /// subset of the children read present (with values of several shapes), the other
+    /// absent; `check` (rules first) equals the plain evaluation.
+    #[test]
+    fn rules_equal_the_evaluation_on_every_subset_of_children() {
+        let sources = [
+            "dataAbsentReason.empty() or value.empty()",
+            "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()",
+            "code.empty() or system.exists()",
+            "orderDetail.empty() or code.exists()",
+            "abatement.empty() or clinicalStatus.coding.where(system='x' and (code='resolved' or code='inactive')).exists()",
+            "verificationStatus.coding.where(system='x' and code='e').empty() or clinicalStatus.empty()",
+            "clinicalStatus.exists() or verificationStatus.coding.where(code = 'e').exists() or category.select($this='p').empty()",
+            "onBehalfOf.exists() implies (member.resolve().iif(empty(), true, ofType(Practitioner).exists()))",
+            "duration.exists() implies duration >= 0",
+            "offset.empty() or (when.exists() and ((when in ('C' | 'CM')).not()))",
+            "start.hasValue().not() or end.hasValue().not() or (start <= end)",
+            "a.exists() and b.exists()",
+            "a.exists() implies b.exists()",
+            "a.empty() implies b.exists()",
+            "a.exists() and (b.empty() or c = 'x')",
+            "(a.exists() or b.exists()) and c.empty()",
+            "a.count() > 1 or b.empty()",
+            "a or b.empty()",
+            "a.exists() xor b.exists()",
+            "%resource.x.exists() or a.empty()",
+            "a.where(b = 1).exists() or c.empty()",
+        ];
+        let shapes = [
+            json!(true),
+            json!(false),
+            json!("2020-01-01"),
+            json!(7),
+            json!({"coding": [{"system": "x", "code": "e"}], "value": 1}),
+            json!([{"code": "C"}, {"code": "x"}]),
+            json!(["C", "x"]),
+        ];
+        let env = Env::default();
+        let mut decided = 0;
+        for source in sources {
+            let expr = Expression::compile(source).unwrap();
+            let names = expr.vacuity.as_ref().map(|v| v.names()).unwrap_or_default();
+            assert!(names.len() <= 6, "{source}");
+            for subset in 0..(1u32 << names.len()) {
+                for (si, shape) in shapes.iter().enumerate() {
+                    let mut focus = serde_json::Map::new();
+                    focus.insert("unrelated".into(), json!(1));
+                    for (i, n) in names.iter().enumerate() {
+                        if subset & (1 << i) != 0 {
+                            // Rotate shapes so children differ from each other.
+                            let shape = &shapes[(si + i) % shapes.len()];
+                            focus.insert(n.clone(), shape.clone());
+                        }
+                    }
+                    let focus = Value::Object(focus);
+                    decided += usize::from(expr.is_vacuous_on(&focus));
+                    assert_eq!(
+                        expr.check(&focus, &env),
+                        expr.check_reference(&focus, &env),
+                        "{source} on {focus}"
+                    );
+                    let _ = shape;
+                }
+            }
+        }
+        assert!(decided > 100, "{decided}");
     }
 
     /// A member whose name merely starts with a child's name (`valueSet` for `value`) is
