@@ -633,7 +633,8 @@ impl<'a> Ctx<'_, 'a> {
                         Some(item) => vec![Item::Bool(is_type(item, ty))],
                     }
                 } else {
-                    v.into_iter().filter(|i| is_type(i, ty)).collect()
+                    let test = TypeTest::new(ty);
+                    v.into_iter().filter(|i| test.matches(i)).collect()
                 }
             }
             Node::Binary(op, l, r) => self.binary(op, l, r, input)?,
@@ -984,7 +985,8 @@ impl<'a> Ctx<'_, 'a> {
                         Some(i) => vec![Item::Bool(is_type(i, &ty))],
                     }
                 } else {
-                    base.iter().filter(|i| is_type(i, &ty)).cloned().collect()
+                    let test = TypeTest::new(&ty);
+                    base.iter().filter(|i| test.matches(i)).cloned().collect()
                 }
             }
             "single" => match base.len() {
@@ -1060,14 +1062,26 @@ impl<'a> Ctx<'_, 'a> {
                 .into_iter()
                 .filter(Item::has_value)
                 .collect(),
-            "children" => base.iter().flat_map(children).collect(),
+            "children" => {
+                let mut out = Vec::new();
+                for item in base.iter() {
+                    children_into(item, &mut out);
+                }
+                out
+            }
             "descendants" => {
                 let mut out = Vec::new();
-                let mut frontier: Coll<'a> = base.iter().flat_map(children).collect();
+                let mut frontier: Coll<'a> = Vec::new();
+                for item in base.iter() {
+                    children_into(item, &mut frontier);
+                }
                 let mut rounds = 0;
                 while !frontier.is_empty() && rounds < MAX_DEPTH {
                     rounds += 1;
-                    let next: Coll<'a> = frontier.iter().flat_map(children).collect();
+                    let mut next: Coll<'a> = Vec::with_capacity(frontier.len());
+                    for item in &frontier {
+                        children_into(item, &mut next);
+                    }
                     out.append(&mut frontier);
                     frontier = next;
                 }
@@ -1454,33 +1468,36 @@ fn member<'a>(obj: &'a Map<String, Value>, name: &str, out: &mut Coll<'a>) {
     }
 }
 
-/// All child nodes of an item (`children()`).
-fn children<'a>(item: &Item<'a>) -> Coll<'a> {
-    let mut out = Vec::new();
+/// All child nodes of an item (`children()`), appended to `out`.
+fn children_into<'a>(item: &Item<'a>, out: &mut Coll<'a>) {
     let Item::Node { value, ext, .. } = item else {
-        return out;
+        return;
     };
     let obj = match value {
         Value::Object(o) => o,
         _ => match ext {
             Some(Value::Object(o)) => o,
-            _ => return out,
+            _ => return,
         },
     };
+    // Most objects have no `_name` member: then no member has a sibling to look up.
+    let siblings = obj.keys().any(|k| k.starts_with('_'));
     for (key, v) in obj {
         if key == "resourceType" {
             continue;
         }
-        if let Some(base) = key.strip_prefix('_') {
-            if !obj.contains_key(base) {
-                push_values(None, Some(v), None, &mut out);
+        if siblings {
+            if let Some(base) = key.strip_prefix('_') {
+                if !obj.contains_key(base) {
+                    push_values(None, Some(v), None, out);
+                }
+                continue;
             }
-            continue;
+            push_values(Some(v), sibling(obj, key), None, out);
+        } else {
+            push_values(Some(v), None, None, out);
         }
-        let u = sibling(obj, key);
-        push_values(Some(v), u, None, &mut out);
     }
-    out
 }
 
 fn distinct(c: Coll<'_>) -> Coll<'_> {
@@ -1636,43 +1653,76 @@ const STRING_TYPES: &[&str] = &[
 /// Whether an item is of FHIR or System type `ty` (case-insensitive on the first letter, so
 /// `Boolean` and `boolean` both match a boolean).
 fn is_type(item: &Item<'_>, ty: &str) -> bool {
-    let is = |name: &str| ty.eq_ignore_ascii_case(name);
-    match item {
-        Item::Bool(_) => is("boolean"),
-        Item::Int(_) => is("integer"),
-        Item::Dec(_) => is("decimal"),
-        Item::Str(_) => is("string"),
-        Item::DateTime(_) => is("date") || is("datetime") || is("time"),
-        Item::Quantity(..) => is("quantity"),
-        Item::Node {
-            value, ty: Some(t), ..
-        } => {
-            t.eq_ignore_ascii_case(ty)
-                || ((is("resource") || is("domainresource")) && value.get("resourceType").is_some())
-                || (is("quantity")
-                    && [
-                        "age",
-                        "duration",
-                        "count",
-                        "distance",
-                        "simplequantity",
-                        "moneyquantity",
-                    ]
-                    .iter()
-                    .any(|q| t.eq_ignore_ascii_case(q)))
+    TypeTest::new(ty).matches(item)
+}
+
+/// [`is_type`] for one type name, its case-insensitive comparisons made once (`as(uri)`
+/// tests every descendant of a resource).
+struct TypeTest<'t> {
+    ty: &'t str,
+    boolean: bool,
+    integer: bool,
+    decimal: bool,
+    string: bool,
+    date_like: bool,
+    quantity: bool,
+    resource: bool,
+    string_family: bool,
+    integer_family: bool,
+}
+
+impl<'t> TypeTest<'t> {
+    fn new(ty: &'t str) -> Self {
+        let is = |name: &str| ty.eq_ignore_ascii_case(name);
+        TypeTest {
+            ty,
+            boolean: is("boolean"),
+            integer: is("integer"),
+            decimal: is("decimal"),
+            string: is("string"),
+            date_like: is("date") || is("datetime") || is("time"),
+            quantity: is("quantity"),
+            resource: is("resource") || is("domainresource"),
+            string_family: STRING_TYPES.iter().any(|s| is(s)),
+            integer_family: is("integer") || is("positiveint") || is("unsignedint"),
         }
-        Item::Node {
-            value, ty: None, ..
-        } => match value {
-            // No type in the JSON: judge by the JSON shape (lenient for the string family).
-            Value::String(_) => STRING_TYPES.iter().any(|s| is(s)),
-            Value::Bool(_) => is("boolean"),
-            Value::Number(n) => {
-                is("decimal")
-                    || (n.is_i64() && (is("integer") || is("positiveint") || is("unsignedint")))
+    }
+
+    fn matches(&self, item: &Item<'_>) -> bool {
+        match item {
+            Item::Bool(_) => self.boolean,
+            Item::Int(_) => self.integer,
+            Item::Dec(_) => self.decimal,
+            Item::Str(_) => self.string,
+            Item::DateTime(_) => self.date_like,
+            Item::Quantity(..) => self.quantity,
+            Item::Node {
+                value, ty: Some(t), ..
+            } => {
+                t.eq_ignore_ascii_case(self.ty)
+                    || (self.resource && value.get("resourceType").is_some())
+                    || (self.quantity
+                        && [
+                            "age",
+                            "duration",
+                            "count",
+                            "distance",
+                            "simplequantity",
+                            "moneyquantity",
+                        ]
+                        .iter()
+                        .any(|q| t.eq_ignore_ascii_case(q)))
             }
-            _ => false,
-        },
+            Item::Node {
+                value, ty: None, ..
+            } => match value {
+                // No type in the JSON: judge by the JSON shape (lenient for the string family).
+                Value::String(_) => self.string_family,
+                Value::Bool(_) => self.boolean,
+                Value::Number(n) => self.decimal || (n.is_i64() && self.integer_family),
+                _ => false,
+            },
+        }
     }
 }
 
@@ -1913,6 +1963,7 @@ fn utc_fields(y: f64, m: f64, d: f64, h: f64, min: f64, secs: Option<f64>, zone:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// `distinct` keeps exactly what comparing every pair keeps, in the same order: plain
     /// strings, date-like text, numbers, objects, and mixes of them.
@@ -2205,6 +2256,75 @@ mod tests {
                 }
                 _ => false,
             },
+        }
+    }
+
+    /// `children()` as written before `children_into` (a sibling looked up for every
+    /// member): the reference the faster walk must equal.
+    fn children_reference<'a>(item: &Item<'a>) -> Coll<'a> {
+        let mut out = Vec::new();
+        let Item::Node { value, ext, .. } = item else {
+            return out;
+        };
+        let obj = match value {
+            Value::Object(o) => o,
+            _ => match ext {
+                Some(Value::Object(o)) => o,
+                _ => return out,
+            },
+        };
+        for (key, v) in obj {
+            if key == "resourceType" {
+                continue;
+            }
+            if let Some(base) = key.strip_prefix('_') {
+                if !obj.contains_key(base) {
+                    push_values(None, Some(v), None, &mut out);
+                }
+                continue;
+            }
+            let u = sibling(obj, key);
+            push_values(Some(v), u, None, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn children_into_equals_the_member_by_member_lookup() {
+        let values = [
+            json!({"resourceType": "Patient", "id": "p", "name": [{"given": ["a", "b"]}]}),
+            json!({"birthDate": "2000", "_birthDate": {"id": "x"}, "gender": "male"}),
+            json!({"_given": [null, {"id": "y"}], "given": ["a", "b"], "_only": {"id": "z"}}),
+            json!({"a": null, "_a": {"extension": []}, "b": [1, null, 2], "_b": [null, {"id": "q"}]}),
+            json!({"valueQuantity": {"value": 1}, "contained": [{"resourceType": "Basic"}]}),
+            json!({}),
+            json!("text"),
+            json!([1, 2]),
+        ];
+        for v in &values {
+            for item in [
+                Item::node(v),
+                Item::Node {
+                    value: &NULL,
+                    ext: Some(v),
+                    ty: None,
+                },
+            ] {
+                let mut got = Vec::new();
+                children_into(&item, &mut got);
+                assert_eq!(got, children_reference(&item), "{v}");
+                // Descendants, both ways, breadth first.
+                let (mut a, mut b) = (got, children_reference(&item));
+                for _ in 0..4 {
+                    let mut next = Vec::new();
+                    for i in &a {
+                        children_into(i, &mut next);
+                    }
+                    let reference: Coll<'_> = b.iter().flat_map(children_reference).collect();
+                    assert_eq!(next, reference, "{v}");
+                    (a, b) = (next, reference);
+                }
+            }
         }
     }
 
