@@ -27,18 +27,22 @@ fn check_scope(resource: &Value, loc: &str, sink: &mut Sink, depth: usize) {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    let divs: Vec<(String, &str)> = std::iter::once((loc.to_owned(), resource))
+    // Each narrative with the index of its contained resource (`None`: the resource's own);
+    // its location is written only for an issue.
+    fn text_div(r: &Value) -> Option<&str> {
+        r.get("text")
+            .and_then(|t| t.get("div"))
+            .and_then(Value::as_str)
+    }
+    let divs: Vec<(Option<usize>, &str)> = text_div(resource)
+        .map(|d| (None, d))
+        .into_iter()
         .chain(
             contained
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (format!("{loc}.contained[{i}]"), c)),
+                .filter_map(|(i, c)| text_div(c).map(|d| (Some(i), d))),
         )
-        .filter_map(|(l, r)| {
-            r.pointer("/text/div")
-                .and_then(Value::as_str)
-                .map(|d| (format!("{l}.text.div"), d))
-        })
         .collect();
     if divs.iter().any(|(_, d)| d.contains("href")) {
         let mut anchors: HashSet<&str> = contained
@@ -49,15 +53,19 @@ fn check_scope(resource: &Value, loc: &str, sink: &mut Sink, depth: usize) {
             anchors.extend(attributes(d, "name"));
             anchors.extend(attributes(d, "id"));
         }
-        for (at, d) in &divs {
+        for (index, d) in &divs {
             for href in attributes(d, "href") {
                 if let Some(target) = href.strip_prefix('#')
                     && !target.is_empty()
                     && !anchors.contains(target)
                 {
+                    let at = match index {
+                        None => format!("{loc}.text.div"),
+                        Some(i) => format!("{loc}.contained[{i}].text.div"),
+                    };
                     sink.error(
                         "invalid",
-                        at,
+                        &at,
                         "an internal hyperlink of the narrative does not resolve to an anchor or a contained resource".into(),
                     );
                 }

@@ -14,7 +14,6 @@
 //! terminology bindings (see [`terminology`](super::terminology)).
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
@@ -88,6 +87,26 @@ impl fhirpath::Host for DefsHost<'_> {
         terminology::check_xhtml(div, "", &mut sink);
         Some(sink.outcome.issues.is_empty())
     }
+}
+
+/// Appends `[i]` to a location (once per array item walked: without the formatter).
+fn push_index(loc: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    loc.push('[');
+    for &d in &digits[start..] {
+        loc.push(char::from(d));
+    }
+    loc.push(']');
 }
 
 /// Collects issues, capped at [`MAX_ISSUES`].
@@ -559,7 +578,7 @@ impl<'d, 'v> Walker<'d, 'v> {
                 let item = va.and_then(|a| a.get(i)).filter(|x| !x.is_null());
                 let ext = ua.and_then(|a| a.get(i)).filter(|x| !x.is_null());
                 let item_mark = loc.len();
-                let _ = write!(loc, "[{i}]");
+                push_index(loc, i);
                 if item.is_none() && ext.is_none() {
                     self.sink.error(
                         "structure",
@@ -1188,6 +1207,19 @@ fn is_absolute_uri(s: &str) -> bool {
 /// Tests: every invariant the walker evaluates is also evaluated the plain way
 /// ([`fhirpath::Expression::check_reference`]: no subexpression computed once, `distinct`
 /// by comparing every pair) and the verdicts compared, on this thread while switched on.
+#[cfg(test)]
+mod index_tests {
+    /// `push_index` writes what the formatter writes.
+    #[test]
+    fn push_index_equals_the_formatter() {
+        for i in (0..2000).chain([9_999, 10_000, 123_456_789, usize::MAX]) {
+            let mut loc = String::from("Patient.name");
+            super::push_index(&mut loc, i);
+            assert_eq!(loc, format!("Patient.name[{i}]"));
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod reference_check {
     use std::cell::RefCell;

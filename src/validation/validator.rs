@@ -147,7 +147,8 @@ impl Validator {
             .and_then(Value::as_str)
             .unwrap_or("Resource");
         let claimed = resource
-            .pointer("/meta/profile")
+            .get("meta")
+            .and_then(|m| m.get("profile"))
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
             .unwrap_or_default();
