@@ -60,6 +60,24 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// [`Item::prim`], with the parse of the date it found by its text (so that a
+    /// comparison parses each date once).
+    fn prim_parsed(&self) -> (Prim<'_>, Option<DateParts>) {
+        if let Item::Node {
+            value: Value::String(s),
+            ty,
+            ..
+        } = self
+            && !ty.is_some_and(is_date_type)
+        {
+            return match date_parts(s) {
+                Some(parts) => (Prim::Date(s), Some(parts)),
+                None => (Prim::Str(s), None),
+            };
+        }
+        (self.prim(), None)
+    }
+
     fn prim(&self) -> Prim<'_> {
         match self {
             Item::Bool(b) => Prim::Bool(*b),
@@ -72,20 +90,7 @@ impl<'a> Item<'a> {
                 Value::Bool(b) => Prim::Bool(*b),
                 Value::Number(n) => n.as_f64().map_or(Prim::Other, Prim::Num),
                 Value::String(s) => {
-                    if ty.is_some_and(|t| {
-                        matches!(
-                            t,
-                            "date"
-                                | "dateTime"
-                                | "instant"
-                                | "time"
-                                | "Date"
-                                | "DateTime"
-                                | "Instant"
-                                | "Time"
-                        )
-                    }) || looks_like_date(s)
-                    {
+                    if ty.is_some_and(is_date_type) || looks_like_date(s) {
                         Prim::Date(s)
                     } else {
                         Prim::Str(s)
@@ -1765,10 +1770,21 @@ fn coll_equiv(a: &[Item<'_>], b: &[Item<'_>]) -> bool {
 }
 
 fn compare(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
-    match (a.prim(), b.prim()) {
+    let ((pa, da), (pb, db)) = (a.prim_parsed(), b.prim_parsed());
+    match (pa, pb) {
         (Prim::Num(x), Prim::Num(y)) => x.partial_cmp(&y),
         (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
-        (Prim::Date(x), Prim::Date(y)) => cmp_dates(x, y),
+        (Prim::Date(x), Prim::Date(y)) => {
+            let x = match da {
+                Some(parts) => parts,
+                None => parse_date(x)?,
+            };
+            let y = match db {
+                Some(parts) => parts,
+                None => parse_date(y)?,
+            };
+            cmp_parts(&x, &y)
+        }
         (Prim::Qty(x, u), Prim::Qty(y, v)) if u == v || u.is_empty() || v.is_empty() => {
             x.partial_cmp(&y)
         }
@@ -1814,11 +1830,25 @@ fn arith<'a>(op: &str, a: &Item<'a>, b: &Item<'a>) -> Result<Coll<'a>, EvalError
 
 /// `YYYY`, `YYYY-MM`, `YYYY-MM-DD`, with an optional `Thh:mm:ss(.fff)(Z|±hh:mm)`, or a time.
 fn looks_like_date(s: &str) -> bool {
+    date_parts(s).is_some()
+}
+
+/// The fields of a text that looks like a date (`YYYY`, `YYYY-…`) and parses as one.
+fn date_parts(s: &str) -> Option<DateParts> {
     let b = s.as_bytes();
-    b.len() >= 4
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && (b.len() == 4 || b[4] == b'-')
-        && parse_date(s).is_some()
+    if b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit) && (b.len() == 4 || b[4] == b'-') {
+        parse_date(s)
+    } else {
+        None
+    }
+}
+
+/// A FHIR or System date/time type name, as a JSON choice suffix gives it.
+fn is_date_type(t: &str) -> bool {
+    matches!(
+        t,
+        "date" | "dateTime" | "instant" | "time" | "Date" | "DateTime" | "Instant" | "Time"
+    )
 }
 
 /// Components of a date/time: values from year down to seconds (as many as given), and the
@@ -1922,7 +1952,11 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// Compares two dates/times; `None` when their precisions differ and the common part is
 /// equal (FHIRPath's "uncertain" answer).
 fn cmp_dates(a: &str, b: &str) -> Option<Ordering> {
-    let (x, y) = (parse_date(a)?, parse_date(b)?);
+    cmp_parts(&parse_date(a)?, &parse_date(b)?)
+}
+
+/// [`cmp_dates`] of parsed dates.
+fn cmp_parts(x: &DateParts, y: &DateParts) -> Option<Ordering> {
     let (fx, fy) = (x.fields(), y.fields());
     // Both with a time and a zone: compare on UTC.
     let utc;
@@ -2257,6 +2291,81 @@ mod tests {
                 _ => false,
             },
         }
+    }
+
+    /// `compare` (each date parsed once) gives what comparing through `prim()` and
+    /// `cmp_dates` (each date parsed twice) gives, for every pair of texts of many shapes,
+    /// typed by a choice suffix or not.
+    #[test]
+    fn compare_parsing_once_equals_the_double_parse() {
+        fn reference(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
+            match (a.prim(), b.prim()) {
+                (Prim::Num(x), Prim::Num(y)) => x.partial_cmp(&y),
+                (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
+                (Prim::Date(x), Prim::Date(y)) => cmp_dates(x, y),
+                (Prim::Qty(x, u), Prim::Qty(y, v)) if u == v || u.is_empty() || v.is_empty() => {
+                    x.partial_cmp(&y)
+                }
+                (Prim::Qty(x, _), Prim::Num(y)) => x.partial_cmp(&y),
+                (Prim::Num(x), Prim::Qty(y, _)) => x.partial_cmp(&y),
+                _ => None,
+            }
+        }
+        let texts: Vec<Value> = [
+            "2020",
+            "2020-01",
+            "2020-01-02",
+            "2020-1-2",
+            "2020-01-02T10:00",
+            "2020-01-02T10:00:00",
+            "2020-01-02T10:00:00Z",
+            "2020-01-02T10:00:00+05:00",
+            "2020-01-02T05:00:00-00:00",
+            "2020-01-02T10:00:00.5+01:30",
+            "2019-12-31T23:59:59-05:00",
+            "2020-13-45",
+            "20201",
+            "2020-",
+            "2020-01-02T",
+            "10:00:00",
+            "10:00",
+            "T10:00",
+            "abcd",
+            "",
+            "2020-01-02Tx",
+            "2020-01-02T10:00:00+5",
+            "9999-12-31T23:59:59.999+14:00",
+            "0001-01-01",
+        ]
+        .iter()
+        .map(|t| json!(t))
+        .collect();
+        let numbers = [json!(1), json!(2.5), json!({"value": 3, "unit": "mg"})];
+        let mut items = Vec::new();
+        for v in texts.iter().chain(&numbers) {
+            items.push(Item::node(v));
+            items.push(Item::Node {
+                value: v,
+                ext: None,
+                ty: Some("dateTime"),
+            });
+            items.push(Item::Node {
+                value: v,
+                ext: None,
+                ty: Some("string"),
+            });
+        }
+        items.push(Item::DateTime("2020-01-02".into()));
+        items.push(Item::Str("2020-01-02".into()));
+        items.push(Item::Int(2));
+        let mut compared = 0;
+        for a in &items {
+            for b in &items {
+                assert_eq!(compare(a, b), reference(a, b), "{a:?} vs {b:?}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 5000, "{compared}");
     }
 
     /// `children()` as written before `children_into` (a sibling looked up for every
