@@ -43,6 +43,39 @@ struct Rule {
     /// every `valueX`).
     names: Vec<String>,
     verdict: Option<bool>,
+    /// The first bytes of `names`, as a set: a member whose name (without `_`) starts with
+    /// none of them is passed over without comparing names.
+    first_bytes: [u64; 4],
+}
+
+impl Rule {
+    fn new(names: Vec<String>, verdict: Option<bool>) -> Rule {
+        let mut first_bytes = [0u64; 4];
+        for n in &names {
+            // An empty name (never produced: navigation names are not empty) would match
+            // every member: every member is then compared.
+            let b = n.as_bytes().first().copied();
+            match b {
+                Some(b) => first_bytes[usize::from(b >> 6)] |= 1 << (b & 63),
+                None => first_bytes = [u64::MAX; 4],
+            }
+        }
+        Rule {
+            names,
+            verdict,
+            first_bytes,
+        }
+    }
+
+    /// Whether `key` (a member of the focus) is named after one of the rule's children.
+    fn reads(&self, key: &str) -> bool {
+        let k = key.strip_prefix('_').unwrap_or(key);
+        let Some(&b) = k.as_bytes().first() else {
+            return self.names.iter().any(String::is_empty);
+        };
+        self.first_bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+            && self.names.iter().any(|n| k.starts_with(n.as_str()))
+    }
 }
 
 /// Trees deeper than this are left to the evaluator (whose depth limit could then matter).
@@ -69,12 +102,7 @@ impl Vacuity {
         };
         self.rules
             .iter()
-            .find(|r| {
-                o.keys().all(|k| {
-                    let k = k.strip_prefix('_').unwrap_or(k);
-                    r.names.iter().all(|n| !k.starts_with(n.as_str()))
-                })
-            })
+            .find(|r| !o.keys().any(|k| r.reads(k)))
             .map(|r| r.verdict)
     }
 
@@ -110,7 +138,7 @@ fn collect(node: &Node, rules: &mut Vec<Rule>, height: usize) -> bool {
     }) {
         names.sort();
         names.dedup();
-        rules.push(Rule { names, verdict });
+        rules.push(Rule::new(names, verdict));
     }
     let whole = rules.len() > before;
     let Node::Binary(op, l, r) = node else {
@@ -132,14 +160,14 @@ fn collect(node: &Node, rules: &mut Vec<Rule>, height: usize) -> bool {
     collect(l, &mut sub, height + 1);
     for rule in sub.drain(..) {
         if let Some(verdict) = decides(rule.verdict, true) {
-            rules.push(Rule { verdict, ..rule });
+            rules.push(Rule::new(rule.names, verdict));
         }
     }
     if infallible_bool(l, height + 1) {
         collect(r, &mut sub, height + 1);
         for rule in sub {
             if let Some(verdict) = decides(rule.verdict, false) {
-                rules.push(Rule { verdict, ..rule });
+                rules.push(Rule::new(rule.names, verdict));
             }
         }
     }
@@ -510,6 +538,55 @@ mod tests {
             }
         }
         assert!(decided > 100, "{decided}");
+    }
+
+    /// The first-byte filter changes nothing: a member is read exactly when its name
+    /// (without `_`) starts with one of the rule's names.
+    #[test]
+    fn first_byte_filter_equals_the_prefix_comparison() {
+        let names_sets: [&[&str]; 5] = [
+            &["value"],
+            &["code", "system"],
+            &["contained", "text", "extension"],
+            &["", "a"],
+            &["ä", "z", "_x"],
+        ];
+        let keys = [
+            "",
+            "_",
+            "value",
+            "_value",
+            "valueQuantity",
+            "valu",
+            "code",
+            "_code",
+            "coding",
+            "system",
+            "sys",
+            "contained",
+            "text",
+            "textual",
+            "extension",
+            "a",
+            "b",
+            "ä",
+            "äb",
+            "z",
+            "_x",
+            "__x",
+            "x",
+            "ZZ",
+            "~",
+            "\u{7f}",
+        ];
+        for names in names_sets {
+            let rule = super::Rule::new(names.iter().map(|n| n.to_string()).collect(), None);
+            for key in keys {
+                let k = key.strip_prefix('_').unwrap_or(key);
+                let expected = names.iter().any(|n| k.starts_with(n));
+                assert_eq!(rule.reads(key), expected, "{names:?} {key}");
+            }
+        }
     }
 
     /// A member whose name merely starts with a child's name (`valueSet` for `value`) is
