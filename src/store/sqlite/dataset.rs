@@ -435,6 +435,7 @@ fn publish_first(
                  VALUES (?1, ?2, 1, ?3, 0)",
             )
             .map_err(sql_err)?;
+        search::begin_collecting(conn)?;
         let mut rows = new.query(params![dataset, to_key]).map_err(sql_err)?;
         // Decoding the staged text, computing search-index entries and writing the event's
         // text is CPU work that does not need the connection: a worker thread does it for
@@ -503,7 +504,7 @@ fn publish_first(
                     phases.decode += t1 - t0;
                     for p in prepared {
                         let t1 = std::time::Instant::now();
-                        search::insert_entries(conn, &p.target, p.entries)?;
+                        search::collect_entries(conn, &p.target, p.entries)?;
                         let t2 = std::time::Instant::now();
                         phases.index += t2 - t1;
                         event_insert.execute([p.event_text]).map_err(sql_err)?;
@@ -536,13 +537,18 @@ fn publish_first(
             drop(done_rx);
             out
         })?;
+        // The index rows, sorted by their indexes' keys (see `search::write_collected`).
+        let t0 = std::time::Instant::now();
+        search::write_collected(conn)?;
+        phases.sorted_index = t0.elapsed();
     }
     tracing::debug!(
         dataset,
         held_ms = phases.held.as_millis() as u64,
         scan_ms = phases.scan.as_millis() as u64,
         prepare_wait_ms = phases.decode.as_millis() as u64,
-        index_ms = phases.index.as_millis() as u64,
+        collect_ms = phases.index.as_millis() as u64,
+        sorted_index_ms = phases.sorted_index.as_millis() as u64,
         events_ms = phases.events.as_millis() as u64,
         history_ms = phases.history.as_millis() as u64,
         resources_ms = phases.resources.as_millis() as u64,
@@ -604,6 +610,7 @@ struct Phases {
     scan: std::time::Duration,
     decode: std::time::Duration,
     index: std::time::Duration,
+    sorted_index: std::time::Duration,
     events: std::time::Duration,
     history: std::time::Duration,
     resources: std::time::Duration,
