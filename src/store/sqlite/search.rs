@@ -78,7 +78,7 @@ pub(super) fn index_new(
 }
 
 /// Writes a new version's index rows, computed beforehand by `index_entries` (a first
-/// publish computes them on another thread).
+/// publish collects them instead: [`collect_entries`]).
 pub(super) fn insert_entries(
     tx: &Connection,
     target: &ResourceRef,
