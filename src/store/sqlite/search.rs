@@ -78,7 +78,7 @@ pub(super) fn index_new(
 }
 
 /// Writes a new version's index rows, computed beforehand by `index_entries` (a first
-/// publish computes them on another thread).
+/// publish collects them instead: [`collect_entries`]).
 pub(super) fn insert_entries(
     tx: &Connection,
     target: &ResourceRef,
@@ -90,6 +90,88 @@ pub(super) fn insert_entries(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql_err)?;
+    insert_with(&mut stmt, target, entries)
+}
+
+/// A first publish's index rows wait here until the pass over its resources is done, and are
+/// then written to `search_index` sorted by the key of the index that holds them
+/// ([`write_collected`]). Written in resource order, every row was an insert at a random
+/// place of the value and date indexes (their keys start with the parameter and the value):
+/// once those indexes outgrow the page cache, each insert reads a page back and dirties
+/// another, and a dirty page evicted mid-transaction is written to the WAL again every time
+/// it comes back (the 10M load's 8 GB WAL). Sorted, the inserts of a resource type new to the
+/// store are appends, each index page is filled once, and SQLite's sorter bounds the sort's
+/// memory (it spills to temporary files). A temporary table: it is this connection's own, and
+/// its rows go with the transaction's rollback.
+const COLLECTED_TABLE: &str = "
+CREATE TEMP TABLE IF NOT EXISTS publish_index (
+    resource_type TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    param         TEXT NOT NULL,
+    system        TEXT,
+    value         TEXT,
+    raw           TEXT,
+    low           TEXT,
+    high          TEXT
+);
+DELETE FROM temp.publish_index;
+";
+
+/// Starts collecting index rows for [`collect_entries`] (an earlier collection that was not
+/// written is discarded).
+pub(super) fn begin_collecting(tx: &Connection) -> Result<(), StoreError> {
+    tx.execute_batch(COLLECTED_TABLE).map_err(sql_err)
+}
+
+/// Keeps a new version's index rows for [`write_collected`].
+pub(super) fn collect_entries(
+    tx: &Connection,
+    target: &ResourceRef,
+    entries: Vec<crate::store::search::IndexEntry>,
+) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO temp.publish_index
+               (resource_type, id, param, system, value, raw, low, high)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql_err)?;
+    insert_with(&mut stmt, target, entries)
+}
+
+/// Writes the rows kept by [`collect_entries`] to `search_index`: the rows of the date index
+/// in its key order, then the others in the value index's key order (a row is in one of the
+/// two partial indexes, never both: see `MIGRATION_4`). Returns the number of rows.
+pub(super) fn write_collected(tx: &Connection) -> Result<usize, StoreError> {
+    let dates = tx
+        .execute(
+            "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
+             SELECT resource_type, id, param, system, value, raw, low, high
+             FROM temp.publish_index WHERE low IS NOT NULL
+             ORDER BY resource_type, param, low, high",
+            [],
+        )
+        .map_err(sql_err)?;
+    let values = tx
+        .execute(
+            "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
+             SELECT resource_type, id, param, system, value, raw, low, high
+             FROM temp.publish_index WHERE low IS NULL
+             ORDER BY resource_type, param, value, id",
+            [],
+        )
+        .map_err(sql_err)?;
+    tx.execute("DELETE FROM temp.publish_index", [])
+        .map_err(sql_err)?;
+    Ok(dates + values)
+}
+
+/// Binds and runs an eight-column index-row insert for each entry.
+fn insert_with(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    target: &ResourceRef,
+    entries: Vec<crate::store::search::IndexEntry>,
+) -> Result<(), StoreError> {
     for entry in entries {
         let (system, value, raw, low, high) = match entry.value {
             IndexValue::Token { system, code } => (system, Some(code), None, None, None),

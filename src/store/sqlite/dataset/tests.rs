@@ -660,3 +660,137 @@ async fn gc_writes_the_text_back_into_the_versions_that_name_a_purged_row() {
         .unwrap();
     assert_eq!(rows, 0, "no version names a deleted row");
 }
+
+/// `search_index` rows of one partial index in the order they were written (rowid order).
+fn index_in_write_order(store: &SqliteStore, dates: bool) -> Vec<Vec<Option<String>>> {
+    let conn = store.lock().unwrap();
+    let sql = if dates {
+        "SELECT resource_type, param, low, high, id FROM search_index
+         WHERE low IS NOT NULL ORDER BY rowid"
+    } else {
+        "SELECT resource_type, param, value, id FROM search_index
+         WHERE low IS NULL ORDER BY rowid"
+    };
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_first_publish_writes_each_index_in_its_key_order() {
+    // Several worker blocks, staged out of key order, with families and birth dates whose
+    // order differs from the ids' order.
+    let n = 2 * PUBLISH_BLOCK + 31;
+    let rows: Vec<StagedResource> = (0..n)
+        .map(|i| {
+            let mut r = rich(&format!("r{i:05}"), &format!("F{}", (i * 7919) % 1000));
+            r.resource["birthDate"] = json!(format!("19{:02}-01-01", (i * 31) % 100));
+            r
+        })
+        .rev()
+        .collect();
+    let (store, _clock) = manual_clock();
+    let v = store.begin(DS, "test", LEASE).await.unwrap();
+    store.stage(DS, v.version, &rows).await.unwrap();
+    let mv = store.finalize(DS, v.version).await.unwrap();
+    assert_eq!(mv.created, n as u64);
+    for dates in [true, false] {
+        let written = index_in_write_order(&store, dates);
+        let mut sorted = written.clone();
+        // SQLite compares text by bytes, as `String` does; `NULL` first, as `None`.
+        sorted.sort();
+        assert!(written.len() >= n, "dates: {dates}: {}", written.len());
+        assert_eq!(written, sorted, "dates: {dates}");
+    }
+    // Nothing is left collected on the connection, nor incoming; the staged rows are stored
+    // in key order.
+    let count = |sql: &str| -> i64 {
+        store
+            .lock()
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count("SELECT count(*) FROM temp.publish_index"), 0);
+    assert_eq!(count("SELECT count(*) FROM dataset_incoming"), 0);
+    let staged_ids: Vec<String> = {
+        let conn = store.lock().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id FROM dataset_staged ORDER BY rowid")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut sorted_ids = staged_ids.clone();
+    sorted_ids.sort();
+    assert_eq!(staged_ids.len(), n);
+    assert_eq!(staged_ids, sorted_ids);
+    // Searches find the sorted rows.
+    use crate::store::search::{Criterion, Filter, SearchQuery, SearchStore, StringMode};
+    let page = store
+        .search(&SearchQuery {
+            resource_type: "Patient".into(),
+            filters: vec![Filter {
+                param: "family".into(),
+                any_of: vec![Criterion::String {
+                    value: "F0".into(),
+                    mode: StringMode::Exact,
+                }],
+            }],
+            count: 50,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = (0..n)
+        .filter(|i| (i * 7919) % 1000 == 0)
+        .map(|i| format!("r{i:05}"))
+        .collect();
+    assert!(!expected.is_empty());
+    let found: Vec<String> = page.matches.iter().map(|m| m.target.id.clone()).collect();
+    assert_eq!(found, expected);
+}
+
+#[tokio::test]
+async fn a_first_publish_that_fails_midway_leaves_no_index_rows_behind() {
+    // The corrupt row is in the second worker block: the first block's rows were collected
+    // when the publish fails.
+    let n = 2 * PUBLISH_BLOCK + 5;
+    let rows: Vec<StagedResource> = (0..n)
+        .map(|i| rich(&format!("r{i:05}"), &format!("F{i}")))
+        .collect();
+    let (store, _clock) = manual_clock();
+    let v = store.begin(DS, "test", LEASE).await.unwrap();
+    store.stage(DS, v.version, &rows).await.unwrap();
+    let bad = format!("r{:05}", PUBLISH_BLOCK + 3);
+    store
+        .lock()
+        .unwrap()
+        .execute(
+            "UPDATE dataset_incoming SET content = '{not json' WHERE id = ?1",
+            [&bad],
+        )
+        .unwrap();
+    let err = store.finalize(DS, v.version).await.unwrap_err();
+    assert!(err.to_string().contains(&bad), "{err}");
+    store.fail(DS, v.version, "corrupt").await.unwrap();
+    assert!(index_in_write_order(&store, false).is_empty());
+    assert_eq!(store.current(DS).await.unwrap(), None);
+    // A retry with fewer resources publishes exactly its own rows.
+    let v2 = store.begin(DS, "test", LEASE).await.unwrap();
+    store.stage(DS, v2.version, &rows[..3]).await.unwrap();
+    store.finalize(DS, v2.version).await.unwrap();
+    let ids: std::collections::BTreeSet<String> = index_in_write_order(&store, false)
+        .into_iter()
+        .map(|r| r[3].clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids.into_iter().collect::<Vec<_>>(),
+        vec!["r00000", "r00001", "r00002"]
+    );
+}
