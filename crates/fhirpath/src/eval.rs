@@ -664,38 +664,11 @@ impl<'a> Ctx<'_, 'a> {
         match op {
             "and" | "or" | "implies" | "xor" => {
                 let a = to_bool(&self.eval(l, input)?)?;
-                let short = match (op, a) {
-                    ("and", Some(false)) => Some(Some(false)),
-                    ("or", Some(true)) => Some(Some(true)),
-                    ("implies", Some(false)) => Some(Some(true)),
-                    _ => None,
-                };
-                if let Some(out) = short {
-                    return Ok(bools(out));
+                if let Some(out) = logic_short_circuit(op, a) {
+                    return Ok(bools(Some(out)));
                 }
                 let b = to_bool(&self.eval(r, input)?)?;
-                let out = match op {
-                    "and" => match (a, b) {
-                        (_, Some(false)) => Some(false),
-                        (Some(true), Some(true)) => Some(true),
-                        _ => None,
-                    },
-                    "or" => match (a, b) {
-                        (_, Some(true)) => Some(true),
-                        (Some(false), Some(false)) => Some(false),
-                        _ => None,
-                    },
-                    "implies" => match (a, b) {
-                        (_, Some(true)) => Some(true),
-                        (Some(true), Some(false)) => Some(false),
-                        _ => None,
-                    },
-                    _ => match (a, b) {
-                        (Some(x), Some(y)) => Some(x != y),
-                        _ => None,
-                    },
-                };
-                return Ok(bools(out));
+                return Ok(bools(logic(op, a, b)));
             }
             _ => {}
         }
@@ -1992,6 +1965,43 @@ fn utc_fields(y: f64, m: f64, d: f64, h: f64, min: f64, secs: Option<f64>, zone:
     let mut out = vec![mins as f64];
     out.extend(secs);
     out
+}
+
+/// What `and`, `or` and `implies` answer from their left operand alone (`None`: the right
+/// operand is needed). The evaluator does not evaluate the right operand after these, and
+/// the vacuity analysis must reason the same way.
+pub(crate) fn logic_short_circuit(op: &str, a: Option<bool>) -> Option<bool> {
+    match (op, a) {
+        ("and", Some(false)) => Some(false),
+        ("or", Some(true)) => Some(true),
+        ("implies", Some(false)) => Some(true),
+        _ => None,
+    }
+}
+
+/// FHIRPath's three-valued tables for `and`, `or`, `implies` and `xor` (`None`: empty).
+pub(crate) fn logic(op: &str, a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match op {
+        "and" => match (a, b) {
+            (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        },
+        "or" => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        "implies" => match (a, b) {
+            (_, Some(true)) => Some(true),
+            (Some(true), Some(false)) => Some(false),
+            _ => None,
+        },
+        _ => match (a, b) {
+            (Some(x), Some(y)) => Some(x != y),
+            _ => None,
+        },
+    }
 }
 
 #[cfg(test)]

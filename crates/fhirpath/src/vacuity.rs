@@ -13,6 +13,7 @@
 
 use serde_json::Value;
 
+use crate::eval::{logic, logic_short_circuit};
 use crate::parse::Node;
 
 /// A value the evaluator certainly produces, without error, when the focus has none of the
@@ -288,35 +289,11 @@ fn binary(op: &str, l: &Node, r: &Node, names: &mut Vec<String>, h: usize) -> Op
     match op {
         "and" | "or" | "implies" | "xor" => {
             let a = as_bool(&a)?;
-            // The evaluator does not evaluate the right operand after these.
-            match (op, a) {
-                ("and", Some(false)) => return Some(Known::Bool(false)),
-                ("or", Some(true)) => return Some(Known::Bool(true)),
-                ("implies", Some(false)) => return Some(Known::Bool(true)),
-                _ => {}
+            if let Some(out) = logic_short_circuit(op, a) {
+                return Some(Known::Bool(out));
             }
             let b = as_bool(&abstract_eval(r, names, h)?)?;
-            let out = match op {
-                "and" => match (a, b) {
-                    (_, Some(false)) => Some(false),
-                    (Some(true), Some(true)) => Some(true),
-                    _ => None,
-                },
-                "or" => match (a, b) {
-                    (_, Some(true)) => Some(true),
-                    (Some(false), Some(false)) => Some(false),
-                    _ => None,
-                },
-                "implies" => match (a, b) {
-                    (_, Some(true)) => Some(true),
-                    (Some(true), Some(false)) => Some(false),
-                    _ => None,
-                },
-                _ => match (a, b) {
-                    (Some(x), Some(y)) => Some(x != y),
-                    _ => None,
-                },
-            };
+            let out = logic(op, a, b);
             Some(out.map_or(Known::Empty, Known::Bool))
         }
         "=" | "!=" | "<" | ">" | "<=" | ">=" | "|" => {
