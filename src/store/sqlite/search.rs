@@ -84,13 +84,13 @@ pub(super) fn insert_entries(
     target: &ResourceRef,
     entries: Vec<crate::store::search::IndexEntry>,
 ) -> Result<(), StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .map_err(sql_err)?;
-    insert_with(&mut stmt, target, entries)
+    insert_with(
+        tx,
+        "INSERT INTO search_index (resource_type, id, param, system, value, raw, low, high)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        target,
+        entries,
+    )
 }
 
 /// A first publish's index rows wait here until the pass over its resources is done, and are
@@ -102,18 +102,12 @@ pub(super) fn insert_entries(
 /// it comes back (the 10M load's 8 GB WAL). Sorted, the inserts of a resource type new to the
 /// store are appends, each index page is filled once, and SQLite's sorter bounds the sort's
 /// memory (it spills to temporary files). A temporary table: it is this connection's own, and
-/// its rows go with the transaction's rollback.
+/// its rows go with the transaction's rollback. Its columns are taken from `search_index`'s,
+/// so the two cannot drift apart.
 const COLLECTED_TABLE: &str = "
-CREATE TEMP TABLE IF NOT EXISTS publish_index (
-    resource_type TEXT NOT NULL,
-    id            TEXT NOT NULL,
-    param         TEXT NOT NULL,
-    system        TEXT,
-    value         TEXT,
-    raw           TEXT,
-    low           TEXT,
-    high          TEXT
-);
+CREATE TEMP TABLE IF NOT EXISTS publish_index AS
+    SELECT resource_type, id, param, system, value, raw, low, high
+    FROM main.search_index WHERE 0;
 DELETE FROM temp.publish_index;
 ";
 
@@ -129,14 +123,13 @@ pub(super) fn collect_entries(
     target: &ResourceRef,
     entries: Vec<crate::store::search::IndexEntry>,
 ) -> Result<(), StoreError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO temp.publish_index
-               (resource_type, id, param, system, value, raw, low, high)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .map_err(sql_err)?;
-    insert_with(&mut stmt, target, entries)
+    insert_with(
+        tx,
+        "INSERT INTO temp.publish_index (resource_type, id, param, system, value, raw, low, high)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        target,
+        entries,
+    )
 }
 
 /// Writes the rows kept by [`collect_entries`] to `search_index`: the rows of the date index
@@ -166,12 +159,14 @@ pub(super) fn write_collected(tx: &Connection) -> Result<usize, StoreError> {
     Ok(dates + values)
 }
 
-/// Binds and runs an eight-column index-row insert for each entry.
+/// Binds and runs `sql`, an eight-column index-row insert, for each entry.
 fn insert_with(
-    stmt: &mut rusqlite::CachedStatement<'_>,
+    tx: &Connection,
+    sql: &str,
     target: &ResourceRef,
     entries: Vec<crate::store::search::IndexEntry>,
 ) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(sql).map_err(sql_err)?;
     for entry in entries {
         let (system, value, raw, low, high) = match entry.value {
             IndexValue::Token { system, code } => (system, Some(code), None, None, None),
