@@ -289,14 +289,11 @@ impl LocalBus {
                     .unzip()
             })
             .collect();
-        let outcomes = futures_util::future::join_all(
-            jobs.iter()
-                .zip(&batches)
-                .map(|((_, target, _, _), (batch, texts))| {
-                    target.deliver_serialized(batch, texts)
-                }),
-        )
-        .await;
+        let outcomes =
+            futures_util::future::join_all(jobs.iter().zip(&batches).map(
+                |((_, target, _, _), (batch, texts))| target.deliver_serialized(batch, texts),
+            ))
+            .await;
         let mut first_failed: Option<(usize, String)> = None;
         let mut records: Vec<(&str, Vec<i64>)> = Vec::with_capacity(jobs.len());
         for ((rule, target, ledger, todo), outcome) in jobs.iter().zip(outcomes) {
