@@ -87,7 +87,7 @@ impl Target for NdjsonTarget {
     async fn deliver(&self, envelopes: &[&Value]) -> Result<(), TargetFailure> {
         let texts = envelopes
             .iter()
-            .map(|e| serde_json::to_string(e))
+            .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TargetFailure {
                 delivered: 0,
