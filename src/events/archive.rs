@@ -171,6 +171,25 @@ impl Archive {
 
     /// [`Self::insert_new`] with each event's archive position, in one transaction.
     pub fn archive(&self, envelopes: &[&Value]) -> Result<Vec<Archived>, ArchiveError> {
+        let texts: Vec<String> = envelopes.iter().map(|e| e.to_string()).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        self.archive_serialized(envelopes, &texts)
+    }
+
+    /// [`Self::archive`] given each envelope's JSON text too (`texts[i]` is `envelopes[i]`
+    /// serialized), which is what the archive stores.
+    pub fn archive_serialized(
+        &self,
+        envelopes: &[&Value],
+        texts: &[&str],
+    ) -> Result<Vec<Archived>, ArchiveError> {
+        if envelopes.len() != texts.len() {
+            return Err(self.error(format!(
+                "{} envelopes but {} texts",
+                envelopes.len(),
+                texts.len()
+            )));
+        }
         let mut conn = self.lock()?;
         // Immediate: the lookup and the insert of an id are one step even when another
         // process archives the same event at once (the id index is not unique).
@@ -186,7 +205,7 @@ impl Archive {
                 )
                 .map_err(|e| self.error(e))?;
             let now = time_key(&Utc::now());
-            for e in envelopes {
+            for (e, text) in envelopes.iter().zip(texts) {
                 let id = e.get("id").and_then(Value::as_str).unwrap_or_default();
                 if let Some(position) = find(&tx, id).map_err(|e| self.error(e))? {
                     out.push(Archived {
@@ -197,7 +216,7 @@ impl Archive {
                 }
                 let time = e.get("time").and_then(Value::as_str).unwrap_or_default();
                 insert
-                    .execute(params![id_hash(id), time, e.to_string(), now])
+                    .execute(params![id_hash(id), time, text, now])
                     .map_err(|e| self.error(e))?;
                 out.push(Archived {
                     position: tx.last_insert_rowid(),

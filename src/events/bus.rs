@@ -233,11 +233,12 @@ impl LocalBus {
     /// failed, with the reason. Targets are delivered to concurrently (their `fsync`s overlap),
     /// each in event order.
     ///
-    /// `archived[i]`: envelope `i`'s archive position, and whether this call archived it (then
+    /// `texts[i]`: envelope `i` serialized. `archived[i]`: envelope `i`'s archive position, and whether this call archived it (then
     /// no target has it yet and its delivery ledger is not read; see [`Archive::archive`]).
     async fn route(
         &self,
         envelopes: &[(usize, Value, String)],
+        texts: &[&str],
         archived: &[Archived],
     ) -> Result<Option<(usize, String)>, BusError> {
         let unavailable = |e: ArchiveError| BusError::Unavailable(e.to_string());
@@ -280,16 +281,19 @@ impl LocalBus {
                 }
             }
         }
-        let batches: Vec<Vec<&Value>> = jobs
+        let batches: Vec<(Vec<&Value>, Vec<&str>)> = jobs
             .iter()
-            .map(|(_, _, _, todo)| todo.iter().map(|&i| &envelopes[i].1).collect())
+            .map(|(_, _, _, todo)| {
+                todo.iter()
+                    .map(|&i| (&envelopes[i].1, texts.get(i).copied().unwrap_or_default()))
+                    .unzip()
+            })
             .collect();
-        let outcomes = futures_util::future::join_all(
-            jobs.iter()
-                .zip(&batches)
-                .map(|((_, target, _, _), batch)| target.deliver(batch)),
-        )
-        .await;
+        let outcomes =
+            futures_util::future::join_all(jobs.iter().zip(&batches).map(
+                |((_, target, _, _), (batch, texts))| target.deliver_serialized(batch, texts),
+            ))
+            .await;
         let mut first_failed: Option<(usize, String)> = None;
         let mut records: Vec<(&str, Vec<i64>)> = Vec::with_capacity(jobs.len());
         for ((rule, target, ledger, todo), outcome) in jobs.iter().zip(outcomes) {
@@ -398,8 +402,14 @@ impl LocalBus {
         let mut results: Vec<Option<PutEntryResult>> = vec![None; events.len()];
         // (entry index, envelope, delivery key) of the entries within the limits.
         let mut accepted = Vec::with_capacity(events.len());
+        // Each envelope's JSON text, made once for the archive and the NDJSON targets.
+        let mut texts = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            if entry_size(event) > MAX_ENTRY_BYTES {
+            let envelope = event.delivered(LOCAL_ACCOUNT, LOCAL_REGION);
+            let text = envelope.to_string();
+            // The envelope holds every part `entry_size` counts, so a text within the limit
+            // spares measuring the entry (a serialization of its detail).
+            if text.len() > MAX_ENTRY_BYTES && entry_size(event) > MAX_ENTRY_BYTES {
                 results[i] = Some(PutEntryResult::Failed {
                     code: "ValidationException".into(),
                     message: format!(
@@ -409,16 +419,17 @@ impl LocalBus {
                 });
                 continue;
             }
-            let envelope = event.delivered(LOCAL_ACCOUNT, LOCAL_REGION);
             let key = delivery_key(&envelope).unwrap_or_default();
             accepted.push((i, envelope, key));
+            texts.push(text);
         }
         let refs: Vec<&Value> = accepted.iter().map(|(_, e, _)| e).collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let archived = self
             .archive
-            .archive(&refs)
+            .archive_serialized(&refs, &texts)
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let failed = self.route(&accepted, &archived).await?;
+        let failed = self.route(&accepted, &texts, &archived).await?;
         for (n, (i, _, key)) in accepted.iter().enumerate() {
             results[*i] = Some(match &failed {
                 Some((f, why)) if n == *f => PutEntryResult::Failed {

@@ -144,6 +144,22 @@ impl NdjsonWriter {
     /// Appends the envelopes not written yet (by delivery key), in order, in one write followed
     /// by one `fsync`; returns how many lines were written.
     pub fn append(&self, envelopes: &[&serde_json::Value]) -> Result<usize, NdjsonError> {
+        let lines = envelopes
+            .iter()
+            .map(|e| {
+                let text = serde_json::to_string(e).map_err(|e| NdjsonError {
+                    path: self.path.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                Ok(Line::new(e, text))
+            })
+            .collect::<Result<Vec<_>, NdjsonError>>()?;
+        self.append_lines(lines)
+    }
+
+    /// [`Self::append`] for envelopes already serialized (the local bus serializes each
+    /// envelope once, for its archive and its NDJSON targets).
+    pub fn append_lines(&self, lines: Vec<Line>) -> Result<usize, NdjsonError> {
         let io = |source: std::io::Error| NdjsonError {
             path: self.path.display().to_string(),
             source,
@@ -152,29 +168,46 @@ impl NdjsonWriter {
             .state
             .lock()
             .map_err(|_| io(std::io::Error::other("writer lock poisoned")))?;
-        let mut lines = Vec::new();
-        let mut keys = Vec::new();
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
+        let mut keys = Vec::with_capacity(lines.len());
         let mut in_call = HashSet::new();
-        for envelope in envelopes {
-            let key = delivery_key(envelope).unwrap_or_default();
-            if state.recent.contains(&key) || !in_call.insert(key.clone()) {
+        for line in lines {
+            if state.recent.contains(&line.key) || in_call.contains(&line.key) {
                 continue;
             }
-            serde_json::to_writer(&mut lines, envelope)
-                .map_err(|e| io(std::io::Error::other(e)))?;
-            lines.push(b'\n');
-            keys.push(key);
+            bytes.extend_from_slice(line.text.as_bytes());
+            bytes.push(b'\n');
+            in_call.insert(line.key.clone());
+            keys.push(line.key);
         }
         if keys.is_empty() {
             return Ok(0);
         }
-        state.file.write_all(&lines).map_err(io)?;
+        state.file.write_all(&bytes).map_err(io)?;
         state.file.sync_data().map_err(io)?;
         let written = keys.len();
         for key in keys {
             state.recent.insert(key);
         }
         Ok(written)
+    }
+}
+
+/// One envelope serialized for an NDJSON file: its delivery key and its JSON text (one line,
+/// without the newline).
+#[derive(Debug, Clone)]
+pub struct Line {
+    key: String,
+    text: String,
+}
+
+impl Line {
+    /// `text` must be `envelope` serialized (`serde_json` writes no newline in compact form).
+    pub fn new(envelope: &serde_json::Value, text: String) -> Line {
+        Line {
+            key: delivery_key(envelope).unwrap_or_default(),
+            text,
+        }
     }
 }
 

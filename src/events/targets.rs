@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::local::{NdjsonWriter, delivery_key};
+use super::local::{Line, NdjsonWriter, delivery_key};
 
 /// Why a target could not take an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +47,17 @@ pub trait Target: Send + Sync + fmt::Debug {
 
     /// Delivers envelopes in order.
     async fn deliver(&self, envelopes: &[&Value]) -> Result<(), TargetFailure>;
+
+    /// [`Self::deliver`] given each envelope's JSON text too (`texts[i]` is `envelopes[i]`
+    /// serialized): the bus serializes each envelope once, for its archive, and a target that
+    /// writes text takes it from there.
+    async fn deliver_serialized(
+        &self,
+        envelopes: &[&Value],
+        _texts: &[&str],
+    ) -> Result<(), TargetFailure> {
+        self.deliver(envelopes).await
+    }
 }
 
 /// Appends matching events to an NDJSON file.
@@ -74,21 +85,42 @@ impl Target for NdjsonTarget {
     }
 
     async fn deliver(&self, envelopes: &[&Value]) -> Result<(), TargetFailure> {
+        let texts = envelopes
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TargetFailure {
+                delivered: 0,
+                error: TargetError {
+                    message: e.to_string(),
+                },
+            })?;
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        self.deliver_serialized(envelopes, &texts).await
+    }
+
+    async fn deliver_serialized(
+        &self,
+        envelopes: &[&Value],
+        texts: &[&str],
+    ) -> Result<(), TargetFailure> {
         // One write and one fsync for the batch: all of it is written, or (after a repair at
-        // the next open) none of it. Off the async threads, so targets' fsyncs overlap.
+        // the next open) none of it. Off the async threads, so targets' fsyncs overlap. The
+        // lines are copied as text (a copy of each envelope's tree cost more in bulk emits).
         let writer = Arc::clone(&self.writer);
-        let owned: Vec<Value> = envelopes.iter().map(|e| (*e).clone()).collect();
+        let lines: Vec<Line> = envelopes
+            .iter()
+            .zip(texts)
+            .map(|(e, t)| Line::new(e, (*t).to_owned()))
+            .collect();
         let fail = |message: String| TargetFailure {
             delivered: 0,
             error: TargetError { message },
         };
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&Value> = owned.iter().collect();
-            writer.append(&refs).map(|_| ())
-        })
-        .await
-        .map_err(|e| fail(format!("write task failed: {e}")))?
-        .map_err(|e| fail(e.to_string()))
+        tokio::task::spawn_blocking(move || writer.append_lines(lines).map(|_| ()))
+            .await
+            .map_err(|e| fail(format!("write task failed: {e}")))?
+            .map_err(|e| fail(e.to_string()))
     }
 }
 

@@ -1165,17 +1165,26 @@ pub(crate) fn outbox_mark_delivered(
             .map_err(err)?;
         match rule {
             Delivered::Delete => {
+                // Deleted by runs of consecutive positions, one statement per run (a relay
+                // delivers in outbox order, so a batch of marks is nearly always one run).
                 let mut delete = tx
                     .prepare_cached(
-                        "DELETE FROM outbox WHERE position = ?1 AND delivered_at IS NULL",
+                        "DELETE FROM outbox WHERE position BETWEEN ?1 AND ?2
+                         AND delivered_at IS NULL",
                     )
                     .map_err(err)?;
+                let mut older: Vec<i64> = Vec::with_capacity(positions.len());
                 for &position in positions {
                     if position < newest {
-                        delete.execute([position]).map_err(err)?;
+                        older.push(position);
                     } else {
                         mark.execute(params![at, position]).map_err(err)?;
                     }
+                }
+                older.sort_unstable();
+                older.dedup();
+                for (first, last) in runs(&older) {
+                    delete.execute([first, last]).map_err(err)?;
                 }
                 tx.prepare_cached(
                     "DELETE FROM outbox INDEXED BY outbox_delivered
@@ -1200,6 +1209,18 @@ pub(crate) fn outbox_mark_delivered(
         }
     }
     tx.commit().map_err(err)
+}
+
+/// The runs of consecutive values of a sorted, de-duplicated list, as (first, last) pairs.
+fn runs(sorted: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &p in sorted {
+        match out.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(p) => *last = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
 }
 
 /// Opens (or creates, with its parent directories) a SQLite file in WAL mode, which lets

@@ -581,3 +581,34 @@ events:
     assert_eq!(ids(&bodies), ["p0/1", "p1/1", "p2/1"]);
     assert_eq!(bus.archive().list(None, 0, 10).unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn each_ndjson_line_is_the_archived_text_and_a_put_again_adds_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_from_yaml("events:\n  local:\n    ndjson: all.ndjson\n", dir.path());
+    let events = [
+        event(ChangeKind::Created, "Patient", "a", "1"),
+        event(ChangeKind::Updated, "Patient", "a", "2"),
+    ];
+    bus.put_events(&events).await.unwrap();
+    // Serialized once: the file's lines are the archive's stored texts, byte for byte.
+    let archived: Vec<String> = rusqlite::Connection::open(dir.path().join("events.db"))
+        .unwrap()
+        .prepare("SELECT envelope FROM archive ORDER BY position")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let file = std::fs::read_to_string(dir.path().join("all.ndjson")).unwrap();
+    assert_eq!(file.lines().collect::<Vec<_>>(), archived);
+    assert_eq!(ids(&lines(&dir.path().join("all.ndjson"))), ["a/1", "a/2"]);
+    // Redelivered (a crash after the write, before the outbox was marked): no new archive
+    // row, no new line.
+    bus.put_events(&events).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("all.ndjson")).unwrap(),
+        file
+    );
+    assert_eq!(bus.archive().list(None, 0, 100).unwrap().len(), 2);
+}

@@ -1228,3 +1228,26 @@ async fn a_schema_8_file_gets_the_staged_row_columns_and_the_staging_table() {
     let out = one(&store, upsert("p1", patient("p1", "B"), "2")).await;
     assert_eq!(out.action, PublishAction::Updated);
 }
+
+#[tokio::test]
+async fn marks_in_several_runs_and_out_of_order_delete_exactly_those_rows() {
+    let store = store();
+    for (i, id) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
+    }
+    let p: Vec<i64> = store
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    // Two runs (a b, d e), given out of order and with a repeat; c and f stay pending.
+    store
+        .mark_delivered(&[p[4], p[0], p[3], p[1], p[0]])
+        .await
+        .unwrap();
+    assert_eq!(outbox_rows(&store), [(p[2], false), (p[5], false)]);
+    assert_eq!(super::runs(&[1, 2, 3, 5, 7, 8]), [(1, 3), (5, 5), (7, 8)]);
+    assert!(super::runs(&[]).is_empty());
+}
