@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod record;
+pub use record::{Cells, Columns, Record};
+
 /// What a source change does to its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,7 +139,7 @@ pub struct SourceChange {
     /// The record as the source holds it after the change (for a delete: what is known of it,
     /// often only the key).
     #[serde(default)]
-    pub data: Value,
+    pub data: Record,
 }
 
 impl SourceChange {

@@ -14,10 +14,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::BufRead;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::format::CsvFormat;
+use crate::model::{Cells, Columns};
 use super::row::{Broken, Row, not_utf8, read_line, strip_bom, trim_eol};
 
 /// Splits one complete record into fields (byte ranges of `out`).
@@ -123,6 +125,8 @@ pub struct CsvRows<R> {
     /// The header's column indexes in the order of their names, so a record's map is built
     /// from its cells already sorted (one pass) rather than by a search per cell.
     order: Vec<usize>,
+    /// The header's names in that order, shared by every record of the file.
+    shared: Option<Arc<Columns>>,
     /// Lines given back after a broken record, read again before new ones.
     replay: VecDeque<Line>,
     pending: Vec<Line>,
@@ -145,6 +149,11 @@ fn sorted_order(names: &[String]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..names.len()).collect();
     order.sort_by(|&a, &b| names[a].cmp(&names[b]));
     order
+}
+
+/// The names in `order`, as the columns records share.
+fn shared_columns(names: &[String], order: &[usize]) -> Arc<Columns> {
+    Columns::sorted(order.iter().map(|&i| names[i].clone()).collect())
 }
 
 /// How many line buffers are kept for reuse.
@@ -179,6 +188,8 @@ impl<R: BufRead> CsvRows<R> {
             } else {
                 sorted_order(&fmt.columns)
             },
+            shared: (!fmt.header)
+                .then(|| shared_columns(&fmt.columns, &sorted_order(&fmt.columns))),
             fmt: fmt.clone(),
             replay: VecDeque::new(),
             pending: Vec::new(),
@@ -215,6 +226,7 @@ impl<R: BufRead> CsvRows<R> {
             splitter,
             header,
             order,
+            shared,
             replay,
             pending,
             quotes_open,
@@ -376,6 +388,7 @@ impl<R: BufRead> CsvRows<R> {
                     return Ok(());
                 }
                 *order = sorted_order(&names);
+                *shared = Some(shared_columns(&names, order));
                 *header = Some(names);
                 recycle(pending, spare);
                 continue;
@@ -396,13 +409,10 @@ impl<R: BufRead> CsvRows<R> {
             for &i in order.iter() {
                 let raw = splitter.field(i);
                 let value = if raw.is_empty() {
-                    if *omit_empty {
-                        continue;
-                    }
-                    Value::Null
+                    (!*omit_empty).then_some(Value::Null)
                 } else {
                     match std::str::from_utf8(raw) {
-                        Ok(s) => Value::String(s.to_owned()),
+                        Ok(s) => Some(Value::String(s.to_owned())),
                         Err(_) => {
                             // The first bad column in the file's order, as people read it.
                             let first = (0..names.len())
@@ -413,15 +423,21 @@ impl<R: BufRead> CsvRows<R> {
                         }
                     }
                 };
-                cells.push((names[i].clone(), value));
+                cells.push(value);
             }
-            queue.push_back(match bad {
-                // Names are distinct and `cells` sorted by name: the map is built in one pass.
-                None => Row::Record {
+            queue.push_back(match (bad, &*shared) {
+                // The cells are in name order, the order of the shared columns.
+                (None, Some(columns)) => Row::Record {
                     row: *row,
-                    fields: cells.into_iter().collect(),
+                    fields: Cells::new(Arc::clone(columns), cells).into(),
                 },
-                Some(message) => Row::Bad {
+                // Not reached: the columns are set with the header.
+                (None, None) => Row::Bad {
+                    row: *row,
+                    place: format!("row {} (line {first_line})", *row),
+                    message: "no header".to_owned(),
+                },
+                (Some(message), _) => Row::Bad {
                     row: *row,
                     place: format!("row {} (line {first_line})", *row),
                     message,

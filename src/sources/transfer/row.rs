@@ -3,7 +3,7 @@
 
 use std::io;
 
-use serde_json::{Map, Value};
+use crate::model::Record;
 
 /// One row of a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -11,7 +11,7 @@ pub enum Row {
     /// A record, numbered from 1 among the file's rows (bad rows count too).
     Record {
         row: u64,
-        fields: Map<String, Value>,
+        fields: Record,
     },
     /// A row that cannot be a record. `row` 0 is the file itself (a bad header, say).
     Bad {

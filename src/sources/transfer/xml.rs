@@ -308,7 +308,8 @@ fn close(
                 Value::Object(m) => m,
                 Value::Null => Map::new(),
                 text => Map::from_iter([("#text".to_owned(), text)]),
-            },
+            }
+            .into(),
         },
     });
 }
