@@ -435,7 +435,7 @@ mod tests {
             op: Op::Upsert,
             sequence: Sequence::parse("111111111111111111111111").unwrap(),
             observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
-            data: json!({"pk": "p-1", "name": "Ada"}),
+            data: json!({"pk": "p-1", "name": "Ada"}).into(),
         }
     }
 
@@ -481,7 +481,7 @@ mod tests {
                 c.clone(),
                 SourceChange {
                     op: Op::Delete,
-                    data: Value::Null,
+                    data: Value::Null.into(),
                     ..c
                 },
             ],
