@@ -104,8 +104,11 @@ pub(crate) struct Fields {
     /// The column index of each slot in the last shared columns seen (rows of one file share
     /// them: the names are looked up once per file, not per row). The `Weak` keeps the
     /// columns' allocation, so its address is never another file's.
-    by_columns: Mutex<Option<(Weak<Columns>, Vec<Option<usize>>)>>,
+    by_columns: Mutex<Option<ColumnSlots>>,
 }
+
+/// Shared columns and the column index of each slot in them.
+type ColumnSlots = (Weak<Columns>, Vec<Option<usize>>);
 
 impl Fields {
     /// Replaces every `record.<name>` in `ex` by its slot.
@@ -339,7 +342,10 @@ pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
         Ex::Field(slot, name) => match s.record {
             Record::Json(Json::Object(_)) | Record::Cells(_) => match s.fields.get(*slot) {
                 Some(found) => found.map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
-                None => s.record.get(name).map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
+                None => s
+                    .record
+                    .get(name)
+                    .map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
             },
             Record::Json(_) => return Err(Stop::Unsure),
         },

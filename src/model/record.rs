@@ -140,7 +140,9 @@ impl Record {
     pub fn to_value(&self) -> Value {
         match self {
             Record::Json(v) => v.clone(),
-            Record::Cells(c) => Value::Object(c.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Record::Cells(c) => {
+                Value::Object(c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
         }
     }
 

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::format::CsvFormat;
-use crate::model::{Cells, Columns};
 use super::row::{Broken, Row, not_utf8, read_line, strip_bom, trim_eol};
+use crate::model::{Cells, Columns};
 
 /// Splits one complete record into fields (byte ranges of `out`).
 struct Splitter {

@@ -9,10 +9,7 @@ use crate::model::Record;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     /// A record, numbered from 1 among the file's rows (bad rows count too).
-    Record {
-        row: u64,
-        fields: Record,
-    },
+    Record { row: u64, fields: Record },
     /// A row that cannot be a record. `row` 0 is the file itself (a bad header, say).
     Bad {
         row: u64,
