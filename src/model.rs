@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod record;
+pub use record::{Cells, Columns, Record};
+
 /// What a source change does to its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,7 +139,7 @@ pub struct SourceChange {
     /// The record as the source holds it after the change (for a delete: what is known of it,
     /// often only the key).
     #[serde(default)]
-    pub data: Value,
+    pub data: Record,
 }
 
 impl SourceChange {
@@ -432,7 +435,7 @@ mod tests {
             op: Op::Upsert,
             sequence: Sequence::parse("111111111111111111111111").unwrap(),
             observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
-            data: json!({"pk": "p-1", "name": "Ada"}),
+            data: json!({"pk": "p-1", "name": "Ada"}).into(),
         }
     }
 
@@ -478,7 +481,7 @@ mod tests {
                 c.clone(),
                 SourceChange {
                     op: Op::Delete,
-                    data: Value::Null,
+                    data: Value::Null.into(),
                     ..c
                 },
             ],

@@ -107,7 +107,7 @@ fn batch() -> ChangeBatch {
             op: Op::Upsert,
             sequence: Sequence::from(7),
             observed_at: "2024-05-01T00:00:00Z".parse().unwrap(),
-            data: json!({"pk": "p-1", "mrn": "MRN-1", "first_name": "Ada", "last_name": "Lovelace", "sex": "F"}),
+            data: json!({"pk": "p-1", "mrn": "MRN-1", "first_name": "Ada", "last_name": "Lovelace", "sex": "F"}).into(),
         }],
     }
 }

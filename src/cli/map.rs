@@ -168,7 +168,7 @@ fn map_one(mapping: &Mapping, key: &[String], name: &str, data: Value) -> Result
         op: Op::Upsert,
         sequence: Sequence::from(1),
         observed_at: Utc::now(),
-        data,
+        data: data.into(),
     };
     let label = change.label();
     match mapping.apply(&change) {

@@ -135,7 +135,7 @@ mod tests {
             op: Op::Upsert,
             sequence: Sequence::from(i),
             observed_at: "2024-01-01T00:00:00Z".parse().unwrap(),
-            data: json!({"pad": "x".repeat(bytes)}),
+            data: json!({"pad": "x".repeat(bytes)}).into(),
         }
     }
 

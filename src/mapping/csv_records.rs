@@ -3,7 +3,8 @@
 //! quoting, broken-quoting recovery, UTF-8 checks) read row by row, with the keys and records
 //! the Synthea mappings expect.
 //!
-//! A record is the row as a JSON object of header → string; empty cells are left out (so
+//! A record is the row as an object of header → string (its cells sharing the header's names,
+//! [`crate::model::Cells`]); empty cells are left out (so
 //! `record.STOP` is undefined, as a mapping expects of a missing value). The key is made of the
 //! configured key columns, as written (an empty cell is `""` in the key: Synthea's medications
 //! need `STOP` in theirs, and it is often empty); a row whose key cells are all empty is an
@@ -15,9 +16,9 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
-use crate::model::{Op, RecordKey, Sequence, SourceChange};
+use crate::model::{Op, Record, RecordKey, Sequence, SourceChange};
 use crate::sources::transfer::CsvFormat;
 use crate::sources::transfer::csv::CsvRows;
 use crate::sources::transfer::row::Row;
@@ -174,7 +175,7 @@ impl<R: Read> Iterator for CsvRecords<R> {
 }
 
 impl<R> CsvRecords<R> {
-    fn change(&self, row: u64, fields: Map<String, Json>) -> Result<SourceChange, CsvRecordError> {
+    fn change(&self, row: u64, fields: Record) -> Result<SourceChange, CsvRecordError> {
         let mut key = RecordKey::default();
         for name in &self.options.key {
             let v = match fields.get(name) {
@@ -197,7 +198,7 @@ impl<R> CsvRecords<R> {
             op: Op::Upsert,
             sequence: Sequence::from(row + 1),
             observed_at: self.options.observed_at,
-            data: Json::Object(fields),
+            data: fields,
         })
     }
 }

@@ -75,7 +75,7 @@ fn change(m: &Mapping, key: Json, data: Json) -> SourceChange {
         op: Op::Upsert,
         sequence: Sequence::parse("1").unwrap(),
         observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
-        data,
+        data: data.into(),
     }
 }
 

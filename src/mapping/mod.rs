@@ -1145,7 +1145,7 @@ mod tests {
             op,
             sequence: Sequence::parse("1405400000000002063282832").unwrap(),
             observed_at: "2024-01-02T03:04:05Z".parse().unwrap(),
-            data,
+            data: data.into(),
         }
     }
 
@@ -1465,7 +1465,7 @@ translations:
                 .diagnostics
                 .contains("unknown translation table `nope`")
         );
-        c.data = json!({"n": 1, "b": true});
+        c.data = json!({"n": 1, "b": true}).into();
         // An unknown table is a bug in the mapping: reported even when the value is missing.
         assert!(m.apply(&c).is_err());
         let m = Mapping::from_yaml(&yaml.replace("'nope'", "'t'"), "inline.yaml").unwrap();
@@ -1558,11 +1558,11 @@ resources:
             upserted(&out)[0],
             &json!({"resourceType": "Patient", "id": id, "gender": "male"})
         );
-        c.data = json!({"resourceType": "Practitioner"});
+        c.data = json!({"resourceType": "Practitioner"}).into();
         let o = m.apply(&c).unwrap_err();
         assert_eq!(o.issues[0].code, "structure");
         assert_eq!(o.issues[0].expression, ["Patient"]);
-        c.data = json!("just a string");
+        c.data = json!("just a string").into();
         let o = m.apply(&c).unwrap_err();
         assert!(o.issues[0].diagnostics.contains("must produce an object"));
         assert!(!o.issues[0].diagnostics.contains("just a string"));
@@ -1675,12 +1675,12 @@ resources:
             }
         }
         // Missing codes leave both out (no lone `system`).
-        c.data = json!({});
+        c.data = json!({}).into();
         let out = m.apply(&c).unwrap();
         assert!(upserted(&out)[0].get("a").is_none() && upserted(&out)[0].get("b").is_none());
         // An unmapped code: code-invalid, naming the map, the mapping file, the place and the
         // record, never the code.
-        c.data = json!({"sex": "Secret-Q"});
+        c.data = json!({"sex": "Secret-Q"}).into();
         let o = m.apply(&c).unwrap_err();
         let issue = &o.issues[0];
         assert_eq!(issue.code, "code-invalid");

@@ -15,13 +15,14 @@
 //! expressions and records.
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Map, Value as Json};
 
 use super::conceptmap::{ConceptMaps, TranslateError};
 use super::functions::{FnError, Tables};
 use super::{is_resource_type, resource_id};
-use crate::model::RecordKey;
+use crate::model::{Cells, Columns, Record, RecordKey};
 
 /// A planned expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +101,14 @@ pub(crate) struct Fields {
     names: Vec<String>,
     /// Slots in the order of their names (the order of a JSON map's keys).
     order: Vec<usize>,
+    /// The column index of each slot in the last shared columns seen (rows of one file share
+    /// them: the names are looked up once per file, not per row). The `Weak` keeps the
+    /// columns' allocation, so its address is never another file's.
+    by_columns: Mutex<Option<ColumnSlots>>,
 }
+
+/// Shared columns and the column index of each slot in them.
+type ColumnSlots = (Weak<Columns>, Vec<Option<usize>>);
 
 impl Fields {
     /// Replaces every `record.<name>` in `ex` by its slot.
@@ -175,10 +183,15 @@ impl Fields {
 
     /// The record's value of each slot (`None`: not in the record, or the record is no map),
     /// found by walking the record's keys and the slots' names side by side, both in order.
-    pub(crate) fn values<'r>(&self, record: &'r Json) -> Vec<Option<&'r Json>> {
+    pub(crate) fn values<'r>(&self, record: &'r Record) -> Vec<Option<&'r Json>> {
         let mut out = vec![None; self.names.len()];
-        let Json::Object(m) = record else {
-            return out;
+        let m = match record {
+            Record::Json(Json::Object(m)) => m,
+            Record::Json(_) => return out,
+            Record::Cells(cells) => {
+                self.cells_values(cells, &mut out);
+                return out;
+            }
         };
         let mut entries = m.iter().peekable();
         for &slot in &self.order {
@@ -199,11 +212,32 @@ impl Fields {
         }
         out
     }
+
+    fn cells_values<'r>(&self, cells: &'r Cells, out: &mut [Option<&'r Json>]) {
+        let columns = cells.columns();
+        // Another thread mapping another file: look the names up.
+        let Ok(mut cache) = self.by_columns.try_lock() else {
+            for (slot, name) in self.names.iter().enumerate() {
+                out[slot] = columns.index(name).and_then(|i| cells.at(i));
+            }
+            return;
+        };
+        let index = match &mut *cache {
+            Some((seen, index)) if Weak::as_ptr(seen) == Arc::as_ptr(columns) => index,
+            stale => {
+                let index = self.names.iter().map(|n| columns.index(n)).collect();
+                &mut stale.insert((Arc::downgrade(columns), index)).1
+            }
+        };
+        for (slot, i) in index.iter().enumerate() {
+            out[slot] = i.and_then(|i| cells.at(i));
+        }
+    }
 }
 
 /// What an expression can see.
 pub(crate) struct Scope<'a> {
-    pub record: &'a Json,
+    pub record: &'a Record,
     /// The record's values of the mapping's [`Fields`] slots.
     pub fields: &'a [Option<&'a Json>],
     pub key: &'a RecordKey,
@@ -300,14 +334,20 @@ fn code_text(v: &Json) -> Result<Option<Cow<'_, str>>, Stop> {
 pub(crate) fn eval<'a>(ex: &'a Ex, s: &Scope<'a>) -> Result<V<'a>, Stop> {
     Ok(match ex {
         Ex::Lit(j) => V::J(Cow::Borrowed(j)),
-        Ex::Record => V::J(Cow::Borrowed(s.record)),
+        Ex::Record => match s.record {
+            Record::Json(j) => V::J(Cow::Borrowed(j)),
+            cells => V::J(Cow::Owned(cells.to_value())),
+        },
         // What `Attr(Record, name)` gives, with the lookup done once per record.
         Ex::Field(slot, name) => match s.record {
-            Json::Object(m) => match s.fields.get(*slot) {
+            Record::Json(Json::Object(_)) | Record::Cells(_) => match s.fields.get(*slot) {
                 Some(found) => found.map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
-                None => m.get(name).map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
+                None => s
+                    .record
+                    .get(name)
+                    .map_or(V::Undef, |j| V::J(Cow::Borrowed(j))),
             },
-            _ => return Err(Stop::Unsure),
+            Record::Json(_) => return Err(Stop::Unsure),
         },
         Ex::Attr(inner, name) => match eval(inner, s)? {
             V::Undef => V::Undef,
@@ -1024,6 +1064,21 @@ mod tests {
             serde_json::json!("not a map"),
             serde_json::json!(null),
         ];
+        // Each object also as a row sharing its columns, read by column index.
+        let cells = records.iter().filter_map(|r| {
+            let m = r.as_object()?;
+            let columns = Columns::sorted(m.keys().cloned().collect());
+            Some(Record::from(Cells::new(
+                columns,
+                m.values().cloned().map(Some).collect(),
+            )))
+        });
+        let records: Vec<Record> = records
+            .iter()
+            .cloned()
+            .map(Record::from)
+            .chain(cells)
+            .collect();
         let tables: Tables = [(
             "t".to_owned(),
             [("k".to_owned(), serde_json::json!({"display": "K"}))]

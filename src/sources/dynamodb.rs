@@ -380,7 +380,7 @@ fn decode_record(
         op,
         sequence,
         observed_at,
-        data,
+        data: data.into(),
     })
 }
 

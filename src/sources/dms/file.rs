@@ -682,7 +682,7 @@ impl DmsFile {
                 op,
                 sequence,
                 observed_at: observed.unwrap_or(fallback_time),
-                data,
+                data: data.into(),
             };
             if let Some(problem) = schema_problem {
                 return Decoded::Rejected(Rejection {

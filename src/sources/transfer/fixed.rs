@@ -190,7 +190,10 @@ pub fn read(
         row += 1;
         let place = format!("row {row} (line {line})");
         emit(match cut(bytes, layout, &mut chars) {
-            Ok(fields) => Row::Record { row, fields },
+            Ok(fields) => Row::Record {
+                row,
+                fields: fields.into(),
+            },
             Err(message) => Row::Bad {
                 row,
                 place,

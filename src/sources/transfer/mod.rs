@@ -383,7 +383,7 @@ fn decode_row(row: Row, name: &str, entry: u64, ctx: &Ctx<'_>) -> Decoded {
                 op: Op::Upsert,
                 sequence,
                 observed_at: ctx.observed_at,
-                data: Value::Object(fields),
+                data: fields,
             })
         }
     }

@@ -38,7 +38,10 @@ pub fn read(input: &mut dyn BufRead, emit: &mut dyn FnMut(Row)) -> Result<(), Br
         emit(match std::str::from_utf8(bytes) {
             Err(_) => bad(not_utf8("the line")),
             Ok(text) => match serde_json::from_str::<Value>(text) {
-                Ok(Value::Object(fields)) => Row::Record { row, fields },
+                Ok(Value::Object(fields)) => Row::Record {
+                    row,
+                    fields: fields.into(),
+                },
                 Ok(other) => bad(format!(
                     "a JSON object is needed, not {}",
                     match other {

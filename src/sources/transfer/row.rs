@@ -3,16 +3,13 @@
 
 use std::io;
 
-use serde_json::{Map, Value};
+use crate::model::Record;
 
 /// One row of a file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     /// A record, numbered from 1 among the file's rows (bad rows count too).
-    Record {
-        row: u64,
-        fields: Map<String, Value>,
-    },
+    Record { row: u64, fields: Record },
     /// A row that cannot be a record. `row` 0 is the file itself (a bad header, say).
     Bad {
         row: u64,

@@ -308,7 +308,8 @@ fn close(
                 Value::Object(m) => m,
                 Value::Null => Map::new(),
                 text => Map::from_iter([("#text".to_owned(), text)]),
-            },
+            }
+            .into(),
         },
     });
 }
@@ -327,9 +328,12 @@ mod tests {
         out
     }
 
-    fn fields(r: &Row) -> &Map<String, Value> {
+    fn fields(r: &Row) -> Map<String, Value> {
         match r {
-            Row::Record { fields, .. } => fields,
+            Row::Record { fields, .. } => match fields.to_value() {
+                Value::Object(m) => m,
+                other => panic!("not an object: {other}"),
+            },
             Row::Bad { place, message, .. } => panic!("{place}: {message}"),
         }
     }
