@@ -886,13 +886,7 @@ async fn a_version_6_outbox_loses_its_delivered_rows_but_the_newest() {
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
         }
-        let positions = store
-            .pending(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.position)
-            .collect();
+        let positions = pending_positions(&store).await;
         // Schema 6 marked delivered rows and kept them.
         store
             .lock()
@@ -1229,19 +1223,24 @@ async fn a_schema_8_file_gets_the_staged_row_columns_and_the_staging_table() {
     assert_eq!(out.action, PublishAction::Updated);
 }
 
+/// The outbox positions still waiting for delivery, oldest first.
+async fn pending_positions(store: &SqliteStore) -> Vec<i64> {
+    store
+        .pending(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect()
+}
+
 #[tokio::test]
 async fn marks_in_several_runs_and_out_of_order_delete_exactly_those_rows() {
     let store = store();
     for (i, id) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
         one(&store, upsert(id, patient(id, "X"), &(i + 1).to_string())).await;
     }
-    let p: Vec<i64> = store
-        .pending(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.position)
-        .collect();
+    let p = pending_positions(&store).await;
     // Two runs (a b, d e), given out of order and with a repeat; c and f stay pending.
     store
         .mark_delivered(&[p[4], p[0], p[3], p[1], p[0]])
