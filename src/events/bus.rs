@@ -233,8 +233,9 @@ impl LocalBus {
     /// failed, with the reason. Targets are delivered to concurrently (their `fsync`s overlap),
     /// each in event order.
     ///
-    /// `texts[i]`: envelope `i` serialized. `archived[i]`: envelope `i`'s archive position, and whether this call archived it (then
-    /// no target has it yet and its delivery ledger is not read; see [`Archive::archive`]).
+    /// `texts[i]`: envelope `i` serialized. `archived[i]`: envelope `i`'s archive position, and
+    /// whether this call archived it (then no target has it yet and its delivery ledger is not
+    /// read; see [`Archive::archive`]).
     async fn route(
         &self,
         envelopes: &[(usize, Value, String)],
