@@ -144,16 +144,10 @@ impl NdjsonWriter {
     /// Appends the envelopes not written yet (by delivery key), in order, in one write followed
     /// by one `fsync`; returns how many lines were written.
     pub fn append(&self, envelopes: &[&serde_json::Value]) -> Result<usize, NdjsonError> {
-        let lines = envelopes
-            .iter()
-            .map(|e| {
-                let text = serde_json::to_string(e).map_err(|e| NdjsonError {
-                    path: self.path.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
-                Ok(Line::new(e, text))
-            })
-            .collect::<Result<Vec<_>, NdjsonError>>()?;
+        let lines = Line::serialize_all(envelopes).map_err(|e| NdjsonError {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
         self.append_lines(lines)
     }
 
@@ -208,6 +202,14 @@ impl Line {
             key: delivery_key(envelope).unwrap_or_default(),
             text,
         }
+    }
+
+    /// Each envelope serialized, in order.
+    pub fn serialize_all(envelopes: &[&serde_json::Value]) -> serde_json::Result<Vec<Line>> {
+        envelopes
+            .iter()
+            .map(|e| Ok(Line::new(e, serde_json::to_string(e)?)))
+            .collect()
     }
 }
 

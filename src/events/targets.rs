@@ -85,18 +85,8 @@ impl Target for NdjsonTarget {
     }
 
     async fn deliver(&self, envelopes: &[&Value]) -> Result<(), TargetFailure> {
-        let texts = envelopes
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TargetFailure {
-                delivered: 0,
-                error: TargetError {
-                    message: e.to_string(),
-                },
-            })?;
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        self.deliver_serialized(envelopes, &texts).await
+        let lines = Line::serialize_all(envelopes).map_err(|e| write_failure(e.to_string()))?;
+        self.write(lines).await
     }
 
     async fn deliver_serialized(
@@ -104,23 +94,33 @@ impl Target for NdjsonTarget {
         envelopes: &[&Value],
         texts: &[&str],
     ) -> Result<(), TargetFailure> {
-        // One write and one fsync for the batch: all of it is written, or (after a repair at
-        // the next open) none of it. Off the async threads, so targets' fsyncs overlap. The
-        // lines are copied as text (a copy of each envelope's tree cost more in bulk emits).
-        let writer = Arc::clone(&self.writer);
-        let lines: Vec<Line> = envelopes
+        // The lines are copied as text: a copy of each envelope's tree cost more in bulk emits.
+        let lines = envelopes
             .iter()
             .zip(texts)
             .map(|(e, t)| Line::new(e, (*t).to_owned()))
             .collect();
-        let fail = |message: String| TargetFailure {
-            delivered: 0,
-            error: TargetError { message },
-        };
+        self.write(lines).await
+    }
+}
+
+impl NdjsonTarget {
+    /// One write and one fsync for the batch: all of it is written, or (after a repair at the
+    /// next open) none of it. Off the async threads, so targets' fsyncs overlap.
+    async fn write(&self, lines: Vec<Line>) -> Result<(), TargetFailure> {
+        let writer = Arc::clone(&self.writer);
         tokio::task::spawn_blocking(move || writer.append_lines(lines).map(|_| ()))
             .await
-            .map_err(|e| fail(format!("write task failed: {e}")))?
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| write_failure(format!("write task failed: {e}")))?
+            .map_err(|e| write_failure(e.to_string()))
+    }
+}
+
+/// A batch of which nothing was written.
+fn write_failure(message: String) -> TargetFailure {
+    TargetFailure {
+        delivered: 0,
+        error: TargetError { message },
     }
 }
 
